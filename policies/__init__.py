@@ -1,0 +1,1 @@
+"""Pure policy decisions for dialgate: no sockets, no clock reads, no imports from gateway."""

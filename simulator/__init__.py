@@ -1,0 +1,1 @@
+"""SIP peers for tests and campaign rehearsal, built on gateway.sip."""
