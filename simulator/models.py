@@ -1,0 +1,484 @@
+"""The simulated carrier's decisions: one call per INVITE, one per finished call.
+
+:class:`CarrierModel` is what the SIP carrier UAS consults. For each INVITE it
+returns a :class:`CarrierDecision` — the final SIP status, reason phrase and
+extra headers to answer with, and for an accepted call the :class:`CallPlan`
+to play out. When the call is over the UAS reports it with
+:meth:`CarrierModel.record_call_end`, which charges the card's balance, may
+raise a complaint and may suspend the card.
+
+Order of checks on an INVITE (first match answers):
+
+1. unknown card account → ``403 Forbidden`` (``unknown-account``)
+2. inside a maintenance window → ``503 Service Unavailable`` + ``Retry-After``
+   (seconds to the window end)
+3. card suspended → ``403 Card Suspended: <reason> (<cause>)`` + ``Warning``;
+   stays so until :meth:`CarrierModel.restore`
+4. balance ≤ 0 → ``402 Payment Required``
+5. a scheduled suspension is due, or the call would cross a volume threshold
+   → the card is suspended and this INVITE gets the 403
+6. otherwise accepted: the answer model draws the plan.
+
+Every decision is appended to :attr:`CarrierModel.events` with the callee
+masked. Pure, seeded and clock-free: ``now`` (business epoch seconds) is always
+passed in. This module must never read a clock, sleep, or do I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from simulator.answer import AnswerModel, AnswerProfile, CallPlan
+from simulator.antifraud import AntiFraudThresholds, CardUsage, Violation
+from simulator.privacy import mask_number
+
+__all__ = [
+    "CardAccount",
+    "CarrierConfig",
+    "CarrierDecision",
+    "CarrierEvent",
+    "CarrierModel",
+    "EventKind",
+    "MaintenanceWindow",
+    "ScheduledSuspension",
+    "Suspension",
+]
+
+WARN_AGENT = "carrier.sim"
+
+
+class EventKind(StrEnum):
+    """What the carrier decided."""
+
+    ACCEPTED = "accepted"
+    REJECTED_UNKNOWN = "rejected-unknown-account"
+    REJECTED_MAINTENANCE = "rejected-maintenance"
+    REJECTED_SUSPENDED = "rejected-suspended"
+    REJECTED_ARREARS = "rejected-arrears"
+    SUSPENDED = "suspended"
+    CALL_ENDED = "call-ended"
+    CHARGED = "charged"
+    COMPLAINT = "complaint"
+    RESTORED = "restored"
+    TOPPED_UP = "topped-up"
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierEvent:
+    """One carrier decision, as the report sees it (callee already masked)."""
+
+    time: float
+    card: str
+    kind: EventKind
+    status: int | None = None
+    callee: str | None = None
+    cause: str | None = None
+    reason: str | None = None
+    counters: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "time": self.time,
+            "card": self.card,
+            "kind": str(self.kind),
+            "status": self.status,
+            "callee": self.callee,
+            "cause": self.cause,
+            "reason": self.reason,
+            "counters": dict(self.counters),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierDecision:
+    """How the carrier answers one INVITE.
+
+    ``status`` is the *final* response: for an accepted call it is the plan's
+    status (200, 486, 480, 603), sent after ``plan.ring_seconds`` of ringing.
+    """
+
+    status: int
+    reason_phrase: str
+    headers: tuple[tuple[str, str], ...] = ()
+    plan: CallPlan | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """True when the call reaches the callee (a plan was drawn)."""
+        return self.plan is not None
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), if any."""
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """A carrier outage ``[start, end)`` in epoch seconds; ``cards`` empty means all."""
+
+    start: float
+    end: float
+    cards: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError("maintenance window must end after it starts")
+
+    def applies(self, card: str, now: float) -> bool:
+        """True when ``card`` is affected at ``now``."""
+        return self.start <= now < self.end and (not self.cards or card in self.cards)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSuspension:
+    """An operator-scripted suspension (``suspension-storm`` scenarios)."""
+
+    card: str
+    at: float
+    reason: str = "violation"
+    cause: str = "scheduled by scenario"
+
+
+@dataclass(frozen=True, slots=True)
+class CardAccount:
+    """A card's account at the carrier: credentials and starting balance."""
+
+    card: str
+    username: str
+    password: str
+    balance: float = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierConfig:
+    """Everything the carrier model needs, independent of the scenario file format."""
+
+    timezone: str = "UTC"
+    answer: AnswerProfile = field(default_factory=AnswerProfile)
+    thresholds: AntiFraudThresholds = field(default_factory=AntiFraudThresholds)
+    rate_per_minute: float = 0.0
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    scheduled_suspensions: tuple[ScheduledSuspension, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """Why and when a card was suspended."""
+
+    reason: str
+    cause: str
+    since: float
+
+    @property
+    def reason_phrase(self) -> str:
+        """The SIP reason phrase the carrier answers with."""
+        return f"Card Suspended: {self.reason} ({self.cause})"
+
+
+@dataclass(slots=True)
+class _CardState:
+    account: CardAccount
+    usage: CardUsage
+    balance: float
+    suspension: Suspension | None = None
+    fired_schedules: set[int] = field(default_factory=set)
+
+
+class CarrierModel:
+    """Per-card carrier accounts with answer, arrears, maintenance and anti-fraud models."""
+
+    def __init__(
+        self,
+        config: CarrierConfig,
+        accounts: Iterable[CardAccount],
+        *,
+        seed: int | str = 0,
+        consented: Iterable[str] = (),
+        mask_callees: bool = True,
+    ) -> None:
+        self.config = config
+        self.tz = ZoneInfo(config.timezone)
+        self.mask_callees = mask_callees
+        self.events: list[CarrierEvent] = []
+        self._consented = frozenset(consented)
+        # Independent streams so that adding a complaint draw never shifts the answer plans.
+        self.answer_model = AnswerModel(config.answer, random.Random(f"{seed}:answer"))
+        self._complaint_rng = random.Random(f"{seed}:complaint")
+        self._cards: dict[str, _CardState] = {}
+        for account in accounts:
+            if account.card in self._cards:
+                raise ValueError(f"duplicate carrier account for card {account.card!r}")
+            self._cards[account.card] = _CardState(
+                account=account,
+                usage=CardUsage(config.thresholds, self.tz),
+                balance=account.balance,
+            )
+
+    # -- read-outs -----------------------------------------------------------
+    @property
+    def cards(self) -> tuple[str, ...]:
+        """Card ids with an account, in creation order."""
+        return tuple(self._cards)
+
+    def account(self, card: str) -> CardAccount:
+        """The card's carrier account (credentials for digest auth)."""
+        return self._cards[card].account
+
+    def account_for_username(self, username: str) -> CardAccount | None:
+        """Look an account up by its digest username."""
+        return next(
+            (s.account for s in self._cards.values() if s.account.username == username), None
+        )
+
+    def balance(self, card: str) -> float:
+        """Remaining balance of the card's account."""
+        return self._cards[card].balance
+
+    def suspension(self, card: str) -> Suspension | None:
+        """The card's current suspension, or None when it may call."""
+        return self._cards[card].suspension
+
+    def counters(self, card: str, now: float) -> dict[str, Any]:
+        """Anti-fraud counters plus balance, for events and wall displays."""
+        state = self._cards[card]
+        snapshot: dict[str, Any] = dict(state.usage.counters(now))
+        snapshot["balance"] = None if math.isinf(state.balance) else round(state.balance, 4)
+        return snapshot
+
+    # -- INVITE -----------------------------------------------------------------
+    def decide_invite(self, card: str, callee: str, now: float) -> CarrierDecision:
+        """Decide how to answer an INVITE from ``card`` to ``callee`` at business time ``now``."""
+        masked = mask_number(callee, enabled=self.mask_callees)
+        state = self._cards.get(card)
+        if state is None:
+            self._emit(now, card, EventKind.REJECTED_UNKNOWN, 403, masked, "unknown-account")
+            return CarrierDecision(403, "Forbidden", (("Warning", _warning("unknown account")),))
+
+        window = self._maintenance(card, now)
+        if window is not None:
+            retry_after = max(1, math.ceil(window.end - now))
+            self._emit(
+                now,
+                card,
+                EventKind.REJECTED_MAINTENANCE,
+                503,
+                masked,
+                f"maintenance until {window.end:.0f}",
+                "maintenance",
+            )
+            return CarrierDecision(
+                503,
+                "Service Unavailable",
+                (
+                    ("Retry-After", str(retry_after)),
+                    ("Warning", _warning("carrier maintenance")),
+                ),
+            )
+
+        self._apply_schedules(state, now)
+        if state.suspension is not None:
+            self._emit(
+                now,
+                card,
+                EventKind.REJECTED_SUSPENDED,
+                403,
+                masked,
+                state.suspension.cause,
+                state.suspension.reason,
+            )
+            return _suspended_decision(card, state.suspension)
+
+        if state.balance <= 0:
+            self._emit(now, card, EventKind.REJECTED_ARREARS, 402, masked, "balance exhausted")
+            return CarrierDecision(
+                402,
+                "Payment Required",
+                (("Warning", _warning(f"card {card} in arrears: balance {state.balance:.2f}")),),
+            )
+
+        violation = state.usage.check_invite(callee, now)
+        if violation is not None:
+            suspension = self._suspend(state, violation.reason, violation.cause, now, masked)
+            return _suspended_decision(card, suspension)
+
+        state.usage.record_invite(callee, now)
+        plan = self.answer_model.plan()
+        self._emit(
+            now,
+            card,
+            EventKind.ACCEPTED,
+            plan.sip_status,
+            masked,
+            str(plan.outcome),
+            counters=self.counters(card, now),
+        )
+        return CarrierDecision(plan.sip_status, _PHRASES[plan.sip_status], (), plan)
+
+    # -- call end ---------------------------------------------------------------
+    def record_call_end(
+        self, card: str, callee: str, answered: bool, talk_seconds: float, now: float
+    ) -> Suspension | None:
+        """Account for a finished call; returns the suspension it caused, if any.
+
+        Charges ``rate_per_minute`` per *started* minute of talk, may draw a
+        complaint (answered, callee without consent) and checks the quality
+        thresholds.
+        """
+        state = self._cards[card]
+        masked = mask_number(callee, enabled=self.mask_callees)
+        minutes = math.ceil(talk_seconds / 60) if answered and talk_seconds > 0 else 0
+        charge = minutes * self.config.rate_per_minute
+        if charge:
+            state.balance -= charge
+            self._emit(
+                now,
+                card,
+                EventKind.CHARGED,
+                None,
+                masked,
+                f"{minutes} min x {self.config.rate_per_minute:g} = {charge:g}",
+                counters={"balance": round(state.balance, 4)},
+            )
+        complained = False
+        p = self.config.thresholds.complaint_probability
+        if answered and callee not in self._consented and p > 0:
+            complained = self._complaint_rng.random() < p
+        if state.suspension is not None:
+            # A call that was up when the card got suspended still counts, but cannot re-suspend.
+            state.usage.record_end(answered, talk_seconds, complained)
+            violation: Violation | None = None
+        else:
+            violation = state.usage.record_end(answered, talk_seconds, complained)
+        if complained:
+            self._emit(
+                now,
+                card,
+                EventKind.COMPLAINT,
+                None,
+                masked,
+                "callee without consent complained",
+                counters=self.counters(card, now),
+            )
+        self._emit(
+            now,
+            card,
+            EventKind.CALL_ENDED,
+            200 if answered else None,
+            masked,
+            f"talk {talk_seconds:g}s" if answered else "not answered",
+            counters=self.counters(card, now),
+        )
+        if violation is None:
+            return None
+        return self._suspend(state, violation.reason, violation.cause, now, masked)
+
+    # -- operator actions ---------------------------------------------------------
+    def restore(self, card: str, now: float) -> None:
+        """Operator restores a suspended card; its anti-fraud history starts afresh."""
+        state = self._cards[card]
+        previous = state.suspension
+        state.suspension = None
+        state.usage.reset()
+        self._emit(
+            now,
+            card,
+            EventKind.RESTORED,
+            None,
+            None,
+            previous.cause if previous else "not suspended",
+            previous.reason if previous else None,
+        )
+
+    def suspend(self, card: str, reason: str, cause: str, now: float) -> Suspension:
+        """Suspend a card by hand (the carrier's own operator)."""
+        return self._suspend(self._cards[card], reason, cause, now, None)
+
+    def top_up(self, card: str, amount: float, now: float) -> float:
+        """Add credit to the card's account; returns the new balance."""
+        state = self._cards[card]
+        state.balance += amount
+        self._emit(
+            now,
+            card,
+            EventKind.TOPPED_UP,
+            None,
+            None,
+            f"+{amount:g}",
+            counters={"balance": round(state.balance, 4)},
+        )
+        return state.balance
+
+    # -- internals --------------------------------------------------------------
+    def _maintenance(self, card: str, now: float) -> MaintenanceWindow | None:
+        return next((w for w in self.config.maintenance if w.applies(card, now)), None)
+
+    def _apply_schedules(self, state: _CardState, now: float) -> None:
+        card = state.account.card
+        for index, scheduled in enumerate(self.config.scheduled_suspensions):
+            if scheduled.card != card or index in state.fired_schedules or now < scheduled.at:
+                continue
+            state.fired_schedules.add(index)
+            if state.suspension is None:
+                self._suspend(state, scheduled.reason, scheduled.cause, scheduled.at, None)
+
+    def _suspend(
+        self, state: _CardState, reason: str, cause: str, now: float, masked: str | None
+    ) -> Suspension:
+        card = state.account.card
+        state.suspension = Suspension(reason, cause, now)
+        self._emit(
+            now,
+            card,
+            EventKind.SUSPENDED,
+            403,
+            masked,
+            cause,
+            reason,
+            counters=self.counters(card, now),
+        )
+        return state.suspension
+
+    def _emit(
+        self,
+        now: float,
+        card: str,
+        kind: EventKind,
+        status: int | None,
+        callee: str | None,
+        cause: str | None,
+        reason: str | None = None,
+        counters: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.events.append(
+            CarrierEvent(now, card, kind, status, callee, cause, reason, dict(counters or {}))
+        )
+
+
+_PHRASES = {200: "OK", 480: "Temporarily Unavailable", 486: "Busy Here", 603: "Decline"}
+
+
+def _warning(text: str) -> str:
+    # RFC 3261 §20.43: warn-code SP warn-agent SP quoted warn-text; 399 is "miscellaneous".
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'399 {WARN_AGENT} "{escaped}"'
+
+
+def _suspended_decision(card: str, suspension: Suspension) -> CarrierDecision:
+    return CarrierDecision(
+        403,
+        suspension.reason_phrase,
+        (
+            (
+                "Warning",
+                _warning(f"card {card} suspended: {suspension.reason} ({suspension.cause})"),
+            ),
+        ),
+    )
