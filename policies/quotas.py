@@ -1,0 +1,491 @@
+"""Card quotas: the limits of one carrier line and whether a call fits in them.
+
+DESIGN.md "Quotas": per-card limits come from a named profile; a restored
+card runs on its probation profile. This module defines the plain data the
+gateway's store hands in (`CardSnapshot`, `CardUsage`, `CallOutcome`), the
+`CardUsageView` protocol the store implements, and two pure functions:
+
+- `evaluate_card(card, now, callee)` → `Headroom` (a comparable score: the
+  minimum remaining fraction across count limits) or `Exhausted` (which limit,
+  and the epoch second it frees, None when only an operator or a call ending
+  can free it);
+- `would_exceed(profile, usage, tz, callee, now)` → the first `Exhausted`
+  limit or None, for the store to re-check atomically while it writes the
+  write-ahead reservation.
+
+Failure mode: fails closed — a card whose state is not active/probation, or
+whose usage cannot be read (the store raises `StoreUnavailableError`), is
+never chosen. This module must never read a clock, do I/O, or mutate usage.
+
+Time: `now` is an aware datetime or float epoch seconds; usage timestamps
+are float epoch seconds. Rolling limits (minute, hour, answer rate, short
+calls) use call start times; daily limits use the carrier's calendar day
+(`CardSnapshot.timezone`, e.g. Asia/Shanghai midnight, not UTC midnight).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from policies.timeutil import (
+    DailyWindows,
+    as_utc,
+    day_bounds,
+    epoch,
+    local_instant,
+    local_minute,
+    parse_windows,
+    zone,
+)
+
+__all__ = [
+    "CallOutcome",
+    "CardSnapshot",
+    "CardState",
+    "CardUsage",
+    "CardUsageView",
+    "Exhausted",
+    "Headroom",
+    "QuotaLimit",
+    "QuotaProfile",
+    "evaluate_card",
+    "would_exceed",
+]
+
+
+class CardState(StrEnum):
+    """Lifecycle states of a card (DESIGN.md "Card states")."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    APPEALING = "appealing"
+    PROBATION = "probation"
+    RETIRED = "retired"
+
+
+#: States in which a card may carry calls.
+USABLE_STATES = frozenset({CardState.ACTIVE, CardState.PROBATION})
+
+
+class QuotaLimit(StrEnum):
+    """Names of the limits a card can run out of (used in events and details)."""
+
+    STATE = "state"
+    CALLS_PER_MINUTE = "calls_per_minute"
+    CALLS_PER_HOUR = "calls_per_hour"
+    CALLS_PER_DAY = "calls_per_day"
+    CONCURRENT = "concurrent"
+    MIN_GAP = "min_gap_seconds"
+    TALK_MINUTES_PER_DAY = "talk_minutes_per_day"
+    DISTINCT_CALLEES_PER_DAY = "distinct_callees_per_day"
+    ANSWER_RATE_FLOOR = "answer_rate_floor"
+    SHORT_CALL_CEILING = "short_call_ceiling"
+    CONSECUTIVE_FAILURES = "consecutive_failures"
+    NIGHT_WINDOW = "night_window"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaProfile:
+    """A named set of per-card limits; None disables a limit.
+
+    `answer_rate_floor` / `short_call_ceiling` are fractions (0..1) computed
+    over the last `rate_window_calls` finished calls that started within
+    `rate_window_seconds`, and only once `rate_min_sample` such calls exist.
+    A call is short when answered with talk time under `short_call_seconds`.
+    `night_window` is `"HH:MM-HH:MM"` in the carrier's zone during which the
+    card places no calls (e.g. `"21:00-08:00"`).
+    """
+
+    name: str = "default"
+    calls_per_minute: int | None = None
+    calls_per_hour: int | None = None
+    calls_per_day: int | None = None
+    concurrent: int | None = 1
+    min_gap_seconds: float | None = None
+    talk_minutes_per_day: float | None = None
+    distinct_callees_per_day: int | None = None
+    answer_rate_floor: float | None = None
+    short_call_ceiling: float | None = None
+    short_call_seconds: float = 10.0
+    rate_window_calls: int = 50
+    rate_window_seconds: float = 86400.0
+    rate_min_sample: int = 20
+    consecutive_failures: int | None = None
+    cooldown_seconds: float = 900.0
+    night_window: str | None = None
+    _night: DailyWindows | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "calls_per_minute",
+            "calls_per_hour",
+            "calls_per_day",
+            "concurrent",
+            "distinct_callees_per_day",
+            "consecutive_failures",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("answer_rate_floor", "short_call_ceiling"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.rate_window_calls < 1 or self.rate_min_sample < 1:
+            raise ValueError("rate_window_calls and rate_min_sample must be >= 1")
+        if self.night_window is not None:
+            object.__setattr__(self, "_night", parse_windows(self.night_window))
+
+    @property
+    def night(self) -> DailyWindows | None:
+        """Parsed night window, None when the profile has none."""
+        return self._night
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """One finished call of a card, as the store recorded it (epoch seconds).
+
+    `failed` marks a card-level failure (carrier error, no answer from the
+    trunk) that counts toward `consecutive_failures`; callee outcomes
+    (busy, no answer, decline) are not failures of the card.
+    """
+
+    started_at: float
+    answered: bool
+    talk_seconds: float = 0.0
+    failed: bool = False
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CardUsage:
+    """Usage of one card at one instant, as the store sees it.
+
+    - `call_starts`: epoch seconds of call starts, ascending, including
+      write-ahead reservations not yet finished; must cover at least the
+      last hour and the current carrier day (see `timeutil.day_bounds`).
+    - `callees_today`: distinct E.164 callees of the current carrier day.
+    - `talk_seconds_today`: talk time of the current carrier day.
+    - `in_use`: calls currently up or reserved on the card.
+    - `recent_outcomes`: finished calls, oldest first; the last
+      `rate_window_calls` are enough.
+    """
+
+    call_starts: tuple[float, ...] = ()
+    callees_today: frozenset[str] = frozenset()
+    talk_seconds_today: float = 0.0
+    in_use: int = 0
+    recent_outcomes: tuple[CallOutcome, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CardSnapshot:
+    """Everything selection needs to know about one card at one instant.
+
+    `timezone` is the carrier's zone (its "day"). `probation_profile` is used
+    while `state` is probation; `profile_override` (an operator's or the
+    store's per-card override) wins over both.
+    """
+
+    card_id: str
+    state: CardState
+    profile: QuotaProfile
+    timezone: str = "UTC"
+    usage: CardUsage = field(default_factory=CardUsage)
+    probation_profile: QuotaProfile | None = None
+    profile_override: QuotaProfile | None = None
+    pool: str = ""
+    priority: int = 0
+
+    @property
+    def effective_profile(self) -> QuotaProfile:
+        """The profile the card's limits come from right now."""
+        if self.profile_override is not None:
+            return self.profile_override
+        if self.state == CardState.PROBATION and self.probation_profile is not None:
+            return self.probation_profile
+        return self.profile
+
+
+@runtime_checkable
+class CardUsageView(Protocol):
+    """What the gateway's store implements so policies can read card usage.
+
+    Implementations raise `policies.errors.StoreUnavailableError` when they
+    cannot answer; they must never return partial usage silently.
+    """
+
+    def card_usage(self, card_id: str, now: float) -> CardUsage:
+        """Usage of `card_id` at `now` (epoch seconds), daily fields for the carrier day of `now`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    """A card can take a call; `score` is the minimum remaining fraction (0..1]."""
+
+    score: float
+    limiting: QuotaLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """A card cannot take a call now: which limit, and when it frees (epoch s).
+
+    `frees_at` is None when no time is known: the card waits for an operator
+    (suspended, retired) or for a call on it to end (concurrent).
+    """
+
+    limit: QuotaLimit
+    frees_at: float | None
+    detail: str = ""
+
+
+def _rolling(
+    starts: Sequence[float], now: float, window: float, limit: int, name: QuotaLimit
+) -> tuple[float, Exhausted | None]:
+    """Remaining fraction of a rolling count limit, or when it frees."""
+    lo = bisect_right(starts, now - window)
+    hi = bisect_right(starts, now)
+    used = hi - lo
+    if used >= limit:
+        # The call that must age out is the (used - limit + 1)-th oldest in the window.
+        frees = starts[lo + used - limit] + window if limit > 0 else None
+        return 0.0, Exhausted(name, frees, f"{used}/{limit} in {int(window)}s")
+    return (limit - used) / limit, None
+
+
+def _rate_limit(
+    profile: QuotaProfile, outcomes: Sequence[CallOutcome], now: float
+) -> Exhausted | None:
+    """Answer-rate floor and short-call ceiling over the rolling sample."""
+    if profile.answer_rate_floor is None and profile.short_call_ceiling is None:
+        return None
+    horizon = now - profile.rate_window_seconds
+    sample = [o for o in outcomes[-profile.rate_window_calls :] if o.started_at > horizon]
+
+    def failing(calls: Sequence[CallOutcome]) -> QuotaLimit | None:
+        if len(calls) < profile.rate_min_sample:
+            return None
+        answered = sum(1 for o in calls if o.answered)
+        if (
+            profile.answer_rate_floor is not None
+            and answered / len(calls) < profile.answer_rate_floor
+        ):
+            return QuotaLimit.ANSWER_RATE_FLOOR
+        short = sum(1 for o in calls if o.answered and o.talk_seconds < profile.short_call_seconds)
+        if (
+            profile.short_call_ceiling is not None
+            and short / len(calls) > profile.short_call_ceiling
+        ):
+            return QuotaLimit.SHORT_CALL_CEILING
+        return None
+
+    limit = failing(sample)
+    if limit is None:
+        return None
+    # The card frees when enough of the oldest sampled calls age out of the
+    # time window that the rates pass (or the sample is too small to judge).
+    frees: float | None = None
+    for i in range(1, len(sample) + 1):
+        if failing(sample[i:]) is None:
+            frees = sample[i - 1].started_at + profile.rate_window_seconds
+            break
+    return Exhausted(limit, frees, f"{limit} over last {len(sample)} calls")
+
+
+def _night_end(night: DailyWindows, now_dt: datetime, tz_name: str) -> float | None:
+    """Epoch second at which the night window is over, None when it never ends."""
+    tz = zone(tz_name)
+    day, _ = local_minute(now_dt, tz)
+    candidates: list[float] = []
+    for offset in range(0, 3):
+        d = day.fromordinal(day.toordinal() + offset)
+        for _, end in night.ranges:
+            t = local_instant(d, end, tz)
+            if t > now_dt:
+                candidates.append(t.timestamp())
+    for instant in sorted(candidates):
+        _, m = local_minute(as_utc(instant), tz)
+        if not night.contains(m):
+            return instant
+    return None
+
+
+def _evaluate(
+    profile: QuotaProfile,
+    usage: CardUsage,
+    tz_name: str,
+    callee: str | None,
+    moment: datetime | float,
+    *,
+    stop_at_first: bool,
+) -> Headroom | Exhausted:
+    now = epoch(moment)
+    now_dt = as_utc(moment)
+    starts = usage.call_starts
+    fractions: list[tuple[float, QuotaLimit]] = []
+    exhausted: list[Exhausted] = []
+
+    def hit(e: Exhausted | None) -> bool:
+        if e is not None:
+            exhausted.append(e)
+        return e is not None and stop_at_first
+
+    if profile.night is not None:
+        _, minute = local_minute(now_dt, zone(tz_name))
+        if profile.night.contains(minute) and hit(
+            Exhausted(
+                QuotaLimit.NIGHT_WINDOW,
+                _night_end(profile.night, now_dt, tz_name),
+                f"night {profile.night_window} in {tz_name}",
+            )
+        ):
+            return exhausted[0]
+
+    if profile.concurrent is not None:
+        if usage.in_use >= profile.concurrent:
+            if hit(
+                Exhausted(
+                    QuotaLimit.CONCURRENT, None, f"{usage.in_use}/{profile.concurrent} in use"
+                )
+            ):
+                return exhausted[0]
+        else:
+            fractions.append(
+                ((profile.concurrent - usage.in_use) / profile.concurrent, QuotaLimit.CONCURRENT)
+            )
+
+    if profile.min_gap_seconds is not None and starts:
+        last = starts[bisect_right(starts, now) - 1] if bisect_right(starts, now) else None
+        if (
+            last is not None
+            and now - last < profile.min_gap_seconds
+            and hit(
+                Exhausted(
+                    QuotaLimit.MIN_GAP,
+                    last + profile.min_gap_seconds,
+                    f"last start {now - last:.1f}s ago",
+                )
+            )
+        ):
+            return exhausted[0]
+
+    if profile.consecutive_failures is not None and profile.consecutive_failures > 0:
+        streak = 0
+        for outcome in reversed(usage.recent_outcomes):
+            if not outcome.failed:
+                break
+            streak += 1
+        if streak >= profile.consecutive_failures:
+            last_out = usage.recent_outcomes[-1]
+            base = last_out.ended_at if last_out.ended_at is not None else last_out.started_at
+            frees = base + profile.cooldown_seconds
+            if frees > now and hit(
+                Exhausted(QuotaLimit.CONSECUTIVE_FAILURES, frees, f"{streak} failures in a row")
+            ):
+                return exhausted[0]
+
+    for window, limit, name in (
+        (60.0, profile.calls_per_minute, QuotaLimit.CALLS_PER_MINUTE),
+        (3600.0, profile.calls_per_hour, QuotaLimit.CALLS_PER_HOUR),
+    ):
+        if limit is None:
+            continue
+        fraction, ex = _rolling(starts, now, window, limit, name)
+        if hit(ex):
+            return exhausted[0]
+        if ex is None:
+            fractions.append((fraction, name))
+
+    day_start, day_end = day_bounds(now, tz_name)
+    if profile.calls_per_day is not None:
+        used = bisect_right(starts, now) - bisect_right(starts, day_start - 1e-6)
+        limit = profile.calls_per_day
+        if used >= limit:
+            if hit(Exhausted(QuotaLimit.CALLS_PER_DAY, day_end, f"{used}/{limit} today")):
+                return exhausted[0]
+        else:
+            fractions.append(((limit - used) / limit, QuotaLimit.CALLS_PER_DAY))
+
+    if profile.talk_minutes_per_day is not None:
+        cap = profile.talk_minutes_per_day * 60.0
+        if usage.talk_seconds_today >= cap:
+            if hit(
+                Exhausted(
+                    QuotaLimit.TALK_MINUTES_PER_DAY,
+                    day_end,
+                    f"{usage.talk_seconds_today / 60:.1f}/{profile.talk_minutes_per_day} min today",
+                )
+            ):
+                return exhausted[0]
+        elif cap > 0:
+            fractions.append(
+                ((cap - usage.talk_seconds_today) / cap, QuotaLimit.TALK_MINUTES_PER_DAY)
+            )
+
+    if profile.distinct_callees_per_day is not None:
+        limit = profile.distinct_callees_per_day
+        used = len(usage.callees_today)
+        repeat = callee is not None and callee in usage.callees_today
+        if used >= limit and not repeat:
+            if hit(
+                Exhausted(QuotaLimit.DISTINCT_CALLEES_PER_DAY, day_end, f"{used}/{limit} today")
+            ):
+                return exhausted[0]
+        elif limit > 0:
+            fractions.append(
+                (max(0.0, (limit - used) / limit), QuotaLimit.DISTINCT_CALLEES_PER_DAY)
+            )
+
+    if hit(_rate_limit(profile, usage.recent_outcomes, now)):
+        return exhausted[0]
+
+    if exhausted:
+        # Report the limit that frees last: the card is usable only after all free.
+        known = [e for e in exhausted if e.frees_at is not None]
+        if len(known) < len(exhausted):
+            return next(e for e in exhausted if e.frees_at is None)
+        return max(known, key=lambda e: e.frees_at or 0.0)
+    if not fractions:
+        return Headroom(1.0, None)
+    score, name = min(fractions, key=lambda f: f[0])
+    return Headroom(score, name)
+
+
+def would_exceed(
+    profile: QuotaProfile,
+    usage: CardUsage,
+    tz_name: str,
+    callee: str | None,
+    now: datetime | float,
+) -> Exhausted | None:
+    """Would starting a call to `callee` at `now` break any limit? First broken limit, or None.
+
+    The store calls this inside its atomic reservation (SQLite transaction or
+    Redis script) with the usage it just read, before it records the start.
+    """
+    result = _evaluate(profile, usage, tz_name, callee, now, stop_at_first=True)
+    return result if isinstance(result, Exhausted) else None
+
+
+def evaluate_card(
+    card: CardSnapshot, now: datetime | float, callee: str | None = None
+) -> Headroom | Exhausted:
+    """Headroom of one card for a call to `callee` at `now`, or why and until when it cannot.
+
+    Non-usable states (suspended, appealing, retired) are `Exhausted` with
+    `frees_at=None`. When several limits are exhausted the one that frees
+    last is reported, so `frees_at` is when the card is really usable again.
+    """
+    if card.state not in USABLE_STATES:
+        return Exhausted(QuotaLimit.STATE, None, f"card is {card.state}")
+    return _evaluate(
+        card.effective_profile, card.usage, card.timezone, callee, now, stop_at_first=False
+    )

@@ -1,0 +1,168 @@
+"""Time helpers shared by policies: daily windows, carrier days, epoch conversion.
+
+Every function takes the instant it works on as an argument; this module must
+never read a clock. Local times are computed with `zoneinfo`, so DST change
+days are handled by the time zone database, not by fixed offsets.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "DailyWindows",
+    "as_utc",
+    "ceil_seconds",
+    "day_bounds",
+    "epoch",
+    "next_midnight",
+    "parse_windows",
+    "zone",
+]
+
+_WINDOW_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+MINUTES_PER_DAY = 24 * 60
+
+
+@lru_cache(maxsize=512)
+def zone(name: str) -> ZoneInfo:
+    """A cached `ZoneInfo` (raises `ZoneInfoNotFoundError` for unknown names)."""
+    return ZoneInfo(name)
+
+
+def as_utc(moment: datetime | float) -> datetime:
+    """An aware UTC datetime from an aware datetime or epoch seconds; naive datetimes are refused."""
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("naive datetime: policies need aware datetimes")
+        return moment.astimezone(UTC)
+    return datetime.fromtimestamp(moment, UTC)
+
+
+def epoch(moment: datetime | float) -> float:
+    """Epoch seconds from an aware datetime or epoch seconds."""
+    if isinstance(moment, datetime):
+        return as_utc(moment).timestamp()
+    return float(moment)
+
+
+def ceil_seconds(seconds: float) -> int:
+    """Whole seconds rounded up, never negative (Retry-After values)."""
+    return max(0, math.ceil(seconds - 1e-9))
+
+
+def _minutes(hours: str, minutes: str, text: str) -> int:
+    h, m = int(hours), int(minutes)
+    if m > 59 or h > 24 or (h == 24 and m != 0):
+        raise ValueError(f"bad time in window {text!r}")
+    return h * 60 + m
+
+
+@dataclass(frozen=True, slots=True)
+class DailyWindows:
+    """Minute ranges `[start, end)` of a local day; `end` may be 1440 (24:00)."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def contains(self, minute_of_day: int) -> bool:
+        """Whether a local minute of the day (0..1439) lies in a window."""
+        return any(start <= minute_of_day < end for start, end in self.ranges)
+
+    def starts(self) -> tuple[int, ...]:
+        """Minutes of the day at which a window opens."""
+        return tuple(sorted({start for start, _ in self.ranges}))
+
+    def intersect(self, other: DailyWindows) -> DailyWindows:
+        """Minutes that lie in both sets of windows."""
+        out: list[tuple[int, int]] = []
+        for a0, a1 in self.ranges:
+            for b0, b1 in other.ranges:
+                lo, hi = max(a0, b0), min(a1, b1)
+                if lo < hi:
+                    out.append((lo, hi))
+        return DailyWindows(tuple(sorted(out)))
+
+    def __str__(self) -> str:
+        def fmt(m: int) -> str:
+            return f"{m // 60:02d}:{m % 60:02d}"
+
+        return ",".join(f"{fmt(a)}-{fmt(b)}" for a, b in self.ranges)
+
+
+def parse_windows(text: str | Iterable[str]) -> DailyWindows:
+    """Parse `"HH:MM-HH:MM"` windows, comma-separated; `24:00` ends the day.
+
+    A window whose end is before its start wraps past midnight
+    (`"21:00-08:00"` is 21:00-24:00 plus 00:00-08:00). An empty window
+    (`"08:00-08:00"`) is refused as ambiguous.
+    """
+    parts = [p for p in text.split(",")] if isinstance(text, str) else list(text)
+    ranges: list[tuple[int, int]] = []
+    for part in parts:
+        if not part.strip():
+            continue
+        match = _WINDOW_RE.match(part)
+        if match is None:
+            raise ValueError(f"window {part.strip()!r} is not HH:MM-HH:MM")
+        start = _minutes(match[1], match[2], part)
+        end = _minutes(match[3], match[4], part)
+        if start == MINUTES_PER_DAY:
+            raise ValueError(f"window {part.strip()!r} starts at 24:00")
+        if start == end:
+            raise ValueError(f"window {part.strip()!r} is empty")
+        if end > start:
+            ranges.append((start, end))
+        else:
+            ranges.append((start, MINUTES_PER_DAY))
+            if end > 0:
+                ranges.append((0, end))
+    if not ranges:
+        raise ValueError("no window given")
+    return DailyWindows(tuple(sorted(ranges)))
+
+
+def local_minute(moment: datetime, tz: ZoneInfo) -> tuple[date, int]:
+    """Local date and minute of the day of an aware instant in a zone."""
+    local = moment.astimezone(tz)
+    return local.date(), local.hour * 60 + local.minute
+
+
+def local_instant(day: date, minute_of_day: int, tz: ZoneInfo) -> datetime:
+    """The UTC instant of a local wall-clock minute; a minute skipped by DST maps forward.
+
+    For a wall time that does not exist (spring forward), `zoneinfo` with
+    fold=0 applies the offset from before the gap, which lands on the first
+    real minute after it — the moment the window actually opens.
+    Ambiguous wall times (fall back) take their first occurrence.
+    """
+    if minute_of_day >= MINUTES_PER_DAY:
+        day = day + timedelta(days=1)
+        minute_of_day -= MINUTES_PER_DAY
+    wall = datetime.combine(day, time(minute_of_day // 60, minute_of_day % 60), tzinfo=tz)
+    return wall.astimezone(UTC)
+
+
+def next_midnight(moment: datetime | float, tz_name: str) -> float:
+    """Epoch seconds of the next local midnight in a zone (DST-correct)."""
+    tz = zone(tz_name)
+    local = as_utc(moment).astimezone(tz)
+    return local_instant(local.date() + timedelta(days=1), 0, tz).timestamp()
+
+
+def day_bounds(moment: datetime | float, tz_name: str) -> tuple[float, float]:
+    """Epoch seconds `[start, end)` of the local calendar day containing `moment`.
+
+    This is the carrier's "day" for daily quotas; stores use it to decide
+    which calls count as "today". A DST day is 23 or 25 hours long.
+    """
+    tz = zone(tz_name)
+    local = as_utc(moment).astimezone(tz)
+    start = local_instant(local.date(), 0, tz).timestamp()
+    end = local_instant(local.date() + timedelta(days=1), 0, tz).timestamp()
+    return start, end
