@@ -1,0 +1,663 @@
+"""SIP requests and responses: framing, parsing, typed access, serialization.
+
+:func:`parse` does only the eager minimum (RFC 3261 §7, §18.3): find the empty
+line, split the start line, split and unfold header lines, read Content-Length
+and cut the body. Every typed view (``via``, ``from_``, ``cseq`` ...) is parsed
+on first access, cached, and dropped when the headers change. ``bytes(msg)`` of
+an unmodified parsed message returns the original octets.
+
+This module must never let anything but a :class:`~gateway.sip.errors.SIPError`
+escape from parsing or typed access (no IndexError/ValueError/UnicodeDecodeError),
+never reads a clock and never does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .errors import MessageTooLarge, ParseError, SIPError
+from .grammar import CALLID_RE, DIGITS_RE, METHOD_RE, STATUS_RE, VERSION_RE
+from .headers import (
+    CSeq,
+    Headers,
+    NameAddr,
+    Reason,
+    RetryAfter,
+    Via,
+    canonical_name,
+    parse_delta_seconds,
+    split_list,
+)
+from .uri import URI
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "REASON_PHRASES",
+    "Message",
+    "Request",
+    "Response",
+    "error_response",
+    "make_response",
+    "parse",
+]
+
+MAX_MESSAGE_SIZE = 65536
+"""Largest message :func:`parse` accepts (64 KiB, the largest UDP payload)."""
+
+# RFC 3261 §21 plus the common later additions.
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    417: "Unknown Resource-Priority",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    428: "Use Identity Header",
+    429: "Provide Referrer Identity",
+    433: "Anonymity Disallowed",
+    436: "Bad Identity-Info",
+    437: "Unsupported Certificate",
+    438: "Invalid Identity Header",
+    439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded",
+    469: "Bad Info Package",
+    470: "Consent Needed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+    607: "Unwanted",
+    608: "Rejected",
+}
+
+_T = TypeVar("_T")
+_MISSING: Any = object()
+
+
+def _guard(fn: Callable[[], _T]) -> _T:
+    """Run a typed-header parser; translate any stray exception into ParseError."""
+    try:
+        return fn()
+    except SIPError:
+        raise
+    except Exception as exc:  # the contract: nothing but SIPError ever escapes
+        raise ParseError(f"malformed header: {exc!r}") from exc
+
+
+class Message:
+    """What requests and responses share: headers, body and the lazy typed views."""
+
+    __slots__ = (
+        "_cache",
+        "_cache_headers",
+        "_cache_version",
+        "_raw",
+        "_raw_key",
+        "body",
+        "headers",
+    )
+
+    headers: Headers
+    body: bytes
+
+    def __init__(self, headers: Headers | Iterable[tuple[str, str]], body: bytes) -> None:
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = body
+        self._cache: dict[str, Any] = {}
+        self._cache_headers: Headers | None = None
+        self._cache_version = -1
+        self._raw: bytes | None = None
+        self._raw_key: tuple[Any, ...] | None = None
+
+    # -- lazy typed access -------------------------------------------------
+    def _cached(self, key: str, compute: Callable[[], _T]) -> _T:
+        h = self.headers
+        if self._cache_headers is not h or self._cache_version != h.version:
+            self._cache = {}
+            self._cache_headers = h
+            self._cache_version = h.version
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = _guard(compute)
+            self._cache[key] = value
+        return value  # type: ignore[no-any-return]
+
+    def _single(self, name: str) -> str:
+        values = self.headers.get_all(name)
+        if not values:
+            raise ParseError(f"missing {name} header")
+        if len(values) > 1:
+            raise ParseError(f"multiple {name} headers")
+        return values[0]
+
+    def _optional_single(self, name: str) -> str | None:
+        values = self.headers.get_all(name)
+        if len(values) > 1:
+            raise ParseError(f"multiple {name} headers")
+        return values[0] if values else None
+
+    def _name_addrs(self, name: str) -> list[NameAddr]:
+        out: list[NameAddr] = []
+        for raw in self.headers.get_all(name):
+            out.extend(NameAddr.parse(v) for v in split_list(raw, strict=True))
+        return out
+
+    @property
+    def via(self) -> list[Via]:
+        """All Via values, top first (RFC 3261 §20.42)."""
+
+        def compute() -> list[Via]:
+            out: list[Via] = []
+            for raw in self.headers.get_all("via"):
+                out.extend(Via.parse(v) for v in split_list(raw, strict=True))
+            return out
+
+        return list(self._cached("via", compute))
+
+    @property
+    def from_(self) -> NameAddr:
+        """The From header; ParseError if missing, repeated or malformed."""
+        return self._cached("from", lambda: NameAddr.parse(self._single("from")))
+
+    @property
+    def to(self) -> NameAddr:
+        """The To header; ParseError if missing, repeated or malformed."""
+        return self._cached("to", lambda: NameAddr.parse(self._single("to")))
+
+    @property
+    def call_id(self) -> str:
+        """Call-ID (``word ["@" word]``, RFC 3261 §20.8)."""
+
+        def compute() -> str:
+            value = self._single("call-id")
+            if CALLID_RE.fullmatch(value) is None:
+                raise ParseError("bad Call-ID")
+            return value
+
+        return self._cached("call-id", compute)
+
+    @property
+    def cseq(self) -> CSeq:
+        """CSeq (number < 2**31 and method)."""
+        return self._cached("cseq", lambda: CSeq.parse(self._single("cseq")))
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards 0-255, or None if absent (RFC 3261 §20.22)."""
+
+        def compute() -> int | None:
+            raw = self._optional_single("max-forwards")
+            if raw is None:
+                return None
+            if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10 or int(raw) > 255:
+                raise ParseError("bad Max-Forwards")
+            return int(raw)
+
+        return self._cached("max-forwards", compute)
+
+    @property
+    def contact(self) -> list[NameAddr]:
+        """Contact values ([] for ``Contact: *``, see :attr:`contact_star`)."""
+
+        def compute() -> list[NameAddr]:
+            if self._star():
+                return []
+            out = self._name_addrs("contact")
+            for c in out:
+                _ = c.expires  # overlarge expires params are malformed (RFC 4475 §3.1.2.4)
+            return out
+
+        return list(self._cached("contact", compute))
+
+    def _star(self) -> bool:
+        values = self.headers.get_all("contact")
+        stars = [v for v in values if v.strip(" \t") == "*"]
+        if stars and len(values) > 1:
+            # RFC 3261 §10.2.2: "*" must be the only Contact value.
+            raise ParseError("Contact: * combined with other contacts")
+        return bool(stars)
+
+    @property
+    def contact_star(self) -> bool:
+        """True for ``Contact: *`` (RFC 3261 §10.2.2, REGISTER remove-all)."""
+        return self._cached("contact-star", self._star)
+
+    @property
+    def route(self) -> list[NameAddr]:
+        """Route values, in order."""
+        return list(self._cached("route", lambda: self._name_addrs("route")))
+
+    @property
+    def record_route(self) -> list[NameAddr]:
+        """Record-Route values, in order."""
+        return list(self._cached("record-route", lambda: self._name_addrs("record-route")))
+
+    @property
+    def content_length(self) -> int | None:
+        """Content-Length header value, or None if absent."""
+
+        def compute() -> int | None:
+            raw = self._optional_single("content-length")
+            return None if raw is None else _content_length(raw)
+
+        return self._cached("content-length", compute)
+
+    @property
+    def content_type(self) -> str | None:
+        """Content-Type header value as written, or None."""
+        return self._cached("content-type", lambda: self._optional_single("content-type"))
+
+    @property
+    def expires(self) -> int | None:
+        """Expires header (delta-seconds, ≤ 2**32-1), or None."""
+
+        def compute() -> int | None:
+            raw = self._optional_single("expires")
+            return None if raw is None else parse_delta_seconds(raw, "Expires")
+
+        return self._cached("expires", compute)
+
+    @property
+    def reason_header(self) -> Reason | None:
+        """The Reason header (RFC 3326), or None."""
+
+        def compute() -> Reason | None:
+            raw = self.headers.get("reason")
+            return None if raw is None else Reason.parse(raw)
+
+        return self._cached("reason", compute)
+
+    @property
+    def retry_after(self) -> RetryAfter | None:
+        """The Retry-After header, or None."""
+
+        def compute() -> RetryAfter | None:
+            raw = self._optional_single("retry-after")
+            return None if raw is None else RetryAfter.parse(raw)
+
+        return self._cached("retry-after", compute)
+
+    # -- serialization -----------------------------------------------------
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def _key(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        if self._raw is not None and self._raw_key == self._key():
+            return self._raw
+        body = self.body
+        lines = [self._start_line()]
+        cl_written = False
+        for name, value in self.headers:
+            if canonical_name(name) == "content-length":
+                if cl_written:
+                    continue
+                value = str(len(body))
+                cl_written = True
+            lines.append(f"{name}: {value}")
+        if not cl_written:
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+    def _remember_raw(self, raw: bytes) -> None:
+        self._raw = raw
+        self._raw_key = self._key()
+
+
+class Request(Message):
+    """A SIP request. ``uri`` may be given as text (parsed, ParseError if bad)."""
+
+    __slots__ = ("method", "uri", "version")
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri if isinstance(uri, URI) else URI.parse(uri)
+        self.version = version
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.method,
+            self.uri,
+            self.version,
+            id(self.headers),
+            self.headers.version,
+            id(self.body),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (
+            self.method == other.method
+            and self.uri == other.uri
+            and self.version == other.version
+            and self.headers == other.headers
+            and self.body == other.body
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+    def copy(self) -> Request:
+        """An independent copy (headers copied, body shared: bytes are immutable)."""
+        return Request(self.method, self.uri, self.headers.copy(), self.body, self.version)
+
+
+class Response(Message):
+    """A SIP response; ``reason`` defaults to the standard phrase for ``status``."""
+
+    __slots__ = ("reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = REASON_PHRASES.get(status, "") if reason is None else reason
+        self.version = version
+
+    def _start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.status,
+            self.reason,
+            self.version,
+            id(self.headers),
+            self.headers.version,
+            id(self.body),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (
+            self.status == other.status
+            and self.reason == other.reason
+            and self.version == other.version
+            and self.headers == other.headers
+            and self.body == other.body
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+    def copy(self) -> Response:
+        """An independent copy."""
+        return Response(self.status, self.reason, self.headers.copy(), self.body, self.version)
+
+
+def _content_length(raw: str) -> int:
+    # RFC 4475 §3.1.2.3: never use a negative or non-numeric value as a counter.
+    raw = raw.strip(" \t")
+    if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10:
+        raise ParseError("bad Content-Length")
+    return int(raw)
+
+
+def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """Split the header section into start line and unfolded (name, value) pairs."""
+    lines = head.split("\r\n")
+    items: list[tuple[str, str]] = []
+    keys: list[str] = []
+    for line in lines[1:]:
+        if "\r" in line or "\n" in line:
+            raise ParseError("bare CR or LF in header section")
+        if line[:1] in (" ", "\t"):
+            # RFC 3261 §7.3.1: a line starting with whitespace continues the previous
+            # header; the LWS (and the CRLF) is equivalent to a single SP.
+            if not items:
+                raise ParseError("continuation line before any header")
+            name, value = items[-1]
+            items[-1] = (name, (value.rstrip(" \t") + " " + line.strip(" \t")).strip(" \t"))
+            continue
+        colon = line.find(":")
+        if colon < 0:
+            raise ParseError("header line without colon")
+        # HCOLON = *( SP / HTAB ) ":" SWS
+        name = line[:colon].rstrip(" \t")
+        if METHOD_RE.fullmatch(name) is None:
+            raise ParseError("bad header name")
+        items.append((name, line[colon + 1 :].strip(" \t")))
+        keys.append(canonical_name(name))
+    start = lines[0]
+    if "\n" in start or "\r" in start:
+        raise ParseError("bare CR or LF in start line")
+    return start, items, keys
+
+
+def parse(
+    data: bytes, *, stream: bool = False, max_size: int = MAX_MESSAGE_SIZE
+) -> Request | Response:
+    """Parse one complete message; raise ParseError (or another SIPError) — nothing else.
+
+    Datagram framing (RFC 3261 §18.3): octets after Content-Length are ignored; a
+    missing Content-Length means the rest of the datagram. With ``stream=True``
+    Content-Length is required.
+    """
+    try:
+        return _parse(data, stream, max_size)
+    except SIPError:
+        raise
+    except Exception as exc:  # the contract: nothing but SIPError ever escapes
+        raise ParseError(f"malformed message: {exc!r}") from exc
+
+
+def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
+    if len(data) > max_size:
+        raise MessageTooLarge(f"message of {len(data)} octets exceeds {max_size}")
+    # RFC 3261 §7.5: CRLFs before the start line are ignored.
+    begin = 0
+    while data[begin : begin + 2] == b"\r\n":
+        begin += 2
+    end = data.find(b"\r\n\r\n", begin)
+    if end < 0:
+        raise ParseError("no empty line after the header section")
+    head = data[begin:end].decode("utf-8", "surrogateescape")
+    start, items, keys = _split_head(head)
+    body_start = end + 4
+
+    cl_values = {items[i][1] for i, k in enumerate(keys) if k == "content-length"}
+    if len(cl_values) > 1:
+        # RFC 4475 §3.3.9: conflicting Content-Length values make the framing unknowable.
+        raise ParseError("conflicting Content-Length headers")
+    available = len(data) - body_start
+    if cl_values:
+        length = _content_length(next(iter(cl_values)))
+        if length > available:
+            raise ParseError("Content-Length larger than the data received")
+        body_end = body_start + length
+    elif stream:
+        raise ParseError("Content-Length is required on stream transports (RFC 3261 §18.3)")
+    else:
+        body_end = len(data)
+    body = data[body_start:body_end]
+    headers = Headers._trusted(items, keys)
+
+    msg: Request | Response
+    if start[:4].upper() == "SIP/":
+        version, _, rest = start.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if VERSION_RE.fullmatch(version) is None:
+            raise ParseError("bad SIP-Version in status line")
+        if STATUS_RE.fullmatch(code) is None or int(code) > 699:
+            raise ParseError("bad status code")
+        msg = Response(int(code), reason, headers, body, version)
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3:
+            # RFC 4475 §3.1.2.8-10: extra SP in the request line is malformed.
+            raise ParseError("request line must be Method SP Request-URI SP SIP-Version")
+        method, uri_text, version = parts
+        if METHOD_RE.fullmatch(method) is None:
+            raise ParseError("bad method")
+        if VERSION_RE.fullmatch(version) is None:
+            raise ParseError("bad SIP-Version in request line")
+        msg = Request(method, URI.parse(uri_text), headers, body, version)
+    if cl_values:
+        msg._remember_raw(data[begin:body_end])
+    return msg
+
+
+def make_response(
+    req: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """Build a response to ``req`` (RFC 3261 §8.2.6.2).
+
+    Copies every Via (in order), From, To, Call-ID and CSeq verbatim; adds
+    ``;tag=to_tag`` to To when given and To has no tag yet.
+    """
+    out = Headers()
+    for name, value in req.headers:
+        key = canonical_name(name)
+        if key in ("via", "from", "call-id", "cseq"):
+            out.add(name, value)
+        elif key == "to":
+            if to_tag is not None and "tag" not in _param_names(value):
+                value = f"{value};tag={to_tag}"
+            out.add(name, value)
+    for name, value in headers:
+        out.add(name, value)
+    return Response(status, reason, out, body)
+
+
+def _param_names(value: str) -> set[str]:
+    try:
+        return {n.lower() for n, _ in NameAddr.parse(value).params}
+    except SIPError:
+        return set()
+
+
+def error_response(data: bytes, err: SIPError) -> bytes | None:
+    """Best-effort response bytes for a request that failed to parse, or None to drop.
+
+    Finds Via/From/To/Call-ID/CSeq lines however broken the rest is, so a UDP
+    peer gets its 400 (RFC 3261 §16.3 / §8.2). Responses and hopeless input give None.
+    """
+    try:
+        return _error_response(data, err)
+    except Exception:  # best effort by contract: never raise
+        return None
+
+
+_COPY_KEYS = ("via", "from", "to", "call-id", "cseq")
+
+
+def _error_response(data: bytes, err: SIPError) -> bytes | None:
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    head = (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
+    lines = head.split("\r\n")
+    if not lines or lines[0][:4].upper() == "SIP/" or " " not in lines[0]:
+        return None
+    found: list[tuple[str, str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if found and found[-1][2] == "open":
+                key, text, _ = found[-1]
+                found[-1] = (key, text.rstrip(" \t") + " " + line.strip(" \t"), "open")
+            continue
+        if found:
+            found[-1] = (found[-1][0], found[-1][1], "closed")
+        name, sep, _ = line.partition(":")
+        if not sep or "\r" in line or "\n" in line:
+            continue
+        key = canonical_name(name.strip(" \t"))
+        if key in _COPY_KEYS:
+            found.append((key, line.strip(" \t"), "open"))
+    present = {k for k, _, _ in found}
+    if not all(k in present for k in _COPY_KEYS):
+        return None
+    # Why a deterministic tag: a retransmitted bad request gets the same response,
+    # and RFC 3261 §8.2.6.2 requires a To tag on non-100 responses.
+    tag = hashlib.sha1(data, usedforsecurity=False).hexdigest()[:12]
+    out = [f"SIP/2.0 {err.status_code} {err.reason_phrase}"]
+    for key, text, _ in found:
+        if key == "to" and ";tag=" not in text.replace(" ", "").lower():
+            text = f"{text};tag={tag}"
+        out.append(text)
+    out.extend(f"{n}: {v}" for n, v in err.extra_headers)
+    out.append("Content-Length: 0")
+    return ("\r\n".join(out) + "\r\n\r\n").encode("utf-8", "surrogateescape")

@@ -1,0 +1,204 @@
+"""SIP, SIPS and tel URIs (RFC 3261 §19.1, RFC 3966), and any other absoluteURI kept opaque.
+
+A :class:`URI` is an immutable value: parse it from text, read its parts, build
+a new one with :func:`dataclasses.replace`. User and password stay %-escaped
+exactly as on the wire (RFC 4475 §3.1.1.3: never unescape recursively).
+
+This module must never raise anything but :class:`~gateway.sip.errors.ParseError`
+from :meth:`URI.parse`, and never does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ParseError
+from .grammar import HEX, HOSTNAME_RE, IPV6_RE, PORT_RE, SCHEME_RE, URI_UNSAFE_RE
+
+__all__ = ["URI", "format_params", "split_host_port"]
+
+Params = tuple[tuple[str, str | None], ...]
+
+
+def _check_escapes(text: str, what: str) -> None:
+    """Reject a ``%`` that is not followed by two hex digits (RFC 3261 ``escaped``)."""
+    n = len(text)
+    i = text.find("%")
+    while i >= 0:
+        if i + 2 >= n or text[i + 1] not in HEX or text[i + 2] not in HEX:
+            raise ParseError(f"bad %-escape in URI {what}")
+        i = text.find("%", i + 3)
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """Split ``host[:port]`` (host may be an IPv6 reference in brackets); validate both."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ParseError("unterminated IPv6 reference")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if IPV6_RE.fullmatch(host) is None or host.count(":") < 2:
+            raise ParseError("bad IPv6 reference")
+        if rest and not rest.startswith(":"):
+            raise ParseError("junk after IPv6 reference")
+        port_text = rest[1:] if rest else None
+    else:
+        host, sep, port_text_ = text.partition(":")
+        port_text = port_text_ if sep else None
+        if not host or HOSTNAME_RE.fullmatch(host) is None:
+            raise ParseError("bad host")
+    port: int | None = None
+    if port_text is not None:
+        if PORT_RE.fullmatch(port_text) is None:
+            raise ParseError("bad port")
+        port = int(port_text)
+        if port > 65535:
+            raise ParseError("port out of range")
+    return host, port
+
+
+def _parse_params(text: str) -> Params:
+    """Parse ``;name[=value]`` pieces (text without the leading ``;``)."""
+    out: list[tuple[str, str | None]] = []
+    for piece in text.split(";"):
+        name, sep, value = piece.partition("=")
+        if not name:
+            raise ParseError("empty URI parameter name")
+        _check_escapes(name, "parameter")
+        if sep:
+            _check_escapes(value, "parameter")
+            out.append((name, value))
+        else:
+            out.append((name, None))
+    return tuple(out)
+
+
+def format_params(params: Params) -> str:
+    """Serialize parameters as ``;name=value;flag``."""
+    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+
+
+@dataclass(frozen=True, slots=True)
+class URI:
+    """A parsed URI. ``host`` keeps IPv6 brackets; ``opaque`` holds tel numbers and foreign URIs."""
+
+    scheme: str
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: Params = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    opaque: str | None = field(default=None)
+
+    @classmethod
+    def parse(cls, text: str) -> URI:
+        """Parse URI text; raise :class:`ParseError` on anything malformed."""
+        if URI_UNSAFE_RE.search(text) is not None:
+            raise ParseError("whitespace, control or delimiter character in URI")
+        scheme, sep, rest = text.partition(":")
+        if not sep or SCHEME_RE.fullmatch(scheme) is None:
+            raise ParseError("URI without a valid scheme")
+        scheme = scheme.lower()
+        if scheme in ("sip", "sips"):
+            return cls._parse_sip(scheme, rest)
+        if not rest:
+            raise ParseError("empty URI after scheme")
+        if scheme == "tel":
+            number, sep, ptext = rest.partition(";")
+            if not number:
+                raise ParseError("empty tel number")
+            return cls(scheme=scheme, opaque=number, params=_parse_params(ptext) if sep else ())
+        return cls(scheme=scheme, opaque=rest)
+
+    @classmethod
+    def _parse_sip(cls, scheme: str, rest: str) -> URI:
+        # Why rfind: "@" cannot appear unescaped in params, headers or the password
+        # (RFC 3261 §25.1 paramchar/hvalue/password), but ";" and "?" can appear in
+        # the user part (user-unreserved), e.g. RFC 4475 §3.1.1.9 "sip:user;par=u%40ex.net@ex.com".
+        at = rest.rfind("@")
+        user: str | None = None
+        password: str | None = None
+        if at >= 0:
+            userinfo, rest = rest[:at], rest[at + 1 :]
+            user, sep, pw = userinfo.partition(":")
+            if sep:
+                password = pw
+                _check_escapes(pw, "password")
+            if not user:
+                raise ParseError("empty user part")
+            _check_escapes(user, "user")
+        rest, qsep, htext = rest.partition("?")
+        hostport, psep, ptext = rest.partition(";")
+        host, port = split_host_port(hostport)
+        params = _parse_params(ptext) if psep else ()
+        headers: tuple[tuple[str, str], ...] = ()
+        if qsep:
+            hs: list[tuple[str, str]] = []
+            for piece in htext.split("&"):
+                hname, hsep, hval = piece.partition("=")
+                if not hname or not hsep:
+                    raise ParseError("bad URI header")
+                _check_escapes(hname, "header")
+                _check_escapes(hval, "header")
+                hs.append((hname, hval))
+            headers = tuple(hs)
+        return cls(
+            scheme=scheme,
+            user=user,
+            password=password,
+            host=host,
+            port=port,
+            params=params,
+            headers=headers,
+        )
+
+    def __str__(self) -> str:
+        if self.scheme not in ("sip", "sips"):
+            if self.scheme == "tel":
+                return f"tel:{self.opaque}{format_params(self.params)}"
+            return f"{self.scheme}:{self.opaque}"
+        parts = [self.scheme, ":"]
+        if self.user is not None:
+            parts.append(self.user)
+            if self.password is not None:
+                parts.append(":" + self.password)
+            parts.append("@")
+        parts.append(self.host_port)
+        parts.append(format_params(self.params))
+        if self.headers:
+            parts.append("?" + "&".join(f"{n}={v}" for n, v in self.headers))
+        return "".join(parts)
+
+    @property
+    def host_port(self) -> str:
+        """``host`` or ``host:port``."""
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def param(self, name: str) -> str | None:
+        """Case-insensitive parameter lookup: the value, ``""`` for a flag, ``None`` if absent."""
+        lname = name.lower()
+        for n, v in self.params:
+            if n.lower() == lname:
+                return "" if v is None else v
+        return None
+
+    def with_params(self, **params: str | None) -> URI:
+        """A copy with the given parameters set (replacing same-named ones, case-insensitively)."""
+        lower = {k.lower() for k in params}
+        kept = tuple((n, v) for n, v in self.params if n.lower() not in lower)
+        return URI(
+            scheme=self.scheme,
+            user=self.user,
+            password=self.password,
+            host=self.host,
+            port=self.port,
+            params=kept + tuple(params.items()),
+            headers=self.headers,
+            opaque=self.opaque,
+        )
+
+    @property
+    def is_sip(self) -> bool:
+        """True for sip: and sips: URIs."""
+        return self.scheme in ("sip", "sips")
