@@ -1,0 +1,925 @@
+"""The embedded state store: one SQLite file (WAL) behind small, typed operations.
+
+What lives here: cards and their state history (``card_transitions``), call
+detail records, per-card usage (one ``call_starts`` row per reserved call
+attempt), consent, the internal DNC list, complaints and appeals. The schema
+is versioned (``schema_version``) and migrated forward on open; opening an
+up-to-date database is a no-op.
+
+Write-ahead counting. ``reserve()`` commits a usage row *before* the INVITE
+leaves the gateway; ``release()`` undoes it only when the attempt failed before
+the callee was alerted; ``finish()`` records the outcome. A crash between the
+two leaves a ``reserved`` row that :meth:`SQLiteStore.recover` turns into an
+``orphaned`` start on the next open: it still counts as a call start (so a
+crash can only over-count), but no longer as a concurrent call.
+
+Durability. The database runs in WAL mode with ``synchronous=NORMAL``: a commit
+is an append to the ``-wal`` file done with ``write(2)`` before ``COMMIT``
+returns. Once the bytes are in the kernel's page cache, killing the process
+(even ``kill -9``) cannot lose them; the next opener replays the WAL. Only an
+operating-system crash or power loss can drop the last few commits (never
+corrupt the file). ``synchronous="FULL"`` adds an fsync per commit for that case.
+
+Failure mode: fail closed. Any SQLite error is raised as :class:`StoreUnavailable`
+(which carries SIP 503 + Retry-After and the ``store-unavailable`` reason), so
+the gateway refuses the call rather than dialling without counting it.
+
+This module must never read a clock (callers pass ``now``), never log a callee
+number, and never hold a transaction open across an ``await``: every operation
+is one short synchronous transaction (well under a millisecond on local disk).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from gateway.cdr import CallRecord, Origin, Outcome
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CardRepository",
+    "CardUsageFacts",
+    "Complaint",
+    "ReservationError",
+    "SQLiteStore",
+    "StoreUnavailable",
+    "StoredCard",
+    "TransitionRecord",
+    "UsageLedger",
+    "UsageStatus",
+    "day_start",
+]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be read or written; the gateway must refuse calls (fail closed).
+
+    Carries the SIP answer the gateway gives: 503 with ``Retry-After`` and the
+    ``store-unavailable`` Reason text.
+    """
+
+    status_code = 503
+    reason_phrase = "Service Unavailable"
+    reason_text = "store-unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 30) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class ReservationError(ValueError):
+    """A reservation operation does not match the recorded state (caller bug)."""
+
+
+class UsageStatus(StrEnum):
+    """Life of one ``call_starts`` row."""
+
+    RESERVED = "reserved"  # committed before the INVITE left; counts as concurrent
+    RELEASED = "released"  # failed before the callee was alerted; counts as nothing
+    FINISHED = "finished"  # outcome known
+    ORPHANED = "orphaned"  # reserved when the process died; counts as a start only
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCard:
+    """A card row: static fields from configuration plus its persisted state."""
+
+    id: str
+    carrier: str
+    number: str
+    pool: str
+    priority: int = 0
+    quota_profile: str = "default"
+    state: str = "active"
+    reason: str | None = None
+    since: float = 0.0
+    probation_until: float | None = None
+    profile_override: str | None = None
+    resume_at: float | None = None  # when a maintenance suspension ends by itself
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One stored card state change with the evidence an appeal needs."""
+
+    card: str
+    at: float
+    from_state: str
+    to_state: str
+    reason: str | None
+    cause: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    actor: str = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class Complaint:
+    """A complaint received about a call to ``number``."""
+
+    number: str
+    at: float
+    card: str | None = None
+    call_id: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CardUsageFacts:
+    """Raw usage facts of one card at ``now``, enough for every quota check.
+
+    Counts include reserved and orphaned starts (write-ahead: over-count, never
+    under-count) and exclude released ones. The rolling window covers the last
+    ``window_size`` finished or orphaned calls.
+    """
+
+    card: str
+    now: float
+    calls_last_minute: int = 0
+    calls_last_hour: int = 0
+    calls_today: int = 0
+    concurrent: int = 0
+    last_start_at: float | None = None
+    talk_seconds_today: float = 0.0
+    distinct_callees_today: int = 0
+    window_size: int = 0
+    window_calls: int = 0
+    window_answered: int = 0
+    window_short: int = 0
+    consecutive_failures: int = 0
+
+    @property
+    def answer_rate(self) -> float | None:
+        """Answered share over the rolling window (None with no finished calls)."""
+        return self.window_answered / self.window_calls if self.window_calls else None
+
+    @property
+    def short_share(self) -> float | None:
+        """Short-call share among answered calls in the window (None if none answered)."""
+        return self.window_short / self.window_answered if self.window_answered else None
+
+    @property
+    def talk_minutes_today(self) -> float:
+        """Talk minutes since the start of the carrier's day."""
+        return self.talk_seconds_today / 60.0
+
+
+def day_start(now: float, timezone: str) -> float:
+    """POSIX time of the most recent local midnight in ``timezone`` (the carrier's day)."""
+    tz = ZoneInfo(timezone)
+    local = datetime.fromtimestamp(now, tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp()
+
+
+class UsageLedger(Protocol):
+    """Write-ahead usage counting per card; SQLite here, Redis (Lua) beside it later."""
+
+    def reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        *,
+        admit: Callable[[CardUsageFacts], None] | None = None,
+        day_start_at: float | None = None,
+    ) -> None: ...
+
+    def release(self, call_id: str, now: float) -> str | None: ...
+
+    def finish(
+        self,
+        call_id: str,
+        now: float,
+        *,
+        answered: bool,
+        talk_seconds: float = 0.0,
+        short: bool | None = None,
+    ) -> str | None: ...
+
+    def usage(
+        self, card: str, now: float, *, day_start_at: float, window: int = 50
+    ) -> CardUsageFacts: ...
+
+
+class CardRepository(Protocol):
+    """Persistence the card manager needs: card rows and their transitions."""
+
+    def upsert_card(self, card: StoredCard) -> StoredCard: ...
+
+    def load_cards(self) -> list[StoredCard]: ...
+
+    def save_transition(self, card: StoredCard, transition: TransitionRecord) -> None: ...
+
+
+# --- schema -------------------------------------------------------------------------
+
+_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE cards (
+                id TEXT PRIMARY KEY,
+                carrier TEXT NOT NULL,
+                number TEXT NOT NULL,
+                pool TEXT NOT NULL,
+                priority INTEGER NOT NULL DEFAULT 0,
+                quota_profile TEXT NOT NULL DEFAULT 'default',
+                state TEXT NOT NULL DEFAULT 'active',
+                reason TEXT,
+                since REAL NOT NULL,
+                probation_until REAL,
+                profile_override TEXT,
+                resume_at REAL
+            )""",
+            """CREATE TABLE card_transitions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                card TEXT NOT NULL,
+                at REAL NOT NULL,
+                from_state TEXT NOT NULL,
+                to_state TEXT NOT NULL,
+                reason TEXT,
+                cause TEXT NOT NULL,
+                evidence TEXT NOT NULL DEFAULT '{}',
+                actor TEXT NOT NULL
+            )""",
+            "CREATE INDEX card_transitions_card ON card_transitions (card, at)",
+            """CREATE TABLE cdrs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                call_id TEXT NOT NULL,
+                attempt_at REAL NOT NULL,
+                ring_at REAL,
+                answer_at REAL,
+                end_at REAL,
+                origin_kind TEXT NOT NULL,
+                origin TEXT NOT NULL,
+                campaign TEXT NOT NULL,
+                cards TEXT NOT NULL,
+                destination TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                final_code INTEGER NOT NULL,
+                failovers INTEGER NOT NULL DEFAULT 0,
+                policy_reason TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX cdrs_attempt ON cdrs (attempt_at)",
+            "CREATE INDEX cdrs_call ON cdrs (call_id)",
+            """CREATE TABLE call_starts (
+                call_id TEXT NOT NULL,
+                card TEXT NOT NULL,
+                callee TEXT NOT NULL,
+                started_at REAL NOT NULL,
+                status TEXT NOT NULL,
+                answered INTEGER NOT NULL DEFAULT 0,
+                talk_seconds REAL NOT NULL DEFAULT 0,
+                short INTEGER NOT NULL DEFAULT 0,
+                ended_at REAL,
+                PRIMARY KEY (call_id, card)
+            )""",
+            "CREATE INDEX call_starts_card ON call_starts (card, started_at)",
+            "CREATE INDEX call_starts_status ON call_starts (status)",
+            """CREATE TABLE consent (
+                number TEXT NOT NULL,
+                campaign TEXT NOT NULL DEFAULT '',
+                granted_at REAL NOT NULL,
+                expires_at REAL,
+                revoked_at REAL,
+                source TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (number, campaign)
+            )""",
+            """CREATE TABLE dnc (
+                number TEXT PRIMARY KEY,
+                added_at REAL NOT NULL,
+                source TEXT NOT NULL DEFAULT '',
+                note TEXT NOT NULL DEFAULT ''
+            )""",
+            """CREATE TABLE complaints (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                number TEXT NOT NULL,
+                at REAL NOT NULL,
+                card TEXT,
+                call_id TEXT,
+                note TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX complaints_card ON complaints (card, at)",
+            """CREATE TABLE appeals (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                card TEXT NOT NULL,
+                opened_at REAL NOT NULL,
+                closed_at REAL,
+                status TEXT NOT NULL DEFAULT 'open',
+                transition_id INTEGER,
+                evidence TEXT NOT NULL DEFAULT '{}',
+                note TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
+)
+
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_COUNTED = (UsageStatus.RESERVED, UsageStatus.FINISHED, UsageStatus.ORPHANED)
+_CARD_COLUMNS = (
+    "id, carrier, number, pool, priority, quota_profile, state, reason, since, "
+    "probation_until, profile_override, resume_at"
+)
+
+
+class SQLiteStore:
+    """The embedded store. Implements :class:`UsageLedger` and :class:`CardRepository`.
+
+    ``path`` is a file path or ``":memory:"`` (tests). ``busy_timeout_ms`` bounds
+    how long a write waits for another process holding the file; past it the
+    operation raises :class:`StoreUnavailable` rather than stalling the event loop.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 200,
+        short_call_seconds: float = 10.0,
+    ) -> None:
+        if synchronous.upper() not in {"NORMAL", "FULL"}:
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = str(path)
+        self.short_call_seconds = short_call_seconds
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path,
+                isolation_level=None,  # explicit BEGIN/COMMIT below
+                timeout=busy_timeout_ms / 1000.0,
+                check_same_thread=False,
+            )
+            self._db.row_factory = sqlite3.Row
+            if self.path != ":memory:":
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreUnavailable(f"cannot enable WAL on {self.path} (got {mode})")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
+        self.migrate()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL when last)."""
+        self._db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; SQLite errors become :class:`StoreUnavailable`."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
+            raise StoreUnavailable(f"store not writable: {exc}") from exc
+        try:
+            yield self._db
+        except sqlite3.IntegrityError:
+            self._db.execute("ROLLBACK")
+            raise
+        except sqlite3.Error as exc:
+            self._rollback_quietly()
+            raise StoreUnavailable(f"store write failed: {exc}") from exc
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback_quietly()
+            raise StoreUnavailable(f"store commit failed: {exc}") from exc
+
+    def _rollback_quietly(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            # The transaction is already gone (e.g. the error aborted it).
+            return
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from exc
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database (0 when empty)."""
+        rows = self._read(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        )
+        if not rows:
+            return 0
+        row = self._read("SELECT MAX(version) AS v FROM schema_version")
+        return int(row[0]["v"] or 0)
+
+    def migrate(self) -> int:
+        """Apply missing migrations in order; return the number applied (0 when current)."""
+        applied = 0
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            if current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"store schema {current} is newer than this gateway ({SCHEMA_VERSION})"
+                )
+            for version, statements in _MIGRATIONS:
+                if version <= current:
+                    continue
+                for sql in statements:
+                    db.execute(sql)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                applied += 1
+        return applied
+
+    # --- cards ----------------------------------------------------------------------
+
+    @staticmethod
+    def _card(row: sqlite3.Row) -> StoredCard:
+        return StoredCard(
+            id=row["id"],
+            carrier=row["carrier"],
+            number=row["number"],
+            pool=row["pool"],
+            priority=int(row["priority"]),
+            quota_profile=row["quota_profile"],
+            state=row["state"],
+            reason=row["reason"],
+            since=float(row["since"]),
+            probation_until=row["probation_until"],
+            profile_override=row["profile_override"],
+            resume_at=row["resume_at"],
+        )
+
+    def upsert_card(self, card: StoredCard) -> StoredCard:
+        """Insert a configured card, or update its static fields keeping its stored state.
+
+        Returns the card as stored: a card suspended before a restart stays suspended.
+        """
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET carrier=excluded.carrier, "
+                "number=excluded.number, pool=excluded.pool, priority=excluded.priority, "
+                "quota_profile=excluded.quota_profile",
+                (
+                    card.id,
+                    card.carrier,
+                    card.number,
+                    card.pool,
+                    card.priority,
+                    card.quota_profile,
+                    card.state,
+                    card.reason,
+                    card.since,
+                    card.probation_until,
+                    card.profile_override,
+                    card.resume_at,
+                ),
+            )
+            row = db.execute(f"SELECT {_CARD_COLUMNS} FROM cards WHERE id=?", (card.id,)).fetchone()
+        return self._card(row)
+
+    def get_card(self, card_id: str) -> StoredCard | None:
+        """The stored card, or None."""
+        rows = self._read(f"SELECT {_CARD_COLUMNS} FROM cards WHERE id=?", (card_id,))
+        return self._card(rows[0]) if rows else None
+
+    def load_cards(self) -> list[StoredCard]:
+        """Every stored card, ordered by pool, priority, id."""
+        rows = self._read(f"SELECT {_CARD_COLUMNS} FROM cards ORDER BY pool, priority, id")
+        return [self._card(r) for r in rows]
+
+    def save_transition(self, card: StoredCard, transition: TransitionRecord) -> None:
+        """Store the card's new state and the transition record in one transaction."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE cards SET state=?, reason=?, since=?, probation_until=?, "
+                "profile_override=?, resume_at=? WHERE id=?",
+                (
+                    card.state,
+                    card.reason,
+                    card.since,
+                    card.probation_until,
+                    card.profile_override,
+                    card.resume_at,
+                    card.id,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise LookupError(f"unknown card {card.id!r}")
+            db.execute(
+                "INSERT INTO card_transitions (card, at, from_state, to_state, reason, cause, "
+                "evidence, actor) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    transition.card,
+                    transition.at,
+                    transition.from_state,
+                    transition.to_state,
+                    transition.reason,
+                    transition.cause,
+                    json.dumps(transition.evidence, sort_keys=True),
+                    transition.actor,
+                ),
+            )
+
+    def transitions(self, card_id: str) -> list[TransitionRecord]:
+        """The card's state history, oldest first."""
+        rows = self._read(
+            "SELECT card, at, from_state, to_state, reason, cause, evidence, actor "
+            "FROM card_transitions WHERE card=? ORDER BY at, id",
+            (card_id,),
+        )
+        return [
+            TransitionRecord(
+                card=r["card"],
+                at=float(r["at"]),
+                from_state=r["from_state"],
+                to_state=r["to_state"],
+                reason=r["reason"],
+                cause=r["cause"],
+                evidence=json.loads(r["evidence"]),
+                actor=r["actor"],
+            )
+            for r in rows
+        ]
+
+    # --- usage (write-ahead reservations) -------------------------------------------
+
+    def reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        *,
+        admit: Callable[[CardUsageFacts], None] | None = None,
+        day_start_at: float | None = None,
+        window: int = 50,
+    ) -> None:
+        """Commit a call start on ``card`` before the INVITE leaves.
+
+        With ``admit``, the card's usage is computed inside the same write
+        transaction and handed to ``admit``, which raises to refuse (the
+        exception propagates and nothing is written). That makes check-and-
+        reserve atomic even when several processes share the file.
+        """
+        with self._write() as db:
+            if admit is not None:
+                start = day_start_at if day_start_at is not None else now - 86400.0
+                admit(self._usage(db, card, now, day_start_at=start, window=window))
+            active = db.execute(
+                "SELECT card FROM call_starts WHERE call_id=? AND status=?",
+                (call_id, UsageStatus.RESERVED.value),
+            ).fetchone()
+            if active is not None:
+                raise ReservationError(
+                    f"call {call_id!r} already holds a reservation on {active['card']!r}"
+                )
+            try:
+                db.execute(
+                    "INSERT INTO call_starts (call_id, card, callee, started_at, status) "
+                    "VALUES (?,?,?,?,?)",
+                    (call_id, card, callee, now, UsageStatus.RESERVED.value),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ReservationError(f"call {call_id!r} already tried card {card!r}") from exc
+
+    def release(self, call_id: str, now: float) -> str | None:
+        """Undo the call's open reservation (failed before ringing); return its card."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT card FROM call_starts WHERE call_id=? AND status=?",
+                (call_id, UsageStatus.RESERVED.value),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE call_starts SET status=?, ended_at=? WHERE call_id=? AND card=?",
+                (UsageStatus.RELEASED.value, now, call_id, row["card"]),
+            )
+            return str(row["card"])
+
+    def finish(
+        self,
+        call_id: str,
+        now: float,
+        *,
+        answered: bool,
+        talk_seconds: float = 0.0,
+        short: bool | None = None,
+    ) -> str | None:
+        """Record the outcome of the call's open reservation; return its card.
+
+        ``short`` defaults to "answered and talked less than ``short_call_seconds``".
+        """
+        if short is None:
+            short = answered and talk_seconds < self.short_call_seconds
+        with self._write() as db:
+            row = db.execute(
+                "SELECT card FROM call_starts WHERE call_id=? AND status=?",
+                (call_id, UsageStatus.RESERVED.value),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE call_starts SET status=?, answered=?, talk_seconds=?, short=?, "
+                "ended_at=? WHERE call_id=? AND card=?",
+                (
+                    UsageStatus.FINISHED.value,
+                    int(answered),
+                    float(talk_seconds),
+                    int(bool(short)),
+                    now,
+                    call_id,
+                    row["card"],
+                ),
+            )
+            return str(row["card"])
+
+    def recover(self, now: float) -> int:
+        """After a restart: turn reservations left open by a dead process into orphans.
+
+        Orphans keep counting as call starts (over-count, never under-count) but no
+        longer as concurrent calls. Call once at startup, before taking traffic.
+        """
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE call_starts SET status=?, ended_at=? WHERE status=?",
+                (UsageStatus.ORPHANED.value, now, UsageStatus.RESERVED.value),
+            )
+            return int(cur.rowcount)
+
+    def usage(
+        self, card: str, now: float, *, day_start_at: float, window: int = 50
+    ) -> CardUsageFacts:
+        """The card's usage facts at ``now`` (day counters from ``day_start_at``)."""
+        try:
+            return self._usage(self._db, card, now, day_start_at=day_start_at, window=window)
+        except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from exc
+
+    @staticmethod
+    def _usage(
+        db: sqlite3.Connection, card: str, now: float, *, day_start_at: float, window: int
+    ) -> CardUsageFacts:
+        counted = ",".join("?" * len(_COUNTED))
+        counted_values = tuple(s.value for s in _COUNTED)
+        # Only rows of the current day (or the last hour, across midnight) are scanned,
+        # through the (card, started_at) index: the cost does not grow with history.
+        lower = min(day_start_at, now - 3600.0)
+        row = db.execute(
+            "SELECT "
+            "COALESCE(SUM(started_at > ?), 0) AS minute, "
+            "COALESCE(SUM(started_at > ?), 0) AS hour, "
+            "COALESCE(SUM(started_at >= ?), 0) AS today, "
+            "COALESCE(SUM(CASE WHEN started_at >= ? THEN talk_seconds ELSE 0 END), 0) AS talk, "
+            "COUNT(DISTINCT CASE WHEN started_at >= ? THEN callee END) AS callees "
+            f"FROM call_starts WHERE card=? AND started_at >= ? AND status IN ({counted})",
+            (
+                now - 60.0,
+                now - 3600.0,
+                day_start_at,
+                day_start_at,
+                day_start_at,
+                card,
+                lower,
+                *counted_values,
+            ),
+        ).fetchone()
+        last = db.execute(
+            f"SELECT started_at FROM call_starts WHERE card=? AND status IN ({counted}) "
+            "ORDER BY started_at DESC LIMIT 1",
+            (card, *counted_values),
+        ).fetchone()
+        # A reservation left open by a crash before ``recover()`` ran is older than a day;
+        # count open reservations over all time so concurrency is never under-counted.
+        concurrent = db.execute(
+            "SELECT COUNT(*) FROM call_starts WHERE card=? AND status=?",
+            (card, UsageStatus.RESERVED.value),
+        ).fetchone()[0]
+        recent = db.execute(
+            "SELECT answered, short FROM call_starts WHERE card=? AND status IN (?, ?) "
+            "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            (card, UsageStatus.FINISHED.value, UsageStatus.ORPHANED.value, max(window, 0)),
+        ).fetchall()
+        consecutive = 0
+        for r in recent:
+            if r["answered"]:
+                break
+            consecutive += 1
+        return CardUsageFacts(
+            card=card,
+            now=now,
+            calls_last_minute=int(row["minute"]),
+            calls_last_hour=int(row["hour"]),
+            calls_today=int(row["today"]),
+            concurrent=int(concurrent),
+            last_start_at=None if last is None else float(last["started_at"]),
+            talk_seconds_today=float(row["talk"]),
+            distinct_callees_today=int(row["callees"]),
+            window_size=window,
+            window_calls=len(recent),
+            window_answered=sum(1 for r in recent if r["answered"]),
+            window_short=sum(1 for r in recent if r["answered"] and r["short"]),
+            consecutive_failures=consecutive,
+        )
+
+    def open_reservations(self) -> list[tuple[str, str]]:
+        """``(call_id, card)`` of every reservation still open."""
+        rows = self._read(
+            "SELECT call_id, card FROM call_starts WHERE status=? ORDER BY started_at",
+            (UsageStatus.RESERVED.value,),
+        )
+        return [(r["call_id"], r["card"]) for r in rows]
+
+    # --- CDRs -----------------------------------------------------------------------
+
+    def add_cdr(self, record: CallRecord) -> None:
+        """Commit one call detail record (durable once this returns)."""
+        self.add_cdrs([record])
+
+    def add_cdrs(self, records: list[CallRecord]) -> None:
+        """Commit several records in one transaction (for a batching writer)."""
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO cdrs (call_id, attempt_at, ring_at, answer_at, end_at, "
+                "origin_kind, origin, campaign, cards, destination, outcome, final_code, "
+                "failovers, policy_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r.call_id,
+                        r.attempt_at,
+                        r.ring_at,
+                        r.answer_at,
+                        r.end_at,
+                        r.origin_kind.value,
+                        r.origin,
+                        r.campaign,
+                        json.dumps(list(r.cards)),
+                        r.destination,
+                        r.outcome.value,
+                        r.final_code,
+                        r.failovers,
+                        r.policy_reason,
+                    )
+                    for r in records
+                ],
+            )
+
+    def cdrs(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        call_id: str | None = None,
+        limit: int = 10_000,
+    ) -> list[CallRecord]:
+        """Stored records by attempt time (oldest first), optionally filtered."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            clauses.append("attempt_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("attempt_at < ?")
+            params.append(until)
+        if call_id is not None:
+            clauses.append("call_id = ?")
+            params.append(call_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(
+            f"SELECT * FROM cdrs {where} ORDER BY attempt_at, id LIMIT ?", (*params, limit)
+        )
+        return [
+            CallRecord(
+                call_id=r["call_id"],
+                attempt_at=float(r["attempt_at"]),
+                destination=r["destination"],
+                outcome=Outcome(r["outcome"]),
+                final_code=int(r["final_code"]),
+                origin_kind=Origin(r["origin_kind"]),
+                origin=r["origin"],
+                campaign=r["campaign"],
+                cards=tuple(json.loads(r["cards"])),
+                ring_at=r["ring_at"],
+                answer_at=r["answer_at"],
+                end_at=r["end_at"],
+                failovers=int(r["failovers"]),
+                policy_reason=r["policy_reason"],
+            )
+            for r in rows
+        ]
+
+    # --- consent, DNC, complaints ---------------------------------------------------
+
+    def add_consent(
+        self,
+        number: str,
+        now: float,
+        *,
+        campaign: str = "",
+        expires_at: float | None = None,
+        source: str = "",
+    ) -> None:
+        """Record (or renew) the callee's consent, for one campaign or all (``""``)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO consent (number, campaign, granted_at, expires_at, revoked_at, "
+                "source) VALUES (?,?,?,?,NULL,?) ON CONFLICT(number, campaign) DO UPDATE SET "
+                "granted_at=excluded.granted_at, expires_at=excluded.expires_at, "
+                "revoked_at=NULL, source=excluded.source",
+                (number, campaign, now, expires_at, source),
+            )
+
+    def revoke_consent(self, number: str, now: float, *, campaign: str | None = None) -> int:
+        """Revoke consent (one campaign, or every campaign when None); return rows changed."""
+        with self._write() as db:
+            if campaign is None:
+                cur = db.execute(
+                    "UPDATE consent SET revoked_at=? WHERE number=? AND revoked_at IS NULL",
+                    (now, number),
+                )
+            else:
+                cur = db.execute(
+                    "UPDATE consent SET revoked_at=? WHERE number=? AND campaign=? "
+                    "AND revoked_at IS NULL",
+                    (now, number, campaign),
+                )
+            return int(cur.rowcount)
+
+    def has_consent(self, number: str, now: float, *, campaign: str = "") -> bool:
+        """Whether valid consent exists for the campaign (or a campaign-wide grant)."""
+        rows = self._read(
+            "SELECT 1 FROM consent WHERE number=? AND campaign IN ('', ?) AND "
+            "revoked_at IS NULL AND granted_at <= ? AND (expires_at IS NULL OR expires_at > ?) "
+            "LIMIT 1",
+            (number, campaign, now, now),
+        )
+        return bool(rows)
+
+    def add_dnc(self, number: str, now: float, *, source: str = "", note: str = "") -> bool:
+        """Put a number on the internal DNC list; False if it was already there."""
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO dnc (number, added_at, source, note) VALUES (?,?,?,?)",
+                (number, now, source, note),
+            )
+            return cur.rowcount == 1
+
+    def remove_dnc(self, number: str) -> bool:
+        """Take a number off the internal DNC list; False if it was not there."""
+        with self._write() as db:
+            return db.execute("DELETE FROM dnc WHERE number=?", (number,)).rowcount == 1
+
+    def is_dnc(self, number: str) -> bool:
+        """Whether the number is on the internal DNC list."""
+        return bool(self._read("SELECT 1 FROM dnc WHERE number=?", (number,)))
+
+    def add_complaint(self, complaint: Complaint) -> None:
+        """Store a complaint (evidence for appeals; feeds the anti-abuse picture)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO complaints (number, at, card, call_id, note) VALUES (?,?,?,?,?)",
+                (complaint.number, complaint.at, complaint.card, complaint.call_id, complaint.note),
+            )
+
+    def complaints(self, *, card: str | None = None, since: float = 0.0) -> list[Complaint]:
+        """Complaints since ``since``, for one card or all, oldest first."""
+        if card is None:
+            rows = self._read("SELECT * FROM complaints WHERE at >= ? ORDER BY at, id", (since,))
+        else:
+            rows = self._read(
+                "SELECT * FROM complaints WHERE card=? AND at >= ? ORDER BY at, id",
+                (card, since),
+            )
+        return [
+            Complaint(
+                number=r["number"],
+                at=float(r["at"]),
+                card=r["card"],
+                call_id=r["call_id"],
+                note=r["note"],
+            )
+            for r in rows
+        ]
