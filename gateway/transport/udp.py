@@ -1,0 +1,144 @@
+"""UDP transport: one SIP message per datagram (RFC 3261 §18.3).
+
+A thin ``asyncio.DatagramProtocol`` adapter: datagrams go to the shared receive
+path of :class:`~gateway.transport.base.Transport`, sends go to ``sendto``.
+
+It must never raise OS errors to its callers (ICMP errors and failed sends are
+logged and counted), never let the asyncio write buffer grow without bound
+(sends are refused once it passes a limit), and never parse anything itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import structlog
+
+from gateway.transport.base import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Address,
+    MessageHandler,
+    Transport,
+    TransportName,
+    normalize_address,
+)
+
+__all__ = ["DEFAULT_RECEIVE_BUFFER", "UDPTransport"]
+
+log = structlog.get_logger("gateway.transport.udp")
+
+DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
+"""SO_RCVBUF asked for: bursts above ~2,000 datagrams/s overflow the 208 KiB default."""
+
+MAX_WRITE_BUFFER = 1024 * 1024
+"""Bytes queued in asyncio's datagram transport beyond which sends are refused."""
+
+
+def _is_keepalive(data: bytes) -> bool:
+    # RFC 5626 §4.4.1 keep-alives over UDP are STUN, but many phones send bare
+    # CRLF (or a few zero bytes) datagrams: harmless, not worth an error.
+    return not data.strip(b"\r\n\x00 \t")
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UDPTransport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.owner._datagram(data, normalize_address(addr))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from an earlier sendto, etc.: an OS error at the edge.
+        self.owner.stats.send_errors += 1
+        log.info("transport.udp.error", error=repr(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._closed.set()
+
+
+class UDPTransport(Transport):
+    """A bound UDP socket. Create with :meth:`listen`."""
+
+    name = TransportName.UDP
+    reliable = False
+
+    def __init__(
+        self,
+        on_message: MessageHandler,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        super().__init__(on_message, max_message_size=max_message_size)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._local: Address = ("", 0)
+        self._closed = asyncio.Event()
+        self.receive_buffer = 0
+
+    @classmethod
+    async def listen(
+        cls,
+        host: str,
+        port: int,
+        on_message: MessageHandler,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+    ) -> UDPTransport:
+        """Bind ``host:port`` (port 0: any free port) and start receiving."""
+        self = cls(on_message, max_message_size=max_message_size)
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            except OSError as exc:  # capped or refused by the OS: keep its default
+                log.warning("transport.udp.rcvbuf", error=repr(exc))
+            self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            sock.bind((host.strip("[]"), port))
+        except BaseException:
+            sock.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        self._transport = transport
+        self._local = normalize_address(transport.get_extra_info("sockname"))
+        return self
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    def _datagram(self, data: bytes, source: Address) -> None:
+        if _is_keepalive(data):
+            self.stats.keepalives += 1
+            return
+        self._receive(data, source, lambda answer: self.send(answer, source), stream=False)
+
+    def _send_bytes(self, data: bytes, addr: Address) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            log.info("transport.udp.send.closed")
+            return False
+        # Selector datagram transports buffer without bound when the socket would
+        # block; typeshed does not declare the method, asyncio has it.
+        buffered: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if buffered > MAX_WRITE_BUFFER:
+            self.stats.drop("send-buffer-full")
+            return False
+        try:
+            transport.sendto(data, addr)
+        except (OSError, ValueError) as exc:
+            log.info("transport.udp.send.failed", error=repr(exc), host=addr[0], port=addr[1])
+            return False
+        return True
+
+    async def close(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._transport = None
+        transport.close()
+        await self._closed.wait()
