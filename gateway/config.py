@@ -1,0 +1,1147 @@
+"""dialgate configuration: the TOML file of DESIGN.md "Configuration" as typed settings.
+
+What this module is for:
+
+* one ``Settings`` object (pydantic-settings) holding every section of the TOML file:
+  ``sip``, ``store``, ``mqtt``, ``policy``, ``users``, ``peers``, ``inbound``,
+  ``carriers``, ``quota_profiles``, ``cards``, ``admin``, ``logging``;
+* sources, strongest first: keyword arguments, ``DIALGATE_…`` environment variables
+  (``__`` separates nesting levels, lists/tables as JSON), the TOML file, embedded
+  defaults. ``Settings()`` with no file at all is valid and runnable;
+* validation an operator can act on: unknown keys are errors (a typo must never be
+  silently ignored), string mini-formats are parsed into values (``ListenSpec``,
+  ``DailyWindows``, ``ServiceUrl``), names referenced across sections must exist, and
+  ``explain_errors`` turns a ``ValidationError`` into one ``key.path[i].sub: message``
+  line per problem.
+
+What it must never do: echo a secret. Passwords, HA1 hashes, tokens and the password
+part of broker/redis URLs are ``SecretStr``; models are built with
+``hide_input_in_errors`` so a rejected value never appears in an error, and
+``explain_errors`` never prints input values at all. It never opens sockets or files
+other than the one TOML file it is asked to read.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import ipaddress
+import itertools
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeAlias
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    PlainSerializer,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway import __version__
+
+__all__ = [
+    "AdminSettings",
+    "CardReason",
+    "CardSettings",
+    "CarrierRule",
+    "CarrierSettings",
+    "ConfigError",
+    "ConsentMode",
+    "DailyWindows",
+    "Endpoint",
+    "InboundSettings",
+    "ListenSpec",
+    "LoggingSettings",
+    "MqttSettings",
+    "PeerSettings",
+    "PolicySettings",
+    "QuotaProfile",
+    "ServiceUrl",
+    "Settings",
+    "SipSettings",
+    "StoreSettings",
+    "TimeWindow",
+    "Transport",
+    "UserSettings",
+    "explain_errors",
+    "find_default_config",
+    "format_loc",
+    "load_settings",
+    "summary",
+]
+
+DEFAULT_CONFIG_NAME = "dialgate.toml"
+ENV_PREFIX = "DIALGATE_"
+
+# ---------------------------------------------------------------------------
+# Small value types parsed from strings
+# ---------------------------------------------------------------------------
+
+
+class Transport(StrEnum):
+    """SIP transports the gateway speaks."""
+
+    UDP = "udp"
+    TCP = "tcp"
+
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _check_host(host: str) -> str:
+    """Return *host* normalized: an IPv4 literal, ``[v6]`` literal or a hostname."""
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"unterminated IPv6 literal {host!r}")
+        try:
+            addr = ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {host!r}") from None
+        return f"[{addr.compressed}]"
+    if ":" in host:
+        # why: RFC 3261 §19.1.1 / §25.1 — an IPv6 host in a SIP hostport is an
+        # IPv6reference, always bracketed, so the port separator stays unambiguous.
+        raise ValueError(f"IPv6 address must be in brackets, e.g. [{host}]")
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(host) or host.replace(".", "").isdigit():
+        raise ValueError(f"invalid host {host!r}")
+    return host.lower()
+
+
+def _check_port(text: str, *, allow_zero: bool) -> int:
+    if not text.isdigit():
+        raise ValueError(f"port must be a number, got {text!r}")
+    port = int(text)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port {port} out of range {low}-65535")
+    return port
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A ``transport:host:port`` triple: a listening socket or a carrier trunk.
+
+    ``host`` keeps IPv6 literals in brackets (``[::1]``); ``ip`` gives the bare form
+    that socket APIs want.
+    """
+
+    transport: Transport
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, allow_port_zero: bool = True) -> Endpoint:
+        """Parse ``"udp:127.0.0.1:5060"`` / ``"tcp:[::1]:5061"``; raise ValueError."""
+        transport, sep, rest = text.strip().partition(":")
+        if not sep:
+            raise ValueError(f"expected 'transport:host:port', got {text!r}")
+        try:
+            proto = Transport(transport.lower())
+        except ValueError:
+            raise ValueError(
+                f"unknown transport {transport!r} (expected one of: "
+                f"{', '.join(t.value for t in Transport)})"
+            ) from None
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected 'transport:host:port', got {text!r}")
+        return cls(proto, _check_host(host), _check_port(port, allow_zero=allow_port_zero))
+
+    @property
+    def ip(self) -> str:
+        """The host without IPv6 brackets, as ``socket.bind`` wants it."""
+        return self.host[1:-1] if self.host.startswith("[") else self.host
+
+    @property
+    def host_port(self) -> str:
+        """``host:port`` as written in a Via sent-by or a URI."""
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.transport.value}:{self.host}:{self.port}"
+
+
+ListenSpec: TypeAlias = Endpoint
+
+
+def _validate_listen(value: Any) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("listen_spec", "expected a 'transport:host:port' string")
+    try:
+        return Endpoint.parse(value, allow_port_zero=True)
+    except ValueError as exc:
+        raise PydanticCustomError("listen_spec", str(exc)) from None
+
+
+def _validate_trunk(value: Any) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("address", "expected a 'transport:host:port' string")
+    try:
+        return Endpoint.parse(value, allow_port_zero=False)
+    except ValueError as exc:
+        raise PydanticCustomError("address", str(exc)) from None
+
+
+ListenField = Annotated[
+    Endpoint, PlainValidator(_validate_listen), PlainSerializer(str, return_type=str)
+]
+TrunkField = Annotated[
+    Endpoint, PlainValidator(_validate_trunk), PlainSerializer(str, return_type=str)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Minutes of the day ``[start, end)``; ``end`` may be 1440 ("24:00")."""
+
+    start: int
+    end: int
+
+    def contains(self, minute_of_day: float) -> bool:
+        """True when *minute_of_day* (0 ≤ m < 1440) is inside the window."""
+        return self.start <= minute_of_day < self.end
+
+
+def _parse_hhmm(text: str) -> int:
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if not match:
+        raise ValueError(f"expected HH:MM, got {text.strip()!r}")
+    hours, minutes = int(match[1]), int(match[2])
+    if minutes > 59 or hours > 24 or (hours == 24 and minutes != 0):
+        raise ValueError(f"invalid time {text.strip()!r} (00:00-24:00)")
+    return hours * 60 + minutes
+
+
+def _fmt_minute(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class DailyWindows:
+    """Daily time windows parsed from ``"HH:MM-HH:MM[,HH:MM-HH:MM...]"``.
+
+    A window whose end is earlier than its start runs over midnight
+    (``"21:00-08:00"``) and is stored as two windows. ``"24:00"`` ends the day.
+    """
+
+    spec: str
+    windows: tuple[TimeWindow, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> DailyWindows:
+        """Parse the window list; raise ValueError naming the bad part."""
+        windows: list[TimeWindow] = []
+        parts = text.split(",")
+        if not text.strip():
+            raise ValueError("empty time window list")
+        for part in parts:
+            start_text, sep, end_text = part.partition("-")
+            if not sep:
+                raise ValueError(f"expected HH:MM-HH:MM, got {part.strip()!r}")
+            start, end = _parse_hhmm(start_text), _parse_hhmm(end_text)
+            if start == 1440:
+                raise ValueError(f"a window cannot start at 24:00 ({part.strip()!r})")
+            if start == end:
+                raise ValueError(f"empty window {part.strip()!r}")
+            if start < end:
+                windows.append(TimeWindow(start, end))
+            else:
+                windows.append(TimeWindow(start, 1440))
+                if end:
+                    windows.append(TimeWindow(0, end))
+        windows.sort(key=lambda w: w.start)
+        for before, after in itertools.pairwise(windows):
+            if after.start < before.end:
+                raise ValueError(
+                    f"windows overlap: {_fmt_minute(before.start)}-{_fmt_minute(before.end)}"
+                    f" and {_fmt_minute(after.start)}-{_fmt_minute(after.end)}"
+                )
+        spec = ",".join(p.strip() for p in parts)
+        return cls(spec, tuple(windows))
+
+    def contains(self, minute_of_day: float) -> bool:
+        """True when *minute_of_day* (0 ≤ m < 1440) falls in any window."""
+        return any(w.contains(minute_of_day) for w in self.windows)
+
+    def seconds_until_open(self, second_of_day: float) -> float:
+        """Seconds from *second_of_day* until a window is open (0 when open now).
+
+        Meant for Retry-After on a ``calling-hours`` reject.
+        """
+        minute = second_of_day / 60.0
+        if self.contains(minute):
+            return 0.0
+        starts = sorted(w.start * 60 for w in self.windows)
+        later = [s for s in starts if s > second_of_day]
+        nxt = later[0] if later else starts[0] + 86400
+        return float(nxt - second_of_day)
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def _validate_windows(value: Any) -> DailyWindows:
+    if isinstance(value, DailyWindows):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("time_windows", "expected a 'HH:MM-HH:MM[,...]' string")
+    try:
+        return DailyWindows.parse(value)
+    except ValueError as exc:
+        raise PydanticCustomError("time_windows", str(exc)) from None
+
+
+WindowsField = Annotated[
+    DailyWindows, PlainValidator(_validate_windows), PlainSerializer(str, return_type=str)
+]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServiceUrl:
+    """A broker/database URL whose password is kept as a ``SecretStr``.
+
+    ``str()``/``repr()`` show ``scheme://user:***@host:port/path``; ``password``
+    is only readable through ``SecretStr.get_secret_value()``.
+    """
+
+    scheme: str
+    host: str
+    port: int | None
+    username: str | None
+    password: SecretStr | None
+    path: str
+
+    @classmethod
+    def parse(cls, text: str, *, schemes: Sequence[str]) -> ServiceUrl:
+        """Parse *text*; the scheme must be one of *schemes*. Raise ValueError."""
+        parts = urlsplit(text.strip())
+        scheme = parts.scheme.lower()
+        if scheme not in schemes:
+            raise ValueError(f"URL scheme must be one of {', '.join(schemes)}, got {scheme!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("invalid port in URL") from None
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        host = parts.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return cls(
+            scheme=scheme,
+            host=_check_host(host),
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=SecretStr(unquote(parts.password)) if parts.password else None,
+            path=parts.path,
+        )
+
+    @property
+    def ip(self) -> str:
+        """The host without IPv6 brackets."""
+        return self.host[1:-1] if self.host.startswith("[") else self.host
+
+    def __str__(self) -> str:
+        auth = ""
+        if self.username is not None or self.password is not None:
+            auth = self.username or ""
+            if self.password is not None:
+                auth += ":***"
+            auth += "@"
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.scheme}://{auth}{self.host}{port}{self.path}"
+
+    def __repr__(self) -> str:
+        return f"ServiceUrl({str(self)!r})"
+
+
+def _url_validator(*schemes: str) -> Callable[[Any], ServiceUrl]:
+    def validate(value: Any) -> ServiceUrl:
+        if isinstance(value, ServiceUrl):
+            return value
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise PydanticCustomError("url", "expected a URL string")
+        try:
+            return ServiceUrl.parse(value, schemes=schemes)
+        except ValueError as exc:
+            raise PydanticCustomError("url", str(exc)) from None
+
+    return validate
+
+
+MqttUrl = Annotated[
+    ServiceUrl,
+    PlainValidator(_url_validator("mqtt", "mqtts", "ws", "wss")),
+    PlainSerializer(str, return_type=str),
+]
+RedisUrl = Annotated[
+    ServiceUrl,
+    PlainValidator(_url_validator("redis", "rediss", "unix")),
+    PlainSerializer(str, return_type=str),
+]
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+_SECTION = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True)
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
+
+
+class SipSettings(BaseModel):
+    """``[sip]``: sockets, identity and RFC 3261 timer values."""
+
+    model_config = _SECTION
+
+    listen: list[ListenField] = Field(
+        default_factory=lambda: [
+            Endpoint(Transport.UDP, "127.0.0.1", 5060),
+            Endpoint(Transport.TCP, "127.0.0.1", 5060),
+        ],
+        min_length=1,
+    )
+    advertise: str | None = None
+    domains: list[str] = Field(default_factory=list)
+    realm: str = Field(default="dialgate", min_length=1)
+    # why: RFC 3261 §17.1.1.1 — T1 (RTT estimate, default 500 ms), T2 (max
+    # non-INVITE retransmit interval, 4 s) and T4 (max time a message stays in
+    # the network, 5 s); §17.1.2.2 says T2 must not be below T1.
+    t1: float = Field(default=0.5, gt=0, le=60)
+    t2: float = Field(default=4.0, gt=0, le=600)
+    t4: float = Field(default=5.0, gt=0, le=600)
+    max_message_size: int = Field(default=65535, ge=1300, le=1 << 24)
+    user_agent: str = Field(default=f"dialgate/{__version__}", min_length=1)
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        return None if value is None else _check_host(value)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [_check_host(v) for v in value]
+
+    @model_validator(mode="after")
+    def _timers(self) -> SipSettings:
+        if self.t2 < self.t1:
+            raise PydanticCustomError("timers", "t2 must not be smaller than t1")
+        seen: set[str] = set()
+        for spec in self.listen:
+            if spec.port and str(spec) in seen:
+                raise PydanticCustomError(
+                    "listen_spec", "duplicate listener {spec}", {"spec": str(spec)}
+                )
+            seen.add(str(spec))
+        return self
+
+
+class StoreSettings(BaseModel):
+    """``[store]``: the embedded SQLite file and optional shared Redis."""
+
+    model_config = _SECTION
+
+    path: Path = Path("var/dialgate.db")
+    redis: RedisUrl | None = None
+
+
+class MqttSettings(BaseModel):
+    """``[mqtt]``: event publishing. Omit the table to run without MQTT."""
+
+    model_config = _SECTION
+
+    url: MqttUrl = Field(
+        default_factory=lambda: ServiceUrl.parse("mqtt://127.0.0.1:1883", schemes=("mqtt",))
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    root: str = Field(default="dialgate", min_length=1, pattern=r"^[^#+\x00]+$")
+    node: str = Field(default="gw1", min_length=1, pattern=r"^[^/#+\x00]+$")
+    client_id: str | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    stats_interval: float = Field(default=5.0, gt=0, le=3600)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+
+    @property
+    def use_tls(self) -> bool:
+        """TLS when asked for explicitly or implied by ``mqtts://`` / ``wss://``."""
+        return self.tls or self.url.scheme in {"mqtts", "wss"}
+
+    @property
+    def port(self) -> int:
+        """Broker port, defaulting by scheme (1883, 8883 with TLS)."""
+        if self.url.port is not None:
+            return self.url.port
+        return 8883 if self.use_tls else 1883
+
+    def credentials(self) -> tuple[str | None, SecretStr | None]:
+        """(username, password): explicit keys win over those in the URL."""
+        return (self.username or self.url.username, self.password or self.url.password)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttSettings:
+        if self.key_file is not None and self.cert_file is None:
+            raise PydanticCustomError("tls", "key_file needs cert_file")
+        return self
+
+
+class ConsentMode(StrEnum):
+    """How consent is checked before an outbound call."""
+
+    DNC_ONLY = "dnc-only"
+    REQUIRE_CONSENT = "require-consent"
+
+
+def _check_region(value: str) -> str:
+    region = value.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown region {value!r} (ISO 3166 code such as 'CN', 'US')")
+    return region
+
+
+class PolicySettings(BaseModel):
+    """``[policy]``: consent mode, calling hours, regions, privacy."""
+
+    model_config = _SECTION
+
+    default_region: str = "CN"
+    consent: ConsentMode = ConsentMode.DNC_ONLY
+    calling_hours: WindowsField = Field(default_factory=lambda: DailyWindows.parse("08:00-21:00"))
+    # Extra emergency numbers per region, on top of what phonenumbers knows.
+    emergency_numbers: dict[str, list[Annotated[str, Field(pattern=r"^[0-9*#]{2,8}$")]]] = Field(
+        default_factory=dict
+    )
+    campaign_header: str = Field(default="X-Campaign", pattern=r"^[A-Za-z0-9!%*_+`'~.-]+$")
+    mask_numbers: bool = True
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _check_region(value)
+
+    @field_validator("emergency_numbers")
+    @classmethod
+    def _emergency_regions(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {_check_region(k): v for k, v in value.items()}
+
+
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _DigestCredentials(BaseModel):
+    """Digest secret: exactly one of ``password``, ``ha1_md5``, ``ha1_sha256``."""
+
+    model_config = _SECTION
+
+    password: SecretStr | None = None
+    ha1_md5: SecretStr | None = None
+    ha1_sha256: SecretStr | None = None
+
+    @field_validator("ha1_md5")
+    @classmethod
+    def _md5(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _HEX32.match(value.get_secret_value()):
+            raise ValueError("ha1_md5 must be 32 hex digits")
+        return value
+
+    @field_validator("ha1_sha256")
+    @classmethod
+    def _sha256(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _HEX64.match(value.get_secret_value()):
+            raise ValueError("ha1_sha256 must be 64 hex digits")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> _DigestCredentials:
+        given = [
+            k
+            for k, v in (
+                ("password", self.password),
+                ("ha1_md5", self.ha1_md5),
+                ("ha1_sha256", self.ha1_sha256),
+            )
+            if v is not None
+        ]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "credentials",
+                "exactly one of password, ha1_md5, ha1_sha256 is required (got {got})",
+                {"got": ", ".join(given) or "none"},
+            )
+        return self
+
+
+class UserSettings(_DigestCredentials):
+    """``[[users]]``: a softphone agent that REGISTERs with digest auth."""
+
+    name: Name
+    card: str | None = None
+    campaign: str | None = None
+
+
+class PeerSettings(_DigestCredentials):
+    """``[[peers]]``: a trusted dialer: source address allow-list plus digest."""
+
+    name: Name
+    addresses: list[IPvAnyNetwork] = Field(min_length=1)
+    campaign: str | None = None
+
+
+class InboundSettings(BaseModel):
+    """``[inbound]``: where callbacks to a card go when no agent is bound to it."""
+
+    model_config = _SECTION
+
+    fallback_user: str | None = None
+
+
+class CardReason(StrEnum):
+    """Why a card left the active state (DESIGN "Card states")."""
+
+    ARREARS = "arrears"
+    VIOLATION = "violation"
+    ABNORMAL_USE = "abnormal-use"
+    MAINTENANCE = "maintenance"
+    FAULT = "fault"
+    MANUAL = "manual"
+    UNKNOWN = "unknown"
+
+
+class CarrierRule(BaseModel):
+    """``[[carriers.rules]]``: a carrier response that changes a card's state."""
+
+    model_config = _SECTION
+
+    status: int = Field(ge=100, le=699)
+    match: re.Pattern[str] | None = None
+    reason: CardReason
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    def matches(self, status: int, text: str) -> bool:
+        """True when *status* equals and *text* (reason phrase / Warning) matches."""
+        return status == self.status and (self.match is None or bool(self.match.search(text)))
+
+
+class CarrierSettings(BaseModel):
+    """``[[carriers]]``: a SIP trunk and the rules that read its responses."""
+
+    model_config = _SECTION
+
+    name: Name
+    address: TrunkField
+    timezone: str = "UTC"
+    rules: list[CarrierRule] = Field(default_factory=list)
+    # "register" itself would shadow BaseModel.register (ABCMeta), hence the alias.
+    register_enabled: bool = Field(default=False, alias="register")
+    register_expires: int = Field(default=3600, ge=60, le=86400)
+    options_interval: float | None = Field(default=30.0, ge=1, le=3600)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {value!r} (IANA name such as 'Asia/Shanghai')"
+            ) from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The carrier's timezone (its calendar day bounds daily quotas)."""
+        return ZoneInfo(self.timezone)
+
+
+class QuotaProfile(BaseModel):
+    """``[quota_profiles.NAME]``: per-card limits; a missing key means no limit."""
+
+    model_config = _SECTION
+
+    calls_per_minute: int | None = Field(default=None, ge=0)
+    calls_per_hour: int | None = Field(default=None, ge=0)
+    calls_per_day: int | None = Field(default=None, ge=0)
+    concurrent: int | None = Field(default=None, ge=0)
+    min_gap_seconds: float | None = Field(default=None, ge=0)
+    talk_minutes_per_day: float | None = Field(default=None, ge=0)
+    distinct_callees_per_day: int | None = Field(default=None, ge=0)
+    answer_rate_floor: float | None = Field(default=None, ge=0, le=1)
+    short_call_ceiling: float | None = Field(default=None, ge=0, le=1)
+    short_call_seconds: float | None = Field(default=None, gt=0)
+    rate_window_calls: int | None = Field(default=None, ge=1)
+    min_sample: int | None = Field(default=None, ge=1)
+    consecutive_failures: int | None = Field(default=None, ge=1)
+    cooldown_seconds: float | None = Field(default=None, ge=0)
+    night_window: WindowsField | None = None
+    probation: str | None = None
+
+
+# Used when the file defines no "default" profile: the DESIGN example's limits.
+BUILTIN_DEFAULT_QUOTA = QuotaProfile(
+    calls_per_minute=5, calls_per_hour=60, calls_per_day=300, concurrent=1
+)
+
+
+class CardSettings(BaseModel):
+    """``[[cards]]``: one outbound carrier line."""
+
+    model_config = _SECTION
+
+    id: Name
+    carrier: str
+    number: str
+    username: str | None = None
+    password: SecretStr | None = None
+    pool: Name = "main"
+    priority: int = Field(default=100, ge=0)
+    quota: str = "default"
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if not value.startswith("+"):
+            raise ValueError("must be in E.164 form with '+' and country code, e.g. +8613800000001")
+        try:
+            parsed = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException as exc:
+            raise ValueError(f"not a phone number: {exc}") from None
+        if not phonenumbers.is_valid_number(parsed):
+            raise ValueError("not a valid E.164 number")
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+    @property
+    def auth_username(self) -> str:
+        """Username for the carrier's digest challenge (defaults to the card id)."""
+        return self.username or self.id
+
+
+class AdminSettings(BaseModel):
+    """``[admin]``: the admin HTTP endpoint."""
+
+    model_config = _SECTION
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"
+    token: SecretStr | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return f"{_check_host(host)}:{_check_port(port, allow_zero=True)}"
+
+    @property
+    def host(self) -> str:
+        """Bind address without IPv6 brackets."""
+        host = self.listen.rpartition(":")[0]
+        return host[1:-1] if host.startswith("[") else host
+
+    @property
+    def port(self) -> int:
+        """Bind port (0 = pick a free one)."""
+        return int(self.listen.rpartition(":")[2])
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AdminSettings:
+        # An admin API reachable from the network without a token would let anyone
+        # restore suspended cards or import consent: refuse to start like that.
+        if self.enabled and self.token is None and not _is_loopback(self.host):
+            raise PydanticCustomError(
+                "admin_token", "a token is required when listening on a non-loopback address"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LogLevel(StrEnum):
+    """Log levels accepted in ``[logging] level``."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class LoggingSettings(BaseModel):
+    """``[logging]``: level and format (JSON lines, or console on a TTY)."""
+
+    model_config = _SECTION
+
+    level: LogLevel = LogLevel.INFO
+    json_lines: bool = Field(default=False, alias="json")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------
+# The root object
+# ---------------------------------------------------------------------------
+
+# The TOML file load_settings() was asked for (a ContextVar so concurrent loads in
+# tests or threads never see each other's file).
+_TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "dialgate_toml_file", default=None
+)
+
+
+class Settings(BaseSettings):
+    """The whole dialgate configuration (DESIGN.md "Configuration")."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    sip: SipSettings = Field(default_factory=SipSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    mqtt: MqttSettings | None = None
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    users: list[UserSettings] = Field(default_factory=list)
+    peers: list[PeerSettings] = Field(default_factory=list)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
+    carriers: list[CarrierSettings] = Field(default_factory=list)
+    quota_profiles: dict[Name, QuotaProfile] = Field(default_factory=dict)
+    cards: list[CardSettings] = Field(default_factory=list)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    REFERENCE_ERROR: ClassVar[str] = "config_reference"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments > DIALGATE_ env > TOML file > defaults.
+
+        why: pydantic-settings ignores ``toml_file=`` unless a
+        ``TomlConfigSettingsSource`` is listed here (TOOLS.md).
+        """
+        toml_file = _TOML_FILE.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("quota_profiles")
+    @classmethod
+    def _default_profile(cls, value: dict[str, QuotaProfile]) -> dict[str, QuotaProfile]:
+        if "default" not in value:
+            value = {"default": BUILTIN_DEFAULT_QUOTA, **value}
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        problems = list(self._reference_problems())
+        if problems:
+            raise PydanticCustomError(
+                self.REFERENCE_ERROR,
+                "{summary}",
+                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
+            )
+        return self
+
+    def _reference_problems(self) -> Iterator[tuple[str, str]]:
+        """Yield (key path, message) for every name that points nowhere."""
+        yield from _duplicates("users", [u.name for u in self.users], "name")
+        yield from _duplicates("peers", [p.name for p in self.peers], "name")
+        yield from _duplicates("carriers", [c.name for c in self.carriers], "name")
+        yield from _duplicates("cards", [c.id for c in self.cards], "id")
+        carriers = {c.name for c in self.carriers}
+        cards = {c.id for c in self.cards}
+        users = {u.name for u in self.users}
+        profiles = set(self.quota_profiles)
+        for i, card in enumerate(self.cards):
+            if card.carrier not in carriers:
+                yield (
+                    f"cards[{i}].carrier",
+                    f"unknown carrier {card.carrier!r}{_hint(card.carrier, carriers)}",
+                )
+            if card.quota not in profiles:
+                yield (
+                    f"cards[{i}].quota",
+                    f"unknown quota profile {card.quota!r}{_hint(card.quota, profiles)}",
+                )
+        for i, user in enumerate(self.users):
+            if user.card is not None and user.card not in cards:
+                yield f"users[{i}].card", f"unknown card {user.card!r}{_hint(user.card, cards)}"
+        for name, profile in self.quota_profiles.items():
+            if profile.probation is not None and profile.probation not in profiles:
+                yield (
+                    f"quota_profiles.{name}.probation",
+                    f"unknown quota profile {profile.probation!r}{_hint(profile.probation, profiles)}",
+                )
+        fallback = self.inbound.fallback_user
+        if fallback is not None and fallback not in users:
+            yield "inbound.fallback_user", f"unknown user {fallback!r}{_hint(fallback, users)}"
+
+    # -- convenience lookups for the rest of the gateway --------------------
+
+    def carrier(self, name: str) -> CarrierSettings:
+        """The carrier called *name* (KeyError if absent)."""
+        for carrier in self.carriers:
+            if carrier.name == name:
+                return carrier
+        raise KeyError(name)
+
+    def card(self, card_id: str) -> CardSettings:
+        """The card with id *card_id* (KeyError if absent)."""
+        for card in self.cards:
+            if card.id == card_id:
+                return card
+        raise KeyError(card_id)
+
+    def user(self, name: str) -> UserSettings:
+        """The user called *name* (KeyError if absent)."""
+        for user in self.users:
+            if user.name == name:
+                return user
+        raise KeyError(name)
+
+    def pools(self) -> dict[str, list[CardSettings]]:
+        """Cards grouped by pool, each pool ordered by priority then file order."""
+        pools: dict[str, list[CardSettings]] = {}
+        for card in self.cards:
+            pools.setdefault(card.pool, []).append(card)
+        return {name: sorted(cards, key=lambda c: c.priority) for name, cards in pools.items()}
+
+
+def _duplicates(section: str, names: list[str], key: str) -> Iterator[tuple[str, str]]:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            yield (
+                f"{section}[{i}].{key}",
+                f"duplicate {key} {name!r} (also {section}[{seen[name]}])",
+            )
+        else:
+            seen[name] = i
+
+
+def _hint(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if not known:
+        return " (none defined)"
+    return f" (known: {', '.join(sorted(known))})"
+
+
+# ---------------------------------------------------------------------------
+# Loading and explaining
+# ---------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The configuration could not be loaded; ``messages`` has one line per problem."""
+
+    def __init__(self, messages: list[str], *, source: Path | None = None) -> None:
+        self.messages = messages
+        self.source = source
+        where = f"{source}: " if source is not None else ""
+        super().__init__(where + "; ".join(messages))
+
+
+def find_default_config(cwd: Path | None = None) -> Path | None:
+    """``dialgate.toml`` in *cwd* (default: the working directory) if it exists."""
+    candidate = (cwd or Path.cwd()) / DEFAULT_CONFIG_NAME
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load *path* (None: embedded defaults) overlaid by ``DIALGATE_…`` variables.
+
+    Raises ConfigError for an unreadable file, a TOML syntax error (with line and
+    column) or failed validation (one ``key.path: message`` line per error).
+    """
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                [f"cannot read config file: {exc.strerror or exc}"], source=path
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"config file is not UTF-8: {exc.reason}"], source=path) from exc
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # tomllib's message already reads "... (at line L, column C)".
+            raise ConfigError([f"TOML syntax error: {exc}"], source=path) from exc
+    token = _TOML_FILE.set(path)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(explain_errors(exc), source=path) from exc
+    finally:
+        _TOML_FILE.reset(token)
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``("cards", 1, "carrier")`` → ``cards[1].carrier``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_MESSAGES: dict[str, str] = {
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+}
+
+
+def explain_errors(error: ValidationError) -> list[str]:
+    """One ``key.path[index].sub: message`` line per error; input values never shown."""
+    lines: list[str] = []
+    for err in error.errors(include_input=False, include_url=False):
+        ctx = err.get("ctx") or {}
+        if err["type"] == Settings.REFERENCE_ERROR and "problems" in ctx:
+            lines.extend(f"{path}: {msg}" for path, msg in ctx["problems"])
+            continue
+        loc = tuple(err["loc"])
+        message = _MESSAGES.get(err["type"], err["msg"])
+        if err["type"] == "extra_forbidden" and loc:
+            message += _unknown_key_hint(loc)
+        # "Value error, must be ..." → "must be ..."
+        message = message.removeprefix("Value error, ")
+        path = format_loc(loc)
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def _unknown_key_hint(loc: tuple[int | str, ...]) -> str:
+    """Suggest the closest valid key for a typo at *loc*."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = _model_fields(model).get(str(part))
+        if field is None:
+            # a dict key such as quota_profiles.<name>: _inner_model already
+            # stepped from dict[str, X] to X, so the model stays as it is.
+            continue
+        model = _inner_model(field.annotation)
+    if model is None:
+        return ""
+    known = list(_model_fields(model))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(known)})"
+
+
+def _model_fields(model: Any) -> dict[str, Any]:
+    fields = getattr(model, "model_fields", None)
+    if not isinstance(fields, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name, info in fields.items():
+        out[info.alias or name] = info
+    return out
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside ``X``, ``X | None``, ``list[X]`` or ``dict[str, X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def summary(settings: Settings) -> str:
+    """A one-line human summary of *settings* (used by ``check-config``)."""
+    pools = settings.pools()
+    parts = [
+        "listen " + ", ".join(str(s) for s in settings.sip.listen),
+        _count(len(settings.carriers), "carrier"),
+        _count(len(settings.cards), "card") + f" in {_count(len(pools), 'pool')}",
+        _count(len(settings.users), "user"),
+        _count(len(settings.peers), "peer"),
+        _count(len(settings.quota_profiles), "quota profile"),
+        f"mqtt {settings.mqtt.url}" if settings.mqtt is not None else "mqtt off",
+        f"store {settings.store.path}"
+        + (f" + {settings.store.redis}" if settings.store.redis else ""),
+    ]
+    return "; ".join(parts)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
