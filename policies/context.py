@@ -1,0 +1,168 @@
+"""The call context the gateway fills for each attempt, and number normalization.
+
+`build_context` turns the raw dialled string into an E.164 destination with
+`phonenumbers` (default region from config), after checking the raw digits
+for an emergency number first (DESIGN.md call flow step 2; `parse("911",
+"US")` would otherwise become `+1911`). An unparseable or impossible number
+raises `AddressIncompleteError` (484).
+
+This module must never read a clock (the gateway passes `now`), never import
+from `gateway`, and never put an unmasked number into an error message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType
+
+from policies.errors import AddressIncompleteError
+from policies.privacy import mask_number
+from policies.timeutil import as_utc
+
+if TYPE_CHECKING:
+    from policies.emergency import EmergencyNumbers
+
+__all__ = ["CallContext", "Destination", "build_context", "dial_digits", "normalize"]
+
+_SEPARATORS = re.compile(r"[\s\-().]")
+
+
+def dial_digits(raw: str) -> str:
+    """The dialled string without visual separators and without a `sip:`/`tel:` scheme part."""
+    text = raw.strip()
+    for scheme in ("sip:", "sips:", "tel:"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.split("@", 1)[0].split(";", 1)[0]
+    return _SEPARATORS.sub("", text)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A normalized callee: E.164 string, its region and number type."""
+
+    e164: str
+    region: str | None
+    number_type: int = PhoneNumberType.UNKNOWN
+    country_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """One outbound call attempt, as the policies see it.
+
+    - `dialled`: the raw string the agent/dialer dialled (Request-URI user part).
+    - `agent`: the authenticated softphone user or dialer peer name.
+    - `campaign`: from the campaign header or the agent's default; None if unknown.
+    - `default_region`: region for numbers dialled without `+country`.
+    - `now`: aware UTC datetime at which the INVITE arrived.
+    - `destination`: the E.164 callee (for an emergency call: the raw digits).
+    - `region`: the callee's region (ISO code), None if unknown.
+    - `emergency`: the raw digits are an emergency number of a configured region.
+    - `bound_card` / `last_card`: the agent's bound card and the card it used
+      last (selection prefers them).
+    - `call_id`: for correlation in events only.
+    """
+
+    dialled: str
+    agent: str
+    campaign: str | None
+    default_region: str
+    now: datetime
+    destination: str
+    region: str | None = None
+    number_type: int = PhoneNumberType.UNKNOWN
+    country_code: int = 0
+    emergency: bool = False
+    bound_card: str | None = None
+    last_card: str | None = None
+    call_id: str = ""
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+
+def normalize(dialled: str, default_region: str) -> Destination:
+    """E.164 form of a dialled number; raises `AddressIncompleteError` when not routable.
+
+    Possible numbers (right length for their country) are accepted even
+    when `phonenumbers` does not consider them valid (e.g. US 555-01xx
+    test numbers); the allow-list policy judges types and countries.
+    """
+    digits = dial_digits(dialled)
+    if digits.startswith("00") and digits[2:].isdigit():
+        digits = "+" + digits[2:]
+    body = digits[1:] if digits.startswith("+") else digits
+    if not body or not body.isdigit():
+        raise AddressIncompleteError(f"not a phone number: {mask_number(digits)!r}")
+    try:
+        parsed = phonenumbers.parse(digits, default_region.upper())
+    except NumberParseException as exc:
+        raise AddressIncompleteError(
+            f"unparseable number {mask_number(digits)!r}: {exc.error_type}"
+        ) from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise AddressIncompleteError(f"number {mask_number(digits)!r} has an impossible length")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return Destination(
+        e164=e164,
+        region=phonenumbers.region_code_for_number(parsed),
+        number_type=phonenumbers.number_type(parsed),
+        country_code=parsed.country_code or 0,
+    )
+
+
+def build_context(
+    dialled: str,
+    *,
+    agent: str,
+    campaign: str | None,
+    default_region: str,
+    now: datetime,
+    emergency: EmergencyNumbers | None = None,
+    bound_card: str | None = None,
+    last_card: str | None = None,
+    call_id: str = "",
+    flags: frozenset[str] = frozenset(),
+) -> CallContext:
+    """The context of one attempt; emergency check on the raw digits, then normalization.
+
+    Raises `AddressIncompleteError` (484) for an unparseable destination.
+    """
+    moment = as_utc(now)
+    region = emergency.region_of(dialled) if emergency is not None else None
+    if region is not None:
+        return CallContext(
+            dialled=dialled,
+            agent=agent,
+            campaign=campaign,
+            default_region=default_region.upper(),
+            now=moment,
+            destination=dial_digits(dialled),
+            region=region,
+            emergency=True,
+            bound_card=bound_card,
+            last_card=last_card,
+            call_id=call_id,
+            flags=flags,
+        )
+    dest = normalize(dialled, default_region)
+    return CallContext(
+        dialled=dialled,
+        agent=agent,
+        campaign=campaign,
+        default_region=default_region.upper(),
+        now=moment,
+        destination=dest.e164,
+        region=dest.region,
+        number_type=dest.number_type,
+        country_code=dest.country_code,
+        emergency=False,
+        bound_card=bound_card,
+        last_card=last_card,
+        call_id=call_id,
+        flags=flags,
+    )
