@@ -36,19 +36,21 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo
 
 from gateway.cdr import CallRecord, Origin, Outcome
+from policies.errors import StoreUnavailableError
+from policies.quotas import CallOutcome, CardUsage, Exhausted, QuotaProfile, would_exceed
+from policies.timeutil import day_bounds
 
 __all__ = [
     "SCHEMA_VERSION",
     "CardRepository",
     "CardUsageFacts",
     "Complaint",
+    "QuotaExceeded",
     "ReservationError",
     "SQLiteStore",
     "StoreUnavailable",
@@ -56,15 +58,15 @@ __all__ = [
     "TransitionRecord",
     "UsageLedger",
     "UsageStatus",
-    "day_start",
 ]
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(StoreUnavailableError):
     """The store cannot be read or written; the gateway must refuse calls (fail closed).
 
     Carries the SIP answer the gateway gives: 503 with ``Retry-After`` and the
-    ``store-unavailable`` Reason text.
+    ``store-unavailable`` Reason text. It is a ``policies`` ``StoreUnavailableError``,
+    so policies reading usage through the store fail closed on it.
     """
 
     status_code = 503
@@ -79,6 +81,15 @@ class StoreUnavailable(Exception):
 
 class ReservationError(ValueError):
     """A reservation operation does not match the recorded state (caller bug)."""
+
+
+class QuotaExceeded(Exception):
+    """``reserve(profile=...)`` refused: starting the call would break ``exhausted.limit``."""
+
+    def __init__(self, card: str, exhausted: Exhausted) -> None:
+        super().__init__(f"card {card}: {exhausted.limit} ({exhausted.detail})")
+        self.card = card
+        self.exhausted = exhausted
 
 
 class UsageStatus(StrEnum):
@@ -139,7 +150,8 @@ class CardUsageFacts:
 
     Counts include reserved and orphaned starts (write-ahead: over-count, never
     under-count) and exclude released ones. The rolling window covers the last
-    ``window_size`` finished or orphaned calls.
+    ``window_size`` finished or orphaned calls and failed releases (card-level
+    failures, which also make up ``consecutive_failures``), as in ``card_usage``.
     """
 
     card: str
@@ -173,14 +185,6 @@ class CardUsageFacts:
         return self.talk_seconds_today / 60.0
 
 
-def day_start(now: float, timezone: str) -> float:
-    """POSIX time of the most recent local midnight in ``timezone`` (the carrier's day)."""
-    tz = ZoneInfo(timezone)
-    local = datetime.fromtimestamp(now, tz)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.timestamp()
-
-
 class UsageLedger(Protocol):
     """Write-ahead usage counting per card; SQLite here, Redis (Lua) beside it later."""
 
@@ -191,11 +195,11 @@ class UsageLedger(Protocol):
         callee: str,
         now: float,
         *,
-        admit: Callable[[CardUsageFacts], None] | None = None,
-        day_start_at: float | None = None,
+        profile: QuotaProfile | None = None,
+        admit: Callable[[CardUsage], None] | None = None,
     ) -> None: ...
 
-    def release(self, call_id: str, now: float) -> str | None: ...
+    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None: ...
 
     def finish(
         self,
@@ -205,11 +209,12 @@ class UsageLedger(Protocol):
         answered: bool,
         talk_seconds: float = 0.0,
         short: bool | None = None,
+        failed: bool = False,
     ) -> str | None: ...
 
-    def usage(
-        self, card: str, now: float, *, day_start_at: float, window: int = 50
-    ) -> CardUsageFacts: ...
+    def card_usage(self, card_id: str, now: float) -> CardUsage: ...
+
+    def recover(self, now: float) -> int: ...
 
 
 class CardRepository(Protocol):
@@ -325,6 +330,17 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        2,
+        (
+            # A card-level failure (carrier fault, Timer B) as opposed to a callee outcome;
+            # feeds the consecutive-failures quota.
+            "ALTER TABLE call_starts ADD COLUMN failed INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _COUNTED = (UsageStatus.RESERVED, UsageStatus.FINISHED, UsageStatus.ORPHANED)
@@ -340,6 +356,9 @@ class SQLiteStore:
     ``path`` is a file path or ``":memory:"`` (tests). ``busy_timeout_ms`` bounds
     how long a write waits for another process holding the file; past it the
     operation raises :class:`StoreUnavailable` rather than stalling the event loop.
+    ``carrier_timezones`` maps carrier name → IANA zone: the carrier's calendar
+    day for daily counters (UTC when absent). ``outcome_window`` bounds how many
+    recent finished calls :meth:`card_usage` returns for rolling-rate quotas.
     """
 
     def __init__(
@@ -349,11 +368,15 @@ class SQLiteStore:
         synchronous: str = "NORMAL",
         busy_timeout_ms: int = 200,
         short_call_seconds: float = 10.0,
+        carrier_timezones: dict[str, str] | None = None,
+        outcome_window: int = 200,
     ) -> None:
         if synchronous.upper() not in {"NORMAL", "FULL"}:
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = str(path)
         self.short_call_seconds = short_call_seconds
+        self.carrier_timezones: dict[str, str] = dict(carrier_timezones or {})
+        self.outcome_window = outcome_window
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -573,21 +596,28 @@ class SQLiteStore:
         callee: str,
         now: float,
         *,
-        admit: Callable[[CardUsageFacts], None] | None = None,
-        day_start_at: float | None = None,
-        window: int = 50,
+        profile: QuotaProfile | None = None,
+        admit: Callable[[CardUsage], None] | None = None,
     ) -> None:
         """Commit a call start on ``card`` before the INVITE leaves.
 
-        With ``admit``, the card's usage is computed inside the same write
-        transaction and handed to ``admit``, which raises to refuse (the
-        exception propagates and nothing is written). That makes check-and-
-        reserve atomic even when several processes share the file.
+        The check and the write are one ``BEGIN IMMEDIATE`` transaction, so they
+        are atomic even when several processes share the file:
+
+        - with ``profile``, ``policies.quotas.would_exceed`` is evaluated on the
+          usage read inside the transaction; a broken limit raises
+          :class:`QuotaExceeded` and nothing is written;
+        - ``admit`` (any callable over that usage) may raise to refuse likewise.
         """
         with self._write() as db:
-            if admit is not None:
-                start = day_start_at if day_start_at is not None else now - 86400.0
-                admit(self._usage(db, card, now, day_start_at=start, window=window))
+            if profile is not None or admit is not None:
+                usage = self._card_usage(db, card, now)
+                if profile is not None:
+                    exhausted = would_exceed(profile, usage, self._timezone(db, card), callee, now)
+                    if exhausted is not None:
+                        raise QuotaExceeded(card, exhausted)
+                if admit is not None:
+                    admit(usage)
             active = db.execute(
                 "SELECT card FROM call_starts WHERE call_id=? AND status=?",
                 (call_id, UsageStatus.RESERVED.value),
@@ -596,17 +626,23 @@ class SQLiteStore:
                 raise ReservationError(
                     f"call {call_id!r} already holds a reservation on {active['card']!r}"
                 )
-            try:
-                db.execute(
-                    "INSERT INTO call_starts (call_id, card, callee, started_at, status) "
-                    "VALUES (?,?,?,?,?)",
-                    (call_id, card, callee, now, UsageStatus.RESERVED.value),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ReservationError(f"call {call_id!r} already tried card {card!r}") from exc
+            if db.execute(
+                "SELECT 1 FROM call_starts WHERE call_id=? AND card=?", (call_id, card)
+            ).fetchone():
+                raise ReservationError(f"call {call_id!r} already tried card {card!r}")
+            db.execute(
+                "INSERT INTO call_starts (call_id, card, callee, started_at, status) "
+                "VALUES (?,?,?,?,?)",
+                (call_id, card, callee, now, UsageStatus.RESERVED.value),
+            )
 
-    def release(self, call_id: str, now: float) -> str | None:
-        """Undo the call's open reservation (failed before ringing); return its card."""
+    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
+        """Undo the call's open reservation (failed before the callee was alerted).
+
+        The start stops counting; with ``failed`` (the default: a card-level
+        failure such as a 403 or Timer B) it still counts toward the card's
+        consecutive-failures streak. Returns the card, or None if nothing was open.
+        """
         with self._write() as db:
             row = db.execute(
                 "SELECT card FROM call_starts WHERE call_id=? AND status=?",
@@ -615,8 +651,8 @@ class SQLiteStore:
             if row is None:
                 return None
             db.execute(
-                "UPDATE call_starts SET status=?, ended_at=? WHERE call_id=? AND card=?",
-                (UsageStatus.RELEASED.value, now, call_id, row["card"]),
+                "UPDATE call_starts SET status=?, failed=?, ended_at=? WHERE call_id=? AND card=?",
+                (UsageStatus.RELEASED.value, int(failed), now, call_id, row["card"]),
             )
             return str(row["card"])
 
@@ -628,10 +664,12 @@ class SQLiteStore:
         answered: bool,
         talk_seconds: float = 0.0,
         short: bool | None = None,
+        failed: bool = False,
     ) -> str | None:
         """Record the outcome of the call's open reservation; return its card.
 
         ``short`` defaults to "answered and talked less than ``short_call_seconds``".
+        ``failed`` marks a card-level failure after the callee was alerted.
         """
         if short is None:
             short = answered and talk_seconds < self.short_call_seconds
@@ -644,12 +682,13 @@ class SQLiteStore:
                 return None
             db.execute(
                 "UPDATE call_starts SET status=?, answered=?, talk_seconds=?, short=?, "
-                "ended_at=? WHERE call_id=? AND card=?",
+                "failed=?, ended_at=? WHERE call_id=? AND card=?",
                 (
                     UsageStatus.FINISHED.value,
                     int(answered),
                     float(talk_seconds),
                     int(bool(short)),
+                    int(failed),
                     now,
                     call_id,
                     row["card"],
@@ -670,10 +709,70 @@ class SQLiteStore:
             )
             return int(cur.rowcount)
 
+    def _timezone(self, db: sqlite3.Connection, card: str) -> str:
+        row = db.execute("SELECT carrier FROM cards WHERE id=?", (card,)).fetchone()
+        if row is None:
+            return "UTC"
+        return self.carrier_timezones.get(row["carrier"], "UTC")
+
+    def card_usage(self, card_id: str, now: float) -> CardUsage:
+        """``policies.quotas.CardUsage`` of the card at ``now`` (the ``CardUsageView`` API).
+
+        Daily fields cover the carrier's calendar day (``carrier_timezones``).
+        """
+        try:
+            return self._card_usage(self._db, card_id, now)
+        except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from exc
+
+    def _card_usage(self, db: sqlite3.Connection, card: str, now: float) -> CardUsage:
+        start, _ = day_bounds(now, self._timezone(db, card))
+        lower = min(start, now - 3600.0)
+        counted = ",".join("?" * len(_COUNTED))
+        counted_values = tuple(s.value for s in _COUNTED)
+        rows = db.execute(
+            "SELECT callee, started_at, talk_seconds FROM call_starts "
+            f"WHERE card=? AND started_at >= ? AND status IN ({counted}) ORDER BY started_at",
+            (card, lower, *counted_values),
+        ).fetchall()
+        in_use = db.execute(
+            "SELECT COUNT(*) FROM call_starts WHERE card=? AND status=?",
+            (card, UsageStatus.RESERVED.value),
+        ).fetchone()[0]
+        recent = db.execute(
+            "SELECT started_at, answered, talk_seconds, failed, ended_at FROM call_starts "
+            "WHERE card=? AND (status IN (?, ?) OR (status=? AND failed=1)) "
+            "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            (
+                card,
+                UsageStatus.FINISHED.value,
+                UsageStatus.ORPHANED.value,
+                UsageStatus.RELEASED.value,
+                self.outcome_window,
+            ),
+        ).fetchall()
+        today = [r for r in rows if r["started_at"] >= start]
+        return CardUsage(
+            call_starts=tuple(float(r["started_at"]) for r in rows),
+            callees_today=frozenset(r["callee"] for r in today),
+            talk_seconds_today=float(sum(r["talk_seconds"] for r in today)),
+            in_use=int(in_use),
+            recent_outcomes=tuple(
+                CallOutcome(
+                    started_at=float(r["started_at"]),
+                    answered=bool(r["answered"]),
+                    talk_seconds=float(r["talk_seconds"]),
+                    failed=bool(r["failed"]),
+                    ended_at=r["ended_at"],
+                )
+                for r in reversed(recent)
+            ),
+        )
+
     def usage(
         self, card: str, now: float, *, day_start_at: float, window: int = 50
     ) -> CardUsageFacts:
-        """The card's usage facts at ``now`` (day counters from ``day_start_at``)."""
+        """Aggregated usage facts (counts, not lists) for wallboards and reports."""
         try:
             return self._usage(self._db, card, now, day_start_at=day_start_at, window=window)
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
@@ -719,13 +818,20 @@ class SQLiteStore:
             (card, UsageStatus.RESERVED.value),
         ).fetchone()[0]
         recent = db.execute(
-            "SELECT answered, short FROM call_starts WHERE card=? AND status IN (?, ?) "
+            "SELECT answered, short, failed FROM call_starts "
+            "WHERE card=? AND (status IN (?, ?) OR (status=? AND failed=1)) "
             "ORDER BY started_at DESC, rowid DESC LIMIT ?",
-            (card, UsageStatus.FINISHED.value, UsageStatus.ORPHANED.value, max(window, 0)),
+            (
+                card,
+                UsageStatus.FINISHED.value,
+                UsageStatus.ORPHANED.value,
+                UsageStatus.RELEASED.value,
+                max(window, 0),
+            ),
         ).fetchall()
         consecutive = 0
         for r in recent:
-            if r["answered"]:
+            if not r["failed"]:
                 break
             consecutive += 1
         return CardUsageFacts(
