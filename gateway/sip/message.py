@@ -471,15 +471,41 @@ def _content_length(raw: str) -> int:
     return int(raw)
 
 
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+_NAME_CACHE_MAX = 4096  # bounded: unique names from hostile peers must not grow memory
+
+
+def _header_name(raw: str) -> tuple[str, str]:
+    """Validate a header name (``token``, then ``*(SP / HTAB)`` before ":") → (name, key)."""
+    hit = _NAME_CACHE.get(raw)
+    if hit is not None:
+        return hit
+    # HCOLON = *( SP / HTAB ) ":" SWS
+    name = raw.rstrip(" \t")
+    if METHOD_RE.fullmatch(name) is None:
+        raise ParseError("bad header name")
+    hit = (name, canonical_name(name))
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[raw] = hit
+    return hit
+
+
 def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
     """Split the header section into start line and unfolded (name, value) pairs."""
     lines = head.split("\r\n")
+    # A CR or LF that is not part of a CRLF is not a line break (RFC 3261 §7); reject
+    # it rather than forward a header value that a later hop would split differently.
+    if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+        raise ParseError("bare CR or LF in header section")
     items: list[tuple[str, str]] = []
     keys: list[str] = []
-    for line in lines[1:]:
-        if "\r" in line or "\n" in line:
-            raise ParseError("bare CR or LF in header section")
-        if line[:1] in (" ", "\t"):
+    append_item = items.append
+    append_key = keys.append
+    header_name = _header_name
+    for i in range(1, len(lines)):
+        line = lines[i]
+        first = line[:1]
+        if first == " " or first == "\t":
             # RFC 3261 §7.3.1: a line starting with whitespace continues the previous
             # header; the LWS (and the CRLF) is equivalent to a single SP.
             if not items:
@@ -487,19 +513,13 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
             name, value = items[-1]
             items[-1] = (name, (value.rstrip(" \t") + " " + line.strip(" \t")).strip(" \t"))
             continue
-        colon = line.find(":")
-        if colon < 0:
+        raw, sep, value = line.partition(":")
+        if not sep:
             raise ParseError("header line without colon")
-        # HCOLON = *( SP / HTAB ) ":" SWS
-        name = line[:colon].rstrip(" \t")
-        if METHOD_RE.fullmatch(name) is None:
-            raise ParseError("bad header name")
-        items.append((name, line[colon + 1 :].strip(" \t")))
-        keys.append(canonical_name(name))
-    start = lines[0]
-    if "\n" in start or "\r" in start:
-        raise ParseError("bare CR or LF in start line")
-    return start, items, keys
+        name, key = header_name(raw)
+        append_item((name, value.strip(" \t")))
+        append_key(key)
+    return lines[0], items, keys
 
 
 def parse(
@@ -533,7 +553,11 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
     start, items, keys = _split_head(head)
     body_start = end + 4
 
-    cl_values = {items[i][1] for i, k in enumerate(keys) if k == "content-length"}
+    cl_values = (
+        {items[i][1] for i, k in enumerate(keys) if k == "content-length"}
+        if "content-length" in keys
+        else set()
+    )
     if len(cl_values) > 1:
         # RFC 4475 §3.3.9: conflicting Content-Length values make the framing unknowable.
         raise ParseError("conflicting Content-Length headers")
