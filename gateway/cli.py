@@ -1,0 +1,256 @@
+"""The ``dialgate`` command line: one function per subcommand, one table of them all.
+
+What this module is for: parse arguments, load the configuration (``--config FILE``,
+else ``dialgate.toml`` in the working directory, else embedded defaults), set up
+logging and hand over to the part of the gateway that does the work. Subcommands
+are registered with ``@command("name", help=...)``; a name with a space
+(``"dnc import"``) becomes a nested subcommand, so each later command (cards, dnc
+import, consent import, complaint add, simulate, wallboard, bench) is one function.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+What it must never do: print a secret (configuration is shown only through
+``explain_errors`` and SecretStr-masked dumps), or import the running gateway at
+module import time — ``gateway.app`` is imported lazily inside ``run`` so the tool
+works for configuration checks without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway import __version__
+from gateway.config import ConfigError, Settings, find_default_config, load_settings, summary
+
+__all__ = ["COMMANDS", "Command", "command", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: its words, help line, argument set-up and handler."""
+
+    name: str
+    help: str
+    handler: Handler
+    configure: Configure | None = None
+    aliases: tuple[str, ...] = field(default=())
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, *, help: str, configure: Configure | None = None
+) -> Callable[[Handler], Handler]:
+    """Register *handler* as the subcommand *name* (``"dnc import"`` nests)."""
+
+    def register(handler: Handler) -> Handler:
+        if name in COMMANDS:
+            raise ValueError(f"duplicate command {name!r}")
+        COMMANDS[name] = Command(name, help, handler, configure)
+        return handler
+
+    return register
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="configuration file (default: ./dialgate.toml if present, else built-in defaults)",
+    )
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The file to load: ``--config``, else ``./dialgate.toml`` if present, else None."""
+    explicit: Path | None = getattr(args, "config", None)
+    return explicit if explicit is not None else find_default_config()
+
+
+def _report_config_error(exc: ConfigError, err: TextIO) -> None:
+    prefix = f"{exc.source}: " if exc.source is not None else ""
+    for line in exc.messages:
+        print(f"{prefix}{line}", file=err)
+
+
+def load_or_report(args: argparse.Namespace, err: TextIO | None = None) -> Settings | None:
+    """Load the configuration for *args*; print each error and return None on failure."""
+    try:
+        return load_settings(config_path(args))
+    except ConfigError as exc:
+        _report_config_error(exc, err or sys.stderr)
+        return None
+
+
+# ---------------------------------------------------------------------------
+# check-config
+# ---------------------------------------------------------------------------
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", nargs="?", type=Path, default=None, help="file to check (same as --config)"
+    )
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="print the effective configuration as JSON (secrets masked)",
+    )
+
+
+@command(
+    "check-config",
+    help="validate a configuration file and explain each error with its key path",
+    configure=_configure_check,
+)
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exit 0 with a one-line summary when valid, 2 with one line per error otherwise."""
+    if args.file is not None:
+        args.config = args.file
+    path = config_path(args)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        _report_config_error(exc, sys.stderr)
+        print(f"{path or '(defaults)'}: {len(exc.messages)} error(s)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.show:
+        print(settings.model_dump_json(indent=2, by_alias=True))
+    print(f"{path or '(built-in defaults)'}: OK — {summary(settings)}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------
+
+
+@command("run", help="run the gateway until SIGINT/SIGTERM")
+def cmd_run(args: argparse.Namespace) -> int:
+    """Load config, set up logging, serve until a signal asks to stop."""
+    settings = load_or_report(args)
+    if settings is None:
+        return EXIT_USAGE
+    from gateway.logging import configure_logging, get_logger
+
+    configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers)
+    log = get_logger("gateway.cli")
+    try:
+        from gateway.app import serve
+    except ImportError as exc:
+        log.error("gateway.app unavailable", error=str(exc))
+        print(f"dialgate run: the gateway is not available ({exc})", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        return asyncio.run(_serve_until_signal(serve, settings, log))
+    except KeyboardInterrupt:  # a signal before the loop installed its handlers
+        return EXIT_FAILURE
+
+
+async def _serve_until_signal(serve: Callable[..., Any], settings: Settings, log: Any) -> int:
+    """Run ``serve(settings, ready=, stop=)``; the first signal sets ``stop``,
+    a second one cancels the server outright."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(settings, ready=ready, stop=stop))
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal, cancelling", signal=signal.Signals(signum).name)
+            task.cancel()
+        else:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()
+
+    installed: list[int] = []
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+
+    async def announce_ready() -> None:
+        await ready.wait()
+        log.info("ready", listen=[str(s) for s in settings.sip.listen], version=__version__)
+
+    announcer = asyncio.ensure_future(announce_ready())
+    try:
+        await task
+    except asyncio.CancelledError:
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("gateway failed")
+        return EXIT_FAILURE
+    finally:
+        announcer.cancel()
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, built from ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="dialgate",
+        description="SIP gateway for outbound call centers.",
+    )
+    parser.add_argument("--version", action="version", version=f"dialgate {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, Any] = {}
+    for cmd in sorted(COMMANDS.values(), key=lambda c: c.name):
+        words = cmd.name.split()
+        container = top
+        for depth, word in enumerate(words[:-1]):
+            key = " ".join(words[: depth + 1])
+            if key not in groups:
+                group = container.add_parser(word, help=f"{key} commands")
+                groups[key] = group.add_subparsers(dest=f"sub_{depth}", metavar="COMMAND")
+                groups[key].required = True
+            container = groups[key]
+        sub = container.add_parser(words[-1], help=cmd.help, description=cmd.help)
+        _add_config_option(sub)
+        if cmd.configure is not None:
+            cmd.configure(sub)
+        sub.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return handler(args)
