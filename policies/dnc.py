@@ -49,6 +49,7 @@ __all__ = [
     "LineError",
     "LoadReport",
     "load_dnc_file",
+    "load_dnc_lines",
     "parse_dnc_lines",
 ]
 
@@ -154,10 +155,12 @@ class DncList:
 
 def _normalize_slow(text: str, default_region: str) -> int | str:
     """Key of an odd line via phonenumbers, or an error message."""
+    if not text:
+        return "empty number"
     try:
         parsed = phonenumbers.parse(text, default_region)
     except NumberParseException as exc:
-        return f"unparseable: {exc.error_type}"
+        return f"unparseable: {exc}"
     if not phonenumbers.is_possible_number(parsed):
         return "impossible length"
     key = _digits_key(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))

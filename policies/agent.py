@@ -1,0 +1,111 @@
+"""Agent limits: paused agents, calls per hour/day, complaint-rate ceiling.
+
+An agent (softphone user or dialer peer) over its limits is refused with
+403 `agent-limit`. The complaint rate is complaints / calls over
+`complaint_window_seconds`, judged only once `complaint_min_sample` calls
+exist in that window. Usage comes in as an `AgentUsage` snapshot through the
+`AgentUsageView` protocol the gateway's store implements.
+
+Failure mode: fails closed — a view raising `StoreUnavailableError` makes
+the pipeline answer 503 store-unavailable. This module must never read a
+clock.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from policies.context import CallContext
+from policies.decision import Decision, RejectReason
+from policies.timeutil import epoch
+
+__all__ = ["AgentLimits", "AgentLimitsPolicy", "AgentUsage", "AgentUsageView"]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUsage:
+    """One agent's recent activity (epoch seconds, ascending) and pause flag.
+
+    `call_starts` must cover the longest window in force (a day by default);
+    `complaints` are times of complaints against calls this agent made.
+    """
+
+    call_starts: tuple[float, ...] = ()
+    complaints: tuple[float, ...] = ()
+    paused: bool = False
+    pause_reason: str = ""
+
+
+@runtime_checkable
+class AgentUsageView(Protocol):
+    """What the agent policy reads; the gateway's store implements it."""
+
+    def agent_usage(self, agent: str, now: float) -> AgentUsage:
+        """Activity of `agent` as of `now`; raises `StoreUnavailableError` when it cannot tell."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLimits:
+    """Per-agent ceilings; None disables a limit."""
+
+    calls_per_hour: int | None = None
+    calls_per_day: int | None = None
+    complaint_rate_ceiling: float | None = None
+    complaint_window_seconds: float = 7 * 86400.0
+    complaint_min_sample: int = 50
+
+
+def _count(times: Sequence[float], since: float, now: float) -> int:
+    return bisect_right(times, now) - bisect_right(times, since)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLimitsPolicy:
+    """Reject `agent-limit` (403) for paused agents or agents over their limits.
+
+    `per_agent` overrides `limits` for named agents.
+    """
+
+    usage: AgentUsageView
+    limits: AgentLimits = AgentLimits()
+    per_agent: Mapping[str, AgentLimits] = field(default_factory=dict)
+    name: str = "agent"
+    bypassed_by_emergency: bool = True
+
+    def __call__(self, ctx: CallContext, now: datetime) -> Decision | None:
+        """No opinion within limits; else 403 agent-limit with the limit in `detail`."""
+        t = epoch(now)
+        limits = self.per_agent.get(ctx.agent, self.limits)
+        usage = self.usage.agent_usage(ctx.agent, t)
+        if usage.paused:
+            return Decision.reject(
+                RejectReason.AGENT_LIMIT, self.name, f"agent paused {usage.pause_reason}".strip()
+            )
+        for limit, window, label in (
+            (limits.calls_per_hour, 3600.0, "calls per hour"),
+            (limits.calls_per_day, 86400.0, "calls per day"),
+        ):
+            if limit is not None:
+                used = _count(usage.call_starts, t - window, t)
+                if used >= limit:
+                    return Decision.reject(
+                        RejectReason.AGENT_LIMIT, self.name, f"{used}/{limit} {label}"
+                    )
+        if limits.complaint_rate_ceiling is not None:
+            since = t - limits.complaint_window_seconds
+            calls = _count(usage.call_starts, since, t)
+            complaints = _count(usage.complaints, since, t)
+            if calls >= limits.complaint_min_sample and calls > 0:
+                rate = complaints / calls
+                if rate > limits.complaint_rate_ceiling:
+                    return Decision.reject(
+                        RejectReason.AGENT_LIMIT,
+                        self.name,
+                        f"complaint rate {rate:.3f} > {limits.complaint_rate_ceiling}",
+                    )
+        return None

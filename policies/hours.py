@@ -1,0 +1,187 @@
+"""Calling hours in the callee's local time.
+
+The callee's zones come from the number (`phonenumbers.timezone.
+time_zones_for_number`). When a number maps to several zones (a US
+toll-free number, an Australian or Russian mobile), the window must hold in
+ALL of them. Windows come from the campaign (if configured) intersected
+with the callee's country window (or the default); holidays (local dates
+per country) close the whole day.
+
+A rejection carries Retry-After = seconds until the window is open in all
+zones at once. It is found analytically: the earliest open instant at or
+after `now` is either `now` or the opening of some zone's window, so only
+window openings over the next `search_days` days are checked, each converted
+with `zoneinfo` (DST-correct; an opening inside a spring-forward gap lands
+on the first real minute after it). When no such instant exists (zones too
+far apart for the window) the rejection has no Retry-After.
+
+Failure mode: fails closed — a number without a known zone and without a
+configured fallback zone for its region is rejected as outside calling
+hours. This module must never read a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import NumberParseException
+from phonenumbers import timezone as pn_timezone
+
+from policies.context import CallContext
+from policies.decision import Decision, RejectReason
+from policies.timeutil import (
+    DailyWindows,
+    as_utc,
+    ceil_seconds,
+    local_instant,
+    local_minute,
+    parse_windows,
+    zone,
+)
+
+__all__ = ["CallingHours", "CallingHoursPolicy", "zones_for_number"]
+
+_UNKNOWN_ZONE = "Etc/Unknown"
+
+
+@lru_cache(maxsize=65536)
+def zones_for_number(e164: str) -> tuple[str, ...]:
+    """IANA zones of a number per phonenumbers' metadata; empty when unknown."""
+    try:
+        parsed = phonenumbers.parse(e164, None)
+    except NumberParseException:
+        return ()
+    zones = pn_timezone.time_zones_for_number(parsed)
+    return tuple(z for z in zones if z != _UNKNOWN_ZONE)
+
+
+@dataclass(frozen=True, slots=True)
+class CallingHours:
+    """Calling-hours configuration.
+
+    - `default`: windows for countries without their own;
+    - `by_country`: region code → windows;
+    - `by_campaign`: campaign → windows, intersected with the country's;
+    - `holidays`: region code → local dates with no calling at all;
+    - `fallback_zones`: region code → zone used when the number has none.
+    """
+
+    default: DailyWindows = field(default_factory=lambda: parse_windows("08:00-21:00"))
+    by_country: Mapping[str, DailyWindows] = field(default_factory=dict)
+    by_campaign: Mapping[str, DailyWindows] = field(default_factory=dict)
+    holidays: Mapping[str, frozenset[date]] = field(default_factory=dict)
+    fallback_zones: Mapping[str, str] = field(default_factory=dict)
+    search_days: int = 14
+
+    @classmethod
+    def from_config(
+        cls,
+        default: str = "08:00-21:00",
+        by_country: Mapping[str, str] | None = None,
+        by_campaign: Mapping[str, str] | None = None,
+        holidays: Mapping[str, list[str]] | None = None,
+        fallback_zones: Mapping[str, str] | None = None,
+    ) -> CallingHours:
+        """Build from config strings (`"HH:MM-HH:MM,…"`, ISO dates); raises `ValueError`."""
+        return cls(
+            default=parse_windows(default),
+            by_country={k.upper(): parse_windows(v) for k, v in (by_country or {}).items()},
+            by_campaign={k: parse_windows(v) for k, v in (by_campaign or {}).items()},
+            holidays={
+                k.upper(): frozenset(date.fromisoformat(d) for d in v)
+                for k, v in (holidays or {}).items()
+            },
+            fallback_zones={k.upper(): v for k, v in (fallback_zones or {}).items()},
+        )
+
+    def windows_for(self, region: str | None, campaign: str | None) -> DailyWindows:
+        """Windows for a callee region and a campaign."""
+        base = self.by_country.get((region or "").upper(), self.default)
+        if campaign is not None and campaign in self.by_campaign:
+            return base.intersect(self.by_campaign[campaign])
+        return base
+
+    def zones_for(self, e164: str, region: str | None) -> tuple[str, ...]:
+        """Zones of the callee, or the region's fallback zone; empty when unknown."""
+        zones = zones_for_number(e164)
+        if zones:
+            return zones
+        fallback = self.fallback_zones.get((region or "").upper())
+        return (fallback,) if fallback else ()
+
+    def is_open(
+        self, moment: datetime, zones: tuple[str, ...], windows: DailyWindows, region: str | None
+    ) -> bool:
+        """Whether `moment` is inside the windows in every zone (and no zone has a holiday)."""
+        holidays = self.holidays.get((region or "").upper(), frozenset())
+        for name in zones:
+            day, minute = local_minute(moment, zone(name))
+            if day in holidays or not windows.contains(minute):
+                return False
+        return True
+
+    def next_open(
+        self, moment: datetime, zones: tuple[str, ...], windows: DailyWindows, region: str | None
+    ) -> datetime | None:
+        """Earliest instant at or after `moment` open in all zones, None within `search_days`."""
+        moment = as_utc(moment)
+        if not zones or not windows.ranges:
+            return None
+        if self.is_open(moment, zones, windows, region):
+            return moment
+        horizon = moment + timedelta(days=self.search_days)
+        candidates: set[datetime] = set()
+        starts = windows.starts()
+        for name in zones:
+            tz = zone(name)
+            first_day, _ = local_minute(moment, tz)
+            for offset in range(self.search_days + 1):
+                day = first_day + timedelta(days=offset)
+                for start in starts:
+                    instant = local_instant(day, start, tz)
+                    if moment < instant <= horizon:
+                        candidates.add(instant)
+        for instant in sorted(candidates):
+            if self.is_open(instant, zones, windows, region):
+                return instant
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CallingHoursPolicy:
+    """Reject `calling-hours` (403 + Retry-After) outside the callee's local window."""
+
+    hours: CallingHours
+    name: str = "hours"
+    bypassed_by_emergency: bool = True
+
+    def __call__(self, ctx: CallContext, now: datetime) -> Decision | None:
+        """No opinion inside the window; else 403 with seconds until it opens in all zones."""
+        moment = as_utc(now)
+        zones = self.hours.zones_for(ctx.destination, ctx.region)
+        if not zones:
+            return Decision.reject(
+                RejectReason.CALLING_HOURS, self.name, "callee time zone unknown (fails closed)"
+            )
+        windows = self.hours.windows_for(ctx.region, ctx.campaign)
+        if self.hours.is_open(moment, zones, windows, ctx.region):
+            return None
+        opens = self.hours.next_open(moment, zones, windows, ctx.region)
+        zone_text = zones[0] if len(zones) == 1 else f"{len(zones)} zones"
+        if opens is None:
+            return Decision.reject(
+                RejectReason.CALLING_HOURS,
+                self.name,
+                f"window {windows} never open in all of {zone_text} within "
+                f"{self.hours.search_days} days",
+            )
+        return Decision.reject(
+            RejectReason.CALLING_HOURS,
+            self.name,
+            f"outside {windows} in {zone_text}; opens {opens.isoformat()}",
+            retry_after=ceil_seconds((opens - moment).total_seconds()),
+        )
