@@ -75,6 +75,7 @@ class UDPTransport(Transport):
         self._local: Address = ("", 0)
         self._closed = asyncio.Event()
         self.receive_buffer = 0
+        self._family = socket.AF_INET
 
     @classmethod
     async def listen(
@@ -102,6 +103,7 @@ class UDPTransport(Transport):
         except BaseException:
             sock.close()
             raise
+        self._family = family
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
         self._local = normalize_address(transport.get_extra_info("sockname"))
@@ -121,6 +123,10 @@ class UDPTransport(Transport):
         transport = self._transport
         if transport is None or transport.is_closing():
             log.info("transport.udp.send.closed")
+            return False
+        if (":" in addr[0]) != (self._family == socket.AF_INET6):
+            # asyncio would report this through error_received only; refuse it here.
+            log.info("transport.udp.send.family", host=addr[0], port=addr[1])
             return False
         # Selector datagram transports buffer without bound when the socket would
         # block; typeshed does not declare the method, asyncio has it.

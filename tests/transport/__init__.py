@@ -1,0 +1,1 @@
+"""Tests of gateway.transport: framing, Via rules, UDP/TCP over loopback, memory transport."""
