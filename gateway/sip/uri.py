@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .errors import ParseError
 from .grammar import HEX, HOSTNAME_RE, IPV6_RE, PORT_RE, SCHEME_RE, URI_UNSAFE_RE
 
-__all__ = ["URI", "format_params", "split_host_port"]
+__all__ = ["URI", "format_params", "split_host_port", "unescape"]
 
 Params = tuple[tuple[str, str | None], ...]
 
@@ -28,6 +28,29 @@ def _check_escapes(text: str, what: str) -> None:
         if i + 2 >= n or text[i + 1] not in HEX or text[i + 2] not in HEX:
             raise ParseError(f"bad %-escape in URI {what}")
         i = text.find("%", i + 3)
+
+
+def unescape(text: str) -> str:
+    """Undo one level of %-escaping (RFC 3261 §19.1.4 compares URIs this way).
+
+    Escaped octets are decoded as UTF-8 with ``surrogateescape``, so any octet
+    (even %00 or invalid UTF-8) maps to a distinct character and nothing is lost.
+    Applied once only: ``%2541`` becomes ``%41``, never ``A`` (RFC 4475 §3.1.1.3).
+    """
+    if "%" not in text:
+        return text
+    out = bytearray()
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "%" and i + 2 < n and text[i + 1] in HEX and text[i + 2] in HEX:
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+            continue
+        out += c.encode("utf-8", "surrogateescape")
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
 
 
 def split_host_port(text: str) -> tuple[str, int | None]:
@@ -176,10 +199,14 @@ class URI:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
     def param(self, name: str) -> str | None:
-        """Case-insensitive parameter lookup: the value, ``""`` for a flag, ``None`` if absent."""
+        """Parameter lookup: the value as written, ``""`` for a flag, ``None`` if absent.
+
+        Names compare case-insensitively after unescaping (RFC 3261 §19.1.4), so
+        ``;n%61me=x`` is found as ``name``.
+        """
         lname = name.lower()
         for n, v in self.params:
-            if n.lower() == lname:
+            if n.lower() == lname or ("%" in n and unescape(n).lower() == lname):
                 return "" if v is None else v
         return None
 
