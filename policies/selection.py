@@ -1,0 +1,148 @@
+"""Card selection with quota reservation: the last step of the pipeline.
+
+Order of preference (DESIGN.md "Quotas", "Selection"):
+1. the agent's bound card, if it has headroom;
+2. the card the agent/dialer used last, if it has headroom of at least
+   `sticky_min_headroom` (carriers flag frequent card switching, so staying
+   on one card beats rotating per call);
+3. the other cards by most headroom, then pool priority, then id.
+
+Suspended, appealing and retired cards are skipped; probation cards are
+judged by their probation profile. The chosen card is reserved through
+`CardSource.reserve` (write-ahead, re-checked atomically by the store with
+`quotas.would_exceed`); if the reservation loses a race the next card is
+tried. No card → 503 `no-card-available` with Retry-After = seconds until
+the earliest card frees (or `default_retry_after` when no time is known).
+
+Emergency calls skip quota limits: any usable card is taken, preferring one
+with a free line. Failure mode: fails closed — a store error propagates as
+`StoreUnavailableError` (503 store-unavailable). Never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from policies.context import CallContext
+from policies.decision import Decision, RejectReason
+from policies.quotas import (
+    USABLE_STATES,
+    CardSnapshot,
+    Exhausted,
+    Headroom,
+    evaluate_card,
+)
+from policies.timeutil import ceil_seconds, epoch
+
+__all__ = ["CardSelection", "CardSource", "rank_cards"]
+
+
+@runtime_checkable
+class CardSource(Protocol):
+    """What selection needs from the gateway's card store."""
+
+    def candidates(self, ctx: CallContext, now: float) -> Sequence[CardSnapshot]:
+        """Snapshots of the cards this call may use (the agent's pool), usage as of `now`."""
+        ...
+
+    def reserve(self, card_id: str, ctx: CallContext, now: float, *, emergency: bool) -> bool:
+        """Write-ahead reservation of one call start on `card_id`.
+
+        Must re-check `quotas.would_exceed` atomically with the write (unless
+        `emergency`) and return False, writing nothing, when the card no
+        longer has room. Raises `StoreUnavailableError` when it cannot write.
+        """
+        ...
+
+
+def rank_cards(
+    cards: Sequence[CardSnapshot],
+    ctx: CallContext,
+    now: float,
+    sticky_min_headroom: float = 0.0,
+) -> tuple[list[CardSnapshot], dict[str, Headroom | Exhausted]]:
+    """Cards with headroom in order of preference, and every card's evaluation."""
+    evaluations = {c.card_id: evaluate_card(c, now, ctx.destination) for c in cards}
+    usable = [c for c in cards if isinstance(evaluations[c.card_id], Headroom)]
+
+    def score(card: CardSnapshot) -> float:
+        result = evaluations[card.card_id]
+        return result.score if isinstance(result, Headroom) else -1.0
+
+    ordered = sorted(usable, key=lambda c: (-score(c), c.priority, c.card_id))
+    preferred: list[CardSnapshot] = []
+    for card in ordered:
+        if card.card_id == ctx.bound_card:
+            preferred.append(card)
+    for card in ordered:
+        if (
+            card.card_id == ctx.last_card
+            and card.card_id != ctx.bound_card
+            and score(card) >= sticky_min_headroom
+        ):
+            preferred.append(card)
+    chosen = {c.card_id for c in preferred}
+    return preferred + [c for c in ordered if c.card_id not in chosen], evaluations
+
+
+def _emergency_order(cards: Sequence[CardSnapshot], ctx: CallContext) -> list[CardSnapshot]:
+    def key(card: CardSnapshot) -> tuple[int, int, int, str]:
+        limit = card.effective_profile.concurrent
+        busy = int(limit is not None and card.usage.in_use >= limit)
+        pref = 0 if card.card_id == ctx.bound_card else 1 if card.card_id == ctx.last_card else 2
+        return busy, pref, card.priority, card.card_id
+
+    return sorted((c for c in cards if c.state in USABLE_STATES), key=key)
+
+
+@dataclass(frozen=True, slots=True)
+class CardSelection:
+    """Pick and reserve a card; allow with its id, or 503 no-card-available."""
+
+    source: CardSource
+    sticky_min_headroom: float = 0.0
+    default_retry_after: int = 60
+    name: str = "cards"
+    bypassed_by_emergency: bool = False
+
+    def __call__(self, ctx: CallContext, now: datetime) -> Decision:
+        """Allow on the reserved card, or reject with when the earliest card frees."""
+        t = epoch(now)
+        cards = self.source.candidates(ctx, t)
+        if ctx.emergency:
+            for card in _emergency_order(cards, ctx):
+                if self.source.reserve(card.card_id, ctx, t, emergency=True):
+                    return Decision.allow(self.name, card.card_id, "emergency: quotas bypassed")
+            return Decision.reject(
+                RejectReason.NO_CARD_AVAILABLE,
+                self.name,
+                "emergency call: no usable card",
+                retry_after=self.default_retry_after,
+            )
+        ranked, evaluations = rank_cards(cards, ctx, t, self.sticky_min_headroom)
+        lost_race = False
+        for card in ranked:
+            if self.source.reserve(card.card_id, ctx, t, emergency=False):
+                result = evaluations[card.card_id]
+                score = result.score if isinstance(result, Headroom) else 0.0
+                return Decision.allow(self.name, card.card_id, f"headroom {score:.2f}")
+            lost_race = True
+        frees = [
+            e.frees_at
+            for e in evaluations.values()
+            if isinstance(e, Exhausted) and e.frees_at is not None
+        ]
+        if lost_race:
+            retry = 1
+        elif frees:
+            retry = max(1, ceil_seconds(min(frees) - t))
+        else:
+            retry = self.default_retry_after
+        counts = Counter(str(e.limit) for e in evaluations.values() if isinstance(e, Exhausted))
+        summary = ", ".join(f"{n} {limit}" for limit, n in sorted(counts.items()))
+        detail = f"{len(cards)} cards: {summary}" if cards else "no cards in pool"
+        return Decision.reject(RejectReason.NO_CARD_AVAILABLE, self.name, detail, retry_after=retry)
