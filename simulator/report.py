@@ -1,0 +1,421 @@
+"""The rehearsal report: totals, terminal text, JSON and a PNG chart of card usage.
+
+Built from what a run recorded — the carrier's :class:`CarrierEvent` list, the
+per-attempt :class:`CallRecord` list and the gateway's card marks — so the
+offline replay and the later SIP run share it. Totals: attempts, calls placed,
+answered, ASR, blocks by reason, suspensions with cause and time, failovers,
+503s (carrier maintenance and gateway no-card-available), 402s, complaints,
+and a line per card. The chart plots, per card, calls in the last hour against
+the carrier's threshold and the answer rate against its floor, with each
+suspension marked and labelled.
+
+Deterministic: the same events give byte-identical text and JSON. Callee
+numbers only appear as the events recorded them (masked). This module must
+never run a scenario, read a clock or touch pyplot's global state (it draws on
+an Agg canvas it owns).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from simulator.antifraud import AntiFraudThresholds
+from simulator.models import CarrierEvent, EventKind
+from simulator.offline import CallOutcome, CallRecord, CardMark
+
+if TYPE_CHECKING:
+    from simulator.offline import OfflineResult
+
+__all__ = ["CardSummary", "Report", "SuspensionEntry", "build_report", "report_from_offline"]
+
+#: Chart sampling step for "calls in the last hour", business seconds.
+SAMPLE_STEP = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionEntry:
+    """A card suspension as reported."""
+
+    card: str
+    time: float
+    offset: float
+    local_time: str
+    reason: str
+    cause: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "card": self.card,
+            "time": round(self.time, 3),
+            "offset_seconds": round(self.offset, 3),
+            "local_time": self.local_time,
+            "reason": self.reason,
+            "cause": self.cause,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CardSummary:
+    """One card's traffic over the run."""
+
+    card: str
+    placed: int
+    answered: int
+    talk_minutes: float
+    complaints: int
+    state: str
+    balance: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "card": self.card,
+            "placed": self.placed,
+            "answered": self.answered,
+            "asr": _ratio(self.answered, self.placed),
+            "talk_minutes": round(self.talk_minutes, 2),
+            "complaints": self.complaints,
+            "state": self.state,
+            "balance": self.balance,
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    """Aggregates of one run plus the raw series the chart needs."""
+
+    name: str
+    seed: int
+    start: float
+    end: float
+    timezone: str
+    thresholds: AntiFraudThresholds
+    attempts: int
+    placed: int
+    answered: int
+    blocks: dict[str, int]
+    outcomes: dict[str, int]
+    suspensions: list[SuspensionEntry]
+    failovers: int
+    carrier_503: int
+    carrier_402: int
+    gateway_503: int
+    complaints: int
+    card_marks: dict[str, int]
+    cards: list[CardSummary]
+    leads_total: int | None = None
+    leads_left: int | None = None
+    _accepted_times: dict[str, list[float]] = field(default_factory=dict)
+    _answer_rates: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @property
+    def asr(self) -> float | None:
+        """Answer-seizure ratio: answered / calls the carrier let through."""
+        return _ratio(self.answered, self.placed)
+
+    # -- JSON ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        t = self.thresholds
+        return {
+            "scenario": self.name,
+            "seed": self.seed,
+            "start": _iso(self.start, self.timezone),
+            "end": _iso(self.end, self.timezone),
+            "totals": {
+                "attempts": self.attempts,
+                "placed": self.placed,
+                "answered": self.answered,
+                "asr": self.asr,
+                "blocked": sum(self.blocks.values()),
+                "failovers": self.failovers,
+                "carrier_503": self.carrier_503,
+                "carrier_402": self.carrier_402,
+                "gateway_503": self.gateway_503,
+                "complaints": self.complaints,
+                "suspensions": len(self.suspensions),
+            },
+            "gateway_card_marks_by_status": dict(sorted(self.card_marks.items())),
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "blocks_by_reason": dict(sorted(self.blocks.items())),
+            "suspensions": [s.as_dict() for s in self.suspensions],
+            "cards": [c.as_dict() for c in self.cards],
+            "carrier_thresholds": {
+                "calls_per_hour": t.calls_per_hour,
+                "calls_per_day": t.calls_per_day,
+                "distinct_callees_per_day": t.distinct_callees_per_day,
+                "answer_rate_floor": t.answer_rate_floor,
+                "short_call_share_max": t.short_call_share_max,
+                "night_calls_max": t.night_calls_max,
+                "complaints_max": t.complaints_max,
+            },
+            "leads": {"total": self.leads_total, "left": self.leads_left},
+        }
+
+    def to_json(self) -> str:
+        """Stable JSON text (sorted keys, two-space indent)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    # -- terminal ---------------------------------------------------------------
+    def to_text(self) -> str:
+        """A terminal summary."""
+        asr = "n/a" if self.asr is None else f"{self.asr:.1%}"
+        lines = [
+            f"Scenario {self.name!r} (seed {self.seed})",
+            f"  {_iso(self.start, self.timezone)} → {_iso(self.end, self.timezone)}",
+            "",
+            f"  attempts      {self.attempts}",
+            f"  placed        {self.placed}",
+            f"  answered      {self.answered}   ASR {asr}",
+            f"  blocked       {sum(self.blocks.values())}",
+        ]
+        lines += [f"    {reason:<20} {count}" for reason, count in sorted(self.blocks.items())]
+        lines += [
+            f"  failovers     {self.failovers}",
+            f"  503 carrier   {self.carrier_503}   503 no-card-available {self.gateway_503}",
+            f"  402 arrears   {self.carrier_402}",
+            f"  complaints    {self.complaints}",
+            f"  suspensions   {len(self.suspensions)}",
+        ]
+        lines += [
+            f"    {s.local_time}  {s.card:<6} {s.reason}: {s.cause}" for s in self.suspensions
+        ]
+        lines += ["", "  card    placed  answered  ASR     talk min  complaints  state"]
+        for c in self.cards:
+            card_asr = _ratio(c.answered, c.placed)
+            shown = "n/a" if card_asr is None else f"{card_asr:.1%}"
+            lines.append(
+                f"  {c.card:<7} {c.placed:>6}  {c.answered:>8}  {shown:<7} {c.talk_minutes:>8.1f}"
+                f"  {c.complaints:>10}  {c.state}"
+            )
+        if self.leads_total is not None:
+            lines += [
+                "",
+                f"  leads         {self.leads_total} total, {self.leads_left} not dialled",
+            ]
+        return "\n".join(lines) + "\n"
+
+    # -- chart ------------------------------------------------------------------
+    def write_png(self, path: str | Path, *, dpi: int = 100) -> Path:
+        """Draw each card's usage against the carrier's thresholds into a PNG."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        cards = [c.card for c in self.cards]
+        rows = max(1, len(cards))
+        fig = Figure(figsize=(12, 2.8 * rows + 0.8), dpi=dpi)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(rows, 2, squeeze=False, sharex=True)
+        hours_total = (self.end - self.start) / 3600
+        t = self.thresholds
+        for row, card in enumerate(cards):
+            ax_calls, ax_rate = axes[row][0], axes[row][1]
+            xs, ys = self._calls_per_hour_series(card)
+            ax_calls.plot(xs, ys, color="tab:blue", label="calls in last hour")
+            if t.calls_per_hour is not None:
+                ax_calls.axhline(
+                    t.calls_per_hour, color="tab:red", linestyle="--", label="carrier limit"
+                )
+            ax_calls.set_ylabel(f"{card}\ncalls / hour")
+            ax_calls.set_ylim(bottom=0)
+
+            points = self._answer_rates.get(card, [])
+            if points:
+                ax_rate.step(
+                    [(x - self.start) / 3600 for x, _ in points],
+                    [y for _, y in points],
+                    where="post",
+                    color="tab:green",
+                    label=f"answer rate (last {t.answer_rate_window})",
+                )
+            if t.answer_rate_floor is not None:
+                ax_rate.axhline(
+                    t.answer_rate_floor, color="tab:red", linestyle="--", label="carrier floor"
+                )
+            ax_rate.set_ylim(0, 1)
+            ax_rate.set_ylabel("answer rate")
+
+            for s in self.suspensions:
+                if s.card != card:
+                    continue
+                x = s.offset / 3600
+                for ax in (ax_calls, ax_rate):
+                    ax.axvline(x, color="black", linewidth=1.2, label="suspended")
+                ax_calls.annotate(
+                    f"suspended: {s.cause}",
+                    xy=(x, 0.03),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    rotation=90,
+                    va="bottom",
+                    ha="left",
+                    fontsize=7,
+                )
+            for ax in (ax_calls, ax_rate):
+                ax.set_xlim(0, hours_total)
+                ax.grid(True, alpha=0.3)
+                handles, labels = ax.get_legend_handles_labels()
+                unique = dict(zip(labels, handles, strict=True))
+                if unique:
+                    ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=7)
+        for ax in axes[-1]:
+            ax.set_xlabel("business hours since start")
+        axes[0][0].set_title("calls per hour vs carrier limit")
+        axes[0][1].set_title("answer rate vs carrier floor")
+        fig.suptitle(
+            f"dialgate rehearsal {self.name!r} (seed {self.seed}): "
+            f"{len(self.suspensions)} suspension(s), ASR "
+            + ("n/a" if self.asr is None else f"{self.asr:.1%}")
+        )
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png", metadata={"Software": None})
+        return out
+
+    def _calls_per_hour_series(self, card: str) -> tuple[list[float], list[int]]:
+        times = self._accepted_times.get(card, [])
+        xs: list[float] = []
+        ys: list[int] = []
+        t = self.start
+        while t <= self.end + 1e-9:
+            count = bisect.bisect_right(times, t) - bisect.bisect_right(times, t - 3600)
+            xs.append((t - self.start) / 3600)
+            ys.append(count)
+            t += SAMPLE_STEP
+        return xs, ys
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return None if b == 0 else round(a / b, 4)
+
+
+def _iso(epoch: float, tz: str) -> str:
+    return datetime.fromtimestamp(round(epoch, 3), tz=ZoneInfo(tz)).isoformat(timespec="seconds")
+
+
+def build_report(
+    *,
+    name: str,
+    seed: int,
+    start: float,
+    end: float,
+    timezone: str,
+    thresholds: AntiFraudThresholds,
+    cards: Sequence[str],
+    events: Iterable[CarrierEvent],
+    calls: Iterable[CallRecord],
+    marks: Iterable[CardMark] = (),
+    leads_total: int | None = None,
+    leads_left: int | None = None,
+) -> Report:
+    """Aggregate one run's records into a :class:`Report`."""
+    events = sorted(events, key=lambda e: e.time)
+    calls = list(calls)
+    marked = Counter(str(m.status) for m in marks)
+    accepted: dict[str, list[float]] = {c: [] for c in cards}
+    rates: dict[str, list[tuple[float, float]]] = {c: [] for c in cards}
+    suspensions: list[SuspensionEntry] = []
+    state: dict[str, str] = dict.fromkeys(cards, "active")
+    balance: dict[str, float | None] = dict.fromkeys(cards)
+    complaints: Counter[str] = Counter()
+    talk: dict[str, float] = dict.fromkeys(cards, 0.0)
+    answered_by: Counter[str] = Counter()
+    kinds: Counter[EventKind] = Counter()
+    for e in events:
+        kinds[e.kind] += 1
+        if e.kind is EventKind.ACCEPTED:
+            accepted.setdefault(e.card, []).append(e.time)
+        elif e.kind is EventKind.CALL_ENDED:
+            rate = e.counters.get("answer_rate")
+            if rate is not None:
+                rates.setdefault(e.card, []).append((e.time, float(rate)))
+        elif e.kind is EventKind.SUSPENDED:
+            state[e.card] = f"suspended ({e.reason})"
+            suspensions.append(
+                SuspensionEntry(
+                    e.card,
+                    e.time,
+                    e.time - start,
+                    _iso(e.time, timezone),
+                    e.reason or "unknown",
+                    e.cause or "",
+                )
+            )
+        elif e.kind is EventKind.RESTORED:
+            state[e.card] = "active"
+        elif e.kind is EventKind.COMPLAINT:
+            complaints[e.card] += 1
+        if "balance" in e.counters and e.counters["balance"] is not None:
+            balance[e.card] = float(e.counters["balance"])
+    for call in calls:
+        if call.card is not None and call.outcome is CallOutcome.ANSWERED:
+            answered_by[call.card] += 1
+            talk[call.card] = talk.get(call.card, 0.0) + call.talk_seconds
+    placed_by = {c: len(accepted.get(c, [])) for c in cards}
+    blocks = Counter(c.reason or "unknown" for c in calls if c.outcome is CallOutcome.BLOCKED)
+    outcomes = Counter(str(c.outcome) for c in calls)
+    return Report(
+        name=name,
+        seed=seed,
+        start=start,
+        end=end,
+        timezone=timezone,
+        thresholds=thresholds,
+        attempts=len(calls),
+        placed=sum(placed_by.values()),
+        answered=sum(answered_by.values()),
+        blocks=dict(blocks),
+        outcomes=dict(outcomes),
+        suspensions=suspensions,
+        failovers=sum(c.failovers for c in calls),
+        carrier_503=kinds[EventKind.REJECTED_MAINTENANCE],
+        carrier_402=kinds[EventKind.REJECTED_ARREARS],
+        gateway_503=blocks.get("no-card-available", 0),
+        complaints=sum(complaints.values()),
+        card_marks=dict(marked),
+        cards=[
+            CardSummary(
+                c,
+                placed_by[c],
+                answered_by[c],
+                talk[c] / 60,
+                complaints[c],
+                state[c],
+                balance[c],
+            )
+            for c in cards
+        ],
+        leads_total=leads_total,
+        leads_left=leads_left,
+        _accepted_times=accepted,
+        _answer_rates=rates,
+    )
+
+
+def report_from_offline(result: OfflineResult) -> Report:
+    """The report of an offline run."""
+    s = result.scenario
+    return build_report(
+        name=s.name,
+        seed=s.seed,
+        start=s.start_epoch,
+        end=s.end_epoch,
+        timezone=s.carrier.timezone,
+        thresholds=result.carrier.config.thresholds,
+        cards=[c.id for c in s.cards],
+        events=result.carrier.events,
+        calls=result.calls,
+        marks=result.marks,
+        leads_total=result.leads_total,
+        leads_left=result.leads_left,
+    )
