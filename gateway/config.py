@@ -53,6 +53,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -323,8 +324,13 @@ def _validate_windows(value: Any) -> DailyWindows:
         raise PydanticCustomError("time_windows", str(exc)) from None
 
 
+# NoDecode: an env value such as DIALGATE_POLICY__CALLING_HOURS=09:00-20:00 is the
+# plain string, not JSON (pydantic-settings JSON-decodes dataclass-typed fields).
 WindowsField = Annotated[
-    DailyWindows, PlainValidator(_validate_windows), PlainSerializer(str, return_type=str)
+    DailyWindows,
+    PlainValidator(_validate_windows),
+    PlainSerializer(str, return_type=str),
+    NoDecode,
 ]
 
 
@@ -407,11 +413,13 @@ MqttUrl = Annotated[
     ServiceUrl,
     PlainValidator(_url_validator("mqtt", "mqtts", "ws", "wss")),
     PlainSerializer(str, return_type=str),
+    NoDecode,
 ]
 RedisUrl = Annotated[
     ServiceUrl,
     PlainValidator(_url_validator("redis", "rediss", "unix")),
     PlainSerializer(str, return_type=str),
+    NoDecode,
 ]
 
 # ---------------------------------------------------------------------------

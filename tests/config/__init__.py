@@ -1,0 +1,1 @@
+"""Tests for gateway.config, gateway.logging and the dialgate CLI."""
