@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite and `make run` use as real peers:
+# SIPp (package sip-tester), mosquitto (+ clients), redis-server.
+# Idempotent: does nothing when every tool is already on PATH.
+set -euo pipefail
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# mosquitto and redis-server install to /usr/sbin on Debian; look there too.
+for pair in "mosquitto:/usr/sbin/mosquitto" "redis-server:/usr/bin/redis-server"; do
+  pkg=${pair%%:*}; path=${pair#*:}
+  if [ -x "$path" ]; then
+    tmp=(); for p in "${need[@]}"; do [ "$p" = "$pkg" ] || tmp+=("$p"); done; need=("${tmp[@]+"${tmp[@]}"}")
+  fi
+done
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing Debian packages: ${need[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "error: need root (or sudo) to apt-get install ${need[*]}" >&2; exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+# The packages start system services on install on some machines; the tests start
+# their own instances on free ports and never use the system ones.

@@ -1,0 +1,151 @@
+"""The asyncio SIP endpoint over real loopback UDP and TCP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
+from gateway.sip import Request, Response
+from gateway.sip.transaction import TimerConfig
+
+
+def _request(method: str, target: str, *, call_id: str = "c1@test") -> Request:
+    return Request(
+        method,
+        target,
+        [
+            ("From", "<sip:alice@127.0.0.1>;tag=a1"),
+            ("To", "<sip:bob@127.0.0.1>"),
+            ("Call-ID", call_id),
+            ("CSeq", f"1 {method}"),
+        ],
+    )
+
+
+async def _pair(handler, transport: str = "udp", timers: TimerConfig | None = None):
+    server = SipEndpoint(handler, timers=timers)
+    client = SipEndpoint(lambda req: req.respond(500) if req.tx else None, timers=timers)
+    await server.listen(transport, "127.0.0.1", 0)
+    await client.listen(transport, "127.0.0.1", 0)
+    return server, client
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_options_round_trip(transport: str) -> None:
+    """A non-INVITE request gets its final response through both transaction machines."""
+    seen: list[str] = []
+
+    def handler(req: ServerRequest) -> None:
+        seen.append(req.request.method)
+        req.respond(200, headers=[("Allow", "OPTIONS")])
+
+    server, client = await _pair(handler, transport)
+    try:
+        dest = server.transports[0].local_address
+        response = await asyncio.wait_for(
+            client.request(
+                _request("OPTIONS", f"sip:{dest[0]}:{dest[1]}"), dest, transport=transport
+            ),
+            5,
+        )
+        assert 200 == response.status
+        assert ["OPTIONS"] == seen
+        assert "rport" in response.headers.get("Via")
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_invite_provisional_final_and_ack() -> None:
+    """INVITE gets 180 then 200; the handle sees both; the ACK reaches the server TU."""
+    acks: asyncio.Queue[Request] = asyncio.Queue()
+
+    def handler(req: ServerRequest) -> None:
+        if req.request.method == "ACK":
+            acks.put_nowait(req.request)
+            return
+        req.respond(180, to_tag="b1")
+        req.respond(200, to_tag="b1", headers=[("Contact", "<sip:bob@127.0.0.1>")])
+
+    server, client = await _pair(handler)
+    statuses: list[int] = []
+    try:
+        dest = server.transports[0].local_address
+        invite = _request("INVITE", f"sip:bob@{dest[0]}:{dest[1]}")
+        handle = client.send_request(
+            invite, dest, on_response=lambda h, r: statuses.append(r.status)
+        )
+        final = await asyncio.wait_for(handle.final, 5)
+        assert 200 == final.status
+        assert [180, 200] == statuses[:2]
+        ack = Request(
+            "ACK",
+            f"sip:bob@{dest[0]}:{dest[1]}",
+            [
+                ("From", invite.headers.get("From") or ""),
+                ("To", final.headers.get("To") or ""),
+                ("Call-ID", invite.call_id),
+                ("CSeq", "1 ACK"),
+                ("Max-Forwards", "70"),
+            ],
+        )
+        client.send_stateless(ack, dest)
+        got = await asyncio.wait_for(acks.get(), 5)
+        assert "ACK" == got.method
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_timeout_reported_as_local_408() -> None:
+    """Timer F fires when nobody answers: the TU gets a locally made 408."""
+    silent = SipEndpoint(lambda req: None)
+    await silent.listen("udp", "127.0.0.1", 0)
+    client = SipEndpoint(lambda req: None, timers=TimerConfig(t1=0.01, t2=0.04, t4=0.05))
+    await client.listen("udp", "127.0.0.1", 0)
+    try:
+        dest = silent.transports[0].local_address
+        handle = client.send_request(_request("OPTIONS", "sip:x@127.0.0.1"), dest)
+        final = await asyncio.wait_for(handle.final, 5)
+        assert 408 == final.status
+        assert handle.local is True
+    finally:
+        await client.close()
+        await silent.close()
+
+
+async def test_cancel_waits_for_provisional_then_487() -> None:
+    """CANCEL asked before any provisional goes out after the 180; the INVITE ends 487."""
+    pending: list[ServerRequest] = []
+    release = asyncio.Event()
+
+    def handler(req: ServerRequest) -> None:
+        if req.request.method == "INVITE":
+            pending.append(req)
+            release.set()
+        elif req.request.method == "CANCEL":
+            req.respond(200)
+            invite = pending[0]
+            invite.respond(487, to_tag="b2")
+
+    server = SipEndpoint(handler, timers=TimerConfig(trying_delay=10.0))
+    await server.listen("udp", "127.0.0.1", 0)
+    client = SipEndpoint(lambda req: None)
+    await client.listen("udp", "127.0.0.1", 0)
+    try:
+        dest = server.transports[0].local_address
+        handle: ClientRequest = client.send_request(
+            _request("INVITE", "sip:bob@127.0.0.1", call_id="c2"), dest
+        )
+        handle.cancel()
+        await asyncio.wait_for(release.wait(), 5)
+        assert handle.cancel_sent is False  # §9.1: no provisional yet, no CANCEL
+        pending[0].respond(180, to_tag="b2")
+        final: Response = await asyncio.wait_for(handle.final, 5)
+        assert 487 == final.status
+        assert handle.cancel_sent is True
+    finally:
+        await client.close()
+        await server.close()
