@@ -167,13 +167,20 @@ class Transport(abc.ABC):
             self.stats.send_errors += 1
         return ok
 
-    def send_response(self, response: Response, source: Address | None = None) -> bool:
+    def send_response(
+        self, response: Response, source: Address | None = None, *, symmetric: bool = False
+    ) -> bool:
         """Send a response where RFC 3261 §18.2.2 / RFC 3581 §4 say it goes.
 
         ``source`` is the address the request came from: used when the top Via
         cannot be read, and (for a reliable transport) to find the connection
-        the request arrived on.
+        the request arrived on. ``symmetric=True`` sends to ``source`` always,
+        as if every request carried ``;rport`` (Kamailio's ``force_rport``):
+        clients behind NAT need it, and it never reflects a response to a port
+        that a forged sent-by names.
         """
+        if symmetric and source is not None:
+            return self.send(response, source)
         dest = response_destination(response, reliable=self.reliable)
         if dest is None:
             if source is None:
