@@ -1,0 +1,62 @@
+"""Crash safety: what a process commits survives its own ``kill -9``."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from gateway.cdr import Outcome
+from gateway.store import SQLiteStore
+
+from .conftest import T0
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from gateway.cdr import CallRecord, Outcome
+    from gateway.store import SQLiteStore, StoredCard
+
+    T0 = float(sys.argv[2])
+    s = SQLiteStore(sys.argv[1])
+    s.upsert_card(StoredCard("c1", "carrier-a", "+8613800000001", "main", since=T0))
+    s.reserve("c1", "done", "+8613811110001", T0)
+    s.finish("done", T0 + 40, answered=True, talk_seconds=30)
+    s.add_cdr(CallRecord("done", T0, "+8613811110001", Outcome.ANSWERED, 200,
+                         cards=("c1",), ring_at=T0 + 2, answer_at=T0 + 10, end_at=T0 + 40))
+    s.reserve("c1", "in-flight", "+8613811110002", T0 + 50)
+    sys.stdout.write("committed\\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # no close(), no checkpoint, no atexit
+    """
+)
+
+
+def test_cdr_and_reservation_survive_sigkill(tmp_path: Path) -> None:
+    """A child that commits a CDR and a reservation and then SIGKILLs itself loses nothing."""
+    db = tmp_path / "crash.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(db), repr(T0)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert -signal.SIGKILL == proc.returncode, proc.stderr
+    assert "committed\n" == proc.stdout
+    assert (tmp_path / "crash.db-wal").exists()  # the commits sit in the WAL, not yet checkpointed
+
+    with SQLiteStore(db) as s:
+        records = s.cdrs()
+        assert [("done", Outcome.ANSWERED, 30.0)] == [
+            (r.call_id, r.outcome, r.talk_seconds) for r in records
+        ]
+        assert [("in-flight", "c1")] == s.open_reservations()
+        assert 1 == s.recover(T0 + 100)
+        usage = s.card_usage("c1", T0 + 101)
+    # Both starts still count (the in-flight one over-counts, never under-counts).
+    assert (T0, T0 + 50) == usage.call_starts
+    assert 0 == usage.in_use
+    assert 30.0 == usage.talk_seconds_today
