@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """gateway.config: loading, validation with key paths, env overrides, secret hygiene."""
 
 from __future__ import annotations

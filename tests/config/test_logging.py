@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """gateway.logging: JSON lines, callee masking, secret dropping, no frame locals."""
 
 from __future__ import annotations

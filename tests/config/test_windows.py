@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """DailyWindows: the "HH:MM-HH:MM[,...]" format of calling_hours and night_window."""
 
 from __future__ import annotations
