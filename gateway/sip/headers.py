@@ -402,7 +402,16 @@ class Via:
         ):
             raise ParseError("bad Via sent-protocol")
         # sent-by = host [ COLON port ], COLON = SWS ":" SWS
-        host, port = split_host_port("".join(sent_by.split()))
+        # whitespace is legal only around the colon (COLON = SWS ":" SWS), so
+        # "host junk" is malformed but "host : 5060" is fine.
+        sent_by = sent_by.strip(" \t")
+        if " " in sent_by or "\t" in sent_by:
+            left, colon, right = sent_by.rpartition(":")
+            left, right = left.strip(" \t"), right.strip(" \t")
+            if not colon or len(left.split()) != 1 or len(right.split()) != 1:
+                raise ParseError("whitespace in Via sent-by")
+            sent_by = f"{left}:{right}"
+        host, port = split_host_port(sent_by)
         params: Params = ()
         if len(pieces) > 1:
             params = parse_header_params(";".join(pieces[1:]))

@@ -337,7 +337,7 @@ class Message:
         raise NotImplementedError
 
     def __bytes__(self) -> bytes:
-        if self._raw is not None and self._raw_key == self._key():
+        if self._raw is not None and self._raw_unchanged():
             return self._raw
         body = self.body
         lines = [self._start_line()]
@@ -355,8 +355,20 @@ class Message:
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
 
     def _remember_raw(self, raw: bytes) -> None:
+        # The key holds the very objects (not their id()s, which a new object could
+        # reuse after the old one is freed) and the headers' mutation counter.
         self._raw = raw
-        self._raw_key = self._key()
+        self._raw_key = (self.headers, self.headers.version, self.body, self._key())
+
+    def _raw_unchanged(self) -> bool:
+        key = self._raw_key
+        return (
+            key is not None
+            and key[0] is self.headers
+            and key[1] == self.headers.version
+            and key[2] is self.body
+            and key[3] == self._key()
+        )
 
 
 class Request(Message):
@@ -381,14 +393,7 @@ class Request(Message):
         return f"{self.method} {self.uri} {self.version}"
 
     def _key(self) -> tuple[Any, ...]:
-        return (
-            self.method,
-            self.uri,
-            self.version,
-            id(self.headers),
-            self.headers.version,
-            id(self.body),
-        )
+        return (self.method, self.uri, self.version)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):
@@ -433,14 +438,7 @@ class Response(Message):
         return f"{self.version} {self.status} {self.reason}"
 
     def _key(self) -> tuple[Any, ...]:
-        return (
-            self.status,
-            self.reason,
-            self.version,
-            id(self.headers),
-            self.headers.version,
-            id(self.body),
-        )
+        return (self.status, self.reason, self.version)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Response):
@@ -621,6 +619,9 @@ def make_response(
         elif key == "to":
             if to_tag is not None and "tag" not in _param_names(value):
                 value = f"{value};tag={to_tag}"
+            out.add(name, value)
+        elif key == "timestamp" and status == 100:
+            # RFC 3261 §8.2.6.1: a 100 (Trying) copies the request's Timestamp.
             out.add(name, value)
     for name, value in headers:
         out.add(name, value)
