@@ -1,0 +1,1 @@
+"""Tests of gateway.cards and gateway.carrier_health."""
