@@ -158,19 +158,31 @@ class Gateway:
                     transport = await TCPTransport.listen(
                         spec.ip, spec.port, self.handle, max_message_size=sip.max_message_size
                     )
-                self.transports.append(transport)
+                self.add_transport(transport)
                 host, port = transport.local_address
                 log.info("listening", transport=str(transport.name), host=host, port=port)
         except BaseException:
             await self.close(log_stats=False)
             raise
-        self._local_hosts = {strip_brackets(spec.ip).lower() for spec in sip.listen}
+
+    def add_transport(self, transport: Transport) -> None:
+        """Serve ``transport`` (already bound, with ``self.handle`` as its callback).
+
+        ``start`` uses it for the configured listeners; tests attach a
+        MemoryTransport. The transport's host and real port become "local"
+        for Request-URI matching.
+        """
+        self.transports.append(transport)
+        sip = self.settings.sip
+        hosts = {strip_brackets(spec.ip).lower() for spec in sip.listen}
+        hosts |= {t.local_address[0].lower() for t in self.transports}
         if sip.advertise:
-            self._local_hosts.add(strip_brackets(sip.advertise).lower())
-        if self._local_hosts & {"0.0.0.0", "::"}:
+            hosts.add(strip_brackets(sip.advertise).lower())
+        if hosts & {"0.0.0.0", "::"}:
             # A wildcard listener: loopback is certainly ours; other interface
             # addresses are recognised only through `advertise` or `domains`.
-            self._local_hosts |= {"127.0.0.1", "::1", "localhost"}
+            hosts |= {"127.0.0.1", "::1", "localhost"}
+        self._local_hosts = hosts
         self._local_ports = {t.local_address[1] for t in self.transports}
 
     async def close(self, *, log_stats: bool = True) -> None:
