@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """Tests of RFC 3261 §12 dialogs: creation on both sides, route sets, in-dialog requests, CSeq.
 
 Messages are wire bytes in the style of RFC 3261 §24 (Alice calls Bob through
@@ -138,7 +137,7 @@ def test_uas_early_dialog_and_confirm() -> None:
     d = Dialog.from_uas(
         request(INVITE), "t", NameAddr(None, URI.parse("sip:bob@192.0.2.4")), early=True
     )
-    assert DialogState.EARLY == d.state
+    assert d.is_early
     d.confirm()
     assert DialogState.CONFIRMED == d.state
 

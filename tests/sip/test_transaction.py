@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """Tests of the four RFC 3261 §17 transaction machines, their timers, keys and CANCEL rules.
 
 Everything runs on a fake clock: ``now`` is a float the test advances, and a
@@ -108,6 +107,11 @@ def summary(actions: list[Action]) -> list[tuple[object, ...]]:
             assert isinstance(a, Terminated)
             out.append(("terminated",))
     return out
+
+
+def state_of(machine: ServerNonInviteTransaction) -> State:
+    """The machine's state, read through a call so type checkers do not pin it."""
+    return machine.state
 
 
 def run_timers(
@@ -623,13 +627,13 @@ def test_non_invite_server_full_life_over_udp() -> None:
     request = req("BYE", to_tag="a6c85cf")
     tx = ServerNonInviteTransaction(request)
     assert [("deliver", "BYE")] == summary(tx.start(0.0))
-    assert State.TRYING == tx.state
+    assert State.TRYING == state_of(tx)
     assert [] == tx.receive_request(request, 0.1)
     assert [("send", 100, False)] == summary(tx.send_response(resp(request, 100), 0.2))
-    assert State.PROCEEDING == tx.state
+    assert State.PROCEEDING == state_of(tx)
     assert [("send", 100, True)] == summary(tx.receive_request(request, 0.3))
     assert [("send", 200, False)] == summary(tx.send_response(resp(request, 200), 0.4))
-    assert State.COMPLETED == tx.state
+    assert State.COMPLETED == state_of(tx)
     assert pytest.approx({Timer.J: 32.4}) == tx.timers
     assert [("send", 200, True)] == summary(tx.receive_request(request, 1.0))
     fired = run_timers(tx)
