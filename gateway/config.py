@@ -453,6 +453,10 @@ class SipSettings(BaseModel):
     t2: float = Field(default=4.0, gt=0, le=600)
     t4: float = Field(default=5.0, gt=0, le=600)
     max_message_size: int = Field(default=65535, ge=1300, le=1 << 24)
+    # why: RFC 3581 §4 — answer to the packet's source address and port (rport)
+    # even when the client did not ask, as Kamailio's force_rport does: agents sit
+    # behind NAT, and a forged Via must not aim responses at a third party.
+    force_rport: bool = True
     user_agent: str = Field(default=f"dialgate/{__version__}", min_length=1)
 
     @field_validator("advertise")
