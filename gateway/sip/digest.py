@@ -43,6 +43,7 @@ from enum import StrEnum
 from gateway.sip.errors import AuthError
 
 __all__ = [
+    "RFC8760_ALGORITHMS",
     "Algorithm",
     "AuthAnswer",
     "AuthHeader",
@@ -597,6 +598,9 @@ class AuthAnswer:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+# RFC 8760 §2.4 order: SHA-256 preferred, MD5 kept for older clients.
+RFC8760_ALGORITHMS: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5)
+
 # lookup(username, base algorithm) -> stored HA1 (hex) or None if the user is unknown.
 # The algorithm passed is always MD5 or SHA-256: "-sess" variants use the base HA1.
 HA1Lookup = Callable[[str, Algorithm], str | None]
@@ -627,8 +631,13 @@ class DigestServer:
     watching nc"). A nonce that fell out of that LRU is answered as stale, so
     a replay can never succeed just because memory was bounded.
 
-    ``algorithms`` are offered in the given order; RFC 8760 §2.4 asks for the
-    preferred one (SHA-256) first. ``qop`` is the list of qop-options offered;
+    ``algorithms`` are offered in the given order, one header value each.
+    The default is MD5 alone, for interoperability: SIPp 3.6.1 (our test peer)
+    and many deployed phones read only the *first* challenge and implement
+    only MD5 — SIPp aborts with "authentication must use MD5" when SHA-256 is
+    listed first. Pass ``(Algorithm.SHA256, Algorithm.MD5)`` (see
+    :data:`RFC8760_ALGORITHMS`) to offer SHA-256 first as RFC 8760 §2.4 asks,
+    when every client picks the first challenge it supports. ``qop`` is the list of qop-options offered;
     an empty tuple means the RFC 2069 form. ``allow_no_qop`` additionally
     accepts credentials without qop when qop was offered (very old phones).
     ``random`` supplies the nonce salt (injected so tests are deterministic).
@@ -636,7 +645,7 @@ class DigestServer:
 
     key: bytes = field(repr=False)
     realm: str
-    algorithms: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5)
+    algorithms: tuple[Algorithm, ...] = (Algorithm.MD5,)
     qop: tuple[str, ...] = ("auth",)
     nonce_ttl: float = 300.0
     allow_no_qop: bool = False

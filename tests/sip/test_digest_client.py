@@ -11,6 +11,7 @@ import itertools
 import pytest
 
 from gateway.sip.digest import (
+    RFC8760_ALGORITHMS,
     Algorithm,
     Challenge,
     Credentials,
@@ -36,7 +37,7 @@ def make_server(**kwargs: object) -> DigestServer:
         key=KEY,
         realm=REALM,
         random=lambda n: next(counter).to_bytes(n, "big"),
-        **kwargs,  # type: ignore[arg-type]
+        **{"algorithms": RFC8760_ALGORITHMS, **kwargs},  # type: ignore[arg-type]
     )
 
 

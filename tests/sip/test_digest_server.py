@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from gateway.sip.digest import (
+    RFC8760_ALGORITHMS,
     Algorithm,
     AuthAnswer,
     Challenge,
@@ -42,7 +43,8 @@ def lookup(user: str, algorithm: Algorithm) -> str | None:
 
 
 def make_server(**kwargs: object) -> DigestServer:
-    """A server with a fixed key and deterministic salts."""
+    """A server with a fixed key and deterministic salts, offering SHA-256 then MD5 unless told."""
+    kwargs.setdefault("algorithms", RFC8760_ALGORITHMS)
     return DigestServer(key=KEY, realm=REALM, random=_counter_random(), **kwargs)  # type: ignore[arg-type]
 
 
@@ -90,7 +92,15 @@ def test_round_trip_every_algorithm(algorithm: Algorithm) -> None:
     assert server.answer(verdict, 11.0) is None
 
 
-def test_default_offers_sha256_first_then_md5() -> None:
+def test_default_offers_md5_only() -> None:
+    """By default only MD5 is offered: SIPp and many phones read only the first challenge."""
+    server = DigestServer(key=KEY, realm=REALM)
+    (only,) = [Challenge.parse(v) for v in server.challenge_values(0.0)]
+    expected = (Algorithm.MD5, ("auth",), server.opaque)
+    assert expected == (only.algorithm, only.qop, only.opaque)
+
+
+def test_rfc8760_offers_sha256_first_then_md5() -> None:
     """RFC 8760: SHA-256 is listed before MD5; each value has its own nonce and the opaque."""
     server = make_server()
     values = server.challenge_values(5.0)
