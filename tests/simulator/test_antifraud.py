@@ -6,7 +6,7 @@ exactly when its counter crosses the carrier's threshold, not one call earlier.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 
 import pytest
 
@@ -203,8 +203,6 @@ def test_threshold_validation(kwargs: dict[str, float], message: str) -> None:
 def test_time_window_contains(window: str, inside: list[str], outside: list[str]) -> None:
     """Windows are [start, end) and may wrap midnight; '24:00' ends the day."""
     parsed = TimeWindow.parse(window)
-    from datetime import time
-
     assert all(parsed.contains(time.fromisoformat(t)) for t in inside)
     assert not any(parsed.contains(time.fromisoformat(t)) for t in outside)
     assert window == str(parsed)

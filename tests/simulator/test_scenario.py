@@ -1,0 +1,255 @@
+"""Tests for the scenario TOML schema: strict validation naming keys, examples, derived models."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from simulator.models import EventKind
+from simulator.scenario import (
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    loads_scenario,
+    parse_duration,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
+
+MINIMAL = """
+name = "mini"
+seed = 3
+
+[clock]
+start = 2026-03-02T09:00:00+08:00
+speed = 60
+duration = "2h"
+
+[carrier]
+timezone = "Asia/Shanghai"
+
+[[cards]]
+id = "c1"
+number = "+8613800000001"
+username = "c1"
+password = "pw"
+
+[[agents]]
+name = "alice"
+password = "pw"
+card = "c1"
+
+[[leads.numbers]]
+number = "+8613912345678"
+consent = true
+"""
+
+
+def problems(text: str) -> dict[str, str]:
+    """Validate ``text`` expecting failure; return {key path: message}."""
+    with pytest.raises(ScenarioError) as info:
+        loads_scenario(text, "test.toml")
+    return dict(info.value.problems)
+
+
+def test_minimal_scenario_loads_with_defaults() -> None:
+    """A small scenario validates and fills defaults (guarded gateway, default quota profile)."""
+    scenario = loads_scenario(MINIMAL)
+    assert ("mini", 3, 7200.0) == (scenario.name, scenario.seed, scenario.clock.duration)
+    assert scenario.gateway.guarded
+    assert "default" == scenario.cards[0].quota
+    assert scenario.start_epoch + 7200 == scenario.end_epoch
+
+
+@pytest.mark.parametrize("name", ["unguarded", "guarded", "suspension-storm"])
+def test_example_scenarios_load(name: str) -> None:
+    """Every shipped example validates."""
+    scenario = load_scenario(EXAMPLES / f"{name}.toml")
+    assert name == scenario.name
+    assert scenario.cards
+
+
+def test_examples_differ_only_where_intended() -> None:
+    """guarded.toml is unguarded.toml's traffic with the gateway's policies switched on."""
+    unguarded = load_scenario(EXAMPLES / "unguarded.toml")
+    guarded = load_scenario(EXAMPLES / "guarded.toml")
+    assert not unguarded.gateway.guarded
+    assert guarded.gateway.guarded
+    assert "require-consent" == guarded.gateway.consent
+    for section in ("seed", "clock", "carrier", "cards", "agents", "leads", "pacing"):
+        assert getattr(unguarded, section) == getattr(guarded, section), section
+    carrier_limit = guarded.carrier.antifraud.calls_per_hour
+    quota = guarded.gateway.quota_profiles["default"].calls_per_hour
+    assert carrier_limit is not None and quota is not None and quota < carrier_limit
+
+
+def test_storm_schedules_every_card() -> None:
+    """The storm scenario suspends every card of the pool at some point."""
+    storm = load_scenario(EXAMPLES / "suspension-storm.toml")
+    assert {c.id for c in storm.cards} == {s.card for s in storm.carrier.scheduled_suspensions}
+
+
+def test_unknown_key_is_named() -> None:
+    """extra = forbid: a typo is reported with its full key path."""
+    found = problems(
+        MINIMAL.replace(
+            'timezone = "Asia/Shanghai"', 'timezone = "Asia/Shanghai"\ncalls_per_hour = 5'
+        )
+    )
+    assert "carrier.calls_per_hour" in found
+    assert "Extra inputs are not permitted" == found["carrier.calls_per_hour"]
+
+
+def test_nested_array_error_names_index() -> None:
+    """Errors inside arrays of tables name the index."""
+    found = problems(MINIMAL.replace('number = "+8613800000001"', 'number = "12"'))
+    assert ["cards[0].number"] == list(found)
+    assert "E.164" in found["cards[0].number"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('duration = "2h"', 'duration = "two hours"', "clock.duration"),
+        ("speed = 60", "speed = 0", "clock.speed"),
+        ("start = 2026-03-02T09:00:00+08:00", "start = 2026-03-02T09:00:00", "clock.start"),
+        ('timezone = "Asia/Shanghai"', 'timezone = "Mars/Olympus"', "carrier.timezone"),
+        ('card = "c1"', 'card = "c9"', "agents[0].card"),
+        (
+            'password = "pw"\n\n[[agents]]',
+            'password = "pw"\nquota = "vip"\n\n[[agents]]',
+            "cards[0].quota",
+        ),
+        ("consent = true", 'consent = "maybe"', "leads.numbers[0].consent"),
+    ],
+)
+def test_errors_name_their_key(old: str, new: str, key: str) -> None:
+    """Each bad value is reported under the key that holds it."""
+    assert old in MINIMAL
+    assert key in problems(MINIMAL.replace(old, new, 1))
+
+
+def test_answer_probabilities_must_sum_to_one() -> None:
+    """The answer table is checked as a whole and named."""
+    found = problems(MINIMAL + "\n[carrier.answer]\nanswer = 0.9\n")
+    assert "carrier.answer" in found
+    assert "must be 1" in found["carrier.answer"]
+
+
+def test_night_ceiling_needs_night_window() -> None:
+    """night_calls_max without a night window is refused under carrier.antifraud."""
+    found = problems(MINIMAL + "\n[carrier.antifraud]\nnight_calls_max = 3\n")
+    assert "night window" in found["carrier.antifraud"]
+
+
+def test_scheduled_suspension_must_name_a_card() -> None:
+    """Cross references name the offending entry."""
+    extra = '\n[[carrier.scheduled_suspensions]]\ncard = "zz"\nat = 2026-03-02T10:00:00+08:00\n'
+    found = problems(MINIMAL.replace("[[cards]]", extra + "\n[[cards]]", 1))
+    assert "carrier.scheduled_suspensions[0].card" in found
+
+
+def test_toml_syntax_error_reported() -> None:
+    """Broken TOML is a ScenarioError too, not a crash."""
+    found = problems("seed = ")
+    assert "(toml)" in found
+
+
+def test_missing_sections_reported() -> None:
+    """Required tables are named when missing."""
+    found = problems('name = "x"\n')
+    assert {"clock", "cards", "leads"} <= set(found)
+
+
+def test_error_message_lists_problems() -> None:
+    """str(ScenarioError) starts with the source and lists each key."""
+    with pytest.raises(ScenarioError) as info:
+        loads_scenario(MINIMAL.replace("speed = 60", "speed = -1"), "bad.toml")
+    text = str(info.value)
+    assert text.startswith("bad.toml: invalid scenario")
+    assert "clock.speed:" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("8h", 28800.0),
+        ("1h30m", 5400.0),
+        ("90s", 90.0),
+        ("1d", 86400.0),
+        (600, 600.0),
+        ("2.5m", 150.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    """Durations are seconds or d/h/m/s strings."""
+    assert seconds == parse_duration(value)
+
+
+@pytest.mark.parametrize("value", ["", "8x", "h", 0, -5, True, None])
+def test_parse_duration_rejects(value: object) -> None:
+    """Empty, unknown units, non-positive and non-numeric durations are refused."""
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_generated_leads_are_deterministic_and_shaped() -> None:
+    """The generator gives count unique numbers with the prefix and length, same for a seed."""
+    text = MINIMAL + '\n[leads.generate]\ncount = 500\nprefix = "+86137"\nconsent_share = 0.25\n'
+    scenario = loads_scenario(text)
+    leads = scenario.expand_leads()
+    assert 501 == len(leads)
+    assert "+8613912345678" == leads[0].number
+    generated = leads[1:]
+    assert 500 == len({lead.number for lead in generated})
+    assert all(lead.number.startswith("+86137") and len(lead.number) == 14 for lead in generated)
+    assert 0.25 == pytest.approx(sum(lead.consent for lead in generated) / 500, abs=0.06)
+    assert leads == loads_scenario(text).expand_leads()
+    other_seed = loads_scenario(text.replace("seed = 3", "seed = 4")).expand_leads()
+    assert leads != other_seed
+
+
+def test_generator_count_must_fit_prefix() -> None:
+    """Asking for more numbers than the prefix leaves room for is refused."""
+    text = MINIMAL + '\n[leads.generate]\ncount = 5000\nprefix = "+8613700000"\n'
+    found = problems(text)
+    assert "leads.generate" in found
+
+
+def test_build_carrier_uses_scenario_settings() -> None:
+    """The carrier model gets the accounts, balances, thresholds and consent set of the scenario."""
+    scenario = load_scenario(EXAMPLES / "unguarded.toml")
+    leads = scenario.expand_leads()
+    carrier = scenario.build_carrier(leads)
+    assert ("c1", "c2", "c3", "c4") == carrier.cards
+    assert 200.0 == carrier.balance("c1")
+    assert 50 == carrier.config.thresholds.calls_per_hour
+    assert "card-secret-1" == carrier.account("c1").password
+    storm = load_scenario(EXAMPLES / "suspension-storm.toml").build_carrier()
+    assert math.isinf(storm.balance("c1"))
+    assert 4 == len(storm.config.scheduled_suspensions)
+
+
+def test_consent_set_drives_complaints() -> None:
+    """Only non-consented leads can complain in the built carrier."""
+    text = MINIMAL + "\n[carrier.antifraud]\ncomplaint_probability = 1.0\n"
+    text = text.replace(
+        "consent = true",
+        'consent = true\n\n[[leads.numbers]]\nnumber = "+8613900000002"\nconsent = false',
+    )
+    scenario = loads_scenario(text)
+    carrier = scenario.build_carrier()
+    t = scenario.start_epoch
+    carrier.record_call_end("c1", "+8613912345678", True, 30, t)
+    carrier.record_call_end("c1", "+8613900000002", True, 30, t + 1)
+    complaints = [e.callee for e in carrier.events if e.kind is EventKind.COMPLAINT]
+    assert ["+86139****0002"] == complaints
+
+
+def test_secrets_are_not_in_repr() -> None:
+    """Card and agent passwords are SecretStr and do not leak into repr."""
+    scenario = loads_scenario(MINIMAL.replace('password = "pw"', 'password = "hunter2"'))
+    assert "hunter2" not in repr(scenario)
+    assert isinstance(scenario, Scenario)
