@@ -10,9 +10,9 @@ per country) close the whole day.
 A rejection carries Retry-After = seconds until the window is open in all
 zones at once. It is found analytically: the earliest open instant at or
 after `now` is either `now` or the opening of some zone's window, so only
-window openings over the next `search_days` days are checked, each converted
-with `zoneinfo` (DST-correct; an opening inside a spring-forward gap lands
-on the first real minute after it). When no such instant exists (zones too
+window openings and DST transitions over the next `search_days` days are
+checked, each converted with `zoneinfo` (DST-correct: a window opening inside
+a spring-forward gap opens at the first real minute after the gap). When no such instant exists (zones too
 far apart for the window) the rejection has no Retry-After.
 
 Failure mode: fails closed — a number without a known zone and without a
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from functools import lru_cache
 
 import phonenumbers
@@ -36,8 +36,8 @@ from policies.decision import Decision, RejectReason
 from policies.timeutil import (
     DailyWindows,
     as_utc,
+    boundary_instants,
     ceil_seconds,
-    local_instant,
     local_minute,
     parse_windows,
     zone,
@@ -133,18 +133,10 @@ class CallingHours:
             return None
         if self.is_open(moment, zones, windows, region):
             return moment
-        horizon = moment + timedelta(days=self.search_days)
+        marks = windows.starts()
         candidates: set[datetime] = set()
-        starts = windows.starts()
         for name in zones:
-            tz = zone(name)
-            first_day, _ = local_minute(moment, tz)
-            for offset in range(self.search_days + 1):
-                day = first_day + timedelta(days=offset)
-                for start in starts:
-                    instant = local_instant(day, start, tz)
-                    if moment < instant <= horizon:
-                        candidates.add(instant)
+            candidates.update(boundary_instants(zone(name), moment, marks, self.search_days))
         for instant in sorted(candidates):
             if self.is_open(instant, zones, windows, region):
                 return instant

@@ -35,9 +35,9 @@ from typing import Protocol, runtime_checkable
 from policies.timeutil import (
     DailyWindows,
     as_utc,
+    boundary_instants,
     day_bounds,
     epoch,
-    local_instant,
     local_minute,
     parse_windows,
     zone,
@@ -303,18 +303,11 @@ def _rate_limit(
 def _night_end(night: DailyWindows, now_dt: datetime, tz_name: str) -> float | None:
     """Epoch second at which the night window is over, None when it never ends."""
     tz = zone(tz_name)
-    day, _ = local_minute(now_dt, tz)
-    candidates: list[float] = []
-    for offset in range(0, 3):
-        d = day.fromordinal(day.toordinal() + offset)
-        for _, end in night.ranges:
-            t = local_instant(d, end, tz)
-            if t > now_dt:
-                candidates.append(t.timestamp())
-    for instant in sorted(candidates):
-        _, m = local_minute(as_utc(instant), tz)
-        if not night.contains(m):
-            return instant
+    ends = [end for _, end in night.ranges]
+    for instant in boundary_instants(tz, now_dt, ends, 2):
+        _, minute = local_minute(instant, tz)
+        if not night.contains(minute):
+            return instant.timestamp()
     return None
 
 

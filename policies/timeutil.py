@@ -18,11 +18,13 @@ from zoneinfo import ZoneInfo
 __all__ = [
     "DailyWindows",
     "as_utc",
+    "boundary_instants",
     "ceil_seconds",
     "day_bounds",
     "epoch",
     "next_midnight",
     "parse_windows",
+    "transitions",
     "zone",
 ]
 
@@ -146,6 +148,67 @@ def local_instant(day: date, minute_of_day: int, tz: ZoneInfo) -> datetime:
         minute_of_day -= MINUTES_PER_DAY
     wall = datetime.combine(day, time(minute_of_day // 60, minute_of_day % 60), tzinfo=tz)
     return wall.astimezone(UTC)
+
+
+def _offset_minutes(instant: datetime, tz: ZoneInfo) -> float:
+    offset = instant.astimezone(tz).utcoffset()
+    return 0.0 if offset is None else offset.total_seconds()
+
+
+def transitions(tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """UTC instants in `(start, end]` at which the zone's UTC offset changes, to the second.
+
+    Found by comparing offsets 6 hours apart and bisecting where they
+    differ; zones change offset at most a few times a year.
+    """
+    found: list[datetime] = []
+    step = timedelta(hours=6)
+    lo = as_utc(start)
+    end = as_utc(end)
+    while lo < end:
+        hi = min(lo + step, end)
+        if _offset_minutes(lo, tz) != _offset_minutes(hi, tz):
+            a, b = lo, hi
+            while (b - a) > timedelta(seconds=1):
+                mid = a + (b - a) / 2
+                if _offset_minutes(mid, tz) == _offset_minutes(a, tz):
+                    a = mid
+                else:
+                    b = mid
+            found.append(b.replace(microsecond=0))
+        lo = hi
+    return found
+
+
+def boundary_instants(
+    tz: ZoneInfo, moment: datetime, minutes: Iterable[int], days: int
+) -> list[datetime]:
+    """Instants after `moment`, within `days`, where a local-minute predicate can flip.
+
+    Those are the wall-clock `minutes` of each local day (both readings of an
+    ambiguous or skipped wall time) and the zone's offset transitions, where
+    the local clock jumps. The earliest instant at which a local-window
+    condition becomes true is always one of these (or `moment` itself).
+    """
+    moment = as_utc(moment)
+    horizon = moment + timedelta(days=days)
+    first_day, _ = local_minute(moment, tz)
+    out: set[datetime] = set()
+    marks = sorted(set(minutes))
+    for offset in range(days + 2):
+        day = first_day + timedelta(days=offset)
+        for minute in marks:
+            for fold in (0, 1):
+                if minute >= MINUTES_PER_DAY:
+                    d, m = day + timedelta(days=1), minute - MINUTES_PER_DAY
+                else:
+                    d, m = day, minute
+                wall = datetime(d.year, d.month, d.day, m // 60, m % 60, tzinfo=tz, fold=fold)
+                instant = wall.astimezone(UTC)
+                if moment < instant <= horizon:
+                    out.add(instant)
+    out.update(t for t in transitions(tz, moment, horizon) if t > moment)
+    return sorted(out)
 
 
 def next_midnight(moment: datetime | float, tz_name: str) -> float:

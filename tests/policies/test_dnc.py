@@ -99,7 +99,7 @@ def test_registry_internal_entry_carries_reason() -> None:
 
 def test_registry_refuses_non_e164() -> None:
     """The internal list only takes E.164 numbers."""
-    with pytest.raises(ValueError, match="E.164"):
+    with pytest.raises(ValueError, match=r"E\.164"):
         DncRegistry().add("13812345678", DncSource.OPT_OUT)
 
 
