@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """Table-driven tests for ``gateway.sip.headers``: list splitting, folding, quoting,
 compact forms and the typed values Via / NameAddr / CSeq / Reason / RetryAfter."""
 

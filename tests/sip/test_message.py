@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """Parsing, typed access, serialization and response building for ordinary SIP messages.
 
 Table-driven over typical INVITE / 200 OK / REGISTER / OPTIONS wire bytes.

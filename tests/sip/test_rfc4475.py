@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """The RFC 4475 torture-test corpus, driven by its MANIFEST.tsv.
 
 * ``valid`` rows parse, survive full typed access and are exposed faithfully;

@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """Table-driven tests for ``gateway.sip.uri``: sip/sips/tel/opaque URIs, escapes, IPv6."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# ruff: noqa: SIM300  (STYLE.md asks for `expected == actual` asserts)
 """Unit tests for ``gateway.sip.validate``: each rule of check_request / check_response,
 built from one good request or response by changing a single header."""
 
