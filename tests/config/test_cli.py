@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -296,3 +297,61 @@ def test_run_without_gateway_app(
     monkeypatch.setitem(sys.modules, "gateway.app", None)
     assert 1 == main(["run", "--config", str(write_toml(BASE_TOML))])
     assert "the gateway is not available" in capsys.readouterr().err
+
+
+def test_run_real_gateway_answers_options_and_stops(tmp_path: Path) -> None:
+    """End to end: dialgate run binds free ports, answers OPTIONS, exits 0 on SIGTERM."""
+    pytest.importorskip("gateway.app")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        f'[store]\npath = "{tmp_path / "var" / "dialgate.db"}"\n'
+        '[[users]]\nname = "alice"\npassword = "alice-pw-123"\n',
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [*BASE_CMD, "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        port = None
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            if event.get("event") == "listening" and event.get("transport") == "udp":
+                port = int(event["port"])
+        assert port is not None, "gateway did not report its UDP port"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(5)
+            local = sock.getsockname()[1]
+            options = (
+                f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-cfgtest1;rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:probe@127.0.0.1:{local}>;tag=cfg1\r\n"
+                f"To: <sip:127.0.0.1:{port}>\r\n"
+                "Call-ID: cfgtest-options-1@127.0.0.1\r\n"
+                "CSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            sock.sendto(options.encode(), ("127.0.0.1", port))
+            reply = sock.recv(65535).decode()
+        assert reply.startswith("SIP/2.0 200 ")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert 0 == proc.returncode, err
+    assert '"event": "stopped"' in err
+    assert "alice-pw-123" not in err
