@@ -60,3 +60,33 @@ ALWAYS_ANSWER = AnswerProfile(answer=1.0, busy=0.0, no_answer=0.0, decline=0.0)
 def callee(i: int) -> str:
     """A distinct, valid Chinese mobile number for index ``i``."""
     return f"+86139{i:08d}"
+
+
+#: The smallest valid scenario: one card, one agent, one consenting lead.
+MINIMAL = """
+name = "mini"
+seed = 3
+
+[clock]
+start = 2026-03-02T09:00:00+08:00
+speed = 60
+duration = "2h"
+
+[carrier]
+timezone = "Asia/Shanghai"
+
+[[cards]]
+id = "c1"
+number = "+8613800000001"
+username = "c1"
+password = "pw"
+
+[[agents]]
+name = "alice"
+password = "pw"
+card = "c1"
+
+[[leads.numbers]]
+number = "+8613912345678"
+consent = true
+"""

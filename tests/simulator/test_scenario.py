@@ -15,36 +15,9 @@ from simulator.scenario import (
     loads_scenario,
     parse_duration,
 )
+from tests.simulator.support import MINIMAL
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
-
-MINIMAL = """
-name = "mini"
-seed = 3
-
-[clock]
-start = 2026-03-02T09:00:00+08:00
-speed = 60
-duration = "2h"
-
-[carrier]
-timezone = "Asia/Shanghai"
-
-[[cards]]
-id = "c1"
-number = "+8613800000001"
-username = "c1"
-password = "pw"
-
-[[agents]]
-name = "alice"
-password = "pw"
-card = "c1"
-
-[[leads.numbers]]
-number = "+8613912345678"
-consent = true
-"""
 
 
 def problems(text: str) -> dict[str, str]:
