@@ -73,6 +73,7 @@ __all__ = [
     "Endpoint",
     "InboundSettings",
     "ListenSpec",
+    "LogLevel",
     "LoggingSettings",
     "MqttSettings",
     "PeerSettings",

@@ -247,7 +247,7 @@ ERROR_CASES: list[tuple[str, Callable[[str], str], str, str]] = [
         "windows overlap",
     ),
     (
-        "unknown consent mode",
+        "mqtt url scheme",
         _append('[mqtt]\nurl = "http://127.0.0.1:1883"\n'),
         "mqtt.url",
         "URL scheme must be one of mqtt, mqtts, ws, wss",
@@ -490,7 +490,7 @@ def test_settings_are_frozen() -> None:
     """Loaded settings cannot be changed by accident at run time."""
     settings = load_settings(None)
     with pytest.raises(ValidationError):
-        settings.sip.t1 = 1.0  # type: ignore[misc]
+        settings.sip.t1 = 1.0
 
 
 def test_missing_default_profile_gets_builtin_limits(write_toml: Callable[[str], Path]) -> None:

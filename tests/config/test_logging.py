@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from gateway.config import LoggingSettings
+from gateway.config import LoggingSettings, LogLevel
 from gateway.logging import configure_logging, get_logger, mask_number, mask_numbers_in
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -126,7 +126,7 @@ def test_exceptions_are_dicts_without_locals() -> None:
 def test_level_filters_and_stdlib_records_share_the_format() -> None:
     """Below-level events are dropped; stdlib logging comes out as masked JSON too."""
     out = io.StringIO()
-    configure_logging(LoggingSettings(level="warning", json=True), stream=out)
+    configure_logging(LoggingSettings(level=LogLevel.WARNING, json=True), stream=out)
     get_logger().info("quiet")
     logging.getLogger("aiomqtt").info("quiet too")
     logging.getLogger("aiomqtt").error("broker down")
