@@ -91,7 +91,8 @@ def is_ok_reply(status: int, extra_ok: Iterable[int] = ()) -> bool:
 class _Line:
     state: LineState
     interval: float
-    next_ping: float
+    first_due: float
+    last_sent: float | None = None
     failures: int = 0
     successes: int = 0
     pending_seq: int | None = None
@@ -135,7 +136,7 @@ class CarrierHealth:
         self._lines[carrier] = _Line(
             state=state,
             interval=interval if interval is not None else self.interval,
-            next_ping=now,
+            first_due=now,
             last_change=now,
         )
 
@@ -170,7 +171,7 @@ class CarrierHealth:
             if line.pending_deadline is not None:
                 times.append(line.pending_deadline)
             else:
-                times.append(line.next_ping)
+                times.append(self._due(line))
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[SendOptions]:
@@ -183,18 +184,22 @@ class CarrierHealth:
                 line.pending_seq = None
                 line.pending_deadline = None
                 self._record(name, line, ok=False, now=now, cause="timeout")
-            if now >= line.next_ping:
+            if now >= self._due(line):
                 self._seq += 1
                 line.pending_seq = self._seq
                 line.pending_deadline = now + self.timeout
-                line.next_ping = now + self._interval(line)
+                line.last_sent = now
                 actions.append(SendOptions(carrier=name, seq=self._seq, at=now))
         return actions
 
-    def _interval(self, line: _Line) -> float:
+    def _due(self, line: _Line) -> float:
+        # Computed from the *current* state, so a carrier that just went down is
+        # probed on probe_interval and one that came back returns to interval.
+        if line.last_sent is None:
+            return line.first_due
         if line.state in USABLE_STATES or self.probe_interval is None:
-            return line.interval
-        return self.probe_interval
+            return line.last_sent + line.interval
+        return line.last_sent + self.probe_interval
 
     # --- results --------------------------------------------------------------------
 
