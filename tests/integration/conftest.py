@@ -1,0 +1,206 @@
+"""Integration fixtures: a real ``dialgate run`` subprocess on free ports, and SIPp helpers.
+
+Everything binds 127.0.0.1 with port 0 (or a port just proven free), never 5060;
+every process started here is stopped by its PID in the fixture teardown
+(SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+def dialgate_command() -> list[str]:
+    """The ``dialgate`` console script of this interpreter's environment, else ``-m gateway``."""
+    script = Path(sys.executable).with_name("dialgate")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "gateway"]
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago (for peers that need a number)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DialgateProcess:
+    """A running ``dialgate run`` and what it printed (JSON log lines on stderr)."""
+
+    proc: subprocess.Popen[bytes]
+    config: Path
+    lines: list[str] = field(default_factory=list)
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    _reader: threading.Thread | None = None
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Every JSON log line whose event is ``name``."""
+        out = []
+        for line in list(self.lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == name:
+                out.append(entry)
+        return out
+
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        """SIGTERM by PID, wait, SIGKILL if needed; returns the exit code."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+        if self._reader is not None:
+            self._reader.join(STOP_TIMEOUT)
+        return self.proc.returncode
+
+
+def _pump(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def start_dialgate(tmp: Path, extra_toml: str = "") -> DialgateProcess:
+    """Write a config with UDP+TCP listeners on port 0, start ``dialgate run``, wait for ports."""
+    config = tmp / "dialgate.toml"
+    config.write_text(
+        "[sip]\n"
+        'listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
+        'domains = ["gw.test"]\n'
+        "\n[store]\n"
+        f'path = "{tmp / "dialgate.db"}"\n'
+        "\n[logging]\n"
+        "json = true\n" + extra_toml
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
+    proc = subprocess.Popen(
+        [*dialgate_command(), "run", "--config", str(config)],
+        cwd=tmp,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    gw = DialgateProcess(proc, config)
+    gw._reader = threading.Thread(target=_pump, args=(proc, gw.lines), daemon=True)
+    gw._reader.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        for entry in gw.events("listening"):
+            gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
+        if {"udp", "tcp"} <= gw.addresses.keys():
+            return gw
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    gw.stop()
+    raise RuntimeError("dialgate did not start:\n" + "\n".join(gw.lines[-30:]))
+
+
+@pytest.fixture(scope="module")
+def dialgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DialgateProcess]:
+    """One ``dialgate run`` subprocess for the module; stopped by PID at teardown."""
+    gw = start_dialgate(tmp_path_factory.mktemp("dialgate"))
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def sipp_binary() -> str:
+    """Path of ``sipp`` (Debian sip-tester), or skip the test."""
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.skip("sipp (Debian package sip-tester) is not installed")
+    return path
+
+
+def run_sipp(
+    scenario: Path,
+    target: tuple[str, int],
+    *,
+    calls: int,
+    rate: int,
+    workdir: Path,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one SIPp client scenario to completion (bounded by -timeout and our own wait).
+
+    TOOLS.md: ``-buff_size 1048576`` or the default socket buffer drops datagrams.
+    """
+    port = free_udp_port()
+    cmd = [
+        sipp_binary(),
+        f"{target[0]}:{target[1]}",
+        "-sf",
+        str(scenario),
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        str(max(10, rate)),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-buff_size",
+        "1048576",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(workdir / "sipp_errors.log"),
+        "-trace_stat",
+        "-stf",
+        str(workdir / "sipp_stat.csv"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def sipp_stats(workdir: Path) -> dict[str, str]:
+    """The last row of SIPp's -trace_stat CSV as a dict (e.g. ``SuccessfulCall(C)``)."""
+    rows = [r for r in (workdir / "sipp_stat.csv").read_text().splitlines() if r.strip()]
+    header = rows[0].split(";")
+    last = rows[-1].split(";")
+    return dict(zip(header, last, strict=False))
