@@ -114,7 +114,8 @@ _ALGORITHMS_BY_LOWER: dict[str, Algorithm] = {a.value.lower(): a for a in Algori
 
 def _h(algorithm: Algorithm, data: str | bytes) -> str:
     """H(data) as lower-case hex (RFC 7616 §3.4: H is the algorithm's hash, KD(s,d)=H(s:d))."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    # surrogateescape: hash exactly the octets received, and never raise on them.
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     return hashlib.new(algorithm.hash_name, raw, usedforsecurity=False).hexdigest()
 
 
@@ -196,8 +197,14 @@ _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 
 
 def _is_qdtext(ch: str) -> bool:
-    """qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII (RFC 3261 §25.1)."""
+    """qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII (RFC 3261 §25.1).
+
+    Lone surrogates are what ``surrogateescape`` decoding makes of invalid
+    UTF-8 octets: they are not UTF8-NONASCII, so they are refused here.
+    """
     o = ord(ch)
+    if 0xD800 <= o <= 0xDFFF:
+        return False
     return o in (0x09, 0x20, 0x21) or 0x23 <= o <= 0x5B or 0x5D <= o <= 0x7E or o >= 0x80
 
 
@@ -343,10 +350,14 @@ def _quote(value: str) -> str:
 
 
 def _check_formattable(name: str, value: str) -> None:
-    # CR/LF or other controls would let a value break out of the header line.
+    # CR/LF or other controls would let a value break out of the header line;
+    # lone surrogates (undecodable octets) cannot be written as UTF-8.
     for ch in value:
-        if ch != "\t" and (ord(ch) < 0x20 or ord(ch) == 0x7F):
+        o = ord(ch)
+        if ch != "\t" and (o < 0x20 or o == 0x7F):
             raise AuthError(f"control character in {name}")
+        if 0xD800 <= o <= 0xDFFF:
+            raise AuthError(f"invalid UTF-8 in {name}")
 
 
 # --------------------------------------------------------------------------
@@ -695,6 +706,10 @@ class DigestServer:
         raw = base64.urlsafe_b64decode(nonce + "=")
         if len(raw) != _NONCE_RAW_LEN:
             return None
+        # base64 decoding ignores the unused low bits of the last character, so
+        # several spellings decode alike; accept only the one we issued.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != nonce:
+            return None
         (issued_ms,) = struct.unpack(">q", raw[:8])
         salt = raw[8 : 8 + _NONCE_SALT_LEN]
         if not hmac.compare_digest(raw[8 + _NONCE_SALT_LEN :], self._mac(issued_ms, salt)):
@@ -823,7 +838,7 @@ class DigestServer:
         elif creds.qop not in self.qop:
             return Verdict(Outcome.FAILED, reason="qop-not-offered")
         if creds.opaque is not None and not hmac.compare_digest(
-            creds.opaque.encode("utf-8"), self._opaque.encode("ascii")
+            creds.opaque.encode("utf-8", "surrogateescape"), self._opaque.encode("ascii")
         ):
             return Verdict(Outcome.FAILED, reason="wrong-opaque")
         issued_ms = self._check_nonce(creds.nonce)
@@ -1006,8 +1021,10 @@ class DigestClient:
 
     It refuses to loop: a challenge that arrives after our credentials were
     sent for the current nonce, without ``stale=true``, means they were
-    rejected (RFC 3261 §22.2: do not retry the same credentials), and a
-    repeated stale challenge for the same nonce is refused too.
+    rejected (RFC 3261 §22.2: do not retry the same credentials); a repeated
+    stale challenge for the same nonce is refused too, and so is a run of more
+    than ``max_stale_retries`` stale challenges with no :meth:`accepted` between
+    (a server that calls every nonce stale would otherwise loop us forever).
 
     Secrets: either ``password`` or ``ha1`` (stored HA1 per base algorithm, for
     the realm the server will use). Neither appears in ``repr``.
@@ -1017,11 +1034,13 @@ class DigestClient:
     password: str | None = field(default=None, repr=False)
     ha1: Mapping[Algorithm, str] | None = field(default=None, repr=False)
     cnonce_source: Callable[[], str] = field(default=_default_cnonce, repr=False)
+    max_stale_retries: int = 2
     _challenge: Challenge | None = field(default=None, init=False)
     _header_name: str = field(default="Authorization", init=False)
     _nc: int = field(default=0, init=False)
     _cnonce: str | None = field(default=None, init=False, repr=False)
     _answered: bool = field(default=False, init=False)
+    _stale_run: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.password is None and not self.ha1:
@@ -1058,6 +1077,9 @@ class DigestClient:
                 # Our credentials for this nonce were rejected: asking again
                 # with the same password would loop forever.
                 return False
+            self._stale_run += 1
+            if self._stale_run > self.max_stale_retries:
+                return False
         self._challenge = ch
         self._header_name = "Proxy-Authorization" if status == 407 else "Authorization"
         self._nc = 0
@@ -1068,6 +1090,7 @@ class DigestClient:
     def accepted(self) -> None:
         """The last request with credentials was not challenged again."""
         self._answered = False
+        self._stale_run = 0
 
     @property
     def header_name(self) -> str:

@@ -243,3 +243,19 @@ def test_chosen_challenge_echoes_opaque() -> None:
     expected = "o/p=q"
     assert expected == Credentials.parse(header[1]).opaque
     assert Challenge.parse('Digest realm="r", nonce="n", opaque="o/p=q"').opaque == expected
+
+
+def test_endless_stale_challenges_give_up() -> None:
+    """A server calling every fresh nonce stale gets max_stale_retries retries, then we stop."""
+    client = make_client()
+    assert client.handle_challenge(401, ['Digest realm="r", nonce="n0", qop="auth"'])
+    results = []
+    for i in range(1, 5):
+        client.authorization("REGISTER", "sip:r")
+        results.append(
+            client.handle_challenge(
+                401, [f'Digest realm="r", nonce="n{i}", qop="auth", stale=true']
+            )
+        )
+    expected = [True, True, False, False]
+    assert expected == results

@@ -508,3 +508,26 @@ def test_key_never_in_repr() -> None:
     server = make_server()
     text = repr(server)
     assert KEY.decode() not in text and "key" not in text
+
+
+def test_undecodable_octets_are_malformed_not_a_crash() -> None:
+    """Invalid UTF-8 (decoded with surrogateescape by the parser) in credentials → 400."""
+    server = make_server()
+    challenge = challenge_for(server, 0.0, Algorithm.SHA256)
+    valid = answer_challenge(challenge)
+    raw = valid.replace('username="alice"', 'username="al\udcffice"')
+    verdict = server.verify("REGISTER", raw, lookup, 1.0)
+    expected = Outcome.MALFORMED
+    assert expected == verdict.outcome
+
+
+def test_non_canonical_nonce_spelling_rejected() -> None:
+    """A nonce whose last base64 character differs only in unused bits is not ours."""
+    server = make_server()
+    challenge = challenge_for(server, 0.0, Algorithm.SHA256)
+    last = challenge.nonce[-1]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 32 bytes → 43 chars: the last char carries 4 data bits and 2 unused bits
+    twin = challenge.nonce[:-1] + alphabet[alphabet.index(last) ^ 0b01]
+    assert server.nonce_issued_at(challenge.nonce) is not None
+    assert server.nonce_issued_at(twin) is None
