@@ -7,8 +7,10 @@ module holds the four machines of §17 — INVITE client (§17.1.1), non-INVITE
 client (§17.1.2), INVITE server (§17.2.1), non-INVITE server (§17.2.2) — with
 RFC 6026's "Accepted" state for INVITE transactions that saw a 2xx, the
 matching rules of §17.1.3 and §17.2.3 as key functions, the CANCEL rules of
-§9.1 and §9.2, and a small :class:`TransactionLayer` that keeps a table of
-machines for a transport to feed.
+§9.1 and §9.2, :class:`AckWait` (the UAS core's 2xx retransmission until the
+ACK, §13.3.1.4, which RFC 6026 leaves outside the transaction), and a small
+:class:`TransactionLayer` that keeps a table of machines for a transport to
+feed.
 
 How it is driven (the one mechanism)
 ------------------------------------
@@ -54,6 +56,7 @@ from .message import Request, Response, make_response
 
 __all__ = [
     "MAGIC_COOKIE",
+    "AckWait",
     "Action",
     "ClientInviteTransaction",
     "ClientKey",
@@ -152,6 +155,8 @@ class Timer(StrEnum):
     L = "L"  # INVITE server (RFC 6026): wait for INVITE retransmissions after 2xx
     M = "M"  # INVITE client (RFC 6026): wait for 2xx retransmissions
     TRYING = "100"  # INVITE server: send 100 Trying if the TU is silent
+    RETRANSMIT_2XX = "2xx"  # UAS core (§13.3.1.4): 2xx retransmission until the ACK
+    ACK_TIMEOUT = "ack"  # UAS core (§13.3.1.4): no ACK for the 2xx within 64*T1
 
 
 # --------------------------------------------------------------------------- keys
@@ -855,6 +860,79 @@ class ServerNonInviteTransaction(_Machine):
         if name is Timer.J and self.state is State.COMPLETED:
             self._terminate(actions)
         return actions
+
+
+class AckWait:
+    """The UAS core's 2xx retransmission until the ACK arrives (RFC 3261 §13.3.1.4).
+
+    With RFC 6026 the INVITE server transaction leaves 2xx reliability to the
+    TU: "the 2xx response is passed to the transport with an interval that
+    starts at T1 seconds and doubles for each retransmission until it reaches
+    T2 seconds. Response retransmissions cease when an ACK request for the
+    response is received." This happens over reliable transports too ("the
+    response is retransmitted periodically even if the transport at the UAS is
+    reliable": hops beyond may be UDP). After 64*T1 without ACK the TU gets
+    :class:`Timeout` with :attr:`Timer.ACK_TIMEOUT` — §13.3.1.4: "the dialog is
+    confirmed, but the session SHOULD be terminated" with a BYE.
+
+    Retransmissions are ``Send`` actions keyed by the INVITE's server key so
+    the caller can hand them to the same transport as the transaction.
+    """
+
+    def __init__(
+        self,
+        invite: Request,
+        response: Response,
+        now: float,
+        *,
+        timers: TimerConfig | None = None,
+        peer: Hashable | None = None,
+    ) -> None:
+        if invite.method != "INVITE" or not 200 <= response.status <= 299:
+            raise TransactionError("AckWait is for a 2xx to an INVITE")
+        self.key: TransactionKey = server_key(invite)
+        self.response = response
+        self.peer = peer
+        self.config = timers or TimerConfig()
+        self.cseq = invite.cseq.seq
+        self.acked = False
+        self.done = False
+        self._interval = self.config.t1
+        self._retransmit_at: float | None = now + self._interval
+        self._give_up_at = now + self.config.timeout
+
+    def get_timer(self) -> float | None:
+        """The next retransmission or the give-up deadline; ``None`` once done."""
+        if self.done:
+            return None
+        if self._retransmit_at is None:
+            return self._give_up_at
+        return min(self._retransmit_at, self._give_up_at)
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Retransmit the 2xx (T1 doubling, capped at T2) or give up at 64*T1."""
+        actions: list[Action] = []
+        if self.done:
+            return actions
+        if now >= self._give_up_at:
+            self.done = True
+            actions.append(Timeout(self.key, Timer.ACK_TIMEOUT))
+            return actions
+        if self._retransmit_at is not None and now >= self._retransmit_at:
+            self._interval = min(2 * self._interval, self.config.t2)
+            self._retransmit_at = now + self._interval
+            actions.append(Send(self.key, self.response, self.peer, retransmission=True))
+        return actions
+
+    def receive_ack(self, ack: Request) -> bool:
+        """Stop on the ACK for this 2xx (same CSeq number); return whether it matched."""
+        if ack.method != "ACK" or ack.cseq.seq != self.cseq:
+            return False
+        if ack.call_id != self.response.call_id or ack.to.tag != self.response.to.tag:
+            return False
+        self.acked = True
+        self.done = True
+        return True
 
 
 ClientTransaction: TypeAlias = ClientInviteTransaction | ClientNonInviteTransaction

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.sip import Request, Response, TransactionError, make_response, parse
 from gateway.sip.transaction import (
+    AckWait,
     Action,
     ClientInviteTransaction,
     ClientKey,
@@ -792,3 +793,41 @@ def test_handle_cancel_after_final_and_without_transaction() -> None:
     assert State.ACCEPTED == tx.state
     answer, actions = handle_cancel(None, build_cancel(invite), 0.5)
     assert (481, []) == (answer.status, actions)
+
+
+# --------------------------------------------------------------------------- 2xx retransmission (UAS core)
+
+
+def test_ack_wait_retransmits_2xx_until_ack() -> None:
+    """§13.3.1.4: the 2xx is resent at T1, doubling to T2, until the ACK with its CSeq arrives."""
+    invite = req()
+    ok = resp(invite, 200)
+    wait = AckWait(invite, ok, 0.0, peer="p")
+    fired = run_timers_until(wait, 12.0)
+    assert [0.5, 1.5, 3.5, 7.5, 11.5] == [t for t, _ in fired]
+    assert all([("send", 200, True)] == a for _, a in fired)
+    assert not wait.receive_ack(req("ACK", cseq=1, to_tag="a6c85cf"))  # another CSeq
+    assert not wait.receive_ack(req("ACK", to_tag="other"))  # another fork's 2xx
+    assert wait.receive_ack(req("ACK", to_tag="a6c85cf"))
+    assert (True, None) == (wait.acked, wait.get_timer())
+    assert [] == wait.handle_timer(100.0)
+
+
+def test_ack_wait_gives_up_after_64_t1_even_over_tcp() -> None:
+    """Without ACK the TU is told at 64*T1; 2xx are resent even over a reliable transport."""
+    invite = req(transport="TCP")
+    wait = AckWait(invite, resp(invite, 200), 0.0)
+    fired = run_timers_until(wait, 100.0)
+    assert 10 == sum(1 for _, a in fired if a == [("send", 200, True)])  # 0.5 … 31.5
+    assert (32.0, [("timeout", Timer.ACK_TIMEOUT)]) == fired[-1]
+    assert wait.get_timer() is None
+    with pytest.raises(TransactionError):
+        AckWait(invite, resp(invite, 486), 0.0)
+
+
+def run_timers_until(wait: AckWait, until: float) -> list[tuple[float, list[tuple[object, ...]]]]:
+    """Drive an AckWait on the fake clock from deadline to deadline."""
+    fired: list[tuple[float, list[tuple[object, ...]]]] = []
+    while (deadline := wait.get_timer()) is not None and deadline <= until:
+        fired.append((deadline, summary(wait.handle_timer(deadline))))
+    return fired
