@@ -113,6 +113,13 @@ class TimerConfig:
     timer_d: float = 32.0
     trying_delay: float = 0.2
 
+    def __post_init__(self) -> None:
+        # A zero T1 would make retransmission timers fire forever at one instant.
+        if not (self.t1 > 0 and self.t2 >= self.t1 and self.t4 >= 0):
+            raise ValueError("timers need T1 > 0, T2 >= T1 and T4 >= 0")
+        if self.timer_d < 0 or self.trying_delay < 0:
+            raise ValueError("Timer D and the 100 Trying delay cannot be negative")
+
     @property
     def timeout(self) -> float:
         """``64*T1``: Timers B, F, H, J, L, M (RFC 3261 Table 4, RFC 6026 §8.11)."""

@@ -831,3 +831,13 @@ def run_timers_until(wait: AckWait, until: float) -> list[tuple[float, list[tupl
     while (deadline := wait.get_timer()) is not None and deadline <= until:
         fired.append((deadline, summary(wait.handle_timer(deadline))))
     return fired
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"t1": 0.0}, {"t1": 1.0, "t2": 0.5}, {"t4": -1.0}, {"timer_d": -1.0}, {"trying_delay": -0.1}],
+)
+def test_timer_config_rejects_values_that_would_spin(kwargs: dict[str, float]) -> None:
+    """T1 must be positive and T2 >= T1, or retransmission timers would never advance."""
+    with pytest.raises(ValueError):
+        TimerConfig(**kwargs)

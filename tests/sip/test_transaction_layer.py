@@ -301,3 +301,26 @@ def test_layer_timer_heap_tracks_earliest_deadline() -> None:
     ringing = make_response(net.invite(), 180, to_tag="t")
     layer.receive_response(ringing, 0.6)
     assert pytest.approx(0.7) == layer.get_timer()  # only the OPTIONS is still retransmitting
+
+
+def test_rfc2543_peer_matched_without_magic_cookie() -> None:
+    """A legacy branch (no z9hG4bK): the retransmission and the ACK still find Bob's transaction."""
+    net = Net()
+    first = {"done": False}
+
+    def drop_first_response(dest: str, data: bytes) -> bool:
+        if dest == "alice" and b"486" in data and not first["done"]:
+            first["done"] = True
+            return True
+        return False
+
+    net.drop = drop_first_response
+    net.send(net.invite(branch="legacy-1"))
+    net.answer("INVITE", 486)
+    net.advance(1.0)  # Timer G resends the lost 486; Alice ACKs with the same top Via
+    assert [486] == delivered(net.tu["alice"])
+    assert ["INVITE"] == delivered(net.tu["bob"])
+    tx, _ = net.bob_tx()
+    assert "confirmed" == tx.state
+    net.advance(100.0)
+    assert (0, 0) == (len(net.layers["alice"]), len(net.layers["bob"]))
