@@ -144,6 +144,7 @@ class CardUsage:
     answered_window: deque[bool] = field(init=False)
     short_window: deque[bool] = field(init=False)
     complaints: int = 0
+    latest: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.answered_window = deque(maxlen=self.thresholds.answer_rate_window)
@@ -154,6 +155,8 @@ class CardUsage:
         return datetime.fromtimestamp(now, tz=self.tz)
 
     def _roll(self, now: float) -> None:
+        # Windows only move forward: a late report stamped earlier must not rewind the day.
+        now = self.latest = max(now, self.latest)
         while self.starts and self.starts[0] <= now - HOUR:
             self.starts.popleft()
         while self.night_starts and self.night_starts[0] <= now - DAY:
@@ -256,3 +259,4 @@ class CardUsage:
         self.answered_window.clear()
         self.short_window.clear()
         self.complaints = 0
+        self.latest = float("-inf")

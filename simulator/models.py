@@ -318,7 +318,6 @@ class CarrierModel:
             plan.sip_status,
             masked,
             str(plan.outcome),
-            counters=self.counters(card, now),
         )
         return CarrierDecision(plan.sip_status, _PHRASES[plan.sip_status], (), plan)
 
@@ -345,7 +344,6 @@ class CarrierModel:
                 None,
                 masked,
                 f"{minutes} min x {self.config.rate_per_minute:g} = {charge:g}",
-                counters={"balance": round(state.balance, 4)},
             )
         complained = False
         p = self.config.thresholds.complaint_probability
@@ -365,7 +363,6 @@ class CarrierModel:
                 None,
                 masked,
                 "callee without consent complained",
-                counters=self.counters(card, now),
             )
         self._emit(
             now,
@@ -374,7 +371,6 @@ class CarrierModel:
             200 if answered else None,
             masked,
             f"talk {talk_seconds:g}s" if answered else "not answered",
-            counters=self.counters(card, now),
         )
         if violation is None:
             return None
@@ -412,7 +408,6 @@ class CarrierModel:
             None,
             None,
             f"+{amount:g}",
-            counters={"balance": round(state.balance, 4)},
         )
         return state.balance
 
@@ -442,7 +437,6 @@ class CarrierModel:
             masked,
             cause,
             reason,
-            counters=self.counters(card, now),
         )
         return state.suspension
 
@@ -457,8 +451,10 @@ class CarrierModel:
         reason: str | None = None,
         counters: Mapping[str, Any] | None = None,
     ) -> None:
+        if counters is None:
+            counters = self.counters(card, now) if card in self._cards else {}
         self.events.append(
-            CarrierEvent(now, card, kind, status, callee, cause, reason, dict(counters or {}))
+            CarrierEvent(now, card, kind, status, callee, cause, reason, dict(counters))
         )
 
 

@@ -224,3 +224,36 @@ def test_check_order_maintenance_before_suspension_before_arrears() -> None:
     assert 403 == carrier.decide_invite("c1", callee(1), T0 + 61).status
     carrier.restore("c1", T0 + 62)
     assert 402 == carrier.decide_invite("c1", callee(1), T0 + 63).status
+
+
+def test_every_event_of_a_known_card_carries_counters() -> None:
+    """Rejections, charges and restores record the card's counters too (for the report)."""
+    window = MaintenanceWindow(T0 + 100, T0 + 200)
+    carrier = build_carrier(
+        maintenance=(window,), balance=1.0, rate_per_minute=1.0, answer=ALWAYS_ANSWER
+    )
+    carrier.decide_invite("c1", callee(1), T0)
+    carrier.record_call_end("c1", callee(1), True, 30, T0 + 40)
+    carrier.decide_invite("c1", callee(2), T0 + 150)
+    carrier.decide_invite("c1", callee(2), T0 + 250)
+    kinds = [e.kind for e in carrier.events]
+    assert [
+        EventKind.ACCEPTED,
+        EventKind.CHARGED,
+        EventKind.CALL_ENDED,
+        EventKind.REJECTED_MAINTENANCE,
+        EventKind.REJECTED_ARREARS,
+    ] == kinds
+    assert all("calls_hour" in e.counters and "balance" in e.counters for e in carrier.events)
+    assert 0.0 == carrier.events[-1].counters["balance"]
+
+
+def test_late_report_does_not_rewind_the_day() -> None:
+    """A call end stamped before midnight, reported after a new-day INVITE, keeps today's counts."""
+    before = datetime(2026, 3, 2, 23, 59, tzinfo=SHANGHAI).timestamp()
+    after = datetime(2026, 3, 3, 0, 5, tzinfo=SHANGHAI).timestamp()
+    carrier = build_carrier(calls_per_day=1, answer=ALWAYS_ANSWER)
+    assert 200 == carrier.decide_invite("c1", callee(1), after).status
+    carrier.record_call_end("c1", callee(0), False, 0, before)
+    assert 1 == carrier.counters("c1", after)["calls_day"]
+    assert 403 == carrier.decide_invite("c1", callee(2), after + 1).status
