@@ -33,7 +33,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from gateway.store import CardRepository, StoredCard, StoreUnavailable, TransitionRecord
-from policies.quotas import CardState, Exhausted, Headroom
+from policies.quotas import (
+    CardSnapshot,
+    CardState,
+    CardUsageView,
+    Exhausted,
+    Headroom,
+    QuotaProfile,
+    evaluate_card,
+)
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -57,6 +65,10 @@ __all__ = [
     "SuspendReason",
     "Verdict",
     "card_defs_from_settings",
+    "card_snapshot",
+    "make_headroom",
+    "probation_profiles_from_settings",
+    "quota_profiles_from_settings",
     "rules_from_settings",
 ]
 
@@ -1000,4 +1012,108 @@ def rules_from_settings(settings: Settings) -> dict[str, list[CarrierRule]]:
             for r in carrier.rules
         ]
         for carrier in settings.carriers
+    }
+
+
+def card_snapshot(
+    card: Card,
+    usage: CardUsageView,
+    now: float,
+    *,
+    profiles: Mapping[str, QuotaProfile],
+    timezones: Mapping[str, str],
+    probation_of: Mapping[str, str] | None = None,
+) -> CardSnapshot:
+    """The ``policies.quotas.CardSnapshot`` of a card: its state, profiles and usage.
+
+    ``profiles`` maps profile name → limits; ``timezones`` carrier → IANA zone;
+    ``probation_of`` profile name → the profile used while on probation. An
+    unknown profile name falls back to the strictest built-in (one call at a time).
+    """
+    fallback = QuotaProfile(name="builtin")
+    base = profiles.get(card.quota_profile, fallback)
+    probation_name = (probation_of or {}).get(card.quota_profile)
+    return CardSnapshot(
+        card_id=card.id,
+        state=card.state,
+        profile=base,
+        timezone=timezones.get(card.carrier, "UTC"),
+        usage=usage.card_usage(card.id, now),
+        probation_profile=profiles.get(probation_name) if probation_name else None,
+        profile_override=(
+            profiles.get(card.profile_override, fallback) if card.profile_override else None
+        ),
+        pool=card.pool,
+        priority=card.priority,
+    )
+
+
+def make_headroom(
+    usage: CardUsageView,
+    *,
+    profiles: Mapping[str, QuotaProfile],
+    timezones: Mapping[str, str],
+    probation_of: Mapping[str, str] | None = None,
+    callee: str | None = None,
+) -> HeadroomFn:
+    """A :data:`HeadroomFn` for :meth:`CardManager.select` backed by the store's usage.
+
+    Each candidate card is evaluated by ``policies.quotas.evaluate_card`` for a
+    call to ``callee``. The store raises ``StoreUnavailable`` if usage cannot be
+    read: selection then fails closed (the gateway answers 503).
+    """
+
+    def headroom(card: Card, now: float) -> Headroom | Exhausted:
+        snapshot = card_snapshot(
+            card,
+            usage,
+            now,
+            profiles=profiles,
+            timezones=timezones,
+            probation_of=probation_of,
+        )
+        return evaluate_card(snapshot, now, callee)
+
+    return headroom
+
+
+def quota_profiles_from_settings(settings: Settings) -> dict[str, QuotaProfile]:
+    """``[quota_profiles.*]`` as ``policies.quotas.QuotaProfile`` values.
+
+    A missing key means "no limit"; tuning keys left out keep the policies'
+    defaults (short call < 10 s, window of 50 calls, 20-call minimum sample).
+    """
+    out: dict[str, QuotaProfile] = {}
+    for name, p in settings.quota_profiles.items():
+        tuning: dict[str, Any] = {}
+        if p.short_call_seconds is not None:
+            tuning["short_call_seconds"] = p.short_call_seconds
+        if p.rate_window_calls is not None:
+            tuning["rate_window_calls"] = p.rate_window_calls
+        if p.min_sample is not None:
+            tuning["rate_min_sample"] = p.min_sample
+        if p.cooldown_seconds is not None:
+            tuning["cooldown_seconds"] = p.cooldown_seconds
+        out[name] = QuotaProfile(
+            name=name,
+            calls_per_minute=p.calls_per_minute,
+            calls_per_hour=p.calls_per_hour,
+            calls_per_day=p.calls_per_day,
+            concurrent=p.concurrent,
+            min_gap_seconds=p.min_gap_seconds,
+            talk_minutes_per_day=p.talk_minutes_per_day,
+            distinct_callees_per_day=p.distinct_callees_per_day,
+            answer_rate_floor=p.answer_rate_floor,
+            short_call_ceiling=p.short_call_ceiling,
+            consecutive_failures=p.consecutive_failures,
+            night_window=None if p.night_window is None else p.night_window.spec,
+            **tuning,
+        )
+    return out
+
+
+def probation_profiles_from_settings(settings: Settings) -> dict[str, str]:
+    """Profile name → the name of its ``probation`` profile, where one is configured."""
+    return {
+        name: p.probation for name, p in settings.quota_profiles.items() if p.probation is not None
     }

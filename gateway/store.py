@@ -38,12 +38,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.cdr import CallRecord, Origin, Outcome
 from policies.errors import StoreUnavailableError
 from policies.quotas import CallOutcome, CardUsage, Exhausted, QuotaProfile, would_exceed
 from policies.timeutil import day_bounds
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -58,6 +61,7 @@ __all__ = [
     "TransitionRecord",
     "UsageLedger",
     "UsageStatus",
+    "store_from_settings",
 ]
 
 
@@ -1029,3 +1033,19 @@ class SQLiteStore:
             )
             for r in rows
         ]
+
+
+def store_from_settings(settings: Settings, *, base_dir: Path | None = None) -> SQLiteStore:
+    """Open the ``[store] path`` database, knowing each carrier's timezone.
+
+    A relative path is taken from ``base_dir`` (default: the working directory).
+    Raises :class:`StoreUnavailable` when the file cannot be opened or migrated.
+    Call ``store.recover(now)`` once before taking traffic (this module reads no clock).
+    """
+    path = settings.store.path
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return SQLiteStore(
+        path,
+        carrier_timezones={c.name: c.timezone for c in settings.carriers},
+    )
