@@ -22,8 +22,8 @@ in order:
   transaction's ``peer`` (an opaque value the caller gave when the machine was
   made: whatever the transport needs to reach the other side);
 * :class:`Deliver` — pass ``message`` up to the transaction user (TU);
-* :class:`Timeout` — Timer B, F or H fired: tell the TU (it usually answers
-  408 or fails over);
+* :class:`Timeout` — Timer B, F or H fired (or :class:`AckWait` gave up on
+  the ACK): tell the TU (it usually answers 408 or fails over);
 * :class:`TransportError` — the caller reported a send failure: tell the TU;
 * :class:`Terminated` — the machine reached "Terminated"; drop it.
 
@@ -35,11 +35,14 @@ transport) is not armed at all: the machine terminates in the same call.
 What it must never do
 ---------------------
 No sockets, no clock reads, no asyncio, no threads, no randomness of its own
-(branch ids come from an injected token source). It never builds responses
-on behalf of the TU except the ones §17 makes the transaction's job: 100
-Trying (§17.2.1) and the ACK for a non-2xx final response (§17.1.1.3).
-Misuse by the caller (a final response sent twice, input after termination)
-raises :class:`~gateway.sip.errors.TransactionError`; nothing else escapes.
+(branch ids come from an injected token source). On its own it builds only
+the messages §17 makes the transaction's job: 100 Trying (§17.2.1) and the
+ACK for a non-2xx final response (§17.1.1.3); the CANCEL, 487 and 200/481 of
+§9 are built only when the TU calls :func:`build_cancel` /
+:func:`handle_cancel`. Misuse by the caller (a final response sent twice,
+input after termination) raises :class:`~gateway.sip.errors.TransactionError`;
+a message without Via/branch given to a key function raises
+:class:`~gateway.sip.errors.SIPError` (400). Nothing else escapes.
 """
 
 from __future__ import annotations
