@@ -1119,9 +1119,16 @@ class TransactionLayer:
 
         §18.1.2: a response with no matching transaction (a retransmitted 2xx
         after the transaction ended, a 2xx from another fork) goes to the TU
-        core, here as ``Deliver(None, response)``.
+        core, here as ``Deliver(None, response)``. A response whose top Via has
+        no branch (or no Via at all) is dropped.
         """
-        tx = self.client.get(client_key(response))
+        try:
+            key = client_key(response)
+        except SIPError:
+            # We always send a branch (§8.1.1.7): a response without one cannot be
+            # for us, and a response is never answered — drop it (§18.1.2).
+            return []
+        tx = self.client.get(key)
         if tx is None:
             return [Deliver(None, response)]
         return self._after(tx, tx.receive_response(response, now))

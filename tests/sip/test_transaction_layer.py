@@ -324,3 +324,11 @@ def test_rfc2543_peer_matched_without_magic_cookie() -> None:
     assert "confirmed" == tx.state
     net.advance(100.0)
     assert (0, 0) == (len(net.layers["alice"]), len(net.layers["bob"]))
+
+
+def test_response_without_branch_is_dropped() -> None:
+    """A response whose top Via has no branch cannot answer anything we sent: it is dropped."""
+    net = Net()
+    resp = make_response(net.invite(branch="x"), 200, to_tag="x")
+    resp.headers.set("Via", "SIP/2.0/UDP alice.example:5062")
+    assert [] == net.layers["alice"].receive_response(resp, 0.0)
