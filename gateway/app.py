@@ -427,7 +427,11 @@ class Gateway:
         material = "\x00".join(
             (h.get("Call-ID") or "", h.get("From") or "", h.get("Via") or "", h.get("CSeq") or "")
         )
-        return hashlib.blake2s(material.encode(), key=self._tag_key, digest_size=8).hexdigest()
+        # Header text holds undecodable octets as surrogates (the parser decodes
+        # with surrogateescape); encode them back the same way.
+        return hashlib.blake2s(
+            material.encode("utf-8", "surrogateescape"), key=self._tag_key, digest_size=8
+        ).hexdigest()
 
     def _masked_uri(self, uri: URI) -> str:
         if not self._mask or uri.user is None:

@@ -148,7 +148,14 @@ class Transport(abc.ABC):
 
     def send(self, data: bytes | Request | Response, addr: Address) -> bool:
         """Send one message (or raw bytes) to ``addr``. Never raises an OS error."""
-        payload = data if isinstance(data, bytes) else bytes(data)
+        try:
+            payload = data if isinstance(data, bytes) else bytes(data)
+        except (SIPError, ValueError) as exc:  # UnicodeError is a ValueError
+            # A message built from hostile input that cannot be serialized is a
+            # send failure at the edge, not a crash of the caller.
+            self.stats.send_errors += 1
+            log.warning("transport.send.failed", transport=str(self.name), reason=repr(exc)[:200])
+            return False
         if len(payload) > self.max_message_size and not self.reliable:
             # RFC 3261 §18.1.1 would move a large request to TCP; the layer above
             # picks the transport, so here it is only refused and counted.

@@ -204,3 +204,41 @@ def sipp_stats(workdir: Path) -> dict[str, str]:
     header = rows[0].split(";")
     last = rows[-1].split(";")
     return dict(zip(header, last, strict=False))
+
+
+@dataclass(frozen=True)
+class Sipp:
+    """SIPp helpers handed to tests as one fixture (``sipp.run``, ``sipp.stats``)."""
+
+    scenarios: Path
+
+    def run(
+        self,
+        scenario: str,
+        target: tuple[str, int],
+        *,
+        calls: int,
+        rate: int,
+        workdir: Path,
+        timeout: float = 30.0,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``sipp/<scenario>`` as a client against ``target`` to completion."""
+        return run_sipp(
+            self.scenarios / scenario,
+            target,
+            calls=calls,
+            rate=rate,
+            workdir=workdir,
+            timeout=timeout,
+        )
+
+    def stats(self, workdir: Path) -> dict[str, str]:
+        """The final -trace_stat row."""
+        return sipp_stats(workdir)
+
+
+@pytest.fixture
+def sipp() -> Sipp:
+    """SIPp runner (skips when sipp is not installed)."""
+    sipp_binary()
+    return Sipp(SIPP_DIR)

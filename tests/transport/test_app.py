@@ -231,3 +231,15 @@ def test_snapshot_counts(setup: tuple[Gateway, MemoryTransport]) -> None:
     snap = gw.snapshot()
     assert {"200": 1} == snap["gateway"]["answered"]
     assert 1 == snap["transports"]["udp:127.0.0.1:5070"]["parse_errors"]
+
+
+def test_non_utf8_octets_answered_not_crashed(setup: tuple[Gateway, MemoryTransport]) -> None:
+    """Raw non-UTF-8 octets in a header (found by the SIPp flood) still get an answer."""
+    gw, mem = setup
+    data = request().replace(b"Call-ID: app-1@test", b"Call-ID: app-\xe9\xff@test")
+    mem.inject(data, SRC)  # Call-ID is not a word: 400, its octets echoed verbatim
+    mem.inject(data.replace(b"branch=z9hG4bKapp1", b"branch=z9hG4bK\xfe"), SRC)  # not a token
+    assert [400, 400] == [r.status for r in answers(mem)]
+    assert b"Call-ID: app-\xe9\xff@test\r\n" in mem.sent[0][0]
+    assert 0 == gw.stats.handler_errors
+    assert 0 == mem.stats.handler_errors
