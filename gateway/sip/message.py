@@ -140,26 +140,41 @@ class Message:
     """What requests and responses share: headers, body and the lazy typed views."""
 
     __slots__ = (
+        "_body",
         "_cache",
         "_cache_headers",
         "_cache_version",
         "_raw",
         "_raw_key",
-        "body",
         "headers",
     )
 
     headers: Headers
-    body: bytes
 
     def __init__(self, headers: Headers | Iterable[tuple[str, str]], body: bytes) -> None:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
-        self.body = body
+        self._body = body
         self._cache: dict[str, Any] = {}
         self._cache_headers: Headers | None = None
         self._cache_version = -1
         self._raw: bytes | None = None
         self._raw_key: tuple[Any, ...] | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The raw body octets."""
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        # Keep an existing Content-Length in step (name spelling kept), so that a
+        # message equals its own re-parsed serialization.
+        self._body = value
+        for name, old in self.headers:
+            if canonical_name(name) == "content-length":
+                if old != str(len(value)):
+                    self.headers.set(name, str(len(value)))
+                break
 
     # -- lazy typed access -------------------------------------------------
     def _cached(self, key: str, compute: Callable[[], _T]) -> _T:
@@ -358,7 +373,7 @@ class Message:
         # The key holds the very objects (not their id()s, which a new object could
         # reuse after the old one is freed) and the headers' mutation counter.
         self._raw = raw
-        self._raw_key = (self.headers, self.headers.version, self.body, self._key())
+        self._raw_key = (self.headers, self.headers.version, self._body, self._key())
 
     def _raw_unchanged(self) -> bool:
         key = self._raw_key
@@ -366,7 +381,7 @@ class Message:
             key is not None
             and key[0] is self.headers
             and key[1] == self.headers.version
-            and key[2] is self.body
+            and key[2] is self._body
             and key[3] == self._key()
         )
 
@@ -497,6 +512,7 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
         raise ParseError("bare CR or LF in header section")
     items: list[tuple[str, str]] = []
     keys: list[str] = []
+    folds: dict[int, list[str]] = {}
     append_item = items.append
     append_key = keys.append
     header_name = _header_name
@@ -508,8 +524,11 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
             # header; the LWS (and the CRLF) is equivalent to a single SP.
             if not items:
                 raise ParseError("continuation line before any header")
-            name, value = items[-1]
-            items[-1] = (name, (value.rstrip(" \t") + " " + line.strip(" \t")).strip(" \t"))
+            # Collected and joined once after the loop: linear even for 10k folds.
+            pieces = folds.get(len(items) - 1)
+            if pieces is None:
+                folds[len(items) - 1] = pieces = [items[-1][1]]
+            pieces.append(line)
             continue
         raw, sep, value = line.partition(":")
         if not sep:
@@ -517,6 +536,9 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
         name, key = header_name(raw)
         append_item((name, value.strip(" \t")))
         append_key(key)
+    for idx, pieces in folds.items():
+        stripped = (p.strip(" \t") for p in pieces)
+        items[idx] = (items[idx][0], " ".join(p for p in stripped if p))
     return lines[0], items, keys
 
 
@@ -685,4 +707,12 @@ def _error_response(data: bytes, err: SIPError) -> bytes | None:
         out.append(text)
     out.extend(f"{n}: {v}" for n, v in err.extra_headers)
     out.append("Content-Length: 0")
-    return ("\r\n".join(out) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    wire = ("\r\n".join(out) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    # Never send what we could not parse ourselves: the copied lines come from a
+    # message that already failed to parse, so check the result before returning it.
+    try:
+        resp = parse(wire)
+        _ = resp.via[0], resp.call_id, resp.cseq
+    except (SIPError, IndexError):
+        return None
+    return wire
