@@ -14,7 +14,7 @@ production store (a restart would reset every counter).
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from threading import RLock
@@ -47,9 +47,19 @@ class CardRecord:
     probation_profile: QuotaProfile | None = None
     profile_override: QuotaProfile | None = None
     starts: list[float] = field(default_factory=list)
-    callees: list[tuple[float, str]] = field(default_factory=list)
-    talk: list[tuple[float, float]] = field(default_factory=list)
+    callees: dict[float, Counter[str]] = field(default_factory=dict)
+    talk: dict[float, float] = field(default_factory=dict)
     in_use: int = 0
+    _frozen: dict[float, frozenset[str]] = field(default_factory=dict)
+
+    def callees_on(self, day_start: float) -> frozenset[str]:
+        """Distinct callees of the carrier day starting at `day_start` (cached)."""
+        cached = self._frozen.get(day_start)
+        if cached is None:
+            cached = frozenset(self.callees.get(day_start, ()))
+            self._frozen[day_start] = cached
+        return cached
+
     outcomes: list[CallOutcome] = field(default_factory=list)
 
 
@@ -84,15 +94,13 @@ class InMemoryCardStore:
         """Usage of a card as of `now`; daily fields for the carrier day containing `now`."""
         with self._lock:
             rec = self._cards[card_id]
-            day_start, day_end = day_bounds(now, rec.timezone)
-            callees = frozenset(c for t, c in rec.callees if day_start <= t < day_end)
-            talk = sum(s for t, s in rec.talk if day_start <= t < day_end)
+            day_start, _ = day_bounds(now, rec.timezone)
             horizon = min(day_start, now - 3600.0)
             starts = tuple(rec.starts[bisect_left(rec.starts, horizon) :])
             return CardUsage(
                 call_starts=starts,
-                callees_today=callees,
-                talk_seconds_today=talk,
+                callees_today=rec.callees_on(day_start),
+                talk_seconds_today=rec.talk.get(day_start, 0.0),
                 in_use=rec.in_use,
                 recent_outcomes=tuple(rec.outcomes[-self._keep_outcomes :]),
             )
@@ -113,15 +121,20 @@ class InMemoryCardStore:
                 priority=rec.priority,
             )
 
-    def candidates(self, ctx: CallContext, now: float) -> Sequence[CardSnapshot]:
-        """Snapshots of the agent's pool (all cards when the agent has no pool)."""
+    def candidate_ids(self, ctx: CallContext, now: float) -> Sequence[str]:
+        """Ids of the agent's pool (all cards when the agent has no pool)."""
         with self._lock:
             pool = self._agent_pools.get(ctx.agent)
-            return [
-                self.snapshot(cid, now)
-                for cid, rec in self._cards.items()
-                if pool is None or rec.pool == pool
-            ]
+            return [cid for cid, rec in self._cards.items() if pool is None or rec.pool == pool]
+
+    def snapshots(self, card_ids: Sequence[str], now: float) -> Sequence[CardSnapshot]:
+        """Snapshots of the given cards as of `now` (unknown ids skipped)."""
+        with self._lock:
+            return [self.snapshot(cid, now) for cid in card_ids if cid in self._cards]
+
+    def candidates(self, ctx: CallContext, now: float) -> Sequence[CardSnapshot]:
+        """Snapshots of every card of the agent's pool."""
+        return self.snapshots(self.candidate_ids(ctx, now), now)
 
     def reserve(self, card_id: str, ctx: CallContext, now: float, *, emergency: bool) -> bool:
         """Re-check limits and record a call start atomically; False when the card is full."""
@@ -136,7 +149,9 @@ class InMemoryCardStore:
             ):
                 return False
             insort(rec.starts, now)
-            rec.callees.append((now, ctx.destination))
+            day_start, _ = day_bounds(now, rec.timezone)
+            rec.callees.setdefault(day_start, Counter())[ctx.destination] += 1
+            rec._frozen.pop(day_start, None)
             rec.in_use += 1
             return True
 
@@ -147,8 +162,13 @@ class InMemoryCardStore:
             i = bisect_left(rec.starts, started_at)
             if i < len(rec.starts) and rec.starts[i] == started_at:
                 del rec.starts[i]
-            if (started_at, callee) in rec.callees:
-                rec.callees.remove((started_at, callee))
+            day_start, _ = day_bounds(started_at, rec.timezone)
+            day = rec.callees.get(day_start)
+            if day is not None and day[callee] > 0:
+                day[callee] -= 1
+                if day[callee] == 0:
+                    del day[callee]
+                rec._frozen.pop(day_start, None)
             rec.in_use = max(0, rec.in_use - 1)
 
     def finish(self, card_id: str, outcome: CallOutcome) -> None:
@@ -157,7 +177,8 @@ class InMemoryCardStore:
             rec = self._cards[card_id]
             rec.in_use = max(0, rec.in_use - 1)
             if outcome.talk_seconds > 0:
-                rec.talk.append((outcome.started_at, outcome.talk_seconds))
+                day_start, _ = day_bounds(outcome.started_at, rec.timezone)
+                rec.talk[day_start] = rec.talk.get(day_start, 0.0) + outcome.talk_seconds
             rec.outcomes.append(outcome)
             if len(rec.outcomes) > 2 * self._keep_outcomes:
                 del rec.outcomes[: -self._keep_outcomes]

@@ -45,8 +45,16 @@ __all__ = ["CardSelection", "CardSource", "rank_cards"]
 class CardSource(Protocol):
     """What selection needs from the gateway's card store."""
 
-    def candidates(self, ctx: CallContext, now: float) -> Sequence[CardSnapshot]:
-        """Snapshots of the cards this call may use (the agent's pool), usage as of `now`."""
+    def candidate_ids(self, ctx: CallContext, now: float) -> Sequence[str]:
+        """Ids of the cards this call may use (the agent's pool), in pool order; cheap."""
+        ...
+
+    def snapshots(self, card_ids: Sequence[str], now: float) -> Sequence[CardSnapshot]:
+        """Snapshots (state, profiles, usage as of `now`) of the given cards, unknown ids skipped.
+
+        Selection first asks for the bound and last-used cards only, and
+        for the rest of the pool only when those cannot take the call.
+        """
         ...
 
     def reserve(self, card_id: str, ctx: CallContext, now: float, *, emergency: bool) -> bool:
@@ -112,25 +120,59 @@ class CardSelection:
     def __call__(self, ctx: CallContext, now: datetime) -> Decision:
         """Allow on the reserved card, or reject with when the earliest card frees."""
         t = epoch(now)
-        cards = self.source.candidates(ctx, t)
+        ids = list(self.source.candidate_ids(ctx, t))
         if ctx.emergency:
-            for card in _emergency_order(cards, ctx):
-                if self.source.reserve(card.card_id, ctx, t, emergency=True):
-                    return Decision.allow(self.name, card.card_id, "emergency: quotas bypassed")
-            return Decision.reject(
-                RejectReason.NO_CARD_AVAILABLE,
-                self.name,
-                "emergency call: no usable card",
-                retry_after=self.default_retry_after,
-            )
-        ranked, evaluations = rank_cards(cards, ctx, t, self.sticky_min_headroom)
+            return self._emergency(ctx, t, self.source.snapshots(ids, t))
+        evaluations: dict[str, Headroom | Exhausted] = {}
+        # Fast path: the bound card, then the card used last (stickiness).
+        members = set(ids)
+        preferred = [
+            cid
+            for cid in dict.fromkeys((ctx.bound_card, ctx.last_card))
+            if cid is not None and cid in members
+        ]
         lost_race = False
+        if preferred:
+            for card in self.source.snapshots(preferred, t):
+                result = evaluate_card(card, t, ctx.destination)
+                evaluations[card.card_id] = result
+                if not isinstance(result, Headroom):
+                    continue
+                if card.card_id != ctx.bound_card and result.score < self.sticky_min_headroom:
+                    continue
+                if self.source.reserve(card.card_id, ctx, t, emergency=False):
+                    return Decision.allow(self.name, card.card_id, f"headroom {result.score:.2f}")
+                lost_race = True
+        rest = [cid for cid in ids if cid not in evaluations]
+        cards = list(self.source.snapshots(rest, t)) if rest else []
+        ranked, more = rank_cards(cards, ctx, t)
+        evaluations.update(more)
         for card in ranked:
             if self.source.reserve(card.card_id, ctx, t, emergency=False):
                 result = evaluations[card.card_id]
                 score = result.score if isinstance(result, Headroom) else 0.0
                 return Decision.allow(self.name, card.card_id, f"headroom {score:.2f}")
             lost_race = True
+        return self._no_card(evaluations, len(ids), t, lost_race)
+
+    def _emergency(self, ctx: CallContext, t: float, cards: Sequence[CardSnapshot]) -> Decision:
+        for card in _emergency_order(cards, ctx):
+            if self.source.reserve(card.card_id, ctx, t, emergency=True):
+                return Decision.allow(self.name, card.card_id, "emergency: quotas bypassed")
+        return Decision.reject(
+            RejectReason.NO_CARD_AVAILABLE,
+            self.name,
+            "emergency call: no usable card",
+            retry_after=self.default_retry_after,
+        )
+
+    def _no_card(
+        self,
+        evaluations: dict[str, Headroom | Exhausted],
+        count: int,
+        t: float,
+        lost_race: bool,
+    ) -> Decision:
         frees = [
             e.frees_at
             for e in evaluations.values()
@@ -144,5 +186,5 @@ class CardSelection:
             retry = self.default_retry_after
         counts = Counter(str(e.limit) for e in evaluations.values() if isinstance(e, Exhausted))
         summary = ", ".join(f"{n} {limit}" for limit, n in sorted(counts.items()))
-        detail = f"{len(cards)} cards: {summary}" if cards else "no cards in pool"
+        detail = f"{count} cards: {summary}" if count else "no cards in pool"
         return Decision.reject(RejectReason.NO_CARD_AVAILABLE, self.name, detail, retry_after=retry)

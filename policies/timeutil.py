@@ -223,9 +223,25 @@ def day_bounds(moment: datetime | float, tz_name: str) -> tuple[float, float]:
 
     This is the carrier's "day" for daily quotas; stores use it to decide
     which calls count as "today". A DST day is 23 or 25 hours long.
+    Results are cached per zone and minute: local midnights of today's
+    zones fall on whole UTC minutes, so the day cannot change within one.
     """
+    t = epoch(moment)
+    minute = int(t // 60)
+    start, end = _day_bounds_minute(tz_name, minute)
+    if not start <= t < end:  # a zone with a sub-minute offset (historic LMT)
+        return _day_bounds_exact(t, tz_name)
+    return start, end
+
+
+@lru_cache(maxsize=4096)
+def _day_bounds_minute(tz_name: str, minute: int) -> tuple[float, float]:
+    return _day_bounds_exact(minute * 60.0, tz_name)
+
+
+def _day_bounds_exact(t: float, tz_name: str) -> tuple[float, float]:
     tz = zone(tz_name)
-    local = as_utc(moment).astimezone(tz)
+    local = datetime.fromtimestamp(t, UTC).astimezone(tz)
     start = local_instant(local.date(), 0, tz).timestamp()
     end = local_instant(local.date() + timedelta(days=1), 0, tz).timestamp()
     return start, end
