@@ -24,13 +24,13 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from simulator.antifraud import TimeWindow
 from simulator.models import CarrierModel
 from simulator.privacy import mask_number
+from simulator.records import CallOutcome, CallRecord, CardMark
 from simulator.scenario import CardSection, ConsentMode, Lead, QuotaProfileSection, Scenario
 
 __all__ = ["CallOutcome", "CallRecord", "CardMark", "OfflineResult", "run_offline"]
@@ -41,74 +41,12 @@ NO_CARD_RETRY_SECONDS = 60.0
 MAX_STEPS = 2_000_000
 
 
-class CallOutcome(StrEnum):
-    """How one call attempt ended, from the agent's side."""
-
-    ANSWERED = "answered"
-    BUSY = "busy"
-    NO_ANSWER = "no_answer"
-    DECLINED = "declined"
-    BLOCKED = "blocked"
-
-
 _PLAN_OUTCOME = {
     200: CallOutcome.ANSWERED,
     486: CallOutcome.BUSY,
     480: CallOutcome.NO_ANSWER,
     603: CallOutcome.DECLINED,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One call attempt as the report sees it (callee masked)."""
-
-    time: float
-    source: str
-    callee: str
-    card: str | None
-    outcome: CallOutcome
-    status: int
-    reason: str | None = None
-    failovers: int = 0
-    ring_seconds: float = 0.0
-    talk_seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "time": self.time,
-            "source": self.source,
-            "callee": self.callee,
-            "card": self.card,
-            "outcome": str(self.outcome),
-            "status": self.status,
-            "reason": self.reason,
-            "failovers": self.failovers,
-            "ring_seconds": self.ring_seconds,
-            "talk_seconds": self.talk_seconds,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class CardMark:
-    """The stand-in gateway took a card out of service after a carrier response."""
-
-    time: float
-    card: str
-    status: int
-    reason_phrase: str
-    until: float | None  # None: until an operator restores it
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "time": self.time,
-            "card": self.card,
-            "status": self.status,
-            "reason_phrase": self.reason_phrase,
-            "until": self.until,
-        }
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from simulator.antifraud import AntiFraudThresholds
 from simulator.models import CarrierEvent, EventKind
-from simulator.offline import CallOutcome, CallRecord, CardMark
+from simulator.records import CallOutcome, CallRecord, CardMark
 
 if TYPE_CHECKING:
     from simulator.offline import OfflineResult

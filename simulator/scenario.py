@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import re
 import tomllib
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +41,7 @@ from pydantic import (
 
 from simulator.answer import AnswerProfile
 from simulator.antifraud import AntiFraudThresholds, TimeWindow
+from simulator.clock import ScaledClock
 from simulator.models import (
     CardAccount,
     CarrierConfig,
@@ -447,6 +449,90 @@ class Scenario(_Strict):
                 )
                 made += 1
         return leads
+
+    def build_clock(self, monotonic: Callable[[], float] | None = None) -> ScaledClock:
+        """A scaled business clock starting at ``clock.start`` running at ``clock.speed``."""
+        if monotonic is None:
+            return ScaledClock(self.clock.start, self.clock.speed)
+        return ScaledClock(self.clock.start, self.clock.speed, monotonic)
+
+    def gateway_config(
+        self,
+        carrier_address: str,
+        *,
+        listen: Sequence[str] = ("udp:127.0.0.1:5060",),
+        store_path: str = "var/dialgate.db",
+    ) -> dict[str, Any]:
+        """The gateway configuration this scenario asks for, keyed as DESIGN.md "Configuration".
+
+        ``guarded = false`` turns consent and quotas off: consent becomes
+        ``dnc-only``, calling hours the whole day, and each quota profile keeps
+        only ``concurrent`` (a SIM still carries one call). Carrier rules map the
+        simulated carrier's answers to card states (403 suspension → its reason,
+        402 → arrears, 503 → maintenance). Secrets are returned in clear text
+        because the result *is* the gateway's config; never log it.
+        """
+        gw = self.gateway
+        profiles: dict[str, dict[str, Any]] = {}
+        for name, profile in gw.quota_profiles.items():
+            if gw.guarded:
+                profiles[name] = profile.model_dump(exclude_none=True)
+            else:
+                profiles[name] = {"concurrent": profile.concurrent}
+        rules: list[dict[str, Any]] = [
+            {"status": 403, "match": f"(?i)suspended: {reason}", "reason": reason}
+            for reason in ("abnormal-use", "violation", "arrears", "manual")
+        ]
+        rules += [
+            {"status": 403, "match": "(?i)suspend|blocked", "reason": "unknown"},
+            {"status": 402, "reason": "arrears"},
+            {"status": 503, "match": "(?i)maintenance", "reason": "maintenance"},
+        ]
+        return {
+            "sip": {"listen": list(listen)},
+            "store": {"path": store_path},
+            "policy": {
+                "default_region": gw.default_region,
+                "consent": str(gw.consent if gw.guarded else ConsentMode.DNC_ONLY),
+                "calling_hours": gw.calling_hours if gw.guarded else "00:00-24:00",
+            },
+            "users": [
+                {"name": a.name, "password": a.password.get_secret_value()}
+                | ({"card": a.card} if a.card is not None else {})
+                for a in self.agents
+            ],
+            "peers": [
+                {
+                    "name": d.name,
+                    "addresses": list(d.addresses),
+                    "password": d.password.get_secret_value(),
+                }
+                | ({"campaign": d.campaign} if d.campaign is not None else {})
+                for d in self.dialers
+            ],
+            "carriers": [
+                {
+                    "name": self.carrier.name,
+                    "address": carrier_address,
+                    "timezone": self.carrier.timezone,
+                    "rules": rules,
+                }
+            ],
+            "quota_profiles": profiles,
+            "cards": [
+                {
+                    "id": c.id,
+                    "carrier": self.carrier.name,
+                    "number": c.number,
+                    "username": c.username,
+                    "password": c.password.get_secret_value(),
+                    "pool": c.pool,
+                    "priority": c.priority,
+                    "quota": c.quota,
+                }
+                for c in self.cards
+            ],
+        }
 
     def build_carrier(self, leads: list[Lead] | None = None) -> CarrierModel:
         """The pure carrier model for this scenario, seeded from :attr:`seed`."""

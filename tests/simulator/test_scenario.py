@@ -226,3 +226,54 @@ def test_secrets_are_not_in_repr() -> None:
     scenario = loads_scenario(MINIMAL.replace('password = "pw"', 'password = "hunter2"'))
     assert "hunter2" not in repr(scenario)
     assert isinstance(scenario, Scenario)
+
+
+def test_build_clock_uses_start_and_speed() -> None:
+    """The scenario's clock starts at clock.start and runs clock.speed times real time."""
+    scenario = load_scenario(EXAMPLES / "unguarded.toml")
+    ticks = iter([100.0, 101.0])
+    clock = scenario.build_clock(lambda: next(ticks))
+    assert scenario.start_epoch + 600.0 == clock.now()
+
+
+def test_gateway_config_guarded_keeps_policies() -> None:
+    """A guarded scenario hands the gateway its consent mode, hours, quotas, users and cards."""
+    config = load_scenario(EXAMPLES / "guarded.toml").gateway_config("udp:127.0.0.1:5070")
+    assert {
+        "default_region": "CN",
+        "consent": "require-consent",
+        "calling_hours": "08:00-21:00",
+    } == config["policy"]
+    assert 40 == config["quota_profiles"]["default"]["calls_per_hour"]
+    assert "udp:127.0.0.1:5070" == config["carriers"][0]["address"]
+    assert {"name": "alice", "password": "alice-pw", "card": "c1"} == config["users"][0]
+    card = config["cards"][0]
+    assert ("c1", "carrier-a", "card-secret-1", "default") == (
+        card["id"],
+        card["carrier"],
+        card["password"],
+        card["quota"],
+    )
+    rules = config["carriers"][0]["rules"]
+    assert {"status": 402, "reason": "arrears"} in rules
+
+
+def test_gateway_config_unguarded_turns_policies_off() -> None:
+    """guarded = false: dnc-only consent, all-day hours, quota profiles with only concurrency."""
+    config = load_scenario(EXAMPLES / "unguarded.toml").gateway_config("udp:127.0.0.1:5070")
+    assert "dnc-only" == config["policy"]["consent"]
+    assert "00:00-24:00" == config["policy"]["calling_hours"]
+    assert {"default": {"concurrent": 1}} == config["quota_profiles"]
+
+
+def test_gateway_config_lists_dialers_as_peers() -> None:
+    """Dialers become trusted peers with their campaign."""
+    config = load_scenario(EXAMPLES / "suspension-storm.toml").gateway_config("udp:127.0.0.1:5070")
+    assert [
+        {
+            "name": "dialer-1",
+            "addresses": ["127.0.0.1/32"],
+            "password": "dialer-secret",
+            "campaign": "spring-promo",
+        }
+    ] == config["peers"]
