@@ -375,6 +375,9 @@ class SQLiteStore:
     ``carrier_timezones`` maps carrier name → IANA zone: the carrier's calendar
     day for daily counters (UTC when absent). ``outcome_window`` bounds how many
     recent finished calls :meth:`card_usage` returns for rolling-rate quotas.
+    ``autocheckpoint=False`` moves WAL checkpoints (the only fsync in WAL mode with
+    ``synchronous=NORMAL``, a few ms) off the commit path: the caller then runs
+    :meth:`checkpoint` periodically in a worker thread.
     """
 
     def __init__(
@@ -386,6 +389,7 @@ class SQLiteStore:
         short_call_seconds: float = 10.0,
         carrier_timezones: dict[str, str] | None = None,
         outcome_window: int = 50,
+        autocheckpoint: bool = True,
     ) -> None:
         if synchronous.upper() not in {"NORMAL", "FULL"}:
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
@@ -409,6 +413,10 @@ class SQLiteStore:
                     raise StoreUnavailable(f"cannot enable WAL on {self.path} (got {mode})")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            if not autocheckpoint:
+                # The caller runs checkpoint() off the event loop instead: a checkpoint
+                # fsyncs the database file, the one slow step of a commit in WAL mode.
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
         self.migrate()
@@ -418,6 +426,25 @@ class SQLiteStore:
     def close(self) -> None:
         """Close the connection (checkpointing the WAL when last)."""
         self._db.close()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed WAL pages into the database file; return (WAL pages, copied).
+
+        Uses its own short-lived connection and a PASSIVE checkpoint (never blocks
+        writers), so it is safe to run in a worker thread (``asyncio.to_thread``)
+        while the event loop keeps writing. Needed when ``autocheckpoint=False``.
+        """
+        if self.path == ":memory:":
+            return (0, 0)
+        try:
+            db = sqlite3.connect(self.path, timeout=1.0)
+            try:
+                _busy, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"checkpoint failed: {exc}") from exc
+        return (int(log), int(copied))
 
     def __enter__(self) -> SQLiteStore:
         return self

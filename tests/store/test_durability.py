@@ -60,3 +60,20 @@ def test_cdr_and_reservation_survive_sigkill(tmp_path: Path) -> None:
     assert (T0, T0 + 50) == usage.call_starts
     assert 0 == usage.in_use
     assert 30.0 == usage.talk_seconds_today
+
+
+def test_manual_checkpoint_moves_wal_into_the_database(tmp_path: Path) -> None:
+    """With autocheckpoint off, checkpoint() copies every WAL page and keeps the data."""
+    from gateway.cdr import CallRecord
+
+    db = tmp_path / "ckpt.db"
+    s = SQLiteStore(db, autocheckpoint=False)
+    for i in range(50):
+        s.add_cdr(CallRecord(f"k{i}", T0 + i, "+8613811110001", Outcome.BUSY, 486))
+    log, copied = s.checkpoint()
+    assert log > 0
+    assert log == copied
+    s.close()
+    with SQLiteStore(db) as again:
+        assert 50 == len(again.cdrs())
+    assert (0, 0) == SQLiteStore(":memory:").checkpoint()
