@@ -153,8 +153,12 @@ def run_sipp(
     rate: int,
     workdir: Path,
     timeout: float = 30.0,
+    transport: str = "u1",
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one SIPp client scenario to completion (bounded by -timeout and our own wait).
+
+    ``transport`` is SIPp's ``-t`` mode: ``u1`` (one UDP socket) or ``t1`` (one TCP
+    connection).
 
     TOOLS.md: ``-buff_size 1048576`` or the default socket buffer drops datagrams.
     """
@@ -174,6 +178,8 @@ def run_sipp(
         "127.0.0.1",
         "-p",
         str(port),
+        "-t",
+        transport,
         "-buff_size",
         "1048576",
         "-timeout",
@@ -221,6 +227,7 @@ class Sipp:
         rate: int,
         workdir: Path,
         timeout: float = 30.0,
+        transport: str = "u1",
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``sipp/<scenario>`` as a client against ``target`` to completion."""
         return run_sipp(
@@ -230,6 +237,7 @@ class Sipp:
             rate=rate,
             workdir=workdir,
             timeout=timeout,
+            transport=transport,
         )
 
     def stats(self, workdir: Path) -> dict[str, str]:

@@ -140,6 +140,24 @@ def _sipp_ok(sipp: Sipp, target: tuple[str, int], workdir: Path) -> dict[str, An
     }
 
 
+def test_sipp_options_over_tcp(dialgate: DialgateProcess, sipp: Sipp, tmp_path: Path) -> None:
+    """SIPp over one TCP connection: every OPTIONS gets its 200 on that connection."""
+    result = sipp.run(
+        "options.xml",
+        dialgate.addresses["tcp"],
+        calls=100,
+        rate=100,
+        workdir=tmp_path,
+        transport="t1",
+    )
+    stats = sipp.stats(tmp_path)
+    assert (0, "100", "0") == (
+        result.returncode,
+        stats["SuccessfulCall(C)"],
+        stats["FailedCall(C)"],
+    )
+
+
 def test_sipp_options_survive_garbage(
     dialgate: DialgateProcess, sipp: Sipp, tmp_path: Path
 ) -> None:
