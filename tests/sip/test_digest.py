@@ -358,7 +358,7 @@ def test_unknown_scheme_is_reported_not_parsed() -> None:
         'Digest realm="x", realm="y"',  # duplicate param
         "Digest =x",
         "Digest realm=a/b",  # '/' is not a token character
-        "Digest " + "a=b," * 100,  # too many params
+        "Digest " + ",".join(f"p{i}=v" for i in range(100)),  # too many params
         "Digest realm=" + "x" * 9000,  # too long
     ],
 )
@@ -488,3 +488,93 @@ def test_algorithm_properties() -> None:
     )
     with pytest.raises(AuthError):
         Algorithm.parse("SHA-512-256")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"algorithm": Algorithm.MD5_SESS, "qop": "auth", "nc": "00000001"}, "requires a cnonce"),
+        ({"qop": "auth-conf", "nc": "00000001", "cnonce": "c"}, "unsupported qop"),
+        ({"qop": "auth"}, "nc and cnonce"),
+    ],
+)
+def test_compute_response_refuses_incomplete_inputs(
+    kwargs: dict[str, object], fragment: str
+) -> None:
+    """compute_response() names what is missing instead of hashing a wrong string."""
+    args: dict[str, object] = {
+        "algorithm": Algorithm.MD5,
+        "stored_ha1": "0" * 32,
+        "method": "INVITE",
+        "uri": "sip:x",
+        "nonce": "n",
+        **kwargs,
+    }
+    with pytest.raises(AuthError) as info:
+        compute_response(**args)  # type: ignore[arg-type]
+    assert fragment in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ('Digest realm="r", nonce="n", qop="auth,,auth-int"', "qop-options"),
+        ('Digest realm="r", nonce="n", qop="auth int"', "qop-options"),
+    ],
+)
+def test_malformed_qop_options(value: str, fragment: str) -> None:
+    """qop-options must be a comma list of tokens."""
+    with pytest.raises(AuthError) as info:
+        Challenge.parse(value)
+    assert fragment in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (
+            'Digest username="u", realm="r", nonce="n", uri="u", response="ab", '
+            'qop=auth, nc=00000001, cnonce=""',
+            "empty cnonce",
+        ),
+        (
+            'Digest username="u", realm="r", nonce="n", uri="u", response="ab", algorithm=MD5-sess',
+            "without cnonce",
+        ),
+    ],
+)
+def test_more_malformed_credentials(value: str, fragment: str) -> None:
+    """Empty cnonce, and a -sess algorithm with no cnonce to build the session key from."""
+    with pytest.raises(AuthError) as info:
+        Credentials.parse(value)
+    assert fragment in info.value.detail
+
+
+def test_userhash_flag_round_trips() -> None:
+    """userhash=true (RFC 7616 §3.4.4) is parsed and written back."""
+    creds = Credentials(
+        username="ab" * 32, realm="r", nonce="n", uri="u", response="00", userhash=True
+    )
+    text = str(creds)
+    assert "userhash=true" in text
+    assert creds == Credentials.parse(text)
+
+
+def test_format_refuses_undecodable_octets() -> None:
+    """A lone surrogate (an undecodable octet) cannot be written into a header."""
+    with pytest.raises(AuthError) as info:
+        str(Challenge(realm="r\udcff", nonce="n"))
+    assert "UTF-8" in info.value.detail
+
+
+def test_session_challenge_without_qop_is_refused() -> None:
+    """A -sess challenge without qop cannot be answered (the cnonce would have nowhere to go)."""
+    with pytest.raises(AuthError):
+        authorize(
+            'Digest realm="r", nonce="n", algorithm=MD5-sess',
+            username="u",
+            password="p",
+            method="INVITE",
+            uri="sip:x",
+            cnonce="c",
+        )

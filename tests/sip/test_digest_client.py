@@ -259,3 +259,17 @@ def test_endless_stale_challenges_give_up() -> None:
         )
     expected = [True, True, False, False]
     assert expected == results
+
+
+def test_default_cnonce_is_random_and_nc_is_reported() -> None:
+    """Without an injected source the cnonce is random hex; nonce_count follows each request."""
+    client = DigestClient("c1", password="card-secret")
+    client.handle_challenge(401, ['Digest realm="r", nonce="n", qop="auth"'])
+    counts = [client.nonce_count]
+    header = client.authorization("REGISTER", "sip:r")
+    counts.append(client.nonce_count)
+    assert header is not None
+    cnonce = Credentials.parse(header[1]).cnonce
+    assert cnonce is not None and len(cnonce) == 32 and int(cnonce, 16) >= 0
+    expected = [0, 1]
+    assert expected == counts

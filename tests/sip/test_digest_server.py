@@ -531,3 +531,50 @@ def test_non_canonical_nonce_spelling_rejected() -> None:
     twin = challenge.nonce[:-1] + alphabet[alphabet.index(last) ^ 0b01]
     assert server.nonce_issued_at(challenge.nonce) is not None
     assert server.nonce_issued_at(twin) is None
+
+
+def test_userhash_credentials_refused() -> None:
+    """We never offer userhash (RFC 7616 §3.4.4), so such credentials get a fresh challenge."""
+    server = make_server()
+    challenge = challenge_for(server, 0.0, Algorithm.SHA256)
+    creds = Credentials.parse(answer_challenge(challenge))
+    fields = {f: getattr(creds, f) for f in Credentials.__dataclass_fields__}
+    hashed = Credentials(**{**fields, "userhash": True})
+    verdict = server.verify("REGISTER", str(hashed), lookup, 1.0)
+    expected = (Outcome.FAILED, "userhash-not-offered")
+    assert expected == (verdict.outcome, verdict.reason)
+
+
+def test_session_algorithm_without_qop_is_malformed() -> None:
+    """MD5-sess credentials with a cnonce but no qop: the server refuses them as 400."""
+    server = make_server(algorithms=(Algorithm.MD5_SESS,), allow_no_qop=True)
+    nonce = server.make_nonce(0.0)
+    value = (
+        f'Digest username="alice", realm="{REALM}", nonce="{nonce}", uri="sip:x", '
+        'response="00", algorithm=MD5-sess, cnonce="c"'
+    )
+    verdict = server.verify("REGISTER", value, lookup, 1.0)
+    expected = Outcome.MALFORMED
+    assert expected == verdict.outcome
+
+
+def test_first_malformed_value_is_reported() -> None:
+    """With several malformed values and none for our realm, the first error is kept."""
+    server = make_server()
+    verdict = server.verify("REGISTER", ['Digest realm="x', "Digest a"], lookup, 0.0)
+    assert verdict.error is not None
+    expected = "unterminated quoted-string"
+    assert expected == verdict.error.detail
+
+
+def test_random_source_must_return_requested_length() -> None:
+    """A broken salt source is a configuration error, caught when the nonce is made."""
+    server = DigestServer(key=KEY, realm=REALM, random=lambda n: b"x")
+    with pytest.raises(ValueError):
+        server.make_nonce(0.0)
+
+
+def test_default_salts_make_distinct_nonces() -> None:
+    """With the default os.urandom salt, two nonces at the same instant differ."""
+    server = DigestServer(key=KEY, realm=REALM)
+    assert server.make_nonce(1.0) != server.make_nonce(1.0)
