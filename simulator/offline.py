@@ -22,10 +22,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import phonenumbers
+from phonenumbers.timezone import time_zones_for_number
 
 from simulator.antifraud import TimeWindow
 from simulator.models import CarrierModel
@@ -171,9 +175,26 @@ def _blocked(
     return CallRecord(now, source, masked, card, CallOutcome.BLOCKED, status, reason, failovers)
 
 
-def _local_time(lead: Lead, default_tz: ZoneInfo, now: float) -> datetime:
-    tz = ZoneInfo(lead.timezone) if lead.timezone else default_tz
-    return datetime.fromtimestamp(now, tz=tz)
+def _callee_zones(lead: Lead, default_tz: ZoneInfo) -> tuple[ZoneInfo, ...]:
+    """The callee's possible time zones: the lead's own, else the number's, else the carrier's."""
+    if lead.timezone:
+        return (ZoneInfo(lead.timezone),)
+    try:
+        names = time_zones_for_number(phonenumbers.parse(lead.number, None))
+    except phonenumbers.NumberParseException:
+        names = ()
+    zones = tuple(ZoneInfo(n) for n in names if n != "Etc/Unknown")
+    return zones or (default_tz,)
+
+
+def _inside_hours(
+    lead: Lead, hours: Sequence[TimeWindow], default_tz: ZoneInfo, now: float
+) -> bool:
+    # Conservative: a number spanning several zones must be inside the hours in all of them.
+    return all(
+        any(w.contains(datetime.fromtimestamp(now, tz=zone).time()) for w in hours)
+        for zone in _callee_zones(lead, default_tz)
+    )
 
 
 def run_offline(scenario: Scenario) -> OfflineResult:
@@ -251,12 +272,10 @@ def run_offline(scenario: Scenario) -> OfflineResult:
             calls.append(_blocked(now, name, masked, "no-consent", 403))
             push(now + max(think, 1.0), "dial", step.payload)
             continue
-        if gw.guarded:
-            local = _local_time(lead, carrier_tz, now).time()
-            if not any(w.contains(local) for w in hours):
-                calls.append(_blocked(now, name, masked, "calling-hours", 403))
-                push(now + max(think, 1.0), "dial", step.payload)
-                continue
+        if gw.guarded and not _inside_hours(lead, hours, carrier_tz, now):
+            calls.append(_blocked(now, name, masked, "calling-hours", 403))
+            push(now + max(think, 1.0), "dial", step.payload)
+            continue
 
         failovers = 0
         placed = False

@@ -174,3 +174,17 @@ def test_calling_hours_block_outside_window() -> None:
     assert [("blocked", "calling-hours", 403)] == [
         (str(c.outcome), c.reason, c.status) for c in result.calls
     ]
+
+
+def test_calling_hours_use_the_numbers_time_zone_when_the_lead_has_none() -> None:
+    """Without a lead time zone the number's own zone decides: 06:00 in Shanghai is 14:00 in
+    Los Angeles the day before, so a US callee is dialled while a Chinese one is blocked."""
+    text = MINIMAL.replace("start = 2026-03-02T09:00:00+08:00", "start = 2026-03-02T06:00:00+08:00")
+    text = text.replace(
+        "consent = true",
+        'consent = true\n\n[[leads.numbers]]\nnumber = "+14155550123"\nconsent = true',
+    )
+    result = run_offline(loads_scenario(text))
+    assert [("+86139****5678", "calling-hours"), ("+1415***0123", None)] == [
+        (c.callee, c.reason) for c in result.calls
+    ]
