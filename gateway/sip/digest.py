@@ -17,6 +17,20 @@ What lives here:
   answer a registrar or proxy should send (:meth:`DigestServer.answer`);
 * :class:`DigestClient` and :func:`authorize`: answering a 401/407 challenge.
 
+Server use, in a registrar or proxy (``values`` = every (Proxy-)Authorization
+header line of the request)::
+
+    server = DigestServer(key=secret_bytes, realm="dialgate")
+    verdict = server.verify(req.method, values, lookup_ha1, now, body=req.body)
+    answer = server.answer(verdict, now, proxy=(req.method == "INVITE"))
+    # None → authenticated as verdict.username; else answer.status/.reason/.headers
+
+Interop facts this module is built around (see tests/sip/test_digest_sipp.py
+and test_digest_sipvicious.py): SIPp 3.6.1 reads only the first challenge and
+knows only MD5, and hashes ``uri=sip:<remote ip>:<port>`` rather than the
+Request-URI; sipvicious answers a challenge without qop with ``qop=auth`` and
+no nc/cnonce (→ 400 here).
+
 What this module must never do: read a clock (``now`` is always passed in),
 do I/O, log, import other ``gateway.sip`` modules than ``errors`` (it works on
 header value strings, not on messages), let any exception other than
