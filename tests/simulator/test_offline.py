@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -188,3 +189,46 @@ def test_calling_hours_use_the_numbers_time_zone_when_the_lead_has_none() -> Non
     assert [("+86139****5678", "calling-hours"), ("+1415***0123", None)] == [
         (c.callee, c.reason) for c in result.calls
     ]
+
+
+def guarded_run(profile: str, duration: str = "2h") -> list[float]:
+    """Run one agent on one card under ``profile`` (TOML lines); return accepted INVITE times."""
+    text = MINIMAL.replace('duration = "2h"', f'duration = "{duration}"')
+    text += '\n[leads.generate]\ncount = 400\nprefix = "+86137"\nconsent_share = 1.0\n'
+    text += "\n[pacing]\ncalls_per_minute_per_agent = 6\nthink_seconds = 1\n"
+    text += "\n[gateway.quota_profiles.default]\n" + profile + "\n"
+    result = run_offline(loads_scenario(text))
+    return [e.time for e in result.carrier.events if e.kind is EventKind.ACCEPTED]
+
+
+def test_stand_in_gateway_enforces_calls_per_minute() -> None:
+    """calls_per_minute = 1: no two calls start within 60 s on the card."""
+    times = guarded_run("calls_per_minute = 1")
+    assert len(times) > 10
+    assert all(b - a >= 60 for a, b in itertools.pairwise(times))
+
+
+def test_stand_in_gateway_enforces_min_gap() -> None:
+    """min_gap_seconds = 300: consecutive starts are at least 5 minutes apart."""
+    times = guarded_run("min_gap_seconds = 300")
+    assert len(times) >= 20
+    assert all(b - a >= 300 for a, b in itertools.pairwise(times))
+
+
+def test_stand_in_gateway_enforces_calls_per_day() -> None:
+    """calls_per_day = 7: the card makes exactly 7 calls in a day with plenty of leads."""
+    assert 7 == len(guarded_run("calls_per_day = 7"))
+
+
+def test_stand_in_gateway_enforces_distinct_callees() -> None:
+    """distinct_callees_per_day = 9: nine different callees, then the card rests."""
+    assert 9 == len(guarded_run("distinct_callees_per_day = 9"))
+
+
+def test_unguarded_stand_in_ignores_quotas() -> None:
+    """guarded = false: the same profile does not limit anything but concurrency."""
+    text = MINIMAL + '\n[leads.generate]\ncount = 400\nprefix = "+86137"\nconsent_share = 0.0\n'
+    text += "\n[gateway]\nguarded = false\n\n[gateway.quota_profiles.default]\ncalls_per_day = 7\n"
+    result = run_offline(loads_scenario(text))
+    accepted = [e for e in result.carrier.events if e.kind is EventKind.ACCEPTED]
+    assert len(accepted) > 50
