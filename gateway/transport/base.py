@@ -179,26 +179,32 @@ class Transport(abc.ABC):
     ) -> bool:
         """Send a response where RFC 3261 §18.2.2 / RFC 3581 §4 say it goes.
 
-        ``source`` is the address the request came from: used when the top Via
-        cannot be read, and (for a reliable transport) to find the connection
-        the request arrived on. ``symmetric=True`` sends to ``source`` always,
-        as if every request carried ``;rport`` (Kamailio's ``force_rport``):
-        clients behind NAT need it, and it never reflects a response to a port
-        that a forged sent-by names.
+        ``source`` is the address the request came from. Over a reliable
+        transport the response goes back on the connection the request came in
+        on (found by ``source``) while it is open; otherwise to the address the
+        top Via names (received + sent-by port). Over UDP ``symmetric=True``
+        sends to ``source`` always, as if every request carried ``;rport``
+        (Kamailio's ``force_rport``): clients behind NAT need it, and it never
+        reflects a response to a port that a forged sent-by names. ``source``
+        is also the fallback when the top Via cannot be read.
         """
-        if symmetric and source is not None:
-            return self.send(response, source)
+        if source is not None:
+            source = normalize_address(source)
+            if self.reliable and self.has_connection(source):
+                return self.send(response, source)
+            if symmetric and not self.reliable:
+                return self.send(response, source)
         dest = response_destination(response, reliable=self.reliable)
         if dest is None:
             if source is None:
                 self.stats.drop("response-no-destination")
                 return False
             dest = source
-        if self.reliable and source is not None:
-            # §18.2.2: over a reliable transport the response goes back on the
-            # connection the request came in on; the source is its cache key.
-            dest = source
         return self.send(response, dest)
+
+    def has_connection(self, addr: Address) -> bool:
+        """True when a reliable transport holds an open connection to ``addr``."""
+        return False
 
     # -- receiving -------------------------------------------------------------------
 

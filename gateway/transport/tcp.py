@@ -279,6 +279,10 @@ class TCPTransport(Transport):
         for data in self._pending.pop(addr, []):
             conn.write(data)
 
+    def has_connection(self, addr: Address) -> bool:
+        conn = self.connections.get(addr)
+        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+
     def connection_for(self, addr: Address) -> TCPConnection | None:
         """The cached connection to ``addr``, if any."""
         return self.connections.get(normalize_address(addr))

@@ -87,7 +87,8 @@ def stamp_via(request: Request, source: tuple[str, int]) -> Request:
 def response_destination(response: Response, *, reliable: bool) -> tuple[str, int] | None:
     """Where RFC 3261 §18.2.2 (with RFC 3581 §4) sends ``response``, from its top Via.
 
-    - ``received`` + ``rport`` value: to that IP and port (RFC 3581 §4);
+    - ``received`` + ``rport`` value, unreliable transport: to that IP and port
+      (RFC 3581 §4);
     - ``maddr`` on an unreliable transport: to maddr, sent-by port or 5060 — but
       only when it is an IP literal: we never resolve names here;
     - ``received``: to that IP, sent-by port or 5060;
@@ -106,7 +107,10 @@ def response_destination(response: Response, *, reliable: bool) -> tuple[str, in
     top = vias[0]
     port = top.port or DEFAULT_PORT
     received = top.received
-    if received and isinstance(top.rport, int) and not isinstance(top.rport, bool):
+    if received and not reliable and isinstance(top.rport, int) and not isinstance(top.rport, bool):
+        # RFC 3581 §4 (UDP): back to the source port. A new TCP connection to a
+        # client's ephemeral source port would reach nothing, so a reliable
+        # transport falls through to received + sent-by port (RFC 3261 §18.2.2).
         return strip_brackets(received), top.rport
     maddr = top.param("maddr")
     if maddr and not reliable and _is_ip(maddr):

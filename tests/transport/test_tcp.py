@@ -235,3 +235,34 @@ async def test_ipv6_round_trip(collector: Collector) -> None:
         writer.close()
     finally:
         await tcp.close()
+
+
+async def test_response_after_connection_closed_goes_to_via(collector: Collector) -> None:
+    """§18.2.2: with the request's connection gone, a new one is opened to received + sent-by port."""
+    tcp = await TCPTransport.listen("127.0.0.1", 0, collector)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def client_listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await got.put(await _read_message(reader))
+        writer.close()
+
+    listener = await asyncio.start_server(client_listener, "127.0.0.1", 0)
+    via_port = listener.sockets[0].getsockname()[1]
+    try:
+        _reader, writer = await asyncio.open_connection(*tcp.local_address)
+        writer.write(options(transport="TCP", via_host=f"127.0.0.1:{via_port}", rport=True))
+        await collector.wait(1)
+        request, source, _ = collector.received[0]
+        writer.close()
+        async with asyncio.timeout(2):
+            while tcp.has_connection(source):
+                await asyncio.sleep(0.01)
+        assert isinstance(request, Request)
+        assert tcp.send_response(make_response(request, 200, to_tag="x"), source, symmetric=True)
+        async with asyncio.timeout(2):
+            answer = parse_response(await got.get())
+        assert 200 == answer.status
+    finally:
+        await tcp.close()
+        listener.close()
+        await listener.wait_closed()

@@ -90,6 +90,7 @@ def test_unreadable_via_passes_through() -> None:
         ("10.0.0.1:5099", False, ("127.0.0.1", 4000), False, ("127.0.0.1", 5099)),
         ("10.0.0.1:5099", True, ("127.0.0.1", 4000), False, ("127.0.0.1", 4000)),
         ("host.example:5099", False, ("127.0.0.1", 4000), True, ("127.0.0.1", 5099)),
+        ("10.0.0.1:5099", True, ("127.0.0.1", 4000), True, ("127.0.0.1", 5099)),
     ],
 )
 def test_response_destination(
@@ -99,7 +100,7 @@ def test_response_destination(
     reliable: bool,
     expected: tuple[str, int],
 ) -> None:
-    """§18.2.2 + RFC 3581: received+rport, else received + sent-by port (default 5060)."""
+    """§18.2.2 + RFC 3581: received+rport (UDP only), else received + sent-by port (default 5060)."""
     req = stamp_via(_req(options(via_host=via_host, rport=rport)), source)
     resp = make_response(req, 200)
     assert expected == response_destination(resp, reliable=reliable)
