@@ -257,6 +257,10 @@ class TCPTransport(Transport):
                 return False
             queue.append(data)
             return True
+        if len(self._all) + len(self._pending) >= self.max_connections:
+            self.stats.connections_refused += 1
+            self.stats.drop("connection-limit")
+            return False
         self._pending[addr] = [data]
         task = asyncio.get_running_loop().create_task(self._connect(addr))
         self._tasks.add(task)

@@ -266,3 +266,17 @@ async def test_response_after_connection_closed_goes_to_via(collector: Collector
         await tcp.close()
         listener.close()
         await listener.wait_closed()
+
+
+async def test_outbound_connections_bounded(collector: Collector) -> None:
+    """Sends that would open more than max_connections connections are refused and counted."""
+    tcp = await TCPTransport.listen("127.0.0.1", 0, collector, max_connections=2)
+    try:
+        # send() decides synchronously; the connect tasks have not run yet, so
+        # the first two destinations are pending when the third is asked for.
+        assert tcp.send(b"x", ("127.0.0.1", 9))
+        assert tcp.send(b"x", ("127.0.0.1", 11))
+        assert tcp.send(b"x", ("127.0.0.1", 13)) is False
+        assert 1 == tcp.stats.dropped_by_reason["connection-limit"]
+    finally:
+        await tcp.close()
