@@ -212,11 +212,12 @@ class Headers:
     ``version`` increases on every mutation so messages can drop cached typed values.
     """
 
-    __slots__ = ("_items", "_keys", "version")
+    __slots__ = ("_index", "_items", "_keys", "version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
         self._keys: list[str] = []
+        self._index: dict[str, list[int]] | None = None
         self.version = 0
         for name, value in items:
             self._check(name, value)
@@ -229,8 +230,19 @@ class Headers:
         h = cls.__new__(cls)
         h._items = items
         h._keys = keys
+        h._index = None
         h.version = 0
         return h
+
+    def _positions(self, name: str) -> list[int]:
+        """Indices of the lines with that name (index built once, dropped on mutation)."""
+        index = self._index
+        if index is None:
+            index = {}
+            for i, k in enumerate(self._keys):
+                index.setdefault(k, []).append(i)
+            self._index = index
+        return index.get(canonical_name(name), [])
 
     @staticmethod
     def _check(name: str, value: str) -> None:
@@ -242,16 +254,13 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """Raw value of the first line with that name, or None."""
-        key = canonical_name(name)
-        for k, (_, v) in zip(self._keys, self._items, strict=True):
-            if k == key:
-                return v
-        return None
+        pos = self._positions(name)
+        return self._items[pos[0]][1] if pos else None
 
     def get_all(self, name: str) -> list[str]:
         """Raw values of every line with that name, in order."""
-        key = canonical_name(name)
-        return [v for k, (_, v) in zip(self._keys, self._items, strict=True) if k == key]
+        items = self._items
+        return [items[i][1] for i in self._positions(name)]
 
     def values(self, name: str) -> list[str]:
         """Comma-split values across every line with that name (quote/<>-aware)."""
@@ -262,8 +271,7 @@ class Headers:
 
     def count(self, name: str) -> int:
         """Number of header lines with that name."""
-        key = canonical_name(name)
-        return self._keys.count(key)
+        return len(self._positions(name))
 
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
@@ -271,6 +279,7 @@ class Headers:
         self._items.append((name, value))
         self._keys.append(canonical_name(name))
         self.version += 1
+        self._index = None
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first line with that name, or at the top if there is none."""
@@ -283,6 +292,7 @@ class Headers:
         self._items.insert(idx, (name, value))
         self._keys.insert(idx, key)
         self.version += 1
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every line with that name by one line at the first one's position."""
@@ -297,11 +307,13 @@ class Headers:
         self._items.insert(idx, (name, value))
         self._keys.insert(idx, key)
         self.version += 1
+        self._index = None
 
     def remove(self, name: str) -> None:
         """Remove every line with that name (no error if there is none)."""
         self._remove_key(canonical_name(name))
         self.version += 1
+        self._index = None
 
     def _remove_key(self, key: str) -> None:
         keep = [i for i, k in enumerate(self._keys) if k != key]
@@ -364,19 +376,28 @@ class Via:
             params.append(("rport", None if self.rport is True else str(self.rport)))
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "transport", self.transport.upper())
-        object.__setattr__(self, "branch", _param(self.params, "branch"))
-        object.__setattr__(self, "received", _param(self.params, "received"))
-        rp = _param(self.params, "rport")
-        rport: int | bool | None
-        if rp is None:
-            rport = None
-        elif rp == "":
-            rport = True
-        else:
-            if DIGITS_RE.fullmatch(rp) is None or len(rp) > 5 or int(rp) > 65535:
-                raise ParseError("bad rport")
-            rport = int(rp)
+        branch, received, rport = _via_fields(self.params)
+        object.__setattr__(self, "branch", branch)
+        object.__setattr__(self, "received", received)
         object.__setattr__(self, "rport", rport)
+
+    @classmethod
+    def _from_wire(
+        cls, transport: str, host: str, port: int | None, params: Params, protocol: str
+    ) -> Via:
+        """Fast path for the parser: the params are the only source of branch/received/rport."""
+        branch, received, rport = _via_fields(params)
+        via = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(via, "transport", transport.upper())
+        setattr_(via, "host", host)
+        setattr_(via, "port", port)
+        setattr_(via, "params", params)
+        setattr_(via, "branch", branch)
+        setattr_(via, "received", received)
+        setattr_(via, "rport", rport)
+        setattr_(via, "protocol", protocol)
+        return via
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -415,13 +436,7 @@ class Via:
         params: Params = ()
         if len(pieces) > 1:
             params = parse_header_params(";".join(pieces[1:]))
-        return cls(
-            transport=transport,
-            host=host,
-            port=port,
-            params=params,
-            protocol=f"{name}/{version}",
-        )
+        return cls._from_wire(transport, host, port, params, f"{name}/{version}")
 
     def __str__(self) -> str:
         hp = self.host if self.port is None else f"{self.host}:{self.port}"
@@ -430,6 +445,31 @@ class Via:
     def param(self, name: str) -> str | None:
         """Case-insensitive param lookup (``""`` for a flag)."""
         return _param(self.params, name)
+
+
+def _via_fields(params: Params) -> tuple[str | None, str | None, int | bool | None]:
+    """branch, received and rport (True for a bare flag) from Via params, first wins."""
+    branch: str | None = None
+    received: str | None = None
+    rport: int | bool | None = None
+    seen_rport = False
+    for n, v in params:
+        ln = n.lower()
+        if ln == "branch":
+            if branch is None:
+                branch = "" if v is None else v
+        elif ln == "received":
+            if received is None:
+                received = "" if v is None else v
+        elif ln == "rport" and not seen_rport:
+            seen_rport = True
+            if v is None:
+                rport = True
+            elif DIGITS_RE.fullmatch(v) is None or len(v) > 5 or int(v) > 65535:
+                raise ParseError("bad rport")
+            else:
+                rport = int(v)
+    return branch, received, rport
 
 
 def _is_display_tokens(text: str) -> bool:
