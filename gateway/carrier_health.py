@@ -35,12 +35,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 __all__ = [
     "CarrierHealth",
     "CarrierStateChanged",
     "LineState",
     "SendOptions",
+    "health_from_settings",
     "is_ok_reply",
 ]
 
@@ -270,3 +275,24 @@ class CarrierHealth:
         event = CarrierStateChanged(carrier, now, old, new, cause)
         self.events.append(event)
         return event
+
+
+def health_from_settings(
+    settings: Settings,
+    *,
+    now: float,
+    failure_threshold: int = 3,
+    success_threshold: int = 2,
+    timeout: float = 5.0,
+) -> CarrierHealth:
+    """A :class:`CarrierHealth` probing every carrier with an ``options_interval``.
+
+    Carriers with ``options_interval`` unset are not probed (assumed up).
+    """
+    health = CarrierHealth(
+        failure_threshold=failure_threshold, success_threshold=success_threshold, timeout=timeout
+    )
+    for carrier in settings.carriers:
+        if carrier.options_interval is not None:
+            health.add(carrier.name, now=now, interval=carrier.options_interval)
+    return health

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gateway.carrier_health import CarrierHealth, LineState, SendOptions, is_ok_reply
+from gateway.carrier_health import (
+    CarrierHealth,
+    LineState,
+    SendOptions,
+    health_from_settings,
+    is_ok_reply,
+)
+from gateway.config import load_settings
 
 T0 = 1_000.0
 L = LineState
@@ -184,3 +193,25 @@ def test_manager_skips_cards_of_inactive_carrier(health: CarrierHealth) -> None:
     clock.ping(True)
     clock.ping(True)
     assert "a1" == m.select("p", now=clock.now).card.id  # type: ignore[union-attr]
+
+
+def test_health_from_settings_probes_configured_carriers(tmp_path: Path) -> None:
+    """Carriers with an options_interval are probed on it; the others are assumed up."""
+    cfg = tmp_path / "dialgate.toml"
+    cfg.write_text(
+        "[[carriers]]\n"
+        'name = "a"\naddress = "udp:127.0.0.1:5070"\noptions_interval = 10\n'
+        "[[carriers]]\n"
+        'name = "b"\naddress = "udp:127.0.0.1:5071"\n',
+        encoding="utf-8",
+    )
+    loaded = load_settings(cfg)
+    a, b = loaded.carriers
+    settings = loaded.model_copy(
+        update={"carriers": [a, b.model_copy(update={"options_interval": None})]}
+    )
+    health = health_from_settings(settings, now=T0)
+    assert {"a": L.ACTIVE} == health.carriers()
+    [ping] = health.handle_timer(T0)
+    health.on_result("a", True, now=T0 + 0.1, seq=ping.seq)
+    assert T0 + 10 == health.get_timer()

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gateway.cdr import Outcome
+from gateway.cdr import CallRecord, Outcome
 from gateway.store import SQLiteStore
 
 from .conftest import T0
@@ -64,8 +64,6 @@ def test_cdr_and_reservation_survive_sigkill(tmp_path: Path) -> None:
 
 def test_manual_checkpoint_moves_wal_into_the_database(tmp_path: Path) -> None:
     """With autocheckpoint off, checkpoint() copies every WAL page and keeps the data."""
-    from gateway.cdr import CallRecord
-
     db = tmp_path / "ckpt.db"
     s = SQLiteStore(db, autocheckpoint=False)
     for i in range(50):
