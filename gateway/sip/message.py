@@ -256,6 +256,7 @@ class Message:
             raw = self._optional_single("max-forwards")
             if raw is None:
                 return None
+            raw = raw.strip(" \t")  # values set by callers may carry spaces
             if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10 or int(raw) > 255:
                 raise ParseError("bad Max-Forwards")
             return int(raw)
@@ -560,6 +561,9 @@ def parse(
 
 
 def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
+    if not isinstance(data, bytes):
+        # Transports hand over bytearray/memoryview; the body must still be bytes.
+        data = bytes(data)
     if len(data) > max_size:
         raise MessageTooLarge(f"message of {len(data)} octets exceeds {max_size}")
     # RFC 3261 §7.5: CRLFs before the start line are ignored.

@@ -263,3 +263,59 @@ def test_headers_container_operations() -> None:
     assert 1 == len(h)
     with pytest.raises(ParseError):
         h.add("X-Evil", "a\r\nInjected: yes")
+
+
+def test_error_response_carries_extra_headers() -> None:
+    """error_response adds the error's extra headers (e.g. Unsupported for 420) and a To tag."""
+    from gateway.sip import BadExtension
+
+    broken = OPTIONS.replace(b"Max-Forwards: 70", b"Max-Forwards: 70\r\nBad Header: x")
+    err = BadExtension("unsupported", extra_headers=[("Unsupported", "foo")])
+    out = error_response(broken, err)
+    assert out is not None
+    resp = parse(out)
+    assert isinstance(resp, Response)
+    assert (420, "Bad Extension") == (resp.status, resp.reason)
+    assert "foo" == resp.headers.get("Unsupported")
+    assert error_response(broken, err) == out  # deterministic tag for retransmissions
+
+
+def test_error_response_never_emits_unparseable_bytes() -> None:
+    """A folded line with a bare LF is not copied into a response; None means drop."""
+    broken = OPTIONS.replace(b"Call-ID: a84b4c76e66710\r\n", b"Call-ID: a84b\r\n x\ny\r\n")
+    assert None is error_response(broken, ParseError("bare LF"))
+
+
+def test_make_response_100_copies_timestamp_only_for_100() -> None:
+    """A 100 Trying copies Timestamp (RFC 3261 §8.2.6.1); other responses do not."""
+    req = parse(OPTIONS.replace(b"Max-Forwards: 70", b"Max-Forwards: 70\r\nTimestamp: 54.2"))
+    assert isinstance(req, Request)
+    assert "54.2" == make_response(req, 100).headers.get("Timestamp")
+    assert None is make_response(req, 200).headers.get("Timestamp")
+
+
+def test_body_setter_keeps_content_length_in_step() -> None:
+    """Assigning a body rewrites an existing Content-Length (spelling kept) so bytes() re-parses equal."""
+    msg = parse(REGISTER)  # uses the compact form "l: 0"
+    msg.body = b"hello"
+    assert [("l", "5")] == [(n, v) for n, v in msg.headers if n == "l"]
+    assert msg == parse(bytes(msg))
+
+
+def test_parse_accepts_bytearray_and_memoryview() -> None:
+    """Transports may hand over bytearray or memoryview; the body is still bytes."""
+    for data in (bytearray(INVITE), memoryview(INVITE)):
+        msg = parse(data)  # type: ignore[arg-type]
+        assert bytes is type(msg.body)
+        assert INVITE == bytes(msg)
+
+
+def test_unmodified_parse_reuses_original_octets() -> None:
+    """bytes() of an unmodified parsed message is the original object slice, not a rebuild."""
+    data = b"\r\n\r\n" + OPTIONS  # leading CRLFs are ignored (RFC 3261 §7.5)
+    msg = parse(data)
+    assert OPTIONS == bytes(msg)
+    msg.body = msg.body  # same object: still unchanged
+    assert OPTIONS == bytes(msg)
+    msg.headers.add("X-New", "1")
+    assert bytes(msg).endswith(b"Content-Length: 0\r\nX-New: 1\r\n\r\n")
