@@ -25,11 +25,12 @@ calls) use call start times; daily limits use the carrier's calendar day
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from policies.timeutil import (
@@ -267,23 +268,27 @@ def _rate_limit(
     """Answer-rate floor and short-call ceiling over the rolling sample."""
     if profile.answer_rate_floor is None and profile.short_call_ceiling is None:
         return None
+    if len(outcomes) < profile.rate_min_sample:
+        return None
     horizon = now - profile.rate_window_seconds
     sample = [o for o in outcomes[-profile.rate_window_calls :] if o.started_at > horizon]
 
+    floor, ceiling = profile.answer_rate_floor, profile.short_call_ceiling
+    short_s = profile.short_call_seconds
+
     def failing(calls: Sequence[CallOutcome]) -> QuotaLimit | None:
-        if len(calls) < profile.rate_min_sample:
+        n = len(calls)
+        if n < profile.rate_min_sample:
             return None
-        answered = sum(1 for o in calls if o.answered)
-        if (
-            profile.answer_rate_floor is not None
-            and answered / len(calls) < profile.answer_rate_floor
-        ):
+        answered = short = 0
+        for o in calls:
+            if o.answered:
+                answered += 1
+                if o.talk_seconds < short_s:
+                    short += 1
+        if floor is not None and answered / n < floor:
             return QuotaLimit.ANSWER_RATE_FLOOR
-        short = sum(1 for o in calls if o.answered and o.talk_seconds < profile.short_call_seconds)
-        if (
-            profile.short_call_ceiling is not None
-            and short / len(calls) > profile.short_call_ceiling
-        ):
+        if ceiling is not None and short / n > ceiling:
             return QuotaLimit.SHORT_CALL_CEILING
         return None
 
@@ -311,6 +316,12 @@ def _night_end(night: DailyWindows, now_dt: datetime, tz_name: str) -> float | N
     return None
 
 
+@lru_cache(maxsize=4096)
+def _local_minute_of_day(tz_name: str, minute: int) -> int:
+    """Local minute of the day for a whole UTC minute (offsets are whole minutes)."""
+    return local_minute(as_utc(minute * 60.0), zone(tz_name))[1]
+
+
 def _evaluate(
     profile: QuotaProfile,
     usage: CardUsage,
@@ -321,69 +332,62 @@ def _evaluate(
     stop_at_first: bool,
 ) -> Headroom | Exhausted:
     now = epoch(moment)
-    now_dt = as_utc(moment)
     starts = usage.call_starts
-    fractions: list[tuple[float, QuotaLimit]] = []
+    best = 1.0
+    best_name: QuotaLimit | None = None
     exhausted: list[Exhausted] = []
 
-    def hit(e: Exhausted | None) -> bool:
-        if e is not None:
-            exhausted.append(e)
-        return e is not None and stop_at_first
-
-    if profile.night is not None:
-        _, minute = local_minute(now_dt, zone(tz_name))
-        if profile.night.contains(minute) and hit(
+    night = profile.night
+    if night is not None and night.contains(_local_minute_of_day(tz_name, int(now // 60))):
+        exhausted.append(
             Exhausted(
                 QuotaLimit.NIGHT_WINDOW,
-                _night_end(profile.night, now_dt, tz_name),
+                _night_end(night, as_utc(now), tz_name),
                 f"night {profile.night_window} in {tz_name}",
             )
-        ):
+        )
+        if stop_at_first:
             return exhausted[0]
 
-    if profile.concurrent is not None:
-        if usage.in_use >= profile.concurrent:
-            if hit(
-                Exhausted(
-                    QuotaLimit.CONCURRENT, None, f"{usage.in_use}/{profile.concurrent} in use"
-                )
-            ):
+    concurrent = profile.concurrent
+    if concurrent is not None:
+        if usage.in_use >= concurrent:
+            exhausted.append(
+                Exhausted(QuotaLimit.CONCURRENT, None, f"{usage.in_use}/{concurrent} in use")
+            )
+            if stop_at_first:
                 return exhausted[0]
         else:
-            fractions.append(
-                ((profile.concurrent - usage.in_use) / profile.concurrent, QuotaLimit.CONCURRENT)
-            )
+            best, best_name = (concurrent - usage.in_use) / concurrent, QuotaLimit.CONCURRENT
 
-    if profile.min_gap_seconds is not None and starts:
-        last = starts[bisect_right(starts, now) - 1] if bisect_right(starts, now) else None
-        if (
-            last is not None
-            and now - last < profile.min_gap_seconds
-            and hit(
-                Exhausted(
-                    QuotaLimit.MIN_GAP,
-                    last + profile.min_gap_seconds,
-                    f"last start {now - last:.1f}s ago",
-                )
+    n_before = bisect_right(starts, now)
+    gap = profile.min_gap_seconds
+    if gap is not None and n_before:
+        last = starts[n_before - 1]
+        if now - last < gap:
+            exhausted.append(
+                Exhausted(QuotaLimit.MIN_GAP, last + gap, f"last start {now - last:.1f}s ago")
             )
-        ):
-            return exhausted[0]
+            if stop_at_first:
+                return exhausted[0]
 
-    if profile.consecutive_failures is not None and profile.consecutive_failures > 0:
+    max_failures = profile.consecutive_failures
+    if max_failures and usage.recent_outcomes and usage.recent_outcomes[-1].failed:
         streak = 0
         for outcome in reversed(usage.recent_outcomes):
             if not outcome.failed:
                 break
             streak += 1
-        if streak >= profile.consecutive_failures:
+        if streak >= max_failures:
             last_out = usage.recent_outcomes[-1]
             base = last_out.ended_at if last_out.ended_at is not None else last_out.started_at
             frees = base + profile.cooldown_seconds
-            if frees > now and hit(
-                Exhausted(QuotaLimit.CONSECUTIVE_FAILURES, frees, f"{streak} failures in a row")
-            ):
-                return exhausted[0]
+            if frees > now:
+                exhausted.append(
+                    Exhausted(QuotaLimit.CONSECUTIVE_FAILURES, frees, f"{streak} failures in a row")
+                )
+                if stop_at_first:
+                    return exhausted[0]
 
     for window, limit, name in (
         (60.0, profile.calls_per_minute, QuotaLimit.CALLS_PER_MINUTE),
@@ -392,64 +396,66 @@ def _evaluate(
         if limit is None:
             continue
         fraction, ex = _rolling(starts, now, window, limit, name)
-        if hit(ex):
-            return exhausted[0]
-        if ex is None:
-            fractions.append((fraction, name))
+        if ex is not None:
+            exhausted.append(ex)
+            if stop_at_first:
+                return ex
+        elif fraction < best:
+            best, best_name = fraction, name
 
     day_start, day_end = day_bounds(now, tz_name)
     if profile.calls_per_day is not None:
-        used = bisect_right(starts, now) - bisect_right(starts, day_start - 1e-6)
+        used = n_before - bisect_left(starts, day_start)
         limit = profile.calls_per_day
         if used >= limit:
-            if hit(Exhausted(QuotaLimit.CALLS_PER_DAY, day_end, f"{used}/{limit} today")):
+            exhausted.append(Exhausted(QuotaLimit.CALLS_PER_DAY, day_end, f"{used}/{limit} today"))
+            if stop_at_first:
                 return exhausted[0]
-        else:
-            fractions.append(((limit - used) / limit, QuotaLimit.CALLS_PER_DAY))
+        elif (limit - used) / limit < best:
+            best, best_name = (limit - used) / limit, QuotaLimit.CALLS_PER_DAY
 
     if profile.talk_minutes_per_day is not None:
         cap = profile.talk_minutes_per_day * 60.0
-        if usage.talk_seconds_today >= cap:
-            if hit(
+        talk = usage.talk_seconds_today
+        if talk >= cap:
+            exhausted.append(
                 Exhausted(
                     QuotaLimit.TALK_MINUTES_PER_DAY,
                     day_end,
-                    f"{usage.talk_seconds_today / 60:.1f}/{profile.talk_minutes_per_day} min today",
+                    f"{talk / 60:.1f}/{profile.talk_minutes_per_day} min today",
                 )
-            ):
-                return exhausted[0]
-        elif cap > 0:
-            fractions.append(
-                ((cap - usage.talk_seconds_today) / cap, QuotaLimit.TALK_MINUTES_PER_DAY)
             )
+            if stop_at_first:
+                return exhausted[0]
+        elif (cap - talk) / cap < best:
+            best, best_name = (cap - talk) / cap, QuotaLimit.TALK_MINUTES_PER_DAY
 
     if profile.distinct_callees_per_day is not None:
         limit = profile.distinct_callees_per_day
         used = len(usage.callees_today)
         repeat = callee is not None and callee in usage.callees_today
         if used >= limit and not repeat:
-            if hit(
+            exhausted.append(
                 Exhausted(QuotaLimit.DISTINCT_CALLEES_PER_DAY, day_end, f"{used}/{limit} today")
-            ):
-                return exhausted[0]
-        elif limit > 0:
-            fractions.append(
-                (max(0.0, (limit - used) / limit), QuotaLimit.DISTINCT_CALLEES_PER_DAY)
             )
+            if stop_at_first:
+                return exhausted[0]
+        elif limit > 0 and max(0.0, (limit - used) / limit) < best:
+            best, best_name = max(0.0, (limit - used) / limit), QuotaLimit.DISTINCT_CALLEES_PER_DAY
 
-    if hit(_rate_limit(profile, usage.recent_outcomes, now)):
-        return exhausted[0]
+    rate = _rate_limit(profile, usage.recent_outcomes, now)
+    if rate is not None:
+        exhausted.append(rate)
+        if stop_at_first:
+            return rate
 
     if exhausted:
         # Report the limit that frees last: the card is usable only after all free.
-        known = [e for e in exhausted if e.frees_at is not None]
-        if len(known) < len(exhausted):
-            return next(e for e in exhausted if e.frees_at is None)
-        return max(known, key=lambda e: e.frees_at or 0.0)
-    if not fractions:
-        return Headroom(1.0, None)
-    score, name = min(fractions, key=lambda f: f[0])
-    return Headroom(score, name)
+        for e in exhausted:
+            if e.frees_at is None:
+                return e
+        return max(exhausted, key=lambda e: e.frees_at or 0.0)
+    return Headroom(best, best_name)
 
 
 def would_exceed(
