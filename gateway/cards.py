@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from gateway.store import CardRepository, StoredCard, StoreUnavailable, TransitionRecord
+from gateway.store import (
+    CardRepository,
+    QuotaExceeded,
+    StoredCard,
+    StoreUnavailable,
+    TransitionRecord,
+    UsageLedger,
+)
 from policies.quotas import (
     CardSnapshot,
     CardState,
@@ -66,10 +73,12 @@ __all__ = [
     "Verdict",
     "card_defs_from_settings",
     "card_snapshot",
+    "effective_profile",
     "make_headroom",
     "probation_profiles_from_settings",
     "quota_profiles_from_settings",
     "rules_from_settings",
+    "select_and_reserve",
 ]
 
 
@@ -1015,6 +1024,28 @@ def rules_from_settings(settings: Settings) -> dict[str, list[CarrierRule]]:
     }
 
 
+_FALLBACK_PROFILE = QuotaProfile(name="builtin")  # one call at a time, nothing else
+
+
+def effective_profile(
+    card: Card,
+    profiles: Mapping[str, QuotaProfile],
+    probation_of: Mapping[str, str] | None = None,
+) -> QuotaProfile:
+    """The limits in force for ``card`` now: override, else probation profile, else its own.
+
+    Matches ``policies.quotas.CardSnapshot.effective_profile``; this is what
+    ``store.reserve(profile=...)`` must be given.
+    """
+    if card.profile_override:
+        return profiles.get(card.profile_override, _FALLBACK_PROFILE)
+    if card.state is CardState.PROBATION:
+        name = (probation_of or {}).get(card.quota_profile)
+        if name and name in profiles:
+            return profiles[name]
+    return profiles.get(card.quota_profile, _FALLBACK_PROFILE)
+
+
 def card_snapshot(
     card: Card,
     usage: CardUsageView,
@@ -1028,9 +1059,9 @@ def card_snapshot(
 
     ``profiles`` maps profile name → limits; ``timezones`` carrier → IANA zone;
     ``probation_of`` profile name → the profile used while on probation. An
-    unknown profile name falls back to the strictest built-in (one call at a time).
+    unknown profile name falls back to a built-in allowing one call at a time.
     """
-    fallback = QuotaProfile(name="builtin")
+    fallback = _FALLBACK_PROFILE
     base = profiles.get(card.quota_profile, fallback)
     probation_name = (probation_of or {}).get(card.quota_profile)
     return CardSnapshot(
@@ -1117,3 +1148,45 @@ def probation_profiles_from_settings(settings: Settings) -> dict[str, str]:
     return {
         name: p.probation for name, p in settings.quota_profiles.items() if p.probation is not None
     }
+
+
+def select_and_reserve(
+    manager: CardManager,
+    failover: Failover,
+    ledger: UsageLedger,
+    *,
+    callee: str,
+    now: float,
+    profiles: Mapping[str, QuotaProfile],
+    timezones: Mapping[str, str],
+    probation_of: Mapping[str, str] | None = None,
+) -> Selection:
+    """Pick the call's next card and commit its write-ahead reservation (B2BUA entry point).
+
+    Loops :meth:`CardManager.next` with quota headroom from ``ledger`` until a
+    reservation commits. If another process took the last headroom between the
+    read and the write (``QuotaExceeded`` inside the atomic reserve), that card
+    counts as tried and the next one is picked. Returns the selection whose
+    card now holds the reservation, or an empty selection (answer 503
+    ``no-card-available`` with ``Retry-After: selection.retry_after``).
+    ``StoreUnavailable`` propagates: the gateway answers 503 ``store-unavailable``.
+    """
+    headroom = make_headroom(
+        ledger, profiles=profiles, timezones=timezones, probation_of=probation_of, callee=callee
+    )
+    while True:
+        selection = manager.next(failover, now=now, headroom=headroom)
+        card = selection.card
+        if card is None:
+            return selection
+        try:
+            ledger.reserve(
+                card.id,
+                failover.call_id,
+                callee,
+                now,
+                profile=effective_profile(card, profiles, probation_of),
+            )
+        except QuotaExceeded:
+            continue
+        return selection
