@@ -43,7 +43,8 @@ class SIPError(Exception):
         if status_code is not None:
             self.status_code = status_code
             if reason_phrase is None:
-                # Imported lazily-free: a tiny local table avoids a cycle with message.py.
+                # A small local table: importing REASON_PHRASES from message.py would
+                # make errors.py (imported by everything) depend on the parser.
                 reason_phrase = _DEFAULT_PHRASES.get(status_code, type(self).reason_phrase)
         if reason_phrase is not None:
             self.reason_phrase = reason_phrase
@@ -61,7 +62,7 @@ class ParseError(SIPError):
 
 
 class VersionNotSupported(SIPError):
-    """SIP-Version other than SIP/2.0 (505, RFC 3261 §8.2.2... §21.5.6)."""
+    """SIP-Version other than SIP/2.0 (505, RFC 3261 §21.5.6)."""
 
     status_code = 505
     reason_phrase = "Version Not Supported"

@@ -16,6 +16,7 @@ import re
 __all__ = [
     "CALLID_RE",
     "DIGITS_RE",
+    "DISPLAY_WORD_RE",
     "HEX",
     "HOSTNAME_RE",
     "IPV6_RE",
@@ -33,6 +34,10 @@ __all__ = [
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
 TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
 TOKEN_RE = re.compile(TOKEN + r"+")
+
+# display-name = *(token LWS) / quoted-string. Unquoted words are tokens; non-ASCII
+# characters are also accepted there because real peers send unquoted UTF-8 names.
+DISPLAY_WORD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+")
 
 # Method = INVITEm / ACKm / OPTIONSm / BYEm / CANCELm / REGISTERm / extension-method
 # extension-method = token

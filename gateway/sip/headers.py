@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import ParseError
-from .grammar import DIGITS_RE, TOKEN_RE
+from .grammar import DIGITS_RE, DISPLAY_WORD_RE, TOKEN_RE
 from .uri import URI, Params, format_params, split_host_port
 
 __all__ = [
@@ -473,7 +473,7 @@ def _via_fields(params: Params) -> tuple[str | None, str | None, int | bool | No
 
 
 def _is_display_tokens(text: str) -> bool:
-    return all(TOKEN_RE.fullmatch(w) is not None for w in text.split())
+    return all(DISPLAY_WORD_RE.fullmatch(w) is not None for w in text.split())
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,7 @@ NAME_ADDRS = [
     ('"J Rosenberg \\\\\\"" <sip:jdrosen@example.com>', ('J Rosenberg \\"', "jdrosen", None)),
     ('"" <sip:anon@example.com>', ("", "anon", None)),
     ('"\\"quoted\\" comma, inside" <sip:q@x>', ('"quoted" comma, inside', "q", None)),
+    ("José  Núñez <sip:jn@example.com>", ("José  Núñez", "jn", None)),
 ]
 
 
