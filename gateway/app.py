@@ -20,7 +20,8 @@ requests with the element behaviour of this stage of the product:
 Responses go back to the source address of the request (symmetric routing,
 RFC 3581 behaviour for every request). Every response we generate carries a To tag (§8.2.6.2), derived from the
 request so a retransmission gets the same tag. Every answered error is one
-structured log line, with the callee part of the Request-URI masked unless the
+structured log line (up to REJECT_LOG_RATE per second; beyond that they are
+counted and the next line says how many were suppressed), with the callee part of the Request-URI masked unless the
 configuration says otherwise. Counters (gateway and per transport) are logged
 as one ``gateway.stats`` line at shutdown.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gc
 import hashlib
 import os
 import time
@@ -57,6 +59,7 @@ from gateway.transport import (
     Transport,
     UDPTransport,
 )
+from gateway.transport.base import LogLimiter
 from gateway.transport.via import strip_brackets
 
 __all__ = [
@@ -78,6 +81,9 @@ ALLOW: tuple[str, ...] = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER
 ACCEPT = "application/sdp"
 SUPPORTED: tuple[str, ...] = ()
 """Option tags we support: none yet, so every Require/Proxy-Require tag gets 420."""
+
+REJECT_LOG_RATE = 200
+"""Rejection log lines per second before further ones are only counted."""
 
 RUNNING: list[Gateway] = []
 """Gateways currently started by :func:`serve` (tests look up bound addresses here)."""
@@ -136,6 +142,9 @@ class Gateway:
         self._local_hosts: set[str] = set()
         self._local_ports: set[int] = set()
         self._secrets = _credential_table(settings)
+        # One line per rejected request, but a scan or flood must not become a
+        # log flood: beyond REJECT_LOG_RATE lines/s they are counted, not logged.
+        self._log_limit = LogLimiter(REJECT_LOG_RATE)
         # Symmetric response routing (RFC 3581 behaviour for every request, like
         # Kamailio's force_rport): softphones sit behind NAT, and a forged Via
         # port must not aim our responses at a third party. `[sip] force_rport`
@@ -384,7 +393,10 @@ class Gateway:
         response = self._response(req, status, reason, extra or [])
         transport.send_response(response, source, symmetric=self.symmetric_responses)
         self.stats.answered[status] += 1
-        if status >= 300:
+        if status < 300:
+            return
+        suppressed = self._log_limit.take(time.monotonic())
+        if suppressed is not None:
             log.info(
                 "sip.request.rejected",
                 method=req.method,
@@ -395,6 +407,7 @@ class Gateway:
                 call_id=req.headers.get("Call-ID"),
                 source=_fmt(source),
                 transport=str(transport.name),
+                suppressed=suppressed,
             )
 
     def _response(
@@ -470,6 +483,10 @@ async def serve(
     """
     gateway = Gateway(settings)
     await gateway.start()
+    # TOOLS.md: full collections of start-up objects caused 0.6-1 s pauses in a
+    # Python B2BUA under load; move them out of the collector's way.
+    gc.collect()
+    gc.freeze()
     RUNNING.append(gateway)
     try:
         if ready is not None:

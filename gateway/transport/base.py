@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -30,6 +31,7 @@ from gateway.transport.via import response_destination, stamp_via
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Address",
+    "LogLimiter",
     "Message",
     "MessageHandler",
     "Transport",
@@ -128,6 +130,7 @@ class Transport(abc.ABC):
         self.on_message = on_message
         self.max_message_size = max_message_size
         self.stats = TransportStats()
+        self._log_limit = LogLimiter()
 
     # -- interface -------------------------------------------------------------------
 
@@ -255,24 +258,49 @@ class Transport(abc.ABC):
             answer = None
         if answer is None:
             self.stats.drop("unparseable")
+        else:
+            self.stats.answered_errors += 1
+            self.stats.by_status[err.status_code] += 1
+        suppressed = self._log_limit.take(time.monotonic())
+        if suppressed is not None:
             log.info(
-                "transport.parse.dropped",
+                "transport.parse.dropped" if answer is None else "transport.parse.answered",
                 transport=str(self.name),
                 source=_fmt(source),
                 status=err.status_code,
                 detail=err.detail[:200],
+                suppressed=suppressed,
             )
-            return
-        self.stats.answered_errors += 1
-        self.stats.by_status[err.status_code] += 1
-        log.info(
-            "transport.parse.answered",
-            transport=str(self.name),
-            source=_fmt(source),
-            status=err.status_code,
-            detail=err.detail[:200],
-        )
-        reply(answer)
+        if answer is not None:
+            reply(answer)
+
+
+class LogLimiter:
+    """At most ``rate`` log lines per second; counts what it suppressed in between.
+
+    A flood of garbage must not become a flood of log lines (the counters still
+    see every datagram).
+    """
+
+    __slots__ = ("_count", "_suppressed", "_window", "rate")
+
+    def __init__(self, rate: int = 20) -> None:
+        self.rate = rate
+        self._window = -1.0
+        self._count = 0
+        self._suppressed = 0
+
+    def take(self, now: float) -> int | None:
+        """None: do not log. Else log, reporting how many lines were suppressed before."""
+        if now - self._window >= 1.0:
+            self._window = now
+            self._count = 0
+        if self._count >= self.rate:
+            self._suppressed += 1
+            return None
+        self._count += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 def _fmt(addr: Address) -> str:

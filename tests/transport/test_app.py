@@ -243,3 +243,15 @@ def test_non_utf8_octets_answered_not_crashed(setup: tuple[Gateway, MemoryTransp
     assert b"Call-ID: app-\xe9\xff@test\r\n" in mem.sent[0][0]
     assert 0 == gw.stats.handler_errors
     assert 0 == mem.stats.handler_errors
+
+
+def test_rejection_logs_are_rate_limited(setup: tuple[Gateway, MemoryTransport]) -> None:
+    """Every rejection is answered and counted; log lines stop at REJECT_LOG_RATE per second."""
+    from gateway.app import REJECT_LOG_RATE
+
+    gw, mem = setup
+    with capture_logs() as logs:
+        for i in range(REJECT_LOG_RATE + 50):
+            mem.inject(request("MESSAGE", "sip:u@example.com", branch=f"z9hG4bK{i}"), SRC)
+    assert REJECT_LOG_RATE + 50 == gw.stats.answered[404]
+    assert REJECT_LOG_RATE == len([e for e in logs if e["event"] == "sip.request.rejected"])

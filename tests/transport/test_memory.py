@@ -64,3 +64,25 @@ def test_stream_flavour_requires_content_length() -> None:
     assert mem.reliable
     mem.inject(options().replace(b"Content-Length: 0\r\n", b""), ("127.0.0.1", 1))
     assert parse_response(mem.sent[0][0]).status == 400
+
+
+def test_parse_error_logs_are_rate_limited() -> None:
+    """A garbage flood is fully counted but logs at most LogLimiter.rate lines per second."""
+    from structlog.testing import capture_logs
+
+    mem = MemoryTransport(Collector())
+    with capture_logs() as logs:
+        for _ in range(100):
+            mem.inject(b"garbage", ("127.0.0.1", 1))
+    assert 100 == mem.stats.parse_errors
+    lines = [e for e in logs if e["event"] == "transport.parse.dropped"]
+    assert 20 == len(lines)
+
+
+def test_log_limiter_reports_suppressed() -> None:
+    """After a quiet second the next line carries the number suppressed before it."""
+    from gateway.transport.base import LogLimiter
+
+    limiter = LogLimiter(rate=2)
+    assert [0, 0, None, None] == [limiter.take(10.0) for _ in range(4)]
+    assert 2 == limiter.take(11.0)
