@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from itertools import chain
 from threading import Lock
 from typing import Protocol, runtime_checkable
 
@@ -114,7 +115,7 @@ class LoadReport:
 
 def _digits_key(e164: str) -> int | None:
     """int64 key of an E.164 string (`+` then 1..15 digits), None otherwise."""
-    if len(e164) < 2 or e164[0] != "+" or not e164[1:].isdigit() or len(e164) > 16:
+    if len(e164) < 2 or e164[0] != "+" or not e164[1:].isdecimal() or len(e164) > 16:
         return None
     return int(e164[1:])
 
@@ -200,11 +201,16 @@ def _line_values(lines: Iterator[tuple[int, str]], report: LoadReport) -> Iterat
         yield lineno, cells[column].strip()
 
 
+def _is_fast(line: str) -> bool:
+    """`+` then 7..15 decimal digits: already E.164, no phonenumbers needed."""
+    return line[:1] == "+" and 8 <= len(line) <= 16 and line[1:].isdecimal()
+
+
 def parse_dnc_lines(lines: Iterable[str], default_region: str, report: LoadReport) -> Iterator[int]:
     """Keys of the numbers in `lines`; bad lines go to `report` with their line number."""
     region = default_region.upper()
     for lineno, text in _line_values(enumerate(lines, start=1), report):
-        if text.startswith("+") and text[1:].isdigit() and 8 <= len(text) <= 16:
+        if _is_fast(text):
             yield int(text[1:])
             continue
         result = _normalize_slow(text, region)
@@ -214,27 +220,81 @@ def parse_dnc_lines(lines: Iterable[str], default_region: str, report: LoadRepor
             yield result
 
 
-def _sorted_unique(keys: Iterator[int], report: LoadReport) -> array[int]:
-    """Sort keys in bounded memory: sorted int64 chunks, then a k-way merge without duplicates."""
+def _sorted_chunks(
+    lines: Iterable[str], default_region: str, report: LoadReport
+) -> list[array[int]]:
+    """Parse lines into sorted int64 chunks of at most `_CHUNK` keys.
+
+    One-number-per-line files take a tight loop in which only odd lines
+    (not `+` and digits) reach phonenumbers; CSV files go through the
+    column-aware generator.
+    """
+    region = default_region.upper()
     chunks: list[array[int]] = []
     buf: list[int] = []
-    for key in keys:
-        buf.append(key)
-        if len(buf) >= _CHUNK:
+
+    def flush() -> None:
+        nonlocal buf
+        if buf:
             buf.sort()
             chunks.append(array("q", buf))
             buf = []
-    if buf:
-        buf.sort()
-        chunks.append(array("q", buf))
-    del buf
+
+    numbered = enumerate(lines, start=1)
+    first: tuple[int, str] | None = None
+    for lineno, raw in numbered:
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            first = (lineno, raw)
+            break
+    if first is None:
+        return chunks
+    head = first[1].strip()
+    is_csv = "," in head or head.strip('"').lower() in _NUMBER_COLUMNS
+    if is_csv:
+        for key in parse_dnc_lines(_renumbered(first, numbered), region, report):
+            buf.append(key)
+            if len(buf) >= _CHUNK:
+                flush()
+        flush()
+        return chunks
+
+    chunk = _CHUNK
+    append = buf.append
+    for lineno, raw in chain((first,), numbered):
+        line = raw.strip()
+        if line[:1] == "+" and 8 <= len(line) <= 16 and line[1:].isdecimal():
+            append(int(line[1:]))
+        elif not line or line[0] == "#":
+            continue
+        else:
+            result = _normalize_slow(line, region)
+            if isinstance(result, str):
+                report.add_error(lineno, line, result)
+                continue
+            append(result)
+        if len(buf) >= chunk:
+            flush()
+            append = buf.append
+    flush()
+    return chunks
+
+
+def _renumbered(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[str]:
+    """Lines again from the first significant one, padded so line numbers stay right."""
+    for _ in range(first[0] - 1):
+        yield ""
+    yield first[1]
+    for _, raw in rest:
+        yield raw
+
+
+def _merge_unique(chunks: list[array[int]], report: LoadReport) -> array[int]:
+    """K-way merge of sorted chunks into one sorted array without duplicates."""
     out = array("q")
     last = -1
     total = 0
-    if len(chunks) == 1:
-        merged: Iterable[int] = chunks[0]
-    else:
-        merged = heapq.merge(*chunks)
+    merged: Iterable[int] = chunks[0] if len(chunks) == 1 else heapq.merge(*chunks)
     append = out.append
     for key in merged:
         total += 1
@@ -246,13 +306,22 @@ def _sorted_unique(keys: Iterator[int], report: LoadReport) -> array[int]:
     return out
 
 
+def _build(lines: Iterable[str], default_region: str, report: LoadReport) -> array[int]:
+    chunks = _sorted_chunks(lines, default_region, report)
+    if not chunks:
+        return array("q")
+    out = _merge_unique(chunks, report)
+    chunks.clear()
+    return out
+
+
 def load_dnc_file(
     path: str | os.PathLike[str], name: str, default_region: str
 ) -> tuple[DncList, LoadReport]:
     """Load a list file into a new `DncList`; the caller swaps it in. Raises `OSError` on I/O."""
     report = LoadReport()
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-        keys = _sorted_unique(parse_dnc_lines(fh, default_region, report), report)
+        keys = _build(fh, default_region, report)
     return DncList(name, keys), report
 
 
@@ -261,7 +330,7 @@ def load_dnc_lines(
 ) -> tuple[DncList, LoadReport]:
     """Like `load_dnc_file` for lines already in memory."""
     report = LoadReport()
-    keys = _sorted_unique(parse_dnc_lines(lines, default_region, report), report)
+    keys = _build(lines, default_region, report)
     return DncList(name, keys), report
 
 
