@@ -67,6 +67,7 @@ __all__ = [
     "DigestServer",
     "HA1Lookup",
     "Outcome",
+    "UnsupportedAlgorithm",
     "Verdict",
     "authorize",
     "compute_response",
@@ -99,7 +100,7 @@ class Algorithm(StrEnum):
         """The algorithm named by ``text`` (case-insensitive); AuthError if unknown."""
         found = _ALGORITHMS_BY_LOWER.get(text.lower())
         if found is None:
-            raise AuthError(f"unsupported digest algorithm {text[:40]!r}")
+            raise UnsupportedAlgorithm(f"unsupported digest algorithm {text[:40]!r}")
         return found
 
     @property
@@ -124,6 +125,15 @@ class Algorithm(StrEnum):
 
 
 _ALGORITHMS_BY_LOWER: dict[str, Algorithm] = {a.value.lower(): a for a in Algorithm}
+
+
+class UnsupportedAlgorithm(AuthError):
+    """A well-formed ``algorithm=`` token naming an algorithm not implemented here.
+
+    RFC 3261 §25.1 allows any token as algorithm, so this is not bad syntax:
+    a server answers it with a fresh challenge (listing what it does support)
+    rather than 400, and a client skips such a challenge.
+    """
 
 
 def _h(algorithm: Algorithm, data: str | bytes) -> str:
@@ -805,6 +815,7 @@ class DigestServer:
         chosen: Credentials | None = None
         first_error: AuthError | None = None
         saw_other_scheme = False
+        saw_unknown_algorithm = False
         for value in values:
             try:
                 header = parse_auth_header(value)
@@ -812,6 +823,9 @@ class DigestServer:
                     saw_other_scheme = True
                     continue
                 creds = Credentials.from_header(header)
+            except UnsupportedAlgorithm:
+                saw_unknown_algorithm = True
+                continue
             except AuthError as exc:
                 if first_error is None:
                     first_error = exc
@@ -822,6 +836,8 @@ class DigestServer:
         if chosen is None:
             if first_error is not None:
                 return Verdict(Outcome.MALFORMED, reason="malformed", error=first_error)
+            if saw_unknown_algorithm:
+                return Verdict(Outcome.FAILED, reason="algorithm-not-offered")
             if saw_other_scheme:
                 # RFC 3261 §22.1 / RFC 7235 §2.1: an unknown scheme is answered
                 # with a challenge the client may understand.

@@ -578,3 +578,18 @@ def test_default_salts_make_distinct_nonces() -> None:
     """With the default os.urandom salt, two nonces at the same instant differ."""
     server = DigestServer(key=KEY, realm=REALM)
     assert server.make_nonce(1.0) != server.make_nonce(1.0)
+
+
+def test_unimplemented_algorithm_gets_a_challenge_not_400() -> None:
+    """algorithm=SHA-512-256 is valid syntax (any token): answered 401 with what we offer."""
+    server = make_server()
+    nonce = server.make_nonce(0.0)
+    value = (
+        f'Digest username="alice", realm="{REALM}", nonce="{nonce}", uri="sip:x", '
+        'response="00", algorithm=SHA-512-256, qop=auth, nc=00000001, cnonce="c"'
+    )
+    verdict = server.verify("REGISTER", value, lookup, 1.0)
+    answer = server.answer(verdict, 1.0)
+    expected = (Outcome.FAILED, "algorithm-not-offered", 401)
+    assert answer is not None
+    assert expected == (verdict.outcome, verdict.reason, answer.status)
