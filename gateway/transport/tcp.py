@@ -101,7 +101,7 @@ class TCPConnection(asyncio.Protocol):
         stats.received += 1
         stats.parse_errors += 1
         self.owner._answer_error(event.head, event.error, self.peer, self.write_counted)
-        stats.drop("framing-error-close")
+        stats.framing_closes += 1
         log.info(
             "transport.tcp.framing_error",
             peer=f"{self.peer[0]}:{self.peer[1]}",
