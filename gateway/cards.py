@@ -40,6 +40,7 @@ from gateway.store import (
     TransitionRecord,
     UsageLedger,
 )
+from policies.context import CallContext
 from policies.quotas import (
     CardSnapshot,
     CardState,
@@ -69,6 +70,7 @@ __all__ = [
     "PoolExhausted",
     "ResponseClass",
     "Selection",
+    "StoreCardSource",
     "SuspendReason",
     "Verdict",
     "card_defs_from_settings",
@@ -408,6 +410,10 @@ class CardManager:
         """The card with this id (KeyError when unknown)."""
         return self._cards[card_id]
 
+    def find(self, card_id: str) -> Card | None:
+        """The card with this id, or None when unknown."""
+        return self._cards.get(card_id)
+
     def cards(self, pool: str | None = None) -> list[Card]:
         """Cards (of one pool), in pool order: priority, then id."""
         chosen = [c for c in self._cards.values() if pool is None or c.pool == pool]
@@ -495,14 +501,31 @@ class CardManager:
         *,
         agent_card: str | None = None,
         max_attempts: int | None = None,
+        tried: Iterable[str] = (),
     ) -> Failover:
-        """Start the failover state of one call (no card picked yet: call :meth:`next`)."""
+        """Start the failover state of one call.
+
+        With no ``tried`` card, call :meth:`next` for the first card. When the
+        policy pipeline already picked and reserved the first card
+        (``policies.selection.CardSelection``), pass it as ``tried=[card_id]``
+        so :meth:`next` continues after it.
+        """
         return Failover(
             call_id=call_id,
             pool=pool,
             agent_card=agent_card,
             max_attempts=max_attempts or self.max_attempts,
+            tried=list(tried),
         )
+
+    def last_used(self, pool: str) -> str | None:
+        """The card most recently picked in ``pool`` (the sticky choice)."""
+        return self._last_used.get(pool)
+
+    def note_used(self, card_id: str) -> None:
+        """Record that a call was placed on ``card_id`` (stickiness for its pool)."""
+        card = self._cards[card_id]
+        self._last_used[card.pool] = card.id
 
     def next(
         self, failover: Failover, *, now: float, headroom: HeadroomFn | None = None
@@ -1190,3 +1213,82 @@ def select_and_reserve(
         except QuotaExceeded:
             continue
         return selection
+
+
+class StoreCardSource:
+    """``policies.selection.CardSource`` over a :class:`CardManager` and a usage ledger.
+
+    Lets the policy pipeline's ``CardSelection`` pick and reserve the first card
+    of a call. The pool is the agent's bound card's pool, else ``default_pool``
+    (or what ``pool_for(ctx)`` says). Cards of carriers that are down are left
+    out of the candidates; cards in maintenance whose time is up are recovered
+    first. Reservations re-check the card's effective profile atomically.
+    """
+
+    def __init__(
+        self,
+        manager: CardManager,
+        ledger: UsageLedger,
+        *,
+        profiles: Mapping[str, QuotaProfile],
+        timezones: Mapping[str, str],
+        probation_of: Mapping[str, str] | None = None,
+        default_pool: str = "main",
+        pool_for: Callable[[CallContext], str] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.ledger = ledger
+        self.profiles = profiles
+        self.timezones = timezones
+        self.probation_of = probation_of
+        self.default_pool = default_pool
+        self.pool_for = pool_for
+
+    def pool_of(self, ctx: CallContext) -> str:
+        """The pool a call draws its cards from."""
+        if self.pool_for is not None:
+            return self.pool_for(ctx)
+        bound = None if ctx.bound_card is None else self.manager.find(ctx.bound_card)
+        return self.default_pool if bound is None else bound.pool
+
+    def candidate_ids(self, ctx: CallContext, now: float) -> list[str]:
+        """The bound card (if any) and the pool's cards, minus cards of down carriers."""
+        self.manager.handle_timer(now)
+        pool = self.manager.cards(self.pool_of(ctx))
+        ids = [c.id for c in pool]
+        bound = None if ctx.bound_card is None else self.manager.find(ctx.bound_card)
+        if bound is not None and bound.id not in ids:
+            pool = [bound, *pool]
+        return [c.id for c in pool if self.manager.carrier_available(c.carrier)]
+
+    def snapshots(self, card_ids: Sequence[str], now: float) -> list[CardSnapshot]:
+        """Snapshots of the known cards among ``card_ids`` (usage read from the ledger)."""
+        out: list[CardSnapshot] = []
+        for card_id in card_ids:
+            card = self.manager.find(card_id)
+            if card is None:
+                continue
+            out.append(
+                card_snapshot(
+                    card,
+                    self.ledger,
+                    now,
+                    profiles=self.profiles,
+                    timezones=self.timezones,
+                    probation_of=self.probation_of,
+                )
+            )
+        return out
+
+    def reserve(self, card_id: str, ctx: CallContext, now: float, *, emergency: bool) -> bool:
+        """Write-ahead reservation; False (nothing written) if the card has no room left."""
+        card = self.manager.get(card_id)
+        if not card.usable:
+            return False
+        profile = None if emergency else effective_profile(card, self.profiles, self.probation_of)
+        try:
+            self.ledger.reserve(card_id, ctx.call_id, ctx.destination, now, profile=profile)
+        except QuotaExceeded:
+            return False
+        self.manager.note_used(card_id)
+        return True
