@@ -167,6 +167,7 @@ class CarrierConfig:
     rate_per_minute: float = 0.0
     maintenance: tuple[MaintenanceWindow, ...] = ()
     scheduled_suspensions: tuple[ScheduledSuspension, ...] = ()
+    probation: AntiFraudThresholds | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +231,7 @@ class CarrierModel:
 
     def account(self, card: str) -> CardAccount:
         """The card's carrier account (credentials for digest auth)."""
-        return self._cards[card].account
+        return self._state(card).account
 
     def account_for_username(self, username: str) -> CardAccount | None:
         """Look an account up by its digest username."""
@@ -240,15 +241,15 @@ class CarrierModel:
 
     def balance(self, card: str) -> float:
         """Remaining balance of the card's account."""
-        return self._cards[card].balance
+        return self._state(card).balance
 
     def suspension(self, card: str) -> Suspension | None:
         """The card's current suspension, or None when it may call."""
-        return self._cards[card].suspension
+        return self._state(card).suspension
 
     def counters(self, card: str, now: float) -> dict[str, Any]:
         """Anti-fraud counters plus balance, for events and wall displays."""
-        state = self._cards[card]
+        state = self._state(card)
         snapshot: dict[str, Any] = dict(state.usage.counters(now))
         snapshot["balance"] = None if math.isinf(state.balance) else round(state.balance, 4)
         return snapshot
@@ -331,7 +332,7 @@ class CarrierModel:
         complaint (answered, callee without consent) and checks the quality
         thresholds.
         """
-        state = self._cards[card]
+        state = self._state(card)
         masked = mask_number(callee, enabled=self.mask_callees)
         minutes = math.ceil(talk_seconds / 60) if answered and talk_seconds > 0 else 0
         charge = minutes * self.config.rate_per_minute
@@ -378,11 +379,19 @@ class CarrierModel:
 
     # -- operator actions ---------------------------------------------------------
     def restore(self, card: str, now: float) -> None:
-        """Operator restores a suspended card; its anti-fraud history starts afresh."""
-        state = self._cards[card]
+        """Operator restores a suspended card; its anti-fraud history starts afresh.
+
+        Like real carriers, a restored card may come back on probation: when the
+        config has ``probation`` thresholds they replace the card's thresholds
+        from now on (a card never suspended keeps its own).
+        """
+        state = self._state(card)
         previous = state.suspension
         state.suspension = None
-        state.usage.reset()
+        if previous is not None and self.config.probation is not None:
+            state.usage = CardUsage(self.config.probation, self.tz)
+        else:
+            state.usage.reset()
         self._emit(
             now,
             card,
@@ -395,11 +404,11 @@ class CarrierModel:
 
     def suspend(self, card: str, reason: str, cause: str, now: float) -> Suspension:
         """Suspend a card by hand (the carrier's own operator)."""
-        return self._suspend(self._cards[card], reason, cause, now, None)
+        return self._suspend(self._state(card), reason, cause, now, None)
 
     def top_up(self, card: str, amount: float, now: float) -> float:
         """Add credit to the card's account; returns the new balance."""
-        state = self._cards[card]
+        state = self._state(card)
         state.balance += amount
         self._emit(
             now,
@@ -411,7 +420,17 @@ class CarrierModel:
         )
         return state.balance
 
+    def thresholds(self, card: str) -> AntiFraudThresholds:
+        """The thresholds currently applied to ``card`` (probation after a restore)."""
+        return self._state(card).usage.thresholds
+
     # -- internals --------------------------------------------------------------
+    def _state(self, card: str) -> _CardState:
+        try:
+            return self._cards[card]
+        except KeyError:
+            raise KeyError(f"no carrier account for card {card!r}") from None
+
     def _maintenance(self, card: str, now: float) -> MaintenanceWindow | None:
         return next((w for w in self.config.maintenance if w.applies(card, now)), None)
 

@@ -234,6 +234,7 @@ class CarrierSection(_Strict):
     rate_per_minute: float = Field(default=0.0, ge=0)
     answer: AnswerSection = AnswerSection()
     antifraud: AntiFraudSection = AntiFraudSection()
+    probation: AntiFraudSection | None = None
     maintenance: list[MaintenanceSection] = []
     scheduled_suspensions: list[ScheduledSuspensionSection] = []
 
@@ -541,6 +542,7 @@ class Scenario(_Strict):
             timezone=c.timezone,
             answer=c.answer.build(),
             thresholds=c.antifraud.build(),
+            probation=None if c.probation is None else c.probation.build(),
             rate_per_minute=c.rate_per_minute,
             maintenance=tuple(
                 MaintenanceWindow(m.start.timestamp(), m.end.timestamp(), frozenset(m.cards))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
+from simulator.antifraud import AntiFraudThresholds
 from simulator.models import (
     CardAccount,
     CarrierConfig,
@@ -257,3 +259,42 @@ def test_late_report_does_not_rewind_the_day() -> None:
     carrier.record_call_end("c1", callee(0), False, 0, before)
     assert 1 == carrier.counters("c1", after)["calls_day"]
     assert 403 == carrier.decide_invite("c1", callee(2), after + 1).status
+
+
+def test_restore_puts_card_on_probation_thresholds() -> None:
+    """With probation thresholds configured, a restored card lives under the tighter limits."""
+    base = build_carrier(calls_per_hour=3, answer=ALWAYS_ANSWER)
+    probation = AntiFraudThresholds(calls_per_hour=1)
+    carrier = CarrierModel(
+        replace(base.config, probation=probation), [CardAccount("c1", "c1", "pw")], seed=1
+    )
+    for i in range(4):
+        carrier.decide_invite("c1", callee(i), T0 + i)
+    assert carrier.suspension("c1") is not None
+    carrier.restore("c1", T0 + 10)
+    assert probation == carrier.thresholds("c1")
+    assert [200, 403] == [
+        carrier.decide_invite("c1", callee(10 + i), T0 + 11 + i).status for i in range(2)
+    ]
+    assert "calls per hour 2 > 1" in carrier.decide_invite("c1", callee(20), T0 + 20).reason_phrase
+
+
+def test_restore_of_an_active_card_keeps_its_thresholds() -> None:
+    """Restoring a card that was never suspended does not put it on probation."""
+    base = build_carrier(calls_per_hour=3)
+    carrier = CarrierModel(
+        CarrierConfig(
+            thresholds=base.config.thresholds, probation=AntiFraudThresholds(calls_per_hour=1)
+        ),
+        [CardAccount("c1", "c1", "pw")],
+    )
+    carrier.restore("c1", T0)
+    assert 3 == carrier.thresholds("c1").calls_per_hour
+    assert "not suspended" == carrier.events[-1].cause
+
+
+def test_unknown_card_in_bookkeeping_names_the_card() -> None:
+    """Bookkeeping calls for a card without an account fail with a clear KeyError."""
+    carrier = build_carrier()
+    with pytest.raises(KeyError, match="no carrier account for card 'ghost'"):
+        carrier.record_call_end("ghost", callee(1), True, 10, T0)

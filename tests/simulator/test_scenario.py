@@ -277,3 +277,13 @@ def test_gateway_config_lists_dialers_as_peers() -> None:
             "campaign": "spring-promo",
         }
     ] == config["peers"]
+
+
+def test_probation_thresholds_reach_the_carrier() -> None:
+    """[carrier.probation] becomes the thresholds of restored cards."""
+    carrier = loads_scenario(
+        MINIMAL + "\n[carrier.probation]\ncalls_per_hour = 10\n"
+    ).build_carrier()
+    assert carrier.config.probation is not None
+    assert 10 == carrier.config.probation.calls_per_hour
+    assert loads_scenario(MINIMAL).build_carrier().config.probation is None
