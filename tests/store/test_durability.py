@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from gateway.cdr import CallRecord, Outcome
-from gateway.store import SQLiteStore
+from gateway.store import SQLiteStore, StoredCard
 
 from .conftest import T0
 
@@ -75,3 +75,45 @@ def test_manual_checkpoint_moves_wal_into_the_database(tmp_path: Path) -> None:
     with SQLiteStore(db) as again:
         assert 50 == len(again.cdrs())
     assert (0, 0) == SQLiteStore(":memory:").checkpoint()
+
+
+RACER = textwrap.dedent(
+    """
+    import sys
+    from gateway.store import QuotaExceeded, SQLiteStore
+    from policies.quotas import QuotaProfile
+
+    path, name, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    s = SQLiteStore(path, busy_timeout_ms=5000)
+    won = 0
+    for i in range(40):
+        try:
+            s.reserve("c1", f"{name}-{i}", "+8613811110001", t0 + i * 0.001,
+                      profile=QuotaProfile(concurrent=1))
+            won += 1
+        except QuotaExceeded:
+            continue
+    print(won)
+    """
+)
+
+
+def test_reserve_is_atomic_across_processes(tmp_path: Path) -> None:
+    """Four processes racing for a one-call card: exactly one reservation commits."""
+    db = tmp_path / "race.db"
+    with SQLiteStore(db) as s:
+        s.upsert_card(StoredCard("c1", "carrier-a", "+8613800000001", "main", since=T0))
+    root = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(db), f"p{n}", repr(T0)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+        )
+        for n in range(4)
+    ]
+    wins = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert 1 == sum(wins)
+    with SQLiteStore(db) as s:
+        assert 1 == len(s.open_reservations())
