@@ -66,7 +66,7 @@ class CardRecord:
 class InMemoryCardStore:
     """Cards, their usage and write-ahead reservations, in memory."""
 
-    def __init__(self, keep_outcomes: int = 500) -> None:
+    def __init__(self, keep_outcomes: int = 100) -> None:
         self._cards: dict[str, CardRecord] = {}
         self._agent_pools: dict[str, str] = {}
         self._lock = RLock()
