@@ -178,3 +178,39 @@ def test_policy_propagates_store_failure() -> None:
 
     with pytest.raises(StoreUnavailableError):
         DncPolicy(Down())(ctx("13812345678"), NOW)
+
+
+def test_e164_lines_skip_phonenumbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines already in E.164 never reach phonenumbers; only odd lines do."""
+    import policies.dnc as dnc_module
+
+    calls: list[str] = []
+    real = dnc_module._normalize_slow
+
+    def counting(text: str, region: str) -> int | str:
+        calls.append(text)
+        return real(text, region)
+
+    monkeypatch.setattr(dnc_module, "_normalize_slow", counting)
+    lines = [f"+86138{i:08d}" for i in range(1000)] + ["139 1234 5678"]
+    dnc_list, _ = load_dnc_lines(lines, "l", "CN")
+    assert 1001 == len(dnc_list)
+    assert ["139 1234 5678"] == calls
+
+
+def test_line_numbers_count_blank_and_comment_lines() -> None:
+    """Reported line numbers are file line numbers, blank and comment lines included."""
+    lines = ["", "# exported 2026-06-01", "number", "", "+8613812345678", "bad"]
+    _, report = load_dnc_lines(lines, "l", "CN")
+    assert [6] == [e.line for e in report.errors]
+    _, plain = load_dnc_lines(["", "", "+8613812345678", "x"], "l", "CN")
+    assert [4] == [e.line for e in plain.errors]
+
+
+def test_bad_line_details_are_capped() -> None:
+    """Every bad line is counted; only the first MAX_REPORTED_ERRORS are kept in detail."""
+    from policies.dnc import MAX_REPORTED_ERRORS
+
+    lines = ["junk"] * (MAX_REPORTED_ERRORS + 5)
+    _, report = load_dnc_lines(lines, "l", "CN")
+    assert (MAX_REPORTED_ERRORS + 5, MAX_REPORTED_ERRORS) == (report.bad_lines, len(report.errors))
