@@ -147,9 +147,9 @@ class Gateway:
         self._log_limit = LogLimiter(REJECT_LOG_RATE)
         # Symmetric response routing (RFC 3581 behaviour for every request, like
         # Kamailio's force_rport): softphones sit behind NAT, and a forged Via
-        # port must not aim our responses at a third party. `[sip] force_rport`
-        # turns it off once the configuration has that key.
-        self.symmetric_responses: bool = bool(getattr(settings.sip, "force_rport", True))
+        # port must not aim our responses at a third party. `[sip] force_rport
+        # = false` restores plain RFC 3261 §18.2.2 routing.
+        self.symmetric_responses: bool = settings.sip.force_rport
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -255,3 +255,14 @@ def test_rejection_logs_are_rate_limited(setup: tuple[Gateway, MemoryTransport])
             mem.inject(request("MESSAGE", "sip:u@example.com", branch=f"z9hG4bK{i}"), SRC)
     assert REJECT_LOG_RATE + 50 == gw.stats.answered[404]
     assert REJECT_LOG_RATE == len([e for e in logs if e["event"] == "sip.request.rejected"])
+
+
+def test_force_rport_off_routes_by_via() -> None:
+    """With ``[sip] force_rport = false`` a response follows the Via (received + sent-by port)."""
+    settings = Settings(sip={"listen": ["udp:127.0.0.1:5070"], "force_rport": False})
+    gw = Gateway(settings)
+    mem = MemoryTransport(gw.handle, GW)
+    gw.add_transport(mem)
+    mem.inject(request(), ("127.0.0.1", 40999))  # Via says port 40000
+    [(_, dest)] = mem.sent
+    assert ("127.0.0.1", 40000) == dest
