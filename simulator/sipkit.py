@@ -1,0 +1,749 @@
+"""Shared SIP user-agent machinery for the simulator's carrier, softphones and dialer.
+
+Everything here sits on :class:`gateway.endpoint.SipEndpoint` and the sans-IO
+``gateway.sip`` package. :class:`UserAgent` is the common base of every
+simulated SIP peer: it owns one endpoint on loopback, keeps the dialogs of its
+calls, and answers the requests that are the same for every peer — OPTIONS,
+in-dialog BYE and re-INVITE, CANCEL of a ringing inbound call, the ACK that
+stops a 2xx retransmission (:class:`AckRetransmitter`, RFC 3261 §13.3.1.4).
+Subclasses decide what to do with a new INVITE (:meth:`UserAgent.on_invite`)
+and REGISTER (:meth:`UserAgent.on_register`).
+
+:meth:`UserAgent.place_call` is the one UAC call routine (INVITE with an SDP
+offer, digest answer to 401/407, CANCEL after a ring timeout, ACK of the 2xx
+through the :class:`~gateway.sip.dialog.Dialog`, BYE after a talk time) that
+the softphones, the dialer and the carrier's inbound calls share; it returns a
+:class:`CallResult`.
+
+Business time (ring and talk durations) comes from an injected
+:class:`~simulator.clock.BusinessClock` and is turned into real waits with
+``clock.real_delay``; SIP timers stay real (the endpoint's loop clock).
+
+This module must never decide policy, read the wall clock for business time,
+or log an unmasked callee number (log lines go through
+:func:`simulator.privacy.mask_number`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from gateway.endpoint import ServerRequest, SipEndpoint
+from gateway.sip import Request, Response
+from gateway.sip.dialog import Dialog, DialogError, DialogId
+from gateway.sip.digest import DigestClient
+from gateway.sip.errors import SIPError
+from gateway.sip.headers import Reason, RetryAfter
+from gateway.sip.transaction import (
+    AckWait,
+    Send,
+    Timeout,
+    TimerConfig,
+    cancel_target_key,
+    server_key,
+)
+from gateway.transport import Address, Message, Transport
+from simulator.clock import BusinessClock, ScaledClock
+from simulator.privacy import mask_number
+
+__all__ = [
+    "ALLOW",
+    "AckRetransmitter",
+    "CallResult",
+    "InboundCall",
+    "UserAgent",
+    "new_call_id",
+    "new_tag",
+    "reason_text",
+    "retry_after",
+    "sdp_answer",
+    "sdp_offer",
+    "uri_address",
+]
+
+log = structlog.get_logger("simulator.sipkit")
+
+#: Methods every simulated peer answers.
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO"
+
+_session_ids = itertools.count(int(datetime.now(tz=UTC).timestamp()))
+
+
+def new_tag() -> str:
+    """A fresh From/To tag (RFC 3261 §19.3: at least 32 bits of randomness)."""
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str = "127.0.0.1") -> str:
+    """A fresh, globally unique Call-ID (§8.1.1.4)."""
+    return f"{secrets.token_hex(10)}@{host}"
+
+
+def sdp_offer(host: str, port: int, *, user: str = "-") -> bytes:
+    """A minimal audio SDP offer (RFC 4566, PCMU/PCMA) for ``host:port``."""
+    sid = next(_session_ids)
+    lines = [
+        "v=0",
+        f"o={user} {sid} {sid} IN IP4 {host}",
+        "s=dialgate-sim",
+        f"c=IN IP4 {host}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP 0 8",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=sendrecv",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def sdp_answer(offer: bytes, host: str, port: int, *, user: str = "-") -> bytes:
+    """An SDP answer accepting the first codec of ``offer`` (PCMU when unreadable)."""
+    codec = "0"
+    for line in offer.decode("utf-8", "replace").splitlines():
+        if line.startswith("m=audio"):
+            parts = line.split()
+            if len(parts) > 3:
+                codec = parts[3]
+            break
+    sid = next(_session_ids)
+    names = {"0": "PCMU/8000", "8": "PCMA/8000"}
+    lines = [
+        "v=0",
+        f"o={user} {sid} {sid} IN IP4 {host}",
+        "s=dialgate-sim",
+        f"c=IN IP4 {host}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {codec}",
+        f"a=rtpmap:{codec} {names.get(codec, 'PCMU/8000')}",
+        "a=sendrecv",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def reason_text(response: Response) -> str | None:
+    """The ``text`` of the Reason header (RFC 3326), e.g. ``dnc``; None without one."""
+    try:
+        reason: Reason | None = response.reason_header
+    except SIPError:
+        return None
+    return None if reason is None else reason.text
+
+
+def retry_after(response: Response) -> int | None:
+    """Retry-After seconds of a response, None when absent or unreadable."""
+    try:
+        value: RetryAfter | None = response.retry_after
+    except SIPError:
+        return None
+    return None if value is None else value.seconds
+
+
+def uri_address(uri_host: str, port: int | None) -> Address:
+    """A ``(host, port)`` from a URI's host and port (5060 when absent)."""
+    host = uri_host[1:-1] if uri_host.startswith("[") else uri_host
+    return host, 5060 if port is None else port
+
+
+def _default_clock() -> BusinessClock:
+    return ScaledClock(datetime.now(tz=UTC))
+
+
+@dataclass(slots=True)
+class CallResult:
+    """One call as a simulated UA saw it (outbound or inbound).
+
+    ``status`` is the final status of the INVITE (after any digest retry);
+    ``reason_text`` the Reason header text (``dnc``, ``no-card-available``...);
+    ``retry_after`` its Retry-After. Times: ``started`` is business epoch
+    seconds; ``ring_seconds`` and ``talk_seconds`` are business seconds.
+    ``hangup`` is ``"local"`` or ``"remote"`` for an answered call.
+    """
+
+    call_id: str
+    direction: str
+    peer: str
+    callee: str
+    started: float
+    status: int | None = None
+    reason_phrase: str = ""
+    reason_text: str | None = None
+    retry_after: int | None = None
+    warning: str | None = None
+    provisional: list[int] = field(default_factory=list)
+    challenges: int = 0
+    cancelled: bool = False
+    answered: bool = False
+    ring_seconds: float = 0.0
+    talk_seconds: float = 0.0
+    hangup: str | None = None
+    bye_status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def masked_callee(self) -> str:
+        """The callee number masked for logs and reports."""
+        return mask_number(self.callee)
+
+
+class AckRetransmitter:
+    """Drives :class:`~gateway.sip.transaction.AckWait` on the loop: resend the 2xx until ACK.
+
+    §13.3.1.4: the UAS core retransmits its 2xx (T1 doubling up to T2) until
+    the ACK arrives; after 64*T1 without one ``on_timeout`` runs (the session
+    "SHOULD be terminated" with a BYE).
+    """
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        invite: Request,
+        response: Response,
+        transport: Transport,
+        peer: Address,
+        on_timeout: Callable[[], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.transport = transport
+        self.peer = peer
+        self.on_timeout = on_timeout
+        self.wait = AckWait(invite, response, endpoint.now(), timers=endpoint.layer.config)
+        self._handle: asyncio.TimerHandle | None = None
+        self._arm()
+
+    @property
+    def acked(self) -> bool:
+        """True once the ACK for the 2xx arrived."""
+        return self.wait.acked
+
+    def _arm(self) -> None:
+        deadline = self.wait.get_timer()
+        if deadline is not None:
+            self._handle = self.endpoint.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        for action in self.wait.handle_timer(self.endpoint.now()):
+            if isinstance(action, Send) and isinstance(action.message, Response):
+                self.transport.send(action.message, self.peer)
+            elif isinstance(action, Timeout):
+                try:
+                    self.on_timeout()
+                except Exception:
+                    log.exception("sim.ack_timeout.failed")
+        self._arm()
+
+    def receive_ack(self, ack: Request) -> bool:
+        """Stop retransmitting on the matching ACK; True when it matched."""
+        matched = self.wait.receive_ack(ack)
+        if matched:
+            self.stop()
+        return matched
+
+    def stop(self) -> None:
+        """Stop retransmitting (the call ended)."""
+        self.wait.done = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+@dataclass(slots=True, eq=False)
+class InboundCall:
+    """State of an INVITE this UA received (carrier: a call to a callee; agent: a callback)."""
+
+    server: ServerRequest
+    to_tag: str
+    started: float
+    contact: str
+    dialog: Dialog | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    acks: AckRetransmitter | None = None
+    sdp: bytes = b""
+    cancelled: bool = False
+    hangup: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    final_status: int | None = None
+
+    @property
+    def request(self) -> Request:
+        """The INVITE."""
+        return self.server.request
+
+    @property
+    def peer(self) -> Address:
+        """Where in-dialog requests go: the INVITE's source (symmetric, loopback peers)."""
+        return self.server.source
+
+    def cancel_timers(self) -> None:
+        """Cancel every pending ring/answer/hang-up timer."""
+        for handle in self.timers:
+            handle.cancel()
+        self.timers.clear()
+
+
+@dataclass(slots=True, eq=False)
+class _OutboundDialog:
+    """An established outbound call: its dialog, its ACK, the remote-BYE signal."""
+
+    dialog: Dialog
+    ack: Request
+    dest: Address
+    remote_bye: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class UserAgent:
+    """Base of every simulated SIP peer: one endpoint, its calls and dialogs.
+
+    Use ``await ua.start()`` (binds ``udp:host:0``) and ``await ua.close()``.
+    Subclasses override :meth:`on_invite` (new INVITE), :meth:`on_register`,
+    :meth:`on_call_ended` (inbound call over) and may override
+    :meth:`on_other_request`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: BusinessClock | None = None,
+        host: str = "127.0.0.1",
+        timers: TimerConfig | None = None,
+        mask_callees: bool = True,
+    ) -> None:
+        self.name = name
+        self.clock: BusinessClock = clock if clock is not None else _default_clock()
+        self.host = host
+        self.mask_callees = mask_callees
+        self.endpoint = SipEndpoint(
+            self._dispatch, on_stray_response=self._on_stray_response, timers=timers
+        )
+        self.inbound: dict[DialogId, InboundCall] = {}
+        self._pending: dict[Hashable, InboundCall] = {}
+        self._outbound: dict[DialogId, _OutboundDialog] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, port: int = 0) -> Address:
+        """Bind UDP on ``host:port`` (0 = a free port); returns the bound address."""
+        await self.endpoint.listen("udp", self.host, port)
+        self._started = True
+        return self.address
+
+    async def close(self) -> None:
+        """Stop every pending timer and task and close the endpoint. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for call in list(self._pending.values()) + list(self.inbound.values()):
+            call.cancel_timers()
+            if call.acks is not None:
+                call.acks.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.endpoint.close()
+
+    async def __aenter__(self) -> UserAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def address(self) -> Address:
+        """The bound UDP ``(host, port)``."""
+        return self.endpoint.transport("udp").local_address
+
+    @property
+    def transport(self) -> Transport:
+        """The UDP transport."""
+        return self.endpoint.transport("udp")
+
+    def contact(self, user: str | None = None) -> str:
+        """Our Contact URI (``sip:user@host:port``)."""
+        return self.endpoint.contact_uri(self.transport, user)
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        """Run ``coro`` as a task owned by this UA (cancelled on close)."""
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sim.task.failed", ua=self.name, error=repr(task.exception()))
+
+    def later(self, business_seconds: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
+        """Call ``fn`` after ``business_seconds`` of business time (a real-time loop timer)."""
+        return self.endpoint.loop.call_later(self.clock.real_delay(business_seconds), fn)
+
+    def mask(self, number: str) -> str:
+        """A callee number as it may appear in logs."""
+        return mask_number(number, enabled=self.mask_callees)
+
+    # -- request dispatch --------------------------------------------------------------
+
+    def _dispatch(self, req: ServerRequest) -> None:
+        request = req.request
+        method = request.method
+        if method == "ACK":
+            self._on_ack(request)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req)
+            return
+        if method == "OPTIONS":
+            req.respond(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp")])
+            return
+        to_tag = request.to.tag
+        if to_tag is not None and method != "REGISTER":
+            self._in_dialog(req)
+            return
+        if method == "INVITE":
+            self.on_invite(req)
+        elif method == "REGISTER":
+            self.on_register(req)
+        elif method in ("BYE", "INFO"):
+            req.respond(481, to_tag=new_tag())
+        else:
+            self.on_other_request(req)
+
+    def on_invite(self, req: ServerRequest) -> None:
+        """A new INVITE. Default: 480 (nobody here)."""
+        req.respond(480, to_tag=new_tag())
+
+    def on_register(self, req: ServerRequest) -> None:
+        """A REGISTER. Default: 405 (we are no registrar)."""
+        req.respond(405, to_tag=new_tag(), headers=[("Allow", ALLOW)])
+
+    def on_other_request(self, req: ServerRequest) -> None:
+        """Any other out-of-dialog request. Default: 405 with Allow."""
+        req.respond(405, to_tag=new_tag(), headers=[("Allow", ALLOW)])
+
+    def on_call_ended(self, call: InboundCall) -> None:
+        """An inbound call is over (BYE either way, CANCEL, or a final non-2xx)."""
+
+    def _on_ack(self, ack: Request) -> None:
+        call = self.inbound.get(DialogId.for_incoming_request(ack))
+        if call is not None and call.acks is not None:
+            call.acks.receive_ack(ack)
+
+    def _on_cancel(self, req: ServerRequest) -> None:
+        try:
+            key = cancel_target_key(req.request)
+        except SIPError:
+            req.respond(400)
+            return
+        call = self._pending.get(key)
+        if call is None:
+            req.respond(481, to_tag=new_tag())
+            return
+        req.respond(200, to_tag=call.to_tag)
+        if call.final_status is not None:
+            return  # §9.2: a final response went out already; CANCEL has no effect
+        call.cancelled = True
+        self.finish_inbound(call, 487, "Request Terminated")
+
+    def _in_dialog(self, req: ServerRequest) -> None:
+        request = req.request
+        key = DialogId.for_incoming_request(request)
+        inbound = self.inbound.get(key)
+        outbound = self._outbound.get(key)
+        dialog = inbound.dialog if inbound is not None else None
+        if dialog is None and outbound is not None:
+            dialog = outbound.dialog
+        if dialog is None:
+            req.respond(481)
+            return
+        try:
+            dialog.receive_request(request)
+        except DialogError as err:
+            req.respond(err.status_code, err.reason_phrase)
+            return
+        method = request.method
+        if method == "BYE":
+            req.respond(200)
+            if inbound is not None:
+                self._end_inbound(inbound, "remote")
+            if outbound is not None:
+                outbound.remote_bye.set()
+        elif method == "INVITE":
+            # re-INVITE (session refresh, hold): accept with our current SDP.
+            sdp = inbound.sdp if inbound is not None else sdp_answer(request.body, self.host, 0)
+            headers = [("Contact", f"<{self.contact()}>")]
+            if sdp:
+                headers.append(("Content-Type", "application/sdp"))
+            req.respond(200, headers=headers, body=sdp)
+        elif method in ("INFO", "UPDATE", "NOTIFY", "OPTIONS"):
+            req.respond(200)
+        else:
+            req.respond(405, headers=[("Allow", ALLOW)])
+
+    def _on_stray_response(self, message: Message, source: Address, transport: Transport) -> None:
+        # §13.2.2.4: a retransmitted 2xx for an INVITE we ACKed is ACKed again.
+        if not isinstance(message, Response) or not 200 <= message.status < 300:
+            return
+        try:
+            if message.cseq.method != "INVITE":
+                return
+            key = DialogId.for_response(message)
+        except SIPError:
+            return
+        call = self._outbound.get(key)
+        if call is not None:
+            self.endpoint.send_stateless(call.ack.copy(), call.dest)
+
+    # -- inbound call helpers ----------------------------------------------------------
+
+    def accept_inbound(self, req: ServerRequest) -> InboundCall:
+        """Track a new INVITE as an inbound call (so CANCEL finds it); returns its state."""
+        call = InboundCall(
+            server=req,
+            to_tag=new_tag(),
+            started=self.clock.now(),
+            contact=self.contact(),
+        )
+        self._pending[server_key(req.request)] = call
+        return call
+
+    def ring(self, call: InboundCall, status: int = 180) -> None:
+        """Send 180 Ringing (with our tag and Contact: an early dialog)."""
+        if call.final_status is None:
+            call.server.respond(
+                status, to_tag=call.to_tag, headers=[("Contact", f"<{call.contact}>")]
+            )
+
+    def answer(self, call: InboundCall) -> bool:
+        """Send 200 OK with an SDP answer, create the dialog and wait for the ACK."""
+        if call.final_status is not None or self._closed:
+            return False
+        request = call.request
+        try:
+            dialog = Dialog.from_uas(request, call.to_tag, call.contact)
+        except DialogError as err:
+            self.finish_inbound(call, err.status_code, err.reason_phrase)
+            return False
+        call.sdp = sdp_answer(request.body, self.host, 40000 + (hash(call.to_tag) % 10000) * 2)
+        response = call.server.respond(
+            200,
+            to_tag=call.to_tag,
+            headers=[("Contact", f"<{call.contact}>"), ("Content-Type", "application/sdp")],
+            body=call.sdp,
+        )
+        call.final_status = 200
+        call.dialog = dialog
+        call.answered_at = self.clock.now()
+        self._pending.pop(server_key(request), None)
+        self.inbound[dialog.id] = call
+        call.acks = AckRetransmitter(
+            self.endpoint,
+            request,
+            response,
+            call.server.transport,
+            call.peer,
+            on_timeout=lambda: self.hang_up(call),
+        )
+        return True
+
+    def finish_inbound(
+        self,
+        call: InboundCall,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Answer the INVITE with a final non-2xx and end the call."""
+        if call.final_status is not None:
+            return
+        call.final_status = status
+        call.server.respond(status, reason, to_tag=call.to_tag, headers=headers)
+        self._pending.pop(server_key(call.request), None)
+        self._end_inbound(call, None)
+
+    def hang_up(self, call: InboundCall) -> None:
+        """Send BYE in the call's dialog (the callee / agent hangs up)."""
+        dialog = call.dialog
+        if dialog is None or call.ended.is_set() or self._closed:
+            return
+        bye = dialog.create_request("BYE")
+        dialog.terminate()
+        self.endpoint.send_request(bye, call.peer, transport=call.server.transport)
+        self._end_inbound(call, "local")
+
+    def _end_inbound(self, call: InboundCall, hangup: str | None) -> None:
+        if call.ended.is_set():
+            return
+        call.cancel_timers()
+        if call.acks is not None:
+            call.acks.stop()
+        call.hangup = hangup
+        call.ended_at = self.clock.now()
+        call.ended.set()
+        if call.dialog is not None:
+            self.inbound.pop(call.dialog.id, None)
+        try:
+            self.on_call_ended(call)
+        except Exception:
+            log.exception("sim.call_end.failed", ua=self.name)
+
+    # -- outbound calls ----------------------------------------------------------------
+
+    async def place_call(
+        self,
+        dest: Address,
+        *,
+        request_uri: str,
+        from_uri: str,
+        to_uri: str,
+        callee: str,
+        digest: DigestClient | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        talk_seconds: float | None = 30.0,
+        ring_timeout: float | None = None,
+        max_call_seconds: float = 4 * 3600.0,
+        on_result: Callable[[CallResult], None] | None = None,
+    ) -> CallResult:
+        """Place one call through ``dest`` and play it out; returns what happened.
+
+        INVITE with an SDP offer; a 401/407 is answered once with ``digest``
+        (same Call-ID and From tag, CSeq + 1, §22.2); after ``ring_timeout``
+        business seconds without a final response the INVITE is CANCELled
+        (§9.1); a 2xx is ACKed through the dialog (§13.2.2.4) and the call is
+        hung up with BYE after ``talk_seconds`` (None: wait for the remote
+        BYE, at most ``max_call_seconds``) unless the far end sends BYE first.
+        """
+        call_id = new_call_id(self.host)
+        from_tag = new_tag()
+        result = CallResult(
+            call_id=call_id,
+            direction="out",
+            peer=f"{dest[0]}:{dest[1]}",
+            callee=callee,
+            started=self.clock.now(),
+        )
+        offer = sdp_offer(self.host, 30000 + (hash(call_id) % 10000) * 2)
+        cseq = 1
+        auth: tuple[str, str] | None = None
+        loop = self.endpoint.loop
+        real_start = loop.time()
+        first_ring: list[float] = []
+
+        def on_response(_handle: object, response: Response) -> None:
+            if 100 < response.status < 200:
+                result.provisional.append(response.status)
+                if not first_ring:
+                    first_ring.append(loop.time())
+
+        while True:
+            invite = Request(
+                "INVITE",
+                request_uri,
+                [
+                    ("From", f"<{from_uri}>;tag={from_tag}"),
+                    ("To", f"<{to_uri}>"),
+                    ("Call-ID", call_id),
+                    ("CSeq", f"{cseq} INVITE"),
+                    ("Contact", f"<{self.contact(self.name)}>"),
+                    ("Allow", ALLOW),
+                    ("Content-Type", "application/sdp"),
+                    *headers,
+                    *([auth] if auth is not None else []),
+                ],
+                offer,
+            )
+            handle = self.endpoint.send_request(invite, dest, on_response=on_response)
+            timeout = None if ring_timeout is None else self.clock.real_delay(ring_timeout)
+            try:
+                final = await asyncio.wait_for(asyncio.shield(handle.final), timeout)
+            except TimeoutError:
+                result.cancelled = True
+                handle.cancel()
+                final = await handle.final
+            if final.status in (401, 407) and digest is not None and not result.cancelled:
+                name = "Proxy-Authenticate" if final.status == 407 else "WWW-Authenticate"
+                if digest.handle_challenge(final.status, final.headers.get_all(name)):
+                    auth = digest.authorization("INVITE", request_uri, offer)
+                    result.challenges += 1
+                    cseq += 1
+                    continue
+            break
+
+        if digest is not None and auth is not None and final.status not in (401, 407):
+            digest.accepted()
+        result.status = final.status
+        result.reason_phrase = final.reason
+        result.reason_text = reason_text(final)
+        result.retry_after = retry_after(final)
+        result.warning = final.headers.get("Warning")
+        for name in ("Reason", "Retry-After", "Warning", "X-Card"):
+            value = final.headers.get(name)
+            if value is not None:
+                result.headers[name] = value
+        real_final = loop.time()
+        ring_from = first_ring[0] if first_ring else real_start
+        result.ring_seconds = max(0.0, real_final - ring_from) * _speed(self.clock)
+        if not 200 <= final.status < 300:
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        # §13.2.2.4: the UAC core ACKs the 2xx itself, outside the transaction.
+        result.answered = True
+        try:
+            dialog = Dialog.from_uac(invite, final)
+        except DialogError:
+            dialog = None
+        if dialog is None:
+            result.hangup = "error"
+            if on_result is not None:
+                on_result(result)
+            return result
+        ack = dialog.create_request("ACK", cseq=cseq)
+        state = _OutboundDialog(dialog, ack, dest)
+        self._outbound[dialog.id] = state
+        self.endpoint.send_stateless(ack.copy(), dest)
+        answered_at = self.clock.now()
+        real_answer = loop.time()
+        wait = max_call_seconds if talk_seconds is None else talk_seconds
+        try:
+            await asyncio.wait_for(state.remote_bye.wait(), self.clock.real_delay(wait))
+            result.hangup = "remote"
+        except TimeoutError:
+            result.hangup = "local"
+            bye = dialog.create_request("BYE")
+            dialog.terminate()
+            bye_handle = self.endpoint.send_request(bye, dest)
+            result.bye_status = (await bye_handle.final).status
+        finally:
+            self._outbound.pop(dialog.id, None)
+        result.talk_seconds = max(0.0, self.clock.now() - answered_at)
+        if result.talk_seconds == 0.0:
+            result.talk_seconds = (loop.time() - real_answer) * _speed(self.clock)
+        if on_result is not None:
+            on_result(result)
+        return result
+
+
+def _speed(clock: BusinessClock) -> float:
+    """Business seconds per real second of ``clock`` (1 when it does not say)."""
+    delay = clock.real_delay(1.0)
+    return 1.0 / delay if delay > 0 else 1.0
