@@ -29,6 +29,7 @@ from .message import (
     parse,
 )
 from .uri import URI
+from .validate import check_request, check_response
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -52,6 +53,8 @@ __all__ = [
     "UnsupportedURIScheme",
     "VersionNotSupported",
     "Via",
+    "check_request",
+    "check_response",
     "error_response",
     "make_response",
     "parse",

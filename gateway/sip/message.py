@@ -133,7 +133,8 @@ def _guard(fn: Callable[[], _T]) -> _T:
     except SIPError:
         raise
     except Exception as exc:  # the contract: nothing but SIPError ever escapes
-        raise ParseError(f"malformed header: {exc!r}") from exc
+        # Only the type: the message text could quote header content (a callee number).
+        raise ParseError(f"malformed header ({type(exc).__name__})") from exc
 
 
 class Message:
@@ -557,7 +558,7 @@ def parse(
     except SIPError:
         raise
     except Exception as exc:  # the contract: nothing but SIPError ever escapes
-        raise ParseError(f"malformed message: {exc!r}") from exc
+        raise ParseError(f"malformed message ({type(exc).__name__})") from exc
 
 
 def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
