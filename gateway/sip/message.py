@@ -402,6 +402,8 @@ class Request(Message):
         version: str = "SIP/2.0",
     ) -> None:
         super().__init__(headers, body)
+        if "\r" in method or "\n" in method or " " in method:
+            raise ParseError("bad method")  # would break the request line
         self.method = method
         self.uri = uri if isinstance(uri, URI) else URI.parse(uri)
         self.version = version
@@ -447,6 +449,8 @@ class Response(Message):
         version: str = "SIP/2.0",
     ) -> None:
         super().__init__(headers, body)
+        if reason is not None and ("\r" in reason or "\n" in reason):
+            raise ParseError("CR/LF in reason phrase")  # would inject header lines
         self.status = status
         self.reason = REASON_PHRASES.get(status, "") if reason is None else reason
         self.version = version

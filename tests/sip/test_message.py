@@ -319,3 +319,11 @@ def test_unmodified_parse_reuses_original_octets() -> None:
     assert OPTIONS == bytes(msg)
     msg.headers.add("X-New", "1")
     assert bytes(msg).endswith(b"Content-Length: 0\r\nX-New: 1\r\n\r\n")
+
+
+def test_constructors_refuse_line_breaks() -> None:
+    """A reason phrase or method with CR/LF (header injection) is refused at construction."""
+    with pytest.raises(ParseError):
+        Response(200, "OK\r\nX-Injected: 1")
+    with pytest.raises(ParseError):
+        Request("INVITE\r\nX: 1", "sip:a@b")
