@@ -1183,6 +1183,7 @@ def select_and_reserve(
     profiles: Mapping[str, QuotaProfile],
     timezones: Mapping[str, str],
     probation_of: Mapping[str, str] | None = None,
+    agent: str = "",
 ) -> Selection:
     """Pick the call's next card and commit its write-ahead reservation (B2BUA entry point).
 
@@ -1209,6 +1210,7 @@ def select_and_reserve(
                 callee,
                 now,
                 profile=effective_profile(card, profiles, probation_of),
+                agent=agent,
             )
         except QuotaExceeded:
             continue
@@ -1287,7 +1289,9 @@ class StoreCardSource:
             return False
         profile = None if emergency else effective_profile(card, self.profiles, self.probation_of)
         try:
-            self.ledger.reserve(card_id, ctx.call_id, ctx.destination, now, profile=profile)
+            self.ledger.reserve(
+                card_id, ctx.call_id, ctx.destination, now, profile=profile, agent=ctx.agent
+            )
         except QuotaExceeded:
             return False
         self.manager.note_used(card_id)

@@ -36,11 +36,15 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.cdr import CallRecord, Origin, Outcome
+from policies.agent import AgentUsage
+from policies.consent import ConsentRecord, ConsentStatus, resolve_status
+from policies.dnc import DncEntry, DncSource
 from policies.errors import StoreUnavailableError
 from policies.quotas import CallOutcome, CardUsage, Exhausted, QuotaProfile, would_exceed
 from policies.timeutil import day_bounds
@@ -201,6 +205,7 @@ class UsageLedger(Protocol):
         *,
         profile: QuotaProfile | None = None,
         admit: Callable[[CardUsage], None] | None = None,
+        agent: str = "",
     ) -> None: ...
 
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None: ...
@@ -214,6 +219,7 @@ class UsageLedger(Protocol):
         talk_seconds: float = 0.0,
         short: bool | None = None,
         failed: bool = False,
+        answered_at: float | None = None,
     ) -> str | None: ...
 
     def card_usage(self, card_id: str, now: float) -> CardUsage: ...
@@ -353,6 +359,26 @@ _MIGRATIONS += (
             "CREATE INDEX call_starts_usage ON call_starts "
             "(card, started_at, status, callee, talk_seconds, answered, failed, ended_at)",
             "DROP INDEX call_starts_card",
+        ),
+    ),
+)
+
+_MIGRATIONS += (
+    (
+        4,
+        (
+            # Who placed the call (agent limits) and when it was answered (frequency caps).
+            "ALTER TABLE call_starts ADD COLUMN agent TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE call_starts ADD COLUMN answered_at REAL",
+            "CREATE INDEX call_starts_callee ON call_starts (callee, started_at)",
+            "CREATE INDEX call_starts_agent ON call_starts (agent, started_at)",
+            "CREATE INDEX complaints_call ON complaints (call_id)",
+            "ALTER TABLE consent ADD COLUMN evidence TEXT NOT NULL DEFAULT ''",
+            """CREATE TABLE agent_pauses (
+                agent TEXT PRIMARY KEY,
+                paused_at REAL NOT NULL,
+                reason TEXT NOT NULL DEFAULT ''
+            )""",
         ),
     ),
 )
@@ -641,8 +667,11 @@ class SQLiteStore:
         *,
         profile: QuotaProfile | None = None,
         admit: Callable[[CardUsage], None] | None = None,
+        agent: str = "",
     ) -> None:
         """Commit a call start on ``card`` before the INVITE leaves.
+
+        ``agent`` (softphone user or dialer peer) feeds the agent-limit policy.
 
         The check and the write are one ``BEGIN IMMEDIATE`` transaction, so they
         are atomic even when several processes share the file:
@@ -674,9 +703,9 @@ class SQLiteStore:
             ).fetchone():
                 raise ReservationError(f"call {call_id!r} already tried card {card!r}")
             db.execute(
-                "INSERT INTO call_starts (call_id, card, callee, started_at, status) "
-                "VALUES (?,?,?,?,?)",
-                (call_id, card, callee, now, UsageStatus.RESERVED.value),
+                "INSERT INTO call_starts (call_id, card, callee, started_at, status, agent) "
+                "VALUES (?,?,?,?,?,?)",
+                (call_id, card, callee, now, UsageStatus.RESERVED.value, agent),
             )
 
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
@@ -708,14 +737,20 @@ class SQLiteStore:
         talk_seconds: float = 0.0,
         short: bool | None = None,
         failed: bool = False,
+        answered_at: float | None = None,
     ) -> str | None:
         """Record the outcome of the call's open reservation; return its card.
 
         ``short`` defaults to "answered and talked less than ``short_call_seconds``".
         ``failed`` marks a card-level failure after the callee was alerted.
+        ``answered_at`` defaults to ``now - talk_seconds`` for answered calls.
         """
         if short is None:
             short = answered and talk_seconds < self.short_call_seconds
+        if answered and answered_at is None:
+            answered_at = now - talk_seconds
+        if not answered:
+            answered_at = None
         with self._write() as db:
             row = db.execute(
                 "SELECT card FROM call_starts WHERE call_id=? AND status=?",
@@ -725,13 +760,14 @@ class SQLiteStore:
                 return None
             db.execute(
                 "UPDATE call_starts SET status=?, answered=?, talk_seconds=?, short=?, "
-                "failed=?, ended_at=? WHERE call_id=? AND card=?",
+                "failed=?, answered_at=?, ended_at=? WHERE call_id=? AND card=?",
                 (
                     UsageStatus.FINISHED.value,
                     int(answered),
                     float(talk_seconds),
                     int(bool(short)),
                     int(failed),
+                    answered_at,
                     now,
                     call_id,
                     row["card"],
@@ -994,19 +1030,31 @@ class SQLiteStore:
         campaign: str = "",
         expires_at: float | None = None,
         source: str = "",
+        evidence: str = "",
     ) -> None:
-        """Record (or renew) the callee's consent, for one campaign or all (``""``)."""
+        """Record (or renew) the callee's consent, for one campaign or all (``""``).
+
+        ``evidence`` is a reference an appeal can point to (recording id, form id).
+        """
         with self._write() as db:
             db.execute(
                 "INSERT INTO consent (number, campaign, granted_at, expires_at, revoked_at, "
-                "source) VALUES (?,?,?,?,NULL,?) ON CONFLICT(number, campaign) DO UPDATE SET "
+                "source, evidence) VALUES (?,?,?,?,NULL,?,?) "
+                "ON CONFLICT(number, campaign) DO UPDATE SET "
                 "granted_at=excluded.granted_at, expires_at=excluded.expires_at, "
-                "revoked_at=NULL, source=excluded.source",
-                (number, campaign, now, expires_at, source),
+                "revoked_at=NULL, source=excluded.source, evidence=excluded.evidence",
+                (number, campaign, now, expires_at, source, evidence),
             )
 
-    def revoke_consent(self, number: str, now: float, *, campaign: str | None = None) -> int:
-        """Revoke consent (one campaign, or every campaign when None); return rows changed."""
+    def revoke_consent(
+        self, number: str, now: float, *, campaign: str | None = None, source: str = ""
+    ) -> int:
+        """The callee said no: revoke one campaign, or every campaign when None.
+
+        A revocation is recorded even when no consent was on file (``dnc-only``
+        mode still refuses a callee who refused). Returns rows changed or added.
+        """
+        scope = "" if campaign is None else campaign
         with self._write() as db:
             if campaign is None:
                 cur = db.execute(
@@ -1019,7 +1067,119 @@ class SQLiteStore:
                     "AND revoked_at IS NULL",
                     (now, number, campaign),
                 )
-            return int(cur.rowcount)
+            changed = int(cur.rowcount)
+            added = db.execute(
+                "INSERT OR IGNORE INTO consent (number, campaign, granted_at, expires_at, "
+                "revoked_at, source) VALUES (?,?,?,NULL,?,?)",
+                (number, scope, now, now, source or "revocation"),
+            )
+            return changed + int(added.rowcount)
+
+    # --- the lookups the policies read (policies.* protocols) -----------------------
+
+    def consent_status(
+        self, e164: str, campaign: str | None, now: datetime
+    ) -> tuple[ConsentStatus, ConsentRecord | None]:
+        """``policies.consent.ConsentLookup``: the status for (number, campaign) at ``now``."""
+        rows = self._read(
+            "SELECT campaign, granted_at, expires_at, revoked_at, source, evidence "
+            "FROM consent WHERE number=?",
+            (e164,),
+        )
+
+        def dt(value: float | None) -> datetime | None:
+            return None if value is None else datetime.fromtimestamp(value, UTC)
+
+        records = [
+            ConsentRecord(
+                number=e164,
+                campaign=r["campaign"] or None,
+                granted_at=datetime.fromtimestamp(r["granted_at"], UTC),
+                expires_at=dt(r["expires_at"]),
+                source=r["source"],
+                evidence=r["evidence"],
+                revoked_at=dt(r["revoked_at"]),
+            )
+            for r in rows
+        ]
+        return resolve_status(records, campaign, now)
+
+    def lookup(self, e164: str) -> DncEntry | None:
+        """``policies.dnc.DncLookup``: the internal DNC entry for the number, or None."""
+        rows = self._read("SELECT added_at, source, note FROM dnc WHERE number=?", (e164,))
+        if not rows:
+            return None
+        row = rows[0]
+        try:
+            source = DncSource(row["source"])
+        except ValueError:
+            source = DncSource.MANUAL
+        return DncEntry(
+            number=e164,
+            list_name="internal",
+            source=source,
+            added_at=datetime.fromtimestamp(row["added_at"], UTC),
+            note=row["note"],
+        )
+
+    def attempts(self, e164: str, since: float) -> list[float]:
+        """``policies.frequency.DestinationHistory``: attempt times to ``e164`` since ``since``.
+
+        One attempt per call (a failover is the same attempt); attempts released
+        before the callee was alerted do not count (the callee's phone never rang).
+        """
+        rows = self._read(
+            "SELECT MIN(started_at) AS t FROM call_starts WHERE callee=? AND started_at >= ? "
+            "AND status != ? GROUP BY call_id ORDER BY t",
+            (e164, since, UsageStatus.RELEASED.value),
+        )
+        return [float(r["t"]) for r in rows]
+
+    def answers(self, e164: str, since: float) -> list[float]:
+        """``policies.frequency.DestinationHistory``: answer times of calls to ``e164``."""
+        rows = self._read(
+            "SELECT answered_at FROM call_starts WHERE callee=? AND answered=1 "
+            "AND answered_at IS NOT NULL AND answered_at >= ? ORDER BY answered_at",
+            (e164, since),
+        )
+        return [float(r["answered_at"]) for r in rows]
+
+    def agent_usage(self, agent: str, now: float, *, window: float = 7 * 86400.0) -> AgentUsage:
+        """``policies.agent.AgentUsageView``: the agent's calls, complaints and pause flag.
+
+        Covers ``window`` seconds back (a week: the default complaint window).
+        """
+        since = now - window
+        starts = self._read(
+            "SELECT MIN(started_at) AS t FROM call_starts WHERE agent=? AND started_at >= ? "
+            "AND status != ? GROUP BY call_id ORDER BY t",
+            (agent, since, UsageStatus.RELEASED.value),
+        )
+        complaints = self._read(
+            "SELECT c.at AS at FROM complaints c WHERE c.at >= ? AND c.call_id IN "
+            "(SELECT call_id FROM call_starts WHERE agent=?) ORDER BY c.at",
+            (since, agent),
+        )
+        pause = self._read("SELECT reason FROM agent_pauses WHERE agent=?", (agent,))
+        return AgentUsage(
+            call_starts=tuple(float(r["t"]) for r in starts),
+            complaints=tuple(float(r["at"]) for r in complaints),
+            paused=bool(pause),
+            pause_reason=pause[0]["reason"] if pause else "",
+        )
+
+    def set_agent_paused(self, agent: str, paused: bool, now: float, *, reason: str = "") -> None:
+        """Pause an agent (the agent-limit policy refuses its calls) or resume it."""
+        with self._write() as db:
+            if paused:
+                db.execute(
+                    "INSERT INTO agent_pauses (agent, paused_at, reason) VALUES (?,?,?) "
+                    "ON CONFLICT(agent) DO UPDATE SET paused_at=excluded.paused_at, "
+                    "reason=excluded.reason",
+                    (agent, now, reason),
+                )
+            else:
+                db.execute("DELETE FROM agent_pauses WHERE agent=?", (agent,))
 
     def has_consent(self, number: str, now: float, *, campaign: str = "") -> bool:
         """Whether valid consent exists for the campaign (or a campaign-wide grant)."""
