@@ -76,6 +76,9 @@ class CallingHours:
     holidays: Mapping[str, frozenset[date]] = field(default_factory=dict)
     fallback_zones: Mapping[str, str] = field(default_factory=dict)
     search_days: int = 14
+    _next_open_cache: dict[tuple[object, ...], datetime | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_config(
@@ -133,14 +136,26 @@ class CallingHours:
             return None
         if self.is_open(moment, zones, windows, region):
             return moment
+        # Openness is constant within a whole UTC minute (zone offsets are whole
+        # minutes) and openings fall on whole minutes, so the answer is the same
+        # for every closed instant of one minute: cache it per minute.
+        key = (zones, windows, (region or "").upper(), int(moment.timestamp() // 60))
+        cache = self._next_open_cache
+        if key in cache:
+            return cache[key]
         marks = windows.starts()
         candidates: set[datetime] = set()
         for name in zones:
             candidates.update(boundary_instants(zone(name), moment, marks, self.search_days))
+        found: datetime | None = None
         for instant in sorted(candidates):
             if self.is_open(instant, zones, windows, region):
-                return instant
-        return None
+                found = instant
+                break
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[key] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,10 @@ with a free line. Failure mode: fails closed — a store error propagates as
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -36,9 +38,9 @@ from policies.quotas import (
     Headroom,
     evaluate_card,
 )
-from policies.timeutil import ceil_seconds, epoch
+from policies.timeutil import ceil_seconds, day_bounds, epoch
 
-__all__ = ["CardSelection", "CardSource", "rank_cards"]
+__all__ = ["CardSelection", "CardSource", "headroom_bound", "rank_cards", "ranked_lazily"]
 
 
 @runtime_checkable
@@ -97,6 +99,76 @@ def rank_cards(
     return preferred + [c for c in ordered if c.card_id not in chosen], evaluations
 
 
+def headroom_bound(card: CardSnapshot, now: float) -> float:
+    """A cheap upper bound of a card's headroom score; -1.0 when it surely cannot take a call.
+
+    It is the minimum over a subset of the fractions `evaluate_card` takes the
+    minimum of (concurrent, calls per hour, calls per day), so the real score
+    is never above it. Selection uses it to evaluate cards fully in
+    best-bound-first order and stop once no remaining card can win.
+    """
+    if card.state not in USABLE_STATES:
+        return -1.0
+    profile = card.effective_profile
+    usage = card.usage
+    bound = 1.0
+    concurrent = profile.concurrent
+    if concurrent is not None:
+        if usage.in_use >= concurrent:
+            return -1.0
+        bound = (concurrent - usage.in_use) / concurrent
+    starts = usage.call_starts
+    if not starts:
+        return bound
+    upto = bisect_right(starts, now)
+    hourly = profile.calls_per_hour
+    if hourly is not None:
+        used = upto - bisect_right(starts, now - 3600.0)
+        if used >= hourly:
+            return -1.0
+        bound = min(bound, (hourly - used) / hourly)
+    daily = profile.calls_per_day
+    if daily is not None:
+        day_start, _ = day_bounds(now, card.timezone)
+        used = upto - bisect_left(starts, day_start)
+        if used >= daily:
+            return -1.0
+        bound = min(bound, (daily - used) / daily)
+    return bound
+
+
+def ranked_lazily(
+    cards: Sequence[CardSnapshot],
+    ctx: CallContext,
+    now: float,
+    evaluations: dict[str, Headroom | Exhausted],
+) -> Iterator[CardSnapshot]:
+    """Cards with headroom in exact (-score, priority, id) order, evaluated only as needed.
+
+    Cards are taken in best-bound-first order; a card is yielded once no
+    card still unevaluated can outrank it (its bound key is not better).
+    Every evaluation is recorded in `evaluations`; when the iterator is
+    exhausted every card has been evaluated (for Retry-After).
+    """
+    pending = sorted(
+        ((-headroom_bound(c, now), c.priority, c.card_id, c) for c in cards),
+        key=lambda item: item[:3],
+    )
+    ready: list[tuple[float, int, str, CardSnapshot]] = []
+    i = 0
+    while True:
+        while i < len(pending) and (not ready or pending[i][:3] < ready[0][:3]):
+            _, priority, card_id, card = pending[i]
+            i += 1
+            result = evaluate_card(card, now, ctx.destination)
+            evaluations[card_id] = result
+            if isinstance(result, Headroom):
+                heapq.heappush(ready, (-result.score, priority, card_id, card))
+        if not ready:
+            return
+        yield heapq.heappop(ready)[3]
+
+
 def _emergency_order(cards: Sequence[CardSnapshot], ctx: CallContext) -> list[CardSnapshot]:
     def key(card: CardSnapshot) -> tuple[int, int, int, str]:
         limit = card.effective_profile.concurrent
@@ -145,9 +217,7 @@ class CardSelection:
                 lost_race = True
         rest = [cid for cid in ids if cid not in evaluations]
         cards = list(self.source.snapshots(rest, t)) if rest else []
-        ranked, more = rank_cards(cards, ctx, t)
-        evaluations.update(more)
-        for card in ranked:
+        for card in ranked_lazily(cards, ctx, t, evaluations):
             if self.source.reserve(card.card_id, ctx, t, emergency=False):
                 result = evaluations[card.card_id]
                 score = result.score if isinstance(result, Headroom) else 0.0
