@@ -126,7 +126,7 @@ USABLE_STATES = frozenset({CardState.ACTIVE, CardState.PROBATION})
 CALLEE_STATUSES = frozenset({404, 410, 480, 484, 486, 487, 600, 603, 604, 606})
 
 #: Causes counted as card faults (consecutive, until the threshold suspends the card).
-FAULT_CAUSES = frozenset({"timer-b", "transport-error", "408", "503"})
+FAULT_CAUSES = frozenset({"timer-b", "transport-error", "408", "503", "401", "407"})
 
 
 class IllegalTransition(ValueError):
@@ -579,7 +579,8 @@ class CardManager:
         a card-level failure then marks the card but never fails over.
         Order: 2xx and 487 are callee outcomes; then the carrier's rules; then
         callee statuses (486, 480, 404, 603…); then defaults (402 → arrears,
-        403 → unknown, 503 + Retry-After → maintenance, 408 / 503 → fault).
+        403 → unknown, 503 + Retry-After → maintenance, 408 / 503 / credentials
+        rejected with 401 / 407 → fault, counted toward ``fault_threshold``).
         """
         if status < 200 or status > 699:
             raise ValueError(f"not a final response status: {status}")
@@ -626,7 +627,9 @@ class CardManager:
                 ringing,
                 "default",
             )
-        if status in (408, 503):
+        if status in (401, 407, 408, 503):
+            # 401/407 reach here only when the carrier rejected the card's credentials
+            # (the B2BUA answers the first challenge itself): the card, not the callee.
             return self._fault(card, str(status), now, evidence, ringing)
         self._faults[card_id] = 0
         return Verdict(ResponseClass.OTHER, failover=False, detail=f"relay {status}")

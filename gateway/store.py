@@ -934,6 +934,20 @@ class SQLiteStore:
             consecutive_failures=consecutive,
         )
 
+    def prune_usage(self, before: float) -> int:
+        """Delete closed usage rows that started before ``before``; return how many.
+
+        Open reservations are never deleted. Keep at least the longest window any
+        policy reads (a carrier day, rolling-rate windows, frequency caps: weeks);
+        CDRs are separate and untouched.
+        """
+        with self._write() as db:
+            cur = db.execute(
+                "DELETE FROM call_starts WHERE started_at < ? AND status != ?",
+                (before, UsageStatus.RESERVED.value),
+            )
+            return int(cur.rowcount)
+
     def open_reservations(self) -> list[tuple[str, str]]:
         """``(call_id, card)`` of every reservation still open."""
         rows = self._read(

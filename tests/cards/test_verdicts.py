@@ -212,3 +212,13 @@ def test_register_failure_marks_without_failover(manager: CardManager) -> None:
     assert (False, SuspendReason.ARREARS) == (verdict.failover, verdict.marked)
     assert CardState.SUSPENDED == manager.get("c2").state
     assert ResponseClass.ANSWERED == manager.on_register_response("c1", 200, "OK", now=T0).kind
+
+
+def test_rejected_credentials_count_as_card_faults(manager: CardManager) -> None:
+    """A final 401/407 (credentials refused) is the card's fault: fail over, count it."""
+    first = manager.on_response("c1", 401, "Unauthorized", now=T0)
+    second = manager.on_response("c1", 407, "Proxy Authentication Required", now=T0 + 1)
+    assert (ResponseClass.CARD_FAILURE, True, 1) == (first.kind, first.failover, first.faults)
+    assert 2 == second.faults
+    third = manager.on_response("c1", 401, "Unauthorized", now=T0 + 2)
+    assert SuspendReason.FAULT == third.marked

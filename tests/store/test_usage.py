@@ -230,3 +230,16 @@ def test_usage_matches_a_simple_model(ops: list[tuple[str, int]]) -> None:
     usage = s.card_usage("c1", T0 + len(ops))
     assert (len(open_calls), starts) == (usage.in_use, len(usage.call_starts))
     s.close()
+
+
+def test_prune_keeps_open_reservations_and_recent_rows(store: SQLiteStore) -> None:
+    """Pruning drops old closed rows only; an open reservation always survives."""
+    store.reserve("c1", "old", A, T0 - 90 * 86400)
+    store.finish("old", T0 - 90 * 86400 + 30, answered=True, talk_seconds=20)
+    store.reserve("c2", "stuck", B, T0 - 80 * 86400)
+    store.reserve("c1", "new", B, T0)
+    store.finish("new", T0 + 30, answered=True, talk_seconds=20)
+    assert 1 == store.prune_usage(T0 - 30 * 86400)
+    assert [("stuck", "c2")] == store.open_reservations()
+    assert [T0] == store.attempts(B, T0 - 1)
+    assert [] == store.attempts(A, 0)
