@@ -1,0 +1,496 @@
+"""The MQTT edge: bus events → DESIGN.md topics on a broker, surviving broker outages.
+
+What this module is for:
+
+* :class:`Topics` / :func:`route`: which topic, QoS and retain flag each event
+  gets (``{root}/gateway/{node}/status`` retained QoS 1, ``{root}/cards/{card}/state``
+  retained QoS 1, ``{root}/stats`` retained QoS 0, ``{root}/calls/{event}`` QoS 0,
+  ``{root}/alerts`` QoS 1);
+* :class:`MqttPublisher`: a bus subscriber whose ``offer(event)`` only files the
+  message (never awaits), and a task that publishes with aiomqtt 2.x. aiomqtt does
+  not reconnect by itself, so the task reconnects with capped, jittered
+  exponential backoff; it keeps the latest message of every retained topic and
+  republishes all of them after each (re)connect; non-retained messages wait in a
+  bounded queue that drops the oldest first (drops are counted, logged and shown
+  in stats and metrics); a message taken from the queue when the connection
+  breaks is put back. The broker holds the last will (``offline``, retained) on
+  the status topic; a clean :meth:`MqttPublisher.stop` publishes ``offline``
+  itself before disconnecting. Every ``stats_interval`` seconds the stats source
+  is sampled and published (retained).
+
+What it must never do: block or fail a call because the broker is slow or gone
+(``offer`` is synchronous and O(1)), log the broker password (URLs are logged
+through ``ServiceUrl.__str__``, which masks it), or grow without bound while the
+broker is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+import structlog
+
+from gateway import __version__
+from gateway.events import (
+    Alert,
+    CallEvent,
+    CardStatus,
+    Event,
+    EventBus,
+    GatewayStatus,
+    Stats,
+    render_json,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import MqttSettings, Settings
+
+__all__ = ["MqttPublisher", "Outgoing", "Topics", "route", "topic_segment"]
+
+log = structlog.get_logger("gateway.mqtt")
+
+
+def topic_segment(name: str) -> str:
+    """``name`` made safe as one topic level (``/``, ``+``, ``#``, NUL become ``_``)."""
+    cleaned = "".join("_" if ch in "/+#\x00" else ch for ch in name)
+    return cleaned or "_"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic names of DESIGN.md "MQTT events" under one root, for one node."""
+
+    root: str
+    node: str
+
+    @property
+    def status(self) -> str:
+        """``{root}/gateway/{node}/status``."""
+        return f"{self.root}/gateway/{topic_segment(self.node)}/status"
+
+    def card(self, card: str) -> str:
+        """``{root}/cards/{card}/state``."""
+        return f"{self.root}/cards/{topic_segment(card)}/state"
+
+    @property
+    def stats(self) -> str:
+        """``{root}/stats``."""
+        return f"{self.root}/stats"
+
+    def calls(self, event: str) -> str:
+        """``{root}/calls/{event}``."""
+        return f"{self.root}/calls/{topic_segment(event)}"
+
+    @property
+    def alerts(self) -> str:
+        """``{root}/alerts``."""
+        return f"{self.root}/alerts"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message ready for the broker."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+def route(event: Event, topics: Topics, *, mask_numbers: bool = True) -> Outgoing:
+    """Topic, QoS, retain flag and JSON payload of ``event``."""
+    payload = render_json(event, mask_numbers=mask_numbers)
+    if isinstance(event, GatewayStatus):
+        return Outgoing(topics.status, payload, 1, True)
+    if isinstance(event, CardStatus):
+        return Outgoing(topics.card(event.card), payload, 1, True)
+    if isinstance(event, Stats):
+        return Outgoing(topics.stats, payload, 0, True)
+    if isinstance(event, CallEvent):
+        return Outgoing(topics.calls(event.kind.value), payload, 0, False)
+    if isinstance(event, Alert):
+        return Outgoing(topics.alerts, payload, 1, False)
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
+class _Disconnected(Exception):
+    """The connection broke while we were waiting on it."""
+
+
+class MqttPublisher:
+    """Publishes bus events to the broker of ``[mqtt]``; see the module docstring.
+
+    Use: ``pub = MqttPublisher.from_settings(settings, stats_source=...)``,
+    ``bus.subscribe(pub)``, ``await pub.start()``, … ``await pub.stop()``.
+    ``stats_source`` returns the current :class:`Stats` (e.g.
+    ``CallStats.snapshot``); the publisher adds its own counters under ``"mqtt"``.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        mask_numbers: bool = True,
+        version: str = __version__,
+        started_at: float | None = None,
+        clock: Callable[[], float] = time.time,
+        stats_source: Callable[..., Stats] | None = None,
+        queue_limit: int = 1000,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 30.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        if queue_limit < 1:
+            raise ValueError("queue_limit must be >= 1")
+        self.settings = settings
+        self.topics = Topics(settings.root, settings.node)
+        self.mask_numbers = mask_numbers
+        self.version = version
+        self.clock = clock
+        self.started_at = clock() if started_at is None else started_at
+        self.stats_source = stats_source
+        self.queue_limit = queue_limit
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.publish_timeout = publish_timeout
+        # Latest message of every retained topic, and the ones still to send.
+        self._retained: dict[str, Outgoing] = {}
+        self._dirty: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._queue: collections.deque[Outgoing] = collections.deque()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._connected_once = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.published = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self._dropped_this_outage = 0
+        self.offer(self._status(online=True))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> MqttPublisher:
+        """A publisher for ``settings.mqtt`` honouring ``policy.mask_numbers``.
+
+        Raises ValueError when the configuration has no ``[mqtt]`` table.
+        """
+        if settings.mqtt is None:
+            raise ValueError("no [mqtt] section configured")
+        kwargs.setdefault("mask_numbers", settings.policy.mask_numbers)
+        return cls(settings.mqtt, **kwargs)
+
+    # --- the synchronous side (called by the bus) -------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        """Bus subscriber: same as :meth:`offer`."""
+        self.offer(event)
+
+    def attach(self, bus: EventBus) -> Callable[[], None]:
+        """Subscribe to ``bus``; return the unsubscribe function."""
+        return bus.subscribe(self.offer)
+
+    def offer(self, event: Event) -> None:
+        """File ``event`` for publishing; O(1), never awaits, never raises on a full queue."""
+        self._file(route(event, self.topics, mask_numbers=self.mask_numbers))
+
+    def _file(self, message: Outgoing) -> None:
+        if message.retain:
+            self._retained[message.topic] = message
+            self._dirty[message.topic] = None
+        else:
+            self._queue.append(message)
+            while len(self._queue) > self.queue_limit:
+                self._queue.popleft()
+                self._count_drop()
+        self._wake.set()
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self._dropped_this_outage += 1
+        if self._dropped_this_outage == 1:
+            log.warning(
+                "mqtt queue full, dropping oldest events",
+                queue_limit=self.queue_limit,
+                connected=self.connected,
+            )
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting: queued events plus retained topics not yet sent."""
+        return len(self._queue) + len(self._dirty)
+
+    def counters(self) -> dict[str, Any]:
+        """The publisher's counters (stats payload and metrics)."""
+        return {
+            "connected": self.connected,
+            "queued": self.queue_depth,
+            "dropped": self.dropped,
+            "published": self.published,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+        }
+
+    def retained_topics(self) -> dict[str, bytes]:
+        """The latest payload of every retained topic (what a reconnect republishes)."""
+        return {t: m.payload for t, m in self._retained.items()}
+
+    def _status(self, *, online: bool) -> GatewayStatus:
+        return GatewayStatus(
+            node=self.settings.node,
+            online=online,
+            version=self.version,
+            started_at=self.started_at,
+            at=self.clock(),
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start publishing in the background (returns at once, connected or not)."""
+        if self._task is not None:
+            return
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(), name="mqtt-publisher")
+        if self.stats_source is not None:
+            self._stats_task = asyncio.create_task(self._stats_loop(), name="mqtt-stats")
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the first connection is up; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected_once.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Flush what is queued (up to ``timeout``), publish ``offline`` and disconnect."""
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+            self._stats_task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.warning("mqtt publisher did not stop in time", timeout=timeout)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- the connection loop -----------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        username, password = s.credentials()
+        offline = route(self._status(online=False), self.topics, mask_numbers=self.mask_numbers)
+        tls_params = None
+        if s.use_tls:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=str(s.ca_file) if s.ca_file else None,
+                certfile=str(s.cert_file) if s.cert_file else None,
+                keyfile=str(s.key_file) if s.key_file else None,
+            )
+        websockets = s.url.scheme in ("ws", "wss")
+        return aiomqtt.Client(
+            s.url.ip,
+            s.port,
+            username=username,
+            password=password.get_secret_value() if password is not None else None,
+            identifier=s.client_id or f"dialgate-{topic_segment(s.node)}-{os.getpid()}",
+            will=aiomqtt.Will(offline.topic, offline.payload, qos=1, retain=True),
+            keepalive=s.keepalive,
+            timeout=self.publish_timeout,
+            tls_params=tls_params,
+            tls_insecure=s.tls_insecure if s.use_tls else None,
+            transport="websockets" if websockets else "tcp",
+            websocket_path=(s.url.path or "/mqtt") if websockets else None,
+            logger=logging.getLogger("gateway.mqtt.client"),
+        )
+
+    async def _run(self) -> None:
+        delay = self.backoff_initial
+        url = str(self.settings.url)  # password masked by ServiceUrl
+        while not self._stop.is_set():
+            client = self._client()
+            try:
+                async with client:
+                    self.connected = True
+                    self._connected_once.set()
+                    delay = self.backoff_initial
+                    if self._dropped_this_outage:
+                        log.warning(
+                            "mqtt events dropped while the broker was away",
+                            dropped=self._dropped_this_outage,
+                        )
+                        self._dropped_this_outage = 0
+                    # Republish every retained topic after each (re)connect: the
+                    # broker may have restarted without persistence.
+                    for topic in self._retained:
+                        self._dirty[topic] = None
+                    self._retained_status_online()
+                    log.info("mqtt connected", url=url, retained=len(self._retained))
+                    await self._pump(client)
+                    await self._goodbye(client)
+                    return
+            except (aiomqtt.MqttError, _Disconnected, OSError) as exc:
+                was = self.connected
+                self.connected = False
+                if was:
+                    self.reconnects += 1
+                    log.warning("mqtt connection lost", url=url, error=str(exc))
+                else:
+                    self.connect_failures += 1
+                    if self.connect_failures == 1 or self.connect_failures % 50 == 0:
+                        log.warning(
+                            "mqtt connect failed",
+                            url=url,
+                            error=str(exc),
+                            failures=self.connect_failures,
+                        )
+            finally:
+                self.connected = False
+            if self._stop.is_set():
+                break
+            # Capped exponential backoff with jitter (so a fleet does not reconnect in step).
+            wait = delay * (0.5 + random.random() / 2)
+            delay = min(delay * 2, self.backoff_max)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._stop.wait()
+
+    def _retained_status_online(self) -> None:
+        status = route(self._status(online=True), self.topics, mask_numbers=self.mask_numbers)
+        self._retained[status.topic] = status
+        self._dirty[status.topic] = None
+        self._dirty.move_to_end(status.topic, last=False)
+
+    def _take(self) -> Outgoing | None:
+        if self._dirty:
+            topic, _ = self._dirty.popitem(last=False)
+            return self._retained.get(topic)
+        if self._queue:
+            return self._queue.popleft()
+        return None
+
+    def _put_back(self, message: Outgoing) -> None:
+        if message.retain:
+            if message.topic not in self._dirty:
+                self._dirty[message.topic] = None
+                self._dirty.move_to_end(message.topic, last=False)
+        else:
+            self._queue.appendleft(message)
+            while len(self._queue) > self.queue_limit:
+                self._queue.popleft()
+                self._count_drop()
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Publish until stopped and drained; raise when the connection breaks."""
+        lost: asyncio.Future[None] | None = getattr(client, "_disconnected", None)
+        while True:
+            if lost is not None and lost.done():
+                raise _Disconnected(_describe(lost))
+            message = self._take()
+            if message is None:
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                waits: set[asyncio.Future[Any]] = {waiter}
+                if lost is not None:
+                    waits.add(lost)
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                continue
+            try:
+                await self._send(client, message, lost)
+            except BaseException:
+                self._put_back(message)
+                raise
+            self.published += 1
+
+    async def _send(
+        self, client: aiomqtt.Client, message: Outgoing, lost: asyncio.Future[None] | None
+    ) -> None:
+        publish = asyncio.ensure_future(
+            client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+        )
+        if lost is None:
+            await publish
+            return
+        try:
+            await asyncio.wait({publish, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            publish.cancel()
+            raise
+        if publish.done():
+            publish.result()
+            return
+        # The connection broke before the broker acknowledged (QoS 1): the
+        # message counts as not sent and goes back into the queue.
+        publish.cancel()
+        with contextlib.suppress(BaseException):
+            await publish
+        raise _Disconnected(_describe(lost))
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """Clean shutdown: ``offline`` on the status topic (retained) before disconnecting."""
+        offline = route(self._status(online=False), self.topics, mask_numbers=self.mask_numbers)
+        self._retained[offline.topic] = offline
+        self._dirty.pop(offline.topic, None)
+        await client.publish(offline.topic, offline.payload, qos=1, retain=True)
+        self.published += 1
+        log.info("mqtt offline published", topic=offline.topic)
+
+    async def _stats_loop(self) -> None:
+        assert self.stats_source is not None
+        interval = self.settings.stats_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                stats = self.stats_source()
+                extra = {**dict(stats.extra), "mqtt": self.counters()}
+                self.offer(
+                    Stats(
+                        at=stats.at,
+                        active_calls=stats.active_calls,
+                        cps=stats.cps,
+                        asr=stats.asr,
+                        attempts=stats.attempts,
+                        answered=stats.answered,
+                        ended=stats.ended,
+                        failovers=stats.failovers,
+                        blocked_by_reason=stats.blocked_by_reason,
+                        cards_by_state=stats.cards_by_state,
+                        extra=extra,
+                    )
+                )
+            except Exception:
+                log.exception("stats source failed")
+
+
+def _describe(lost: asyncio.Future[None]) -> str:
+    if not lost.done() or lost.cancelled():
+        return "disconnected"
+    exc = lost.exception()
+    return str(exc) if exc is not None else "disconnected"

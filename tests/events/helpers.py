@@ -1,0 +1,88 @@
+"""Test helpers for tests/events: an MQTT collector and a wait-for-condition loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message a collector saw."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+    @property
+    def json(self) -> Any:
+        """The payload decoded as JSON (None for an empty payload)."""
+        return json.loads(self.payload) if self.payload else None
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float, *, interval: float = 0.02
+) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return predicate()
+        await asyncio.sleep(interval)
+
+
+class Collector:
+    """A separate MQTT client that records every message on ``topic``."""
+
+    def __init__(self, port: int, topic: str, *, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self.host = host
+        self.topic = topic
+        self.messages: list[Received] = []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def __aenter__(self) -> Collector:
+        self._client = aiomqtt.Client(self.host, self.port, timeout=5)
+        await self._client.__aenter__()
+        await self._client.subscribe(self.topic, qos=1)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._client is not None
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for msg in self._client.messages:
+                payload = (
+                    msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+                )
+                self.messages.append(Received(str(msg.topic), payload, bool(msg.retain), msg.qos))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(None, None, None)
+
+    def on(self, topic: str) -> list[Received]:
+        """Messages received on exactly ``topic``, oldest first."""
+        return [m for m in self.messages if m.topic == topic]
+
+    def latest(self, topic: str) -> Any:
+        """JSON of the newest message on ``topic`` (None when none yet)."""
+        got = self.on(topic)
+        return got[-1].json if got else None
