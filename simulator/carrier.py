@@ -80,6 +80,7 @@ class InviteLogEntry:
     outcome: str
     source: Address
     final: int | None = None
+    retry_after: int | None = None
     answered: bool = False
     talk_seconds: float = 0.0
     hangup: str | None = None
@@ -107,6 +108,7 @@ class InviteLogEntry:
             "reason_phrase": self.reason_phrase,
             "outcome": self.outcome,
             "final": self.final,
+            "retry_after": self.retry_after,
             "answered": self.answered,
             "talk_seconds": self.talk_seconds,
             "hangup": self.hangup,
@@ -353,9 +355,13 @@ class Carrier(UserAgent):
         outcome: str,
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
+        headers = list(headers)
         entry.decided = entry.final = status
         entry.reason_phrase = reason
         entry.outcome = entry.outcome or outcome
+        for name, value in headers:
+            if name.lower() == "retry-after" and value.strip().isdigit():
+                entry.retry_after = int(value.strip())
         req.respond(status, reason, to_tag=new_tag(), headers=headers)
         log.info(
             "carrier.invite.refused",

@@ -1,0 +1,584 @@
+"""The SIP scenario runner: a scenario played over real SIP against a dialgate.
+
+:func:`run_scenario` loads nothing itself: give it a validated
+:class:`~simulator.scenario.Scenario`. It starts the :class:`~simulator.carrier.Carrier`
+(the scenario's accounts and carrier model) on a free loopback port, then a
+gateway — either one already running (``gateway=(host, port)``; its
+``[[carriers]]`` must point at the carrier's port, printed at start) or one
+started in-process through ``gateway.app.serve`` with :class:`Settings` built
+from the scenario (cards pointing at the carrier, users = agents, peers =
+dialers, policies per ``gateway.guarded``) — or, with ``direct=True``, no
+gateway at all: each agent dials the carrier with its card's credentials (the
+unprotected baseline). Softphone agents (registered with digest) and dialer
+channels then work the lead list with the scenario's pacing until the leads
+run out or business time reaches the scenario's end. The business clock is
+shared by the carrier model and (when ``serve`` accepts a ``clock``) the
+gateway; SIP timers stay real.
+
+Each attempt becomes a :class:`~simulator.records.CallRecord` (callee
+masked), carrier refusals become :class:`~simulator.records.CardMark` entries,
+and :func:`simulator.report.build_report` turns them and the carrier events
+into the report. :class:`Progress` draws a one-line live status.
+
+Also here, shared with the pytest fixtures: :func:`build_settings`,
+:func:`settings_from_scenario` and :class:`InProcessGateway`.
+
+This module must never write outside the paths it is given (the in-process
+gateway's store lives in a temporary directory), never log a secret, and
+never leave a task, socket or gateway running after :func:`run_scenario`
+returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from gateway.config import Settings
+from gateway.transport import Address
+from simulator.agents import Dialer, Softphone, work_leads
+from simulator.carrier import Carrier
+from simulator.clock import BusinessClock
+from simulator.models import CarrierModel, EventKind
+from simulator.privacy import mask_number
+from simulator.records import CallOutcome, CallRecord, CardMark
+from simulator.report import Report, build_report
+from simulator.scenario import Scenario
+from simulator.sipkit import CallResult
+
+__all__ = [
+    "InProcessGateway",
+    "Progress",
+    "SipRunResult",
+    "build_settings",
+    "run_scenario",
+    "settings_from_scenario",
+]
+
+log = structlog.get_logger("simulator.runner")
+
+#: Business seconds an agent waits before retrying a lead the gateway could not place.
+NO_CARD_RETRY_SECONDS = 60.0
+
+#: Scenario quota keys → gateway ``[quota_profiles]`` keys where they differ.
+_QUOTA_KEYS = {
+    "rolling_window": "rate_window_calls",
+    "min_calls": "min_sample",
+    "night": "night_window",
+}
+
+_STATUS_OUTCOME = {
+    200: CallOutcome.ANSWERED,
+    486: CallOutcome.BUSY,
+    600: CallOutcome.BUSY,
+    480: CallOutcome.NO_ANSWER,
+    408: CallOutcome.NO_ANSWER,
+    487: CallOutcome.NO_ANSWER,
+    603: CallOutcome.DECLINED,
+}
+
+
+# ---------------------------------------------------------------------------
+# Gateway settings and the in-process gateway
+# ---------------------------------------------------------------------------
+
+
+def _quota_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
+    return {_QUOTA_KEYS.get(k, k): v for k, v in profile.items()}
+
+
+def build_settings(
+    *,
+    carrier_address: str,
+    cards: Iterable[Mapping[str, Any]],
+    users: Iterable[Mapping[str, Any]] = (),
+    peers: Iterable[Mapping[str, Any]] = (),
+    store_path: str | Path,
+    listen: Sequence[str] = ("udp:127.0.0.1:0",),
+    carrier_name: str = "carrier-a",
+    carrier_timezone: str = "UTC",
+    carrier_rules: Sequence[Mapping[str, Any]] = (),
+    policy: Mapping[str, Any] | None = None,
+    quota_profiles: Mapping[str, Mapping[str, Any]] | None = None,
+    inbound: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Gateway :class:`Settings` for a simulated run, every listener on a free loopback port.
+
+    ``cards`` are ``[[cards]]`` tables without ``carrier`` (it is filled in);
+    the admin API listens on a free port and MQTT stays off unless ``extra``
+    says otherwise. ``extra`` entries replace top-level tables.
+    """
+    data: dict[str, Any] = {
+        "sip": {"listen": list(listen)},
+        "store": {"path": str(store_path)},
+        "policy": dict(policy or {}),
+        "users": [dict(u) for u in users],
+        "peers": [dict(p) for p in peers],
+        "carriers": [
+            {
+                "name": carrier_name,
+                "address": carrier_address,
+                "timezone": carrier_timezone,
+                "rules": [dict(r) for r in carrier_rules],
+            }
+        ],
+        "quota_profiles": {name: _quota_profile(p) for name, p in (quota_profiles or {}).items()},
+        "cards": [{"carrier": carrier_name, **dict(c)} for c in cards],
+        "admin": {"listen": "127.0.0.1:0"},
+    }
+    if inbound is not None:
+        data["inbound"] = dict(inbound)
+    data.update(extra or {})
+    return Settings(**data)
+
+
+def settings_from_scenario(
+    scenario: Scenario,
+    carrier_address: str,
+    *,
+    store_path: str | Path,
+    listen: Sequence[str] = ("udp:127.0.0.1:0",),
+) -> Settings:
+    """The in-process gateway's settings for ``scenario`` (policies per ``gateway.guarded``)."""
+    config = scenario.gateway_config(carrier_address, listen=listen, store_path=str(store_path))
+    config["quota_profiles"] = {
+        name: _quota_profile(profile) for name, profile in config["quota_profiles"].items()
+    }
+    short = scenario.carrier.antifraud.short_call_seconds
+    for profile in config["quota_profiles"].values():
+        if "short_call_ceiling" in profile:
+            profile.setdefault("short_call_seconds", short)
+    config["policy"]["mask_numbers"] = scenario.gateway.mask_callees
+    config["admin"] = {"listen": "127.0.0.1:0"}
+    return Settings(**config)
+
+
+class InProcessGateway:
+    """``gateway.app.serve`` as a task in this loop: ``await gw.start()`` … ``await gw.stop()``.
+
+    When ``serve`` takes a ``clock`` keyword the business clock's ``now`` is
+    handed over (fast-forward shared with the carrier); otherwise the gateway
+    keeps its real clock and :attr:`clock_shared` is False.
+    """
+
+    def __init__(self, settings: Settings, *, clock: BusinessClock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.clock_shared = False
+        self.gateway: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self, timeout: float = 10.0) -> InProcessGateway:
+        """Start serving; returns once every listener is bound (raises what ``serve`` raised)."""
+        from gateway import app
+
+        before = list(app.RUNNING)
+        ready = asyncio.Event()
+        kwargs: dict[str, Any] = {"ready": ready, "stop": self._stop}
+        if self.clock is not None and "clock" in inspect.signature(app.serve).parameters:
+            kwargs["clock"] = self.clock.now
+            self.clock_shared = True
+        self._task = asyncio.ensure_future(app.serve(self.settings, **kwargs))
+        waiter = asyncio.ensure_future(ready.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {self._task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+        if self._task in done:
+            self._task.result()  # raises the start-up error
+            raise RuntimeError("gateway.app.serve returned before it was ready")
+        if not ready.is_set():
+            await self.stop()
+            raise TimeoutError("the in-process gateway did not become ready")
+        fresh = [g for g in app.RUNNING if g not in before]
+        self.gateway = fresh[-1] if fresh else (app.RUNNING[-1] if app.RUNNING else None)
+        return self
+
+    def address(self, transport: str = "udp") -> Address:
+        """The bound ``(host, port)`` of the first listener of ``transport``."""
+        if self.gateway is None:
+            raise RuntimeError("gateway not started")
+        address: Address = self.gateway.address(transport)
+        return address
+
+    @property
+    def running(self) -> bool:
+        """True while the serve task is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask ``serve`` to stop; cancel it if it does not within ``timeout``. Idempotent."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        except Exception:
+            log.exception("sim.gateway.stop.failed")
+
+    async def __aenter__(self) -> InProcessGateway:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# ---------------------------------------------------------------------------
+# Progress line
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    """A one-line status (calls, answered, blocks, suspensions), in place on a TTY.
+
+    Off a TTY a line is printed at each tenth of the run, so logs stay short.
+    """
+
+    stream: TextIO
+    total: float
+    enabled: bool = True
+    _tty: bool = field(init=False)
+    _last_decile: int = field(default=-1, init=False)
+    _width: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def line(self, elapsed: float, calls: int, answered: int, blocked: int, suspended: int) -> str:
+        """The status text for these counters."""
+        share = 0.0 if self.total <= 0 else min(1.0, max(0.0, elapsed / self.total))
+        bar = "#" * int(share * 20)
+        return (
+            f"[{bar:<20}] {share * 100:5.1f}%  calls {calls}  answered {answered}  "
+            f"blocked {blocked}  suspensions {suspended}"
+        )
+
+    def update(
+        self, elapsed: float, calls: int, answered: int, blocked: int, suspended: int
+    ) -> None:
+        """Redraw (TTY) or print at each new tenth (not a TTY)."""
+        if not self.enabled:
+            return
+        text = self.line(elapsed, calls, answered, blocked, suspended)
+        if self._tty:
+            pad = " " * max(0, self._width - len(text))
+            self.stream.write("\r" + text + pad)
+            self._width = len(text)
+            self.stream.flush()
+            return
+        decile = int(10 * min(1.0, elapsed / self.total)) if self.total > 0 else 10
+        if decile > self._last_decile:
+            self._last_decile = decile
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        """End the in-place line."""
+        if self.enabled and self._tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SipRunResult:
+    """What a SIP run produced."""
+
+    scenario: Scenario
+    carrier: CarrierModel
+    calls: list[CallRecord]
+    marks: list[CardMark]
+    results: list[tuple[str, CallResult]]
+    leads_total: int
+    leads_left: int
+    mode: str
+    gateway_address: Address | None = None
+    clock_shared: bool = False
+    invites: list[dict[str, Any]] = field(default_factory=list)
+
+    def report(self) -> Report:
+        """The rehearsal report (same builder as the offline run)."""
+        s = self.scenario
+        return build_report(
+            name=s.name,
+            seed=s.seed,
+            start=s.start_epoch,
+            end=s.end_epoch,
+            timezone=s.carrier.timezone,
+            thresholds=self.carrier.config.thresholds,
+            cards=[c.id for c in s.cards],
+            events=self.carrier.events,
+            calls=self.calls,
+            marks=self.marks,
+            leads_total=self.leads_total,
+            leads_left=self.leads_left,
+        )
+
+
+def _record(
+    source: str,
+    result: CallResult,
+    carrier: Carrier,
+    mask: bool,
+) -> CallRecord:
+    """A CallRecord for one attempt; the card and failovers come from the carrier's INVITE log."""
+    tried = [
+        e
+        for e in carrier.invites
+        if e.callee == result.callee and e.authenticated and e.time >= result.started - 1e-6
+    ]
+    card = tried[-1].card if tried else None
+    failovers = max(0, len(tried) - 1)
+    status = result.status or 0
+    outcome = _STATUS_OUTCOME.get(status)
+    reason = result.reason_text
+    if outcome is None:
+        outcome = CallOutcome.BLOCKED
+        if reason is None:
+            reason = f"carrier-{status}" if tried else f"gateway-{status}"
+    return CallRecord(
+        time=result.started,
+        source=source,
+        callee=mask_number(result.callee, enabled=mask),
+        card=card,
+        outcome=outcome,
+        status=status,
+        reason=reason if outcome is CallOutcome.BLOCKED else None,
+        failovers=failovers,
+        ring_seconds=round(result.ring_seconds, 3),
+        talk_seconds=round(result.talk_seconds, 3) if result.answered else 0.0,
+    )
+
+
+def _marks(carrier: Carrier) -> list[CardMark]:
+    marks = []
+    for e in carrier.invites:
+        if e.outcome == "rejected" and e.card is not None:
+            until = e.time + e.retry_after if e.retry_after is not None else None
+            marks.append(CardMark(e.time, e.card, e.decided, e.reason_phrase, until))
+    return marks
+
+
+def _requeue(lead: str, result: CallResult) -> float | None:
+    """Put a lead back when the gateway could not place it (no card, store down)."""
+    if result.status == 503 and result.reason_text in ("no-card-available", "store-unavailable"):
+        return float(result.retry_after or NO_CARD_RETRY_SECONDS)
+    return None
+
+
+async def run_scenario(
+    scenario: Scenario,
+    *,
+    gateway: Address | None = None,
+    direct: bool = False,
+    speed: float | None = None,
+    progress: TextIO | None = None,
+    carrier_port: int = 0,
+    workdir: str | Path | None = None,
+    max_leads: int | None = None,
+    progress_interval: float = 0.5,
+    on_ready: Callable[[Carrier, Address | None], None] | None = None,
+) -> SipRunResult:
+    """Play ``scenario`` over SIP; see the module docstring for the three modes.
+
+    ``speed`` overrides the scenario clock's speed; ``max_leads`` caps the
+    lead list (quick runs); ``progress`` is where the live line goes (None:
+    nowhere); ``on_ready`` is called once the carrier (and gateway) are up.
+    """
+    if speed is not None:
+        scenario = scenario.model_copy(
+            update={"clock": scenario.clock.model_copy(update={"speed": speed})}
+        )
+    leads = scenario.expand_leads()
+    model = scenario.build_carrier(leads)
+    numbers = [lead.number for lead in leads]
+    if max_leads is not None:
+        numbers = numbers[:max_leads]
+    clock = scenario.build_clock()
+    mask = scenario.gateway.mask_callees
+    max_call = scenario.carrier.answer.talk_max + 60.0
+    ring_timeout = (
+        max(scenario.carrier.answer.no_answer_seconds, scenario.carrier.answer.ring_max) + 15.0
+    )
+    carrier = Carrier(
+        model,
+        clock=clock,
+        numbers={c.number: c.id for c in scenario.cards},
+        mask_callees=mask,
+    )
+    in_process: InProcessGateway | None = None
+    callers: list[Softphone | Dialer] = []
+    results: list[tuple[str, CallResult]] = []
+    queue: deque[str] = deque(numbers)
+    stop = asyncio.Event()
+    mode = "direct" if direct else ("external" if gateway is not None else "in-process")
+    with tempfile.TemporaryDirectory(prefix="dialgate-sim-", dir=workdir) as tmp:
+        try:
+            await carrier.start(carrier_port)
+            target: Address | None = gateway
+            if not direct and gateway is None:
+                settings = settings_from_scenario(
+                    scenario, carrier.address_spec, store_path=Path(tmp) / "dialgate.db"
+                )
+                in_process = InProcessGateway(settings, clock=clock)
+                await in_process.start()
+                target = in_process.address("udp")
+            if on_ready is not None:
+                on_ready(carrier, target)
+            cards = {c.id: c for c in scenario.cards}
+            for index, agent in enumerate(scenario.agents):
+                if direct:
+                    card = cards[agent.card] if agent.card else scenario.cards[index % len(cards)]
+                    phone = Softphone(
+                        card.username,
+                        card.password.get_secret_value(),
+                        carrier.address,
+                        clock=clock,
+                        mask_callees=mask,
+                        max_call_seconds=max_call,
+                    )
+                else:
+                    assert target is not None
+                    phone = Softphone(
+                        agent.name,
+                        agent.password.get_secret_value(),
+                        target,
+                        clock=clock,
+                        mask_callees=mask,
+                        max_call_seconds=max_call,
+                    )
+                await phone.start()
+                callers.append(phone)
+            if not direct:
+                assert target is not None
+                for dialer in scenario.dialers:
+                    d = Dialer(
+                        dialer.name,
+                        dialer.password.get_secret_value(),
+                        target,
+                        clock=clock,
+                        campaign=dialer.campaign,
+                        mask_callees=mask,
+                        max_call_seconds=max_call,
+                    )
+                    await d.start()
+                    callers.append(d)
+            if not direct:
+                for member in callers:
+                    if isinstance(member, Softphone):
+                        response = await member.register()
+                        if not 200 <= response.status < 300:
+                            log.warning(
+                                "sim.register.failed", agent=member.name, status=response.status
+                            )
+            clock.reset()  # business time starts now that every peer is up
+            pacing = scenario.pacing
+
+            def collect(source: str) -> Callable[[str, CallResult], None]:
+                return lambda _lead, r: results.append((source, r))
+
+            workers: list[asyncio.Task[None]] = []
+            dialer_channels = {d.name: d.channels for d in scenario.dialers}
+            for caller in callers:
+                channels = dialer_channels.get(caller.name, 1) if isinstance(caller, Dialer) else 1
+                for channel in range(channels):
+                    source = caller.name if channels == 1 else f"{caller.name}/{channel + 1}"
+                    workers.append(
+                        asyncio.ensure_future(
+                            work_leads(
+                                caller,
+                                queue,
+                                calls_per_minute=pacing.calls_per_minute_per_agent,
+                                think_seconds=pacing.think_seconds,
+                                talk_seconds=None,
+                                ring_timeout=ring_timeout,
+                                stop=stop,
+                                on_result=collect(source),
+                                requeue=_requeue,
+                            )
+                        )
+                    )
+            bar = Progress(
+                progress or sys.stdout, scenario.clock.duration, enabled=progress is not None
+            )
+            end = scenario.end_epoch
+            try:
+                while not all(w.done() for w in workers):
+                    if clock.now() >= end:
+                        stop.set()
+                    answered = sum(1 for _, r in results if r.answered)
+                    blocked = sum(1 for _, r in results if (r.status or 0) >= 400 and r.reason_text)
+                    suspended = sum(1 for e in model.events if e.kind is EventKind.SUSPENDED)
+                    bar.update(
+                        clock.now() - scenario.start_epoch,
+                        len(results),
+                        answered,
+                        blocked,
+                        suspended,
+                    )
+                    await asyncio.wait(workers, timeout=progress_interval)
+            finally:
+                stop.set()
+                for w in workers:
+                    if not w.done():
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(
+                                asyncio.shield(w), 10 + max_call / max(clock.speed, 1)
+                            )
+                    if not w.done():
+                        w.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        exc = await asyncio.gather(w, return_exceptions=True)
+                        if exc and isinstance(exc[0], Exception):
+                            log.error("sim.worker.failed", error=repr(exc[0]))
+                bar.finish()
+            # Let the carrier see the last BYEs / call ends.
+            for _ in range(50):
+                if carrier.active_calls() == 0:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            for caller in callers:
+                await caller.close()
+            if in_process is not None:
+                await in_process.stop()
+            await carrier.close()
+    calls = [_record(source, r, carrier, mask) for source, r in results]
+    calls.sort(key=lambda c: c.time)
+    return SipRunResult(
+        scenario=scenario,
+        carrier=model,
+        calls=calls,
+        marks=_marks(carrier),
+        results=results,
+        leads_total=len(numbers),
+        leads_left=len(queue),
+        mode=mode,
+        gateway_address=gateway if gateway is not None else None,
+        clock_shared=in_process.clock_shared if in_process is not None else False,
+        invites=[e.as_dict(mask=mask) for e in carrier.invites],
+    )
