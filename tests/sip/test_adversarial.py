@@ -145,3 +145,22 @@ def test_oversized_input_is_rejected_before_scanning() -> None:
     """Anything above 64 KiB is refused with 513 at once."""
     with pytest.raises(MessageTooLarge):
         parse(b" " * (MAX_MESSAGE_SIZE + 1))
+
+
+@pytest.mark.parametrize("module", ["errors", "uri", "headers", "message", "validate"])
+def test_only_grammar_compiles_regexes(module: str) -> None:
+    """Regexes live only in grammar.py, so the nested-repeat check above covers all of them."""
+    import ast
+    import importlib
+
+    mod = importlib.import_module(f"gateway.sip.{module}")
+    assert mod.__file__ is not None
+    with open(mod.__file__, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "re" not in imported
