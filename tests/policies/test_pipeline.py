@@ -248,3 +248,19 @@ def test_cards_must_be_last_and_emergency_first() -> None:
             build_pipeline(deps, ["test-after", "emergency"])
     finally:
         POLICY_FACTORIES.pop("test-after", None)
+
+
+def test_decision_details_never_carry_the_callee_number() -> None:
+    """No rejection detail (they reach logs and MQTT) contains the callee's digits."""
+    deps, dnc, _, history, _, _ = world()
+    details: list[str] = []
+    pipeline = build_pipeline(deps)
+    details.append(pipeline.decide(ctx("13912345678", NOW)).detail)  # no consent
+    details.append(pipeline.decide(ctx(NUMBER, utc(2026, 6, 1, 15, 0))).detail)  # hours
+    for i in range(3):
+        history.record_attempt(NUMBER, T - 60 * (i + 1))
+    details.append(pipeline.decide(ctx(NUMBER, NOW)).detail)  # frequency
+    dnc.add(NUMBER, DncSource.COMPLAINT)
+    details.append(pipeline.decide(ctx(NUMBER, NOW)).detail)  # dnc
+    assert 4 == len([d for d in details if d])
+    assert [] == [d for d in details if "13812345678" in d or "13912345678" in d]
