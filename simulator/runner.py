@@ -274,9 +274,16 @@ class Progress:
         )
 
     def update(
-        self, elapsed: float, calls: int, answered: int, blocked: int, suspended: int
+        self,
+        elapsed: float,
+        calls: int,
+        answered: int,
+        blocked: int,
+        suspended: int,
+        *,
+        force: bool = False,
     ) -> None:
-        """Redraw (TTY) or print at each new tenth (not a TTY)."""
+        """Redraw (TTY) or print at each new tenth (not a TTY; ``force`` prints anyway)."""
         if not self.enabled:
             return
         text = self.line(elapsed, calls, answered, blocked, suspended)
@@ -287,7 +294,7 @@ class Progress:
             self.stream.flush()
             return
         decile = int(10 * min(1.0, elapsed / self.total)) if self.total > 0 else 10
-        if decile > self._last_decile:
+        if decile > self._last_decile or force:
             self._last_decile = decile
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -522,6 +529,14 @@ async def run_scenario(
                             )
                         )
                     )
+
+            def counters() -> tuple[float, int, int, int, int]:
+                answered = sum(1 for _, r in results if r.answered)
+                blocked = sum(1 for _, r in results if (r.status or 0) not in _STATUS_OUTCOME)
+                suspended = sum(1 for e in model.events if e.kind is EventKind.SUSPENDED)
+                elapsed = clock.now() - scenario.start_epoch
+                return elapsed, len(results), answered, blocked, suspended
+
             bar = Progress(
                 progress or sys.stdout, scenario.clock.duration, enabled=progress is not None
             )
@@ -530,16 +545,7 @@ async def run_scenario(
                 while not all(w.done() for w in workers):
                     if clock.now() >= end:
                         stop.set()
-                    answered = sum(1 for _, r in results if r.answered)
-                    blocked = sum(1 for _, r in results if (r.status or 0) >= 400 and r.reason_text)
-                    suspended = sum(1 for e in model.events if e.kind is EventKind.SUSPENDED)
-                    bar.update(
-                        clock.now() - scenario.start_epoch,
-                        len(results),
-                        answered,
-                        blocked,
-                        suspended,
-                    )
+                    bar.update(*counters())
                     await asyncio.wait(workers, timeout=progress_interval)
             finally:
                 stop.set()
@@ -555,6 +561,7 @@ async def run_scenario(
                         exc = await asyncio.gather(w, return_exceptions=True)
                         if exc and isinstance(exc[0], Exception):
                             log.error("sim.worker.failed", error=repr(exc[0]))
+                bar.update(*counters(), force=True)
                 bar.finish()
             # Let the carrier see the last BYEs / call ends.
             for _ in range(50):
