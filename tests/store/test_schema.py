@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import _MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreUnavailable
+from gateway.store import SCHEMA_VERSION, SQLiteStore, StoreUnavailable
+from gateway.store.sqlite import _MIGRATIONS
 from policies.errors import StoreUnavailableError
 
 from .conftest import T0
