@@ -150,6 +150,8 @@ class URI:
                 _check_escapes(pw, "password")
             if not user:
                 raise ParseError("empty user part")
+            if "@" in userinfo:
+                raise ParseError("unescaped @ in URI userinfo")
             _check_escapes(user, "user")
         rest, qsep, htext = rest.partition("?")
         hostport, psep, ptext = rest.partition(";")

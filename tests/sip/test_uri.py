@@ -91,6 +91,7 @@ BAD = [
     "1sip:alice@example.com",
     'sip:"alice"@example.com',
     "sip:alice@example.com\x00",
+    "sip:alice@evil.example@example.com",
 ]
 
 
