@@ -1,0 +1,236 @@
+"""/metrics and /health on the gateway's HTTP server; the exposition text parsed back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from gateway.config import AdminSettings, MqttSettings
+from gateway.events import (
+    Alert,
+    AlertKind,
+    CallEvent,
+    CallEventKind,
+    CardStatus,
+    EventBus,
+    Severity,
+)
+from gateway.http import HttpServer, Response, admin_server
+from gateway.metrics import GatewayMetrics, Histogram, format_value
+from gateway.mqtt import MqttPublisher
+from gateway.transport.base import TransportStats
+
+SAMPLE_RE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
+    r'(?:\{(?P<labels>(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})?'
+    r" (?P<value>[-+]?(?:[0-9.]+(?:e[-+]?[0-9]+)?|Inf|NaN))$"
+)
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+async def http_get(
+    host: str, port: int, path: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """A minimal HTTP/1.1 client: status, lower-cased headers, body."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+def parse_exposition(text: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str], float]]]:
+    """Parse exposition format 0.0.4 line by line; assert each line is well-formed.
+
+    Returns the TYPE of each family and every sample. A sample must belong to a
+    family whose TYPE was declared before it.
+    """
+    types: dict[str, str] = {}
+    samples: list[tuple[str, dict[str, str], float]] = []
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            assert re.match(r"^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*$", line), line
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in {"counter", "gauge", "histogram", "summary", "untyped"}, line
+            assert name not in types, f"family declared twice: {name}"
+            types[name] = kind
+            continue
+        match = SAMPLE_RE.match(line)
+        assert match is not None, f"not a sample line: {line!r}"
+        name = match["name"]
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name[: -len(suffix)] in types:
+                family = name[: -len(suffix)]
+        assert family in types, f"sample before its TYPE: {line!r}"
+        labels = dict(LABEL_RE.findall(match["labels"] or ""))
+        value = match["value"]
+        samples.append((name, labels, float(value.replace("Inf", "inf"))))
+    return types, samples
+
+
+def value_of(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The value of the one sample with this name and (a superset of) labels."""
+    found = [v for n, lab, v in samples if n == name and labels.items() <= lab.items()]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+async def test_metrics_endpoint_serves_valid_exposition_text() -> None:
+    """Events on the bus, MQTT and transport counters show up in a parseable /metrics."""
+    bus = EventBus()
+    metrics = GatewayMetrics()
+    bus.subscribe(metrics)
+    publisher = MqttPublisher(
+        MqttSettings.model_validate({"url": "mqtt://127.0.0.1:1", "node": "gw1"}), queue_limit=2
+    )
+    metrics.watch_mqtt(publisher)
+    udp = TransportStats(received=7, sent=5)
+    udp.drop("parse-error")
+    udp.by_status[404] += 2
+    metrics.watch_gateway(
+        lambda: {
+            "gateway": {"requests": 9, "answered": {"407": 3}, "dropped": {}},
+            "transports": {"udp:127.0.0.1:5060": udp},
+        }
+    )
+    bus.publish(
+        CallEvent(CallEventKind.ATTEMPT, "a", 1.0, callee="+8613812345678", decision_seconds=0.0004)
+    )
+    bus.publish(CallEvent(CallEventKind.ATTEMPT, "b", 1.0, decision_seconds=0.003))
+    bus.publish(CallEvent(CallEventKind.BLOCKED, "c", 1.0, reason="dnc", decision_seconds=0.0002))
+    bus.publish(CallEvent(CallEventKind.FAILOVER, "a", 1.1, from_card="c1", to_card="c2"))
+    bus.publish(CallEvent(CallEventKind.ENDED, "a", 2.0, outcome="answered"))
+    bus.publish(CardStatus("c1", "suspended", "violation", 1.0, "main", 1.0))
+    bus.publish(CardStatus("c2", "active", None, 1.0, "main", 1.0))
+    bus.publish(Alert(AlertKind.CARD_SUSPENDED, 1.0, Severity.CRITICAL, "c1 suspended", card="c1"))
+    for i in range(5):  # overflow the publisher's queue of 2 (no broker): 3 drops
+        publisher.offer(CallEvent(CallEventKind.RINGING, f"r{i}", 1.0))
+
+    server = admin_server(AdminSettings(listen="127.0.0.1:0"), metrics=metrics)
+    async with server:
+        host, port = server.address
+        status, headers, body = await http_get(host, port, "/metrics")
+    assert 200 == status
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert str(len(body)) == headers["content-length"]
+    types, samples = parse_exposition(body.decode())
+
+    for name, kind in {
+        "dialgate_calls_total": "counter",
+        "dialgate_blocked_calls_total": "counter",
+        "dialgate_cards": "gauge",
+        "dialgate_active_calls": "gauge",
+        "dialgate_policy_decision_seconds": "histogram",
+        "dialgate_mqtt_queue_depth": "gauge",
+        "dialgate_mqtt_dropped_total": "counter",
+        "dialgate_transport_received_total": "counter",
+        "dialgate_transport_dropped_by_reason_total": "counter",
+        "dialgate_sip_requests_total": "counter",
+    }.items():
+        assert kind == types.get(name), name
+    assert 1 == value_of(samples, "dialgate_calls_total", outcome="answered")
+    assert 1 == value_of(samples, "dialgate_calls_total", outcome="blocked")
+    assert 1 == value_of(samples, "dialgate_blocked_calls_total", reason="dnc")
+    assert 1 == value_of(samples, "dialgate_cards", state="suspended")
+    assert 1 == value_of(samples, "dialgate_cards", state="active")
+    assert 0 == value_of(samples, "dialgate_cards", state="retired")
+    assert 1 == value_of(samples, "dialgate_active_calls")  # b is still up
+    assert 1 == value_of(samples, "dialgate_failovers_total")
+    assert 3 == value_of(samples, "dialgate_mqtt_dropped_total")
+    assert publisher.queue_depth == value_of(samples, "dialgate_mqtt_queue_depth")
+    assert 7 == value_of(
+        samples, "dialgate_transport_received_total", transport="udp:127.0.0.1:5060"
+    )
+    assert 1 == value_of(
+        samples,
+        "dialgate_transport_dropped_by_reason_total",
+        transport="udp:127.0.0.1:5060",
+        reason="parse-error",
+    )
+    assert 2 == value_of(samples, "dialgate_transport_by_status_total", status="404")
+    assert 3 == value_of(samples, "dialgate_sip_answered_total", status="407")
+    # Histogram: cumulative buckets, +Inf == count == 3 observations.
+    buckets = [
+        (lab["le"], v) for n, lab, v in samples if n == "dialgate_policy_decision_seconds_bucket"
+    ]
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts)
+    assert ("+Inf", 3.0) == buckets[-1]
+    assert 3 == value_of(samples, "dialgate_policy_decision_seconds_count")
+    assert abs(0.0036 - value_of(samples, "dialgate_policy_decision_seconds_sum")) < 1e-9
+    assert 2 == value_of(samples, "dialgate_policy_decision_seconds_bucket", le="0.0005")
+    assert 1 == value_of(samples, "dialgate_policy_decision_seconds_bucket", le="0.00025")
+    # No callee number anywhere in the exposition.
+    assert "8613812345678" not in body.decode()
+
+
+async def test_health_and_routing_errors() -> None:
+    """/health answers JSON (503 when unhealthy); unknown path 404; POST on /metrics 405; HEAD has no body."""
+    state = {"status": "ok", "mqtt": "connected"}
+    server = admin_server(
+        AdminSettings(listen="127.0.0.1:0"), metrics=GatewayMetrics(), health=lambda: state
+    )
+    async with server:
+        host, port = server.address
+        status, headers, body = await http_get(host, port, "/health")
+        assert (200, b'{"status": "ok", "mqtt": "connected"}') == (status, body)
+        assert "application/json" == headers["content-type"]
+        state["status"] = "degraded"
+        assert 503 == (await http_get(host, port, "/health"))[0]
+        assert 404 == (await http_get(host, port, "/nope"))[0]
+        status, headers, _ = await http_get(host, port, "/metrics", method="POST")
+        assert (405, "GET, HEAD") == (status, headers["allow"])
+        status, headers, body = await http_get(host, port, "/metrics", method="HEAD")
+        assert 200 == status and b"" == body and int(headers["content-length"]) > 0
+
+
+async def test_bad_requests_are_answered_and_server_survives_a_failing_handler() -> None:
+    """A garbage request line gets 400, an oversized head 431, a raising handler 500; the server keeps serving."""
+    server = HttpServer("127.0.0.1", 0, max_head_bytes=1024)
+
+    async def boom(_request: object) -> Response:
+        raise RuntimeError("secret detail")
+
+    async def ok(_request: object) -> Response:
+        return Response(200, b"fine")
+
+    server.route("GET", "/boom", boom)
+    server.route("GET", "/ok", ok)
+    async with server:
+        host, port = server.address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"NOT HTTP\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
+        writer.close()
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /ok HTTP/1.1\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 431 ")
+        writer.close()
+        status, _, body = await http_get(host, port, "/boom")
+        assert 500 == status and b"secret" not in body
+        assert (200, b"fine") == (lambda r: (r[0], r[2]))(await http_get(host, port, "/ok"))
+
+
+def test_format_value_and_histogram_bounds() -> None:
+    """Values render as the exposition format expects; a value on a bound lands in that bucket."""
+    assert ["1", "0.25", "+Inf", "-Inf", "NaN"] == [
+        format_value(v) for v in (1.0, 0.25, float("inf"), float("-inf"), float("nan"))
+    ]
+    h = Histogram("x_seconds", "x", [0.1, 1.0])
+    h.observe(0.1)
+    h.observe(5.0)
+    fam = h.collect()
+    assert [
+        ("_bucket", (("le", "0.1"),), 1.0),
+        ("_bucket", (("le", "1"),), 1.0),
+        ("_bucket", (("le", "+Inf"),), 2.0),
+    ] == fam.samples[:3]
