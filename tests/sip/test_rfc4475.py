@@ -373,3 +373,24 @@ def test_sipmessage_oracle_covers_most_valid_rows() -> None:
     """The differential test is meaningful: sipmessage parses most valid rows."""
     parsed = [r.file for r in _by("valid") if _oracle(r.data()) is not None]
     assert len(parsed) >= len(_by("valid")) // 2, parsed
+
+
+def test_intmeth_unusual_method_and_raw_controls_in_display_name() -> None:
+    """intmeth: the odd method token survives, and quoted-pairs yield raw BEL/NUL/DEL."""
+    msg = _load("intmeth.dat")
+    assert isinstance(msg, Request)
+    assert "!interesting-Method0123456789_*+`.%indeed'~" == msg.method
+    assert msg.method == msg.cseq.method
+    display = msg.to.display_name
+    assert display is not None
+    assert {"\x07", "\x00", "\x7f"} <= set(display)
+    assert "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{" == msg.call_id
+
+
+def test_esc02_escaped_method_is_not_register() -> None:
+    """esc02: RE%47IST%45R is its own (unknown) method and C%6Fntact is not a Contact."""
+    msg = _load("esc02.dat")
+    assert isinstance(msg, Request)
+    assert "RE%47IST%45R" == msg.method
+    assert ["alias1", "alias3"] == [c.uri.user for c in msg.contact]
+    assert "%Z%45" == msg.to.display_name
