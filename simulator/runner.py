@@ -57,6 +57,7 @@ from simulator.scenario import Scenario
 from simulator.sipkit import CallResult
 
 __all__ = [
+    "DEFAULT_CARRIER_RULES",
     "InProcessGateway",
     "Progress",
     "SipRunResult",
@@ -76,6 +77,18 @@ _QUOTA_KEYS = {
     "min_calls": "min_sample",
     "night": "night_window",
 }
+
+#: Gateway ``[[carriers.rules]]`` matching the simulated carrier's answers (as in
+#: :meth:`Scenario.gateway_config`): its 403 phrases name the suspension reason.
+DEFAULT_CARRIER_RULES: tuple[Mapping[str, Any], ...] = (
+    *(
+        {"status": 403, "match": f"(?i)suspended: {reason}", "reason": reason}
+        for reason in ("abnormal-use", "violation", "arrears", "manual")
+    ),
+    {"status": 403, "match": "(?i)suspend|blocked", "reason": "unknown"},
+    {"status": 402, "reason": "arrears"},
+    {"status": 503, "match": "(?i)maintenance", "reason": "maintenance"},
+)
 
 _STATUS_OUTCOME = {
     200: CallOutcome.ANSWERED,

@@ -607,6 +607,40 @@ class UserAgent:
 
     # -- outbound calls ----------------------------------------------------------------
 
+    def outbound_calls(self) -> list[str]:
+        """Call-IDs of our established outbound calls."""
+        return [d.dialog.call_id for d in self._outbound.values()]
+
+    async def in_dialog(
+        self,
+        method: str,
+        *,
+        call_id: str | None = None,
+        body: bytes = b"",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Response:
+        """Send ``method`` (re-INVITE, INFO, ...) in an established outbound call; the final.
+
+        ``call_id`` picks the call (default: the only one). A 2xx to a
+        re-INVITE is ACKed (§14.1). Raises LookupError without such a call.
+        """
+        states = [s for s in self._outbound.values() if call_id in (None, s.dialog.call_id)]
+        if len(states) != 1:
+            raise LookupError(f"{len(states)} outbound calls match {call_id!r}")
+        state = states[0]
+        extra = list(headers)
+        if body:
+            extra.append(
+                ("Content-Type", "application/sdp" if method == "INVITE" else "text/plain")
+            )
+        request = state.dialog.create_request(method, headers=extra, body=body)
+        response = await self.endpoint.request(request, state.dest)
+        state.dialog.receive_response(response)
+        if method == "INVITE" and 200 <= response.status < 300:
+            ack = state.dialog.create_request("ACK", cseq=request.cseq.seq)
+            self.endpoint.send_stateless(ack, state.dest)
+        return response
+
     async def place_call(
         self,
         dest: Address,
