@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from gateway.sip import Request
+from simulator.agents import Softphone
 from simulator.answer import AnswerProfile
 from simulator.antifraud import AntiFraudThresholds
 from simulator.carrier import Carrier
@@ -33,7 +34,9 @@ def _only(outcome: str) -> AnswerProfile:
     )
 
 
-async def _phone(kit: SimKit, carrier: Carrier, card: SimCard, password: str | None = None):
+async def _phone(
+    kit: SimKit, carrier: Carrier, card: SimCard, password: str | None = None
+) -> Softphone:
     """A softphone that dials the carrier directly with a card's credentials."""
     return await kit.softphone(card.username, password or card.password, carrier.address)
 
