@@ -20,6 +20,7 @@ from gateway.store.sqlite import (
     TransitionRecord,
     UsageLedger,
     UsageStatus,
+    ledger_from_settings,
     store_from_settings,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "TransitionRecord",
     "UsageLedger",
     "UsageStatus",
+    "ledger_from_settings",
     "store_from_settings",
 ]

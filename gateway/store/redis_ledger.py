@@ -46,7 +46,7 @@ from gateway.store.sqlite import QuotaExceeded, ReservationError, StoreUnavailab
 from policies.quotas import CallOutcome, CardUsage, QuotaProfile, would_exceed
 from policies.timeutil import day_bounds
 
-__all__ = ["RedisLedger", "connect"]
+__all__ = ["RedisLedger", "connect", "connect_service_url"]
 
 
 def connect(url: str, *, timeout: float = 0.25) -> redis.Redis:
@@ -59,6 +59,36 @@ def connect(url: str, *, timeout: float = 0.25) -> redis.Redis:
     """
     return redis.Redis.from_url(
         url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+    )
+
+
+def connect_service_url(url: Any, *, timeout: float = 0.25) -> redis.Redis:
+    """Like :func:`connect`, from the config's ``ServiceUrl`` (password kept secret).
+
+    ``url`` has ``scheme`` (redis/rediss), ``ip``, ``port``, ``username``,
+    ``password`` (a ``SecretStr``) and ``path`` (``/db``).
+    """
+    if url.scheme == "unix":
+        return redis.Redis(
+            unix_socket_path=url.path,
+            password=url.password.get_secret_value() if url.password is not None else None,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+        )
+    db = url.path.strip("/")
+    return redis.Redis(
+        host=url.ip,
+        port=url.port or 6379,
+        db=int(db) if db.isdigit() else 0,
+        username=url.username,
+        password=url.password.get_secret_value() if url.password is not None else None,
+        ssl=url.scheme == "rediss",
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),

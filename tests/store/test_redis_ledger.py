@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -13,12 +14,15 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
+from gateway.config import load_settings  # noqa: E402
 from gateway.store import (  # noqa: E402
     QuotaExceeded,
     ReservationError,
     SQLiteStore,
     StoreUnavailable,
     UsageLedger,
+    ledger_from_settings,
+    store_from_settings,
 )
 from gateway.store.redis_ledger import RedisLedger, connect  # noqa: E402
 from policies.quotas import CardUsageView, QuotaLimit, QuotaProfile  # noqa: E402
@@ -165,3 +169,60 @@ def test_unreachable_redis_fails_closed(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         ledger.card_usage("c1", T0)
     assert time.monotonic() - started < 2.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ledger_from_settings_picks_redis_when_configured(tmp_path: Path) -> None:
+    """``[store] redis`` set: reservations go to Redis; unset: to the SQLite store."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        cfg = tmp_path / "dialgate.toml"
+        base = (
+            '[[carriers]]\nname = "carrier-a"\naddress = "udp:127.0.0.1:5070"\n'
+            '[[cards]]\nid = "c1"\ncarrier = "carrier-a"\nnumber = "+8613800000001"\n'
+            'password = "x"\n'
+        )
+        cfg.write_text(f'[store]\npath = "a.db"\nredis = "redis://127.0.0.1:{port}/2"\n{base}')
+        settings = load_settings(cfg)
+        store = store_from_settings(settings, base_dir=tmp_path)
+        ledger = ledger_from_settings(settings, store, node="gw1")
+        assert isinstance(ledger, RedisLedger)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                ledger.reserve("c1", "k1", A, T0)
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert 1 == ledger.card_usage("c1", T0).in_use
+        assert 0 == store.card_usage("c1", T0).in_use
+
+        cfg.write_text(f'[store]\npath = "a.db"\n{base}')
+        plain = load_settings(cfg)
+        assert store is ledger_from_settings(plain, store, node="gw1")
+        store.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
