@@ -95,7 +95,10 @@ class StubGateway(UserAgent):
         else:
             self.calls.append(call)
             self.ring(call)
-            call.timers.append(self.later(1.0, lambda: self.answer(call) and None))
+            call.timers.append(self.later(1.0, lambda: self._pick_up(call)))
+
+    def _pick_up(self, call: InboundCall) -> None:
+        self.answer(call)
 
 
 async def test_softphone_registers_with_digest_and_refreshes(sim_kit: SimKit) -> None:
