@@ -331,6 +331,7 @@ class UserAgent:
         self._pending: dict[Hashable, InboundCall] = {}
         self._outbound: dict[DialogId, _OutboundDialog] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        self._calls: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
 
@@ -351,7 +352,7 @@ class UserAgent:
             call.cancel_timers()
             if call.acks is not None:
                 call.acks.stop()
-        tasks = list(self._tasks)
+        tasks = list(self._tasks) + [t for t in self._calls if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -664,7 +665,46 @@ class UserAgent:
         (§9.1); a 2xx is ACKed through the dialog (§13.2.2.4) and the call is
         hung up with BYE after ``talk_seconds`` (None: wait for the remote
         BYE, at most ``max_call_seconds``) unless the far end sends BYE first.
+        A call still in progress when the UA closes is cancelled.
         """
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+        try:
+            return await self._place_call(
+                dest,
+                request_uri=request_uri,
+                from_uri=from_uri,
+                to_uri=to_uri,
+                callee=callee,
+                digest=digest,
+                headers=headers,
+                talk_seconds=talk_seconds,
+                ring_timeout=ring_timeout,
+                max_call_seconds=max_call_seconds,
+                on_result=on_result,
+            )
+        finally:
+            if task is not None:
+                self._calls.discard(task)
+
+    async def _place_call(
+        self,
+        dest: Address,
+        *,
+        request_uri: str,
+        from_uri: str,
+        to_uri: str,
+        callee: str,
+        digest: DigestClient | None,
+        headers: Sequence[tuple[str, str]],
+        talk_seconds: float | None,
+        ring_timeout: float | None,
+        max_call_seconds: float,
+        on_result: Callable[[CallResult], None] | None,
+    ) -> CallResult:
         call_id = new_call_id(self.host)
         from_tag = new_tag()
         result = CallResult(
