@@ -92,7 +92,7 @@ async def test_simkit_closes_every_peer_and_task(tmp_path: Path) -> None:
         assert 4 == len(kit.peers)
         addresses = [carrier.address, gateway.address(), phone.address, dialer.address]
     assert call.done()
-    assert () == kit.peers
+    assert 0 == len(kit.peers)
     assert gateway.gateway not in app.RUNNING
     assert not gateway.running
     assert all(_udp_port_free(a) for a in addresses)
