@@ -216,6 +216,8 @@ def main() -> None:
         decide_ns: list[int] = []
         decide_cpu_ns: list[int] = []
         cpu = time.thread_time_ns
+        kept_cpu_ns: list[int] = []
+        other_cpu_ns: list[int] = []
         outcomes: dict[str, int] = {}
         clock = time.perf_counter_ns
         for i in range(args.decisions):
@@ -239,6 +241,8 @@ def main() -> None:
             c_cpu = cpu()
             c = clock()
             decide_cpu_ns.append(c_cpu - b_cpu)
+            kept = decision.card_id is not None and decision.card_id == ctx.last_card
+            (kept_cpu_ns if kept else other_cpu_ns).append(c_cpu - b_cpu)
             build_ns.append(b - a)
             decide_ns.append(c - b)
             key = "allow" if decision.allowed else str(decision.reason)
@@ -258,6 +262,10 @@ def main() -> None:
             f"CPU p50 {cp50:.0f} µs, p99 {cp99:.0f} µs, max {cmx:.0f} µs; "
             f"build_context p50 {bp50:.0f} µs, p99 {bp99:.0f} µs; outcomes {outcomes}"
         )
+        for name, samples in (("stayed on last card", kept_cpu_ns), ("other", other_cpu_ns)):
+            if samples:
+                p50, p99, _ = percentiles(samples)
+                print(f"  {name}: {len(samples)} decisions, CPU p50 {p50:.0f} µs, p99 {p99:.0f} µs")
 
     gc.collect()
     gc.freeze()

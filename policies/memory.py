@@ -51,6 +51,9 @@ class CardRecord:
     talk: dict[float, float] = field(default_factory=dict)
     in_use: int = 0
     _frozen: dict[float, frozenset[str]] = field(default_factory=dict)
+    version: int = 0
+    _usage_key: tuple[object, ...] | None = None
+    _usage: CardUsage | None = None
 
     def callees_on(self, day_start: float) -> frozenset[str]:
         """Distinct callees of the carrier day starting at `day_start` (cached)."""
@@ -91,19 +94,37 @@ class InMemoryCardStore:
         self._agent_pools[agent] = pool
 
     def card_usage(self, card_id: str, now: float) -> CardUsage:
-        """Usage of a card as of `now`; daily fields for the carrier day containing `now`."""
+        """Usage of a card as of `now`; daily fields for the carrier day containing `now`.
+
+        `call_starts` covers the carrier day plus the hour before it (the
+        protocol asks for at least the last hour and the current day), so
+        the snapshot stays valid for the whole day until the card changes;
+        it is cached on a fingerprint of the record.
+        """
         with self._lock:
             rec = self._cards[card_id]
             day_start, _ = day_bounds(now, rec.timezone)
-            horizon = min(day_start, now - 3600.0)
-            starts = tuple(rec.starts[bisect_left(rec.starts, horizon) :])
-            return CardUsage(
-                call_starts=starts,
+            starts = rec.starts
+            key = (
+                day_start,
+                rec.version,
+                len(starts),
+                starts[-1] if starts else None,
+                rec.in_use,
+                len(rec.outcomes),
+                id(rec.outcomes[-1]) if rec.outcomes else None,
+            )
+            if rec._usage is not None and rec._usage_key == key:
+                return rec._usage
+            usage = CardUsage(
+                call_starts=tuple(starts[bisect_left(starts, day_start - 3600.0) :]),
                 callees_today=rec.callees_on(day_start),
                 talk_seconds_today=rec.talk.get(day_start, 0.0),
                 in_use=rec.in_use,
                 recent_outcomes=tuple(rec.outcomes[-self._keep_outcomes :]),
             )
+            rec._usage_key, rec._usage = key, usage
+            return usage
 
     def snapshot(self, card_id: str, now: float) -> CardSnapshot:
         """A `CardSnapshot` of one card as of `now`."""
@@ -153,6 +174,7 @@ class InMemoryCardStore:
             rec.callees.setdefault(day_start, Counter())[ctx.destination] += 1
             rec._frozen.pop(day_start, None)
             rec.in_use += 1
+            rec.version += 1
             return True
 
     def release(self, card_id: str, started_at: float, callee: str) -> None:
@@ -170,12 +192,14 @@ class InMemoryCardStore:
                     del day[callee]
                 rec._frozen.pop(day_start, None)
             rec.in_use = max(0, rec.in_use - 1)
+            rec.version += 1
 
     def finish(self, card_id: str, outcome: CallOutcome) -> None:
         """A reserved call ended: free the line, record talk time and outcome."""
         with self._lock:
             rec = self._cards[card_id]
             rec.in_use = max(0, rec.in_use - 1)
+            rec.version += 1
             if outcome.talk_seconds > 0:
                 day_start, _ = day_bounds(outcome.started_at, rec.timezone)
                 rec.talk[day_start] = rec.talk.get(day_start, 0.0) + outcome.talk_seconds

@@ -102,10 +102,12 @@ def rank_cards(
 def headroom_bound(card: CardSnapshot, now: float) -> float:
     """A cheap upper bound of a card's headroom score; -1.0 when it surely cannot take a call.
 
-    It is the minimum over a subset of the fractions `evaluate_card` takes the
-    minimum of (concurrent, calls per hour, calls per day), so the real score
-    is never above it. Selection uses it to evaluate cards fully in
-    best-bound-first order and stop once no remaining card can win.
+    It is the minimum of the count fractions `evaluate_card` also takes the
+    minimum of (concurrent, calls per minute/hour/day, talk minutes,
+    distinct callees), without the gating checks (night, gap, failures,
+    rates), so the real score is never above it and usually equals it.
+    Selection evaluates cards fully in best-bound-first order and stops once
+    no remaining card can win.
     """
     if card.state not in USABLE_STATES:
         return -1.0
@@ -117,16 +119,25 @@ def headroom_bound(card: CardSnapshot, now: float) -> float:
         if usage.in_use >= concurrent:
             return -1.0
         bound = (concurrent - usage.in_use) / concurrent
+    talk_cap = profile.talk_minutes_per_day
+    if talk_cap is not None:
+        cap = talk_cap * 60.0
+        if usage.talk_seconds_today >= cap:
+            return -1.0
+        bound = min(bound, (cap - usage.talk_seconds_today) / cap)
+    distinct = profile.distinct_callees_per_day
+    if distinct:
+        bound = min(bound, max(0.0, (distinct - len(usage.callees_today)) / distinct))
     starts = usage.call_starts
     if not starts:
         return bound
     upto = bisect_right(starts, now)
-    hourly = profile.calls_per_hour
-    if hourly is not None:
-        used = upto - bisect_right(starts, now - 3600.0)
-        if used >= hourly:
-            return -1.0
-        bound = min(bound, (hourly - used) / hourly)
+    for window, limit in ((60.0, profile.calls_per_minute), (3600.0, profile.calls_per_hour)):
+        if limit is not None:
+            used = upto - bisect_right(starts, now - window)
+            if used >= limit:
+                return -1.0
+            bound = min(bound, (limit - used) / limit)
     daily = profile.calls_per_day
     if daily is not None:
         day_start, _ = day_bounds(now, card.timezone)

@@ -33,12 +33,19 @@ def cards(draw: st.DrawFn) -> list[CardSnapshot]:
             calls_per_day=draw(limits),
             concurrent=draw(st.one_of(st.none(), st.integers(min_value=1, max_value=3))),
             talk_minutes_per_day=draw(st.one_of(st.none(), st.just(60.0))),
+            distinct_callees_per_day=draw(st.one_of(st.none(), st.integers(0, 4))),
+            min_gap_seconds=draw(st.one_of(st.none(), st.just(120.0))),
         )
         offsets = draw(st.lists(st.integers(min_value=1, max_value=20_000), max_size=25))
         usage = CardUsage(
             call_starts=tuple(sorted(T - o for o in offsets)),
             in_use=draw(st.integers(min_value=0, max_value=2)),
             talk_seconds_today=draw(st.sampled_from([0.0, 600.0, 1800.0, 3600.0])),
+            callees_today=frozenset(
+                draw(
+                    st.sets(st.sampled_from(["+8613812345678", "+8613900000001", "+8613900000002"]))
+                )
+            ),
         )
         state = draw(
             st.sampled_from(
