@@ -406,6 +406,53 @@ class CardManager:
             stored = self.repo.upsert_card(row) if self.repo is not None else row
             self._cards[d.id] = Card.from_stored(stored)
 
+    def sync_from_store(self, now: float) -> list[CardStateChanged]:
+        """Adopt state changes another gateway instance wrote to the shared store.
+
+        Cards whose stored state differs from memory take the stored one; each
+        change is emitted (actor ``peer``, nothing written back). Call it on a
+        timer when several instances share the store. Skipped while this
+        instance still has unsaved transitions (its own view is newer).
+        """
+        if self.repo is None or self._unsaved:
+            return []
+        changed: list[CardStateChanged] = []
+        for row in self.repo.load_cards():
+            card = self._cards.get(row.id)
+            if card is None:
+                continue
+            stored = Card.from_stored(row)
+            if (stored.state, stored.reason, stored.since) == (card.state, card.reason, card.since):
+                continue
+            from_state = card.state
+            for name in (
+                "state",
+                "reason",
+                "since",
+                "probation_until",
+                "profile_override",
+                "resume_at",
+            ):
+                setattr(card, name, getattr(stored, name))
+            if not card.usable:
+                self._faults[card.id] = 0
+            event = CardStateChanged(
+                card=card.id,
+                pool=card.pool,
+                at=now,
+                from_state=from_state,
+                to_state=card.state,
+                reason=card.reason,
+                cause="peer-sync",
+                evidence={"since": card.since},
+                actor="peer",
+                resume_at=card.resume_at,
+                probation_until=card.probation_until,
+            )
+            self.events.append(event)
+            changed.append(event)
+        return changed
+
     def get(self, card_id: str) -> Card:
         """The card with this id (KeyError when unknown)."""
         return self._cards[card_id]

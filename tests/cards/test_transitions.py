@@ -238,3 +238,22 @@ def test_store_outage_keeps_automatic_marks_and_refuses_restores(store: SQLiteSt
     ]
     assert "suspended" == store.get_card("c1").state  # type: ignore[union-attr]
     assert None is manager.get_timer()
+
+
+def test_sync_from_store_adopts_a_peer_instance_suspension(store: SQLiteStore) -> None:
+    """Two instances share the file: gw2 learns gw1's suspension on its next sync."""
+    gw1, gw2 = CardManager(store), CardManager(store)
+    gw1.load(DEFS, T0)
+    gw2.load(DEFS, T0)
+    gw1.on_response("c1", 402, "Payment Required", now=T0 + 1)
+    assert [] == gw1.sync_from_store(T0 + 2)  # nothing new for the writer itself
+    [event] = gw2.sync_from_store(T0 + 2)
+    assert (S.ACTIVE, S.SUSPENDED, "peer", SuspendReason.ARREARS) == (
+        event.from_state,
+        event.to_state,
+        event.actor,
+        event.reason,
+    )
+    assert "c2" == gw2.select("main", now=T0 + 3).card.id  # type: ignore[union-attr]
+    assert [] == gw2.sync_from_store(T0 + 4)
+    assert 1 == len(store.transitions("c1"))  # the peer wrote nothing back
