@@ -28,8 +28,9 @@ from datetime import date, datetime
 from functools import lru_cache
 
 import phonenumbers
-from phonenumbers import NumberParseException
+from phonenumbers import NumberParseException, PhoneNumberType, is_number_type_geographical
 from phonenumbers import timezone as pn_timezone
+from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from policies.context import CallContext
 from policies.decision import Decision, RejectReason
@@ -43,9 +44,31 @@ from policies.timeutil import (
     zone,
 )
 
-__all__ = ["CallingHours", "CallingHoursPolicy", "zones_for_number"]
+__all__ = ["CallingHours", "CallingHoursPolicy", "zones_for_context", "zones_for_number"]
 
 _UNKNOWN_ZONE = "Etc/Unknown"
+
+
+def _prefix_zones(digits: str) -> tuple[str, ...]:
+    for length in range(min(TIMEZONE_LONGEST_PREFIX, len(digits)), 0, -1):
+        zones = TIMEZONE_DATA.get(digits[:length])
+        if zones is not None:
+            return tuple(z for z in zones if z != _UNKNOWN_ZONE)
+    return ()
+
+
+def zones_for_context(e164: str, country_code: int, number_type: int) -> tuple[str, ...]:
+    """Zones of an already classified number, without parsing it again.
+
+    Same rule as `phonenumbers.timezone.time_zones_for_number`: unknown
+    type → no zone; a non-geographic type (e.g. mobile in most countries)
+    → the country's zones; otherwise the longest E.164 prefix's zones.
+    """
+    if number_type == PhoneNumberType.UNKNOWN or not country_code or not e164.startswith("+"):
+        return ()
+    if not is_number_type_geographical(number_type, country_code):
+        return _prefix_zones(str(country_code))
+    return _prefix_zones(e164[1:])
 
 
 @lru_cache(maxsize=65536)
@@ -108,9 +131,22 @@ class CallingHours:
             return base.intersect(self.by_campaign[campaign])
         return base
 
-    def zones_for(self, e164: str, region: str | None) -> tuple[str, ...]:
-        """Zones of the callee, or the region's fallback zone; empty when unknown."""
-        zones = zones_for_number(e164)
+    def zones_for(
+        self,
+        e164: str,
+        region: str | None,
+        country_code: int = 0,
+        number_type: int | None = None,
+    ) -> tuple[str, ...]:
+        """Zones of the callee, or the region's fallback zone; empty when unknown.
+
+        With the country code and number type of the context the number is
+        not parsed again.
+        """
+        if country_code and number_type is not None:
+            zones = zones_for_context(e164, country_code, number_type)
+        else:
+            zones = zones_for_number(e164)
         if zones:
             return zones
         fallback = self.fallback_zones.get((region or "").upper())
@@ -169,7 +205,7 @@ class CallingHoursPolicy:
     def __call__(self, ctx: CallContext, now: datetime) -> Decision | None:
         """No opinion inside the window; else 403 with seconds until it opens in all zones."""
         moment = as_utc(now)
-        zones = self.hours.zones_for(ctx.destination, ctx.region)
+        zones = self.hours.zones_for(ctx.destination, ctx.region, ctx.country_code, ctx.number_type)
         if not zones:
             return Decision.reject(
                 RejectReason.CALLING_HOURS, self.name, "callee time zone unknown (fails closed)"

@@ -219,3 +219,34 @@ def test_from_config_parses_dates() -> None:
     """Holiday strings become dates keyed by upper-case region."""
     hours = CallingHours.from_config(holidays={"cn": ["2026-10-01"]})
     assert frozenset({date(2026, 10, 1)}) == hours.holidays["CN"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        NY,
+        BERLIN,
+        AU_MOBILE,
+        RU_MOBILE,
+        US_TOLL_FREE,
+        "+8613812345678",
+        "+861065529988",
+        "+442079460000",
+        "+447700900123",
+        "+390612345678",
+        "+33612345678",
+        "+4990012345678",
+        "+19005551234",
+    ],
+)
+def test_context_zones_match_phonenumbers(number: str) -> None:
+    """Zones computed from the context's type and country code equal phonenumbers' answer."""
+    import phonenumbers
+    from phonenumbers import timezone as pn_timezone
+
+    from policies.hours import zones_for_context
+
+    parsed = phonenumbers.parse(number, None)
+    expected = tuple(z for z in pn_timezone.time_zones_for_number(parsed) if z != "Etc/Unknown")
+    actual = zones_for_context(number, parsed.country_code or 0, phonenumbers.number_type(parsed))
+    assert expected == actual
