@@ -239,6 +239,8 @@ class Carrier(UserAgent):
         answer = self.digest.answer(verdict, now, proxy=status == 407)
         if answer is None:  # pragma: no cover - only for OK verdicts
             return verdict.username, None
+        if values:
+            log.info("carrier.auth.refused", method=request.method, reason=verdict.reason)
         return None, (answer.status, answer.reason, answer.headers)
 
     def _card_for(self, username: str | None, from_user: str | None) -> str | None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from gateway.endpoint import ServerRequest, SipEndpoint
+from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError, DialogId
 from gateway.sip.digest import DigestClient
@@ -690,6 +690,39 @@ class UserAgent:
             if task is not None:
                 self._calls.discard(task)
 
+    async def _await_final(
+        self,
+        handle: ClientRequest,
+        ringing: asyncio.Event,
+        ring_timeout: float | None,
+        result: CallResult,
+    ) -> Response:
+        """The INVITE's final response; CANCEL once it rang ``ring_timeout`` business seconds.
+
+        The ring timeout runs from the first 18x, as on a phone: before the far
+        end rings, only the transaction's Timer B (real time) bounds the wait —
+        at a high clock speed a business-time timeout would otherwise fire
+        within a network round trip.
+        """
+        if ring_timeout is None:
+            return await handle.final
+        ring_wait: asyncio.Future[Any] = asyncio.ensure_future(ringing.wait())
+        waiters: set[asyncio.Future[Any]] = {handle.final, ring_wait}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ring_wait.cancel()
+        if handle.final.done():
+            return handle.final.result()
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(handle.final), self.clock.real_delay(ring_timeout)
+            )
+        except TimeoutError:
+            result.cancelled = True
+            handle.cancel()
+            return await handle.final
+
     async def _place_call(
         self,
         dest: Address,
@@ -720,10 +753,12 @@ class UserAgent:
         loop = self.endpoint.loop
         real_start = loop.time()
         first_ring: list[float] = []
+        ringing = asyncio.Event()
 
         def on_response(_handle: object, response: Response) -> None:
             if 100 < response.status < 200:
                 result.provisional.append(response.status)
+                ringing.set()
                 if not first_ring:
                     first_ring.append(loop.time())
 
@@ -745,13 +780,7 @@ class UserAgent:
                 offer,
             )
             handle = self.endpoint.send_request(invite, dest, on_response=on_response)
-            timeout = None if ring_timeout is None else self.clock.real_delay(ring_timeout)
-            try:
-                final = await asyncio.wait_for(asyncio.shield(handle.final), timeout)
-            except TimeoutError:
-                result.cancelled = True
-                handle.cancel()
-                final = await handle.final
+            final = await self._await_final(handle, ringing, ring_timeout, result)
             if final.status in (401, 407) and digest is not None and not result.cancelled:
                 name = "Proxy-Authenticate" if final.status == 407 else "WWW-Authenticate"
                 if digest.handle_challenge(final.status, final.headers.get_all(name)):

@@ -1,0 +1,246 @@
+"""The SIP scenario runner and ``dialgate simulate``: direct, in-process and external gateway runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+import gateway.cli_simulate  # noqa: F401  (registers the subcommand)
+from gateway import app
+from gateway.cli import main
+from gateway.cli_simulate import parse_hostport
+from simulator.runner import (
+    InProcessGateway,
+    Progress,
+    build_settings,
+    run_scenario,
+    settings_from_scenario,
+)
+from simulator.scenario import Scenario, load_scenario, loads_scenario
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
+
+SMALL = """
+name = "small"
+seed = 3
+
+[clock]
+start = 2026-03-02T10:00:00+08:00
+speed = 2000.0
+duration = "2h"
+
+[carrier]
+timezone = "Asia/Shanghai"
+
+[carrier.answer]
+answer = 0.5
+busy = 0.5
+no_answer = 0.0
+decline = 0.0
+ring_min = 2.0
+ring_max = 4.0
+busy_ring = 0.5
+talk_mean = 20.0
+talk_sigma = 0.0
+talk_min = 20.0
+talk_max = 20.0
+
+[carrier.antifraud]
+calls_per_hour = 2
+
+[[cards]]
+id = "c1"
+number = "+8613800000001"
+username = "c1"
+password = "card-secret-1"
+
+[[cards]]
+id = "c2"
+number = "+8613800000002"
+username = "c2"
+password = "card-secret-2"
+
+[gateway]
+guarded = false
+
+[[agents]]
+name = "alice"
+password = "alice-pw"
+card = "c1"
+
+[[agents]]
+name = "bob"
+password = "bob-pw"
+card = "c2"
+
+[leads]
+numbers = [
+  { number = "+8613911110001" }, { number = "+8613911110002" },
+  { number = "+8613911110003" }, { number = "+8613911110004" },
+  { number = "+8613911110005" }, { number = "+8613911110006" },
+  { number = "+8613911110007" }, { number = "+8613911110008" },
+  { number = "+8613911110009" }, { number = "+8613911110010" },
+  { number = "+8613911110011" }, { number = "+8613911110012" },
+]
+
+[pacing]
+calls_per_minute_per_agent = 6.0
+think_seconds = 1.0
+"""
+
+
+@pytest.fixture
+def small() -> Scenario:
+    """A two-card scenario whose carrier suspends a card on its third call in an hour."""
+    return loads_scenario(SMALL, "small.toml")
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_direct_run_reaches_suspensions_and_reports(small: Scenario) -> None:
+    """Without a gateway, agents hammer their cards until the carrier suspends them."""
+    result = await run_scenario(small, direct=True)
+    report = result.report()
+    assert "direct" == result.mode
+    assert 12 == report.attempts == len(result.calls)
+    assert {"c1", "c2"} == {s.card for s in report.suspensions}
+    assert 0 == result.leads_left
+    # Every lead was tried exactly once, each attempt has a card and a status.
+    dialled = sorted(r.callee for _, r in result.results)
+    assert sorted(lead.number for lead in small.expand_leads()) == dialled
+    assert [] == [c for c in result.calls if c.card not in ("c1", "c2") or not c.status]
+    blocked = [c for c in result.calls if c.outcome == "blocked"]
+    assert blocked and {"carrier-403"} == {c.reason for c in blocked}
+    assert all("****" in c.callee for c in result.calls)  # masked in the records
+
+
+async def test_in_process_run_starts_and_stops_the_gateway(small: Scenario) -> None:
+    """The in-process mode runs every lead through a dialgate it starts and stops itself."""
+    seen: list[tuple[str, int] | None] = []
+    result = await run_scenario(
+        small, max_leads=3, on_ready=lambda _carrier, target: seen.append(target)
+    )
+    assert "in-process" == result.mode
+    assert 1 == len(seen) and seen[0] is not None
+    assert 3 == len(result.calls)
+    assert all(r.status is not None for _, r in result.results)
+    assert [] == [g for g in app.RUNNING if seen[0] in [(a.host, a.port) for a in g.addresses]]
+
+
+async def test_external_gateway_mode(small: Scenario, tmp_path: Path) -> None:
+    """``--gateway`` mode drives a dialgate that was started separately, pointed at the carrier."""
+    port = _free_udp_port()
+    settings = settings_from_scenario(small, f"udp:127.0.0.1:{port}", store_path=tmp_path / "gw.db")
+    async with InProcessGateway(settings) as gw:
+        address = gw.address()
+        result = await run_scenario(small, gateway=address, carrier_port=port, max_leads=2)
+        assert gw.running
+    assert "external" == result.mode
+    assert address == result.gateway_address
+    assert not gw.running
+    assert 2 == len(result.results)
+
+
+def test_settings_from_scenarios_validate(tmp_path: Path) -> None:
+    """Scenario quota keys are translated to the gateway's; unguarded keeps only ``concurrent``."""
+    guarded = settings_from_scenario(
+        load_scenario(EXAMPLES / "guarded.toml"), "udp:127.0.0.1:5999", store_path=tmp_path / "a"
+    )
+    profile = guarded.quota_profiles["default"]
+    assert (40, 30, 20) == (profile.calls_per_hour, profile.rate_window_calls, profile.min_sample)
+    assert profile.night_window is not None
+    assert 10.0 == profile.short_call_seconds
+    assert "require-consent" == str(guarded.policy.consent)
+    assert ["alice", "bob", "carol", "dave"] == [u.name for u in guarded.users]
+    unguarded = settings_from_scenario(
+        load_scenario(EXAMPLES / "unguarded.toml"),
+        "udp:127.0.0.1:5999",
+        store_path=tmp_path / "b",
+    )
+    assert unguarded.quota_profiles["default"].calls_per_hour is None
+    assert "dnc-only" == str(unguarded.policy.consent)
+
+
+def test_build_settings_puts_cards_on_the_carrier(tmp_path: Path) -> None:
+    """Cards get the carrier's name; admin listens on a free port, never a fixed one."""
+    settings = build_settings(
+        carrier_address="udp:127.0.0.1:6000",
+        cards=[{"id": "c1", "number": "+8613800000001", "username": "c1", "password": "p"}],
+        store_path=tmp_path / "gw.db",
+        quota_profiles={"default": {"concurrent": 1, "rolling_window": 10}},
+    )
+    assert "carrier-a" == settings.cards[0].carrier
+    assert 10 == settings.quota_profiles["default"].rate_window_calls
+    assert 0 == settings.admin.port
+
+
+def test_cli_simulate_direct_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dialgate simulate --direct`` prints the report, writes JSON and exits 1 on suspensions."""
+    scenario = tmp_path / "small.toml"
+    scenario.write_text(SMALL, encoding="utf-8")
+    out = tmp_path / "report.json"
+    code = main(["simulate", str(scenario), "--direct", "--json", str(out), "--speed", "4000"])
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert 1 == code  # the carrier suspended cards
+    assert data["suspensions"]
+    captured = capsys.readouterr()
+    assert "Scenario 'small'" in captured.out
+    assert "calls 12" in captured.err  # the final progress line
+
+
+def test_cli_simulate_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad --gateway, a bad scenario and --gateway with --direct are usage errors (exit 2)."""
+    with pytest.raises(SystemExit) as bad:
+        main(["simulate", "x.toml", "--gateway", "nohost"])
+    assert 2 == bad.value.code
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = 1\n", encoding="utf-8")
+    assert 2 == main(["simulate", str(broken)])
+    assert "invalid scenario" in capsys.readouterr().err
+    good = tmp_path / "small.toml"
+    good.write_text(SMALL, encoding="utf-8")
+    assert 2 == main(["simulate", str(good), "--direct", "--gateway", "127.0.0.1:5080"])
+
+
+def test_parse_hostport() -> None:
+    """HOST:PORT and [v6]:PORT parse; a missing or bad port is refused."""
+    assert ("127.0.0.1", 5080) == parse_hostport("127.0.0.1:5080")
+    assert ("::1", 5080) == parse_hostport("[::1]:5080")
+    for bad in ("127.0.0.1", "host:0", "host:x", ":5060"):
+        with pytest.raises(ValueError):
+            parse_hostport(bad)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_in_place_on_a_tty_and_by_tenths_otherwise() -> None:
+    """On a TTY the line is redrawn with a carriage return; elsewhere one line per tenth."""
+    tty = _Tty()
+    bar = Progress(tty, total=100.0)
+    bar.update(10.0, 5, 2, 1, 0)
+    bar.update(20.0, 9, 3, 1, 1)
+    bar.finish()
+    assert 2 == tty.getvalue().count("\r")
+    assert tty.getvalue().endswith("suspensions 1\n")
+    plain = io.StringIO()
+    bar = Progress(plain, total=100.0)
+    for step in range(0, 101, 5):
+        bar.update(float(step), step, 0, 0, 0)
+    lines = plain.getvalue().splitlines()
+    assert 11 == len(lines)
+    assert "\r" not in plain.getvalue()
+    assert lines[-1].startswith("[####################] 100.0%")
