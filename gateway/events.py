@@ -550,10 +550,15 @@ class EventBus:
     the bus is delivering is queued and delivered after the current one, in
     order, so subscribers may derive events (alerts from usage) without
     recursion. A failing subscriber is logged and counted, never raised.
+
+    The bus remembers the last :class:`CardStatus` of every card
+    (:attr:`card_states`): :meth:`publish_card_events` uses it to keep a card's
+    carrier, usage and in-use count when ``gateway.cards`` reports a transition.
     """
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self.card_states: dict[str, CardStatus] = {}
         self._pending: collections.deque[Event] = collections.deque()
         self._delivering = False
         self.published = 0
@@ -579,6 +584,8 @@ class EventBus:
             while self._pending:
                 current = self._pending.popleft()
                 self.published += 1
+                if isinstance(current, CardStatus):
+                    self.card_states[current.card] = current
                 for subscriber in tuple(self._subscribers):
                     try:
                         subscriber(current)
@@ -603,9 +610,13 @@ class EventBus:
         *,
         lookup: Callable[[str], CardStatus | None] | None = None,
     ) -> None:
-        """Publish ``CardManager.drain_events()`` through :func:`from_card_event`."""
+        """Publish ``CardManager.drain_events()`` through :func:`from_card_event`.
+
+        Without ``lookup`` the card's last published :class:`CardStatus` supplies
+        carrier, usage and in-use.
+        """
         for event in events:
-            self.publish_many(from_card_event(event, lookup=lookup))
+            self.publish_many(from_card_event(event, lookup=lookup or self.card_states.get))
 
 
 # --- stats aggregation ------------------------------------------------------------------

@@ -113,3 +113,89 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+# --- headless Chromium driven over the DevTools protocol ---------------------------------
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--remote-debugging-port=0",
+    "--window-size=1920,1080",
+)
+
+
+def chromium_binary() -> str | None:
+    """Path of the Debian ``chromium`` binary, None when it is not installed."""
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class Chromium:
+    """A headless Chromium process with a fresh profile; ``devtools_port`` once started."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        self.binary = binary
+        self.profile = profile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.devtools_port: int | None = None
+        self.log = profile.parent / "chromium.log"
+
+    def start(self, url: str, timeout: float = 30.0) -> None:
+        """Open ``url``; wait for DevToolsActivePort in the profile to name the port."""
+        self.profile.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", url],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        marker = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited: {self.log.read_text()[-2000:]}")
+            if marker.exists():
+                first = marker.read_text().splitlines()[:1]
+                if first and first[0].isdigit():
+                    self.devtools_port = int(first[0])
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("chromium did not write DevToolsActivePort")
+
+    def stop(self) -> None:
+        """SIGTERM the browser by PID; SIGKILL its own process group if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # The group was created for this browser by start_new_session: only its
+            # own renderer/zygote children are in it.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Chromium]:
+    """A headless Chromium (not yet started); skipped only when chromium is not installed."""
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    browser = Chromium(binary, tmp_path / "chromium-profile")
+    try:
+        yield browser
+    finally:
+        browser.stop()

@@ -86,3 +86,35 @@ class Collector:
         """JSON of the newest message on ``topic`` (None when none yet)."""
         got = self.on(topic)
         return got[-1].json if got else None
+
+
+async def http_get(
+    host: str, port: int, path: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """A minimal HTTP/1.1 client: status, lower-cased headers, body.
+
+    Reads ``Content-Length`` bytes when the server sends it (Chromium's DevTools
+    server keeps the connection open), else up to EOF.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+            status = int(lines[0].split(" ")[1])
+            headers = {
+                k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+            }
+            if method == "HEAD":
+                body = b""
+            elif "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            else:
+                body = await reader.read()
+    finally:
+        writer.close()
+    return status, headers, body

@@ -19,6 +19,7 @@ from gateway.http import HttpServer, Response, admin_server
 from gateway.metrics import GatewayMetrics, Histogram, format_value
 from gateway.mqtt import MqttPublisher
 from gateway.transport.base import TransportStats
+from tests.events.helpers import http_get
 
 SAMPLE_RE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
@@ -26,22 +27,6 @@ SAMPLE_RE = re.compile(
     r" (?P<value>[-+]?(?:[0-9.]+(?:e[-+]?[0-9]+)?|Inf|NaN))$"
 )
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
-
-
-async def http_get(
-    host: str, port: int, path: str, method: str = "GET"
-) -> tuple[int, dict[str, str], bytes]:
-    """A minimal HTTP/1.1 client: status, lower-cased headers, body."""
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return status, headers, body
 
 
 def parse_exposition(text: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str], float]]]:
