@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and `make run` use as real peers:
-# SIPp (package sip-tester), mosquitto (+ clients), redis-server.
+# SIPp (package sip-tester), mosquitto (+ clients), redis-server, chromium (wallboard test).
 # Idempotent: does nothing when every tool is already on PATH.
 set -euo pipefail
 
@@ -9,6 +9,7 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # mosquitto and redis-server install to /usr/sbin on Debian; look there too.
 for pair in "mosquitto:/usr/sbin/mosquitto" "redis-server:/usr/bin/redis-server"; do
   pkg=${pair%%:*}; path=${pair#*:}

@@ -294,7 +294,8 @@ async def test_wallboard_in_headless_chromium(mosquitto: Mosquitto, chromium: Ch
                 dt = DevTools(ws)
 
                 async def card_states() -> dict[str, str]:
-                    return json.loads(await dt.evaluate(CARD_STATES_JS) or "{}")
+                    states: dict[str, str] = json.loads(await dt.evaluate(CARD_STATES_JS) or "{}")
+                    return states
 
                 async def wait_states(expected: dict[str, str], timeout: float) -> dict[str, str]:
                     deadline = time.monotonic() + timeout
