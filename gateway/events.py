@@ -345,7 +345,8 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
         }
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not an event: {type(event).__name__}")
-    keep_empty = {"usage", "blocked", "cards", "detail", "reason", "asr"}
+    # null is meaningful for a card's reason (none) and for ASR (no call ended yet).
+    keep_empty = {"reason"} if isinstance(event, CardStatus) else {"asr"}
     return {
         "v": SCHEMA_VERSION,
         **{k: v for k, v in body.items() if v is not None or k in keep_empty},

@@ -253,3 +253,36 @@ async def test_killed_publisher_leaves_last_will_offline(
             child.wait(timeout=10)
         if child.stdout is not None:
             child.stdout.close()
+
+
+async def test_stats_are_published_retained_every_interval(mosquitto: Mosquitto) -> None:
+    """The stats source is sampled every stats_interval; `{root}/stats` is retained QoS 0
+    and carries the publisher's own queue/drop counters."""
+    from gateway.events import CallStats
+
+    bus = EventBus()
+    stats = CallStats(time.time)
+    bus.subscribe(stats)
+    pub = MqttPublisher(_settings(mosquitto, stats_interval=0.1), stats_source=stats.snapshot)
+    pub.attach(bus)
+    await pub.start()
+    try:
+        assert await pub.wait_connected(10)
+        bus.publish(CallEvent(CallEventKind.ATTEMPT, "a", time.time()))
+        bus.publish(CallEvent(CallEventKind.BLOCKED, "b", time.time(), reason="calling-hours"))
+        async with Collector(mosquitto.port, TOPICS.stats) as sub:
+
+            def fresh() -> bool:
+                latest = sub.latest(TOPICS.stats)
+                return latest is not None and latest["attempts"] == 1
+
+            assert await wait_for(fresh, 5)
+            latest = sub.latest(TOPICS.stats)
+            assert {"calling-hours": 1} == latest["blocked"]
+            assert 1 == latest["active_calls"]
+            assert {"connected", "queued", "dropped", "published"} <= set(latest["mqtt"])
+            assert 0 == latest["mqtt"]["dropped"]
+            count = len(sub.on(TOPICS.stats))
+            assert await wait_for(lambda: len(sub.on(TOPICS.stats)) >= count + 2, 5)
+    finally:
+        await pub.stop()
