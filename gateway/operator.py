@@ -97,6 +97,7 @@ __all__ = [
     "assess_agent",
     "assess_card",
     "effective_profile_of",
+    "mask_evidence",
     "operator_from_settings",
     "parse_duration",
     "parse_time",
@@ -600,7 +601,7 @@ class Operator:
                         "reason": t.reason,
                         "cause": t.cause,
                         "actor": t.actor,
-                        "evidence": _mask_evidence(t.evidence, self.mask),
+                        "evidence": mask_evidence(t.evidence, self.mask),
                     },
                 )
             )
@@ -616,7 +617,7 @@ class Operator:
                         "kind": entry.action,
                         "actor": entry.actor,
                         "target": entry.target,
-                        "detail": _mask_evidence(entry.detail, self.mask),
+                        "detail": mask_evidence(entry.detail, self.mask),
                     },
                 )
             )
@@ -1282,7 +1283,7 @@ class Operator:
         return buf.getvalue()
 
 
-def _mask_evidence(value: Any, mask: bool) -> Any:
+def mask_evidence(value: Any, mask: bool) -> Any:
     """Evidence and audit details with every phone number inside masked."""
     from gateway.logging import mask_numbers_in
 
@@ -1291,9 +1292,9 @@ def _mask_evidence(value: Any, mask: bool) -> Any:
     if isinstance(value, str):
         return mask_numbers_in(value)
     if isinstance(value, Mapping):
-        return {str(k): _mask_evidence(v, mask) for k, v in value.items()}
+        return {str(k): mask_evidence(v, mask) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_mask_evidence(v, mask) for v in value]
+        return [mask_evidence(v, mask) for v in value]
     return value
 
 
