@@ -263,7 +263,13 @@ class SimKit:
         extra: Mapping[str, Any] | None = None,
         clock: BusinessClock | None = None,
     ) -> InProcessGateway:
-        """A started in-process dialgate whose carrier trunk is ``carrier`` (or an address spec)."""
+        """A started in-process dialgate whose carrier trunk is ``carrier`` (or an address spec).
+
+        Calling hours default to the whole day (``00:00-24:00``) so a test does
+        not depend on the wall clock while ``serve`` keeps real time; pass
+        ``policy={"calling_hours": ...}`` to test them.
+        """
+        policy = {"calling_hours": "00:00-24:00", **(policy or {})}
         self._gateways += 1
         store = self.workdir / f"gateway-{self._gateways}" / "dialgate.db"
         store.parent.mkdir(parents=True, exist_ok=True)

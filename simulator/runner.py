@@ -190,6 +190,7 @@ class InProcessGateway:
         self.clock = clock
         self.clock_shared = False
         self.gateway: Any = None
+        self.addresses: list[tuple[str, Address]] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -219,14 +220,16 @@ class InProcessGateway:
             raise TimeoutError("the in-process gateway did not become ready")
         fresh = [g for g in app.RUNNING if g not in before]
         self.gateway = fresh[-1] if fresh else (app.RUNNING[-1] if app.RUNNING else None)
+        if self.gateway is not None:
+            self.addresses = [(b.transport, (b.host, b.port)) for b in self.gateway.addresses]
         return self
 
     def address(self, transport: str = "udp") -> Address:
-        """The bound ``(host, port)`` of the first listener of ``transport``."""
-        if self.gateway is None:
-            raise RuntimeError("gateway not started")
-        address: Address = self.gateway.address(transport)
-        return address
+        """The bound ``(host, port)`` of the first listener of ``transport`` (kept after stop)."""
+        for name, address in self.addresses:
+            if name == transport:
+                return address
+        raise LookupError(f"no {transport} listener (gateway started: {self.gateway is not None})")
 
     @property
     def running(self) -> bool:

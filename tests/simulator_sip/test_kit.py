@@ -56,6 +56,8 @@ async def test_gateway_fixture_is_up_and_answers_options(
     # The gateway's carrier trunk is the fixture carrier.
     assert [carrier.address_spec] == [str(c.address) for c in gateway.settings.carriers]
     assert ["c1", "c2"] == [c.id for c in gateway.settings.cards]
+    # Whole-day calling hours: fixture tests never depend on the wall clock.
+    assert "00:00-24:00" == str(gateway.settings.policy.calling_hours)
 
 
 async def test_softphone_fixture_passes_the_gateway_digest(softphone: Softphone) -> None:
