@@ -224,7 +224,7 @@ class Softphone(_Caller):
         digest = self._digest()
         auth: tuple[str, str] | None = None
         uri = f"sip:{self.domain}"
-        for _ in range(3):
+        for _ in range(4):
             response = await self.endpoint.request(
                 self._register_request(asked, auth), self.gateway
             )
@@ -235,20 +235,33 @@ class Softphone(_Caller):
                 if digest.handle_challenge(response.status, response.headers.get_all(name)):
                     auth = digest.authorization("REGISTER", uri)
                     continue
+            elif response.status == 423 and asked > 0:
+                # §10.2.8: retry with at least the registrar's Min-Expires.
+                minimum = (response.headers.get("Min-Expires") or "").strip()
+                if minimum.isdigit() and int(minimum) > asked:
+                    asked = int(minimum)
+                    if auth is not None:
+                        auth = digest.authorization("REGISTER", uri)  # next nonce count
+                    continue
             break
         if 200 <= response.status < 300:
-            granted = asked
-            for contact in response.contact:
-                if contact.expires is not None:
-                    granted = contact.expires
-                    break
-            else:
-                if response.expires is not None:
-                    granted = response.expires
-            now = self.endpoint.loop.time()
-            self.registered_until = now + granted if granted > 0 else None
+            self.registered_until = self._granted(response, asked)
         log.info("sim.register", ua=self.name, status=response.status, expires=asked)
         return response
+
+    def _granted(self, response: Response, asked: int) -> float | None:
+        """Loop time our binding expires, from the 2xx (our Contact's expires, else Expires)."""
+        granted = asked
+        ours = self.contact(self.name)
+        contacts = response.contact
+        mine = [c for c in contacts if str(c.uri) == ours] or contacts[:1]
+        if mine and mine[0].expires is not None:
+            granted = mine[0].expires
+        elif response.expires is not None:
+            granted = response.expires
+        if granted <= 0:
+            return None
+        return self.endpoint.loop.time() + granted
 
     async def unregister(self) -> Response:
         """Remove the binding (Expires: 0)."""

@@ -24,8 +24,9 @@ def _lookup(username: str, algorithm: Algorithm) -> str | None:
 class Registrar(UserAgent):
     """A registrar that grants ``grant`` seconds to digest-authenticated REGISTERs."""
 
-    def __init__(self, grant: int) -> None:
+    def __init__(self, grant: int, min_expires: int = 0) -> None:
         super().__init__("registrar")
+        self.min_expires = min_expires
         self.digest = DigestServer(key=b"registrar-test-key-0123456789", realm=REALM)
         self.grant = grant
         self.accepted: list[tuple[str, str, int, int]] = []  # user, Call-ID, CSeq, expires
@@ -43,6 +44,9 @@ class Registrar(UserAgent):
             req.respond(answer.status, answer.reason, to_tag=new_tag(), headers=answer.headers)
             return
         asked = request.expires if request.expires is not None else 3600
+        if 0 < asked < self.min_expires:
+            req.respond(423, to_tag=new_tag(), headers=[("Min-Expires", str(self.min_expires))])
+            return
         granted = min(asked, self.grant)
         self.accepted.append((verdict.username or "", request.call_id, request.cseq.seq, granted))
         contact = request.contact[0].uri
@@ -121,6 +125,21 @@ async def test_softphone_registers_with_digest_and_refreshes(sim_kit: SimKit) ->
         assert 1 == len(set(call_ids))
         assert list(cseqs) == sorted(set(cseqs))
         assert {1} == set(grants)
+    finally:
+        await registrar.close()
+
+
+async def test_softphone_retries_with_min_expires_after_423(sim_kit: SimKit) -> None:
+    """A 423 Interval Too Brief is retried with the registrar's Min-Expires (RFC 3261 §10.2.8)."""
+    registrar = Registrar(grant=3600, min_expires=120)
+    await registrar.start()
+    try:
+        phone = await sim_kit.softphone("alice", "alice-pw", registrar.address)
+        response = await asyncio.wait_for(phone.register(expires=30), WAIT)
+        assert 200 == response.status
+        assert [401, 423, 200] == phone.register_responses
+        assert [120] == [granted for *_, granted in registrar.accepted]
+        assert phone.registered
     finally:
         await registrar.close()
 
