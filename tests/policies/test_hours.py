@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.decision import RejectReason
+from policies.decision import Decision, RejectReason
 from policies.hours import CallingHours, CallingHoursPolicy
 from policies.timeutil import parse_windows
 from tests.policies.helpers import ctx, utc
@@ -22,7 +22,8 @@ US_TOLL_FREE = "+18002345678"
 
 def _decide(
     number: str, now: datetime, hours: CallingHours | None = None, campaign: str | None = None
-):  # type: ignore[no-untyped-def]
+) -> Decision | None:
+    """The calling-hours policy's answer for a number dialled at `now`."""
     policy = CallingHoursPolicy(hours or CallingHours())
     return policy(ctx(number, now, region="US", campaign=campaign), now)
 
