@@ -83,6 +83,11 @@ class Mosquitto:
                 time.sleep(0.02)
         raise RuntimeError(f"mosquitto did not listen on {self.port}")
 
+    def pause(self) -> None:
+        """SIGSTOP the broker: connections stay open but nothing is answered."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL the broker (an outage) and reap it."""
         if self.proc is not None and self.proc.poll() is None:

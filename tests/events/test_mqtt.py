@@ -286,3 +286,38 @@ async def test_stats_are_published_retained_every_interval(mosquitto: Mosquitto)
             assert await wait_for(lambda: len(sub.on(TOPICS.stats)) >= count + 2, 5)
     finally:
         await pub.stop()
+
+
+async def test_message_in_flight_when_the_connection_breaks_is_put_back(
+    mosquitto: Mosquitto,
+) -> None:
+    """An alert taken from the queue and waiting for its PUBACK when the broker dies is not lost:
+    it goes back into the queue and is delivered after the broker returns."""
+    pub = MqttPublisher(_settings(mosquitto), backoff_initial=2.0, backoff_max=2.0)
+    await pub.start()
+    try:
+        assert await pub.wait_connected(10)
+        # The online status is acknowledged (not merely taken from the queue).
+        assert await wait_for(lambda: pub.queue_depth == 0 and pub.published == 1, 5)
+        published = pub.published
+        mosquitto.pause()  # the broker stops answering: the QoS 1 PUBACK never comes
+        pub.offer(
+            Alert(
+                AlertKind.POOL_EXHAUSTED,
+                time.time(),
+                Severity.CRITICAL,
+                "pool main exhausted",
+                pool="main",
+            )
+        )
+        assert await wait_for(lambda: pub.queue_depth == 0, 5)  # taken from the queue, in flight
+        assert published == pub.published
+        mosquitto.kill()
+        assert await wait_for(lambda: not pub.connected and pub.queue_depth == 1, 5)
+        mosquitto.start()
+        async with Collector(mosquitto.port, TOPICS.alerts) as sub:
+            assert await wait_for(lambda: bool(sub.on(TOPICS.alerts)), 10)
+            assert "pool-exhausted" == sub.latest(TOPICS.alerts)["alert"]
+        assert 0 == pub.dropped
+    finally:
+        await pub.stop()
