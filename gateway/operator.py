@@ -142,31 +142,44 @@ def parse_time(text: str | float | int) -> float:
 
     A datetime without an offset is taken as UTC. Raises :class:`BadRequest`.
     """
+    if isinstance(text, bool):
+        raise BadRequest("a time is a date, an ISO 8601 time or epoch seconds")
     if isinstance(text, int | float):
-        return float(text)
+        return _in_range(float(text))
     value = text.strip()
     try:
-        return float(value)
+        return _in_range(float(value))
     except ValueError:
         pass
     try:
         if len(value) == 10:
             d = date.fromisoformat(value)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+            return _in_range(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return _in_range(moment.timestamp())
+    except (ValueError, OverflowError):
         raise BadRequest(
             f"not a date or time: {value[:40]!r} (use 2026-11-01 or ISO 8601)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+
+
+_MAX_EPOCH = 4_102_444_800.0  # 2100-01-01: nothing an operator records lies beyond
+
+
+def _in_range(epoch: float) -> float:
+    if not 0.0 <= epoch <= _MAX_EPOCH:  # also rejects NaN
+        raise BadRequest("time out of range (1970..2100)")
+    return epoch
 
 
 def parse_duration(text: str | float | int) -> float:
     """Seconds from ``30d``, ``12h``, ``45m``, ``90s`` or a plain number of days."""
+    if isinstance(text, bool):
+        raise BadRequest("a duration is a number of days or text such as 14d")
     if isinstance(text, int | float):
-        return float(text) * 86400.0
+        text = str(text)
     value = text.strip().lower()
     units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "w": 7 * 86400.0}
     try:
@@ -176,8 +189,8 @@ def parse_duration(text: str | float | int) -> float:
             seconds = float(value) * 86400.0
     except ValueError:
         raise BadRequest(f"not a duration: {value[:20]!r} (use 14d, 12h, 30m)") from None
-    if not seconds > 0:
-        raise BadRequest("a duration must be positive")
+    if not 0 < seconds <= 10 * 365 * 86400.0:  # also rejects NaN and infinity
+        raise BadRequest("a duration must be positive and at most ten years")
     return seconds
 
 
