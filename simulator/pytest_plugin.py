@@ -36,7 +36,9 @@ Peer fixtures:
 Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)``,
 ``await sim_kit.gateway(carrier, ...)``, ``await sim_kit.softphone(name, password,
 address, ...)``, ``await sim_kit.dialer(...)``. :class:`SimKit` also works without
-pytest: ``async with SimKit(tmp_dir) as kit: ...``.
+pytest: ``async with SimKit(tmp_dir) as kit: ...``. ``SimKit(network=LoopNetwork())``
+puts the carrier, softphones and dialers on an in-memory network (no sockets;
+each peer at ``10.0.0.N:5060``) for fast unit tests of the peers themselves.
 
 The gateway fixture only needs ``gateway.app.serve`` to start and stop: it
 works whatever stage the call path is at. This module must never bind a fixed
@@ -65,7 +67,7 @@ from simulator.carrier import Carrier
 from simulator.clock import BusinessClock, FakeClock, ScaledClock
 from simulator.models import CardAccount, CarrierConfig, CarrierModel
 from simulator.runner import DEFAULT_CARRIER_RULES, InProcessGateway, build_settings
-from simulator.sipkit import UserAgent
+from simulator.sipkit import LoopNetwork, UserAgent
 
 __all__ = [
     "DEFAULT_START",
@@ -169,15 +171,33 @@ def always_answer(ring: float = 2.0, talk: float = 10.0) -> AnswerProfile:
 class SimKit:
     """Creates simulated peers on loopback and closes them all (reverse order) on exit."""
 
-    def __init__(self, workdir: str | Path | None = None, *, clock: BusinessClock | None = None):
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        clock: BusinessClock | None = None,
+        network: LoopNetwork | None = None,
+    ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="dialgate-simkit-")
             workdir = self._tmp.name
         self.workdir = Path(workdir)
         self.clock: BusinessClock = clock or ScaledClock(DEFAULT_START, speed=200.0)
+        self.network = network
         self._owned: list[UserAgent | InProcessGateway] = []
         self._gateways = 0
+        self._hosts = 0
+
+    def _host(self, options: dict[str, Any]) -> None:
+        # On an in-memory network every peer gets its own address (10.0.0.N:5060).
+        if self.network is not None and "host" not in options:
+            self._hosts += 1
+            options["host"] = f"10.0.0.{self._hosts}"
+
+    async def _start(self, ua: UserAgent) -> None:
+        self._owned.append(ua)
+        await ua.start(network=self.network)
 
     async def __aenter__(self) -> SimKit:
         return self
@@ -235,6 +255,7 @@ class SimKit:
             )
         numbers = {c.number: c.id for c in cards}
         numbers.update(options.pop("numbers", {}))
+        self._host(options)
         carrier = Carrier(
             model,
             clock=clock or self.clock,
@@ -243,8 +264,7 @@ class SimKit:
             numbers=numbers,
             **options,
         )
-        self._owned.append(carrier)
-        await carrier.start()
+        await self._start(carrier)
         return carrier
 
     async def gateway(
@@ -265,10 +285,15 @@ class SimKit:
     ) -> InProcessGateway:
         """A started in-process dialgate whose carrier trunk is ``carrier`` (or an address spec).
 
+        The gateway always listens on real loopback sockets (``serve`` binds
+        them), so it cannot join a kit's in-memory network.
+
         Calling hours default to the whole day (``00:00-24:00``) so a test does
         not depend on the wall clock while ``serve`` keeps real time; pass
         ``policy={"calling_hours": ...}`` to test them.
         """
+        if self.network is not None:
+            raise RuntimeError("the gateway binds real sockets: use a kit without a network")
         policy = {"calling_hours": "00:00-24:00", **(policy or {})}
         self._gateways += 1
         store = self.workdir / f"gateway-{self._gateways}" / "dialgate.db"
@@ -297,17 +322,17 @@ class SimKit:
     ) -> Softphone:
         """A started softphone pointing at ``address`` (not registered yet)."""
         options.setdefault("clock", self.clock)
+        self._host(options)
         phone = Softphone(name, password, address, **options)
-        self._owned.append(phone)
-        await phone.start()
+        await self._start(phone)
         return phone
 
     async def dialer(self, name: str, password: str, address: Address, **options: Any) -> Dialer:
         """A started dialer pointing at ``address``."""
         options.setdefault("clock", self.clock)
+        self._host(options)
         dialer = Dialer(name, password, address, **options)
-        self._owned.append(dialer)
-        await dialer.start()
+        await self._start(dialer)
         return dialer
 
 

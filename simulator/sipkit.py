@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
+from collections import deque
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from gateway.sip.transaction import (
     server_key,
 )
 from gateway.transport import Address, Message, Transport
+from gateway.transport.memory import MemoryNetwork, MemoryTransport
 from simulator.clock import BusinessClock, ScaledClock
 from simulator.privacy import mask_number
 
@@ -60,6 +62,7 @@ __all__ = [
     "AckRetransmitter",
     "CallResult",
     "InboundCall",
+    "LoopNetwork",
     "UserAgent",
     "new_call_id",
     "new_tag",
@@ -151,6 +154,47 @@ def uri_address(uri_host: str, port: int | None) -> Address:
     """A ``(host, port)`` from a URI's host and port (5060 when absent)."""
     host = uri_host[1:-1] if uri_host.startswith("[") else uri_host
     return host, 5060 if port is None else port
+
+
+class _NotifyingQueue(deque[tuple[bytes, Address, Address]]):
+    """The network queue that tells its owner a datagram is waiting."""
+
+    def __init__(self, on_append: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_append = on_append
+
+    def append(self, item: tuple[bytes, Address, Address]) -> None:
+        super().append(item)
+        self._on_append()
+
+
+class LoopNetwork(MemoryNetwork):
+    """An in-memory network delivered by the running loop: no sockets, no ports.
+
+    :class:`~gateway.transport.memory.MemoryNetwork` delivers only when
+    ``flush()`` is called; here every send schedules a flush with
+    ``loop.call_soon``, so UAs on it behave as on loopback UDP, in order and
+    without loss (``drop`` can be set to lose datagrams matching a predicate).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = _NotifyingQueue(self._schedule)
+        self.drop: Callable[[bytes, Address, Address], bool] | None = None
+        self._scheduled = False
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._scheduled = False
+        if self.drop is not None:
+            kept = [item for item in self.queue if not self.drop(*item)]
+            self.queue.clear()
+            deque.extend(self.queue, kept)
+        self.flush()
 
 
 def _default_clock() -> BusinessClock:
@@ -337,9 +381,20 @@ class UserAgent:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, port: int = 0) -> Address:
-        """Bind UDP on ``host:port`` (0 = a free port); returns the bound address."""
-        await self.endpoint.listen("udp", self.host, port)
+    async def start(self, port: int = 0, *, network: LoopNetwork | None = None) -> Address:
+        """Bind UDP on ``host:port`` (0 = a free port); returns the bound address.
+
+        With ``network`` the UA sits on an in-memory transport at
+        ``(host, port)`` instead (port 0 becomes 5060): no socket at all.
+        """
+        if network is None:
+            await self.endpoint.listen("udp", self.host, port)
+        else:
+            # add_transport points the transport's callback at the endpoint.
+            transport = MemoryTransport(
+                lambda _m, _s, _t: None, (self.host, port or 5060), network=network
+            )
+            self.endpoint.add_transport(transport)
         self._started = True
         return self.address
 
