@@ -166,7 +166,9 @@ class MqttPublisher:
         # Latest message of every retained topic, and the ones still to send.
         self._retained: dict[str, Outgoing] = {}
         self._dirty: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._queue: collections.deque[Outgoing] = collections.deque()
+        # Non-retained events wait unrendered: JSON is built when the message is
+        # sent, off the call path (and never for events dropped in an outage).
+        self._queue: collections.deque[CallEvent | Alert | Outgoing] = collections.deque()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._connected_once = asyncio.Event()
@@ -203,17 +205,15 @@ class MqttPublisher:
 
     def offer(self, event: Event) -> None:
         """File ``event`` for publishing; O(1), never awaits, never raises on a full queue."""
-        self._file(route(event, self.topics, mask_numbers=self.mask_numbers))
-
-    def _file(self, message: Outgoing) -> None:
-        if message.retain:
-            self._retained[message.topic] = message
-            self._dirty[message.topic] = None
-        else:
-            self._queue.append(message)
+        if isinstance(event, CallEvent | Alert):
+            self._queue.append(event)
             while len(self._queue) > self.queue_limit:
                 self._queue.popleft()
                 self._count_drop()
+        else:
+            message = route(event, self.topics, mask_numbers=self.mask_numbers)
+            self._retained[message.topic] = message
+            self._dirty[message.topic] = None
         self._wake.set()
 
     def _count_drop(self) -> None:
@@ -388,7 +388,10 @@ class MqttPublisher:
             topic, _ = self._dirty.popitem(last=False)
             return self._retained.get(topic)
         if self._queue:
-            return self._queue.popleft()
+            item = self._queue.popleft()
+            if isinstance(item, Outgoing):
+                return item
+            return route(item, self.topics, mask_numbers=self.mask_numbers)
         return None
 
     def _put_back(self, message: Outgoing) -> None:
