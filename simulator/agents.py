@@ -269,13 +269,22 @@ class Softphone(_Caller):
         self.registered_until = None
         return response
 
-    def keep_registered(self, *, margin: float = 0.2) -> asyncio.Task[object]:
-        """Register now and refresh before each expiry (at ``1 - margin`` of the granted time)."""
+    def keep_registered(
+        self, *, margin: float = 0.2, immediately: bool = True
+    ) -> asyncio.Task[object]:
+        """Refresh the registration before each expiry (at ``1 - margin`` of the granted time).
+
+        ``immediately=False`` starts from the current binding (after a
+        successful :meth:`register`) instead of registering at once.
+        """
         if self._refresher is None or self._refresher.done():
-            self._refresher = self.spawn(self._refresh_loop(margin))
+            self._refresher = self.spawn(self._refresh_loop(margin, immediately))
         return self._refresher
 
-    async def _refresh_loop(self, margin: float) -> None:
+    async def _refresh_loop(self, margin: float, immediately: bool) -> None:
+        if not immediately and self.registered_until is not None:
+            left = self.registered_until - self.endpoint.loop.time()
+            await asyncio.sleep(max(0.05, left * (1 - margin)))
         while True:
             response = await self.register()
             if 200 <= response.status < 300 and self.registered_until is not None:

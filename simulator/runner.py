@@ -514,7 +514,9 @@ async def run_scenario(
                 for member in callers:
                     if isinstance(member, Softphone):
                         response = await member.register()
-                        if not 200 <= response.status < 300:
+                        if 200 <= response.status < 300:
+                            member.keep_registered(immediately=False)
+                        else:
                             log.warning(
                                 "sim.register.failed", agent=member.name, status=response.status
                             )

@@ -129,6 +129,25 @@ async def test_softphone_registers_with_digest_and_refreshes(sim_kit: SimKit) ->
         await registrar.close()
 
 
+async def test_refresh_can_start_from_the_current_binding(sim_kit: SimKit) -> None:
+    """``keep_registered(immediately=False)`` waits for the binding to age before refreshing."""
+    registrar = Registrar(grant=1)
+    await registrar.start()
+    try:
+        phone = await sim_kit.softphone("alice", "alice-pw", registrar.address)
+        assert 200 == (await asyncio.wait_for(phone.register(), WAIT)).status
+        phone.keep_registered(immediately=False)
+        await asyncio.sleep(0.3)
+        assert 1 == len(registrar.accepted)  # no refresh yet: 80 % of 1 s has not passed
+        for _ in range(200):
+            if len(registrar.accepted) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert 2 <= len(registrar.accepted)
+    finally:
+        await registrar.close()
+
+
 async def test_softphone_retries_with_min_expires_after_423(sim_kit: SimKit) -> None:
     """A 423 Interval Too Brief is retried with the registrar's Min-Expires (RFC 3261 §10.2.8)."""
     registrar = Registrar(grant=3600, min_expires=120)
