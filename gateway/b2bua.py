@@ -1,0 +1,1101 @@
+"""The B2BUA: an authenticated INVITE becomes an A-leg and a B-leg, relayed end to end.
+
+Outbound (agent or dialer → carrier): the A-leg is the server transaction of
+the agent's INVITE (100 Trying goes out at once, from the transaction layer);
+the destination is normalized (emergency check first, 484 when unparseable);
+the policy pipeline decides (a rejection is answered with the code, ``Reason:
+SIP;cause=…;text="…"`` and Retry-After of DESIGN.md "Policy outcomes on the
+wire") and picks a card with a write-ahead reservation; then a B-leg INVITE
+leaves for the card's carrier with its own Call-ID, tags and branch, From =
+the card's number, To = the E.164 destination at the carrier, Contact = the
+gateway, Max-Forwards one less than the A-leg's, the SDP unchanged, and the
+card's credentials answering a 401/407 (RFC 3261 §22.2).
+
+Relaying. 1xx with a To tag and 2xx go to the A-leg with the gateway's own
+A-side To tag (one per call, kept across failover attempts) and Contact; the
+2xx is retransmitted to the agent until its ACK (RFC 3261 §13.3.1.4,
+:class:`~gateway.sip.transaction.AckWait`). Each leg ACKs its own 2xx: the
+carrier's 2xx is ACKed when the agent's ACK arrives (its body, for a late
+offer, is carried over); a 2xx retransmitted by the carrier after that gets
+the same ACK again. The ACK of a non-2xx is hop by hop (the transactions).
+CANCEL before the answer → CANCEL on the B-leg and 487 to the agent (§9.2);
+a 200 crossing that CANCEL is ACKed and ended with a BYE. BYE from either side
+is answered 200 at once and sent to the other side. Other in-dialog requests
+(re-INVITE, UPDATE, INFO, OPTIONS, …) become a new transaction on the other
+leg and the response comes back; a 2xx to a relayed re-INVITE is ACKed on the
+far leg at once, and the originator's ACK is absorbed (offers in an ACK of a
+re-INVITE are not supported).
+
+Failover. A carrier final response goes through ``CardManager.on_response``
+(or ``on_fault`` for Timer B / transport errors). A card-level failure before
+any final response went to the A-leg *and before the callee was alerted* (no
+180/183 relayed — re-trying then could ring the same person twice, so the
+card is marked but the failure is relayed) releases the reservation and
+starts a NEW B-leg on the next card (bounded by ``CardManager.max_attempts``).
+Callee-level outcomes (486, 480, 404, 603, 487, any 2xx) are relayed and never
+retried. When no card is left: 503 + Retry-After + ``Reason: …text="no-card-available"``.
+
+Inbound (carrier → agent) uses the same relay with the roles swapped: the
+carrier's INVITE is the A-leg and the agent's registered contact (reached
+through the flow it registered from) is the B-leg; no policy, no cards.
+
+CDRs: one :class:`~gateway.cdr.CallRecord` per call attempt (blocked and
+failed ones included), committed to the store when the call ends, and the
+reservation finished with its outcome (answered, talk seconds, short call).
+
+This module must never send a request from an unauthenticated party to a
+carrier, put the agent's credentials, Contact, Via or address into a B-leg,
+log a callee number unmasked (when masking is on), or let an exception from
+one call escape into the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+import structlog
+
+from gateway.auth import Identity, IdentityKind
+from gateway.cards import (
+    CardManager,
+    Failover,
+    ResponseClass,
+    select_and_reserve,
+)
+from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
+from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
+from gateway.logging import mask_number
+from gateway.sip import Request, Response
+from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.digest import DigestClient
+from gateway.sip.errors import SIPError
+from gateway.sip.headers import NameAddr
+from gateway.sip.message import make_response
+from gateway.sip.transaction import AckWait, Send, Timeout
+from gateway.sip.uri import URI
+from gateway.store import StoreUnavailable
+from gateway.transport import Address, Transport
+from policies.context import build_context
+from policies.decision import Decision, RejectReason, reason_header
+from policies.errors import AddressIncompleteError
+
+if TYPE_CHECKING:
+    from gateway.config import CardSettings, CarrierSettings, Settings
+    from gateway.registrar import Binding
+    from gateway.store import SQLiteStore, UsageLedger
+    from policies.emergency import EmergencyNumbers
+    from policies.pipeline import Pipeline
+    from policies.quotas import QuotaProfile
+
+__all__ = ["B2BUA", "Call", "CallServices", "Leg"]
+
+log = structlog.get_logger("gateway.b2bua")
+
+Side = Literal["a", "b"]
+
+#: Headers that describe the body and travel with it to the other leg.
+_BODY_HEADERS = ("Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language")
+#: Headers of a final failure that are relayed to the A-leg.
+_RELAYED_FINAL = ("Reason", "Retry-After", "Warning")
+_ringing_statuses = frozenset({180, 183})
+
+
+@dataclass(slots=True, eq=False)
+class Leg:
+    """One side of a call: where its requests go and its dialog (None until a tag exists)."""
+
+    transport: Transport
+    address: Address
+    call_id: str
+    local_tag: str
+    dialog: Dialog | None = None
+    ackwait: AckWait | None = None
+    ack_timer: asyncio.TimerHandle | None = None
+    contact: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One call: the A-leg's INVITE, the current B-leg and the bookkeeping of its CDR."""
+
+    key: str
+    a_req: ServerRequest
+    a: Leg
+    identity: Identity
+    destination: str
+    attempt_at: float
+    inbound: bool = False
+    campaign: str = ""
+    b: Leg | None = None
+    b_invite: Request | None = None
+    b_client: ClientRequest | None = None
+    b_digest: DigestClient | None = None
+    b_target: URI | None = None
+    b_from: str = ""
+    b_to: str = ""
+    b_cseq: int = 1
+    b_ack: Request | None = None
+    card: str | None = None
+    failover: Failover | None = None
+    cards_tried: list[str] = field(default_factory=list)
+    failovers: int = 0
+    ringing: bool = False
+    a_final: int | None = None
+    cancelled: bool = False
+    answered: bool = False
+    ended: bool = False
+    ring_at: float | None = None
+    answer_at: float | None = None
+    policy_reason: str = ""
+    final_code: int = 0
+    reserved: bool = False
+    max_forwards: int = 70
+    mono_answer: float | None = None
+
+
+@dataclass(slots=True)
+class CallServices:
+    """What the B2BUA needs besides the endpoint: store, cards, policies, settings."""
+
+    settings: Settings
+    store: SQLiteStore
+    ledger: UsageLedger
+    cards: CardManager
+    pipeline: Pipeline
+    emergency: EmergencyNumbers
+    profiles: dict[str, QuotaProfile]
+    timezones: dict[str, str]
+    probation_of: dict[str, str]
+
+
+class B2BUA:
+    """Calls in progress and the relay between their legs."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        services: CallServices,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoint = endpoint
+        self.services = services
+        self.settings = services.settings
+        self.clock = clock
+        self.mask = services.settings.policy.mask_numbers
+        self.calls: dict[str, Call] = {}
+        self._legs: dict[tuple[str, str], tuple[Call, Side]] = {}
+        self._carriers: dict[str, CarrierSettings] = {c.name: c for c in services.settings.carriers}
+        self._card_conf: dict[str, CardSettings] = {c.id: c for c in services.settings.cards}
+        self._seq = itertools.count(1)
+        self.stats: dict[str, int] = {
+            "calls": 0,
+            "answered": 0,
+            "blocked": 0,
+            "failovers": 0,
+            "b_legs": 0,
+            "cdrs": 0,
+            "cdr_errors": 0,
+        }
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _token(self) -> str:
+        return secrets.token_hex(8)
+
+    def _masked(self, number: str) -> str:
+        return mask_number(number) if self.mask else number
+
+    def find_leg(self, call_id: str, local_tag: str | None) -> tuple[Call, Side] | None:
+        """The call and side whose dialog (Call-ID, our tag) a request names."""
+        if local_tag is None:
+            return None
+        return self._legs.get((call_id, local_tag))
+
+    def has_dialog(self, req: Request) -> bool:
+        """True when an in-dialog request (To tag set) names a leg of a live call."""
+        try:
+            return self.find_leg(req.call_id, req.to.tag) is not None
+        except SIPError:
+            return False
+
+    def _contact(self, transport: Transport) -> str:
+        return f"<{self.endpoint.contact_uri(transport, 'dialgate')}>"
+
+    # -- new calls ---------------------------------------------------------------------
+
+    def on_invite(self, sr: ServerRequest, identity: Identity) -> None:
+        """An authenticated out-of-dialog INVITE from an agent or dialer: decide and dial."""
+        req = sr.request
+        now = self.clock()
+        self.stats["calls"] += 1
+        a_tag = self._token()
+        call = Call(
+            key=self._token(),
+            a_req=sr,
+            a=Leg(sr.transport, sr.source, req.call_id, a_tag, contact=self._contact(sr.transport)),
+            identity=identity,
+            destination=req.uri.user or "",
+            attempt_at=now,
+            campaign=self._campaign(req, identity),
+        )
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            # RFC 3261 §16.3 item 2 (a B2BUA keeps the rule): a request that
+            # has run out of hops is a loop or a misroute.
+            self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
+            return
+        call.max_forwards = 70 if mf is None else mf - 1
+        try:
+            ctx = build_context(
+                req.uri.user or "",
+                agent=identity.name,
+                campaign=call.campaign or None,
+                default_region=self.settings.policy.default_region,
+                now=datetime.fromtimestamp(now, UTC),
+                emergency=self.services.emergency,
+                bound_card=identity.card,
+                call_id=call.key,
+            )
+        except AddressIncompleteError:
+            # DESIGN.md call flow step 2: unparseable → 484 Address Incomplete.
+            self._reject_decision(
+                call, Decision.reject(RejectReason.ADDRESS_INCOMPLETE, "normalize", "unparseable")
+            )
+            return
+        call.destination = ctx.destination
+        try:
+            decision = self.services.pipeline.decide(ctx)
+        except StoreUnavailable as exc:
+            decision = Decision.reject(
+                RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
+            )
+        if not decision.allowed or decision.card_id is None:
+            if decision.allowed:
+                decision = Decision.reject(
+                    RejectReason.NO_CARD_AVAILABLE, "cards", "no card chosen", retry_after=60
+                )
+            self._reject_decision(call, decision)
+            return
+        card = self.services.cards.get(decision.card_id)
+        call.reserved = True
+        call.failover = self.services.cards.begin(
+            call.key, card.pool, agent_card=identity.card, tried=[card.id]
+        )
+        self.calls[call.key] = call
+        self._legs[(call.a.call_id, a_tag)] = (call, "a")
+        log.info(
+            "call.attempt",
+            call=call.key,
+            agent=identity.name,
+            kind=str(identity.kind),
+            destination=self._masked(call.destination),
+            card=card.id,
+            campaign=call.campaign,
+        )
+        self._dial_card(call, card.id)
+
+    def on_inbound(self, sr: ServerRequest, binding: Binding, user: str, card: str | None) -> None:
+        """An INVITE from a carrier for a card's number: ring the agent's registered contact."""
+        req = sr.request
+        now = self.clock()
+        self.stats["calls"] += 1
+        a_tag = self._token()
+        call = Call(
+            key=self._token(),
+            a_req=sr,
+            a=Leg(sr.transport, sr.source, req.call_id, a_tag, contact=self._contact(sr.transport)),
+            identity=Identity(IdentityKind.CARRIER, user, "inbound", card),
+            destination=req.from_.uri.user or "",
+            attempt_at=now,
+            inbound=True,
+            campaign="inbound",
+            card=card,
+        )
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
+            return
+        call.max_forwards = 70 if mf is None else mf - 1
+        if card is not None:
+            call.cards_tried.append(card)
+        self.calls[call.key] = call
+        self._legs[(call.a.call_id, a_tag)] = (call, "a")
+        try:
+            transport = self.endpoint.transport(binding.transport, ipv6=":" in binding.source[0])
+        except LookupError:
+            self._final_to_a(call, 480, "Temporarily Unavailable")
+            self._end(call, 480)
+            return
+        caller = req.from_
+        domain = self.endpoint.sent_by(transport)
+        call.b_target = binding.contact
+        call.b_from = str(NameAddr(caller.display_name, _with_host(caller.uri, domain)))
+        call.b_to = f"<sip:{user}@{domain}>"
+        self._new_b_leg(call, transport, binding.source)
+
+    def _campaign(self, req: Request, identity: Identity) -> str:
+        header = req.headers.get(self.settings.policy.campaign_header)
+        if header:
+            return header.strip()[:64]
+        return identity.campaign or ""
+
+    # -- B-leg -------------------------------------------------------------------------
+
+    def _dial_card(self, call: Call, card_id: str) -> None:
+        """Start a new B-leg for the call on ``card_id`` (its first or a failover attempt)."""
+        card = self.services.cards.get(card_id)
+        carrier = self._carriers.get(card.carrier)
+        call.card = card_id
+        call.cards_tried.append(card_id)
+        if carrier is None:
+            self._b_final(call, 503, "Service Unavailable", None, local=True)
+            return
+        addr = carrier.address
+        transport = self.endpoint.transport(addr.transport.value, ipv6=":" in addr.ip)
+        suffix = ";transport=tcp" if addr.transport.value == "tcp" else ""
+        call.b_target = URI.parse(f"sip:{call.destination}@{addr.host_port}{suffix}")
+        call.b_from = f"<sip:{card.number}@{addr.host}>"
+        call.b_to = f"<sip:{call.destination}@{addr.host_port}>"
+        conf = self._card_conf.get(card_id)
+        call.b_digest = None
+        if conf is not None and conf.password is not None:
+            call.b_digest = DigestClient(conf.username or card_id, conf.password.get_secret_value())
+        self._new_b_leg(call, transport, (addr.ip, addr.port))
+
+    def _new_b_leg(self, call: Call, transport: Transport, address: Address) -> None:
+        old = call.b
+        if old is not None:
+            self._legs.pop((old.call_id, old.local_tag), None)
+        b = Leg(transport, address, f"{self._token()}@dialgate", self._token())
+        b.contact = self._contact(transport)
+        call.b = b
+        call.b_cseq = 1
+        call.b_ack = None
+        call.ringing = False
+        self._legs[(b.call_id, b.local_tag)] = (call, "b")
+        self.stats["b_legs"] += 1
+        self._send_b_invite(call, None)
+
+    def _send_b_invite(self, call: Call, auth: tuple[str, str] | None) -> None:
+        b = call.b
+        assert b is not None and call.b_target is not None
+        a_req = call.a_req.request
+        headers: list[tuple[str, str]] = [
+            ("Max-Forwards", str(call.max_forwards)),
+            ("From", f"{call.b_from};tag={b.local_tag}"),
+            ("To", call.b_to),
+            ("Call-ID", b.call_id),
+            ("CSeq", f"{call.b_cseq} INVITE"),
+            ("Contact", b.contact),
+            ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"),
+            ("User-Agent", self.settings.sip.user_agent),
+        ]
+        if auth is not None:
+            headers.append(auth)
+        for name in _BODY_HEADERS:
+            value = a_req.headers.get(name)
+            if value is not None:
+                headers.append((name, value))
+        invite = Request("INVITE", call.b_target, headers, a_req.body)
+        call.b_invite = invite
+        try:
+            call.b_client = self.endpoint.send_request(
+                invite,
+                b.address,
+                transport=b.transport,
+                on_response=lambda handle, resp: self._on_b_response(call, handle, resp),
+            )
+        except Exception:
+            log.exception("call.b_leg.send_failed", call=call.key)
+            self._b_final(call, 503, "Service Unavailable", None, local=True)
+
+    def _on_b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        if handle is not call.b_client:
+            # A response of an abandoned attempt (failover moved on): only a 2xx
+            # matters — it must be ACKed and hung up (§13.2.2.4 forked 2xx).
+            if 200 <= resp.status < 300:
+                self._ack_and_bye_stray(handle.request, resp, handle)
+            return
+        try:
+            self._b_response(call, handle, resp)
+        except Exception:
+            log.exception("call.b_response.failed", call=call.key, status=resp.status)
+
+    def _b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        status = resp.status
+        b = call.b
+        assert b is not None
+        if status == 100:
+            return
+        if status < 200:
+            if resp.to.tag is not None and call.a_final is None and not call.cancelled:
+                if b.dialog is None:
+                    try:
+                        b.dialog = Dialog.from_uac(handle.request, resp)
+                    except DialogError:
+                        b.dialog = None
+                elif b.dialog.remote_tag == resp.to.tag:
+                    b.dialog.receive_response(resp)
+                if status in _ringing_statuses:
+                    call.ringing = True
+                    if call.ring_at is None:
+                        call.ring_at = self.clock()
+                self._relay_provisional(call, resp)
+            return
+        if 200 <= status < 300:
+            self._b_answered(call, handle, resp)
+            return
+        if status in (401, 407) and not handle.local and call.b_digest is not None:
+            values = resp.headers.get_all(
+                "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
+            )
+            if call.b_digest.handle_challenge(status, values) and not call.cancelled:
+                # RFC 3261 §22.2: retry with credentials, same Call-ID/From tag, CSeq + 1.
+                call.b_cseq += 1
+                auth = call.b_digest.authorization(
+                    "INVITE", str(call.b_target), call.a_req.request.body
+                )
+                self._send_b_invite(call, auth)
+                return
+        self._b_final(call, status, resp.reason, resp, local=handle.local)
+
+    def _relay_provisional(self, call: Call, resp: Response) -> None:
+        a_req = call.a_req.request
+        headers = [("Contact", self._contact(call.a.transport))]
+        for name in _BODY_HEADERS:
+            value = resp.headers.get(name)
+            if value is not None and resp.body:
+                headers.append((name, value))
+        out = make_response(
+            a_req,
+            resp.status,
+            resp.reason,
+            to_tag=call.a.local_tag,
+            headers=headers,
+            body=resp.body,
+        )
+        if call.a.dialog is None:
+            try:
+                call.a.dialog = Dialog.from_uas(
+                    a_req,
+                    call.a.local_tag,
+                    self.endpoint.contact_uri(call.a.transport, "dialgate"),
+                    early=True,
+                )
+            except DialogError:
+                call.a.dialog = None
+        call.a_req.send(out)
+
+    def _b_answered(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        b = call.b
+        assert b is not None
+        if call.answered:
+            # A retransmitted 2xx (the carrier missed our ACK): ACK it again.
+            if call.b_ack is not None:
+                self.endpoint.send_stateless(call.b_ack, b.address, transport=b.transport)
+            return
+        try:
+            if b.dialog is None or b.dialog.remote_tag != resp.to.tag:
+                b.dialog = Dialog.from_uac(handle.request, resp)
+            else:
+                b.dialog.receive_response(resp)
+        except (DialogError, SIPError):
+            log.warning("call.b_leg.bad_2xx", call=call.key)
+            b.dialog = None
+        if call.a_final is not None or call.cancelled or b.dialog is None:
+            # A CANCEL crossed the 200 (§9.1: the 2xx wins on the B side):
+            # ACK it and hang up at once.
+            if b.dialog is not None:
+                self._ack_b(call, b"", [])
+                self._send_bye(call, "b")
+            self._end(call, call.a_final or 487)
+            return
+        call.answered = True
+        call.answer_at = self.clock()
+        call.mono_answer = self.endpoint.now()
+        self.stats["answered"] += 1
+        if call.card is not None and not call.inbound:
+            # A 2xx resets the card's consecutive-fault count.
+            self.services.cards.on_response(call.card, resp.status, resp.reason, now=self.clock())
+        a_req = call.a_req.request
+        headers = [("Contact", self._contact(call.a.transport))]
+        for name in _BODY_HEADERS:
+            value = resp.headers.get(name)
+            if value is not None:
+                headers.append((name, value))
+        out = make_response(
+            a_req,
+            resp.status,
+            resp.reason,
+            to_tag=call.a.local_tag,
+            headers=headers,
+            body=resp.body,
+        )
+        try:
+            if call.a.dialog is None:
+                call.a.dialog = Dialog.from_uas(
+                    a_req, call.a.local_tag, self.endpoint.contact_uri(call.a.transport, "dialgate")
+                )
+            else:
+                call.a.dialog.confirm()
+        except DialogError:
+            log.warning("call.a_leg.no_contact", call=call.key)
+        call.a_final = resp.status
+        call.final_code = resp.status
+        call.a_req.send(out)
+        self._start_ackwait(call, "a", a_req, out)
+        log.info("call.answered", call=call.key, card=call.card)
+
+    def _b_final(
+        self, call: Call, status: int, reason: str, resp: Response | None, *, local: bool
+    ) -> None:
+        """A final non-2xx on the B-leg (or a local 408/503): fail over or relay."""
+        b = call.b
+        if b is not None:
+            self._legs.pop((b.call_id, b.local_tag), None)
+            if b.dialog is not None:
+                b.dialog.terminate()
+        if call.inbound or call.card is None:
+            self._final_to_a(call, status, reason, resp)
+            self._end(call, status)
+            return
+        now = self.clock()
+        cards = self.services.cards
+        if local:
+            cause = "timer-b" if status == 408 else "transport-error"
+            verdict = cards.on_fault(call.card, cause, now=now, ringing=call.ringing)
+        else:
+            assert resp is not None
+            retry = _retry_after(resp)
+            verdict = cards.on_response(
+                call.card,
+                status,
+                reason,
+                now=now,
+                warning=resp.headers.get("Warning"),
+                retry_after=retry,
+                reason_header=resp.headers.get("Reason"),
+                ringing=call.ringing,
+            )
+        can_failover = (
+            verdict.kind is ResponseClass.CARD_FAILURE
+            and verdict.failover
+            and call.a_final is None
+            and not call.cancelled
+            and call.failover is not None
+        )
+        if verdict.marked is not None:
+            log.warning(
+                "card.marked",
+                card=call.card,
+                reason=str(verdict.marked),
+                evidence=f"SIP/2.0 {status} {reason}",
+            )
+        if not can_failover:
+            failed = verdict.kind is ResponseClass.CARD_FAILURE
+            if call.cancelled:
+                self._end(call, 487)
+                return
+            self._final_to_a(call, status, reason, resp)
+            self._end(call, status, failed=failed)
+            return
+        # Card-level failure, callee never alerted: release and try the next card.
+        self._release(call)
+        assert call.failover is not None
+        try:
+            selection = select_and_reserve(
+                cards,
+                call.failover,
+                self.services.ledger,
+                callee=call.destination,
+                now=now,
+                profiles=self.services.profiles,
+                timezones=self.services.timezones,
+                probation_of=self.services.probation_of,
+                agent=call.identity.name,
+            )
+        except StoreUnavailable as exc:
+            decision = Decision.reject(
+                RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
+            )
+            self._policy_final(call, decision)
+            return
+        if selection.card is None:
+            retry = int(selection.retry_after) if selection.retry_after is not None else 60
+            decision = Decision.reject(
+                RejectReason.NO_CARD_AVAILABLE, "failover", "no card left", retry_after=retry
+            )
+            self._policy_final(call, decision)
+            return
+        call.reserved = True
+        call.failovers += 1
+        self.stats["failovers"] += 1
+        log.info("call.failover", call=call.key, from_card=call.card, to_card=selection.card.id)
+        self._dial_card(call, selection.card.id)
+
+    def _release(self, call: Call) -> None:
+        if not call.reserved:
+            return
+        call.reserved = False
+        try:
+            self.services.ledger.release(call.key, self.clock(), failed=True)
+        except StoreUnavailable:
+            log.warning("call.release.store_unavailable", call=call.key)
+
+    # -- answers to the A-leg ----------------------------------------------------------
+
+    def _final_to_a(
+        self, call: Call, status: int, reason: str | None, resp: Response | None = None
+    ) -> None:
+        if call.a_final is not None:
+            return
+        headers: list[tuple[str, str]] = []
+        if resp is not None:
+            for name in _RELAYED_FINAL:
+                for value in resp.headers.get_all(name):
+                    headers.append((name, value))
+        call.a_final = status
+        call.final_code = status
+        if call.a.dialog is not None:
+            call.a.dialog.terminate()
+        call.a_req.respond(status, reason, headers=headers, to_tag=call.a.local_tag)
+
+    def _reject_plain(self, call: Call, status: int, reason: str, why: str) -> None:
+        call.policy_reason = why
+        self._final_to_a(call, status, reason)
+        self.stats["blocked"] += 1
+        self._write_cdr(call, Outcome.BLOCKED, status)
+
+    def _reject_decision(self, call: Call, decision: Decision) -> None:
+        """A policy rejection before any B-leg: answer and write the blocked CDR."""
+        self.stats["blocked"] += 1
+        self._answer_decision(call, decision)
+        outcome = (
+            Outcome.NO_CARD
+            if decision.reason is RejectReason.NO_CARD_AVAILABLE
+            else Outcome.BLOCKED
+        )
+        log.info(
+            "call.blocked",
+            call=call.key,
+            agent=call.identity.name,
+            destination=self._masked(call.destination),
+            reason=str(decision.reason),
+            code=decision.sip_code,
+        )
+        self._write_cdr(call, outcome, call.final_code)
+
+    def _policy_final(self, call: Call, decision: Decision) -> None:
+        """A policy answer after B-legs were tried (pool exhausted, store down)."""
+        self._answer_decision(call, decision)
+        self._end(call, call.final_code, failed=True)
+
+    def _answer_decision(self, call: Call, decision: Decision) -> None:
+        code = decision.sip_code or 503
+        text = str(decision.reason) if decision.reason else "rejected"
+        headers = [("Reason", reason_header(code, text))]
+        if decision.retry_after_header is not None:
+            headers.append(("Retry-After", decision.retry_after_header))
+        call.policy_reason = text
+        call.a_final = code
+        call.final_code = code
+        call.a_req.respond(code, None, headers=headers, to_tag=call.a.local_tag)
+
+    # -- ACK / 2xx reliability ---------------------------------------------------------
+
+    def _start_ackwait(self, call: Call, side: Side, invite: Request, response: Response) -> None:
+        leg = call.a if side == "a" else call.b
+        if leg is None:
+            return
+        aw = AckWait(invite, response, self.endpoint.now(), timers=self.endpoint.layer.config)
+        leg.ackwait = aw
+        self._arm_ackwait(call, leg, aw)
+
+    def _arm_ackwait(self, call: Call, leg: Leg, aw: AckWait) -> None:
+        deadline = aw.get_timer()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            leg.ack_timer = None
+            if aw.done:
+                return
+            for action in aw.handle_timer(self.endpoint.now()):
+                if isinstance(action, Send) and isinstance(action.message, Response):
+                    leg.transport.send_response(action.message, leg.address)
+                elif isinstance(action, Timeout):
+                    # §13.3.1.4: no ACK in 64*T1 — "the session SHOULD be terminated".
+                    log.warning("call.ack_timeout", call=call.key)
+                    self._hangup(call, "ack-timeout")
+                    return
+            self._arm_ackwait(call, leg, aw)
+
+        leg.ack_timer = loop.call_at(deadline, fire)
+
+    def on_ack(self, req: Request, source: Address) -> bool:
+        """An ACK for a 2xx (it has no transaction): stop retransmissions, ACK the far leg."""
+        found = self.find_leg(req.call_id, req.to.tag)
+        if found is None:
+            return False
+        call, side = found
+        leg = call.a if side == "a" else call.b
+        if leg is None:
+            return False
+        aw = leg.ackwait
+        if aw is not None and aw.receive_ack(req):
+            if leg.ack_timer is not None:
+                leg.ack_timer.cancel()
+                leg.ack_timer = None
+            leg.ackwait = None
+            if (
+                side == "a"
+                and call.b_ack is None
+                and call.answered
+                and aw.cseq == call.a_req.request.cseq.seq
+            ):
+                headers = [(n, v) for n in _BODY_HEADERS if (v := req.headers.get(n)) is not None]
+                self._ack_b(call, req.body, headers)
+        return True
+
+    def _ack_b(self, call: Call, body: bytes, headers: list[tuple[str, str]]) -> None:
+        b = call.b
+        if b is None or b.dialog is None or call.b_invite is None:
+            return
+        # §13.2.2.4: the ACK for a 2xx is built by the UA core, in the dialog,
+        # with the INVITE's CSeq number; it is sent outside any transaction.
+        ack = b.dialog.create_request(
+            "ACK", cseq=call.b_invite.cseq.seq, headers=headers, body=body
+        )
+        call.b_ack = ack
+        self.endpoint.send_stateless(ack, b.address, transport=b.transport)
+
+    def _ack_and_bye_stray(self, invite: Request, resp: Response, handle: ClientRequest) -> None:
+        try:
+            dialog = Dialog.from_uac(invite, resp)
+        except (DialogError, SIPError):
+            return
+        ack = dialog.create_request("ACK", cseq=invite.cseq.seq)
+        self.endpoint.send_stateless(ack, handle.peer.address, transport=handle.peer.transport)
+        bye = dialog.create_request("BYE")
+        self.endpoint.send_request(bye, handle.peer.address, transport=handle.peer.transport)
+
+    def on_stray_response(self, resp: Response) -> None:
+        """A response with no client transaction: a 2xx retransmission wants its ACK again."""
+        try:
+            if resp.cseq.method != "INVITE" or not 200 <= resp.status < 300:
+                return
+            found = self.find_leg(resp.call_id, resp.from_.tag)
+        except SIPError:
+            return
+        if found is None:
+            return
+        call, side = found
+        if side == "b" and call.b is not None and call.b_ack is not None:
+            self.endpoint.send_stateless(call.b_ack, call.b.address, transport=call.b.transport)
+
+    # -- CANCEL ------------------------------------------------------------------------
+
+    def on_cancel(self, sr: ServerRequest) -> None:
+        """CANCEL of a pending A-leg INVITE (RFC 3261 §9.2): 200, 487, CANCEL the B-leg."""
+        req = sr.request
+        layer = self.endpoint.layer
+        target = layer.cancel_target(req)
+        call = None
+        if target is not None:
+            call = next((c for c in self.calls.values() if c.a_req.tx is target), None)
+        to_tag = call.a.local_tag if call is not None else None
+        if call is not None and call.a_final is None:
+            call.cancelled = True
+            call.a_final = 487
+            call.final_code = 487
+            if call.a.dialog is not None:
+                call.a.dialog.terminate()
+        response, actions = layer.handle_cancel(req, self.endpoint.now(), to_tag=to_tag)
+        sr.send(response)
+        self.endpoint._run(actions)
+        if call is None:
+            return
+        if call.b_client is not None and not call.answered:
+            call.b_client.cancel()
+            if call.b_client.provisional is None and call.b_client.final.done():
+                self._end(call, 487)
+        elif call.b_client is None:
+            self._end(call, 487)
+
+    # -- in-dialog requests ------------------------------------------------------------
+
+    def on_in_dialog(self, sr: ServerRequest) -> None:
+        """A request inside a call's dialog (BYE, re-INVITE, UPDATE, INFO, OPTIONS…)."""
+        req = sr.request
+        found = self.find_leg(req.call_id, req.to.tag)
+        if found is None:
+            sr.respond(481, "Call/Transaction Does Not Exist")
+            return
+        call, side = found
+        here = call.a if side == "a" else call.b
+        there = call.b if side == "a" else call.a
+        if here is None or here.dialog is None:
+            sr.respond(481, "Call/Transaction Does Not Exist")
+            return
+        try:
+            here.dialog.receive_request(req)
+        except DialogError as err:
+            sr.respond(err.status_code, err.reason_phrase)
+            return
+        if req.method == "BYE":
+            sr.respond(200, "OK")
+            if not call.answered and side == "a":
+                # BYE in an early dialog from the caller: give up the attempt.
+                call.cancelled = True
+                if call.b_client is not None:
+                    call.b_client.cancel()
+                self._final_to_a(call, 487, "Request Terminated")
+                return
+            self._send_bye(call, "b" if side == "a" else "a")
+            self._end(call, call.final_code or 200)
+            return
+        if there is None or there.dialog is None or not call.answered:
+            sr.respond(491 if req.method == "INVITE" else 481)
+            return
+        headers = [(n, v) for n in _BODY_HEADERS if (v := req.headers.get(n)) is not None]
+        try:
+            out = there.dialog.create_request(req.method, headers=headers, body=req.body)
+        except DialogError as err:
+            sr.respond(err.status_code, err.reason_phrase)
+            return
+        if req.method in ("INVITE", "UPDATE"):
+            out.headers.set("Contact", there.contact or self._contact(there.transport))
+        self.endpoint.send_request(
+            out,
+            there.address,
+            transport=there.transport,
+            on_response=lambda handle, resp: self._relay_in_dialog(call, side, sr, handle, resp),
+        )
+
+    def _relay_in_dialog(
+        self, call: Call, side: Side, sr: ServerRequest, handle: ClientRequest, resp: Response
+    ) -> None:
+        there = call.b if side == "a" else call.a
+        here = call.a if side == "a" else call.b
+        if resp.status == 100 or here is None:
+            return
+        if there is not None and there.dialog is not None:
+            there.dialog.receive_response(resp)
+        method = handle.request.method
+        headers = [(n, v) for n in _BODY_HEADERS if (v := resp.headers.get(n)) is not None]
+        if method in ("INVITE", "UPDATE") and 200 <= resp.status < 300:
+            headers.append(("Contact", here.contact or self._contact(here.transport)))
+        out = make_response(sr.request, resp.status, resp.reason, headers=headers, body=resp.body)
+        if method == "INVITE" and 200 <= resp.status < 300 and there and there.dialog:
+            ack = there.dialog.create_request("ACK", cseq=handle.request.cseq.seq)
+            self.endpoint.send_stateless(ack, there.address, transport=there.transport)
+        sr.send(out)
+        if method == "INVITE" and 200 <= resp.status < 300:
+            self._start_ackwait(call, side, sr.request, out)
+
+    # -- ending calls ------------------------------------------------------------------
+
+    def _send_bye(self, call: Call, side: Side) -> None:
+        leg = call.a if side == "a" else call.b
+        if leg is None or leg.dialog is None:
+            return
+        try:
+            bye = leg.dialog.create_request("BYE")
+        except DialogError:
+            return
+        leg.dialog.terminate()
+        self.endpoint.send_request(bye, leg.address, transport=leg.transport)
+
+    def _hangup(self, call: Call, why: str) -> None:
+        log.info("call.hangup", call=call.key, why=why)
+        self._send_bye(call, "a")
+        self._send_bye(call, "b")
+        self._end(call, call.final_code or 200)
+
+    def _end(self, call: Call, status: int, *, failed: bool = False) -> None:
+        """Forget the call, finish its reservation and write its CDR (once)."""
+        if call.ended:
+            return
+        call.ended = True
+        if not call.final_code:
+            call.final_code = status
+        self.calls.pop(call.key, None)
+        for leg in (call.a, call.b):
+            if leg is None:
+                continue
+            self._legs.pop((leg.call_id, leg.local_tag), None)
+            if leg.ack_timer is not None:
+                leg.ack_timer.cancel()
+                leg.ack_timer = None
+        now = self.clock()
+        talk = 0.0
+        if call.answered and call.mono_answer is not None:
+            talk = max(self.endpoint.now() - call.mono_answer, 0.0)
+        if call.reserved and not call.inbound:
+            call.reserved = False
+            try:
+                self.services.ledger.finish(
+                    call.key,
+                    now,
+                    answered=call.answered,
+                    talk_seconds=talk,
+                    failed=failed,
+                    answered_at=call.answer_at,
+                )
+            except StoreUnavailable:
+                log.warning("call.finish.store_unavailable", call=call.key)
+        if call.answered:
+            outcome = Outcome.ANSWERED
+        elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
+            outcome = Outcome.NO_CARD
+        elif call.cancelled:
+            outcome = Outcome.CANCELLED
+        else:
+            outcome = outcome_for_status(call.final_code)
+        self._write_cdr(call, outcome, call.final_code, end_at=now)
+        log.info(
+            "call.ended",
+            call=call.key,
+            outcome=str(outcome),
+            code=call.final_code,
+            cards=",".join(call.cards_tried),
+            talk=round(talk, 1),
+        )
+
+    def _write_cdr(
+        self, call: Call, outcome: Outcome, code: int, *, end_at: float | None = None
+    ) -> None:
+        kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
+        record = CallRecord(
+            call_id=call.a.call_id,
+            attempt_at=call.attempt_at,
+            destination=call.destination,
+            outcome=outcome,
+            final_code=code,
+            origin_kind=kind,
+            origin=call.identity.name,
+            campaign=call.campaign,
+            cards=tuple(call.cards_tried),
+            ring_at=call.ring_at,
+            answer_at=call.answer_at,
+            end_at=end_at if end_at is not None else self.clock(),
+            failovers=call.failovers,
+            policy_reason=call.policy_reason,
+        )
+        try:
+            self.services.store.add_cdr(record)
+            self.stats["cdrs"] += 1
+        except StoreUnavailable:
+            self.stats["cdr_errors"] += 1
+            log.error("cdr.write_failed", call=call.key)
+
+    async def close(self) -> None:
+        """Hang up every call in progress (BYE / CANCEL) and write their CDRs."""
+        for call in list(self.calls.values()):
+            if call.answered:
+                self._hangup(call, "shutdown")
+            else:
+                if call.b_client is not None:
+                    call.b_client.cancel()
+                self._final_to_a(call, 503, "Service Unavailable")
+                call.final_code = 503
+                self._end(call, 503)
+
+
+def _retry_after(resp: Response) -> float | None:
+    """The response's Retry-After seconds, None when absent or unreadable."""
+    try:
+        value = resp.retry_after
+    except SIPError:
+        return None
+    return None if value is None else float(value.seconds)
+
+
+def _with_host(uri: URI, host_port: str) -> URI:
+    """``uri`` with its host replaced (the caller's number presented at our domain)."""
+    host, _, port = host_port.rpartition(":")
+    try:
+        return URI.parse(f"sip:{uri.user}@{host}:{port}" if uri.user else f"sip:{host}:{port}")
+    except SIPError:
+        return URI.parse(f"sip:{host}:{port}")
+
+
+def services_from_settings(
+    settings: Settings,
+    store: SQLiteStore,
+    *,
+    now: float,
+    carrier_available: Callable[[str], bool] | None = None,
+) -> CallServices:
+    """Wire the store, the card manager and the policy pipeline for the call path.
+
+    The pipeline runs every policy of DESIGN.md in order over the SQLite store
+    (DNC, consent, destination history and agent usage all live there); card
+    selection reserves through the usage ledger (Redis when ``[store] redis``
+    is set) before the INVITE leaves.
+    """
+    from gateway.cards import (
+        StoreCardSource,
+        card_defs_from_settings,
+        probation_profiles_from_settings,
+        quota_profiles_from_settings,
+        rules_from_settings,
+    )
+    from gateway.store import ledger_from_settings
+    from policies.consent import ConsentMode
+    from policies.emergency import EmergencyNumbers
+    from policies.hours import CallingHours
+    from policies.pipeline import PolicyDeps, build_pipeline
+
+    policy = settings.policy
+    node = settings.mqtt.node if settings.mqtt is not None else "gw1"
+    ledger = ledger_from_settings(settings, store, node=node)
+    ledger.recover(now)
+    cards = CardManager(
+        store, rules=rules_from_settings(settings), carrier_available=carrier_available
+    )
+    cards.load(card_defs_from_settings(settings), now)
+    profiles = quota_profiles_from_settings(settings)
+    timezones = {c.name: c.timezone for c in settings.carriers}
+    probation_of = probation_profiles_from_settings(settings)
+    regions = {policy.default_region, *policy.emergency_numbers}
+    emergency = EmergencyNumbers.for_regions(regions, policy.emergency_numbers)
+    default_pool = settings.cards[0].pool if settings.cards else "main"
+    source = StoreCardSource(
+        cards,
+        ledger,
+        profiles=profiles,
+        timezones=timezones,
+        probation_of=probation_of,
+        default_pool=default_pool,
+    )
+    deps = PolicyDeps(
+        emergency=emergency,
+        dnc=store,
+        consent=store,
+        consent_mode=ConsentMode(str(policy.consent)),
+        hours=CallingHours.from_config(policy.calling_hours.spec),
+        history=store,
+        agents=store,
+        cards=source,
+    )
+    return CallServices(
+        settings=settings,
+        store=store,
+        ledger=ledger,
+        cards=cards,
+        pipeline=build_pipeline(deps),
+        emergency=emergency,
+        profiles=profiles,
+        timezones=timezones,
+        probation_of=probation_of,
+    )

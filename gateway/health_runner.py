@@ -1,0 +1,226 @@
+"""The asyncio driver of carrier health (OPTIONS pings) and card registrations.
+
+:class:`gateway.carrier_health.CarrierHealth` is a pure state machine: it says
+when a ping is due and is told the outcome. This module is its thin adapter:
+it sends the OPTIONS through the :class:`~gateway.endpoint.SipEndpoint` (a
+timeout comes back as the endpoint's local 408 and counts as a failure), feeds
+every result back, and wakes up when the core's timer says so. A carrier that
+goes INACTIVE makes :class:`~gateway.cards.CardManager` skip its cards
+(``carrier_available`` is wired to :meth:`CarrierHealth.is_available`).
+
+Cards of a carrier with ``register = true`` are REGISTERed at the carrier with
+their credentials (answering one 401/407 per attempt, RFC 3261 §22.2) and
+refreshed before the granted expiry runs out; a final failure is given to
+:meth:`CardManager.on_register_response`, which marks the card by the same
+carrier rules as a call's response.
+
+This module must never block the loop, log a card's password, or decide a
+card's state itself (CardManager does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gateway.cards import CardManager
+from gateway.carrier_health import CarrierHealth
+from gateway.config import CardSettings, CarrierSettings, Settings
+from gateway.endpoint import SipEndpoint
+from gateway.sip import Request, Response
+from gateway.sip.digest import DigestClient
+from gateway.sip.errors import SIPError
+
+__all__ = ["HealthRunner"]
+
+log = structlog.get_logger("gateway.health")
+
+REGISTER_RETRY = 60.0
+"""Seconds before a failed card REGISTER is tried again."""
+
+
+class HealthRunner:
+    """Runs OPTIONS pings and card REGISTERs until :meth:`stop`."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        settings: Settings,
+        health: CarrierHealth,
+        cards: CardManager,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self.health = health
+        self.cards = cards
+        self.clock = clock
+        self.carriers: dict[str, CarrierSettings] = {c.name: c for c in settings.carriers}
+        self._register_due: dict[str, float] = {}
+        self._card_conf: dict[str, CardSettings] = {c.id: c for c in settings.cards}
+        for card in settings.cards:
+            carrier = self.carriers.get(card.carrier)
+            if carrier is not None and carrier.register_enabled:
+                self._register_due[card.id] = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._pending: set[asyncio.Task[None]] = set()
+        self.registered: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Start the background task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the task and any request still waiting for its answer."""
+        tasks = [t for t in (self._task, *self._pending) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            now = self.clock()
+            for ping in self.health.handle_timer(now):
+                self._spawn(self._ping(ping.carrier, ping.seq))
+            for event in self.health.drain_events():
+                log.warning(
+                    "carrier.state",
+                    carrier=event.carrier,
+                    state=str(event.to_state),
+                    cause=event.cause,
+                )
+            for card_id, due in list(self._register_due.items()):
+                if due <= now:
+                    self._register_due[card_id] = float("inf")  # in flight
+                    self._spawn(self._register(card_id))
+            deadlines = [d for d in self._register_due.values() if d != float("inf")]
+            timer = self.health.get_timer()
+            if timer is not None:
+                deadlines.append(timer)
+            delay = max(min(deadlines) - now, 0.05) if deadlines else 30.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 30.0))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _request(self, method: str, carrier: CarrierSettings, user: str, cseq: int) -> Request:
+        addr = carrier.address
+        transport = self.endpoint.transport(addr.transport.value, ipv6=":" in addr.ip)
+        ours = self.endpoint.sent_by(transport)
+        target = f"sip:{addr.host_port}"
+        aor = f"sip:{user}@{addr.host}" if method == "REGISTER" else f"sip:dialgate@{ours}"
+        headers = [
+            ("From", f"<{aor}>;tag={secrets.token_hex(6)}"),
+            ("To", f"<{aor if method == 'REGISTER' else target}>"),
+            ("Call-ID", f"{secrets.token_hex(10)}@dialgate"),
+            ("CSeq", f"{cseq} {method}"),
+            ("User-Agent", self.settings.sip.user_agent),
+        ]
+        if method == "REGISTER":
+            headers.append(("Contact", f"<{self.endpoint.contact_uri(transport, user)}>"))
+            headers.append(("Expires", str(carrier.register_expires)))
+        return Request(method, target, headers)
+
+    async def _ping(self, name: str, seq: int) -> None:
+        carrier = self.carriers[name]
+        addr = carrier.address
+        req = self._request("OPTIONS", carrier, "dialgate", 1)
+        try:
+            resp = await self.endpoint.request(
+                req, (addr.ip, addr.port), transport=addr.transport.value
+            )
+        except Exception:
+            log.exception("carrier.ping.failed", carrier=name)
+            return
+        self.health.on_reply(name, resp.status, now=self.clock(), seq=seq)
+        self._wake.set()
+
+    async def _register(self, card_id: str) -> None:
+        conf = self._card_conf[card_id]
+        carrier = self.carriers[conf.carrier]
+        addr = carrier.address
+        user = conf.username or card_id
+        digest = (
+            DigestClient(user, conf.password.get_secret_value())
+            if conf.password is not None
+            else None
+        )
+        # One Call-ID per registration (RFC 3261 §10.2.4 refreshes keep it);
+        # a fresh one per attempt keeps this simple and is allowed.
+        req = self._request("REGISTER", carrier, user, 1)
+        resp: Response | None = None
+        try:
+            resp = await self.endpoint.request(
+                req, (addr.ip, addr.port), transport=addr.transport.value
+            )
+            if resp.status in (401, 407) and digest is not None:
+                name = "Proxy-Authenticate" if resp.status == 407 else "WWW-Authenticate"
+                if digest.handle_challenge(resp.status, resp.headers.get_all(name)):
+                    retry = self._request("REGISTER", carrier, user, 2)
+                    retry.headers.set("Call-ID", req.call_id)
+                    retry.headers.set("From", req.headers.get("From") or "")
+                    auth = digest.authorization("REGISTER", str(retry.uri))
+                    if auth is not None:
+                        retry.headers.add(*auth)
+                    resp = await self.endpoint.request(
+                        retry, (addr.ip, addr.port), transport=addr.transport.value
+                    )
+        except (SIPError, OSError):
+            log.exception("card.register.failed", card=card_id)
+            resp = None
+        now = self.clock()
+        if resp is None:
+            self._register_due[card_id] = now + REGISTER_RETRY
+            self._wake.set()
+            return
+        verdict = self.cards.on_register_response(
+            card_id,
+            resp.status,
+            resp.reason,
+            now=now,
+            warning=resp.headers.get("Warning"),
+        )
+        if 200 <= resp.status < 300:
+            granted = _granted(resp, carrier.register_expires)
+            self.registered[card_id] = granted
+            # Refresh before the binding runs out (most UAs use ~80-90 %).
+            self._register_due[card_id] = now + max(granted * 0.8, 5.0)
+            log.info("card.registered", card=card_id, expires=granted)
+        else:
+            self.registered.pop(card_id, None)
+            self._register_due[card_id] = now + REGISTER_RETRY
+            log.warning(
+                "card.register.refused",
+                card=card_id,
+                status=resp.status,
+                marked=str(verdict.marked) if verdict.marked else None,
+            )
+        self._wake.set()
+
+
+def _granted(resp: Response, asked: int) -> int:
+    """The expiry the registrar granted: our Contact's expires, else Expires, else ours."""
+    try:
+        for contact in resp.contact:
+            if contact.expires is not None:
+                return contact.expires
+        if resp.expires is not None:
+            return resp.expires
+    except SIPError:
+        pass
+    return asked
