@@ -1,0 +1,1102 @@
+"""Shared hot state in Redis: write-ahead quota reservations and card states, atomic via Lua.
+
+:class:`RedisStore` implements :class:`gateway.store.UsageLedger` (and the
+policies' ``CardUsageView``) with the meaning of the SQLite store, for several
+gateway instances that share cards. Every operation is **one Lua script**
+(``EVALSHA``), so it is atomic on the Redis server:
+
+- ``reserve`` counts the card's calls in the last minute / hour / carrier day,
+  its calls in use, its last start (minimum gap), distinct callees and talk
+  seconds of the day, its consecutive-failure streak (cooldown) and its
+  answer-rate / short-call sample, compares them with the flattened
+  :class:`policies.quotas.QuotaProfile`, and either records the reservation
+  (write-ahead, before the INVITE leaves) or answers which limit is exhausted
+  and when it frees. Two instances racing for a card's last slot are
+  serialized by Redis: exactly one wins. The script mirrors
+  ``policies.quotas.would_exceed`` limit by limit, in the same order; only the
+  night window, which depends on the clock alone, is checked in Python first.
+- ``release`` (failed before the callee was alerted), ``finish`` (outcome,
+  talk seconds, short call) and ``recover`` (this node's reservations left open
+  by a crash become orphans: still counted as starts, no longer in use).
+
+Keys (``{p}`` is the configurable prefix, default ``dialgate``)::
+
+    {p}:card:{card}:starts     ZSET  call id → start (counted starts; trimmed by age)
+    {p}:card:{card}:inuse      HASH  call id → node (open reservations)
+    {p}:card:{card}:held       ZSET  synthetic in-use slots from a rehydration → until
+    {p}:card:{card}:meta       HASH  seq (reservation order), ver (mutations), hyd (hydrated)
+    {p}:card:{card}:outz       ZSET  seq:call id → start (last ``outcome_window`` outcomes)
+    {p}:card:{card}:outh       HASH  seq:call id → "start|answered|talk|failed|ended|short"
+    {p}:card:{card}:day:{d}    HASH  c:{callee} → open+finished calls; t → talk seconds
+    {p}:card:{card}:state      HASH  state, reason, since, probation_until, ... (card state)
+    {p}:call:{call id}         HASH  the call's open reservation (card, callee, start, node, …)
+    {p}:call:{call id}:tried   SET   cards this call already used (never twice)
+    {p}:node:{node}:open       SET   this node's open reservations (for ``recover``)
+
+Memory stays bounded: every key carries a TTL (``history_seconds``, default
+two days, refreshed on each write; a day hash lives until its carrier day is
+over plus an hour; card states ``state_ttl_seconds``), starts older than the
+history are trimmed on each reservation, and outcomes are capped at
+``outcome_window`` per card. TTLs are durations, never absolute: callers may
+run on a simulated clock (``now`` is theirs, the expiry is Redis's).
+
+Durability and outages. Redis is the shared *hot* copy; SQLite stays the
+durable record (CDRs, card transitions). Failure mode: **fail closed** — any
+Redis error or a socket timeout (default 250 ms, no retries) is raised as
+:class:`gateway.store.StoreUnavailable`, which the gateway answers with 503
+``store-unavailable``; nothing is ever allowed without its reservation being
+stored. Counters live in Redis, so a gateway restart or a reconnect resets
+nothing. A *Redis* restart without persistence loses the counters: run Redis
+with ``appendonly yes`` (``appendfsync everysec``), and/or give the store a
+``facts`` source (e.g. :func:`sqlite_facts` over a store that records usage).
+With a source, each card carries a ``hyd`` mark (its TTL is refreshed with,
+so outlives, every other key of the card); a card without it is *cold*: the
+next reservation or usage read first calls :meth:`RedisStore.rehydrate` with
+the durable facts, which writes a conservative synthetic window (calls placed
+as late as the facts allow, in-use slots held for ``rehydrate_hold_seconds``)
+— after a Redis restart a card can only look busier than it was, never idler.
+
+Deployment: one Redis server (or a primary with replicas), not Redis Cluster
+(scripts touch a call's and its card's keys together). This module must never
+read a clock (callers pass ``now``), never log a callee number, and imports
+the optional ``redis`` package (redis-py) at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.store import (
+    CardUsageFacts,
+    QuotaExceeded,
+    ReservationError,
+    SQLiteStore,
+    StoredCard,
+    StoreUnavailable,
+    TransitionRecord,
+)
+from policies.quotas import (
+    CallOutcome,
+    CardUsage,
+    Exhausted,
+    QuotaLimit,
+    QuotaProfile,
+    would_exceed,
+)
+from policies.timeutil import day_bounds
+
+__all__ = [
+    "CardStateRecord",
+    "RedisStore",
+    "SharedCardRepository",
+    "connect",
+    "sqlite_facts",
+]
+
+FactsSource = Callable[[str, float], CardUsageFacts]
+
+
+def connect(url: Any, *, timeout: float = 0.25) -> redis.Redis:
+    """A synchronous client with short timeouts and **no retries**.
+
+    ``url`` is a ``redis://``/``rediss://``/``unix://`` string or the config's
+    ``ServiceUrl`` (its password stays a ``SecretStr`` until here). The gateway
+    calls the store from its event loop and must answer 503 quickly when Redis
+    is gone, so connect and read both time out after ``timeout`` seconds and a
+    failed command is not retried (redis-py's default retries with backoff).
+    """
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_error": [],
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+    if isinstance(url, str):
+        return redis.Redis.from_url(url, **common)
+    password = url.password.get_secret_value() if url.password is not None else None
+    if url.scheme == "unix":
+        return redis.Redis(unix_socket_path=url.path, password=password, **common)
+    db = url.path.strip("/")
+    return redis.Redis(
+        host=url.ip,
+        port=url.port or 6379,
+        db=int(db) if db.isdigit() else 0,
+        username=url.username,
+        password=password,
+        ssl=url.scheme == "rediss",
+        **common,
+    )
+
+
+# --- Lua ------------------------------------------------------------------------------
+#
+# why: Redis converts Lua numbers to strings with "%.14g" and truncates float replies
+# to integers, so every time value crosses the boundary as a string: the caller's
+# repr() going in, "%.17g" (exact round trip) coming out.
+
+_LUA_COMMON = r"""
+local function num(s) if s == nil or s == '' then return nil end return tonumber(s) end
+local function fmt(x) return string.format('%.17g', x) end
+local function parse_out(raw)
+  local f = {}
+  for part in string.gmatch(raw, '([^|]*)|?') do f[#f + 1] = part end
+  return {started = tonumber(f[1]), answered = f[2] == '1', talk = tonumber(f[3]),
+          failed = f[4] == '1', ended = num(f[5])}
+end
+local function read_outcomes(outz, outh, w)
+  local members = redis.call('ZRANGE', outz, -w, -1)
+  local outs = {}
+  if #members > 0 then
+    local raws = redis.call('HMGET', outh, unpack(members))
+    for i = 1, #raws do if raws[i] then outs[#outs + 1] = parse_out(raws[i]) end end
+  end
+  return outs
+end
+local function in_use(inuse, held, now_s)
+  return redis.call('HLEN', inuse) + redis.call('ZCOUNT', held, '(' .. now_s, '+inf')
+end
+"""
+
+_LUA_RESERVE = (
+    _LUA_COMMON
+    + r"""
+local K_starts, K_inuse, K_held, K_meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_outz, K_outh, K_day, K_call, K_tried, K_open = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local card, call_id, callee, now_s, node, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local day_start_s, day_key, lower_s, trim_s = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local ttl, day_ttl, w = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local need_hyd, expect_ver, check = ARGV[14] == '1', ARGV[15], ARGV[16] == '1'
+local now = tonumber(now_s)
+
+if need_hyd and redis.call('HEXISTS', K_meta, 'hyd') == 0 then return {'COLD'} end
+if expect_ver ~= '' and (redis.call('HGET', K_meta, 'ver') or '0') ~= expect_ver then
+  return {'STALE'}
+end
+
+if check then
+  local cpm, cph, cpd, conc = num(ARGV[17]), num(ARGV[18]), num(ARGV[19]), num(ARGV[20])
+  local gap, talk_cap, distinct = num(ARGV[21]), num(ARGV[22]), num(ARGV[23])
+  local floor, ceiling, short_s = num(ARGV[24]), num(ARGV[25]), num(ARGV[26])
+  local rate_calls, rate_secs, rate_min = num(ARGV[27]), num(ARGV[28]), num(ARGV[29])
+  local consec, cooldown = num(ARGV[30]), num(ARGV[31])
+
+  if conc then
+    local used = in_use(K_inuse, K_held, now_s)
+    if used >= conc then return {'EXCEEDED', 'concurrent', tostring(used)} end
+  end
+  if gap then
+    local last = redis.call('ZREVRANGEBYSCORE', K_starts, now_s, lower_s, 'WITHSCORES', 'LIMIT', 0, 1)
+    if #last > 0 and now - tonumber(last[2]) < gap then
+      return {'EXCEEDED', 'min_gap_seconds', last[2]}
+    end
+  end
+  local outs = nil
+  if (consec and consec > 0) or floor or ceiling then outs = read_outcomes(K_outz, K_outh, w) end
+  if consec and consec > 0 and #outs > 0 and outs[#outs].failed then
+    local streak = 0
+    for i = #outs, 1, -1 do
+      if not outs[i].failed then break end
+      streak = streak + 1
+    end
+    if streak >= consec then
+      local o = outs[#outs]
+      local base = o.ended or o.started
+      if base + cooldown > now then
+        return {'EXCEEDED', 'consecutive_failures', fmt(base), tostring(streak)}
+      end
+    end
+  end
+  for _, spec in ipairs({{60, cpm, 'calls_per_minute'}, {3600, cph, 'calls_per_hour'}}) do
+    local window, limit, name = spec[1], spec[2], spec[3]
+    if limit then
+      local lo = '(' .. fmt(now - window)
+      local used = redis.call('ZCOUNT', K_starts, lo, now_s)
+      if used >= limit then
+        local oldest = ''
+        if limit > 0 then
+          local r = redis.call('ZRANGEBYSCORE', K_starts, lo, now_s, 'WITHSCORES', 'LIMIT', used - limit, 1)
+          oldest = r[2]
+        end
+        return {'EXCEEDED', name, oldest, tostring(used)}
+      end
+    end
+  end
+  if cpd then
+    local used = redis.call('ZCOUNT', K_starts, day_start_s, now_s)
+    if used >= cpd then return {'EXCEEDED', 'calls_per_day', tostring(used)} end
+  end
+  if talk_cap then
+    local talk = redis.call('HGET', K_day, 't') or '0'
+    if tonumber(talk) >= talk_cap then return {'EXCEEDED', 'talk_minutes_per_day', talk} end
+  end
+  if distinct then
+    local used = redis.call('HLEN', K_day) - redis.call('HEXISTS', K_day, 't')
+    local again = redis.call('HEXISTS', K_day, 'c:' .. callee) == 1
+    if used >= distinct and not again then
+      return {'EXCEEDED', 'distinct_callees_per_day', tostring(used)}
+    end
+  end
+  if (floor or ceiling) and #outs >= rate_min then
+    local horizon = now - rate_secs
+    local sample = {}
+    for i = math.max(1, #outs - rate_calls + 1), #outs do
+      if outs[i].started > horizon then sample[#sample + 1] = outs[i] end
+    end
+    local n = #sample
+    local suf_a, suf_s = {}, {}
+    suf_a[n + 1], suf_s[n + 1] = 0, 0
+    for i = n, 1, -1 do
+      local a, s = 0, 0
+      if sample[i].answered then
+        a = 1
+        if sample[i].talk < short_s then s = 1 end
+      end
+      suf_a[i], suf_s[i] = suf_a[i + 1] + a, suf_s[i + 1] + s
+    end
+    local function failing(from)
+      local m = n - from + 1
+      if m < rate_min then return nil end
+      if floor and suf_a[from] / m < floor then return 'answer_rate_floor' end
+      if ceiling and suf_s[from] / m > ceiling then return 'short_call_ceiling' end
+      return nil
+    end
+    local limit = failing(1)
+    if limit then
+      local oldest = ''
+      for i = 1, n do
+        if failing(i + 1) == nil then oldest = fmt(sample[i].started) break end
+      end
+      return {'EXCEEDED', limit, oldest, tostring(n)}
+    end
+  end
+end
+
+local held = redis.call('HGET', K_call, 'card')
+if held then return {'HELD', held} end
+if redis.call('SISMEMBER', K_tried, card) == 1 then return {'TRIED'} end
+
+local seq = redis.call('HINCRBY', K_meta, 'seq', 1)
+redis.call('HINCRBY', K_meta, 'ver', 1)
+redis.call('HSET', K_meta, 'hyd', '1')
+redis.call('ZADD', K_starts, now_s, call_id)
+redis.call('ZREMRANGEBYSCORE', K_starts, '-inf', '(' .. trim_s)
+redis.call('ZREMRANGEBYSCORE', K_held, '-inf', now_s)
+redis.call('HSET', K_inuse, call_id, node)
+redis.call('HINCRBY', K_day, 'c:' .. callee, 1)
+redis.call('HSET', K_call, 'card', card, 'callee', callee, 'start', now_s, 'node', node,
+           'agent', agent, 'seq', seq, 'day', day_key)
+redis.call('SADD', K_tried, card)
+redis.call('SADD', K_open, call_id)
+for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_outh, K_call, K_tried, K_open}) do
+  redis.call('EXPIRE', k, ttl)
+end
+redis.call('EXPIRE', K_day, day_ttl)
+return {'OK', tostring(seq)}
+"""
+)
+
+_LUA_CLOSE = (
+    _LUA_COMMON
+    + r"""
+local K_call = KEYS[1]
+local prefix, call_id, mode, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local answered, talk_s, short, failed = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ttl, w, only_node = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+
+local f = redis.call('HMGET', K_call, 'card', 'callee', 'start', 'node', 'seq', 'day')
+local card, callee, start_s, node, seq, day_key = f[1], f[2], f[3], f[4], f[5], f[6]
+if not card then return {'NONE'} end
+if only_node ~= '' and node ~= only_node then return {'NONE'} end
+local base = prefix .. ':card:' .. card .. ':'
+local K_starts, K_inuse, K_held, K_meta = base .. 'starts', base .. 'inuse', base .. 'held', base .. 'meta'
+local K_outz, K_outh = base .. 'outz', base .. 'outh'
+local K_open = prefix .. ':node:' .. node .. ':open'
+
+redis.call('HDEL', K_inuse, call_id)
+redis.call('SREM', K_open, call_id)
+local record = nil
+if mode == 'release' then
+  redis.call('ZREM', K_starts, call_id)
+  if redis.call('HINCRBY', day_key, 'c:' .. callee, -1) <= 0 then
+    redis.call('HDEL', day_key, 'c:' .. callee)
+  end
+  if failed == '1' then record = start_s .. '|0|0|1|' .. now_s .. '|0' end
+elseif mode == 'finish' then
+  record = start_s .. '|' .. answered .. '|' .. talk_s .. '|' .. failed .. '|' .. now_s .. '|' .. short
+  if tonumber(talk_s) ~= 0 then
+    redis.call('HINCRBYFLOAT', day_key, 't', talk_s)
+    if redis.call('TTL', day_key) < 0 then redis.call('EXPIRE', day_key, ttl) end
+  end
+else
+  record = start_s .. '|0|0|0|' .. now_s .. '|0'
+end
+if record then
+  local member = string.format('%020d', tonumber(seq)) .. ':' .. call_id
+  redis.call('ZADD', K_outz, start_s, member)
+  redis.call('HSET', K_outh, member, record)
+  local n = redis.call('ZCARD', K_outz)
+  if n > w then
+    local old = redis.call('ZRANGE', K_outz, 0, n - w - 1)
+    redis.call('ZREM', K_outz, unpack(old))
+    redis.call('HDEL', K_outh, unpack(old))
+  end
+end
+redis.call('HINCRBY', K_meta, 'ver', 1)
+for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_outh}) do
+  redis.call('EXPIRE', k, ttl)
+end
+redis.call('DEL', K_call)
+return {'OK', card}
+"""
+)
+
+_LUA_READ = (
+    _LUA_COMMON
+    + r"""
+local K_starts, K_inuse, K_held, K_meta, K_outz, K_outh, K_day =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local lower_s, now_s, w = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local starts = redis.call('ZRANGEBYSCORE', K_starts, lower_s, '+inf', 'WITHSCORES')
+local day = redis.call('HGETALL', K_day)
+local members = redis.call('ZRANGE', K_outz, -w, -1)
+local outs = {}
+if #members > 0 then
+  local raws = redis.call('HMGET', K_outh, unpack(members))
+  for i = 1, #raws do if raws[i] then outs[#outs + 1] = raws[i] end end
+end
+local meta = redis.call('HMGET', K_meta, 'ver', 'hyd')
+return {starts, day, in_use(K_inuse, K_held, now_s), outs, meta[1] or '0', meta[2] or ''}
+"""
+)
+
+_LUA_REHYDRATE = r"""
+local K_starts, K_held, K_meta, K_outz, K_outh, K_day = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ttl, day_ttl, force = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local plan = cjson.decode(ARGV[4])
+if not force and redis.call('HEXISTS', K_meta, 'hyd') == 1 then return 0 end
+for i, score in ipairs(plan.starts) do redis.call('ZADD', K_starts, score, 'h:' .. i) end
+for i = 1, plan.callees do redis.call('HINCRBY', K_day, 'c:h:' .. i, 1) end
+if plan.talk ~= '0.0' then redis.call('HINCRBYFLOAT', K_day, 't', plan.talk) end
+for i, until_s in ipairs(plan.held) do redis.call('ZADD', K_held, until_s, 'h:' .. i) end
+for _, o in ipairs(plan.outcomes) do
+  local seq = redis.call('HINCRBY', K_meta, 'seq', 1)
+  local member = string.format('%020d', seq) .. ':h'
+  redis.call('ZADD', K_outz, o[1], member)
+  redis.call('HSET', K_outh, member, o[2])
+end
+redis.call('HSET', K_meta, 'hyd', '1')
+redis.call('HINCRBY', K_meta, 'ver', 1)
+for _, k in ipairs({K_starts, K_held, K_meta, K_outz, K_outh}) do redis.call('EXPIRE', k, ttl) end
+if redis.call('EXISTS', K_day) == 1 then redis.call('EXPIRE', K_day, day_ttl) end
+return 1
+"""
+
+_LUA_PUT_STATE = r"""
+local K = KEYS[1]
+local since, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local current = redis.call('HGET', K, 'since')
+if current and tonumber(current) > since then return 0 end
+redis.call('HSET', K, 'since', ARGV[1], 'state', ARGV[3], 'reason', ARGV[4],
+           'probation_until', ARGV[5], 'profile_override', ARGV[6], 'resume_at', ARGV[7])
+redis.call('EXPIRE', K, ttl)
+return 1
+"""
+
+
+# --- plain data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CardStateRecord:
+    """The shared hot copy of one card's state (the durable history is in SQLite)."""
+
+    card: str
+    state: str
+    reason: str | None
+    since: float
+    probation_until: float | None = None
+    profile_override: str | None = None
+    resume_at: float | None = None
+
+
+def _opt(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _opt_float(raw: bytes | None) -> float | None:
+    return None if raw is None or raw == b"" else float(raw)
+
+
+def _opt_str(raw: bytes | None) -> str | None:
+    return None if raw is None or raw == b"" else raw.decode()
+
+
+@lru_cache(maxsize=256)
+def _night_only(window: str) -> QuotaProfile:
+    return QuotaProfile(name="night", concurrent=None, night_window=window)
+
+
+def _flatten(profile: QuotaProfile) -> list[str]:
+    """The profile's limits in the order the reserve script reads them ("" = no limit)."""
+    talk_cap = None if profile.talk_minutes_per_day is None else profile.talk_minutes_per_day * 60.0
+    return [
+        _opt(profile.calls_per_minute),
+        _opt(profile.calls_per_hour),
+        _opt(profile.calls_per_day),
+        _opt(profile.concurrent),
+        _opt(None if profile.min_gap_seconds is None else float(profile.min_gap_seconds)),
+        _opt(talk_cap),
+        _opt(profile.distinct_callees_per_day),
+        _opt(None if profile.answer_rate_floor is None else float(profile.answer_rate_floor)),
+        _opt(None if profile.short_call_ceiling is None else float(profile.short_call_ceiling)),
+        repr(float(profile.short_call_seconds)),
+        str(profile.rate_window_calls),
+        repr(float(profile.rate_window_seconds)),
+        str(profile.rate_min_sample),
+        _opt(profile.consecutive_failures),
+        repr(float(profile.cooldown_seconds)),
+    ]
+
+
+def _exhausted(
+    reply: Sequence[bytes], profile: QuotaProfile, now: float, day_end: float
+) -> Exhausted:
+    """Rebuild the ``policies.quotas`` answer (same frees-at and detail) from the script's."""
+    name = QuotaLimit(reply[1].decode())
+    values = [r.decode() for r in reply[2:]]
+    frees: float | None
+    match name:
+        case QuotaLimit.CONCURRENT:
+            return Exhausted(name, None, f"{values[0]}/{profile.concurrent} in use")
+        case QuotaLimit.MIN_GAP:
+            last = float(values[0])
+            gap = float(profile.min_gap_seconds or 0.0)
+            return Exhausted(name, last + gap, f"last start {now - last:.1f}s ago")
+        case QuotaLimit.CONSECUTIVE_FAILURES:
+            frees = float(values[0]) + profile.cooldown_seconds
+            return Exhausted(name, frees, f"{values[1]} failures in a row")
+        case QuotaLimit.CALLS_PER_MINUTE | QuotaLimit.CALLS_PER_HOUR:
+            window = 60.0 if name is QuotaLimit.CALLS_PER_MINUTE else 3600.0
+            limit = profile.calls_per_minute if window == 60.0 else profile.calls_per_hour
+            frees = float(values[0]) + window if values[0] else None
+            return Exhausted(name, frees, f"{values[1]}/{limit} in {int(window)}s")
+        case QuotaLimit.CALLS_PER_DAY:
+            return Exhausted(name, day_end, f"{values[0]}/{profile.calls_per_day} today")
+        case QuotaLimit.TALK_MINUTES_PER_DAY:
+            talk = float(values[0])
+            return Exhausted(
+                name, day_end, f"{talk / 60:.1f}/{profile.talk_minutes_per_day} min today"
+            )
+        case QuotaLimit.DISTINCT_CALLEES_PER_DAY:
+            return Exhausted(name, day_end, f"{values[0]}/{profile.distinct_callees_per_day} today")
+        case QuotaLimit.ANSWER_RATE_FLOOR | QuotaLimit.SHORT_CALL_CEILING:
+            frees = float(values[0]) + profile.rate_window_seconds if values[0] else None
+            return Exhausted(name, frees, f"{name} over last {values[1]} calls")
+    raise StoreUnavailable(f"redis: unexpected quota answer {name}")
+
+
+# --- the store -----------------------------------------------------------------------
+
+
+class RedisStore:
+    """Usage ledger and card states over one Redis server, shared by gateway instances.
+
+    ``client`` comes from :func:`connect` (short timeouts, no retries).
+    ``node`` names this instance (``[mqtt] node``): :meth:`recover` only
+    orphans its own reservations. ``card_carriers`` (card → carrier) and
+    ``carrier_timezones`` (carrier → IANA zone) give each card's calendar day
+    (UTC when unknown). ``facts`` is the durable source a cold card (keys lost
+    in a Redis restart) is rehydrated from; without one a cold card starts from
+    what Redis holds. ``short_call_seconds`` and ``outcome_window`` mean what
+    they mean for :class:`gateway.store.SQLiteStore`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        node: str,
+        prefix: str = "dialgate",
+        card_carriers: Mapping[str, str] | None = None,
+        carrier_timezones: Mapping[str, str] | None = None,
+        short_call_seconds: float = 10.0,
+        outcome_window: int = 50,
+        history_seconds: float = 2 * 86400.0,
+        state_ttl_seconds: float = 30 * 86400.0,
+        facts: FactsSource | None = None,
+        rehydrate_hold_seconds: float = 3600.0,
+        max_retries: int = 20,
+    ) -> None:
+        if outcome_window < 1:
+            raise ValueError("outcome_window must be >= 1")
+        if history_seconds < 2 * 3600.0:
+            raise ValueError("history_seconds must cover at least two hours")
+        # redis-py types every reply as "value or awaitable" (one class for sync and
+        # async clients); this store only uses the synchronous client.
+        self.client: Any = client
+        self.node = node
+        self.prefix = prefix
+        self.card_carriers = dict(card_carriers or {})
+        self.carrier_timezones = dict(carrier_timezones or {})
+        self.short_call_seconds = short_call_seconds
+        self.outcome_window = outcome_window
+        self.history_seconds = history_seconds
+        self.state_ttl_seconds = state_ttl_seconds
+        self.facts = facts
+        self.rehydrate_hold_seconds = rehydrate_hold_seconds
+        self.max_retries = max_retries
+        self._reserve = client.register_script(_LUA_RESERVE)
+        self._close = client.register_script(_LUA_CLOSE)
+        self._read = client.register_script(_LUA_READ)
+        self._rehydrate = client.register_script(_LUA_REHYDRATE)
+        self._put_state = client.register_script(_LUA_PUT_STATE)
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def ping(self) -> bool:
+        """Whether Redis answers (health checks); never raises."""
+        try:
+            return bool(self.client.ping())
+        except RedisError:
+            return False
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Redis errors (refused, reset, timeout, script error) become StoreUnavailable."""
+        try:
+            yield
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    def _card_keys(self, card: str) -> dict[str, str]:
+        base = f"{self.prefix}:card:{card}:"
+        return {w: base + w for w in ("starts", "inuse", "held", "meta", "outz", "outh", "state")}
+
+    def _day_key(self, card: str, day_start: float) -> str:
+        return f"{self.prefix}:card:{card}:day:{int(day_start)}"
+
+    def _call_key(self, call_id: str) -> str:
+        return f"{self.prefix}:call:{call_id}"
+
+    def _open_key(self) -> str:
+        return f"{self.prefix}:node:{self.node}:open"
+
+    def timezone(self, card: str) -> str:
+        """The IANA zone of the card's carrier day (UTC when unknown)."""
+        carrier = self.card_carriers.get(card)
+        return self.carrier_timezones.get(carrier, "UTC") if carrier else "UTC"
+
+    def _day(self, card: str, now: float) -> tuple[float, float, int]:
+        """(day start, day end, TTL of the day hash) of the card's carrier day at ``now``."""
+        start, end = day_bounds(now, self.timezone(card))
+        ttl = int(min(max(end - now, 0.0) + 3600.0, self.history_seconds)) + 1
+        return start, end, ttl
+
+    # --- reads ----------------------------------------------------------------------
+
+    def card_usage(self, card_id: str, now: float) -> CardUsage:
+        """``policies.quotas.CardUsage`` of the card at ``now`` (one atomic read)."""
+        usage, _version, hydrated = self._snapshot(card_id, now)
+        if not hydrated and self.facts is not None:
+            self.rehydrate(card_id, self.facts(card_id, now), now)
+            usage, _version, _ = self._snapshot(card_id, now)
+        return usage
+
+    def _snapshot(self, card: str, now: float) -> tuple[CardUsage, str, bool]:
+        keys = self._card_keys(card)
+        start, _end, _ttl = self._day(card, now)
+        lower = min(start, now - 3600.0)
+        with self._guard():
+            raw_starts, raw_day, in_use, raw_outs, version, hyd = self._read(
+                keys=[
+                    keys["starts"],
+                    keys["inuse"],
+                    keys["held"],
+                    keys["meta"],
+                    keys["outz"],
+                    keys["outh"],
+                    self._day_key(card, start),
+                ],
+                args=[repr(lower), repr(now), self.outcome_window],
+            )
+        day = dict(zip(raw_day[::2], raw_day[1::2], strict=True))
+        outcomes = []
+        for raw in raw_outs:
+            started, answered, talk, failed, ended, _short = raw.decode().split("|")
+            outcomes.append(
+                CallOutcome(
+                    started_at=float(started),
+                    answered=answered == "1",
+                    talk_seconds=float(talk),
+                    failed=failed == "1",
+                    ended_at=float(ended) if ended else None,
+                )
+            )
+        usage = CardUsage(
+            call_starts=tuple(float(s) for s in raw_starts[1::2]),
+            callees_today=frozenset(k[2:].decode() for k in day if k.startswith(b"c:")),
+            talk_seconds_today=float(day.get(b"t", 0.0)),
+            in_use=int(in_use),
+            recent_outcomes=tuple(outcomes),
+        )
+        return usage, version.decode(), bool(hyd)
+
+    def open_reservations(self) -> list[tuple[str, str]]:
+        """``(call_id, card)`` of every open reservation of this node, by call id."""
+        with self._guard():
+            call_ids = sorted(m.decode() for m in self.client.smembers(self._open_key()))
+            pipe = self.client.pipeline(transaction=False)
+            for call_id in call_ids:
+                pipe.hget(self._call_key(call_id), "card")
+            cards = pipe.execute()
+        return [(c, k.decode()) for c, k in zip(call_ids, cards, strict=True) if k is not None]
+
+    def usage_facts(self, card: str, now: float, *, window: int | None = None) -> CardUsageFacts:
+        """Aggregated facts (the shape :meth:`SQLiteStore.usage` returns), for reports."""
+        usage = self.card_usage(card, now)
+        start, _end, _ttl = self._day(card, now)
+        starts = [t for t in usage.call_starts if t <= now]
+        size = self.outcome_window if window is None else window
+        recent = usage.recent_outcomes[-size:] if size > 0 else ()
+        streak = 0
+        for outcome in reversed(recent):
+            if not outcome.failed:
+                break
+            streak += 1
+        answered = [o for o in recent if o.answered]
+        return CardUsageFacts(
+            card=card,
+            now=now,
+            calls_last_minute=sum(1 for t in starts if t > now - 60.0),
+            calls_last_hour=sum(1 for t in starts if t > now - 3600.0),
+            calls_today=sum(1 for t in starts if t >= start),
+            concurrent=usage.in_use,
+            last_start_at=starts[-1] if starts else None,
+            talk_seconds_today=usage.talk_seconds_today,
+            distinct_callees_today=len(usage.callees_today),
+            window_size=size,
+            window_calls=len(recent),
+            window_answered=len(answered),
+            window_short=sum(1 for o in answered if o.talk_seconds < self.short_call_seconds),
+            consecutive_failures=streak,
+        )
+
+    # --- writes ---------------------------------------------------------------------
+
+    def reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        *,
+        profile: QuotaProfile | None = None,
+        admit: Callable[[CardUsage], None] | None = None,
+        agent: str = "",
+    ) -> None:
+        """Check the card's limits and commit the call start, in one Lua script.
+
+        Raises :class:`QuotaExceeded` (nothing written) when ``profile`` would
+        be broken, :class:`ReservationError` when the call already holds a
+        reservation or already tried this card, :class:`StoreUnavailable` when
+        Redis cannot answer. ``admit`` (any callable over the usage; raise to
+        refuse) runs in Python on a snapshot; the script then commits only if
+        the card did not change since (optimistic, retried).
+        """
+        if profile is not None and profile.night_window is not None:
+            night = would_exceed(
+                _night_only(profile.night_window), CardUsage(), self.timezone(card), callee, now
+            )
+            if night is not None:
+                raise QuotaExceeded(card, night)
+        hydrated_once = False
+        for _ in range(self.max_retries):
+            expect = ""
+            if admit is not None:
+                usage, expect, hydrated = self._snapshot(card, now)
+                if not hydrated and self.facts is not None and not hydrated_once:
+                    self.rehydrate(card, self.facts(card, now), now)
+                    hydrated_once = True
+                    continue
+                admit(usage)
+            reply = self._run_reserve(card, call_id, callee, now, profile, agent, expect)
+            status = reply[0]
+            if status == b"OK":
+                return
+            if status == b"COLD":
+                if self.facts is None or hydrated_once:
+                    raise StoreUnavailable(f"card {card}: usage could not be rehydrated")
+                self.rehydrate(card, self.facts(card, now), now)
+                hydrated_once = True
+                continue
+            if status == b"STALE":
+                continue
+            if status == b"EXCEEDED" and profile is not None:
+                _start, end, _ttl = self._day(card, now)
+                raise QuotaExceeded(card, _exhausted(reply, profile, now, end))
+            if status == b"HELD":
+                raise ReservationError(
+                    f"call {call_id!r} already holds a reservation on {reply[1].decode()!r}"
+                )
+            if status == b"TRIED":
+                raise ReservationError(f"call {call_id!r} already tried card {card!r}")
+            raise StoreUnavailable(f"redis: unexpected reserve answer {status!r}")
+        raise StoreUnavailable(f"reservation on {card} lost {self.max_retries} races in a row")
+
+    def _run_reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        profile: QuotaProfile | None,
+        agent: str,
+        expect: str,
+    ) -> list[bytes]:
+        keys = self._card_keys(card)
+        start, _end, day_ttl = self._day(card, now)
+        day_key = self._day_key(card, start)
+        call_key = self._call_key(call_id)
+        args: list[Any] = [
+            card,
+            call_id,
+            callee,
+            repr(now),
+            self.node,
+            agent,
+            repr(start),
+            day_key,
+            repr(min(start, now - 3600.0)),
+            repr(now - self.history_seconds),
+            int(self.history_seconds),
+            day_ttl,
+            self.outcome_window,
+            "1" if self.facts is not None else "0",
+            expect,
+            "1" if profile is not None else "0",
+        ]
+        if profile is not None:
+            args.extend(_flatten(profile))
+        with self._guard():
+            reply: list[bytes] = self._reserve(
+                keys=[
+                    keys["starts"],
+                    keys["inuse"],
+                    keys["held"],
+                    keys["meta"],
+                    keys["outz"],
+                    keys["outh"],
+                    day_key,
+                    call_key,
+                    f"{call_key}:tried",
+                    self._open_key(),
+                ],
+                args=args,
+            )
+        return reply
+
+    def _run_close(
+        self,
+        call_id: str,
+        mode: str,
+        now: float,
+        *,
+        answered: bool = False,
+        talk_seconds: float = 0.0,
+        short: bool = False,
+        failed: bool = False,
+        only_node: str = "",
+    ) -> str | None:
+        with self._guard():
+            reply = self._close(
+                keys=[self._call_key(call_id)],
+                args=[
+                    self.prefix,
+                    call_id,
+                    mode,
+                    repr(now),
+                    "1" if answered else "0",
+                    repr(float(talk_seconds)),
+                    "1" if short else "0",
+                    "1" if failed else "0",
+                    int(self.history_seconds),
+                    self.outcome_window,
+                    only_node,
+                ],
+            )
+        return None if reply[0] == b"NONE" else str(reply[1].decode())
+
+    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
+        """Undo the call's open reservation (failed before the callee was alerted).
+
+        The start stops counting; with ``failed`` (a card-level failure) it still
+        feeds the consecutive-failures streak. Returns the card, or None.
+        """
+        return self._run_close(call_id, "release", now, failed=failed)
+
+    def finish(
+        self,
+        call_id: str,
+        now: float,
+        *,
+        answered: bool,
+        talk_seconds: float = 0.0,
+        short: bool | None = None,
+        failed: bool = False,
+        answered_at: float | None = None,
+    ) -> str | None:
+        """Record the outcome of the call's open reservation; return its card (or None).
+
+        ``short`` defaults to "answered and talked less than ``short_call_seconds``".
+        ``answered_at`` is accepted for the interface; answer times (frequency
+        caps) are read from the SQLite store, not from here.
+        """
+        if short is None:
+            short = answered and talk_seconds < self.short_call_seconds
+        return self._run_close(
+            call_id,
+            "finish",
+            now,
+            answered=answered,
+            talk_seconds=talk_seconds,
+            short=bool(short),
+            failed=failed,
+        )
+
+    def recover(self, now: float) -> int:
+        """This node's reservations left open by a crash become orphaned starts.
+
+        Orphans still count as call starts (over-count, never under-count) but no
+        longer as calls in use. Call once at startup, before taking traffic.
+        """
+        with self._guard():
+            call_ids = [m.decode() for m in self.client.smembers(self._open_key())]
+        count = 0
+        stale: list[str] = []
+        for call_id in call_ids:
+            if self._run_close(call_id, "orphan", now, only_node=self.node) is None:
+                stale.append(call_id)  # its call key expired: nothing left to close
+            else:
+                count += 1
+        if stale:
+            with self._guard():
+                self.client.srem(self._open_key(), *stale)
+        return count
+
+    # --- rehydration after a Redis restart without persistence ----------------------
+
+    def is_hydrated(self, card: str) -> bool:
+        """Whether the card's keys are live (False after a Redis restart or long idleness)."""
+        with self._guard():
+            return bool(self.client.hexists(self._card_keys(card)["meta"], "hyd"))
+
+    def rehydrate(
+        self, card: str, facts: CardUsageFacts, now: float, *, force: bool = False
+    ) -> bool:
+        """Rebuild a cold card's window from durable ``facts``; False if it was warm.
+
+        The facts hold counts, not times, so the window written is the most
+        conservative one they allow: the last minute's calls all at the last
+        start, the rest of the hour's at ``now - 60`` (or the last start), the
+        rest of the day's at ``now - 3600`` (not before the day began); the
+        day's distinct callees as anonymous ones, its talk seconds; open calls
+        as in-use slots held for ``rehydrate_hold_seconds``; the rolling sample
+        with its failure streak last. Limits computed on it can only be as
+        tight as or tighter than on the real history. Atomic; applied only to
+        a cold card unless ``force``.
+        """
+        start, _end, day_ttl = self._day(card, now)
+        last = facts.last_start_at if facts.last_start_at is not None else now
+        minute = max(0, facts.calls_last_minute)
+        hour = max(0, facts.calls_last_hour - minute)
+        day = max(0, facts.calls_today - facts.calls_last_hour)
+        starts = [repr(min(last, now))] * minute
+        starts += [repr(min(now - 60.0, last))] * hour
+        starts += [repr(max(start, min(now - 3600.0, last)))] * day
+        window = min(facts.window_calls, self.outcome_window)
+        failures = min(facts.consecutive_failures, window)
+        good = window - failures
+        answered = min(facts.window_answered, good)
+        short = min(facts.window_short, answered)
+        at = repr(min(last, now))
+        records: list[list[str]] = []
+        for i in range(good):
+            is_answered = i < answered
+            is_short = is_answered and i < short
+            talk = 0.0 if is_short or not is_answered else 3600.0
+            records.append([at, f"{at}|{int(is_answered)}|{talk!r}|0|{now!r}|{int(is_short)}"])
+        records += [[at, f"{at}|0|0.0|1|{now!r}|0"]] * failures
+        plan = {
+            "starts": starts,
+            "callees": max(0, facts.distinct_callees_today),
+            "talk": repr(float(facts.talk_seconds_today)),
+            "held": [repr(now + self.rehydrate_hold_seconds)] * max(0, facts.concurrent),
+            "outcomes": records,
+        }
+        keys = self._card_keys(card)
+        with self._guard():
+            applied = self._rehydrate(
+                keys=[
+                    keys["starts"],
+                    keys["held"],
+                    keys["meta"],
+                    keys["outz"],
+                    keys["outh"],
+                    self._day_key(card, start),
+                ],
+                args=[int(self.history_seconds), day_ttl, "1" if force else "0", json.dumps(plan)],
+            )
+        return bool(applied)
+
+    # --- card state (shared hot copy) ----------------------------------------------
+
+    def put_card_state(self, card: StoredCard) -> bool:
+        """Publish the card's state; a state older (``since``) than the stored one is ignored.
+
+        Returns whether it was applied. Instances writing concurrently converge
+        on the most recent transition; SQLite keeps the durable history.
+        """
+        with self._guard():
+            applied = self._put_state(
+                keys=[self._card_keys(card.id)["state"]],
+                args=[
+                    repr(float(card.since)),
+                    int(self.state_ttl_seconds),
+                    card.state,
+                    _opt(card.reason),
+                    _opt(card.probation_until),
+                    _opt(card.profile_override),
+                    _opt(card.resume_at),
+                ],
+            )
+        return bool(applied)
+
+    def card_states(self, card_ids: Sequence[str]) -> dict[str, CardStateRecord]:
+        """The shared states of the given cards (cards Redis knows nothing of are left out)."""
+        fields = ("state", "reason", "since", "probation_until", "profile_override", "resume_at")
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for card in card_ids:
+                pipe.hmget(self._card_keys(card)["state"], *fields)
+            rows = pipe.execute()
+        out: dict[str, CardStateRecord] = {}
+        for card, row in zip(card_ids, rows, strict=True):
+            state, reason, since, probation, override, resume = row
+            if state is None or since is None:
+                continue
+            out[card] = CardStateRecord(
+                card=card,
+                state=state.decode(),
+                reason=_opt_str(reason),
+                since=float(since),
+                probation_until=_opt_float(probation),
+                profile_override=_opt_str(override),
+                resume_at=_opt_float(resume),
+            )
+        return out
+
+
+def sqlite_facts(store: SQLiteStore, timezone_of: Callable[[str], str]) -> FactsSource:
+    """A :data:`FactsSource` over the SQLite store's per-card usage (``usage()``).
+
+    Only useful when the gateway also records its call starts in that store;
+    ``timezone_of`` gives a card's carrier zone (``RedisStore.timezone``).
+    """
+
+    def facts(card: str, now: float) -> CardUsageFacts:
+        start, _ = day_bounds(now, timezone_of(card))
+        return store.usage(card, now, day_start_at=start, window=store.outcome_window)
+
+    return facts
+
+
+class SharedCardRepository:
+    """``gateway.store.CardRepository``: SQLite keeps the history, Redis the shared state.
+
+    ``save_transition`` writes SQLite first (durable, with evidence), then
+    publishes the state to Redis for the other instances. If Redis is down the
+    publication is kept and retried on the next call (the transition is not
+    written twice). ``load_cards`` / ``upsert_card`` overlay a newer shared
+    state on the stored rows, so ``CardManager.sync_from_store`` adopts what
+    another instance decided.
+    """
+
+    def __init__(self, store: SQLiteStore, shared: RedisStore) -> None:
+        self.store = store
+        self.shared = shared
+        self._pending: dict[str, StoredCard] = {}
+
+    def _overlay(self, rows: list[StoredCard]) -> list[StoredCard]:
+        self._publish_pending()
+        try:
+            states = self.shared.card_states([r.id for r in rows])
+        except StoreUnavailable:
+            return rows
+        out = []
+        for row in rows:
+            hot = states.get(row.id)
+            if hot is None or hot.since <= row.since:
+                out.append(row)
+                continue
+            out.append(
+                StoredCard(
+                    id=row.id,
+                    carrier=row.carrier,
+                    number=row.number,
+                    pool=row.pool,
+                    priority=row.priority,
+                    quota_profile=row.quota_profile,
+                    state=hot.state,
+                    reason=hot.reason,
+                    since=hot.since,
+                    probation_until=hot.probation_until,
+                    profile_override=hot.profile_override,
+                    resume_at=hot.resume_at,
+                )
+            )
+        return out
+
+    def _publish_pending(self) -> None:
+        for card_id, card in list(self._pending.items()):
+            try:
+                self.shared.put_card_state(card)
+            except StoreUnavailable:
+                return
+            del self._pending[card_id]
+
+    @property
+    def unpublished(self) -> int:
+        """Card states saved in SQLite but not yet shared through Redis."""
+        return len(self._pending)
+
+    def upsert_card(self, card: StoredCard) -> StoredCard:
+        """Insert or update the card in SQLite; return it with the newest shared state."""
+        return self._overlay([self.store.upsert_card(card)])[0]
+
+    def load_cards(self) -> list[StoredCard]:
+        """Every stored card, with the newest shared state overlaid."""
+        return self._overlay(self.store.load_cards())
+
+    def save_transition(self, card: StoredCard, transition: TransitionRecord) -> None:
+        """Record the transition durably, then share the card's new state."""
+        self.store.save_transition(card, transition)
+        self._pending[card.id] = card
+        self._publish_pending()
