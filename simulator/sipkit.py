@@ -555,8 +555,12 @@ class UserAgent:
             req.respond(405, headers=[("Allow", ALLOW)])
 
     def _on_stray_response(self, message: Message, source: Address, transport: Transport) -> None:
-        # §13.2.2.4: a retransmitted 2xx for an INVITE we ACKed is ACKed again.
-        if not isinstance(message, Response) or not 200 <= message.status < 300:
+        if isinstance(message, Response):
+            self._reack(message)
+
+    def _reack(self, message: Response) -> None:
+        """§13.2.2.4: a retransmitted 2xx for an INVITE we ACKed is ACKed again."""
+        if not 200 <= message.status < 300:
             return
         try:
             if message.cseq.method != "INVITE":
@@ -565,7 +569,7 @@ class UserAgent:
         except SIPError:
             return
         call = self._outbound.get(key)
-        if call is not None:
+        if call is not None and call.ack.cseq.seq == message.cseq.seq:
             self.endpoint.send_stateless(call.ack.copy(), call.dest)
 
     # -- inbound call helpers ----------------------------------------------------------
@@ -811,7 +815,10 @@ class UserAgent:
         ringing = asyncio.Event()
 
         def on_response(_handle: object, response: Response) -> None:
-            if 100 < response.status < 200:
+            if 200 <= response.status < 300:
+                # RFC 6026 §8.4: a retransmitted 2xx reaches the TU, which ACKs it again.
+                self._reack(response)
+            elif 100 < response.status < 200:
                 result.provisional.append(response.status)
                 ringing.set()
                 if not first_ring:

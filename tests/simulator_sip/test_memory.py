@@ -61,3 +61,32 @@ async def test_gateway_refuses_a_memory_kit() -> None:
         carrier = await kit.carrier(CARDS)
         with pytest.raises(RuntimeError):
             await kit.gateway(carrier, cards=CARDS)
+
+
+async def test_lost_ack_makes_the_carrier_retransmit_its_200() -> None:
+    """Losing the first ACK: the carrier resends its 2xx (§13.3.1.4), the UA ACKs again, no BYE."""
+    network = LoopNetwork()
+    lost: list[bytes] = []
+
+    def drop(data: bytes, _source: Address, _dest: Address) -> bool:
+        if data.startswith(b"ACK ") and not lost:
+            lost.append(data)
+            return True
+        return False
+
+    network.drop = drop
+    async with SimKit(network=network) as kit:
+        carrier = await kit.carrier(CARDS, answer=always_answer(ring=1.0, talk=60.0), timers=FAST)
+        phone = await kit.softphone("c1", "pw1", carrier.address, timers=FAST)
+        call = asyncio.ensure_future(phone.call("+8613912345678", talk_seconds=None))
+        for _ in range(100):
+            inbound = list(carrier.inbound.values())
+            if inbound and inbound[0].acks is not None and inbound[0].acks.acked:
+                break
+            await asyncio.sleep(0.01)
+        assert 1 == len(lost)
+        [answered] = list(carrier.inbound.values())
+        assert answered.acks is not None and answered.acks.acked
+        assert not answered.ended.is_set()  # no give-up BYE
+        result = await asyncio.wait_for(call, 5)
+        assert (200, "remote") == (result.status, result.hangup)
