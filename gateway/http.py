@@ -9,7 +9,10 @@ What this module is for:
   malformed requests get 400, unknown paths 404, wrong methods 405 with ``Allow``;
 * :func:`admin_server`: the gateway's HTTP endpoint on ``[admin] listen`` with
   ``GET /metrics`` (Prometheus text format 0.0.4) and ``GET /health`` (JSON,
-  503 when unhealthy). The admin API will add its routes to the same server.
+  503 when unhealthy). The admin API will add its routes to the same server;
+* :class:`GatewayTelemetry`: the one object ``gateway.app`` starts and stops —
+  the event bus with its subscribers (call stats, derived alerts, metrics, the
+  MQTT publisher when ``[mqtt]`` is configured) and this HTTP endpoint.
 
 What it must never do: let one bad request or failing handler stop the server
 (a handler exception is logged and answered 500 without details), read an
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -30,11 +34,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
+from gateway import __version__
+from gateway.events import AlertWatch, CallStats, EventBus
+from gateway.metrics import GatewayMetrics
+
 if TYPE_CHECKING:
-    from gateway.config import AdminSettings
-    from gateway.metrics import GatewayMetrics
+    from gateway.config import AdminSettings, Settings
+    from gateway.mqtt import MqttPublisher
 
 __all__ = [
+    "GatewayTelemetry",
     "Handler",
     "HttpServer",
     "Request",
@@ -347,3 +356,80 @@ def admin_server(
     server.route("GET", "/metrics", get_metrics)
     server.route("GET", "/health", get_health)
     return server
+
+
+class GatewayTelemetry:
+    """Bus, stats, alerts, metrics, MQTT publisher and the admin HTTP endpoint, as one unit.
+
+    ``gateway.app`` builds it from the settings, starts it with the listeners,
+    hands ``telemetry.bus`` to the call path and cards (``bus.publish(event)``,
+    ``bus.publish_card_events(manager.drain_events())``) and stops it last.
+    ``gateway_snapshot`` (``Gateway.snapshot``) adds the transport and request
+    counters to ``/metrics``. Without ``[mqtt]`` nothing is published to a
+    broker; with ``[admin] enabled = false`` no HTTP port is opened.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        gateway_snapshot: Callable[[], Mapping[str, Any]] | None = None,
+        version: str = __version__,
+    ) -> None:
+        from gateway.mqtt import MqttPublisher
+
+        self.settings = settings
+        self.version = version
+        self.bus = EventBus()
+        self.stats = CallStats(clock)
+        self.metrics = GatewayMetrics(version=version)
+        self.bus.subscribe(self.stats)
+        self.bus.subscribe(self.metrics)
+        self.bus.subscribe(AlertWatch(self.bus.publish))
+        self.publisher: MqttPublisher | None = None
+        if settings.mqtt is not None:
+            self.publisher = MqttPublisher.from_settings(
+                settings, stats_source=self.stats.snapshot, clock=clock, version=version
+            )
+            self.publisher.attach(self.bus)
+            self.metrics.watch_mqtt(self.publisher)
+        if gateway_snapshot is not None:
+            self.metrics.watch_gateway(gateway_snapshot)
+        self.http: HttpServer | None = None
+        if settings.admin.enabled:
+            self.http = admin_server(settings.admin, metrics=self.metrics, health=self.health)
+
+    def health(self) -> dict[str, Any]:
+        """``/health``: ok while the gateway runs (a broker outage never fails calls)."""
+        mqtt = "off"
+        if self.publisher is not None:
+            mqtt = "connected" if self.publisher.connected else "disconnected"
+        return {
+            "status": "ok",
+            "version": self.version,
+            "mqtt": mqtt,
+            "active_calls": self.stats.active_calls,
+            "cards": self.stats.cards_by_state(),
+        }
+
+    async def start(self) -> None:
+        """Bind the HTTP port, then start publishing (MQTT connects in the background)."""
+        if self.http is not None:
+            await self.http.start()
+        if self.publisher is not None:
+            await self.publisher.start()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close the HTTP port; flush MQTT and publish ``offline`` (bounded by ``timeout``)."""
+        if self.http is not None:
+            await self.http.close()
+        if self.publisher is not None:
+            await self.publisher.stop(timeout)
+
+    async def __aenter__(self) -> GatewayTelemetry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

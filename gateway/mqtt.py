@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -166,6 +167,7 @@ class MqttPublisher:
         # Latest message of every retained topic, and the ones still to send.
         self._retained: dict[str, Outgoing] = {}
         self._dirty: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._last_card: dict[str, CardStatus] = {}
         # Non-retained events wait unrendered: JSON is built when the message is
         # sent, off the call path (and never for events dropped in an outage).
         self._queue: collections.deque[CallEvent | Alert | Outgoing] = collections.deque()
@@ -211,6 +213,12 @@ class MqttPublisher:
                 self._queue.popleft()
                 self._count_drop()
         else:
+            if isinstance(event, CardStatus):
+                # A periodic refresh of an unchanged card is not republished.
+                unchanged = dataclasses.replace(event, at=0.0)
+                if self._last_card.get(event.card) == unchanged:
+                    return
+                self._last_card[event.card] = unchanged
             message = route(event, self.topics, mask_numbers=self.mask_numbers)
             self._retained[message.topic] = message
             self._dirty[message.topic] = None
