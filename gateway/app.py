@@ -41,15 +41,20 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from gateway.config import PeerSettings, Settings, UserSettings
+from gateway.auth import Authenticator, Identity, IdentityKind
+from gateway.config import Settings
+from gateway.endpoint import ServerRequest, SipEndpoint
+from gateway.inbound import InboundRouter
 from gateway.logging import mask_number
+from gateway.registrar import Registrar
 from gateway.sip import Headers, Request, Response, SIPError, make_response
-from gateway.sip.digest import Algorithm, DigestServer, Outcome, ha1
+from gateway.sip.digest import DigestServer
 from gateway.sip.headers import canonical_name
+from gateway.sip.transaction import TimerConfig, client_key
 from gateway.sip.uri import URI
 from gateway.sip.validate import check_request
 from gateway.transport import (
@@ -73,9 +78,23 @@ __all__ = [
     "serve",
 ]
 
+if TYPE_CHECKING:
+    from gateway.b2bua import B2BUA
+    from gateway.health_runner import HealthRunner
+    from gateway.store import SQLiteStore
+
 log = structlog.get_logger("gateway.app")
 
-ALLOW: tuple[str, ...] = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO")
+ALLOW: tuple[str, ...] = (
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "REGISTER",
+    "INFO",
+    "UPDATE",
+)
 """Methods the gateway handles (RFC 3261 §20.5); sent in Allow on OPTIONS and 501."""
 
 ACCEPT = "application/sdp"
@@ -141,7 +160,6 @@ class Gateway:
         self._domains = {d.lower().rstrip(".") for d in settings.sip.domains}
         self._local_hosts: set[str] = set()
         self._local_ports: set[int] = set()
-        self._secrets = _credential_table(settings)
         # One line per rejected request, but a scan or flood must not become a
         # log flood: beyond REJECT_LOG_RATE lines/s they are counted, not logged.
         self._log_limit = LogLimiter(REJECT_LOG_RATE)
@@ -150,6 +168,25 @@ class Gateway:
         # port must not aim our responses at a third party. `[sip] force_rport
         # = false` restores plain RFC 3261 §18.2.2 routing.
         self.symmetric_responses: bool = settings.sip.force_rport
+        # The call path (issue 3): transactions on the SIP endpoint, which
+        # shares our transports; stateless answers above stay stateless.
+        sip = settings.sip
+        self.endpoint = SipEndpoint(
+            self._on_transaction_request,
+            on_stray_response=self._on_stray,
+            timers=TimerConfig(t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            advertise=sip.advertise,
+            max_message_size=sip.max_message_size,
+        )
+        self.registrar = Registrar()
+        self.auth = Authenticator(settings, self.digest)
+        self.inbound = InboundRouter(settings, self.registrar)
+        self.store: SQLiteStore | None = None
+        self.b2bua: B2BUA | None = None
+        self.health: HealthRunner | None = None
+        # Identity of a request between our verification and the endpoint's
+        # delivery of the same object to the TU callback (keyed by id()).
+        self._identities: dict[int, Identity] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -170,6 +207,7 @@ class Gateway:
                 self.add_transport(transport)
                 host, port = transport.local_address
                 log.info("listening", transport=str(transport.name), host=host, port=port)
+            self._start_call_path()
         except BaseException:
             await self.close(log_stats=False)
             raise
@@ -193,10 +231,14 @@ class Gateway:
             hosts |= {"127.0.0.1", "::1", "localhost"}
         self._local_hosts = hosts
         self._local_ports = {t.local_address[1] for t in self.transports}
+        if transport not in self.endpoint.transports:
+            self.endpoint.transports.append(transport)
 
     async def close(self, *, log_stats: bool = True) -> None:
         """Close every transport; log the final counters once."""
+        await self._stop_call_path()
         transports, self.transports = self.transports, []
+        self.endpoint.transports.clear()
         for transport in transports:
             await transport.close()
         if log_stats and transports:
@@ -257,11 +299,18 @@ class Gateway:
     def handle(self, message: Message, source: Address, transport: Transport) -> None:
         """The transport callback: answer requests, drop stray responses."""
         if isinstance(message, Response):
-            # No client transactions exist yet: RFC 3261 §18.1.2 says a response
-            # matching none is discarded (§16.7 for a proxy); RFC 4475 §3.3.10.
             self.stats.responses_received += 1
-            self.stats.dropped["stray-response"] += 1
-            log.debug("sip.response.dropped", status=message.status, source=_fmt(source))
+            try:
+                ours = client_key(message) in self.endpoint.layer.client
+            except SIPError:
+                ours = False
+            if ours:
+                self.endpoint._on_message(message, source, transport)
+                return
+            # RFC 3261 §18.1.2: a response matching no client transaction is
+            # discarded (§16.7 for a proxy; RFC 4475 §3.3.10) — except that a
+            # retransmitted 2xx of a call we ACKed wants the same ACK again.
+            self._on_stray(message, source, transport)
             return
         self.stats.requests += 1
         try:
@@ -291,20 +340,37 @@ class Gateway:
                 detail=err.detail,
             )
             return
+        layer = self.endpoint.layer
+        try:
+            existing = layer.find_server(req)
+        except SIPError:
+            existing = None
+        if existing is not None:
+            # A retransmission, or the ACK of a non-2xx we sent (§17.2.1): the
+            # transaction absorbs it — never verified or routed twice.
+            self.endpoint._on_message(req, source, transport)
+            return
         if method == "ACK":
-            # RFC 3261 §17.2.1: the ACK for a non-2xx final response we sent is
-            # absorbed; with no dialogs yet, every ACK ends here.
+            # The ACK of a 2xx has its own branch (§17.1.1.3): the B2BUA's dialogs.
+            if self.b2bua is not None and self.b2bua.on_ack(req, source):
+                return
             self.stats.dropped["ack"] += 1
             return
-        if method == "INVITE":
-            self._challenge(req, source, transport, proxy=True)
-            return
-        if method == "REGISTER":
-            self._challenge(req, source, transport, proxy=False)
-            return
         if method == "CANCEL":
+            if layer.cancel_target(req) is not None:
+                self.endpoint._on_message(req, source, transport)
+                return
             # RFC 3261 §9.2: no matching transaction → 481.
             self._reply(req, source, transport, 481, detail="no transaction to cancel")
+            return
+        if self.b2bua is not None and req.to.tag is not None and self.b2bua.has_dialog(req):
+            self.endpoint._on_message(req, source, transport)
+            return
+        if method == "INVITE":
+            self._invite(req, source, transport)
+            return
+        if method == "REGISTER":
+            self._register(req, source, transport)
             return
         if not self.is_local(req.uri):
             self._reply(req, source, transport, 404, detail="no route for this Request-URI")
@@ -339,21 +405,20 @@ class Gateway:
 
     def _challenge(
         self, req: Request, source: Address, transport: Transport, *, proxy: bool
-    ) -> None:
-        """401/407 with fresh digest challenges; 400 for malformed credentials."""
-        now = self.clock()
-        header = "Proxy-Authorization" if proxy else "Authorization"
-        values = req.headers.get_all(header)
-        verdict = self.digest.verify(req.method, values or None, self._ha1, now, body=req.body)
-        if verdict.outcome is Outcome.OK:
-            # Authenticated, but the registrar / B2BUA that would take it over do
-            # not exist at this stage.
-            self._reply(req, source, transport, 403, detail="authenticated; no service yet")
-            return
-        answer = self.digest.answer(verdict, now, proxy=proxy)
-        if answer is None:  # unreachable for a non-OK verdict; keeps the type honest
+    ) -> Identity | None:
+        """Verify digest credentials; answer 400/401/407 statelessly and return None if not OK.
+
+        A challenge needs no state (the nonce is signed, :class:`DigestServer`),
+        so unauthenticated traffic never creates a transaction (Kamailio does
+        the same): floods of credential-less INVITEs cost one response each.
+        """
+        result = self.auth.verify(req, source, self.clock(), proxy=proxy)
+        if result.identity is not None:
+            return result.identity
+        answer = result.answer
+        if answer is None:  # unreachable for a refused verdict; keeps the type honest
             self._reply(req, source, transport, 500, detail="digest answered nothing")
-            return
+            return None
         self._reply(
             req,
             source,
@@ -361,21 +426,140 @@ class Gateway:
             answer.status,
             answer.reason,
             list(answer.headers),
-            detail=f"digest {verdict.outcome.value}: {verdict.reason}",
+            detail=result.detail,
         )
-
-    def _ha1(self, username: str, algorithm: Algorithm) -> str | None:
-        entry = self._secrets.get(username)
-        if entry is None:
-            return None
-        password, ha1_md5, ha1_sha256 = entry
-        if password is not None:
-            return ha1(username, self.settings.sip.realm, password, algorithm)
-        if algorithm is Algorithm.MD5:
-            return ha1_md5
-        if algorithm is Algorithm.SHA256:
-            return ha1_sha256
         return None
+
+    def _register(self, req: Request, source: Address, transport: Transport) -> None:
+        identity = self._challenge(req, source, transport, proxy=False)
+        if identity is None:
+            return
+        if identity.kind is not IdentityKind.AGENT:
+            self._reply(req, source, transport, 403, detail="only agents register")
+            return
+        self._to_endpoint(req, source, transport, identity)
+
+    def _invite(self, req: Request, source: Address, transport: Transport) -> None:
+        """An out-of-dialog INVITE: inbound from a carrier, or an authenticated call out."""
+        carrier = self.auth.carrier_at(source)
+        if carrier is not None and req.to.tag is None:
+            # Carriers never authenticate to us: their address is the credential,
+            # and their calls only ever go to agents (never back out: no relay).
+            self._to_endpoint(req, source, transport, Identity(IdentityKind.CARRIER, carrier))
+            return
+        identity = self._challenge(req, source, transport, proxy=True)
+        if identity is None:
+            return
+        if req.to.tag is not None:
+            # RFC 3261 §12.2.2: a request with a To tag matching no dialog → 481.
+            self._reply(req, source, transport, 481, detail="no such dialog")
+            return
+        if identity.kind is IdentityKind.AGENT and not self.registrar.is_registered(
+            identity.name, self.endpoint_now()
+        ):
+            self._reply(
+                req, source, transport, 403, "Not Registered", detail="agent not registered"
+            )
+            return
+        if self.b2bua is None:
+            self._reply(
+                req, source, transport, 503, extra=[("Retry-After", "30")], detail="no call path"
+            )
+            return
+        self._to_endpoint(req, source, transport, identity)
+
+    def endpoint_now(self) -> float:
+        """Wall-clock seconds for the registrar's expiry (the gateway's clock)."""
+        return self.clock()
+
+    def _to_endpoint(
+        self, req: Request, source: Address, transport: Transport, identity: Identity
+    ) -> None:
+        self._identities[id(req)] = identity
+        try:
+            self.endpoint._on_message(req, source, transport)
+        finally:
+            self._identities.pop(id(req), None)
+
+    def _on_transaction_request(self, sr: ServerRequest) -> None:
+        """The endpoint's TU callback: a request that now has its server transaction."""
+        req = sr.request
+        identity = self._identities.pop(id(req), None)
+        method = req.method
+        if method == "REGISTER" and identity is not None:
+            answer = self.registrar.register(
+                req, identity.name, sr.source, str(sr.transport.name), self.clock()
+            )
+            sr.respond(answer.status, answer.reason, headers=answer.headers)
+            self.stats.answered[answer.status] += 1
+            return
+        b2bua = self.b2bua
+        if b2bua is None:
+            if sr.tx is not None:
+                sr.respond(503, headers=[("Retry-After", "30")])
+            return
+        if method == "INVITE" and req.to.tag is None and identity is not None:
+            if identity.kind is IdentityKind.CARRIER:
+                route = self.inbound.route(req, self.clock())
+                if route.binding is None or route.user is None:
+                    sr.respond(480, "Temporarily Unavailable", to_tag=self._to_tag(req))
+                    return
+                sr.respond(100, "Trying")
+                b2bua.on_inbound(sr, route.binding, route.user, route.card)
+                return
+            sr.respond(100, "Trying")
+            b2bua.on_invite(sr, identity)
+            return
+        if method == "CANCEL":
+            b2bua.on_cancel(sr)
+            return
+        if method == "ACK":
+            b2bua.on_ack(req, sr.source)
+            return
+        if sr.tx is not None:
+            b2bua.on_in_dialog(sr)
+
+    def _on_stray(self, message: Message, source: Address, transport: Transport) -> None:
+        self.stats.dropped["stray-response"] += 1
+        if isinstance(message, Response):
+            log.debug("sip.response.dropped", status=message.status, source=_fmt(source))
+            if self.b2bua is not None:
+                self.b2bua.on_stray_response(message)
+
+    def _start_call_path(self) -> None:
+        """Open the store and start the B2BUA and health runner (when anything can call)."""
+        settings = self.settings
+        if not (settings.users or settings.peers or settings.cards):
+            return
+        from gateway.b2bua import B2BUA, services_from_settings
+        from gateway.carrier_health import health_from_settings
+        from gateway.health_runner import HealthRunner
+        from gateway.store import store_from_settings
+
+        now = self.clock()
+        health = health_from_settings(settings, now=now)
+        store = store_from_settings(settings)
+        self.store = store
+        services = services_from_settings(
+            settings, store, now=now, carrier_available=health.is_available
+        )
+        self.b2bua = B2BUA(self.endpoint, services, clock=self.clock)
+        self.health = HealthRunner(
+            self.endpoint, settings, health, services.cards, clock=self.clock
+        )
+        self.health.start()
+
+    async def _stop_call_path(self) -> None:
+        if self.b2bua is not None:
+            await self.b2bua.close()
+            log.info("b2bua.stats", **self.b2bua.stats)
+            self.b2bua = None
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     # -- responses -------------------------------------------------------------------
 
@@ -450,19 +634,6 @@ class Gateway:
         if not self._mask or uri.user is None:
             return str(uri)
         return str(dataclasses.replace(uri, user=mask_number(uri.user)))
-
-
-def _credential_table(settings: Settings) -> dict[str, tuple[str | None, str | None, str | None]]:
-    """username → (password, ha1_md5, ha1_sha256), users and peers alike."""
-    table: dict[str, tuple[str | None, str | None, str | None]] = {}
-    entries: list[UserSettings | PeerSettings] = [*settings.users, *settings.peers]
-    for entry in entries:
-        table[entry.name] = (
-            entry.password.get_secret_value() if entry.password else None,
-            entry.ha1_md5.get_secret_value().lower() if entry.ha1_md5 else None,
-            entry.ha1_sha256.get_secret_value().lower() if entry.ha1_sha256 else None,
-        )
-    return table
 
 
 def _fmt(addr: Address) -> str:

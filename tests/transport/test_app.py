@@ -149,10 +149,10 @@ def test_register_with_non_sip_to_is_400(setup: tuple[Gateway, MemoryTransport])
     assert [400] == [r.status for r in answers(mem)]
 
 
-def test_valid_credentials_get_403_until_registrar_exists(
+async def test_valid_credentials_register_gets_200(
     setup: tuple[Gateway, MemoryTransport],
 ) -> None:
-    """A correctly answered challenge is accepted by digest but has no service yet: 403."""
+    """A correctly answered challenge reaches the registrar (issue 3): 200 listing the binding."""
     _, mem = setup
     mem.inject(request("REGISTER", "sip:gw.example", to="<sip:alice@gw.example>"), SRC)
     [challenge] = answers(mem)
@@ -163,11 +163,16 @@ def test_valid_credentials_get_403_until_registrar_exists(
     name, value = auth
     mem.inject(
         request(
-            "REGISTER", "sip:gw.example", to="<sip:alice@gw.example>", extra=f"{name}: {value}\r\n"
+            "REGISTER",
+            "sip:gw.example",
+            to="<sip:alice@gw.example>",
+            extra=f"{name}: {value}\r\nContact: <sip:alice@127.0.0.1:40000>\r\n",
         ),
         SRC,
     )
-    assert 403 == answers(mem)[1].status
+    ok = answers(mem)[1]
+    assert 200 == ok.status
+    assert ["sip:alice@127.0.0.1:40000"] == [str(c.uri) for c in ok.contact]
 
 
 def test_malformed_credentials_get_400(setup: tuple[Gateway, MemoryTransport]) -> None:
