@@ -1,0 +1,1 @@
+"""Tests of gateway.redis_store against a real redis-server."""
