@@ -25,7 +25,7 @@ from pydantic import SecretStr
 __all__ = ["ACTOR_KEY", "PUBLIC_PATHS", "actor_of", "token_middleware"]
 
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
-ACTOR_KEY = "dialgate.actor"
+ACTOR_KEY: web.RequestKey[str] = web.RequestKey("actor", str)
 _ACTOR_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -80,4 +80,4 @@ def token_middleware(token: SecretStr | None) -> Middleware:
 
 def actor_of(request: web.Request) -> str:
     """The audited actor of an authenticated request."""
-    return str(request.get(ACTOR_KEY, "api"))
+    return request.get(ACTOR_KEY, "api")
