@@ -2,7 +2,8 @@
 
 Registers itself in ``gateway.cli.COMMANDS`` when imported. Options: ``--mqtt URL``
 (default: ``[mqtt] url`` of the configuration, with its credentials), ``--listen
-HOST:PORT`` (default ``127.0.0.1:8080``), ``--root`` (default ``[mqtt] root``).
+HOST:PORT`` (default ``127.0.0.1:8080``), ``--root`` (default ``[mqtt] root``),
+``--ca-file`` (default ``[mqtt] ca_file``) for ``mqtts://``.
 
 What it must never do: print or log the broker password (URLs are shown through
 ``ServiceUrl``, which masks it), or import the gateway core (it only reads MQTT).
@@ -40,6 +41,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--listen", metavar="HOST:PORT", default="127.0.0.1:8080", help="HTTP address to serve on"
     )
     parser.add_argument("--root", default=None, help="MQTT root topic (default: [mqtt] root)")
+    parser.add_argument(
+        "--ca-file", default=None, help="CA certificate for mqtts:// (default: [mqtt] ca_file)"
+    )
 
 
 @command("wallboard", help="serve the wall display (MQTT → web page)", configure=_configure)
@@ -71,6 +75,9 @@ def cmd_wallboard(args: argparse.Namespace) -> int:
         print(f"dialgate wallboard: {exc}", file=sys.stderr)
         return EXIT_USAGE
     root = args.root or (mqtt.root if mqtt is not None else "dialgate")
+    ca_file = args.ca_file
+    if ca_file is None and mqtt is not None and mqtt.ca_file is not None:
+        ca_file = str(mqtt.ca_file)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -88,6 +95,7 @@ def cmd_wallboard(args: argparse.Namespace) -> int:
                 port=port,
                 username=username,
                 password=password,
+                ca_file=ca_file,
                 stop=stop,
             )
         finally:

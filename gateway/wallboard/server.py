@@ -207,6 +207,7 @@ class WallboardServer:
         port: int = 8080,
         username: str | None = None,
         password: str | None = None,
+        ca_file: str | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         ping_interval: float = 15.0,
@@ -220,6 +221,7 @@ class WallboardServer:
         self._password = password or (
             self.url.password.get_secret_value() if self.url.password else None
         )
+        self.ca_file = ca_file
         self.state = WallboardState(root)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -294,7 +296,7 @@ class WallboardServer:
             password=self._password,
             identifier=f"dialgate-wallboard-{os.getpid()}-{random.randrange(1 << 30):x}",
             keepalive=30,
-            tls_params=aiomqtt.TLSParameters() if tls else None,
+            tls_params=aiomqtt.TLSParameters(ca_certs=self.ca_file) if tls else None,
             transport="websockets" if websockets else "tcp",
             websocket_path=(self.url.path or "/mqtt") if websockets else None,
             logger=logging.getLogger("gateway.wallboard.client"),
@@ -335,12 +337,19 @@ async def serve_wallboard(
     port: int = 8080,
     username: str | None = None,
     password: str | None = None,
+    ca_file: str | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> WallboardServer:
     """Run a wallboard until ``stop`` is set (or the task is cancelled); return it closed."""
     server = WallboardServer(
-        mqtt_url, root=root, host=host, port=port, username=username, password=password
+        mqtt_url,
+        root=root,
+        host=host,
+        port=port,
+        username=username,
+        password=password,
+        ca_file=ca_file,
     )
     await server.start()
     try:

@@ -11,6 +11,7 @@ shared pytest plugin unchanged.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,25 +44,32 @@ def _mosquitto_binary() -> str | None:
 class Mosquitto:
     """One mosquitto broker process on a fixed (free) port; restartable."""
 
-    def __init__(self, binary: str, workdir: Path, port: int) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, port: int, *, extra: str = "", scheme: str = "mqtt"
+    ) -> None:
         self.binary = binary
         self.port = port
         self.host = "127.0.0.1"
+        self.scheme = scheme
         self.config = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        anonymous = "false" if "password_file" in extra else "true"
         self.config.write_text(
             f"listener {port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {anonymous}\n"
             "persistence false\n"
+            # Run as the test's own user: when started as root mosquitto would switch
+            # to "mosquitto", which cannot read certificate files under the tmp dir.
+            f"user {getpass.getuser()}\n"
             "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            "log_type error\nlog_type warning\nlog_type notice\n" + extra
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://127.0.0.1:PORT`` (``mqtts://`` for a TLS broker)."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the broker and wait until it accepts TCP connections."""
@@ -116,6 +125,92 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     try:
         yield broker
+    finally:
+        broker.stop()
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@dataclass(frozen=True)
+class TlsBroker:
+    """A TLS + password mosquitto and what a client needs to reach it."""
+
+    broker: Mosquitto
+    ca_file: Path
+    username: str
+    password: str
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path) -> Iterator[TlsBroker]:
+    """mosquitto with a TLS listener (throw-away CA made with openssl) and a password file."""
+    binary = _mosquitto_binary()
+    if binary is None:
+        pytest.fail("mosquitto is not installed (scripts/install-system-deps.sh installs it)")
+    if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
+        pytest.fail("openssl and mosquitto_passwd are needed for the TLS broker")
+    d = tmp_path
+    _run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dialgate test CA",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+    )
+    _run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(d / "server.key"),
+        "-out",
+        str(d / "server.csr"),
+    )
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        str(d / "server.csr"),
+        "-CA",
+        str(d / "ca.crt"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(d / "san.ext"),
+        "-out",
+        str(d / "server.crt"),
+    )
+    user, password = "dialgate", "br0ker-s3cret"
+    _run("mosquitto_passwd", "-b", "-c", str(d / "passwd"), user, password)
+    os.chmod(d / "passwd", 0o600)
+    extra = (
+        f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\n"
+        f"password_file {d / 'passwd'}\n"
+    )
+    broker = Mosquitto(binary, d, free_port(), extra=extra, scheme="mqtts")
+    broker.start()
+    try:
+        yield TlsBroker(broker, d / "ca.crt", user, password)
     finally:
         broker.stop()
 

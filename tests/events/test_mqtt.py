@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.cards import CardDef, CardManager
 from gateway.config import MqttSettings
 from gateway.events import (
@@ -23,7 +25,7 @@ from gateway.events import (
     Severity,
 )
 from gateway.mqtt import MqttPublisher, Topics
-from tests.events.conftest import Mosquitto
+from tests.events.conftest import Mosquitto, TlsBroker
 from tests.events.helpers import Collector, wait_for
 
 ROOT = "dgtest"
@@ -321,3 +323,50 @@ async def test_message_in_flight_when_the_connection_breaks_is_put_back(
         assert 0 == pub.dropped
     finally:
         await pub.stop()
+
+
+async def test_tls_broker_with_password(
+    mosquitto_tls: TlsBroker, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """mqtts://user:pass@… with a CA file: the publisher and the wallboard connect over TLS; a
+    wrong password only counts failed connects; the password never appears in any log."""
+    from gateway.wallboard.server import WallboardServer
+
+    tls = mosquitto_tls
+    port = tls.broker.port
+    good = f"mqtts://{tls.username}:{tls.password}@127.0.0.1:{port}"
+    settings = MqttSettings.model_validate(
+        {"url": good, "root": ROOT, "node": NODE, "ca_file": str(tls.ca_file)}
+    )
+    pub = MqttPublisher(settings)
+    pub.offer(_card("c1", "probation"))
+    await pub.start()
+    try:
+        assert await pub.wait_connected(10)
+        async with WallboardServer(good, root=ROOT, port=0, ca_file=str(tls.ca_file)) as wb:
+            assert await wb.wait_subscribed(10)
+            assert await wait_for(lambda: "c1" in wb.state.cards, 5)
+            assert "probation" == wb.state.cards["c1"]["state"]
+    finally:
+        await pub.stop()
+
+    wrong = MqttSettings.model_validate(
+        {
+            "url": f"mqtts://{tls.username}:not-the-password@127.0.0.1:{port}",
+            "root": ROOT,
+            "ca_file": str(tls.ca_file),
+        }
+    )
+    bad = MqttPublisher(wrong, backoff_initial=0.05, backoff_max=0.1)
+    await bad.start()
+    try:
+        assert await wait_for(lambda: bad.connect_failures >= 2, 10)
+        assert not bad.connected
+        assert 0 == bad.published
+    finally:
+        await bad.stop()
+    out = capsys.readouterr()
+    logged = out.out + out.err + caplog.text
+    assert "mqtt connected" in logged
+    assert tls.password not in logged
+    assert "not-the-password" not in logged
