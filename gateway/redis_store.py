@@ -15,6 +15,9 @@ gateway instances that share cards. Every operation is **one Lua script**
   serialized by Redis: exactly one wins. The script mirrors
   ``policies.quotas.would_exceed`` limit by limit, in the same order; only the
   night window, which depends on the clock alone, is checked in Python first.
+  One deliberate difference: starts *later* than ``now`` (recorded by an
+  instance whose clock runs ahead) count too, so clock skew between instances
+  can only over-count, never let a card exceed a limit.
 - ``release`` (failed before the callee was alerted), ``finish`` (outcome,
   talk seconds, short call) and ``recover`` (this node's reservations left open
   by a crash become orphans: still counted as starts, no longer in use).
@@ -197,7 +200,7 @@ if check then
     if used >= conc then return {'EXCEEDED', 'concurrent', tostring(used)} end
   end
   if gap then
-    local last = redis.call('ZREVRANGEBYSCORE', K_starts, now_s, lower_s, 'WITHSCORES', 'LIMIT', 0, 1)
+    local last = redis.call('ZREVRANGEBYSCORE', K_starts, '+inf', lower_s, 'WITHSCORES', 'LIMIT', 0, 1)
     if #last > 0 and now - tonumber(last[2]) < gap then
       return {'EXCEEDED', 'min_gap_seconds', last[2]}
     end
@@ -222,11 +225,11 @@ if check then
     local window, limit, name = spec[1], spec[2], spec[3]
     if limit then
       local lo = '(' .. fmt(now - window)
-      local used = redis.call('ZCOUNT', K_starts, lo, now_s)
+      local used = redis.call('ZCOUNT', K_starts, lo, '+inf')
       if used >= limit then
         local oldest = ''
         if limit > 0 then
-          local r = redis.call('ZRANGEBYSCORE', K_starts, lo, now_s, 'WITHSCORES', 'LIMIT', used - limit, 1)
+          local r = redis.call('ZRANGEBYSCORE', K_starts, lo, '+inf', 'WITHSCORES', 'LIMIT', used - limit, 1)
           oldest = r[2]
         end
         return {'EXCEEDED', name, oldest, tostring(used)}
@@ -234,7 +237,7 @@ if check then
     end
   end
   if cpd then
-    local used = redis.call('ZCOUNT', K_starts, day_start_s, now_s)
+    local used = redis.call('ZCOUNT', K_starts, day_start_s, '+inf')
     if used >= cpd then return {'EXCEEDED', 'calls_per_day', tostring(used)} end
   end
   if talk_cap then
