@@ -1,0 +1,1 @@
+"""Tests of the call path: registrar, authentication, B2BUA relay, failover, CDRs, inbound."""

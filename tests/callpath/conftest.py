@@ -1,0 +1,430 @@
+"""Fixtures for the call path: a gateway on free loopback ports, a carrier UAS and agent UAs.
+
+The carrier and the agents are small asyncio user agents built on
+:class:`gateway.endpoint.SipEndpoint` *in the test*, independent of the
+gateway's B2BUA code: they answer by a per-test plan and record every request
+they see, so tests assert on what really crossed the wire. SIPp-based tests
+(``test_sipp_calls.py``) use SIPp as both peers instead.
+
+Everything binds 127.0.0.1 on port 0; every gateway, endpoint and socket made
+here is closed in the fixture teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.endpoint import ServerRequest, SipEndpoint
+from gateway.sip import Request, Response
+from gateway.sip.dialog import Dialog
+from gateway.sip.digest import DigestClient
+from gateway.sip.transaction import TimerConfig
+
+SDP_A = (
+    b"v=0\r\no=agent 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+)
+SDP_C = (
+    b"v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\nm=audio 50000 RTP/AVP 0\r\n"
+)
+FAST = TimerConfig(t1=0.1, t2=0.4, t4=0.5, timer_d=0.5)
+
+#: What the carrier does with a new INVITE: ("answer",) | ("ring",) | (status, reason).
+Plan = Callable[[Request], tuple[Any, ...]]
+
+
+def answer_all(_req: Request) -> tuple[Any, ...]:
+    """The default carrier plan: ring, then answer."""
+    return ("answer",)
+
+
+@dataclass
+class Carrier:
+    """A carrier UAS: answers INVITEs by ``plan``, records every request it gets."""
+
+    plan: Plan = answer_all
+    endpoint: SipEndpoint | None = None
+    requests: list[Request] = field(default_factory=list)
+    dialogs: dict[str, Dialog] = field(default_factory=dict)
+    pending: dict[str, ServerRequest] = field(default_factory=dict)
+    peer: tuple[str, int] | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on a free UDP port; return its address."""
+        self.endpoint = SipEndpoint(self._on_request, timers=FAST)
+        tp = await self.endpoint.listen("udp", "127.0.0.1", 0)
+        return tp.local_address
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The carrier's bound address."""
+        assert self.endpoint is not None
+        return self.endpoint.transports[0].local_address
+
+    def methods(self) -> list[str]:
+        """Methods of every request received, in order."""
+        return [r.method for r in self.requests]
+
+    def invites(self) -> list[Request]:
+        """Initial INVITEs (no To tag) received."""
+        return [r for r in self.requests if r.method == "INVITE" and r.to.tag is None]
+
+    def _on_request(self, sr: ServerRequest) -> None:
+        req = sr.request
+        self.requests.append(req)
+        self.peer = sr.source
+        assert self.endpoint is not None
+        contact = f"<{self.endpoint.contact_uri(sr.transport, 'carrier')}>"
+        if req.method == "INVITE" and req.to.tag is None:
+            action = self.plan(req)
+            tag = secrets.token_hex(4)
+            if action[0] == "answer":
+                sr.respond(180, to_tag=tag, headers=[("Contact", contact)])
+                sr.respond(
+                    200,
+                    to_tag=tag,
+                    headers=[("Contact", contact), ("Content-Type", "application/sdp")],
+                    body=SDP_C,
+                )
+                self.dialogs[req.call_id] = Dialog.from_uas(req, tag, contact.strip("<>"))
+            elif action[0] == "ring":
+                sr.respond(180, to_tag=tag, headers=[("Contact", contact)])
+                self.pending[req.call_id] = sr
+            else:
+                status, reason = action
+                sr.respond(status, reason, to_tag=tag)
+            return
+        if req.method == "CANCEL":
+            response, actions = self.endpoint.layer.handle_cancel(req, self.endpoint.now())
+            sr.send(response)
+            self.endpoint._run(actions)
+            return
+        if req.method == "ACK" or sr.tx is None:
+            return
+        dialog = self.dialogs.get(req.call_id)
+        if dialog is not None:
+            dialog.receive_request(req)
+        if req.method == "INVITE":
+            sr.respond(
+                200,
+                headers=[("Contact", contact), ("Content-Type", "application/sdp")],
+                body=SDP_C,
+            )
+            return
+        sr.respond(200)
+
+    async def send_in_dialog(self, call_id: str, method: str) -> Response:
+        """Send BYE (or another request) in the dialog of ``call_id`` back to the gateway."""
+        assert self.endpoint is not None and self.peer is not None
+        dialog = self.dialogs[call_id]
+        req = dialog.create_request(method)
+        return await asyncio.wait_for(self.endpoint.request(req, self.peer), 5)
+
+    async def invite(self, gateway: tuple[str, int], to_number: str) -> Response:
+        """An inbound call: INVITE the gateway for ``to_number``; ACK a 2xx; return the final."""
+        assert self.endpoint is not None
+        tp = self.endpoint.transports[0]
+        req = Request(
+            "INVITE",
+            f"sip:{to_number}@{gateway[0]}:{gateway[1]}",
+            [
+                ("From", f"<sip:+8613912345678@{self.address[0]}>;tag={secrets.token_hex(4)}"),
+                ("To", f"<sip:{to_number}@{gateway[0]}>"),
+                ("Call-ID", f"{secrets.token_hex(6)}@carrier"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<{self.endpoint.contact_uri(tp, 'carrier')}>"),
+                ("Content-Type", "application/sdp"),
+            ],
+            SDP_C,
+        )
+        response = await asyncio.wait_for(self.endpoint.request(req, gateway), 5)
+        if 200 <= response.status < 300:
+            dialog = Dialog.from_uac(req, response)
+            ack = dialog.create_request("ACK", cseq=1)
+            self.endpoint.send_stateless(ack, gateway)
+            self.dialogs[req.call_id] = dialog
+        return response
+
+    async def close(self) -> None:
+        """Close the endpoint."""
+        if self.endpoint is not None:
+            await self.endpoint.close()
+
+
+@dataclass
+class Agent:
+    """A softphone UA: REGISTERs, calls with digest, answers inbound calls and BYEs."""
+
+    user: str
+    password: str
+    gateway: tuple[str, int]
+    endpoint: SipEndpoint | None = None
+    requests: list[Request] = field(default_factory=list)
+    dialogs: dict[str, Dialog] = field(default_factory=dict)
+    responses: list[Response] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Listen on a free UDP port."""
+        self.endpoint = SipEndpoint(self._on_request, timers=FAST)
+        await self.endpoint.listen("udp", "127.0.0.1", 0)
+
+    @property
+    def contact(self) -> str:
+        """This agent's Contact URI."""
+        assert self.endpoint is not None
+        return self.endpoint.contact_uri(self.endpoint.transports[0], self.user)
+
+    def _on_request(self, sr: ServerRequest) -> None:
+        req = sr.request
+        self.requests.append(req)
+        if sr.tx is None:
+            return
+        if req.method == "INVITE" and req.to.tag is None:
+            tag = secrets.token_hex(4)
+            sr.respond(180, to_tag=tag, headers=[("Contact", f"<{self.contact}>")])
+            sr.respond(
+                200,
+                to_tag=tag,
+                headers=[("Contact", f"<{self.contact}>"), ("Content-Type", "application/sdp")],
+                body=SDP_A,
+            )
+            self.dialogs[req.call_id] = Dialog.from_uas(req, tag, self.contact)
+            return
+        dialog = self.dialogs.get(req.call_id)
+        if dialog is not None:
+            dialog.receive_request(req)
+        sr.respond(200)
+
+    def _base(self, method: str, ruri: str, call_id: str, cseq: int, tag: str) -> Request:
+        return Request(
+            method,
+            ruri,
+            [
+                ("From", f"<sip:{self.user}@{self.gateway[0]}>;tag={tag}"),
+                (
+                    "To",
+                    f"<sip:{self.user}@{self.gateway[0]}>" if method == "REGISTER" else f"<{ruri}>",
+                ),
+                ("Call-ID", call_id),
+                ("CSeq", f"{cseq} {method}"),
+                ("Contact", f"<{self.contact}>"),
+            ],
+        )
+
+    async def register(self, expires: int = 600, password: str | None = None) -> Response:
+        """REGISTER with digest; return the final response."""
+        assert self.endpoint is not None
+        ruri = f"sip:{self.gateway[0]}:{self.gateway[1]}"
+        call_id, tag = f"{secrets.token_hex(6)}@agent", secrets.token_hex(4)
+        req = self._base("REGISTER", ruri, call_id, 1, tag)
+        req.headers.add("Expires", str(expires))
+        resp = await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        if resp.status != 401:
+            return resp
+        client = DigestClient(self.user, password or self.password)
+        assert client.handle_challenge(401, resp.headers.get_all("WWW-Authenticate"))
+        req = self._base("REGISTER", ruri, call_id, 2, tag)
+        req.headers.add("Expires", str(expires))
+        auth = client.authorization("REGISTER", ruri)
+        assert auth is not None
+        req.headers.add(*auth)
+        return await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+
+    async def call(
+        self,
+        number: str,
+        *,
+        password: str | None = None,
+        credentials: bool = True,
+        headers: list[tuple[str, str]] | None = None,
+        cancel_after: float | None = None,
+    ) -> tuple[Response, Request]:
+        """INVITE ``number`` via the gateway (answering the 407); ACK a 2xx.
+
+        With ``cancel_after`` the INVITE is cancelled that many seconds after the
+        first provisional response. Returns (final response, the INVITE sent).
+        """
+        assert self.endpoint is not None
+        ruri = f"sip:{number}@{self.gateway[0]}:{self.gateway[1]}"
+        call_id, tag = f"{secrets.token_hex(6)}@agent", secrets.token_hex(4)
+
+        def build(cseq: int) -> Request:
+            req = self._base("INVITE", ruri, call_id, cseq, tag)
+            for name, value in headers or []:
+                req.headers.add(name, value)
+            req.headers.add("Content-Type", "application/sdp")
+            req.body = SDP_A
+            return req
+
+        req = build(1)
+        resp = await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        if resp.status == 407 and credentials:
+            client = DigestClient(self.user, password or self.password)
+            assert client.handle_challenge(407, resp.headers.get_all("Proxy-Authenticate"))
+            req = build(2)
+            auth = client.authorization("INVITE", ruri, SDP_A)
+            assert auth is not None
+            req.headers.add(*auth)
+            provisional = asyncio.Event()
+
+            def on_response(_h: object, r: Response) -> None:
+                self.responses.append(r)
+                if 100 < r.status < 200:
+                    provisional.set()
+
+            handle = self.endpoint.send_request(req, self.gateway, on_response=on_response)
+            if cancel_after is not None:
+                await asyncio.wait_for(provisional.wait(), 5)
+                await asyncio.sleep(cancel_after)
+                handle.cancel()
+            resp = await asyncio.wait_for(handle.final, 10)
+        if 200 <= resp.status < 300:
+            dialog = Dialog.from_uac(req, resp)
+            ack = dialog.create_request("ACK", cseq=req.cseq.seq)
+            self.endpoint.send_stateless(ack, self.gateway)
+            self.dialogs[call_id] = dialog
+        return resp, req
+
+    async def send_in_dialog(self, call_id: str, method: str, body: bytes = b"") -> Response:
+        """A request in the dialog of ``call_id`` (BYE, re-INVITE…); ACKs a 2xx to INVITE."""
+        assert self.endpoint is not None
+        dialog = self.dialogs[call_id]
+        headers = [("Content-Type", "application/sdp")] if body else []
+        req = dialog.create_request(method, headers=headers, body=body)
+        resp = await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        if method == "INVITE" and 200 <= resp.status < 300:
+            ack = dialog.create_request("ACK", cseq=req.cseq.seq)
+            self.endpoint.send_stateless(ack, self.gateway)
+        return resp
+
+    async def close(self) -> None:
+        """Close the endpoint."""
+        if self.endpoint is not None:
+            await self.endpoint.close()
+
+
+def gateway_settings(
+    carrier: tuple[str, int],
+    db: Path,
+    *,
+    rules: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Settings:
+    """A gateway on a free UDP port with two cards (c1, c2) at ``carrier``."""
+    data: dict[str, Any] = {
+        "sip": {"listen": ["udp:127.0.0.1:0"], "realm": "dialgate", "t1": 0.1, "t2": 0.4},
+        "store": {"path": str(db)},
+        "policy": {"default_region": "CN", "calling_hours": "00:00-24:00"},
+        "users": [
+            {"name": "alice", "password": "s3cret", "card": "c1"},
+            {"name": "bob", "password": "bobpass"},
+        ],
+        "peers": [
+            {
+                "name": "dialer-1",
+                "addresses": ["127.0.0.2/32"],
+                "password": "dialer-secret",
+                "campaign": "spring",
+            }
+        ],
+        "inbound": {"fallback_user": "bob"},
+        "carriers": [
+            {
+                "name": "carrier-a",
+                "address": f"udp:{carrier[0]}:{carrier[1]}",
+                "timezone": "Asia/Shanghai",
+                "options_interval": None,
+                "rules": (
+                    [{"status": 403, "match": "(?i)suspend", "reason": "violation"}]
+                    if rules
+                    else []
+                ),
+            }
+        ],
+        "quota_profiles": {"open": {"calls_per_minute": 100000}},
+        "cards": [
+            {
+                "id": "c1",
+                "carrier": "carrier-a",
+                "number": "+8613800000001",
+                "username": "c1",
+                "password": "card1-secret",
+                "quota": "open",
+                "priority": 1,
+            },
+            {
+                "id": "c2",
+                "carrier": "carrier-a",
+                "number": "+8613800000002",
+                "username": "c2",
+                "password": "card2-secret",
+                "quota": "open",
+                "priority": 2,
+            },
+        ],
+    }
+    for key, value in (extra or {}).items():
+        data[key] = value
+    return Settings(**data)
+
+
+@dataclass
+class Rig:
+    """A started gateway plus its carrier and an agent (alice)."""
+
+    gateway: Gateway
+    carrier: Carrier
+    alice: Agent
+    db: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The gateway's UDP address."""
+        return self.gateway.address("udp")
+
+
+@pytest.fixture
+async def carrier() -> AsyncIterator[Carrier]:
+    """A started carrier UAS (answers every call by default)."""
+    c = Carrier()
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def rig(carrier: Carrier, tmp_path: Path) -> AsyncIterator[Rig]:
+    """A gateway (SQLite in tmp_path) wired to ``carrier``, with alice registered."""
+    db = tmp_path / "gw.db"
+    gw = Gateway(gateway_settings(carrier.address, db))
+    await gw.start()
+    alice = Agent("alice", "s3cret", gw.address("udp"))
+    await alice.start()
+    try:
+        resp = await alice.register()
+        assert 200 == resp.status
+        yield Rig(gw, carrier, alice, db)
+    finally:
+        await alice.close()
+        await gw.close()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` is true (polling), or fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,118 @@
+"""Calls through the gateway between an agent UA and a carrier UAS over loopback UDP."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.cards import CardState
+from tests.callpath.conftest import SDP_A, SDP_C, Rig, eventually
+
+
+async def test_answered_call_relays_sdp_and_bye_from_agent(rig: Rig) -> None:
+    """INVITE → 200 relayed with SDP; ACK and BYE reach the carrier; one answered CDR."""
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    assert SDP_C == resp.body
+    carrier = rig.carrier
+    [b_invite] = carrier.invites()
+    assert SDP_A == b_invite.body
+    assert "+8613912345678" == b_invite.uri.user
+    assert "+8613800000001" == b_invite.from_.uri.user  # alice's bound card c1
+    assert b_invite.call_id != invite.call_id
+    assert b_invite.from_.tag != invite.from_.tag
+    assert 69 == b_invite.max_forwards
+    agent_port = str(rig.alice.endpoint.transports[0].local_address[1])  # type: ignore[union-attr]
+    head = bytes(b_invite).split(b"\r\n\r\n")[0].decode()
+    assert agent_port not in head
+    assert "Authorization" not in head
+    assert "alice" not in head
+    await eventually(lambda: "ACK" in carrier.methods())
+    bye = await rig.alice.send_in_dialog(invite.call_id, "BYE")
+    assert 200 == bye.status
+    await eventually(lambda: "BYE" in carrier.methods())
+    await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
+    [cdr] = rig.gateway.store.cdrs()  # type: ignore[union-attr]
+    assert ("answered", 200, ("c1",), "alice") == (
+        str(cdr.outcome),
+        cdr.final_code,
+        cdr.cards,
+        cdr.origin,
+    )
+    assert "+8613912345678" == cdr.destination
+
+
+async def test_bye_from_carrier_reaches_agent(rig: Rig) -> None:
+    """The callee hangs up: the BYE is relayed to the agent's dialog."""
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    [b_invite] = rig.carrier.invites()
+    await eventually(lambda: "ACK" in rig.carrier.methods())
+    bye = await rig.carrier.send_in_dialog(b_invite.call_id, "BYE")
+    assert 200 == bye.status
+    await eventually(lambda: "BYE" in [r.method for r in rig.alice.requests])
+    [agent_bye] = [r for r in rig.alice.requests if r.method == "BYE"]
+    assert invite.call_id == agent_bye.call_id
+
+
+async def test_reinvite_relayed_both_ways(rig: Rig) -> None:
+    """A re-INVITE from the agent becomes a re-INVITE to the carrier; SDP unchanged both ways."""
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    await eventually(lambda: "ACK" in rig.carrier.methods())
+    offer = SDP_A.replace(b"40000", b"40002")
+    re = await rig.alice.send_in_dialog(invite.call_id, "INVITE", offer)
+    assert 200 == re.status
+    assert SDP_C == re.body
+    reinvites = [r for r in rig.carrier.requests if r.method == "INVITE" and r.to.tag]
+    assert [offer] == [r.body for r in reinvites]
+    assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "BYE")).status
+
+
+async def test_cancel_before_answer(rig: Rig) -> None:
+    """CANCEL while ringing → CANCEL to the carrier, 487 to the agent, CDR cancelled."""
+    rig.carrier.plan = lambda _req: ("ring",)
+    resp, _ = await rig.alice.call("13912345678", cancel_after=0.05)
+    assert 487 == resp.status
+    await eventually(lambda: "CANCEL" in rig.carrier.methods())
+    await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
+    [cdr] = rig.gateway.store.cdrs()  # type: ignore[union-attr]
+    assert "cancelled" == str(cdr.outcome)
+
+
+async def test_busy_is_relayed_and_never_retried(rig: Rig) -> None:
+    """486 from the callee reaches the agent; no second INVITE leaves for that call."""
+    rig.carrier.plan = lambda _req: (486, "Busy Here")
+    resp, _ = await rig.alice.call("13912345678")
+    assert 486 == resp.status
+    await asyncio.sleep(0.3)
+    assert 1 == len(rig.carrier.invites())
+    assert CardState.ACTIVE == rig.gateway.b2bua.services.cards.get("c1").state  # type: ignore[union-attr]
+
+
+async def test_unparseable_number_gets_484_and_blocked_cdr(rig: Rig) -> None:
+    """DESIGN call flow step 2: an unparseable destination → 484; nothing reaches the carrier."""
+    resp, _ = await rig.alice.call("12")
+    assert 484 == resp.status
+    assert 'text="address-incomplete"' in (resp.headers.get("Reason") or "")
+    assert [] == rig.carrier.invites()
+    [cdr] = rig.gateway.store.cdrs()  # type: ignore[union-attr]
+    assert "blocked" == str(cdr.outcome)
+
+
+async def test_dnc_number_gets_403_with_reason(rig: Rig) -> None:
+    """A DNC-listed callee: 403 with Reason text "dnc" (DESIGN policy table)."""
+    rig.gateway.store.add_dnc("+8613912345678", 0.0)  # type: ignore[union-attr]
+    resp, _ = await rig.alice.call("13912345678")
+    assert 403 == resp.status
+    assert 'SIP;cause=403;text="dnc"' == resp.headers.get("Reason")
+    assert [] == rig.carrier.invites()
+
+
+async def test_campaign_header_recorded(rig: Rig) -> None:
+    """The X-Campaign header of the agent's INVITE lands in the CDR."""
+    rig.carrier.plan = lambda _req: (480, "Temporarily Unavailable")
+    resp, _ = await rig.alice.call("13912345678", headers=[("X-Campaign", "autumn")])
+    assert 480 == resp.status
+    await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
+    [cdr] = rig.gateway.store.cdrs()  # type: ignore[union-attr]
+    assert ("autumn", "no-answer") == (cdr.campaign, str(cdr.outcome))
