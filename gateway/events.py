@@ -44,6 +44,7 @@ from gateway.logging import mask_number, mask_numbers_in
 
 if TYPE_CHECKING:
     from gateway.cards import Card, CardEvent
+    from gateway.carrier_health import CarrierStateChanged
     from policies.quotas import CardSnapshot
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "Stats",
     "card_status",
     "from_card_event",
+    "from_carrier_event",
     "iso_time",
     "render_json",
     "render_payload",
@@ -91,6 +93,7 @@ class AlertKind(StrEnum):
     CARD_SUSPENDED = "card-suspended"
     POOL_EXHAUSTED = "pool-exhausted"
     TRUNK_DOWN = "trunk-down"
+    TRUNK_UP = "trunk-up"  # not in DESIGN's list: tells a wallboard the trunk is back
     QUOTA_NEAR = "quota-near"
     CARD_AT_RISK = "card-at-risk"
 
@@ -538,6 +541,42 @@ def from_card_event(
     raise TypeError(f"not a card event: {type(event).__name__}")
 
 
+def from_carrier_event(event: CarrierStateChanged) -> list[Event]:
+    """``gateway.carrier_health`` transitions as alerts.
+
+    A carrier going ``inactive`` from a usable state → ``trunk-down`` (critical);
+    back to ``active`` from ``inactive``/``probing`` → ``trunk-up`` (info). Other
+    transitions (one lost ping, a probe failing again) raise nothing.
+    """
+    old, new = str(event.from_state), str(event.to_state)
+    detail = {"from": old, "to": new, "cause": event.cause}
+    if new == "inactive" and old in ("active", "trying"):
+        return [
+            Alert(
+                kind=AlertKind.TRUNK_DOWN,
+                at=event.at,
+                severity=Severity.CRITICAL,
+                message=f"trunk {event.carrier} down ({event.cause}): its cards are skipped",
+                carrier=event.carrier,
+                reason=event.cause,
+                detail=detail,
+            )
+        ]
+    if new == "active" and old in ("inactive", "probing"):
+        return [
+            Alert(
+                kind=AlertKind.TRUNK_UP,
+                at=event.at,
+                severity=Severity.INFO,
+                message=f"trunk {event.carrier} back up",
+                carrier=event.carrier,
+                reason=event.cause,
+                detail=detail,
+            )
+        ]
+    return []
+
+
 # --- the bus ----------------------------------------------------------------------------
 
 Subscriber = Callable[[Event], None]
@@ -618,6 +657,11 @@ class EventBus:
         """
         for event in events:
             self.publish_many(from_card_event(event, lookup=lookup or self.card_states.get))
+
+    def publish_carrier_events(self, events: Iterable[CarrierStateChanged]) -> None:
+        """Publish ``CarrierHealth.drain_events()`` through :func:`from_carrier_event`."""
+        for event in events:
+            self.publish_many(from_carrier_event(event))
 
 
 # --- stats aggregation ------------------------------------------------------------------

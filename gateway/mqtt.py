@@ -480,7 +480,7 @@ class MqttPublisher:
             await asyncio.sleep(interval)
             try:
                 stats = self.stats_source()
-                extra = {**dict(stats.extra), "mqtt": self.counters()}
+                extra = {**dict(stats.extra), "node": self.settings.node, "mqtt": self.counters()}
                 self.offer(
                     Stats(
                         at=stats.at,

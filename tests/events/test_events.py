@@ -284,3 +284,23 @@ def test_alert_watch_raises_once_per_crossing() -> None:
     watch(status(2, 0.6, state="suspended"))
     watch(status(9, 0.1, state="suspended"))
     assert [] == raised
+
+
+def test_carrier_health_transitions_become_trunk_alerts() -> None:
+    """CarrierHealth: down after the failure threshold → trunk-down once; back up → trunk-up."""
+    from gateway.carrier_health import CarrierHealth
+
+    health = CarrierHealth(failure_threshold=2, success_threshold=1)
+    health.add("carrier-a", now=0.0)
+    bus = EventBus()
+    got: list[Event] = []
+    bus.subscribe(got.append)
+    for t in (1.0, 2.0, 3.0):  # trying, inactive, still inactive
+        health.on_result("carrier-a", False, now=t, cause="timeout")
+    health.on_result("carrier-a", True, now=4.0)
+    bus.publish_carrier_events(health.drain_events())
+    alerts = [(a.kind, a.carrier, a.severity) for a in got if isinstance(a, Alert)]
+    assert [
+        (AlertKind.TRUNK_DOWN, "carrier-a", Severity.CRITICAL),
+        (AlertKind.TRUNK_UP, "carrier-a", Severity.INFO),
+    ] == alerts
