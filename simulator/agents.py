@@ -138,6 +138,8 @@ class _Caller(UserAgent):
 class Softphone(_Caller):
     """An agent's softphone (digest REGISTER, outbound and inbound calls).
 
+    ``business_expiry``: the registrar counts expiry in business time (a gateway
+    sharing the scaled clock), so refreshes follow the business clock.
     ``answer_inbound``: answer callbacks after ``inbound_ring_seconds``; with
     ``inbound_talk_seconds`` the agent hangs up after that long, else it waits
     for the caller's BYE. ``await phone.register()`` once, or
@@ -162,6 +164,7 @@ class Softphone(_Caller):
         timers: TimerConfig | None = None,
         mask_callees: bool = True,
         max_call_seconds: float = 4 * 3600.0,
+        business_expiry: bool = False,
     ) -> None:
         super().__init__(
             name,
@@ -177,6 +180,7 @@ class Softphone(_Caller):
             max_call_seconds=max_call_seconds,
         )
         self.register_expires = register_expires
+        self.business_expiry = business_expiry
         self.answer_inbound = answer_inbound
         self.inbound_ring_seconds = inbound_ring_seconds
         self.inbound_talk_seconds = inbound_talk_seconds
@@ -261,7 +265,9 @@ class Softphone(_Caller):
             granted = response.expires
         if granted <= 0:
             return None
-        return self.endpoint.loop.time() + granted
+        # A registrar on the shared business clock counts the expiry in business time.
+        real = self.clock.real_delay(granted) if self.business_expiry else float(granted)
+        return self.endpoint.loop.time() + real
 
     async def unregister(self) -> Response:
         """Remove the binding (Expires: 0)."""

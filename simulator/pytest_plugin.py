@@ -49,6 +49,7 @@ write outside the given directory.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +67,7 @@ from simulator.antifraud import AntiFraudThresholds
 from simulator.carrier import Carrier
 from simulator.clock import BusinessClock, FakeClock, ScaledClock
 from simulator.models import CardAccount, CarrierConfig, CarrierModel
-from simulator.runner import DEFAULT_CARRIER_RULES, InProcessGateway, build_settings
+from simulator.runner import DEFAULT_CARRIER_RULES, InProcessGateway, build_settings, seed_store
 from simulator.sipkit import LoopNetwork, UserAgent
 
 __all__ = [
@@ -282,6 +283,8 @@ class SimKit:
         listen: Sequence[str] = ("udp:127.0.0.1:0",),
         extra: Mapping[str, Any] | None = None,
         clock: BusinessClock | None = None,
+        consent: Iterable[str] = (),
+        dnc: Iterable[str] = (),
     ) -> InProcessGateway:
         """A started in-process dialgate whose carrier trunk is ``carrier`` (or an address spec).
 
@@ -290,7 +293,8 @@ class SimKit:
 
         Calling hours default to the whole day (``00:00-24:00``) so a test does
         not depend on the wall clock while ``serve`` keeps real time; pass
-        ``policy={"calling_hours": ...}`` to test them.
+        ``policy={"calling_hours": ...}`` to test them. ``consent`` and ``dnc``
+        numbers are written into the gateway's store before it starts.
         """
         if self.network is not None:
             raise RuntimeError("the gateway binds real sockets: use a kit without a network")
@@ -312,6 +316,11 @@ class SimKit:
             inbound=inbound,
             extra=extra,
         )
+        consent, dnc = list(consent), list(dnc)
+        if consent or dnc:
+            # Granted a day before both business time and real time.
+            granted = min(self.clock.now(), time.time()) - 86400.0
+            seed_store(settings, consent=consent, dnc=dnc, now=granted)
         gateway = InProcessGateway(settings, clock=clock or self.clock)
         self._owned.append(gateway)
         await gateway.start()

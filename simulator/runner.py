@@ -36,6 +36,7 @@ import contextlib
 import inspect
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ __all__ = [
     "SipRunResult",
     "build_settings",
     "run_scenario",
+    "seed_store",
     "settings_from_scenario",
 ]
 
@@ -175,6 +177,31 @@ def settings_from_scenario(
     config["policy"]["mask_numbers"] = scenario.gateway.mask_callees
     config["admin"] = {"listen": "127.0.0.1:0"}
     return Settings(**config)
+
+
+def seed_store(
+    settings: Settings,
+    *,
+    consent: Iterable[str] = (),
+    dnc: Iterable[str] = (),
+    now: float,
+    campaign: str = "",
+) -> tuple[int, int]:
+    """Write consent grants and DNC entries into the gateway's store before it starts.
+
+    Uses the gateway's own store (``gateway.store.store_from_settings``), the
+    way ``dialgate consent import`` would; returns (consents, dnc entries) written.
+    """
+    from gateway.store import store_from_settings
+
+    consents = entries = 0
+    with store_from_settings(settings) as store:
+        for number in consent:
+            store.add_consent(number, now, campaign=campaign, source="simulator")
+            consents += 1
+        for number in dnc:
+            entries += int(store.add_dnc(number, now, source="simulator"))
+    return consents, entries
 
 
 class InProcessGateway:
@@ -467,6 +494,14 @@ async def run_scenario(
                 settings = settings_from_scenario(
                     scenario, carrier.address_spec, store_path=Path(tmp) / "dialgate.db"
                 )
+                # The leads' consent is on record before the campaign starts (granted
+                # a day before business time, and before the real time a gateway
+                # without the shared clock reads).
+                seed_store(
+                    settings,
+                    consent=[lead.number for lead in leads if lead.consent],
+                    now=min(scenario.start_epoch, time.time()) - 86400.0,
+                )
                 in_process = InProcessGateway(settings, clock=clock)
                 await in_process.start()
                 target = in_process.address("udp")
@@ -493,6 +528,7 @@ async def run_scenario(
                         clock=clock,
                         mask_callees=mask,
                         max_call_seconds=max_call,
+                        business_expiry=in_process is not None and in_process.clock_shared,
                     )
                 await phone.start()
                 callers.append(phone)

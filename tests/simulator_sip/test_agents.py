@@ -148,6 +148,25 @@ async def test_refresh_can_start_from_the_current_binding(sim_kit: SimKit) -> No
         await registrar.close()
 
 
+async def test_business_expiry_follows_the_scaled_clock(sim_kit: SimKit) -> None:
+    """Against a registrar on the business clock, 120 s granted last 120 / speed real seconds."""
+    registrar = Registrar(grant=120)
+    await registrar.start()
+    try:
+        real = await sim_kit.softphone("alice", "alice-pw", registrar.address)
+        scaled = await sim_kit.softphone(
+            "alice", "alice-pw", registrar.address, business_expiry=True
+        )
+        for phone in (real, scaled):
+            assert 200 == (await asyncio.wait_for(phone.register(), WAIT)).status
+        now = scaled.endpoint.loop.time()
+        assert real.registered_until is not None and scaled.registered_until is not None
+        assert 119 < real.registered_until - now <= 120
+        assert 0.5 < scaled.registered_until - now <= 0.6  # the kit's clock runs 200x
+    finally:
+        await registrar.close()
+
+
 async def test_softphone_retries_with_min_expires_after_423(sim_kit: SimKit) -> None:
     """A 423 Interval Too Brief is retried with the registrar's Min-Expires (RFC 3261 §10.2.8)."""
     registrar = Registrar(grant=3600, min_expires=120)
