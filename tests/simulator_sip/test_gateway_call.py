@@ -13,6 +13,7 @@ import pytest
 
 from simulator.agents import Dialer, Softphone
 from simulator.carrier import Carrier
+from simulator.pytest_plugin import SimCard, SimKit, SimUser
 from simulator.runner import InProcessGateway
 
 pytestmark = pytest.mark.skipif(
@@ -59,3 +60,29 @@ async def test_dialer_call_carries_through(
     result = await asyncio.wait_for(dialer.call(CALLEE, talk_seconds=None), WAIT)
     assert 200 == result.status
     assert [CALLEE] == carrier.callees_reached()
+
+
+async def test_seeded_dnc_and_consent_decide_before_the_carrier_sees_anything(
+    sim_kit: SimKit, carrier: Carrier, sim_cards: list[SimCard], sim_users: list[SimUser]
+) -> None:
+    """Numbers seeded into the gateway's store: DNC → 403 dnc, no consent → 403 no-consent."""
+    consented, refused, unknown = "+8613911110001", "+8613911110002", "+8613911110003"
+    gw = await sim_kit.gateway(
+        carrier,
+        cards=sim_cards,
+        users=sim_users,
+        policy={"consent": "require-consent"},
+        consent=[consented],
+        dnc=[refused],
+    )
+    user = sim_users[0]
+    phone = await sim_kit.softphone(user.name, user.password, gw.address())
+    await _registered(phone)
+    dnc = await asyncio.wait_for(phone.call(refused), WAIT)
+    no_consent = await asyncio.wait_for(phone.call(unknown), WAIT)
+    assert (403, "dnc") == (dnc.status, dnc.reason_text)
+    assert (403, "no-consent") == (no_consent.status, no_consent.reason_text)
+    assert [] == carrier.dialled()
+    ok = await asyncio.wait_for(phone.call(consented, talk_seconds=None), WAIT)
+    assert 200 == ok.status
+    assert [consented] == carrier.callees_reached()
