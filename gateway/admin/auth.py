@@ -80,4 +80,5 @@ def token_middleware(token: SecretStr | None) -> Middleware:
 
 def actor_of(request: web.Request) -> str:
     """The audited actor of an authenticated request."""
-    return request.get(ACTOR_KEY, "api")
+    actor: str = request.get(ACTOR_KEY, "api")
+    return actor
