@@ -196,7 +196,7 @@ class HttpServer:
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
             self.requests += 1
-            await self._dispatch(request, writer)
+            await self._dispatch(request, reader, writer)
         except asyncio.CancelledError:
             pass
         except ConnectionError:
@@ -254,7 +254,9 @@ class HttpServer:
             peer=tuple(peer[:2]) if isinstance(peer, tuple) else None,
         )
 
-    async def _dispatch(self, request: Request, writer: asyncio.StreamWriter) -> None:
+    async def _dispatch(
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         methods = self._routes.get(request.path)
         head = request.method == "HEAD"
         if methods is None:
@@ -278,7 +280,7 @@ class HttpServer:
             await self._write(writer, Response(500, b"internal error\n"), head=head)
             return
         if isinstance(response, StreamResponse):
-            await self._stream(writer, response, head=head)
+            await self._stream(reader, writer, response, head=head)
         else:
             await self._write(writer, response, head=head)
 
@@ -308,7 +310,12 @@ class HttpServer:
         await writer.drain()
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, response: StreamResponse, *, head: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        response: StreamResponse,
+        *,
+        head: bool,
     ) -> None:
         writer.write(
             self._head_bytes(response.status, response.content_type, response.headers, None)
@@ -317,11 +324,31 @@ class HttpServer:
         if head:
             return
         chunks = response.stream()
-        try:
+
+        async def pump() -> None:
             async for chunk in chunks:
                 writer.write(chunk)
                 await writer.drain()
+
+        # A client that goes away is noticed at once (EOF on its side), not at the
+        # next write: the stream and its per-client queue are released right away.
+        sender = asyncio.ensure_future(pump())
+        gone = asyncio.ensure_future(reader.read(1024))
+        try:
+            while not sender.done():
+                await asyncio.wait({sender, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    if gone.cancelled() or gone.exception() is not None or not gone.result():
+                        break
+                    gone = asyncio.ensure_future(reader.read(1024))  # ignore stray bytes
+            if sender.done() and not sender.cancelled():
+                sender.result()
         finally:
+            for task in (sender, gone):
+                task.cancel()
+            for task in (sender, gone):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             closer = getattr(chunks, "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):

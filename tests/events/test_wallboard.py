@@ -171,7 +171,10 @@ async def test_wallboard_rebuilds_from_retained_topics_and_streams_updates(
                     seen[data["type"]] = data
             assert "suspended" == seen["card"]["data"]["state"]
             assert "card-suspended" == seen["alert"]["data"]["alert"]
+            assert 1 == wb.state.listeners
             writer.close()
+            # The browser went away: its stream and queue are released at once.
+            assert await wait_for(lambda: wb.state.listeners == 0, 2)
     finally:
         await pub.stop()
 
