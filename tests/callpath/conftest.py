@@ -153,6 +153,7 @@ class Carrier:
             ack = dialog.create_request("ACK", cseq=1)
             self.endpoint.send_stateless(ack, gateway)
             self.dialogs[req.call_id] = dialog
+            self.peer = gateway
         return response
 
     async def close(self) -> None:
