@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway.config import AdminSettings, MqttSettings
 from gateway.events import (
     Alert,
@@ -38,7 +41,7 @@ def parse_exposition(text: str) -> tuple[dict[str, str], list[tuple[str, dict[st
     types: dict[str, str] = {}
     samples: list[tuple[str, dict[str, str], float]] = []
     assert text.endswith("\n")
-    for line in text.splitlines():
+    for line in text[:-1].split("\n"):  # the format splits on \n only
         if line.startswith("# HELP "):
             assert re.match(r"^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*$", line), line
             continue
@@ -219,3 +222,14 @@ def test_format_value_and_histogram_bounds() -> None:
         ("_bucket", (("le", "1"),), 1.0),
         ("_bucket", (("le", "+Inf"),), 2.0),
     ] == fam.samples[:3]
+
+
+@given(st.text(max_size=40), st.floats(allow_nan=False, allow_infinity=False, min_value=0))
+def test_label_values_round_trip_through_the_exposition_text(reason: str, amount: float) -> None:
+    """Any label value (quotes, backslashes, newlines, unicode) is escaped so the line parses back."""
+    metrics = GatewayMetrics()
+    metrics.blocked.inc(amount, reason=reason)
+    _, samples = parse_exposition(metrics.render())
+    [(labels, value)] = [(lab, v) for n, lab, v in samples if n == "dialgate_blocked_calls_total"]
+    unescaped = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], labels["reason"])
+    assert (reason, float(format_value(amount))) == (unescaped, value)
