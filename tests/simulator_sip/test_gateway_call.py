@@ -13,7 +13,7 @@ import pytest
 
 from simulator.agents import Dialer, Softphone
 from simulator.carrier import Carrier
-from simulator.pytest_plugin import SimCard, SimKit, SimUser
+from simulator.pytest_plugin import SimCard, SimKit, SimUser, always_answer
 from simulator.runner import InProcessGateway
 
 pytestmark = pytest.mark.skipif(
@@ -86,3 +86,40 @@ async def test_seeded_dnc_and_consent_decide_before_the_carrier_sees_anything(
     ok = await asyncio.wait_for(phone.call(consented, talk_seconds=None), WAIT)
     assert 200 == ok.status
     assert [consented] == carrier.callees_reached()
+
+
+async def test_callback_from_the_carrier_reaches_the_bound_agent(
+    gateway: InProcessGateway, softphone: Softphone, carrier: Carrier
+) -> None:
+    """A callee calls c1's number back: the gateway rings alice (bound to c1), who answers."""
+    await _registered(softphone)
+    result = await asyncio.wait_for(
+        carrier.call(gateway.address(), "+8613800000001", caller=CALLEE, talk_seconds=20.0),
+        WAIT,
+    )
+    assert (200, "local") == (result.status, result.hangup)
+    for _ in range(200):
+        if softphone.inbound_calls:
+            break
+        await asyncio.sleep(0.01)
+    [inbound] = softphone.inbound_calls
+    assert (200, True, "remote") == (inbound.status, inbound.answered, inbound.hangup)
+
+
+async def test_ring_timeout_cancel_crosses_the_gateway(
+    sim_kit: SimKit, sim_cards: list[SimCard], sim_users: list[SimUser]
+) -> None:
+    """The agent gives up ringing: CANCEL goes through, the caller gets 487, the carrier too."""
+    carrier = await sim_kit.carrier(sim_cards, answer=always_answer(ring=600.0))
+    gw = await sim_kit.gateway(carrier, cards=sim_cards, users=sim_users)
+    user = sim_users[0]
+    phone = await sim_kit.softphone(user.name, user.password, gw.address())
+    await _registered(phone)
+    result = await asyncio.wait_for(phone.call(CALLEE, ring_timeout=20.0), WAIT)
+    assert (487, True) == (result.status, result.cancelled)
+    for _ in range(200):
+        if carrier.invites[-1].final is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert 487 == carrier.invites[-1].final
+    assert [CALLEE] == carrier.callees_reached()
