@@ -48,7 +48,9 @@ durable record (CDRs, card transitions). Failure mode: **fail closed** — any
 Redis error or a socket timeout (default 250 ms, no retries) is raised as
 :class:`gateway.store.StoreUnavailable`, which the gateway answers with 503
 ``store-unavailable``; nothing is ever allowed without its reservation being
-stored. Counters live in Redis, so a gateway restart or a reconnect resets
+stored. A reservation whose reply is lost (timeout, reset) may still have
+run; the store remembers it and releases it when Redis answers again, so an
+outage cannot leave a phantom call in use. Counters live in Redis, so a gateway restart or a reconnect resets
 nothing. A *Redis* restart without persistence loses the counters: run Redis
 with ``appendonly yes`` (``appendfsync everysec``), and/or give the store a
 ``facts`` source (e.g. :func:`sqlite_facts` over a store that records usage).
@@ -76,7 +78,9 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway.store import (
@@ -562,6 +566,8 @@ class RedisStore:
         self.facts = facts
         self.rehydrate_hold_seconds = rehydrate_hold_seconds
         self.max_retries = max_retries
+        # Reservations whose reply was lost (timeout, reset): the script may have run.
+        self._uncertain: dict[str, float] = {}
         self._reserve = client.register_script(_LUA_RESERVE)
         self._close = client.register_script(_LUA_CLOSE)
         self._read = client.register_script(_LUA_READ)
@@ -588,6 +594,17 @@ class RedisStore:
             yield
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    def _settle(self, now: float) -> None:
+        """Release reservations whose outcome was lost in an outage (see ``uncertain``)."""
+        for call_id in list(self._uncertain):
+            self._run_close(call_id, "release", now, failed=False)
+            self._uncertain.pop(call_id, None)
+
+    @property
+    def uncertain(self) -> int:
+        """Reservations sent when Redis failed, to be undone when it answers again."""
+        return len(self._uncertain)
 
     def _card_keys(self, card: str) -> dict[str, str]:
         base = f"{self.prefix}:card:{card}:"
@@ -617,6 +634,8 @@ class RedisStore:
 
     def card_usage(self, card_id: str, now: float) -> CardUsage:
         """``policies.quotas.CardUsage`` of the card at ``now`` (one atomic read)."""
+        if self._uncertain:
+            self._settle(now)
         usage, _version, hydrated = self._snapshot(card_id, now)
         if not hydrated and self.facts is not None:
             self.rehydrate(card_id, self.facts(card_id, now), now)
@@ -730,6 +749,8 @@ class RedisStore:
             )
             if night is not None:
                 raise QuotaExceeded(card, night)
+        if self._uncertain:
+            self._settle(now)
         hydrated_once = False
         for _ in range(self.max_retries):
             expect = ""
@@ -798,6 +819,18 @@ class RedisStore:
         ]
         if profile is not None:
             args.extend(_flatten(profile))
+        try:
+            return self._eval_reserve(keys, day_key, call_key, args)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError):
+                # The script may have run before the connection failed: undo it once
+                # Redis answers again (the caller answered 503, no INVITE left).
+                self._uncertain[call_id] = now
+            raise
+
+    def _eval_reserve(
+        self, keys: dict[str, str], day_key: str, call_key: str, args: list[Any]
+    ) -> list[bytes]:
         with self._guard():
             reply: list[bytes] = self._reserve(
                 keys=[
@@ -853,6 +886,8 @@ class RedisStore:
         The start stops counting; with ``failed`` (a card-level failure) it still
         feeds the consecutive-failures streak. Returns the card, or None.
         """
+        if self._uncertain:
+            self._settle(now)
         return self._run_close(call_id, "release", now, failed=failed)
 
     def finish(
@@ -874,6 +909,8 @@ class RedisStore:
         """
         if short is None:
             short = answered and talk_seconds < self.short_call_seconds
+        if self._uncertain:
+            self._settle(now)
         return self._run_close(
             call_id,
             "finish",

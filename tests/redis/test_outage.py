@@ -1,0 +1,224 @@
+"""Outages: a killed or frozen Redis fails closed, promptly; a restarted one works again."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from gateway.redis_store import RedisStore, sqlite_facts
+from gateway.store import QuotaExceeded, SQLiteStore, StoreUnavailable, UsageLedger
+from policies.quotas import QuotaLimit, QuotaProfile
+
+from .conftest import T0, RedisServer, make_store
+
+A, B, C = "+8613811110001", "+8613811110002", "+8613811110003"
+
+
+def elapsed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` took to raise StoreUnavailable (fails the test if it did not)."""
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as exc:
+        fn()
+    assert 503 == exc.value.status_code
+    assert "store-unavailable" == exc.value.reason_text
+    return time.monotonic() - started
+
+
+def test_killed_redis_fails_closed_at_once(private_redis: RedisServer, prefix: str) -> None:
+    """SIGKILL the server: every operation raises StoreUnavailable within the timeout."""
+    store = make_store(private_redis.url, prefix, timeout=0.25)
+    profile = QuotaProfile(calls_per_minute=5)
+    store.reserve("c1", "k1", A, T0, profile=profile)
+    private_redis.kill()
+    took = [
+        elapsed(lambda: store.reserve("c1", "k2", B, T0 + 1, profile=profile)),
+        elapsed(lambda: store.reserve("c2", "k3", B, T0 + 1)),
+        elapsed(lambda: store.card_usage("c1", T0 + 1)),
+        elapsed(lambda: store.finish("k1", T0 + 2, answered=True, talk_seconds=1)),
+        elapsed(lambda: store.release("k1", T0 + 2)),
+        elapsed(lambda: store.recover(T0 + 2)),
+    ]
+    assert max(took) < 1.0, took
+    assert not store.ping()
+
+
+def test_frozen_redis_times_out_and_fails_closed(private_redis: RedisServer, prefix: str) -> None:
+    """A hung server (SIGSTOP) is bounded by the socket timeout, never waited on."""
+    store = make_store(private_redis.url, prefix, timeout=0.2)
+    store.reserve("c1", "k1", A, T0)
+    private_redis.signal(signal.SIGSTOP)
+    try:
+        took = elapsed(lambda: store.reserve("c1", "k2", B, T0 + 1, profile=QuotaProfile()))
+        took_read = elapsed(lambda: store.card_usage("c1", T0 + 1))
+    finally:
+        private_redis.signal(signal.SIGCONT)
+    assert 0.15 < took < 1.0
+    assert took_read < 1.0
+    assert 1 == store.uncertain
+
+
+def test_lost_reply_is_undone_when_redis_answers_again(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """A reservation sent to a frozen server runs when it thaws; the store releases it."""
+    store = make_store(private_redis.url, prefix, timeout=0.2)
+    store.reserve("c2", "warm", B, T0)  # loads the script: EVALSHA will run on thaw
+    private_redis.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.reserve("c1", "lost", A, T0, profile=QuotaProfile(concurrent=1))
+    finally:
+        private_redis.signal(signal.SIGCONT)
+    other = make_store(private_redis.url, prefix, node="gw2")
+    deadline = time.monotonic() + 5
+    while other.card_usage("c1", T0 + 1).in_use == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 1 == other.card_usage("c1", T0 + 1).in_use, "the thawed server ran the script"
+    usage = store.card_usage("c1", T0 + 2)
+    assert (0, (), 0) == (usage.in_use, usage.call_starts, store.uncertain)
+    store.reserve("c1", "next", B, T0 + 3, profile=QuotaProfile(concurrent=1))
+
+
+def test_restarted_redis_works_again(private_redis: RedisServer, prefix: str) -> None:
+    """After a kill and a restart on the same port the same client object works again."""
+    store = make_store(private_redis.url, prefix, timeout=0.25)
+    store.reserve("c1", "k1", A, T0)
+    private_redis.kill()
+    with pytest.raises(StoreUnavailable):
+        store.reserve("c1", "k2", B, T0 + 1)
+    private_redis.start()
+    store.reserve("c1", "k3", C, T0 + 2, profile=QuotaProfile(calls_per_minute=5))
+    assert "c1" == store.finish("k3", T0 + 3, answered=False)
+    assert store.ping()
+
+
+def mirror(stores: list[UsageLedger], ops: Callable[[UsageLedger], None]) -> None:
+    """Apply the same operations to every store (the gateway recording usage in both)."""
+    for s in stores:
+        ops(s)
+
+
+def history(s: UsageLedger) -> None:
+    """A card day on c1: answered, short, failed calls, one call still up."""
+    for i in range(6):
+        t = T0 - 3000 + i * 400
+        s.reserve("c1", f"d{i}", f"+86138{i:08d}", t)
+        s.finish(f"d{i}", t + 100, answered=i % 2 == 0, talk_seconds=90.0 if i % 2 == 0 else 0.0)
+    s.reserve("c1", "m1", A, T0 - 20)
+    s.finish("m1", T0 - 15, answered=True, talk_seconds=3)
+    s.reserve("c1", "f1", B, T0 - 10)
+    s.release("f1", T0 - 9)
+    s.reserve("c1", "up", C, T0 - 5)
+
+
+PROBES = [
+    QuotaProfile(calls_per_minute=2, concurrent=None),
+    QuotaProfile(calls_per_hour=8, concurrent=None),
+    QuotaProfile(calls_per_day=8, concurrent=None),
+    QuotaProfile(concurrent=1),
+    QuotaProfile(min_gap_seconds=30, concurrent=None),
+    QuotaProfile(talk_minutes_per_day=4.5, concurrent=None),
+    QuotaProfile(distinct_callees_per_day=8, concurrent=None),
+    QuotaProfile(consecutive_failures=1, concurrent=None),
+    QuotaProfile(answer_rate_floor=0.7, rate_min_sample=5, concurrent=None),
+    QuotaProfile(short_call_ceiling=0.1, rate_min_sample=5, concurrent=None),
+]
+
+
+PROBE_IDS = [
+    "per-minute",
+    "per-hour",
+    "per-day",
+    "concurrent",
+    "min-gap",
+    "talk",
+    "distinct",
+    "failures",
+    "answer-rate",
+    "short-calls",
+]
+
+
+@pytest.mark.parametrize("profile", PROBES, ids=PROBE_IDS)
+def test_restart_without_persistence_rehydrates_from_sqlite_facts(
+    private_redis: RedisServer, prefix: str, sqlite: SQLiteStore, profile: QuotaProfile
+) -> None:
+    """Redis restarted empty: the card's window is rebuilt from SQLite, never looser.
+
+    Whatever SQLite refuses right after the restart, Redis refuses too.
+    """
+    store = make_store(private_redis.url, prefix)
+    mirror([sqlite, store], history)
+    store.facts = sqlite_facts(sqlite, store.timezone)
+    with pytest.raises(QuotaExceeded) as before:
+        sqlite.reserve("c1", "probe", "+8613899999999", T0, profile=profile)
+    with pytest.raises(QuotaExceeded) as warm:
+        store.reserve("c1", "probe", "+8613899999999", T0, profile=profile)
+    assert before.value.exhausted == warm.value.exhausted
+
+    private_redis.kill()
+    private_redis.start()
+    assert not store.is_hydrated("c1")
+    with pytest.raises(QuotaExceeded) as cold:
+        store.reserve("c1", "probe", "+8613899999999", T0, profile=profile)
+    assert before.value.exhausted.limit == cold.value.exhausted.limit
+    assert (cold.value.exhausted.frees_at or float("inf")) >= (
+        before.value.exhausted.frees_at or float("inf")
+    )
+    assert store.is_hydrated("c1")
+
+
+def test_rehydration_happens_once_and_is_conservative(
+    private_redis: RedisServer, prefix: str, sqlite: SQLiteStore
+) -> None:
+    """The rebuilt usage over-counts (never under-counts) and is not applied twice."""
+    store = make_store(private_redis.url, prefix, rehydrate_hold_seconds=600.0)
+    mirror([sqlite, store], history)
+    store.facts = sqlite_facts(sqlite, store.timezone)
+    private_redis.kill()
+    private_redis.start()
+    now = T0 + 1
+    real = sqlite.card_usage("c1", now)
+    rebuilt = store.card_usage("c1", now)
+    assert store.is_hydrated("c1")
+    assert rebuilt == store.card_usage("c1", now), "a second read does not rehydrate again"
+    assert not store.rehydrate("c1", store.facts("c1", now), now)
+    assert len(real.call_starts) == len(rebuilt.call_starts)
+    for limit in (60.0, 3600.0):
+        assert sum(t > now - limit for t in rebuilt.call_starts) >= sum(
+            t > now - limit for t in real.call_starts
+        )
+    assert (real.in_use, real.talk_seconds_today) == (rebuilt.in_use, rebuilt.talk_seconds_today)
+    assert len(real.callees_today) == len(rebuilt.callees_today)
+    assert len(real.recent_outcomes) == len(rebuilt.recent_outcomes)
+    assert 0 == store.card_usage("c1", now + 601).in_use, "held slots expire"
+
+
+def test_without_facts_a_cold_card_starts_from_redis(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """No facts source: after a restart without persistence, counting restarts (documented)."""
+    store = make_store(private_redis.url, prefix)
+    profile = QuotaProfile(calls_per_minute=1, concurrent=None)
+    store.reserve("c1", "k1", A, T0, profile=profile)
+    with pytest.raises(QuotaExceeded) as exc:
+        store.reserve("c1", "k2", B, T0 + 1, profile=profile)
+    assert QuotaLimit.CALLS_PER_MINUTE == exc.value.exhausted.limit
+    private_redis.kill()
+    private_redis.start()
+    store.reserve("c1", "k2", B, T0 + 2, profile=profile)
+
+
+def test_failing_facts_source_fails_closed(private_redis: RedisServer, prefix: str) -> None:
+    """If the durable facts cannot be read, a cold card is refused (StoreUnavailable)."""
+
+    def broken(card: str, now: float) -> object:
+        raise StoreUnavailable("sqlite gone")
+
+    store: RedisStore = make_store(private_redis.url, prefix, facts=broken)
+    with pytest.raises(StoreUnavailable):
+        store.reserve("c1", "k1", A, T0, profile=QuotaProfile())
+    assert 0 == store.client.exists(f"{prefix}:card:c1:starts")
