@@ -433,11 +433,25 @@ def _marks(carrier: Carrier) -> list[CardMark]:
     return marks
 
 
-def _requeue(lead: str, result: CallResult) -> float | None:
-    """Put a lead back when the gateway could not place it (no card, store down)."""
-    if result.status == 503 and result.reason_text in ("no-card-available", "store-unavailable"):
-        return float(result.retry_after or NO_CARD_RETRY_SECONDS)
-    return None
+def _requeuer(retry_scale: float) -> Callable[[str, CallResult], float | None]:
+    """Put a lead back when the gateway could not place it (no card, store down).
+
+    The wait is the gateway's Retry-After times ``retry_scale`` business
+    seconds per second: 1 when the gateway shares the business clock, the
+    clock speed when it counts in real seconds.
+    """
+
+    def requeue(_lead: str, result: CallResult) -> float | None:
+        if result.status == 503 and result.reason_text in (
+            "no-card-available",
+            "store-unavailable",
+        ):
+            if result.retry_after is None:
+                return NO_CARD_RETRY_SECONDS
+            return max(1.0, result.retry_after * retry_scale)
+        return None
+
+    return requeue
 
 
 async def run_scenario(
@@ -557,6 +571,8 @@ async def run_scenario(
                                 "sim.register.failed", agent=member.name, status=response.status
                             )
             clock.reset()  # business time starts now that every peer is up
+            shared = in_process is not None and in_process.clock_shared
+            requeue = _requeuer(1.0 if shared or direct else clock.speed)
             pacing = scenario.pacing
 
             def collect(source: str) -> Callable[[str, CallResult], None]:
@@ -579,7 +595,7 @@ async def run_scenario(
                                 ring_timeout=ring_timeout,
                                 stop=stop,
                                 on_result=collect(source),
-                                requeue=_requeue,
+                                requeue=requeue,
                             )
                         )
                     )

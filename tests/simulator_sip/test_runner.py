@@ -244,3 +244,21 @@ def test_progress_in_place_on_a_tty_and_by_tenths_otherwise() -> None:
     assert 11 == len(lines)
     assert "\r" not in plain.getvalue()
     assert lines[-1].startswith("[####################] 100.0%")
+
+
+def test_requeue_waits_scale_with_the_gateway_clock() -> None:
+    """503 no-card-available requeues the lead for Retry-After, scaled when the gateway runs real time."""
+    from simulator.runner import NO_CARD_RETRY_SECONDS, _requeuer
+    from simulator.sipkit import CallResult
+
+    def result(status: int, text: str | None, retry: int | None) -> CallResult:
+        r = CallResult("cid", "out", "gw", "+8613911110001", 0.0, status=status)
+        r.reason_text, r.retry_after = text, retry
+        return r
+
+    shared, real = _requeuer(1.0), _requeuer(600.0)
+    assert 30.0 == shared("x", result(503, "no-card-available", 30))
+    assert 18000.0 == real("x", result(503, "no-card-available", 30))
+    assert NO_CARD_RETRY_SECONDS == shared("x", result(503, "store-unavailable", None))
+    assert shared("x", result(403, "dnc", None)) is None
+    assert shared("x", result(503, None, 30)) is None  # a carrier 503 is not requeued
