@@ -1,0 +1,89 @@
+"""Carrier health (OPTIONS pings) and card REGISTER driven from asyncio."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.cards import CardManager, CardState, SuspendReason, card_defs_from_settings
+from gateway.carrier_health import CarrierHealth, LineState
+from gateway.endpoint import SipEndpoint
+from gateway.health_runner import HealthRunner
+from tests.callpath.conftest import FAST, Carrier, eventually, gateway_settings
+
+
+async def test_unanswered_pings_take_the_carrier_down_and_its_cards_out(tmp_path: Path) -> None:
+    """A carrier that never answers OPTIONS goes INACTIVE; CardManager then skips its cards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    settings = gateway_settings(sock.getsockname(), tmp_path / "x.db")
+    endpoint = SipEndpoint(lambda sr: None, timers=FAST)
+    await endpoint.listen("udp", "127.0.0.1", 0)
+    health = CarrierHealth(interval=0.1, failure_threshold=2, timeout=0.2)
+    cards = CardManager(carrier_available=health.is_available)
+    cards.load(card_defs_from_settings(settings), 0.0)
+    runner = HealthRunner(endpoint, settings, health, cards)
+    health.add("carrier-a", now=runner.clock(), interval=0.1)
+    runner.start()
+    try:
+        await eventually(lambda: health.state("carrier-a") is LineState.INACTIVE, 5)
+        assert sock.recv(65535).startswith(b"OPTIONS sip:")
+        selection = cards.select("main", now=runner.clock())
+        assert selection.card is None
+        assert {"c1": "carrier-down", "c2": "carrier-down"} == dict(selection.skipped)
+    finally:
+        await runner.stop()
+        await endpoint.close()
+        sock.close()
+
+
+async def test_answered_pings_keep_the_carrier_active(carrier: Carrier, tmp_path: Path) -> None:
+    """A carrier answering 200 to OPTIONS stays ACTIVE and its pings are counted as OK."""
+    settings = gateway_settings(carrier.address, tmp_path / "x.db")
+    endpoint = SipEndpoint(lambda sr: None, timers=FAST)
+    await endpoint.listen("udp", "127.0.0.1", 0)
+    health = CarrierHealth(interval=0.1, failure_threshold=1, timeout=1.0)
+    cards = CardManager(carrier_available=health.is_available)
+    runner = HealthRunner(endpoint, settings, health, cards)
+    health.add("carrier-a", now=runner.clock(), interval=0.1)
+    runner.start()
+    try:
+        await eventually(lambda: carrier.methods().count("OPTIONS") >= 3, 5)
+        assert LineState.ACTIVE == health.state("carrier-a")
+    finally:
+        await runner.stop()
+        await endpoint.close()
+
+
+async def test_card_register_refused_suspends_the_card(carrier: Carrier, tmp_path: Path) -> None:
+    """register = true: c1's REGISTER answered 403 Card Suspended marks c1; c2 registers."""
+    plain = carrier._on_request
+
+    def registrar(sr):  # type: ignore[no-untyped-def]
+        req = sr.request
+        if req.method == "REGISTER":
+            carrier.requests.append(req)
+            if req.from_.uri.user == "c1":
+                sr.respond(403, "Card Suspended")
+            else:
+                sr.respond(200, headers=[("Contact", f"{req.headers.get('Contact')};expires=300")])
+            return
+        plain(sr)
+
+    carrier.endpoint.on_request = registrar  # type: ignore[union-attr]
+    base = gateway_settings(carrier.address, tmp_path / "gw.db")
+    carriers = [c.model_dump(by_alias=True) for c in base.carriers]
+    carriers[0]["register"] = True
+    carriers[0]["address"] = f"udp:{carrier.address[0]}:{carrier.address[1]}"
+    settings = gateway_settings(carrier.address, tmp_path / "gw.db", extra={"carriers": carriers})
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        await eventually(lambda: gw.health is not None and "c2" in gw.health.registered, 5)
+        assert 300 == gw.health.registered["c2"]  # type: ignore[union-attr]
+        c1 = gw.b2bua.services.cards.get("c1")  # type: ignore[union-attr]
+        await eventually(lambda: c1.state is CardState.SUSPENDED, 5)
+        assert SuspendReason.VIOLATION == c1.reason
+    finally:
+        await gw.close()
