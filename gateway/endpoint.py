@@ -39,7 +39,9 @@ from gateway.sip.transaction import (
     ClientInviteTransaction,
     ClientTransaction,
     Deliver,
+    LegacyServerKey,
     Send,
+    ServerKey,
     ServerTransaction,
     Terminated,
     Timeout,
@@ -412,7 +414,11 @@ class SipEndpoint:
             return
         if source is None or transport is None:
             return
-        tx = self.layer.server.get(action.key) if action.key is not None else None
+        tx = (
+            self.layer.server.get(action.key)
+            if isinstance(action.key, ServerKey | LegacyServerKey)
+            else None
+        )
         server = ServerRequest(self, message, source, transport, tx)
         if action.key is not None and tx is not None and message.method != "ACK":
             self._servers[action.key] = server
