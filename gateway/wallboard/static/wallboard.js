@@ -164,19 +164,41 @@ function renderTop() {
   broker.textContent = model.broker.connected ? "live" : "broker offline";
 }
 
+// Keep every card on screen: shrink the cards (not the headline numbers) until
+// the grid fits — a TV has no scroll bar — and grow back when cards go away.
+function fit() {
+  const wrap = document.querySelector(".cards-wrap");
+  const cards = document.getElementById("cards");
+  let scale = 1;
+  cards.style.setProperty("--card-scale", "1");
+  while (wrap.scrollHeight > wrap.clientHeight + 1 && scale > 0.4) {
+    scale -= 0.05;
+    cards.style.setProperty("--card-scale", scale.toFixed(2));
+  }
+}
+
+// Stats are republished every few seconds; older ones mean the gateway stopped.
+function markStale() {
+  const s = model.stats;
+  const stale = !s || !s.at || Date.now() - Date.parse(s.at) > 30000;
+  document.querySelector(".kpis").dataset.stale = String(stale);
+}
+
 function renderAll() {
   renderTop();
   renderStats();
   renderCards();
   renderAlerts();
+  markStale();
+  fit();
   document.body.dataset.ready = "true";
 }
 
 function apply(u) {
   switch (u.type) {
-    case "card": model.cards[u.card] = u.data; renderCards(); break;
-    case "card-removed": delete model.cards[u.card]; renderCards(); break;
-    case "stats": model.stats = u.data; renderStats(); break;
+    case "card": model.cards[u.card] = u.data; renderCards(); fit(); break;
+    case "card-removed": delete model.cards[u.card]; renderCards(); fit(); break;
+    case "stats": model.stats = u.data; renderStats(); markStale(); break;
     case "gateway":
       if (u.data) model.gateways[u.node] = u.data; else delete model.gateways[u.node];
       renderTop(); break;
@@ -211,4 +233,6 @@ function tick() {
 tick();
 setInterval(tick, 10000);
 setInterval(renderCards, 30000); // keep "for 12m" fresh
+setInterval(markStale, 5000);
+window.addEventListener("resize", fit);
 connect();
