@@ -106,6 +106,11 @@ _BODY_HEADERS = ("Content-Type", "Content-Disposition", "Content-Encoding", "Con
 _RELAYED_FINAL = ("Reason", "Retry-After", "Warning")
 _ringing_statuses = frozenset({180, 183})
 
+NO_ANSWER_TIMEOUT = 180.0
+"""Seconds a B-leg may stay unanswered before it is CANCELled (RFC 3261 §16.6 item
+11: Timer C, "MUST be set to a value greater than 3 minutes" for a proxy; a
+carrier that sends 100/180 and then nothing would otherwise hold the call forever)."""
+
 
 @dataclass(slots=True, eq=False)
 class Leg:
@@ -147,6 +152,8 @@ class Call:
     cards_tried: list[str] = field(default_factory=list)
     failovers: int = 0
     ringing: bool = False
+    timed_out: bool = False
+    no_answer_timer: asyncio.TimerHandle | None = None
     a_final: int | None = None
     cancelled: bool = False
     answered: bool = False
@@ -190,6 +197,7 @@ class B2BUA:
         self.settings = services.settings
         self.clock = clock
         self.mask = services.settings.policy.mask_numbers
+        self.no_answer_timeout = NO_ANSWER_TIMEOUT
         self.calls: dict[str, Call] = {}
         self._legs: dict[tuple[str, str], tuple[Call, Side]] = {}
         self._carriers: dict[str, CarrierSettings] = {c.name: c for c in services.settings.carriers}
@@ -383,6 +391,20 @@ class B2BUA:
         self._legs[(b.call_id, b.local_tag)] = (call, "b")
         self.stats["b_legs"] += 1
         self._send_b_invite(call, None)
+        if call.no_answer_timer is not None:
+            call.no_answer_timer.cancel()
+        call.no_answer_timer = asyncio.get_running_loop().call_later(
+            self.no_answer_timeout, self._no_answer, call, b
+        )
+
+    def _no_answer(self, call: Call, leg: Leg) -> None:
+        """Timer C fired: CANCEL the unanswered B-leg; the agent gets 408 once it ends."""
+        call.no_answer_timer = None
+        if call.ended or call.answered or call.b is not leg or call.b_client is None:
+            return
+        log.info("call.no_answer_timeout", call=call.key)
+        call.timed_out = True
+        call.b_client.cancel()
 
     def _send_b_invite(self, call: Call, auth: tuple[str, str] | None) -> None:
         b = call.b
@@ -563,6 +585,11 @@ class B2BUA:
             self._legs.pop((b.call_id, b.local_tag), None)
             if b.dialog is not None:
                 b.dialog.terminate()
+        if call.timed_out and status == 487:
+            # Our own Timer C CANCEL ended it: the callee did not answer in time.
+            self._final_to_a(call, 408, "Request Timeout")
+            self._end(call, 408)
+            return
         if call.inbound or call.card is None:
             self._final_to_a(call, status, reason, resp)
             self._end(call, status)
@@ -926,6 +953,9 @@ class B2BUA:
         if call.ended:
             return
         call.ended = True
+        if call.no_answer_timer is not None:
+            call.no_answer_timer.cancel()
+            call.no_answer_timer = None
         if not call.final_code:
             call.final_code = status
         self.calls.pop(call.key, None)

@@ -116,3 +116,38 @@ async def test_campaign_header_recorded(rig: Rig) -> None:
     await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
     [cdr] = rig.gateway.store.cdrs()  # type: ignore[union-attr]
     assert ("autumn", "no-answer") == (cdr.campaign, str(cdr.outcome))
+
+
+async def test_unanswered_call_times_out_with_408(rig: Rig) -> None:
+    """Timer C: a B-leg ringing past the no-answer timeout is CANCELled; the agent gets 408."""
+    rig.gateway.b2bua.no_answer_timeout = 0.3  # type: ignore[union-attr]
+    rig.carrier.plan = lambda _req: ("ring",)
+    resp, _ = await rig.alice.call("13912345678")
+    assert 408 == resp.status
+    assert "CANCEL" in rig.carrier.methods()
+    await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
+    assert "no-answer" == str(rig.gateway.store.cdrs()[0].outcome)  # type: ignore[union-attr]
+
+
+async def test_info_in_dialog_is_relayed(rig: Rig) -> None:
+    """INFO from the agent inside the call reaches the carrier as a new transaction; 200 back."""
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    info = await rig.alice.send_in_dialog(invite.call_id, "INFO")
+    assert 200 == info.status
+    assert "INFO" in rig.carrier.methods()
+
+
+async def test_clean_shutdown_hangs_up_and_writes_cdrs(rig: Rig) -> None:
+    """Closing the gateway with a call up sends BYE both ways and commits the CDR."""
+    resp, _ = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    await eventually(lambda: "ACK" in rig.carrier.methods())
+    await rig.gateway.close()
+    await eventually(lambda: "BYE" in rig.carrier.methods())
+    await eventually(lambda: "BYE" in [r.method for r in rig.alice.requests])
+    from gateway.store import SQLiteStore
+
+    with SQLiteStore(rig.db) as store:
+        [cdr] = store.cdrs()
+    assert "answered" == str(cdr.outcome)
