@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,3 +119,51 @@ async def http_get(
     finally:
         writer.close()
     return status, headers, body
+
+
+SAMPLE_RE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
+    r'(?:\{(?P<labels>(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})?'
+    r" (?P<value>[-+]?(?:[0-9.]+(?:e[-+]?[0-9]+)?|Inf|NaN))$"
+)
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse_exposition(text: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str], float]]]:
+    """Parse exposition format 0.0.4 line by line; assert each line is well-formed.
+
+    Returns the TYPE of each family and every sample. A sample must belong to a
+    family whose TYPE was declared before it.
+    """
+    types: dict[str, str] = {}
+    samples: list[tuple[str, dict[str, str], float]] = []
+    assert text.endswith("\n")
+    for line in text[:-1].split("\n"):  # the format splits on \n only
+        if line.startswith("# HELP "):
+            assert re.match(r"^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*$", line), line
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in {"counter", "gauge", "histogram", "summary", "untyped"}, line
+            assert name not in types, f"family declared twice: {name}"
+            types[name] = kind
+            continue
+        match = SAMPLE_RE.match(line)
+        assert match is not None, f"not a sample line: {line!r}"
+        name = match["name"]
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name[: -len(suffix)] in types:
+                family = name[: -len(suffix)]
+        assert family in types, f"sample before its TYPE: {line!r}"
+        labels = dict(LABEL_RE.findall(match["labels"] or ""))
+        value = match["value"]
+        samples.append((name, labels, float(value.replace("Inf", "inf"))))
+    return types, samples
+
+
+def value_of(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The value of the one sample with this name and (a superset of) labels."""
+    found = [v for n, lab, v in samples if n == name and labels.items() <= lab.items()]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]

@@ -14,8 +14,7 @@ from gateway.http import GatewayTelemetry
 from gateway.mqtt import Topics
 from gateway.transport import UDPTransport
 from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, http_get, wait_for
-from tests.events.test_metrics import parse_exposition, value_of
+from tests.events.helpers import Collector, http_get, parse_exposition, value_of, wait_for
 
 ROOT = "wire"
 NODE = "gw-wire"
