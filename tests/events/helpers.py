@@ -1,4 +1,4 @@
-"""Test helpers for tests/events: an MQTT collector and a wait-for-condition loop."""
+"""Test helpers for tests/events: MQTT collector, wait-for loop, HTTP GET, exposition parser."""
 
 from __future__ import annotations
 
