@@ -356,3 +356,25 @@ def test_topics_are_the_design_topics() -> None:
     assert "dialgate/stats" == t.stats
     assert "dialgate/calls/attempt" == t.calls("attempt")
     assert "dialgate/alerts" == t.alerts
+
+
+async def test_wallboard_follows_the_broker_through_a_restart(mosquitto: Mosquitto) -> None:
+    """Broker killed: the wallboard says so (/health 503, browsers told); after a restart it
+    resubscribes and picks up retained state published again by the gateway."""
+    async with WallboardServer(mosquitto.url, root=ROOT, port=0, backoff_max=0.5) as wb:
+        assert await wb.wait_subscribed(10)
+        host, port = wb.http.address
+        assert 200 == (await http_get(host, port, "/health"))[0]
+        mosquitto.kill()
+        assert await wait_for(lambda: not wb.state.broker_connected, 5)
+        assert 503 == (await http_get(host, port, "/health"))[0]
+        mosquitto.start()
+        bus = EventBus()
+        pub = await _publisher(mosquitto, bus)
+        try:
+            bus.publish(_status("c7", "appealing", "violation"))
+            assert await wait_for(lambda: wb.state.broker_connected, 10)
+            assert await wait_for(lambda: "c7" in wb.state.cards, 10)
+            assert "appealing" == wb.state.cards["c7"]["state"]
+        finally:
+            await pub.stop()
