@@ -29,6 +29,7 @@ off), or change a card's state except through ``CardManager``.
 from __future__ import annotations
 
 import asyncio
+import csv
 import io
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -963,11 +964,17 @@ class Operator:
         """
         report = LoadReport()
         result = ImportResult()
-        for key in parse_dnc_lines(lines, self.region, report):
-            if self.store.add_dnc(f"+{key}", now, source=source, note=name):
-                result.added += 1
-            else:
-                result.unchanged += 1
+        clean = (line.replace("\x00", "") for line in lines)  # csv raises on NUL
+        try:
+            for key in parse_dnc_lines(clean, self.region, report):
+                if self.store.add_dnc(f"+{key}", now, source=source, note=name):
+                    result.added += 1
+                else:
+                    result.unchanged += 1
+        except csv.Error as exc:
+            raise BadRequest(
+                f"unreadable CSV after {result.added + result.unchanged} numbers: {exc}"
+            ) from None
         result.errors = [(e.line, e.error) for e in report.errors]
         self.db.record_audit(
             at=now,
@@ -1077,7 +1084,12 @@ class Operator:
 
     def consent_import(self, text: str, *, actor: str, now: float, name: str = "") -> ImportResult:
         """Import consent CSV (``number,campaign,granted_at,expires_at,source,evidence``)."""
-        report = parse_consent_csv(text, self.region)
+        # A lone CR or a NUL makes the csv module raise instead of reporting a line.
+        text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+        try:
+            report = parse_consent_csv(text, self.region)
+        except csv.Error as exc:
+            raise BadRequest(f"unreadable CSV: {exc}") from None
         result = ImportResult(errors=[(e.line, e.error) for e in report.errors])
         for record in report.records:
             self.store.add_consent(
