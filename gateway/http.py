@@ -12,7 +12,11 @@ What this module is for:
   503 when unhealthy). The admin API will add its routes to the same server;
 * :class:`GatewayTelemetry`: the one object ``gateway.app`` starts and stops —
   the event bus with its subscribers (call stats, derived alerts, metrics, the
-  MQTT publisher when ``[mqtt]`` is configured) and this HTTP endpoint.
+  MQTT publisher when ``[mqtt]`` is configured) and this HTTP endpoint;
+* :func:`mount_metrics`: the same ``/metrics`` on an ``aiohttp`` application
+  (the admin API of ``gateway.admin`` listens on ``[admin] listen`` too; only
+  one server can bind it, so the gateway either runs this module's server or
+  mounts ``/metrics`` on the admin app and passes ``serve_http=False``).
 
 What it must never do: let one bad request or failing handler stop the server
 (a handler exception is logged and answered 500 without details), read an
@@ -51,6 +55,7 @@ __all__ = [
     "StreamResponse",
     "admin_server",
     "json_response",
+    "mount_metrics",
 ]
 
 log = structlog.get_logger("gateway.http")
@@ -393,7 +398,9 @@ class GatewayTelemetry:
     ``bus.publish_card_events(manager.drain_events())``) and stops it last.
     ``gateway_snapshot`` (``Gateway.snapshot``) adds the transport and request
     counters to ``/metrics``. Without ``[mqtt]`` nothing is published to a
-    broker; with ``[admin] enabled = false`` no HTTP port is opened.
+    broker; with ``[admin] enabled = false`` or ``serve_http=False`` (``/metrics``
+    mounted on the aiohttp admin app with :func:`mount_metrics`) no HTTP port is
+    opened here.
     """
 
     def __init__(
@@ -403,6 +410,7 @@ class GatewayTelemetry:
         clock: Callable[[], float] = time.time,
         gateway_snapshot: Callable[[], Mapping[str, Any]] | None = None,
         version: str = __version__,
+        serve_http: bool = True,
     ) -> None:
         from gateway.mqtt import MqttPublisher
 
@@ -424,7 +432,7 @@ class GatewayTelemetry:
         if gateway_snapshot is not None:
             self.metrics.watch_gateway(gateway_snapshot)
         self.http: HttpServer | None = None
-        if settings.admin.enabled:
+        if settings.admin.enabled and serve_http:
             self.http = admin_server(settings.admin, metrics=self.metrics, health=self.health)
 
     def health(self) -> dict[str, Any]:
@@ -460,3 +468,20 @@ class GatewayTelemetry:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def mount_metrics(app: Any, metrics: GatewayMetrics, path: str = "/metrics") -> None:
+    """Serve ``metrics`` at ``GET path`` on an ``aiohttp.web.Application`` (before it starts).
+
+    The admin API's token middleware applies: Prometheus then scrapes with
+    ``authorization: {credentials: <token>}`` unless the admin app lists the
+    path as public.
+    """
+    from aiohttp import web
+
+    from gateway.metrics import CONTENT_TYPE
+
+    async def get_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get(path, get_metrics)

@@ -186,3 +186,32 @@ def test_label_values_round_trip_through_the_exposition_text(reason: str, amount
     [(labels, value)] = [(lab, v) for n, lab, v in samples if n == "dialgate_blocked_calls_total"]
     unescaped = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], labels["reason"])
     assert (reason, float(format_value(amount))) == (unescaped, value)
+
+
+async def test_metrics_mounted_on_an_aiohttp_app() -> None:
+    """mount_metrics serves the same exposition text from an aiohttp application (the admin API)."""
+    from aiohttp import web
+
+    from gateway.config import Settings
+    from gateway.http import GatewayTelemetry, mount_metrics
+
+    telemetry = GatewayTelemetry(
+        Settings.model_validate({"admin": {"listen": "127.0.0.1:0"}}), serve_http=False
+    )
+    assert telemetry.http is None
+    telemetry.bus.publish(CallEvent(CallEventKind.BLOCKED, "x", 0.0, reason="no-consent"))
+    app = web.Application()
+    mount_metrics(app, telemetry.metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = int(runner.addresses[0][1])
+        status, headers, body = await http_get("127.0.0.1", port, "/metrics")
+    finally:
+        await runner.cleanup()
+    assert 200 == status
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    _, samples = parse_exposition(body.decode())
+    assert 1 == value_of(samples, "dialgate_blocked_calls_total", reason="no-consent")
