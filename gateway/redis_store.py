@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -102,11 +102,15 @@ from policies.quotas import (
 )
 from policies.timeutil import day_bounds
 
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
 __all__ = [
     "CardStateRecord",
     "RedisStore",
     "SharedCardRepository",
     "connect",
+    "from_settings",
     "sqlite_facts",
 ]
 
@@ -127,7 +131,6 @@ def connect(url: Any, *, timeout: float = 0.25) -> redis.Redis:
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
         "retry_on_error": [],
-        "retry_on_timeout": False,
         "health_check_interval": 0,
     }
     if isinstance(url, str):
@@ -1140,3 +1143,33 @@ class SharedCardRepository:
         self.store.save_transition(card, transition)
         self._pending[card.id] = card
         self._publish_pending()
+
+
+def from_settings(
+    settings: Settings,
+    *,
+    node: str,
+    store: SQLiteStore | None = None,
+    prefix: str = "dialgate",
+    timeout: float = 0.25,
+) -> RedisStore:
+    """The :class:`RedisStore` for ``[store] redis`` (raises ValueError when it is unset).
+
+    ``node`` names this instance (``[mqtt] node``). With ``store`` (the SQLite
+    store the gateway also records usage in) a card whose Redis keys were lost
+    is rehydrated from it. Nothing is sent to Redis here; the first operation
+    connects (and fails closed if it cannot).
+    """
+    url = settings.store.redis
+    if url is None:
+        raise ValueError("[store] redis is not set")
+    shared = RedisStore(
+        connect(url, timeout=timeout),
+        node=node,
+        prefix=prefix,
+        card_carriers={c.id: c.carrier for c in settings.cards},
+        carrier_timezones={c.name: c.timezone for c in settings.carriers},
+    )
+    if store is not None:
+        shared.facts = sqlite_facts(store, shared.timezone)
+    return shared

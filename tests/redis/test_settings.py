@@ -1,0 +1,66 @@
+"""``[store] redis`` → RedisStore: URL, carrier days, rehydration source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_settings
+from gateway.redis_store import RedisStore, from_settings
+from gateway.store import SQLiteStore, StoreUnavailable, store_from_settings
+from policies.quotas import QuotaProfile
+
+from .conftest import T0, RedisServer, free_port
+
+BASE = (
+    '[[carriers]]\nname = "carrier-b"\naddress = "udp:127.0.0.1:5070"\n'
+    'timezone = "Asia/Shanghai"\n'
+    '[[cards]]\nid = "c1"\ncarrier = "carrier-b"\nnumber = "+8613800000001"\npassword = "x"\n'
+)
+
+
+def test_store_redis_builds_a_redis_store(tmp_path: Path, redis_server: RedisServer) -> None:
+    """The configured URL and db are used; card c1 gets its carrier's Shanghai day."""
+    cfg = tmp_path / "dialgate.toml"
+    cfg.write_text(
+        f'[store]\npath = "a.db"\nredis = "redis://127.0.0.1:{redis_server.port}/3"\n{BASE}'
+    )
+    settings = load_settings(cfg)
+    sqlite = store_from_settings(settings, base_dir=tmp_path)
+    shared = from_settings(settings, node="gw1", store=sqlite, prefix="cfgtest")
+    assert isinstance(shared, RedisStore)
+    assert "Asia/Shanghai" == shared.timezone("c1")
+    assert shared.facts is not None
+    shared.reserve("c1", "k1", "+8613811110001", T0, profile=QuotaProfile())
+    assert 3 == shared.client.connection_pool.connection_kwargs["db"]
+    assert 1 == shared.card_usage("c1", T0).in_use
+    sqlite.close()
+
+
+def test_unset_redis_is_an_error_and_a_dead_one_fails_closed(tmp_path: Path) -> None:
+    """No ``[store] redis``: ValueError; a URL nobody listens on: StoreUnavailable on use."""
+    cfg = tmp_path / "dialgate.toml"
+    cfg.write_text(f'[store]\npath = "a.db"\n{BASE}')
+    with pytest.raises(ValueError):
+        from_settings(load_settings(cfg), node="gw1")
+    cfg.write_text(
+        f'[store]\npath = "a.db"\nredis = "redis://u:s3cret@127.0.0.1:{free_port()}/0"\n{BASE}'
+    )
+    shared = from_settings(load_settings(cfg), node="gw1")
+    with pytest.raises(StoreUnavailable) as exc:
+        shared.reserve("c1", "k1", "+8613811110001", T0, profile=QuotaProfile())
+    assert "s3cret" not in str(exc.value)
+
+
+def test_sqlite_store_is_untouched_by_redis_reservations(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Reservations go to Redis only; the SQLite store is the rehydration source, not a mirror."""
+    sqlite = SQLiteStore(tmp_path / "b.db")
+    cfg = tmp_path / "dialgate.toml"
+    cfg.write_text(f'[store]\nredis = "redis://127.0.0.1:{redis_server.port}/0"\n{BASE}')
+    shared = from_settings(load_settings(cfg), node="gw1", store=sqlite, prefix="cfgtest2")
+    shared.reserve("c1", "k1", "+8613811110001", T0)
+    assert 0 == sqlite.card_usage("c1", T0).in_use
+    sqlite.close()
