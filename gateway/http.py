@@ -400,7 +400,8 @@ class GatewayTelemetry:
     counters to ``/metrics``. Without ``[mqtt]`` nothing is published to a
     broker; with ``[admin] enabled = false`` or ``serve_http=False`` (``/metrics``
     mounted on the aiohttp admin app with :func:`mount_metrics`) no HTTP port is
-    opened here.
+    opened here. ``alert_watch=False`` leaves ``quota-near``/``card-at-risk`` to
+    another part (``gateway.operator``'s alert assessment) so they are not raised twice.
     """
 
     def __init__(
@@ -411,6 +412,7 @@ class GatewayTelemetry:
         gateway_snapshot: Callable[[], Mapping[str, Any]] | None = None,
         version: str = __version__,
         serve_http: bool = True,
+        alert_watch: bool = True,
     ) -> None:
         from gateway.mqtt import MqttPublisher
 
@@ -421,7 +423,8 @@ class GatewayTelemetry:
         self.metrics = GatewayMetrics(version=version)
         self.bus.subscribe(self.stats)
         self.bus.subscribe(self.metrics)
-        self.bus.subscribe(AlertWatch(self.bus.publish))
+        if alert_watch:  # off when another part (gateway.operator) raises quota alerts
+            self.bus.subscribe(AlertWatch(self.bus.publish))
         self.publisher: MqttPublisher | None = None
         if settings.mqtt is not None:
             self.publisher = MqttPublisher.from_settings(

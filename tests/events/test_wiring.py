@@ -140,3 +140,15 @@ def test_telemetry_without_mqtt_or_admin_opens_nothing() -> None:
     telemetry.bus.publish(CallEvent(CallEventKind.ATTEMPT, "x", 0.0))
     assert 1 == telemetry.stats.active_calls
     assert "off" == telemetry.health()["mqtt"]
+
+
+def test_telemetry_alert_watch_can_be_left_to_another_part() -> None:
+    """alert_watch=False: a card near its quota raises no quota-near from the telemetry itself."""
+    settings = Settings.model_validate({"admin": {"enabled": False}})
+    near = CardStatus(
+        "c1", "active", None, 0.0, "main", 0.0, usage=(LimitUsage("calls_per_day", 299, 300),)
+    )
+    for watch, expected in ((True, 1), (False, 0)):
+        telemetry = GatewayTelemetry(settings, alert_watch=watch)
+        telemetry.bus.publish(near)
+        assert expected == telemetry.stats.alerts["quota-near"]
