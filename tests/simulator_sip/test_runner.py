@@ -262,3 +262,30 @@ def test_requeue_waits_scale_with_the_gateway_clock() -> None:
     assert NO_CARD_RETRY_SECONDS == shared("x", result(503, "store-unavailable", None))
     assert shared("x", result(403, "dnc", None)) is None
     assert shared("x", result(503, None, 30)) is None  # a carrier 503 is not requeued
+
+
+async def test_a_serve_that_takes_a_clock_gets_the_business_clock(
+    small: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When ``serve`` accepts ``clock``, the in-process gateway runs on the scenario's clock."""
+    seen: list[float] = []
+
+    async def serve_with_clock(settings, *, ready=None, stop=None, clock=None):  # type: ignore[no-untyped-def]
+        assert clock is not None
+        seen.append(clock())
+        gw = app.Gateway(settings, clock=clock)
+        await gw.start()
+        app.RUNNING.append(gw)
+        try:
+            ready.set()
+            await stop.wait()
+        finally:
+            app.RUNNING.remove(gw)
+            await gw.close()
+
+    monkeypatch.setattr(app, "serve", serve_with_clock)
+    result = await run_scenario(small, max_leads=4)
+    assert result.clock_shared
+    # Business time: the scenario's morning in 2026, not today's wall clock.
+    assert small.start_epoch <= seen[0] < small.end_epoch
+    assert 4 == len(result.calls)
