@@ -254,3 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     return handler(args)
+
+
+# Subcommands that live in their own modules register themselves on import;
+# they import ``command`` from here, so they are loaded after it is defined.
+from gateway import cli_wallboard as _cli_wallboard  # noqa: E402,F401  ("wallboard")

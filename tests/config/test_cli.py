@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -150,12 +151,27 @@ def test_no_command_prints_usage_and_exits_2() -> None:
     assert "usage: dialgate" in result.stderr
 
 
+def _leaf_parsers(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
+) -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand parser that runs a handler, by its space-joined words."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                found.update(_leaf_parsers(sub, (*words, word)))
+    if words and parser.get_default("handler") is not None:
+        found[" ".join(words)] = parser
+    return found
+
+
 def test_every_command_takes_config() -> None:
-    """Every registered subcommand accepts --config FILE."""
-    parser = build_parser()
-    for name in COMMANDS:
-        args = parser.parse_args([*name.split(), "--config", "x.toml"])
-        assert Path("x.toml") == args.config
+    """Every registered subcommand accepts --config FILE (and -c)."""
+    leaves = _leaf_parsers(build_parser())
+    assert set(COMMANDS) == set(leaves)
+    for name, sub in leaves.items():
+        options = {opt for action in sub._actions for opt in action.option_strings}
+        assert {"--config", "-c"} <= options, name
 
 
 def test_nested_commands_register_as_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
