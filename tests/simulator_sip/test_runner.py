@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 import gateway.cli_simulate  # noqa: F401  (registers the subcommand)
 from gateway import app
@@ -99,6 +102,18 @@ def small() -> Scenario:
     return loads_scenario(SMALL, "small.toml")
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``dialgate simulate`` configures logging for the process: put it back afterwards."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,15 +198,17 @@ def test_build_settings_puts_cards_on_the_carrier(tmp_path: Path) -> None:
     assert 0 == settings.admin.port
 
 
-def test_cli_simulate_direct_writes_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_cli_simulate_direct_writes_json_and_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
-    """``dialgate simulate --direct`` prints the report, writes JSON and exits 1 on suspensions."""
+    """``dialgate simulate --direct`` prints the report, writes JSON and PNG, exits 1 on suspensions."""
     scenario = tmp_path / "small.toml"
     scenario.write_text(SMALL, encoding="utf-8")
-    out = tmp_path / "report.json"
-    code = main(["simulate", str(scenario), "--direct", "--json", str(out), "--speed", "4000"])
+    out, png = tmp_path / "report.json", tmp_path / "report.png"
+    args = ["simulate", str(scenario), "--direct", "--json", str(out), "--png", str(png)]
+    code = main([*args, "--speed", "4000"])
     data = json.loads(out.read_text(encoding="utf-8"))
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert 1 == code  # the carrier suspended cards
     assert data["suspensions"]
     captured = capsys.readouterr()
@@ -199,7 +216,9 @@ def test_cli_simulate_direct_writes_json(
     assert "calls 12" in captured.err  # the final progress line
 
 
-def test_cli_simulate_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_simulate_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     """A bad --gateway, a bad scenario and --gateway with --direct are usage errors (exit 2)."""
     with pytest.raises(SystemExit) as bad:
         main(["simulate", "x.toml", "--gateway", "nohost"])
