@@ -263,7 +263,8 @@ def build_evidence(
     pack = EvidencePack(card=view, since=since, until=end, generated_at=now)
 
     bound_agents = {u.name for u in op.settings.users if u.card == card_id}
-    for record in op.store.cdrs(since=since, until=end, limit=1_000_000):
+    records = op.store.cdrs(since=since, until=end, limit=1_000_000)
+    for record in records:
         on_card = card_id in record.cards
         if record.outcome is Outcome.BLOCKED or (record.policy_reason and not on_card):
             if on_card or record.origin in bound_agents:
@@ -282,11 +283,7 @@ def build_evidence(
         if on_card:
             pack.calls.append(_call_row(op, record))
 
-    placed = [
-        r
-        for r in op.store.cdrs(since=since, until=end, limit=1_000_000)
-        if card_id in r.cards and r.outcome is not Outcome.BLOCKED
-    ]
+    placed = [r for r in records if card_id in r.cards and r.outcome is not Outcome.BLOCKED]
     profile = op.profiles.get(card.quota_profile)
     if profile is not None:
         pack.usage = daily_usage(placed, profile, op.timezones.get(card.carrier, "UTC"))
@@ -306,7 +303,7 @@ def build_evidence(
                 "callee": op.masked(c.number),
                 "call_id": c.call_id or "",
                 "agent": extra.agent if extra is not None else "",
-                "note": c.note,
+                "note": mask_evidence(c.note, op.mask),
             }
         )
     for key, extra in attributed.items():
@@ -317,7 +314,7 @@ def build_evidence(
                     "callee": op.masked(extra.number),
                     "call_id": extra.call_id or "",
                     "agent": extra.agent,
-                    "note": extra.note,
+                    "note": mask_evidence(extra.note, op.mask),
                 }
             )
 

@@ -29,6 +29,7 @@ off), or change a card's state except through ``CardManager``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import io
 import time
@@ -444,7 +445,8 @@ class Operator:
         self.timezones = {c.name: c.timezone for c in settings.carriers}
         self.mask = settings.policy.mask_numbers
         self.region = settings.policy.default_region
-        self.events: list[OperatorEvent] = []
+        # The latest operator events (bounded: a long-running API must not grow it forever).
+        self.events: collections.deque[OperatorEvent] = collections.deque(maxlen=1000)
         self._raised: set[tuple[str, str]] = set()
 
     def close(self) -> None:

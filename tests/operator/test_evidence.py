@@ -129,7 +129,9 @@ def _populate(op: Operator) -> None:
     ]
     op.store.add_cdrs(calls)
     op.store.add_dnc(LISTED_LATER, T0 + 5000, source="opt-out")
-    op.complaint_add(COMPLAINER, actor="dana", now=T0 + 3600, call_id="call-d", note="rude")
+    op.complaint_add(
+        COMPLAINER, actor="dana", now=T0 + 3600, call_id="call-d", note=f"rude; also {CONSENTED}"
+    )
     op.manager.on_response(
         "c1", 403, "Forbidden", now=T0 + 7200, warning='399 carrier "line blocked: complaints"'
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -15,6 +16,7 @@ from gateway.operator import (
     assess_card,
     parse_duration,
     parse_time,
+    run_alert_loop,
 )
 from policies.quotas import CallOutcome, CardSnapshot, CardState, CardUsage, QuotaProfile
 
@@ -70,7 +72,7 @@ def test_complaint_dncs_the_number_and_pauses_an_agent_over_the_ceiling(operator
     assert operator.store.is_dnc("+8613900000001")
     usage = operator.store.agent_usage("bob", T0 + 601)
     assert usage.paused and "complaint rate" in usage.pause_reason
-    assert ["complaint", "agent-paused"] == [e.kind for e in operator.events[-2:]]
+    assert ["complaint", "agent-paused"] == [e.kind for e in list(operator.events)[-2:]]
     operator.agent_resume("bob", actor="dana", now=T0 + 700)
     assert not operator.store.agent_usage("bob", T0 + 701).paused
 
@@ -138,3 +140,27 @@ def test_time_and_duration_parsing() -> None:
     for bad in ("0d", "forever", "inf"):
         with pytest.raises(BadRequest):
             parse_duration(bad)
+
+
+async def test_alert_loop_publishes_and_stops(operator: Operator, published: list[object]) -> None:
+    """The periodic runner publishes the alert once across rounds and ends when told to stop."""
+    for i in range(4):
+        operator.store.reserve("c1", f"l{i}", f"+86139000003{i:02d}", T0 + i)
+        operator.store.finish(f"l{i}", T0 + i + 0.5, answered=False)
+    stop = asyncio.Event()
+    rounds: list[float] = []
+
+    def clock() -> float:
+        rounds.append(T0 + 10)
+        return T0 + 10
+
+    task = asyncio.create_task(run_alert_loop(operator, interval=0.01, stop=stop, clock=clock))
+    async with asyncio.timeout(5):
+        while len(rounds) < 3:
+            await asyncio.sleep(0.01)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert [("c1", "calls_per_minute")] == [
+        (e.card, e.reason) for e in published if isinstance(e, Alert)
+    ]
