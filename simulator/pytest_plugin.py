@@ -1,8 +1,14 @@
 """pytest fixtures for SIP tests: a simulated carrier, softphones, a dialer and a dialgate.
 
-Load it from a ``conftest.py``::
+Load it from the root ``tests/conftest.py`` (``pytest_plugins =
+["simulator.pytest_plugin"]``), with ``-p simulator.pytest_plugin``, or — in a
+conftest below the root, where pytest refuses ``pytest_plugins`` — import the
+fixtures by name::
 
-    pytest_plugins = ["simulator.pytest_plugin"]
+    from simulator.pytest_plugin import carrier, gateway, sim_kit, ...  # noqa: F401
+
+(every fixture a test uses, and the fixtures they depend on, must be imported:
+see ``tests/simulator_sip/conftest.py``).
 
 Every peer listens on ``127.0.0.1`` on a free UDP port and is closed at
 teardown (in reverse order of creation: agents, gateway, carrier), so a test
@@ -34,14 +40,18 @@ Peer fixtures:
 ``dialer``         a started :class:`~simulator.agents.Dialer` for the first peer
 
 Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)``,
-``await sim_kit.gateway(carrier, ...)``, ``await sim_kit.softphone(name, password,
+``await sim_kit.gateway(carrier, cards=..., users=..., policy=..., consent=[...],
+dnc=[...])`` (consent and DNC numbers are written into the gateway's store before
+it starts), ``await sim_kit.softphone(name, password,
 address, ...)``, ``await sim_kit.dialer(...)``. :class:`SimKit` also works without
 pytest: ``async with SimKit(tmp_dir) as kit: ...``. ``SimKit(network=LoopNetwork())``
 puts the carrier, softphones and dialers on an in-memory network (no sockets;
 each peer at ``10.0.0.N:5060``) for fast unit tests of the peers themselves.
 
 The gateway fixture only needs ``gateway.app.serve`` to start and stop: it
-works whatever stage the call path is at. This module must never bind a fixed
+works whatever stage the call path is at. Its calling hours default to the
+whole day (override with ``policy=``); when ``serve`` accepts a ``clock`` the
+kit's business clock is handed over. This module must never bind a fixed
 port (5060 included), never leave a peer running after teardown and never
 write outside the given directory.
 """
