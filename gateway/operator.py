@@ -1373,16 +1373,23 @@ async def run_alert_loop(
     interval: float = 60.0,
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
+    run_timers: bool = False,
 ) -> None:
     """Run :meth:`Operator.check_alerts` every ``interval`` seconds until ``stop`` is set.
 
     The entry point ``app.py`` schedules (``asyncio.create_task``). A failing run
     is logged and the loop goes on; the store being down only skips a round.
+    ``run_timers`` also runs :meth:`Operator.tick` (probation lapse, maintenance
+    end) first — only where no gateway runs the card manager's timers itself
+    (a stand-alone admin server).
     """
     stop = stop or asyncio.Event()
     while not stop.is_set():
         try:
-            operator.check_alerts(clock())
+            now = clock()
+            if run_timers:
+                operator.tick(now)
+            operator.check_alerts(now)
         except Exception:
             log.exception("alert check failed")
         try:

@@ -164,3 +164,24 @@ async def test_alert_loop_publishes_and_stops(operator: Operator, published: lis
     assert [("c1", "calls_per_minute")] == [
         (e.card, e.reason) for e in published if isinstance(e, Alert)
     ]
+
+
+async def test_alert_loop_can_run_the_card_timers(operator: Operator) -> None:
+    """With run_timers, the loop lapses a probation whose end has passed (stand-alone admin)."""
+    operator.suspend("c2", actor="dana", now=T0)
+    operator.probation("c2", actor="dana", now=T0 + 1, duration=3600.0)
+    stop = asyncio.Event()
+
+    def clock() -> float:
+        return T0 + 7200
+
+    task = asyncio.create_task(
+        run_alert_loop(operator, interval=0.01, stop=stop, clock=clock, run_timers=True)
+    )
+    async with asyncio.timeout(5):
+        while operator.manager.get("c2").state != "active":
+            await asyncio.sleep(0.01)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert "probation-over" == operator.store.transitions("c2")[-1].cause
