@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 from gateway.cdr import CallRecord, Outcome
 from gateway.events import iso_time
@@ -175,7 +176,7 @@ def daily_usage(
         days.setdefault(start, []).append(r)
     rows: list[dict[str, Any]] = []
     for start, calls in sorted(days.items()):
-        day = datetime.fromtimestamp(start + 43200, UTC).date().isoformat()
+        day = datetime.fromtimestamp(start, ZoneInfo(timezone)).date().isoformat()
         times = [r.attempt_at for r in calls]
         answered = [r for r in calls if r.outcome is Outcome.ANSWERED]
         short = [r for r in answered if r.talk_seconds < profile.short_call_seconds]
@@ -429,7 +430,7 @@ def render_html(pack: EvidencePack) -> str:
             "transitions",
             "State changes and carrier responses",
             _table(
-                ["time", "from", "to", "reason", "cause", "carrier response", "actor"],
+                ["time", "from", "to", "reason", "cause", "carrier response", "warning", "actor"],
                 [
                     [
                         t["time"],
@@ -438,6 +439,7 @@ def render_html(pack: EvidencePack) -> str:
                         t["reason"],
                         t["cause"],
                         t["carrier_response"],
+                        t["warning"],
                         t["actor"],
                     ]
                     for t in pack.transitions

@@ -223,7 +223,13 @@ def test_evidence_pack_contains_calls_blocks_complaints_usage_and_carrier_respon
     assert isinstance(blocked_rows, list) and "no-consent" in blocked_rows[1]
     transition_rows = sections["transitions"]["rows"]
     assert isinstance(transition_rows, list)
-    assert any("SIP/2.0 403 Forbidden" in row for row in transition_rows)
+    assert any(
+        "SIP/2.0 403 Forbidden" in row and any("line blocked" in cell for cell in row)
+        for row in transition_rows
+    )
+    usage_rows = sections["usage"]["rows"]
+    assert isinstance(usage_rows, list)
+    assert ["2026-11-02", "calls_per_day", "3", "300"] == usage_rows[1][:4]
 
 
 def test_period_bounds_the_pack(operator: Operator) -> None:
