@@ -93,6 +93,7 @@ def test_no_operation_answers_5xx(base_url: str, mode: schemathesis.GenerationMo
     seen: list[str] = []
     exercised: list[str] = []
     failures: list[str] = []
+    statuses: set[int] = set()
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result
         operation = result.ok()
@@ -118,6 +119,30 @@ def test_no_operation_answers_5xx(base_url: str, mode: schemathesis.GenerationMo
             assert schemathesis.GenerationMode.NEGATIVE == mode
             continue
         exercised.append(operation.label)
+        if mode is schemathesis.GenerationMode.POSITIVE and "{card}" in operation.path:
+            # Random card ids are mostly 404s: run the lifecycle on the real cards too.
+            for card in ("c1", "c2"):
+                strategy = operation.as_strategy(path_parameters={"card": card})
+
+                @settings(
+                    max_examples=EXAMPLES_PER_OPERATION,
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                )
+                @given(case=strategy)
+                def check_card(case: Any) -> None:
+                    response = case.call(
+                        base_url=base_url, session=session, headers=headers, timeout=10
+                    )
+                    if response.status_code >= 500:
+                        failures.append(f"{case.method} {case.formatted_path}: 5xx")
+                    statuses.add(response.status_code)
+                    assert response.status_code < 500
+
+                check_card()
     assert len(seen) >= 20
     assert len(exercised) >= 15
     assert [] == failures
+    if mode is schemathesis.GenerationMode.POSITIVE:
+        assert 200 in statuses  # some generated lifecycle requests were accepted
