@@ -28,8 +28,8 @@ Keys (``{p}`` is the configurable prefix, default ``dialgate``)::
     {p}:card:{card}:inuse      HASH  call id → node (open reservations)
     {p}:card:{card}:held       ZSET  synthetic in-use slots from a rehydration → until
     {p}:card:{card}:meta       HASH  seq (reservation order), ver (mutations), hyd (hydrated)
-    {p}:card:{card}:outz       ZSET  seq:call id → start (last ``outcome_window`` outcomes)
-    {p}:card:{card}:outh       HASH  seq:call id → "start|answered|talk|failed|ended|short"
+    {p}:card:{card}:outz       ZSET  packed (seq, start, talk, end, flags) → start: the
+                                     last ``outcome_window`` outcomes, read in one ZRANGE
     {p}:card:{card}:day:{d}    HASH  c:{callee} → open+finished calls; t → talk seconds
     {p}:card:{card}:state      HASH  state, reason, since, probation_until, ... (card state)
     {p}:call:{call id}         HASH  the call's open reservation (card, callee, start, node, …)
@@ -70,11 +70,12 @@ the optional ``redis`` package (redis-py) at import time.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -157,22 +158,17 @@ def connect(url: Any, *, timeout: float = 0.25) -> redis.Redis:
 # repr() going in, "%.17g" (exact round trip) coming out.
 
 _LUA_COMMON = r"""
+local OUT = '>I8dddB'  -- outcome member: seq, start, talk, end, flags (1 answered 2 failed 4 short)
 local function num(s) if s == nil or s == '' then return nil end return tonumber(s) end
 local function fmt(x) return string.format('%.17g', x) end
-local function parse_out(raw)
-  local f = {}
-  for part in string.gmatch(raw, '([^|]*)|?') do f[#f + 1] = part end
-  return {started = tonumber(f[1]), answered = f[2] == '1', talk = tonumber(f[3]),
-          failed = f[4] == '1', ended = num(f[5])}
-end
-local function read_outcomes(outz, outh, w)
+local function read_outcomes(outz, w)
   local members = redis.call('ZRANGE', outz, -w, -1)
-  local outs = {}
-  if #members > 0 then
-    local raws = redis.call('HMGET', outh, unpack(members))
-    for i = 1, #raws do if raws[i] then outs[#outs + 1] = parse_out(raws[i]) end end
+  local st, tk, en, an, fl = {}, {}, {}, {}, {}
+  for i = 1, #members do
+    local _, s, t, e, f = struct.unpack(OUT, members[i])
+    st[i], tk[i], en[i], an[i], fl[i] = s, t, e, bit.band(f, 1) == 1, bit.band(f, 2) == 2
   end
-  return outs
+  return #members, st, tk, en, an, fl
 end
 local function in_use(inuse, held, now_s)
   return redis.call('HLEN', inuse) + redis.call('ZCOUNT', held, '(' .. now_s, '+inf')
@@ -183,7 +179,7 @@ _LUA_RESERVE = (
     _LUA_COMMON
     + r"""
 local K_starts, K_inuse, K_held, K_meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_outz, K_outh, K_day, K_call, K_tried, K_open = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_outz, K_day, K_call, K_tried, K_open = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local card, call_id, callee, now_s, node, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local day_start_s, day_key, lower_s, trim_s = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local ttl, day_ttl, w = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -196,11 +192,11 @@ if expect_ver ~= '' and (redis.call('HGET', K_meta, 'ver') or '0') ~= expect_ver
 end
 
 if check then
-  local cpm, cph, cpd, conc = num(ARGV[17]), num(ARGV[18]), num(ARGV[19]), num(ARGV[20])
-  local gap, talk_cap, distinct = num(ARGV[21]), num(ARGV[22]), num(ARGV[23])
-  local floor, ceiling, short_s = num(ARGV[24]), num(ARGV[25]), num(ARGV[26])
-  local rate_calls, rate_secs, rate_min = num(ARGV[27]), num(ARGV[28]), num(ARGV[29])
-  local consec, cooldown = num(ARGV[30]), num(ARGV[31])
+  local p, i = {}, 0
+  for v in string.gmatch(ARGV[17], '([^,]*),') do i = i + 1; p[i] = num(v) end
+  local cpm, cph, cpd, conc, gap, talk_cap, distinct = p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+  local floor, ceiling, short_s, rate_calls, rate_secs = p[8], p[9], p[10], p[11], p[12]
+  local rate_min, consec, cooldown = p[13], p[14], p[15]
 
   if conc then
     local used = in_use(K_inuse, K_held, now_s)
@@ -212,20 +208,18 @@ if check then
       return {'EXCEEDED', 'min_gap_seconds', last[2]}
     end
   end
-  local outs = nil
-  if (consec and consec > 0) or floor or ceiling then outs = read_outcomes(K_outz, K_outh, w) end
-  if consec and consec > 0 and #outs > 0 and outs[#outs].failed then
+  local n, st, tk, en, an, fl = 0, nil, nil, nil, nil, nil
+  if (consec and consec > 0) or floor or ceiling then
+    n, st, tk, en, an, fl = read_outcomes(K_outz, w)
+  end
+  if consec and consec > 0 and n > 0 and fl[n] then
     local streak = 0
-    for i = #outs, 1, -1 do
-      if not outs[i].failed then break end
+    for j = n, 1, -1 do
+      if not fl[j] then break end
       streak = streak + 1
     end
-    if streak >= consec then
-      local o = outs[#outs]
-      local base = o.ended or o.started
-      if base + cooldown > now then
-        return {'EXCEEDED', 'consecutive_failures', fmt(base), tostring(streak)}
-      end
+    if streak >= consec and en[n] + cooldown > now then
+      return {'EXCEEDED', 'consecutive_failures', fmt(en[n]), tostring(streak)}
     end
   end
   for _, spec in ipairs({{60, cpm, 'calls_per_minute'}, {3600, cph, 'calls_per_hour'}}) do
@@ -258,37 +252,38 @@ if check then
       return {'EXCEEDED', 'distinct_callees_per_day', tostring(used)}
     end
   end
-  if (floor or ceiling) and #outs >= rate_min then
+  if (floor or ceiling) and n >= rate_min then
+    -- the sample: the last rate_calls outcomes that started inside the time window
     local horizon = now - rate_secs
-    local sample = {}
-    for i = math.max(1, #outs - rate_calls + 1), #outs do
-      if outs[i].started > horizon then sample[#sample + 1] = outs[i] end
+    local idx = {}
+    for j = math.max(1, n - rate_calls + 1), n do
+      if st[j] > horizon then idx[#idx + 1] = j end
     end
-    local n = #sample
+    local m = #idx
     local suf_a, suf_s = {}, {}
-    suf_a[n + 1], suf_s[n + 1] = 0, 0
-    for i = n, 1, -1 do
+    suf_a[m + 1], suf_s[m + 1] = 0, 0
+    for j = m, 1, -1 do
       local a, s = 0, 0
-      if sample[i].answered then
+      if an[idx[j]] then
         a = 1
-        if sample[i].talk < short_s then s = 1 end
+        if tk[idx[j]] < short_s then s = 1 end
       end
-      suf_a[i], suf_s[i] = suf_a[i + 1] + a, suf_s[i + 1] + s
+      suf_a[j], suf_s[j] = suf_a[j + 1] + a, suf_s[j + 1] + s
     end
     local function failing(from)
-      local m = n - from + 1
-      if m < rate_min then return nil end
-      if floor and suf_a[from] / m < floor then return 'answer_rate_floor' end
-      if ceiling and suf_s[from] / m > ceiling then return 'short_call_ceiling' end
+      local k = m - from + 1
+      if k < rate_min then return nil end
+      if floor and suf_a[from] / k < floor then return 'answer_rate_floor' end
+      if ceiling and suf_s[from] / k > ceiling then return 'short_call_ceiling' end
       return nil
     end
     local limit = failing(1)
     if limit then
       local oldest = ''
-      for i = 1, n do
-        if failing(i + 1) == nil then oldest = fmt(sample[i].started) break end
+      for j = 1, m do
+        if failing(j + 1) == nil then oldest = fmt(st[idx[j]]) break end
       end
-      return {'EXCEEDED', limit, oldest, tostring(n)}
+      return {'EXCEEDED', limit, oldest, tostring(m)}
     end
   end
 end
@@ -309,7 +304,7 @@ redis.call('HSET', K_call, 'card', card, 'callee', callee, 'start', now_s, 'node
            'agent', agent, 'seq', seq, 'day', day_key)
 redis.call('SADD', K_tried, card)
 redis.call('SADD', K_open, call_id)
-for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_outh, K_call, K_tried, K_open}) do
+for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_call, K_tried, K_open}) do
   redis.call('EXPIRE', k, ttl)
 end
 redis.call('EXPIRE', K_day, day_ttl)
@@ -331,40 +326,38 @@ if not card then return {'NONE'} end
 if only_node ~= '' and node ~= only_node then return {'NONE'} end
 local base = prefix .. ':card:' .. card .. ':'
 local K_starts, K_inuse, K_held, K_meta = base .. 'starts', base .. 'inuse', base .. 'held', base .. 'meta'
-local K_outz, K_outh = base .. 'outz', base .. 'outh'
+local K_outz = base .. 'outz'
 local K_open = prefix .. ':node:' .. node .. ':open'
 
 redis.call('HDEL', K_inuse, call_id)
 redis.call('SREM', K_open, call_id)
-local record = nil
+local talk, flags = 0, nil
 if mode == 'release' then
   redis.call('ZREM', K_starts, call_id)
   if redis.call('HINCRBY', day_key, 'c:' .. callee, -1) <= 0 then
     redis.call('HDEL', day_key, 'c:' .. callee)
   end
-  if failed == '1' then record = start_s .. '|0|0|1|' .. now_s .. '|0' end
+  if failed == '1' then flags = 2 end
 elseif mode == 'finish' then
-  record = start_s .. '|' .. answered .. '|' .. talk_s .. '|' .. failed .. '|' .. now_s .. '|' .. short
-  if tonumber(talk_s) ~= 0 then
+  talk = tonumber(talk_s)
+  flags = 0
+  if answered == '1' then flags = flags + 1 end
+  if failed == '1' then flags = flags + 2 end
+  if short == '1' then flags = flags + 4 end
+  if talk ~= 0 then
     redis.call('HINCRBYFLOAT', day_key, 't', talk_s)
     if redis.call('TTL', day_key) < 0 then redis.call('EXPIRE', day_key, ttl) end
   end
 else
-  record = start_s .. '|0|0|0|' .. now_s .. '|0'
+  flags = 0
 end
-if record then
-  local member = string.format('%020d', tonumber(seq)) .. ':' .. call_id
+if flags then
+  local member = struct.pack(OUT, tonumber(seq), tonumber(start_s), talk, tonumber(now_s), flags)
   redis.call('ZADD', K_outz, start_s, member)
-  redis.call('HSET', K_outh, member, record)
-  local n = redis.call('ZCARD', K_outz)
-  if n > w then
-    local old = redis.call('ZRANGE', K_outz, 0, n - w - 1)
-    redis.call('ZREM', K_outz, unpack(old))
-    redis.call('HDEL', K_outh, unpack(old))
-  end
+  redis.call('ZREMRANGEBYRANK', K_outz, 0, -(w + 1))
 end
 redis.call('HINCRBY', K_meta, 'ver', 1)
-for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_outh}) do
+for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz}) do
   redis.call('EXPIRE', k, ttl)
 end
 redis.call('DEL', K_call)
@@ -375,24 +368,21 @@ return {'OK', card}
 _LUA_READ = (
     _LUA_COMMON
     + r"""
-local K_starts, K_inuse, K_held, K_meta, K_outz, K_outh, K_day =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_starts, K_inuse, K_held, K_meta, K_outz, K_day =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lower_s, now_s, w = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local starts = redis.call('ZRANGEBYSCORE', K_starts, lower_s, '+inf', 'WITHSCORES')
 local day = redis.call('HGETALL', K_day)
-local members = redis.call('ZRANGE', K_outz, -w, -1)
-local outs = {}
-if #members > 0 then
-  local raws = redis.call('HMGET', K_outh, unpack(members))
-  for i = 1, #raws do if raws[i] then outs[#outs + 1] = raws[i] end end
-end
+local outs = redis.call('ZRANGE', K_outz, -w, -1)
 local meta = redis.call('HMGET', K_meta, 'ver', 'hyd')
 return {starts, day, in_use(K_inuse, K_held, now_s), outs, meta[1] or '0', meta[2] or ''}
 """
 )
 
-_LUA_REHYDRATE = r"""
-local K_starts, K_held, K_meta, K_outz, K_outh, K_day = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+_LUA_REHYDRATE = (
+    _LUA_COMMON
+    + r"""
+local K_starts, K_held, K_meta, K_outz, K_day = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ttl, day_ttl, force = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
 local plan = cjson.decode(ARGV[4])
 if not force and redis.call('HEXISTS', K_meta, 'hyd') == 1 then return 0 end
@@ -401,17 +391,19 @@ for i = 1, plan.callees do redis.call('HINCRBY', K_day, 'c:h:' .. i, 1) end
 if plan.talk ~= '0.0' then redis.call('HINCRBYFLOAT', K_day, 't', plan.talk) end
 for i, until_s in ipairs(plan.held) do redis.call('ZADD', K_held, until_s, 'h:' .. i) end
 for _, o in ipairs(plan.outcomes) do
+  -- o = {start, talk, end, flags} (times as exact decimal strings)
   local seq = redis.call('HINCRBY', K_meta, 'seq', 1)
-  local member = string.format('%020d', seq) .. ':h'
+  local member = struct.pack(OUT, seq, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), o[4])
   redis.call('ZADD', K_outz, o[1], member)
-  redis.call('HSET', K_outh, member, o[2])
 end
+redis.call('ZREMRANGEBYRANK', K_outz, 0, -(tonumber(ARGV[5]) + 1))
 redis.call('HSET', K_meta, 'hyd', '1')
 redis.call('HINCRBY', K_meta, 'ver', 1)
-for _, k in ipairs({K_starts, K_held, K_meta, K_outz, K_outh}) do redis.call('EXPIRE', k, ttl) end
+for _, k in ipairs({K_starts, K_held, K_meta, K_outz}) do redis.call('EXPIRE', k, ttl) end
 if redis.call('EXISTS', K_day) == 1 then redis.call('EXPIRE', K_day, day_ttl) end
 return 1
 """
+)
 
 _LUA_PUT_STATE = r"""
 local K = KEYS[1]
@@ -426,6 +418,19 @@ return 1
 
 
 # --- plain data ----------------------------------------------------------------------
+
+#: An outcome as the scripts pack it (Lua ``struct`` format ``>I8dddB``).
+_OUTCOME = struct.Struct(">QdddB")
+_ANSWERED, _FAILED, _SHORT = 1, 2, 4
+
+
+class _Snapshot(NamedTuple):
+    """One atomic read of a card: usage, mutation counter, hydrated mark, short flags."""
+
+    usage: CardUsage
+    version: str
+    hydrated: bool
+    shorts: tuple[bool, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,10 +465,15 @@ def _night_only(window: str) -> QuotaProfile:
     return QuotaProfile(name="night", concurrent=None, night_window=window)
 
 
-def _flatten(profile: QuotaProfile) -> list[str]:
-    """The profile's limits in the order the reserve script reads them ("" = no limit)."""
+@lru_cache(maxsize=256)
+def _flatten(profile: QuotaProfile) -> str:
+    """The profile's limits, comma-terminated, in the order the reserve script reads them.
+
+    An empty value means "no limit". One argument instead of fifteen: encoding
+    arguments is a good part of a call's client-side cost.
+    """
     talk_cap = None if profile.talk_minutes_per_day is None else profile.talk_minutes_per_day * 60.0
-    return [
+    values = [
         _opt(profile.calls_per_minute),
         _opt(profile.calls_per_hour),
         _opt(profile.calls_per_day),
@@ -480,6 +490,7 @@ def _flatten(profile: QuotaProfile) -> list[str]:
         _opt(profile.consecutive_failures),
         repr(float(profile.cooldown_seconds)),
     ]
+    return "".join(f"{v}," for v in values)
 
 
 def _exhausted(
@@ -611,7 +622,7 @@ class RedisStore:
 
     def _card_keys(self, card: str) -> dict[str, str]:
         base = f"{self.prefix}:card:{card}:"
-        return {w: base + w for w in ("starts", "inuse", "held", "meta", "outz", "outh", "state")}
+        return {w: base + w for w in ("starts", "inuse", "held", "meta", "outz", "state")}
 
     def _day_key(self, card: str, day_start: float) -> str:
         return f"{self.prefix}:card:{card}:day:{int(day_start)}"
@@ -639,13 +650,16 @@ class RedisStore:
         """``policies.quotas.CardUsage`` of the card at ``now`` (one atomic read)."""
         if self._uncertain:
             self._settle(now)
-        usage, _version, hydrated = self._snapshot(card_id, now)
-        if not hydrated and self.facts is not None:
-            self.rehydrate(card_id, self.facts(card_id, now), now)
-            usage, _version, _ = self._snapshot(card_id, now)
-        return usage
+        return self._usage(card_id, now).usage
 
-    def _snapshot(self, card: str, now: float) -> tuple[CardUsage, str, bool]:
+    def _usage(self, card: str, now: float) -> _Snapshot:
+        snap = self._snapshot(card, now)
+        if not snap.hydrated and self.facts is not None:
+            self.rehydrate(card, self.facts(card, now), now)
+            snap = self._snapshot(card, now)
+        return snap
+
+    def _snapshot(self, card: str, now: float) -> _Snapshot:
         keys = self._card_keys(card)
         start, _end, _ttl = self._day(card, now)
         lower = min(start, now - 3600.0)
@@ -657,24 +671,25 @@ class RedisStore:
                     keys["held"],
                     keys["meta"],
                     keys["outz"],
-                    keys["outh"],
                     self._day_key(card, start),
                 ],
                 args=[repr(lower), repr(now), self.outcome_window],
             )
         day = dict(zip(raw_day[::2], raw_day[1::2], strict=True))
         outcomes = []
+        shorts = []
         for raw in raw_outs:
-            started, answered, talk, failed, ended, _short = raw.decode().split("|")
+            _seq, started, talk, ended, flags = _OUTCOME.unpack(raw)
             outcomes.append(
                 CallOutcome(
-                    started_at=float(started),
-                    answered=answered == "1",
-                    talk_seconds=float(talk),
-                    failed=failed == "1",
-                    ended_at=float(ended) if ended else None,
+                    started_at=started,
+                    answered=bool(flags & _ANSWERED),
+                    talk_seconds=talk,
+                    failed=bool(flags & _FAILED),
+                    ended_at=ended,
                 )
             )
+            shorts.append(bool(flags & _SHORT))
         usage = CardUsage(
             call_starts=tuple(float(s) for s in raw_starts[1::2]),
             callees_today=frozenset(k[2:].decode() for k in day if k.startswith(b"c:")),
@@ -682,7 +697,7 @@ class RedisStore:
             in_use=int(in_use),
             recent_outcomes=tuple(outcomes),
         )
-        return usage, version.decode(), bool(hyd)
+        return _Snapshot(usage, version.decode(), bool(hyd), tuple(shorts))
 
     def open_reservations(self) -> list[tuple[str, str]]:
         """``(call_id, card)`` of every open reservation of this node, by call id."""
@@ -696,17 +711,22 @@ class RedisStore:
 
     def usage_facts(self, card: str, now: float, *, window: int | None = None) -> CardUsageFacts:
         """Aggregated facts (the shape :meth:`SQLiteStore.usage` returns), for reports."""
-        usage = self.card_usage(card, now)
+        if self._uncertain:
+            self._settle(now)
+        snap = self._usage(card, now)
+        usage = snap.usage
         start, _end, _ttl = self._day(card, now)
         starts = [t for t in usage.call_starts if t <= now]
         size = self.outcome_window if window is None else window
         recent = usage.recent_outcomes[-size:] if size > 0 else ()
+        shorts = snap.shorts[-size:] if size > 0 else ()
         streak = 0
         for outcome in reversed(recent):
             if not outcome.failed:
                 break
             streak += 1
         answered = [o for o in recent if o.answered]
+        short = sum(1 for o, flag in zip(recent, shorts, strict=True) if o.answered and flag)
         return CardUsageFacts(
             card=card,
             now=now,
@@ -720,7 +740,7 @@ class RedisStore:
             window_size=size,
             window_calls=len(recent),
             window_answered=len(answered),
-            window_short=sum(1 for o in answered if o.talk_seconds < self.short_call_seconds),
+            window_short=short,
             consecutive_failures=streak,
         )
 
@@ -758,7 +778,7 @@ class RedisStore:
         for _ in range(self.max_retries):
             expect = ""
             if admit is not None:
-                usage, expect, hydrated = self._snapshot(card, now)
+                usage, expect, hydrated, _shorts = self._snapshot(card, now)
                 if not hydrated and self.facts is not None and not hydrated_once:
                     self.rehydrate(card, self.facts(card, now), now)
                     hydrated_once = True
@@ -821,7 +841,7 @@ class RedisStore:
             "1" if profile is not None else "0",
         ]
         if profile is not None:
-            args.extend(_flatten(profile))
+            args.append(_flatten(profile))
         try:
             return self._eval_reserve(keys, day_key, call_key, args)
         except StoreUnavailable as exc:
@@ -842,7 +862,6 @@ class RedisStore:
                     keys["held"],
                     keys["meta"],
                     keys["outz"],
-                    keys["outh"],
                     day_key,
                     call_key,
                     f"{call_key}:tried",
@@ -980,13 +999,14 @@ class RedisStore:
         answered = min(facts.window_answered, good)
         short = min(facts.window_short, answered)
         at = repr(min(last, now))
-        records: list[list[str]] = []
+        records: list[list[str | int]] = []  # [start, talk, end, flags]
         for i in range(good):
             is_answered = i < answered
             is_short = is_answered and i < short
             talk = 0.0 if is_short or not is_answered else 3600.0
-            records.append([at, f"{at}|{int(is_answered)}|{talk!r}|0|{now!r}|{int(is_short)}"])
-        records += [[at, f"{at}|0|0.0|1|{now!r}|0"]] * failures
+            flags = (_ANSWERED if is_answered else 0) | (_SHORT if is_short else 0)
+            records.append([at, repr(talk), repr(now), flags])
+        records += [[at, "0.0", repr(now), _FAILED]] * failures
         plan = {
             "starts": starts,
             "callees": max(0, facts.distinct_callees_today),
@@ -1002,10 +1022,15 @@ class RedisStore:
                     keys["held"],
                     keys["meta"],
                     keys["outz"],
-                    keys["outh"],
                     self._day_key(card, start),
                 ],
-                args=[int(self.history_seconds), day_ttl, "1" if force else "0", json.dumps(plan)],
+                args=[
+                    int(self.history_seconds),
+                    day_ttl,
+                    "1" if force else "0",
+                    json.dumps(plan),
+                    self.outcome_window,
+                ],
             )
         return bool(applied)
 

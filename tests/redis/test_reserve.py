@@ -234,7 +234,6 @@ def test_outcome_window_is_capped(redis_server: RedisServer, prefix: str) -> Non
     usage = store.card_usage("c1", T0 + 100)
     assert [T0 + 20, T0 + 30, T0 + 40] == [o.started_at for o in usage.recent_outcomes]
     assert 3 == store.client.zcard(f"{prefix}:card:c1:outz")
-    assert 3 == store.client.hlen(f"{prefix}:card:c1:outh")
 
 
 def test_carrier_day_follows_the_carrier_timezone(rstore: RedisStore) -> None:
@@ -247,3 +246,21 @@ def test_carrier_day_follows_the_carrier_timezone(rstore: RedisStore) -> None:
     assert midnight == exc.value.exhausted.frees_at
     rstore.reserve("c3", "k2", B, midnight + 1, profile=profile)
     assert frozenset({B}) == rstore.card_usage("c3", midnight + 2).callees_today
+
+
+def test_usage_facts_match_sqlite(rstore: RedisStore, sqlite: SQLiteStore) -> None:
+    """Aggregated facts (wallboards, rehydration) equal the SQLite store's, explicit short too."""
+    ops: list[Op] = calls(3, talk=30) + [
+        ("r", "c1", "f1", A, T0 + 100),
+        ("x", "f1", T0 + 101, True),
+        ("r", "c1", "f2", B, T0 + 110),
+    ]
+    for store in (rstore, sqlite):
+        apply(store, ops)
+        store.reserve("c1", "s1", C, T0 + 50)
+        store.finish("s1", T0 + 80, answered=True, talk_seconds=25, short=True)
+    now = T0 + 120
+    day_start = DAY_END - 86400
+    expected = sqlite.usage("c1", now, day_start_at=day_start, window=50)
+    assert expected == rstore.usage_facts("c1", now, window=50)
+    assert (1, 1) == (expected.window_short, expected.consecutive_failures)
