@@ -250,7 +250,8 @@ def test_carrier_day_follows_the_carrier_timezone(rstore: RedisStore) -> None:
 
 def test_usage_facts_match_sqlite(rstore: RedisStore, sqlite: SQLiteStore) -> None:
     """Aggregated facts (wallboards, rehydration) equal the SQLite store's, explicit short too."""
-    ops: list[Op] = calls(3, talk=30) + [
+    ops: list[Op] = [
+        *calls(3, talk=30),
         ("r", "c1", "f1", A, T0 + 100),
         ("x", "f1", T0 + 101, True),
         ("r", "c1", "f2", B, T0 + 110),
