@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import gateway.cli_operator  # noqa: F401  (registers the commands)
+import gateway.cli
+import gateway.cli_operator  # registers the commands
 from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,11 +30,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+SCRIPT = Path(sys.executable).parent / "dialgate"
+#: Once gateway/cli.py imports the operator commands, the installed script is used.
+REGISTERED = "cli_operator" in Path(gateway.cli.__file__).read_text(encoding="utf-8")
+
+
 def dialgate(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``dialgate`` as a subprocess (with the operator commands registered)."""
-    script = "import sys, gateway.cli_operator; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    if REGISTERED and SCRIPT.exists():
+        command = [str(SCRIPT), *argv]
+    else:
+        script = "import sys, gateway.cli_operator; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+        command = [sys.executable, "-c", script, *argv]
     return subprocess.run(
-        [sys.executable, "-c", script, *argv],
+        command,
         cwd=cwd,
         capture_output=True,
         text=True,
