@@ -196,7 +196,9 @@ def main() -> None:
         proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"redis-server on 127.0.0.1:{port}, {args.cards} cards warmed with {args.warm} calls each")
+    print(
+        f"redis-server on 127.0.0.1:{port}, {args.cards} cards warmed with {args.warm} calls each"
+    )
     print("| operation (µs, wall)               |       n |      p50 |      p99 |      max |")
     print("|------------------------------------|---------|----------|----------|----------|")
     print(row("redis reserve (full profile, Lua)", reserve_ns))
