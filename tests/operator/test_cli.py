@@ -8,6 +8,7 @@ imports it first and then calls the same ``main``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -17,15 +18,30 @@ from pathlib import Path
 import pytest
 
 import gateway.cli
-import gateway.cli_operator  # registers the commands
-from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def operator_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the operator commands for one test only, on a copy of the registry.
+
+    Other tests (tests/config) register commands of their own under the same
+    names; until gateway/cli.py imports gateway.cli_operator, nothing here may
+    leave the global registry changed.
+    """
+    monkeypatch.setattr("gateway.cli.COMMANDS", dict(gateway.cli.COMMANDS))
+    if "cards list" not in gateway.cli.COMMANDS:
+        module = sys.modules.get("gateway.cli_operator")
+        if module is None:
+            importlib.import_module("gateway.cli_operator")
+        else:
+            importlib.reload(module)
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run one command in-process; return (exit code, stdout, stderr)."""
-    code = main(list(argv))
+    code = gateway.cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
