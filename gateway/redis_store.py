@@ -38,7 +38,8 @@ Keys (``{p}`` is the configurable prefix, default ``dialgate``)::
 
 Memory stays bounded: every key carries a TTL (``history_seconds``, default
 two days, refreshed on each write; a day hash lives until its carrier day is
-over plus an hour; card states ``state_ttl_seconds``), starts older than the
+over plus an hour; a call's tried-cards set six hours; card states
+``state_ttl_seconds``), starts older than the
 history are trimmed on each reservation, and outcomes are capped at
 ``outcome_window`` per card. TTLs are durations, never absolute: callers may
 run on a simulated clock (``now`` is theirs, the expiry is Redis's).
@@ -193,7 +194,7 @@ end
 
 if check then
   local p, i = {}, 0
-  for v in string.gmatch(ARGV[17], '([^,]*),') do i = i + 1; p[i] = num(v) end
+  for v in string.gmatch(ARGV[18], '([^,]*),') do i = i + 1; p[i] = num(v) end
   local cpm, cph, cpd, conc, gap, talk_cap, distinct = p[1], p[2], p[3], p[4], p[5], p[6], p[7]
   local floor, ceiling, short_s, rate_calls, rate_secs = p[8], p[9], p[10], p[11], p[12]
   local rate_min, consec, cooldown = p[13], p[14], p[15]
@@ -304,9 +305,10 @@ redis.call('HSET', K_call, 'card', card, 'callee', callee, 'start', now_s, 'node
            'agent', agent, 'seq', seq, 'day', day_key)
 redis.call('SADD', K_tried, card)
 redis.call('SADD', K_open, call_id)
-for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_call, K_tried, K_open}) do
+for _, k in ipairs({K_starts, K_inuse, K_held, K_meta, K_outz, K_call, K_open}) do
   redis.call('EXPIRE', k, ttl)
 end
+redis.call('EXPIRE', K_tried, tonumber(ARGV[17]))
 redis.call('EXPIRE', K_day, day_ttl)
 return {'OK', tostring(seq)}
 """
@@ -549,7 +551,9 @@ class RedisStore:
     (UTC when unknown). ``facts`` is the durable source a cold card (keys lost
     in a Redis restart) is rehydrated from; without one a cold card starts from
     what Redis holds. ``short_call_seconds`` and ``outcome_window`` mean what
-    they mean for :class:`gateway.store.SQLiteStore`.
+    they mean for :class:`gateway.store.SQLiteStore`. ``tried_ttl_seconds``
+    bounds how long a call remembers the cards it tried (failover happens
+    while the call is set up; one small set per call is the bulk of the keys).
     """
 
     def __init__(
@@ -566,6 +570,7 @@ class RedisStore:
         state_ttl_seconds: float = 30 * 86400.0,
         facts: FactsSource | None = None,
         rehydrate_hold_seconds: float = 3600.0,
+        tried_ttl_seconds: float = 6 * 3600.0,
         max_retries: int = 20,
     ) -> None:
         if outcome_window < 1:
@@ -585,6 +590,7 @@ class RedisStore:
         self.state_ttl_seconds = state_ttl_seconds
         self.facts = facts
         self.rehydrate_hold_seconds = rehydrate_hold_seconds
+        self.tried_ttl_seconds = tried_ttl_seconds
         self.max_retries = max_retries
         # Reservations whose reply was lost (timeout, reset): the script may have run.
         self._uncertain: dict[str, float] = {}
@@ -846,6 +852,7 @@ class RedisStore:
             "1" if self.facts is not None else "0",
             expect,
             "1" if profile is not None else "0",
+            int(self.tried_ttl_seconds),
         ]
         if profile is not None:
             args.append(_flatten(profile))

@@ -54,4 +54,4 @@ def test_old_starts_are_trimmed(redis_server: RedisServer, prefix: str) -> None:
     assert 0 == store.client.hlen(f"{prefix}:card:c1:inuse")
     call_keys = [k.decode() for k in store.client.scan_iter(match=f"{prefix}:call:*")]
     assert all(k.endswith(":tried") for k in call_keys), "closed calls leave no call hash"
-    assert all(0 < store.client.ttl(k) <= 86400 for k in call_keys)
+    assert all(0 < store.client.ttl(k) <= store.tried_ttl_seconds for k in call_keys)
