@@ -111,8 +111,11 @@ class HealthRunner:
                 deadlines.append(timer)
             delay = max(min(deadlines) - now, 0.05) if deadlines else 30.0
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+            # cancellation that races with the event, and stop() would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 30.0))
+                async with asyncio.timeout(min(delay, 30.0)):
+                    await self._wake.wait()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
