@@ -52,7 +52,7 @@ from gateway.inbound import InboundRouter
 from gateway.logging import mask_number
 from gateway.registrar import Registrar
 from gateway.sip import Headers, Request, Response, SIPError, make_response
-from gateway.sip.digest import DigestServer
+from gateway.sip.digest import Algorithm, DigestServer
 from gateway.sip.headers import canonical_name
 from gateway.sip.transaction import TimerConfig, client_key
 from gateway.sip.uri import URI
@@ -154,7 +154,13 @@ class Gateway:
         self.clock = clock
         self.transports: list[Transport] = []
         self.stats = GatewayStats()
-        self.digest = DigestServer(key=os.urandom(32), realm=settings.sip.realm)
+        # MD5 first: SIPp and many phones read only the first challenge and know
+        # only MD5; SHA-256 (RFC 8760) is offered second for clients that pick it.
+        self.digest = DigestServer(
+            key=os.urandom(32),
+            realm=settings.sip.realm,
+            algorithms=(Algorithm.MD5, Algorithm.SHA256),
+        )
         self._tag_key = os.urandom(16)
         self._mask = settings.policy.mask_numbers
         self._domains = {d.lower().rstrip(".") for d in settings.sip.domains}

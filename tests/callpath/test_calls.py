@@ -151,3 +151,10 @@ async def test_clean_shutdown_hangs_up_and_writes_cdrs(rig: Rig) -> None:
     with SQLiteStore(rig.db) as store:
         [cdr] = store.cdrs()
     assert "answered" == str(cdr.outcome)
+
+
+async def test_max_forwards_zero_gets_483(rig: Rig) -> None:
+    """A loop guard: an INVITE with Max-Forwards 0 is answered 483 and never leaves."""
+    resp, _ = await rig.alice.call("13912345678", headers=[("Max-Forwards", "0")])
+    assert 483 == resp.status
+    assert [] == rig.carrier.invites()

@@ -99,3 +99,34 @@ async def test_wrong_password_and_unknown_user_same_answer(rig: Rig) -> None:
     finally:
         await wrong.close()
         await unknown.close()
+
+
+async def test_sha256_client_registers(rig: Rig) -> None:
+    """A client that only does SHA-256 (RFC 8760) picks the second challenge and registers."""
+    import asyncio
+
+    from gateway.sip.digest import Algorithm, DigestClient, ha1
+    from tests.callpath.conftest import Agent
+
+    agent = Agent("bob", "bobpass", rig.address)
+    await agent.start()
+    try:
+        assert agent.endpoint is not None
+        ruri = f"sip:{rig.address[0]}:{rig.address[1]}"
+        req = agent._base("REGISTER", ruri, "sha@test", 1, "t1")
+        first = await asyncio.wait_for(agent.endpoint.request(req, rig.address), 5)
+        values = first.headers.get_all("WWW-Authenticate")
+        assert ["MD5", "SHA-256"] == ["SHA-256" if "SHA-256" in v else "MD5" for v in values]
+        client = DigestClient(
+            "bob", ha1={Algorithm.SHA256: ha1("bob", "dialgate", "bobpass", Algorithm.SHA256)}
+        )
+        assert client.handle_challenge(401, values)
+        req = agent._base("REGISTER", ruri, "sha@test", 2, "t1")
+        auth = client.authorization("REGISTER", ruri)
+        assert auth is not None and "SHA-256" in auth[1]
+        req.headers.add(*auth)
+        ok = await asyncio.wait_for(agent.endpoint.request(req, rig.address), 5)
+        assert 200 == ok.status
+        assert rig.gateway.registrar.is_registered("bob", rig.gateway.clock())
+    finally:
+        await agent.close()
