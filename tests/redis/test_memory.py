@@ -42,16 +42,37 @@ def test_day_hash_lives_until_the_carrier_day_is_over(rstore: RedisStore, prefix
 
 def test_old_starts_are_trimmed(redis_server: RedisServer, prefix: str) -> None:
     """Three simulated days of calls keep only the starts inside ``history_seconds``."""
-    store = make_store(redis_server.url, prefix, history_seconds=86400.0)
+    store = make_store(redis_server.url, prefix, history_seconds=26 * 3600.0)
     t = T0
     for n in range(300):
         t = T0 + n * 900.0  # every 15 minutes for 75 hours
         store.reserve("c1", f"k{n}", A, t)
         store.finish(f"k{n}", t + 60, answered=True, talk_seconds=50)
     kept = store.client.zcard(f"{prefix}:card:c1:starts")
-    assert 97 == kept  # (t - 86400, t]: 96 intervals of 15 minutes plus the last call
+    assert 105 == kept  # [t - 26 h, t]: 104 intervals of 15 minutes plus the last call
     assert store.outcome_window == store.client.zcard(f"{prefix}:card:c1:outz")
     assert 0 == store.client.hlen(f"{prefix}:card:c1:inuse")
     call_keys = [k.decode() for k in store.client.scan_iter(match=f"{prefix}:call:*")]
     assert all(k.endswith(":tried") for k in call_keys), "closed calls leave no call hash"
     assert all(0 < store.client.ttl(k) <= store.tried_ttl_seconds for k in call_keys)
+
+
+def test_packed_starts_stay_bounded_and_agree_with_the_set(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """The packed copy of the starts is compacted as starts age out, and reads stay exact."""
+    store = make_store(redis_server.url, prefix, history_seconds=26 * 3600.0)
+    for n in range(900):
+        t = T0 + n * 300.0
+        store.reserve("c1", f"k{n}", A, t)
+        if n % 7 == 3:
+            store.release(f"k{n}", t + 1)
+        else:
+            store.finish(f"k{n}", t + 30, answered=False)
+    now = T0 + 899 * 300.0 + 40
+    kept = store.client.zrangebyscore(f"{prefix}:card:c1:starts", "-inf", "+inf", withscores=True)
+    blob_len = store.client.strlen(f"{prefix}:card:c1:starts:blob")
+    assert 8 * len(kept) <= blob_len <= 8 * (len(kept) + 256)
+    day_start = T0 + 6400 + 86400 * ((now - T0 - 6400) // 86400)
+    lower = min(day_start, now - 3600)
+    assert tuple(t for _, t in kept if t >= lower) == store.card_usage("c1", now).call_starts
