@@ -1,0 +1,135 @@
+"""Start ``dialgate`` exactly as ``dialgate run`` does, with benchmark instruments around it.
+
+``bench/e2e.py`` starts the gateway through this runner so it can see what the
+gateway cannot report about itself without app changes:
+
+* ``--gc-stats FILE``: a ``gc.callbacks`` hook times every collection
+  (end time, generation, duration, objects collected); written as JSON when
+  the gateway stops (after SIGTERM, ``dialgate run`` returns normally);
+  :func:`summarize` turns it into per-generation statistics;
+* ``--uvloop``: run the event loop on uvloop (if importable) — the quick
+  experiment of issue 7; the gateway itself has no such option yet;
+* ``--cprofile FILE``: the whole run under cProfile (pstats dump at exit);
+* ``--operator-cli``: register the operator subcommands (``dnc import``,
+  ``consent import``…) of ``gateway.cli_operator``, which ``gateway/cli.py``
+  does not import yet, so the bench imports data the way an operator would.
+
+Everything after ``--`` goes to ``gateway.cli.main`` unchanged, e.g.
+``python bench/gateway_runner.py --gc-stats gc.json -- run --config gw.toml``.
+This module changes no gateway behaviour and never opens a socket itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+class GcTimer:
+    """Collects every garbage collection through ``gc.callbacks``.
+
+    Each pause is ``(time.monotonic() at its end, generation, milliseconds,
+    objects collected)``; CLOCK_MONOTONIC is system-wide on Linux, so the
+    benchmark can keep only the pauses inside its traffic window.
+    """
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, int, float, int]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            elapsed = (time.perf_counter() - self._start) * 1000
+            self.pauses.append(
+                (time.monotonic(), int(info["generation"]), elapsed, int(info["collected"]))
+            )
+
+    def dump(self) -> dict[str, Any]:
+        """Thresholds, frozen objects and every pause (JSON-ready)."""
+        return {
+            "thresholds": gc.get_threshold(),
+            "frozen": gc.get_freeze_count(),
+            "pauses": [[round(t, 4), g, round(ms, 4), n] for t, g, ms, n in self.pauses],
+        }
+
+
+def summarize(
+    pauses: list[list[float]], start: float = 0.0, end: float = float("inf")
+) -> dict[str, Any]:
+    """Count, total, p50/p99/max pause (ms) per generation for pauses ending in [start, end]."""
+    out: dict[str, Any] = {}
+    for gen in (0, 1, 2):
+        chosen = [p for p in pauses if p[1] == gen and start <= p[0] <= end]
+        times = sorted(p[2] for p in chosen)
+        if not times:
+            out[f"gen{gen}"] = {"count": 0}
+            continue
+        out[f"gen{gen}"] = {
+            "count": len(times),
+            "total_ms": round(sum(times), 2),
+            "p50_ms": round(times[len(times) // 2], 3),
+            "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+            "max_ms": round(times[-1], 3),
+            "collected": int(sum(p[3] for p in chosen)),
+        }
+    return out
+
+
+def main() -> int:
+    """Parse the runner's options, install the instruments, run the CLI."""
+    argv = sys.argv[1:]
+    if "--" in argv:
+        split = argv.index("--")
+        own, rest = argv[:split], argv[split + 1 :]
+    else:
+        own, rest = argv, ["run"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gc-stats", type=Path)
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--cprofile", type=Path)
+    parser.add_argument("--operator-cli", action="store_true")
+    args = parser.parse_args(own)
+    if args.uvloop:
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    timer = GcTimer()
+    if args.gc_stats is not None:
+        gc.callbacks.append(timer)
+    from gateway.cli import main as cli_main
+
+    if args.operator_cli:
+        import gateway.cli_operator  # noqa: F401  (registers its subcommands)
+
+    profiler = None
+    if args.cprofile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        return cli_main(rest)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(args.cprofile))
+        if args.gc_stats is not None:
+            gc.callbacks.remove(timer)
+            dump = timer.dump()
+            dump["uvloop"] = args.uvloop
+            args.gc_stats.write_text(json.dumps(dump))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
