@@ -9,9 +9,15 @@ requests with the element behaviour of this stage of the product:
   for REGISTER, proxy role otherwise); a SIPError is answered with its status
   and extra headers — never for an ACK (RFC 3261 §17.1.1.3: no response to ACK);
 * OPTIONS to us → 200 with Allow/Accept/Supported (RFC 3261 §11.2);
-* INVITE → 407 and REGISTER → 401 digest challenges (RFC 3261 §22); the
-  registrar and the B2BUA that accept authenticated ones come later, so until
-  then valid credentials get 403;
+* INVITE → 407 and REGISTER → 401 digest challenges (RFC 3261 §22),
+  answered statelessly by :mod:`gateway.auth`; authenticated REGISTERs go to
+  the registrar (:mod:`gateway.registrar`), authenticated INVITEs of
+  registered agents and allow-listed dialer peers to the B2BUA
+  (:mod:`gateway.b2bua`), INVITEs from a carrier's address to inbound
+  routing (:mod:`gateway.inbound`) — all of them through the transaction
+  layer of :class:`gateway.endpoint.SipEndpoint`, which shares our
+  transports; so do CANCELs, retransmissions, ACKs and in-dialog requests
+  of live calls (carrier health and card REGISTERs: :mod:`gateway.health_runner`);
 * an unknown method addressed to us → 501 with Allow (§8.2.1); any other
   request not for us → 404 (nothing is routed yet); an out-of-dialog BYE/INFO
   or an unmatched CANCEL → 481 (§9.2, §15.1.2);
@@ -461,7 +467,7 @@ class Gateway:
             self._reply(req, source, transport, 481, detail="no such dialog")
             return
         if identity.kind is IdentityKind.AGENT and not self.registrar.is_registered(
-            identity.name, self.endpoint_now()
+            identity.name, self.clock()
         ):
             self._reply(
                 req, source, transport, 403, "Not Registered", detail="agent not registered"
@@ -473,10 +479,6 @@ class Gateway:
             )
             return
         self._to_endpoint(req, source, transport, identity)
-
-    def endpoint_now(self) -> float:
-        """Wall-clock seconds for the registrar's expiry (the gateway's clock)."""
-        return self.clock()
 
     def _to_endpoint(
         self, req: Request, source: Address, transport: Transport, identity: Identity
