@@ -227,17 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dialgate {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, Any] = {}
-    for cmd in sorted(COMMANDS.values(), key=lambda c: c.name):
+    parsers: dict[str, argparse.ArgumentParser] = {}
+    # Shorter names first, so a command that is also a group ("cards" beside
+    # "cards show") exists before its children hang their parsers under it; such
+    # a group runs its own handler when no subcommand is given.
+    for cmd in sorted(COMMANDS.values(), key=lambda c: (len(c.name.split()), c.name)):
         words = cmd.name.split()
         container = top
         for depth, word in enumerate(words[:-1]):
             key = " ".join(words[: depth + 1])
             if key not in groups:
-                group = container.add_parser(word, help=f"{key} commands")
+                group = parsers.get(key) or container.add_parser(word, help=f"{key} commands")
+                parsers[key] = group
                 groups[key] = group.add_subparsers(dest=f"sub_{depth}", metavar="COMMAND")
-                groups[key].required = True
+                groups[key].required = key not in COMMANDS
             container = groups[key]
         sub = container.add_parser(words[-1], help=cmd.help, description=cmd.help)
+        parsers[cmd.name] = sub
         _add_config_option(sub)
         if cmd.configure is not None:
             cmd.configure(sub)
@@ -258,4 +264,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Subcommands that live in their own modules register themselves on import;
 # they import ``command`` from here, so they are loaded after it is defined.
+from gateway import cli_operator as _cli_operator  # noqa: E402,F401  (cards, dnc, consent, complaint, cdrs, alerts)
 from gateway import cli_wallboard as _cli_wallboard  # noqa: E402,F401  ("wallboard")

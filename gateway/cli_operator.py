@@ -165,6 +165,11 @@ def _card_text(c: dict[str, Any]) -> str:
 
 
 @command(
+    "cards",
+    help="every card: state, reason, profile in force, usage against limits (same as 'cards list')",
+    configure=_common,
+)
+@command(
     "cards list",
     help="every card: state, reason, profile in force, usage against limits",
     configure=_common,

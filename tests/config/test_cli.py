@@ -179,13 +179,33 @@ def test_nested_commands_register_as_one_function(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("gateway.cli.COMMANDS", dict(COMMANDS))
     seen: list[str] = []
 
-    @command("dnc import", help="import a DNC list")
-    def _dnc_import(args: Any) -> int:
+    @command("zz-group leaf", help="a nested test command")
+    def _leaf(args: Any) -> int:
         seen.append(str(args.config))
         return 0
 
-    assert 0 == main(["dnc", "import", "--config", "a.toml"])
+    assert 0 == main(["zz-group", "leaf", "--config", "a.toml"])
     assert ["a.toml"] == seen
+
+
+def test_group_that_is_also_a_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command named like a group ("cards" beside "cards show") runs when no subcommand is given."""
+    monkeypatch.setattr("gateway.cli.COMMANDS", {})
+    seen: list[str] = []
+
+    @command("zz", help="the group's own command")
+    def _group(args: Any) -> int:
+        seen.append("group")
+        return 0
+
+    @command("zz leaf", help="a child command")
+    def _leaf(args: Any) -> int:
+        seen.append("leaf")
+        return 0
+
+    assert 0 == main(["zz", "--config", "a.toml"])
+    assert 0 == main(["zz", "leaf"])
+    assert ["group", "leaf"] == seen
 
 
 # -- run -------------------------------------------------------------------
