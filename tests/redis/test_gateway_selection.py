@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cards import CardDef, CardManager, select_and_reserve
+from gateway.cards import CardDef, CardManager, Selection, select_and_reserve
+from gateway.redis_store import RedisStore
 from gateway.store import StoreUnavailable
 from policies.quotas import QuotaProfile
 
@@ -25,21 +26,22 @@ def manager() -> CardManager:
     return m
 
 
+def pick(gw: CardManager, ledger: RedisStore, call: str, callee: str, now: float) -> Selection:
+    """The gateway's entry point: choose the call's first card and reserve it."""
+    return select_and_reserve(
+        gw, gw.begin(call, "main"), ledger, callee=callee, now=now,
+        profiles=PROFILES, timezones=TIMEZONES,
+    )  # fmt: skip
+
+
 def test_two_instances_share_the_pool_through_redis(redis_server: RedisServer, prefix: str) -> None:
     """gw1 takes c1, gw2 then gets c2 (c1 is in use elsewhere), a third call finds no card."""
     gw1, gw2 = manager(), manager()
     led1 = make_store(redis_server.url, prefix, node="gw1")
     led2 = make_store(redis_server.url, prefix, node="gw2")
-    kwargs = {"profiles": PROFILES, "timezones": TIMEZONES}
-    first = select_and_reserve(
-        gw1, gw1.begin("call-1", "main"), led1, callee="+8613811110001", now=T0, **kwargs
-    )
-    second = select_and_reserve(
-        gw2, gw2.begin("call-2", "main"), led2, callee="+8613811110002", now=T0 + 1, **kwargs
-    )
-    third = select_and_reserve(
-        gw1, gw1.begin("call-3", "main"), led1, callee="+8613811110003", now=T0 + 2, **kwargs
-    )
+    first = pick(gw1, led1, "call-1", "+8613811110001", T0)
+    second = pick(gw2, led2, "call-2", "+8613811110002", T0 + 1)
+    third = pick(gw1, led1, "call-3", "+8613811110003", T0 + 2)
     assert ("c1", "c2", None) == (
         first.card and first.card.id,
         second.card and second.card.id,
@@ -47,9 +49,7 @@ def test_two_instances_share_the_pool_through_redis(redis_server: RedisServer, p
     )
     assert {"c1": "quota:concurrent", "c2": "quota:concurrent"} == dict(third.skipped)
     led1.finish("call-1", T0 + 30, answered=True, talk_seconds=25)
-    again = select_and_reserve(
-        gw2, gw2.begin("call-4", "main"), led2, callee="+8613811110004", now=T0 + 31, **kwargs
-    )
+    again = pick(gw2, led2, "call-4", "+8613811110004", T0 + 31)
     assert again.card is not None and "c1" == again.card.id
 
 
@@ -59,12 +59,4 @@ def test_selection_fails_closed_when_redis_is_gone(private_redis: RedisServer, p
     ledger = make_store(private_redis.url, prefix, timeout=0.25)
     private_redis.kill()
     with pytest.raises(StoreUnavailable):
-        select_and_reserve(
-            gw,
-            gw.begin("call-1", "main"),
-            ledger,
-            callee="+8613811110001",
-            now=T0,
-            profiles=PROFILES,
-            timezones=TIMEZONES,
-        )
+        pick(gw, ledger, "call-1", "+8613811110001", T0)
