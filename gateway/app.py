@@ -190,6 +190,7 @@ class Gateway:
             advertise=sip.advertise,
             max_message_size=sip.max_message_size,
         )
+        self.endpoint.symmetric = self.symmetric_responses
         self.registrar = Registrar()
         self.auth = Authenticator(settings, self.digest)
         self.inbound = InboundRouter(settings, self.registrar)

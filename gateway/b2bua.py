@@ -758,7 +758,9 @@ class B2BUA:
                 return
             for action in aw.handle_timer(self.endpoint.now()):
                 if isinstance(action, Send) and isinstance(action.message, Response):
-                    leg.transport.send_response(action.message, leg.address)
+                    leg.transport.send_response(
+                        action.message, leg.address, symmetric=self.endpoint.symmetric
+                    )
                 elif isinstance(action, Timeout):
                     # §13.3.1.4: no ACK in 64*T1 — "the session SHOULD be terminated".
                     log.warning("call.ack_timeout", call=call.key)

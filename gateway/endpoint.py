@@ -194,6 +194,9 @@ class SipEndpoint:
         self.layer = TransactionLayer(token, timers=timers, auto_trying=True)
         self.advertise = advertise
         self.max_message_size = max_message_size
+        # True: responses over UDP go to the request's source address, as if every
+        # Via carried ;rport (RFC 3581; Kamailio's force_rport) — NAT-safe.
+        self.symmetric = False
         self.transports: list[Transport] = []
         self._clients: dict[Hashable, ClientRequest] = {}
         self._servers: dict[Hashable, ServerRequest] = {}
@@ -386,7 +389,7 @@ class SipEndpoint:
             return
         message = action.message
         if isinstance(message, Response):
-            ok = peer.transport.send_response(message, peer.address)
+            ok = peer.transport.send_response(message, peer.address, symmetric=self.symmetric)
         else:
             ok = peer.transport.send(message, peer.address)
         if not ok and not action.retransmission:

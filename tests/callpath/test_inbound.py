@@ -33,3 +33,26 @@ async def test_inbound_to_unbound_card_goes_to_fallback(rig: Rig) -> None:
         assert ["INVITE"] == [r.method for r in bob.requests][:1]
     finally:
         await bob.close()
+
+
+class NattedAgent(Agent):
+    """An agent whose Contact names a private address the gateway cannot reach."""
+
+    @property
+    def contact(self) -> str:
+        """A Contact behind NAT: 10.255.255.1 is not where its packets come from."""
+        return "sip:bob@10.255.255.1:5060"
+
+
+async def test_inbound_uses_the_registered_flow_behind_nat(rig: Rig) -> None:
+    """The binding's flow (source address of the REGISTER) is used, not the Contact host."""
+    bob = NattedAgent("bob", "bobpass", rig.address)
+    await bob.start()
+    try:
+        assert 200 == (await bob.register()).status
+        resp = await rig.carrier.invite(rig.address, "+8613800000002")  # c2 → fallback bob
+        assert 200 == resp.status
+        [invite] = [r for r in bob.requests if r.method == "INVITE"]
+        assert "10.255.255.1" == invite.uri.host  # Request-URI = the registered contact
+    finally:
+        await bob.close()
