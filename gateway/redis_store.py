@@ -588,6 +588,9 @@ def _exhausted(
 
 # --- the store -----------------------------------------------------------------------
 
+#: How long (caller's clock) a reservation whose reply was lost may still show up.
+UNCERTAIN_SECONDS = 60.0
+
 
 class RedisStore:
     """Usage ledger and card states over one Redis server, shared by gateway instances.
@@ -671,10 +674,17 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     def _settle(self, now: float) -> None:
-        """Release reservations whose outcome was lost in an outage (see ``uncertain``)."""
-        for call_id in list(self._uncertain):
-            self._run_close(call_id, "release", now, failed=False)
-            self._uncertain.pop(call_id, None)
+        """Release reservations whose outcome was lost in an outage (see ``uncertain``).
+
+        A command buffered by a hung server may run after this instance's next
+        commands (they use another connection), so an entry whose release found
+        nothing is kept and retried until ``UNCERTAIN_SECONDS`` (caller time)
+        have passed since the attempt.
+        """
+        for call_id, at in list(self._uncertain.items()):
+            released = self._run_close(call_id, "release", now, failed=False)
+            if released is not None or now - at >= UNCERTAIN_SECONDS:
+                self._uncertain.pop(call_id, None)
 
     @property
     def uncertain(self) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.redis_store import RedisStore, sqlite_facts
+from gateway.redis_store import UNCERTAIN_SECONDS, RedisStore, sqlite_facts
 from gateway.store import QuotaExceeded, SQLiteStore, StoreUnavailable, UsageLedger
 from policies.quotas import QuotaLimit, QuotaProfile
 
@@ -222,3 +222,20 @@ def test_failing_facts_source_fails_closed(private_redis: RedisServer, prefix: s
     with pytest.raises(StoreUnavailable):
         store.reserve("c1", "k1", A, T0, profile=QuotaProfile())
     assert 0 == store.client.exists(f"{prefix}:card:c1:starts")
+
+
+def test_lost_reply_that_never_ran_is_forgotten_after_a_while(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """A lost reservation that never ran (script unknown to the server) is retried, then dropped."""
+    store = make_store(private_redis.url, prefix, timeout=0.2)
+    private_redis.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.reserve("c1", "lost", A, T0)
+    finally:
+        private_redis.signal(signal.SIGCONT)
+    assert 0 == store.card_usage("c1", T0 + 1).in_use
+    assert 1 == store.uncertain, "kept: a buffered command could still run"
+    store.card_usage("c1", T0 + UNCERTAIN_SECONDS)
+    assert 0 == store.uncertain
