@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+from gateway.app import Gateway
 from gateway.cards import CardState
-from tests.callpath.conftest import SDP_A, SDP_C, Rig, eventually
+from tests.callpath.conftest import (
+    SDP_A,
+    SDP_C,
+    Agent,
+    Carrier,
+    Rig,
+    eventually,
+    gateway_settings,
+)
 
 
 async def test_answered_call_relays_sdp_and_bye_from_agent(rig: Rig) -> None:
@@ -197,3 +207,31 @@ async def test_cancel_crossing_200_acks_and_byes_the_carrier(rig: Rig) -> None:
     assert "ACK" in carrier.methods()
     await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
     assert "cancelled" == str(rig.gateway.store.cdrs()[0].outcome)  # type: ignore[union-attr]
+
+
+async def test_missing_ack_retransmits_200_then_hangs_up(carrier: Carrier, tmp_path: Path) -> None:
+    """RFC 3261 §13.3.1.4: the 2xx is retransmitted until 64*T1, then both legs get a BYE."""
+    settings = gateway_settings(
+        carrier.address,
+        tmp_path / "gw.db",
+        extra={"sip": {"listen": ["udp:127.0.0.1:0"], "t1": 0.02, "t2": 0.08}},
+    )
+    gw = Gateway(settings)
+    await gw.start()
+    agent = Agent("alice", "s3cret", gw.address("udp"))
+    await agent.start()
+    try:
+        assert 200 == (await agent.register()).status
+        assert agent.endpoint is not None
+        original = agent.endpoint.send_stateless
+        agent.endpoint.send_stateless = lambda *a, **k: True  # type: ignore[method-assign]
+        resp, _ = await agent.call("13912345678")
+        assert 200 == resp.status
+        await eventually(lambda: "BYE" in carrier.methods(), 5)
+        await eventually(lambda: "BYE" in [r.method for r in agent.requests], 5)
+        agent.endpoint.send_stateless = original  # type: ignore[method-assign]
+        # The 2xx was retransmitted to the agent (its transaction passes them up, RFC 6026).
+        assert [r.status for r in agent.responses].count(200) >= 3
+    finally:
+        await agent.close()
+        await gw.close()
