@@ -105,6 +105,7 @@ from gateway.store import (
     StoredCard,
     StoreUnavailable,
     TransitionRecord,
+    UsageLedger,
 )
 from policies.quotas import (
     CallOutcome,
@@ -120,11 +121,14 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 __all__ = [
+    "UNCERTAIN_SECONDS",
     "CardStateRecord",
+    "MirroredLedger",
     "RedisStore",
     "SharedCardRepository",
     "connect",
     "from_settings",
+    "ledger_from_settings",
     "sqlite_facts",
 ]
 
@@ -1273,3 +1277,107 @@ def from_settings(
     if store is not None:
         shared.facts = sqlite_facts(store, shared.timezone)
     return shared
+
+
+class MirroredLedger:
+    """``UsageLedger``: Redis decides (shared, atomic), SQLite keeps the durable record.
+
+    ``reserve`` runs the quota check and the write-ahead reservation in Redis,
+    then records the same start in SQLite (no second quota check). If SQLite
+    cannot record it, the Redis reservation is released and the error raised:
+    a call is never placed without both records (fail closed). ``release`` and
+    ``finish`` update both. Usage reads come from Redis.
+
+    Why: the SQLite rows are what the other policies read (per-callee
+    frequency caps, agent limits) and what :func:`sqlite_facts` rebuilds a
+    card's Redis window from after a Redis restart without persistence, so
+    with this ledger such a restart resets no counter — provided the SQLite
+    file holds every instance's calls (instances on one host sharing the WAL
+    file). With one file per host, each holds only its own share; a card's
+    rebuilt window is then a lower bound, so run Redis with AOF there.
+    """
+
+    def __init__(self, shared: RedisStore, store: SQLiteStore) -> None:
+        self.shared = shared
+        self.store = store
+
+    def reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        *,
+        profile: QuotaProfile | None = None,
+        admit: Callable[[CardUsage], None] | None = None,
+        agent: str = "",
+    ) -> None:
+        """Reserve in Redis (atomic check), then record the start in SQLite."""
+        self.shared.reserve(card, call_id, callee, now, profile=profile, admit=admit, agent=agent)
+        try:
+            self.store.reserve(card, call_id, callee, now, agent=agent)
+        except BaseException:
+            try:
+                self.shared.release(call_id, now, failed=False)
+            except StoreUnavailable:
+                self.shared._uncertain[call_id] = now  # undone when Redis answers again
+            raise
+
+    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
+        """Undo the reservation in both stores; the card (from Redis, else SQLite)."""
+        shared = self.shared.release(call_id, now, failed=failed)
+        durable = self.store.release(call_id, now, failed=failed)
+        return shared if shared is not None else durable
+
+    def finish(
+        self,
+        call_id: str,
+        now: float,
+        *,
+        answered: bool,
+        talk_seconds: float = 0.0,
+        short: bool | None = None,
+        failed: bool = False,
+        answered_at: float | None = None,
+    ) -> str | None:
+        """Record the outcome in both stores (SQLite first: the durable one)."""
+        durable = self.store.finish(
+            call_id,
+            now,
+            answered=answered,
+            talk_seconds=talk_seconds,
+            short=short,
+            failed=failed,
+            answered_at=answered_at,
+        )
+        shared = self.shared.finish(
+            call_id,
+            now,
+            answered=answered,
+            talk_seconds=talk_seconds,
+            short=short,
+            failed=failed,
+            answered_at=answered_at,
+        )
+        return shared if shared is not None else durable
+
+    def card_usage(self, card_id: str, now: float) -> CardUsage:
+        """The shared usage (Redis), rehydrated from SQLite if the card's keys were lost."""
+        return self.shared.card_usage(card_id, now)
+
+    def recover(self, now: float) -> int:
+        """Orphan the open rows in SQLite and this node's reservations in Redis (counted)."""
+        self.store.recover(now)
+        return self.shared.recover(now)
+
+
+def ledger_from_settings(settings: Settings, store: SQLiteStore, *, node: str) -> UsageLedger:
+    """The gateway's ledger: ``store`` alone, or Redis mirrored to it when ``[store] redis`` is set.
+
+    Same contract as ``gateway.store.ledger_from_settings`` (which it can replace):
+    the Redis side decides atomically for every instance, ``store`` keeps each
+    start for the frequency and agent policies and for rehydration.
+    """
+    if settings.store.redis is None:
+        return store
+    return MirroredLedger(from_settings(settings, node=node, store=store), store)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_settings
-from gateway.redis_store import RedisStore, from_settings
+from gateway.redis_store import MirroredLedger, RedisStore, from_settings, ledger_from_settings
 from gateway.store import SQLiteStore, StoreUnavailable, store_from_settings
 from policies.quotas import QuotaProfile
 
@@ -63,4 +63,19 @@ def test_sqlite_store_is_untouched_by_redis_reservations(
     shared = from_settings(load_settings(cfg), node="gw1", store=sqlite, prefix="cfgtest2")
     shared.reserve("c1", "k1", "+8613811110001", T0)
     assert 0 == sqlite.card_usage("c1", T0).in_use
+    sqlite.close()
+
+
+def test_ledger_from_settings_mirrors_when_redis_is_set(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``[store] redis`` set: a MirroredLedger over both stores; unset: the SQLite store."""
+    cfg = tmp_path / "dialgate.toml"
+    cfg.write_text(f'[store]\nredis = "redis://127.0.0.1:{redis_server.port}/0"\n{BASE}')
+    sqlite = SQLiteStore(tmp_path / "c.db")
+    ledger = ledger_from_settings(load_settings(cfg), sqlite, node="gw1")
+    assert isinstance(ledger, MirroredLedger)
+    assert sqlite is ledger.store
+    cfg.write_text(BASE)
+    assert sqlite is ledger_from_settings(load_settings(cfg), sqlite, node="gw1")
     sqlite.close()
