@@ -54,6 +54,7 @@ import structlog
 from gateway.auth import Authenticator, Identity, IdentityKind
 from gateway.config import Settings
 from gateway.endpoint import ServerRequest, SipEndpoint
+from gateway.events import EventBus
 from gateway.inbound import InboundRouter
 from gateway.logging import mask_number
 from gateway.registrar import Registrar
@@ -196,6 +197,9 @@ class Gateway:
         self.inbound = InboundRouter(settings, self.registrar)
         self.store: SQLiteStore | None = None
         self.b2bua: B2BUA | None = None
+        # Call, card and carrier events (DESIGN "MQTT events"): the MQTT publisher,
+        # metrics and wallboard subscribe here.
+        self.events = EventBus()
         self.health: HealthRunner | None = None
         # Identity of a request between our verification and the endpoint's
         # delivery of the same object to the TU callback (keyed by id()).
@@ -552,9 +556,9 @@ class Gateway:
         services = services_from_settings(
             settings, store, now=now, carrier_available=health.is_available
         )
-        self.b2bua = B2BUA(self.endpoint, services, clock=self.clock)
+        self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
         self.health = HealthRunner(
-            self.endpoint, settings, health, services.cards, clock=self.clock
+            self.endpoint, settings, health, services.cards, clock=self.clock, bus=self.events
         )
         self.health.start()
 

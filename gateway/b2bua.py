@@ -71,6 +71,7 @@ from gateway.cards import (
 )
 from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
+from gateway.events import CallEvent, CallEventKind, EventBus
 from gateway.logging import mask_number
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError
@@ -191,8 +192,10 @@ class B2BUA:
         services: CallServices,
         *,
         clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.bus = bus
         self.services = services
         self.settings = services.settings
         self.clock = clock
@@ -217,6 +220,33 @@ class B2BUA:
 
     def _token(self) -> str:
         return secrets.token_hex(8)
+
+    def _event(self, call: Call, kind: CallEventKind, **fields: object) -> None:
+        """Publish a ``dialgate/calls/{kind}`` event and any card transitions (never raises)."""
+        if self.bus is None:
+            return
+        card = self.services.cards.find(call.card) if call.card else None
+        event = CallEvent(
+            kind=kind,
+            call_id=call.a.call_id,
+            at=self.clock(),
+            callee=call.destination or None,
+            card=call.card,
+            pool=card.pool if card is not None else None,
+            agent=call.identity.name,
+            campaign=call.campaign or None,
+            **fields,  # type: ignore[arg-type]
+        )
+        self.bus.publish(event)
+        self.publish_card_events()
+
+    def publish_card_events(self) -> None:
+        """Hand CardManager's transitions (suspensions, pool exhausted) to the bus."""
+        if self.bus is None:
+            return
+        events = self.services.cards.drain_events()
+        if events:
+            self.bus.publish_card_events(events)
 
     def _masked(self, number: str) -> str:
         return mask_number(number) if self.mask else number
@@ -308,6 +338,7 @@ class B2BUA:
             card=card.id,
             campaign=call.campaign,
         )
+        self._event(call, CallEventKind.ATTEMPT)
         self._dial_card(call, card.id)
 
     def on_inbound(self, sr: ServerRequest, binding: Binding, user: str, card: str | None) -> None:
@@ -470,6 +501,7 @@ class B2BUA:
                     call.ringing = True
                     if call.ring_at is None:
                         call.ring_at = self.clock()
+                        self._event(call, CallEventKind.RINGING, status=status)
                 self._relay_provisional(call, resp)
             return
         if 200 <= status < 300:
@@ -575,6 +607,7 @@ class B2BUA:
         call.a_req.send(out)
         self._start_ackwait(call, "a", a_req, out)
         log.info("call.answered", call=call.key, card=call.card)
+        self._event(call, CallEventKind.ANSWERED, status=resp.status)
 
     def _b_final(
         self, call: Call, status: int, reason: str, resp: Response | None, *, local: bool
@@ -666,6 +699,13 @@ class B2BUA:
         call.failovers += 1
         self.stats["failovers"] += 1
         log.info("call.failover", call=call.key, from_card=call.card, to_card=selection.card.id)
+        self._event(
+            call,
+            CallEventKind.FAILOVER,
+            from_card=call.card,
+            to_card=selection.card.id,
+            status=status,
+        )
         self._dial_card(call, selection.card.id)
 
     def _release(self, call: Call) -> None:
@@ -719,6 +759,9 @@ class B2BUA:
             code=decision.sip_code,
         )
         self._write_cdr(call, outcome, call.final_code)
+        self._event(
+            call, CallEventKind.BLOCKED, reason=str(decision.reason), status=call.final_code
+        )
 
     def _policy_final(self, call: Call, decision: Decision) -> None:
         """A policy answer after B-legs were tried (pool exhausted, store down)."""
@@ -994,6 +1037,9 @@ class B2BUA:
         else:
             outcome = outcome_for_status(call.final_code)
         self._write_cdr(call, outcome, call.final_code, end_at=now)
+        self._event(
+            call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
+        )
         log.info(
             "call.ended",
             call=call.key,

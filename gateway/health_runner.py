@@ -33,6 +33,7 @@ from gateway.cards import CardManager
 from gateway.carrier_health import CarrierHealth
 from gateway.config import CardSettings, CarrierSettings, Settings
 from gateway.endpoint import SipEndpoint
+from gateway.events import EventBus
 from gateway.sip import Request, Response
 from gateway.sip.digest import DigestClient
 from gateway.sip.errors import SIPError
@@ -56,8 +57,10 @@ class HealthRunner:
         cards: CardManager,
         *,
         clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.bus = bus
         self.settings = settings
         self.health = health
         self.cards = cards
@@ -94,13 +97,16 @@ class HealthRunner:
             now = self.clock()
             for ping in self.health.handle_timer(now):
                 self._spawn(self._ping(ping.carrier, ping.seq))
-            for event in self.health.drain_events():
+            events = self.health.drain_events()
+            for event in events:
                 log.warning(
                     "carrier.state",
                     carrier=event.carrier,
                     state=str(event.to_state),
                     cause=event.cause,
                 )
+            if self.bus is not None and events:
+                self.bus.publish_carrier_events(events)
             for card_id, due in list(self._register_due.items()):
                 if due <= now:
                     self._register_due[card_id] = float("inf")  # in flight
@@ -208,6 +214,8 @@ class HealthRunner:
         else:
             self.registered.pop(card_id, None)
             self._register_due[card_id] = now + REGISTER_RETRY
+            if self.bus is not None:
+                self.bus.publish_card_events(self.cards.drain_events())
             log.warning(
                 "card.register.refused",
                 card=card_id,

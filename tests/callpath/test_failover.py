@@ -133,3 +133,20 @@ async def test_carrier_digest_challenge_is_answered_with_card_credentials(
     finally:
         await alice.close()
         await gw.close()
+
+
+async def test_call_and_card_events_are_published(rig: Rig) -> None:
+    """The event bus sees attempt → failover → ringing → answered → ended and the suspension alert."""
+    from gateway.events import Alert, CallEvent
+
+    seen: list[object] = []
+    rig.gateway.events.subscribe(seen.append)
+    rig.carrier.plan = suspend_c1
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "BYE")).status
+    await eventually(lambda: any(getattr(e, "kind", None) == "ended" for e in seen))
+    kinds = [str(e.kind) for e in seen if isinstance(e, CallEvent)]
+    assert ["attempt", "failover", "ringing", "answered", "ended"] == kinds
+    alerts = [str(e.kind) for e in seen if isinstance(e, Alert)]
+    assert "card-suspended" in alerts
