@@ -52,7 +52,8 @@ Redis error or a socket timeout (default 250 ms, no retries) is raised as
 :class:`gateway.store.StoreUnavailable`, which the gateway answers with 503
 ``store-unavailable``; nothing is ever allowed without its reservation being
 stored. A reservation whose reply is lost (timeout, reset) may still have run;
-the store remembers it and releases it when Redis answers again, so an outage
+the store remembers it and releases it when Redis answers again, and a
+release/finish that could not reach Redis is replayed then, so an outage
 cannot leave a phantom call in use (if the gateway dies first, ``recover``
 orphans it at the next start). Counters live in Redis, so a gateway restart or
 a reconnect resets nothing.
@@ -650,6 +651,8 @@ class RedisStore:
         self.max_retries = max_retries
         # Reservations whose reply was lost (timeout, reset): the script may have run.
         self._uncertain: dict[str, float] = {}
+        # release/finish that failed to reach Redis: replayed when it answers again.
+        self._unclosed: dict[str, tuple[str, float, dict[str, Any]]] = {}
         self._reserve = client.register_script(_LUA_RESERVE)
         self._close = client.register_script(_LUA_CLOSE)
         self._read = client.register_script(_LUA_READ)
@@ -685,6 +688,9 @@ class RedisStore:
         nothing is kept and retried until ``UNCERTAIN_SECONDS`` (caller time)
         have passed since the attempt.
         """
+        for call_id, (mode, at, kwargs) in list(self._unclosed.items()):
+            self._run_close(call_id, mode, at, **kwargs)  # None if it had run after all
+            self._unclosed.pop(call_id, None)
         for call_id, at in list(self._uncertain.items()):
             released = self._run_close(call_id, "release", now, failed=False)
             if released is not None or now - at >= UNCERTAIN_SECONDS:
@@ -694,6 +700,21 @@ class RedisStore:
     def uncertain(self) -> int:
         """Reservations sent when Redis failed, to be undone when it answers again."""
         return len(self._uncertain)
+
+    @property
+    def unclosed(self) -> int:
+        """Releases/finishes that failed to reach Redis, to be replayed when it answers."""
+        return len(self._unclosed)
+
+    def _close_or_keep(self, call_id: str, mode: str, now: float, **kwargs: Any) -> str | None:
+        """Close the reservation; if Redis is unreachable keep the close for a replay, raise."""
+        try:
+            return self._run_close(call_id, mode, now, **kwargs)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError):
+                # Otherwise the call would stay "in use" in Redis until a recover().
+                self._unclosed[call_id] = (mode, now, kwargs)
+            raise
 
     def _card_keys(self, card: str) -> dict[str, str]:
         base = f"{self.prefix}:card:{card}:"
@@ -723,7 +744,7 @@ class RedisStore:
 
     def card_usage(self, card_id: str, now: float) -> CardUsage:
         """``policies.quotas.CardUsage`` of the card at ``now`` (one atomic read)."""
-        if self._uncertain:
+        if self._uncertain or self._unclosed:
             self._settle(now)
         return self._usage(card_id, now).usage
 
@@ -789,7 +810,7 @@ class RedisStore:
 
     def usage_facts(self, card: str, now: float, *, window: int | None = None) -> CardUsageFacts:
         """Aggregated facts (the shape :meth:`SQLiteStore.usage` returns), for reports."""
-        if self._uncertain:
+        if self._uncertain or self._unclosed:
             self._settle(now)
         snap = self._usage(card, now)
         usage = snap.usage
@@ -850,7 +871,7 @@ class RedisStore:
             )
             if night is not None:
                 raise QuotaExceeded(card, night)
-        if self._uncertain:
+        if self._uncertain or self._unclosed:
             self._settle(now)
         hydrated_once = False
         for _ in range(self.max_retries):
@@ -987,9 +1008,9 @@ class RedisStore:
         The start stops counting; with ``failed`` (a card-level failure) it still
         feeds the consecutive-failures streak. Returns the card, or None.
         """
-        if self._uncertain:
+        if self._uncertain or self._unclosed:
             self._settle(now)
-        return self._run_close(call_id, "release", now, failed=failed)
+        return self._close_or_keep(call_id, "release", now, failed=failed)
 
     def finish(
         self,
@@ -1010,9 +1031,9 @@ class RedisStore:
         """
         if short is None:
             short = answered and talk_seconds < self.short_call_seconds
-        if self._uncertain:
+        if self._uncertain or self._unclosed:
             self._settle(now)
-        return self._run_close(
+        return self._close_or_keep(
             call_id,
             "finish",
             now,

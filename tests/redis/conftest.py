@@ -38,11 +38,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process without persistence; killed, frozen and restarted by PID."""
+    """One redis-server process (no persistence unless ``aof``); killed, frozen, restarted by PID."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, aof: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.aof = aof
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +64,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.aof else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
             ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +240,33 @@ def test_lost_reply_that_never_ran_is_forgotten_after_a_while(
     assert 1 == store.uncertain, "kept: a buffered command could still run"
     store.card_usage("c1", T0 + UNCERTAIN_SECONDS)
     assert 0 == store.uncertain
+
+
+def test_finish_during_an_outage_is_replayed_and_aof_keeps_counters(tmp_path: Path) -> None:
+    """Redis with AOF killed mid-call: finish fails closed, then is replayed after the restart.
+
+    The counters survive the restart (append-only file), and the call does not
+    stay "in use" although its finish first failed to reach Redis.
+    """
+    server = RedisServer(tmp_path / "aof", aof=True)
+    server.start()
+    try:
+        store = make_store(server.url, "aof", timeout=0.25)
+        profile = QuotaProfile(calls_per_minute=2, concurrent=1)
+        store.reserve("c1", "k1", A, T0, profile=profile)
+        server.kill()
+        with pytest.raises(StoreUnavailable):
+            store.finish("k1", T0 + 30, answered=True, talk_seconds=25)
+        assert 1 == store.unclosed
+        server.start()
+        usage = store.card_usage("c1", T0 + 31)
+        assert (0, (T0,), 25.0) == (usage.in_use, usage.call_starts, usage.talk_seconds_today)
+        assert 0 == store.unclosed
+        store.reserve("c1", "k2", B, T0 + 32, profile=profile)
+        with pytest.raises(QuotaExceeded) as minute:
+            store.reserve(
+                "c1", "k4", C, T0 + 40, profile=QuotaProfile(calls_per_minute=2, concurrent=None)
+            )
+        assert QuotaLimit.CALLS_PER_MINUTE == minute.value.exhausted.limit
+    finally:
+        server.stop()
