@@ -597,6 +597,11 @@ def _exhausted(
 UNCERTAIN_SECONDS = 60.0
 
 
+def _unreachable(exc: StoreUnavailable) -> bool:
+    """Whether Redis was not reached or did not answer (as opposed to refusing a command)."""
+    return isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError)
+
+
 class RedisStore:
     """Usage ledger and card states over one Redis server, shared by gateway instances.
 
@@ -681,19 +686,30 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     def _settle(self, now: float) -> None:
-        """Release reservations whose outcome was lost in an outage (see ``uncertain``).
+        """Replay lost closes, release lost reservations (see ``unclosed``, ``uncertain``).
 
         A command buffered by a hung server may run after this instance's next
         commands (they use another connection), so an entry whose release found
         nothing is kept and retried until ``UNCERTAIN_SECONDS`` (caller time)
-        have passed since the attempt.
+        have passed since the attempt. Redis still unreachable: raises
+        StoreUnavailable (the caller fails closed); any other error drops the
+        entry, so one bad entry can never block every later operation.
         """
         for call_id, (mode, at, kwargs) in list(self._unclosed.items()):
-            self._run_close(call_id, mode, at, **kwargs)  # None if it had run after all
+            try:
+                self._run_close(call_id, mode, at, **kwargs)  # None if it had run after all
+            except StoreUnavailable as exc:
+                if _unreachable(exc):
+                    raise
             self._unclosed.pop(call_id, None)
-        for call_id, at in list(self._uncertain.items()):
-            released = self._run_close(call_id, "release", now, failed=False)
-            if released is not None or now - at >= UNCERTAIN_SECONDS:
+        for call_id, started in list(self._uncertain.items()):
+            try:
+                released = self._run_close(call_id, "release", now, failed=False)
+            except StoreUnavailable as exc:
+                if _unreachable(exc):
+                    raise
+                released = call_id
+            if released is not None or now - started >= UNCERTAIN_SECONDS:
                 self._uncertain.pop(call_id, None)
 
     @property
@@ -711,7 +727,7 @@ class RedisStore:
         try:
             return self._run_close(call_id, mode, now, **kwargs)
         except StoreUnavailable as exc:
-            if isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError):
+            if _unreachable(exc):
                 # Otherwise the call would stay "in use" in Redis until a recover().
                 self._unclosed[call_id] = (mode, now, kwargs)
             raise
@@ -945,7 +961,7 @@ class RedisStore:
         try:
             return self._eval_reserve(keys, day_key, call_key, args)
         except StoreUnavailable as exc:
-            if isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError):
+            if _unreachable(exc):
                 # The script may have run before the connection failed: undo it once
                 # Redis answers again (the caller answered 503, no INVITE left).
                 self._uncertain[call_id] = now

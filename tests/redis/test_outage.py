@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from gateway.redis_store import UNCERTAIN_SECONDS, RedisStore, sqlite_facts
 from gateway.store import QuotaExceeded, SQLiteStore, StoreUnavailable, UsageLedger
@@ -270,3 +271,23 @@ def test_finish_during_an_outage_is_replayed_and_aof_keeps_counters(tmp_path: Pa
         assert QuotaLimit.CALLS_PER_MINUTE == minute.value.exhausted.limit
     finally:
         server.stop()
+
+
+def test_a_replay_refused_by_redis_does_not_block_later_operations(
+    private_redis: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept close that Redis refuses (script error) is dropped, not retried forever."""
+    store = make_store(private_redis.url, prefix, timeout=0.25)
+    private_redis.kill()
+    with pytest.raises(StoreUnavailable):
+        store.finish("k1", T0, answered=False)
+    private_redis.start()
+    real = store._close
+
+    def refusing(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(store, "_close", real)
+        raise redis.exceptions.ResponseError("ERR simulated script error")
+
+    monkeypatch.setattr(store, "_close", refusing)
+    assert 0 == store.card_usage("c1", T0 + 1).in_use
+    assert 0 == store.unclosed
