@@ -308,3 +308,25 @@ async def test_a_serve_that_takes_a_clock_gets_the_business_clock(
     # Business time: the scenario's morning in 2026, not today's wall clock.
     assert small.start_epoch <= seen[0] < small.end_epoch
     assert 4 == len(result.calls)
+
+
+async def test_in_process_run_with_dialer_channels() -> None:
+    """A dialer's channels work the shared lead list through the gateway, each lead once."""
+    text = SMALL.replace(
+        '[[agents]]\nname = "bob"\npassword = "bob-pw"\ncard = "c2"\n',
+        '[[dialers]]\nname = "dialer-1"\npassword = "dialer-pw"\ncampaign = "spring"\n'
+        "channels = 2\n",
+    )
+    text = text.replace("calls_per_hour = 2", "calls_per_hour = 50")
+    text = text.replace('duration = "2h"', 'duration = "30m"')
+    scenario = loads_scenario(text, "dialer.toml")
+    result = await run_scenario(scenario, max_leads=6)
+    sources = {source for source, _ in result.results}
+    assert sources <= {"alice", "dialer-1/1", "dialer-1/2"}
+    assert "dialer-1/1" in sources
+    placed = [r.callee for _, r in result.results if r.status != 503]
+    assert len(placed) == len(set(placed))  # no callee dialled twice
+    # A lead refused with 503 no-card-available waits for Retry-After (real seconds
+    # at this clock speed) and may still be queued when business time runs out.
+    assert 6 == len(placed) + result.leads_left
+    assert all(r.challenges == 1 for _, r in result.results)  # digest answered once per call
