@@ -932,6 +932,13 @@ class B2BUA:
                     call.b_client.cancel()
                 self._final_to_a(call, 487, "Request Terminated")
                 return
+            if not call.answered:
+                # The callee side ended its early dialog: the call failed.
+                if call.b_client is not None:
+                    call.b_client.cancel()
+                self._final_to_a(call, 480, "Temporarily Unavailable")
+                self._end(call, 480)
+                return
             self._send_bye(call, "b" if side == "a" else "a")
             self._end(call, call.final_code or 200)
             return
