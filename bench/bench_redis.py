@@ -154,7 +154,9 @@ def main() -> None:
         store = RedisStore(connect(url, timeout=1.0), node="bench", prefix="bench")
         work = Workload(args.cards, "c")
         run_pairs(store, work, args.cards * args.warm)  # a realistic card day first
+        store.client.config_resetstat()
         reserve_ns, finish_ns, elapsed, refused = run_pairs(store, work, args.pairs)
+        script_us = store.client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
         read_ns: list[int] = []
         _card, _call, _callee, last = work.next()  # the busiest moment: end of the run
         for i in range(min(args.pairs, 5000)):
@@ -210,6 +212,7 @@ def main() -> None:
     print(row("sqlite reserve (same profile)", s_reserve))
     print(row("sqlite finish", s_finish))
     print(f"refused during measurement: {refused}")
+    print(f"server-side script time (reserve and finish averaged): {script_us:.0f} µs per call")
     print(f"reserve+finish pairs/s: redis 1 client {single:,.0f}; "
           f"redis {args.threads} clients {multi:,.0f}; sqlite {len(s_reserve) / s_elapsed:,.0f}")  # fmt: skip
     calls = args.cards * args.warm + args.pairs + args.threads * (args.pairs // 2)
