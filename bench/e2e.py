@@ -21,7 +21,10 @@ Two modes, both SIPp on loopback, every step bounded in calls and wall time:
     ``bench/sipp/register.xml``, bound to card c000) or ``--caller dialer`` (the
     dialer peer: no bound card, so card selection looks at every card). SIPp
     3.6.1 cannot put ``[fieldN]`` inside ``[authentication]``, so one SIPp
-    process authenticates as one identity (``-au``/``-ap``). The populated
+    process authenticates as one identity (``-au``/``-ap``); ``--callers N``
+    runs N SIPp callers side by side (agent000..N-1, each bound to its own
+    card, the rate split between them) to spread the calls over cards the way
+    a floor of agents does. The populated
     database is built once into ``--cache`` and copied for every step, so each
     step starts from the same state (no frequency-cap or history carry-over).
     At each rate a direct SIPp→SIPp step runs first (same machine, same
@@ -45,6 +48,7 @@ process started is stopped by its PID. This script asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import json
@@ -390,6 +394,39 @@ def run_caller(
     return result, samples
 
 
+def merge_callers(
+    results: list[SippResult], workdirs: list[Path], rate: float
+) -> tuple[SippResult, None]:
+    """One result for several SIPp callers run side by side (sums, pooled percentiles)."""
+    if len(results) == 1:
+        return results[0], None
+    merged = SippResult(offered_cps=rate, calls=sum(r.calls for r in results))
+    for r in results:
+        merged.ok += r.ok
+        merged.failed += r.failed
+        merged.unfinished += r.unfinished
+        merged.retransmissions += r.retransmissions
+        merged.dead_msgs += r.dead_msgs
+        merged.measured_cps += r.measured_cps
+        merged.errors += r.errors
+    merged.measured_cps = round(merged.measured_cps, 1)
+    merged.wall_s = max(r.wall_s for r in results)
+    merged.load = results[0].load
+    merged.uac_cpu_pct = round(sum(r.uac_cpu_pct or 0.0 for r in results), 1)
+    pooled: dict[int, list[int]] = {}
+    for workdir in workdirs:
+        for rtd, values in rtt_values(workdir).items():
+            pooled.setdefault(rtd, []).extend(values)
+    main_rt = pooled.get(1, [])
+    merged.rt_p50_ms = pct(main_rt, 0.5)
+    merged.rt_p99_ms = pct(main_rt, 0.99)
+    merged.rt_max_ms = float(max(main_rt)) if main_rt else None
+    merged.rt_mean_ms = round(sum(main_rt) / len(main_rt), 2) if main_rt else None
+    merged.challenge_p50_ms = pct(pooled.get(2, []), 0.5)
+    merged.challenge_p99_ms = pct(pooled.get(2, []), 0.99)
+    return merged, None
+
+
 def write_numbers_csv(path: Path, numbers: list[str], caller: str) -> None:
     """A SIPp -inf file: callee;caller per line (SEQUENTIAL)."""
     with open(path, "w", encoding="ascii") as fh:
@@ -689,6 +726,7 @@ class GatewayRun:
     """Gateway-side numbers of one end-to-end step."""
 
     cpu_pct: float | None = None
+    cpu_ms_per_call: float | None = None
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
     start_rss_mb: float | None = None
@@ -758,6 +796,10 @@ def e2e_step(
     if args.uvloop:
         gw_cmd.append("--uvloop")
     gw_cmd += runner_args or []
+    if args.gc_threshold:
+        gw_cmd += ["--gc-threshold", args.gc_threshold]
+    if args.heap:
+        gw_cmd += ["--heap-dump", str(workdir / "heap.txt")]
     gw_cmd += ["--", "run", "--config", str(cfg)]
     env = dict(os.environ)
     if args.uvloop and args.extra_path:
@@ -775,16 +817,17 @@ def e2e_step(
             if not wait_ready(sip_port):
                 raise RuntimeError(f"gateway did not answer OPTIONS; see {log_path}")
             run.startup_s = round(time.monotonic() - t0, 2)
+            identities: list[tuple[str, str]] = []
             if args.caller == "agent":
-                user, password = "agent000", "pw000"
-                if register_agent(sipp, sip_port, user, password, workdir / "register") != 1:
-                    raise RuntimeError(f"{user} did not register; see {log_path}")
+                for i in range(args.callers):
+                    user, password = f"agent{i:03d}", f"pw{i:03d}"
+                    if register_agent(sipp, sip_port, user, password, workdir / "register") != 1:
+                        raise RuntimeError(f"{user} did not register; see {log_path}")
+                    identities.append((user, password))
             else:
-                user, password = "dialer-1", "dialer-secret"
+                identities = [("dialer-1", "dialer-secret")] * args.callers
             start = sample(gw.pid)
             run.start_rss_mb = round(start.rss_kb / 1024, 1) if start else None
-            inf = workdir / "numbers.csv"
-            write_numbers_csv(inf, numbers[:calls], user)
 
             def attach() -> None:
                 nonlocal profiler
@@ -796,27 +839,51 @@ def e2e_step(
                         stderr=open(workdir / "profiler.err", "wb"),  # noqa: SIM115
                     )
 
-            result, samples = run_caller(
-                sipp,
-                "agent.xml",
-                (HOST, sip_port),
-                inf,
-                calls,
+            def one(i: int) -> tuple[SippResult, dict[int, Any]]:
+                user, password = identities[i]
+                share = calls // len(identities) + (1 if i < calls % len(identities) else 0)
+                mine = numbers[i : calls : len(identities)][:share]
+                inf = workdir / f"numbers-{i}.csv"
+                write_numbers_csv(inf, mine, user)
+                return run_caller(
+                    sipp,
+                    "agent.xml",
+                    (HOST, sip_port),
+                    inf,
+                    share,
+                    rate / len(identities),
+                    args.pause_ms,
+                    workdir / f"caller-{i}",
+                    watch=[gw.pid, carrier.pid] if i == 0 else [],
+                    on_start=attach if i == 0 else None,
+                    extra=["-au", user, "-ap", password],
+                )
+
+            with concurrent.futures.ThreadPoolExecutor(len(identities)) as pool:
+                outcomes = list(pool.map(one, range(len(identities))))
+            result, samples = merge_callers(
+                [o[0] for o in outcomes],
+                [workdir / f"caller-{i}" for i in range(len(identities))],
                 rate,
-                args.pause_ms,
-                workdir / "agent",
-                watch=[gw.pid, carrier.pid],
-                on_start=attach,
-                extra=["-au", user, "-ap", password],
             )
+            samples = outcomes[0][1]
             a, b = samples[gw.pid]
             if a is not None and b is not None:
                 window = (a.wall, b.wall)
             run.cpu_pct = cpu_percent(a, b)
+            if a is not None and b is not None and result.ok:
+                # CPU time per completed call: steadier than latency on a shared machine.
+                run.cpu_ms_per_call = round(1000 * (b.cpu - a.cpu) / result.ok, 2)
             if b is not None:
                 run.rss_mb = round(b.rss_kb / 1024, 1)
                 run.peak_rss_mb = round(b.hwm_kb / 1024, 1)
             result.uas_cpu_pct = cpu_percent(*samples[carrier.pid])
+            if args.heap and gw.poll() is None:
+                os.kill(gw.pid, signal.SIGUSR1)
+                time.sleep(3)
+                heap = workdir / "heap.txt"
+                if heap.exists():
+                    print(heap.read_text())
         finally:
             if profiler is not None:
                 # py-spy writes its output on SIGINT.
@@ -910,7 +977,8 @@ def print_header(title: str) -> None:
     cells = [f"{h:>{w}}" for h, (_, w) in zip(HEADS, COLUMNS, strict=True)]
     print(
         " ".join(cells)
-        + f" {'407 p50':>7} {'gw CPU%':>7} {'gw RSS':>7} {'gc max':>7} {'uac%':>5} {'uas%':>5}  load"
+        + f" {'407 p50':>7} {'gw CPU%':>7} {'ms/call':>7} {'gw RSS':>7} {'gc max':>7}"
+        + f" {'uac%':>5} {'uas%':>5}  load"
     )
 
 
@@ -926,7 +994,8 @@ def print_row(row: dict[str, Any]) -> None:
     rss = f"{gw['rss_mb']:g}M" if gw.get("rss_mb") else "-"
     print(
         " ".join(cells)
-        + f" {fmt(row.get('challenge_p50_ms')):>7} {fmt(gw.get('cpu_pct')):>7} {rss:>7}"
+        + f" {fmt(row.get('challenge_p50_ms')):>7} {fmt(gw.get('cpu_pct')):>7}"
+        + f" {fmt(gw.get('cpu_ms_per_call')):>7} {rss:>7}"
         f" {fmt(gc_max):>7} {fmt(row.get('uac_cpu_pct')):>5} {fmt(row.get('uas_cpu_pct')):>5}"
         f"  {row.get('load', '')}",
         flush=True,
@@ -965,11 +1034,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="agent",
         help="agent000 (REGISTERed, bound to c000) or the dialer peer (no binding: any card)",
     )
+    e.add_argument(
+        "--callers",
+        type=int,
+        default=1,
+        help="SIPp callers side by side, each its own agent (agentNNN bound to cNNN), rate split",
+    )
     e.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "dialgate-bench-cache"))
     e.add_argument("--log-level", default="info")
     e.add_argument("--no-direct", action="store_true", help="skip the direct step at each rate")
     e.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     e.add_argument("--uvloop", action="store_true", help="run the gateway's loop on uvloop")
+    e.add_argument("--gc-threshold", help="gc.set_threshold in the gateway, e.g. 50000,50,100")
+    e.add_argument("--heap", action="store_true", help="print the gateway's objects by type")
     e.add_argument(
         "--extra-path",
         default=os.environ.get("BENCH_EXTRA_PATH", ""),

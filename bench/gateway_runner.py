@@ -10,6 +10,8 @@ gateway cannot report about itself without app changes:
 * ``--uvloop``: run the event loop on uvloop (if importable) — the quick
   experiment of issue 7; the gateway itself has no such option yet;
 * ``--cprofile FILE``: the whole run under cProfile (pstats dump at exit);
+* ``--gc-threshold A,B,C``: ``gc.set_threshold`` before start (tuning experiment);
+* ``--heap-dump FILE``: on SIGUSR1, the GC-tracked objects counted by type;
 * ``--operator-cli``: register the operator subcommands (``dnc import``,
   ``consent import``…) of ``gateway.cli_operator``, which ``gateway/cli.py``
   does not import yet, so the bench imports data the way an operator would.
@@ -97,6 +99,15 @@ def main() -> int:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--cprofile", type=Path)
     parser.add_argument("--operator-cli", action="store_true")
+    parser.add_argument(
+        "--gc-threshold",
+        help="gc.set_threshold before start, e.g. 700,10,10 (the experiment for GC tuning)",
+    )
+    parser.add_argument(
+        "--heap-dump",
+        type=Path,
+        help="on SIGUSR1 write the GC-tracked objects by type (top 40) to this file",
+    )
     args = parser.parse_args(own)
     if args.uvloop:
         import asyncio
@@ -104,6 +115,32 @@ def main() -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.gc_threshold:
+        gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
+    if args.heap_dump is not None:
+        import collections
+        import signal
+
+        def dump_heap(_signum: int, _frame: object) -> None:
+            objects = gc.get_objects()
+            counts = collections.Counter(type(o).__qualname__ for o in objects)
+            sized = [(len(o), type(o).__qualname__) for o in objects if isinstance(o, list | dict)]
+            biggest = sorted(sized, reverse=True)[:5]
+            del objects
+            t0 = time.perf_counter()
+            gc.collect()
+            full_ms = (time.perf_counter() - t0) * 1000
+            after = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+            lines = [
+                f"tracked objects: {sum(counts.values())} (frozen {gc.get_freeze_count()});"
+                f" a full gc.collect() now takes {full_ms:.1f} ms and leaves {sum(after.values())}",
+                f"largest lists/dicts: {biggest}",
+                "   before     after  type",
+            ]
+            lines += [f"{n:>9} {after[name]:>9}  {name}" for name, n in counts.most_common(40)]
+            args.heap_dump.write_text("\n".join(lines) + "\n")
+
+        signal.signal(signal.SIGUSR1, dump_heap)
     timer = GcTimer()
     if args.gc_stats is not None:
         gc.callbacks.append(timer)

@@ -109,6 +109,11 @@ def main() -> None:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--sample-rate", type=int, default=250, help="py-spy samples/s")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="py-spy --idle: keep samples of a blocked thread (fsync, the loop's select)",
+    )
     parser.add_argument("--out", type=Path, help="keep the raw profile and step files here")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--extra-path", default="")
@@ -153,6 +158,7 @@ def main() -> None:
             "--nonblocking",
             "--output",
             str(raw),
+            *(["--idle"] if ns.idle else []),
         ]
     else:
         runner_args = ["--cprofile", str(prof)]

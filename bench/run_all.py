@@ -1,0 +1,224 @@
+"""Every benchmark of dialgate in one run, with one summary at the end (``make bench``).
+
+Runs, each as a subprocess with its output shown as it comes:
+
+1. ``bench/bench_sip.py`` — SIP parse/serialize µs per message;
+2. ``bench/bench_policies.py`` — DNC load and lookups, pipeline decisions
+   (``--quick``: 1M DNC numbers, 10k consent records, 100 cards, 5k decisions
+   instead of 10M/100k/200/20k);
+3. ``bench/micro_callpath.py`` — digest challenge/verify and decisions over
+   the real SQLite store;
+4. ``bench/e2e.py ceiling`` — SIPp → SIPp, the test bed's own ceiling;
+5. ``bench/e2e.py e2e`` — SIPp → dialgate → SIPp, ramped until calls fail.
+
+Steps 3-5 need SIPp (Debian sip-tester) for 4-5; a missing SIPp skips them
+with a note. ``--quick`` (or ``DIALGATE_BENCH_QUICK=1``) shortens every step
+(about 5 minutes in all once the database is cached; the first run spends
+about a minute importing 1M DNC numbers). ``--only NAME,...`` picks steps
+(sip, policies, micro, ceiling, e2e). Results are also written as JSON to
+``--out`` (default ``var/bench``). Run:
+
+    .venv/bin/python bench/run_all.py --quick
+
+Speed is measured here, never asserted: the exit status is 0 unless a
+benchmark itself crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+STEPS = ("sip", "policies", "micro", "ceiling", "e2e")
+
+
+def run(name: str, cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
+    """Run one benchmark, echo and keep its output; return (exit code, output, seconds)."""
+    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    started = time.monotonic()
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+            if time.monotonic() - started > timeout:
+                print(f"[{name}: over {timeout:.0f}s, stopping it]")
+                break
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    output = "".join(lines)
+    log.write_text(output)
+    return proc.returncode or 0, output, time.monotonic() - started
+
+
+def grab(pattern: str, text: str) -> str | None:
+    """The first group of ``pattern`` in ``text``, or None."""
+    found = re.search(pattern, text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The closing summary, one line per finding."""
+    out: list[str] = []
+    sip = results.get("sip", {}).get("output", "")
+    if sip:
+        inv = grab(r"^INVITE\s+\d+\s+\d+\s+([\d.]+)", sip)
+        ok = grab(r"^200 OK\s+\d+\s+\d+\s+([\d.]+)", sip)
+        out.append(f"SIP parse: INVITE {inv} µs, 200 OK {ok} µs per message")
+    pol = results.get("policies", {}).get("output", "")
+    if pol:
+        load = grab(r"^(DNC load: [^;]*)", pol)
+        lookup = grab(r"^DNC lookup: (.*)$", pol)
+        sticky = grab(r"^pipeline sticky[^:]*: decide wall (p50 [^,]*, p99 [^,]*)", pol)
+        scan = grab(r"^pipeline full-scan[^:]*: decide wall (p50 [^,]*, p99 [^,]*)", pol)
+        out.append(f"{load}; lookup {lookup}")
+        out.append(f"policy pipeline (in-memory): sticky {sticky}; full scan {scan}")
+    micro = results.get("micro", {}).get("output", "")
+    if micro:
+        for label in ("digest 407 challenge", "digest MD5 verify"):
+            out.append(f"{label}: {grab(re.escape(label) + r'[^:]*: (.*)$', micro)}")
+        out.append(f"decision over SQLite: {grab(r'^decision [^:]*: (.*)$', micro)}")
+    for mode in ("ceiling", "e2e"):
+        data = results.get(mode, {}).get("json")
+        if not data:
+            continue
+        rows = data.get("rows", [])
+        kinds = {"ceiling": ("direct",), "e2e": ("e2e", "e2e+uvloop")}[mode]
+        clean = [
+            r
+            for r in rows
+            if r["mode"] in kinds and r["failed"] == 0 and r["unfinished"] == 0 and r["ok"] > 0
+        ]
+        failing = [r for r in rows if r["mode"] in kinds and (r["failed"] or r["unfinished"])]
+        best = max(clean, key=lambda r: r["offered_cps"]) if clean else None
+        if best is None:
+            out.append(f"{mode}: no step without failures")
+            continue
+        text = (
+            f"{mode}: highest rate with zero failed calls {best['offered_cps']:g} CPS "
+            f"({best['ok']} calls), INVITE→200 p50 {best['rt_p50_ms']} ms, "
+            f"p99 {best['rt_p99_ms']} ms"
+        )
+        gw = best.get("gateway")
+        if gw:
+            direct = [
+                r for r in rows if r["mode"] == "direct" and r["offered_cps"] == best["offered_cps"]
+            ]
+            if direct:
+                d = direct[0]
+                text += f" (direct SIPp→SIPp p50 {d['rt_p50_ms']} ms, mean {d['rt_mean_ms']} ms"
+                if d["rt_mean_ms"]:
+                    text += f"; mean ratio {best['rt_mean_ms'] / d['rt_mean_ms']:.0f}x"
+                text += ")"
+            text += f"; gateway CPU {gw['cpu_pct']}%, RSS {gw['rss_mb']} MB"
+        if failing:
+            f = min(failing, key=lambda r: r["offered_cps"])
+            text += f"; first failures at {f['offered_cps']:g} CPS ({f['failed']} failed)"
+        out.append(text)
+    for name, res in results.items():
+        if res.get("skipped"):
+            out.append(f"{name}: skipped ({res['skipped']})")
+        elif res.get("code"):
+            out.append(f"{name}: exited {res['code']}")
+    return out
+
+
+def main() -> int:
+    """Run the chosen benchmarks and print the summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("DIALGATE_BENCH_QUICK", "") not in ("", "0"),
+    )
+    parser.add_argument("--only", default=",".join(STEPS))
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    quick = args.quick
+    have_sipp = shutil.which("sipp") is not None
+    plan: dict[str, tuple[list[str], float]] = {
+        "sip": (
+            [PY, str(BENCH / "bench_sip.py")]
+            + (["--number", "5000", "--repeat", "3"] if quick else []),
+            600,
+        ),
+        "policies": (
+            [PY, str(BENCH / "bench_policies.py")]
+            + (
+                ["--dnc", "1000000", "--consent", "10000", "--cards", "100", "--decisions", "5000"]
+                if quick
+                else []
+            ),
+            1800,
+        ),
+        "micro": (
+            [PY, str(BENCH / "micro_callpath.py")]
+            + (["--digest", "1000", "--decisions", "1000"] if quick else []),
+            900,
+        ),
+        "ceiling": (
+            [PY, str(BENCH / "e2e.py"), "ceiling", "--json", str(args.out / "ceiling.json")]
+            + (["--rates", "500,1000,2000", "--seconds", "2"] if quick else []),
+            900,
+        ),
+        "e2e": (
+            [PY, str(BENCH / "e2e.py"), "e2e", "--json", str(args.out / "e2e.json")]
+            + (["--rates", "25,50,100,150", "--seconds", "5"] if quick else []),
+            1800,
+        ),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for name in chosen:
+        if name not in plan:
+            print(f"unknown step {name!r} (known: {', '.join(STEPS)})")
+            return 2
+        if name in ("ceiling", "e2e") and not have_sipp:
+            results[name] = {"skipped": "sipp not installed (Debian package sip-tester)"}
+            continue
+        cmd, timeout = plan[name]
+        code, output, seconds = run(name, cmd, args.out / f"{name}.log", timeout)
+        results[name] = {"code": code, "output": output, "seconds": round(seconds, 1)}
+        json_path = args.out / f"{name}.json"
+        if name in ("ceiling", "e2e") and json_path.exists():
+            results[name]["json"] = json.loads(json_path.read_text())
+    lines = summary_lines(results)
+    print(f"\n=== summary ({time.monotonic() - started:.0f}s", end="")
+    print(f", load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    for line in lines:
+        print(f"  {line}")
+    (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
+    return 1 if any(r.get("code") for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
