@@ -169,6 +169,7 @@ class Agent:
     user: str
     password: str
     gateway: tuple[str, int]
+    transport: str = "udp"
     endpoint: SipEndpoint | None = None
     requests: list[Request] = field(default_factory=list)
     dialogs: dict[str, Dialog] = field(default_factory=dict)
@@ -177,7 +178,7 @@ class Agent:
     async def start(self) -> None:
         """Listen on a free UDP port."""
         self.endpoint = SipEndpoint(self._on_request, timers=FAST)
-        await self.endpoint.listen("udp", "127.0.0.1", 0)
+        await self.endpoint.listen(self.transport, "127.0.0.1", 0)
 
     @property
     def contact(self) -> str:
@@ -229,7 +230,9 @@ class Agent:
         call_id, tag = f"{secrets.token_hex(6)}@agent", secrets.token_hex(4)
         req = self._base("REGISTER", ruri, call_id, 1, tag)
         req.headers.add("Expires", str(expires))
-        resp = await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        resp = await asyncio.wait_for(
+            self.endpoint.request(req, self.gateway, transport=self.transport), 5
+        )
         if resp.status != 401:
             return resp
         client = DigestClient(self.user, password or self.password)
@@ -239,7 +242,9 @@ class Agent:
         auth = client.authorization("REGISTER", ruri)
         assert auth is not None
         req.headers.add(*auth)
-        return await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        return await asyncio.wait_for(
+            self.endpoint.request(req, self.gateway, transport=self.transport), 5
+        )
 
     async def call(
         self,
@@ -268,7 +273,9 @@ class Agent:
             return req
 
         req = build(1)
-        resp = await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        resp = await asyncio.wait_for(
+            self.endpoint.request(req, self.gateway, transport=self.transport), 5
+        )
         if resp.status == 407 and credentials:
             client = DigestClient(self.user, password or self.password)
             assert client.handle_challenge(407, resp.headers.get_all("Proxy-Authenticate"))
@@ -283,7 +290,9 @@ class Agent:
                 if 100 < r.status < 200:
                     provisional.set()
 
-            handle = self.endpoint.send_request(req, self.gateway, on_response=on_response)
+            handle = self.endpoint.send_request(
+                req, self.gateway, transport=self.transport, on_response=on_response
+            )
             if cancel_after is not None:
                 await asyncio.wait_for(provisional.wait(), 5)
                 await asyncio.sleep(cancel_after)
@@ -292,7 +301,7 @@ class Agent:
         if 200 <= resp.status < 300:
             dialog = Dialog.from_uac(req, resp)
             ack = dialog.create_request("ACK", cseq=req.cseq.seq)
-            self.endpoint.send_stateless(ack, self.gateway)
+            self.endpoint.send_stateless(ack, self.gateway, transport=self.transport)
             self.dialogs[call_id] = dialog
         return resp, req
 
@@ -302,10 +311,12 @@ class Agent:
         dialog = self.dialogs[call_id]
         headers = [("Content-Type", "application/sdp")] if body else []
         req = dialog.create_request(method, headers=headers, body=body)
-        resp = await asyncio.wait_for(self.endpoint.request(req, self.gateway), 5)
+        resp = await asyncio.wait_for(
+            self.endpoint.request(req, self.gateway, transport=self.transport), 5
+        )
         if method == "INVITE" and 200 <= resp.status < 300:
             ack = dialog.create_request("ACK", cseq=req.cseq.seq)
-            self.endpoint.send_stateless(ack, self.gateway)
+            self.endpoint.send_stateless(ack, self.gateway, transport=self.transport)
         return resp
 
     async def close(self) -> None:

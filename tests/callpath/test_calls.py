@@ -235,3 +235,39 @@ async def test_missing_ack_retransmits_200_then_hangs_up(carrier: Carrier, tmp_p
     finally:
         await agent.close()
         await gw.close()
+
+
+async def test_reinvite_from_carrier_reaches_agent(rig: Rig) -> None:
+    """A re-INVITE from the carrier side is relayed to the agent and its 200 comes back."""
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    [b_invite] = rig.carrier.invites()
+    await eventually(lambda: "ACK" in rig.carrier.methods())
+    re = await rig.carrier.send_in_dialog(b_invite.call_id, "INVITE")
+    assert 200 == re.status
+    [relayed] = [r for r in rig.alice.requests if r.method == "INVITE"]
+    assert invite.call_id == relayed.call_id
+
+
+async def test_agent_over_tcp(carrier: Carrier, tmp_path: Path) -> None:
+    """An agent on TCP registers and calls; the carrier's BYE reaches it on its connection."""
+    settings = gateway_settings(
+        carrier.address,
+        tmp_path / "gw.db",
+        extra={"sip": {"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"], "t1": 0.1}},
+    )
+    gw = Gateway(settings)
+    await gw.start()
+    agent = Agent("alice", "s3cret", gw.address("tcp"), transport="tcp")
+    await agent.start()
+    try:
+        assert 200 == (await agent.register()).status
+        resp, _ = await agent.call("13912345678")
+        assert 200 == resp.status
+        [b_invite] = carrier.invites()
+        await eventually(lambda: "ACK" in carrier.methods())
+        assert 200 == (await carrier.send_in_dialog(b_invite.call_id, "BYE")).status
+        await eventually(lambda: "BYE" in [r.method for r in agent.requests])
+    finally:
+        await agent.close()
+        await gw.close()
