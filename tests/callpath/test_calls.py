@@ -271,3 +271,12 @@ async def test_agent_over_tcp(carrier: Carrier, tmp_path: Path) -> None:
     finally:
         await agent.close()
         await gw.close()
+
+
+async def test_emergency_number_passes_dnc(rig: Rig) -> None:
+    """DESIGN: emergency numbers bypass consent/DNC checks; 110 (CN) reaches the carrier as dialled."""
+    rig.gateway.store.add_dnc("+86110", 0.0)  # type: ignore[union-attr]
+    resp, _ = await rig.alice.call("110")
+    assert 200 == resp.status
+    [b_invite] = rig.carrier.invites()
+    assert "110" == b_invite.uri.user
