@@ -489,13 +489,15 @@ class B2BUA:
         if status == 100:
             return
         if status < 200:
-            if resp.to.tag is not None and call.a_final is None and not call.cancelled:
-                if b.dialog is None:
+            if call.a_final is None and not call.cancelled:
+                # §12.1.2: a 1xx with a To tag creates the B-side early dialog; one
+                # without (a non-compliant carrier) is still relayed to the agent.
+                if resp.to.tag is not None and b.dialog is None:
                     try:
                         b.dialog = Dialog.from_uac(handle.request, resp)
                     except DialogError:
                         b.dialog = None
-                elif b.dialog.remote_tag == resp.to.tag:
+                elif b.dialog is not None and b.dialog.remote_tag == resp.to.tag:
                     b.dialog.receive_response(resp)
                 if status in _ringing_statuses:
                     call.ringing = True
