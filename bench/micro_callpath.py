@@ -9,7 +9,9 @@
   ``bench/e2e.py`` builds and caches), card selection with the write-ahead
   reservation included. Each decision is for a new callee; the latency of the
   first and of the last few hundred calls is shown separately because the
-  store's per-agent and per-callee history grows with every call.
+  store's per-agent and per-card history grows with every call. ``--agents
+  100,1`` runs it spread over 100 agents/cards, then with one hot agent and
+  card (what one SIPp caller in ``bench/e2e.py`` produces).
 
 Run: ``.venv/bin/python bench/micro_callpath.py [--decisions 3000]``. Uses a
 copy of the cached database in a temp dir; opens no sockets; asserts nothing.
@@ -81,8 +83,11 @@ def bench_digest(settings: Settings, n: int) -> None:
     print(f"digest MD5 verify (Authenticator.verify, valid credentials): {pcts(verify_ns)}")
 
 
-def bench_decisions(settings: Settings, n: int, numbers: list[str], cards: int) -> None:
-    """Pipeline decisions with card selection and reservation over the real store."""
+def bench_decisions(settings: Settings, n: int, numbers: list[str], agents: int) -> None:
+    """Pipeline decisions with card selection and reservation over the real store.
+
+    Decisions go round-robin to ``agents`` agents (agentNNN, bound to cNNN).
+    """
     from gateway.b2bua import services_from_settings
     from gateway.store import store_from_settings
     from policies.context import build_context
@@ -95,7 +100,7 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], cards: int) 
     clock = time.perf_counter_ns
     for i in range(n):
         t = now + i * 0.01
-        agent = f"agent{i % cards:03d}"
+        agent = f"agent{i % agents:03d}"
         t0 = clock()
         ctx = build_context(
             numbers[i],
@@ -104,7 +109,7 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], cards: int) 
             default_region="CN",
             now=datetime.fromtimestamp(t, UTC),
             emergency=services.emergency,
-            bound_card=f"c{i % cards:03d}",
+            bound_card=f"c{i % agents:03d}",
             call_id=f"bench-{i}",
         )
         decision = services.pipeline.decide(ctx)
@@ -113,7 +118,7 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], cards: int) 
         outcomes[key] = outcomes.get(key, 0) + 1
     k = min(500, n // 3)
     print(
-        f"decision (build_context + pipeline.decide with reservation, SQLite store): "
+        f"decision, {agents} agent(s) (build_context + pipeline.decide with reservation, SQLite store): "
         f"all {pcts(samples)}; first {k}: {pcts(samples[:k])}; last {k}: {pcts(samples[-k:])}; "
         f"outcomes {outcomes}"
     )
@@ -128,6 +133,11 @@ def main() -> None:
     parser.add_argument("--dnc", type=int, default=1_000_000)
     parser.add_argument("--consent", type=int, default=10_000)
     parser.add_argument("--cards", type=int, default=100)
+    parser.add_argument(
+        "--agents",
+        default="100,1",
+        help="decision runs, each spread over this many agents/cards (1 = one hot agent and card)",
+    )
     ns = parser.parse_args()
     args = e2e.build_parser().parse_args(
         ["e2e", "--dnc", str(ns.dnc), "--consent", str(ns.consent), "--cards", str(ns.cards)]
@@ -142,7 +152,13 @@ def main() -> None:
         print(f"load {e2e.loadavg()}")
         bench_digest(settings, ns.digest)
         numbers = e2e.consent_numbers(ns.consent)
-        bench_decisions(settings, min(ns.decisions, len(numbers)), numbers, ns.cards)
+        for agents in (int(a) for a in ns.agents.split(",")):
+            # A fresh copy per run: history from one run must not slow the next.
+            shutil.copyfile(template, db)
+            Path(f"{db}-wal").unlink(missing_ok=True)
+            Path(f"{db}-shm").unlink(missing_ok=True)
+            count = min(ns.decisions, len(numbers))
+            bench_decisions(settings, count, numbers, min(agents, ns.cards))
 
 
 if __name__ == "__main__":
