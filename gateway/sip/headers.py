@@ -205,6 +205,11 @@ def parse_delta_seconds(text: str, what: str) -> int:
     return value
 
 
+_VALID_NAMES: set[str] = set()
+"""Header names already checked against the token grammar (bounded by _VALID_NAMES_MAX)."""
+_VALID_NAMES_MAX = 4096
+
+
 class Headers:
     """Ordered, case-insensitive header list that keeps names and values verbatim.
 
@@ -247,8 +252,13 @@ class Headers:
     @staticmethod
     def _check(name: str, value: str) -> None:
         # A CR or LF in a value would let a caller inject header lines.
-        if TOKEN_RE.fullmatch(name) is None:
-            raise ParseError(f"bad header name {name!r}")
+        if name not in _VALID_NAMES:
+            if TOKEN_RE.fullmatch(name) is None:
+                raise ParseError(f"bad header name {name!r}")
+            # Names are few (the same dozen on every message): remember the good
+            # ones so the regex runs once per name, not once per header line.
+            if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+                _VALID_NAMES.add(name)
         if "\r" in value or "\n" in value:
             raise ParseError("CR/LF in header value")
 
