@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--dnc", type=int, default=1_000_000)
     parser.add_argument("--consent", type=int, default=10_000)
     parser.add_argument("--cards", type=int, default=100)
+    parser.add_argument("--callers", type=int, default=1, help="as bench/e2e.py --callers")
+    parser.add_argument("--gc-threshold", help="as bench/e2e.py --gc-threshold")
     ns = parser.parse_args()
     argv = [
         "e2e",
@@ -131,7 +133,11 @@ def main() -> None:
         str(ns.cards),
         "--pause-ms",
         str(ns.pause_ms),
+        "--callers",
+        str(ns.callers),
     ]
+    if ns.gc_threshold:
+        argv += ["--gc-threshold", ns.gc_threshold]
     if ns.uvloop:
         argv += ["--uvloop", "--extra-path", ns.extra_path]
     args = e2e.build_parser().parse_args(argv)
