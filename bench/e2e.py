@@ -800,6 +800,8 @@ def e2e_step(
         gw_cmd += ["--gc-threshold", args.gc_threshold]
     if args.heap:
         gw_cmd += ["--heap-dump", str(workdir / "heap.txt")]
+    if args.experiment_paused_only:
+        gw_cmd.append("--experiment-paused-only")
     gw_cmd += ["--", "run", "--config", str(cfg)]
     env = dict(os.environ)
     if args.uvloop and args.extra_path:
@@ -1047,6 +1049,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--uvloop", action="store_true", help="run the gateway's loop on uvloop")
     e.add_argument("--gc-threshold", help="gc.set_threshold in the gateway, e.g. 50000,50,100")
     e.add_argument("--heap", action="store_true", help="print the gateway's objects by type")
+    e.add_argument(
+        "--experiment-paused-only",
+        action="store_true",
+        help="what-if in the runner: agent_usage reads only the pause flag (no agent limits set)",
+    )
     e.add_argument(
         "--extra-path",
         default=os.environ.get("BENCH_EXTRA_PATH", ""),

@@ -12,6 +12,7 @@ gateway cannot report about itself without app changes:
 * ``--cprofile FILE``: the whole run under cProfile (pstats dump at exit);
 * ``--gc-threshold A,B,C``: ``gc.set_threshold`` before start (tuning experiment);
 * ``--heap-dump FILE``: on SIGUSR1, the GC-tracked objects counted by type;
+* ``--experiment-paused-only``: a what-if that sizes a store fix (see its help);
 * ``--operator-cli``: register the operator subcommands (``dnc import``,
   ``consent import``…) of ``gateway.cli_operator``, which ``gateway/cli.py``
   does not import yet, so the bench imports data the way an operator would.
@@ -104,6 +105,12 @@ def main() -> int:
         help="gc.set_threshold before start, e.g. 700,10,10 (the experiment for GC tuning)",
     )
     parser.add_argument(
+        "--experiment-paused-only",
+        action="store_true",
+        help="what-if: SQLiteStore.agent_usage reads only the pause flag (valid while no "
+        "agent limit is configured, as in bench/e2e.py) — sizes the store fix, changes no file",
+    )
+    parser.add_argument(
         "--heap-dump",
         type=Path,
         help="on SIGUSR1 write the GC-tracked objects by type (top 40) to this file",
@@ -141,6 +148,20 @@ def main() -> int:
             args.heap_dump.write_text("\n".join(lines) + "\n")
 
         signal.signal(signal.SIGUSR1, dump_heap)
+    if args.experiment_paused_only:
+        from gateway.store.sqlite import SQLiteStore
+        from policies.agent import AgentUsage
+
+        def paused_only(self: SQLiteStore, agent: str, now: float, **_: Any) -> AgentUsage:
+            pause = self._read("SELECT reason FROM agent_pauses WHERE agent=?", (agent,))
+            return AgentUsage(
+                call_starts=(),
+                complaints=(),
+                paused=bool(pause),
+                pause_reason=pause[0]["reason"] if pause else "",
+            )
+
+        SQLiteStore.agent_usage = paused_only  # type: ignore[method-assign]
     timer = GcTimer()
     if args.gc_stats is not None:
         gc.callbacks.append(timer)
