@@ -266,3 +266,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 # they import ``command`` from here, so they are loaded after it is defined.
 from gateway import cli_operator as _cli_operator  # noqa: E402,F401  (cards, dnc, consent, complaint, cdrs, alerts)
 from gateway import cli_wallboard as _cli_wallboard  # noqa: E402,F401  ("wallboard")
+from gateway import cli_simulate as _cli_simulate  # noqa: E402,F401  ("simulate")
