@@ -56,7 +56,6 @@ from gateway.config import Settings
 from gateway.endpoint import ServerRequest, SipEndpoint
 from gateway.events import EventBus
 from gateway.inbound import InboundRouter
-from gateway.logging import mask_number
 from gateway.registrar import Registrar
 from gateway.sip import Headers, Request, Response, SIPError, make_response
 from gateway.sip.digest import Algorithm, DigestServer
@@ -73,6 +72,7 @@ from gateway.transport import (
 )
 from gateway.transport.base import LogLimiter
 from gateway.transport.via import strip_brackets
+from policies.privacy import mask_number
 
 __all__ = [
     "ACCEPT",
@@ -88,6 +88,7 @@ __all__ = [
 if TYPE_CHECKING:
     from gateway.b2bua import B2BUA
     from gateway.health_runner import HealthRunner
+    from gateway.operator import Operator
     from gateway.store import SQLiteStore
 
 log = structlog.get_logger("gateway.app")
@@ -156,9 +157,19 @@ class GatewayStats:
 class Gateway:
     """Listeners plus the stage-2 request handler. Use ``async with Gateway(s) as gw``."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+    ) -> None:
         self.settings = settings
+        # ``clock`` is business time: policies, quotas, cards, CDRs (a simulator
+        # may fast-forward it). Registrations and digest nonces are protocol
+        # state towards real phones and stay on real seconds.
         self.clock = clock
+        self.sip_clock: Callable[[], float] = time.time
         self.transports: list[Transport] = []
         self.stats = GatewayStats()
         # MD5 first: SIPp and many phones read only the first challenge and know
@@ -199,11 +210,15 @@ class Gateway:
         self.b2bua: B2BUA | None = None
         # Call, card and carrier events (DESIGN "MQTT events"): the MQTT publisher,
         # metrics and wallboard subscribe here.
-        self.events = EventBus()
+        self.events = bus if bus is not None else EventBus()
         self.health: HealthRunner | None = None
         # Identity of a request between our verification and the endpoint's
         # delivery of the same object to the TU callback (keyed by id()).
         self._identities: dict[int, Identity] = {}
+        # Set by serve(): telemetry (bus, metrics, MQTT) and the admin API's URL.
+        self.telemetry: Any = None
+        self.admin_url: str | None = None
+        self._operator: Operator | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -429,7 +444,7 @@ class Gateway:
         so unauthenticated traffic never creates a transaction (Kamailio does
         the same): floods of credential-less INVITEs cost one response each.
         """
-        result = self.auth.verify(req, source, self.clock(), proxy=proxy)
+        result = self.auth.verify(req, source, self.sip_clock(), proxy=proxy)
         if result.identity is not None:
             return result.identity
         answer = result.answer
@@ -472,7 +487,7 @@ class Gateway:
             self._reply(req, source, transport, 481, detail="no such dialog")
             return
         if identity.kind is IdentityKind.AGENT and not self.registrar.is_registered(
-            identity.name, self.clock()
+            identity.name, self.sip_clock()
         ):
             self._reply(
                 req, source, transport, 403, "Not Registered", detail="agent not registered"
@@ -501,7 +516,7 @@ class Gateway:
         method = req.method
         if method == "REGISTER" and identity is not None:
             answer = self.registrar.register(
-                req, identity.name, sr.source, str(sr.transport.name), self.clock()
+                req, identity.name, sr.source, str(sr.transport.name), self.sip_clock()
             )
             sr.respond(answer.status, answer.reason, headers=answer.headers)
             self.stats.answered[answer.status] += 1
@@ -513,7 +528,7 @@ class Gateway:
             return
         if method == "INVITE" and req.to.tag is None and identity is not None:
             if identity.kind is IdentityKind.CARRIER:
-                route = self.inbound.route(req, self.clock())
+                route = self.inbound.route(req, self.sip_clock())
                 if route.binding is None or route.user is None:
                     sr.respond(480, "Temporarily Unavailable", to_tag=self._to_tag(req))
                     return
@@ -562,7 +577,21 @@ class Gateway:
         )
         self.health.start()
 
+    def operator(self) -> Operator | None:
+        """The operator's side (card records, lifecycle, lists, CDRs) over the live
+        card manager, store and event bus; None without a call path."""
+        if self._operator is None and self.store is not None and self.b2bua is not None:
+            from gateway.operator import Operator
+
+            self._operator = Operator(
+                self.settings, self.store, self.b2bua.services.cards, bus=self.events
+            )
+        return self._operator
+
     async def _stop_call_path(self) -> None:
+        if self._operator is not None:
+            self._operator.close()
+            self._operator = None
         if self.b2bua is not None:
             await self.b2bua.close()
             log.info("b2bua.stats", **self.b2bua.stats)
@@ -654,31 +683,155 @@ def _fmt(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+GC_THRESHOLD: tuple[int, int, int] = (50_000, 20, 1000)
+"""Collector thresholds while serving (bench/e2e.py: -20% CPU per call, worst
+pause 318 ms -> 40 ms at 200 CPS; the default 700 collects young objects of
+in-flight calls hundreds of times a second)."""
+
+_FROZEN = False
+
+
+def _tune_gc() -> tuple[int, int, int]:
+    """Freeze start-up objects once per process and raise the thresholds; return the old ones."""
+    global _FROZEN
+    # TOOLS.md: full collections of start-up objects caused 0.6-1 s pauses in a
+    # Python B2BUA under load; move them out of the collector's way.
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN = True
+    old = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLD)
+    return old
+
+
 async def serve(
     settings: Settings,
     *,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> None:
     """Run the gateway until ``stop`` is set (or the task is cancelled).
 
+    Brings up, in order: the telemetry (event bus, ``/metrics`` counters, the
+    MQTT publisher when ``[mqtt]`` is set), the SIP listeners and call path,
+    the admin HTTP API on ``[admin] listen`` (cards, DNC, consent, complaints,
+    CDRs, ``/metrics``, ``/health``) and the card-status/alert loop, which
+    publishes every card's retained state at start and whenever its usage
+    changes. ``clock`` is business time for policies, quotas and cards (the
+    simulator's fast-forward); SIP timers, registrations and nonces stay real.
+
     ``ready`` is set once every listener is bound; the bound addresses are then
-    in ``RUNNING[-1].addresses`` and in the ``listening`` log lines.
+    in ``RUNNING[-1].addresses`` (admin API: ``RUNNING[-1].admin_url``) and in
+    the ``listening`` log lines. Shutdown is the reverse order; the MQTT
+    publisher goes last so ``offline`` follows the final card states.
     """
-    gateway = Gateway(settings)
-    await gateway.start()
-    # TOOLS.md: full collections of start-up objects caused 0.6-1 s pauses in a
-    # Python B2BUA under load; move them out of the collector's way.
-    gc.collect()
-    gc.freeze()
-    RUNNING.append(gateway)
+    from gateway.http import GatewayTelemetry
+
+    call_path = bool(settings.users or settings.peers or settings.cards)
+    telemetry = GatewayTelemetry(
+        settings,
+        clock=clock,
+        # With a call path the admin app serves /metrics; the operator raises alerts.
+        serve_http=not call_path,
+        alert_watch=not call_path,
+    )
+    gateway = Gateway(settings, clock=clock, bus=telemetry.bus)
+    telemetry.metrics.watch_gateway(gateway.snapshot)
+    gateway.telemetry = telemetry
+    await telemetry.start()
+    old_gc: tuple[int, int, int] | None = None
+    background: list[asyncio.Task[None]] = []
+    admin: Any = None
+    halt = asyncio.Event()
     try:
-        if ready is not None:
-            ready.set()
-        if stop is None:
-            await asyncio.Event().wait()  # until cancelled
-        else:
-            await stop.wait()
+        await gateway.start()
+        operator = gateway.operator()
+        if operator is not None:
+            if settings.admin.enabled:
+                admin = await _start_admin(settings, gateway, operator, telemetry, clock)
+                gateway.admin_url = admin.url
+                log.info("admin.listening", url=admin.url)
+            interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
+            background.append(
+                asyncio.ensure_future(_status_loop(operator, telemetry.bus, clock, interval, halt))
+            )
+        elif telemetry.http is not None:
+            gateway.admin_url = telemetry.http.url
+        old_gc = _tune_gc()
+        RUNNING.append(gateway)
+        try:
+            if ready is not None:
+                ready.set()
+            if stop is None:
+                await asyncio.Event().wait()  # until cancelled
+            else:
+                await stop.wait()
+        finally:
+            RUNNING.remove(gateway)
     finally:
-        RUNNING.remove(gateway)
+        halt.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if admin is not None:
+            await admin.stop()
         await gateway.close()
+        if old_gc is not None:
+            gc.set_threshold(*old_gc)
+        await telemetry.stop()
+
+
+async def _start_admin(
+    settings: Settings,
+    gateway: Gateway,
+    operator: Any,
+    telemetry: Any,
+    clock: Callable[[], float],
+) -> Any:
+    """The admin API over the gateway's own store, card manager and bus, plus /metrics."""
+    from gateway.admin import build_admin_app, start_admin
+    from gateway.http import mount_metrics
+
+    assert gateway.store is not None
+    app = build_admin_app(settings, gateway.store, operator=operator, clock=clock)
+    mount_metrics(app, telemetry.metrics)
+    try:
+        return await start_admin(app, settings.admin.listen)
+    except OSError as exc:
+        raise OSError(exc.errno, f"admin.listen {settings.admin.listen}: {exc.strerror}") from exc
+
+
+async def _status_loop(
+    operator: Any,
+    bus: EventBus,
+    clock: Callable[[], float],
+    interval: float,
+    halt: asyncio.Event,
+) -> None:
+    """Publish each card's retained state (with usage) when it changes; raise alerts.
+
+    The first round runs at once, so a subscriber that connects after start-up
+    finds every card's state retained on the broker. A failing round (the store
+    briefly unavailable) is logged and the next one tries again.
+    """
+    last: dict[str, Any] = {}
+    while not halt.is_set():
+        try:
+            now = clock()
+            for card in operator.manager.cards():
+                status = operator.status(card.id, now)
+                if status is None:
+                    continue
+                key = dataclasses.replace(status, at=0.0)
+                if last.get(card.id) != key:
+                    last[card.id] = key
+                    bus.publish(status)
+            operator.check_alerts(now)
+        except Exception:
+            log.exception("card status round failed")
+        try:
+            await asyncio.wait_for(halt.wait(), timeout=interval)
+        except TimeoutError:
+            continue

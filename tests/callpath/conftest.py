@@ -336,6 +336,7 @@ def gateway_settings(
     data: dict[str, Any] = {
         "sip": {"listen": ["udp:127.0.0.1:0"], "realm": "dialgate", "t1": 0.1, "t2": 0.4},
         "store": {"path": str(db)},
+        "admin": {"listen": "127.0.0.1:0"},
         "policy": {"default_region": "CN", "calling_hours": "00:00-24:00"},
         "users": [
             {"name": "alice", "password": "s3cret", "card": "c1"},

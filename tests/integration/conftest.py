@@ -99,6 +99,8 @@ def start_dialgate(tmp: Path, extra_toml: str = "") -> DialgateProcess:
         'domains = ["gw.test"]\n'
         "\n[store]\n"
         f'path = "{tmp / "dialgate.db"}"\n'
+        "\n[admin]\n"
+        'listen = "127.0.0.1:0"\n'
         "\n[logging]\n"
         "json = true\n" + extra_toml
     )

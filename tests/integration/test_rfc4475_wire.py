@@ -172,7 +172,7 @@ def test_still_answers_after_corpus(dialgate: DialgateProcess) -> None:
 
 async def test_in_process_counters() -> None:
     """serve() in-process: invalid rows are counted as parse errors or answered rejections."""
-    settings = Settings(sip={"listen": ["udp:127.0.0.1:0"]})
+    settings = Settings(sip={"listen": ["udp:127.0.0.1:0"]}, admin={"listen": "127.0.0.1:0"})
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
     try:

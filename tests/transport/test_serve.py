@@ -43,7 +43,11 @@ async def running() -> AsyncIterator[app.Gateway]:
     ready, stop = asyncio.Event(), asyncio.Event()
     with capture_logs() as logs:
         task = asyncio.create_task(
-            app.serve(Settings(sip={"listen": listen}), ready=ready, stop=stop)
+            app.serve(
+                Settings(sip={"listen": listen}, admin={"listen": "127.0.0.1:0"}),
+                ready=ready,
+                stop=stop,
+            )
         )
         async with asyncio.timeout(5):
             await ready.wait()
@@ -95,7 +99,11 @@ async def test_stats_logged_at_shutdown() -> None:
     ready, stop = asyncio.Event(), asyncio.Event()
     with capture_logs() as logs:
         task = asyncio.create_task(
-            app.serve(Settings(sip={"listen": ["udp:127.0.0.1:0"]}), ready=ready, stop=stop)
+            app.serve(
+                Settings(sip={"listen": ["udp:127.0.0.1:0"]}, admin={"listen": "127.0.0.1:0"}),
+                ready=ready,
+                stop=stop,
+            )
         )
         await ready.wait()
         addr = app.RUNNING[-1].address("udp")
@@ -121,7 +129,10 @@ async def test_bind_failure_closes_everything() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        settings = Settings(sip={"listen": ["udp:127.0.0.1:0", f"tcp:127.0.0.1:{port}"]})
+        settings = Settings(
+            sip={"listen": ["udp:127.0.0.1:0", f"tcp:127.0.0.1:{port}"]},
+            admin={"listen": "127.0.0.1:0"},
+        )
         with pytest.raises(OSError):
             await app.serve(settings)
     assert [] == app.RUNNING
