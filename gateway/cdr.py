@@ -7,7 +7,8 @@ them through :func:`write_csv`.
 
 Destinations are stored as full E.164 numbers (the operator needs them for
 complaints and appeals) but every *output* of this module masks them
-(``+86138****5678``) unless the caller explicitly asks for clear numbers.
+(``+86138****5678``, the rule of ``policies.privacy``) unless the caller
+explicitly asks for clear numbers.
 
 This module must never do I/O of its own (``write_csv`` writes to the stream it
 is given), never read a clock, and never log a destination in clear.
@@ -21,14 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TextIO
 
-import phonenumbers
+from policies.privacy import mask_number
 
 __all__ = [
     "CSV_COLUMNS",
     "CallRecord",
     "Origin",
     "Outcome",
-    "mask_number",
     "outcome_for_status",
     "write_csv",
 ]
@@ -74,32 +74,6 @@ def outcome_for_status(status: int) -> Outcome:
     if 200 <= status < 300:
         return Outcome.ANSWERED
     return _STATUS_OUTCOMES.get(status, Outcome.FAILED)
-
-
-def mask_number(number: str) -> str:
-    """Mask an E.164 number: country code + 3 digits, stars, last 4.
-
-    ``+8613812345678`` → ``+86138****5678``. Numbers that do not parse as
-    E.164 keep only their last 4 characters. Short numbers (7 national digits
-    or fewer) keep only their last 2 digits so that nothing reveals the whole.
-    """
-    if not number:
-        return number
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        parsed = None
-    if parsed is not None and parsed.country_code and number.startswith("+"):
-        cc = str(parsed.country_code)
-        national = number[1 + len(cc) :]
-        if national.isdigit() and len(national) > 7:
-            stars = "*" * (len(national) - 7)
-            return f"+{cc}{national[:3]}{stars}{national[-4:]}"
-        if national.isdigit():
-            keep = 2 if len(national) > 2 else 0
-            return f"+{cc}" + "*" * (len(national) - keep) + national[len(national) - keep :]
-    tail = number[-4:] if len(number) > 4 else ""
-    return "*" * max(len(number) - 4, 4) + tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +127,7 @@ class CallRecord:
             "origin": self.origin,
             "campaign": self.campaign,
             "cards": " ".join(self.cards),
-            "destination": mask_number(self.destination) if mask else self.destination,
+            "destination": mask_number(self.destination, enabled=mask),
             "outcome": str(self.outcome),
             "final_code": str(self.final_code),
             "failovers": str(self.failovers),

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.logging import mask_number, mask_numbers_in
+from policies.privacy import mask_number, mask_numbers_deep, mask_numbers_in
 
 if TYPE_CHECKING:
     from gateway.cards import Card, CardEvent
@@ -250,16 +250,6 @@ def _num(value: float) -> float | int:
     return round(value, 4)
 
 
-def _mask_tree(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_numbers_in(value)
-    if isinstance(value, Mapping):
-        return {str(k): _mask_tree(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_mask_tree(v) for v in value]
-    return value
-
-
 def _plain(value: Any) -> Any:
     """JSON-safe copy of evidence values (unknown objects become strings)."""
     if value is None or isinstance(value, bool | int | str):
@@ -344,7 +334,7 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
             "carrier": event.carrier,
             "reason": event.reason,
             "message": mask_numbers_in(event.message) if mask_numbers else event.message,
-            "detail": _mask_tree(detail) if mask_numbers else detail,
+            "detail": mask_numbers_deep(detail) if mask_numbers else detail,
         }
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not an event: {type(event).__name__}")

@@ -8,11 +8,12 @@ What this module is for:
 * exceptions are rendered as dicts with ``show_locals=False`` — local variables of
   a failing frame may hold passwords (TOOLS.md);
 * ``mask_callee_numbers`` masks callee numbers in fields such as ``callee``,
-  ``destination``, ``to`` (``+86138****5678``) unless the configuration turns that
-  off; ``drop_secrets`` removes ``password``/``authorization``/token-like keys and
-  any ``SecretStr`` value, and blanks ``Authorization:`` header lines inside
-  logged SIP text;
-* ``mask_number`` is exported for MQTT events and CDR exports.
+  ``destination``, ``to`` (``+86138****5678``, the rule of ``policies.privacy``)
+  unless the configuration turns that off; ``drop_secrets`` removes
+  ``password``/``authorization``/token-like keys and any ``SecretStr`` value, and
+  blanks ``Authorization:`` header lines inside logged SIP text;
+* ``mask_number`` is re-exported from ``policies.privacy`` for older imports;
+  new code imports it from there.
 
 What it must never do: let a secret or an unmasked callee number reach a log line,
 or read configuration files itself (it is handed ``LoggingSettings``).
@@ -26,12 +27,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-import phonenumbers
 import structlog
 from pydantic import SecretBytes, SecretStr
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gateway.config import LoggingSettings
+from policies.privacy import mask_number, mask_numbers_in
 
 __all__ = [
     "CALLEE_KEYS",
@@ -41,7 +42,6 @@ __all__ = [
     "get_logger",
     "mask_callee_numbers",
     "mask_number",
-    "mask_numbers_in",
 ]
 
 # Keys whose values are (or contain) a callee's number. Matched case-insensitively,
@@ -88,62 +88,9 @@ SECRET_KEYS = frozenset(
     }
 )
 
-_KEEP_TAIL = 4
-_KEEP_HEAD = 3
-_MIN_HIDDEN = 3
-_MIN_MASK_DIGITS = 7  # shorter strings are service/short codes (110, 10086), not people
-
-# A run of digits that may be a phone number: optional "+", at least 7 characters,
-# allowing the usual visual separators inside. No upper bound: an over-long run
-# under a callee key is still masked rather than leaked.
-_NUMBER_RE = re.compile(r"(?<![\d*])\+?\d[\d\- ().]{5,}\d(?![\d*])")
 _AUTH_LINE_RE = re.compile(
     r"(?im)^((?:proxy-)?authorization|(?:proxy|www)-authenticate)[ \t]*:[^\r\n]*"
 )
-
-
-def mask_number(e164: str) -> str:
-    """Mask a phone number for logs: country code + 3 digits and the last 4 stay.
-
-    ``+8613812345678`` → ``+86138****5678``; ``+12025550123`` → ``+1202****0123``.
-    At least three digits are always hidden (fewer head/tail digits are kept for
-    short numbers); the mask is always four ``*`` so it does not leak the length.
-    Strings with fewer than seven digits (short codes) are returned unchanged; text
-    that is more than a number (a SIP URI) has every number inside it masked.
-    """
-    if not _NUMBER_RE.fullmatch(e164.strip()):
-        return mask_numbers_in(e164)
-    digits = "".join(ch for ch in e164 if ch.isdigit())
-    if len(digits) < _MIN_MASK_DIGITS:
-        return e164
-    plus = e164.lstrip().startswith("+")
-    cc = ""
-    if plus:
-        cc = _country_code(digits)
-    national = digits[len(cc) :]
-    head, tail = _KEEP_HEAD, _KEEP_TAIL
-    while len(national) - head - tail < _MIN_HIDDEN and head > 0:
-        head -= 1
-    while len(national) - head - tail < _MIN_HIDDEN and tail > 2:
-        tail -= 1
-    if len(national) - head - tail < _MIN_HIDDEN:
-        head, tail = 0, 0
-    kept_tail = national[len(national) - tail :] if tail else ""
-    return f"{'+' if plus else ''}{cc}{national[:head]}****{kept_tail}"
-
-
-def _country_code(digits: str) -> str:
-    """The ITU country calling code at the start of *digits* (1-3 digits) or ''."""
-    for size in (1, 2, 3):
-        code = digits[:size]
-        if phonenumbers.region_code_for_country_code(int(code)) != "ZZ":
-            return code
-    return ""
-
-
-def mask_numbers_in(text: str) -> str:
-    """Mask every phone-number-looking run in *text* (e.g. inside a SIP URI)."""
-    return _NUMBER_RE.sub(lambda m: mask_number(m.group(0)), text)
 
 
 def _norm(key: object) -> str:

@@ -70,7 +70,6 @@ from gateway.events import (
     iso_time,
     usage_vs_limits,
 )
-from gateway.logging import mask_number
 from gateway.operator_schema import (
     RECORD_FIELDS,
     AppealRecord,
@@ -83,6 +82,7 @@ from policies.consent import parse_consent_csv
 from policies.context import normalize
 from policies.dnc import LoadReport, parse_dnc_lines
 from policies.errors import AddressIncompleteError
+from policies.privacy import mask_number, mask_numbers_deep
 from policies.quotas import CardSnapshot, QuotaProfile
 
 __all__ = [
@@ -1311,18 +1311,8 @@ class Operator:
 
 
 def mask_evidence(value: Any, mask: bool) -> Any:
-    """Evidence and audit details with every phone number inside masked."""
-    from gateway.logging import mask_numbers_in
-
-    if not mask:
-        return value
-    if isinstance(value, str):
-        return mask_numbers_in(value)
-    if isinstance(value, Mapping):
-        return {str(k): mask_evidence(v, mask) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask_evidence(v, mask) for v in value]
-    return value
+    """Evidence and audit details with every phone number inside masked (when ``mask``)."""
+    return mask_numbers_deep(value) if mask else value
 
 
 # --- construction -----------------------------------------------------------------------

@@ -43,11 +43,11 @@ from gateway.sip.digest import Algorithm, DigestServer, Outcome, ha1
 from gateway.sip.errors import SIPError
 from gateway.sip.transaction import TimerConfig
 from gateway.transport import Address
+from policies.privacy import mask_number
 from simulator.answer import CallPlan
 from simulator.answer import Outcome as PlanOutcome
 from simulator.clock import BusinessClock
 from simulator.models import CarrierDecision, CarrierModel, Suspension
-from simulator.privacy import mask_number
 from simulator.sipkit import CallResult, InboundCall, UserAgent, new_tag
 
 __all__ = ["Carrier", "InviteLogEntry", "Registration"]

@@ -34,9 +34,9 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from policies.privacy import mask_number
 from simulator.answer import AnswerModel, AnswerProfile, CallPlan
 from simulator.antifraud import AntiFraudThresholds, CardUsage, Violation
-from simulator.privacy import mask_number
 
 __all__ = [
     "CardAccount",

@@ -31,9 +31,9 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers.timezone import time_zones_for_number
 
+from policies.privacy import mask_number
 from simulator.antifraud import TimeWindow
 from simulator.models import CarrierModel
-from simulator.privacy import mask_number
 from simulator.records import CallOutcome, CallRecord, CardMark
 from simulator.scenario import CardSection, ConsentMode, Lead, QuotaProfileSection, Scenario
 

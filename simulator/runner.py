@@ -47,11 +47,11 @@ import structlog
 
 from gateway.config import Settings
 from gateway.transport import Address
+from policies.privacy import mask_number
 from simulator.agents import Dialer, Softphone, work_leads
 from simulator.carrier import Carrier
 from simulator.clock import BusinessClock
 from simulator.models import CarrierModel, EventKind
-from simulator.privacy import mask_number
 from simulator.records import CallOutcome, CallRecord, CardMark
 from simulator.report import Report, build_report
 from simulator.scenario import Scenario

@@ -21,7 +21,7 @@ Business time (ring and talk durations) comes from an injected
 
 This module must never decide policy, read the wall clock for business time,
 or log an unmasked callee number (log lines go through
-:func:`simulator.privacy.mask_number`).
+:func:`policies.privacy.mask_number`).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from gateway.sip.transaction import (
 )
 from gateway.transport import Address, Message, Transport
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
+from policies.privacy import mask_number
 from simulator.clock import BusinessClock, ScaledClock
-from simulator.privacy import mask_number
 
 __all__ = [
     "ALLOW",

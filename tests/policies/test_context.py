@@ -8,7 +8,6 @@ from phonenumbers import PhoneNumberType
 from policies.context import build_context, dial_digits, normalize
 from policies.emergency import EmergencyNumbers
 from policies.errors import AddressIncompleteError
-from policies.privacy import mask_number
 from tests.policies.helpers import ctx, utc
 
 
@@ -124,13 +123,6 @@ def test_naive_now_is_refused() -> None:
 def test_dial_digits_strips_separators_and_scheme() -> None:
     """Visual separators and URI parts are removed before any check."""
     assert "+8613812345678" == dial_digits("sip:+86 (138) 1234-5678@host;user=phone")
-
-
-def test_mask_number() -> None:
-    """Numbers are masked like +86138****5678; short codes stay readable."""
-    assert "+86138****5678" == mask_number("+8613812345678")
-    assert "911" == mask_number("911")
-    assert "+8613812345678" == mask_number("+8613812345678", reveal=True)
 
 
 def test_error_messages_mask_the_number() -> None:
