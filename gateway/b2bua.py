@@ -1129,6 +1129,12 @@ def services_from_settings(
     (DNC, consent, destination history and agent usage all live there); card
     selection reserves through the usage ledger (Redis when ``[store] redis``
     is set) before the INVITE leaves.
+
+    With ``[store] redis``: the ledger is a ``MirroredLedger`` (Redis decides
+    for every instance, SQLite keeps the record), card states go through a
+    ``SharedCardRepository`` (``HealthRunner`` syncs them on a timer and
+    closes the Redis client at stop), and the ledger's ``recover`` orphans
+    this node's reservations left open and rehydrates cold cards first.
     """
     from gateway.cards import (
         StoreCardSource,
@@ -1137,18 +1143,25 @@ def services_from_settings(
         quota_profiles_from_settings,
         rules_from_settings,
     )
-    from gateway.store import ledger_from_settings
+    from gateway.store import CardRepository, ledger_from_settings
     from policies.consent import ConsentMode
     from policies.emergency import EmergencyNumbers
     from policies.hours import CallingHours
     from policies.pipeline import PolicyDeps, build_pipeline
 
     policy = settings.policy
-    node = settings.mqtt.node if settings.mqtt is not None else "gw1"
-    ledger = ledger_from_settings(settings, store, node=node)
+    repo: CardRepository = store
+    if settings.store.redis is None:
+        ledger = ledger_from_settings(settings, store, node="gw1")
+    else:
+        from gateway.redis_store import MirroredLedger, SharedCardRepository, node_name
+
+        ledger = ledger_from_settings(settings, store, node=node_name(settings))
+        assert isinstance(ledger, MirroredLedger)
+        repo = SharedCardRepository(store, ledger.shared)
     ledger.recover(now)
     cards = CardManager(
-        store, rules=rules_from_settings(settings), carrier_available=carrier_available
+        repo, rules=rules_from_settings(settings), carrier_available=carrier_available
     )
     cards.load(card_defs_from_settings(settings), now)
     profiles = quota_profiles_from_settings(settings)

@@ -84,6 +84,7 @@ the optional ``redis`` package (redis-py) at import time.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -92,6 +93,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
+import structlog
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -119,6 +121,7 @@ from policies.quotas import (
 from policies.timeutil import day_bounds
 
 if TYPE_CHECKING:
+    from gateway.cards import CardManager, CardStateChanged
     from gateway.config import Settings
 
 __all__ = [
@@ -130,10 +133,13 @@ __all__ = [
     "connect",
     "from_settings",
     "ledger_from_settings",
+    "node_name",
     "sqlite_facts",
 ]
 
 FactsSource = Callable[[str, float], CardUsageFacts]
+
+log = structlog.get_logger("gateway.redis_store")
 
 
 def connect(url: Any, *, timeout: float = 0.25) -> redis.Redis:
@@ -658,6 +664,8 @@ class RedisStore:
         self._uncertain: dict[str, float] = {}
         # release/finish that failed to reach Redis: replayed when it answers again.
         self._unclosed: dict[str, tuple[str, float, dict[str, Any]]] = {}
+        # A recover() that could not reach Redis (caller time): run before anything else.
+        self._recover_at: float | None = None
         self._reserve = client.register_script(_LUA_RESERVE)
         self._close = client.register_script(_LUA_CLOSE)
         self._read = client.register_script(_LUA_READ)
@@ -694,7 +702,18 @@ class RedisStore:
         have passed since the attempt. Redis still unreachable: raises
         StoreUnavailable (the caller fails closed); any other error drops the
         entry, so one bad entry can never block every later operation.
+
+        A :meth:`recover` that could not reach Redis runs first: until it has,
+        this instance holds no reservation of its own (every operation failed),
+        so it can only orphan what an earlier run of this node left open.
         """
+        if self._recover_at is not None:
+            try:
+                self._recover(self._recover_at)
+            except StoreUnavailable as exc:
+                if _unreachable(exc):
+                    raise
+            self._recover_at = None
         for call_id, (mode, at, kwargs) in list(self._unclosed.items()):
             try:
                 self._run_close(call_id, mode, at, **kwargs)  # None if it had run after all
@@ -713,6 +732,34 @@ class RedisStore:
                 self._uncertain.pop(call_id, None)
 
     @property
+    def _dirty(self) -> bool:
+        return bool(self._uncertain or self._unclosed or self._recover_at is not None)
+
+    def settle(self, now: float) -> bool:
+        """Replay what an outage left pending, if Redis answers; never raises.
+
+        Every operation does this first anyway; the gateway also calls it on a
+        timer (``HealthRunner``) so an idle instance does not keep a call "in
+        use" in Redis after the outage. Returns False while Redis is unreachable.
+        """
+        if not self._dirty:
+            return True
+        try:
+            self._settle(now)
+        except StoreUnavailable:
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Everything kept for Redis: lost reservations, closes, a deferred recover."""
+        return len(self._uncertain) + len(self._unclosed) + (self._recover_at is not None)
+
+    def is_kept(self, call_id: str) -> bool:
+        """Whether a release/finish of this call is kept for a replay."""
+        return call_id in self._unclosed
+
+    @property
     def uncertain(self) -> int:
         """Reservations sent when Redis failed, to be undone when it answers again."""
         return len(self._uncertain)
@@ -723,8 +770,14 @@ class RedisStore:
         return len(self._unclosed)
 
     def _close_or_keep(self, call_id: str, mode: str, now: float, **kwargs: Any) -> str | None:
-        """Close the reservation; if Redis is unreachable keep the close for a replay, raise."""
+        """Close the reservation; if Redis is unreachable keep the close for a replay, raise.
+
+        Settling what is already pending comes first, inside the same guard: a
+        Redis still unreachable there must keep *this* close too.
+        """
         try:
+            if self._dirty:
+                self._settle(now)
             return self._run_close(call_id, mode, now, **kwargs)
         except StoreUnavailable as exc:
             if _unreachable(exc):
@@ -760,7 +813,7 @@ class RedisStore:
 
     def card_usage(self, card_id: str, now: float) -> CardUsage:
         """``policies.quotas.CardUsage`` of the card at ``now`` (one atomic read)."""
-        if self._uncertain or self._unclosed:
+        if self._dirty:
             self._settle(now)
         return self._usage(card_id, now).usage
 
@@ -814,10 +867,14 @@ class RedisStore:
         )
         return _Snapshot(usage, version.decode(), bool(hyd), tuple(shorts))
 
-    def open_reservations(self) -> list[tuple[str, str]]:
-        """``(call_id, card)`` of every open reservation of this node, by call id."""
+    def open_reservations(self, *, every_node: bool = False) -> list[tuple[str, str]]:
+        """``(call_id, card)`` of every open reservation of this node (or of all), by call id."""
         with self._guard():
-            call_ids = sorted(m.decode() for m in self.client.smembers(self._open_key()))
+            if every_node:
+                keys = list(self.client.scan_iter(match=f"{self.prefix}:node:*:open", count=500))
+            else:
+                keys = [self._open_key()]
+            call_ids = sorted({m.decode() for k in keys for m in self.client.smembers(k)})
             pipe = self.client.pipeline(transaction=False)
             for call_id in call_ids:
                 pipe.hget(self._call_key(call_id), "card")
@@ -826,7 +883,7 @@ class RedisStore:
 
     def usage_facts(self, card: str, now: float, *, window: int | None = None) -> CardUsageFacts:
         """Aggregated facts (the shape :meth:`SQLiteStore.usage` returns), for reports."""
-        if self._uncertain or self._unclosed:
+        if self._dirty:
             self._settle(now)
         snap = self._usage(card, now)
         usage = snap.usage
@@ -887,7 +944,7 @@ class RedisStore:
             )
             if night is not None:
                 raise QuotaExceeded(card, night)
-        if self._uncertain or self._unclosed:
+        if self._dirty:
             self._settle(now)
         hydrated_once = False
         for _ in range(self.max_retries):
@@ -1024,8 +1081,6 @@ class RedisStore:
         The start stops counting; with ``failed`` (a card-level failure) it still
         feeds the consecutive-failures streak. Returns the card, or None.
         """
-        if self._uncertain or self._unclosed:
-            self._settle(now)
         return self._close_or_keep(call_id, "release", now, failed=failed)
 
     def finish(
@@ -1047,8 +1102,6 @@ class RedisStore:
         """
         if short is None:
             short = answered and talk_seconds < self.short_call_seconds
-        if self._uncertain or self._unclosed:
-            self._settle(now)
         return self._close_or_keep(
             call_id,
             "finish",
@@ -1064,7 +1117,19 @@ class RedisStore:
 
         Orphans still count as call starts (over-count, never under-count) but no
         longer as calls in use. Call once at startup, before taking traffic.
+        If Redis cannot be reached the recovery is kept and runs before the
+        next operation that reaches it (StoreUnavailable is raised now).
         """
+        try:
+            count = self._recover(now)
+        except StoreUnavailable as exc:
+            if _unreachable(exc):
+                self._recover_at = now
+            raise
+        self._recover_at = None
+        return count
+
+    def _recover(self, now: float) -> int:
         with self._guard():
             call_ids = [m.decode() for m in self.client.smembers(self._open_key())]
         count = 0
@@ -1150,6 +1215,20 @@ class RedisStore:
             )
         return bool(applied)
 
+    def rehydrate_cold(self, now: float, cards: Sequence[str] | None = None) -> int:
+        """Rehydrate every cold card (default: the configured ones) from ``facts``.
+
+        Done at startup so the window is rebuilt before the first call or
+        wallboard read (they would also do it lazily). Returns how many were cold.
+        """
+        if self.facts is None:
+            return 0
+        count = 0
+        for card in self.card_carriers if cards is None else cards:
+            if not self.is_hydrated(card):
+                count += self.rehydrate(card, self.facts(card, now), now)
+        return count
+
     # --- card state (shared hot copy) ----------------------------------------------
 
     def put_card_state(self, card: StoredCard) -> bool:
@@ -1173,14 +1252,23 @@ class RedisStore:
             )
         return bool(applied)
 
-    def card_states(self, card_ids: Sequence[str]) -> dict[str, CardStateRecord]:
-        """The shared states of the given cards (cards Redis knows nothing of are left out)."""
+    def card_states(
+        self, card_ids: Sequence[str], *, touch: bool = False
+    ) -> dict[str, CardStateRecord]:
+        """The shared states of the given cards (cards Redis knows nothing of are left out).
+
+        With ``touch`` their TTL is renewed: a state every running instance
+        keeps reading (a long suspension) never expires while any of them runs.
+        """
         fields = ("state", "reason", "since", "probation_until", "profile_override", "resume_at")
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
             for card in card_ids:
-                pipe.hmget(self._card_keys(card)["state"], *fields)
-            rows = pipe.execute()
+                key = self._card_keys(card)["state"]
+                pipe.hmget(key, *fields)
+                if touch:
+                    pipe.expire(key, int(self.state_ttl_seconds))
+            rows = pipe.execute()[:: 2 if touch else 1]
         out: dict[str, CardStateRecord] = {}
         for card, row in zip(card_ids, rows, strict=True):
             state, reason, since, probation, override, resume = row
@@ -1218,28 +1306,52 @@ class SharedCardRepository:
     ``save_transition`` writes SQLite first (durable, with evidence), then
     publishes the state to Redis for the other instances. If Redis is down the
     publication is kept and retried on the next call (the transition is not
-    written twice). ``load_cards`` / ``upsert_card`` overlay a newer shared
-    state on the stored rows, so ``CardManager.sync_from_store`` adopts what
-    another instance decided.
+    written twice). ``load_cards`` / ``upsert_card`` overlay the shared state on
+    the stored rows, so ``CardManager.sync_from_store`` adopts what another
+    instance decided; :meth:`sync` is what the gateway runs on a timer.
+
+    Which state wins: the shared one when it is newer (``since``), and always
+    over a row this SQLite file never saw a transition of (a card just
+    inserted "active since now" by a new instance must not undo a suspension
+    another instance shared an hour ago). A stored transition newer than the
+    shared state (Redis restarted empty, or a publication lost with a crash)
+    is published again, so the instances converge on the latest one.
     """
 
     def __init__(self, store: SQLiteStore, shared: RedisStore) -> None:
         self.store = store
         self.shared = shared
         self._pending: dict[str, StoredCard] = {}
+        self._fresh: dict[str, bool] = {}  # card → no transition in this SQLite file
+        self._strict = False
+
+    def _is_fresh(self, card_id: str) -> bool:
+        fresh = self._fresh.get(card_id)
+        if fresh is None:
+            fresh = self._fresh[card_id] = not self.store.transitions(card_id)
+        return fresh
 
     def _overlay(self, rows: list[StoredCard]) -> list[StoredCard]:
         self._publish_pending()
         try:
-            states = self.shared.card_states([r.id for r in rows])
+            states = self.shared.card_states([r.id for r in rows], touch=self._strict)
         except StoreUnavailable:
+            if self._strict:
+                raise
             return rows
         out = []
         for row in rows:
             hot = states.get(row.id)
             if hot is None or hot.since <= row.since:
-                out.append(row)
-                continue
+                if self._is_fresh(row.id):
+                    if hot is None:
+                        out.append(row)
+                        continue
+                else:
+                    if hot is None or hot.since < row.since:
+                        self._republish(row)  # Redis lost it, or never got it
+                    out.append(row)
+                    continue
             out.append(
                 StoredCard(
                     id=row.id,
@@ -1257,6 +1369,12 @@ class SharedCardRepository:
                 )
             )
         return out
+
+    def _republish(self, row: StoredCard) -> None:
+        try:
+            self.shared.put_card_state(row)
+        except StoreUnavailable:
+            self._pending.setdefault(row.id, row)
 
     def _publish_pending(self) -> None:
         for card_id, card in list(self._pending.items()):
@@ -1282,8 +1400,46 @@ class SharedCardRepository:
     def save_transition(self, card: StoredCard, transition: TransitionRecord) -> None:
         """Record the transition durably, then share the card's new state."""
         self.store.save_transition(card, transition)
+        self._fresh[card.id] = False
         self._pending[card.id] = card
         self._publish_pending()
+
+    def sync(self, manager: CardManager, now: float) -> list[CardStateChanged]:
+        """The periodic work of a gateway sharing Redis; never raises StoreUnavailable.
+
+        Replays what a Redis outage left pending in the ledger (closes, a
+        deferred recover), publishes kept card states, then lets ``manager``
+        adopt the states other instances shared. While Redis cannot be read
+        nothing is adopted: the stored rows alone could be older than what
+        this instance already adopted from a peer.
+        """
+        if not self.shared.settle(now):
+            return []
+        self._strict = True
+        try:
+            return manager.sync_from_store(now)
+        except StoreUnavailable as exc:
+            log.warning("cards.sync.store_unavailable", error=str(exc))
+            return []
+        finally:
+            self._strict = False
+
+    def close(self) -> None:
+        """Close the Redis client (shared with the ledger; closing twice is harmless)."""
+        self.shared.close()
+
+
+def node_name(settings: Settings) -> str:
+    """This instance's name in Redis: ``[mqtt] node``, else host and SIP listeners.
+
+    Must be unique among the instances sharing Redis and stable across
+    restarts (``recover`` orphans only its own node's reservations: a name
+    shared by two running instances would orphan the other's live calls).
+    """
+    if settings.mqtt is not None:
+        return settings.mqtt.node
+    listen = ",".join(str(spec) for spec in settings.sip.listen)
+    return f"{socket.gethostname()}/{listen}"
 
 
 def from_settings(
@@ -1323,7 +1479,11 @@ class MirroredLedger:
     then records the same start in SQLite (no second quota check). If SQLite
     cannot record it, the Redis reservation is released and the error raised:
     a call is never placed without both records (fail closed). ``release`` and
-    ``finish`` update both. Usage reads come from Redis.
+    ``finish`` update SQLite first, then Redis; a Redis that cannot be reached
+    then is logged, not raised — the store keeps the close and replays it when
+    Redis answers again (next operation or :meth:`settle`), so a call's
+    teardown never fails on Redis and no counter is lost. Usage reads come
+    from Redis.
 
     Why: the SQLite rows are what the other policies read (per-callee
     frequency caps, agent limits) and what :func:`sqlite_facts` rebuilds a
@@ -1357,14 +1517,39 @@ class MirroredLedger:
             try:
                 self.shared.release(call_id, now, failed=False)
             except StoreUnavailable:
-                self.shared._uncertain[call_id] = now  # undone when Redis answers again
+                if not self.shared.is_kept(call_id):  # replayed if kept, else retried
+                    self.shared._uncertain[call_id] = now
             raise
 
+    def _shared_close(self, op: str, call_id: str, close: Callable[[], str | None]) -> str | None:
+        try:
+            return close()
+        except StoreUnavailable as exc:
+            kept = self.shared.is_kept(call_id)
+            log.warning(
+                f"redis.{op}.deferred" if kept else f"redis.{op}.failed",
+                call=call_id,
+                kept=kept,
+                error=str(exc),
+            )
+            return None
+
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
-        """Undo the reservation in both stores; the card (from Redis, else SQLite)."""
-        shared = self.shared.release(call_id, now, failed=failed)
-        durable = self.store.release(call_id, now, failed=failed)
-        return shared if shared is not None else durable
+        """Undo the reservation in both stores; the card (from SQLite, else Redis).
+
+        Raises StoreUnavailable only when SQLite failed (after Redis was updated).
+        """
+        durable_error: StoreUnavailable | None = None
+        try:
+            durable = self.store.release(call_id, now, failed=failed)
+        except StoreUnavailable as exc:
+            durable, durable_error = None, exc
+        shared = self._shared_close(
+            "release", call_id, lambda: self.shared.release(call_id, now, failed=failed)
+        )
+        if durable_error is not None:
+            raise durable_error
+        return durable if durable is not None else shared
 
     def finish(
         self,
@@ -1377,43 +1562,76 @@ class MirroredLedger:
         failed: bool = False,
         answered_at: float | None = None,
     ) -> str | None:
-        """Record the outcome in both stores (SQLite first: the durable one)."""
-        durable = self.store.finish(
+        """Record the outcome in both stores (SQLite first: the durable one).
+
+        Raises StoreUnavailable only when SQLite failed (after Redis was updated).
+        """
+        durable_error: StoreUnavailable | None = None
+        try:
+            durable = self.store.finish(
+                call_id,
+                now,
+                answered=answered,
+                talk_seconds=talk_seconds,
+                short=short,
+                failed=failed,
+                answered_at=answered_at,
+            )
+        except StoreUnavailable as exc:
+            durable, durable_error = None, exc
+        shared = self._shared_close(
+            "finish",
             call_id,
-            now,
-            answered=answered,
-            talk_seconds=talk_seconds,
-            short=short,
-            failed=failed,
-            answered_at=answered_at,
+            lambda: self.shared.finish(
+                call_id,
+                now,
+                answered=answered,
+                talk_seconds=talk_seconds,
+                short=short,
+                failed=failed,
+                answered_at=answered_at,
+            ),
         )
-        shared = self.shared.finish(
-            call_id,
-            now,
-            answered=answered,
-            talk_seconds=talk_seconds,
-            short=short,
-            failed=failed,
-            answered_at=answered_at,
-        )
-        return shared if shared is not None else durable
+        if durable_error is not None:
+            raise durable_error
+        return durable if durable is not None else shared
 
     def card_usage(self, card_id: str, now: float) -> CardUsage:
         """The shared usage (Redis), rehydrated from SQLite if the card's keys were lost."""
         return self.shared.card_usage(card_id, now)
 
     def recover(self, now: float) -> int:
-        """Orphan the open rows in SQLite and this node's reservations in Redis (counted)."""
-        self.store.recover(now)
-        return self.shared.recover(now)
+        """Startup: orphan open reservations (SQLite, this node's in Redis), rehydrate cold cards.
+
+        Orphans still count as starts (a crash can only over-count). Cards whose
+        Redis keys were lost are rebuilt from SQLite now rather than on their
+        first call. A Redis that cannot be reached does not stop the gateway:
+        calls are refused (503) until it answers, and this recovery runs first
+        then. Returns how many reservations were orphaned.
+        """
+        count = self.store.recover(now)
+        try:
+            count = self.shared.recover(now)
+            self.shared.rehydrate_cold(now)
+        except StoreUnavailable as exc:
+            log.warning("redis.recover.deferred", node=self.shared.node, error=str(exc))
+        return count
+
+    def settle(self, now: float) -> bool:
+        """Replay what a Redis outage left pending (see :meth:`RedisStore.settle`)."""
+        return self.shared.settle(now)
+
+    def close(self) -> None:
+        """Close the Redis client."""
+        self.shared.close()
 
 
 def ledger_from_settings(settings: Settings, store: SQLiteStore, *, node: str) -> UsageLedger:
     """The gateway's ledger: ``store`` alone, or Redis mirrored to it when ``[store] redis`` is set.
 
-    Same contract as ``gateway.store.ledger_from_settings`` (which it can replace):
-    the Redis side decides atomically for every instance, ``store`` keeps each
-    start for the frequency and agent policies and for rehydration.
+    ``gateway.store.ledger_from_settings`` delegates here: the Redis side
+    decides atomically for every instance, ``store`` keeps each start for the
+    frequency and agent policies and for rehydration.
     """
     if settings.store.redis is None:
         return store

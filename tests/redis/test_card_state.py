@@ -84,3 +84,58 @@ def test_transition_is_durable_and_shared_later_when_redis_is_down(
     assert 0 == repo.unpublished
     assert "suspended" == shared.card_states(["c1"])["c1"].state
     assert 1 == len(store.transitions("c1"))
+
+
+def test_an_instance_started_later_adopts_an_older_shared_suspension(
+    tmp_path: Path, redis_server: RedisServer, prefix: str
+) -> None:
+    """A new instance inserts c1 "active since now"; the shared suspension from before wins."""
+    gw1, _db1 = gateway(tmp_path, "gw1", make_store(redis_server.url, prefix, node="gw1"))
+    gw1.suspend("c1", now=T0 + 10, reason=SuspendReason.VIOLATION)
+    late = SQLiteStore(tmp_path / "late.db", carrier_timezones=CARRIERS)
+    manager = CardManager(SharedCardRepository(late, make_store(redis_server.url, prefix)))
+    manager.load(DEFS, T0 + 3600)
+    assert CardState.SUSPENDED == manager.get("c1").state
+    assert CardState.ACTIVE == manager.get("c2").state
+    assert [] == manager.sync_from_store(T0 + 3601), "stable: nothing to adopt again"
+
+
+def test_sync_while_redis_is_down_keeps_what_was_adopted(
+    tmp_path: Path, private_redis: RedisServer, prefix: str
+) -> None:
+    """Redis down: sync adopts nothing (its own SQLite rows are older), then catches up."""
+    gw1, _db1 = gateway(tmp_path, "gw1", make_store(private_redis.url, prefix, node="gw1"))
+    shared2 = make_store(private_redis.url, prefix, node="gw2", timeout=0.25)
+    repo2 = SharedCardRepository(SQLiteStore(tmp_path / "gw2.db", carrier_timezones=CARRIERS),
+                                 shared2)  # fmt: skip
+    gw2 = CardManager(repo2)
+    gw2.load(DEFS, T0)
+    gw1.suspend("c1", now=T0 + 10, reason=SuspendReason.ARREARS)
+    assert [("c1", CardState.SUSPENDED)] == [(c.card, c.to_state) for c in repo2.sync(gw2, T0 + 11)]
+    private_redis.kill()
+    assert [] == repo2.sync(gw2, T0 + 12)
+    assert CardState.SUSPENDED == gw2.get("c1").state, "not reverted to gw2's stored 'active'"
+    private_redis.start()  # restarted empty: the shared states are gone
+    gw3 = CardManager(SharedCardRepository(SQLiteStore(tmp_path / "gw3.db"), shared2))
+    gw3.load(DEFS, T0 + 20)
+    assert CardState.ACTIVE == gw3.get("c1").state, "nobody republished yet"
+    gw1.sync_from_store(T0 + 21)  # gw1's timer: its stored transition is newer than Redis
+    assert "suspended" == shared2.card_states(["c1"])["c1"].state
+    assert [("c1", CardState.SUSPENDED)] == [
+        (c.card, c.to_state)
+        for c in gw3.repo.sync(gw3, T0 + 22)  # type: ignore[union-attr]
+    ]
+
+
+def test_states_read_on_sync_keep_their_ttl(
+    tmp_path: Path, redis_server: RedisServer, prefix: str
+) -> None:
+    """A long suspension read by a running instance's sync never expires from Redis."""
+    shared = make_store(redis_server.url, prefix, state_ttl_seconds=100.0)
+    manager, _db = gateway(tmp_path, "gw1", shared)
+    manager.suspend("c1", now=T0 + 10, reason=SuspendReason.VIOLATION)
+    key = f"{prefix}:card:c1:state"
+    shared.client.expire(key, 5)
+    assert isinstance(manager.repo, SharedCardRepository)
+    manager.repo.sync(manager, T0 + 11)
+    assert shared.client.ttl(key) > 50

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.redis_store import UNCERTAIN_SECONDS, RedisStore, sqlite_facts
+from gateway.redis_store import UNCERTAIN_SECONDS, MirroredLedger, RedisStore, sqlite_facts
 from gateway.store import QuotaExceeded, SQLiteStore, StoreUnavailable, UsageLedger
 from policies.quotas import QuotaLimit, QuotaProfile
 
-from .conftest import T0, RedisServer, make_store
+from .conftest import CARRIERS, T0, RedisServer, make_store
 
 A, B, C = "+8613811110001", "+8613811110002", "+8613811110003"
 
@@ -291,3 +291,114 @@ def test_a_replay_refused_by_redis_does_not_block_later_operations(
     monkeypatch.setattr(store, "_close", refusing)
     assert 0 == store.card_usage("c1", T0 + 1).in_use
     assert 0 == store.unclosed
+
+
+def test_a_close_is_kept_even_while_earlier_ones_still_wait(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """Redis down: every release/finish is kept, not only the first (none is lost)."""
+    store = make_store(private_redis.url, prefix, timeout=0.25)
+    store.reserve("c1", "k1", A, T0)
+    store.reserve("c2", "k2", B, T0)
+    private_redis.kill()
+    with pytest.raises(StoreUnavailable):
+        store.finish("k1", T0 + 30, answered=True, talk_seconds=25)
+    with pytest.raises(StoreUnavailable):
+        store.release("k2", T0 + 31)
+    assert (True, True, 2) == (store.is_kept("k1"), store.is_kept("k2"), store.unclosed)
+    assert not store.settle(T0 + 32), "still unreachable"
+    assert 2 == store.pending
+
+
+def mirrored_on(server: RedisServer, prefix: str, path: Path, node: str = "gw1") -> MirroredLedger:
+    """The gateway's ledger: Redis (rehydrating from SQLite) mirrored to a SQLite file."""
+    durable = SQLiteStore(path, carrier_timezones=CARRIERS)
+    shared = make_store(server.url, prefix, node=node, timeout=0.25)
+    shared.facts = sqlite_facts(durable, shared.timezone)
+    return MirroredLedger(shared, durable)
+
+
+def test_teardown_during_an_outage_never_raises_and_is_replayed(tmp_path: Path) -> None:
+    """Redis (AOF) killed mid-call: finish/release succeed on SQLite, replay to Redis later.
+
+    The call's teardown sees no error (logged only), SQLite is exact at once,
+    and once Redis is back the kept closes reach it: no call stays in use,
+    talk seconds and the failure streak are counted, the start still counts.
+    """
+    server = RedisServer(tmp_path / "aof", aof=True)
+    server.start()
+    try:
+        ledger = mirrored_on(server, "mo", tmp_path / "gw.db")
+        profile = QuotaProfile(calls_per_minute=3, concurrent=1)
+        ledger.reserve("c1", "k1", A, T0, profile=profile)
+        ledger.reserve("c2", "k2", B, T0 + 1, profile=profile)
+        server.kill()
+        assert "c1" == ledger.finish("k1", T0 + 30, answered=True, talk_seconds=25)
+        assert "c2" == ledger.release("k2", T0 + 31)
+        assert [] == ledger.store.open_reservations()
+        assert 25.0 == ledger.store.card_usage("c1", T0 + 32).talk_seconds_today
+        assert 2 == ledger.shared.unclosed
+        with pytest.raises(StoreUnavailable) as refused:
+            ledger.reserve("c1", "k3", C, T0 + 33, profile=profile)
+        assert (503, "store-unavailable") == (refused.value.status_code, refused.value.reason_text)
+        assert refused.value.retry_after > 0
+        assert [] == ledger.store.open_reservations(), "nothing recorded for a refused call"
+        server.start()
+        assert ledger.settle(T0 + 40)
+        assert 0 == ledger.shared.pending
+        c1 = ledger.card_usage("c1", T0 + 40)
+        assert (0, (T0,), 25.0) == (c1.in_use, c1.call_starts, c1.talk_seconds_today)
+        c2 = ledger.card_usage("c2", T0 + 40)
+        assert (0, (), True) == (c2.in_use, c2.call_starts, c2.recent_outcomes[-1].failed)
+        ledger.reserve("c1", "k4", C, T0 + 41, profile=profile)
+    finally:
+        server.stop()
+
+
+def test_recover_while_redis_is_down_runs_before_the_next_reservation(tmp_path: Path) -> None:
+    """A restart during an outage: the gateway starts, refuses calls, recovers when Redis is back.
+
+    The crashed run's reservation is orphaned (still counted as a start,
+    no longer in use) before the first new reservation is taken.
+    """
+    server = RedisServer(tmp_path / "aof", aof=True)
+    server.start()
+    try:
+        crashed = mirrored_on(server, "rc", tmp_path / "gw.db")
+        crashed.reserve("c1", "k1", A, T0, profile=QuotaProfile(concurrent=1))
+        crashed.shared.close()
+        crashed.store.close()
+        server.kill()
+        restarted = mirrored_on(server, "rc", tmp_path / "gw.db")
+        assert 1 == restarted.recover(T0 + 10), "SQLite side recovered at once"
+        assert 1 == restarted.shared.pending
+        with pytest.raises(StoreUnavailable):
+            restarted.reserve("c1", "k2", B, T0 + 11, profile=QuotaProfile(concurrent=1))
+        server.start()
+        restarted.reserve("c1", "k3", C, T0 + 20, profile=QuotaProfile(concurrent=1))
+        assert 0 == restarted.shared.pending
+        usage = restarted.card_usage("c1", T0 + 21)
+        assert (1, (T0, T0 + 20)) == (usage.in_use, usage.call_starts)
+        with pytest.raises(QuotaExceeded):
+            restarted.reserve("c1", "k4", C, T0 + 22, profile=QuotaProfile(calls_per_minute=2))
+    finally:
+        server.stop()
+
+
+def test_recover_rehydrates_cold_cards_at_startup(
+    tmp_path: Path, private_redis: RedisServer, prefix: str
+) -> None:
+    """Redis restarted empty while the gateway was down: recover rebuilds every card at once."""
+    ledger = mirrored_on(private_redis, prefix, tmp_path / "gw.db")
+    ledger.reserve("c1", "k1", A, T0)
+    ledger.finish("k1", T0 + 20, answered=True, talk_seconds=15)
+    ledger.reserve("c3", "k2", B, T0 + 30)
+    private_redis.kill()
+    private_redis.start()
+    restarted = mirrored_on(private_redis, prefix, tmp_path / "gw.db")
+    restarted.recover(T0 + 40)
+    assert all(restarted.shared.is_hydrated(c) for c in ("c1", "c2", "c3"))
+    assert 2 == len(restarted.card_usage("c1", T0 + 41).call_starts) + len(
+        restarted.card_usage("c3", T0 + 41).call_starts
+    )
+    assert 15.0 == restarted.card_usage("c1", T0 + 41).talk_seconds_today

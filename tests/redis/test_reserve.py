@@ -225,6 +225,9 @@ def test_recover_orphans_only_this_nodes_reservations(
     assert ((T0,), 0) == (usage.call_starts, usage.in_use)
     assert (CallOutcome(T0, False, 0.0, False, T0 + 100),) == usage.recent_outcomes
     assert [("theirs", "c2")] == other.open_reservations()
+    assert [("theirs", "c2")] == rstore.open_reservations(every_node=True)
+    other.reserve("c1", "theirs-too", C, T0 + 102)
+    assert [("theirs", "c2"), ("theirs-too", "c1")] == rstore.open_reservations(every_node=True)
 
 
 def test_outcome_window_is_capped(redis_server: RedisServer, prefix: str) -> None:
