@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -402,6 +403,100 @@ _CARD_COLUMNS = (
 )
 
 
+@dataclass(slots=True, eq=False)
+class _CardCounters:
+    """Running usage of one card for one carrier day, kept beside the store's rows.
+
+    Rebuilt from ``call_starts`` (one indexed read) the first time a card is
+    read, after a restart, on a new carrier day, and whenever another
+    connection committed to the file (``PRAGMA data_version``); updated by
+    this store's own ``reserve``/``release``/``finish`` after their commits.
+    The rows stay the durable record: these counters are a cache of them.
+
+    Invariants (statuses counted as starts: reserved, finished, orphaned):
+
+    - ``starts``: every counted start at or after ``lower``, ascending (older
+      ones may linger until trimmed; reads slice by bisect);
+    - ``callees`` / ``talk``: counted rows started at or after ``day_start``;
+    - ``in_use``: reserved rows, all time;
+    - ``window``: the last ``outcome_window`` closed rows (finished, orphaned,
+      released with a card failure) by ``(started_at, rowid)``, ascending.
+    """
+
+    timezone: str
+    day_start: float
+    day_end: float
+    lower: float
+    starts: list[float]
+    callees: dict[str, int]
+    talk: float
+    in_use: int
+    window: list[tuple[float, int, CallOutcome]]
+    memo: CardUsage | None = None
+    memo_from: int = -1
+
+    def usage(self, now: float) -> CardUsage:
+        """``CardUsage`` at ``now`` (same carrier day); memoized until the next change."""
+        lower = min(self.day_start, now - 3600.0)
+        starts = self.starts
+        first = bisect_left(starts, lower)
+        if first > 256 and first * 2 > len(starts):
+            # Starts that left both the hour and the day: forget them.
+            del starts[:first]
+            self.lower = lower
+            first = 0
+            self.memo = None
+        if self.memo is not None and self.memo_from == first:
+            return self.memo
+        self.memo = CardUsage(
+            call_starts=tuple(starts[first:]) if first else tuple(starts),
+            callees_today=frozenset(self.callees),
+            talk_seconds_today=float(self.talk),
+            in_use=self.in_use,
+            recent_outcomes=tuple(entry[2] for entry in self.window),
+        )
+        self.memo_from = first
+        return self.memo
+
+    def started(self, started_at: float, callee: str) -> None:
+        """A reservation was committed."""
+        insort(self.starts, started_at)
+        if started_at >= self.day_start:
+            self.callees[callee] = self.callees.get(callee, 0) + 1
+        self.in_use += 1
+        self.memo = None
+
+    def closed(
+        self,
+        rowid: int,
+        started_at: float,
+        callee: str,
+        *,
+        counted: bool,
+        outcome: CallOutcome | None,
+        window: int,
+    ) -> None:
+        """A reservation was released (``counted`` False) or finished; ``outcome`` joins the window."""
+        self.in_use -= 1
+        if not counted:
+            at = bisect_left(self.starts, started_at)
+            if at < len(self.starts) and self.starts[at] == started_at:
+                del self.starts[at]
+            if started_at >= self.day_start:
+                left = self.callees.get(callee, 0) - 1
+                if left > 0:
+                    self.callees[callee] = left
+                else:
+                    self.callees.pop(callee, None)
+        elif outcome is not None and started_at >= self.day_start:
+            self.talk += outcome.talk_seconds
+        if outcome is not None and window > 0:
+            insort(self.window, (started_at, rowid, outcome), key=lambda e: (e[0], e[1]))
+            if len(self.window) > window:
+                del self.window[: len(self.window) - window]
+        self.memo = None
+
+
 class SQLiteStore:
     """The embedded store. Implements :class:`UsageLedger` and :class:`CardRepository`.
 
@@ -433,6 +528,10 @@ class SQLiteStore:
         self.short_call_seconds = short_call_seconds
         self.carrier_timezones: dict[str, str] = dict(carrier_timezones or {})
         self.outcome_window = outcome_window
+        # Running per-card usage (a cache of call_starts, see _CardCounters), valid
+        # while no other connection has committed: PRAGMA data_version tells.
+        self._cards_usage: dict[str, _CardCounters] = {}
+        self._data_version: int | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -525,6 +624,17 @@ class SQLiteStore:
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
             raise StoreUnavailable(f"store read failed: {exc}") from exc
 
+    def _sync(self, db: sqlite3.Connection) -> None:
+        """Forget the running counters when another connection committed since last time."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._cards_usage.clear()
+
+    def forget_counters(self) -> None:
+        """Drop the running per-card counters; the next read rebuilds them from the rows."""
+        self._cards_usage.clear()
+
     def schema_version(self) -> int:
         """The schema version recorded in the database (0 when empty)."""
         rows = self._read(
@@ -600,6 +710,7 @@ class SQLiteStore:
                 ),
             )
             row = db.execute(f"SELECT {_CARD_COLUMNS} FROM cards WHERE id=?", (card.id,)).fetchone()
+        self._cards_usage.pop(card.id, None)  # its carrier (so its day) may have changed
         return self._card(row)
 
     def get_card(self, card_id: str) -> StoredCard | None:
@@ -691,32 +802,40 @@ class SQLiteStore:
           :class:`QuotaExceeded` and nothing is written;
         - ``admit`` (any callable over that usage) may raise to refuse likewise.
         """
-        with self._write() as db:
-            if profile is not None or admit is not None:
-                usage = self._card_usage(db, card, now)
-                if profile is not None:
-                    exhausted = would_exceed(profile, usage, self._timezone(db, card), callee, now)
-                    if exhausted is not None:
-                        raise QuotaExceeded(card, exhausted)
-                if admit is not None:
-                    admit(usage)
-            active = db.execute(
-                "SELECT card FROM call_starts WHERE call_id=? AND status=?",
-                (call_id, UsageStatus.RESERVED.value),
-            ).fetchone()
-            if active is not None:
-                raise ReservationError(
-                    f"call {call_id!r} already holds a reservation on {active['card']!r}"
+        try:
+            with self._write() as db:
+                self._sync(db)
+                counters = self._cards_usage.get(card)
+                if profile is not None or admit is not None:
+                    counters = self._counters(db, card, now)
+                    usage = counters.usage(now)
+                    if profile is not None:
+                        exhausted = would_exceed(profile, usage, counters.timezone, callee, now)
+                        if exhausted is not None:
+                            raise QuotaExceeded(card, exhausted)
+                    if admit is not None:
+                        admit(usage)
+                cur = db.cursor()
+                cur.row_factory = None
+                for tried, status in cur.execute(
+                    "SELECT card, status FROM call_starts WHERE call_id=?", (call_id,)
+                ).fetchall():
+                    if status == UsageStatus.RESERVED.value:
+                        raise ReservationError(
+                            f"call {call_id!r} already holds a reservation on {tried!r}"
+                        )
+                    if tried == card:
+                        raise ReservationError(f"call {call_id!r} already tried card {card!r}")
+                cur.execute(
+                    "INSERT INTO call_starts (call_id, card, callee, started_at, status, agent) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (call_id, card, callee, now, UsageStatus.RESERVED.value, agent),
                 )
-            if db.execute(
-                "SELECT 1 FROM call_starts WHERE call_id=? AND card=?", (call_id, card)
-            ).fetchone():
-                raise ReservationError(f"call {call_id!r} already tried card {card!r}")
-            db.execute(
-                "INSERT INTO call_starts (call_id, card, callee, started_at, status, agent) "
-                "VALUES (?,?,?,?,?,?)",
-                (call_id, card, callee, now, UsageStatus.RESERVED.value, agent),
-            )
+        except StoreUnavailable:
+            self._cards_usage.clear()
+            raise
+        if counters is not None and self._cards_usage.get(card) is counters:
+            counters.started(float(now), callee)
 
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
         """Undo the call's open reservation (failed before the callee was alerted).
@@ -725,18 +844,43 @@ class SQLiteStore:
         failure such as a 403 or Timer B) it still counts toward the card's
         consecutive-failures streak. Returns the card, or None if nothing was open.
         """
-        with self._write() as db:
-            row = db.execute(
-                "SELECT card FROM call_starts WHERE call_id=? AND status=?",
-                (call_id, UsageStatus.RESERVED.value),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE call_starts SET status=?, failed=?, ended_at=? WHERE call_id=? AND card=?",
-                (UsageStatus.RELEASED.value, int(failed), now, call_id, row["card"]),
-            )
-            return str(row["card"])
+        rows = self._close(
+            "UPDATE call_starts SET status=?, failed=?, ended_at=? WHERE call_id=? AND status=? "
+            "RETURNING rowid, card, callee, started_at, talk_seconds",
+            (UsageStatus.RELEASED.value, int(failed), now, call_id, UsageStatus.RESERVED.value),
+        )
+        if not rows:
+            return None
+        for rowid, card, callee, started, talk in rows:
+            started_at = float(started)
+            counters = self._cards_usage.get(card)
+            if counters is not None:
+                outcome = (
+                    CallOutcome(started_at, False, float(talk), failed=True, ended_at=float(now))
+                    if failed
+                    else None
+                )
+                counters.closed(
+                    rowid,
+                    started_at,
+                    callee,
+                    counted=False,
+                    outcome=outcome,
+                    window=self.outcome_window,
+                )
+        return str(rows[0][1])
+
+    def _close(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Run one UPDATE … RETURNING that closes a reservation; keep the counters honest."""
+        try:
+            with self._write() as db:
+                self._sync(db)
+                cur = db.cursor()
+                cur.row_factory = None
+                return cur.execute(sql, params).fetchall()
+        except StoreUnavailable:
+            self._cards_usage.clear()
+            raise
 
     def finish(
         self,
@@ -761,29 +905,44 @@ class SQLiteStore:
             answered_at = now - talk_seconds
         if not answered:
             answered_at = None
-        with self._write() as db:
-            row = db.execute(
-                "SELECT card FROM call_starts WHERE call_id=? AND status=?",
-                (call_id, UsageStatus.RESERVED.value),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE call_starts SET status=?, answered=?, talk_seconds=?, short=?, "
-                "failed=?, answered_at=?, ended_at=? WHERE call_id=? AND card=?",
-                (
-                    UsageStatus.FINISHED.value,
-                    int(answered),
+        rows = self._close(
+            "UPDATE call_starts SET status=?, answered=?, talk_seconds=?, short=?, "
+            "failed=?, answered_at=?, ended_at=? WHERE call_id=? AND status=? "
+            "RETURNING rowid, card, callee, started_at",
+            (
+                UsageStatus.FINISHED.value,
+                int(answered),
+                float(talk_seconds),
+                int(bool(short)),
+                int(failed),
+                answered_at,
+                now,
+                call_id,
+                UsageStatus.RESERVED.value,
+            ),
+        )
+        if not rows:
+            return None
+        for rowid, card, callee, started in rows:
+            started_at = float(started)
+            counters = self._cards_usage.get(card)
+            if counters is not None:
+                outcome = CallOutcome(
+                    started_at,
+                    bool(answered),
                     float(talk_seconds),
-                    int(bool(short)),
-                    int(failed),
-                    answered_at,
-                    now,
-                    call_id,
-                    row["card"],
-                ),
-            )
-            return str(row["card"])
+                    failed=bool(failed),
+                    ended_at=float(now),
+                )
+                counters.closed(
+                    rowid,
+                    started_at,
+                    callee,
+                    counted=True,
+                    outcome=outcome,
+                    window=self.outcome_window,
+                )
+        return str(rows[0][1])
 
     def recover(self, now: float) -> int:
         """After a restart: turn reservations left open by a dead process into orphans.
@@ -791,6 +950,7 @@ class SQLiteStore:
         Orphans keep counting as call starts (over-count, never under-count) but no
         longer as concurrent calls. Call once at startup, before taking traffic.
         """
+        self._cards_usage.clear()
         with self._write() as db:
             cur = db.execute(
                 "UPDATE call_starts SET status=?, ended_at=? WHERE status=?",
@@ -808,19 +968,41 @@ class SQLiteStore:
         """``policies.quotas.CardUsage`` of the card at ``now`` (the ``CardUsageView`` API).
 
         Daily fields cover the carrier's calendar day (``carrier_timezones``).
+        Served from running counters (rebuilt from the rows when stale), so the
+        cost does not grow with the card's history.
         """
         try:
-            return self._card_usage(self._db, card_id, now)
+            self._sync(self._db)
+            return self._counters(self._db, card_id, now).usage(now)
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
             raise StoreUnavailable(f"store read failed: {exc}") from exc
 
-    def _card_usage(self, db: sqlite3.Connection, card: str, now: float) -> CardUsage:
-        start, _ = day_bounds(now, self._timezone(db, card))
+    def recount_card_usage(self, card_id: str, now: float) -> CardUsage:
+        """``card_usage`` computed from the rows alone, bypassing the running counters."""
+        try:
+            return self._load_counters(self._db, card_id, now).usage(now)
+        except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from exc
+
+    def _counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
+        """The card's running counters for the carrier day of ``now`` (loaded when missing)."""
+        counters = self._cards_usage.get(card)
+        if (
+            counters is not None
+            and counters.day_start <= now < counters.day_end
+            and min(counters.day_start, now - 3600.0) >= counters.lower
+        ):
+            return counters
+        counters = self._load_counters(db, card, now)
+        self._cards_usage[card] = counters
+        return counters
+
+    def _load_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
+        tz = self._timezone(db, card)
+        start, end = day_bounds(now, tz)
         lower = min(start, now - 3600.0)
         counted = ",".join("?" * len(_COUNTED))
         counted_values = tuple(s.value for s in _COUNTED)
-        # Plain tuples (no sqlite3.Row) and a covering index keep this well under a
-        # millisecond for a realistic card day (hundreds of calls).
         cur = db.cursor()
         cur.row_factory = None
         rows = cur.execute(
@@ -833,7 +1015,7 @@ class SQLiteStore:
             (card, UsageStatus.RESERVED.value),
         ).fetchone()[0]
         recent = cur.execute(
-            "SELECT started_at, answered, talk_seconds, failed, ended_at FROM call_starts "
+            "SELECT started_at, rowid, answered, talk_seconds, failed, ended_at FROM call_starts "
             "WHERE card=? AND (status IN (?, ?) OR (status=? AND failed=1)) "
             "ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (
@@ -844,22 +1026,35 @@ class SQLiteStore:
                 self.outcome_window,
             ),
         ).fetchall()
-        today = [r for r in rows if r[0] >= start]
-        return CardUsage(
-            call_starts=tuple(r[0] for r in rows),
-            callees_today=frozenset(r[1] for r in today),
-            talk_seconds_today=float(sum(r[2] for r in today)),
+        callees: dict[str, int] = {}
+        talk = 0.0
+        for started, callee, seconds in rows:
+            if started >= start:
+                callees[callee] = callees.get(callee, 0) + 1
+                talk += seconds
+        return _CardCounters(
+            timezone=tz,
+            day_start=start,
+            day_end=end,
+            lower=lower,
+            starts=[r[0] for r in rows],
+            callees=callees,
+            talk=float(talk),
             in_use=int(in_use),
-            recent_outcomes=tuple(
-                CallOutcome(
-                    started_at=started,
-                    answered=bool(answered),
-                    talk_seconds=talk,
-                    failed=bool(failed),
-                    ended_at=ended,
+            window=[
+                (
+                    started,
+                    rowid,
+                    CallOutcome(
+                        started_at=started,
+                        answered=bool(answered),
+                        talk_seconds=seconds,
+                        failed=bool(failed),
+                        ended_at=ended,
+                    ),
                 )
-                for started, answered, talk, failed, ended in reversed(recent)
-            ),
+                for started, rowid, answered, seconds, failed, ended in reversed(recent)
+            ],
         )
 
     def usage(
@@ -951,6 +1146,7 @@ class SQLiteStore:
         policy reads (a carrier day, rolling-rate windows, frequency caps: weeks);
         CDRs are separate and untouched.
         """
+        self._cards_usage.clear()
         with self._write() as db:
             cur = db.execute(
                 "DELETE FROM call_starts WHERE started_at < ? AND status != ?",
@@ -1171,25 +1367,33 @@ class SQLiteStore:
     def agent_usage(self, agent: str, now: float, *, window: float = 7 * 86400.0) -> AgentUsage:
         """``policies.agent.AgentUsageView``: the agent's calls, complaints and pause flag.
 
-        Covers ``window`` seconds back (a week: the default complaint window).
+        Covers ``window`` seconds back (a week: the default complaint window);
+        ``window <= 0`` reads only the pause flag (what the policy asks for when
+        no agent limit is configured: one primary-key lookup per call).
         """
+        pause = self._read("SELECT reason FROM agent_pauses WHERE agent=?", (agent,))
+        paused, reason = bool(pause), pause[0]["reason"] if pause else ""
+        if window <= 0:
+            return AgentUsage(paused=paused, pause_reason=reason)
         since = now - window
         starts = self._read(
             "SELECT MIN(started_at) AS t FROM call_starts WHERE agent=? AND started_at >= ? "
             "AND status != ? GROUP BY call_id ORDER BY t",
             (agent, since, UsageStatus.RELEASED.value),
         )
+        # Complaints of the window, kept when one of the agent's calls drew them
+        # (checked through the call_starts primary key: no scan of the agent's history).
         complaints = self._read(
-            "SELECT c.at AS at FROM complaints c WHERE c.at >= ? AND c.call_id IN "
-            "(SELECT call_id FROM call_starts WHERE agent=?) ORDER BY c.at",
+            "SELECT c.at AS at FROM complaints c WHERE c.at >= ? AND c.call_id IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM call_starts s WHERE s.call_id = c.call_id "
+            "AND s.agent = ?) ORDER BY c.at",
             (since, agent),
         )
-        pause = self._read("SELECT reason FROM agent_pauses WHERE agent=?", (agent,))
         return AgentUsage(
             call_starts=tuple(float(r["t"]) for r in starts),
             complaints=tuple(float(r["at"]) for r in complaints),
-            paused=bool(pause),
-            pause_reason=pause[0]["reason"] if pause else "",
+            paused=paused,
+            pause_reason=reason,
         )
 
     def set_agent_paused(self, agent: str, paused: bool, now: float, *, reason: str = "") -> None:
@@ -1223,6 +1427,22 @@ class SQLiteStore:
                 (number, now, source, note),
             )
             return cur.rowcount == 1
+
+    def add_dncs(
+        self, numbers: Iterable[str], now: float, *, source: str = "", note: str = ""
+    ) -> int:
+        """Put many numbers on the internal DNC list in one transaction; return how many were new.
+
+        One ``executemany`` (a bulk import commits once per batch instead of once
+        per number); numbers already listed, or repeated, are left as they are.
+        """
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO dnc (number, added_at, source, note) VALUES (?,?,?,?)",
+                ((number, now, source, note) for number in numbers),
+            )
+            return int(db.total_changes - before)
 
     def remove_dnc(self, number: str) -> bool:
         """Take a number off the internal DNC list; False if it was not there."""

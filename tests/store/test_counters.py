@@ -1,0 +1,183 @@
+"""Running per-card usage counters: always equal to a fresh recount from the rows.
+
+``card_usage`` is served from counters kept beside ``call_starts`` (issue 7:
+reading a card's whole day per call was most of the gateway's CPU). These
+tests hold them to the rows: after any sequence of reservations, releases and
+finishes, across midnight and the hour, after a restart, and when another
+connection writes to the same file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.store import SQLiteStore, StoredCard
+from policies.agent import AgentLimits, AgentLimitsPolicy
+from policies.quotas import CardUsage
+
+from .conftest import T0
+
+DAY = 86400.0
+MIDNIGHT = (T0 // DAY + 1) * DAY  # the next UTC midnight after T0 (~1h47m later)
+
+
+def _same(counted: CardUsage, recounted: CardUsage) -> None:
+    """Equal usage; talk time compared approximately (sums in another order)."""
+    assert counted.call_starts == recounted.call_starts
+    assert counted.callees_today == recounted.callees_today
+    assert counted.in_use == recounted.in_use
+    assert counted.recent_outcomes == recounted.recent_outcomes
+    assert counted.talk_seconds_today == pytest.approx(recounted.talk_seconds_today)
+
+
+def _cards(store: SQLiteStore) -> None:
+    store.upsert_card(StoredCard("c1", "carrier-a", "+8613800000001", "main", since=T0))
+    store.upsert_card(StoredCard("c2", "carrier-a", "+8613800000002", "main", since=T0))
+
+
+def test_counters_equal_recount_and_survive_restart(db_path: Path) -> None:
+    """Counters match a recount from the rows, and a reopened store rebuilds the same."""
+    s = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=3)
+    _cards(s)
+    s.card_usage("c1", T0)  # counters exist before the writes below
+    for i in range(8):
+        s.reserve("c1", f"k{i}", f"+86138000001{i % 3:02d}", T0 + i)
+        if i % 3 == 0:
+            s.release(f"k{i}", T0 + i + 0.5, failed=i % 2 == 0)
+        elif i % 3 == 1:
+            s.finish(f"k{i}", T0 + i + 0.5, answered=True, talk_seconds=1.25 * i)
+    counted = s.card_usage("c1", T0 + 20)
+    _same(counted, s.recount_card_usage("c1", T0 + 20))
+    assert 3 == len(counted.recent_outcomes)
+    assert 2 == counted.in_use  # k2 and k5 were left open
+    s.close()
+    again = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=3)
+    _same(again.card_usage("c1", T0 + 20), counted)
+    again.close()
+
+
+def test_new_carrier_day_starts_from_zero(store: SQLiteStore) -> None:
+    """After the carrier's midnight, yesterday's callees and talk no longer count."""
+    store.card_usage("c1", MIDNIGHT - 100)
+    store.reserve("c1", "k1", "+8613800000100", MIDNIGHT - 50)
+    store.finish("k1", MIDNIGHT - 20, answered=True, talk_seconds=30)
+    before = store.card_usage("c1", MIDNIGHT - 1)
+    assert (1, 30.0) == (len(before.callees_today), before.talk_seconds_today)
+    after = store.card_usage("c1", MIDNIGHT + 1)
+    assert (frozenset(), 0.0) == (after.callees_today, after.talk_seconds_today)
+    assert (MIDNIGHT - 50,) == after.call_starts  # still within the last hour
+    _same(after, store.recount_card_usage("c1", MIDNIGHT + 1))
+
+
+def test_writes_of_another_connection_are_seen(db_path: Path) -> None:
+    """A reservation committed by another process (connection) reaches the counters."""
+    a = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"})
+    _cards(a)
+    a.reserve("c1", "k1", "+8613800000100", T0)
+    assert 1 == a.card_usage("c1", T0 + 1).in_use
+    b = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"})
+    b.reserve("c1", "k2", "+8613800000101", T0 + 2)
+    b.finish("k1", T0 + 3, answered=True, talk_seconds=1)
+    usage = a.card_usage("c1", T0 + 4)
+    assert (1, (T0, T0 + 2)) == (usage.in_use, usage.call_starts)
+    _same(usage, a.recount_card_usage("c1", T0 + 4))
+    b.close()
+    a.close()
+
+
+def test_recover_and_prune_rebuild_the_counters(store: SQLiteStore) -> None:
+    """Orphaned and pruned rows are reflected at once (counters dropped and rebuilt)."""
+    store.reserve("c1", "k1", "+8613800000100", T0)
+    assert 1 == store.card_usage("c1", T0 + 1).in_use
+    store.recover(T0 + 2)
+    usage = store.card_usage("c1", T0 + 3)
+    assert (0, (T0,)) == (usage.in_use, usage.call_starts)
+    assert 1 == store.prune_usage(T0 + 10)
+    assert CardUsage() == store.card_usage("c1", T0 + 11)
+
+
+def test_card_usage_fails_closed_once_the_store_is_gone(db_path: Path) -> None:
+    """Counters in memory are never served when the database cannot be reached."""
+    s = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"})
+    _cards(s)
+    s.card_usage("c1", T0)
+    s.close()
+    from gateway.store import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable):
+        s.card_usage("c1", T0 + 1)
+
+
+_step = st.tuples(
+    st.sampled_from(["reserve", "release", "release-ok", "finish", "read", "other"]),
+    st.integers(0, 7),  # call
+    st.integers(0, 1),  # card
+    st.integers(0, 3),  # callee
+    st.floats(0, 900, allow_nan=False),  # seconds since the previous step
+    st.integers(0, 120),  # talk seconds
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(_step, max_size=50), window=st.integers(1, 6))
+def test_incremental_counters_equal_a_full_recount(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[str, int, int, int, float, int]],
+    window: int,
+) -> None:
+    """Any mix of reserve/release/finish (across the hour and midnight, with another
+    connection writing too) leaves counters equal to a recount from the rows."""
+    path = tmp_path_factory.mktemp("counters") / "c.db"
+    s = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=window)
+    other = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=window)
+    _cards(s)
+    now = MIDNIGHT - 3000.0
+    for op, call, card, callee, gap, talk in steps:
+        now += gap
+        card_id = f"c{card + 1}"
+        call_id = f"k{call}"
+        if op == "reserve":
+            # ReservationError (a ValueError): open, or already tried on that card.
+            with contextlib.suppress(ValueError):
+                s.reserve(card_id, call_id, f"+86138000002{callee:02d}", now)
+        elif op == "release":
+            s.release(call_id, now)
+        elif op == "release-ok":
+            s.release(call_id, now, failed=False)
+        elif op == "finish":
+            s.finish(call_id, now, answered=talk > 10, talk_seconds=talk, failed=talk == 0)
+        elif op == "other":
+            other.finish(call_id, now, answered=True, talk_seconds=talk)
+        else:
+            for c in ("c1", "c2"):
+                _same(s.card_usage(c, now), s.recount_card_usage(c, now))
+    for c in ("c1", "c2"):
+        _same(s.card_usage(c, now), s.recount_card_usage(c, now))
+    other.close()
+    s.close()
+
+
+def test_dnc_batch_import_counts_new_numbers(store: SQLiteStore) -> None:
+    """``add_dncs`` adds in one transaction and reports only numbers not yet listed."""
+    assert store.add_dnc("+8613900000001", T0)
+    added = store.add_dncs(["+8613900000001", "+8613900000002", "+8613900000002"], T0)
+    assert 1 == added
+    assert store.is_dnc("+8613900000002")
+
+
+def test_agent_policy_without_limits_reads_only_the_pause(store: SQLiteStore) -> None:
+    """With no agent limit set, the policy asks for no history; a pause still refuses."""
+    assert 0.0 == AgentLimits().window
+    assert 86400.0 == AgentLimits(calls_per_hour=5, calls_per_day=50).window
+    store.reserve("c1", "k1", "+8613800000100", T0, agent="alice")
+    assert () == store.agent_usage("alice", T0 + 1, window=0).call_starts
+    assert (T0,) == store.agent_usage("alice", T0 + 1, window=3600).call_starts
+    store.set_agent_paused("alice", True, T0 + 2, reason="review")
+    usage = store.agent_usage("alice", T0 + 3, window=0)
+    assert (True, "review") == (usage.paused, usage.pause_reason)
+    assert isinstance(AgentLimitsPolicy(store), AgentLimitsPolicy)
