@@ -44,8 +44,13 @@ class AgentUsage:
 class AgentUsageView(Protocol):
     """What the agent policy reads; the gateway's store implements it."""
 
-    def agent_usage(self, agent: str, now: float) -> AgentUsage:
-        """Activity of `agent` as of `now`; raises `StoreUnavailableError` when it cannot tell."""
+    def agent_usage(self, agent: str, now: float, *, window: float = 7 * 86400.0) -> AgentUsage:
+        """Activity of `agent` over the `window` seconds before `now`, and its pause flag.
+
+        `window` is the longest window the caller will judge (0: only the pause
+        flag is needed, call starts and complaints may be left empty). Raises
+        `StoreUnavailableError` when it cannot tell.
+        """
         ...
 
 
@@ -58,6 +63,18 @@ class AgentLimits:
     complaint_rate_ceiling: float | None = None
     complaint_window_seconds: float = 7 * 86400.0
     complaint_min_sample: int = 50
+
+    @property
+    def window(self) -> float:
+        """The longest window these limits judge, in seconds (0.0 when none is set)."""
+        longest = 0.0
+        if self.calls_per_hour is not None:
+            longest = 3600.0
+        if self.calls_per_day is not None:
+            longest = 86400.0
+        if self.complaint_rate_ceiling is not None:
+            longest = max(longest, self.complaint_window_seconds)
+        return longest
 
 
 def _count(times: Sequence[float], since: float, now: float) -> int:
@@ -81,7 +98,9 @@ class AgentLimitsPolicy:
         """No opinion within limits; else 403 agent-limit with the limit in `detail`."""
         t = epoch(now)
         limits = self.per_agent.get(ctx.agent, self.limits)
-        usage = self.usage.agent_usage(ctx.agent, t)
+        # Only the history the limits in force judge: none at all when only a
+        # pause can refuse the agent (the store then reads one flag per call).
+        usage = self.usage.agent_usage(ctx.agent, t, window=limits.window)
         if usage.paused:
             return Decision.reject(
                 RejectReason.AGENT_LIMIT, self.name, f"agent paused {usage.pause_reason}".strip()

@@ -263,9 +263,9 @@ class InMemoryAgents:
         """Lift a pause."""
         self._paused.pop(agent, None)
 
-    def agent_usage(self, agent: str, now: float) -> AgentUsage:
-        """Activity of the last 30 days as of `now`."""
-        since = now - 30 * 86400.0
+    def agent_usage(self, agent: str, now: float, *, window: float = 30 * 86400.0) -> AgentUsage:
+        """Activity of the last `window` seconds (30 days by default) as of `now`."""
+        since = now - window
         calls = self._calls.get(agent, [])
         complaints = self._complaints.get(agent, [])
         return AgentUsage(
