@@ -14,6 +14,13 @@ refreshed before the granted expiry runs out; a final failure is given to
 :meth:`CardManager.on_register_response`, which marks the card by the same
 carrier rules as a call's response.
 
+With ``[store] redis`` the card manager's repository is shared
+(:class:`gateway.redis_store.SharedCardRepository`): every
+``SHARED_SYNC_INTERVAL`` seconds the runner adopts the card states other
+instances shared, publishes this instance's kept ones, and replays the usage
+closes a Redis outage left pending. :meth:`HealthRunner.stop` closes that Redis
+client (after the B2BUA has ended its calls: ``Gateway._stop_call_path``).
+
 This module must never block the loop, log a card's password, or decide a
 card's state itself (CardManager does).
 """
@@ -25,11 +32,11 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from gateway.cards import CardManager
+from gateway.cards import CardManager, CardStateChanged
 from gateway.carrier_health import CarrierHealth
 from gateway.config import CardSettings, CarrierSettings, Settings
 from gateway.endpoint import SipEndpoint
@@ -38,12 +45,28 @@ from gateway.sip import Request, Response
 from gateway.sip.digest import DigestClient
 from gateway.sip.errors import SIPError
 
-__all__ = ["HealthRunner"]
+__all__ = ["SHARED_SYNC_INTERVAL", "HealthRunner", "SharedState"]
 
 log = structlog.get_logger("gateway.health")
 
 REGISTER_RETRY = 60.0
 """Seconds before a failed card REGISTER is tried again."""
+
+SHARED_SYNC_INTERVAL = 2.0
+"""Seconds (monotonic) between two syncs of the card states shared through Redis."""
+
+
+@runtime_checkable
+class SharedState(Protocol):
+    """A card repository shared by gateway instances (``SharedCardRepository``)."""
+
+    def sync(self, manager: CardManager, now: float) -> list[CardStateChanged]:
+        """Adopt shared card states, replay pending writes; never raises StoreUnavailable."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection to the shared store."""
+        ...
 
 
 class HealthRunner:
@@ -76,6 +99,10 @@ class HealthRunner:
         self._wake = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
         self.registered: dict[str, int] = {}
+        repo = cards.repo
+        self.shared: SharedState | None = repo if isinstance(repo, SharedState) else None
+        self.sync_interval = SHARED_SYNC_INTERVAL
+        self._sync_due = 0.0  # loop time
 
     def start(self) -> None:
         """Start the background task (idempotent)."""
@@ -91,9 +118,30 @@ class HealthRunner:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.shared is not None:
+            self.sync_shared()  # a last replay of what an outage left pending
+            self.shared.close()
+
+    def sync_shared(self) -> None:
+        """Adopt the card states other instances shared; publish the changes on the bus."""
+        if self.shared is None:
+            return
+        try:
+            changed = self.shared.sync(self.cards, self.clock())
+        except Exception:
+            log.exception("cards.sync.failed")
+            return
+        if changed:
+            log.info("cards.synced", cards=",".join(c.card for c in changed))
+            if self.bus is not None:
+                self.bus.publish_card_events(self.cards.drain_events())
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            if self.shared is not None and loop.time() >= self._sync_due:
+                self.sync_shared()
+                self._sync_due = loop.time() + self.sync_interval
             now = self.clock()
             for ping in self.health.handle_timer(now):
                 self._spawn(self._ping(ping.carrier, ping.seq))
@@ -116,6 +164,8 @@ class HealthRunner:
             if timer is not None:
                 deadlines.append(timer)
             delay = max(min(deadlines) - now, 0.05) if deadlines else 30.0
+            if self.shared is not None:
+                delay = min(delay, max(self._sync_due - loop.time(), 0.05))
             self._wake.clear()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
             # cancellation that races with the event, and stop() would hang.
