@@ -384,6 +384,9 @@ class CardManager:
         self._last_used: dict[str, str] = {}  # pool → card id (stickiness)
         self._unsaved: list[tuple[StoredCard, TransitionRecord]] = []
         self._retry_at: float | None = None
+        # Pool order (priority, id) per pool, computed once per load(): cards()
+        # runs on every call and pool and priority only change when cards are loaded.
+        self._order: dict[str | None, tuple[Card, ...]] = {}
 
     # --- loading --------------------------------------------------------------------
 
@@ -405,6 +408,7 @@ class CardManager:
             )
             stored = self.repo.upsert_card(row) if self.repo is not None else row
             self._cards[d.id] = Card.from_stored(stored)
+        self._order.clear()
 
     def sync_from_store(self, now: float) -> list[CardStateChanged]:
         """Adopt state changes another gateway instance wrote to the shared store.
@@ -463,8 +467,12 @@ class CardManager:
 
     def cards(self, pool: str | None = None) -> list[Card]:
         """Cards (of one pool), in pool order: priority, then id."""
-        chosen = [c for c in self._cards.values() if pool is None or c.pool == pool]
-        return sorted(chosen, key=lambda c: (c.pool, c.priority, c.id))
+        order = self._order.get(pool)
+        if order is None:
+            chosen = [c for c in self._cards.values() if pool is None or c.pool == pool]
+            order = tuple(sorted(chosen, key=lambda c: (c.pool, c.priority, c.id)))
+            self._order[pool] = order
+        return list(order)
 
     def pools(self) -> dict[str, list[Card]]:
         """Every pool with its cards in priority order."""
