@@ -40,7 +40,7 @@ import structlog
 
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.sip import Request, Response
-from gateway.sip.dialog import Dialog, DialogError, DialogId
+from gateway.sip.dialog import Dialog, DialogError, DialogId, DialogState
 from gateway.sip.digest import DigestClient
 from gateway.sip.errors import SIPError
 from gateway.sip.headers import Reason, RetryAfter
@@ -157,15 +157,15 @@ def uri_address(uri_host: str, port: int | None) -> Address:
 
 
 class _NotifyingQueue(deque[tuple[bytes, Address, Address]]):
-    """The network queue that tells its owner a datagram is waiting."""
+    """The network queue that asks its owner whether a datagram goes out, and says it waits."""
 
-    def __init__(self, on_append: Callable[[], None]) -> None:
+    def __init__(self, on_append: Callable[[tuple[bytes, Address, Address]], bool]) -> None:
         super().__init__()
         self._on_append = on_append
 
     def append(self, item: tuple[bytes, Address, Address]) -> None:
-        super().append(item)
-        self._on_append()
+        if self._on_append(item):
+            super().append(item)
 
 
 class LoopNetwork(MemoryNetwork):
@@ -174,26 +174,27 @@ class LoopNetwork(MemoryNetwork):
     :class:`~gateway.transport.memory.MemoryNetwork` delivers only when
     ``flush()`` is called; here every send schedules a flush with
     ``loop.call_soon``, so UAs on it behave as on loopback UDP, in order and
-    without loss (``drop`` can be set to lose datagrams matching a predicate).
+    without loss. ``drop`` can be set to lose datagrams matching a predicate;
+    it sees every datagram once, when it is sent (also one sent while a flush
+    is delivering others).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue = _NotifyingQueue(self._schedule)
+        self.queue = _NotifyingQueue(self._accept)
         self.drop: Callable[[bytes, Address, Address], bool] | None = None
         self._scheduled = False
 
-    def _schedule(self) -> None:
+    def _accept(self, item: tuple[bytes, Address, Address]) -> bool:
+        if self.drop is not None and self.drop(*item):
+            return False
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._deliver)
+        return True
 
     def _deliver(self) -> None:
         self._scheduled = False
-        if self.drop is not None:
-            kept = [item for item in self.queue if not self.drop(*item)]
-            self.queue.clear()
-            deque.extend(self.queue, kept)
         self.flush()
 
 
@@ -533,6 +534,16 @@ class UserAgent:
         try:
             dialog.receive_request(request)
         except DialogError as err:
+            if (
+                request.method == "BYE"
+                and outbound is not None
+                and dialog.state is DialogState.TERMINATED
+            ):
+                # BYEs crossed: we are hanging this call up ourselves and our BYE
+                # is in flight. The far end wants the same thing; say yes.
+                req.respond(200)
+                outbound.remote_bye.set()
+                return
             req.respond(err.status_code, err.reason_phrase)
             return
         method = request.method
@@ -814,98 +825,130 @@ class UserAgent:
         first_ring: list[float] = []
         ringing = asyncio.Event()
 
-        def on_response(_handle: object, response: Response) -> None:
+        established: list[_OutboundDialog | None] = []
+
+        def on_response(handle: ClientRequest, response: Response) -> None:
             if 200 <= response.status < 300:
-                # RFC 6026 §8.4: a retransmitted 2xx reaches the TU, which ACKs it again.
-                self._reack(response)
+                if not established:
+                    # The first 2xx: ACK it and know the dialog right away, before this
+                    # coroutine resumes: the far end's BYE may follow in the same loop turn.
+                    established.append(self._confirm(handle.request, response, dest))
+                else:
+                    # RFC 6026 §8.4: a retransmitted 2xx reaches the TU, which ACKs it again.
+                    self._reack(response)
             elif 100 < response.status < 200:
                 result.provisional.append(response.status)
                 ringing.set()
                 if not first_ring:
                     first_ring.append(loop.time())
 
-        while True:
-            invite = Request(
-                "INVITE",
-                request_uri,
-                [
-                    ("From", f"<{from_uri}>;tag={from_tag}"),
-                    ("To", f"<{to_uri}>"),
-                    ("Call-ID", call_id),
-                    ("CSeq", f"{cseq} INVITE"),
-                    ("Contact", f"<{self.contact(self.name)}>"),
-                    ("Allow", ALLOW),
-                    ("Content-Type", "application/sdp"),
-                    *headers,
-                    *([auth] if auth is not None else []),
-                ],
-                offer,
-            )
-            handle = self.endpoint.send_request(invite, dest, on_response=on_response)
-            final = await self._await_final(handle, ringing, ring_timeout, result)
-            if final.status in (401, 407) and digest is not None and not result.cancelled:
-                name = "Proxy-Authenticate" if final.status == 407 else "WWW-Authenticate"
-                if digest.handle_challenge(final.status, final.headers.get_all(name)):
-                    auth = digest.authorization("INVITE", request_uri, offer)
-                    result.challenges += 1
-                    cseq += 1
-                    continue
-            break
-
-        if digest is not None and auth is not None and final.status not in (401, 407):
-            digest.accepted()
-        result.status = final.status
-        result.reason_phrase = final.reason
-        result.reason_text = reason_text(final)
-        result.retry_after = retry_after(final)
-        result.warning = final.headers.get("Warning")
-        for name in ("Reason", "Retry-After", "Warning", "X-Card"):
-            value = final.headers.get(name)
-            if value is not None:
-                result.headers[name] = value
-        real_final = loop.time()
-        ring_from = first_ring[0] if first_ring else real_start
-        result.ring_seconds = max(0.0, real_final - ring_from) * _speed(self.clock)
-        if not 200 <= final.status < 300:
-            if on_result is not None:
-                on_result(result)
-            return result
-
-        # §13.2.2.4: the UAC core ACKs the 2xx itself, outside the transaction.
-        result.answered = True
         try:
-            dialog = Dialog.from_uac(invite, final)
-        except DialogError:
-            dialog = None
-        if dialog is None:
-            result.hangup = "error"
+            while True:
+                invite = Request(
+                    "INVITE",
+                    request_uri,
+                    [
+                        ("From", f"<{from_uri}>;tag={from_tag}"),
+                        ("To", f"<{to_uri}>"),
+                        ("Call-ID", call_id),
+                        ("CSeq", f"{cseq} INVITE"),
+                        ("Contact", f"<{self.contact(self.name)}>"),
+                        ("Allow", ALLOW),
+                        ("Content-Type", "application/sdp"),
+                        *headers,
+                        *([auth] if auth is not None else []),
+                    ],
+                    offer,
+                )
+                handle = self.endpoint.send_request(invite, dest, on_response=on_response)
+                final = await self._await_final(handle, ringing, ring_timeout, result)
+                if final.status in (401, 407) and digest is not None and not result.cancelled:
+                    name = "Proxy-Authenticate" if final.status == 407 else "WWW-Authenticate"
+                    if digest.handle_challenge(final.status, final.headers.get_all(name)):
+                        auth = digest.authorization("INVITE", request_uri, offer)
+                        result.challenges += 1
+                        cseq += 1
+                        continue
+                break
+
+            if digest is not None and auth is not None and final.status not in (401, 407):
+                digest.accepted()
+            result.status = final.status
+            result.reason_phrase = final.reason
+            result.reason_text = reason_text(final)
+            result.retry_after = retry_after(final)
+            result.warning = final.headers.get("Warning")
+            for name in ("Reason", "Retry-After", "Warning", "X-Card"):
+                value = final.headers.get(name)
+                if value is not None:
+                    result.headers[name] = value
+            real_final = loop.time()
+            ring_from = first_ring[0] if first_ring else real_start
+            result.ring_seconds = max(0.0, real_final - ring_from) * _speed(self.clock)
+            if not 200 <= final.status < 300:
+                if on_result is not None:
+                    on_result(result)
+                return result
+
+            result.answered = True
+            state = established[0] if established else None
+            if state is None:
+                result.hangup = "error"
+                if on_result is not None:
+                    on_result(result)
+                return result
+            dialog = state.dialog
+            answered_at = self.clock.now()
+            real_answer = loop.time()
+            wait = max_call_seconds if talk_seconds is None else talk_seconds
+            await self._talk(state, self.clock.real_delay(wait))
+            # Decide only now, with no await between the decision and the BYE: the
+            # callee's BYE may have landed in the same loop turn as our talk timer
+            # (its dialog is then terminated and a BYE of ours would be a 481).
+            if state.remote_bye.is_set() or dialog.state is DialogState.TERMINATED:
+                result.hangup = "remote"
+            else:
+                result.hangup = "local"
+                bye = dialog.create_request("BYE")
+                dialog.terminate()
+                bye_handle = self.endpoint.send_request(bye, dest)
+                # A BYE of the callee crossing ours is answered 200 by _in_dialog
+                # (the dialog stays known until this one is over).
+                result.bye_status = (await bye_handle.final).status
+            result.talk_seconds = max(0.0, self.clock.now() - answered_at)
+            if result.talk_seconds == 0.0:
+                result.talk_seconds = (loop.time() - real_answer) * _speed(self.clock)
             if on_result is not None:
                 on_result(result)
             return result
-        ack = dialog.create_request("ACK", cseq=cseq)
+        finally:
+            # Forget the dialog however the call ends (also when the UA closes mid-call).
+            for confirmed in established:
+                if confirmed is not None:
+                    self._outbound.pop(confirmed.dialog.id, None)
+
+    def _confirm(
+        self, invite: Request, response: Response, dest: Address
+    ) -> _OutboundDialog | None:
+        """§13.2.2.4: the UAC core ACKs a 2xx itself, outside the transaction; the dialog is kept."""
+        try:
+            dialog = Dialog.from_uac(invite, response)
+        except DialogError:
+            return None
+        ack = dialog.create_request("ACK", cseq=invite.cseq.seq)
         state = _OutboundDialog(dialog, ack, dest)
         self._outbound[dialog.id] = state
         self.endpoint.send_stateless(ack.copy(), dest)
-        answered_at = self.clock.now()
-        real_answer = loop.time()
-        wait = max_call_seconds if talk_seconds is None else talk_seconds
-        try:
-            await asyncio.wait_for(state.remote_bye.wait(), self.clock.real_delay(wait))
-            result.hangup = "remote"
-        except TimeoutError:
-            result.hangup = "local"
-            bye = dialog.create_request("BYE")
-            dialog.terminate()
-            bye_handle = self.endpoint.send_request(bye, dest)
-            result.bye_status = (await bye_handle.final).status
-        finally:
-            self._outbound.pop(dialog.id, None)
-        result.talk_seconds = max(0.0, self.clock.now() - answered_at)
-        if result.talk_seconds == 0.0:
-            result.talk_seconds = (loop.time() - real_answer) * _speed(self.clock)
-        if on_result is not None:
-            on_result(result)
-        return result
+        return state
+
+    @staticmethod
+    async def _talk(state: _OutboundDialog, delay: float) -> None:
+        """Wait until the far end hangs up or ``delay`` real seconds pass, whichever is first."""
+        if state.remote_bye.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await state.remote_bye.wait()
 
 
 def _speed(clock: BusinessClock) -> float:
