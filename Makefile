@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(VENV)/bin/dialgate run --config $(CONFIG)
+	$(VENV)/bin/dialgate up --config $(CONFIG)
 
 test: install
 	@bash scripts/test.sh

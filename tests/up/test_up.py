@@ -1,0 +1,336 @@
+"""``dialgate up`` as a subprocess: broker, simulated carrier, gateway and wallboard together.
+
+Each test writes a small configuration on free loopback ports (one UDP SIP
+listener, one carrier, one user, one card), starts ``dialgate up`` in a temporary
+working directory, waits for the printed block, then checks every part from
+outside: the wallboard page answers 200, a late MQTT subscriber gets the
+gateway's retained status and the card's retained state, the SIP port answers
+an OPTIONS with 200. SIGTERM then ends the command with status 0 and the
+mosquitto it started is gone.
+
+Runs the real ``dialgate`` entry point once ``gateway.cli`` registers ``up``;
+until then the same ``main()`` with ``gateway.cli_up`` imported first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+START_TIMEOUT = 60.0  # bounds (not assertions on speed): how long to wait before giving up
+STOP_TIMEOUT = 30.0
+HAS_MOSQUITTO = any(
+    os.access(p, os.X_OK) for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+) or bool(shutil.which("mosquitto"))
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free for both TCP and UDP right now."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        ports.add(port)
+    return sorted(ports)
+
+
+def up_command() -> list[str]:
+    from gateway import cli
+
+    if "up" in cli.COMMANDS:
+        entry = Path(sys.executable).parent / "dialgate"
+        if entry.exists():
+            return [str(entry), "up"]
+    code = "import sys, gateway.cli_up; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, "up"]
+
+
+def write_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> Path:
+    config = tmp / "dialgate.toml"
+    config.write_text(
+        f"""
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+realm = "dialgate"
+
+[store]
+path = "{tmp / "dialgate.db"}"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt}"
+root = "dialgate"
+node = "gw-up"
+stats_interval = 1.0
+
+[policy]
+default_region = "CN"
+calling_hours = "00:00-24:00"
+
+[[users]]
+name = "alice"
+password = "alice-secret-pw"
+card = "c1"
+
+[[carriers]]
+name = "carrier-a"
+address = "udp:127.0.0.1:{carrier}"
+timezone = "Asia/Shanghai"
+options_interval = 5
+  [[carriers.rules]]
+  status = 403
+  match = "(?i)suspend|blocked"
+  reason = "violation"
+
+[[cards]]
+id = "c1"
+carrier = "carrier-a"
+number = "+8613800000001"
+username = "c1"
+password = "card-secret-pw"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[logging]
+level = "info"
+json = true
+"""
+    )
+    return config
+
+
+class Up:
+    """A running ``dialgate up`` and the block it printed."""
+
+    def __init__(self, proc: subprocess.Popen[str], stderr: Path) -> None:
+        self.proc = proc
+        self.stderr = stderr
+        self.lines: list[str] = []
+
+    def wait_block(self) -> str:
+        """Read stdout until "Ctrl-C to stop." (bounded); return the block."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if line.startswith("Ctrl-C to stop"):
+                return "".join(self.lines)
+        raise AssertionError(
+            f"no block printed (exit {self.proc.poll()}):\n{''.join(self.lines)}\n"
+            f"stderr:\n{self.stderr.read_text()[-3000:]}"
+        )
+
+    def field(self, name: str) -> str:
+        for line in self.lines:
+            m = re.match(rf"\s+{re.escape(name)}\s+(\S.*)$", line)
+            if m:
+                return m.group(1).strip()
+        raise AssertionError(f"no {name!r} line in {''.join(self.lines)}")
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture
+def run_up(tmp_path: Path) -> Iterator[object]:
+    started: list[Up] = []
+
+    def start(*extra: str, config: Path) -> Up:
+        stderr = tmp_path / f"stderr-{len(started)}.txt"
+        with stderr.open("w") as err:
+            proc = subprocess.Popen(
+                [*up_command(), "--config", str(config), *extra],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                start_new_session=True,
+            )
+        up = Up(proc, stderr)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:  # a failed test must not leave a gateway or broker behind
+        if up.proc.poll() is None:
+            up.proc.send_signal(signal.SIGTERM)
+            try:
+                up.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                up.proc.kill()
+                up.proc.wait()
+        if up.proc.stdout is not None:
+            up.proc.stdout.close()
+
+
+def sip_options(port: int) -> str:
+    """Send OPTIONS to 127.0.0.1:port over UDP (retransmitted); return the status line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(1.0)
+        local = s.getsockname()[1]
+        message = (
+            f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-up-{local};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            "From: <sip:probe@127.0.0.1>;tag=up-probe\r\n"
+            f"To: <sip:127.0.0.1:{port}>\r\n"
+            f"Call-ID: up-probe-{local}@127.0.0.1\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        for _ in range(10):
+            s.sendto(message, ("127.0.0.1", port))
+            try:
+                data, _ = s.recvfrom(65535)
+            except TimeoutError:
+                continue
+            return data.decode(errors="replace").split("\r\n", 1)[0]
+    raise AssertionError("no answer to OPTIONS")
+
+
+async def retained(mqtt_port: int, topics: set[str]) -> dict[str, dict[str, object]]:
+    """Connect after the gateway started; collect the retained messages of ``topics``."""
+    got: dict[str, dict[str, object]] = {}
+    async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="up-test") as client:
+        await client.subscribe("dialgate/#", qos=1)
+        async with asyncio.timeout(START_TIMEOUT):
+            async for message in client.messages:
+                topic = str(message.topic)
+                if topic in topics and message.retain:
+                    assert isinstance(message.payload, bytes)
+                    got[topic] = json.loads(message.payload)
+                    if set(got) == topics:
+                        return got
+    raise AssertionError("unreachable")
+
+
+def http_status(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def mosquitto_running(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"mosquitto" in cmdline
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param(
+            "mosquitto",
+            marks=pytest.mark.skipif(not HAS_MOSQUITTO, reason="mosquitto not installed"),
+        ),
+        "embedded",
+    ],
+)
+async def test_up_brings_everything_up_and_down(
+    tmp_path: Path, run_up: object, broker: str
+) -> None:
+    sip, carrier, mqtt, admin, wallboard = free_ports(5)
+    config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
+    extra = ["--wallboard-port", str(wallboard)]
+    if broker == "embedded":
+        extra.append("--embedded-broker")
+    up = run_up(*extra, config=config)  # type: ignore[operator]
+    block = await asyncio.to_thread(up.wait_block)
+
+    # The block: where everything is, and no password.
+    assert up.field("wallboard") == f"http://127.0.0.1:{wallboard}/"
+    assert up.field("SIP") == f"udp:127.0.0.1:{sip}"
+    assert up.field("admin API") == f"http://127.0.0.1:{admin}/"
+    assert up.field("metrics") == f"http://127.0.0.1:{admin}/metrics"
+    assert "alice (card c1)" in up.field("agents")
+    assert "password as in the config" in block
+    assert f"udp:127.0.0.1:{carrier}" in up.field("carrier")
+    assert "secret" not in block
+    mqtt_line = up.field("MQTT")
+    assert mqtt_line.startswith(f"mqtt://127.0.0.1:{mqtt} ")
+    pid: int | None = None
+    if broker == "mosquitto":
+        m = re.search(r"mosquitto, pid (\d+)", mqtt_line)
+        assert m, mqtt_line
+        pid = int(m.group(1))
+        assert mosquitto_running(pid)
+    else:
+        assert "embedded broker" in mqtt_line
+
+    # The wallboard page, the metrics, SIP.
+    status, page = await asyncio.to_thread(http_status, up.field("wallboard"))
+    assert status == 200 and "<html" in page.lower()
+    status, metrics = await asyncio.to_thread(http_status, up.field("metrics"))
+    assert status == 200 and "dialgate_" in metrics
+    status_line = await asyncio.to_thread(sip_options, sip)
+    assert status_line.startswith("SIP/2.0 200"), status_line
+
+    # A subscriber that connects now gets the retained gateway status and card state.
+    got = await retained(mqtt, {"dialgate/gateway/gw-up/status", "dialgate/cards/c1/state"})
+    assert got["dialgate/gateway/gw-up/status"]["status"] == "online"
+    assert got["dialgate/cards/c1/state"]["state"] == "active"
+    assert got["dialgate/cards/c1/state"]["card"] == "c1"
+
+    # SIGTERM: everything stops, exit 0, the broker is gone.
+    assert await asyncio.to_thread(up.terminate) == 0, up.stderr.read_text()[-3000:]
+    if pid is not None:
+        assert not mosquitto_running(pid)
+        assert not (tmp_path / f"var/run/up-mqtt-{mqtt}/mosquitto.pid").exists()
+    assert "Traceback" not in up.stderr.read_text()
+
+
+@pytest.mark.parametrize(
+    "busy", ["sip.listen[0]", "carriers[0].address", "admin.listen", "mqtt.url"]
+)
+def test_busy_port_names_the_key(tmp_path: Path, run_up: object, busy: str) -> None:
+    sip, carrier, mqtt, admin = free_ports(4)
+    config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
+    kind, port = {
+        "sip.listen[0]": (socket.SOCK_DGRAM, sip),
+        "carriers[0].address": (socket.SOCK_DGRAM, carrier),
+        "admin.listen": (socket.SOCK_STREAM, admin),
+        "mqtt.url": (socket.SOCK_STREAM, mqtt),
+    }[busy]
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", port))
+        if kind == socket.SOCK_STREAM:
+            holder.listen(1)
+        up = run_up("--embedded-broker", config=config)  # type: ignore[operator]
+        assert up.proc.wait(timeout=START_TIMEOUT) == 1
+    err = up.stderr.read_text()
+    assert f"dialgate up: {busy}: " in err
+    assert f"127.0.0.1:{port} is not available (address already in use)" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "var" / "run").exists()  # nothing was started
