@@ -122,11 +122,11 @@ class _CardGuard:
             return None
         if p.talk_minutes_per_day is not None and self.talk_today / 60 >= p.talk_minutes_per_day:
             return None
-        if p.night is not None:
+        if p.night_window is not None:
             local = datetime.fromtimestamp(now, tz=self.tz).time()
-            if any(TimeWindow.parse(w).contains(local) for w in p.night.split(",")):
+            if any(TimeWindow.parse(w).contains(local) for w in p.night_window.split(",")):
                 return None
-        if len(self.outcomes) >= p.min_calls:
+        if len(self.outcomes) >= p.min_sample:
             answered = [a for a, _ in self.outcomes]
             rate = sum(answered) / len(answered)
             if p.answer_rate_floor is not None and rate < p.answer_rate_floor:
@@ -151,7 +151,7 @@ class _CardGuard:
         """Usage after the call ended."""
         self.talk_today += talk
         self.outcomes.append((answered, answered and talk < short_seconds))
-        while len(self.outcomes) > self.profile.rolling_window:
+        while len(self.outcomes) > self.profile.rate_window_calls:
             self.outcomes.popleft()
 
 
@@ -259,7 +259,8 @@ def run_offline(scenario: Scenario) -> OfflineResult:
         now = step.time
         if step.kind == "end":
             card_id, number, answered, talk = step.payload
-            guards[card_id].finish(answered, talk, short_seconds)
+            guard = guards[card_id]
+            guard.finish(answered, talk, guard.profile.short_seconds(short_seconds))
             carrier.record_call_end(card_id, number, answered, talk, now)
             continue
         if now >= end or not queue:

@@ -73,13 +73,6 @@ log = structlog.get_logger("simulator.runner")
 #: Business seconds an agent waits before retrying a lead the gateway could not place.
 NO_CARD_RETRY_SECONDS = 60.0
 
-#: Scenario quota keys → gateway ``[quota_profiles]`` keys where they differ.
-_QUOTA_KEYS = {
-    "rolling_window": "rate_window_calls",
-    "min_calls": "min_sample",
-    "night": "night_window",
-}
-
 #: Gateway ``[[carriers.rules]]`` matching the simulated carrier's answers (as in
 #: :meth:`Scenario.gateway_config`): its 403 phrases name the suspension reason.
 DEFAULT_CARRIER_RULES: tuple[Mapping[str, Any], ...] = (
@@ -106,10 +99,6 @@ _STATUS_OUTCOME = {
 # ---------------------------------------------------------------------------
 # Gateway settings and the in-process gateway
 # ---------------------------------------------------------------------------
-
-
-def _quota_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
-    return {_QUOTA_KEYS.get(k, k): v for k, v in profile.items()}
 
 
 def build_settings(
@@ -148,7 +137,7 @@ def build_settings(
                 "rules": [dict(r) for r in carrier_rules],
             }
         ],
-        "quota_profiles": {name: _quota_profile(p) for name, p in (quota_profiles or {}).items()},
+        "quota_profiles": {name: dict(p) for name, p in (quota_profiles or {}).items()},
         "cards": [{"carrier": carrier_name, **dict(c)} for c in cards],
         "admin": {"listen": "127.0.0.1:0"},
     }
@@ -167,14 +156,6 @@ def settings_from_scenario(
 ) -> Settings:
     """The in-process gateway's settings for ``scenario`` (policies per ``gateway.guarded``)."""
     config = scenario.gateway_config(carrier_address, listen=listen, store_path=str(store_path))
-    config["quota_profiles"] = {
-        name: _quota_profile(profile) for name, profile in config["quota_profiles"].items()
-    }
-    short = scenario.carrier.antifraud.short_call_seconds
-    for profile in config["quota_profiles"].values():
-        if "short_call_ceiling" in profile:
-            profile.setdefault("short_call_seconds", short)
-    config["policy"]["mask_numbers"] = scenario.gateway.mask_callees
     config["admin"] = {"listen": "127.0.0.1:0"}
     return Settings(**config)
 

@@ -259,8 +259,23 @@ class ConsentMode(StrEnum):
     REQUIRE_CONSENT = "require-consent"
 
 
+#: Quota keys an earlier scenario format used → the gateway's key of the same meaning.
+RENAMED_QUOTA_KEYS = {
+    "rolling_window": "rate_window_calls",
+    "min_calls": "min_sample",
+    "night": "night_window",
+}
+
+
 class QuotaProfileSection(_Strict):
-    """A gateway quota profile (DESIGN.md "Quotas")."""
+    """A gateway quota profile: the keys and meaning of ``[quota_profiles.NAME]`` in dialgate.toml.
+
+    Omitted limits are not checked. The tuning keys have the gateway's
+    defaults (a rolling window of 50 finished calls, checked from 20 on);
+    ``short_call_seconds`` left out means the carrier's own short-call length
+    (``carrier.antifraud.short_call_seconds``), so both count the same calls
+    as short. ``concurrent`` defaults to 1: a SIM carries one call.
+    """
 
     calls_per_minute: int | None = Field(default=None, ge=1)
     calls_per_hour: int | None = Field(default=None, ge=1)
@@ -271,10 +286,36 @@ class QuotaProfileSection(_Strict):
     distinct_callees_per_day: int | None = Field(default=None, ge=1)
     answer_rate_floor: Probability | None = None
     short_call_ceiling: Probability | None = None
-    rolling_window: int = Field(default=30, ge=1)
-    min_calls: int = Field(default=20, ge=1)
+    short_call_seconds: float | None = Field(default=None, gt=0)
+    rate_window_calls: int = Field(default=50, ge=1)
+    min_sample: int = Field(default=20, ge=1)
     consecutive_failures: int | None = Field(default=None, ge=1)
-    night: Windows | None = None
+    cooldown_seconds: float | None = Field(default=None, ge=0)
+    night_window: Windows | None = None
+    probation: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in RENAMED_QUOTA_KEYS.items():
+                if old in data:
+                    raise ValueError(f"{old}: renamed to {new!r} (the gateway's key)")
+        return data
+
+    def gateway_profile(self, short_call_seconds: float) -> dict[str, Any]:
+        """This profile as a gateway ``[quota_profiles.NAME]`` table (limits left out stay off).
+
+        ``short_call_seconds`` is the carrier's short-call length, used when the
+        profile does not set its own.
+        """
+        table = self.model_dump(exclude_none=True)
+        table.setdefault("short_call_seconds", short_call_seconds)
+        return table
+
+    def short_seconds(self, carrier_default: float) -> float:
+        """Talk seconds under which an answered call counts as short for this profile."""
+        return carrier_default if self.short_call_seconds is None else self.short_call_seconds
 
 
 class GatewaySection(_Strict):
@@ -401,6 +442,15 @@ class Scenario(_Strict):
         for i, card in enumerate(self.cards):
             if card.quota not in self.gateway.quota_profiles:
                 raise ValueError(f"cards[{i}].quota: unknown quota profile {card.quota!r}")
+        for name, profile in self.gateway.quota_profiles.items():
+            if (
+                profile.probation is not None
+                and profile.probation not in self.gateway.quota_profiles
+            ):
+                raise ValueError(
+                    f"gateway.quota_profiles.{name}.probation: unknown quota profile"
+                    f" {profile.probation!r}"
+                )
         for i, s in enumerate(self.carrier.scheduled_suspensions):
             if s.card not in card_ids:
                 raise ValueError(
@@ -468,16 +518,19 @@ class Scenario(_Strict):
 
         ``guarded = false`` turns consent and quotas off: consent becomes
         ``dnc-only``, calling hours the whole day, and each quota profile keeps
-        only ``concurrent`` (a SIM still carries one call). Carrier rules map the
+        only ``concurrent`` (a SIM still carries one call). Quota profiles use the
+        gateway's own keys (see :class:`QuotaProfileSection`), so the result
+        validates as :class:`gateway.config.Settings`. Carrier rules map the
         simulated carrier's answers to card states (403 suspension → its reason,
         402 → arrears, 503 → maintenance). Secrets are returned in clear text
         because the result *is* the gateway's config; never log it.
         """
         gw = self.gateway
+        short = self.carrier.antifraud.short_call_seconds
         profiles: dict[str, dict[str, Any]] = {}
         for name, profile in gw.quota_profiles.items():
             if gw.guarded:
-                profiles[name] = profile.model_dump(exclude_none=True)
+                profiles[name] = profile.gateway_profile(short)
             else:
                 profiles[name] = {"concurrent": profile.concurrent}
         rules: list[dict[str, Any]] = [
@@ -496,6 +549,7 @@ class Scenario(_Strict):
                 "default_region": gw.default_region,
                 "consent": str(gw.consent if gw.guarded else ConsentMode.DNC_ONLY),
                 "calling_hours": gw.calling_hours if gw.guarded else "00:00-24:00",
+                "mask_numbers": gw.mask_callees,
             },
             "users": [
                 {"name": a.name, "password": a.password.get_secret_value()}

@@ -243,6 +243,7 @@ def test_gateway_config_guarded_keeps_policies() -> None:
         "default_region": "CN",
         "consent": "require-consent",
         "calling_hours": "08:00-21:00",
+        "mask_numbers": True,
     } == config["policy"]
     assert 40 == config["quota_profiles"]["default"]["calls_per_hour"]
     assert "udp:127.0.0.1:5070" == config["carriers"][0]["address"]
@@ -287,3 +288,104 @@ def test_probation_thresholds_reach_the_carrier() -> None:
     assert carrier.config.probation is not None
     assert 10 == carrier.config.probation.calls_per_hour
     assert loads_scenario(MINIMAL).build_carrier().config.probation is None
+
+
+def test_scenario_quota_keys_are_the_gateways() -> None:
+    """Every key of a scenario quota profile is a key of the gateway's ``[quota_profiles.NAME]``."""
+    from gateway.config import QuotaProfile as GatewayQuotaProfile
+    from simulator.scenario import QuotaProfileSection
+
+    assert set(QuotaProfileSection.model_fields) <= set(GatewayQuotaProfile.model_fields)
+
+
+@pytest.mark.parametrize("name", ["unguarded", "guarded", "suspension-storm"])
+def test_gateway_config_builds_settings_with_the_scenarios_quotas(
+    name: str, tmp_path: Path
+) -> None:
+    """Each example's gateway_config validates as Settings and its quotas arrive as written."""
+    from gateway.cards import quota_profiles_from_settings
+    from gateway.config import Settings
+
+    scenario = load_scenario(EXAMPLES / f"{name}.toml")
+    config = scenario.gateway_config("udp:127.0.0.1:5070", store_path=str(tmp_path / "gw.db"))
+    settings = Settings(**config)
+    gw = scenario.gateway
+    assert set(gw.quota_profiles) <= set(settings.quota_profiles)
+    assert {c.id: c.quota for c in scenario.cards} == {c.id: c.quota for c in settings.cards}
+    assert gw.mask_callees == settings.policy.mask_numbers
+    policies = quota_profiles_from_settings(settings)
+    short = scenario.carrier.antifraud.short_call_seconds
+    for profile_name, wanted in gw.quota_profiles.items():
+        got = settings.quota_profiles[profile_name]
+        policy = policies[profile_name]
+        assert wanted.concurrent == got.concurrent == policy.concurrent
+        if not gw.guarded:
+            # Quotas off: only the SIM's one call at a time is left.
+            assert (None, None, None, None) == (
+                got.calls_per_minute,
+                got.calls_per_hour,
+                got.calls_per_day,
+                got.night_window,
+            )
+            continue
+        for key, value in wanted.model_dump().items():
+            arrived = getattr(got, key)
+            if key == "night_window" and arrived is not None:
+                arrived = arrived.spec
+            if key == "short_call_seconds" and value is None:
+                value = short  # the carrier's length when the profile names none
+            assert value == arrived, key
+        # ... and mean the same to the policies that enforce them.
+        assert wanted.calls_per_hour == policy.calls_per_hour
+        assert wanted.rate_window_calls == policy.rate_window_calls
+        assert wanted.min_sample == policy.rate_min_sample
+        assert wanted.short_seconds(short) == policy.short_call_seconds
+        assert wanted.night_window == policy.night_window
+
+
+def test_guarded_example_quotas_reach_the_gateway(tmp_path: Path) -> None:
+    """guarded.toml's numbers, spelled out: window, sample, night, answer floor, short calls."""
+    from gateway.config import Settings
+
+    scenario = load_scenario(EXAMPLES / "guarded.toml")
+    settings = Settings(
+        **scenario.gateway_config("udp:127.0.0.1:5070", store_path=str(tmp_path / "gw.db"))
+    )
+    profile = settings.quota_profiles["default"]
+    assert (2, 40, 250, 220) == (
+        profile.calls_per_minute,
+        profile.calls_per_hour,
+        profile.calls_per_day,
+        profile.distinct_callees_per_day,
+    )
+    assert (30, 20) == (profile.rate_window_calls, profile.min_sample)
+    assert (0.2, 0.5, 10.0) == (
+        profile.answer_rate_floor,
+        profile.short_call_ceiling,
+        profile.short_call_seconds,
+    )
+    assert profile.night_window is not None and "21:00-09:00" == profile.night_window.spec
+    assert "require-consent" == str(settings.policy.consent)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("rolling_window", "rate_window_calls"),
+        ("min_calls", "min_sample"),
+        ("night", "night_window"),
+    ],
+)
+def test_old_quota_key_names_say_their_new_name(old: str, new: str) -> None:
+    """A scenario written with the earlier key names is refused with the gateway's name."""
+    value = '"21:00-09:00"' if old == "night" else "30"
+    found = problems(MINIMAL + f"\n[gateway.quota_profiles.default]\n{old} = {value}\n")
+    key = f"gateway.quota_profiles.default.{old}"
+    assert key in found, found
+    assert new in found[key]
+
+
+def test_probation_profile_must_exist() -> None:
+    """quota_profiles.NAME.probation names another profile of the scenario."""
+    found = problems(MINIMAL + '\n[gateway.quota_profiles.default]\nprobation = "strict"\n')
+    assert "unknown quota profile" in found["gateway.quota_profiles.default.probation"]

@@ -191,7 +191,7 @@ def test_build_settings_puts_cards_on_the_carrier(tmp_path: Path) -> None:
         carrier_address="udp:127.0.0.1:6000",
         cards=[{"id": "c1", "number": "+8613800000001", "username": "c1", "password": "p"}],
         store_path=tmp_path / "gw.db",
-        quota_profiles={"default": {"concurrent": 1, "rolling_window": 10}},
+        quota_profiles={"default": {"concurrent": 1, "rate_window_calls": 10}},
     )
     assert "carrier-a" == settings.cards[0].carrier
     assert 10 == settings.quota_profiles["default"].rate_window_calls
