@@ -754,8 +754,15 @@ async def serve(
                 gateway.admin_url = admin.url
                 log.info("admin.listening", url=admin.url)
             interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
+            # Without Redis nothing else adopts card changes written to the store by
+            # another process (the CLI): the status loop does, every round.
+            shared = gateway.health is not None and gateway.health.shared is not None
             background.append(
-                asyncio.ensure_future(_status_loop(operator, telemetry.bus, clock, interval, halt))
+                asyncio.ensure_future(
+                    _status_loop(
+                        operator, telemetry.bus, clock, interval, halt, sync_store=not shared
+                    )
+                )
             )
         elif telemetry.http is not None:
             gateway.admin_url = telemetry.http.url
@@ -809,18 +816,30 @@ async def _status_loop(
     clock: Callable[[], float],
     interval: float,
     halt: asyncio.Event,
+    *,
+    sync_store: bool = True,
 ) -> None:
     """Publish each card's retained state (with usage) when it changes; raise alerts.
 
     The first round runs at once, so a subscriber that connects after start-up
-    finds every card's state retained on the broker. A failing round (the store
-    briefly unavailable) is logged and the next one tries again.
+    finds every card's state retained on the broker. With ``sync_store`` each
+    round first adopts card states another process wrote to the store (an
+    operator's ``dialgate cards restore`` while the gateway runs). A failing
+    round (the store briefly unavailable) is logged and the next one tries again.
     """
     last: dict[str, Any] = {}
+    manager = operator.manager
     while not halt.is_set():
         try:
             now = clock()
-            for card in operator.manager.cards():
+            if sync_store:
+                changed = manager.sync_from_store(now)
+                if changed:
+                    log.info("cards.adopted", cards=",".join(c.card for c in changed))
+            events = manager.drain_events()
+            if events:
+                bus.publish_card_events(events)
+            for card in manager.cards():
                 status = operator.status(card.id, now)
                 if status is None:
                     continue

@@ -13,9 +13,9 @@ import|add|revoke``, ``complaint add``, ``cdrs export``, ``alerts check``.
 Exit codes: 0 done; 1 refused or failed (unknown card, illegal transition, an
 import with bad lines — its good lines are kept); 2 bad usage or configuration.
 
-A card state changed here is written to the store; a gateway already running
-in another process keeps its own view until restarted — while it runs, change
-cards through its admin API instead.
+A card state changed here is written to the store; a gateway running in
+another process adopts it at its next status round (``gateway.app``'s status
+loop, or the Redis sync when the state is shared) and publishes it.
 
 What it must never do: print an unmasked callee or registration number (unless
 ``[policy] mask_numbers`` is off), or print a secret from the configuration.

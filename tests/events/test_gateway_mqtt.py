@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from gateway.mqtt import Topics
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.events.conftest import Mosquitto
 from tests.events.helpers import Collector, http_get, parse_exposition, value_of, wait_for
-from tests.integration.conftest import start_dialgate
+from tests.integration.conftest import dialgate_command, start_dialgate
 
 ROOT = "dg"
 NODE = "gw-e2e"
@@ -195,3 +196,41 @@ async def test_kill_9_of_dialgate_run_leaves_offline_on_the_broker(
                 os.kill(gw.proc.pid, signal.SIGKILL)
                 gw.proc.wait(timeout=10)
     assert json.loads(sub.on(topic)[-1].payload)["status"] == "offline"
+
+
+async def test_cli_suspend_while_running_is_adopted_and_published(
+    running: Running, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`dialgate cards suspend c2` in another process: the running gateway adopts it
+    and the broker shows c2 suspended; a restore comes back the same way."""
+    config = tmp_path / "cli.toml"
+    db = running.gateway.settings.store.path
+    config.write_text(
+        f'[store]\npath = "{db}"\n'
+        '[[carriers]]\nname = "carrier-a"\naddress = "udp:127.0.0.1:9"\n'
+        'timezone = "Asia/Shanghai"\n'
+        '[[cards]]\nid = "c1"\ncarrier = "carrier-a"\nnumber = "+8613800000001"\n'
+        '[[cards]]\nid = "c2"\ncarrier = "carrier-a"\nnumber = "+8613800000002"\n'
+    )
+
+    def cli(*args: str) -> None:
+        done = subprocess.run(
+            [*dialgate_command(), *args, "--config", str(config), "--actor", "ops"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert 0 == done.returncode, done.stderr.decode()
+
+    cards = running.gateway.b2bua.services.cards  # type: ignore[union-attr]
+    async with Collector(mosquitto.port, f"{ROOT}/#") as sub:
+        await asyncio.to_thread(cli, "cards", "suspend", "c2")
+        assert await wait_for(lambda: str(cards.get("c2").state) == "suspended", 10)
+
+        def on_broker(state: str) -> bool:
+            return (sub.latest(TOPICS.card("c2")) or {}).get("state") == state
+
+        assert await wait_for(lambda: on_broker("suspended"), 10)
+        await asyncio.to_thread(cli, "cards", "restore", "c2")
+        assert await wait_for(lambda: str(cards.get("c2").state) == "active", 10)
+        assert await wait_for(lambda: on_broker("active"), 10)
