@@ -510,6 +510,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return asyncio.run(_up(args, settings, log))
     except PortInUse as exc:
         print(f"dialgate up: {exc}", file=sys.stderr)
+        print(f"  {_hint(exc.key, getattr(args, 'config', None))}", file=sys.stderr)
         return EXIT_FAILURE
     except StartError as exc:
         print(f"dialgate up: {exc}", file=sys.stderr)
@@ -690,6 +691,18 @@ async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:
         for signum in installed:
             loop.remove_signal_handler(signum)
         log.info("stopped")
+
+
+def _hint(key: str, config: Path | None) -> str:
+    """What to do about a busy port named by ``key``."""
+    if key in ("mqtt.url", "--mqtt-port"):
+        return (
+            "a broker already listens there? --no-broker uses it as it is; "
+            "--mqtt-port N starts ours on another port"
+        )
+    if key.startswith("--"):
+        return f"choose another {key}"
+    return f"stop what uses it, or change {key} in {config or 'the configuration'}"
 
 
 def _default_config() -> Path | None:
