@@ -517,6 +517,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:  # a signal before the loop installed its handlers
         return EXIT_FAILURE
+    except Exception as exc:  # everything started was stopped on the way out
+        log.exception("dialgate up failed")
+        print(f"dialgate up: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:

@@ -334,3 +334,34 @@ def test_busy_port_names_the_key(tmp_path: Path, run_up: object, busy: str) -> N
     assert f"127.0.0.1:{port} is not available (address already in use)" in err
     assert "Traceback" not in err
     assert not (tmp_path / "var" / "run").exists()  # nothing was started
+
+
+async def test_no_broker_uses_the_configured_one_and_no_carrier(
+    tmp_path: Path, run_up: object
+) -> None:
+    from gateway.broker import Broker
+
+    sip, carrier, admin, wallboard = free_ports(4)
+    async with Broker("127.0.0.1", 0) as broker:
+        mqtt = broker.address[1]
+        config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
+        up = run_up(  # type: ignore[operator]
+            "--no-broker", "--no-carrier", "--wallboard-port", str(wallboard), config=config
+        )
+        await asyncio.to_thread(up.wait_block)
+        assert up.field("MQTT") == f"mqtt://127.0.0.1:{mqtt} (not started: --no-broker)"
+        assert up.field("carrier") == "carrier-a: not started (--no-carrier)"
+        got = await retained(mqtt, {"dialgate/gateway/gw-up/status"})
+        assert got["dialgate/gateway/gw-up/status"]["status"] == "online"
+        # The wallboard follows the same broker: its /state holds the card.
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                _, body = await asyncio.to_thread(http_status, up.field("wallboard") + "state")
+                if "c1" in json.loads(body)["cards"]:
+                    break
+                await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(up.terminate) == 0
+        # A clean stop leaves "offline" as the retained status on the (still running) broker.
+        status = json.loads(broker.retained["dialgate/gateway/gw-up/status"].payload)
+        assert status["status"] == "offline"
+    assert not (tmp_path / "var" / "run").exists()
