@@ -200,21 +200,47 @@ def _parse_time(text: str) -> datetime:
     return as_utc(value)
 
 
+def _csv_problem(exc: csv.Error) -> str:
+    """A csv module error in an operator's words (never the line's content)."""
+    message = str(exc)
+    if "new-line character seen in unquoted field" in message:
+        return "carriage return (CR) inside the line; save the file with LF or CRLF line ends"
+    return f"unreadable CSV: {message}"
+
+
 def parse_consent_csv(text: str, default_region: str) -> ConsentImportReport:
     """Parse consent CSV: `number,campaign,granted_at,expires_at,source,evidence` with a header.
 
     `campaign` empty or `*` means all campaigns; times are ISO 8601 with an
     offset; `expires_at` may be empty. Bad lines are reported with their
-    1-based line number and skipped.
+    1-based line number and skipped, also lines the csv module cannot read
+    (a lone CR inside an unquoted field, a runaway field): lines end at LF
+    (or CRLF), so the numbers are those an editor shows.
     """
     report = ConsentImportReport()
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or not {"number", "granted_at"} <= {
-        f.strip().lower() for f in reader.fieldnames
+    # newline="\n": a lone CR does not end a line, it stays inside its line and
+    # makes only that line unreadable.
+    reader = csv.DictReader(io.StringIO(text, newline="\n"))
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        report.errors.append(LineError(1, "", f"header: {_csv_problem(exc)}"))
+        return report
+    if fieldnames is None or not {"number", "granted_at"} <= {
+        f.strip().lower() for f in fieldnames
     }:
         report.errors.append(LineError(1, "", "header needs at least number,granted_at"))
         return report
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            # The reader drops the rest of the bad line and goes on with the next one.
+            # (DictReader.line_num is only updated on success: ask the csv reader.)
+            report.errors.append(LineError(reader.reader.line_num, "", _csv_problem(exc)))
+            continue
         lineno = reader.line_num
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         try:
