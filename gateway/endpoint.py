@@ -378,7 +378,13 @@ class SipEndpoint:
             elif isinstance(action, TransportError):
                 self._fail(action.key, 503, "Service Unavailable")
             elif isinstance(action, Terminated):
-                self._clients.pop(action.key, None)
+                handle = self._clients.pop(action.key, None)
+                if handle is not None:
+                    # The transaction is over: no response reaches this handle any more.
+                    # Dropping the TU's callback breaks the cycle call → handle →
+                    # callback → call, so a finished call is freed by reference
+                    # counting when its last timer ends, not by a later full GC.
+                    handle.on_response = None
                 self._servers.pop(action.key, None)
         self._rearm()
 

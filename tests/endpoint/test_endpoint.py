@@ -149,3 +149,45 @@ async def test_cancel_waits_for_provisional_then_487() -> None:
     finally:
         await client.close()
         await server.close()
+
+
+async def test_finished_call_is_freed_without_the_garbage_collector() -> None:
+    """After Timer M the handle forgets the TU's callback: a call object that holds
+    its handle (call → handle → callback → call) is freed by reference counting."""
+    import gc
+    import weakref
+
+    class Call:
+        handle: ClientRequest | None = None
+
+    def handler(req: ServerRequest) -> None:
+        if req.request.method != "ACK":
+            req.respond(200, to_tag="b1", headers=[("Contact", "<sip:bob@127.0.0.1>")])
+
+    timers = TimerConfig(t1=0.01, t2=0.04, t4=0.05)
+    server, client = await _pair(handler, timers=timers)
+    gc.disable()
+    try:
+        dest = server.transports[0].local_address
+
+        def place() -> tuple[weakref.ref[Call], ClientRequest]:
+            call = Call()
+            call.handle = client.send_request(
+                _request("INVITE", f"sip:bob@{dest[0]}:{dest[1]}", call_id="freed@test"),
+                dest,
+                on_response=lambda h, r: call.__class__,  # the TU's callback holds the call
+            )
+            return weakref.ref(call), call.handle
+
+        alive, handle = place()
+        assert 200 == (await asyncio.wait_for(handle.final, 5)).status
+        for _ in range(100):  # Timer M is 64*T1 = 0.64 s here
+            if handle.on_response is None:
+                break
+            await asyncio.sleep(0.02)
+        assert handle.on_response is None
+        assert alive() is None
+    finally:
+        gc.enable()
+        await client.close()
+        await server.close()
