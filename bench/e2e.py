@@ -881,6 +881,8 @@ def e2e_step(
                 run.peak_rss_mb = round(b.hwm_kb / 1024, 1)
             result.uas_cpu_pct = cpu_percent(*samples[carrier.pid])
             if args.heap and gw.poll() is None:
+                # --heap-after 40: past Timers L/M/J (32 s), only what outlives them remains.
+                time.sleep(max(0.0, args.heap_after))
                 os.kill(gw.pid, signal.SIGUSR1)
                 time.sleep(3)
                 heap = workdir / "heap.txt"
@@ -1049,6 +1051,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--uvloop", action="store_true", help="run the gateway's loop on uvloop")
     e.add_argument("--gc-threshold", help="gc.set_threshold in the gateway, e.g. 50000,50,100")
     e.add_argument("--heap", action="store_true", help="print the gateway's objects by type")
+    e.add_argument(
+        "--heap-after",
+        type=float,
+        default=0.0,
+        help="with --heap: seconds to wait after the calls before the dump (40: past Timer M)",
+    )
     e.add_argument(
         "--experiment-paused-only",
         action="store_true",
