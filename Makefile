@@ -31,7 +31,7 @@ check: install
 	$(VENV)/bin/mypy gateway policies simulator
 
 bench: install
-	$(VENV)/bin/python bench/bench_sip.py
+	$(VENV)/bin/python bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var

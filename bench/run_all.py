@@ -2,21 +2,27 @@
 
 Runs, each as a subprocess with its output shown as it comes:
 
-1. ``bench/bench_sip.py`` — SIP parse/serialize µs per message;
-2. ``bench/bench_policies.py`` — DNC load and lookups, pipeline decisions
-   (``--quick``: 1M DNC numbers, 10k consent records, 100 cards, 5k decisions
-   instead of 10M/100k/200/20k);
+1. ``bench/bench_sip.py`` — SIP parse and parse+serialize µs per INVITE and
+   200 OK, with the ratio to sipmessage's parse (when installed);
+2. ``bench/bench_policies.py`` — DNC load time and RSS, DNC lookups, policy
+   decisions and card selection (sticky card / switching over every card)
+   p50/p99 (``--quick``: 1M DNC numbers, 10k consent records, 100 cards, 5k
+   decisions instead of 10M/100k/200/20k — the summary says which);
 3. ``bench/micro_callpath.py`` — digest challenge/verify and decisions over
    the real SQLite store;
 4. ``bench/e2e.py ceiling`` — SIPp → SIPp, the test bed's own ceiling;
-5. ``bench/e2e.py e2e`` — SIPp → dialgate → SIPp, ramped until calls fail.
+5. ``bench/e2e.py e2e`` — SIPp → dialgate → SIPp (8 agents on 8 cards),
+   ramped until calls fail, each rate beside a direct SIPp → SIPp step
+   (INVITE→200 ratio), with the gateway's CPU%, CPU ms per call and RSS.
 
-Steps 3-5 need SIPp (Debian sip-tester) for 4-5; a missing SIPp skips them
-with a note. ``--quick`` (or ``DIALGATE_BENCH_QUICK=1``) shortens every step
-(about 5 minutes in all once the database is cached; the first run spends
-about a minute importing 1M DNC numbers). ``--only NAME,...`` picks steps
-(sip, policies, micro, ceiling, e2e). Results are also written as JSON to
-``--out`` (default ``var/bench``). Run:
+Steps 4-5 need SIPp (Debian sip-tester); a missing SIPp skips them with a
+note. ``--quick`` (or ``DIALGATE_BENCH_QUICK=1``) shortens every step and
+bounds the whole run by ``--budget`` seconds (default 300 in quick mode): a
+step that would run past it is stopped and reported as cut short (the first
+run also builds the 1M-number database cache once, outside that budget's
+intent: about 20 s). ``--only NAME,...`` picks steps (sip, policies, micro,
+ceiling, e2e). Results are also written as JSON to ``--out`` (default
+``var/bench``). Run:
 
     .venv/bin/python bench/run_all.py --quick
 
@@ -33,6 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +51,12 @@ STEPS = ("sip", "policies", "micro", "ceiling", "e2e")
 
 
 def run(name: str, cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
-    """Run one benchmark, echo and keep its output; return (exit code, output, seconds)."""
-    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    """Run one benchmark, echo and keep its output; return (exit code, output, seconds).
+
+    A watchdog stops it (SIGTERM by PID, then SIGKILL) after ``timeout`` seconds
+    even when it prints nothing; the exit code is then -1.
+    """
+    print(f"\n=== {name} (at most {timeout:.0f}s): {' '.join(cmd)}", flush=True)
     started = time.monotonic()
     lines: list[str] = []
     proc = subprocess.Popen(
@@ -57,21 +68,33 @@ def run(name: str, cmd: list[str], log: Path, timeout: float) -> tuple[int, str,
         text=True,
     )
     assert proc.stdout is not None
+    expired = threading.Event()
+
+    def watchdog() -> None:
+        if proc.poll() is None:
+            expired.set()
+            proc.terminate()
+
+    timer = threading.Timer(max(timeout, 1.0), watchdog)
+    timer.daemon = True
+    timer.start()
     try:
         for line in proc.stdout:
             print(line, end="", flush=True)
             lines.append(line)
-            if time.monotonic() - started > timeout:
-                print(f"[{name}: over {timeout:.0f}s, stopping it]")
-                break
     finally:
+        timer.cancel()
         if proc.poll() is None:
             proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if expired.is_set():
+        lines.append(f"[{name}: cut short after {timeout:.0f}s]\n")
+        print(lines[-1], end="", flush=True)
+        return -1, "".join(lines), time.monotonic() - started
     output = "".join(lines)
     log.write_text(output)
     return proc.returncode or 0, output, time.monotonic() - started
@@ -88,17 +111,33 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     out: list[str] = []
     sip = results.get("sip", {}).get("output", "")
     if sip:
-        inv = grab(r"^INVITE\s+\d+\s+\d+\s+([\d.]+)", sip)
-        ok = grab(r"^200 OK\s+\d+\s+\d+\s+([\d.]+)", sip)
-        out.append(f"SIP parse: INVITE {inv} µs, 200 OK {ok} µs per message")
+        for label, head in (("INVITE", "INVITE"), ("200 OK", "200 OK")):
+            found = re.search(
+                rf"^{head}\s+\d+\s+\d+\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+[\d.]+"
+                r"(?:\s+([\d.]+)\s+([\d.]+)x)?",
+                sip,
+                re.MULTILINE,
+            )
+            if found is None:
+                continue
+            text = f"SIP {label}: parse {found.group(1)} µs, parse+serialize {found.group(2)} µs"
+            if found.group(4):
+                text += f"; sipmessage parse {found.group(3)} µs (ratio {found.group(4)}x)"
+            out.append(text)
     pol = results.get("policies", {}).get("output", "")
     if pol:
-        load = grab(r"^(DNC load: [^;]*)", pol)
+        size = grab(r"for ([\d,]+) lines", pol)
+        load = grab(r"^DNC load: ([^;]*)", pol)
+        memory = grab(r"^DNC memory: [^;]*; (RSS \+\d+ MB)", pol)
         lookup = grab(r"^DNC lookup: (.*)$", pol)
         sticky = grab(r"^pipeline sticky[^:]*: decide wall (p50 [^,]*, p99 [^,]*)", pol)
         scan = grab(r"^pipeline full-scan[^:]*: decide wall (p50 [^,]*, p99 [^,]*)", pol)
-        out.append(f"{load}; lookup {lookup}")
-        out.append(f"policy pipeline (in-memory): sticky {sticky}; full scan {scan}")
+        cards = grab(r"^pipeline sticky \((\d+) cards\)", pol)
+        out.append(f"DNC load ({size} numbers): {load}, {memory}; lookup {lookup}")
+        out.append(
+            f"policy decision incl. card selection ({size} DNC, {cards} cards, in-memory):"
+            f" sticky card {sticky}; switching over every card {scan}"
+        )
     micro = results.get("micro", {}).get("output", "")
     if micro:
         for label in ("digest 407 challenge", "digest MD5 verify"):
@@ -145,6 +184,14 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"; gateway CPU {gw['cpu_pct']}% ({gw.get('cpu_ms_per_call')} ms per call),"
                 f" RSS {gw['rss_mb']} MB"
             )
+        if gw and gw.get("gc"):
+            pauses = [
+                (gw["gc"].get(gen) or {}).get("max_ms")
+                for gen in ("gen0", "gen1", "gen2")
+                if (gw["gc"].get(gen) or {}).get("max_ms") is not None
+            ]
+            if pauses:
+                text += f", worst GC pause {max(pauses):g} ms"
         if best_smooth is not None and best_smooth is not best:
             text += f"; highest without SIPp retransmissions {best_smooth['offered_cps']:g} CPS"
         if failing:
@@ -169,6 +216,11 @@ def main() -> int:
     )
     parser.add_argument("--only", default=",".join(STEPS))
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="stop every step past this many seconds in all (default: 300 with --quick)",
+    )
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -196,15 +248,28 @@ def main() -> int:
         ),
         "ceiling": (
             [PY, str(BENCH / "e2e.py"), "ceiling", "--json", str(args.out / "ceiling.json")]
-            + (["--rates", "500,1000,2000", "--seconds", "2"] if quick else []),
+            + (["--rates", "1000,2000,4000", "--seconds", "2"] if quick else []),
             900,
         ),
         "e2e": (
-            [PY, str(BENCH / "e2e.py"), "e2e", "--json", str(args.out / "e2e.json")]
-            + (["--rates", "25,50,100,150", "--seconds", "5"] if quick else []),
-            1800,
+            [
+                PY,
+                str(BENCH / "e2e.py"),
+                "e2e",
+                "--callers",
+                "8",
+                "--json",
+                str(args.out / "e2e.json"),
+            ]
+            + (
+                ["--rates", "100,200,300,400", "--seconds", "4"]
+                if quick
+                else ["--rates", "100,200,300,400,500,600,800,1000", "--seconds", "10"]
+            ),
+            2400,
         ),
     }
+    budget = args.budget if args.budget is not None else (300.0 if quick else None)
     results: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -216,6 +281,12 @@ def main() -> int:
             results[name] = {"skipped": "sipp not installed (Debian package sip-tester)"}
             continue
         cmd, timeout = plan[name]
+        if budget is not None:
+            left = budget - (time.monotonic() - started)
+            if left < 5:
+                results[name] = {"skipped": f"time budget of {budget:.0f}s spent"}
+                continue
+            timeout = min(timeout, left)
         code, output, seconds = run(name, cmd, args.out / f"{name}.log", timeout)
         results[name] = {"code": code, "output": output, "seconds": round(seconds, 1)}
         json_path = args.out / f"{name}.json"
