@@ -72,7 +72,6 @@ from gateway.cards import (
 from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.events import CallEvent, CallEventKind, EventBus
-from gateway.logging import mask_number
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.digest import DigestClient
@@ -86,6 +85,7 @@ from gateway.transport import Address, Transport
 from policies.context import build_context
 from policies.decision import Decision, RejectReason, reason_header
 from policies.errors import AddressIncompleteError
+from policies.privacy import mask_number
 
 if TYPE_CHECKING:
     from gateway.config import CardSettings, CarrierSettings, Settings
@@ -206,6 +206,10 @@ class B2BUA:
         self._carriers: dict[str, CarrierSettings] = {c.name: c for c in services.settings.carriers}
         self._card_conf: dict[str, CardSettings] = {c.id: c for c in services.settings.cards}
         self._seq = itertools.count(1)
+        # The card each agent or dialer last went out on: selection stays on it while it
+        # has headroom (DESIGN "Quotas": carriers flag frequent switching). One entry per
+        # configured identity, so bounded by the configuration.
+        self._last_card: dict[str, str] = {}
         self.stats: dict[str, int] = {
             "calls": 0,
             "answered": 0,
@@ -300,6 +304,7 @@ class B2BUA:
                 now=datetime.fromtimestamp(now, UTC),
                 emergency=self.services.emergency,
                 bound_card=identity.card,
+                last_card=self._last_card.get(identity.name),
                 call_id=call.key,
             )
         except AddressIncompleteError:
@@ -394,6 +399,7 @@ class B2BUA:
         carrier = self._carriers.get(card.carrier)
         call.card = card_id
         call.cards_tried.append(card_id)
+        self._last_card[call.identity.name] = card_id
         if carrier is None:
             self._b_final(call, 503, "Service Unavailable", None, local=True)
             return

@@ -73,12 +73,6 @@ def test_call_11_gets_503_no_card_available_emergency_still_passes(
     assert EMERGENCY == carrier.callees()[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: gateway/b2bua.py on_invite never passes last_card to build_context, so "
-    "policies.selection's stickiness never applies and an unbound agent's calls alternate "
-    "c1, c2, c1, … (DESIGN 'Quotas': prefer staying on one card over rotating)",
-)
 def test_unbound_agent_stays_on_one_card_while_it_has_headroom(
     tmp_path: Path, processes: list
 ) -> None:
