@@ -98,6 +98,8 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], agents: int)
     samples: list[int] = []
     outcomes: dict[str, int] = {}
     clock = time.perf_counter_ns
+    cpu = time.thread_time_ns
+    cpu_start = cpu()
     for i in range(n):
         t = now + i * 0.01
         agent = f"agent{i % agents:03d}"
@@ -116,11 +118,12 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], agents: int)
         samples.append(clock() - t0)
         key = "allow" if decision.allowed else str(decision.reason)
         outcomes[key] = outcomes.get(key, 0) + 1
+    cpu_us = (cpu() - cpu_start) / 1000 / max(n, 1)
     k = min(500, n // 3)
     print(
         f"decision, {agents} agent(s) (build_context + pipeline.decide with reservation, SQLite store): "
         f"all {pcts(samples)}; first {k}: {pcts(samples[:k])}; last {k}: {pcts(samples[-k:])}; "
-        f"outcomes {outcomes}"
+        f"CPU {cpu_us:.0f} µs per decision; outcomes {outcomes}"
     )
     store.close()
 
