@@ -84,7 +84,6 @@ __all__ = [
     "TransitionRecord",
     "UsageLedger",
     "UsageStatus",
-    "ledger_from_settings",
     "store_from_settings",
 ]
 
@@ -1503,23 +1502,5 @@ def store_from_settings(settings: Settings, *, base_dir: Path | None = None) -> 
         path = base_dir / path
     return SQLiteStore(
         path,
-        carrier_timezones={c.name: c.timezone for c in settings.carriers},
-    )
-
-
-def ledger_from_settings(settings: Settings, store: SQLiteStore, *, node: str) -> UsageLedger:
-    """The usage ledger to reserve through: Redis when ``[store] redis`` is set, else ``store``.
-
-    ``node`` names this gateway instance (``[mqtt] node``); the Redis ledger
-    only recovers its own node's reservations. Imports ``redis`` only when used.
-    """
-    if settings.store.redis is None:
-        return store
-    from gateway.store.redis_ledger import RedisLedger, connect_service_url
-
-    return RedisLedger(
-        connect_service_url(settings.store.redis),
-        node=node,
-        card_carriers={c.id: c.carrier for c in settings.cards},
         carrier_timezones={c.name: c.timezone for c in settings.carriers},
     )
