@@ -6,7 +6,10 @@ dialers, and either uses a running dialgate (``--gateway HOST:PORT``; its
 ``[[carriers]]`` must point at the carrier port given with ``--carrier-port``)
 or starts one in-process with settings built from the scenario; ``--direct``
 skips the gateway (agents dial the carrier with their cards: the unprotected
-baseline). A live progress line goes to the terminal, the text report to
+baseline); ``--offline`` replays the scenario without SIP through the carrier
+model and a stand-in of the policies (deterministic for the seed, where a SIP
+run's totals depend on real call timing; the report says which mode ran). A
+live progress line goes to the terminal, the text report to
 stdout, and ``--json`` / ``--png`` save the report.
 
 Exit codes: 0 no card suspended, 1 at least one suspension or a runtime
@@ -23,9 +26,13 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 from gateway.config import LoggingSettings, LogLevel
+
+if TYPE_CHECKING:
+    from simulator.report import Report
 
 __all__ = ["cmd_simulate", "parse_hostport"]
 
@@ -70,6 +77,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no gateway: agents dial the carrier with their cards (unprotected baseline)",
     )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="no SIP: replay the scenario through the carrier model and a stand-in of the "
+        "gateway's policies (deterministic for the seed; seconds instead of minutes)",
+    )
     parser.add_argument("--json", metavar="FILE", type=Path, help="write the JSON report here")
     parser.add_argument("--png", metavar="FILE", type=Path, help="write the usage chart here")
     parser.add_argument(
@@ -94,8 +107,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.runner import run_scenario
     from simulator.scenario import ScenarioError, load_scenario
 
-    if args.gateway is not None and args.direct:
-        print("dialgate simulate: --gateway and --direct exclude each other", file=sys.stderr)
+    chosen = [
+        n
+        for n, on in (
+            ("--gateway", args.gateway),
+            ("--direct", args.direct),
+            ("--offline", args.offline),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        print(f"dialgate simulate: {' and '.join(chosen)} exclude each other", file=sys.stderr)
         return EXIT_USAGE
     try:
         scenario = load_scenario(args.scenario)
@@ -108,6 +130,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         mask_numbers=scenario.gateway.mask_callees,
         stream=sys.stderr,
     )
+
+    if args.offline:
+        from simulator.offline import run_offline
+        from simulator.report import report_from_offline
+
+        replay = run_offline(scenario, max_leads=args.max_leads)
+        return _finish(report_from_offline(replay), args)
 
     def announce(carrier: object, target: tuple[str, int] | None) -> None:
         if args.quiet:
@@ -134,15 +163,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"dialgate simulate: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    report = result.report()
+    if not args.quiet and result.mode == "in-process" and not result.clock_shared:
+        print(
+            "note: the in-process gateway keeps real time (serve() takes no clock); "
+            "its time-based policies do not fast-forward",
+            file=sys.stderr,
+        )
+    return _finish(result.report(), args)
+
+
+def _finish(report: Report, args: argparse.Namespace) -> int:
+    """Print and save the report; the exit status (1 when a card got suspended)."""
     if not args.quiet:
         sys.stdout.write(report.to_text())
-        if result.mode == "in-process" and not result.clock_shared:
-            print(
-                "note: the in-process gateway keeps real time (serve() takes no clock); "
-                "its time-based policies do not fast-forward",
-                file=sys.stderr,
-            )
     if args.json is not None:
         args.json.write_text(report.to_json(), encoding="utf-8")
     if args.png is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -210,9 +211,14 @@ class CarrierModel:
         self.mask_callees = mask_callees
         self.events: list[CarrierEvent] = []
         self._consented = frozenset(consented)
-        # Independent streams so that adding a complaint draw never shifts the answer plans.
-        self.answer_model = AnswerModel(config.answer, random.Random(f"{seed}:answer"))
-        self._complaint_rng = random.Random(f"{seed}:complaint")
+        # Each callee's answers and complaints come from its own streams, keyed by
+        # (seed, callee, how often it was reached / ended before): a lead gets the
+        # same plan whichever card, agent or moment dials it, so runs whose call
+        # order depends on timing (SIP) still agree lead by lead with each other
+        # and with the offline replay; complaint draws never shift answer plans.
+        self._seed = seed
+        self._plans_drawn: Counter[str] = Counter()
+        self._ends_drawn: Counter[str] = Counter()
         self._cards: dict[str, _CardState] = {}
         for account in accounts:
             if account.card in self._cards:
@@ -253,6 +259,13 @@ class CarrierModel:
         snapshot: dict[str, Any] = dict(state.usage.counters(now))
         snapshot["balance"] = None if math.isinf(state.balance) else round(state.balance, 4)
         return snapshot
+
+    def plan_for(self, callee: str) -> CallPlan:
+        """The callee's plan for the next accepted INVITE to it (its own seeded stream)."""
+        nth = self._plans_drawn[callee]
+        self._plans_drawn[callee] += 1
+        rng = random.Random(f"{self._seed}:answer:{callee}:{nth}")
+        return AnswerModel(self.config.answer, rng).plan()
 
     # -- INVITE -----------------------------------------------------------------
     def decide_invite(self, card: str, callee: str, now: float) -> CarrierDecision:
@@ -311,7 +324,7 @@ class CarrierModel:
             return _suspended_decision(card, suspension)
 
         state.usage.record_invite(callee, now)
-        plan = self.answer_model.plan()
+        plan = self.plan_for(callee)
         self._emit(
             now,
             card,
@@ -348,8 +361,11 @@ class CarrierModel:
             )
         complained = False
         p = self.config.thresholds.complaint_probability
+        nth_end = self._ends_drawn[callee]
+        self._ends_drawn[callee] += 1
         if answered and callee not in self._consented and p > 0:
-            complained = self._complaint_rng.random() < p
+            rng = random.Random(f"{self._seed}:complaint:{callee}:{nth_end}")
+            complained = rng.random() < p
         if state.suspension is not None:
             # A call that was up when the card got suspended still counts, but cannot re-suspend.
             state.usage.record_end(answered, talk_seconds, complained)

@@ -1,6 +1,7 @@
 """Offline rehearsal: replay a scenario's pacing through the carrier models, without SIP.
 
-Each agent (and each dialer channel) takes the next lead, the attempt passes a
+Each agent (and each dialer channel) works its own share of the leads (lead i to
+source i mod n, as in the SIP run) and takes the next one; the attempt passes a
 *stand-in* for the gateway's policy pipeline (consent, calling hours, card
 quotas and card selection — only when the scenario is ``guarded``), then
 :meth:`CarrierModel.decide_invite` answers it. On a card-level failure (403
@@ -197,10 +198,15 @@ def _inside_hours(
     )
 
 
-def run_offline(scenario: Scenario) -> OfflineResult:
-    """Replay ``scenario`` through the carrier models; deterministic for its seed."""
+def run_offline(scenario: Scenario, *, max_leads: int | None = None) -> OfflineResult:
+    """Replay ``scenario`` through the carrier models; deterministic for its seed.
+
+    ``max_leads`` dials only the first N leads (as the SIP runner's option).
+    """
     leads = scenario.expand_leads()
     carrier = scenario.build_carrier(leads)
+    if max_leads is not None:
+        leads = leads[: max(0, max_leads)]
     carrier_tz = ZoneInfo(scenario.carrier.timezone)
     gw = scenario.gateway
     mask = gw.mask_callees
@@ -218,7 +224,10 @@ def run_offline(scenario: Scenario) -> OfflineResult:
     for dialer in scenario.dialers:
         sources += [(f"{dialer.name}/{ch}", None) for ch in range(1, dialer.channels + 1)]
 
-    queue: deque[Lead] = deque(leads)
+    # Lead i goes to source i mod n, as in the SIP run (simulator.runner).
+    queues: dict[str, deque[Lead]] = {
+        name: deque(leads[i :: len(sources)]) for i, (name, _) in enumerate(sources)
+    }
     heap: list[_Step] = []
     seq = 0
 
@@ -263,9 +272,12 @@ def run_offline(scenario: Scenario) -> OfflineResult:
             guard.finish(answered, talk, guard.profile.short_seconds(short_seconds))
             carrier.record_call_end(card_id, number, answered, talk, now)
             continue
-        if now >= end or not queue:
+        if now >= end:
             continue
         name, bound = step.payload
+        queue = queues[name]
+        if not queue:
+            continue
         lead = queue.popleft()
         masked = mask_number(lead.number, enabled=mask)
 
@@ -338,4 +350,5 @@ def run_offline(scenario: Scenario) -> OfflineResult:
         )
         push(now + NO_CARD_RETRY_SECONDS, "dial", step.payload)
 
-    return OfflineResult(scenario, carrier, calls, marks, len(leads), len(queue))
+    left = sum(len(q) for q in queues.values())
+    return OfflineResult(scenario, carrier, calls, marks, len(leads), left)

@@ -34,7 +34,14 @@ from simulator.records import CallOutcome, CallRecord, CardMark
 if TYPE_CHECKING:
     from simulator.offline import OfflineResult
 
-__all__ = ["CardSummary", "Report", "SuspensionEntry", "build_report", "report_from_offline"]
+__all__ = [
+    "OFFLINE",
+    "CardSummary",
+    "Report",
+    "SuspensionEntry",
+    "build_report",
+    "report_from_offline",
+]
 
 #: Chart sampling step for "calls in the last hour", business seconds.
 SAMPLE_STEP = 300.0
@@ -89,6 +96,10 @@ class CardSummary:
         }
 
 
+#: The mode of a deterministic run (no SIP).
+OFFLINE = "offline"
+
+
 @dataclass(slots=True)
 class Report:
     """Aggregates of one run plus the raw series the chart needs."""
@@ -114,6 +125,9 @@ class Report:
     cards: list[CardSummary]
     leads_total: int | None = None
     leads_left: int | None = None
+    mode: str = OFFLINE
+    speed: float | None = None
+    gateway_clock: str | None = None
     _accepted_times: dict[str, list[float]] = field(default_factory=dict)
     _answer_rates: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
@@ -122,6 +136,28 @@ class Report:
         """Answer-seizure ratio: answered / calls the carrier let through."""
         return _ratio(self.answered, self.placed)
 
+    @property
+    def seed_determined(self) -> bool:
+        """True when the same scenario and seed always give this same report (offline)."""
+        return self.mode == OFFLINE
+
+    def run_description(self) -> str:
+        """Which mode ran and what that means for repeating it."""
+        if self.seed_determined:
+            return "offline replay (no SIP): the same seed gives the same report"
+        where = {
+            "sip/in-process": "in-process gateway",
+            "sip/external": "external gateway",
+            "sip/direct": "no gateway (agents dial the carrier)",
+        }.get(self.mode, self.mode)
+        clock = {"business": ", gateway on the business clock", "real": ", gateway on real time"}
+        speed = "" if self.speed is None else f" at {self.speed:g}x"
+        return (
+            f"SIP, {where}{clock.get(self.gateway_clock or '', '')}{speed}: each lead's answer is "
+            "seeded, call timing is real, so totals can differ between runs "
+            "(--offline replays deterministically)"
+        )
+
     # -- JSON ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -129,6 +165,12 @@ class Report:
         return {
             "scenario": self.name,
             "seed": self.seed,
+            "run": {
+                "mode": self.mode,
+                "seed_determined": self.seed_determined,
+                "clock_speed": self.speed,
+                "gateway_clock": self.gateway_clock,
+            },
             "start": _iso(self.start, self.timezone),
             "end": _iso(self.end, self.timezone),
             "totals": {
@@ -172,6 +214,7 @@ class Report:
         lines = [
             f"Scenario {self.name!r} (seed {self.seed})",
             f"  {_iso(self.start, self.timezone)} → {_iso(self.end, self.timezone)}",
+            f"  run: {self.run_description()}",
             "",
             f"  attempts      {self.attempts}",
             f"  placed        {self.placed}",
@@ -317,8 +360,16 @@ def build_report(
     marks: Iterable[CardMark] = (),
     leads_total: int | None = None,
     leads_left: int | None = None,
+    mode: str = OFFLINE,
+    speed: float | None = None,
+    gateway_clock: str | None = None,
 ) -> Report:
-    """Aggregate one run's records into a :class:`Report`."""
+    """Aggregate one run's records into a :class:`Report`.
+
+    ``mode`` says which run produced them: ``offline`` (deterministic for the
+    seed) or ``sip/in-process``, ``sip/external``, ``sip/direct``;
+    ``gateway_clock`` is ``business`` when the gateway shared the scaled clock.
+    """
     events = sorted(events, key=lambda e: e.time)
     calls = list(calls)
     marked = Counter(str(m.status) for m in marks)
@@ -397,6 +448,9 @@ def build_report(
         ],
         leads_total=leads_total,
         leads_left=leads_left,
+        mode=mode,
+        speed=speed,
+        gateway_clock=gateway_clock,
         _accepted_times=accepted,
         _answer_rates=rates,
     )

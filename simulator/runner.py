@@ -354,6 +354,10 @@ class SipRunResult:
     def report(self) -> Report:
         """The rehearsal report (same builder as the offline run)."""
         s = self.scenario
+        # The clock of an external gateway is not known here.
+        gateway_clock: str | None = None
+        if self.mode == "in-process":
+            gateway_clock = "business" if self.clock_shared else "real"
         return build_report(
             name=s.name,
             seed=s.seed,
@@ -367,6 +371,9 @@ class SipRunResult:
             marks=self.marks,
             leads_total=self.leads_total,
             leads_left=self.leads_left,
+            mode=f"sip/{self.mode}",
+            speed=s.clock.speed,
+            gateway_clock=gateway_clock,
         )
 
 
@@ -412,6 +419,14 @@ def _marks(carrier: Carrier) -> list[CardMark]:
             until = e.time + e.retry_after if e.retry_after is not None else None
             marks.append(CardMark(e.time, e.card, e.decided, e.reason_phrase, until))
     return marks
+
+
+def _sources(caller: Softphone | Dialer, dialer_channels: Mapping[str, int]) -> list[str]:
+    """The lead workers of one caller: an agent is one, a dialer one per channel."""
+    channels = dialer_channels.get(caller.name, 1) if isinstance(caller, Dialer) else 1
+    if channels == 1:
+        return [caller.name]
+    return [f"{caller.name}/{channel + 1}" for channel in range(channels)]
 
 
 def _requeuer(retry_scale: float) -> Callable[[str, CallResult], float | None]:
@@ -478,7 +493,10 @@ async def run_scenario(
     in_process: InProcessGateway | None = None
     callers: list[Softphone | Dialer] = []
     results: list[tuple[str, CallResult]] = []
-    queue: deque[str] = deque(numbers)
+    # One list per worker (lead i to worker i mod n, fixed before the run): which
+    # agent dials which lead is decided by the seed's lead order, not by who is
+    # free first, so timing cannot move a lead to another card.
+    queues: list[deque[str]] = []
     stop = asyncio.Event()
     mode = "direct" if direct else ("external" if gateway is not None else "in-process")
     with tempfile.TemporaryDirectory(prefix="dialgate-sim-", dir=workdir) as tmp:
@@ -564,25 +582,28 @@ async def run_scenario(
 
             workers: list[asyncio.Task[None]] = []
             dialer_channels = {d.name: d.channels for d in scenario.dialers}
-            for caller in callers:
-                channels = dialer_channels.get(caller.name, 1) if isinstance(caller, Dialer) else 1
-                for channel in range(channels):
-                    source = caller.name if channels == 1 else f"{caller.name}/{channel + 1}"
-                    workers.append(
-                        asyncio.ensure_future(
-                            work_leads(
-                                caller,
-                                queue,
-                                calls_per_minute=pacing.calls_per_minute_per_agent,
-                                think_seconds=pacing.think_seconds,
-                                talk_seconds=None,
-                                ring_timeout=ring_timeout,
-                                stop=stop,
-                                on_result=collect(source),
-                                requeue=requeue,
-                            )
+            channels_of = [
+                (caller, source)
+                for caller in callers
+                for source in _sources(caller, dialer_channels)
+            ]
+            queues.extend(deque(numbers[i :: len(channels_of)]) for i in range(len(channels_of)))
+            for (caller, source), queue in zip(channels_of, queues, strict=True):
+                workers.append(
+                    asyncio.ensure_future(
+                        work_leads(
+                            caller,
+                            queue,
+                            calls_per_minute=pacing.calls_per_minute_per_agent,
+                            think_seconds=pacing.think_seconds,
+                            talk_seconds=None,
+                            ring_timeout=ring_timeout,
+                            stop=stop,
+                            on_result=collect(source),
+                            requeue=requeue,
                         )
                     )
+                )
 
             def counters() -> tuple[float, int, int, int, int]:
                 answered = sum(1 for _, r in results if r.answered)
@@ -637,7 +658,7 @@ async def run_scenario(
         marks=_marks(carrier),
         results=results,
         leads_total=len(numbers),
-        leads_left=len(queue),
+        leads_left=sum(len(q) for q in queues) if queues else len(numbers),
         mode=mode,
         gateway_address=gateway if gateway is not None else None,
         clock_shared=in_process.clock_shared if in_process is not None else False,

@@ -358,8 +358,8 @@ def test_guarded_example_quotas_reach_the_gateway(tmp_path: Path) -> None:
         profile.calls_per_day,
         profile.distinct_callees_per_day,
     )
-    assert (30, 20) == (profile.rate_window_calls, profile.min_sample)
-    assert (0.2, 0.5, 10.0) == (
+    assert (40, 30) == (profile.rate_window_calls, profile.min_sample)
+    assert (0.18, 0.5, 10.0) == (
         profile.answer_rate_floor,
         profile.short_call_ceiling,
         profile.short_call_seconds,

@@ -166,12 +166,12 @@ async def test_external_gateway_mode(small: Scenario, tmp_path: Path) -> None:
 
 
 def test_settings_from_scenarios_validate(tmp_path: Path) -> None:
-    """Scenario quota keys are translated to the gateway's; unguarded keeps only ``concurrent``."""
+    """Scenario quota profiles arrive in the gateway's keys; unguarded keeps only ``concurrent``."""
     guarded = settings_from_scenario(
         load_scenario(EXAMPLES / "guarded.toml"), "udp:127.0.0.1:5999", store_path=tmp_path / "a"
     )
     profile = guarded.quota_profiles["default"]
-    assert (40, 30, 20) == (profile.calls_per_hour, profile.rate_window_calls, profile.min_sample)
+    assert (40, 40, 30) == (profile.calls_per_hour, profile.rate_window_calls, profile.min_sample)
     assert profile.night_window is not None
     assert 10.0 == profile.short_call_seconds
     assert "require-consent" == str(guarded.policy.consent)
