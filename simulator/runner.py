@@ -391,6 +391,11 @@ def _record(
     ]
     card = tried[-1].card if tried else None
     failovers = max(0, len(tried) - 1)
+    # Talk time as the carrier counted it (the callee's planned talk when it hung
+    # up): the caller's own measure carries real-time jitter times the clock speed.
+    talk = result.talk_seconds
+    if tried and tried[-1].answered:
+        talk = tried[-1].talk_seconds
     status = result.status or 0
     outcome = _STATUS_OUTCOME.get(status)
     reason = result.reason_text
@@ -408,7 +413,7 @@ def _record(
         reason=reason if outcome is CallOutcome.BLOCKED else None,
         failovers=failovers,
         ring_seconds=round(result.ring_seconds, 3),
-        talk_seconds=round(result.talk_seconds, 3) if result.answered else 0.0,
+        talk_seconds=round(talk, 3) if result.answered else 0.0,
     )
 
 
