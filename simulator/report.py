@@ -310,7 +310,7 @@ class Report:
                 handles, labels = ax.get_legend_handles_labels()
                 unique = dict(zip(labels, handles, strict=True))
                 if unique:
-                    ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=7)
+                    ax.legend(unique.values(), unique.keys(), loc="best", fontsize=7)
         for ax in axes[-1]:
             ax.set_xlabel("business hours since start")
         axes[0][0].set_title("calls per hour vs carrier limit")
@@ -326,15 +326,20 @@ class Report:
         return out
 
     def _calls_per_hour_series(self, card: str) -> tuple[list[float], list[int]]:
-        times = self._accepted_times.get(card, [])
-        xs: list[float] = []
-        ys: list[int] = []
+        times = sorted(self._accepted_times.get(card, []))
+        # A regular grid plus every call start: the curve shows each peak exactly
+        # (the call that crossed the carrier's limit is on it, not between samples).
+        samples: set[float] = {t for t in times if self.start <= t <= self.end}
         t = self.start
         while t <= self.end + 1e-9:
+            samples.add(t)
+            t += SAMPLE_STEP
+        xs: list[float] = []
+        ys: list[int] = []
+        for t in sorted(samples):
             count = bisect.bisect_right(times, t) - bisect.bisect_right(times, t - 3600)
             xs.append((t - self.start) / 3600)
             ys.append(count)
-            t += SAMPLE_STEP
         return xs, ys
 
 
