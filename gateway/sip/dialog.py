@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TypedDict
 
 from .errors import SIPError
 from .headers import NameAddr
@@ -44,6 +45,7 @@ __all__ = [
     "Dialog",
     "DialogError",
     "DialogId",
+    "DialogRecord",
     "DialogState",
 ]
 
@@ -115,6 +117,29 @@ def _request_uri_from(route: NameAddr) -> URI:
     uri = route.uri
     params = tuple((n, v) for n, v in uri.params if n.lower() != "method")
     return replace(uri, params=params, headers=())
+
+
+class DialogRecord(TypedDict):
+    """A :class:`Dialog` as plain JSON-able values (:meth:`Dialog.to_record`).
+
+    URIs and name-addrs are kept in their wire form, so a record written by one
+    process rebuilds the same dialog in another (dialog persistence across a
+    restart: the gateway can still send the in-dialog BYE).
+    """
+
+    call_id: str
+    local_tag: str | None
+    remote_tag: str | None
+    local_seq: int | None
+    remote_seq: int | None
+    local_uri: str
+    remote_uri: str
+    remote_target: str
+    route_set: list[str]
+    secure: bool
+    state: str
+    local_target: str | None
+    initial_seq: int
 
 
 @dataclass(slots=True)
@@ -230,6 +255,55 @@ class Dialog:
             local_target=local_target,
             initial_seq=initial_seq,
         )
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_record(self) -> DialogRecord:
+        """Every field as plain values (wire-form URIs); :meth:`from_record` inverts it."""
+        return DialogRecord(
+            call_id=self.call_id,
+            local_tag=self.local_tag,
+            remote_tag=self.remote_tag,
+            local_seq=self.local_seq,
+            remote_seq=self.remote_seq,
+            local_uri=str(self.local_uri),
+            remote_uri=str(self.remote_uri),
+            remote_target=str(self.remote_target),
+            route_set=[str(route) for route in self.route_set],
+            secure=self.secure,
+            state=self.state.value,
+            local_target=None if self.local_target is None else str(self.local_target),
+            initial_seq=self.initial_seq,
+        )
+
+    @classmethod
+    def from_record(cls, record: DialogRecord) -> Dialog:
+        """The dialog a :meth:`to_record` result describes.
+
+        Raises :class:`~gateway.sip.errors.SIPError` (a parse error) or
+        :class:`DialogError` when the record is not one: a stored record may be
+        damaged, and the caller decides what to do with it.
+        """
+        try:
+            state = DialogState(record["state"])
+            local_target = record["local_target"]
+            return cls(
+                call_id=record["call_id"],
+                local_tag=record["local_tag"],
+                remote_tag=record["remote_tag"],
+                local_seq=record["local_seq"],
+                remote_seq=record["remote_seq"],
+                local_uri=NameAddr.parse(record["local_uri"]),
+                remote_uri=NameAddr.parse(record["remote_uri"]),
+                remote_target=URI.parse(record["remote_target"]),
+                route_set=tuple(NameAddr.parse(route) for route in record["route_set"]),
+                secure=bool(record["secure"]),
+                state=state,
+                local_target=None if local_target is None else URI.parse(local_target),
+                initial_seq=int(record["initial_seq"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DialogError(f"not a dialog record: {exc!r}") from exc
 
     # ------------------------------------------------------------------ UAC side
 

@@ -373,3 +373,50 @@ def test_2xx_to_reinvite_refreshes_target_but_not_to_info() -> None:
     d.receive_response(make_response(info, 200, headers=[("Contact", "<sip:bob@192.0.2.78>")]))
     assert "sip:bob@192.0.2.77" == str(d.remote_target)
     assert DialogState.CONFIRMED == d.state
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+@pytest.mark.parametrize("make", [uac_dialog, uas_dialog], ids=["uac", "uas"])
+def test_record_round_trip_rebuilds_the_same_dialog(make: object) -> None:
+    """to_record → JSON → from_record gives an equal dialog that builds the same BYE."""
+    import json
+
+    assert callable(make)
+    original: Dialog = make()
+    original.remote_target = URI.parse("sip:bob@192.0.2.4:5070;transport=tcp")
+    record = json.loads(json.dumps(original.to_record()))
+    rebuilt = Dialog.from_record(record)
+    assert original == rebuilt
+    assert bytes(original.create_request("BYE")) == bytes(rebuilt.create_request("BYE"))
+
+
+def test_record_keeps_display_names_tagless_uris_and_empty_seq() -> None:
+    """A UAS dialog that never sent a request keeps local_seq empty and its initial_seq."""
+    d = Dialog.from_uas(request(INVITE), "t1", "sip:gw@192.0.2.9", initial_seq=7)
+    record = d.to_record()
+    assert (None, 314159, 7) == (record["local_seq"], record["remote_seq"], record["initial_seq"])
+    assert "tag=" not in record["remote_uri"]
+    rebuilt = Dialog.from_record(record)
+    assert ("Alice", "sip:alice@atlanta.example.com") == (
+        rebuilt.remote_uri.display_name,
+        str(rebuilt.remote_uri.uri),
+    )
+    assert 7 == rebuilt.create_request("BYE").cseq.seq
+    assert (None, "t1", "1928301774") == (
+        rebuilt.remote_uri.tag,
+        rebuilt.local_tag,
+        rebuilt.remote_tag,
+    )
+
+
+def test_damaged_record_raises_dialog_error() -> None:
+    """A record missing a field or with an unknown state is refused, not half-built."""
+    record = uac_dialog().to_record()
+    broken = dict(record)
+    del broken["remote_target"]
+    with pytest.raises(DialogError):
+        Dialog.from_record(broken)  # type: ignore[arg-type]
+    with pytest.raises(DialogError):
+        Dialog.from_record({**record, "state": "half-open"})
