@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CallDialogs",
     "CardRepository",
     "CardUsageFacts",
     "Complaint",
@@ -169,6 +170,26 @@ class Complaint:
     card: str | None = None
     call_id: str | None = None
     note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallDialogs:
+    """The confirmed dialogs of one call in progress, as persisted (table ``call_dialogs``).
+
+    ``key`` is the B2BUA's call key (the ``call_starts`` id), ``call_id`` the A-leg
+    Call-ID (the CDR's id). ``a_leg``/``b_leg`` are what the B2BUA needs to end a
+    leg from another process (its dialog record, transport name, address), stored
+    as JSON; None when that leg had no dialog.
+    """
+
+    key: str
+    call_id: str
+    card: str | None
+    callee: str
+    attempt_at: float
+    answer_at: float | None = None
+    a_leg: dict[str, Any] | None = None
+    b_leg: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +418,27 @@ _MIGRATIONS += (
                 agent TEXT PRIMARY KEY,
                 paused_at REAL NOT NULL,
                 reason TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
+)
+
+_MIGRATIONS += (
+    (
+        5,
+        (
+            # Confirmed dialogs of calls in progress (one row per call, deleted when the
+            # call ends): after a crash the next start sends the BYEs the dead process
+            # never sent. Legs are JSON (dialog record, transport, address).
+            """CREATE TABLE call_dialogs (
+                call_key TEXT PRIMARY KEY,
+                call_id TEXT NOT NULL,
+                card TEXT,
+                callee TEXT NOT NULL,
+                attempt_at REAL NOT NULL,
+                answer_at REAL,
+                a_leg TEXT,
+                b_leg TEXT
             )""",
         ),
     ),
@@ -1170,6 +1212,60 @@ class SQLiteStore:
         )
         return [(r["call_id"], r["card"]) for r in rows]
 
+    # --- dialogs of calls in progress ------------------------------------------------
+
+    def save_call_dialogs(self, record: CallDialogs) -> None:
+        """Store (or replace) the dialogs of a call in progress; durable once this returns."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO call_dialogs (call_key, call_id, card, callee, "
+                "attempt_at, answer_at, a_leg, b_leg) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    record.key,
+                    record.call_id,
+                    record.card,
+                    record.callee,
+                    record.attempt_at,
+                    record.answer_at,
+                    _json_or_none(record.a_leg),
+                    _json_or_none(record.b_leg),
+                ),
+            )
+
+    def update_call_dialog_leg(self, key: str, side: str, leg: dict[str, Any]) -> bool:
+        """Replace one leg (``"a"`` or ``"b"``) of a stored call; False when no row."""
+        if side not in ("a", "b"):
+            raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+        with self._write() as db:
+            cur = db.execute(
+                f"UPDATE call_dialogs SET {side}_leg=? WHERE call_key=?",
+                (_json_or_none(leg), key),
+            )
+            return cur.rowcount > 0
+
+    def delete_call_dialogs(self, key: str) -> bool:
+        """Forget a call's dialogs (the call ended); False when there was no row."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM call_dialogs WHERE call_key=?", (key,))
+            return cur.rowcount > 0
+
+    def call_dialogs(self) -> list[CallDialogs]:
+        """Every stored call (oldest first): after a crash, the calls a dead process left up."""
+        rows = self._read("SELECT * FROM call_dialogs ORDER BY attempt_at, call_key")
+        return [
+            CallDialogs(
+                key=r["call_key"],
+                call_id=r["call_id"],
+                card=r["card"],
+                callee=r["callee"],
+                attempt_at=float(r["attempt_at"]),
+                answer_at=None if r["answer_at"] is None else float(r["answer_at"]),
+                a_leg=_leg_from_json(r["a_leg"]),
+                b_leg=_leg_from_json(r["b_leg"]),
+            )
+            for r in rows
+        ]
+
     # --- CDRs -----------------------------------------------------------------------
 
     def add_cdr(self, record: CallRecord) -> None:
@@ -1488,6 +1584,21 @@ class SQLiteStore:
             )
             for r in rows
         ]
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _leg_from_json(text: str | None) -> dict[str, Any] | None:
+    """A stored leg; None when absent or unreadable (a damaged row ends no call)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def store_from_settings(settings: Settings, *, base_dir: Path | None = None) -> SQLiteStore:
