@@ -36,6 +36,7 @@ from policies.quotas import (
     CardSnapshot,
     Exhausted,
     Headroom,
+    QuotaLimit,
     evaluate_card,
 )
 from policies.timeutil import ceil_seconds, day_bounds, epoch
@@ -259,10 +260,18 @@ class CardSelection:
             for e in evaluations.values()
             if isinstance(e, Exhausted) and e.frees_at is not None
         ]
+        # A card that is only busy frees when its call ends, at a time nobody knows:
+        # the default wait, not the hours until a daily limit on another card resets.
+        busy = any(
+            isinstance(e, Exhausted) and e.limit is QuotaLimit.CONCURRENT
+            for e in evaluations.values()
+        )
         if lost_race:
             retry = 1
         elif frees:
             retry = max(1, ceil_seconds(min(frees) - t))
+            if busy:
+                retry = min(retry, self.default_retry_after)
         else:
             retry = self.default_retry_after
         counts = Counter(str(e.limit) for e in evaluations.values() if isinstance(e, Exhausted))

@@ -115,6 +115,22 @@ def test_no_card_unknown_free_time_uses_default() -> None:
     assert 45 == decision.retry_after
 
 
+def test_busy_card_caps_retry_after_at_the_default() -> None:
+    """Bound card over its daily limit, the other only busy: wait for a call to end,
+    not for the bound card's day to reset (the agent would stop for the rest of the day)."""
+    daily = QuotaProfile(calls_per_day=1, concurrent=1)
+    over = CardRecord("over", daily)
+    over.starts.append(T - 60)
+    busy = CardRecord("busy", daily)
+    busy.in_use = 1
+    decision = CardSelection(store_with(over, busy), default_retry_after=45)(
+        ctx("13812345678", NOW, bound_card="over"), NOW
+    )
+    assert (503, 45) == (decision.sip_code, decision.retry_after)
+    alone = CardSelection(store_with(over), default_retry_after=45)(ctx("13812345678", NOW), NOW)
+    assert alone.retry_after is not None and alone.retry_after > 3600  # the day's end
+
+
 def test_empty_pool() -> None:
     """No card at all is a 503 with the default Retry-After."""
     decision = CardSelection(store_with())(ctx("13812345678", NOW), NOW)
