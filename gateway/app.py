@@ -572,6 +572,8 @@ class Gateway:
             settings, store, now=now, carrier_available=health.is_available
         )
         self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
+        # After a crash: BYE the calls the dead process left up, without delaying traffic.
+        self._orphan_tasks = {asyncio.ensure_future(self.b2bua.end_orphaned_calls())}
         self.health = HealthRunner(
             self.endpoint, settings, health, services.cards, clock=self.clock, bus=self.events
         )
@@ -592,6 +594,11 @@ class Gateway:
         if self._operator is not None:
             self._operator.close()
             self._operator = None
+        orphan_tasks: set[asyncio.Future[int]] = getattr(self, "_orphan_tasks", set())
+        for task in orphan_tasks:
+            task.cancel()
+        await asyncio.gather(*orphan_tasks, return_exceptions=True)
+        orphan_tasks.clear()
         if self.b2bua is not None:
             await self.b2bua.close()
             log.info("b2bua.stats", **self.b2bua.stats)

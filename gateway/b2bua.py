@@ -39,6 +39,17 @@ Inbound (carrier → agent) uses the same relay with the roles swapped: the
 carrier's INVITE is the A-leg and the agent's registered contact (reached
 through the flow it registered from) is the B-leg; no policy, no cards.
 
+Dialog persistence. When a call is answered (B-leg 2xx) both legs' dialogs
+are written to the store's ``call_dialogs`` table before the 2xx is relayed
+to the agent, and the row is deleted when the call ends. After a crash the
+next start calls :meth:`B2BUA.end_orphaned_calls`: a BYE on each leg of every
+row (``Reason: SIP;cause=487;text="gateway restarted"``), then the row goes,
+so the carrier frees the SIM and the card's concurrency slot (already freed
+by ``recover``) is honestly free. The stored CSeq is the leg's local CSeq
+plus :data:`CSEQ_HEADROOM`; the row is rewritten only when relayed in-dialog
+requests use that headroom up or a target refresh moves the remote target.
+A store failure here is logged and counted, never fatal to the call.
+
 CDRs: one :class:`~gateway.cdr.CallRecord` per call attempt (blocked and
 failed ones included), committed to the store when the call ends, and the
 reservation finished with its outcome (answered, talk seconds, short call).
@@ -58,7 +69,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -81,6 +92,7 @@ from gateway.sip.message import make_response
 from gateway.sip.transaction import AckWait, Send, Timeout
 from gateway.sip.uri import URI
 from gateway.store import StoreUnavailable
+from gateway.store.sqlite import CallDialogs
 from gateway.transport import Address, Transport
 from policies.context import build_context
 from policies.decision import Decision, RejectReason, reason_header
@@ -90,12 +102,13 @@ from policies.privacy import mask_number
 if TYPE_CHECKING:
     from gateway.config import CardSettings, CarrierSettings, Settings
     from gateway.registrar import Binding
+    from gateway.sip.dialog import DialogRecord
     from gateway.store import SQLiteStore, UsageLedger
     from policies.emergency import EmergencyNumbers
     from policies.pipeline import Pipeline
     from policies.quotas import QuotaProfile
 
-__all__ = ["B2BUA", "Call", "CallServices", "Leg"]
+__all__ = ["B2BUA", "CSEQ_HEADROOM", "Call", "CallServices", "Leg"]
 
 log = structlog.get_logger("gateway.b2bua")
 
@@ -111,6 +124,21 @@ NO_ANSWER_TIMEOUT = 180.0
 """Seconds a B-leg may stay unanswered before it is CANCELled (RFC 3261 §16.6 item
 11: Timer C, "MUST be set to a value greater than 3 minutes" for a proxy; a
 carrier that sends 100/180 and then nothing would otherwise hold the call forever)."""
+
+CSEQ_HEADROOM = 100
+"""CSeq numbers reserved above a leg's local CSeq when its dialog is stored.
+
+A BYE sent after a restart uses the stored number + 1; a strict peer answers 500
+to a CSeq below the last one it saw (RFC 3261 §12.2.2) but must accept a gap
+("not an error condition"). Storing the exact CSeq would mean a store write for
+every relayed in-dialog request (INFO DTMF…); with the headroom the row is
+rewritten only once per this many relayed requests on a leg."""
+
+ORPHAN_REASON = reason_header(487, "gateway restarted")
+"""Reason of the BYEs sent at start-up for calls a dead process left up (RFC 3326)."""
+
+ORPHAN_CONCURRENCY = 64
+"""BYE transactions in flight at once while ending orphaned calls."""
 
 
 @dataclass(slots=True, eq=False)
@@ -166,6 +194,10 @@ class Call:
     reserved: bool = False
     max_forwards: int = 70
     mono_answer: float | None = None
+    #: True while the call's dialogs are stored (``call_dialogs``), with what was stored
+    #: per side: (CSeq ceiling, remote target) — the row is rewritten when either moves.
+    persisted: bool = False
+    stored: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -218,6 +250,9 @@ class B2BUA:
             "b_legs": 0,
             "cdrs": 0,
             "cdr_errors": 0,
+            "dialogs_stored": 0,
+            "dialog_store_errors": 0,
+            "orphans_ended": 0,
         }
 
     # -- helpers -----------------------------------------------------------------------
@@ -612,6 +647,9 @@ class B2BUA:
             log.warning("call.a_leg.no_contact", call=call.key)
         call.a_final = resp.status
         call.final_code = resp.status
+        # Stored before the agent hears the 2xx: a crash from here on leaves a row the
+        # next start hangs up (the carrier's leg is already up).
+        self._store_dialogs(call)
         call.a_req.send(out)
         self._start_ackwait(call, "a", a_req, out)
         log.info("call.answered", call=call.key, card=call.card)
@@ -967,6 +1005,7 @@ class B2BUA:
             transport=there.transport,
             on_response=lambda handle, resp: self._relay_in_dialog(call, side, sr, handle, resp),
         )
+        self._refresh_stored(call)
 
     def _relay_in_dialog(
         self, call: Call, side: Side, sr: ServerRequest, handle: ClientRequest, resp: Response
@@ -977,6 +1016,7 @@ class B2BUA:
             return
         if there is not None and there.dialog is not None:
             there.dialog.receive_response(resp)
+            self._refresh_stored(call)
         method = handle.request.method
         headers = [(n, v) for n in _BODY_HEADERS if (v := resp.headers.get(n)) is not None]
         if method in ("INVITE", "UPDATE") and 200 <= resp.status < 300:
@@ -1052,6 +1092,7 @@ class B2BUA:
         else:
             outcome = outcome_for_status(call.final_code)
         self._write_cdr(call, outcome, call.final_code, end_at=now)
+        self._forget_dialogs(call)
         self._event(
             call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
         )
@@ -1090,6 +1131,178 @@ class B2BUA:
         except StoreUnavailable:
             self.stats["cdr_errors"] += 1
             log.error("cdr.write_failed", call=call.key)
+
+    # -- dialog persistence ------------------------------------------------------------
+
+    @staticmethod
+    def _leg_record(leg: Leg | None) -> tuple[dict[str, Any], int] | None:
+        """What ending ``leg`` from another process needs, and the CSeq ceiling stored."""
+        if leg is None or leg.dialog is None:
+            return None
+        dialog = leg.dialog
+        record = dialog.to_record()
+        used = dialog.local_seq if dialog.local_seq is not None else dialog.initial_seq - 1
+        ceiling = used + CSEQ_HEADROOM
+        record["local_seq"] = ceiling
+        data: dict[str, Any] = {
+            "dialog": record,
+            "transport": str(leg.transport.name),
+            "address": [leg.address[0], leg.address[1]],
+        }
+        return data, ceiling
+
+    def _store_dialogs(self, call: Call) -> None:
+        """Persist the answered call's dialogs (never raises: the call goes on regardless)."""
+        a = self._leg_record(call.a)
+        b = self._leg_record(call.b)
+        if b is None:
+            return
+        record = CallDialogs(
+            key=call.key,
+            call_id=call.a.call_id,
+            card=call.card,
+            callee=call.destination,
+            attempt_at=call.attempt_at,
+            answer_at=call.answer_at,
+            a_leg=None if a is None else a[0],
+            b_leg=b[0],
+        )
+        try:
+            self.services.store.save_call_dialogs(record)
+        except Exception as exc:
+            self.stats["dialog_store_errors"] += 1
+            log.error("call.dialogs.store_failed", call=call.key, error=repr(exc)[:200])
+            return
+        self.stats["dialogs_stored"] += 1
+        call.persisted = True
+        for side, leg, rec in (("a", call.a, a), ("b", call.b, b)):
+            if rec is not None and leg is not None and leg.dialog is not None:
+                call.stored[side] = (rec[1], str(leg.dialog.remote_target))
+
+    def _refresh_stored(self, call: Call) -> None:
+        """Rewrite a stored leg whose CSeq used up the headroom or whose target moved."""
+        if not call.persisted or call.ended:
+            return
+        for side, leg in (("a", call.a), ("b", call.b)):
+            if leg is None or leg.dialog is None or side not in call.stored:
+                continue
+            ceiling, target = call.stored[side]
+            dialog = leg.dialog
+            if (dialog.local_seq or 0) < ceiling and str(dialog.remote_target) == target:
+                continue
+            rec = self._leg_record(leg)
+            if rec is None:
+                continue
+            try:
+                self.services.store.update_call_dialog_leg(call.key, side, rec[0])
+            except Exception as exc:
+                self.stats["dialog_store_errors"] += 1
+                log.error("call.dialogs.update_failed", call=call.key, error=repr(exc)[:200])
+                continue
+            call.stored[side] = (rec[1], str(dialog.remote_target))
+
+    def _forget_dialogs(self, call: Call) -> None:
+        """The call ended: delete its stored dialogs (a failure leaves a row: one stray BYE)."""
+        if not call.persisted:
+            return
+        call.persisted = False
+        call.stored.clear()
+        try:
+            self.services.store.delete_call_dialogs(call.key)
+        except Exception as exc:
+            self.stats["dialog_store_errors"] += 1
+            log.error("call.dialogs.delete_failed", call=call.key, error=repr(exc)[:200])
+
+    async def end_orphaned_calls(self) -> int:
+        """Hang up the calls a dead process left up; return how many stored calls were ended.
+
+        For every row of ``call_dialogs`` (written by a previous process of this
+        gateway: a live call of this one is never in it before it is answered here,
+        and such keys are skipped): a BYE on each stored leg as a client
+        transaction (its own Timer F: no answer ends as a local 408), then the row
+        is deleted whatever the answers (481 or 408 mean the peer already forgot
+        the call). One log line per call. Runs in the background at start-up;
+        cancelled, it leaves the remaining rows for the next start.
+        """
+        store = self.services.store
+        try:
+            rows = store.call_dialogs()
+        except StoreUnavailable as exc:
+            log.error("call.orphans.unreadable", error=str(exc))
+            return 0
+        rows = [row for row in rows if row.key not in self.calls]
+        if not rows:
+            return 0
+        log.info("call.orphans.found", count=len(rows))
+        gate = asyncio.Semaphore(ORPHAN_CONCURRENCY)
+
+        async def one(row: CallDialogs) -> bool:
+            async with gate:
+                return await self._end_orphan(row)
+
+        done = await asyncio.gather(*(one(row) for row in rows))
+        ended = sum(1 for ok in done if ok)
+        self.stats["orphans_ended"] += ended
+        return ended
+
+    async def _end_orphan(self, row: CallDialogs) -> bool:
+        b_status, a_status = await asyncio.gather(
+            self._orphan_bye(row, "b", row.b_leg), self._orphan_bye(row, "a", row.a_leg)
+        )
+        cdr = "missing"
+        try:
+            if any(
+                c.attempt_at == row.attempt_at
+                for c in self.services.store.cdrs(call_id=row.call_id)
+            ):
+                # Written before the crash (the process died between the CDR and the
+                # row's delete): it already holds the end.
+                cdr = "stored"
+        except StoreUnavailable:
+            cdr = "unknown"
+        # No CDR is invented for a call cut by the crash: Outcome has no
+        # "gateway-restart" value (the call_starts row, orphaned by recover, still
+        # counts the start).
+        try:
+            deleted = self.services.store.delete_call_dialogs(row.key)
+        except StoreUnavailable as exc:
+            deleted = False
+            self.stats["dialog_store_errors"] += 1
+            log.error("call.orphan.delete_failed", call=row.key, error=str(exc))
+        log.info(
+            "call.orphan_ended",
+            call=row.key,
+            card=row.card,
+            destination=self._masked(row.callee),
+            b_status=b_status,
+            a_status=a_status,
+            cdr=cdr,
+            row_deleted=deleted,
+        )
+        return b_status is not None or a_status is not None
+
+    async def _orphan_bye(
+        self, row: CallDialogs, side: Side, leg: dict[str, Any] | None
+    ) -> int | None:
+        """Send the BYE of one stored leg; its final status (None when nothing was sent)."""
+        if leg is None:
+            return None
+        try:
+            record: DialogRecord = leg["dialog"]
+            dialog = Dialog.from_record(record)
+            host, port = leg["address"]
+            address: Address = (str(host), int(port))
+            transport = self.endpoint.transport(str(leg["transport"]), ipv6=":" in address[0])
+            bye = dialog.create_request("BYE", headers=[("Reason", ORPHAN_REASON)])
+        except (DialogError, SIPError, LookupError, TypeError, ValueError) as exc:
+            log.warning("call.orphan.bad_leg", call=row.key, side=side, error=repr(exc)[:200])
+            return None
+        try:
+            response = await self.endpoint.request(bye, address, transport=transport)
+        except Exception as exc:
+            log.warning("call.orphan.bye_failed", call=row.key, side=side, error=repr(exc)[:200])
+            return None
+        return response.status
 
     async def close(self) -> None:
         """Hang up every call in progress (BYE / CANCEL) and write their CDRs."""
