@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from gateway.sip import Request
 from gateway.sip.dialog import Dialog
 from gateway.store import SQLiteStore
 from gateway.store.sqlite import CallDialogs
 from tests.callpath.conftest import Agent, Carrier, Rig, eventually
-from tests.integration.conftest import DialgateProcess, start_dialgate
+from tests.integration.conftest import START_TIMEOUT, DialgateProcess, _pump, dialgate_command
+from tests.redis.conftest import RedisServer
 
 # --------------------------------------------------------------------------- in process
 
@@ -122,9 +130,25 @@ async def test_relayed_requests_past_the_headroom_rewrite_the_stored_cseq(rig: R
 # --------------------------------------------------------------------------- kill -9
 
 
-def call_config(carrier: tuple[str, int]) -> str:
-    """The TOML after start_dialgate's own sections: alice on c1, one SIM (concurrent = 1)."""
-    return f"""
+def start_gateway(tmp: Path, carrier: tuple[str, int], redis: str | None = None) -> DialgateProcess:
+    """``dialgate run`` on free ports and ``tmp/dialgate.db``: alice on c1, one SIM.
+
+    With ``redis`` the quotas live in Redis (``[store] redis``) and the SQLite file
+    keeps the durable record, the dialogs included.
+    """
+    config = tmp / "dialgate.toml"
+    store = f'path = "{tmp / "dialgate.db"}"\n'
+    if redis is not None:
+        store += f'redis = "{redis}"\n'
+    config.write_text(
+        f"""[sip]
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+[store]
+{store}
+[admin]
+listen = "127.0.0.1:0"
+[logging]
+json = true
 [policy]
 calling_hours = "00:00-24:00"
 [[users]]
@@ -143,6 +167,28 @@ carrier = "carrier-a"
 number = "+8613800000001"
 quota = "sim"
 """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
+    proc = subprocess.Popen(
+        [*dialgate_command(), "run", "--config", str(config)],
+        cwd=tmp,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    gw = DialgateProcess(proc, config)
+    gw._reader = threading.Thread(target=_pump, args=(proc, gw.lines), daemon=True)
+    gw._reader.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        for entry in gw.events("listening"):
+            gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
+        if {"udp", "tcp"} <= gw.addresses.keys():
+            return gw
+        time.sleep(0.05)
+    gw.stop()
+    raise RuntimeError("dialgate did not start:\n" + "\n".join(gw.lines[-30:]))
 
 
 def rows(db: Path) -> list[CallDialogs]:
@@ -171,13 +217,32 @@ def kill_9(gw: DialgateProcess) -> None:
         gw._reader.join(10)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """None (SQLite only), or the URL of a redis-server of the test's own."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 async def test_kill_9_then_restart_hangs_up_both_legs_and_frees_the_card(
-    carrier: Carrier, tmp_path: Path
+    carrier: Carrier, tmp_path: Path, redis_url: str | None
 ) -> None:
-    """The scenario of DESIGN "a crash can only over-count", with calls really up."""
+    """The scenario of DESIGN "a crash can only over-count", with calls really up.
+
+    With ``[store] redis`` too: the dialogs are in this instance's SQLite file and
+    the card's slot is in Redis; the restart ends the call and frees the slot.
+    """
     db = tmp_path / "dialgate.db"
-    extra = call_config(carrier.address)
-    first = await asyncio.to_thread(start_dialgate, tmp_path, extra)
+    first = await asyncio.to_thread(start_gateway, tmp_path, carrier.address, redis_url)
     second: DialgateProcess | None = None
     alice = Agent("alice", "s3cret", first.addresses["udp"])
     await alice.start()
@@ -187,7 +252,8 @@ async def test_kill_9_then_restart_hangs_up_both_legs_and_frees_the_card(
         resp, ended = await alice.call("13912340001")
         assert 200 == resp.status
         assert 200 == (await alice.send_in_dialog(ended.call_id, "BYE")).status
-        assert [] == rows(db)
+        # Another process: its delete commits just after its 200 to the BYE left.
+        await eventually(lambda: not rows(db))
         # The call the crash will cut.
         resp, live = await alice.call("13912340002")
         assert 200 == resp.status
@@ -203,7 +269,7 @@ async def test_kill_9_then_restart_hangs_up_both_legs_and_frees_the_card(
         seen = len(carrier.requests)
         seen_by_alice = len(alice.requests)
 
-        second = await asyncio.to_thread(start_dialgate, tmp_path, extra)
+        second = await asyncio.to_thread(start_gateway, tmp_path, carrier.address, redis_url)
 
         def byes() -> tuple[list[Request], list[Request]]:
             at_carrier = [r for r in carrier.requests[seen:] if r.method == "BYE"]
@@ -254,8 +320,7 @@ async def test_kill_9_then_restart_hangs_up_both_legs_and_frees_the_card(
 
 async def test_restart_with_no_stored_call_sends_nothing(carrier: Carrier, tmp_path: Path) -> None:
     """A clean stop (SIGTERM) hangs up its own calls: the next start finds no row, sends no BYE."""
-    extra = call_config(carrier.address)
-    first = await asyncio.to_thread(start_dialgate, tmp_path, extra)
+    first = await asyncio.to_thread(start_gateway, tmp_path, carrier.address)
     alice = Agent("alice", "s3cret", first.addresses["udp"])
     await alice.start()
     second: DialgateProcess | None = None
@@ -265,9 +330,9 @@ async def test_restart_with_no_stored_call_sends_nothing(carrier: Carrier, tmp_p
         assert 200 == resp.status
         await asyncio.to_thread(first.stop)
         assert [] == rows(tmp_path / "dialgate.db")
-        byes_before = carrier.methods().count("BYE")
-        assert 1 == byes_before  # the clean shutdown's own BYE
-        second = await asyncio.to_thread(start_dialgate, tmp_path, extra)
+        # The clean shutdown's own BYE.
+        await eventually(lambda: carrier.methods().count("BYE") == 1)
+        second = await asyncio.to_thread(start_gateway, tmp_path, carrier.address)
         alice.gateway = second.addresses["udp"]
         await register(alice)  # the second gateway is up and serving
         assert [] == second.events("call.orphan_ended")
