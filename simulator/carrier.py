@@ -21,7 +21,19 @@ dialled twice. The log holds callee numbers as dialled (tests compare them);
 :meth:`InviteLogEntry.as_dict` and every log line mask them.
 
 :meth:`Carrier.call` places a call from the carrier towards the gateway (a
-callee calling a card's number back).
+callee calling a card's number back); :meth:`Carrier.invite` does the same
+step by step (the call stays up until :meth:`~simulator.sipkit.UserAgent.in_dialog`
+sends BYE).
+
+For integration tests of the gateway the same carrier can be scripted (see
+:data:`ScriptedPlan`): ``plan`` overrides the answer model for each INVITE the
+carrier model accepts (answer now, ring until cancelled, a given final, or no
+answer at all) while authentication, arrears, maintenance and anti-fraud
+refusals stay the model's; ``record_requests`` keeps every request received
+(:attr:`Carrier.requests`, :meth:`Carrier.methods`,
+:meth:`Carrier.received_invites`); ``silent`` makes it a black hole that
+records and answers nothing; ``sdp`` fixes the SDP body it answers and offers.
+A suspended card's REGISTER is refused 403 with the suspension's reason phrase.
 
 Business time comes from the injected clock and drives the model and the
 ring/talk durations; SIP timers stay real. This module must never make a
@@ -32,16 +44,17 @@ unmasked callee.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from gateway.endpoint import ServerRequest
+from gateway.sip import Request, Response
 from gateway.sip.digest import Algorithm, DigestServer, Outcome, ha1
 from gateway.sip.errors import SIPError
-from gateway.sip.transaction import TimerConfig
+from gateway.sip.transaction import TimerConfig, cancel_target_key
 from gateway.transport import Address
 from policies.privacy import mask_number
 from simulator.answer import CallPlan
@@ -50,11 +63,27 @@ from simulator.clock import BusinessClock
 from simulator.models import CarrierDecision, CarrierModel, Suspension
 from simulator.sipkit import CallResult, InboundCall, UserAgent, new_tag
 
-__all__ = ["Carrier", "InviteLogEntry", "Registration"]
+__all__ = ["Carrier", "InviteLogEntry", "Registration", "ScriptedPlan", "answer_all"]
 
 log = structlog.get_logger("simulator.carrier")
 
 DEFAULT_REALM = "carrier.sim"
+
+#: A test's script for each INVITE the carrier model accepts, instead of the answer model:
+#:
+#: * ``("answer",)`` — 180 then 200 with SDP at once; the callee never hangs up by itself;
+#: * ``("ring",)`` — 180, then nothing until a CANCEL (487) or
+#:   :meth:`Carrier.answer_call` / :meth:`Carrier.reject_call`;
+#: * ``("answer-on-cancel",)`` — 180, and the 200 goes out when the CANCEL arrives
+#:   (the answer crosses the CANCEL, §9.2: the CANCEL gets 200, the INVITE stays answered);
+#: * ``("silent",)`` — no response from the carrier at all (only the transaction's 100);
+#: * ``(status, reason)`` or ``(status, reason, headers)`` — that final response.
+ScriptedPlan = Callable[[Request], tuple[Any, ...]]
+
+
+def answer_all(_request: Request) -> tuple[Any, ...]:
+    """The scripted plan that answers every call at once."""
+    return ("answer",)
 
 
 @dataclass(slots=True)
@@ -133,6 +162,7 @@ class _Playing:
     plan: CallPlan
     entry: InviteLogEntry
     suspension: Suspension | None = field(default=None)
+    scripted: str | None = None
 
 
 class Carrier(UserAgent):
@@ -143,6 +173,11 @@ class Carrier(UserAgent):
     user, matched against account usernames and ``numbers``). With
     ``require_register`` an INVITE from a card without a live registration
     gets ``403 Forbidden (not registered)``.
+
+    ``plan`` (a :data:`ScriptedPlan`, also settable later as ``carrier.plan``)
+    scripts the answer to each INVITE the model accepts; ``record_requests``
+    keeps every request received in :attr:`requests`; ``silent`` records every
+    request and answers none (a carrier that is down); ``sdp`` fixes the SDP body.
     """
 
     def __init__(
@@ -159,10 +194,21 @@ class Carrier(UserAgent):
         name: str = "carrier",
         mask_callees: bool = True,
         register_expires: int = 3600,
+        plan: ScriptedPlan | None = None,
+        record_requests: bool = False,
+        silent: bool = False,
+        sdp: bytes | None = None,
     ) -> None:
         if auth not in (None, 401, 407):
             raise ValueError("auth must be 401, 407 or None")
-        super().__init__(name, clock=clock, host=host, timers=timers, mask_callees=mask_callees)
+        super().__init__(
+            name, clock=clock, host=host, timers=timers, mask_callees=mask_callees, sdp=sdp
+        )
+        self.plan = plan
+        self.record_requests = record_requests or silent
+        self.silent = silent
+        #: Every request received, in arrival order (with ``record_requests`` or ``silent``).
+        self.requests: list[Request] = []
         self.model = model
         self.auth = auth
         self.realm = realm
@@ -199,6 +245,48 @@ class Carrier(UserAgent):
     def active_calls(self) -> int:
         """Calls currently ringing or up."""
         return len(self._playing)
+
+    def methods(self) -> list[str]:
+        """Methods of every request received, in order (needs ``record_requests``)."""
+        return [r.method for r in self._recorded()]
+
+    def received_invites(self) -> list[Request]:
+        """Initial INVITEs (no To tag) received, in order (needs ``record_requests``)."""
+        return [r for r in self._recorded() if r.method == "INVITE" and r.to.tag is None]
+
+    def _recorded(self) -> list[Request]:
+        if not self.record_requests:
+            raise RuntimeError("this carrier does not record requests (record_requests=False)")
+        return self.requests
+
+    @property
+    def datagrams_received(self) -> int:
+        """Every datagram that reached the carrier's socket (parsed or not, keep-alives too)."""
+        stats = self.transport.stats
+        return stats.received + stats.keepalives
+
+    def ringing_calls(self) -> list[str]:
+        """Call-IDs of the INVITEs that ring here without a final response yet."""
+        return [p.entry.call_id for c, p in self._playing.items() if c.final_status is None]
+
+    def answer_call(self, call_id: str) -> bool:
+        """Answer the ringing call ``call_id`` now (200 with SDP); False when it is not ringing."""
+        call = self._ringing(call_id)
+        return call is not None and self.answer(call)
+
+    def reject_call(self, call_id: str, status: int, reason: str | None = None) -> bool:
+        """End the ringing call ``call_id`` with a final ``status``; False when it is not ringing."""
+        call = self._ringing(call_id)
+        if call is None:
+            return False
+        self.finish_inbound(call, status, reason)
+        return True
+
+    def _ringing(self, call_id: str) -> InboundCall | None:
+        for call, playing in self._playing.items():
+            if playing.entry.call_id == call_id and call.final_status is None:
+                return call
+        return None
 
     def is_registered(self, card: str) -> bool:
         """True when ``card`` holds an unexpired registration."""
@@ -279,6 +367,12 @@ class Carrier(UserAgent):
         if card is None or username is None:
             req.respond(403, "Forbidden (unknown account)", to_tag=tag)
             self.register_log.append((self.clock.now(), from_user, 403))
+            return
+        suspension = self.model.suspension(card)
+        if suspension is not None:
+            req.respond(403, suspension.reason_phrase, to_tag=tag)
+            self.register_log.append((self.clock.now(), username, 403))
+            log.info("carrier.register.refused", card=card, reason=suspension.reason)
             return
         expires = request.expires
         contacts = request.contact
@@ -387,6 +481,9 @@ class Carrier(UserAgent):
                 req, entry, decision.status, decision.reason_phrase, "rejected", decision.headers
             )
             return
+        if self.plan is not None:
+            self._play_scripted(req, entry, card, callee, plan, self.plan(req.request))
+            return
         entry.decided = decision.status
         entry.reason_phrase = decision.reason_phrase
         entry.outcome = str(plan.outcome)
@@ -403,6 +500,48 @@ class Carrier(UserAgent):
         if plan.outcome is not PlanOutcome.BUSY:
             self.ring(call)
         call.timers.append(self.later(plan.ring_seconds, lambda: self._ring_over(call)))
+
+    def _play_scripted(
+        self,
+        req: ServerRequest,
+        entry: InviteLogEntry,
+        card: str,
+        callee: str,
+        plan: CallPlan,
+        action: tuple[Any, ...],
+    ) -> None:
+        """Play a test's scripted answer (see :data:`ScriptedPlan`) instead of the drawn plan."""
+        kind = str(action[0])
+        entry.outcome = "scripted"
+        call = self.accept_inbound(req)
+        self._playing[call] = _Playing(card, callee, plan, entry, scripted=kind)
+        log.info("carrier.invite.scripted", card=card, callee=self.mask(callee), action=kind)
+        if kind == "silent":
+            return
+        if kind in ("answer", "ring", "answer-on-cancel"):
+            entry.decided = 200 if kind == "answer" else 180
+            entry.reason_phrase = "OK" if kind == "answer" else "Ringing"
+            self.ring(call)
+            if kind == "answer":
+                self.answer(call)
+            return
+        status, reason = int(action[0]), str(action[1])
+        headers = list(action[2]) if len(action) > 2 else []
+        entry.decided = status
+        entry.reason_phrase = reason
+        self.finish_inbound(call, status, reason, headers)
+
+    def _on_cancel(self, req: ServerRequest) -> None:
+        """A CANCEL; a call scripted ``answer-on-cancel`` is answered first (the 200 crosses it)."""
+        try:
+            key = cancel_target_key(req.request)
+        except SIPError:
+            key = None
+        call = self._pending.get(key) if key is not None else None
+        playing = self._playing.get(call) if call is not None else None
+        if call is not None and playing is not None and playing.scripted == "answer-on-cancel":
+            self.answer(call)
+        super()._on_cancel(req)
 
     def _ring_over(self, call: InboundCall) -> None:
         playing = self._playing.get(call)
@@ -426,7 +565,7 @@ class Carrier(UserAgent):
         answered = call.answered_at is not None
         talk = 0.0
         if answered:
-            if call.hangup == "local":
+            if call.hangup == "local" and playing.scripted is None:
                 talk = playing.plan.talk_seconds
             else:
                 elapsed = (call.ended_at or self.clock.now()) - (call.answered_at or 0.0)
@@ -447,8 +586,12 @@ class Carrier(UserAgent):
     # -- OPTIONS (health pings) --------------------------------------------------------
 
     def _dispatch(self, req: ServerRequest) -> None:
+        if self.record_requests:
+            self.requests.append(req.request)
         if req.request.method == "OPTIONS":
             self.options_received += 1
+        if self.silent:
+            return
         super()._dispatch(req)
 
     # -- inbound calls towards the gateway ----------------------------------------------
@@ -476,6 +619,30 @@ class Carrier(UserAgent):
             headers=headers,
             talk_seconds=talk_seconds,
             ring_timeout=ring_timeout,
+        )
+
+    async def invite(
+        self,
+        target: Address,
+        card_number: str,
+        *,
+        caller: str = "+8613900000000",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> tuple[Response, Request]:
+        """A callback INVITE to ``target`` for ``card_number``, left up; (final, INVITE sent).
+
+        A 2xx is ACKed and the dialog kept: send BYE, re-INVITE or INFO with
+        :meth:`~simulator.sipkit.UserAgent.in_dialog`.
+        """
+        host, port = target
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        own_host, own_port = self.address
+        return await self.open_call(
+            target,
+            request_uri=f"sip:{card_number}@{hostport}",
+            from_uri=f"sip:{caller}@{own_host}:{own_port}",
+            to_uri=f"sip:{card_number}@{hostport}",
+            headers=headers,
         )
 
 

@@ -345,6 +345,7 @@ class _OutboundDialog:
     ack: Request
     dest: Address
     remote_bye: asyncio.Event = field(default_factory=asyncio.Event)
+    bye_sent: bool = False
 
 
 class UserAgent:
@@ -364,8 +365,11 @@ class UserAgent:
         host: str = "127.0.0.1",
         timers: TimerConfig | None = None,
         mask_callees: bool = True,
+        sdp: bytes | None = None,
     ) -> None:
         self.name = name
+        #: A fixed SDP body for every offer and answer of this UA (None: one made per call).
+        self.sdp = sdp
         self.clock: BusinessClock = clock if clock is not None else _default_clock()
         self.host = host
         self.mask_callees = mask_callees
@@ -555,7 +559,10 @@ class UserAgent:
                 outbound.remote_bye.set()
         elif method == "INVITE":
             # re-INVITE (session refresh, hold): accept with our current SDP.
-            sdp = inbound.sdp if inbound is not None else sdp_answer(request.body, self.host, 0)
+            if inbound is not None:
+                sdp = inbound.sdp
+            else:
+                sdp = self.sdp or sdp_answer(request.body, self.host, 0)
             headers = [("Contact", f"<{self.contact()}>")]
             if sdp:
                 headers.append(("Content-Type", "application/sdp"))
@@ -613,7 +620,9 @@ class UserAgent:
         except DialogError as err:
             self.finish_inbound(call, err.status_code, err.reason_phrase)
             return False
-        call.sdp = sdp_answer(request.body, self.host, 40000 + (hash(call.to_tag) % 10000) * 2)
+        call.sdp = self.sdp or sdp_answer(
+            request.body, self.host, 40000 + (hash(call.to_tag) % 10000) * 2
+        )
         response = call.server.respond(
             200,
             to_tag=call.to_tag,
@@ -682,6 +691,18 @@ class UserAgent:
         """Call-IDs of our established outbound calls."""
         return [d.dialog.call_id for d in self._outbound.values()]
 
+    def answered_calls(self) -> list[str]:
+        """Call-IDs of the inbound calls we answered that are still up."""
+        return [c.request.call_id for c in self.inbound.values()]
+
+    def dialogs(self) -> dict[str, Dialog]:
+        """Every confirmed dialog (answered inbound and established outbound calls) by Call-ID."""
+        out = {d.dialog.call_id: d.dialog for d in self._outbound.values()}
+        for call in self.inbound.values():
+            if call.dialog is not None:
+                out[call.request.call_id] = call.dialog
+        return out
+
     async def in_dialog(
         self,
         method: str,
@@ -690,27 +711,112 @@ class UserAgent:
         body: bytes = b"",
         headers: Sequence[tuple[str, str]] = (),
     ) -> Response:
-        """Send ``method`` (re-INVITE, INFO, ...) in an established outbound call; the final.
+        """Send ``method`` (BYE, re-INVITE, INFO, ...) in an established call; the final.
 
-        ``call_id`` picks the call (default: the only one). A 2xx to a
-        re-INVITE is ACKed (§14.1). Raises LookupError without such a call.
+        The call is one we placed (:meth:`place_call`, :meth:`open_call`) or an
+        inbound call we answered; ``call_id`` picks it (default: the only
+        one). A 2xx to a re-INVITE is ACKed (§14.1). A BYE ends the call
+        here at once (§15.1.1: the dialog is over as soon as the BYE is
+        sent). Raises LookupError without such a call.
         """
         states = [s for s in self._outbound.values() if call_id in (None, s.dialog.call_id)]
-        if len(states) != 1:
-            raise LookupError(f"{len(states)} outbound calls match {call_id!r}")
-        state = states[0]
+        calls = [
+            c
+            for c in self.inbound.values()
+            if c.dialog is not None and call_id in (None, c.request.call_id)
+        ]
+        if len(states) + len(calls) != 1:
+            raise LookupError(f"{len(states) + len(calls)} established calls match {call_id!r}")
         extra = list(headers)
         if body:
             extra.append(
                 ("Content-Type", "application/sdp" if method == "INVITE" else "text/plain")
             )
-        request = state.dialog.create_request(method, headers=extra, body=body)
-        response = await self.endpoint.request(request, state.dest)
-        state.dialog.receive_response(response)
+        if states:
+            state = states[0]
+            dialog, dest, transport = state.dialog, state.dest, None
+        else:
+            inbound = calls[0]
+            assert inbound.dialog is not None
+            dialog, dest, transport = inbound.dialog, inbound.peer, inbound.server.transport
+        request = dialog.create_request(method, headers=extra, body=body)
+        if method == "BYE":
+            dialog.terminate()
+            if states:
+                states[0].bye_sent = True
+                states[0].remote_bye.set()  # wakes place_call: the call is over
+            else:
+                self._end_inbound(calls[0], "local")
+        handle = self.endpoint.send_request(request, dest, transport=transport or "udp")
+        response = await handle.final
+        if method == "BYE":
+            if states:
+                self._outbound.pop(states[0].dialog.id, None)
+            return response
+        dialog.receive_response(response)
         if method == "INVITE" and 200 <= response.status < 300:
-            ack = state.dialog.create_request("ACK", cseq=request.cseq.seq)
-            self.endpoint.send_stateless(ack, state.dest)
+            ack = dialog.create_request("ACK", cseq=request.cseq.seq)
+            self.endpoint.send_stateless(ack, dest, transport=transport or "udp")
         return response
+
+    async def open_call(
+        self,
+        dest: Address,
+        *,
+        request_uri: str,
+        from_uri: str,
+        to_uri: str,
+        digest: DigestClient | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> tuple[Response, Request]:
+        """INVITE ``dest`` and return (final response, the INVITE sent), leaving the call up.
+
+        The step-by-step counterpart of :meth:`place_call` for tests that drive
+        a call themselves: a 401/407 is answered once with ``digest``, a 2xx
+        is ACKed (§13.2.2.4) and its dialog kept, so :meth:`in_dialog` sends
+        BYE, re-INVITE or INFO in it and a BYE from the far end is answered;
+        nothing is hung up on its own.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        call_id = new_call_id(self.host)
+        from_tag = new_tag()
+        offer = self.sdp or sdp_offer(self.host, 30000 + (hash(call_id) % 10000) * 2)
+        auth: tuple[str, str] | None = None
+        established: list[_OutboundDialog | None] = []
+
+        def on_response(handle: ClientRequest, response: Response) -> None:
+            if 200 <= response.status < 300:
+                if not established:
+                    established.append(self._confirm(handle.request, response, dest))
+                else:
+                    self._reack(response)
+
+        for cseq in (1, 2):
+            invite = Request(
+                "INVITE",
+                request_uri,
+                [
+                    ("From", f"<{from_uri}>;tag={from_tag}"),
+                    ("To", f"<{to_uri}>"),
+                    ("Call-ID", call_id),
+                    ("CSeq", f"{cseq} INVITE"),
+                    ("Contact", f"<{self.contact(self.name)}>"),
+                    ("Allow", ALLOW),
+                    ("Content-Type", "application/sdp"),
+                    *headers,
+                    *([auth] if auth is not None else []),
+                ],
+                offer,
+            )
+            final = await self.endpoint.send_request(invite, dest, on_response=on_response).final
+            if final.status not in (401, 407) or digest is None or auth is not None:
+                break
+            name = "Proxy-Authenticate" if final.status == 407 else "WWW-Authenticate"
+            if not digest.handle_challenge(final.status, final.headers.get_all(name)):
+                break
+            auth = digest.authorization("INVITE", request_uri, offer)
+        return final, invite
 
     async def place_call(
         self,
@@ -817,7 +923,7 @@ class UserAgent:
             callee=callee,
             started=self.clock.now(),
         )
-        offer = sdp_offer(self.host, 30000 + (hash(call_id) % 10000) * 2)
+        offer = self.sdp or sdp_offer(self.host, 30000 + (hash(call_id) % 10000) * 2)
         cseq = 1
         auth: tuple[str, str] | None = None
         loop = self.endpoint.loop
@@ -905,7 +1011,9 @@ class UserAgent:
             # Decide only now, with no await between the decision and the BYE: the
             # callee's BYE may have landed in the same loop turn as our talk timer
             # (its dialog is then terminated and a BYE of ours would be a 481).
-            if state.remote_bye.is_set() or dialog.state is DialogState.TERMINATED:
+            if state.bye_sent:
+                result.hangup = "local"  # hung up through in_dialog("BYE")
+            elif state.remote_bye.is_set() or dialog.state is DialogState.TERMINATED:
                 result.hangup = "remote"
             else:
                 result.hangup = "local"

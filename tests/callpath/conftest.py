@@ -1,10 +1,15 @@
-"""Fixtures for the call path: a gateway on free loopback ports, a carrier UAS and agent UAs.
+"""Fixtures for the call path: a gateway on free loopback ports, the simulator's carrier, agent UAs.
 
-The carrier and the agents are small asyncio user agents built on
-:class:`gateway.endpoint.SipEndpoint` *in the test*, independent of the
-gateway's B2BUA code: they answer by a per-test plan and record every request
-they see, so tests assert on what really crossed the wire. SIPp-based tests
-(``test_sipp_calls.py``) use SIPp as both peers instead.
+The carrier is the product's simulated carrier (:class:`simulator.carrier.Carrier`,
+the one with carrier accounts, digest and the anti-fraud model) in its
+scripted mode: :class:`Carrier` here only gives it the cards of
+:func:`gateway_settings` (c1, c2; no anti-fraud thresholds, no challenge by
+default), a fixed SDP, request recording, and the names these tests use
+(``plan``, ``invites()``, ``methods()``, ``send_in_dialog``, ``invite``). The
+agents are small asyncio UACs built on :class:`gateway.endpoint.SipEndpoint`
+*in the test*, independent of the gateway's B2BUA code, that record every
+request they see, so tests assert on what really crossed the wire. SIPp-based
+tests (``test_sipp_calls.py``) use SIPp as both peers instead.
 
 Everything binds 127.0.0.1 on port 0; every gateway, endpoint and socket made
 here is closed in the fixture teardown.
@@ -28,6 +33,10 @@ from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import TimerConfig
+from simulator.carrier import Carrier as SimCarrier
+from simulator.carrier import ScriptedPlan, answer_all
+from simulator.models import CarrierConfig, CarrierModel
+from simulator.pytest_plugin import SimCard
 
 SDP_A = (
     b"v=0\r\no=agent 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
@@ -39,127 +48,110 @@ SDP_C = (
 )
 FAST = TimerConfig(t1=0.1, t2=0.4, t4=0.5, timer_d=0.5)
 
-#: What the carrier does with a new INVITE: ("answer",) | ("ring",) | (status, reason).
-Plan = Callable[[Request], tuple[Any, ...]]
+#: What the carrier does with a new INVITE: ("answer",) | ("ring",) | (status, reason) | …
+#: (every form of :data:`simulator.carrier.ScriptedPlan`).
+Plan = ScriptedPlan
+
+#: The cards of :func:`gateway_settings` as the carrier's accounts.
+CARDS = (
+    SimCard("c1", "+8613800000001", "c1", "card1-secret", priority=1),
+    SimCard("c2", "+8613800000002", "c2", "card2-secret", priority=2),
+)
 
 
-def answer_all(_req: Request) -> tuple[Any, ...]:
-    """The default carrier plan: ring, then answer."""
-    return ("answer",)
-
-
-@dataclass
 class Carrier:
-    """A carrier UAS: answers INVITEs by ``plan``, records every request it gets."""
+    """The simulator's carrier, scripted by ``plan``, recording every request it gets.
 
-    plan: Plan = answer_all
-    endpoint: SipEndpoint | None = None
-    requests: list[Request] = field(default_factory=list)
-    dialogs: dict[str, Dialog] = field(default_factory=dict)
-    pending: dict[str, ServerRequest] = field(default_factory=dict)
-    peer: tuple[str, int] | None = None
+    ``auth`` (None, 401 or 407) and ``realm`` are the carrier's digest
+    challenge of the gateway (card credentials: c1/card1-secret,
+    c2/card2-secret); ``silent`` makes it record and answer nothing. The
+    simulator carrier itself is :attr:`sim`.
+    """
+
+    def __init__(
+        self,
+        plan: Plan = answer_all,
+        *,
+        auth: int | None = None,
+        realm: str = "carrier",
+        silent: bool = False,
+        register_expires: int = 3600,
+    ) -> None:
+        model = CarrierModel(CarrierConfig(timezone="Asia/Shanghai"), [c.account() for c in CARDS])
+        self.sim = SimCarrier(
+            model,
+            auth=auth,
+            realm=realm,
+            numbers={c.number: c.id for c in CARDS},
+            timers=FAST,
+            plan=plan,
+            record_requests=True,
+            silent=silent,
+            sdp=SDP_C,
+            register_expires=register_expires,
+        )
+
+    @property
+    def plan(self) -> Plan:
+        """The scripted answer to each new INVITE."""
+        assert self.sim.plan is not None
+        return self.sim.plan
+
+    @plan.setter
+    def plan(self, plan: Plan) -> None:
+        self.sim.plan = plan
 
     async def start(self) -> tuple[str, int]:
         """Listen on a free UDP port; return its address."""
-        self.endpoint = SipEndpoint(self._on_request, timers=FAST)
-        tp = await self.endpoint.listen("udp", "127.0.0.1", 0)
-        return tp.local_address
+        return await self.sim.start()
 
     @property
     def address(self) -> tuple[str, int]:
         """The carrier's bound address."""
-        assert self.endpoint is not None
-        return self.endpoint.transports[0].local_address
+        return self.sim.address
+
+    @property
+    def endpoint(self) -> SipEndpoint:
+        """The carrier's SIP endpoint."""
+        return self.sim.endpoint
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request received, in order."""
+        return self.sim.requests
+
+    @property
+    def dialogs(self) -> dict[str, Dialog]:
+        """Dialogs of the carrier's calls that are up, by Call-ID."""
+        return self.sim.dialogs()
+
+    @property
+    def datagrams_received(self) -> int:
+        """Every datagram that reached the carrier's socket, parsed or not."""
+        return self.sim.datagrams_received
 
     def methods(self) -> list[str]:
         """Methods of every request received, in order."""
-        return [r.method for r in self.requests]
+        return self.sim.methods()
 
     def invites(self) -> list[Request]:
         """Initial INVITEs (no To tag) received."""
-        return [r for r in self.requests if r.method == "INVITE" and r.to.tag is None]
-
-    def _on_request(self, sr: ServerRequest) -> None:
-        req = sr.request
-        self.requests.append(req)
-        self.peer = sr.source
-        assert self.endpoint is not None
-        contact = f"<{self.endpoint.contact_uri(sr.transport, 'carrier')}>"
-        if req.method == "INVITE" and req.to.tag is None:
-            action = self.plan(req)
-            tag = secrets.token_hex(4)
-            if action[0] == "answer":
-                sr.respond(180, to_tag=tag, headers=[("Contact", contact)])
-                sr.respond(
-                    200,
-                    to_tag=tag,
-                    headers=[("Contact", contact), ("Content-Type", "application/sdp")],
-                    body=SDP_C,
-                )
-                self.dialogs[req.call_id] = Dialog.from_uas(req, tag, contact.strip("<>"))
-            elif action[0] == "ring":
-                sr.respond(180, to_tag=tag, headers=[("Contact", contact)])
-                self.pending[req.call_id] = sr
-            else:
-                status, reason = action
-                sr.respond(status, reason, to_tag=tag)
-            return
-        if req.method == "CANCEL":
-            response, actions = self.endpoint.layer.handle_cancel(req, self.endpoint.now())
-            sr.send(response)
-            self.endpoint._run(actions)
-            return
-        if req.method == "ACK" or sr.tx is None:
-            return
-        dialog = self.dialogs.get(req.call_id)
-        if dialog is not None:
-            dialog.receive_request(req)
-        if req.method == "INVITE":
-            sr.respond(
-                200,
-                headers=[("Contact", contact), ("Content-Type", "application/sdp")],
-                body=SDP_C,
-            )
-            return
-        sr.respond(200)
+        return self.sim.received_invites()
 
     async def send_in_dialog(self, call_id: str, method: str) -> Response:
         """Send BYE (or another request) in the dialog of ``call_id`` back to the gateway."""
-        assert self.endpoint is not None and self.peer is not None
-        dialog = self.dialogs[call_id]
-        req = dialog.create_request(method)
-        return await asyncio.wait_for(self.endpoint.request(req, self.peer), 5)
+        return await asyncio.wait_for(self.sim.in_dialog(method, call_id=call_id), 5)
 
     async def invite(self, gateway: tuple[str, int], to_number: str) -> Response:
         """An inbound call: INVITE the gateway for ``to_number``; ACK a 2xx; return the final."""
-        assert self.endpoint is not None
-        tp = self.endpoint.transports[0]
-        req = Request(
-            "INVITE",
-            f"sip:{to_number}@{gateway[0]}:{gateway[1]}",
-            [
-                ("From", f"<sip:+8613912345678@{self.address[0]}>;tag={secrets.token_hex(4)}"),
-                ("To", f"<sip:{to_number}@{gateway[0]}>"),
-                ("Call-ID", f"{secrets.token_hex(6)}@carrier"),
-                ("CSeq", "1 INVITE"),
-                ("Contact", f"<{self.endpoint.contact_uri(tp, 'carrier')}>"),
-                ("Content-Type", "application/sdp"),
-            ],
-            SDP_C,
+        response, _ = await asyncio.wait_for(
+            self.sim.invite(gateway, to_number, caller="+8613912345678"), 5
         )
-        response = await asyncio.wait_for(self.endpoint.request(req, gateway), 5)
-        if 200 <= response.status < 300:
-            dialog = Dialog.from_uac(req, response)
-            ack = dialog.create_request("ACK", cseq=1)
-            self.endpoint.send_stateless(ack, gateway)
-            self.dialogs[req.call_id] = dialog
-            self.peer = gateway
         return response
 
     async def close(self) -> None:
-        """Close the endpoint."""
-        if self.endpoint is not None:
-            await self.endpoint.close()
+        """Close the carrier."""
+        await self.sim.close()
 
 
 @dataclass

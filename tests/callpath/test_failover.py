@@ -88,38 +88,11 @@ async def test_arrears_402_fails_over(rig: Rig) -> None:
 
 
 async def test_carrier_digest_challenge_is_answered_with_card_credentials(
-    carrier: Carrier, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """A carrier that challenges the B-leg gets the card's credentials (not the agent's)."""
-    from gateway.sip.digest import DigestServer
-
-    server = DigestServer(key=b"k" * 32, realm="carrier")
-    seen: list[str] = []
-
-    def lookup(user: str, algorithm: object) -> str | None:
-        from gateway.sip.digest import Algorithm, ha1
-
-        assert isinstance(algorithm, Algorithm)
-        return ha1("c1", "carrier", "card1-secret", algorithm) if user == "c1" else None
-
-    plain = carrier._on_request
-
-    def challenging(sr):  # type: ignore[no-untyped-def]
-        req = sr.request
-        if req.method == "INVITE" and req.to.tag is None:
-            verdict = server.verify(
-                "INVITE", req.headers.get_all("Proxy-Authorization") or None, lookup, 1000.0
-            )
-            seen.append(verdict.outcome.value)
-            if not verdict.ok:
-                carrier.requests.append(req)
-                answer = server.answer(verdict, 1000.0, proxy=True)
-                assert answer is not None
-                sr.respond(answer.status, answer.reason, headers=answer.headers, to_tag="x")
-                return
-        plain(sr)
-
-    carrier.endpoint.on_request = challenging  # type: ignore[union-attr]
+    carrier = Carrier(auth=407, realm="carrier")
+    await carrier.start()
     gw = Gateway(gateway_settings(carrier.address, tmp_path / "gw.db"))
     await gw.start()
     alice = Agent("alice", "s3cret", gw.address("udp"))
@@ -128,11 +101,15 @@ async def test_carrier_digest_challenge_is_answered_with_card_credentials(
         assert 200 == (await alice.register()).status
         resp, _ = await alice.call("13912345678")
         assert 200 == resp.status
-        assert ["failed", "ok"] == seen
+        # The carrier's digest check: the first INVITE failed (challenged), the second passed as c1.
+        entries = carrier.sim.invites
+        assert ["challenged", "scripted"] == [e.outcome for e in entries]
+        assert (407, "c1", "c1") == (entries[0].decided, entries[1].username, entries[1].card)
         assert 'username="c1"' in (carrier.invites()[1].headers.get("Proxy-Authorization") or "")
     finally:
         await alice.close()
         await gw.close()
+        await carrier.close()
 
 
 async def test_call_and_card_events_are_published(rig: Rig) -> None:

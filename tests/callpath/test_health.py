@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from gateway.app import Gateway
@@ -15,9 +14,9 @@ from tests.callpath.conftest import FAST, Carrier, eventually, gateway_settings
 
 async def test_unanswered_pings_take_the_carrier_down_and_its_cards_out(tmp_path: Path) -> None:
     """A carrier that never answers OPTIONS goes INACTIVE; CardManager then skips its cards."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    settings = gateway_settings(sock.getsockname(), tmp_path / "x.db")
+    carrier = Carrier(silent=True)  # records every request, answers none
+    await carrier.start()
+    settings = gateway_settings(carrier.address, tmp_path / "x.db")
     endpoint = SipEndpoint(lambda sr: None, timers=FAST)
     await endpoint.listen("udp", "127.0.0.1", 0)
     health = CarrierHealth(interval=0.1, failure_threshold=2, timeout=0.2)
@@ -28,14 +27,15 @@ async def test_unanswered_pings_take_the_carrier_down_and_its_cards_out(tmp_path
     runner.start()
     try:
         await eventually(lambda: health.state("carrier-a") is LineState.INACTIVE, 5)
-        assert sock.recv(65535).startswith(b"OPTIONS sip:")
+        first = carrier.requests[0]
+        assert ("OPTIONS", "sip") == (first.method, first.uri.scheme)
         selection = cards.select("main", now=runner.clock())
         assert selection.card is None
         assert {"c1": "carrier-down", "c2": "carrier-down"} == dict(selection.skipped)
     finally:
         await runner.stop()
         await endpoint.close()
-        sock.close()
+        await carrier.close()
 
 
 async def test_answered_pings_keep_the_carrier_active(carrier: Carrier, tmp_path: Path) -> None:
@@ -56,22 +56,11 @@ async def test_answered_pings_keep_the_carrier_active(carrier: Carrier, tmp_path
         await endpoint.close()
 
 
-async def test_card_register_refused_suspends_the_card(carrier: Carrier, tmp_path: Path) -> None:
+async def test_card_register_refused_suspends_the_card(tmp_path: Path) -> None:
     """register = true: c1's REGISTER answered 403 Card Suspended marks c1; c2 registers."""
-    plain = carrier._on_request
-
-    def registrar(sr):  # type: ignore[no-untyped-def]
-        req = sr.request
-        if req.method == "REGISTER":
-            carrier.requests.append(req)
-            if req.from_.uri.user == "c1":
-                sr.respond(403, "Card Suspended")
-            else:
-                sr.respond(200, headers=[("Contact", f"{req.headers.get('Contact')};expires=300")])
-            return
-        plain(sr)
-
-    carrier.endpoint.on_request = registrar  # type: ignore[union-attr]
+    carrier = Carrier(register_expires=300)
+    await carrier.start()
+    carrier.sim.suspend("c1")  # the carrier's operator: c1's REGISTER gets 403 Card Suspended
     base = gateway_settings(carrier.address, tmp_path / "gw.db")
     carriers = [c.model_dump(by_alias=True) for c in base.carriers]
     carriers[0]["register"] = True
@@ -85,5 +74,10 @@ async def test_card_register_refused_suspends_the_card(carrier: Carrier, tmp_pat
         c1 = gw.b2bua.services.cards.get("c1")  # type: ignore[union-attr]
         await eventually(lambda: c1.state is CardState.SUSPENDED, 5)
         assert SuspendReason.VIOLATION == c1.reason
+        assert (403, 200) == tuple(
+            next(status for _t, user, status in carrier.sim.register_log if user == card)
+            for card in ("c1", "c2")
+        )
     finally:
         await gw.close()
+        await carrier.close()
