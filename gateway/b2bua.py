@@ -193,7 +193,6 @@ class Call:
     final_code: int = 0
     reserved: bool = False
     max_forwards: int = 70
-    mono_answer: float | None = None
     #: True while the call's dialogs are stored (``call_dialogs``), with what was stored
     #: per side: (CSeq ceiling, remote target) — the row is rewritten when either moves.
     persisted: bool = False
@@ -617,7 +616,6 @@ class B2BUA:
             return
         call.answered = True
         call.answer_at = self.clock()
-        call.mono_answer = self.endpoint.now()
         self.stats["answered"] += 1
         if call.card is not None and not call.inbound:
             # A 2xx resets the card's consecutive-fault count.
@@ -1067,9 +1065,11 @@ class B2BUA:
                 leg.ack_timer.cancel()
                 leg.ack_timer = None
         now = self.clock()
+        # Talk time on the same clock as the quotas and the CDR (business time in a
+        # simulator's fast-forward), so talk minutes and short calls match end - answer.
         talk = 0.0
-        if call.answered and call.mono_answer is not None:
-            talk = max(self.endpoint.now() - call.mono_answer, 0.0)
+        if call.answered and call.answer_at is not None:
+            talk = max(now - call.answer_at, 0.0)
         if call.reserved and not call.inbound:
             call.reserved = False
             try:
