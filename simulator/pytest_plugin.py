@@ -39,7 +39,9 @@ Peer fixtures:
                    the first user, pointing at ``gateway``; ``await softphone.register()``
 ``dialer``         a started :class:`~simulator.agents.Dialer` for the first peer
 
-Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)``,
+Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)`` (which
+also takes the carrier's scripted-mode options: ``plan=``, ``record_requests=``,
+``silent=``, ``sdp=`` — see ``simulator/README.md``),
 ``await sim_kit.gateway(carrier, cards=..., users=..., policy=..., consent=[...],
 dnc=[...])`` (consent and DNC numbers are written into the gateway's store before
 it starts), ``await sim_kit.softphone(name, password,

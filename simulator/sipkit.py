@@ -557,6 +557,7 @@ class UserAgent:
                 self._end_inbound(inbound, "remote")
             if outbound is not None:
                 outbound.remote_bye.set()
+                self._outbound.pop(key, None)  # over (place_call keeps its own reference)
         elif method == "INVITE":
             # re-INVITE (session refresh, hold): accept with our current SDP.
             if inbound is not None:
