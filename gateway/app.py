@@ -579,6 +579,12 @@ class Gateway:
         )
         self.health.start()
 
+    def flush_spooled(self) -> int:
+        """Write what a store outage held back: reservation finishes and spooled CDRs."""
+        if self.b2bua is None:
+            return 0
+        return self.b2bua.retry_pending()
+
     def operator(self) -> Operator | None:
         """The operator's side (card records, lifecycle, lists, CDRs) over the live
         card manager, store and event bus; None without a call path."""
@@ -767,7 +773,13 @@ async def serve(
             background.append(
                 asyncio.ensure_future(
                     _status_loop(
-                        operator, telemetry.bus, clock, interval, halt, sync_store=not shared
+                        operator,
+                        telemetry.bus,
+                        clock,
+                        interval,
+                        halt,
+                        sync_store=not shared,
+                        flush=gateway.flush_spooled,
                     )
                 )
             )
@@ -825,6 +837,7 @@ async def _status_loop(
     halt: asyncio.Event,
     *,
     sync_store: bool = True,
+    flush: Callable[[], object] | None = None,
 ) -> None:
     """Publish each card's retained state (with usage) when it changes; raise alerts.
 
@@ -839,6 +852,8 @@ async def _status_loop(
     while not halt.is_set():
         try:
             now = clock()
+            if flush is not None:
+                flush()  # CDRs spooled during a store outage, once it is back
             if sync_store:
                 changed = manager.sync_from_store(now)
                 if changed:

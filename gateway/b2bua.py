@@ -63,12 +63,14 @@ one call escape into the endpoint.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -81,6 +83,7 @@ from gateway.cards import (
     select_and_reserve,
 )
 from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
+from gateway.cdr_spool import CdrWriter
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.events import CallEvent, CallEventKind, EventBus
 from gateway.sip import Request, Response
@@ -212,6 +215,7 @@ class CallServices:
     profiles: dict[str, QuotaProfile]
     timezones: dict[str, str]
     probation_of: dict[str, str]
+    cdrs: CdrWriter | None = None  # None: CDRs straight to ``store``, spooled in memory only
 
 
 class B2BUA:
@@ -230,6 +234,10 @@ class B2BUA:
         self.services = services
         self.settings = services.settings
         self.clock = clock
+        # A store outage never loses a CDR: refused ones are spooled and written later.
+        self.cdrs = services.cdrs if services.cdrs is not None else CdrWriter(services.store, None)
+        # Store writes an outage refused (reservation finishes, dialog deletes), in order.
+        self._unfinished: list[Callable[[], object]] = []
         self.mask = services.settings.policy.mask_numbers
         self.no_answer_timeout = NO_ANSWER_TIMEOUT
         self.calls: dict[str, Call] = {}
@@ -1072,16 +1080,21 @@ class B2BUA:
             talk = max(now - call.answer_at, 0.0)
         if call.reserved and not call.inbound:
             call.reserved = False
+            finish = functools.partial(
+                self.services.ledger.finish,
+                call.key,
+                now,
+                answered=call.answered,
+                talk_seconds=talk,
+                failed=failed,
+                answered_at=call.answer_at,
+            )
             try:
-                self.services.ledger.finish(
-                    call.key,
-                    now,
-                    answered=call.answered,
-                    talk_seconds=talk,
-                    failed=failed,
-                    answered_at=call.answer_at,
-                )
+                finish()
             except StoreUnavailable:
+                # Kept and retried (retry_pending): until then the reservation still
+                # counts as a call in progress — an over-count, never an under-count.
+                self._unfinished.append(finish)
                 log.warning("call.finish.store_unavailable", call=call.key)
         if call.answered:
             outcome = Outcome.ANSWERED
@@ -1125,12 +1138,11 @@ class B2BUA:
             failovers=call.failovers,
             policy_reason=call.policy_reason,
         )
-        try:
-            self.services.store.add_cdr(record)
+        if self.cdrs.write(record):
             self.stats["cdrs"] += 1
-        except StoreUnavailable:
+        else:
             self.stats["cdr_errors"] += 1
-            log.error("cdr.write_failed", call=call.key)
+            log.error("cdr.spooled", call=call.key, pending=self.cdrs.pending)
 
     # -- dialog persistence ------------------------------------------------------------
 
@@ -1202,13 +1214,19 @@ class B2BUA:
             call.stored[side] = (rec[1], str(dialog.remote_target))
 
     def _forget_dialogs(self, call: Call) -> None:
-        """The call ended: delete its stored dialogs (a failure leaves a row: one stray BYE)."""
+        """The call ended: delete its stored dialogs (retried after a store outage; a
+        row left at a crash costs one stray BYE answered 481 at the next start)."""
         if not call.persisted:
             return
         call.persisted = False
         call.stored.clear()
+        delete = functools.partial(self.services.store.delete_call_dialogs, call.key)
         try:
-            self.services.store.delete_call_dialogs(call.key)
+            delete()
+        except StoreUnavailable as exc:
+            self.stats["dialog_store_errors"] += 1
+            self._unfinished.append(delete)
+            log.error("call.dialogs.delete_failed", call=call.key, error=repr(exc)[:200])
         except Exception as exc:
             self.stats["dialog_store_errors"] += 1
             log.error("call.dialogs.delete_failed", call=call.key, error=repr(exc)[:200])
@@ -1304,6 +1322,20 @@ class B2BUA:
             return None
         return response.status
 
+    def retry_pending(self) -> int:
+        """Retry what a store outage held back (reservation finishes, CDRs); return how many went in."""
+        done = 0
+        while self._unfinished:
+            try:
+                self._unfinished[0]()
+            except StoreUnavailable:
+                break
+            self._unfinished.pop(0)
+            done += 1
+        if self.cdrs.pending:
+            done += self.cdrs.flush()
+        return done
+
     async def close(self) -> None:
         """Hang up every call in progress (BYE / CANCEL) and write their CDRs."""
         for call in list(self.calls.values()):
@@ -1315,6 +1347,16 @@ class B2BUA:
                 self._final_to_a(call, 503, "Service Unavailable")
                 call.final_code = 503
                 self._end(call, 503)
+        self.retry_pending()
+        if self.cdrs.pending or self._unfinished:
+            # The spool file is replayed at the next start; an unfinished reservation
+            # becomes an orphan there (counted, never under-counted).
+            log.error(
+                "store.left_pending",
+                cdrs=self.cdrs.pending,
+                finishes=len(self._unfinished),
+                spool=str(self.cdrs.spool),
+            )
 
 
 def _retry_after(resp: Response) -> float | None:
@@ -1407,7 +1449,13 @@ def services_from_settings(
         agents=store,
         cards=source,
     )
+    cdrs = CdrWriter(store, _spool_path(store))
+    try:
+        cdrs.recover()  # what a process that died during a store outage spooled
+    except StoreUnavailable:
+        log.error("cdr.spool_recover_failed", spool=str(cdrs.spool))
     return CallServices(
+        cdrs=cdrs,
         settings=settings,
         store=store,
         ledger=ledger,
@@ -1418,3 +1466,11 @@ def services_from_settings(
         timezones=timezones,
         probation_of=probation_of,
     )
+
+
+def _spool_path(store: SQLiteStore) -> Path | None:
+    """``<database>.cdr-spool.jsonl`` beside a file database; None for ``:memory:``."""
+    path = Path(str(store.path))
+    if str(store.path) == ":memory:":
+        return None
+    return path.with_name(path.name + ".cdr-spool.jsonl")
