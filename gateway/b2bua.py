@@ -83,7 +83,7 @@ from gateway.cards import (
     select_and_reserve,
 )
 from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
-from gateway.cdr_spool import CdrWriter
+from gateway.cdr_spool import CdrWriter, record_from_json, record_to_json
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.events import CallEvent, CallEventKind, EventBus
 from gateway.sip import Request, Response
@@ -1118,11 +1118,10 @@ class B2BUA:
             talk=round(talk, 1),
         )
 
-    def _write_cdr(
-        self, call: Call, outcome: Outcome, code: int, *, end_at: float | None = None
-    ) -> None:
+    def _cdr(self, call: Call, outcome: Outcome, code: int, end_at: float | None) -> CallRecord:
+        """The call's detail record as it stands."""
         kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
-        record = CallRecord(
+        return CallRecord(
             call_id=call.a.call_id,
             attempt_at=call.attempt_at,
             destination=call.destination,
@@ -1134,10 +1133,15 @@ class B2BUA:
             cards=tuple(call.cards_tried),
             ring_at=call.ring_at,
             answer_at=call.answer_at,
-            end_at=end_at if end_at is not None else self.clock(),
+            end_at=end_at,
             failovers=call.failovers,
             policy_reason=call.policy_reason,
         )
+
+    def _write_cdr(
+        self, call: Call, outcome: Outcome, code: int, *, end_at: float | None = None
+    ) -> None:
+        record = self._cdr(call, outcome, code, end_at if end_at is not None else self.clock())
         if self.cdrs.write(record):
             self.stats["cdrs"] += 1
         else:
@@ -1178,6 +1182,8 @@ class B2BUA:
             answer_at=call.answer_at,
             a_leg=None if a is None else a[0],
             b_leg=b[0],
+            # If this process dies during the call, the next start writes this CDR.
+            cdr=record_to_json(self._cdr(call, Outcome.INTERRUPTED, 200, None)),
         )
         try:
             self.services.store.save_call_dialogs(record)
@@ -1278,9 +1284,14 @@ class B2BUA:
                 cdr = "stored"
         except StoreUnavailable:
             cdr = "unknown"
-        # No CDR is invented for a call cut by the crash: Outcome has no
-        # "gateway-restart" value (the call_starts row, orphaned by recover, still
-        # counts the start).
+        if cdr == "missing" and row.cdr:
+            # The record stored at answer time: outcome "interrupted", no end (the talk
+            # time is unknown; the call_starts row, orphaned by recover, counts the start).
+            try:
+                written = self.cdrs.write(record_from_json(row.cdr))
+                cdr = "written" if written else "spooled"
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("call.orphan.bad_cdr", call=row.key, error=repr(exc)[:200])
         try:
             deleted = self.services.store.delete_call_dialogs(row.key)
         except StoreUnavailable as exc:

@@ -190,6 +190,7 @@ class CallDialogs:
     answer_at: float | None = None
     a_leg: dict[str, Any] | None = None
     b_leg: dict[str, Any] | None = None
+    cdr: str | None = None  # the call's CDR as gateway.cdr_spool JSON, for a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +441,17 @@ _MIGRATIONS += (
                 a_leg TEXT,
                 b_leg TEXT
             )""",
+        ),
+    ),
+)
+
+_MIGRATIONS += (
+    (
+        6,
+        (
+            # The CDR a call cut by a crash gets at the next start (outcome
+            # "interrupted"): who called, campaign, cards; JSON of gateway.cdr_spool.
+            "ALTER TABLE call_dialogs ADD COLUMN cdr TEXT",
         ),
     ),
 )
@@ -1219,7 +1231,7 @@ class SQLiteStore:
         with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO call_dialogs (call_key, call_id, card, callee, "
-                "attempt_at, answer_at, a_leg, b_leg) VALUES (?,?,?,?,?,?,?,?)",
+                "attempt_at, answer_at, a_leg, b_leg, cdr) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     record.key,
                     record.call_id,
@@ -1229,6 +1241,7 @@ class SQLiteStore:
                     record.answer_at,
                     _json_or_none(record.a_leg),
                     _json_or_none(record.b_leg),
+                    record.cdr,
                 ),
             )
 
@@ -1262,6 +1275,7 @@ class SQLiteStore:
                 answer_at=None if r["answer_at"] is None else float(r["answer_at"]),
                 a_leg=_leg_from_json(r["a_leg"]),
                 b_leg=_leg_from_json(r["b_leg"]),
+                cdr=r["cdr"],
             )
             for r in rows
         ]

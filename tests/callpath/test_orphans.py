@@ -304,6 +304,20 @@ async def test_kill_9_then_restart_hangs_up_both_legs_and_frees_the_card(
             line["destination"],
         )
         assert "13912340002" not in "\n".join(second.lines)
+        # The cut call has its CDR: answered, then interrupted, end unknown.
+        assert "written" == line["cdr"]
+        probe = SQLiteStore(db)
+        try:
+            [cut] = probe.cdrs(call_id=live.call_id)
+        finally:
+            probe.close()
+        assert ("interrupted", 200, "alice", ("c1",)) == (
+            str(cut.outcome),
+            cut.final_code,
+            cut.origin,
+            cut.cards,
+        )
+        assert cut.answer_at is not None and cut.end_at is None
         # The SIM is free again: a new call goes out on c1.
         alice.gateway = second.addresses["udp"]
         await register(alice)
