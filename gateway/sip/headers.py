@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .errors import ParseError
 from .grammar import DIGITS_RE, DISPLAY_WORD_RE, TOKEN_RE
-from .uri import URI, Params, format_params, split_host_port
+from .uri import URI, Params, format_params, remember, split_host_port
 
 __all__ = [
     "COMPACT_FORMS",
@@ -205,9 +205,17 @@ def parse_delta_seconds(text: str, what: str) -> int:
     return value
 
 
+# Parsed typed values by their text (immutable, bounded: see uri.remember).
+_VIA_MEMO: dict[str, Via] = {}
+_NAME_ADDR_MEMO: dict[str, NameAddr] = {}
+_CSEQ_MEMO: dict[str, CSeq] = {}
+
 _VALID_NAMES: set[str] = set()
 """Header names already checked against the token grammar (bounded by _VALID_NAMES_MAX)."""
 _VALID_NAMES_MAX = 4096
+
+
+_NO_POSITIONS: list[int] = []  # shared empty result of Headers._positions: never mutated
 
 
 class Headers:
@@ -245,9 +253,18 @@ class Headers:
         if index is None:
             index = {}
             for i, k in enumerate(self._keys):
-                index.setdefault(k, []).append(i)
+                at = index.get(k)
+                if at is None:
+                    index[k] = [i]
+                else:
+                    at.append(i)
             self._index = index
-        return index.get(canonical_name(name), [])
+        # Callers mostly pass the canonical name already ("via", "cseq"): one
+        # lookup; other spellings ("Via", "v") are canonicalized on a miss.
+        at = index.get(name)
+        if at is None:
+            at = index.get(canonical_name(name), _NO_POSITIONS)
+        return at
 
     @staticmethod
     def _check(name: str, value: str) -> None:
@@ -411,7 +428,17 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        """Parse one via-parm: ``SIP / 2.0 / UDP host[:port] *(;param)``."""
+        """Parse one via-parm: ``SIP / 2.0 / UDP host[:port] *(;param)`` (memoized by text)."""
+        hit = _VIA_MEMO.get(text)
+        if hit is not None and cls is Via:
+            return hit
+        via = cls._parse(text)
+        if cls is Via:
+            remember(_VIA_MEMO, text, via)
+        return via
+
+    @classmethod
+    def _parse(cls, text: str) -> Via:
         pieces = _split(text, ";")
         first = pieces[0]
         # sent-protocol = protocol-name SLASH protocol-version SLASH transport,
@@ -511,7 +538,17 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
-        """Parse ``["display"] <uri> *(;param)`` or ``addr-spec *(;param)``."""
+        """Parse ``["display"] <uri> *(;param)`` or ``addr-spec *(;param)`` (memoized by text)."""
+        hit = _NAME_ADDR_MEMO.get(text)
+        if hit is not None and cls is NameAddr:
+            return hit
+        value = cls._parse(text)
+        if cls is NameAddr:
+            remember(_NAME_ADDR_MEMO, text, value)
+        return value
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddr:
         s = text.strip(" \t")
         if not s:
             raise ParseError("empty name-addr")
@@ -576,7 +613,17 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        """Parse ``1*DIGIT LWS Method``; the number must be < 2**31."""
+        """Parse ``1*DIGIT LWS Method``; the number must be < 2**31 (memoized by text)."""
+        hit = _CSEQ_MEMO.get(text)
+        if hit is not None and cls is CSeq:
+            return hit
+        value = cls._parse(text)
+        if cls is CSeq:
+            remember(_CSEQ_MEMO, text, value)
+        return value
+
+    @classmethod
+    def _parse(cls, text: str) -> CSeq:
         parts = text.split()
         if len(parts) != 2:
             raise ParseError("bad CSeq")

@@ -284,8 +284,9 @@ class Message:
         body = self.body
         lines = [self._start_line()]
         cl_written = False
-        for name, value in self.headers:
-            if canonical_name(name) == "content-length":
+        h = self.headers
+        for (name, value), key in zip(h._items, h._keys, strict=True):
+            if key == "content-length":
                 if cl_written:
                     continue
                 value = str(len(body))
@@ -567,21 +568,37 @@ def make_response(
     Copies every Via (in order), From, To, Call-ID and CSeq verbatim; adds
     ``;tag=to_tag`` to To when given and To has no tag yet.
     """
-    out = Headers()
-    for name, value in req.headers:
-        key = canonical_name(name)
-        if key in ("via", "from", "call-id", "cseq"):
-            out.add(name, value)
+    # The copied lines come from a Headers (already checked): built directly.
+    items: list[tuple[str, str]] = []
+    keys: list[str] = []
+    h = req.headers
+    for item, key in zip(h._items, h._keys, strict=True):
+        if key in _RESPONSE_COPY:
+            items.append(item)
+            keys.append(key)
         elif key == "to":
+            name, value = item
             if to_tag is not None and "tag" not in _param_names(value):
                 value = f"{value};tag={to_tag}"
-            out.add(name, value)
+                _check_value(value)
+            items.append((name, value))
+            keys.append(key)
         elif key == "timestamp" and status == 100:
             # RFC 3261 §8.2.6.1: a 100 (Trying) copies the request's Timestamp.
-            out.add(name, value)
+            items.append(item)
+            keys.append(key)
+    out = Headers._trusted(items, keys)
     for name, value in headers:
         out.add(name, value)
     return Response(status, reason, out, body)
+
+
+_RESPONSE_COPY = frozenset(("via", "from", "call-id", "cseq"))
+
+
+def _check_value(value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ParseError("CR/LF in header value")
 
 
 def _param_names(value: str) -> set[str]:

@@ -11,6 +11,8 @@ from :meth:`URI.parse`, and never does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import TypeVar
 
 from .errors import ParseError
 from .grammar import HEX, HOSTNAME_RE, IPV6_RE, PORT_RE, SCHEME_RE, URI_UNSAFE_RE
@@ -18,6 +20,28 @@ from .grammar import HEX, HOSTNAME_RE, IPV6_RE, PORT_RE, SCHEME_RE, URI_UNSAFE_R
 __all__ = ["URI", "format_params", "split_host_port", "unescape"]
 
 Params = tuple[tuple[str, str | None], ...]
+
+_V = TypeVar("_V")
+
+MEMO_MAX = 8192
+"""Entries kept per parse memo (URI here, Via/NameAddr/CSeq in ``headers``)."""
+
+
+def remember(memo: dict[str, _V], text: str, value: _V) -> None:
+    """Keep ``text → value`` in a bounded parse memo (oldest half dropped when full).
+
+    Why: one call carries the same From, To, Contact, Request-URI and Via
+    texts in up to ten messages; the parsed values are immutable, so each text
+    is parsed once instead of once per message. Bounded: unique texts from a
+    hostile peer only ever cost ``MEMO_MAX`` entries.
+    """
+    if len(memo) >= MEMO_MAX:
+        for old in list(islice(memo, MEMO_MAX // 2)):
+            del memo[old]
+    memo[text] = value
+
+
+_URI_MEMO: dict[str, URI] = {}
 
 
 def _check_escapes(text: str, what: str) -> None:
@@ -116,7 +140,20 @@ class URI:
 
     @classmethod
     def parse(cls, text: str) -> URI:
-        """Parse URI text; raise :class:`ParseError` on anything malformed."""
+        """Parse URI text; raise :class:`ParseError` on anything malformed.
+
+        Parsed values are immutable and memoized by text (:func:`remember`).
+        """
+        hit = _URI_MEMO.get(text)
+        if hit is not None and cls is URI:
+            return hit
+        uri = cls._parse(text)
+        if cls is URI:
+            remember(_URI_MEMO, text, uri)
+        return uri
+
+    @classmethod
+    def _parse(cls, text: str) -> URI:
         if URI_UNSAFE_RE.search(text) is not None:
             raise ParseError("whitespace, control or delimiter character in URI")
         scheme, sep, rest = text.partition(":")
