@@ -32,6 +32,8 @@ def strip_brackets(host: str) -> str:
 
 
 def _same_ip(a: str, b: str) -> bool:
+    if a == b:
+        return True  # the usual case (sent-by is the source IP as written): no ipaddress parse
     try:
         return ipaddress.ip_address(strip_brackets(a)) == ipaddress.ip_address(strip_brackets(b))
     except ValueError:
@@ -53,12 +55,13 @@ def stamp_via(request: Request, source: tuple[str, int]) -> Request:
     """
     src_host, src_port = source
     try:
-        items = request.headers.items()
-        index = next(i for i, (name, _) in enumerate(items) if canonical_name(name) == "via")
-        name, raw = items[index]
+        raw = request.headers.get("via")
+        if raw is None:
+            return request
         values = split_list(raw)
+        # Via.parse is memoized: the message's own ``via`` view reuses this parse.
         top = Via.parse(values[0])
-    except (StopIteration, IndexError, SIPError):
+    except (IndexError, SIPError):
         return request
     need_received = top.rport is True or not _same_ip(top.host, src_host)
     need_rport = top.rport is True
@@ -76,6 +79,9 @@ def stamp_via(request: Request, source: tuple[str, int]) -> Request:
     if need_received:
         params.append(("received", strip_brackets(src_host)))
     stamped = dataclasses.replace(top, params=tuple(params), branch=None, received=None, rport=None)
+    items = request.headers.items()
+    index = next(i for i, (name, _) in enumerate(items) if canonical_name(name) == "via")
+    name = items[index][0]
     items[index] = (name, ", ".join([str(stamped), *values[1:]]))
     try:
         headers = Headers(items)
