@@ -43,6 +43,7 @@ import collections
 import dataclasses
 import gc
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -459,6 +460,7 @@ class Gateway:
             answer.reason,
             list(answer.headers),
             detail=result.detail,
+            routine=result.routine,
         )
         return None
 
@@ -628,16 +630,25 @@ class Gateway:
         extra: list[tuple[str, str]] | None = None,
         *,
         detail: str | None = None,
+        routine: bool = False,
     ) -> None:
+        """Answer statelessly; log a rejection at info (rate-limited).
+
+        ``routine``: a digest challenge of the normal call flow (no credentials
+        yet, stale nonce), one per call — logged at debug only, as
+        ``sip.request.challenged``; a refusal stays ``sip.request.rejected``.
+        """
         response = self._response(req, status, reason, extra or [])
         transport.send_response(response, source, symmetric=self.symmetric_responses)
         self.stats.answered[status] += 1
         if status < 300:
             return
+        if routine and not log.is_enabled_for(logging.DEBUG):
+            return
         suppressed = self._log_limit.take(time.monotonic())
         if suppressed is not None:
-            log.info(
-                "sip.request.rejected",
+            (log.debug if routine else log.info)(
+                "sip.request.challenged" if routine else "sip.request.rejected",
                 method=req.method,
                 status=status,
                 reason=response.reason,

@@ -54,11 +54,17 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class AuthResult:
-    """Either ``identity`` (accepted) or ``answer`` (send it: 400/401/407/403)."""
+    """Either ``identity`` (accepted) or ``answer`` (send it: 400/401/407/403).
+
+    ``routine`` marks the challenges of the normal call flow — a request
+    without credentials, or credentials for a stale nonce — as opposed to a
+    refusal (wrong password, unknown user, malformed credentials).
+    """
 
     identity: Identity | None
     answer: AuthAnswer | None = None
     detail: str = ""
+    routine: bool = False
 
 
 class Authenticator:
@@ -115,7 +121,15 @@ class Authenticator:
             # allow-list): answered exactly like a wrong password.
             verdict = Verdict(Outcome.FAILED, reason="address-not-allowed")
         answer = self.digest.answer(verdict, now, proxy=proxy)
-        return AuthResult(None, answer, detail=f"digest {verdict.outcome.value}: {verdict.reason}")
+        routine = verdict.outcome is Outcome.STALE or (
+            verdict.outcome is Outcome.FAILED and verdict.reason == "no-credentials"
+        )
+        return AuthResult(
+            None,
+            answer,
+            detail=f"digest {verdict.outcome.value}: {verdict.reason}",
+            routine=routine,
+        )
 
     def _identity(self, username: str, source: Address) -> Identity | None:
         user = self.users.get(username)

@@ -97,6 +97,26 @@ def _norm(key: object) -> str:
     return str(key).lower().replace("-", "_")
 
 
+# Log field names are few (the same dozens on every line): whether a name is a
+# callee or a secret key is worked out once per name. Bounded, because nested
+# mappings may carry keys from data.
+_KEY_MEMO_MAX = 4096
+_CALLEE_KEY: dict[object, bool] = {}
+_SECRET_KEY: dict[object, bool] = {}
+
+# Values that no processor here changes (besides ``str``, handled inline).
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
+
+
+def _is_callee_key(key: object) -> bool:
+    hit = _CALLEE_KEY.get(key)
+    if hit is None:
+        hit = _norm(key) in CALLEE_KEYS
+        if len(_CALLEE_KEY) < _KEY_MEMO_MAX:
+            _CALLEE_KEY[key] = hit
+    return hit
+
+
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
         return mask_numbers_in(value)
@@ -123,18 +143,25 @@ def _mask_tree(value: Any) -> Any:
 
 def mask_callee_numbers(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask numbers under callee-like keys, at any depth."""
-    for key in list(event_dict):
-        value = event_dict[key]
-        if _norm(key) in CALLEE_KEYS:
+    plain = _PLAIN_TYPES
+    for key, value in list(event_dict.items()):
+        if _is_callee_key(key):
             event_dict[key] = _mask_value(value)
+        elif type(value) is str or type(value) in plain:
+            continue
         elif isinstance(value, Mapping | list | tuple):
             event_dict[key] = _mask_tree(value)
     return event_dict
 
 
 def _is_secret_key(key: object) -> bool:
-    norm = _norm(key)
-    return norm in SECRET_KEYS or norm.endswith(("_password", "_token", "_secret"))
+    hit = _SECRET_KEY.get(key)
+    if hit is None:
+        norm = _norm(key)
+        hit = norm in SECRET_KEYS or norm.endswith(("_password", "_token", "_secret"))
+        if len(_SECRET_KEY) < _KEY_MEMO_MAX:
+            _SECRET_KEY[key] = hit
+    return hit
 
 
 def _scrub(value: Any) -> Any:
@@ -156,9 +183,16 @@ def _scrub(value: Any) -> Any:
 
 def drop_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: drop secret-keyed fields and SecretStr values, at any depth."""
-    for key in list(event_dict):
-        value = event_dict[key]
-        if _is_secret_key(key) or isinstance(value, SecretStr | SecretBytes):
+    plain = _PLAIN_TYPES
+    for key, value in list(event_dict.items()):
+        if _is_secret_key(key):
+            del event_dict[key]
+        elif type(value) in plain:
+            continue
+        elif type(value) is str:
+            if ":" in value and _AUTH_LINE_RE.search(value):
+                event_dict[key] = _AUTH_LINE_RE.sub(r"\1: [redacted]", value)
+        elif isinstance(value, SecretStr | SecretBytes):
             del event_dict[key]
         else:
             event_dict[key] = _scrub(value)
