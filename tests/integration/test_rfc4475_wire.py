@@ -13,18 +13,18 @@ import asyncio
 import csv
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from gateway import app
 from gateway.config import Settings
+from tests.conformance import RFC4475
 
 if TYPE_CHECKING:  # the fixture's type; conftest is not importable as a package module
     from conftest import DialgateProcess
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
+CORPUS = RFC4475
 ANSWER_WAIT = 2.0
 DROP_WAIT = 0.4
 NORMAL_NOT = {400, 415, 416, 420, 505}

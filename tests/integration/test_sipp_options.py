@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gateway.sip import SIPError, parse
+from tests.conformance import RFC4475
 
 if TYPE_CHECKING:  # fixture types; conftest is not importable as a package module
     from conftest import DialgateProcess, Sipp
@@ -31,7 +32,7 @@ RATE = 150
 GARBAGE = 3000
 BATCH = 200
 SEED = 4475
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
+CORPUS = RFC4475
 
 
 def _options(host: str, port: int, n: int) -> bytes:

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +30,7 @@ from gateway.sip import (
 )
 from gateway.sip.headers import canonical_name, quote_string
 from gateway.sip.validate import check_request, check_response
+from tests.conformance import RFC4475
 from tests.sip.test_message import INVITE, OK, OPTIONS, REGISTER
 
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
@@ -189,16 +188,10 @@ def test_uri_round_trip(uri: URI) -> None:
 
 def _corpus() -> list[bytes]:
     seeds = [INVITE, OK, OPTIONS, REGISTER]
-    corpus = Path(
-        os.environ.get(
-            "DIALGATE_RFC4475",
-            Path(__file__).resolve().parents[3] / "shared/conformance/rfc4475",
-        )
-    )
+    corpus = RFC4475
     for name in ("wsinv.dat", "esc01.dat", "longreq.dat", "mpart01.dat", "unreason.dat"):
         path = corpus / name
-        if path.exists():
-            seeds.append(path.read_bytes())
+        seeds.append(path.read_bytes())
     return seeds
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import sipmessage
@@ -24,12 +22,9 @@ import sipmessage
 from gateway.sip import ParseError, Request, Response, SIPError, parse
 from gateway.sip.uri import unescape
 from gateway.sip.validate import check_request, check_response
+from tests.conformance import RFC4475, SHARED, VENDORED
 
-CORPUS = Path(
-    os.environ.get(
-        "DIALGATE_RFC4475", Path(__file__).resolve().parents[3] / "shared/conformance/rfc4475"
-    )
-)
+CORPUS = RFC4475
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,3 +389,18 @@ def test_esc02_escaped_method_is_not_register() -> None:
     assert "RE%47IST%45R" == msg.method
     assert ["alias1", "alias3"] == [c.uri.user for c in msg.contact]
     assert "%Z%45" == msg.to.display_name
+
+
+def test_vendored_corpus_is_byte_exact() -> None:
+    """The copy in tests/conformance matches its SHA256SUMS and, when present, the shared original."""
+    sums = (VENDORED / "SHA256SUMS").read_text().split("\n")
+    checked = 0
+    for line in filter(None, sums):
+        digest, name = line.split(maxsplit=1)
+        name = name.lstrip("*")
+        assert digest == hashlib.sha256((VENDORED / name).read_bytes()).hexdigest(), name
+        checked += 1
+    assert checked >= 40
+    if SHARED.is_dir():
+        for path in SHARED.iterdir():
+            assert path.read_bytes() == (VENDORED / path.name).read_bytes(), path.name
