@@ -122,7 +122,16 @@ def _parse_params(text: str) -> Params:
 
 def format_params(params: Params) -> str:
     """Serialize parameters as ``;name=value;flag``."""
-    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    if not params:
+        return ""
+    out: list[str] = []
+    append = out.append
+    for n, v in params:
+        if v is None:
+            append(";" + n)
+        else:
+            append(f";{n}={v}")
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
