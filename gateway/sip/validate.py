@@ -81,9 +81,20 @@ def check_request(
         raise ParseError("missing Via header")
     _ = req.from_, req.to, req.call_id
     cseq = req.cseq
-    max_forwards = req.max_forwards
-    _ = req.contact_star, req.contact, req.route, req.record_route
-    _ = req.expires, req.content_length
+    # Optional headers are parsed (and so validated) when present; an absent one
+    # reads as None / [] and can never be malformed, so its view is left for later.
+    present = req.headers.count
+    max_forwards = req.max_forwards if present("max-forwards") else None
+    if present("contact"):
+        _ = req.contact_star, req.contact
+    if present("route"):
+        _ = req.route
+    if present("record-route"):
+        _ = req.record_route
+    if present("expires"):
+        _ = req.expires
+    if present("content-length"):
+        _ = req.content_length
     if cseq.method != req.method:
         # RFC 3261 §8.1.1.5: the CSeq method MUST match the request method.
         raise ParseError("CSeq method does not match the request method")
