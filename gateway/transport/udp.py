@@ -39,7 +39,15 @@ MAX_WRITE_BUFFER = 1024 * 1024
 def _is_keepalive(data: bytes) -> bool:
     # RFC 5626 §4.4.1 keep-alives over UDP are STUN, but many phones send bare
     # CRLF (or a few zero bytes) datagrams: harmless, not worth an error.
-    return not data.strip(b"\r\n\x00 \t")
+    # Checked on every datagram: a SIP message starts with a letter, decided
+    # without copying the datagram; only a whitespace/NUL start is stripped.
+    if data[:1] not in _KEEPALIVE_BYTES:
+        return False
+    return not data.strip(_KEEPALIVE_CHARS)
+
+
+_KEEPALIVE_CHARS = b"\r\n\x00 \t"
+_KEEPALIVE_BYTES = frozenset(bytes([c]) for c in _KEEPALIVE_CHARS) | {b""}
 
 
 class _Protocol(asyncio.DatagramProtocol):
