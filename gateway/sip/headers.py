@@ -63,10 +63,19 @@ MAX_DELTA_SECONDS = 2**32 - 1
 """RFC 3261 §25.1 delta-seconds are bounded by 2**32-1 (RFC 4475 §3.1.2.4)."""
 
 
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_MAX = 4096  # bounded: unique names from hostile peers must not grow memory
+
+
 def canonical_name(name: str) -> str:
     """Lower-case long form of a header name (``"v"`` and ``"VIA"`` both give ``"via"``)."""
-    lname = name.lower()
-    return COMPACT_FORMS.get(lname, lname)
+    hit = _CANONICAL.get(name)
+    if hit is None:
+        lname = name.lower()
+        hit = COMPACT_FORMS.get(lname, lname)
+        if len(_CANONICAL) < _CANONICAL_MAX:
+            _CANONICAL[name] = hit
+    return hit
 
 
 def _split(value: str, sep: str) -> list[str]:

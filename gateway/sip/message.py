@@ -116,12 +116,11 @@ class Message:
         return value  # type: ignore[no-any-return]
 
     def _single(self, name: str) -> str:
-        values = self.headers.get_all(name)
-        if not values:
-            raise ParseError(f"missing {name} header")
-        if len(values) > 1:
-            raise ParseError(f"multiple {name} headers")
-        return values[0]
+        h = self.headers
+        pos = h._positions(name)
+        if len(pos) != 1:
+            raise ParseError(f"missing {name} header" if not pos else f"multiple {name} headers")
+        return h._items[pos[0]][1]
 
     def _optional_single(self, name: str) -> str | None:
         values = self.headers.get_all(name)
