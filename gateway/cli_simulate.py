@@ -7,8 +7,12 @@ dialers, and either uses a running dialgate (``--gateway HOST:PORT``; its
 or starts one in-process with settings built from the scenario; ``--direct``
 skips the gateway (agents dial the carrier with their cards: the unprotected
 baseline); ``--offline`` replays the scenario without SIP through the carrier
-model and a stand-in of the policies (deterministic for the seed, where a SIP
-run's totals depend on real call timing; the report says which mode ran). A
+model and a stand-in of the policies. Without ``--gateway`` every peer is in
+this process and business time is a discrete-event clock (it jumps to the next
+call event once no SIP message is in flight): the same seed gives the same
+report. ``--gateway`` (and ``--realtime-clock``) run on the scenario's scaled
+clock, where totals depend on real call timing; the report says which mode and
+clock ran. A
 live progress line goes to the terminal, the text report to
 stdout, and ``--json`` / ``--png`` save the report.
 
@@ -86,7 +90,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", type=Path, help="write the JSON report here")
     parser.add_argument("--png", metavar="FILE", type=Path, help="write the usage chart here")
     parser.add_argument(
-        "--speed", type=_positive, help="business seconds per real second (overrides the file)"
+        "--speed",
+        type=_positive,
+        help="business seconds per real second (overrides the file; scaled clock only)",
+    )
+    parser.add_argument(
+        "--realtime-clock",
+        action="store_true",
+        help="in-process/direct runs: business time flows with real time at the scenario's "
+        "speed instead of jumping between events (not seed-determined)",
     )
     parser.add_argument("--max-leads", type=int, metavar="N", help="dial at most N leads")
     parser.add_argument(
@@ -156,6 +168,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 carrier_port=args.carrier_port,
                 max_leads=args.max_leads,
                 on_ready=announce,
+                realtime_clock=args.realtime_clock,
             )
         )
     except KeyboardInterrupt:

@@ -18,15 +18,15 @@
 wait, repeat, until the leads run out or ``stop`` is set.
 
 Durations given to these classes (ring timeout, talk, pacing gaps) are
-business seconds turned into real waits by the injected clock; SIP timers
-stay real. This module must never decide policy (the gateway does), never
+business seconds: real waits of ``clock.real_delay`` on a scaled clock, events
+of an :class:`~simulator.clock.EventClock` otherwise; SIP timers and
+re-registration stay real. This module must never decide policy (the gateway does), never
 log a password and never log an unmasked callee number.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -37,7 +37,7 @@ from gateway.sip import Request, Response
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import TimerConfig
 from gateway.transport import Address
-from simulator.clock import BusinessClock
+from simulator.clock import BusinessClock, business_sleep, business_wait, is_event_clock
 from simulator.sipkit import CallResult, InboundCall, UserAgent, new_call_id, new_tag
 
 __all__ = ["Dialer", "Softphone", "TalkTime", "work_leads"]
@@ -401,6 +401,11 @@ async def work_leads(
     """
     gap = 60.0 / calls_per_minute if calls_per_minute else 0.0
     clock = caller.clock
+    if is_event_clock(clock):
+        # Take a turn on the event clock before the first call: channels started
+        # together then begin one after another in the order they were started
+        # (each call's SIP exchange settles before the next channel's begins).
+        await business_sleep(clock, 0.0)
     while leads and (stop is None or not stop.is_set()):
         lead = leads.popleft()
         started = clock.now()
@@ -416,9 +421,7 @@ async def work_leads(
         elapsed = max(0.0, clock.now() - started)
         pause = max(pause, gap - elapsed)
         if pause > 0:
-            delay = clock.real_delay(pause)
             if stop is None:
-                await asyncio.sleep(delay)
+                await business_sleep(clock, pause)
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await business_wait(clock, stop.wait(), pause)

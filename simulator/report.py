@@ -128,6 +128,7 @@ class Report:
     mode: str = OFFLINE
     speed: float | None = None
     gateway_clock: str | None = None
+    business_clock: str | None = None
     _accepted_times: dict[str, list[float]] = field(default_factory=dict)
     _answer_rates: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
@@ -138,12 +139,18 @@ class Report:
 
     @property
     def seed_determined(self) -> bool:
-        """True when the same scenario and seed always give this same report (offline)."""
-        return self.mode == OFFLINE
+        """True when the same scenario and seed always give this same report.
+
+        Offline, and a SIP run on the discrete-event business clock whose
+        gateway (if any) read that clock too.
+        """
+        if self.mode == OFFLINE:
+            return True
+        return self.business_clock == "event" and self.gateway_clock != "real"
 
     def run_description(self) -> str:
         """Which mode ran and what that means for repeating it."""
-        if self.seed_determined:
+        if self.mode == OFFLINE:
             return "offline replay (no SIP): the same seed gives the same report"
         where = {
             "sip/in-process": "in-process gateway",
@@ -151,6 +158,16 @@ class Report:
             "sip/direct": "no gateway (agents dial the carrier)",
         }.get(self.mode, self.mode)
         clock = {"business": ", gateway on the business clock", "real": ", gateway on real time"}
+        if self.business_clock == "event":
+            repeat = (
+                "the same seed gives the same report"
+                if self.seed_determined
+                else "call timing is real at the gateway, so totals can differ between runs"
+            )
+            return (
+                f"SIP, {where}{clock.get(self.gateway_clock or '', '')}, discrete-event business "
+                f"clock (time jumps between events, SIP work takes none): {repeat}"
+            )
         speed = "" if self.speed is None else f" at {self.speed:g}x"
         return (
             f"SIP, {where}{clock.get(self.gateway_clock or '', '')}{speed}: each lead's answer is "
@@ -170,6 +187,7 @@ class Report:
                 "seed_determined": self.seed_determined,
                 "clock_speed": self.speed,
                 "gateway_clock": self.gateway_clock,
+                "business_clock": self.business_clock,
             },
             "start": _iso(self.start, self.timezone),
             "end": _iso(self.end, self.timezone),
@@ -368,12 +386,15 @@ def build_report(
     mode: str = OFFLINE,
     speed: float | None = None,
     gateway_clock: str | None = None,
+    business_clock: str | None = None,
 ) -> Report:
     """Aggregate one run's records into a :class:`Report`.
 
     ``mode`` says which run produced them: ``offline`` (deterministic for the
     seed) or ``sip/in-process``, ``sip/external``, ``sip/direct``;
-    ``gateway_clock`` is ``business`` when the gateway shared the scaled clock.
+    ``gateway_clock`` is ``business`` when the gateway shared the scaled clock;
+    ``business_clock`` is ``event`` (discrete-event, SIP runs in one process),
+    ``scaled`` (business time flows with real time) or None (offline).
     """
     events = sorted(events, key=lambda e: e.time)
     calls = list(calls)
@@ -456,6 +477,7 @@ def build_report(
         mode=mode,
         speed=speed,
         gateway_clock=gateway_clock,
+        business_clock=business_clock,
         _accepted_times=accepted,
         _answer_rates=rates,
     )

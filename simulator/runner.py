@@ -15,6 +15,18 @@ run out or business time reaches the scenario's end. The business clock is
 shared by the carrier model and (when ``serve`` accepts a ``clock``) the
 gateway; SIP timers stay real.
 
+Business clocks: with every peer in this process (in-process gateway, or
+``direct``) the run is on an :class:`~simulator.clock.EventClock` and an
+:class:`EventDriver`: business time stands still while any SIP message is in
+flight or any callback or task is ready to run, and jumps to the next
+scheduled business event (ring over, talk over, pacing gap, think time, the
+scenario's end) only when the whole process is quiescent, one event at a
+time. Real SIP work then costs no business time, so the same seed gives the
+same report. Against an external gateway (``gateway=``), or with
+``realtime_clock=True``, the scenario's :class:`~simulator.clock.ScaledClock`
+runs instead (business time flows ``speed`` times faster than real time; the
+report then says totals can differ between runs).
+
 Each attempt becomes a :class:`~simulator.records.CallRecord` (callee
 masked), carrier refusals become :class:`~simulator.records.CardMark` entries,
 and :func:`simulator.report.build_report` turns them and the carrier events
@@ -46,11 +58,11 @@ from typing import Any, TextIO
 import structlog
 
 from gateway.config import Settings
-from gateway.transport import Address
+from gateway.transport import Address, Transport
 from policies.privacy import mask_number
 from simulator.agents import Dialer, Softphone, work_leads
 from simulator.carrier import Carrier
-from simulator.clock import BusinessClock
+from simulator.clock import BusinessClock, EventClock, ScaledClock
 from simulator.models import CarrierModel, EventKind
 from simulator.records import CallOutcome, CallRecord, CardMark
 from simulator.report import Report, build_report
@@ -59,6 +71,7 @@ from simulator.sipkit import CallResult
 
 __all__ = [
     "DEFAULT_CARRIER_RULES",
+    "EventDriver",
     "InProcessGateway",
     "Progress",
     "SipRunResult",
@@ -267,6 +280,115 @@ class InProcessGateway:
 
 
 # ---------------------------------------------------------------------------
+# The event clock's driver
+# ---------------------------------------------------------------------------
+
+
+def _ready_callbacks(loop: asyncio.AbstractEventLoop) -> int | None:
+    """Callbacks ready to run in ``loop`` (None when the loop does not say: not CPython's)."""
+    ready = getattr(loop, "_ready", None)
+    return len(ready) if ready is not None else None
+
+
+class EventDriver:
+    """Moves an :class:`~simulator.clock.EventClock` when the process is quiescent.
+
+    Quiescent means: every SIP datagram sent by a peer of this process
+    (``transports()``: the carrier's, the agents', the gateway's) has been
+    received by one (sent == received + keep-alives, summed), no callback or
+    task is ready to run, and none of that changed across a short real pause
+    (``pause`` seconds). Then :meth:`EventClock.advance` fires the one
+    earliest business event, and the driver waits for quiescence again. A
+    request or response on its way keeps the counts apart, so business time
+    cannot move while one is in flight.
+
+    A datagram that never arrives (none does on loopback in normal flow) would
+    stop the run; after ``lost_after`` real seconds without any counter
+    moving, the difference is accepted as lost, logged and counted in
+    :attr:`lost`.
+    """
+
+    def __init__(
+        self,
+        clock: EventClock,
+        transports: Callable[[], Iterable[Transport]],
+        *,
+        pause: float = 0.001,
+        lost_after: float = 5.0,
+    ) -> None:
+        self.clock = clock
+        self.transports = transports
+        self.pause = pause
+        self.lost_after = lost_after
+        #: sent - received accepted as lost (0 in normal flow).
+        self.lost = 0
+        #: Quiescence checks that passed (one per business event, plus idle ones).
+        self.settled = 0
+
+    def counts(self) -> tuple[int, int]:
+        """(datagrams sent, datagrams received) summed over every transport of the process."""
+        sent = received = 0
+        for transport in self.transports():
+            stats = transport.stats
+            sent += stats.sent
+            received += stats.received + stats.keepalives
+        return sent, received
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Yield until no other callback or task is ready (or a bounded number of turns)."""
+        for _ in range(1000):
+            await asyncio.sleep(0)
+            ready = _ready_callbacks(loop)
+            if ready == 0:
+                return
+            if ready is None:
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                return
+
+    async def quiescent(self) -> None:
+        """Return once nothing is in flight, nothing is ready and nothing moved in a pause."""
+        loop = asyncio.get_running_loop()
+        last: tuple[int, int] | None = None
+        stuck_since: float | None = None
+        while True:
+            await self._drain(loop)
+            if _ready_callbacks(loop):
+                last = None
+                continue
+            current = self.counts()
+            sent, received = current
+            if sent - received == self.lost:
+                stuck_since = None
+                if current == last:
+                    self.settled += 1
+                    return
+                last = current
+                await asyncio.sleep(self.pause)
+                continue
+            # A datagram is on its way: let the selector deliver it.
+            if current != last:
+                last, stuck_since = current, loop.time()
+            elif stuck_since is not None and loop.time() - stuck_since > self.lost_after:
+                log.warning("sim.event_clock.datagrams_lost", missing=sent - received - self.lost)
+                self.lost = sent - received
+                continue
+            await asyncio.sleep(self.pause / 4)
+
+    async def run(self) -> None:
+        """Forever: wait for quiescence, fire the next business event (or wait for one)."""
+        while True:
+            await self.quiescent()
+            try:
+                fired = self.clock.advance()
+            except Exception:
+                log.exception("sim.event_clock.callback_failed")
+                continue
+            if not fired:
+                await self.clock.scheduled()
+
+
+# ---------------------------------------------------------------------------
 # Progress line
 # ---------------------------------------------------------------------------
 
@@ -350,6 +472,10 @@ class SipRunResult:
     gateway_address: Address | None = None
     clock_shared: bool = False
     invites: list[dict[str, Any]] = field(default_factory=list)
+    #: ``event`` (discrete-event business clock, seed-determined) or ``scaled``.
+    business_clock: str = "scaled"
+    #: Business events the event clock fired (0 on a scaled clock).
+    events_fired: int = 0
 
     def report(self) -> Report:
         """The rehearsal report (same builder as the offline run)."""
@@ -372,8 +498,9 @@ class SipRunResult:
             leads_total=self.leads_total,
             leads_left=self.leads_left,
             mode=f"sip/{self.mode}",
-            speed=s.clock.speed,
+            speed=None if self.business_clock == "event" else s.clock.speed,
             gateway_clock=gateway_clock,
+            business_clock=self.business_clock,
         )
 
 
@@ -467,12 +594,15 @@ async def run_scenario(
     max_leads: int | None = None,
     progress_interval: float = 0.5,
     on_ready: Callable[[Carrier, Address | None], None] | None = None,
+    realtime_clock: bool = False,
 ) -> SipRunResult:
     """Play ``scenario`` over SIP; see the module docstring for the three modes.
 
-    ``speed`` overrides the scenario clock's speed; ``max_leads`` caps the
-    lead list (quick runs); ``progress`` is where the live line goes (None:
-    nowhere); ``on_ready`` is called once the carrier (and gateway) are up.
+    ``speed`` overrides the scenario clock's speed (scaled clock only);
+    ``max_leads`` caps the lead list (quick runs); ``progress`` is where the
+    live line goes (None: nowhere); ``on_ready`` is called once the carrier
+    (and gateway) are up. ``realtime_clock`` keeps the scaled clock for an
+    in-process or direct run (an external gateway always gets it).
     """
     if speed is not None:
         scenario = scenario.model_copy(
@@ -483,7 +613,12 @@ async def run_scenario(
     numbers = [lead.number for lead in leads]
     if max_leads is not None:
         numbers = numbers[:max_leads]
-    clock = scenario.build_clock()
+    event_mode = gateway is None and not realtime_clock
+    clock: EventClock | ScaledClock = (
+        EventClock(scenario.clock.start) if event_mode else scenario.build_clock()
+    )
+    driver: EventDriver | None = None
+    driver_task: asyncio.Task[None] | None = None
     mask = scenario.gateway.mask_callees
     max_call = scenario.carrier.answer.talk_max + 60.0
     ring_timeout = (
@@ -577,6 +712,22 @@ async def run_scenario(
                                 "sim.register.failed", agent=member.name, status=response.status
                             )
             clock.reset()  # business time starts now that every peer is up
+            end = scenario.end_epoch
+            if isinstance(clock, EventClock):
+
+                def peers() -> list[Transport]:
+                    out = list(carrier.endpoint.transports)
+                    for member in callers:
+                        out.extend(member.endpoint.transports)
+                    if in_process is not None and in_process.gateway is not None:
+                        out.extend(in_process.gateway.transports)
+                    return out
+
+                driver = EventDriver(clock, peers)
+                # The scenario's end is the first event registered: at that instant
+                # it fires before any call event due at the same time.
+                clock.call_later(end - clock.now(), stop.set)
+                driver_task = asyncio.ensure_future(driver.run())
             shared = in_process is not None and in_process.clock_shared
             requeue = _requeuer(1.0 if shared or direct else clock.speed)
             pacing = scenario.pacing
@@ -619,11 +770,16 @@ async def run_scenario(
             bar = Progress(
                 progress or sys.stdout, scenario.clock.duration, enabled=progress is not None
             )
-            end = scenario.end_epoch
+            # After stop, calls in progress play out: in business time on the event
+            # clock (no real wait), in real time on the scaled one.
+            grace = 10.0 if event_mode else 10 + max_call / max(clock.speed, 1)
             try:
                 while not all(w.done() for w in workers):
                     if clock.now() >= end:
                         stop.set()
+                    if driver_task is not None and driver_task.done():
+                        driver_task.result()  # raises what stopped the driver
+                        raise RuntimeError("the event clock's driver stopped")
                     bar.update(*counters())
                     await asyncio.wait(workers, timeout=progress_interval)
             finally:
@@ -631,9 +787,7 @@ async def run_scenario(
                 for w in workers:
                     if not w.done():
                         with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(
-                                asyncio.shield(w), 10 + max_call / max(clock.speed, 1)
-                            )
+                            await asyncio.wait_for(asyncio.shield(w), grace)
                     if not w.done():
                         w.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -648,6 +802,10 @@ async def run_scenario(
                     break
                 await asyncio.sleep(0.05)
         finally:
+            if driver_task is not None:
+                driver_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await driver_task
             for caller in callers:
                 await caller.close()
             if in_process is not None:
@@ -667,4 +825,6 @@ async def run_scenario(
         gateway_address=gateway if gateway is not None else None,
         clock_shared=in_process.clock_shared if in_process is not None else False,
         invites=[e.as_dict(mask=mask) for e in carrier.invites],
+        business_clock="event" if event_mode else "scaled",
+        events_fired=clock.fired if isinstance(clock, EventClock) else 0,
     )

@@ -16,8 +16,11 @@ the softphones, the dialer and the carrier's inbound calls share; it returns a
 :class:`CallResult`.
 
 Business time (ring and talk durations) comes from an injected
-:class:`~simulator.clock.BusinessClock` and is turned into real waits with
-``clock.real_delay``; SIP timers stay real (the endpoint's loop clock).
+:class:`~simulator.clock.BusinessClock`: on a scaled clock it is turned into
+real waits with ``clock.real_delay``, on an
+:class:`~simulator.clock.EventClock` every such wait is an event of that clock
+(:meth:`UserAgent.later`, :func:`~simulator.clock.business_wait`). SIP timers
+stay real (the endpoint's loop clock).
 
 This module must never decide policy, read the wall clock for business time,
 or log an unmasked callee number (log lines go through
@@ -55,7 +58,14 @@ from gateway.sip.transaction import (
 from gateway.transport import Address, Message, Transport
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
 from policies.privacy import mask_number
-from simulator.clock import BusinessClock, ScaledClock
+from simulator.clock import (
+    BusinessClock,
+    EventClock,
+    EventTimer,
+    ScaledClock,
+    business_wait,
+    is_event_clock,
+)
 
 __all__ = [
     "ALLOW",
@@ -317,7 +327,7 @@ class InboundCall:
     cancelled: bool = False
     hangup: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timers: list[asyncio.TimerHandle | EventTimer] = field(default_factory=list)
     final_status: int | None = None
 
     @property
@@ -453,8 +463,16 @@ class UserAgent:
         if not task.cancelled() and task.exception() is not None:
             log.error("sim.task.failed", ua=self.name, error=repr(task.exception()))
 
-    def later(self, business_seconds: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
-        """Call ``fn`` after ``business_seconds`` of business time (a real-time loop timer)."""
+    def later(
+        self, business_seconds: float, fn: Callable[[], None]
+    ) -> asyncio.TimerHandle | EventTimer:
+        """Call ``fn`` after ``business_seconds`` of business time.
+
+        An event of an :class:`~simulator.clock.EventClock`, else a real-time
+        loop timer of ``clock.real_delay(business_seconds)``.
+        """
+        if isinstance(self.clock, EventClock):
+            return self.clock.call_later(business_seconds, fn)
         return self.endpoint.loop.call_later(self.clock.real_delay(business_seconds), fn)
 
     def mask(self, number: str) -> str:
@@ -891,14 +909,11 @@ class UserAgent:
             ring_wait.cancel()
         if handle.final.done():
             return handle.final.result()
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(handle.final), self.clock.real_delay(ring_timeout)
-            )
-        except TimeoutError:
-            result.cancelled = True
-            handle.cancel()
-            return await handle.final
+        if await business_wait(self.clock, handle.final, ring_timeout):
+            return handle.final.result()
+        result.cancelled = True
+        handle.cancel()
+        return await handle.final
 
     async def _place_call(
         self,
@@ -928,7 +943,12 @@ class UserAgent:
         cseq = 1
         auth: tuple[str, str] | None = None
         loop = self.endpoint.loop
-        real_start = loop.time()
+        # Ring and talk measures: business readings on an event clock (exact and
+        # repeatable); real readings times the speed on a scaled clock.
+        virtual = is_event_clock(self.clock)
+        clock_now = self.clock.now if virtual else loop.time
+        scale = 1.0 if virtual else _speed(self.clock)
+        real_start = clock_now()
         first_ring: list[float] = []
         ringing = asyncio.Event()
 
@@ -947,7 +967,7 @@ class UserAgent:
                 result.provisional.append(response.status)
                 ringing.set()
                 if not first_ring:
-                    first_ring.append(loop.time())
+                    first_ring.append(clock_now())
 
         try:
             while True:
@@ -989,9 +1009,9 @@ class UserAgent:
                 value = final.headers.get(name)
                 if value is not None:
                     result.headers[name] = value
-            real_final = loop.time()
+            real_final = clock_now()
             ring_from = first_ring[0] if first_ring else real_start
-            result.ring_seconds = max(0.0, real_final - ring_from) * _speed(self.clock)
+            result.ring_seconds = max(0.0, real_final - ring_from) * scale
             if not 200 <= final.status < 300:
                 if on_result is not None:
                     on_result(result)
@@ -1008,7 +1028,7 @@ class UserAgent:
             answered_at = self.clock.now()
             real_answer = loop.time()
             wait = max_call_seconds if talk_seconds is None else talk_seconds
-            await self._talk(state, self.clock.real_delay(wait))
+            await self._talk(state, wait)
             # Decide only now, with no await between the decision and the BYE: the
             # callee's BYE may have landed in the same loop turn as our talk timer
             # (its dialog is then terminated and a BYE of ours would be a 481).
@@ -1025,7 +1045,7 @@ class UserAgent:
                 # (the dialog stays known until this one is over).
                 result.bye_status = (await bye_handle.final).status
             result.talk_seconds = max(0.0, self.clock.now() - answered_at)
-            if result.talk_seconds == 0.0:
+            if result.talk_seconds == 0.0 and not virtual:
                 result.talk_seconds = (loop.time() - real_answer) * _speed(self.clock)
             if on_result is not None:
                 on_result(result)
@@ -1050,14 +1070,11 @@ class UserAgent:
         self.endpoint.send_stateless(ack.copy(), dest)
         return state
 
-    @staticmethod
-    async def _talk(state: _OutboundDialog, delay: float) -> None:
-        """Wait until the far end hangs up or ``delay`` real seconds pass, whichever is first."""
+    async def _talk(self, state: _OutboundDialog, business_seconds: float) -> None:
+        """Wait until the far end hangs up or ``business_seconds`` pass, whichever is first."""
         if state.remote_bye.is_set():
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await state.remote_bye.wait()
+        await business_wait(self.clock, state.remote_bye.wait(), business_seconds)
 
 
 def _speed(clock: BusinessClock) -> float:

@@ -162,16 +162,29 @@ async def test_suspension_storm_over_sip() -> None:
 
 
 async def test_the_report_says_which_mode_ran() -> None:
-    """A SIP report names its mode and clock and does not claim to be seed-determined."""
+    """A SIP report names its mode and clock; on the event clock it is seed-determined."""
     scenario = loads_scenario(OPEN, "open.toml")
     result = await run_scenario(scenario, max_leads=2)
     report = result.report()
     run = report.to_dict()["run"]
     assert "sip/in-process" == run["mode"]
-    assert run["seed_determined"] is False
-    assert 2000.0 == run["clock_speed"]
+    assert "event" == run["business_clock"]
+    assert run["seed_determined"] is result.clock_shared
+    assert run["clock_speed"] is None
     assert ("business" if result.clock_shared else "real") == run["gateway_clock"]
     assert "SIP, in-process gateway" in report.to_text()
+    assert "discrete-event business clock" in report.to_text()
+
+
+async def test_the_realtime_clock_report_does_not_claim_determinism() -> None:
+    """``realtime_clock=True``: the scaled clock, totals may move, the report says so."""
+    scenario = loads_scenario(OPEN, "open.toml")
+    result = await run_scenario(scenario, max_leads=2, realtime_clock=True)
+    report = result.report()
+    run = report.to_dict()["run"]
+    assert "scaled" == run["business_clock"]
+    assert run["seed_determined"] is False
+    assert 2000.0 == run["clock_speed"]
     assert "--offline" in report.to_text()
 
 
