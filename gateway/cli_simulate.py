@@ -176,6 +176,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"dialgate simulate: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if not args.quiet and args.speed is not None and result.business_clock == "event":
+        print(
+            "note: --speed has no effect on the event clock (business time jumps between "
+            "events); use --realtime-clock to run at a speed",
+            file=sys.stderr,
+        )
     if not args.quiet and result.mode == "in-process" and not result.clock_shared:
         print(
             "note: the in-process gateway keeps real time (serve() takes no clock); "

@@ -1,9 +1,11 @@
 """SIP runs and the seed; the suspension storm over SIP, checked from the run's own records.
 
-A SIP run's call timing is real, so its totals may differ between runs near a
-time-based limit; what the seed fixes is which agent dials which lead and how
-each callee answers. Without limits in play, a SIP run therefore agrees lead
-by lead with another SIP run and with the offline replay.
+An in-process SIP run is on the discrete-event business clock: SIP work takes
+no business time, so the same seed gives the same report, also near a
+time-based limit. The seed fixes which agent dials which lead and how each
+callee answers; without limits in play a SIP run also agrees lead by lead
+with the offline replay. On the scaled clock (``realtime_clock=True``,
+``--gateway``) call timing is real and totals may differ between runs.
 """
 
 from __future__ import annotations
@@ -214,3 +216,45 @@ def restore_logging() -> Iterator[None]:
     structlog.configure(**saved)
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def _shortened(name: str, duration: str, leads: int) -> Scenario:
+    """An example scenario cut down to ``duration`` and ``leads`` (same rules and traffic)."""
+    text = (EXAMPLES / f"{name}.toml").read_text(encoding="utf-8")
+    text = text.replace('duration = "8h"', f'duration = "{duration}"', 1)
+    text = text.replace("count = 3000", f"count = {leads}", 1)
+    assert f'duration = "{duration}"' in text and f"count = {leads}" in text
+    return loads_scenario(text, f"{name}.toml")
+
+
+async def test_in_process_sip_runs_on_the_event_clock_repeat_their_report() -> None:
+    """Same seed, same report, also with the carrier's hourly limit in play: the unguarded
+    traffic suspends every card (calls per hour) and both runs agree byte for byte, call
+    by call and INVITE by INVITE."""
+    scenario = _shortened("unguarded", "2h", 400)
+    first = await run_scenario(scenario)
+    second = await run_scenario(scenario)
+    assert "event" == first.business_clock == second.business_clock
+    a, b = first.report(), second.report()
+    assert a.to_json() == b.to_json()
+    assert a.to_text() == b.to_text()
+    assert first.calls == second.calls
+    assert [{k: v for k, v in e.items() if k != "call_id"} for e in first.invites] == [
+        {k: v for k, v in e.items() if k != "call_id"} for e in second.invites
+    ]
+    data = json.loads(a.to_json())
+    assert data["run"]["seed_determined"] is True
+    assert "sip/in-process" == data["run"]["mode"]
+    # The check has teeth: limits were hit, and at instants SIP work used to move.
+    assert data["suspensions"] and all(s["cause"] for s in data["suspensions"])
+    assert data["totals"]["gateway_503"] > 0
+
+
+async def test_guarded_traffic_repeats_with_no_suspension() -> None:
+    """The guarded policies over SIP on the event clock: no suspension, the same report twice."""
+    scenario = _shortened("guarded", "1h", 150)
+    reports = [(await run_scenario(scenario)).report() for _ in range(2)]
+    assert reports[0].to_json() == reports[1].to_json()
+    data = json.loads(reports[0].to_json())
+    assert [] == data["suspensions"]
+    assert data["totals"]["placed"] > 0 and data["totals"]["blocked"] > 0
