@@ -729,7 +729,9 @@ async def run_scenario(
                 clock.call_later(end - clock.now(), stop.set)
                 driver_task = asyncio.ensure_future(driver.run())
             shared = in_process is not None and in_process.clock_shared
-            requeue = _requeuer(1.0 if shared or direct else clock.speed)
+            # Retry-After in business seconds: the gateway shares the clock (or there is
+            # none); only a gateway on real time next to a scaled clock needs the speed.
+            requeue = _requeuer(1.0 if shared or direct or event_mode else clock.speed)
             pacing = scenario.pacing
 
             def collect(source: str) -> Callable[[str, CallResult], None]:
