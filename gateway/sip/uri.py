@@ -37,7 +37,7 @@ def remember(memo: dict[str, _V], text: str, value: _V) -> None:
     """
     if len(memo) >= MEMO_MAX:
         for old in list(islice(memo, MEMO_MAX // 2)):
-            del memo[old]
+            memo.pop(old, None)  # tolerant of a concurrent eviction (another thread)
     memo[text] = value
 
 
