@@ -144,3 +144,15 @@ def test_with_params_host_port_and_replace() -> None:
     assert moved == URI.parse(str(moved))
     assert uri.is_sip
     assert not URI.parse("tel:+15551234567").is_sip
+
+
+def test_parse_memo_is_bounded_and_returns_equal_values() -> None:
+    """Unique URIs from a hostile peer never grow the parse memo past MEMO_MAX."""
+    from gateway.sip import uri as uri_module
+
+    for n in range(uri_module.MEMO_MAX + 100):
+        URI.parse(f"sip:u{n}@h{n}.example")
+        assert len(uri_module._URI_MEMO) <= uri_module.MEMO_MAX
+    text = "sip:+8613912345678@gw.example:5060;transport=udp"
+    assert URI.parse(text) == URI.parse(text)
+    assert str(URI.parse(text)) == text
