@@ -234,3 +234,48 @@ async def test_cli_suspend_while_running_is_adopted_and_published(
         await asyncio.to_thread(cli, "cards", "restore", "c2")
         assert await wait_for(lambda: str(cards.get("c2").state) == "active", 10)
         assert await wait_for(lambda: on_broker("active"), 10)
+
+
+async def test_card_nearing_its_limit_raises_quota_near(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """4 of 5 calls a minute on c1: the running gateway publishes quota-near for c1 (once)."""
+    carrier = Carrier()
+    await carrier.start()
+    settings = gateway_settings(
+        carrier.address,
+        tmp_path / "gw.db",
+        extra={
+            "mqtt": {"url": mosquitto.url, "root": ROOT, "node": NODE, "stats_interval": 0.2},
+            "quota_profiles": {"open": {"calls_per_minute": 5, "concurrent": None}},
+        },
+    )
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    await asyncio.wait_for(ready.wait(), 10)
+    alice = Agent("alice", "s3cret", app.RUNNING[-1].address("udp"))
+    await alice.start()
+    try:
+        assert 200 == (await alice.register()).status
+        async with Collector(mosquitto.port, f"{ROOT}/#") as sub:
+
+            def near() -> list[dict[str, object]]:
+                return [
+                    m.json
+                    for m in sub.on(TOPICS.alerts)
+                    if m.json.get("alert") == "quota-near" and m.json.get("card") == "c1"
+                ]
+
+            for n in range(3):
+                assert 200 == await _call(alice, f"1391234{n:04d}")
+            await asyncio.sleep(0.5)  # a few status rounds at 60 %
+            assert [] == near()
+            assert 200 == await _call(alice, "13912340003")
+            assert await wait_for(lambda: bool(near()), 5)
+            await asyncio.sleep(0.5)
+            assert 1 == len(near())  # once per crossing, not every round
+    finally:
+        await alice.close()
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await carrier.close()
