@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .errors import ParseError
 from .grammar import DIGITS_RE, DISPLAY_WORD_RE, TOKEN_RE
-from .uri import URI, Params, format_params, remember, split_host_port
+from .uri import URI, Params, format_params, memoized, split_host_port
 
 __all__ = [
     "COMPACT_FORMS",
@@ -438,13 +438,9 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm: ``SIP / 2.0 / UDP host[:port] *(;param)`` (memoized by text)."""
-        hit = _VIA_MEMO.get(text)
-        if hit is not None and cls is Via:
-            return hit
-        via = cls._parse(text)
-        if cls is Via:
-            remember(_VIA_MEMO, text, via)
-        return via
+        if cls is not Via:  # a subclass builds its own type: not from the memo
+            return cls._parse(text)
+        return memoized(_VIA_MEMO, text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> Via:
@@ -548,13 +544,9 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         """Parse ``["display"] <uri> *(;param)`` or ``addr-spec *(;param)`` (memoized by text)."""
-        hit = _NAME_ADDR_MEMO.get(text)
-        if hit is not None and cls is NameAddr:
-            return hit
-        value = cls._parse(text)
-        if cls is NameAddr:
-            remember(_NAME_ADDR_MEMO, text, value)
-        return value
+        if cls is not NameAddr:  # a subclass builds its own type: not from the memo
+            return cls._parse(text)
+        return memoized(_NAME_ADDR_MEMO, text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> NameAddr:
@@ -623,13 +615,9 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``; the number must be < 2**31 (memoized by text)."""
-        hit = _CSEQ_MEMO.get(text)
-        if hit is not None and cls is CSeq:
-            return hit
-        value = cls._parse(text)
-        if cls is CSeq:
-            remember(_CSEQ_MEMO, text, value)
-        return value
+        if cls is not CSeq:  # a subclass builds its own type: not from the memo
+            return cls._parse(text)
+        return memoized(_CSEQ_MEMO, text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> CSeq:

@@ -10,6 +10,7 @@ from :meth:`URI.parse`, and never does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TypeVar
@@ -17,7 +18,7 @@ from typing import TypeVar
 from .errors import ParseError
 from .grammar import HEX, HOSTNAME_RE, IPV6_RE, PORT_RE, SCHEME_RE, URI_UNSAFE_RE
 
-__all__ = ["URI", "format_params", "split_host_port", "unescape"]
+__all__ = ["URI", "format_params", "memoized", "remember", "split_host_port", "unescape"]
 
 Params = tuple[tuple[str, str | None], ...]
 
@@ -39,6 +40,16 @@ def remember(memo: dict[str, _V], text: str, value: _V) -> None:
         for old in list(islice(memo, MEMO_MAX // 2)):
             memo.pop(old, None)  # tolerant of a concurrent eviction (another thread)
     memo[text] = value
+
+
+def memoized(memo: dict[str, _V], text: str, parse: Callable[[str], _V]) -> _V:
+    """``parse(text)``, or the value a previous call kept for the same text."""
+    hit = memo.get(text)
+    if hit is not None:
+        return hit
+    value = parse(text)
+    remember(memo, text, value)
+    return value
 
 
 _URI_MEMO: dict[str, URI] = {}
@@ -153,13 +164,9 @@ class URI:
 
         Parsed values are immutable and memoized by text (:func:`remember`).
         """
-        hit = _URI_MEMO.get(text)
-        if hit is not None and cls is URI:
-            return hit
-        uri = cls._parse(text)
-        if cls is URI:
-            remember(_URI_MEMO, text, uri)
-        return uri
+        if cls is not URI:  # a subclass builds its own type: not from the memo
+            return cls._parse(text)
+        return memoized(_URI_MEMO, text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> URI:
