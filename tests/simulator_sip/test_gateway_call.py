@@ -7,18 +7,11 @@ the gateway's B2BUA (``gateway.b2bua``); without it they are skipped.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-
-import pytest
 
 from simulator.agents import Dialer, Softphone
 from simulator.carrier import Carrier
 from simulator.pytest_plugin import SimCard, SimKit, SimUser, always_answer
 from simulator.runner import InProcessGateway
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gateway.b2bua") is None, reason="the gateway call path is not there"
-)
 
 WAIT = 15.0
 CALLEE = "+8613912345678"

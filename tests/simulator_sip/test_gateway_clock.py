@@ -9,18 +9,11 @@ times shorter than it was.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-
-import pytest
 
 from gateway.events import CallEvent, CallEventKind
 from simulator.agents import Softphone
 from simulator.carrier import Carrier
 from simulator.runner import InProcessGateway
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gateway.b2bua") is None, reason="the gateway call path is not there"
-)
 
 CALLEE = "+8613912345678"
 
