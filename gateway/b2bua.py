@@ -26,14 +26,21 @@ leg and the response comes back; a 2xx to a relayed re-INVITE is ACKed on the
 far leg at once, and the originator's ACK is absorbed (offers in an ACK of a
 re-INVITE are not supported).
 
-Failover. A carrier final response goes through ``CardManager.on_response``
-(or ``on_fault`` for Timer B / transport errors). A card-level failure before
-any final response went to the A-leg *and before the callee was alerted* (no
-180/183 relayed — re-trying then could ring the same person twice, so the
-card is marked but the failure is relayed) releases the reservation and
-starts a NEW B-leg on the next card (bounded by ``CardManager.max_attempts``).
-Callee-level outcomes (486, 480, 404, 603, 487, any 2xx) are relayed and never
-retried. When no card is left: 503 + Retry-After + ``Reason: …text="no-card-available"``.
+Failover. Every carrier final answer is classified once (``gateway.cards.classify``,
+applied by ``CardManager.on_response`` / ``on_fault``): ``card-dead`` (a carrier
+rule, 402, a dead Q.850 cause, credentials refused) before any 18x releases the
+reservation and starts a NEW B-leg on another card (at most
+:data:`MAX_CARDS_PER_CALL` cards a call); ``trunk-unreachable`` (no response at
+all, an originating-side Q.850 cause, 503 + Retry-After) before any 18x allows
+at most one more attempt, on a card that shares neither the device nor the
+trunk (none: the agent gets 408 for a timeout, else the answer, with ``Reason:
+…text="trunk-unreachable"``); everything else — every answer after an 18x, and
+403/404/5xx no rule explains — is the callee's: relayed (a 503 as 500, RFC 3261
+§16.7) and never retried, so no callee is dialled twice. A bound agent stays
+on its card: failover moves it only when its card died (it is re-bound once,
+stored, logged and published), or when its pool allows ``spill``. When no card
+is left: 503 + Retry-After + ``Reason: …text="no-card-available"`` and a
+``Warning: 399 dialgate "c1 night_window until 08:00; …"`` with each card's cause.
 
 Inbound (carrier → agent) uses the same relay with the roles swapped: the
 carrier's INVITE is the A-leg and the agent's registered contact (reached
@@ -68,7 +75,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,16 +83,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from gateway.auth import Identity, IdentityKind
-from gateway.cards import (
-    CardManager,
-    Failover,
-    ResponseClass,
-    select_and_reserve,
-)
+from gateway.cards import BLegClass, CardManager, CardState, PoolExhausted
 from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
 from gateway.cdr_spool import CdrWriter, record_from_json, record_to_json
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
-from gateway.events import CallEvent, CallEventKind, EventBus
+from gateway.events import Alert, AlertKind, CallEvent, CallEventKind, EventBus, Severity
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.digest import DigestClient
@@ -97,9 +99,9 @@ from gateway.sip.uri import URI
 from gateway.store import StoreUnavailable
 from gateway.store.sqlite import CallDialogs
 from gateway.transport import Address, Transport
-from policies.context import build_context
+from policies.context import CallContext, build_context
 from policies.decision import Decision, RejectReason, reason_header
-from policies.errors import AddressIncompleteError
+from policies.errors import AddressIncompleteError, StoreUnavailableError
 from policies.privacy import mask_number
 
 if TYPE_CHECKING:
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
     from policies.emergency import EmergencyNumbers
     from policies.pipeline import Pipeline
     from policies.quotas import QuotaProfile
+    from policies.selection import CardSelection
 
 __all__ = ["B2BUA", "CSEQ_HEADROOM", "Call", "CallServices", "Leg"]
 
@@ -142,6 +145,12 @@ ORPHAN_REASON = reason_header(487, "gateway restarted")
 
 ORPHAN_CONCURRENCY = 64
 """BYE transactions in flight at once while ending orphaned calls."""
+
+MAX_CARDS_PER_CALL = 3
+"""Cards one call may try (the first plus failovers after proven card deaths)."""
+
+TRUNK_UNREACHABLE = "trunk-unreachable"
+"""Reason text of an answer after the card's trunk did not answer (no failover left)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -180,9 +189,13 @@ class Call:
     b_cseq: int = 1
     b_ack: Request | None = None
     card: str | None = None
-    failover: Failover | None = None
+    ctx: CallContext | None = None
     cards_tried: list[str] = field(default_factory=list)
+    #: Cards this call must not use any more (tried, or sharing a failed trunk).
+    exclude: set[str] = field(default_factory=set)
+    trunk_retry_used: bool = False
     failovers: int = 0
+    provisional: bool = False
     ringing: bool = False
     timed_out: bool = False
     no_answer_timer: asyncio.TimerHandle | None = None
@@ -215,6 +228,7 @@ class CallServices:
     profiles: dict[str, QuotaProfile]
     timezones: dict[str, str]
     probation_of: dict[str, str]
+    selection: CardSelection | None = None  # the one card picker (failover); None: no failover
     cdrs: CdrWriter | None = None  # None: CDRs straight to ``store``, spooled in memory only
 
 
@@ -249,6 +263,12 @@ class B2BUA:
         # has headroom (DESIGN "Quotas": carriers flag frequent switching). One entry per
         # configured identity, so bounded by the configuration.
         self._last_card: dict[str, str] = {}
+        # Agents re-bound after their configured card died: agent → (card, configured).
+        self._rebound: dict[str, tuple[str, str | None]] = {}
+        try:
+            self._rebound = dict(services.store.agent_bindings())
+        except Exception as exc:
+            log.error("agent.bindings.unreadable", error=repr(exc)[:200])
         self.stats: dict[str, int] = {
             "calls": 0,
             "answered": 0,
@@ -337,6 +357,7 @@ class B2BUA:
             self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
             return
         call.max_forwards = 70 if mf is None else mf - 1
+        bound = self.bound_card(identity)
         try:
             ctx = build_context(
                 req.uri.user or "",
@@ -345,7 +366,7 @@ class B2BUA:
                 default_region=self.settings.policy.default_region,
                 now=datetime.fromtimestamp(now, UTC),
                 emergency=self.services.emergency,
-                bound_card=identity.card,
+                bound_card=bound,
                 last_card=self._last_card.get(identity.name),
                 call_id=call.key,
             )
@@ -356,6 +377,9 @@ class B2BUA:
             )
             return
         call.destination = ctx.destination
+        if bound is not None:
+            ctx = replace(ctx, spill=self._spill(bound))
+        call.ctx = ctx
         try:
             decision = self.services.pipeline.decide(ctx)
         except StoreUnavailable as exc:
@@ -371,9 +395,7 @@ class B2BUA:
             return
         card = self.services.cards.get(decision.card_id)
         call.reserved = True
-        call.failover = self.services.cards.begin(
-            call.key, card.pool, agent_card=identity.card, tried=[card.id]
-        )
+        self._note_binding(call, bound, card.id)
         self.calls[call.key] = call
         self._legs[(call.a.call_id, a_tag)] = (call, "a")
         log.info(
@@ -426,6 +448,64 @@ class B2BUA:
         call.b_from = str(NameAddr(caller.display_name, _with_host(caller.uri, domain)))
         call.b_to = f"<sip:{user}@{domain}>"
         self._new_b_leg(call, transport, binding.source)
+
+    # -- agent ↔ card binding ----------------------------------------------------------
+
+    def bound_card(self, identity: Identity) -> str | None:
+        """The card the agent is bound to now: its re-binding when one is stored for the
+        configured card it has today, else the configured card (None: unbound)."""
+        stored = self._rebound.get(identity.name)
+        if (
+            stored is not None
+            and stored[1] == identity.card
+            and self.services.cards.find(stored[0]) is not None
+        ):
+            return stored[0]
+        return identity.card
+
+    def _spill(self, card_id: str) -> bool:
+        """Whether the card's pool lets a bound agent use another card while it waits."""
+        card = self.services.cards.find(card_id)
+        return card is not None and self.settings.pool(card.pool).spill
+
+    def _note_binding(self, call: Call, bound: str | None, chosen: str) -> None:
+        """A bound agent's call left on another card: re-bind it if its card is dead.
+
+        A spill (the pool allows it while the bound card only waits) changes no
+        binding. A dead bound card (suspended, suspect, appealing, retired) moves
+        the agent once, for good: stored, logged and published, so the next calls
+        stay on the new card instead of rotating.
+        """
+        if bound is None or chosen == bound:
+            return
+        card = self.services.cards.find(bound)
+        if card is not None and card.usable:
+            return
+        agent = call.identity.name
+        configured = call.identity.card
+        state = "unknown" if card is None else str(card.state)
+        cause = f"{bound} {state}"
+        self._rebound[agent] = (chosen, configured)
+        try:
+            self.services.store.save_agent_binding(
+                agent, chosen, configured=configured, now=self.clock(), cause=cause
+            )
+        except Exception as exc:
+            log.error("agent.rebind.store_failed", agent=agent, error=repr(exc)[:200])
+        log.warning("agent.rebound", agent=agent, from_card=bound, to_card=chosen, cause=cause)
+        if self.bus is not None:
+            new = self.services.cards.find(chosen)
+            self.bus.publish(
+                Alert(
+                    kind=AlertKind.AGENT_REBOUND,
+                    at=self.clock(),
+                    severity=Severity.WARNING,
+                    message=f"agent {agent} moved from card {bound} ({state}) to {chosen}",
+                    card=chosen,
+                    pool=new.pool if new is not None else None,
+                    detail={"agent": agent, "from": bound, "to": chosen, "cause": cause},
+                )
+            )
 
     def _campaign(self, req: Request, identity: Identity) -> str:
         header = req.headers.get(self.settings.policy.campaign_header)
@@ -534,6 +614,8 @@ class B2BUA:
         status = resp.status
         b = call.b
         assert b is not None
+        if status < 200:
+            call.provisional = True
         if status == 100:
             return
         if status < 200:
@@ -681,84 +763,183 @@ class B2BUA:
             return
         now = self.clock()
         cards = self.services.cards
+        card_id = call.card
         if local:
             cause = "timer-b" if status == 408 else "transport-error"
-            verdict = cards.on_fault(call.card, cause, now=now, ringing=call.ringing)
+            verdict = cards.on_fault(
+                card_id,
+                cause,
+                now=now,
+                ringing=call.ringing,
+                provisional=call.provisional,
+                callee=call.destination,
+            )
         else:
             assert resp is not None
-            retry = _retry_after(resp)
             verdict = cards.on_response(
-                call.card,
+                card_id,
                 status,
                 reason,
                 now=now,
                 warning=resp.headers.get("Warning"),
-                retry_after=retry,
-                reason_header=resp.headers.get("Reason"),
+                retry_after=_retry_after(resp),
+                reason_header=", ".join(resp.headers.get_all("Reason")) or None,
                 ringing=call.ringing,
+                provisional=call.provisional,
+                callee=call.destination,
             )
-        can_failover = (
-            verdict.kind is ResponseClass.CARD_FAILURE
-            and verdict.failover
-            and call.a_final is None
-            and not call.cancelled
-            and call.failover is not None
-        )
+        self._log_verdict(call, card_id, status, reason, verdict)
+        trunk = verdict.kind is BLegClass.TRUNK_UNREACHABLE
+        if self._may_fail_over(call, card_id, verdict.failover, trunk):
+            self._fail_over(call, card_id, status, trunk, now)
+            return
+        if call.cancelled:
+            self._end(call, 487)
+            return
+        if trunk:
+            self._trunk_unreachable_to_a(call, status, reason, resp, local=local)
+        else:
+            self._final_to_a(call, status, reason, resp)
+        self._end(call, status, failed=verdict.kind is not BLegClass.CALLEE)
+
+    def _log_verdict(
+        self, call: Call, card_id: str, status: int, reason: str, verdict: Any
+    ) -> None:
+        event = verdict.event
         if verdict.marked is not None:
             log.warning(
                 "card.marked",
-                card=call.card,
+                call=call.key,
+                card=card_id,
                 reason=str(verdict.marked),
+                row=verdict.row,
                 evidence=f"SIP/2.0 {status} {reason}",
             )
-        if not can_failover:
-            failed = verdict.kind is ResponseClass.CARD_FAILURE
-            if call.cancelled:
-                self._end(call, 487)
-                return
-            self._final_to_a(call, status, reason, resp)
-            self._end(call, status, failed=failed)
-            return
-        # Card-level failure, callee never alerted: release and try the next card.
-        self._release(call)
-        assert call.failover is not None
-        try:
-            selection = select_and_reserve(
-                cards,
-                call.failover,
-                self.services.ledger,
-                callee=call.destination,
-                now=now,
-                profiles=self.services.profiles,
-                timezones=self.services.timezones,
-                probation_of=self.services.probation_of,
-                agent=call.identity.name,
+        elif event is not None and event.to_state is CardState.SUSPECT:
+            log.warning(
+                "card.suspect",
+                call=call.key,
+                card=card_id,
+                cause=event.cause,
+                statuses=",".join(str(x) for x in event.evidence.get("statuses", ())),
             )
-        except StoreUnavailable as exc:
+        if verdict.rest_until is not None:
+            log.info(
+                "card.resting",
+                call=call.key,
+                card=card_id,
+                row=verdict.row,
+                seconds=round(verdict.rest_until - self.clock(), 1),
+            )
+        log.debug(
+            "call.b_leg.classified",
+            call=call.key,
+            card=card_id,
+            status=status,
+            outcome=str(verdict.kind),
+            row=verdict.row,
+            suspicion=verdict.suspicion,
+        )
+
+    def _may_fail_over(self, call: Call, card_id: str, allowed: bool, trunk: bool) -> bool:
+        """Whether this call may try another card after its card failed before ringing."""
+        ctx = call.ctx
+        if not allowed or call.a_final is not None or call.cancelled or ctx is None:
+            return False
+        if self.services.selection is None or len(call.cards_tried) >= MAX_CARDS_PER_CALL:
+            return False
+        if trunk:
+            if call.trunk_retry_used:
+                return False  # at most one more attempt after a trunk failure
+            if ctx.bound_card == card_id and not ctx.spill:
+                return False  # a bound agent waits for its card's trunk
+        return True
+
+    def _fail_over(self, call: Call, card_id: str, status: int, trunk: bool, now: float) -> None:
+        """Release the failed card and dial the callee once more on another card.
+
+        Only reached when the callee was never rung. After ``card-dead`` every card
+        but the tried ones may take the call; after ``trunk-unreachable`` none that
+        shares the device or trunk, and no further attempt after this one.
+        """
+        assert call.ctx is not None and self.services.selection is not None
+        self._release(call)
+        call.exclude.update(call.cards_tried)
+        if trunk:
+            call.trunk_retry_used = True
+            call.exclude.update(self.services.cards.sharing(card_id))
+        ctx = replace(call.ctx, exclude=frozenset(call.exclude), last_card=None)
+        try:
+            decision = self.services.selection(ctx, datetime.fromtimestamp(now, UTC))
+        except StoreUnavailableError as exc:
             decision = Decision.reject(
-                RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
+                RejectReason.STORE_UNAVAILABLE,
+                "store",
+                str(exc),
+                retry_after=getattr(exc, "retry_after", None) or 30,
             )
             self._policy_final(call, decision)
             return
-        if selection.card is None:
-            retry = int(selection.retry_after) if selection.retry_after is not None else 60
-            decision = Decision.reject(
-                RejectReason.NO_CARD_AVAILABLE, "failover", "no card left", retry_after=retry
-            )
+        if not decision.allowed or decision.card_id is None:
+            self._pool_exhausted(call, decision, now)
+            if trunk:
+                # No card on another trunk: the agent hears the trunk failure itself.
+                self._trunk_unreachable_to_a(call, status, None, None, local=True)
+                self._end(call, status, failed=True)
+                return
             self._policy_final(call, decision)
             return
         call.reserved = True
         call.failovers += 1
         self.stats["failovers"] += 1
-        log.info("call.failover", call=call.key, from_card=call.card, to_card=selection.card.id)
+        self._note_binding(call, call.ctx.bound_card, decision.card_id)
+        log.info(
+            "call.failover",
+            call=call.key,
+            from_card=card_id,
+            to_card=decision.card_id,
+            cause="trunk-unreachable" if trunk else "card-dead",
+        )
         self._event(
             call,
             CallEventKind.FAILOVER,
-            from_card=call.card,
-            to_card=selection.card.id,
+            from_card=card_id,
+            to_card=decision.card_id,
             status=status,
         )
-        self._dial_card(call, selection.card.id)
+        self._dial_card(call, decision.card_id)
+
+    def _trunk_unreachable_to_a(
+        self, call: Call, status: int, reason: str | None, resp: Response | None, *, local: bool
+    ) -> None:
+        """The card's trunk failed and no other trunk may take the call: say so."""
+        if resp is not None and not local:
+            self._final_to_a(call, status, reason, resp)
+            return
+        code, phrase = (408, "Request Timeout") if status == 408 else (503, "Service Unavailable")
+        headers = [("Reason", reason_header(code, TRUNK_UNREACHABLE))]
+        if code == 503:
+            headers.append(("Retry-After", str(int(self.services.cards.terms_rest(call.card)))))
+        call.policy_reason = TRUNK_UNREACHABLE
+        self._respond_a(call, code, phrase, headers)
+
+    def _pool_exhausted(self, call: Call, decision: Decision, now: float) -> None:
+        """A ``pool-exhausted`` alert for a call no card could take."""
+        card = self.services.cards.find(call.card) if call.card else None
+        pool = (
+            card.pool
+            if card is not None
+            else (self.settings.cards[0].pool if self.settings.cards else "main")
+        )
+        self.services.cards.events.append(
+            PoolExhausted(
+                pool=pool,
+                at=now,
+                call_id=call.a.call_id,
+                retry_after=decision.retry_after,
+                skipped={"causes": decision.detail},
+            )
+        )
 
     def _release(self, call: Call) -> None:
         if not call.reserved:
@@ -781,6 +962,17 @@ class B2BUA:
             for name in _RELAYED_FINAL:
                 for value in resp.headers.get_all(name):
                     headers.append((name, value))
+            if status == 503:
+                # RFC 3261 §16.7 step 6: a 503 is not forwarded (it would make the
+                # agent's phone treat the gateway itself as unavailable): 500.
+                status, reason = 500, "Server Internal Error"
+        self._respond_a(call, status, reason, headers)
+
+    def _respond_a(
+        self, call: Call, status: int, reason: str | None, headers: list[tuple[str, str]]
+    ) -> None:
+        if call.a_final is not None:
+            return
         call.a_final = status
         call.final_code = status
         if call.a.dialog is not None:
@@ -809,6 +1001,7 @@ class B2BUA:
             destination=self._masked(call.destination),
             reason=str(decision.reason),
             code=decision.sip_code,
+            detail=decision.detail or None,
         )
         self._write_cdr(call, outcome, call.final_code)
         self._event(
@@ -826,6 +1019,10 @@ class B2BUA:
         headers = [("Reason", reason_header(code, text))]
         if decision.retry_after_header is not None:
             headers.append(("Retry-After", decision.retry_after_header))
+        if decision.reason is RejectReason.NO_CARD_AVAILABLE and decision.detail:
+            # RFC 3261 §20.43: 399 "miscellaneous warning"; each card's cause, so the
+            # agent's phone, the dialer and a SIP trace show why no card could dial.
+            headers.append(("Warning", warning_399(decision.detail)))
         call.policy_reason = text
         call.a_final = code
         call.final_code = code
@@ -1370,6 +1567,12 @@ class B2BUA:
             )
 
 
+def warning_399(text: str) -> str:
+    """``399 dialgate "text"`` with the text made a valid quoted-string (no quotes, no CR/LF)."""
+    clean = "".join(ch if ch.isprintable() and ch not in '"\\' else " " for ch in text)
+    return f'399 dialgate "{clean[:400]}"'
+
+
 def _retry_after(resp: Response) -> float | None:
     """The response's Retry-After seconds, None when absent or unreadable."""
     try:
@@ -1414,12 +1617,14 @@ def services_from_settings(
         probation_profiles_from_settings,
         quota_profiles_from_settings,
         rules_from_settings,
+        terms_from_settings,
     )
     from gateway.store import CardRepository, ledger_from_settings
     from policies.consent import ConsentMode
     from policies.emergency import EmergencyNumbers
     from policies.hours import CallingHours
     from policies.pipeline import PolicyDeps, build_pipeline
+    from policies.selection import CardSelection
 
     policy = settings.policy
     repo: CardRepository = store
@@ -1433,7 +1638,10 @@ def services_from_settings(
         repo = SharedCardRepository(store, ledger.shared)
     ledger.recover(now)
     cards = CardManager(
-        repo, rules=rules_from_settings(settings), carrier_available=carrier_available
+        repo,
+        rules=rules_from_settings(settings),
+        terms=terms_from_settings(settings),
+        carrier_available=carrier_available,
     )
     cards.load(card_defs_from_settings(settings), now)
     profiles = quota_profiles_from_settings(settings)
@@ -1472,6 +1680,8 @@ def services_from_settings(
         ledger=ledger,
         cards=cards,
         pipeline=build_pipeline(deps),
+        # The same picker the pipeline's last step uses, for failover.
+        selection=CardSelection(source, deps.sticky_min_headroom, deps.no_card_retry_after),
         emergency=emergency,
         profiles=profiles,
         timezones=timezones,

@@ -697,6 +697,14 @@ class CarrierSettings(BaseModel):
     register_enabled: bool = Field(default=False, alias="register")
     register_expires: int = Field(default=3600, ge=60, le=86400)
     options_interval: float | None = Field(default=30.0, ge=1, le=3600)
+    # How its answers are judged (gateway.cards.classify; CARRIERS.md).
+    suspect_after: int = Field(default=5, ge=1, le=1000)
+    suspect_window: float = Field(default=600.0, ge=1, le=7 * 86400)
+    rest_seconds: float = Field(default=30.0, ge=0, le=86400)
+    dead_causes: list[Annotated[int, Field(ge=1, le=127)]] = Field(default_factory=list)
+    # What a restore imposes (carriers restore appealed cards on reduced limits).
+    probation_profile: str | None = None
+    probation_days: float = Field(default=7.0, gt=0, le=365)
 
     @field_validator("timezone")
     @classmethod
@@ -757,6 +765,9 @@ class CardSettings(BaseModel):
     pool: Name = "main"
     priority: int = Field(default=100, ge=0)
     quota: str = "default"
+    # The GSM gateway / device the SIM sits in; cards sharing one (or, without it,
+    # sharing a carrier address) share a trunk failure.
+    device: str | None = Field(default=None, min_length=1, max_length=128)
 
     @field_validator("number")
     @classmethod
@@ -775,6 +786,16 @@ class CardSettings(BaseModel):
     def auth_username(self) -> str:
         """Username for the carrier's digest challenge (defaults to the card id)."""
         return self.username or self.id
+
+
+class PoolSettings(BaseModel):
+    """``[pools.NAME]``: how a pool's cards stand in for each other."""
+
+    model_config = _SECTION
+
+    # A bound agent whose card cannot take a call now may use another card of
+    # the pool. Off: carriers read frequent card switching as abnormal use.
+    spill: bool = False
 
 
 class AdminSettings(BaseModel):
@@ -884,6 +905,7 @@ class Settings(BaseSettings):
     carriers: list[CarrierSettings] = Field(default_factory=list)
     quota_profiles: dict[Name, QuotaProfile] = Field(default_factory=dict)
     cards: list[CardSettings] = Field(default_factory=list)
+    pool_options: dict[Name, PoolSettings] = Field(default_factory=dict, alias="pools")
     admin: AdminSettings = Field(default_factory=AdminSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
@@ -948,6 +970,17 @@ class Settings(BaseSettings):
                     f"cards[{i}].quota",
                     f"unknown quota profile {card.quota!r}{_hint(card.quota, profiles)}",
                 )
+        for i, carrier in enumerate(self.carriers):
+            name = carrier.probation_profile
+            if name is not None and name not in profiles:
+                yield (
+                    f"carriers[{i}].probation_profile",
+                    f"unknown quota profile {name!r}{_hint(name, profiles)}",
+                )
+        pools = {c.pool for c in self.cards}
+        for name in self.pool_options:
+            if name not in pools:
+                yield f"pools.{name}", f"no card is in pool {name!r}{_hint(name, pools)}"
         for i, user in enumerate(self.users):
             if user.card is not None and user.card not in cards:
                 yield f"users[{i}].card", f"unknown card {user.card!r}{_hint(user.card, cards)}"
@@ -983,6 +1016,10 @@ class Settings(BaseSettings):
             if user.name == name:
                 return user
         raise KeyError(name)
+
+    def pool(self, name: str) -> PoolSettings:
+        """The ``[pools.NAME]`` settings of a pool (defaults when the table is absent)."""
+        return self.pool_options.get(name) or PoolSettings()
 
     def pools(self) -> dict[str, list[CardSettings]]:
         """Cards grouped by pool, each pool ordered by priority then file order."""

@@ -96,6 +96,8 @@ class AlertKind(StrEnum):
     TRUNK_UP = "trunk-up"  # not in DESIGN's list: tells a wallboard the trunk is back
     QUOTA_NEAR = "quota-near"
     CARD_AT_RISK = "card-at-risk"
+    CARD_SUSPECT = "card-suspect"  # ambiguous refusals: no new calls until probed / cleared
+    AGENT_REBOUND = "agent-rebound"  # an agent's card died: it moved to another card once
 
 
 class Severity(StrEnum):
@@ -492,6 +494,27 @@ def from_card_event(
             cause=event.cause,
         )
         out: list[Event] = [status]
+        if str(event.to_state) == "suspect":
+            out.append(
+                Alert(
+                    kind=AlertKind.CARD_SUSPECT,
+                    at=event.at,
+                    severity=Severity.WARNING,
+                    message=(
+                        f"card {event.card} suspect: {event.cause}; no new calls until an "
+                        "operator confirms (cards suspend) or clears it (cards clear)"
+                    ),
+                    card=event.card,
+                    pool=event.pool,
+                    carrier=status.carrier,
+                    detail={
+                        "from": str(event.from_state),
+                        "cause": event.cause,
+                        "actor": event.actor,
+                        "evidence": dict(event.evidence),
+                    },
+                )
+            )
         if str(event.to_state) == "suspended":
             out.append(
                 Alert(

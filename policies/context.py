@@ -66,6 +66,10 @@ class CallContext:
     - `emergency`: the raw digits are an emergency number of a configured region.
     - `bound_card` / `last_card`: the agent's bound card and the card it used
       last (selection prefers them).
+    - `spill`: a bound agent whose card cannot take the call now may use another
+      card of its pool (the pool's ``spill`` setting); otherwise it waits.
+    - `exclude`: cards this attempt must not use (tried already, or sharing the
+      device/trunk that just failed: failover).
     - `call_id`: for correlation in events only.
     """
 
@@ -83,6 +87,8 @@ class CallContext:
     last_card: str | None = None
     call_id: str = ""
     flags: frozenset[str] = field(default_factory=frozenset)
+    spill: bool = False
+    exclude: frozenset[str] = field(default_factory=frozenset)
 
 
 def normalize(dialled: str, default_region: str) -> Destination:

@@ -67,6 +67,7 @@ class CardState(StrEnum):
     APPEALING = "appealing"
     PROBATION = "probation"
     RETIRED = "retired"
+    SUSPECT = "suspect"  # repeated ambiguous refusals: no new calls until probed / cleared
 
 
 #: States in which a card may carry calls.
@@ -88,6 +89,7 @@ class QuotaLimit(StrEnum):
     SHORT_CALL_CEILING = "short_call_ceiling"
     CONSECUTIVE_FAILURES = "consecutive_failures"
     NIGHT_WINDOW = "night_window"
+    UNAVAILABLE = "unavailable"  # resting after a trunk failure, or its carrier is down
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,8 @@ class CardSnapshot:
     profile_override: QuotaProfile | None = None
     pool: str = ""
     priority: int = 0
+    unavailable: str | None = None
+    unavailable_until: float | None = None
 
     @property
     def effective_profile(self) -> QuotaProfile:
@@ -485,6 +489,10 @@ def evaluate_card(
     """
     if card.state not in USABLE_STATES:
         return Exhausted(QuotaLimit.STATE, None, f"card is {card.state}")
+    if card.unavailable is not None:
+        until = card.unavailable_until
+        if until is None or epoch(now) < until:
+            return Exhausted(QuotaLimit.UNAVAILABLE, until, card.unavailable)
     return _evaluate(
         card.effective_profile, card.usage, card.timezone, callee, now, stop_at_first=False
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,9 +38,16 @@ from policies.quotas import (
     QuotaLimit,
     evaluate_card,
 )
-from policies.timeutil import ceil_seconds, day_bounds, epoch
+from policies.timeutil import as_utc, ceil_seconds, day_bounds, epoch, zone
 
-__all__ = ["CardSelection", "CardSource", "headroom_bound", "rank_cards", "ranked_lazily"]
+__all__ = [
+    "CardSelection",
+    "CardSource",
+    "explain",
+    "headroom_bound",
+    "rank_cards",
+    "ranked_lazily",
+]
 
 
 @runtime_checkable
@@ -202,40 +208,62 @@ class CardSelection:
     bypassed_by_emergency: bool = False
 
     def __call__(self, ctx: CallContext, now: datetime) -> Decision:
-        """Allow on the reserved card, or reject with when the earliest card frees."""
+        """Allow on the reserved card, or reject with when the earliest card frees.
+
+        The one card picker, for the first card of a call and for failover
+        (``ctx.exclude`` then names the cards tried or sharing the failure).
+        A bound agent stays on its card: when the card is usable but cannot
+        take the call now (a limit, a rest, its carrier down) the answer is
+        503 with that card's cause and Retry-After, unless ``ctx.spill``; only
+        when the bound card is out of service (suspended, suspect, appealing,
+        retired) is another card of the pool chosen (the caller re-binds).
+        """
         t = epoch(now)
-        ids = list(self.source.candidate_ids(ctx, t))
+        ids = [cid for cid in self.source.candidate_ids(ctx, t) if cid not in ctx.exclude]
         if ctx.emergency:
             return self._emergency(ctx, t, self.source.snapshots(ids, t))
         evaluations: dict[str, Headroom | Exhausted] = {}
-        # Fast path: the bound card, then the card used last (stickiness).
+        zones: dict[str, str] = {}
         members = set(ids)
-        preferred = [
-            cid
-            for cid in dict.fromkeys((ctx.bound_card, ctx.last_card))
-            if cid is not None and cid in members
-        ]
         lost_race = False
-        if preferred:
-            for card in self.source.snapshots(preferred, t):
+        bound = ctx.bound_card if ctx.bound_card in members else None
+        if bound is not None:
+            for card in self.source.snapshots([bound], t):
+                zones[card.card_id] = card.timezone
                 result = evaluate_card(card, t, ctx.destination)
                 evaluations[card.card_id] = result
-                if not isinstance(result, Headroom):
-                    continue
-                if card.card_id != ctx.bound_card and result.score < self.sticky_min_headroom:
+                if isinstance(result, Headroom):
+                    if self.source.reserve(card.card_id, ctx, t, emergency=False):
+                        return Decision.allow(
+                            self.name, card.card_id, f"bound card, headroom {result.score:.2f}"
+                        )
+                    lost_race = True
+                if card.state in USABLE_STATES and not ctx.spill:
+                    # The agent waits for its own card (carriers read switching as abuse).
+                    return self._no_card(evaluations, zones, 1, t, lost_race, bound=bound)
+        # Stickiness: the card used last, when it still has the headroom asked for.
+        last = ctx.last_card if ctx.last_card in members and ctx.last_card != bound else None
+        if last is not None:
+            for card in self.source.snapshots([last], t):
+                zones[card.card_id] = card.timezone
+                result = evaluate_card(card, t, ctx.destination)
+                evaluations[card.card_id] = result
+                if not isinstance(result, Headroom) or result.score < self.sticky_min_headroom:
                     continue
                 if self.source.reserve(card.card_id, ctx, t, emergency=False):
                     return Decision.allow(self.name, card.card_id, f"headroom {result.score:.2f}")
                 lost_race = True
         rest = [cid for cid in ids if cid not in evaluations]
         cards = list(self.source.snapshots(rest, t)) if rest else []
+        zones.update((c.card_id, c.timezone) for c in cards)
         for card in ranked_lazily(cards, ctx, t, evaluations):
             if self.source.reserve(card.card_id, ctx, t, emergency=False):
                 result = evaluations[card.card_id]
                 score = result.score if isinstance(result, Headroom) else 0.0
-                return Decision.allow(self.name, card.card_id, f"headroom {score:.2f}")
+                why = "re-bound" if bound is not None else "headroom"
+                return Decision.allow(self.name, card.card_id, f"{why} {score:.2f}")
             lost_race = True
-        return self._no_card(evaluations, len(ids), t, lost_race)
+        return self._no_card(evaluations, zones, len(ids), t, lost_race)
 
     def _emergency(self, ctx: CallContext, t: float, cards: Sequence[CardSnapshot]) -> Decision:
         for card in _emergency_order(cards, ctx):
@@ -251,10 +279,19 @@ class CardSelection:
     def _no_card(
         self,
         evaluations: dict[str, Headroom | Exhausted],
+        zones: dict[str, str],
         count: int,
         t: float,
         lost_race: bool,
+        *,
+        bound: str | None = None,
     ) -> Decision:
+        """503 no-card-available: Retry-After and, per card, why it cannot take the call.
+
+        ``detail`` reads like ``c1 night_window until 08:00; c2 calls_per_hour
+        60/60 in 3600s until 14:05`` (times in each card's carrier zone): the
+        gateway puts it in a ``Warning`` header, its log line and the CDR.
+        """
         frees = [
             e.frees_at
             for e in evaluations.values()
@@ -274,7 +311,38 @@ class CardSelection:
                 retry = min(retry, self.default_retry_after)
         else:
             retry = self.default_retry_after
-        counts = Counter(str(e.limit) for e in evaluations.values() if isinstance(e, Exhausted))
-        summary = ", ".join(f"{n} {limit}" for limit, n in sorted(counts.items()))
-        detail = f"{count} cards: {summary}" if count else "no cards in pool"
+        causes = [
+            explain(card_id, e, zones.get(card_id, "UTC"), t)
+            for card_id, e in evaluations.items()
+            if isinstance(e, Exhausted)
+        ]
+        if causes:
+            detail = "; ".join(causes)
+        elif lost_race:
+            detail = "cards taken by concurrent calls"
+        else:
+            detail = "no cards in pool" if count == 0 else "no card chosen"
+        if bound is not None:
+            detail = f"bound card {detail}"
         return Decision.reject(RejectReason.NO_CARD_AVAILABLE, self.name, detail, retry_after=retry)
+
+
+def explain(card_id: str, result: Exhausted, tz_name: str, now: float) -> str:
+    """One card's cause in words: ``c1 night_window until 08:00`` (local time of ``tz_name``)."""
+    detail = result.detail
+    if result.limit is QuotaLimit.STATE:
+        text = f"{card_id} {detail.removeprefix('card is ')}"
+    elif result.limit is QuotaLimit.NIGHT_WINDOW:
+        text = f"{card_id} night_window"
+    elif detail:
+        text = f"{card_id} {result.limit} {detail}"
+    else:
+        text = f"{card_id} {result.limit}"
+    if result.frees_at is not None:
+        local = as_utc(result.frees_at).astimezone(zone(tz_name))
+        here = as_utc(now).astimezone(zone(tz_name))
+        stamp = local.strftime("%H:%M") if local.date() == here.date() else local.strftime(
+            "%Y-%m-%d %H:%M"
+        )
+        text += f" until {stamp}"
+    return text

@@ -456,6 +456,25 @@ _MIGRATIONS += (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        7,
+        (
+            # An agent re-bound to another card of its pool because its configured
+            # card died (an agent stays on its card: re-bound once, not per call).
+            # ``configured`` is the card of the configuration at that time: a changed
+            # configuration wins over the stored binding.
+            """CREATE TABLE agent_bindings (
+                agent TEXT PRIMARY KEY,
+                card TEXT NOT NULL,
+                configured TEXT,
+                since REAL NOT NULL,
+                cause TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _COUNTED = (UsageStatus.RESERVED, UsageStatus.FINISHED, UsageStatus.ORPHANED)
@@ -1526,6 +1545,26 @@ class SQLiteStore:
                 )
             else:
                 db.execute("DELETE FROM agent_pauses WHERE agent=?", (agent,))
+
+    def agent_bindings(self) -> dict[str, tuple[str, str | None]]:
+        """Stored re-bindings: agent → (card, the configured card it replaced)."""
+        rows = self._read("SELECT agent, card, configured FROM agent_bindings")
+        return {str(r["agent"]): (str(r["card"]), r["configured"]) for r in rows}
+
+    def save_agent_binding(
+        self, agent: str, card: str | None, *, configured: str | None, now: float, cause: str = ""
+    ) -> None:
+        """Re-bind an agent to ``card`` (None: back to its configured card)."""
+        with self._write() as db:
+            if card is None:
+                db.execute("DELETE FROM agent_bindings WHERE agent=?", (agent,))
+                return
+            db.execute(
+                "INSERT INTO agent_bindings (agent, card, configured, since, cause) "
+                "VALUES (?,?,?,?,?) ON CONFLICT(agent) DO UPDATE SET card=excluded.card, "
+                "configured=excluded.configured, since=excluded.since, cause=excluded.cause",
+                (agent, card, configured, now, cause),
+            )
 
     def has_consent(self, number: str, now: float, *, campaign: str = "") -> bool:
         """Whether valid consent exists for the campaign (or a campaign-wide grant)."""

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.app import Gateway
-from gateway.cards import CardManager, CardState, SuspendReason, card_defs_from_settings
+from gateway.cards import (
+    CardManager,
+    CardState,
+    StoreCardSource,
+    SuspendReason,
+    card_defs_from_settings,
+    quota_profiles_from_settings,
+)
 from gateway.carrier_health import CarrierHealth, LineState
 from gateway.endpoint import SipEndpoint
 from gateway.health_runner import HealthRunner
+from gateway.store import SQLiteStore, ledger_from_settings
+from policies.context import build_context
+from policies.selection import CardSelection
 from tests.callpath.conftest import FAST, Carrier, eventually, gateway_settings
 
 
@@ -29,9 +40,25 @@ async def test_unanswered_pings_take_the_carrier_down_and_its_cards_out(tmp_path
         await eventually(lambda: health.state("carrier-a") is LineState.INACTIVE, 5)
         first = carrier.requests[0]
         assert ("OPTIONS", "sip") == (first.method, first.uri.scheme)
-        selection = cards.select("main", now=runner.clock())
-        assert selection.card is None
-        assert {"c1": "carrier-down", "c2": "carrier-down"} == dict(selection.skipped)
+        now = runner.clock()
+        store = SQLiteStore(tmp_path / "s.db")
+        source = StoreCardSource(
+            cards,
+            ledger_from_settings(settings, store, node="gw1"),
+            profiles=quota_profiles_from_settings(settings),
+            timezones={c.name: c.timezone for c in settings.carriers},
+        )
+        context = build_context(
+            "13912345678",
+            agent="alice",
+            campaign=None,
+            default_region="CN",
+            now=datetime.fromtimestamp(now, UTC),
+        )
+        decision = CardSelection(source)(context, datetime.fromtimestamp(now, UTC))
+        assert decision.card_id is None
+        assert "c1 unavailable carrier down; c2 unavailable carrier down" == decision.detail
+        store.close()
     finally:
         await runner.stop()
         await endpoint.close()

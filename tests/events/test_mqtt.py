@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cards import CardDef, CardManager
+from gateway.cards import CardDef, CardManager, CarrierRule, SuspendReason
 from gateway.config import MqttSettings
 from gateway.events import (
     Alert,
@@ -73,7 +74,9 @@ async def test_card_suspension_publishes_alert_and_new_retained_state(mosquitto:
     bus = EventBus()
     pub = MqttPublisher(_settings(mosquitto))
     pub.attach(bus)
-    manager = CardManager()
+    # The carrier's rule: a 403 whose text says "suspended" proves the card dead.
+    rule = CarrierRule(403, SuspendReason.VIOLATION, re.compile("(?i)suspend"))
+    manager = CardManager(rules={"carrier-a": [rule]})
     now = time.time()
     manager.load(
         [
@@ -101,7 +104,7 @@ async def test_card_suspension_publishes_alert_and_new_retained_state(mosquitto:
             alert = sub.latest(TOPICS.alerts)
             assert "card-suspended" == alert["alert"]
             assert "c1" == alert["card"]
-            assert "unknown" == alert["reason"]
+            assert "violation" == alert["reason"]
             assert not sub.on(TOPICS.alerts)[-1].retain
         # And the new state is what a later subscriber gets.
         async with Collector(mosquitto.port, TOPICS.card("c1")) as late:

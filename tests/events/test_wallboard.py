@@ -314,7 +314,7 @@ async def test_wallboard_in_headless_chromium(mosquitto: Mosquitto, chromium: Ch
                 assert "dnc" in await dt.evaluate("document.getElementById('blocked').textContent")
 
                 # Suspend c2 through the card manager: its state must show within 2 s.
-                manager.on_response("c2", 403, "Forbidden - suspended", now=time.time())
+                manager.on_response("c2", 402, "Payment Required", now=time.time())
                 bus.publish_card_events(manager.drain_events())
                 suspended = {"c1": "active", "c2": "suspended", "c3": "active"}
                 assert suspended == await wait_states(suspended, 2.0)

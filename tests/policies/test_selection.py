@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from policies.context import CallContext
 from policies.decision import RejectReason
@@ -54,11 +55,40 @@ def test_bound_card_first_even_with_less_headroom() -> None:
     assert "bound" == decision.card_id
 
 
-def test_bound_card_exhausted_falls_back_to_pool() -> None:
-    """A bound card at its limit yields to the pool card with most headroom."""
+def test_bound_card_exhausted_waits_with_its_cause() -> None:
+    """A bound card at its limit: 503 with that card's cause and Retry-After, no other card."""
     store = store_with(used(CardRecord("bound", PROFILE), 10), CardRecord("free", PROFILE))
     decision = CardSelection(store)(ctx("13812345678", NOW, bound_card="bound"), NOW)
-    assert "free" == decision.card_id
+    assert (False, RejectReason.NO_CARD_AVAILABLE) == (decision.allowed, decision.reason)
+    assert "bound calls_per_hour 10/10" in decision.detail
+    # The oldest of the 10 calls (T - 3000) ages out of the hour at T + 600.
+    assert 600 == decision.retry_after
+    assert [] == store.card("free").starts
+
+
+def test_bound_card_exhausted_spills_when_the_pool_allows() -> None:
+    """With spill on (the pool's setting) the pool card with most headroom takes the call."""
+    store = store_with(used(CardRecord("bound", PROFILE), 10), CardRecord("free", PROFILE))
+    context = replace(ctx("13812345678", NOW, bound_card="bound"), spill=True)
+    assert "free" == CardSelection(store)(context, NOW).card_id
+
+
+def test_dead_bound_card_gives_way_to_the_pool() -> None:
+    """A suspended bound card is no card to wait for: the pool's best card (re-binding)."""
+    store = store_with(
+        CardRecord("bound", PROFILE, state=CardState.SUSPENDED), CardRecord("free", PROFILE)
+    )
+    decision = CardSelection(store)(ctx("13812345678", NOW, bound_card="bound"), NOW)
+    assert ("free", "re-bound 1.00") == (decision.card_id, decision.detail)
+
+
+def test_excluded_cards_are_never_chosen() -> None:
+    """Failover names the cards tried (or sharing a failed trunk): they are skipped."""
+    store = store_with(CardRecord("a", PROFILE, priority=1), CardRecord("b", PROFILE, priority=2))
+    context = replace(ctx("13812345678", NOW), exclude=frozenset({"a"}))
+    assert "b" == CardSelection(store)(context, NOW).card_id
+    context = replace(ctx("13812345678", NOW), exclude=frozenset({"a", "b"}))
+    assert not CardSelection(store)(context, NOW).allowed
 
 
 def test_sticky_last_card_preferred_over_more_headroom() -> None:
@@ -103,7 +133,8 @@ def test_no_card_retry_after_is_earliest_free_time() -> None:
     decision = CardSelection(store_with(a, b))(ctx("13812345678", NOW), NOW)
     assert (503, 10) == (decision.sip_code, decision.retry_after)
     assert 'SIP;cause=503;text="no-card-available"' == decision.reason_header
-    assert "2 calls_per_minute" in decision.detail
+    assert "a calls_per_minute 1/1 in 60s until 04:00" in decision.detail
+    assert "b calls_per_minute 1/1 in 60s until 04:00" in decision.detail
 
 
 def test_no_card_unknown_free_time_uses_default() -> None:
@@ -116,15 +147,15 @@ def test_no_card_unknown_free_time_uses_default() -> None:
 
 
 def test_busy_card_caps_retry_after_at_the_default() -> None:
-    """Bound card over its daily limit, the other only busy: wait for a call to end,
-    not for the bound card's day to reset (the agent would stop for the rest of the day)."""
+    """One card over its daily limit, the other only busy: wait for a call to end,
+    not for the first card's day to reset (the caller would stop for the rest of the day)."""
     daily = QuotaProfile(calls_per_day=1, concurrent=1)
     over = CardRecord("over", daily)
     over.starts.append(T - 60)
     busy = CardRecord("busy", daily)
     busy.in_use = 1
     decision = CardSelection(store_with(over, busy), default_retry_after=45)(
-        ctx("13812345678", NOW, bound_card="over"), NOW
+        ctx("13812345678", NOW), NOW
     )
     assert (503, 45) == (decision.sip_code, decision.retry_after)
     alone = CardSelection(store_with(over), default_retry_after=45)(ctx("13812345678", NOW), NOW)
@@ -144,7 +175,7 @@ def test_reservation_is_write_ahead() -> None:
     assert "only" == selection(ctx("13812345678", NOW), NOW).card_id
     assert 1 == store.card("only").in_use
     second = selection(ctx("13912345678", NOW), NOW)
-    assert (False, "1 concurrent") == (second.allowed, second.detail.split(": ")[1])
+    assert (False, "only concurrent 1/1 in use") == (second.allowed, second.detail)
     store.finish("only", CallOutcome(T, True, 30.0, ended_at=T + 40))
     assert "only" == selection(ctx("13912345678", NOW), NOW).card_id
 

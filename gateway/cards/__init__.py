@@ -1,13 +1,17 @@
-"""Cards, pools and failover: synchronous bookkeeping that *returns* actions.
+"""Cards and their states: synchronous bookkeeping that *returns* actions.
 
-Kamailio dispatcher verbs: :meth:`CardManager.select` picks a card for a call,
-:meth:`CardManager.next` picks the next one after a card-level failure (bounded
-attempts per call), and :meth:`CardManager.mark` changes a card's state. Carrier
-final responses are classified by :meth:`CardManager.on_response` into a
-:class:`Verdict`: either a callee-level outcome (answered, busy, no answer,
-declined, not found, cancelled — *never* retried on another card, because that
-would ring the same person again) or a card-level failure (suspension, arrears,
-maintenance, fault — mark the card, release its reservation, try the next).
+Carrier final responses are classified once by :func:`gateway.cards.classify.classify`
+(``card-dead``, ``trunk-unreachable`` or ``callee-outcome``: the table a reader
+checks against the carrier's documentation) and applied to the card by
+:meth:`CardManager.on_response` / :meth:`CardManager.on_fault`, which return a
+:class:`Verdict`: suspend a dead card with the evidence, rest a card whose trunk
+did not answer (a cooldown, not a suspension), count ambiguous refusals toward
+the card's suspicion (N of them to N distinct callees within the carrier's
+window make it ``suspect``; the same refusal for the same callee on two cards is
+the destination's), and say whether the call may move to another card (only
+before any 18x, and for ``trunk-unreachable`` only to a card that does not share
+the device or trunk). Cards are chosen by the one picker,
+``policies.selection.CardSelection``, over :class:`StoreCardSource`.
 
 Every state change goes through one transition table (:data:`LEGAL_TRANSITIONS`),
 is persisted with its time, cause, evidence and actor through a
@@ -26,12 +30,20 @@ lazily); it never logs callee numbers.
 
 from __future__ import annotations
 
-import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from gateway.cards.classify import (
+    DEFAULT_DEAD_CAUSES,
+    Answer,
+    BLegClass,
+    CarrierRule,
+    Classification,
+    SuspendReason,
+    classify,
+)
 from gateway.store import (
     CardRepository,
     QuotaExceeded,
@@ -45,18 +57,16 @@ from policies.quotas import (
     CardSnapshot,
     CardState,
     CardUsageView,
-    Exhausted,
-    Headroom,
     QuotaProfile,
-    evaluate_card,
 )
 
 if TYPE_CHECKING:
     from gateway.config import Settings
 
 __all__ = [
-    "CALLEE_STATUSES",
     "LEGAL_TRANSITIONS",
+    "Answer",
+    "BLegClass",
     "Card",
     "CardDef",
     "CardEvent",
@@ -64,36 +74,21 @@ __all__ = [
     "CardState",
     "CardStateChanged",
     "CarrierRule",
-    "Failover",
-    "HeadroomFn",
+    "CarrierTerms",
+    "Classification",
     "IllegalTransition",
     "PoolExhausted",
-    "ResponseClass",
-    "Selection",
     "StoreCardSource",
     "SuspendReason",
     "Verdict",
     "card_defs_from_settings",
     "card_snapshot",
     "effective_profile",
-    "make_headroom",
     "probation_profiles_from_settings",
     "quota_profiles_from_settings",
     "rules_from_settings",
-    "select_and_reserve",
+    "terms_from_settings",
 ]
-
-
-class SuspendReason(StrEnum):
-    """Why a card left the active state (DESIGN.md "Card states")."""
-
-    ARREARS = "arrears"
-    VIOLATION = "violation"
-    ABNORMAL_USE = "abnormal-use"
-    MAINTENANCE = "maintenance"
-    FAULT = "fault"
-    MANUAL = "manual"
-    UNKNOWN = "unknown"
 
 
 # Every legal state change lives in this one table. Anything else raises
@@ -116,17 +111,20 @@ LEGAL_TRANSITIONS: frozenset[tuple[CardState, CardState]] = frozenset(
         (CardState.PROBATION, CardState.ACTIVE),  # probation period over
         (CardState.PROBATION, CardState.SUSPENDED),  # suspended again while on probation
         (CardState.PROBATION, CardState.RETIRED),
+        (CardState.ACTIVE, CardState.SUSPECT),  # ambiguous refusals to distinct callees
+        (CardState.PROBATION, CardState.SUSPECT),
+        (CardState.SUSPECT, CardState.SUSPENDED),  # operator or probe confirms
+        (CardState.SUSPECT, CardState.ACTIVE),  # operator clears
+        (CardState.SUSPECT, CardState.PROBATION),  # cleared while its probation runs
+        (CardState.SUSPECT, CardState.RETIRED),
     }
 )
 
 #: States in which a card carries calls.
 USABLE_STATES = frozenset({CardState.ACTIVE, CardState.PROBATION})
 
-#: Final responses that describe the callee, never the card: no failover, ever.
-CALLEE_STATUSES = frozenset({404, 410, 480, 484, 486, 487, 600, 603, 604, 606})
-
-#: Causes counted as card faults (consecutive, until the threshold suspends the card).
-FAULT_CAUSES = frozenset({"timer-b", "transport-error", "408", "503", "401", "407"})
+#: Local failures of a B-leg INVITE: no response at all (``trunk-unreachable``).
+FAULT_CAUSES = frozenset({"timer-b", "transport-error"})
 
 
 class IllegalTransition(ValueError):
@@ -149,6 +147,7 @@ class CardDef:
     pool: str = "main"
     priority: int = 100
     quota_profile: str = "default"
+    device: str | None = None
 
 
 @dataclass(slots=True)
@@ -248,116 +247,62 @@ class PoolExhausted:
 CardEvent = CardStateChanged | PoolExhausted
 
 
-# --- carrier response rules -----------------------------------------------------------
+# --- verdicts -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class CarrierRule:
-    """Carrier response → card reason: ``status`` plus an optional regex.
+class CarrierTerms:
+    """How a carrier's answers are judged (``[[carriers]]`` keys of the same names).
 
-    The regex is searched in the reason phrase and in the Warning text; either
-    matching is enough.
+    ``dead_causes``: Q.850 causes that prove the card dead on this carrier.
+    ``rest_seconds``: how long a card rests after ``trunk-unreachable``.
+    ``suspect_after`` ambiguous refusals to that many distinct callees within
+    ``suspect_window`` seconds make a card ``suspect``.
     """
 
-    status: int
-    reason: SuspendReason
-    match: re.Pattern[str] | None = None
-
-    def matches(self, status: int, reason_phrase: str, warning: str | None) -> bool:
-        """Whether a response with this status and texts falls under the rule."""
-        if status != self.status:
-            return False
-        if self.match is None:
-            return True
-        return bool(self.match.search(reason_phrase) or (warning and self.match.search(warning)))
-
-
-class ResponseClass(StrEnum):
-    """What a carrier final response means for failover."""
-
-    ANSWERED = "answered"  # 2xx: relay; the call is up
-    CALLEE = "callee"  # the callee's outcome: relay, never try another card
-    CARD_FAILURE = "card-failure"  # the card failed: release, maybe mark, try the next card
-    OTHER = "other"  # neither: relay as the call's final outcome
+    dead_causes: frozenset[int] = DEFAULT_DEAD_CAUSES
+    rest_seconds: float = 30.0
+    suspect_after: int = 5
+    suspect_window: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The action for one carrier final response.
+    """What one carrier answer did to the card and what the call may do next.
 
-    ``failover`` is True only for a card-level failure before the callee was
-    alerted (no 18x seen): then the caller releases the reservation and calls
-    :meth:`CardManager.next`. ``marked`` is the reason the card was taken out of
-    service (None when its state did not change); ``event`` the resulting
-    transition. ``faults`` is the card's consecutive-fault count after this response.
+    ``failover`` is True when the call may move to another card (the callee
+    was never rung; for ``trunk-unreachable`` the caller excludes the cards of
+    :meth:`CardManager.sharing`). ``marked`` is the reason the card was
+    suspended (None when its state did not change that way); ``event`` the
+    resulting transition (a suspension, or the move to ``suspect``);
+    ``rest_until`` when the card rests; ``suspicion`` the card's count of
+    ambiguous refusals after this answer.
     """
 
-    kind: ResponseClass
+    kind: BLegClass
     failover: bool
+    row: str = ""
     marked: SuspendReason | None = None
     event: CardStateChanged | None = None
-    faults: int = 0
+    rest_until: float | None = None
+    suspicion: int = 0
     detail: str = ""
-
-
-# --- selection ------------------------------------------------------------------------
-
-#: Quota headroom of a card at ``now`` (``policies.quotas.evaluate_card``'s answer).
-HeadroomFn = Callable[["Card", float], Headroom | Exhausted]
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """The answer of :meth:`CardManager.select` / :meth:`CardManager.next`.
-
-    ``card`` is None when nothing could be picked; ``skipped`` says why each
-    other card was passed over (``excluded``, ``state:suspended``,
-    ``carrier-down``, ``quota:calls_per_minute``…); ``retry_after`` is the number
-    of seconds until the earliest known time a skipped card frees (None when
-    only an operator can help); ``attempts_exhausted`` is True when the call
-    used up its bounded failover attempts.
-    """
-
-    card: Card | None
-    skipped: Mapping[str, str] = field(default_factory=dict)
-    retry_after: float | None = None
-    attempts_exhausted: bool = False
-
-
-@dataclass(slots=True)
-class Failover:
-    """Per-call failover state: which cards were tried, how many attempts remain."""
-
-    call_id: str
-    pool: str
-    agent_card: str | None = None
-    max_attempts: int = 3
-    tried: list[str] = field(default_factory=list)
-
-    @property
-    def attempts(self) -> int:
-        """Cards tried so far."""
-        return len(self.tried)
-
-    @property
-    def current(self) -> str | None:
-        """The card of the latest attempt."""
-        return self.tried[-1] if self.tried else None
 
 
 # --- the manager ----------------------------------------------------------------------
 
 
 class CardManager:
-    """Card states, pools, selection and failover for one gateway.
+    """Card states and what carrier answers do to them, for one gateway.
 
     ``repo`` persists cards and transitions (``None`` keeps everything in memory,
-    for tests of pure selection). ``rules`` maps carrier name → its ordered
-    rules, tried before the defaults. ``fault_threshold`` consecutive faults
-    (Timer B, 408, transport error, 503 without Retry-After) suspend a card with
-    reason ``fault``. ``carrier_available`` says whether a carrier is up (the
-    :class:`gateway.carrier_health.CarrierHealth` answer); cards of a carrier
-    that is down are skipped.
+    for tests). ``rules`` maps carrier name → its ordered rules; ``terms``
+    carrier name → :class:`CarrierTerms`; ``devices`` card id → the device or
+    trunk it goes out through (cards sharing one share a trunk failure; a card
+    without an entry is its own). ``carrier_available`` says whether a carrier is
+    up (the :class:`gateway.carrier_health.CarrierHealth` answer). ``probe``,
+    when set, is called with a card id when the card turns ``suspect`` (the
+    health runner REGISTERs it).
     """
 
     def __init__(
@@ -365,25 +310,30 @@ class CardManager:
         repo: CardRepository | None = None,
         *,
         rules: Mapping[str, Sequence[CarrierRule]] | None = None,
-        fault_threshold: int = 3,
-        max_attempts: int = 3,
+        terms: Mapping[str, CarrierTerms] | None = None,
+        devices: Mapping[str, str] | None = None,
         carrier_available: Callable[[str], bool] | None = None,
         store_retry_seconds: float = 5.0,
     ) -> None:
-        if fault_threshold < 1 or max_attempts < 1:
-            raise ValueError("fault_threshold and max_attempts must be >= 1")
         self.repo = repo
         self.rules: dict[str, list[CarrierRule]] = {k: list(v) for k, v in (rules or {}).items()}
-        self.fault_threshold = fault_threshold
-        self.max_attempts = max_attempts
+        self.terms: dict[str, CarrierTerms] = dict(terms or {})
+        self.devices: dict[str, str] = dict(devices or {})
         self.carrier_available = carrier_available or (lambda _carrier: True)
         self.store_retry_seconds = store_retry_seconds
+        self.probe: Callable[[str], None] | None = None
         self.events: list[CardEvent] = []
         self._cards: dict[str, Card] = {}
-        self._faults: dict[str, int] = {}
         self._last_used: dict[str, str] = {}  # pool → card id (stickiness)
         self._unsaved: list[tuple[StoredCard, TransitionRecord]] = []
         self._retry_at: float | None = None
+        # Rests (cooldowns after trunk-unreachable): card → until (epoch s).
+        self._rest: dict[str, float] = {}
+        # Ambiguous refusals per card: (at, callee, status), distinct callees, in order.
+        self._suspicion: dict[str, deque[tuple[float, str, int]]] = {}
+        # The same refusals per callee: callee → {card: (status, at)} (the destination's
+        # when one callee is refused the same way on two cards).
+        self._refused: dict[str, dict[str, tuple[int, float]]] = {}
         # Pool order (priority, id) per pool, computed once per load(): cards()
         # runs on every call and pool and priority only change when cards are loaded.
         self._order: dict[str | None, tuple[Card, ...]] = {}
@@ -408,6 +358,8 @@ class CardManager:
             )
             stored = self.repo.upsert_card(row) if self.repo is not None else row
             self._cards[d.id] = Card.from_stored(stored)
+            if d.device:
+                self.devices[d.id] = d.device
         self._order.clear()
 
     def sync_from_store(self, now: float) -> list[CardStateChanged]:
@@ -439,7 +391,7 @@ class CardManager:
             ):
                 setattr(card, name, getattr(stored, name))
             if not card.usable:
-                self._faults[card.id] = 0
+                self._suspicion.pop(card.id, None)
             event = CardStateChanged(
                 card=card.id,
                 pool=card.pool,
@@ -486,92 +438,7 @@ class CardManager:
         events, self.events = self.events, []
         return events
 
-    # --- select / next --------------------------------------------------------------
-
-    def select(
-        self,
-        pool: str,
-        *,
-        now: float,
-        agent_card: str | None = None,
-        exclude: Iterable[str] = (),
-        headroom: HeadroomFn | None = None,
-    ) -> Selection:
-        """Pick a card for a call; no state changes (pure query after timers are run).
-
-        Order: the agent's bound card when it can take the call; else the
-        pool's cards by priority, preferring the card last used in the pool
-        (carriers flag frequent switching), then the most quota headroom.
-        """
-        self.handle_timer(now)
-        excluded = set(exclude)
-        skipped: dict[str, str] = {}
-        frees: list[float] = []
-        scored: list[tuple[Card, float]] = []
-
-        def consider(card: Card) -> float | None:
-            if card.id in excluded:
-                skipped[card.id] = "excluded"
-                return None
-            if not card.usable:
-                skipped[card.id] = f"state:{card.state}"
-                if card.resume_at is not None:
-                    frees.append(card.resume_at)
-                return None
-            if not self.carrier_available(card.carrier):
-                skipped[card.id] = "carrier-down"
-                return None
-            if headroom is None:
-                return 1.0
-            answer = headroom(card, now)
-            if isinstance(answer, Exhausted):
-                skipped[card.id] = f"quota:{answer.limit}"
-                if answer.frees_at is not None:
-                    frees.append(answer.frees_at)
-                return None
-            return answer.score
-
-        if agent_card is not None and agent_card in self._cards:
-            bound = self._cards[agent_card]
-            score = consider(bound)
-            if score is not None:
-                return Selection(bound, skipped)
-        for card in self.cards(pool):
-            if card.id == agent_card:
-                continue
-            score = consider(card)
-            if score is not None:
-                scored.append((card, score))
-        if scored:
-            sticky = self._last_used.get(pool)
-            scored.sort(key=lambda cs: (cs[0].priority, cs[0].id != sticky, -cs[1], cs[0].id))
-            return Selection(scored[0][0], skipped)
-        retry = max(min(frees) - now, 0.0) if frees else None
-        return Selection(None, skipped, retry)
-
-    def begin(
-        self,
-        call_id: str,
-        pool: str,
-        *,
-        agent_card: str | None = None,
-        max_attempts: int | None = None,
-        tried: Iterable[str] = (),
-    ) -> Failover:
-        """Start the failover state of one call.
-
-        With no ``tried`` card, call :meth:`next` for the first card. When the
-        policy pipeline already picked and reserved the first card
-        (``policies.selection.CardSelection``), pass it as ``tried=[card_id]``
-        so :meth:`next` continues after it.
-        """
-        return Failover(
-            call_id=call_id,
-            pool=pool,
-            agent_card=agent_card,
-            max_attempts=max_attempts or self.max_attempts,
-            tried=list(tried),
-        )
+    # --- stickiness, rests and shared failures ---------------------------------------
 
     def last_used(self, pool: str) -> str | None:
         """The card most recently picked in ``pool`` (the sticky choice)."""
@@ -582,37 +449,34 @@ class CardManager:
         card = self._cards[card_id]
         self._last_used[card.pool] = card.id
 
-    def next(
-        self, failover: Failover, *, now: float, headroom: HeadroomFn | None = None
-    ) -> Selection:
-        """Pick the call's next card (the first one on the first call), never one already tried.
+    def resting_until(self, card_id: str, now: float) -> float | None:
+        """When the card's rest (after ``trunk-unreachable``) ends; None when not resting."""
+        until = self._rest.get(card_id)
+        if until is None:
+            return None
+        if now >= until:
+            del self._rest[card_id]
+            return None
+        return until
 
-        Bounded: after ``max_attempts`` cards the answer is ``attempts_exhausted``.
-        An empty answer appends a :class:`PoolExhausted` event.
-        """
-        if failover.attempts >= failover.max_attempts:
-            return Selection(None, {c: "tried" for c in failover.tried}, attempts_exhausted=True)
-        selection = self.select(
-            failover.pool,
-            now=now,
-            agent_card=failover.agent_card,
-            exclude=failover.tried,
-            headroom=headroom,
-        )
-        if selection.card is None:
-            self.events.append(
-                PoolExhausted(
-                    pool=failover.pool,
-                    at=now,
-                    call_id=failover.call_id,
-                    retry_after=selection.retry_after,
-                    skipped=dict(selection.skipped),
-                )
-            )
-            return selection
-        failover.tried.append(selection.card.id)
-        self._last_used[selection.card.pool] = selection.card.id
-        return selection
+    def device(self, card_id: str) -> str:
+        """The device or trunk a card goes out through (its own id when unknown)."""
+        return self.devices.get(card_id, f"card:{card_id}")
+
+    def sharing(self, card_id: str) -> set[str]:
+        """The cards that share ``card_id``'s device or trunk (itself included)."""
+        device = self.device(card_id)
+        return {cid for cid in self._cards if self.device(cid) == device} | {card_id}
+
+    def terms_rest(self, card_id: str | None) -> float:
+        """Seconds a card of this carrier rests after ``trunk-unreachable``."""
+        card = self._cards.get(card_id or "")
+        terms = self.terms.get(card.carrier, CarrierTerms()) if card else CarrierTerms()
+        return terms.rest_seconds
+
+    def suspicion(self, card_id: str) -> int:
+        """Ambiguous refusals to distinct callees counted against the card now."""
+        return len(self._suspicion.get(card_id, ()))
 
     # --- carrier responses ----------------------------------------------------------
 
@@ -627,82 +491,72 @@ class CardManager:
         retry_after: float | None = None,
         reason_header: str | None = None,
         ringing: bool = False,
+        provisional: bool = False,
+        callee: str = "",
+        local: bool = False,
     ) -> Verdict:
-        """Classify a carrier *final* response to an INVITE from ``card_id``.
+        """Classify a *final* answer to an INVITE from ``card_id`` and apply it to the card.
 
-        ``ringing`` is True when an 18x was seen: the callee was alerted, so even
-        a card-level failure then marks the card but never fails over.
-        Order: 2xx and 487 are callee outcomes; then the carrier's rules; then
-        callee statuses (486, 480, 404, 603…); then defaults (402 → arrears,
-        403 → unknown, 503 + Retry-After → maintenance, 408 / 503 / credentials
-        rejected with 401 / 407 → fault, counted toward ``fault_threshold``).
+        ``ringing``: an 18x came from the far side (the callee was reached);
+        ``provisional``: any 1xx came back (a 100 too); ``local``: the gateway
+        made the answer itself (Timer B 408, transport error 503); ``callee``:
+        the E.164 destination (kept in memory only, for the suspicion rule).
         """
-        if status < 200 or status > 699:
-            raise ValueError(f"not a final response status: {status}")
         card = self._cards[card_id]
+        answer = Answer(
+            status=status,
+            reason_phrase=reason_phrase,
+            warning=warning,
+            reason_header=reason_header,
+            retry_after=retry_after,
+            local=local,
+            provisional=provisional or ringing,
+            ringing=ringing,
+        )
+        terms = self.terms.get(card.carrier, CarrierTerms())
+        result = classify(
+            answer,
+            self.rules.get(card.carrier, ()),
+            dead_causes=terms.dead_causes,
+            rest_seconds=terms.rest_seconds,
+        )
         evidence: dict[str, Any] = {"response": f"SIP/2.0 {status} {reason_phrase}".rstrip()}
+        if local:
+            evidence = {"fault": "timer-b" if status == 408 else "transport-error"}
         if warning:
             evidence["warning"] = warning
         if reason_header:
             evidence["reason"] = reason_header
         if retry_after is not None:
             evidence["retry_after"] = retry_after
-        cause = f"carrier:{status}"
-
-        if 200 <= status < 300:
-            self._faults[card_id] = 0
-            return Verdict(ResponseClass.ANSWERED, failover=False, detail="answered")
-        if status == 487:
-            self._faults[card_id] = 0
-            return Verdict(ResponseClass.CALLEE, failover=False, detail="cancelled")
-        for rule in self.rules.get(card.carrier, ()):
-            if rule.matches(status, reason_phrase, warning):
-                return self._card_failure(
-                    card, rule.reason, now, cause, evidence, retry_after, ringing, "rule"
-                )
-        if status in CALLEE_STATUSES:
-            self._faults[card_id] = 0
-            return Verdict(ResponseClass.CALLEE, failover=False, detail="callee outcome")
-        if status == 402:
-            return self._card_failure(
-                card, SuspendReason.ARREARS, now, cause, evidence, None, ringing, "default"
-            )
-        if status == 403:
-            return self._card_failure(
-                card, SuspendReason.UNKNOWN, now, cause, evidence, None, ringing, "default"
-            )
-        if status == 503 and retry_after is not None:
-            return self._card_failure(
-                card,
-                SuspendReason.MAINTENANCE,
-                now,
-                cause,
-                evidence,
-                retry_after,
-                ringing,
-                "default",
-            )
-        if status in (401, 407, 408, 503):
-            # 401/407 reach here only when the carrier rejected the card's credentials
-            # (the B2BUA answers the first challenge itself): the card, not the callee.
-            return self._fault(card, str(status), now, evidence, ringing)
-        self._faults[card_id] = 0
-        return Verdict(ResponseClass.OTHER, failover=False, detail=f"relay {status}")
+        evidence["class"] = str(result.kind)
+        evidence["row"] = result.row
+        return self._apply(card, result, now, evidence, callee, status, retry_after)
 
     def on_fault(
-        self, card_id: str, cause: str, *, now: float, ringing: bool = False, detail: str = ""
+        self,
+        card_id: str,
+        cause: str,
+        *,
+        now: float,
+        ringing: bool = False,
+        provisional: bool = False,
+        callee: str = "",
     ) -> Verdict:
-        """No usable response: ``cause`` is ``timer-b`` or ``transport-error``.
-
-        Counts a consecutive fault; at ``fault_threshold`` the card is suspended
-        with reason ``fault``. Fails over (the callee was never reached) unless ringing.
-        """
+        """No usable response: ``cause`` is ``timer-b`` (408) or ``transport-error`` (503)."""
         if cause not in FAULT_CAUSES:
             raise ValueError(f"unknown fault cause {cause!r}; one of {sorted(FAULT_CAUSES)}")
-        evidence: dict[str, Any] = {"fault": cause}
-        if detail:
-            evidence["detail"] = detail
-        return self._fault(self._cards[card_id], cause, now, evidence, ringing)
+        status = 408 if cause == "timer-b" else 503
+        return self.on_response(
+            card_id,
+            status,
+            "Request Timeout" if status == 408 else "Service Unavailable",
+            now=now,
+            ringing=ringing,
+            provisional=provisional,
+            callee=callee,
+            local=True,
+        )
 
     def on_register_response(
         self,
@@ -713,56 +567,145 @@ class CardManager:
         now: float,
         warning: str | None = None,
         retry_after: float | None = None,
+        reason_header: str | None = None,
     ) -> Verdict:
-        """A REGISTER of the card was answered: the same rules mark the card (no failover)."""
+        """A REGISTER of the card was answered: a refusal proves the card dead (no failover)."""
+        card = self._cards[card_id]
+        terms = self.terms.get(card.carrier, CarrierTerms())
+        answer = Answer(
+            status=status,
+            reason_phrase=reason_phrase,
+            warning=warning,
+            reason_header=reason_header,
+            retry_after=retry_after,
+            register=True,
+        )
+        result = classify(
+            answer,
+            self.rules.get(card.carrier, ()),
+            dead_causes=terms.dead_causes,
+            rest_seconds=terms.rest_seconds,
+        )
+        evidence: dict[str, Any] = {
+            "register": f"SIP/2.0 {status} {reason_phrase}".rstrip(),
+            "class": str(result.kind),
+            "row": result.row,
+        }
+        if warning:
+            evidence["warning"] = warning
         if 200 <= status < 300:
-            self._faults[card_id] = 0
-            return Verdict(ResponseClass.ANSWERED, failover=False, detail="registered")
-        verdict = self.on_response(
-            card_id, status, reason_phrase, now=now, warning=warning, retry_after=retry_after
-        )
+            return Verdict(BLegClass.CALLEE, False, "registered", detail="registered")
+        if result.kind is not BLegClass.CARD_DEAD:
+            return Verdict(result.kind, False, result.row, detail="register not answered")
+        verdict = self._suspend(card, result, now, evidence, retry_after)
         return Verdict(
-            verdict.kind, False, verdict.marked, verdict.event, verdict.faults, verdict.detail
+            verdict.kind, False, verdict.row, verdict.marked, verdict.event, detail=verdict.detail
         )
 
-    def _fault(
-        self, card: Card, cause: str, now: float, evidence: dict[str, Any], ringing: bool
-    ) -> Verdict:
-        count = self._faults.get(card.id, 0) + 1
-        self._faults[card.id] = count
-        evidence = {**evidence, "consecutive_faults": count}
-        if count >= self.fault_threshold:
-            verdict = self._card_failure(
-                card,
-                SuspendReason.FAULT,
-                now,
-                f"fault:{cause}",
-                evidence,
-                None,
-                ringing,
-                "threshold",
-            )
-            return Verdict(
-                verdict.kind, verdict.failover, verdict.marked, verdict.event, count, verdict.detail
-            )
-        return Verdict(
-            ResponseClass.CARD_FAILURE,
-            failover=not ringing,
-            faults=count,
-            detail=f"fault {count}/{self.fault_threshold}",
-        )
-
-    def _card_failure(
+    def _apply(
         self,
         card: Card,
-        reason: SuspendReason,
+        result: Classification,
         now: float,
-        cause: str,
+        evidence: dict[str, Any],
+        callee: str,
+        status: int,
+        retry_after: float | None,
+    ) -> Verdict:
+        if result.kind is BLegClass.CARD_DEAD:
+            return self._suspend(card, result, now, evidence, retry_after)
+        rest_until: float | None = None
+        if result.kind is BLegClass.TRUNK_UNREACHABLE and result.rest:
+            rest_until = max(self._rest.get(card.id, 0.0), now + result.rest)
+            self._rest[card.id] = rest_until
+        event: CardStateChanged | None = None
+        if result.ambiguous:
+            event = self._suspect(card, callee, status, now, evidence)
+        elif result.row in ("2xx", "ringing"):
+            # The card reached a callee: earlier refusals were the destinations'.
+            self._suspicion.pop(card.id, None)
+        return Verdict(
+            result.kind,
+            failover=result.failover,
+            row=result.row,
+            event=event,
+            rest_until=rest_until,
+            suspicion=self.suspicion(card.id),
+            detail=result.row,
+        )
+
+    def _suspect(
+        self, card: Card, callee: str, status: int, now: float, evidence: dict[str, Any]
+    ) -> CardStateChanged | None:
+        """Count one ambiguous refusal; at the carrier's threshold the card turns suspect."""
+        terms = self.terms.get(card.carrier, CarrierTerms())
+        horizon = now - terms.suspect_window
+        seen = self._suspicion.setdefault(card.id, deque())
+        while seen and seen[0][0] < horizon:
+            seen.popleft()
+        key = callee or f"?{len(seen)}:{now}"
+        refused = self._refused.setdefault(key, {})
+        for other, (_other_status, at) in list(refused.items()):
+            if at < horizon:
+                del refused[other]
+        same_elsewhere = [
+            other for other, (st, _at) in refused.items() if other != card.id and st == status
+        ]
+        refused[card.id] = (status, now)
+        self._prune_refused(horizon)
+        if same_elsewhere:
+            # The same refusal for the same callee on two cards: the destination's.
+            for other in [card.id, *same_elsewhere]:
+                kept = self._suspicion.get(other)
+                if kept:
+                    self._suspicion[other] = deque(e for e in kept if e[1] != key)
+            return None
+        if any(entry[1] == key for entry in seen):
+            return None
+        seen.append((now, key, status))
+        if len(seen) < terms.suspect_after or card.state not in USABLE_STATES:
+            return None
+        statuses = sorted({entry[2] for entry in seen})
+        self._suspicion.pop(card.id, None)
+        event = self._transition(
+            card,
+            CardState.SUSPECT,
+            now=now,
+            reason=None,
+            cause="gateway:suspicion",
+            evidence={
+                **evidence,
+                "refusals": terms.suspect_after,
+                "distinct_callees": terms.suspect_after,
+                "window_seconds": terms.suspect_window,
+                "statuses": statuses,
+            },
+            actor="gateway",
+            strict=False,
+        )
+        if self.probe is not None:
+            self.probe(card.id)
+        return event
+
+    def _prune_refused(self, horizon: float) -> None:
+        """Keep the per-callee memory bounded by the suspicion windows."""
+        if len(self._refused) < 4096:
+            return
+        for callee in [c for c, cards in self._refused.items() if not cards]:
+            del self._refused[callee]
+        for callee, cards in list(self._refused.items()):
+            if all(at < horizon for _st, at in cards.values()):
+                del self._refused[callee]
+
+    def _suspend(
+        self,
+        card: Card,
+        result: Classification,
+        now: float,
         evidence: dict[str, Any],
         retry_after: float | None,
-        ringing: bool,
-        source: str,
     ) -> Verdict:
+        reason = result.reason or SuspendReason.UNKNOWN
         resume_at = (
             now + retry_after if reason is SuspendReason.MAINTENANCE and retry_after else None
         )
@@ -774,7 +717,7 @@ class CardManager:
                 CardState.SUSPENDED,
                 now=now,
                 reason=reason,
-                cause=cause,
+                cause=f"carrier:{result.row}",
                 evidence=evidence,
                 actor="gateway",
                 resume_at=resume_at,
@@ -784,12 +727,12 @@ class CardManager:
             # A later Retry-After for a card already in maintenance moves its end.
             card.resume_at = resume_at
         return Verdict(
-            ResponseClass.CARD_FAILURE,
-            failover=not ringing,
+            BLegClass.CARD_DEAD,
+            failover=result.failover,
+            row=result.row,
             marked=reason,
             event=event,
-            faults=self._faults.get(card.id, 0),
-            detail=f"{source}: {reason}",
+            detail=f"{result.row}: {reason}",
         )
 
     # --- mark and operator actions --------------------------------------------------
@@ -889,13 +832,43 @@ class CardManager:
     def restore(
         self, card_id: str, *, now: float, actor: str = "operator", note: str = ""
     ) -> CardStateChanged:
-        """Operator: put a card back into full service."""
-        self._faults[card_id] = 0
+        """Operator: put a card straight back into full service (no probation)."""
+        self._suspicion.pop(card_id, None)
+        self._rest.pop(card_id, None)
         return self.mark(
             card_id,
             CardState.ACTIVE,
             now=now,
             cause="operator:restore",
+            evidence={"note": note} if note else None,
+            actor=actor,
+        )
+
+    def clear(
+        self, card_id: str, *, now: float, actor: str = "operator", note: str = ""
+    ) -> CardStateChanged:
+        """Operator: a ``suspect`` card is fine after all; back to probation or active."""
+        card = self._cards[card_id]
+        if card.state is not CardState.SUSPECT:
+            raise IllegalTransition(card_id, card.state, CardState.ACTIVE)
+        self._suspicion.pop(card_id, None)
+        until = card.probation_until
+        if until is not None and until > now:
+            return self.mark(
+                card_id,
+                CardState.PROBATION,
+                now=now,
+                cause="operator:clear",
+                evidence={"note": note} if note else None,
+                actor=actor,
+                probation_until=until,
+                profile=card.profile_override,
+            )
+        return self.mark(
+            card_id,
+            CardState.ACTIVE,
+            now=now,
+            cause="operator:clear",
             evidence={"note": note} if note else None,
             actor=actor,
         )
@@ -946,8 +919,21 @@ class CardManager:
             state=to_state,
             reason=new_reason,
             since=now,
-            probation_until=probation_until if to_state is CardState.PROBATION else None,
-            profile_override=profile if to_state is CardState.PROBATION else None,
+            # A suspect card keeps its probation terms (cleared, it goes back to them).
+            probation_until=(
+                probation_until
+                if to_state is CardState.PROBATION
+                else card.probation_until
+                if to_state is CardState.SUSPECT
+                else None
+            ),
+            profile_override=(
+                profile
+                if to_state is CardState.PROBATION
+                else card.profile_override
+                if to_state is CardState.SUSPECT
+                else None
+            ),
             resume_at=resume_at if to_state is CardState.SUSPENDED else None,
         )
         record = TransitionRecord(
@@ -963,8 +949,8 @@ class CardManager:
         self._persist(updated.stored(), record, now=now, strict=strict)
         for name in Card.__slots__:
             setattr(card, name, getattr(updated, name))
-        if to_state is not CardState.SUSPENDED:
-            self._faults[card.id] = 0
+        if to_state is not CardState.SUSPECT:
+            self._suspicion.pop(card.id, None)
         event = CardStateChanged(
             card=card.id,
             pool=card.pool,
@@ -1089,9 +1075,31 @@ def card_defs_from_settings(settings: Settings) -> list[CardDef]:
             pool=c.pool,
             priority=c.priority,
             quota_profile=c.quota,
+            device=c.device or _trunk_of(settings, c.carrier),
         )
         for c in settings.cards
     ]
+
+
+def _trunk_of(settings: Settings, carrier: str) -> str:
+    """The trunk a card without a ``device`` goes out through: its carrier's address."""
+    for conf in settings.carriers:
+        if conf.name == carrier:
+            return f"trunk:{conf.address}"
+    return f"carrier:{carrier}"
+
+
+def terms_from_settings(settings: Settings) -> dict[str, CarrierTerms]:
+    """Each carrier's judging terms (``dead_causes``, ``rest_seconds``, ``suspect_*``)."""
+    return {
+        c.name: CarrierTerms(
+            dead_causes=frozenset(c.dead_causes),
+            rest_seconds=c.rest_seconds,
+            suspect_after=c.suspect_after,
+            suspect_window=c.suspect_window,
+        )
+        for c in settings.carriers
+    }
 
 
 def rules_from_settings(settings: Settings) -> dict[str, list[CarrierRule]]:
@@ -1160,35 +1168,6 @@ def card_snapshot(
     )
 
 
-def make_headroom(
-    usage: CardUsageView,
-    *,
-    profiles: Mapping[str, QuotaProfile],
-    timezones: Mapping[str, str],
-    probation_of: Mapping[str, str] | None = None,
-    callee: str | None = None,
-) -> HeadroomFn:
-    """A :data:`HeadroomFn` for :meth:`CardManager.select` backed by the store's usage.
-
-    Each candidate card is evaluated by ``policies.quotas.evaluate_card`` for a
-    call to ``callee``. The store raises ``StoreUnavailable`` if usage cannot be
-    read: selection then fails closed (the gateway answers 503).
-    """
-
-    def headroom(card: Card, now: float) -> Headroom | Exhausted:
-        snapshot = card_snapshot(
-            card,
-            usage,
-            now,
-            profiles=profiles,
-            timezones=timezones,
-            probation_of=probation_of,
-        )
-        return evaluate_card(snapshot, now, callee)
-
-    return headroom
-
-
 def quota_profiles_from_settings(settings: Settings) -> dict[str, QuotaProfile]:
     """``[quota_profiles.*]`` as ``policies.quotas.QuotaProfile`` values.
 
@@ -1231,58 +1210,16 @@ def probation_profiles_from_settings(settings: Settings) -> dict[str, str]:
     }
 
 
-def select_and_reserve(
-    manager: CardManager,
-    failover: Failover,
-    ledger: UsageLedger,
-    *,
-    callee: str,
-    now: float,
-    profiles: Mapping[str, QuotaProfile],
-    timezones: Mapping[str, str],
-    probation_of: Mapping[str, str] | None = None,
-    agent: str = "",
-) -> Selection:
-    """Pick the call's next card and commit its write-ahead reservation (B2BUA entry point).
-
-    Loops :meth:`CardManager.next` with quota headroom from ``ledger`` until a
-    reservation commits. If another process took the last headroom between the
-    read and the write (``QuotaExceeded`` inside the atomic reserve), that card
-    counts as tried and the next one is picked. Returns the selection whose
-    card now holds the reservation, or an empty selection (answer 503
-    ``no-card-available`` with ``Retry-After: selection.retry_after``).
-    ``StoreUnavailable`` propagates: the gateway answers 503 ``store-unavailable``.
-    """
-    headroom = make_headroom(
-        ledger, profiles=profiles, timezones=timezones, probation_of=probation_of, callee=callee
-    )
-    while True:
-        selection = manager.next(failover, now=now, headroom=headroom)
-        card = selection.card
-        if card is None:
-            return selection
-        try:
-            ledger.reserve(
-                card.id,
-                failover.call_id,
-                callee,
-                now,
-                profile=effective_profile(card, profiles, probation_of),
-                agent=agent,
-            )
-        except QuotaExceeded:
-            continue
-        return selection
-
-
 class StoreCardSource:
     """``policies.selection.CardSource`` over a :class:`CardManager` and a usage ledger.
 
     Lets the policy pipeline's ``CardSelection`` pick and reserve the first card
-    of a call. The pool is the agent's bound card's pool, else ``default_pool``
-    (or what ``pool_for(ctx)`` says). Cards of carriers that are down are left
-    out of the candidates; cards in maintenance whose time is up are recovered
-    first. Reservations re-check the card's effective profile atomically.
+    of a call, and the next card after a failure. The pool is the agent's bound
+    card's pool, else ``default_pool`` (or what ``pool_for(ctx)`` says). A card
+    whose carrier is down or that rests after a trunk failure is a candidate
+    marked ``unavailable`` (so a bound agent hears why it waits); cards in
+    maintenance whose time is up are recovered first. Reservations re-check the
+    card's effective profile atomically.
     """
 
     def __init__(
@@ -1312,14 +1249,14 @@ class StoreCardSource:
         return self.default_pool if bound is None else bound.pool
 
     def candidate_ids(self, ctx: CallContext, now: float) -> list[str]:
-        """The bound card (if any) and the pool's cards, minus cards of down carriers."""
+        """The bound card (if any) and the pool's cards."""
         self.manager.handle_timer(now)
         pool = self.manager.cards(self.pool_of(ctx))
         ids = [c.id for c in pool]
         bound = None if ctx.bound_card is None else self.manager.find(ctx.bound_card)
         if bound is not None and bound.id not in ids:
-            pool = [bound, *pool]
-        return [c.id for c in pool if self.manager.carrier_available(c.carrier)]
+            ids = [bound.id, *ids]
+        return ids
 
     def snapshots(self, card_ids: Sequence[str], now: float) -> list[CardSnapshot]:
         """Snapshots of the known cards among ``card_ids`` (usage read from the ledger)."""
@@ -1328,16 +1265,25 @@ class StoreCardSource:
             card = self.manager.find(card_id)
             if card is None:
                 continue
-            out.append(
-                card_snapshot(
-                    card,
-                    self.ledger,
-                    now,
-                    profiles=self.profiles,
-                    timezones=self.timezones,
-                    probation_of=self.probation_of,
-                )
+            snapshot = card_snapshot(
+                card,
+                self.ledger,
+                now,
+                profiles=self.profiles,
+                timezones=self.timezones,
+                probation_of=self.probation_of,
             )
+            if card.usable:
+                rest = self.manager.resting_until(card_id, now)
+                if not self.manager.carrier_available(card.carrier):
+                    snapshot = replace(snapshot, unavailable="carrier down")
+                elif rest is not None:
+                    snapshot = replace(
+                        snapshot,
+                        unavailable="resting after trunk-unreachable",
+                        unavailable_until=rest,
+                    )
+            out.append(snapshot)
         return out
 
     def reserve(self, card_id: str, ctx: CallContext, now: float, *, emergency: bool) -> bool:
