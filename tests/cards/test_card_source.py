@@ -1,47 +1,14 @@
-"""StoreCardSource under the policy pipeline's CardSelection, then failover in the B2BUA."""
+"""StoreCardSource under the policy pipeline's CardSelection, first card and failover."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-import pytest
-
-from gateway.cards import CardManager, StoreCardSource, select_and_reserve
+from gateway.cards import BLegClass, CardManager, CardState, StoreCardSource, SuspendReason
 from gateway.store import SQLiteStore
-from policies.context import CallContext
 from policies.decision import RejectReason
-from policies.quotas import QuotaProfile
+from policies.quotas import QuotaLimit, evaluate_card
 from policies.selection import CardSelection, CardSource
 
-from .conftest import DEFS, T0
-
-PROFILES = {"default": QuotaProfile(name="default", concurrent=1, calls_per_minute=10)}
-TZ = {"carrier-a": "UTC", "carrier-b": "UTC"}
-CALLEE = "+8613811110001"
-
-
-def _ctx(call_id: str, *, bound: str | None = None, emergency: bool = False) -> CallContext:
-    return CallContext(
-        dialled=CALLEE,
-        agent="alice",
-        campaign="spring",
-        default_region="CN",
-        now=datetime.fromtimestamp(T0, UTC),
-        destination=CALLEE,
-        bound_card=bound,
-        call_id=call_id,
-        emergency=emergency,
-    )
-
-
-@pytest.fixture
-def source(manager: CardManager, store: SQLiteStore) -> StoreCardSource:
-    """A card source over the fixture manager and store."""
-    return StoreCardSource(manager, store, profiles=PROFILES, timezones=TZ)
-
-
-def _at(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
+from .conftest import DEFS, PROFILES, T0, TZ, at, ctx
 
 
 def test_is_a_policies_card_source(source: StoreCardSource) -> None:
@@ -49,60 +16,108 @@ def test_is_a_policies_card_source(source: StoreCardSource) -> None:
     assert isinstance(source, CardSource)
 
 
-def test_pipeline_reserves_then_b2bua_fails_over(
+def test_pipeline_reserves_then_failover_excludes_the_dead_card(
     manager: CardManager, store: SQLiteStore, source: StoreCardSource
 ) -> None:
-    """Pipeline picks and reserves c1; after a 403 the B2BUA moves the call to c2."""
-    decision = CardSelection(source)(_ctx("k1"), _at(T0))
+    """The pipeline reserves c1; after a rule-matched 403 the same picker moves the call to c2."""
+    decision = CardSelection(source)(ctx("k1"), at(T0))
     assert (True, "c1") == (decision.allowed, decision.card_id)
     assert [("k1", "c1")] == store.open_reservations()
 
     verdict = manager.on_response("c1", 403, "Suspended", now=T0 + 1)
-    assert verdict.failover
-    store.release("k1", T0 + 1)
-    call = manager.begin("k1", "main", tried=[decision.card_id or ""])
-    nxt = select_and_reserve(
-        manager, call, store, callee=CALLEE, now=T0 + 1, profiles=PROFILES, timezones=TZ
+    assert (BLegClass.CARD_DEAD, True, SuspendReason.VIOLATION) == (
+        verdict.kind,
+        verdict.failover,
+        verdict.marked,
     )
-    assert nxt.card is not None and "c2" == nxt.card.id
+    store.release("k1", T0 + 1)
+    nxt = CardSelection(source)(ctx("k1", exclude={"c1"}, now=T0 + 1), at(T0 + 1))
+    assert (True, "c2") == (nxt.allowed, nxt.card_id)
     assert [("k1", "c2")] == store.open_reservations()
 
 
 def test_pool_of_the_bound_card_is_used(source: StoreCardSource) -> None:
     """An agent bound to a backup card draws from the backup pool."""
-    decision = CardSelection(source)(_ctx("k1", bound="c3"), _at(T0))
+    decision = CardSelection(source)(ctx("k1", bound="c3"), at(T0))
     assert "c3" == decision.card_id
-    assert ["c3"] == source.candidate_ids(_ctx("k2", bound="c3"), T0)
+    assert ["c3"] == source.candidate_ids(ctx("k2", bound="c3"), T0)
+    assert ["c1", "c2"] == source.candidate_ids(ctx("k3"), T0)
+
+
+def test_bound_card_of_another_pool_comes_first(source: StoreCardSource) -> None:
+    """A bound card outside the pool the call draws from leads the candidates."""
+    other = StoreCardSource(
+        source.manager, source.ledger, profiles=PROFILES, timezones=TZ, pool_for=lambda c: "main"
+    )
+    assert ["c3", "c1", "c2"] == other.candidate_ids(ctx("k1", bound="c3"), T0)
 
 
 def test_no_card_gives_503_with_retry_after(
     manager: CardManager, store: SQLiteStore, source: StoreCardSource
 ) -> None:
-    """Both main cards busy: 503 no-card-available; suspended cards are never reserved."""
-    assert CardSelection(source)(_ctx("k1"), _at(T0)).allowed
-    assert CardSelection(source)(_ctx("k2"), _at(T0)).allowed
-    third = CardSelection(source)(_ctx("k3"), _at(T0))
-    assert (False, RejectReason.NO_CARD_AVAILABLE, 503) == (
+    """Both main cards busy: 503 no-card-available naming each card's limit."""
+    assert CardSelection(source)(ctx("k1"), at(T0)).allowed
+    assert CardSelection(source)(ctx("k2"), at(T0)).allowed
+    third = CardSelection(source)(ctx("k3"), at(T0))
+    assert (False, RejectReason.NO_CARD_AVAILABLE, 503, 60) == (
         third.allowed,
         third.reason,
         third.sip_code,
+        third.retry_after,
     )
+    assert "c1 concurrent 1/1 in use; c2 concurrent 1/1 in use" == third.detail
+
+
+def test_unusable_cards_are_never_reserved(
+    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+) -> None:
+    """reserve() refuses a suspended or suspect card, even for an emergency call."""
     manager.suspend("c1", now=T0)
-    assert not source.reserve("c1", _ctx("k4"), T0, emergency=True)
+    assert not source.reserve("c1", ctx("k1"), T0, emergency=True)
+    manager.mark("c3", CardState.SUSPECT, now=T0, cause="test")
+    assert not source.reserve("c3", ctx("k2", bound="c3"), T0, emergency=False)
+    assert [] == store.open_reservations()
 
 
-def test_down_carrier_cards_are_not_candidates(store: SQLiteStore) -> None:
-    """Cards of a carrier reported down are left out of the candidates."""
-    m = CardManager(store, carrier_available=lambda carrier: carrier != "carrier-a")
+def test_down_carrier_cards_are_candidates_marked_unavailable(store: SQLiteStore) -> None:
+    """A carrier reported down: its cards stay candidates, snapshotted as unavailable."""
+    down = {"carrier-a"}
+    m = CardManager(store, carrier_available=lambda carrier: carrier not in down)
     m.load(DEFS, T0)
     src = StoreCardSource(m, store, profiles=PROFILES, timezones=TZ)
-    assert [] == src.candidate_ids(_ctx("k1"), T0)
-    assert ["c3"] == src.candidate_ids(_ctx("k1", bound="c3"), T0)
+    assert ["c1", "c2"] == src.candidate_ids(ctx("k1"), T0)
+    snap = {s.card_id: s for s in src.snapshots(["c1", "c3"], T0)}
+    assert ("carrier down", None) == (snap["c1"].unavailable, snap["c1"].unavailable_until)
+    assert None is snap["c3"].unavailable
+    result = evaluate_card(snap["c1"], T0, "+8613811110001")
+    assert QuotaLimit.UNAVAILABLE == getattr(result, "limit", None)
+
+    refused = CardSelection(src)(ctx("k1"), at(T0))
+    assert (False, "c1 unavailable carrier down; c2 unavailable carrier down") == (
+        refused.allowed,
+        refused.detail,
+    )
+    assert "c3" == CardSelection(src)(ctx("k2", bound="c3"), at(T0)).card_id
+    assert "active" == m.get("c1").state  # down is not a card state
+    down.clear()
+    assert "c1" == CardSelection(src)(ctx("k3"), at(T0)).card_id
 
 
 def test_emergency_reservation_skips_quota(store: SQLiteStore, source: StoreCardSource) -> None:
     """Emergency calls reserve without a profile check even on a busy card."""
-    assert source.reserve("c1", _ctx("k1"), T0, emergency=False)
-    assert not source.reserve("c1", _ctx("k2"), T0, emergency=False)
-    assert source.reserve("c1", _ctx("k3", emergency=True), T0, emergency=True)
+    assert source.reserve("c1", ctx("k1"), T0, emergency=False)
+    assert not source.reserve("c1", ctx("k2"), T0, emergency=False)
+    assert source.reserve("c1", ctx("k3", emergency=True), T0, emergency=True)
     assert 2 == store.card_usage("c1", T0).in_use
+
+
+def test_emergency_call_takes_a_free_usable_card(
+    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+) -> None:
+    """An emergency call skips quotas and prefers a card with a free line."""
+    assert source.reserve("c1", ctx("k1"), T0, emergency=False)
+    decision = CardSelection(source)(ctx("k2", emergency=True), at(T0))
+    assert (True, "c2") == (decision.allowed, decision.card_id)
+    assert source.reserve("c2", ctx("k3"), T0, emergency=True)
+    busy = CardSelection(source)(ctx("k4", emergency=True), at(T0))
+    assert (True, "c1") == (busy.allowed, busy.card_id)

@@ -1,36 +1,21 @@
-"""select_and_reserve: card choice plus the write-ahead reservation, as the B2BUA uses it."""
+"""CardSelection + StoreCardSource: the card choice and its write-ahead reservation in the ledger."""
 
 from __future__ import annotations
 
-from gateway.cards import (
-    CardManager,
-    effective_profile,
-    select_and_reserve,
-)
+from gateway.cards import CardManager, StoreCardSource, effective_profile
 from gateway.store import SQLiteStore
-from policies.quotas import CardUsage, QuotaProfile
+from policies.quotas import CardUsage
+from policies.selection import CardSelection
 
-from .conftest import T0
-
-PROFILES = {
-    "default": QuotaProfile(name="default", concurrent=1, calls_per_minute=10),
-    "careful": QuotaProfile(name="careful", concurrent=1, calls_per_minute=1),
-}
-TZ = {"carrier-a": "UTC", "carrier-b": "UTC"}
+from .conftest import PROFILES, T0, TZ, at, ctx
 
 
-def _place(manager: CardManager, ledger: object, call_id: str, now: float) -> str | None:
-    call = manager.begin(call_id, "main")
-    selection = select_and_reserve(
-        manager,
-        call,
-        ledger,  # type: ignore[arg-type]
-        callee="+8613811110001",
-        now=now,
-        profiles=PROFILES,
-        timezones=TZ,
-    )
-    return None if selection.card is None else selection.card.id
+def _place(
+    manager: CardManager, ledger: object, call_id: str, now: float, *, last: str | None = None
+) -> str | None:
+    source = StoreCardSource(manager, ledger, profiles=PROFILES, timezones=TZ)  # type: ignore[arg-type]
+    decision = CardSelection(source)(ctx(call_id, now=now, last=last), at(now))
+    return decision.card_id if decision.allowed else None
 
 
 def test_concurrent_calls_spread_over_the_pool(manager: CardManager, store: SQLiteStore) -> None:
@@ -59,22 +44,24 @@ class StaleLedger:
 
 
 def test_lost_race_moves_on_to_the_next_card(manager: CardManager, store: SQLiteStore) -> None:
-    """A reservation refused inside the atomic write counts c1 as tried and takes c2."""
+    """A reservation refused inside the atomic write moves on to c2."""
     store.reserve("c1", "other-process", "+8613811119999", T0)
-    call = manager.begin("k1", "main")
-    selection = select_and_reserve(
-        manager,
-        call,
-        StaleLedger(store),  # type: ignore[arg-type]
-        callee="+8613811110001",
-        now=T0 + 1,
-        profiles=PROFILES,
-        timezones=TZ,
-    )
-    assert selection.card is not None
-    assert "c2" == selection.card.id
-    assert ["c1", "c2"] == call.tried
+    assert "c2" == _place(manager, StaleLedger(store), "k1", T0 + 1)
     assert [("other-process", "c1"), ("k1", "c2")] == store.open_reservations()
+
+
+def test_every_race_lost_asks_for_a_quick_retry(manager: CardManager, store: SQLiteStore) -> None:
+    """Both cards taken between read and write: 503 with Retry-After 1, nothing written."""
+    store.reserve("c1", "other-1", "+8613811119998", T0)
+    store.reserve("c2", "other-2", "+8613811119999", T0)
+    source = StoreCardSource(manager, StaleLedger(store), profiles=PROFILES, timezones=TZ)  # type: ignore[arg-type]
+    decision = CardSelection(source)(ctx("k1", now=T0 + 1), at(T0 + 1))
+    assert (False, 1, "cards taken by concurrent calls") == (
+        decision.allowed,
+        decision.retry_after,
+        decision.detail,
+    )
+    assert [("other-1", "c1"), ("other-2", "c2")] == store.open_reservations()
 
 
 def test_probation_profile_is_enforced(manager: CardManager, store: SQLiteStore) -> None:
@@ -84,11 +71,12 @@ def test_probation_profile_is_enforced(manager: CardManager, store: SQLiteStore)
     assert PROFILES["default"] == effective_profile(manager.get("c2"), PROFILES)
     assert "c1" == _place(manager, store, "k1", T0 + 1)
     store.finish("k1", T0 + 20, answered=True, talk_seconds=15)
-    # Under "default" (10/min) the pool would stay on c1; "careful" allows 1/min.
-    assert "c2" == _place(manager, store, "k2", T0 + 21)
+    # Under "default" (10/min) the call would stay on c1, the card used last;
+    # "careful" allows 1/min.
+    assert "c2" == _place(manager, store, "k2", T0 + 21, last="c1")
     store.finish("k2", T0 + 40, answered=True, talk_seconds=15)
     manager.restore("c1", now=T0 + 41)
-    assert "c1" == _place(manager, store, "k3", T0 + 42)
+    assert "c1" == _place(manager, store, "k3", T0 + 42, last="c1")
 
 
 def test_probation_without_override_uses_the_profile_probation(manager: CardManager) -> None:
@@ -97,3 +85,13 @@ def test_probation_without_override_uses_the_profile_probation(manager: CardMana
     card = manager.get("c2")
     assert PROFILES["careful"] == effective_profile(card, PROFILES, {"default": "careful"})
     assert PROFILES["default"] == effective_profile(card, PROFILES)
+
+
+def test_reservation_is_in_the_ledger_and_makes_the_card_sticky(
+    manager: CardManager, store: SQLiteStore
+) -> None:
+    """A successful reservation is in the ledger and makes the card the pool's last used."""
+    assert None is manager.last_used("main")
+    assert "c1" == _place(manager, store, "k1", T0)
+    assert "c1" == manager.last_used("main")
+    assert 1 == store.card_usage("c1", T0).in_use
