@@ -174,9 +174,15 @@ def test_invalid_thresholds_are_rejected() -> None:
         CarrierHealth(interval=0)
 
 
-def test_manager_skips_cards_of_inactive_carrier(health: CarrierHealth) -> None:
+def test_selection_skips_cards_of_inactive_carrier(health: CarrierHealth) -> None:
     """Wired together, an INACTIVE carrier's cards drop out of card selection."""
-    from gateway.cards import CardDef, CardManager
+    from datetime import UTC, datetime
+
+    from gateway.cards import CardDef, CardManager, StoreCardSource
+    from gateway.store import SQLiteStore
+    from policies.context import CallContext
+    from policies.quotas import QuotaProfile
+    from policies.selection import CardSelection
 
     m = CardManager(carrier_available=health.is_available)
     m.load(
@@ -186,13 +192,37 @@ def test_manager_skips_cards_of_inactive_carrier(health: CarrierHealth) -> None:
         ],
         T0,
     )
+    ledger = SQLiteStore(":memory:")
+    source = StoreCardSource(
+        m,
+        ledger,
+        profiles={"default": QuotaProfile(name="default")},
+        timezones={},
+        default_pool="p",
+    )
+
+    def pick(now: float) -> str | None:
+        moment = datetime.fromtimestamp(now, UTC)
+        ctx = CallContext(
+            dialled="+8613811110001",
+            agent="alice",
+            campaign=None,
+            default_region="CN",
+            now=moment,
+            destination="+8613811110001",
+            call_id=f"k{now}",
+        )
+        decision = CardSelection(source)(ctx, moment)
+        return decision.card_id
+
     clock = Clock(health)
     for _ in range(3):
         clock.ping(False)
-    assert "b1" == m.select("p", now=clock.now).card.id  # type: ignore[union-attr]
+    assert "b1" == pick(clock.now)
     clock.ping(True)
     clock.ping(True)
-    assert "a1" == m.select("p", now=clock.now).card.id  # type: ignore[union-attr]
+    assert "a1" == pick(clock.now)
+    ledger.close()
 
 
 def test_health_from_settings_probes_configured_carriers(tmp_path: Path) -> None:

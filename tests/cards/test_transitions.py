@@ -12,11 +12,13 @@ from gateway.cards import (
     CardState,
     CardStateChanged,
     IllegalTransition,
+    StoreCardSource,
     SuspendReason,
 )
 from gateway.store import SQLiteStore, StoredCard, StoreUnavailable, TransitionRecord
+from policies.selection import CardSelection
 
-from .conftest import DEFS, T0
+from .conftest import DEFS, PROFILES, RULES, T0, TZ, at, ctx
 
 S = CardState
 ALL_PAIRS = list(itertools.product(CardState, CardState))
@@ -38,6 +40,12 @@ EXPECTED_LEGAL = {
     (S.PROBATION, S.ACTIVE),
     (S.PROBATION, S.SUSPENDED),
     (S.PROBATION, S.RETIRED),
+    (S.ACTIVE, S.SUSPECT),
+    (S.PROBATION, S.SUSPECT),
+    (S.SUSPECT, S.SUSPENDED),
+    (S.SUSPECT, S.ACTIVE),
+    (S.SUSPECT, S.PROBATION),
+    (S.SUSPECT, S.RETIRED),
 }
 
 
@@ -50,6 +58,9 @@ def _put_in(manager: CardManager, card: str, state: CardState) -> None:
         return
     if state is S.PROBATION:
         manager.probation(card, now=T0, until=T0 + 86400, profile="probation")
+        return
+    if state is S.SUSPECT:
+        manager.mark(card, S.SUSPECT, now=T0, cause="test")
         return
     manager.suspend(card, now=T0, reason=SuspendReason.VIOLATION)
     if state is S.APPEALING:
@@ -71,6 +82,13 @@ def test_table_is_the_designed_one() -> None:
     """The transition table is exactly the design's diagram; retired is terminal."""
     assert EXPECTED_LEGAL == set(LEGAL_TRANSITIONS)
     assert not any(src is S.RETIRED for src, _ in LEGAL_TRANSITIONS)
+    # suspect is left only by an operator or a probe, never straight to appealing.
+    assert {dst for src, dst in LEGAL_TRANSITIONS if src is S.SUSPECT} == {
+        S.SUSPENDED,
+        S.ACTIVE,
+        S.PROBATION,
+        S.RETIRED,
+    }
 
 
 @pytest.mark.parametrize(("src", "dst"), sorted(EXPECTED_LEGAL))
@@ -170,21 +188,44 @@ def test_probation_ends_by_itself(manager: CardManager) -> None:
 
 def test_restart_keeps_a_suspended_card_suspended(store: SQLiteStore) -> None:
     """A new manager over the same store sees the stored state, not the configured default."""
-    first = CardManager(store)
+    first = CardManager(store, rules=RULES)
     first.load(DEFS, T0)
     first.on_response("c1", 403, "Forbidden - card suspended", now=T0 + 5)
     first.probation("c3", now=T0 + 6, until=T0 + 999, profile="probation")
+    first.mark("c2", S.SUSPECT, now=T0 + 7, cause="test")
 
     second = CardManager(store)
     second.load(DEFS, T0 + 100)
-    c1, c3 = second.get("c1"), second.get("c3")
-    assert (S.SUSPENDED, SuspendReason.UNKNOWN, T0 + 5) == (c1.state, c1.reason, c1.since)
+    c1, c2, c3 = second.get("c1"), second.get("c2"), second.get("c3")
+    assert (S.SUSPENDED, SuspendReason.VIOLATION, T0 + 5) == (c1.state, c1.reason, c1.since)
     assert (S.PROBATION, T0 + 999, "probation") == (
         c3.state,
         c3.probation_until,
         c3.profile_override,
     )
-    assert S.ACTIVE == second.get("c2").state
+    assert (S.SUSPECT, None, T0 + 7) == (c2.state, c2.reason, c2.since)
+
+
+def test_restart_keeps_a_suspect_cards_probation_terms(store: SQLiteStore) -> None:
+    """A probation card that turned suspect keeps its end and profile across a restart."""
+    first = CardManager(store)
+    first.load(DEFS, T0)
+    first.probation("c3", now=T0, until=T0 + 999, profile="probation")
+    first.mark("c3", S.SUSPECT, now=T0 + 1, cause="test")
+    second = CardManager(store)
+    second.load(DEFS, T0 + 100)
+    c3 = second.get("c3")
+    assert (S.SUSPECT, T0 + 999, "probation") == (
+        c3.state,
+        c3.probation_until,
+        c3.profile_override,
+    )
+    second.clear("c3", now=T0 + 200)
+    assert (S.PROBATION, T0 + 999, "probation") == (
+        c3.state,
+        c3.probation_until,
+        c3.profile_override,
+    )
 
 
 class FlakyRepo:
@@ -254,6 +295,7 @@ def test_sync_from_store_adopts_a_peer_instance_suspension(store: SQLiteStore) -
         event.actor,
         event.reason,
     )
-    assert "c2" == gw2.select("main", now=T0 + 3).card.id  # type: ignore[union-attr]
+    source = StoreCardSource(gw2, store, profiles=PROFILES, timezones=TZ)
+    assert "c2" == CardSelection(source)(ctx("k1", now=T0 + 3), at(T0 + 3)).card_id
     assert [] == gw2.sync_from_store(T0 + 4)
     assert 1 == len(store.transitions("c1"))  # the peer wrote nothing back
