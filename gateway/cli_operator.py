@@ -7,7 +7,7 @@ from ``gateway/cli.py`` to make them available), loads the configuration
 the actor ``cli:<login name>`` (or ``--actor``).
 
 Commands: ``cards list|show|evidence|suspend|appeal|appeal-update|probation|
-restore|retire|record``, ``dnc import|add|remove|check``, ``consent
+restore|clear|retire|record``, ``dnc import|add|remove|check``, ``consent
 import|add|revoke``, ``complaint add``, ``cdrs export``, ``alerts check``.
 
 Exit codes: 0 done; 1 refused or failed (unknown card, illegal transition, an
@@ -123,6 +123,13 @@ def _cards_text(cards: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _available_text(available: dict[str, Any]) -> str:
+    """``now: yes`` or ``now: no — night_window until 08:00``."""
+    if available["now"]:
+        return "now: yes"
+    return f"now: no — {available['why']}"
+
+
 def _card_text(c: dict[str, Any]) -> str:
     r = c["record"]
     lines = [
@@ -133,6 +140,7 @@ def _card_text(c: dict[str, Any]) -> str:
         f"  profile    {c['profile_in_force']}"
         + (f" until {c['probation_until']}" if c["probation_until"] else ""),
         f"  usage      {_usage_text(c['usage'])}",
+        f"  available  {_available_text(c['available'])}",
         f"  holder     {r['holder'] or '-'}  employee {r['employee_id'] or '-'}  "
         f"registered {r['registered_number'] or '-'}",
         f"  account    {r['carrier_account'] or '-'}  bought via {r['purchase_channel'] or '-'}",
@@ -390,12 +398,50 @@ def _configure_note(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", default="")
 
 
-@command("cards restore", help="put a card back into full service", configure=_configure_note)
+def _configure_restore(parser: argparse.ArgumentParser) -> None:
+    _configure_note(parser)
+    parser.add_argument(
+        "--skip-probation",
+        action="store_true",
+        help="straight back to normal limits, skipping the carrier's probation (needs --reason)",
+    )
+    parser.add_argument("--reason", default="", help="why probation is skipped (audited)")
+
+
+@command(
+    "cards restore",
+    help="put a card back into service on its carrier's probation (probation_profile for "
+    "probation_days); --skip-probation --reason TEXT for full limits at once",
+    configure=_configure_restore,
+)
 def cmd_cards_restore(args: argparse.Namespace) -> int:
-    """Restore a card."""
+    """Restore a card (through probation unless skipped with a reason)."""
 
     def body(op: Operator, now: float, actor: str) -> int:
-        _emit(args, op.restore(args.card, actor=actor, now=now, note=args.note), _card_text)
+        result = op.restore(
+            args.card,
+            actor=actor,
+            now=now,
+            note=args.note,
+            skip_probation=args.skip_probation,
+            reason=args.reason,
+        )
+        _emit(args, result, _card_text)
+        return EXIT_OK
+
+    return run_with_operator(args, body)
+
+
+@command(
+    "cards clear",
+    help="a suspect card is fine after all: back into service (operator's verdict)",
+    configure=_configure_note,
+)
+def cmd_cards_clear(args: argparse.Namespace) -> int:
+    """Clear a suspect card."""
+
+    def body(op: Operator, now: float, actor: str) -> int:
+        _emit(args, op.clear(args.card, actor=actor, now=now, note=args.note), _card_text)
         return EXIT_OK
 
     return run_with_operator(args, body)

@@ -177,6 +177,11 @@ class CardStatus:
     resume_at: float | None = None
     probation_until: float | None = None
     cause: str | None = None
+    #: Whether the card could take a call now; when not, why (``night_window``,
+    #: ``calls_per_hour 60/60 in 3600s``, ``suspect``…) and until when.
+    available: bool | None = None
+    unavailable_why: str | None = None
+    available_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +294,13 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
             "resume_at": iso_time(event.resume_at),
             "probation_until": iso_time(event.probation_until),
             "cause": event.cause,
+            "available": None
+            if event.available is None
+            else {
+                "now": event.available,
+                "why": event.unavailable_why,
+                "until": iso_time(event.available_at),
+            },
             "at": iso_time(event.at),
         }
     elif isinstance(event, Stats):
@@ -445,6 +457,18 @@ def card_status(
 ) -> CardStatus:
     """The retained state of ``card`` at ``now``; usage and in-use come from ``snapshot``."""
     usage = usage_vs_limits(snapshot, now) if snapshot is not None else ()
+    available: bool | None = None
+    why: str | None = None
+    until: float | None = None
+    if snapshot is not None:
+        from policies.quotas import Exhausted, evaluate_card
+        from policies.selection import explain
+
+        result = evaluate_card(snapshot, now)
+        available = not isinstance(result, Exhausted)
+        if isinstance(result, Exhausted):
+            why = explain(card.id, result, snapshot.timezone, now).removeprefix(f"{card.id} ")
+            until = result.frees_at
     return CardStatus(
         card=card.id,
         state=str(card.state),
@@ -458,6 +482,9 @@ def card_status(
         resume_at=card.resume_at,
         probation_until=card.probation_until,
         cause=cause,
+        available=available,
+        unavailable_why=why,
+        available_at=until,
     )
 
 

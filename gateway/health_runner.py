@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from gateway.cards import CardManager, CardStateChanged
+from gateway.cards import CardManager, CardState, CardStateChanged
 from gateway.carrier_health import CarrierHealth
 from gateway.config import CardSettings, CarrierSettings, Settings
 from gateway.endpoint import SipEndpoint
@@ -103,6 +103,48 @@ class HealthRunner:
         self.shared: SharedState | None = repo if isinstance(repo, SharedState) else None
         self.sync_interval = SHARED_SYNC_INTERVAL
         self._sync_due = 0.0  # loop time
+        self.probes: dict[str, int] = {}  # card → last probe answer (status; 0: none)
+        cards.probe = self.request_probe
+
+    def request_probe(self, card_id: str) -> None:
+        """A card turned ``suspect``: check it now.
+
+        With ``register = true`` the card REGISTERs at once with its own
+        credentials: a refusal proves it dead (``suspect`` → ``suspended``), an
+        acceptance is logged as evidence for the operator. Otherwise an OPTIONS
+        from the card's number checks that its trunk answers (evidence only: an
+        OPTIONS cannot prove a SIM's subscription).
+        """
+        conf = self._card_conf.get(card_id)
+        if conf is None:
+            return
+        carrier = self.carriers.get(conf.carrier)
+        if carrier is None:
+            return
+        if carrier.register_enabled:
+            self._register_due[card_id] = 0.0
+            self._wake.set()
+        elif self._task is not None:
+            self._spawn(self._probe_options(card_id, carrier))
+
+    async def _probe_options(self, card_id: str, carrier: CarrierSettings) -> None:
+        addr = carrier.address
+        req = self._request("OPTIONS", carrier, "dialgate", 1)
+        try:
+            resp = await self.endpoint.request(
+                req, (addr.ip, addr.port), transport=addr.transport.value
+            )
+        except Exception as exc:
+            log.warning("card.probe.failed", card=card_id, error=repr(exc)[:200])
+            return
+        self.probes[card_id] = resp.status
+        log.warning(
+            "card.probe",
+            card=card_id,
+            method="OPTIONS",
+            status=resp.status,
+            verdict="trunk answers; operator decides (cards clear / cards suspend)",
+        )
 
     def start(self) -> None:
         """Start the background task (idempotent)."""
@@ -248,13 +290,24 @@ class HealthRunner:
             self._register_due[card_id] = now + REGISTER_RETRY
             self._wake.set()
             return
+        suspect = self.cards.get(card_id).state is CardState.SUSPECT
         verdict = self.cards.on_register_response(
             card_id,
             resp.status,
             resp.reason,
             now=now,
             warning=resp.headers.get("Warning"),
+            reason_header=", ".join(resp.headers.get_all("Reason")) or None,
         )
+        if suspect:
+            self.probes[card_id] = resp.status
+            log.warning(
+                "card.probe",
+                card=card_id,
+                method="REGISTER",
+                status=resp.status,
+                verdict=str(verdict.marked) if verdict.marked else "accepted; operator decides",
+            )
         if 200 <= resp.status < 300:
             granted = _granted(resp, carrier.register_expires)
             self.registered[card_id] = granted

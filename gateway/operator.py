@@ -83,7 +83,8 @@ from policies.context import normalize
 from policies.dnc import LoadReport, parse_dnc_lines
 from policies.errors import AddressIncompleteError
 from policies.privacy import mask_number, mask_numbers_deep
-from policies.quotas import CardSnapshot, QuotaProfile
+from policies.quotas import CardSnapshot, Exhausted, QuotaProfile, evaluate_card
+from policies.selection import explain
 
 __all__ = [
     "AlertThresholds",
@@ -134,6 +135,23 @@ class IllegalAction(OperatorError):
     """The card's state does not allow this action (CardManager's transition table)."""
 
     status = 409
+
+
+def availability(snapshot: CardSnapshot, now: float) -> dict[str, Any]:
+    """Whether the card could take a call now and, when not, why and until when.
+
+    The same words as the ``Warning`` of a 503 no-card-available
+    (``policies.selection.explain``): ``night_window until 08:00``.
+    """
+    result = evaluate_card(snapshot, now)
+    if not isinstance(result, Exhausted):
+        return {"now": True, "why": None, "until": None}
+    why = explain(snapshot.card_id, result, snapshot.timezone, now)
+    return {
+        "now": False,
+        "why": why.removeprefix(f"{snapshot.card_id} "),
+        "until": iso_time(result.frees_at),
+    }
 
 
 # --- parsing helpers ------------------------------------------------------------------
@@ -554,6 +572,7 @@ class Operator:
             "resume_at": iso_time(card.resume_at),
             "in_use": snapshot.usage.in_use,
             "usage": {u.limit_name: u.as_dict() for u in usage_vs_limits(snapshot, now)},
+            "available": availability(snapshot, now),
         }
 
     def list_cards(self, now: float) -> list[dict[str, Any]]:
@@ -892,14 +911,73 @@ class Operator:
             self._close_granted_appeal(card_id, actor=actor, now=now, how="probation")
         return self.show_card(card_id, now)
 
-    def restore(self, card_id: str, *, actor: str, now: float, note: str = "") -> dict[str, Any]:
-        """Put a card back into full service."""
-        was = self.card(card_id).state
-        event = self._act(lambda: self.manager.restore(card_id, now=now, actor=actor, note=note))
-        self._audit_transition(event, "restore")
-        if was is CardState.APPEALING:
-            self._close_granted_appeal(card_id, actor=actor, now=now, how="active")
+    def restore(
+        self,
+        card_id: str,
+        *,
+        actor: str,
+        now: float,
+        note: str = "",
+        skip_probation: bool = False,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Put a card back into service: on its carrier's probation, as carriers impose.
+
+        The probation profile is the carrier's ``probation_profile`` (else the
+        card's profile's ``probation``) for the carrier's ``probation_days``.
+        ``skip_probation`` puts it straight back on its normal limits and needs a
+        ``reason`` (kept in the audit log). A suspect card is cleared instead
+        (:meth:`clear`): it was never suspended.
+        """
+        card = self.card(card_id)
+        if card.state is CardState.SUSPECT:
+            return self.clear(card_id, actor=actor, now=now, note=note)
+        if skip_probation:
+            if not reason.strip():
+                raise BadRequest("skipping probation needs a reason (--reason TEXT)")
+            was = card.state
+            event = self._act(
+                lambda: self.manager.restore(card_id, now=now, actor=actor, note=note or reason)
+            )
+            self._audit_transition(event, "restore", {"skip_probation": True, "reason": reason})
+            if was is CardState.APPEALING:
+                self._close_granted_appeal(card_id, actor=actor, now=now, how="active")
+            return self.show_card(card_id, now)
+        if card.state in (CardState.ACTIVE, CardState.PROBATION, CardState.RETIRED):
+            raise IllegalAction(
+                f"card {card_id} is {card.state}: nothing to restore"
+                + (
+                    " (--skip-probation ends a probation early)"
+                    if card.state is CardState.PROBATION
+                    else ""
+                )
+            )
+        carrier = self._carrier_settings(card.carrier)
+        days = carrier.probation_days if carrier is not None else 7.0
+        profile = carrier.probation_profile if carrier is not None else None
+        return self.probation(
+            card_id,
+            actor=actor,
+            now=now,
+            duration=days * 86400.0,
+            profile=profile,
+            note=note or "restored on the carrier's probation",
+        )
+
+    def clear(self, card_id: str, *, actor: str, now: float, note: str = "") -> dict[str, Any]:
+        """A ``suspect`` card is fine after all: back to service (probation if it was on one)."""
+        card = self.card(card_id)
+        if card.state is not CardState.SUSPECT:
+            raise IllegalAction(f"card {card_id} is {card.state}, not suspect: nothing to clear")
+        event = self._act(lambda: self.manager.clear(card_id, now=now, actor=actor, note=note))
+        self._audit_transition(event, "clear")
         return self.show_card(card_id, now)
+
+    def _carrier_settings(self, name: str) -> Any:
+        for carrier in self.settings.carriers:
+            if carrier.name == name:
+                return carrier
+        return None
 
     def retire(self, card_id: str, *, actor: str, now: float, note: str = "") -> dict[str, Any]:
         """Take a card out of service for good."""

@@ -248,7 +248,22 @@ def openapi_document(version: str) -> dict[str, Any]:
             },
             "/cards/{card}/restore": {
                 "post": _op(
-                    "put the card back into full service",
+                    "put the card back into service on its carrier's probation "
+                    "(skip_probation with a reason: normal limits at once)",
+                    _responses(card_ok, 400, 404, 409),
+                    parameters=[_CARD],
+                    requestBody=_body(
+                        {
+                            "note": _S,
+                            "skip_probation": {"type": "boolean"},
+                            "reason": {"type": "string", "maxLength": 500},
+                        }
+                    ),
+                )
+            },
+            "/cards/{card}/clear": {
+                "post": _op(
+                    "clear a suspect card (the operator's verdict): back into service",
                     _responses(card_ok, 404, 409),
                     parameters=[_CARD],
                     requestBody=_body({"note": _S}),

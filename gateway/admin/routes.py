@@ -292,13 +292,32 @@ async def probation(request: web.Request) -> web.Response:
 
 
 async def restore(request: web.Request) -> web.Response:
-    """Back into full service."""
+    """Back into service, through the carrier's probation unless skipped with a reason."""
+    body = await _body(request)
+    _only(body, {"note", "skip_probation", "reason"})
+    note = _text(body, "note") or ""
+    skip = body.get("skip_probation", False)
+    if not isinstance(skip, bool):
+        raise BadRequest("skip_probation must be true or false")
+    reason = _text(body, "reason", max_len=500) or ""
+    op = _op(request)
+    card, now, actor = _card_id(request), _now(request), actor_of(request)
+    return await _write(
+        request,
+        lambda: op.restore(
+            card, actor=actor, now=now, note=note, skip_probation=skip, reason=reason
+        ),
+    )
+
+
+async def clear(request: web.Request) -> web.Response:
+    """A suspect card is fine after all."""
     body = await _body(request)
     _only(body, {"note"})
     note = _text(body, "note") or ""
     op = _op(request)
     card, now, actor = _card_id(request), _now(request), actor_of(request)
-    return await _write(request, lambda: op.restore(card, actor=actor, now=now, note=note))
+    return await _write(request, lambda: op.clear(card, actor=actor, now=now, note=note))
 
 
 async def retire(request: web.Request) -> web.Response:
@@ -483,6 +502,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/cards/{card}/appeal/updates", appeal_update)
     app.router.add_post("/cards/{card}/probation", probation)
     app.router.add_post("/cards/{card}/restore", restore)
+    app.router.add_post("/cards/{card}/clear", clear)
     app.router.add_post("/cards/{card}/retire", retire)
     app.router.add_get("/cards/{card}/evidence", evidence)
     app.router.add_get("/numbers/{number}", lookup_number)

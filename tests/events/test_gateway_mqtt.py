@@ -202,7 +202,7 @@ async def test_cli_suspend_while_running_is_adopted_and_published(
     running: Running, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     """`dialgate cards suspend c2` in another process: the running gateway adopts it
-    and the broker shows c2 suspended; a restore comes back the same way."""
+    and the broker shows c2 suspended; a restore (to probation) comes back the same way."""
     config = tmp_path / "cli.toml"
     db = running.gateway.settings.store.path
     config.write_text(
@@ -231,9 +231,10 @@ async def test_cli_suspend_while_running_is_adopted_and_published(
             return (sub.latest(TOPICS.card("c2")) or {}).get("state") == state
 
         assert await wait_for(lambda: on_broker("suspended"), 10)
+        # A restore goes through the carrier's probation (DESIGN "Card states").
         await asyncio.to_thread(cli, "cards", "restore", "c2")
-        assert await wait_for(lambda: str(cards.get("c2").state) == "active", 10)
-        assert await wait_for(lambda: on_broker("active"), 10)
+        assert await wait_for(lambda: str(cards.get("c2").state) == "probation", 10)
+        assert await wait_for(lambda: on_broker("probation"), 10)
 
 
 async def test_card_nearing_its_limit_raises_quota_near(

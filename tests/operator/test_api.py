@@ -242,7 +242,7 @@ async def test_every_api_write_is_audited_with_its_actor(
         "complaint.add",
         "card.record",
         "card.suspend",
-        "card.restore",
+        "card.probation",
         "agent.resume",
     ] == [e.action for e in entries]
     assert {"api"} == {e.actor for e in entries}

@@ -4,7 +4,7 @@
 // never innerHTML, so nothing in a payload can inject markup.
 "use strict";
 
-const STATE_ORDER = ["suspended", "appealing", "probation", "active", "retired"];
+const STATE_ORDER = ["suspended", "suspect", "appealing", "probation", "active", "retired"];
 const LIMIT_NAMES = {
   calls_per_minute: "calls/min",
   calls_per_hour: "calls/hour",
@@ -96,6 +96,10 @@ function cardTile(id, c) {
   meta.push(c.in_use + " in use");
   if (c.resume_at) meta.push("back " + clockOf(c.resume_at));
   tile.appendChild(el("div", "card-meta", meta.join(" · ")));
+  if (c.available && !c.available.now) {
+    // Why this card cannot take a call now (the Warning of a 503 no-card-available).
+    tile.appendChild(el("div", "card-why", "not available: " + c.available.why));
+  }
   const usage = c.usage || {};
   for (const name of Object.keys(usage)) tile.appendChild(usageBar(name, usage[name]));
   return tile;
