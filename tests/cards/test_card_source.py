@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.cards import BLegClass, CardManager, CardState, StoreCardSource, SuspendReason
+import pytest
+
+from gateway.cards import (
+    BLegClass,
+    CardDef,
+    CardManager,
+    CardState,
+    StoreCardSource,
+    SuspendReason,
+)
 from gateway.store import SQLiteStore
 from policies.decision import RejectReason
 from policies.quotas import QuotaLimit, evaluate_card
@@ -121,3 +130,30 @@ def test_emergency_call_takes_a_free_usable_card(
     assert source.reserve("c2", ctx("k3"), T0, emergency=True)
     busy = CardSelection(source)(ctx("k4", emergency=True), at(T0))
     assert (True, "c1") == (busy.allowed, busy.card_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "gateway bug: policies.selection._emergency_order ignores CardSnapshot.unavailable, "
+        "so an emergency call goes to a card whose carrier is down or whose trunk rests"
+    ),
+)
+@pytest.mark.parametrize("trouble", ["carrier-down", "resting"])
+def test_emergency_call_avoids_a_card_that_cannot_reach_its_trunk(
+    store: SQLiteStore, trouble: str
+) -> None:
+    """A down carrier or a resting trunk cannot carry an emergency call: a working card does."""
+    m = CardManager(store, carrier_available=lambda c: trouble != "carrier-down" or c != "a")
+    m.load(
+        [
+            CardDef("e1", "a", "+8613800000021", "em", 1),
+            CardDef("e2", "b", "+8613800000022", "em", 2),
+        ],
+        T0,
+    )
+    if trouble == "resting":
+        m.on_fault("e1", "timer-b", now=T0 - 1, callee="+8613811110009")
+    src = StoreCardSource(m, store, profiles=PROFILES, timezones=TZ, default_pool="em")
+    decision = CardSelection(src)(ctx("k1", emergency=True), at(T0))
+    assert (True, "e2") == (decision.allowed, decision.card_id)
