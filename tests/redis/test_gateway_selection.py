@@ -1,13 +1,18 @@
-"""RedisStore as the ledger of gateway.cards.select_and_reserve on two gateway instances."""
+"""RedisStore as the usage ledger of CardSelection over StoreCardSource on two gateway instances."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from gateway.cards import CardDef, CardManager, Selection, select_and_reserve
+from gateway.cards import CardDef, CardManager, StoreCardSource
 from gateway.redis_store import RedisStore
 from gateway.store import StoreUnavailable
+from policies.context import CallContext
+from policies.decision import Decision, RejectReason
 from policies.quotas import QuotaProfile
+from policies.selection import CardSelection
 
 from .conftest import CARRIERS, T0, RedisServer, make_store
 
@@ -26,12 +31,29 @@ def manager() -> CardManager:
     return m
 
 
-def pick(gw: CardManager, ledger: RedisStore, call: str, callee: str, now: float) -> Selection:
-    """The gateway's entry point: choose the call's first card and reserve it."""
-    return select_and_reserve(
-        gw, gw.begin(call, "main"), ledger, callee=callee, now=now,
-        profiles=PROFILES, timezones=TIMEZONES,
-    )  # fmt: skip
+def pick(
+    gw: CardManager,
+    ledger: RedisStore,
+    call: str,
+    callee: str,
+    now: float,
+    *,
+    exclude: frozenset[str] = frozenset(),
+) -> Decision:
+    """The gateway's one card picker: choose the call's card and reserve it in Redis."""
+    source = StoreCardSource(gw, ledger, profiles=PROFILES, timezones=TIMEZONES)
+    moment = datetime.fromtimestamp(now, UTC)
+    ctx = CallContext(
+        dialled=callee,
+        agent="alice",
+        campaign=None,
+        default_region="CN",
+        now=moment,
+        destination=callee,
+        call_id=call,
+        exclude=exclude,
+    )
+    return CardSelection(source)(ctx, moment)
 
 
 def test_two_instances_share_the_pool_through_redis(redis_server: RedisServer, prefix: str) -> None:
@@ -42,19 +64,35 @@ def test_two_instances_share_the_pool_through_redis(redis_server: RedisServer, p
     first = pick(gw1, led1, "call-1", "+8613811110001", T0)
     second = pick(gw2, led2, "call-2", "+8613811110002", T0 + 1)
     third = pick(gw1, led1, "call-3", "+8613811110003", T0 + 2)
-    assert ("c1", "c2", None) == (
-        first.card and first.card.id,
-        second.card and second.card.id,
-        third.card,
+    assert ("c1", "c2", None) == (first.card_id, second.card_id, third.card_id)
+    assert (False, RejectReason.NO_CARD_AVAILABLE, 503) == (
+        third.allowed,
+        third.reason,
+        third.sip_code,
     )
-    assert {"c1": "quota:concurrent", "c2": "quota:concurrent"} == dict(third.skipped)
+    assert "c1 concurrent 1/1 in use; c2 concurrent 1/1 in use" == third.detail
     led1.finish("call-1", T0 + 30, answered=True, talk_seconds=25)
     again = pick(gw2, led2, "call-4", "+8613811110004", T0 + 31)
-    assert again.card is not None and "c1" == again.card.id
+    assert "c1" == again.card_id
+    led1.close()
+    led2.close()
+
+
+def test_failover_reserves_the_next_card_in_redis(redis_server: RedisServer, prefix: str) -> None:
+    """After its card failed, the call's reservation is released and the next card reserved."""
+    gw = manager()
+    ledger = make_store(redis_server.url, prefix)
+    assert "c1" == pick(gw, ledger, "call-1", "+8613811110001", T0).card_id
+    gw.on_response("c1", 402, "Payment Required", now=T0 + 1)
+    ledger.release("call-1", T0 + 1)
+    nxt = pick(gw, ledger, "call-1", "+8613811110001", T0 + 1, exclude=frozenset({"c1"}))
+    assert "c2" == nxt.card_id
+    assert [("call-1", "c2")] == ledger.open_reservations()
+    ledger.close()
 
 
 def test_selection_fails_closed_when_redis_is_gone(private_redis: RedisServer, prefix: str) -> None:
-    """Redis killed: select_and_reserve raises StoreUnavailable (503), never picks a card."""
+    """Redis killed: CardSelection raises StoreUnavailable (503), never picks a card."""
     gw = manager()
     ledger = make_store(private_redis.url, prefix, timeout=0.25)
     private_redis.kill()
