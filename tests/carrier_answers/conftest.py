@@ -1,0 +1,365 @@
+"""Carrier answers on the wire (issue 12): SIPp agent → ``dialgate run`` → scripted SIPp carrier.
+
+Built on the harness of tests/policy_sipp and tests/integration: a real
+``dialgate run`` subprocess on free loopback ports (JSON logs on stderr), the
+agent alice with digest, and SIPp carriers bounded by ``-timeout`` whose
+message trace (``-trace_msg``) tells which INVITEs reached them. The carrier
+scenario (``sipp/carrier.xml``) gives a scripted answer, chosen with SIPp's
+``-set``, to the INVITEs from card c1's number (or to all of them) and
+answers every other INVITE with 180 + 200. The agent scenario
+(``sipp/agent_any.xml``) accepts any final answer; the tests read the status
+from its trace. Every process started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import (
+    START_TIMEOUT,
+    DialgateProcess,
+    _pump,
+    dialgate_command,
+    free_udp_port,
+    sipp_binary,
+)
+from tests.policy_sipp.conftest import (
+    SippCarrier,
+    SippResult,
+    cli_json,
+    parse_trace,
+    stat_row,
+    stop_pid,
+)
+
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
+SIPP_COMMON = ["-i", "127.0.0.1", "-buff_size", "1048576", "-nostdin"]
+
+NUMBERS = {"c1": "+8613800000001", "c2": "+8613800000002"}
+"""Caller number of each card (``From`` of its INVITEs at the carrier)."""
+
+SUSPEND_RULE = (
+    '\n  [[carriers.rules]]\n  status = 403\n  match = "(?i)suspend"\n  reason = "violation"'
+)
+"""The carrier rule every test configures: a 403 whose text says "suspend" proves the card dead."""
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+def gateway_toml(
+    carriers: Mapping[str, int],
+    *,
+    card_carriers: Sequence[str] = ("carrier-a", "carrier-a"),
+    profiles: Mapping[str, Mapping[str, int]] | None = None,
+    card_profiles: Sequence[str] | None = None,
+    bound_card: str | None = None,
+    carrier_extra: str = "",
+    extra: str = "",
+) -> str:
+    """alice, the ``carriers`` (name → SIPp port, each with :data:`SUSPEND_RULE`), cards c1, c2….
+
+    Card ``c<i>`` goes to ``card_carriers[i-1]`` with quota profile
+    ``card_profiles[i-1]`` (default: every card on profile ``q`` with no
+    practical limit). ``bound_card`` binds alice to a card; ``carrier_extra``
+    lines go into every ``[[carriers]]`` table, ``extra`` at the end.
+    """
+    profiles = profiles or {"q": {"calls_per_minute": 100000}}
+    card_profiles = card_profiles or ["q"] * len(card_carriers)
+    lines = [
+        "\n[policy]",
+        'default_region = "CN"',
+        'consent = "dnc-only"',
+        'calling_hours = "00:00-24:00"',
+        "\n[[users]]",
+        'name = "alice"',
+        'password = "s3cret"',
+    ]
+    if bound_card is not None:
+        lines.append(f'card = "{bound_card}"')
+    for name, port in carriers.items():
+        lines += [
+            "\n[[carriers]]",
+            f'name = "{name}"',
+            f'address = "udp:127.0.0.1:{port}"',
+            'timezone = "Asia/Shanghai"',
+            "options_interval = 3600",
+        ]
+        if carrier_extra:
+            lines.append(carrier_extra)
+        lines.append(SUSPEND_RULE)
+    for profile, limits in profiles.items():
+        lines.append(f"\n[quota_profiles.{profile}]")
+        lines += [f"{k} = {v}" for k, v in limits.items()]
+    for i, (carrier, profile) in enumerate(zip(card_carriers, card_profiles, strict=True), 1):
+        lines += [
+            "\n[[cards]]",
+            f'id = "c{i}"',
+            f'carrier = "{carrier}"',
+            f'number = "+86138000000{i:02d}"',
+            f'username = "c{i}"',
+            f'password = "card{i}-secret"',
+            'pool = "main"',
+            f"priority = {i}",
+            f'quota = "{profile}"',
+        ]
+    return "\n".join(lines) + "\n" + extra
+
+
+def start_gateway(tmp: Path, extra_toml: str, *, sip_extra: str = "") -> DialgateProcess:
+    """``start_dialgate`` of tests/integration, with extra ``[sip]`` keys (e.g. ``t1 = 0.05``).
+
+    UDP+TCP listeners and the admin API on port 0; waits for both SIP ports.
+    """
+    config = tmp / "dialgate.toml"
+    config.write_text(
+        "[sip]\n"
+        'listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
+        'domains = ["gw.test"]\n' + sip_extra + "\n[store]\n"
+        f'path = "{tmp / "dialgate.db"}"\n'
+        "\n[admin]\n"
+        'listen = "127.0.0.1:0"\n'
+        "\n[logging]\n"
+        "json = true\n" + extra_toml
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
+    proc = subprocess.Popen(
+        [*dialgate_command(), "run", "--config", str(config)],
+        cwd=tmp,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    gw = DialgateProcess(proc, config)
+    gw._reader = threading.Thread(target=_pump, args=(proc, gw.lines), daemon=True)
+    gw._reader.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        for entry in gw.events("listening"):
+            gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
+        if {"udp", "tcp"} <= gw.addresses.keys():
+            return gw
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    gw.stop()
+    raise RuntimeError("dialgate did not start:\n" + "\n".join(gw.lines[-30:]))
+
+
+# --- the scripted SIPp carrier ------------------------------------------------------------
+
+
+def start_carrier(
+    workdir: Path,
+    *,
+    answer: str = "none",
+    target: str = "c1",
+    ring: bool = False,
+    timeout: int = 60,
+) -> SippCarrier:
+    """A SIPp carrier (``sipp/carrier.xml``) on a free UDP port.
+
+    ``answer`` (402, 403, 403-suspended, 404, 408, 480, 500, 503, silent) goes to
+    the INVITEs of ``target`` ("c1": From is c1's number; "all"; "none"), after
+    a 180 when ``ring``; every other INVITE is answered 180 + 200. It exits by
+    itself after ``timeout`` seconds; tests stop it by PID.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        [
+            sipp_binary(),
+            "-sf",
+            str(SIPP_DIR / "carrier.xml"),
+            *SIPP_COMMON,
+            "-p",
+            str(port),
+            "-set",
+            "target",
+            target,
+            "-set",
+            "ring",
+            "yes" if ring else "no",
+            "-set",
+            "answer",
+            answer,
+            "-m",
+            "10000",
+            "-timeout",
+            f"{timeout}s",
+            "-trace_msg",
+            "-message_file",
+            str(workdir / "messages.log"),
+            "-trace_stat",
+            "-stf",
+            str(workdir / "stat.csv"),
+            "-trace_err",
+            "-error_file",
+            str(workdir / "errors.log"),
+        ],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return SippCarrier(proc, port, workdir)
+
+
+_USER = re.compile(r"sip:([^@;>]+)@")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One INVITE the carrier received (retransmissions folded: one per Call-ID)."""
+
+    callee: str  # To user, E.164
+    call_id: str
+    caller: str  # From user: the card's number
+
+
+def attempts(carrier: SippCarrier) -> list[Attempt]:
+    """The distinct INVITEs (by Call-ID) the carrier received, in order of arrival."""
+    seen: dict[str, Attempt] = {}
+    for m in carrier.invites():
+        call_id = m.header("Call-ID") or ""
+        if call_id in seen:
+            continue  # a retransmission: same Call-ID
+        to = _USER.search(m.header("To") or "")
+        frm = _USER.search(m.header("From") or "")
+        seen[call_id] = Attempt(
+            callee=to.group(1) if to else "",
+            call_id=call_id,
+            caller=frm.group(1) if frm else "",
+        )
+    return list(seen.values())
+
+
+def attempts_to(carrier: SippCarrier, callee: str) -> list[Attempt]:
+    """The distinct INVITEs to ``callee`` (E.164) the carrier received."""
+    return [a for a in attempts(carrier) if a.callee == callee]
+
+
+# --- the SIPp agent -------------------------------------------------------------------------
+
+
+def run_calls(
+    target: tuple[str, int],
+    workdir: Path,
+    numbers: Sequence[str],
+    *,
+    concurrent: int = 1,
+    rate: int = 20,
+    timeout: int = 20,
+    hold_ms: int = 200,
+) -> SippResult:
+    """alice calls each of ``numbers`` (``sipp/agent_any.xml``), ``concurrent`` calls at a time.
+
+    Bounded by ``-m``, SIPp's ``-timeout`` and our own wait (then stopped by PID).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv = workdir / "numbers.csv"
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
+    proc = subprocess.Popen(
+        [
+            sipp_binary(),
+            f"{target[0]}:{target[1]}",
+            "-sf",
+            str(SIPP_DIR / "agent_any.xml"),
+            *SIPP_COMMON,
+            "-p",
+            str(free_udp_port()),
+            "-m",
+            str(len(numbers)),
+            "-r",
+            str(rate),
+            "-l",
+            str(concurrent),
+            "-d",
+            str(hold_ms),
+            "-timeout",
+            f"{timeout}s",
+            "-timeout_error",
+            "-default_behaviors",
+            "all,-abortunexp",
+            "-inf",
+            str(csv),
+            "-trace_msg",
+            "-message_file",
+            str(workdir / "messages.log"),
+            "-trace_stat",
+            "-stf",
+            str(workdir / "stat.csv"),
+            "-trace_err",
+            "-error_file",
+            str(workdir / "errors.log"),
+        ],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        proc.wait(timeout + 10)
+    except subprocess.TimeoutExpired:
+        stop_pid(proc)
+    stats_path = workdir / "stat.csv"
+    stats = stat_row(stats_path) if stats_path.exists() else {}
+    return SippResult(proc.returncode, stats, parse_trace(workdir / "messages.log"))
+
+
+def final_statuses(result: SippResult) -> list[int]:
+    """The agent's final INVITE answers (407 challenges left out), one per call, in order."""
+    seen: dict[str, int] = {}
+    for m in result.finals():
+        call_id = m.header("Call-ID") or ""
+        if call_id not in seen and m.status is not None:
+            seen[call_id] = m.status
+    return list(seen.values())
+
+
+# --- card states ----------------------------------------------------------------------------
+
+
+def card(config: Path, card_id: str) -> dict[str, Any]:
+    """``dialgate cards show ID --json``: state, reason, usage and timeline."""
+    shown: dict[str, Any] = cli_json(config, "cards", "show", card_id)
+    return shown
+
+
+def card_state(config: Path, card_id: str, expected: str, within: float = 3.0) -> str:
+    """The card's state, polled until it is ``expected`` or ``within`` seconds passed."""
+    deadline = time.monotonic() + within
+    while True:
+        state = str(card(config, card_id)["state"])
+        if state == expected or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.2)
+
+
+Started = list[subprocess.Popen[bytes] | DialgateProcess | SippCarrier]
+"""What the ``processes`` fixture holds."""
+
+
+@pytest.fixture
+def processes() -> Iterator[Started]:
+    """Processes a test started; each is stopped by its PID at teardown."""
+    started: Started = []
+    try:
+        yield started
+    finally:
+        for p in reversed(started):
+            if isinstance(p, subprocess.Popen):
+                stop_pid(p)
+            else:
+                p.stop()
