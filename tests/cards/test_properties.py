@@ -178,9 +178,10 @@ def test_no_sequence_breaks_the_safety_rules(events: list[tuple[Any, ...]]) -> N
         assert isinstance(event, CardStateChanged)
         assert (event.from_state, event.to_state) in LEGAL_TRANSITIONS
     # Whatever happened, selection only ever returns a usable card that is not resting.
+    ledger: Any = EmptyLedger()
     source = StoreCardSource(
-        m, EmptyLedger(), profiles={"default": QuotaProfile(name="default")}, timezones={}
-    )  # type: ignore[arg-type]
+        m, ledger, profiles={"default": QuotaProfile(name="default")}, timezones={}
+    )
     moment = datetime.fromtimestamp(now, UTC)
     ctx = CallContext(
         dialled=CALLEES[0],
