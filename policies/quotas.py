@@ -488,7 +488,9 @@ def evaluate_card(
     last is reported, so `frees_at` is when the card is really usable again.
     """
     if card.state not in USABLE_STATES:
-        return Exhausted(QuotaLimit.STATE, None, f"card is {card.state}")
+        # `unavailable_until` of a card out of service: when it comes back by itself
+        # (a maintenance window's end), None when only an operator can help.
+        return Exhausted(QuotaLimit.STATE, card.unavailable_until, f"card is {card.state}")
     if card.unavailable is not None:
         until = card.unavailable_until
         if until is None or epoch(now) < until:

@@ -188,11 +188,13 @@ def ranked_lazily(
 
 
 def _emergency_order(cards: Sequence[CardSnapshot], ctx: CallContext) -> list[CardSnapshot]:
-    def key(card: CardSnapshot) -> tuple[int, int, int, str]:
+    def key(card: CardSnapshot) -> tuple[int, int, int, int, str]:
+        # A card that cannot reach its trunk (carrier down, resting) only as a last resort.
+        unreachable = int(card.unavailable is not None)
         limit = card.effective_profile.concurrent
         busy = int(limit is not None and card.usage.in_use >= limit)
         pref = 0 if card.card_id == ctx.bound_card else 1 if card.card_id == ctx.last_card else 2
-        return busy, pref, card.priority, card.card_id
+        return unreachable, busy, pref, card.priority, card.card_id
 
     return sorted((c for c in cards if c.state in USABLE_STATES), key=key)
 
@@ -341,8 +343,10 @@ def explain(card_id: str, result: Exhausted, tz_name: str, now: float) -> str:
     if result.frees_at is not None:
         local = as_utc(result.frees_at).astimezone(zone(tz_name))
         here = as_utc(now).astimezone(zone(tz_name))
-        stamp = local.strftime("%H:%M") if local.date() == here.date() else local.strftime(
-            "%Y-%m-%d %H:%M"
+        stamp = (
+            local.strftime("%H:%M")
+            if local.date() == here.date()
+            else local.strftime("%Y-%m-%d %H:%M")
         )
         text += f" until {stamp}"
     return text

@@ -531,7 +531,7 @@ class CardManager:
             evidence["retry_after"] = retry_after
         evidence["class"] = str(result.kind)
         evidence["row"] = result.row
-        return self._apply(card, result, now, evidence, callee, status, retry_after)
+        return self._apply(card, result, now, evidence, callee, status, retry_after, ringing)
 
     def on_fault(
         self,
@@ -611,6 +611,7 @@ class CardManager:
         callee: str,
         status: int,
         retry_after: float | None,
+        ringing: bool = False,
     ) -> Verdict:
         if result.kind is BLegClass.CARD_DEAD:
             return self._suspend(card, result, now, evidence, retry_after)
@@ -621,7 +622,7 @@ class CardManager:
         event: CardStateChanged | None = None
         if result.ambiguous:
             event = self._suspect(card, callee, status, now, evidence)
-        elif result.row in ("2xx", "ringing"):
+        elif ringing or result.row == "2xx":
             # The card reached a callee: earlier refusals were the destinations'.
             self._suspicion.pop(card.id, None)
         return Verdict(
@@ -661,6 +662,10 @@ class CardManager:
                     self._suspicion[other] = deque(e for e in kept if e[1] != key)
             return None
         if any(entry[1] == key for entry in seen):
+            # The same callee refused again: one callee, counted once, at its latest time.
+            kept = deque(entry for entry in seen if entry[1] != key)
+            kept.append((now, key, status))
+            self._suspicion[card.id] = kept
             return None
         seen.append((now, key, status))
         if len(seen) < terms.suspect_after or card.state not in USABLE_STATES:
@@ -833,9 +838,7 @@ class CardManager:
         self, card_id: str, *, now: float, actor: str = "operator", note: str = ""
     ) -> CardStateChanged:
         """Operator: put a card straight back into full service (no probation)."""
-        self._suspicion.pop(card_id, None)
-        self._rest.pop(card_id, None)
-        return self.mark(
+        event = self.mark(
             card_id,
             CardState.ACTIVE,
             now=now,
@@ -843,6 +846,9 @@ class CardManager:
             evidence={"note": note} if note else None,
             actor=actor,
         )
+        self._suspicion.pop(card_id, None)
+        self._rest.pop(card_id, None)
+        return event
 
     def clear(
         self, card_id: str, *, now: float, actor: str = "operator", note: str = ""
@@ -1273,7 +1279,10 @@ class StoreCardSource:
                 timezones=self.timezones,
                 probation_of=self.probation_of,
             )
-            if card.usable:
+            if not card.usable and card.resume_at is not None:
+                # Maintenance with Retry-After: the card is back by itself at resume_at.
+                snapshot = replace(snapshot, unavailable_until=card.resume_at)
+            elif card.usable:
                 rest = self.manager.resting_until(card_id, now)
                 if not self.manager.carrier_available(card.carrier):
                     snapshot = replace(snapshot, unavailable="carrier down")

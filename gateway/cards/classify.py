@@ -94,15 +94,48 @@ AMBIGUOUS_STATUSES = frozenset({403, 404}) | frozenset(range(500, 600))
 #: Longest rest a carrier's Retry-After can impose on a card (seconds).
 MAX_REST = 3600.0
 
-_Q850 = re.compile(r"(?i)\bQ\.850\s*;(?:[^,]*?;)?\s*cause\s*=\s*(\d{1,3})")
+_CAUSE = re.compile(r"(?i)(?:^|;)\s*cause\s*=\s*(\d{1,3})\s*(?:;|$)")
+
+
+def _elements(value: str) -> list[str]:
+    """The comma-separated values of a header, commas inside quoted strings kept."""
+    out: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            out.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    out.append("".join(current))
+    return out
+
+
+def _without_quoted(text: str) -> str:
+    return re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
 
 
 def q850_cause(reason_headers: Iterable[str]) -> int | None:
-    """The Q.850 cause of the first ``Reason: Q.850;cause=N`` (RFC 3326), None when absent."""
+    """The Q.850 cause of the first ``Reason: Q.850;cause=N`` (RFC 3326), None when absent.
+
+    Parameters may come in any order (``Q.850;text="a, b";cause=31``); a cause
+    outside 0-127 is no Q.850 cause.
+    """
     for value in reason_headers:
-        match = _Q850.search(value)
-        if match is not None:
-            return int(match.group(1))
+        for element in _elements(value):
+            protocol, _, params = _without_quoted(element).strip().partition(";")
+            if protocol.strip().upper() != "Q.850":
+                continue
+            match = _CAUSE.search(";" + params)
+            if match is not None and int(match.group(1)) <= 127:
+                return int(match.group(1))
     return None
 
 
@@ -174,13 +207,13 @@ class Classification:
 #: The rows of :func:`classify`, in the order they are tried (first match wins).
 TABLE: Sequence[tuple[str, str, str]] = (
     ("2xx", "answered", "callee-outcome"),
+    ("487", "Request Terminated (a CANCEL)", "callee-outcome"),
     ("rule", "a carrier rule matches status + reason phrase / Reason / Warning text", "card-dead"),
     ("402", "Payment Required: arrears", "card-dead"),
     ("dead-cause", "a Q.850 cause listed in the carrier's dead_causes", "card-dead"),
     ("credentials", "a final 401/407: the card's credentials refused or missing", "card-dead"),
     ("register", "the card's REGISTER refused (4xx but 408, 6xx)", "card-dead"),
     ("ringing", "anything after an 18x from the far side", "callee-outcome"),
-    ("487", "Request Terminated (a CANCEL)", "callee-outcome"),
     ("no-response", "no response at all: Timer B, transport error", "trunk-unreachable"),
     ("originating-cause", "Q.850 cause 34, 38, 41, 42 or 47 before any 18x", "trunk-unreachable"),
     (
@@ -208,10 +241,14 @@ def classify(
     status = answer.status
     if status < 200 or status > 699:
         raise ValueError(f"not a final response status: {status}")
-    before_ring = not answer.ringing
+    # A REGISTER has no callee to move: its verdicts never fail a call over.
+    before_ring = not answer.ringing and not answer.register
     cause = None if answer.reason_header is None else q850_cause([answer.reason_header])
     if 200 <= status < 300:
         return Classification(BLegClass.CALLEE, "2xx")
+    if status == 487 and not answer.register:
+        # A CANCEL ended it (the caller's, or Timer C's): never the card's.
+        return Classification(BLegClass.CALLEE, "487", cause=cause)
     if not answer.local:
         for rule in rules:
             if rule.matches(status, answer.reason_phrase, answer.warning, answer.reason_header):
@@ -243,8 +280,6 @@ def classify(
         return Classification(BLegClass.CALLEE, "callee", cause=cause)
     if answer.ringing:
         return Classification(BLegClass.CALLEE, "ringing", cause=cause)
-    if status == 487:
-        return Classification(BLegClass.CALLEE, "487", cause=cause)
     if answer.local:
         if answer.provisional:
             # Something came back (a 100): the network took the call.

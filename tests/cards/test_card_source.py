@@ -132,13 +132,6 @@ def test_emergency_call_takes_a_free_usable_card(
     assert (True, "c1") == (busy.allowed, busy.card_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: policies.selection._emergency_order ignores CardSnapshot.unavailable, "
-        "so an emergency call goes to a card whose carrier is down or whose trunk rests"
-    ),
-)
 @pytest.mark.parametrize("trouble", ["carrier-down", "resting"])
 def test_emergency_call_avoids_a_card_that_cannot_reach_its_trunk(
     store: SQLiteStore, trouble: str

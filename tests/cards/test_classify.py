@@ -233,7 +233,7 @@ CASES: list[Case] = [
     ),
     # 487: a CANCEL.
     Case("487", Answer(487, "Request Terminated"), CALLEE, "487"),
-    Case("487-after-ringing", Answer(487, ringing=True), CALLEE, "ringing"),
+    Case("487-after-ringing", Answer(487, ringing=True), CALLEE, "487"),
     # No response at all.
     Case(
         "no-response-timer-b",
@@ -383,8 +383,8 @@ def test_every_table_row_is_exercised() -> None:
 
 
 def test_table_rows_are_in_decision_order() -> None:
-    """The first rows are the proven card deaths; callee rows close the table."""
-    assert ["2xx", "rule", "402", "dead-cause", "credentials", "register", "ringing", "487"] == [
+    """A CANCEL first (never the card's), then the proven card deaths; callee rows close it."""
+    assert ["2xx", "487", "rule", "402", "dead-cause", "credentials", "register", "ringing"] == [
         row for row, _t, _c in TABLE[:8]
     ]
     assert "callee" == TABLE[-1][0]

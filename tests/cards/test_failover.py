@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from gateway.cards import (
     BLegClass,
     CardDef,
@@ -239,13 +237,6 @@ def test_quota_exhausted_cards_are_skipped_with_retry_after(store: SQLiteStore) 
 MAINTENANCE = CarrierRule(503, SuspendReason.MAINTENANCE, re.compile("(?i)maintenance"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: a suspended card's known maintenance end (Card.resume_at) is not "
-        "offered to CardSelection, so Retry-After is the default 60 s, not the first end"
-    ),
-)
 def test_retry_after_counts_maintenance_end(store: SQLiteStore) -> None:
     """With every card in maintenance, Retry-After is when the first maintenance ends."""
     m = CardManager(store, rules={"carrier-a": [MAINTENANCE]})

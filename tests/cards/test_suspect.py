@@ -548,13 +548,6 @@ def test_devices_can_be_given_to_the_manager() -> None:
     assert {"a", "b"} == m.sharing("a")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: CardManager.restore() drops the card's rest and suspicion before "
-        "mark() refuses active → active, so a refused restore still changes the card"
-    ),
-)
 def test_a_refused_restore_changes_nothing(manager: CardManager) -> None:
     """restore() of an active card raises IllegalTransition and leaves rest and count alone."""
     manager.on_fault("c1", "timer-b", now=T0, callee=callee(1))

@@ -119,13 +119,6 @@ def test_rules_never_apply_to_2xx(manager: CardManager) -> None:
     assert CardState.ACTIVE == manager.get("c1").state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: classify() tries carrier rules before the 487 row, so a rule on 487 "
-        "suspends the card when a caller cancels (and asks for failover before ringing)"
-    ),
-)
 def test_rules_never_apply_to_487(manager: CardManager) -> None:
     """487 answers our own CANCEL: it proves nothing about the card, whatever the rules say."""
     manager.rules["carrier-a"].append(CarrierRule(487, SuspendReason.VIOLATION, None))
