@@ -65,7 +65,7 @@ async def test_ringing_then_408_or_503_is_the_callees_outcome(rig: Rig) -> None:
         task = asyncio.create_task(rig.alice.call(number))
         await eventually(lambda b=before: len(rig.carrier.invites()) > b)
         invite = rig.carrier.invites()[-1]
-        await eventually(lambda i=invite: rig.carrier.sim.reject_call(i.call_id, status))
+        await eventually(lambda i=invite, s=status: rig.carrier.sim.reject_call(i.call_id, s))
         resp, _ = await task
         assert expected == resp.status
         assert before + 1 == len(rig.carrier.invites())
@@ -145,9 +145,7 @@ async def test_pool_with_spill_lets_a_bound_agent_use_another_card(tmp_path: Pat
         assert 200 == (await alice.register()).status
         assert 200 == (await alice.call("13912345678"))[0].status
         assert 200 == (await alice.call("13912345679"))[0].status
-        assert ["+8613800000001", "+8613800000002"] == [
-            r.from_.uri.user for r in carrier.invites()
-        ]
+        assert ["+8613800000001", "+8613800000002"] == [r.from_.uri.user for r in carrier.invites()]
     finally:
         await alice.close()
         await gw.close()
