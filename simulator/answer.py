@@ -6,6 +6,15 @@ how long the phone rings, and — for answered calls — how long the callee tal
 before hanging up with BYE. The SIP carrier plays the plan out (180, then the
 final status after ``ring_seconds``, then BYE after ``talk_seconds``).
 
+Besides the callee's own behaviour a share of *destinations* answers the same
+way every time, whoever calls (the callee's operator, not the callee):
+a plain ``403 Forbidden`` without ringing (``refuse_403_share``), 180 then
+``408`` (``ring_then_408_share``), 180 then ``503`` (``ring_then_503_share``)
+or no response at all (``silent_share``). :meth:`AnswerModel.destination`
+draws which of these (if any) a callee gets, from a stream of its own, and
+:meth:`AnswerModel.destination_plan` turns it into a plan; callees outside
+those shares get the per-call answer / busy / no-answer / decline draw.
+
 Pure and deterministic: the same seed and the same sequence of calls give the
 same plans. This module must never read a clock, sleep or do I/O.
 """
@@ -17,7 +26,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["AnswerModel", "AnswerProfile", "CallPlan", "Outcome"]
+__all__ = ["DESTINATION_OUTCOMES", "AnswerModel", "AnswerProfile", "CallPlan", "Outcome"]
 
 
 class Outcome(StrEnum):
@@ -27,14 +36,32 @@ class Outcome(StrEnum):
     BUSY = "busy"
     NO_ANSWER = "no_answer"
     DECLINE = "decline"
+    #: The destination's network refuses the number: plain 403, no ringing, no Warning.
+    REFUSE_403 = "refuse_403"
+    #: 180 Ringing, then 408 after the ring time (no user responding).
+    RING_THEN_408 = "ring_then_408"
+    #: 180 Ringing, then 503 after the ring time.
+    RING_THEN_503 = "ring_then_503"
+    #: No response at all, not even 100 Trying: the caller's Timer B fires.
+    SILENT = "silent"
 
 
-#: Final SIP status the carrier sends for each outcome.
+#: Outcomes decided once per destination (the same for every call to that callee).
+DESTINATION_OUTCOMES = frozenset(
+    {Outcome.REFUSE_403, Outcome.RING_THEN_408, Outcome.RING_THEN_503, Outcome.SILENT}
+)
+
+#: Final SIP status the carrier sends for each outcome. A silent destination sends
+#: nothing; 408 is what the caller's own Timer B reports.
 OUTCOME_STATUS: dict[Outcome, int] = {
     Outcome.ANSWER: 200,
     Outcome.BUSY: 486,
     Outcome.NO_ANSWER: 480,
     Outcome.DECLINE: 603,
+    Outcome.REFUSE_403: 403,
+    Outcome.RING_THEN_408: 408,
+    Outcome.RING_THEN_503: 503,
+    Outcome.SILENT: 408,
 }
 
 
@@ -53,6 +80,11 @@ class CallPlan:
         return self.outcome is Outcome.ANSWER
 
     @property
+    def rings(self) -> bool:
+        """True when the carrier sends 180 Ringing before the final status."""
+        return self.outcome not in (Outcome.BUSY, Outcome.REFUSE_403, Outcome.SILENT)
+
+    @property
     def duration_seconds(self) -> float:
         """Ring plus talk time: when the call ends, relative to the INVITE."""
         return self.ring_seconds + self.talk_seconds
@@ -67,6 +99,16 @@ class AnswerProfile:
     and declined calls is uniform in ``[ring_min, ring_max]``; a busy callee
     is reported after ``busy_ring`` seconds; an unanswered call rings for
     ``no_answer_seconds`` before the carrier gives up with 480.
+
+    The four ``*_share`` fields are shares of *destinations* (callees), drawn
+    once per callee before any of the above: ``refuse_403_share`` answer a
+    plain 403 at once, ``ring_then_408_share`` ring for ``no_answer_seconds``
+    then answer 408, ``ring_then_503_share`` ring for a time uniform in
+    ``[ring_min, ring_max]`` then answer 503, ``silent_share`` never answer
+    (a caller gives up after its Timer B, ``silent_seconds`` business seconds
+    in the offline replay). The other callees follow the answer / busy /
+    no-answer / decline probabilities, which still sum to 1 among them.
+    All shares default to 0: no destination answers that way.
     """
 
     answer: float = 0.45
@@ -81,6 +123,11 @@ class AnswerProfile:
     talk_sigma: float = 1.0
     talk_min: float = 1.0
     talk_max: float = 1800.0
+    refuse_403_share: float = 0.0
+    ring_then_408_share: float = 0.0
+    ring_then_503_share: float = 0.0
+    silent_share: float = 0.0
+    silent_seconds: float = 32.0
 
     def __post_init__(self) -> None:
         probs = (self.answer, self.busy, self.no_answer, self.decline)
@@ -88,12 +135,37 @@ class AnswerProfile:
             raise ValueError("answer model probabilities must be >= 0")
         if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"answer model probabilities must sum to 1, got {sum(probs):.6f}")
+        for name, share in self.destination_shares():
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {share!r}")
+        total = sum(share for _, share in self.destination_shares())
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                "refuse_403_share + ring_then_408_share + ring_then_503_share + silent_share"
+                f" must be <= 1, got {total:g}"
+            )
+        if self.silent_seconds <= 0:
+            raise ValueError("silent_seconds must be > 0")
         if not 0 <= self.ring_min <= self.ring_max:
             raise ValueError("ring_min must be >= 0 and <= ring_max")
         if not 0 < self.talk_min <= self.talk_max:
             raise ValueError("talk_min must be > 0 and <= talk_max")
         if self.talk_mean <= 0 or self.talk_sigma < 0:
             raise ValueError("talk_mean must be > 0 and talk_sigma >= 0")
+
+    def destination_shares(self) -> tuple[tuple[str, float], ...]:
+        """``(key, share)`` of each destination-level outcome, in drawing order."""
+        return (
+            ("refuse_403_share", self.refuse_403_share),
+            ("ring_then_408_share", self.ring_then_408_share),
+            ("ring_then_503_share", self.ring_then_503_share),
+            ("silent_share", self.silent_share),
+        )
+
+    @property
+    def has_destination_outcomes(self) -> bool:
+        """True when some share of destinations answers the same way every time."""
+        return any(share > 0 for _, share in self.destination_shares())
 
 
 class AnswerModel:
@@ -124,6 +196,42 @@ class AnswerModel:
         p = self.profile
         raw = self._rng.lognormvariate(self._mu, p.talk_sigma)
         return round(min(p.talk_max, max(p.talk_min, raw)), 3)
+
+    @staticmethod
+    def destination(profile: AnswerProfile, rng: random.Random) -> Outcome | None:
+        """Which destination-level outcome a callee gets, or None (the per-call draw applies).
+
+        ``rng`` must be the callee's own destination stream: one draw per callee,
+        so the same callee always gets the same answer. Nothing is drawn when
+        every share is 0 (the stream is then never touched).
+        """
+        if not profile.has_destination_outcomes:
+            return None
+        x = rng.random()
+        for outcome, (_, share) in zip(
+            (Outcome.REFUSE_403, Outcome.RING_THEN_408, Outcome.RING_THEN_503, Outcome.SILENT),
+            profile.destination_shares(),
+            strict=True,
+        ):
+            if x < share:
+                return outcome
+            x -= share
+        return None
+
+    def destination_plan(self, outcome: Outcome) -> CallPlan:
+        """The plan of one call to a destination that answers ``outcome`` every time."""
+        p = self.profile
+        if outcome is Outcome.REFUSE_403:
+            ring = 0.0
+        elif outcome is Outcome.RING_THEN_408:
+            ring = p.no_answer_seconds
+        elif outcome is Outcome.RING_THEN_503:
+            ring = round(self._rng.uniform(p.ring_min, p.ring_max), 3)
+        elif outcome is Outcome.SILENT:
+            ring = p.silent_seconds
+        else:
+            raise ValueError(f"{outcome} is not a destination-level outcome")
+        return CallPlan(outcome, ring, 0.0, OUTCOME_STATUS[outcome])
 
     def plan(self) -> CallPlan:
         """Draw the full plan for one accepted call."""

@@ -9,7 +9,15 @@ threshold (if any) a new call or a finished call crosses:
   per day, calls inside the night window per rolling 24 hours;
 * quality, checked when a call ends: answer rate over the last N calls (once
   ``min_calls`` exist), share of short answered calls over the last N answered
-  calls, and complaints from callees who never consented.
+  calls, and complaints from callees who never consented;
+* abnormal use around one callee, checked when an INVITE arrives, over every
+  card of the carrier (:class:`CalleeHistory`): more than
+  ``max_calls_per_callee`` calls to the same callee within ``callee_window``
+  seconds (repeated calls), and more than ``max_cards_per_callee`` distinct
+  cards calling the same callee within that window (card switching as a
+  carrier can see it: it knows the caller number of each call, not the agent
+  behind it, so an agent hopping cards shows as one callee reached from
+  several cards).
 
 The model only *reports* a :class:`Violation`; the carrier decides to suspend.
 Pure and clock-free: every method takes ``now`` (epoch seconds). It must never
@@ -26,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 __all__ = [
     "AntiFraudThresholds",
+    "CalleeHistory",
     "CardUsage",
     "Metric",
     "TimeWindow",
@@ -46,6 +55,8 @@ class Metric(StrEnum):
     ANSWER_RATE = "answer rate"
     SHORT_CALLS = "short call share"
     COMPLAINTS = "complaints"
+    CALLS_PER_CALLEE = "calls to one callee"
+    CARDS_PER_CALLEE = "cards calling one callee"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +92,12 @@ class TimeWindow:
 
 @dataclass(frozen=True, slots=True)
 class AntiFraudThresholds:
-    """The carrier's own limits for one card; ``None`` switches a check off."""
+    """The carrier's own limits for one card; ``None`` switches a check off.
+
+    ``max_calls_per_callee`` and ``max_cards_per_callee`` count INVITEs to one
+    callee from every card within the last ``callee_window`` seconds (the new
+    call included); the card whose INVITE crosses the limit is suspended.
+    """
 
     calls_per_hour: int | None = None
     calls_per_day: int | None = None
@@ -97,6 +113,14 @@ class AntiFraudThresholds:
     night_calls_max: int | None = None
     complaint_probability: float = 0.0
     complaints_max: int | None = None
+    max_calls_per_callee: int | None = None
+    max_cards_per_callee: int | None = None
+    callee_window: float = HOUR
+
+    @property
+    def watches_callees(self) -> bool:
+        """True when a per-callee threshold is on (the carrier keeps a callee history)."""
+        return self.max_calls_per_callee is not None or self.max_cards_per_callee is not None
 
     def __post_init__(self) -> None:
         for name in ("answer_rate_floor", "short_call_share_max", "complaint_probability"):
@@ -109,6 +133,12 @@ class AntiFraudThresholds:
             raise ValueError("answer_rate_min_calls cannot exceed answer_rate_window")
         if self.short_call_min_calls > self.short_call_window:
             raise ValueError("short_call_min_calls cannot exceed short_call_window")
+        for name in ("max_calls_per_callee", "max_cards_per_callee"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if self.callee_window <= 0:
+            raise ValueError(f"callee_window must be > 0, got {self.callee_window!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,3 +290,48 @@ class CardUsage:
         self.short_window.clear()
         self.complaints = 0
         self.latest = float("-inf")
+
+
+@dataclass(slots=True)
+class CalleeHistory:
+    """INVITEs the carrier let through to each callee, from any card, within a window.
+
+    Kept by the carrier (not per card): repeated calls to one person and one
+    person reached from several cards are only visible across cards. Entries
+    older than ``window`` seconds are dropped when their callee is next looked
+    at; the carrier sizes ``window`` to the longest ``callee_window`` in force.
+    """
+
+    window: float
+    calls: dict[str, deque[tuple[float, str]]] = field(default_factory=dict)
+
+    def _recent(self, callee: str, now: float) -> deque[tuple[float, str]]:
+        history = self.calls.get(callee)
+        if history is None:
+            return deque()
+        while history and history[0][0] <= now - self.window:
+            history.popleft()
+        if not history:
+            del self.calls[callee]
+        return history
+
+    def check(
+        self, callee: str, card: str, now: float, thresholds: AntiFraudThresholds
+    ) -> Violation | None:
+        """Would a call from ``card`` to ``callee`` at ``now`` cross a per-callee threshold?"""
+        t = thresholds
+        if not t.watches_callees:
+            return None
+        recent = [c for at, c in self._recent(callee, now) if at > now - t.callee_window]
+        calls = len(recent) + 1
+        if t.max_calls_per_callee is not None and calls > t.max_calls_per_callee:
+            return Violation(Metric.CALLS_PER_CALLEE, calls, t.max_calls_per_callee)
+        cards = len({*recent, card})
+        if t.max_cards_per_callee is not None and cards > t.max_cards_per_callee:
+            return Violation(Metric.CARDS_PER_CALLEE, cards, t.max_cards_per_callee)
+        return None
+
+    def record(self, callee: str, card: str, now: float) -> None:
+        """Count a call from ``card`` to ``callee`` the carrier let through."""
+        self._recent(callee, now)
+        self.calls.setdefault(callee, deque()).append((now, card))

@@ -16,12 +16,17 @@ Order of checks on an INVITE (first match answers):
    stays so until :meth:`CarrierModel.restore`
 4. balance ≤ 0 → ``402 Payment Required``
 5. a scheduled suspension is due, or the call would cross a volume threshold
-   → the card is suspended and this INVITE gets the 403
-6. otherwise accepted: the answer model draws the plan.
+   or a per-callee threshold (repeated calls to one callee, one callee called
+   from too many cards) → the card is suspended and this INVITE gets the 403
+6. otherwise accepted: the answer model draws the plan — the destination's
+   fixed answer for a callee inside one of the destination shares (plain 403,
+   ring then 408 or 503, silence), else the callee's answer for this call.
 
 Every decision is appended to :attr:`CarrierModel.events` with the callee
-masked. Pure, seeded and clock-free: ``now`` (business epoch seconds) is always
-passed in. This module must never read a clock, sleep, or do I/O.
+masked; every INVITE from a known card to :attr:`CarrierModel.callee_invites`
+with the callee as a pseudonym (the report's redial counts). Pure, seeded and
+clock-free: ``now`` (business epoch seconds) is always passed in. This module
+must never read a clock, sleep, or do I/O.
 """
 
 from __future__ import annotations
@@ -30,14 +35,14 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from policies.privacy import mask_number
-from simulator.answer import AnswerModel, AnswerProfile, CallPlan
-from simulator.antifraud import AntiFraudThresholds, CardUsage, Violation
+from simulator.answer import AnswerModel, AnswerProfile, CallPlan, Outcome
+from simulator.antifraud import AntiFraudThresholds, CalleeHistory, CardUsage, Violation
 
 __all__ = [
     "CardAccount",
@@ -46,6 +51,7 @@ __all__ = [
     "CarrierEvent",
     "CarrierModel",
     "EventKind",
+    "InviteSeen",
     "MaintenanceWindow",
     "ScheduledSuspension",
     "Suspension",
@@ -98,11 +104,33 @@ class CarrierEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class InviteSeen:
+    """One INVITE from a known card that reached the carrier model.
+
+    ``callee`` is a pseudonym, never the number: the order in which the carrier
+    first saw that callee (0, 1, 2, …), so the report can count callees dialled
+    more than once without holding numbers (masked numbers can collide).
+    ``put_through`` is True when the carrier let the call through towards the
+    destination (a plan was drawn, whatever the destination then answered) and
+    False when it refused it at card level (maintenance, suspended, arrears, a
+    threshold crossed).
+    """
+
+    time: float
+    card: str
+    callee: int
+    put_through: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CarrierDecision:
     """How the carrier answers one INVITE.
 
     ``status`` is the *final* response: for an accepted call it is the plan's
-    status (200, 486, 480, 603), sent after ``plan.ring_seconds`` of ringing.
+    status (200, 486, 480, 603; 403, 408, 503 for destination-level answers),
+    sent after ``plan.ring_seconds`` of ringing. A silent destination
+    (``plan.outcome`` is ``silent``) sends nothing at all; its status is the
+    408 the caller's Timer B will report.
     """
 
     status: int
@@ -219,6 +247,14 @@ class CarrierModel:
         self._seed = seed
         self._plans_drawn: Counter[str] = Counter()
         self._ends_drawn: Counter[str] = Counter()
+        #: Every INVITE from a known card, in arrival order (callees as pseudonyms).
+        self.callee_invites: list[InviteSeen] = []
+        self._pseudonyms: dict[str, int] = {}
+        # Per-callee abnormal use is watched across cards, only when a threshold asks for it.
+        watching = [t for t in (config.thresholds, config.probation) if t and t.watches_callees]
+        self._callees: CalleeHistory | None = (
+            CalleeHistory(max(t.callee_window for t in watching)) if watching else None
+        )
         self._cards: dict[str, _CardState] = {}
         for account in accounts:
             if account.card in self._cards:
@@ -260,12 +296,28 @@ class CarrierModel:
         snapshot["balance"] = None if math.isinf(state.balance) else round(state.balance, 4)
         return snapshot
 
+    def destination_outcome(self, callee: str) -> Outcome | None:
+        """The fixed answer of the callee's destination (plain 403, ring then 408/503, silence).
+
+        Drawn from the callee's own destination stream, keyed by ``(seed,
+        callee)`` only: the same callee gets the same answer on every call,
+        from every card. None: the callee answers call by call.
+        """
+        profile = self.config.answer
+        if not profile.has_destination_outcomes:
+            return None
+        return AnswerModel.destination(profile, random.Random(f"{self._seed}:destination:{callee}"))
+
     def plan_for(self, callee: str) -> CallPlan:
         """The callee's plan for the next accepted INVITE to it (its own seeded stream)."""
         nth = self._plans_drawn[callee]
         self._plans_drawn[callee] += 1
         rng = random.Random(f"{self._seed}:answer:{callee}:{nth}")
-        return AnswerModel(self.config.answer, rng).plan()
+        model = AnswerModel(self.config.answer, rng)
+        destination = self.destination_outcome(callee)
+        if destination is not None:
+            return model.destination_plan(destination)
+        return model.plan()
 
     # -- INVITE -----------------------------------------------------------------
     def decide_invite(self, card: str, callee: str, now: float) -> CarrierDecision:
@@ -276,8 +328,10 @@ class CarrierModel:
             self._emit(now, card, EventKind.REJECTED_UNKNOWN, 403, masked, "unknown-account")
             return CarrierDecision(403, "Forbidden", (("Warning", _warning("unknown account")),))
 
+        seen = InviteSeen(now, card, self._pseudonym(callee), put_through=False)
         window = self._maintenance(card, now)
         if window is not None:
+            self.callee_invites.append(seen)
             retry_after = max(1, math.ceil(window.end - now))
             self._emit(
                 now,
@@ -299,6 +353,7 @@ class CarrierModel:
 
         self._apply_schedules(state, now)
         if state.suspension is not None:
+            self.callee_invites.append(seen)
             self._emit(
                 now,
                 card,
@@ -311,6 +366,7 @@ class CarrierModel:
             return _suspended_decision(card, state.suspension)
 
         if state.balance <= 0:
+            self.callee_invites.append(seen)
             self._emit(now, card, EventKind.REJECTED_ARREARS, 402, masked, "balance exhausted")
             return CarrierDecision(
                 402,
@@ -319,11 +375,17 @@ class CarrierModel:
             )
 
         violation = state.usage.check_invite(callee, now)
+        if violation is None and self._callees is not None:
+            violation = self._callees.check(callee, card, now, state.usage.thresholds)
         if violation is not None:
+            self.callee_invites.append(seen)
             suspension = self._suspend(state, violation.reason, violation.cause, now, masked)
             return _suspended_decision(card, suspension)
 
         state.usage.record_invite(callee, now)
+        if self._callees is not None:
+            self._callees.record(callee, card, now)
+        self.callee_invites.append(replace(seen, put_through=True))
         plan = self.plan_for(callee)
         self._emit(
             now,
@@ -447,6 +509,9 @@ class CarrierModel:
         except KeyError:
             raise KeyError(f"no carrier account for card {card!r}") from None
 
+    def _pseudonym(self, callee: str) -> int:
+        return self._pseudonyms.setdefault(callee, len(self._pseudonyms))
+
     def _maintenance(self, card: str, now: float) -> MaintenanceWindow | None:
         return next((w for w in self.config.maintenance if w.applies(card, now)), None)
 
@@ -493,7 +558,15 @@ class CarrierModel:
         )
 
 
-_PHRASES = {200: "OK", 480: "Temporarily Unavailable", 486: "Busy Here", 603: "Decline"}
+_PHRASES = {
+    200: "OK",
+    403: "Forbidden",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    503: "Service Unavailable",
+    603: "Decline",
+}
 
 
 def _warning(text: str) -> str:

@@ -6,8 +6,11 @@ source i mod n, as in the SIP run) and takes the next one; the attempt passes a
 quotas and card selection — only when the scenario is ``guarded``), then
 :meth:`CarrierModel.decide_invite` answers it. On a card-level failure (403
 suspension, 402 arrears, 503 maintenance) the attempt fails over to the next
-card of the pool, never on a callee-level outcome. Accepted calls end after
-their plan's ring + talk time, reported with
+card of the pool, never on a callee-level outcome (the destination-level
+answers — plain 403, ring then 408 or 503, silence — are callee-level here: a
+silent destination holds the call for ``silent_seconds``, the caller's Timer B,
+and ends as 408). Accepted calls end after their plan's ring + talk time,
+reported with
 :meth:`CarrierModel.record_call_end` in business-time order.
 
 The stand-in gateway here is deliberately small and lives only in the
@@ -33,6 +36,7 @@ import phonenumbers
 from phonenumbers.timezone import time_zones_for_number
 
 from policies.privacy import mask_number
+from simulator.answer import Outcome
 from simulator.antifraud import TimeWindow
 from simulator.models import CarrierModel
 from simulator.records import CallOutcome, CallRecord, CardMark
@@ -46,11 +50,19 @@ NO_CARD_RETRY_SECONDS = 60.0
 MAX_STEPS = 2_000_000
 
 
+#: What the agent sees of each plan outcome. A silent destination ends with the 408
+#: of the caller's Timer B; ring then 408 is a no-answer; a plain 403 is the
+#: destination's refusal and ring then 503 a failure after the callee was reached —
+#: all callee-level: the stand-in gateway never tries them on another card.
 _PLAN_OUTCOME = {
-    200: CallOutcome.ANSWERED,
-    486: CallOutcome.BUSY,
-    480: CallOutcome.NO_ANSWER,
-    603: CallOutcome.DECLINED,
+    Outcome.ANSWER: CallOutcome.ANSWERED,
+    Outcome.BUSY: CallOutcome.BUSY,
+    Outcome.NO_ANSWER: CallOutcome.NO_ANSWER,
+    Outcome.DECLINE: CallOutcome.DECLINED,
+    Outcome.REFUSE_403: CallOutcome.REFUSED,
+    Outcome.RING_THEN_408: CallOutcome.NO_ANSWER,
+    Outcome.RING_THEN_503: CallOutcome.FAILED,
+    Outcome.SILENT: CallOutcome.NO_ANSWER,
 }
 
 
@@ -320,7 +332,7 @@ def run_offline(scenario: Scenario, *, max_leads: int | None = None) -> OfflineR
                     name,
                     masked,
                     card_id,
-                    _PLAN_OUTCOME[plan.sip_status],
+                    _PLAN_OUTCOME[plan.outcome],
                     plan.sip_status,
                     None,
                     failovers,

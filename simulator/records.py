@@ -2,8 +2,9 @@
 
 A :class:`CallRecord` is one call attempt as the caller side saw it (agent or
 dialer channel, card used, outcome, failovers); a :class:`CardMark` is the
-gateway taking a card out of service after a carrier response. The report is
-built from these plus the carrier's events. Callee numbers are stored masked
+gateway taking a card out of service after a carrier response; a
+:class:`GatewayCardState` is a card's state in the gateway when the run ended.
+The report is built from these plus the carrier's events. Callee numbers are stored masked
 by whoever creates a record; this module must never hold an unmasked number
 on its own initiative and never does I/O.
 """
@@ -14,7 +15,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["CallOutcome", "CallRecord", "CardMark"]
+__all__ = ["IN_SERVICE_STATES", "CallOutcome", "CallRecord", "CardMark", "GatewayCardState"]
+
+#: Gateway card states in which a card carries calls (DESIGN.md "Card states").
+IN_SERVICE_STATES = frozenset({"active", "probation"})
 
 
 class CallOutcome(StrEnum):
@@ -24,6 +28,10 @@ class CallOutcome(StrEnum):
     BUSY = "busy"
     NO_ANSWER = "no_answer"
     DECLINED = "declined"
+    #: The destination refused the number (a plain 403 / 404 from its side).
+    REFUSED = "refused"
+    #: The destination's network failed the call after it reached it (5xx after ringing).
+    FAILED = "failed"
     BLOCKED = "blocked"
 
 
@@ -77,3 +85,24 @@ class CardMark:
             "reason_phrase": self.reason_phrase,
             "until": self.until,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCardState:
+    """A card's state in the gateway when a run ended: ``active``, ``suspended``, ``suspect``…"""
+
+    card: str
+    state: str
+    reason: str | None = None
+
+    @property
+    def in_service(self) -> bool:
+        """True when the gateway would still put calls on the card (active or probation)."""
+        return self.state in IN_SERVICE_STATES
+
+    def __str__(self) -> str:
+        return self.state if self.reason is None else f"{self.state} ({self.reason})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"card": self.card, "state": self.state, "reason": self.reason}

@@ -135,7 +135,13 @@ class ClockSection(_Strict):
 
 
 class AnswerSection(_Strict):
-    """Callee behaviour (see :class:`simulator.answer.AnswerProfile`)."""
+    """Callee behaviour (see :class:`simulator.answer.AnswerProfile`).
+
+    ``answer``, ``busy``, ``no_answer`` and ``decline`` sum to 1. The
+    ``*_share`` keys are shares of destinations that answer the same way on
+    every call (plain 403, ring then 408, ring then 503, silence); together at
+    most 1, all 0 by default.
+    """
 
     answer: Probability = 0.45
     busy: Probability = 0.15
@@ -149,12 +155,28 @@ class AnswerSection(_Strict):
     talk_sigma: float = Field(default=1.0, ge=0)
     talk_min: float = Field(default=1.0, gt=0)
     talk_max: float = Field(default=1800.0, gt=0)
+    refuse_403_share: Probability = 0.0
+    ring_then_408_share: Probability = 0.0
+    ring_then_503_share: Probability = 0.0
+    silent_share: Probability = 0.0
+    silent_seconds: float = Field(default=32.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         total = self.answer + self.busy + self.no_answer + self.decline
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"answer + busy + no_answer + decline must be 1, got {total:g}")
+        shares = (
+            self.refuse_403_share
+            + self.ring_then_408_share
+            + self.ring_then_503_share
+            + self.silent_share
+        )
+        if shares > 1.0 + 1e-9:
+            raise ValueError(
+                "refuse_403_share + ring_then_408_share + ring_then_503_share + silent_share"
+                f" must be <= 1, got {shares:g}"
+            )
         if self.ring_min > self.ring_max:
             raise ValueError("ring_min must be <= ring_max")
         if self.talk_min > self.talk_max:
@@ -167,7 +189,11 @@ class AnswerSection(_Strict):
 
 
 class AntiFraudSection(_Strict):
-    """The carrier's own thresholds per card; omitted keys are not checked."""
+    """The carrier's own thresholds per card; omitted keys are not checked.
+
+    ``max_calls_per_callee`` / ``max_cards_per_callee`` count the calls to one
+    callee from every card within ``callee_window`` (seconds or ``"1h"``).
+    """
 
     calls_per_hour: int | None = Field(default=None, ge=1)
     calls_per_day: int | None = Field(default=None, ge=1)
@@ -183,6 +209,9 @@ class AntiFraudSection(_Strict):
     night_calls_max: int | None = Field(default=None, ge=0)
     complaint_probability: Probability = 0.0
     complaints_max: int | None = Field(default=None, ge=0)
+    max_calls_per_callee: int | None = Field(default=None, ge=1)
+    max_cards_per_callee: int | None = Field(default=None, ge=1)
+    callee_window: Duration = 3600.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

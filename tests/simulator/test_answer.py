@@ -120,3 +120,94 @@ def test_plan_is_frozen() -> None:
     with pytest.raises(AttributeError):
         plan.ring_seconds = 0  # type: ignore[misc]
     assert math.isfinite(plan.duration_seconds)
+
+
+# -- destination-level answers -------------------------------------------------------------
+
+AMBIGUOUS = AnswerProfile(
+    refuse_403_share=0.1,
+    ring_then_408_share=0.2,
+    ring_then_503_share=0.05,
+    silent_share=0.02,
+    no_answer_seconds=25.0,
+    ring_min=2.0,
+    ring_max=9.0,
+    silent_seconds=32.0,
+)
+
+
+def destinations(seed: int, n: int, profile: AnswerProfile = AMBIGUOUS) -> list[Outcome | None]:
+    """The destination outcome of ``n`` callees, each from its own stream (as the carrier)."""
+    return [
+        AnswerModel.destination(profile, random.Random(f"{seed}:destination:{i}")) for i in range(n)
+    ]
+
+
+def test_destination_shares_are_roughly_honoured() -> None:
+    """Over 20 000 callees each destination share is within 1 point; the rest answer per call."""
+    counts = Counter(destinations(5, 20_000))
+    expected = {
+        Outcome.REFUSE_403: 0.1,
+        Outcome.RING_THEN_408: 0.2,
+        Outcome.RING_THEN_503: 0.05,
+        Outcome.SILENT: 0.02,
+        None: 0.63,
+    }
+    for outcome, share in expected.items():
+        assert share == pytest.approx(counts[outcome] / 20_000, abs=0.01), outcome
+
+
+def test_destination_draw_is_deterministic_per_seed() -> None:
+    """The same seed gives every callee the same destination outcome; another seed does not."""
+    assert destinations(9, 500) == destinations(9, 500)
+    assert destinations(9, 500) != destinations(10, 500)
+
+
+def test_no_destination_shares_draw_nothing() -> None:
+    """With every share 0 (the default) nothing is drawn: the stream stays untouched."""
+    rng = random.Random(3)
+    state = rng.getstate()
+    assert AnswerModel.destination(AnswerProfile(), rng) is None
+    assert state == rng.getstate()
+    assert not AnswerProfile().has_destination_outcomes
+    assert AMBIGUOUS.has_destination_outcomes
+
+
+def test_destination_plans_carry_their_status_and_timing() -> None:
+    """Plain 403 at once without ringing; 408 after the no-answer time; 503 after a ring;
+    silence: no ringing, the 408 a caller's Timer B reports after ``silent_seconds``."""
+    model = AnswerModel(AMBIGUOUS, random.Random(1))
+    refused = model.destination_plan(Outcome.REFUSE_403)
+    assert (403, 0.0, False, False) == (
+        refused.sip_status,
+        refused.ring_seconds,
+        refused.rings,
+        refused.answered,
+    )
+    late = model.destination_plan(Outcome.RING_THEN_408)
+    assert (408, 25.0, True) == (late.sip_status, late.ring_seconds, late.rings)
+    for _ in range(50):
+        failed = model.destination_plan(Outcome.RING_THEN_503)
+        assert 503 == failed.sip_status and failed.rings
+        assert 2.0 <= failed.ring_seconds <= 9.0
+    silent = model.destination_plan(Outcome.SILENT)
+    assert (408, 32.0, False) == (silent.sip_status, silent.ring_seconds, silent.rings)
+    for plan in (refused, late, failed, silent):
+        assert 0.0 == plan.talk_seconds
+    with pytest.raises(ValueError, match="not a destination-level outcome"):
+        model.destination_plan(Outcome.BUSY)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"refuse_403_share": -0.1}, "refuse_403_share"),
+        ({"silent_share": 1.5}, "silent_share"),
+        ({"ring_then_408_share": 0.6, "ring_then_503_share": 0.5}, "must be <= 1"),
+        ({"silent_seconds": 0}, "silent_seconds"),
+    ],
+)
+def test_destination_share_validation(kwargs: dict[str, float], message: str) -> None:
+    """Shares outside [0, 1], shares adding up to more than 1 and a zero Timer B are refused."""
+    with pytest.raises(ValueError, match=message):
+        AnswerProfile(**kwargs)

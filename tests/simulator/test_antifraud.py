@@ -238,3 +238,88 @@ def test_violation_cause_text() -> None:
     """Causes read like a carrier's notice."""
     assert "calls per hour 61 > 60" == Violation(Metric.CALLS_PER_HOUR, 61, 60).cause
     assert "answer rate 0.12 < 0.20" == Violation(Metric.ANSWER_RATE, 0.12, 0.2).cause
+
+
+# -- abnormal use around one callee (across cards) -------------------------------------------
+
+
+def test_repeated_calls_to_one_callee_suspend_the_card() -> None:
+    """The third call to one callee within the window suspends: 'calls to one callee 3 > 2'."""
+    carrier = build_carrier(
+        cards=("c1", "c2"), max_calls_per_callee=2, callee_window=3600, answer=ALWAYS_ANSWER
+    )
+    assert [200, 200] == [
+        carrier.decide_invite("c1", callee(1), T0 + i * 600).status for i in range(2)
+    ]
+    decision = carrier.decide_invite("c1", callee(1), T0 + 1200)
+    assert 403 == decision.status
+    assert "Card Suspended: abnormal-use (calls to one callee 3 > 2)" == decision.reason_phrase
+    suspended = [e for e in carrier.events if e.kind is EventKind.SUSPENDED]
+    assert [("c1", "abnormal-use")] == [(e.card, e.reason) for e in suspended]
+    # Other callees and the other card are untouched.
+    assert 200 == carrier.decide_invite("c2", callee(2), T0 + 1300).status
+
+
+def test_repeated_calls_count_every_card_and_leave_the_window() -> None:
+    """Calls from any card count; a call older than ``callee_window`` no longer does."""
+    carrier = build_carrier(
+        cards=("c1", "c2"), max_calls_per_callee=2, callee_window=600, answer=ALWAYS_ANSWER
+    )
+    assert 200 == carrier.decide_invite("c1", callee(1), T0).status
+    assert 200 == carrier.decide_invite("c2", callee(1), T0 + 300).status
+    # The first call left the window (600 s): two calls in it with this one.
+    assert 200 == carrier.decide_invite("c1", callee(1), T0 + 600).status
+    # c2's call at +300 and c1's at +600 are still in it: the third suspends c2.
+    assert 403 == carrier.decide_invite("c2", callee(1), T0 + 800).status
+    assert carrier.suspension("c2") is not None
+    assert carrier.suspension("c1") is None
+
+
+def test_one_callee_from_several_cards_suspends_the_switching_card() -> None:
+    """A callee called from a second card within the window: 'cards calling one callee 2 > 1'."""
+    carrier = build_carrier(
+        cards=("c1", "c2", "c3"), max_cards_per_callee=1, callee_window=3600, answer=ALWAYS_ANSWER
+    )
+    assert 200 == carrier.decide_invite("c1", callee(1), T0).status
+    assert 200 == carrier.decide_invite("c1", callee(1), T0 + 60).status  # same card: fine
+    decision = carrier.decide_invite("c2", callee(1), T0 + 120)
+    assert "Card Suspended: abnormal-use (cards calling one callee 2 > 1)" == (
+        decision.reason_phrase
+    )
+    assert carrier.suspension("c1") is None
+    # Once the window has passed another card may call that callee.
+    assert 200 == carrier.decide_invite("c3", callee(1), T0 + 3700).status
+
+
+def test_callee_thresholds_are_off_by_default() -> None:
+    """Without the keys one callee can be called from every card, again and again."""
+    carrier = build_carrier(cards=("c1", "c2"), answer=ALWAYS_ANSWER)
+    statuses = [carrier.decide_invite(f"c{1 + i % 2}", callee(1), T0 + i).status for i in range(50)]
+    assert {200} == set(statuses)
+    assert not AntiFraudThresholds().watches_callees
+
+
+def test_refused_invites_do_not_count_towards_a_callee() -> None:
+    """An INVITE the carrier refused (card suspended) never reached the callee: not counted."""
+    carrier = build_carrier(
+        cards=("c1", "c2"), max_calls_per_callee=1, calls_per_hour=1, answer=ALWAYS_ANSWER
+    )
+    assert 200 == carrier.decide_invite("c1", callee(5), T0).status
+    assert 403 == carrier.decide_invite("c1", callee(1), T0 + 10).status
+    suspension = carrier.suspension("c1")
+    assert suspension is not None and "calls per hour 2 > 1" == suspension.cause
+    assert 200 == carrier.decide_invite("c2", callee(1), T0 + 20).status
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_calls_per_callee": 0}, "max_calls_per_callee"),
+        ({"max_cards_per_callee": 0}, "max_cards_per_callee"),
+        ({"callee_window": 0}, "callee_window"),
+    ],
+)
+def test_callee_threshold_validation(kwargs: dict[str, float], message: str) -> None:
+    """Per-callee limits below one call or card and an empty window are refused."""
+    with pytest.raises(ValueError, match=message):
+        AntiFraudThresholds(**kwargs)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import pytest
 
+from simulator.answer import AnswerProfile
 from simulator.antifraud import AntiFraudThresholds
 from simulator.models import (
     CardAccount,
@@ -298,3 +299,67 @@ def test_unknown_card_in_bookkeeping_names_the_card() -> None:
     carrier = build_carrier()
     with pytest.raises(KeyError, match="no carrier account for card 'ghost'"):
         carrier.record_call_end("ghost", callee(1), True, 10, T0)
+
+
+# -- destination-level answers and the INVITEs the carrier saw -------------------------------
+
+AMBIGUOUS = AnswerProfile(
+    refuse_403_share=0.1, ring_then_408_share=0.2, ring_then_503_share=0.05, silent_share=0.02
+)
+
+
+def test_a_destination_answers_the_same_way_from_every_card_every_time() -> None:
+    """Plain 403, ring then 408/503, silence are the callee's: same answer on any card, any call."""
+    carrier = build_carrier(cards=("c1", "c2", "c3"), answer=AMBIGUOUS, seed=4)
+    fixed = {}
+    for i in range(400):
+        outcome = carrier.destination_outcome(callee(i))
+        if outcome is not None:
+            fixed[callee(i)] = outcome
+    assert {o.value for o in fixed.values()} == {
+        "refuse_403",
+        "ring_then_408",
+        "ring_then_503",
+        "silent",
+    }
+    t = T0
+    for number, outcome in list(fixed.items())[:40]:
+        for card in ("c1", "c2", "c3", "c1"):
+            t += 1
+            decision = carrier.decide_invite(card, number, t)
+            assert decision.plan is not None and outcome == decision.plan.outcome
+    # Another carrier with the same seed agrees; another seed does not.
+    again = build_carrier(answer=AMBIGUOUS, seed=4)
+    assert all(again.destination_outcome(n) == o for n, o in fixed.items())
+    other = build_carrier(answer=AMBIGUOUS, seed=5)
+    assert any(other.destination_outcome(n) != o for n, o in fixed.items())
+
+
+def test_destination_shares_leave_the_other_callees_plans_alone() -> None:
+    """Callees outside the shares get exactly the plans a carrier without shares draws."""
+    plain = build_carrier(seed=8)
+    ambiguous = build_carrier(answer=replace(AnswerProfile(), silent_share=0.3), seed=8)
+    compared = 0
+    for i in range(200):
+        number = callee(i)
+        for _ in range(2):
+            expected = plain.plan_for(number)
+            got = ambiguous.plan_for(number)
+            if ambiguous.destination_outcome(number) is None:
+                assert expected == got
+                compared += 1
+            else:
+                assert "silent" == got.outcome
+    assert compared > 200
+
+
+def test_the_carrier_logs_each_invite_with_a_pseudonymous_callee() -> None:
+    """callee_invites: time, card, the callee's first-seen index (never its number), put through."""
+    carrier = build_carrier(cards=("c1", "c2"), calls_per_hour=1, answer=ALWAYS_ANSWER)
+    carrier.decide_invite("c1", callee(7), T0)
+    carrier.decide_invite("c1", callee(8), T0 + 10)  # suspends c1: not put through
+    carrier.decide_invite("c2", callee(8), T0 + 20)
+    carrier.decide_invite("nope", callee(9), T0 + 30)  # unknown account: not logged
+    assert [(T0, "c1", 0, True), (T0 + 10, "c1", 1, False), (T0 + 20, "c2", 1, True)] == [
+        (i.time, i.card, i.callee, i.put_through) for i in carrier.callee_invites
+    ]
