@@ -9,10 +9,18 @@ card REGISTERed first. For each authenticated INVITE it asks
 and a Warning) or plays the drawn :class:`~simulator.answer.CallPlan` out:
 180 Ringing, then after ``ring_seconds`` a 486 / 480 / 603 or a 200 OK with an
 SDP answer, and for an answered call an in-dialog BYE from the callee after
-``talk_seconds`` unless the caller hangs up first. CANCEL (487), the caller's
-BYE (200), re-INVITE (200, same SDP), OPTIONS health pings (200) and the ACK
-are handled by :class:`~simulator.sipkit.UserAgent`. Every call end is
-reported to :meth:`CarrierModel.record_call_end`.
+``talk_seconds`` unless the caller hangs up first. Destination-level plans:
+a plain ``403 Forbidden`` at once (no 180, no Warning), 180 then ``408`` or
+``503`` after ``ring_seconds``, or — for a silent destination — nothing at
+all: the INVITE's server transaction is dropped unanswered (not even 100
+Trying), its retransmissions and a CANCEL for it are swallowed, and the
+caller's Timer B ends it. On an event clock a silent INVITE holds business time
+for :attr:`Carrier.silent_hold` real seconds (:meth:`Carrier.hold_until`), so
+the caller's Timer B, which runs on real time, fires before any business event.
+CANCEL (487), the caller's BYE (200), re-INVITE (200, same SDP), OPTIONS
+health pings (200) and the ACK are handled by
+:class:`~simulator.sipkit.UserAgent`. Every call end is reported to
+:meth:`CarrierModel.record_call_end`.
 
 Every INVITE received is kept in :attr:`Carrier.invites` (business time, card,
 authenticated username, From user, callee, Call-ID, decision, final status),
@@ -44,7 +52,7 @@ unmasked callee.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +62,7 @@ from gateway.endpoint import ServerRequest
 from gateway.sip import Request, Response
 from gateway.sip.digest import Algorithm, DigestServer, Outcome, ha1
 from gateway.sip.errors import SIPError
-from gateway.sip.transaction import TimerConfig, cancel_target_key
+from gateway.sip.transaction import TimerConfig, cancel_target_key, server_key
 from gateway.transport import Address
 from policies.privacy import mask_number
 from simulator.answer import CallPlan
@@ -68,6 +76,10 @@ __all__ = ["Carrier", "InviteLogEntry", "Registration", "ScriptedPlan", "answer_
 log = structlog.get_logger("simulator.carrier")
 
 DEFAULT_REALM = "carrier.sim"
+
+#: Real seconds a silent INVITE's retransmissions (and a CANCEL for it) are swallowed:
+#: longer than a caller's Timer B with the default T1 (64 x 0.5 s).
+SILENT_MEMORY = 64.0
 
 #: A test's script for each INVITE the carrier model accepts, instead of the answer model:
 #:
@@ -95,7 +107,9 @@ class InviteLogEntry:
     actually sent (differs for a CANCELled call: 487). ``outcome`` names the
     branch: ``challenged``, ``malformed-auth``, ``not-registered``,
     ``unknown-card``, ``rejected`` or the plan's outcome (``answer``,
-    ``busy``, ``no_answer``, ``decline``).
+    ``busy``, ``no_answer``, ``decline``, and the destination-level
+    ``refuse_403``, ``ring_then_408``, ``ring_then_503``, ``silent``). A
+    silent INVITE keeps ``decided`` 0 and ``final`` None: nothing was sent.
     """
 
     time: float
@@ -178,6 +192,10 @@ class Carrier(UserAgent):
     scripts the answer to each INVITE the model accepts; ``record_requests``
     keeps every request received in :attr:`requests`; ``silent`` records every
     request and answers none (a carrier that is down); ``sdp`` fixes the SDP body.
+
+    ``silent_hold`` (real seconds, 0 = none) is how long each silent INVITE
+    asks an event clock to stand still (:meth:`hold_until`); the runner sets
+    it to the caller's Timer B plus a margin.
     """
 
     def __init__(
@@ -221,6 +239,12 @@ class Carrier(UserAgent):
         self.register_log: list[tuple[float, str | None, int]] = []
         self.options_received = 0
         self._playing: dict[InboundCall, _Playing] = {}
+        #: Real seconds a silent INVITE holds an event clock (see :meth:`hold_until`).
+        self.silent_hold = 0.0
+        self._hold_until: float | None = None
+        # Server keys of silent INVITEs → loop time until which their retransmissions
+        # (and a CANCEL for them) are swallowed.
+        self._silenced: dict[Hashable, float] = {}
 
     # -- read-outs ---------------------------------------------------------------------
 
@@ -287,6 +311,17 @@ class Carrier(UserAgent):
             if playing.entry.call_id == call_id and call.final_status is None:
                 return call
         return None
+
+    def hold_until(self) -> float | None:
+        """Loop time until which a silent INVITE asks business time to stand still, or None.
+
+        The event clock's driver keeps business time still meanwhile, so the
+        caller's Timer B (real time) fires and its outcome (the gateway's 408 to
+        the agent, or a failover) settles at the INVITE's business instant.
+        """
+        if self._hold_until is not None and self._hold_until <= self.endpoint.now():
+            self._hold_until = None
+        return self._hold_until
 
     def is_registered(self, card: str) -> bool:
         """True when ``card`` holds an unexpired registration."""
@@ -484,9 +519,12 @@ class Carrier(UserAgent):
         if self.plan is not None:
             self._play_scripted(req, entry, card, callee, plan, self.plan(req.request))
             return
+        entry.outcome = str(plan.outcome)
+        if plan.outcome is PlanOutcome.SILENT:
+            self._go_silent(req, card, callee)
+            return
         entry.decided = decision.status
         entry.reason_phrase = decision.reason_phrase
-        entry.outcome = str(plan.outcome)
         call = self.accept_inbound(req)
         self._playing[call] = _Playing(card, callee, plan, entry)
         log.info(
@@ -497,9 +535,55 @@ class Carrier(UserAgent):
             ring=plan.ring_seconds,
             talk=plan.talk_seconds,
         )
-        if plan.outcome is not PlanOutcome.BUSY:
+        if plan.outcome is PlanOutcome.REFUSE_403:
+            # The destination's network refuses the number at once: no 180, no Warning.
+            self.finish_inbound(call, plan.sip_status, _PHRASES[plan.sip_status])
+            return
+        if plan.rings:
             self.ring(call)
         call.timers.append(self.later(plan.ring_seconds, lambda: self._ring_over(call)))
+
+    def _go_silent(self, req: ServerRequest, card: str, callee: str) -> None:
+        """A silent destination: this INVITE gets no response at all, not even 100 Trying.
+
+        The call never reaches anyone, so its end (not answered) is reported to
+        the model at once; the caller's Timer B ends it on the caller's side.
+        """
+        now = self.endpoint.now()
+        self._silenced[server_key(req.request)] = now + SILENT_MEMORY
+        if self.silent_hold > 0:
+            self._hold_until = max(self._hold_until or now, now + self.silent_hold)
+        self._abandon(req)
+        log.info("carrier.invite.silent", card=card, callee=self.mask(callee))
+        self.model.record_call_end(card, callee, False, 0.0, self.clock.now())
+
+    def _abandon(self, req: ServerRequest) -> None:
+        """Drop a request's server transaction without a word.
+
+        The layer's actions for it (a TransportError for the TU, Terminated) are
+        deliberately not carried out: nothing is sent and no 100 Trying timer
+        stays armed. The request's retransmissions then arrive as new requests
+        and are abandoned the same way (:meth:`_silenced_request`).
+        """
+        if req.tx is not None:
+            self.endpoint.layer.transport_error(req.tx, self.endpoint.now())
+
+    def _silenced_request(self, req: ServerRequest) -> bool:
+        """True for a retransmitted silent INVITE or a CANCEL of one (swallowed, unanswered)."""
+        now = self.endpoint.now()
+        for key in [k for k, until in self._silenced.items() if until <= now]:
+            del self._silenced[key]
+        request = req.request
+        try:
+            if request.method == "INVITE" and request.to.tag is None:
+                key = server_key(request)
+            elif request.method == "CANCEL":
+                key = cancel_target_key(request)
+            else:
+                return False
+        except SIPError:
+            return False
+        return key in self._silenced
 
     def _play_scripted(
         self,
@@ -592,6 +676,9 @@ class Carrier(UserAgent):
             self.options_received += 1
         if self.silent:
             return
+        if self._silenced and self._silenced_request(req):
+            self._abandon(req)
+            return
         super()._dispatch(req)
 
     # -- inbound calls towards the gateway ----------------------------------------------
@@ -646,4 +733,11 @@ class Carrier(UserAgent):
         )
 
 
-_PHRASES = {480: "Temporarily Unavailable", 486: "Busy Here", 603: "Decline"}
+_PHRASES = {
+    403: "Forbidden",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    503: "Service Unavailable",
+    603: "Decline",
+}

@@ -1,13 +1,17 @@
 """The rehearsal report: totals, terminal text, JSON and a PNG chart of card usage.
 
 Built from what a run recorded — the carrier's :class:`CarrierEvent` list, the
-per-attempt :class:`CallRecord` list and the gateway's card marks — so the
-offline replay and the later SIP run share it. Totals: attempts, calls placed,
-answered, ASR, blocks by reason, suspensions with cause and time, failovers,
-503s (carrier maintenance and gateway no-card-available), 402s, complaints,
-and a line per card. The chart plots, per card, calls in the last hour against
-the carrier's threshold and the answer rate against its floor, with each
-suspension marked and labelled.
+per-attempt :class:`CallRecord` list, the gateway's card marks, the INVITEs the
+carrier saw (:class:`InviteSeen`, callees as pseudonyms) and the gateway's card
+states at the end — so the offline replay and the SIP run share it. Totals:
+attempts, calls placed, answered, ASR, blocks by reason, suspensions with
+cause and time, failovers, 503s (carrier maintenance and gateway
+no-card-available), 402s, complaints, cards the gateway took out of service
+that the carrier never refused (``cards_wrongly_out``), callees put through
+from two cards within :data:`REDIAL_WINDOW` seconds (``callees_redialled``)
+and callees INVITEd more than once, and a line per card. The chart plots, per
+card, calls in the last hour against the carrier's threshold and the answer
+rate against its floor, with each suspension marked and labelled.
 
 Deterministic: the same events give byte-identical text and JSON. Callee
 numbers only appear as the events recorded them (masked). This module must
@@ -23,28 +27,46 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from simulator.antifraud import AntiFraudThresholds
-from simulator.models import CarrierEvent, EventKind
-from simulator.records import CallOutcome, CallRecord, CardMark
+from simulator.models import CarrierEvent, EventKind, InviteSeen
+from simulator.records import CallOutcome, CallRecord, CardMark, GatewayCardState
 
 if TYPE_CHECKING:
     from simulator.offline import OfflineResult
 
 __all__ = [
     "OFFLINE",
+    "REDIAL_WINDOW",
     "CardSummary",
     "Report",
     "SuspensionEntry",
     "build_report",
+    "offline_gateway_cards",
     "report_from_offline",
 ]
 
 #: Chart sampling step for "calls in the last hour", business seconds.
 SAMPLE_STEP = 300.0
+
+#: Two INVITEs put through to one callee from different cards less than this many
+#: business seconds apart count as one call attempt dialled twice (a redial).
+REDIAL_WINDOW = 60.0
+
+#: Carrier events that are card-level evidence: the carrier itself refused the card.
+CARRIER_REFUSALS = frozenset(
+    {
+        EventKind.SUSPENDED,
+        EventKind.REJECTED_SUSPENDED,
+        EventKind.REJECTED_ARREARS,
+        EventKind.REJECTED_MAINTENANCE,
+        EventKind.REJECTED_UNKNOWN,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +103,10 @@ class CardSummary:
     complaints: int
     state: str
     balance: float | None
+    gateway_state: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (``state`` is the carrier's view, ``gateway_state`` the gateway's)."""
         return {
             "card": self.card,
             "placed": self.placed,
@@ -92,6 +115,7 @@ class CardSummary:
             "talk_minutes": round(self.talk_minutes, 2),
             "complaints": self.complaints,
             "state": self.state,
+            "gateway_state": self.gateway_state,
             "balance": self.balance,
         }
 
@@ -123,6 +147,13 @@ class Report:
     complaints: int
     card_marks: dict[str, int]
     cards: list[CardSummary]
+    callees_redialled: int = 0
+    callees_invited_more_than_once: int = 0
+    redial_window: float = REDIAL_WINDOW
+    #: Cards the gateway holds out of service that the carrier never refused (None: unknown).
+    cards_wrongly_out: list[str] | None = None
+    #: The gateway's card states at the end (None: not known, e.g. an external gateway).
+    gateway_cards: list[GatewayCardState] | None = None
     leads_total: int | None = None
     leads_left: int | None = None
     mode: str = OFFLINE
@@ -203,7 +234,17 @@ class Report:
                 "gateway_503": self.gateway_503,
                 "complaints": self.complaints,
                 "suspensions": len(self.suspensions),
+                "cards_wrongly_out": (
+                    None if self.cards_wrongly_out is None else len(self.cards_wrongly_out)
+                ),
+                "callees_redialled": self.callees_redialled,
+                "callees_invited_more_than_once": self.callees_invited_more_than_once,
             },
+            "redial_window_seconds": self.redial_window,
+            "cards_wrongly_out": self.cards_wrongly_out,
+            "gateway_cards": (
+                None if self.gateway_cards is None else [g.as_dict() for g in self.gateway_cards]
+            ),
             "gateway_card_marks_by_status": dict(sorted(self.card_marks.items())),
             "outcomes": dict(sorted(self.outcomes.items())),
             "blocks_by_reason": dict(sorted(self.blocks.items())),
@@ -217,6 +258,9 @@ class Report:
                 "short_call_share_max": t.short_call_share_max,
                 "night_calls_max": t.night_calls_max,
                 "complaints_max": t.complaints_max,
+                "max_calls_per_callee": t.max_calls_per_callee,
+                "max_cards_per_callee": t.max_cards_per_callee,
+                "callee_window": t.callee_window,
             },
             "leads": {"total": self.leads_total, "left": self.leads_left},
         }
@@ -250,13 +294,29 @@ class Report:
         lines += [
             f"    {s.local_time}  {s.card:<6} {s.reason}: {s.cause}" for s in self.suspensions
         ]
+        if self.cards_wrongly_out is None:
+            wrongly = "n/a   the gateway's card states are not known"
+        else:
+            named = f" ({', '.join(self.cards_wrongly_out)})" if self.cards_wrongly_out else ""
+            wrongly = (
+                f"{len(self.cards_wrongly_out)}   cards out of service at the gateway that the"
+                f" carrier never refused{named}"
+            )
+        lines += [
+            f"  wrongly out   {wrongly}",
+            f"  redialled     {self.callees_redialled}   callees put through from 2+ cards"
+            f" within {self.redial_window:g} s",
+            f"  re-INVITEd    {self.callees_invited_more_than_once}   callees INVITEd more"
+            " than once",
+        ]
         lines += ["", "  card    placed  answered  ASR     talk min  complaints  state"]
         for c in self.cards:
             card_asr = _ratio(c.answered, c.placed)
             shown = "n/a" if card_asr is None else f"{card_asr:.1%}"
+            gateway = "" if c.gateway_state is None else f"  gateway: {c.gateway_state}"
             lines.append(
                 f"  {c.card:<7} {c.placed:>6}  {c.answered:>8}  {shown:<7} {c.talk_minutes:>8.1f}"
-                f"  {c.complaints:>10}  {c.state}"
+                f"  {c.complaints:>10}  {c.state}{gateway}"
             )
         if self.leads_total is not None:
             lines += [
@@ -387,6 +447,9 @@ def build_report(
     speed: float | None = None,
     gateway_clock: str | None = None,
     business_clock: str | None = None,
+    invites_seen: Iterable[InviteSeen] = (),
+    gateway_cards: Iterable[GatewayCardState] | None = None,
+    redial_window: float = REDIAL_WINDOW,
 ) -> Report:
     """Aggregate one run's records into a :class:`Report`.
 
@@ -395,6 +458,12 @@ def build_report(
     ``gateway_clock`` is ``business`` when the gateway shared the scaled clock;
     ``business_clock`` is ``event`` (discrete-event, SIP runs in one process),
     ``scaled`` (business time flows with real time) or None (offline).
+
+    ``invites_seen`` (the carrier model's :attr:`~CarrierModel.callee_invites`)
+    gives the redial counts; ``gateway_cards`` the gateway's card states at the
+    end (None when unknown): a card out of service there whose carrier never
+    refused it (no suspension, no 403 suspended / 402 / 503 maintenance /
+    unknown-account answer during the run) counts as wrongly out.
     """
     events = sorted(events, key=lambda e: e.time)
     calls = list(calls)
@@ -439,6 +508,18 @@ def build_report(
             answered_by[call.card] += 1
             talk[call.card] = talk.get(call.card, 0.0) + call.talk_seconds
     placed_by = {c: len(accepted.get(c, [])) for c in cards}
+    refused_by_carrier = {e.card for e in events if e.kind in CARRIER_REFUSALS}
+    gateway = None if gateway_cards is None else {g.card: g for g in gateway_cards}
+    wrongly_out = (
+        None
+        if gateway is None
+        else [
+            card
+            for card, g in gateway.items()
+            if not g.in_service and card not in refused_by_carrier
+        ]
+    )
+    redialled, more_than_once = _callee_counts(invites_seen, redial_window)
     blocks = Counter(c.reason or "unknown" for c in calls if c.outcome is CallOutcome.BLOCKED)
     outcomes = Counter(str(c.outcome) for c in calls)
     return Report(
@@ -469,9 +550,15 @@ def build_report(
                 complaints[c],
                 state[c],
                 balance[c],
+                None if gateway is None or c not in gateway else str(gateway[c]),
             )
             for c in cards
         ],
+        callees_redialled=redialled,
+        callees_invited_more_than_once=more_than_once,
+        redial_window=redial_window,
+        cards_wrongly_out=wrongly_out,
+        gateway_cards=None if gateway is None else list(gateway.values()),
         leads_total=leads_total,
         leads_left=leads_left,
         mode=mode,
@@ -483,8 +570,37 @@ def build_report(
     )
 
 
+def _callee_counts(invites: Iterable[InviteSeen], window: float) -> tuple[int, int]:
+    """(callees put through from two cards within ``window`` s, callees INVITEd more than once)."""
+    by_callee: dict[int, list[InviteSeen]] = {}
+    for invite in invites:
+        by_callee.setdefault(invite.callee, []).append(invite)
+    more_than_once = sum(1 for seen in by_callee.values() if len(seen) > 1)
+    redialled = 0
+    for seen in by_callee.values():
+        through = sorted((i.time, i.card) for i in seen if i.put_through)
+        if any(
+            b_time - a_time < window and a_card != b_card
+            for (a_time, a_card), (b_time, b_card) in combinations(through, 2)
+        ):
+            redialled += 1
+    return redialled, more_than_once
+
+
+def offline_gateway_cards(
+    cards: Sequence[str], marks: Iterable[CardMark], end: float
+) -> list[GatewayCardState]:
+    """The offline stand-in gateway's card states at ``end``, from its marks.
+
+    A card marked without an end (``until`` None) or marked until after the run
+    is out of service (``suspended``); every other card is ``active``.
+    """
+    out = {m.card for m in marks if m.until is None or m.until > end}
+    return [GatewayCardState(c, "suspended" if c in out else "active") for c in cards]
+
+
 def report_from_offline(result: OfflineResult) -> Report:
-    """The report of an offline run."""
+    """The report of an offline run (the stand-in gateway's card states from its marks)."""
     s = result.scenario
     return build_report(
         name=s.name,
@@ -499,4 +615,6 @@ def report_from_offline(result: OfflineResult) -> Report:
         marks=result.marks,
         leads_total=result.leads_total,
         leads_left=result.leads_left,
+        invites_seen=result.carrier.callee_invites,
+        gateway_cards=offline_gateway_cards([c.id for c in s.cards], result.marks, s.end_epoch),
     )

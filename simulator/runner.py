@@ -27,10 +27,21 @@ same report. Against an external gateway (``gateway=``), or with
 runs instead (business time flows ``speed`` times faster than real time; the
 report then says totals can differ between runs).
 
+Silent destinations (``carrier.answer.silent_share``) answer nothing; the
+caller's Timer B (64 x T1, real time) ends such a call. On the event clock the
+run then gives the in-process gateway (or, direct, each softphone) a short T1,
+:data:`SILENT_T1`, and the carrier holds business time still for that Timer B
+plus :data:`SILENT_HOLD_MARGIN` per silent INVITE, so Timer B fires — and the
+gateway answers the agent or fails over — at the INVITE's business instant
+(a silent call costs real time, no business time).
+
 Each attempt becomes a :class:`~simulator.records.CallRecord` (callee
 masked), carrier refusals become :class:`~simulator.records.CardMark` entries,
-and :func:`simulator.report.build_report` turns them and the carrier events
-into the report. :class:`Progress` draws a one-line live status.
+the in-process gateway's card states at the end (read from its store, as
+:func:`seed_store` writes it) become :class:`~simulator.records.GatewayCardState`
+entries, and :func:`simulator.report.build_report` turns them, the carrier
+events and the INVITEs the carrier saw into the report. :class:`Progress`
+draws a one-line live status.
 
 Also here, shared with the pytest fixtures: :func:`build_settings`,
 :func:`settings_from_scenario` and :class:`InProcessGateway`.
@@ -58,13 +69,14 @@ from typing import Any, TextIO
 import structlog
 
 from gateway.config import Settings
+from gateway.sip.transaction import TimerConfig
 from gateway.transport import Address, Transport
 from policies.privacy import mask_number
 from simulator.agents import Dialer, Softphone, work_leads
 from simulator.carrier import Carrier
 from simulator.clock import BusinessClock, EventClock, ScaledClock
 from simulator.models import CarrierModel, EventKind
-from simulator.records import CallOutcome, CallRecord, CardMark
+from simulator.records import CallOutcome, CallRecord, CardMark, GatewayCardState
 from simulator.report import Report, build_report
 from simulator.scenario import Scenario
 from simulator.sipkit import CallResult
@@ -76,6 +88,7 @@ __all__ = [
     "Progress",
     "SipRunResult",
     "build_settings",
+    "gateway_card_states",
     "run_scenario",
     "seed_store",
     "settings_from_scenario",
@@ -85,6 +98,15 @@ log = structlog.get_logger("simulator.runner")
 
 #: Business seconds an agent waits before retrying a lead the gateway could not place.
 NO_CARD_RETRY_SECONDS = 60.0
+
+#: T1 (real seconds) of the UAC facing the carrier (the in-process gateway, or the
+#: softphones of a direct run) on the event clock when some destinations are silent:
+#: Timer B = 64 x T1 = 1.6 s of real time instead of 32 s.
+SILENT_T1 = 0.025
+
+#: Real seconds a silent INVITE holds business time beyond that Timer B (the gateway's
+#: answer to the agent, or its failover INVITE, settles meanwhile).
+SILENT_HOLD_MARGIN = 0.4
 
 #: Gateway ``[[carriers.rules]]`` matching the simulated carrier's answers (as in
 #: :meth:`Scenario.gateway_config`): its 403 phrases name the suspension reason.
@@ -166,11 +188,39 @@ def settings_from_scenario(
     *,
     store_path: str | Path,
     listen: Sequence[str] = ("udp:127.0.0.1:0",),
+    sip_t1: float | None = None,
 ) -> Settings:
-    """The in-process gateway's settings for ``scenario`` (policies per ``gateway.guarded``)."""
+    """The in-process gateway's settings for ``scenario`` (policies per ``gateway.guarded``).
+
+    ``sip_t1`` sets the gateway's ``[sip] t1`` (None: the gateway's default).
+    """
     config = scenario.gateway_config(carrier_address, listen=listen, store_path=str(store_path))
     config["admin"] = {"listen": "127.0.0.1:0"}
+    if sip_t1 is not None:
+        config["sip"]["t1"] = sip_t1
     return Settings(**config)
+
+
+def gateway_card_states(settings: Settings) -> list[GatewayCardState] | None:
+    """Each configured card's state as the gateway stored it (None when the store is unreadable).
+
+    Read through the gateway's own store (``gateway.store.store_from_settings``),
+    as :func:`seed_store` writes it: call it once the gateway has stopped.
+    """
+    from gateway.store import store_from_settings
+
+    configured = {c.id for c in settings.cards}
+    try:
+        with store_from_settings(settings) as store:
+            rows = store.load_cards()
+    except Exception:
+        log.warning("sim.gateway_cards.unreadable", exc_info=True)
+        return None
+    return [
+        GatewayCardState(row.id, str(row.state), None if row.reason is None else str(row.reason))
+        for row in rows
+        if row.id in configured
+    ]
 
 
 def seed_store(
@@ -306,6 +356,10 @@ class EventDriver:
     stop the run; after ``lost_after`` real seconds without any counter
     moving, the difference is accepted as lost, logged and counted in
     :attr:`lost`.
+
+    ``holds`` (optional) returns a loop time until which business time must
+    stand still whatever else is quiet (the carrier's silent INVITEs waiting
+    for the caller's real-time Timer B: :meth:`Carrier.hold_until`), or None.
     """
 
     def __init__(
@@ -315,9 +369,11 @@ class EventDriver:
         *,
         pause: float = 0.001,
         lost_after: float = 5.0,
+        holds: Callable[[], float | None] | None = None,
     ) -> None:
         self.clock = clock
         self.transports = transports
+        self.holds = holds
         self.pause = pause
         self.lost_after = lost_after
         #: sent - received accepted as lost (0 in normal flow).
@@ -355,6 +411,11 @@ class EventDriver:
             await self._drain(loop)
             if _ready_callbacks(loop):
                 last = None
+                continue
+            until = self.holds() if self.holds is not None else None
+            if until is not None and until > loop.time():
+                last = None
+                await asyncio.sleep(min(until - loop.time(), 0.05))
                 continue
             current = self.counts()
             sent, received = current
@@ -476,6 +537,8 @@ class SipRunResult:
     business_clock: str = "scaled"
     #: Business events the event clock fired (0 on a scaled clock).
     events_fired: int = 0
+    #: The in-process gateway's card states when it stopped (None: no gateway of ours).
+    gateway_cards: list[GatewayCardState] | None = None
 
     def report(self) -> Report:
         """The rehearsal report (same builder as the offline run)."""
@@ -501,6 +564,8 @@ class SipRunResult:
             speed=None if self.business_clock == "event" else s.clock.speed,
             gateway_clock=gateway_clock,
             business_clock=self.business_clock,
+            invites_seen=self.carrier.callee_invites,
+            gateway_cards=self.gateway_cards,
         )
 
 
@@ -526,6 +591,11 @@ def _record(
     status = result.status or 0
     outcome = _STATUS_OUTCOME.get(status)
     reason = result.reason_text
+    final = tried[-1].final if tried and tried[-1].reached_callee else None
+    if outcome is None and final is not None and final // 100 == status // 100 >= 4:
+        # The destination's own answer, relayed (a proxy turns 503 into 500): a refusal
+        # (plain 403) or a failure after the callee was reached (503 after ringing).
+        outcome = CallOutcome.REFUSED if status < 500 else CallOutcome.FAILED
     if outcome is None:
         outcome = CallOutcome.BLOCKED
         if reason is None:
@@ -630,6 +700,13 @@ async def run_scenario(
         numbers={c.number: c.id for c in scenario.cards},
         mask_callees=mask,
     )
+    # Silent destinations on the event clock: a short Timer B for whoever faces the
+    # carrier, and business time held still until it fired (see the module docstring).
+    silent_t1 = SILENT_T1 if event_mode and scenario.carrier.answer.silent_share > 0 else None
+    if silent_t1 is not None:
+        carrier.silent_hold = 64 * silent_t1 + SILENT_HOLD_MARGIN
+    gateway_settings: Settings | None = None
+    gateway_cards: list[GatewayCardState] | None = None
     in_process: InProcessGateway | None = None
     callers: list[Softphone | Dialer] = []
     results: list[tuple[str, CallResult]] = []
@@ -644,8 +721,11 @@ async def run_scenario(
             await carrier.start(carrier_port)
             target: Address | None = gateway
             if not direct and gateway is None:
-                settings = settings_from_scenario(
-                    scenario, carrier.address_spec, store_path=Path(tmp) / "dialgate.db"
+                settings = gateway_settings = settings_from_scenario(
+                    scenario,
+                    carrier.address_spec,
+                    store_path=Path(tmp) / "dialgate.db",
+                    sip_t1=silent_t1,
                 )
                 # The leads' consent is on record before the campaign starts (granted
                 # a day before business time, and before the real time a gateway
@@ -671,6 +751,7 @@ async def run_scenario(
                         clock=clock,
                         mask_callees=mask,
                         max_call_seconds=max_call,
+                        timers=None if silent_t1 is None else TimerConfig(t1=silent_t1),
                     )
                 else:
                     assert target is not None
@@ -723,7 +804,7 @@ async def run_scenario(
                         out.extend(in_process.gateway.transports)
                     return out
 
-                driver = EventDriver(clock, peers)
+                driver = EventDriver(clock, peers, holds=carrier.hold_until)
                 # The scenario's end is the first event registered: at that instant
                 # it fires before any call event due at the same time.
                 clock.call_later(end - clock.now(), stop.set)
@@ -812,6 +893,8 @@ async def run_scenario(
                 await caller.close()
             if in_process is not None:
                 await in_process.stop()
+                if gateway_settings is not None:
+                    gateway_cards = gateway_card_states(gateway_settings)
             await carrier.close()
     calls = [_record(source, r, carrier, mask) for source, r in results]
     calls.sort(key=lambda c: c.time)
@@ -829,4 +912,5 @@ async def run_scenario(
         invites=[e.as_dict(mask=mask) for e in carrier.invites],
         business_clock="event" if event_mode else "scaled",
         events_fired=clock.fired if isinstance(clock, EventClock) else 0,
+        gateway_cards=gateway_cards,
     )

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from simulator.antifraud import AntiFraudThresholds
-from simulator.models import CarrierEvent, EventKind
+from simulator.models import CarrierEvent, EventKind, InviteSeen
 from simulator.offline import CallOutcome, CallRecord, run_offline
+from simulator.records import GatewayCardState
 from simulator.report import Report, build_report, report_from_offline
 from simulator.scenario import load_scenario
 from tests.simulator.support import T0
@@ -186,6 +187,9 @@ def test_build_report_from_hand_made_records() -> None:
         "gateway_503": 1,
         "complaints": 1,
         "suspensions": 1,
+        "cards_wrongly_out": None,  # the gateway's card states were not given
+        "callees_redialled": 0,
+        "callees_invited_more_than_once": 0,
     } == data["totals"]
     assert {"no-card-available": 1, "no-consent": 1} == data["blocks_by_reason"]
     assert [
@@ -228,3 +232,107 @@ def test_restore_returns_card_to_active_and_empty_run_has_no_asr() -> None:
     assert report.asr is None
     assert "active" == report.cards[0].state
     assert "ASR n/a" in report.to_text()
+
+
+def _report(
+    events: list[CarrierEvent],
+    invites: list[InviteSeen],
+    gateway: list[GatewayCardState] | None,
+) -> Report:
+    return build_report(
+        name="checks",
+        seed=0,
+        start=T0,
+        end=T0 + 3600,
+        timezone="Asia/Shanghai",
+        thresholds=AntiFraudThresholds(),
+        cards=["c1", "c2", "c3"],
+        events=events,
+        calls=[],
+        invites_seen=invites,
+        gateway_cards=gateway,
+    )
+
+
+def test_cards_wrongly_out_are_the_gateways_refusals_without_carrier_evidence() -> None:
+    """Out at the gateway (suspended or suspect) while the carrier never refused the card: wrongly
+    out; a card the carrier suspended is rightly out; active and probation are in service."""
+    events = [CarrierEvent(T0 + 5, "c2", EventKind.SUSPENDED, 403, None, "calls", "abnormal-use")]
+    gateway = [
+        GatewayCardState("c1", "suspect"),
+        GatewayCardState("c2", "suspended", "abnormal-use"),
+        GatewayCardState("c3", "probation"),
+    ]
+    report = _report(events, [], gateway)
+    assert ["c1"] == report.cards_wrongly_out
+    data = report.to_dict()
+    assert 1 == data["totals"]["cards_wrongly_out"]
+    assert ["c1"] == data["cards_wrongly_out"]
+    assert {"card": "c2", "state": "suspended", "reason": "abnormal-use"} in data["gateway_cards"]
+    assert ["suspect", "suspended (abnormal-use)", "probation"] == [
+        c["gateway_state"] for c in data["cards"]
+    ]
+    text = report.to_text()
+    assert "wrongly out   1   cards out of service at the gateway" in text
+    assert "(c1)" in text
+    assert "gateway: suspect" in text
+    # Another card-level refusal by the carrier (here 402 arrears) is evidence too.
+    arrears = [CarrierEvent(T0, "c1", EventKind.REJECTED_ARREARS, 402, "+86139****0001")]
+    assert (
+        []
+        == _report(arrears, [], [GatewayCardState("c1", "suspended", "arrears")]).to_dict()[
+            "cards_wrongly_out"
+        ]
+    )
+
+
+def test_unknown_gateway_states_say_so() -> None:
+    """Without the gateway's card states the count is null in JSON and n/a in the text."""
+    report = _report([], [], None)
+    assert report.to_dict()["totals"]["cards_wrongly_out"] is None
+    assert "wrongly out   n/a" in report.to_text()
+
+
+def test_callees_redialled_count_two_cards_within_the_window() -> None:
+    """Put through from two cards < 60 s apart: redialled. Same card, a card-level refusal
+    before the failover, or a minute and more apart: not. Any second INVITE: more than once."""
+    invites = [
+        # callee 0: c1 then c2 30 s later, both put through → redialled
+        InviteSeen(T0, "c1", 0, True),
+        InviteSeen(T0 + 30, "c2", 0, True),
+        # callee 1: refused at card level on c1 (suspended), put through on c2 → a failover
+        InviteSeen(T0 + 40, "c1", 1, False),
+        InviteSeen(T0 + 41, "c2", 1, True),
+        # callee 2: twice on the same card
+        InviteSeen(T0 + 50, "c3", 2, True),
+        InviteSeen(T0 + 55, "c3", 2, True),
+        # callee 3: two cards, 60 s apart
+        InviteSeen(T0 + 100, "c1", 3, True),
+        InviteSeen(T0 + 160, "c2", 3, True),
+        # callee 4: once
+        InviteSeen(T0 + 200, "c1", 4, True),
+    ]
+    report = _report([], invites, None)
+    assert (1, 4) == (report.callees_redialled, report.callees_invited_more_than_once)
+    totals = report.to_dict()["totals"]
+    assert (1, 4) == (totals["callees_redialled"], totals["callees_invited_more_than_once"])
+    assert 60.0 == report.to_dict()["redial_window_seconds"]
+    text = report.to_text()
+    assert "redialled     1   callees put through from 2+ cards within 60 s" in text
+    assert "re-INVITEd    4   callees INVITEd more than once" in text
+
+
+def test_ambiguous_carrier_offline_report() -> None:
+    """The shipped ambiguous-carrier example offline: every destination answer occurs, the
+    stand-in gateway takes no card out and dials nobody twice."""
+    report = example_report("ambiguous-carrier")
+    data = json.loads(report.to_json())
+    assert 0 == data["totals"]["cards_wrongly_out"]
+    assert 0 == data["totals"]["callees_redialled"]
+    assert [] == data["suspensions"]
+    assert data["outcomes"]["refused"] > 0 and data["outcomes"]["failed"] > 0
+    assert {"active"} == {c["gateway_state"] for c in data["cards"]}
+    assert {"max_calls_per_callee": 2, "max_cards_per_callee": 1, "callee_window": 3600.0} == {
+        k: data["carrier_thresholds"][k]
+        for k in ("max_calls_per_callee", "max_cards_per_callee", "callee_window")
+    }

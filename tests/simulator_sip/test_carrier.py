@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from gateway.sip import Request
+from gateway.sip.transaction import TimerConfig
 from simulator.agents import Softphone
 from simulator.answer import AnswerProfile
 from simulator.antifraud import AntiFraudThresholds
@@ -300,3 +302,72 @@ async def test_inbound_call_from_carrier_to_softphone(sim_kit: SimKit, carrier: 
     [inbound] = agent.inbound_calls
     assert (200, True, "remote") == (inbound.status, inbound.answered, inbound.hangup)
     assert "+8613800000001" == inbound.callee
+
+
+def _destination(share: str) -> AnswerProfile:
+    """Every destination answers one way (``share`` = 1); ring 2 s, give up after 5 s."""
+    return replace(_only("answer"), **{share: 1.0})
+
+
+@pytest.mark.parametrize(
+    ("share", "status", "phrase", "rings", "outcome"),
+    [
+        ("refuse_403_share", 403, "Forbidden", False, "refuse_403"),
+        ("ring_then_408_share", 408, "Request Timeout", True, "ring_then_408"),
+        ("ring_then_503_share", 503, "Service Unavailable", True, "ring_then_503"),
+    ],
+)
+async def test_destination_level_answers(
+    sim_kit: SimKit,
+    sim_cards: list[SimCard],
+    share: str,
+    status: int,
+    phrase: str,
+    rings: bool,
+    outcome: str,
+) -> None:
+    """Plain 403 at once (no 180, no Warning, nothing about the card); 180 then 408 / 503."""
+    carrier = await sim_kit.carrier(sim_cards, answer=_destination(share))
+    phone = await _phone(sim_kit, carrier, sim_cards[0])
+    result = await asyncio.wait_for(phone.call(CALLEE), WAIT)
+    await _settle(carrier)
+    assert (status, phrase, None) == (result.status, result.reason_phrase, result.warning)
+    assert (180 in result.provisional) is rings
+    entry = carrier.invites[-1]
+    assert (outcome, status, False) == (entry.outcome, entry.final, entry.answered)
+    assert entry.reached_callee
+    assert carrier.model.suspension("c1") is None
+    kinds = [e.kind for e in carrier.model.events]
+    assert [EventKind.ACCEPTED, EventKind.CALL_ENDED] == kinds
+
+
+async def test_silent_destination_sends_nothing_not_even_100(
+    sim_kit: SimKit, sim_cards: list[SimCard]
+) -> None:
+    """A silent destination: no response at all, retransmissions swallowed; the caller's own
+    Timer B (64 x T1) ends the call with 408. The model counts one unanswered call."""
+    carrier = await sim_kit.carrier(
+        sim_cards, answer=_destination("silent_share"), record_requests=True
+    )
+    phone = await sim_kit.softphone(
+        sim_cards[0].username,
+        sim_cards[0].password,
+        carrier.address,
+        timers=TimerConfig(t1=0.02),
+    )
+    sent_before = carrier.transport.stats.sent
+    result = await asyncio.wait_for(phone.call(CALLEE, ring_timeout=None), WAIT)
+    assert 408 == result.status
+    assert [] == result.provisional
+    entry = carrier.invites[-1]
+    assert ("silent", 0, None) == (entry.outcome, entry.decided, entry.final)
+    # The challenge (401) is the only thing the carrier ever sent; the INVITE with
+    # credentials came several times (Timer A) and got nothing.
+    assert 1 == carrier.transport.stats.sent - sent_before
+    assert len([r for r in carrier.received_invites() if r.headers.get("Authorization")]) > 2
+    assert [EventKind.ACCEPTED, EventKind.CALL_ENDED] == [e.kind for e in carrier.model.events]
+    assert 0 == carrier.active_calls()
+    # The next call from the same card is decided afresh (and is silent again).
+    again = await asyncio.wait_for(phone.call(CALLEE, ring_timeout=None), WAIT)
+    assert 408 == again.status and [] == again.provisional
+    assert ["silent", "silent"] == [e.outcome for e in carrier.dialled()]
