@@ -113,7 +113,7 @@ def test_maintenance_marks_card_until_retry_after() -> None:
 
 def test_each_placed_call_reaches_the_carrier_once() -> None:
     """A callee-level outcome never fails over: one ACCEPTED event per placed call record."""
-    for name in ("unguarded", "guarded", "suspension-storm"):
+    for name in ("unguarded", "guarded", "suspension-storm", "ambiguous-carrier"):
         result = example(name)
         placed = [c for c in result.calls if c.outcome is not CallOutcome.BLOCKED]
         accepted = [e for e in result.carrier.events if e.kind is EventKind.ACCEPTED]
@@ -232,3 +232,39 @@ def test_unguarded_stand_in_ignores_quotas() -> None:
     result = run_offline(loads_scenario(text))
     accepted = [e for e in result.carrier.events if e.kind is EventKind.ACCEPTED]
     assert len(accepted) > 50
+
+
+@pytest.mark.parametrize(
+    ("share", "outcome", "status", "ring"),
+    [
+        ("refuse_403_share", CallOutcome.REFUSED, 403, 0.0),
+        ("ring_then_408_share", CallOutcome.NO_ANSWER, 408, 30.0),
+        ("ring_then_503_share", CallOutcome.FAILED, 503, None),
+        ("silent_share", CallOutcome.NO_ANSWER, 408, 32.0),
+    ],
+)
+def test_destination_answers_are_the_callees_never_failed_over(
+    share: str, outcome: CallOutcome, status: int, ring: float | None
+) -> None:
+    """Every destination answering one way: one INVITE per call, no mark, no failover, and the
+    agent's outcome as the stand-in gateway relays it (silence: Timer B's 408 after 32 s)."""
+    text = MINIMAL.replace(
+        'card = "c1"', 'card = "c1"\n\n[[agents]]\nname = "bob"\npassword = "pw"', 1
+    ).replace(
+        'password = "pw"\n\n[[agents]]',
+        'password = "pw"\n\n[[cards]]\nid = "c2"\nnumber = "+8613800000002"\n'
+        'username = "c2"\npassword = "pw"\n\n[[agents]]',
+        1,
+    )
+    text += f"\n[carrier.answer]\n{share} = 1.0\n"
+    text += '\n[leads.generate]\ncount = 20\nprefix = "+86139"\nconsent_share = 1.0\n'
+    result = run_offline(loads_scenario(text))
+    placed = [c for c in result.calls if c.outcome is not CallOutcome.BLOCKED]
+    assert len(placed) >= 10
+    assert {(outcome, status)} == {(c.outcome, c.status) for c in placed}
+    assert all(c.failovers == 0 for c in placed)
+    assert [] == result.marks
+    if ring is not None:
+        assert {ring} == {c.ring_seconds for c in placed}
+    seen = result.carrier.callee_invites
+    assert len(seen) == len({i.callee for i in seen}) == len(placed)

@@ -36,7 +36,7 @@ def test_minimal_scenario_loads_with_defaults() -> None:
     assert scenario.start_epoch + 7200 == scenario.end_epoch
 
 
-@pytest.mark.parametrize("name", ["unguarded", "guarded", "suspension-storm"])
+@pytest.mark.parametrize("name", ["unguarded", "guarded", "suspension-storm", "ambiguous-carrier"])
 def test_example_scenarios_load(name: str) -> None:
     """Every shipped example validates."""
     scenario = load_scenario(EXAMPLES / f"{name}.toml")
@@ -298,7 +298,7 @@ def test_scenario_quota_keys_are_the_gateways() -> None:
     assert set(QuotaProfileSection.model_fields) <= set(GatewayQuotaProfile.model_fields)
 
 
-@pytest.mark.parametrize("name", ["unguarded", "guarded", "suspension-storm"])
+@pytest.mark.parametrize("name", ["unguarded", "guarded", "suspension-storm", "ambiguous-carrier"])
 def test_gateway_config_builds_settings_with_the_scenarios_quotas(
     name: str, tmp_path: Path
 ) -> None:
@@ -389,3 +389,81 @@ def test_probation_profile_must_exist() -> None:
     """quota_profiles.NAME.probation names another profile of the scenario."""
     found = problems(MINIMAL + '\n[gateway.quota_profiles.default]\nprobation = "strict"\n')
     assert "unknown quota profile" in found["gateway.quota_profiles.default.probation"]
+
+
+def test_ambiguous_carrier_is_guarded_with_an_ambiguous_carrier() -> None:
+    """ambiguous-carrier.toml is guarded.toml's traffic and gateway; only the carrier differs."""
+    guarded = load_scenario(EXAMPLES / "guarded.toml")
+    ambiguous = load_scenario(EXAMPLES / "ambiguous-carrier.toml")
+    for section in ("seed", "clock", "cards", "gateway", "agents", "leads", "pacing"):
+        assert getattr(guarded, section) == getattr(ambiguous, section), section
+    answer = ambiguous.carrier.answer
+    assert (0.1, 0.2, 0.05, 0.02) == (
+        answer.refuse_403_share,
+        answer.ring_then_408_share,
+        answer.ring_then_503_share,
+        answer.silent_share,
+    )
+    assert len(ambiguous.cards) >= 2 and ambiguous.gateway.guarded
+
+
+def test_destination_shares_and_callee_thresholds_reach_the_carrier() -> None:
+    """The new [carrier.answer] shares and [carrier.antifraud] callee keys build the model."""
+    scenario = loads_scenario(
+        MINIMAL
+        + """
+[carrier.answer]
+refuse_403_share = 0.25
+silent_share = 0.5
+silent_seconds = 20
+
+[carrier.antifraud]
+max_calls_per_callee = 3
+max_cards_per_callee = 2
+callee_window = "30m"
+"""
+    )
+    config = scenario.build_carrier().config
+    assert (0.25, 0.0, 0.0, 0.5, 20.0) == (
+        config.answer.refuse_403_share,
+        config.answer.ring_then_408_share,
+        config.answer.ring_then_503_share,
+        config.answer.silent_share,
+        config.answer.silent_seconds,
+    )
+    assert (3, 2, 1800.0) == (
+        config.thresholds.max_calls_per_callee,
+        config.thresholds.max_cards_per_callee,
+        config.thresholds.callee_window,
+    )
+    defaults = loads_scenario(MINIMAL).build_carrier().config
+    assert not defaults.answer.has_destination_outcomes
+    assert not defaults.thresholds.watches_callees
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("[carrier.answer]\nsilent_share = 1.5", "carrier.answer.silent_share"),
+        ("[carrier.answer]\nrefuse_403_share = -0.1", "carrier.answer.refuse_403_share"),
+        ("[carrier.answer]\nring_then_408_share = 2", "carrier.answer.ring_then_408_share"),
+        ("[carrier.answer]\nring_then_503_share = 1.01", "carrier.answer.ring_then_503_share"),
+        ("[carrier.answer]\nsilent_seconds = 0", "carrier.answer.silent_seconds"),
+        ("[carrier.antifraud]\nmax_calls_per_callee = 0", "carrier.antifraud.max_calls_per_callee"),
+        ("[carrier.antifraud]\nmax_cards_per_callee = 0", "carrier.antifraud.max_cards_per_callee"),
+        ("[carrier.antifraud]\ncallee_window = 'soon'", "carrier.antifraud.callee_window"),
+        ("[carrier.answer]\nsilence_share = 0.1", "carrier.answer.silence_share"),
+    ],
+)
+def test_new_carrier_keys_name_their_key(table: str, key: str) -> None:
+    """A bad destination share or per-callee threshold is reported under its own key."""
+    assert key in problems(MINIMAL + "\n" + table + "\n")
+
+
+def test_destination_shares_must_leave_room() -> None:
+    """The four destination shares together cannot exceed 1; the message names them."""
+    found = problems(
+        MINIMAL + "\n[carrier.answer]\nring_then_408_share = 0.7\nsilent_share = 0.4\n"
+    )
+    assert "carrier.answer" in found
+    assert "silent_share must be <= 1" in found["carrier.answer"]
