@@ -391,3 +391,29 @@ def test_run_real_gateway_answers_options_and_stops(tmp_path: Path) -> None:
     assert 0 == proc.returncode, err
     assert '"event": "stopped"' in err
     assert "alice-pw-123" not in err
+
+
+def test_check_config_names_the_carrier_answer_keys(write_toml: Callable[[str], Path]) -> None:
+    """The judging keys of issue 12 are checked and a bad one is named by its key path."""
+    text = (
+        BASE_TOML.replace(
+            'timezone = "Asia/Shanghai"',
+            'timezone = "Asia/Shanghai"\nsuspect_after = 0\ndead_causes = [300]\n'
+            'probation_profile = "nope"',
+            1,
+        )
+        + '\n[pools.nowhere]\nspill = "maybe"\n'
+    )
+    path = write_toml(text)
+    result = dialgate("check-config", "--config", str(path))
+    assert 2 == result.returncode
+    lines = result.stderr.splitlines()
+    assert f"{path}: carriers[0].suspect_after: Input should be greater than or equal to 1" in lines
+    assert f"{path}: carriers[0].dead_causes[0]: Input should be less than or equal to 127" in lines
+    assert any(line.startswith(f"{path}: pools.nowhere.spill: ") for line in lines)
+    good = BASE_TOML.replace(
+        'timezone = "Asia/Shanghai"', 'timezone = "Asia/Shanghai"\nprobation_profile = "nope"', 1
+    )
+    result = dialgate("check-config", "--config", str(write_toml(good)))
+    assert 2 == result.returncode
+    assert "carriers[0].probation_profile: unknown quota profile 'nope'" in result.stderr
