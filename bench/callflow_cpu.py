@@ -266,7 +266,7 @@ async def run(ns: argparse.Namespace) -> int:
         gw.add_transport(MemoryTransport(gw.handle, GW, network=net))
         gw._start_call_path()
         peer_clock = PeerClock()
-        carrier = Carrier(net, peer_clock)
+        _carrier = Carrier(net, peer_clock)  # listens on the memory network
         agents = [Agent(net, i, peer_clock) for i in range(ns.callers)]
         for a in agents:
             a.register()
