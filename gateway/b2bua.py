@@ -455,13 +455,29 @@ class B2BUA:
         """The card the agent is bound to now: its re-binding when one is stored for the
         configured card it has today, else the configured card (None: unbound)."""
         stored = self._rebound.get(identity.name)
-        if (
-            stored is not None
-            and stored[1] == identity.card
-            and self.services.cards.find(stored[0]) is not None
-        ):
+        if stored is None:
+            return identity.card
+        configured = None if identity.card is None else self.services.cards.find(identity.card)
+        if configured is not None and configured.usable:
+            # Its own card is back in service (restored, cleared, maintenance over):
+            # the agent goes back to its own caller number; the re-binding is over.
+            self._unbind(identity.name, f"{configured.id} {configured.state}")
+            return identity.card
+        if stored[1] == identity.card and self.services.cards.find(stored[0]) is not None:
             return stored[0]
         return identity.card
+
+    def _unbind(self, agent: str, cause: str) -> None:
+        stored = self._rebound.pop(agent, None)
+        if stored is None:
+            return
+        try:
+            self.services.store.save_agent_binding(
+                agent, None, configured=stored[1], now=self.clock(), cause=cause
+            )
+        except Exception as exc:
+            log.error("agent.unbind.store_failed", agent=agent, error=repr(exc)[:200])
+        log.info("agent.back_on_card", agent=agent, card=stored[1], was=stored[0], cause=cause)
 
     def _spill(self, card_id: str) -> bool:
         """Whether the card's pool lets a bound agent use another card while it waits."""
@@ -791,7 +807,7 @@ class B2BUA:
         self._log_verdict(call, card_id, status, reason, verdict)
         trunk = verdict.kind is BLegClass.TRUNK_UNREACHABLE
         if self._may_fail_over(call, card_id, verdict.failover, trunk):
-            self._fail_over(call, card_id, status, trunk, now)
+            self._fail_over(call, card_id, status, reason, resp, trunk, now)
             return
         if call.cancelled:
             self._end(call, 487)
@@ -855,7 +871,16 @@ class B2BUA:
                 return False  # a bound agent waits for its card's trunk
         return True
 
-    def _fail_over(self, call: Call, card_id: str, status: int, trunk: bool, now: float) -> None:
+    def _fail_over(
+        self,
+        call: Call,
+        card_id: str,
+        status: int,
+        reason: str,
+        resp: Response | None,
+        trunk: bool,
+        now: float,
+    ) -> None:
         """Release the failed card and dial the callee once more on another card.
 
         Only reached when the callee was never rung. After ``card-dead`` every card
@@ -884,7 +909,7 @@ class B2BUA:
             self._pool_exhausted(call, decision, now)
             if trunk:
                 # No card on another trunk: the agent hears the trunk failure itself.
-                self._trunk_unreachable_to_a(call, status, None, None, local=True)
+                self._trunk_unreachable_to_a(call, status, reason, resp, local=resp is None)
                 self._end(call, status, failed=True)
                 return
             self._policy_final(call, decision)

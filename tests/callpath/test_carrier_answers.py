@@ -153,7 +153,8 @@ async def test_pool_with_spill_lets_a_bound_agent_use_another_card(tmp_path: Pat
 
 
 async def test_dead_bound_card_rebinds_the_agent_once_and_for_good(rig: Rig) -> None:
-    """c1 proven dead: alice moves to c2 (stored, published) and stays there."""
+    """c1 proven dead: alice moves to c2 (stored, published) and stays there until c1
+    is back in service."""
     seen: list[object] = []
     rig.gateway.events.subscribe(seen.append)
     rig.carrier.plan = lambda req: (
@@ -168,6 +169,12 @@ async def test_dead_bound_card_rebinds_the_agent_once_and_for_good(rig: Rig) -> 
     assert 200 == (await rig.alice.call("13912345679"))[0].status
     froms = [r.from_.uri.user for r in rig.carrier.invites()]
     assert ["+8613800000001", "+8613800000002", "+8613800000002"] == froms
+    # Its own card restored: alice is back on c1's number, the re-binding is gone.
+    cards = rig.gateway.b2bua.services.cards  # type: ignore[union-attr]
+    cards.restore("c1", now=rig.gateway.b2bua.clock())  # type: ignore[union-attr]
+    assert 200 == (await rig.alice.call("13912345670"))[0].status
+    assert "+8613800000001" == rig.carrier.invites()[-1].from_.uri.user
+    assert {} == store.agent_bindings()
 
 
 async def test_ambiguous_refusals_to_distinct_callees_make_the_card_suspect(rig: Rig) -> None:
