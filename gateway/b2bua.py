@@ -1035,6 +1035,14 @@ class B2BUA:
 
     def _policy_final(self, call: Call, decision: Decision) -> None:
         """A policy answer after B-legs were tried (pool exhausted, store down)."""
+        log.info(
+            "call.no_card_left",
+            call=call.key,
+            agent=call.identity.name,
+            reason=str(decision.reason),
+            detail=decision.detail or None,
+            cards=",".join(call.cards_tried),
+        )
         self._answer_decision(call, decision)
         self._end(call, call.final_code, failed=True)
 

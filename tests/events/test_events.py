@@ -304,3 +304,24 @@ def test_carrier_health_transitions_become_trunk_alerts() -> None:
         (AlertKind.TRUNK_DOWN, "carrier-a", Severity.CRITICAL),
         (AlertKind.TRUNK_UP, "carrier-a", Severity.INFO),
     ] == alerts
+
+
+def test_card_state_says_whether_the_card_can_take_a_call_and_why_not() -> None:
+    """The retained card state carries ``available``: now or not, why, until when."""
+    now = 1_793_577_600.0  # 2026-11-02 00:00 UTC = 08:00 in Shanghai
+    manager = CardManager()
+    manager.load([CardDef("c1", "carrier-a", "+8613800000001")], now)
+    free = CardSnapshot("c1", CardState.ACTIVE, QuotaProfile(calls_per_minute=1))
+    body = render_payload(card_status(manager.get("c1"), now, free))
+    assert {"now": True, "why": None, "until": None} == body["available"]
+    busy = CardSnapshot(
+        "c1",
+        CardState.ACTIVE,
+        QuotaProfile(calls_per_minute=1),
+        timezone="Asia/Shanghai",
+        usage=CardUsage(call_starts=(now - 30,)),
+    )
+    body = render_payload(card_status(manager.get("c1"), now, busy))
+    assert False is body["available"]["now"]
+    assert "calls_per_minute 1/1 in 60s until 08:00" == body["available"]["why"]
+    assert body["available"]["until"].startswith("2026-11-02T00:00:30")
