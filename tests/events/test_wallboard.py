@@ -55,6 +55,8 @@ def _status(
             LimitUsage("concurrent", in_use, 1),
             LimitUsage("answer_rate_floor", 0.42, 0.3, sample=40, min_sample=20),
         ),
+        available=in_use == 0,
+        unavailable_why=None if in_use == 0 else "concurrent 1/1 in use",
     )
 
 
@@ -312,6 +314,11 @@ async def test_wallboard_in_headless_chromium(mosquitto: Mosquitto, chromium: Ch
                 assert all_active == await wait_states(all_active, 15)
                 assert "7" == await dt.evaluate("document.getElementById('kpi-active').textContent")
                 assert "dnc" in await dt.evaluate("document.getElementById('blocked').textContent")
+                # Why a card cannot take a call now (the Warning of a 503 no-card-available).
+                why = await dt.evaluate(
+                    "document.querySelector('[data-card=\"c1\"] .card-why').textContent"
+                )
+                assert "not available: concurrent 1/1 in use" == why
 
                 # Suspend c2 through the card manager: its state must show within 2 s.
                 manager.on_response("c2", 402, "Payment Required", now=time.time())
