@@ -2,7 +2,7 @@
 PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
-CONFIG ?= examples/dialgate.toml
+CONFIG ?= examples/demo.toml
 
 .PHONY: install system-deps run test check bench clean
 

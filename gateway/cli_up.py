@@ -399,6 +399,12 @@ async def start_carrier(settings: Settings, index: int) -> Any:
         name=carrier.name,
         mask_callees=settings.policy.mask_numbers,
     )
+    example = _dial_example(settings.policy.default_region)
+    if example is not None:
+        # The banner's number is the demo's callee: it answers at once, every time,
+        # so the README's first call connects; any other number gets the model's mix.
+        demo_callee = example[1]
+        sim.plan = lambda req: ("answer",) if req.uri.user == demo_callee else None
     await sim.start(carrier.address.port)
     return sim
 
@@ -460,6 +466,8 @@ def summary_block(settings: Settings, up: _Up) -> str:
         lines.append(
             f"  dial          {national} (national, region {policy.default_region}) or {e164}"
         )
+        if any("simulator" in line for line in up.carriers):
+            lines.append("                the simulator carrier answers this number every time")
     lines.append(f"                calling hours {policy.calling_hours} (callee's local time)")
     for line in up.carriers:
         lines.append(f"  carrier       {line}")

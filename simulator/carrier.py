@@ -89,8 +89,9 @@ SILENT_MEMORY = 64.0
 #: * ``("answer-on-cancel",)`` — 180, and the 200 goes out when the CANCEL arrives
 #:   (the answer crosses the CANCEL, §9.2: the CANCEL gets 200, the INVITE stays answered);
 #: * ``("silent",)`` — no response from the carrier at all (only the transaction's 100);
-#: * ``(status, reason)`` or ``(status, reason, headers)`` — that final response.
-ScriptedPlan = Callable[[Request], tuple[Any, ...]]
+#: * ``(status, reason)`` or ``(status, reason, headers)`` — that final response;
+#: * ``None`` — no script for this INVITE: the answer model plays it.
+ScriptedPlan = Callable[[Request], tuple[Any, ...] | None]
 
 
 def answer_all(_request: Request) -> tuple[Any, ...]:
@@ -516,8 +517,9 @@ class Carrier(UserAgent):
                 req, entry, decision.status, decision.reason_phrase, "rejected", decision.headers
             )
             return
-        if self.plan is not None:
-            self._play_scripted(req, entry, card, callee, plan, self.plan(req.request))
+        scripted = self.plan(req.request) if self.plan is not None else None
+        if scripted is not None:
+            self._play_scripted(req, entry, card, callee, plan, scripted)
             return
         entry.outcome = str(plan.outcome)
         if plan.outcome is PlanOutcome.SILENT:

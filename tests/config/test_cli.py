@@ -67,7 +67,7 @@ def test_python_dash_m_gateway_works() -> None:
     assert (0, f"dialgate {__version__}") == (result.returncode, result.stdout.strip())
 
 
-@pytest.mark.parametrize("name", ["dialgate.toml", "minimal.toml"])
+@pytest.mark.parametrize("name", ["dialgate.toml", "minimal.toml", "demo.toml"])
 def test_check_config_valid_examples(name: str) -> None:
     """A valid file exits 0 with one summary line on stdout and nothing on stderr."""
     result = dialgate("check-config", str(EXAMPLES / name))

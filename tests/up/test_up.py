@@ -365,3 +365,51 @@ async def test_no_broker_uses_the_configured_one_and_no_carrier(
         status = json.loads(broker.retained["dialgate/gateway/gw-up/status"].payload)
         assert status["status"] == "offline"
     assert not (tmp_path / "var" / "run").exists()
+
+
+def demo_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> Path:
+    """``examples/demo.toml`` (what ``make run`` starts) with free ports and a private store."""
+    text = (Path(__file__).resolve().parents[2] / "examples" / "demo.toml").read_text()
+    for old, new in (
+        ('"udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"', f'"udp:127.0.0.1:{sip}"'),
+        ("udp:127.0.0.1:5070", f"udp:127.0.0.1:{carrier}"),
+        ("mqtt://127.0.0.1:1883", f"mqtt://127.0.0.1:{mqtt}"),
+        ('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{admin}"'),
+        ('path = "var/dialgate.db"', f'path = "{tmp / "demo.db"}"'),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    config = tmp / "demo.toml"
+    config.write_text(text)
+    return config
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp (sip-tester)")
+async def test_readme_first_call_connects_with_the_demo_config(
+    tmp_path: Path, run_up: object
+) -> None:
+    """make run's config: alice registers and the banner's number is answered, whatever the hour
+    (open calling hours, no night window, the demo carrier answers that number every time);
+    the same number again that day is refused by the frequency cap."""
+    from tests.policy_sipp.conftest import register_alice, run_agent
+
+    sip, carrier, mqtt, admin, wallboard = free_ports(5)
+    config = demo_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
+    up = run_up("--wallboard-port", str(wallboard), config=config)  # type: ignore[operator]
+    await asyncio.to_thread(up.wait_block)
+    national = up.field("dial").split()[0]
+    assert national.isdigit(), up.field("dial")
+    await asyncio.to_thread(register_alice, ("127.0.0.1", sip), tmp_path / "reg")
+    result = await asyncio.to_thread(
+        run_agent, "agent_call.xml", ("127.0.0.1", sip), tmp_path / "call", [national]
+    )
+    finals = [m.status for m in result.messages if m.status and m.status >= 200]
+    assert "1" == result.stats.get("SuccessfulCall(C)"), finals
+    assert 200 in finals, finals
+    # Called again the same day: one answered call a day per number (frequency cap).
+    again = await asyncio.to_thread(
+        run_agent, "agent_reject_403.xml", ("127.0.0.1", sip), tmp_path / "again", [national]
+    )
+    reasons = [m.header("Reason") for m in again.messages if m.status == 403]
+    assert 'SIP;cause=403;text="frequency-cap"' in reasons, reasons
+    assert await asyncio.to_thread(up.terminate) == 0, up.stderr.read_text()[-3000:]
