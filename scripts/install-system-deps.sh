@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and `make run` use as real peers:
-# SIPp (package sip-tester), mosquitto (+ clients), redis-server, chromium (wallboard test).
+# SIPp (package sip-tester), mosquitto (+ clients), redis-server, chromium (wallboard test),
+# and two real softphones for tests/softphones: baresip (baresip-core), linphonec (linphone-cli).
 # Idempotent: does nothing when every tool is already on PATH.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)
 # mosquitto and redis-server install to /usr/sbin on Debian; look there too.
 for pair in "mosquitto:/usr/sbin/mosquitto" "redis-server:/usr/bin/redis-server"; do
   pkg=${pair%%:*}; path=${pair#*:}
