@@ -807,7 +807,7 @@ class B2BUA:
         self._log_verdict(call, card_id, status, reason, verdict)
         trunk = verdict.kind is BLegClass.TRUNK_UNREACHABLE
         if self._may_fail_over(call, card_id, verdict.failover, trunk):
-            self._fail_over(call, card_id, status, reason, resp, trunk, now)
+            self._fail_over(call, card_id, status, reason, resp, trunk, now, local=local)
             return
         if call.cancelled:
             self._end(call, 487)
@@ -880,6 +880,8 @@ class B2BUA:
         resp: Response | None,
         trunk: bool,
         now: float,
+        *,
+        local: bool = False,
     ) -> None:
         """Release the failed card and dial the callee once more on another card.
 
@@ -909,7 +911,9 @@ class B2BUA:
             self._pool_exhausted(call, decision, now)
             if trunk:
                 # No card on another trunk: the agent hears the trunk failure itself.
-                self._trunk_unreachable_to_a(call, status, reason, resp, local=resp is None)
+                # ``local``: our own Timer B 408 / transport 503 (a Response object made
+                # here, not the carrier's): answered with Reason trunk-unreachable.
+                self._trunk_unreachable_to_a(call, status, reason, resp, local=local)
                 self._end(call, status, failed=True)
                 return
             self._policy_final(call, decision)
