@@ -199,6 +199,10 @@ class Call:
     ringing: bool = False
     timed_out: bool = False
     no_answer_timer: asyncio.TimerHandle | None = None
+    #: RFC 3261 §9.1: armed when the gateway CANCELs the B-leg; ends the call if no
+    #: final response to the INVITE came within 64*T1 (a carrier that answers the
+    #: CANCEL 200 and never sends the 487 must not hold the card for good).
+    cancel_timer: asyncio.TimerHandle | None = None
     a_final: int | None = None
     cancelled: bool = False
     answered: bool = False
@@ -254,6 +258,8 @@ class B2BUA:
         self._unfinished: list[Callable[[], object]] = []
         self.mask = services.settings.policy.mask_numbers
         self.no_answer_timeout = NO_ANSWER_TIMEOUT
+        # RFC 3261 §9.1: 64*T1 after a CANCEL, an INVITE with no final answer is over.
+        self.cancel_give_up = endpoint.layer.config.timeout
         self.calls: dict[str, Call] = {}
         self._legs: dict[tuple[str, str], tuple[Call, Side]] = {}
         self._carriers: dict[str, CarrierSettings] = {c.name: c for c in services.settings.carriers}
@@ -575,11 +581,107 @@ class B2BUA:
     def _no_answer(self, call: Call, leg: Leg) -> None:
         """Timer C fired: CANCEL the unanswered B-leg; the agent gets 408 once it ends."""
         call.no_answer_timer = None
-        if call.ended or call.answered or call.b is not leg or call.b_client is None:
+        if (
+            call.ended
+            or call.answered
+            or call.cancelled
+            or call.b is not leg
+            or call.b_client is None
+        ):
             return
-        log.info("call.no_answer_timeout", call=call.key)
+        log.info(
+            "call.no_answer_timeout",
+            call_id=call.a.call_id,
+            b_call_id=leg.call_id,
+            card=call.card,
+            seconds=self.no_answer_timeout,
+        )
         call.timed_out = True
-        call.b_client.cancel()
+        self._cancel_b(call, "no-answer")
+
+    def _cancel_b(self, call: Call, why: str) -> None:
+        """CANCEL the B-leg's pending INVITE and arm the §9.1 give-up timer.
+
+        RFC 3261 §9.1: "If there is no final response for the original request in
+        64*T1 seconds ..., the client SHOULD then consider the original transaction
+        cancelled". The INVITE client transaction itself has no timer once a
+        provisional response arrived (Timer B guards only the Calling state), so a
+        carrier that answers the CANCEL 200 and never sends the 487 would keep the
+        call — and its card's reservation — forever. The timer runs from the moment
+        the CANCEL is asked for; before any provisional the CANCEL waits for one
+        (§9.1) and the INVITE's own Timer B, already running for longer, ends the
+        attempt first.
+        """
+        handle = call.b_client
+        if handle is None or handle.final.done():
+            return
+        handle.cancel()
+        if call.cancel_timer is None and not call.ended:
+            call.cancel_timer = asyncio.get_running_loop().call_later(
+                self.cancel_give_up, self._cancel_expired, call, handle, why
+            )
+
+    def _cancel_expired(self, call: Call, handle: ClientRequest, why: str) -> None:
+        """64*T1 after our CANCEL the B-leg INVITE still has no final answer: end the call.
+
+        The agent already has its 487 (its own CANCEL, its BYE in the early dialog)
+        or gets the 408 of Timer C now; the reservation is finished and the CDR
+        written by :meth:`_end`, which also hands the INVITE to :meth:`_abandon`
+        (a 2xx arriving later is ACKed and hung up).
+        """
+        call.cancel_timer = None
+        if call.ended or call.answered or handle is not call.b_client or handle.final.done():
+            return
+        log.warning(
+            "call.cancel_unanswered",
+            call_id=call.a.call_id,
+            b_call_id=call.b.call_id if call.b is not None else None,
+            card=call.card,
+            why=why,
+            seconds=round(self.cancel_give_up, 3),
+            responses=",".join(str(s) for s in handle.responses),
+        )
+        b = call.b
+        if b is not None:
+            self._legs.pop((b.call_id, b.local_tag), None)
+            if b.dialog is not None:
+                b.dialog.terminate()
+        if call.timed_out:
+            self._final_to_a(call, 408, "Request Timeout")
+            self._end(call, 408)
+        else:
+            self._final_to_a(call, 487, "Request Terminated")
+            self._end(call, 487)
+
+    def _abandon(self, handle: ClientRequest, call_id: str) -> None:
+        """No call listens to this B-leg INVITE any more; its answers go nowhere but here.
+
+        A late 2xx (the callee picked up after we gave up) is ACKed and hung up with
+        a BYE (§13.2.2.4 / §15: the far end would otherwise keep the line up); a
+        retransmission of that 2xx gets the same ACK again, not a second BYE.
+        Non-2xx answers are the transaction's business (it ACKs them itself).
+        Replacing the callback also drops the handle's reference to the call.
+        """
+        acked: dict[str | None, Request] = {}
+
+        def late(h: ClientRequest, resp: Response) -> None:
+            if not 200 <= resp.status < 300:
+                return
+            try:
+                tag = resp.to.tag
+            except SIPError:
+                return
+            ack = acked.get(tag)
+            if ack is not None:
+                self.endpoint.send_stateless(ack, h.peer.address, transport=h.peer.transport)
+                return
+            if len(acked) >= 8:
+                return  # a misbehaving peer forking without end: bounded
+            sent = self._ack_and_bye_stray(h.request, resp, h, call_id)
+            if sent is not None:
+                acked[tag] = sent
+
+        handle.on_response = late
 
     def _send_b_invite(self, call: Call, auth: tuple[str, str] | None) -> None:
         b = call.b
@@ -619,7 +721,7 @@ class B2BUA:
             # A response of an abandoned attempt (failover moved on): only a 2xx
             # matters — it must be ACKed and hung up (§13.2.2.4 forked 2xx).
             if 200 <= resp.status < 300:
-                self._ack_and_bye_stray(handle.request, resp, handle)
+                self._ack_and_bye_stray(handle.request, resp, handle, call.a.call_id)
             return
         try:
             self._b_response(call, handle, resp)
@@ -1136,15 +1238,22 @@ class B2BUA:
         call.b_ack = ack
         self.endpoint.send_stateless(ack, b.address, transport=b.transport)
 
-    def _ack_and_bye_stray(self, invite: Request, resp: Response, handle: ClientRequest) -> None:
+    def _ack_and_bye_stray(
+        self, invite: Request, resp: Response, handle: ClientRequest, call_id: str | None = None
+    ) -> Request | None:
+        """ACK a 2xx nobody wants and hang it up with a BYE; return the ACK sent."""
         try:
             dialog = Dialog.from_uac(invite, resp)
         except (DialogError, SIPError):
-            return
+            return None
         ack = dialog.create_request("ACK", cseq=invite.cseq.seq)
         self.endpoint.send_stateless(ack, handle.peer.address, transport=handle.peer.transport)
         bye = dialog.create_request("BYE")
         self.endpoint.send_request(bye, handle.peer.address, transport=handle.peer.transport)
+        log.info(
+            "call.stray_2xx_hung_up", call_id=call_id, b_call_id=invite.call_id, status=resp.status
+        )
+        return ack
 
     def on_stray_response(self, resp: Response) -> None:
         """A response with no client transaction: a 2xx retransmission wants its ACK again."""
@@ -1183,7 +1292,7 @@ class B2BUA:
         if call is None:
             return
         if call.b_client is not None and not call.answered:
-            call.b_client.cancel()
+            self._cancel_b(call, "agent-cancel")
             if call.b_client.provisional is None and call.b_client.final.done():
                 self._end(call, 487)
         elif call.b_client is None:
@@ -1214,14 +1323,12 @@ class B2BUA:
             if not call.answered and side == "a":
                 # BYE in an early dialog from the caller: give up the attempt.
                 call.cancelled = True
-                if call.b_client is not None:
-                    call.b_client.cancel()
+                self._cancel_b(call, "agent-bye")
                 self._final_to_a(call, 487, "Request Terminated")
                 return
             if not call.answered:
                 # The callee side ended its early dialog: the call failed.
-                if call.b_client is not None:
-                    call.b_client.cancel()
+                self._cancel_b(call, "callee-bye")
                 self._final_to_a(call, 480, "Temporarily Unavailable")
                 self._end(call, 480)
                 return
@@ -1293,9 +1400,14 @@ class B2BUA:
         if call.ended:
             return
         call.ended = True
-        if call.no_answer_timer is not None:
-            call.no_answer_timer.cancel()
-            call.no_answer_timer = None
+        for timer in (call.no_answer_timer, call.cancel_timer):
+            if timer is not None:
+                timer.cancel()
+        call.no_answer_timer = call.cancel_timer = None
+        if call.b_client is not None and not call.b_client.final.done():
+            # The B-leg INVITE outlives the call (CANCELled, no final answer yet): a
+            # late 2xx is ACKed and hung up, and the handle lets go of the call.
+            self._abandon(call.b_client, call.a.call_id)
         if not call.final_code:
             call.final_code = status
         self.calls.pop(call.key, None)
@@ -1587,8 +1699,7 @@ class B2BUA:
             if call.answered:
                 self._hangup(call, "shutdown")
             else:
-                if call.b_client is not None:
-                    call.b_client.cancel()
+                self._cancel_b(call, "shutdown")
                 self._final_to_a(call, 503, "Service Unavailable")
                 call.final_code = 503
                 self._end(call, 503)
