@@ -275,9 +275,7 @@ async def test_failover_leg_that_rings_and_never_ends(stuck: StuckRig) -> None:
     stuck.trunk.plan = lambda _r: next(plans)
     resp, _ = await stuck.bob.call("13912345678")
     assert 408 == resp.status
-    assert ["+8613800000001", "+8613800000002"] == [
-        r.from_.uri.user for r in stuck.trunk.invites()
-    ]
+    assert ["+8613800000001", "+8613800000002"] == [r.from_.uri.user for r in stuck.trunk.invites()]
     assert (0, 0) == (stuck.in_use("c1"), stuck.in_use("c2"))
     await eventually(lambda: len(stuck.cdrs()) == 1)
     [cdr] = stuck.cdrs()
