@@ -5,6 +5,11 @@ including calls the policy pipeline blocked and calls that failed on every
 card. The store persists them (``gateway.store``) and the admin API exports
 them through :func:`write_csv`.
 
+Times in the CSV are ISO 8601 in UTC with milliseconds
+(``2026-11-22T03:24:41.250Z``), the form of the admin API and the MQTT
+payloads (:func:`gateway.events.iso_time`); ``call_id`` is the SIP Call-ID of
+the A-leg, the id the log lines and MQTT events carry.
+
 Destinations are stored as full E.164 numbers (the operator needs them for
 complaints and appeals) but every *output* of this module masks them
 (``+86138****5678``, the rule of ``policies.privacy``) unless the caller
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TextIO
 
+from gateway.events import iso_time
 from policies.privacy import mask_number
 
 __all__ = [
@@ -113,10 +119,14 @@ class CallRecord:
         return max(self.end_at - self.answer_at, 0.0)
 
     def as_row(self, *, mask: bool = True) -> dict[str, str]:
-        """The CSV row of this record; the destination masked unless ``mask`` is False."""
+        """The CSV row of this record; the destination masked unless ``mask`` is False.
+
+        Times are ISO 8601 UTC (``…T03:24:41.250Z``, as in the admin API); empty
+        when the call never got there (no ring, no answer).
+        """
 
         def t(value: float | None) -> str:
-            return "" if value is None else f"{value:.3f}"
+            return iso_time(value) or ""
 
         return {
             "call_id": self.call_id,

@@ -722,13 +722,14 @@ def _configure_cdrs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent")
     parser.add_argument("--campaign")
     parser.add_argument("--outcome")
+    parser.add_argument("--call-id", help="the SIP Call-ID of the A-leg (as in logs and MQTT)")
     parser.add_argument("--limit", type=int, default=100_000)
     parser.add_argument("--out", type=Path, help="CSV file (default: standard output)")
 
 
 @command(
     "cdrs export",
-    help="call detail records as CSV (destinations masked)",
+    help="call detail records as CSV (ISO 8601 UTC times, destinations masked)",
     configure=_configure_cdrs,
 )
 def cmd_cdrs_export(args: argparse.Namespace) -> int:
@@ -742,6 +743,7 @@ def cmd_cdrs_export(args: argparse.Namespace) -> int:
             agent=args.agent,
             campaign=args.campaign,
             outcome=args.outcome,
+            call_id=args.call_id,
             limit=args.limit,
         )
         if args.json:

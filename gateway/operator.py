@@ -1347,9 +1347,14 @@ class Operator:
         agent: str | None = None,
         campaign: str | None = None,
         outcome: str | None = None,
+        call_id: str | None = None,
         limit: int = 1000,
     ) -> list[CallRecord]:
-        """Stored CDRs by attempt time, filtered by card (any card tried), agent, campaign."""
+        """Stored CDRs by attempt time, filtered by card (any card tried), agent, campaign.
+
+        ``call_id`` is the SIP Call-ID of the A-leg: the ``call_id`` of the log lines
+        and MQTT call events, so a line or an event leads to its record.
+        """
         if outcome is not None:
             try:
                 Outcome(outcome)
@@ -1359,7 +1364,9 @@ class Operator:
                 ) from None
         limit = max(1, min(limit, 100_000))
         out: list[CallRecord] = []
-        for record in self.store.cdrs(since=since, until=until, limit=1_000_000):
+        for record in self.store.cdrs(
+            since=since, until=until, call_id=call_id or None, limit=1_000_000
+        ):
             if card is not None and card not in record.cards:
                 continue
             if agent is not None and record.origin != agent:

@@ -427,6 +427,11 @@ def _cdr_filters() -> list[dict[str, Any]]:
             "answered, busy, no-answer, declined, not-found, cancelled, blocked, no-card, failed",
         ),
         _query(
+            "call_id",
+            "the call with this SIP Call-ID (of the A-leg, as in logs and MQTT)",
+            {"type": "string", "maxLength": 256},
+        ),
+        _query(
             "limit",
             "at most this many records",
             {"type": "integer", "minimum": 1, "maximum": 100000},

@@ -468,6 +468,7 @@ def _cdr_query(request: web.Request) -> dict[str, Any]:
         "agent": _query_text(request, "agent"),
         "campaign": _query_text(request, "campaign"),
         "outcome": _query_text(request, "outcome"),
+        "call_id": _query_text(request, "call_id"),
         "limit": _query_int(request, "limit", 1000),
     }
 
