@@ -633,7 +633,8 @@ class AuthAnswer:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-# RFC 8760 §2.4 order: SHA-256 preferred, MD5 kept for older clients.
+# RFC 8760 §2.3 (UAS behavior): challenges are listed "starting with the most
+# preferred algorithm at the top" — SHA-256, then MD5 for older clients.
 RFC8760_ALGORITHMS: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5)
 
 # lookup(username, base algorithm) -> stored HA1 (hex) or None if the user is unknown.
@@ -671,8 +672,10 @@ class DigestServer:
     and many deployed phones read only the *first* challenge and implement
     only MD5 — SIPp aborts with "authentication must use MD5" when SHA-256 is
     listed first. Pass ``(Algorithm.SHA256, Algorithm.MD5)`` (see
-    :data:`RFC8760_ALGORITHMS`) to offer SHA-256 first as RFC 8760 §2.4 asks,
-    when every client picks the first challenge it supports. ``qop`` is the list of qop-options offered;
+    :data:`RFC8760_ALGORITHMS`) to offer SHA-256 first as RFC 8760 §2.3 asks
+    (a UAC answers the topmost challenge it supports, §2.4), when every client
+    picks the first challenge it supports; ``answer(..., algorithms=...)``
+    narrows the offer per request. ``qop`` is the list of qop-options offered;
     an empty tuple means the RFC 2069 form. ``allow_no_qop`` additionally
     accepts credentials without qop when qop was offered (very old phones).
     ``random`` supplies the nonce salt (injected so tests are deterministic).
@@ -745,8 +748,26 @@ class DigestServer:
 
     # -- challenges --------------------------------------------------------
 
-    def challenges(self, now: float, *, stale: bool = False) -> list[Challenge]:
-        """One challenge per offered algorithm, in preference order, each with its own nonce."""
+    def challenges(
+        self,
+        now: float,
+        *,
+        stale: bool = False,
+        algorithms: Sequence[Algorithm] | None = None,
+    ) -> list[Challenge]:
+        """One challenge per offered algorithm, in preference order, each with its own nonce.
+
+        ``algorithms`` narrows the offer for one request (a user whose stored
+        HA1 is for one algorithm only); each must be one this server accepts
+        (ValueError otherwise: credentials for it would be refused). Default:
+        :attr:`algorithms`.
+        """
+        offer = self.algorithms if algorithms is None else tuple(algorithms)
+        if not offer:
+            raise ValueError("at least one digest algorithm must be offered")
+        for algorithm in offer:
+            if algorithm not in self.algorithms:
+                raise ValueError(f"{algorithm} is not accepted by this server")
         return [
             Challenge(
                 realm=self.realm,
@@ -756,19 +777,33 @@ class DigestServer:
                 qop=self.qop,
                 stale=stale,
             )
-            for algorithm in self.algorithms
+            for algorithm in offer
         ]
 
-    def challenge_values(self, now: float, *, stale: bool = False) -> list[str]:
+    def challenge_values(
+        self,
+        now: float,
+        *,
+        stale: bool = False,
+        algorithms: Sequence[Algorithm] | None = None,
+    ) -> list[str]:
         """The header values of :meth:`challenges` (one header line each)."""
-        return [str(c) for c in self.challenges(now, stale=stale)]
+        return [str(c) for c in self.challenges(now, stale=stale, algorithms=algorithms)]
 
-    def answer(self, verdict: Verdict, now: float, *, proxy: bool = False) -> AuthAnswer | None:
+    def answer(
+        self,
+        verdict: Verdict,
+        now: float,
+        *,
+        proxy: bool = False,
+        algorithms: Sequence[Algorithm] | None = None,
+    ) -> AuthAnswer | None:
         """The response for a verdict: None for OK, 400 for MALFORMED, else 401/407 + challenges.
 
         ``proxy`` selects 407 with ``Proxy-Authenticate`` (RFC 3261 §22.3)
         instead of 401 with ``WWW-Authenticate`` (§22.2). FAILED always gets
-        the same answer, whatever the internal reason.
+        the same answer, whatever the internal reason. ``algorithms`` narrows
+        the challenges offered (see :meth:`challenges`).
         """
         if verdict.outcome is Outcome.OK:
             return None
@@ -780,7 +815,7 @@ class DigestServer:
             else (401, "Unauthorized", "WWW-Authenticate")
         )
         stale = verdict.outcome is Outcome.STALE
-        values = self.challenge_values(now, stale=stale)
+        values = self.challenge_values(now, stale=stale, algorithms=algorithms)
         return AuthAnswer(status, reason, tuple((name, v) for v in values))
 
     # -- verification ------------------------------------------------------
