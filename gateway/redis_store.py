@@ -36,6 +36,8 @@ Keys (``{p}`` is the configurable prefix, default ``dialgate``)::
     {p}:call:{call id}         HASH  the call's open reservation (card, callee, start, node, …)
     {p}:call:{call id}:tried   SET   cards this call already used (never twice)
     {p}:node:{node}:open       SET   this node's open reservations (for ``recover``)
+    {p}:node:{node}:registrations HASH AOR user → JSON list of its registrar bindings
+                                     (``save_registrations``/``load_registrations``)
 
 Memory stays bounded: every key carries a TTL (``history_seconds``, default
 two days, refreshed on each write; a day hash lives until its carrier day is
@@ -110,6 +112,7 @@ from gateway.store import (
     TransitionRecord,
     UsageLedger,
 )
+from gateway.store.sqlite import StoredRegistration
 from policies.quotas import (
     CallOutcome,
     CardUsage,
@@ -491,6 +494,24 @@ _OUTCOME = struct.Struct(">QdddB")
 _ANSWERED, _FAILED, _SHORT = 1, 2, 4
 
 
+# One AOR's bindings in the node's registrations hash; '' deletes the field. The
+# key's TTL only ever grows (a key without TTL gets one), so one short binding
+# never cuts the life of the others.
+_LUA_PUT_REGISTRATIONS = r"""
+local key, aor, value, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if value == '' then
+  redis.call('HDEL', key, aor)
+  return 0
+end
+redis.call('HSET', key, aor, value)
+local current = redis.call('TTL', key)
+if ttl > 0 and (current == -1 or current < ttl) then
+  redis.call('EXPIRE', key, ttl)
+end
+return 1
+"""
+
+
 class _Snapshot(NamedTuple):
     """One atomic read of a card: usage, mutation counter, hydrated mark, short flags."""
 
@@ -671,6 +692,7 @@ class RedisStore:
         self._read = client.register_script(_LUA_READ)
         self._rehydrate = client.register_script(_LUA_REHYDRATE)
         self._put_state = client.register_script(_LUA_PUT_STATE)
+        self._put_registrations = client.register_script(_LUA_PUT_REGISTRATIONS)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -1283,6 +1305,62 @@ class RedisStore:
                 profile_override=_opt_str(override),
                 resume_at=_opt_float(resume),
             )
+        return out
+
+    # --- registrations (the registrar's bindings) -----------------------------------
+
+    def _registrations_key(self, node: str | None) -> str:
+        return f"{self.prefix}:node:{node or self.node}:registrations"
+
+    def save_registrations(
+        self,
+        aor: str,
+        rows: Sequence[StoredRegistration],
+        now: float,
+        *,
+        node: str | None = None,
+    ) -> None:
+        """Replace the bindings of ``aor`` (none: unregistered) in this node's hash.
+
+        The hash's TTL is raised to cover the longest binding written (never
+        lowered by a shorter one), so it lives while anything is registered
+        and goes away by itself when nothing is. Raises StoreUnavailable.
+        """
+        value = json.dumps([r.as_json() for r in rows], separators=(",", ":")) if rows else ""
+        ttl = max((int(r.expires_at - now) + 60 for r in rows), default=0)
+        with self._guard():
+            self._put_registrations(
+                keys=[self._registrations_key(node)], args=[aor, value, max(ttl, 0)]
+            )
+
+    def load_registrations(
+        self, now: float, *, node: str | None = None
+    ) -> list[StoredRegistration]:
+        """Every binding of this node still live at ``now``; AORs left with none are removed."""
+        key = self._registrations_key(node)
+        with self._guard():
+            raw = self.client.hgetall(key)
+        out: list[StoredRegistration] = []
+        dead: list[bytes] = []
+        for field, value in sorted(raw.items()):
+            try:
+                items = json.loads(value)
+            except ValueError:
+                items = None
+            rows = [
+                r
+                for r in (StoredRegistration.from_json(i) for i in (items or []))
+                if r is not None and r.expires_at > now
+            ]
+            if not rows:
+                dead.append(field)
+            out.extend(sorted(rows, key=lambda r: (r.position, r.contact)))
+        if dead:
+            try:
+                with self._guard():
+                    self.client.hdel(key, *dead)
+            except StoreUnavailable:
+                pass  # removed at the next load
         return out
 
 

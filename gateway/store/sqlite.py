@@ -6,6 +6,11 @@ attempt), consent, the internal DNC list, complaints, agent pauses and
 appeals. The schema is versioned (``schema_version``) and migrated forward on
 open; opening an up-to-date database is a no-op.
 
+Registrations. The registrar's bindings (``registrations``, schema 8) are
+written through :meth:`SQLiteStore.save_registrations` — one AOR's whole list
+per call, replacing what was stored — and read back at start by
+:meth:`SQLiteStore.load_registrations`, which drops the expired ones.
+
 One :class:`SQLiteStore` serves every lookup the policies declare:
 ``CardUsageView.card_usage`` (quotas), ``ConsentLookup.consent_status``,
 ``DncLookup.lookup``, ``DestinationHistory.attempts/answers`` (frequency caps)
@@ -82,6 +87,7 @@ __all__ = [
     "SQLiteStore",
     "StoreUnavailable",
     "StoredCard",
+    "StoredRegistration",
     "TransitionRecord",
     "UsageLedger",
     "UsageStatus",
@@ -191,6 +197,65 @@ class CallDialogs:
     a_leg: dict[str, Any] | None = None
     b_leg: dict[str, Any] | None = None
     cdr: str | None = None  # the call's CDR as gateway.cdr_spool JSON, for a restart
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRegistration:
+    """One registrar binding as stored: the AOR's user, the Contact and its flow.
+
+    ``expires_at`` is absolute (seconds since the epoch, the registrar's
+    clock); ``source_host``/``source_port``/``transport`` are the flow the
+    REGISTER came through (where requests to the agent are sent);
+    ``position`` orders an AOR's bindings (registration order).
+    """
+
+    aor: str
+    contact: str
+    expires_at: float
+    call_id: str
+    cseq: int
+    source_host: str
+    source_port: int
+    transport: str
+    q: str | None = None
+    position: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the Redis copy stores these)."""
+        return {
+            "aor": self.aor,
+            "contact": self.contact,
+            "expires_at": self.expires_at,
+            "call_id": self.call_id,
+            "cseq": self.cseq,
+            "source_host": self.source_host,
+            "source_port": self.source_port,
+            "transport": self.transport,
+            "q": self.q,
+            "position": self.position,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> StoredRegistration | None:
+        """Back from :meth:`as_json`; None for anything malformed (a damaged entry is skipped)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            q = data.get("q")
+            return cls(
+                aor=str(data["aor"]),
+                contact=str(data["contact"]),
+                expires_at=float(data["expires_at"]),
+                call_id=str(data["call_id"]),
+                cseq=int(data["cseq"]),
+                source_host=str(data["source_host"]),
+                source_port=int(data["source_port"]),
+                transport=str(data["transport"]),
+                q=None if q is None else str(q),
+                position=int(data.get("position", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +535,33 @@ _MIGRATIONS += (
                 configured TEXT,
                 since REAL NOT NULL,
                 cause TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
+)
+
+_MIGRATIONS += (
+    (
+        8,
+        (
+            # The registrar's bindings (gateway.registrar), so a restart loses no
+            # registration: one row per contact of an AOR with its absolute expiry
+            # and the flow it came through (source address, transport name).
+            # ``node`` names the gateway instance ('' alone); ``position`` keeps
+            # the registration order (the newest binding is tried first).
+            """CREATE TABLE registrations (
+                node TEXT NOT NULL DEFAULT '',
+                aor TEXT NOT NULL,
+                contact TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                expires_at REAL NOT NULL,
+                call_id TEXT NOT NULL,
+                cseq INTEGER NOT NULL,
+                source_host TEXT NOT NULL,
+                source_port INTEGER NOT NULL,
+                transport TEXT NOT NULL,
+                q TEXT,
+                PRIMARY KEY (node, aor, contact)
             )""",
         ),
     ),
@@ -1565,6 +1657,75 @@ class SQLiteStore:
                 "configured=excluded.configured, since=excluded.since, cause=excluded.cause",
                 (agent, card, configured, now, cause),
             )
+
+    # --- registrations ----------------------------------------------------------------
+
+    def save_registrations(
+        self, aor: str, rows: Iterable[StoredRegistration], now: float, *, node: str = ""
+    ) -> None:
+        """Replace the stored bindings of ``aor`` by ``rows`` (none: the AOR is unregistered).
+
+        One transaction, durable once this returns; ``now`` is unused here
+        (the Redis copy derives its TTL from it).
+        """
+        del now
+        with self._write() as db:
+            db.execute("DELETE FROM registrations WHERE node=? AND aor=?", (node, aor))
+            db.executemany(
+                "INSERT OR REPLACE INTO registrations (node, aor, contact, position, expires_at, "
+                "call_id, cseq, source_host, source_port, transport, q) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    (
+                        node,
+                        aor,
+                        r.contact,
+                        r.position,
+                        r.expires_at,
+                        r.call_id,
+                        r.cseq,
+                        r.source_host,
+                        r.source_port,
+                        r.transport,
+                        r.q,
+                    )
+                    for r in rows
+                ),
+            )
+
+    def load_registrations(self, now: float, *, node: str = "") -> list[StoredRegistration]:
+        """Every binding of ``node`` still live at ``now``, by AOR in registration order.
+
+        Expired rows are deleted on the way (best effort: a read-only file
+        still loads).
+        """
+        rows = self._read(
+            "SELECT * FROM registrations WHERE node=? AND expires_at > ? "
+            "ORDER BY aor, position, contact",
+            (node, now),
+        )
+        try:
+            with self._write() as db:
+                db.execute(
+                    "DELETE FROM registrations WHERE node=? AND expires_at <= ?", (node, now)
+                )
+        except StoreUnavailable:
+            pass
+        return [
+            StoredRegistration(
+                aor=str(r["aor"]),
+                contact=str(r["contact"]),
+                expires_at=float(r["expires_at"]),
+                call_id=str(r["call_id"]),
+                cseq=int(r["cseq"]),
+                source_host=str(r["source_host"]),
+                source_port=int(r["source_port"]),
+                transport=str(r["transport"]),
+                q=r["q"],
+                position=int(r["position"]),
+            )
+            for r in rows
+        ]
 
     def has_consent(self, number: str, now: float, *, campaign: str = "") -> bool:
         """Whether valid consent exists for the campaign (or a campaign-wide grant)."""
