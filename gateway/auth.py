@@ -15,23 +15,60 @@ registrar or the B2BUA sees it:
   replayed nonce and a peer's name from a foreign address all get the same
   answer, so names cannot be enumerated.
 
+Which digest algorithms a challenge offers (``[sip] digest_algorithms``,
+default MD5 only; ``[[users]] digest_algorithms`` per user) is decided per
+request from the user name the request claims — the credentials' ``username``,
+else the To user of a REGISTER (its AOR) or the From user of an INVITE —
+strongest first (RFC 8760 §2.3). Credentials for an algorithm the user is not
+offered are refused like a wrong password. Names that are not configured get
+``[sip] digest_algorithms``, like everyone else.
+
+:class:`ChallengeWatch` remembers the requests challenged per (source,
+Call-ID) until an authenticated retry arrives; one that never comes (a phone
+that cannot answer the challenge, e.g. baresip 1.0 facing two challenges)
+becomes one ``sip.auth.abandoned`` log line.
+
 What this module must never do: let a request without verified credentials
 through to the call path, tell a caller *why* its credentials failed, or log
-a password, HA1 or Authorization header.
+a password, HA1, nonce or Authorization header.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gateway.config import PeerSettings, Settings, UserSettings
 from gateway.sip import Request
-from gateway.sip.digest import Algorithm, AuthAnswer, DigestServer, Outcome, Verdict, ha1
+from gateway.sip.digest import (
+    Algorithm,
+    AuthAnswer,
+    Credentials,
+    DigestServer,
+    Outcome,
+    Verdict,
+    ha1,
+)
+from gateway.sip.errors import AuthError, SIPError
 from gateway.transport import Address
 
-__all__ = ["AuthResult", "Authenticator", "Identity", "IdentityKind"]
+__all__ = [
+    "AbandonedChallenge",
+    "AuthResult",
+    "Authenticator",
+    "ChallengeWatch",
+    "Identity",
+    "IdentityKind",
+    "server_algorithms",
+]
+
+
+def server_algorithms(settings: Settings) -> tuple[Algorithm, ...]:
+    """Every algorithm the digest server must accept: ``[sip]`` plus users' own, strongest first."""
+    return tuple(Algorithm.parse(name) for name in settings.digest_algorithms_accepted())
 
 
 class IdentityKind(StrEnum):
@@ -65,6 +102,8 @@ class AuthResult:
     answer: AuthAnswer | None = None
     detail: str = ""
     routine: bool = False
+    user: str = ""
+    algorithms: tuple[Algorithm, ...] = ()
 
 
 class Authenticator:
@@ -75,6 +114,21 @@ class Authenticator:
         self.realm = settings.sip.realm
         self.users: dict[str, UserSettings] = {u.name: u for u in settings.users}
         self.peers: dict[str, PeerSettings] = {p.name: p for p in settings.peers}
+        # Offered per user/peer (strongest first); anyone else gets the default.
+        accepted = set(digest.algorithms)
+        self.default_algorithms = tuple(
+            a for a in (Algorithm.parse(n) for n in settings.sip.digest_algorithms) if a in accepted
+        ) or tuple(digest.algorithms)
+        self._algorithms: dict[str, tuple[Algorithm, ...]] = {}
+        for name in [*self.users, *self.peers]:
+            offer = tuple(
+                a
+                for a in (Algorithm.parse(n) for n in settings.digest_algorithms_for(name))
+                if a in accepted
+            )
+            self._algorithms[name] = offer or self.default_algorithms
+        # Everyone offered the same: no need to read the claimed name before verifying.
+        self._uniform = all(o == self.default_algorithms for o in self._algorithms.values())
         self._carriers: dict[tuple[str, int], str] = {}
         self._carrier_hosts: dict[str, str] = {}
         for carrier in settings.carriers:
@@ -91,12 +145,22 @@ class Authenticator:
             name = self._carrier_hosts.get(source[0])
         return name
 
+    def algorithms_for(self, name: str | None) -> tuple[Algorithm, ...]:
+        """The algorithms offered to ``name`` (strongest first); the default for anyone else."""
+        if name is None:
+            return self.default_algorithms
+        return self._algorithms.get(name, self.default_algorithms)
+
     def ha1_lookup(self, username: str, algorithm: Algorithm) -> str | None:
-        """Stored HA1 of a user or peer (from ``password`` or ``ha1_md5``/``ha1_sha256``)."""
+        """Stored HA1 of a user or peer (from ``password`` or ``ha1_md5``/``ha1_sha256``).
+
+        None for an algorithm this user is not offered: such credentials fail
+        like an unknown user's.
+        """
         entry: UserSettings | PeerSettings | None = self.users.get(username) or self.peers.get(
             username
         )
-        if entry is None:
+        if entry is None or algorithm.base not in self.algorithms_for(username):
             return None
         if entry.password is not None:
             return ha1(username, self.realm, entry.password.get_secret_value(), algorithm)
@@ -110,17 +174,31 @@ class Authenticator:
         """Check the request's credentials; ``proxy`` selects 407/Proxy-Authorization."""
         header = "Proxy-Authorization" if proxy else "Authorization"
         values = req.headers.get_all(header)
-        verdict = self.digest.verify(
-            req.method, values or None, self.ha1_lookup, now, body=req.body
-        )
+        claimed: str | None = None
+        offer = self.default_algorithms
+        verdict: Verdict | None = None
+        if not self._uniform:
+            claimed, claimed_algorithm = self._claimed(req, values)
+            offer = self.algorithms_for(claimed)
+            if claimed_algorithm is not None and claimed_algorithm.base not in offer:
+                # Credentials for an algorithm this user is not offered (an
+                # ha1_md5 user answering SHA-256): refused, and challenged
+                # again with what it is offered.
+                verdict = Verdict(Outcome.FAILED, reason="algorithm-not-offered")
+        if verdict is None:
+            verdict = self.digest.verify(
+                req.method, values or None, self.ha1_lookup, now, body=req.body
+            )
         if verdict.outcome is Outcome.OK and verdict.username is not None:
             identity = self._identity(verdict.username, source)
             if identity is not None:
-                return AuthResult(identity, detail="ok")
+                return AuthResult(identity, detail="ok", user=verdict.username, algorithms=offer)
             # Right password, wrong place (a peer's name from outside its
             # allow-list): answered exactly like a wrong password.
             verdict = Verdict(Outcome.FAILED, reason="address-not-allowed")
-        answer = self.digest.answer(verdict, now, proxy=proxy)
+        if claimed is None:
+            claimed, _ = self._claimed(req, values)
+        answer = self.digest.answer(verdict, now, proxy=proxy, algorithms=offer)
         routine = verdict.outcome is Outcome.STALE or (
             verdict.outcome is Outcome.FAILED and verdict.reason == "no-credentials"
         )
@@ -129,7 +207,29 @@ class Authenticator:
             answer,
             detail=f"digest {verdict.outcome.value}: {verdict.reason}",
             routine=routine,
+            user=claimed or "",
+            algorithms=offer,
         )
+
+    def _claimed(self, req: Request, values: Sequence[str]) -> tuple[str | None, Algorithm | None]:
+        """The user name a request claims, and the algorithm of its credentials for our realm.
+
+        From the credentials when they parse; else the To user of a REGISTER
+        (the AOR being registered) or the From user of any other request.
+        Never raises: a malformed header is the digest server's to answer.
+        """
+        for value in values:
+            try:
+                creds = Credentials.parse(value)
+            except AuthError:
+                continue
+            if creds.realm == self.realm:
+                return creds.username, creds.effective_algorithm
+        try:
+            uri = req.to.uri if req.method == "REGISTER" else req.from_.uri
+        except SIPError:
+            return None, None
+        return uri.user, None
 
     def _identity(self, username: str, source: Address) -> Identity | None:
         user = self.users.get(username)
@@ -147,3 +247,142 @@ def _address_allowed(host: str, peer: PeerSettings) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in peer.addresses)
+
+
+# --------------------------------------------------------------------------
+# Clients that give up after a challenge
+# --------------------------------------------------------------------------
+
+GIVE_UP_AFTER = 32.0
+"""Seconds after its first challenge an unanswered (source, Call-ID) counts as abandoned.
+
+why: 64·T1 (32 s with T1 = 500 ms) is how long RFC 3261 §17.1.1.2/§17.1.2.2
+lets a client transaction live (Timer B/F); a phone that has not retried
+with credentials by then has given up.
+"""
+
+MAX_WATCHED = 4096
+"""Challenged (source, Call-ID) pairs remembered at once (oldest forgotten first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonedChallenge:
+    """A challenged request whose authenticated retry never came (for one log line).
+
+    Holds nothing secret: no nonce, no credentials — the user name the request
+    claimed, its User-Agent, the methods challenged, the algorithms offered and
+    why the last attempt was refused (``no-credentials``, ``wrong-response``…).
+    """
+
+    source: Address
+    transport: str
+    call_id: str
+    user: str
+    user_agent: str
+    methods: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    challenges: int
+    last: str
+    first_at: float
+
+
+@dataclass(slots=True)
+class _Watched:
+    user: str
+    user_agent: str
+    methods: list[str]
+    algorithms: tuple[str, ...]
+    challenges: int
+    last: str
+    first_at: float
+
+
+@dataclass(slots=True)
+class ChallengeWatch:
+    """Challenged requests per (transport, source, Call-ID) until an authenticated retry.
+
+    Sans-IO: the caller passes ``now`` (a monotonic clock) and logs what
+    :meth:`expired` returns. Memory is bounded by ``max_entries``: beyond it
+    the oldest entry is forgotten and counted in :attr:`forgotten`.
+    """
+
+    give_up_after: float = GIVE_UP_AFTER
+    max_entries: int = MAX_WATCHED
+    forgotten: int = 0
+    abandoned: int = 0
+    _entries: OrderedDict[tuple[str, str, int, str], _Watched] = field(default_factory=OrderedDict)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def challenged(
+        self,
+        req: Request,
+        source: Address,
+        transport: str,
+        result: AuthResult,
+        now: float,
+    ) -> None:
+        """A 401/407 (or 400) was sent for ``req``: remember it until the retry succeeds."""
+        key = (transport, source[0], source[1], _short(req.headers.get("Call-ID") or "", 200))
+        entry = self._entries.get(key)
+        reason = result.detail.rpartition(": ")[2] or result.detail
+        if entry is None:
+            entry = _Watched(
+                user=_short(result.user, 64),
+                user_agent=_short(req.headers.get("User-Agent") or "", 100),
+                methods=[],
+                algorithms=tuple(a.value for a in result.algorithms),
+                challenges=0,
+                last=reason,
+                first_at=now,
+            )
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self.forgotten += 1
+        entry.challenges += 1
+        entry.last = reason
+        if result.user and not entry.user:
+            entry.user = _short(result.user, 64)
+        if req.method not in entry.methods and len(entry.methods) < 8:
+            entry.methods.append(req.method)
+
+    def authenticated(self, req: Request, source: Address, transport: str) -> None:
+        """The retry came with good credentials: this (source, Call-ID) did not give up."""
+        if self._entries:
+            key = (transport, source[0], source[1], _short(req.headers.get("Call-ID") or "", 200))
+            self._entries.pop(key, None)
+
+    def expired(self, now: float) -> list[AbandonedChallenge]:
+        """Entries challenged ``give_up_after`` seconds ago or more, removed and returned."""
+        out: list[AbandonedChallenge] = []
+        entries = self._entries
+        while entries:
+            key, entry = next(iter(entries.items()))
+            if now - entry.first_at < self.give_up_after:
+                break
+            del entries[key]
+            transport, host, port, call_id = key
+            out.append(
+                AbandonedChallenge(
+                    source=(host, port),
+                    transport=transport,
+                    call_id=call_id,
+                    user=entry.user,
+                    user_agent=entry.user_agent,
+                    methods=tuple(entry.methods),
+                    algorithms=entry.algorithms,
+                    challenges=entry.challenges,
+                    last=entry.last,
+                    first_at=entry.first_at,
+                )
+            )
+        self.abandoned += len(out)
+        return out
+
+
+def _short(text: str, limit: int) -> str:
+    """At most ``limit`` printable characters (control characters replaced): safe to log."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return cleaned

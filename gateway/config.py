@@ -33,13 +33,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -62,6 +63,7 @@ from pydantic_settings import (
 from gateway import __version__
 
 __all__ = [
+    "DIGEST_ALGORITHMS",
     "AdminSettings",
     "CardReason",
     "CardSettings",
@@ -429,6 +431,43 @@ RedisUrl = Annotated[
 
 _SECTION = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True)
 
+DigestAlgorithmName = Literal["MD5", "SHA-256"]
+
+DIGEST_ALGORITHMS: tuple[DigestAlgorithmName, ...] = ("SHA-256", "MD5")
+"""The digest algorithms a challenge may offer, strongest first.
+
+why: RFC 8760 §2.3 — a UAS offering several algorithms lists its challenges
+"in the order that it would prefer to see them used, starting with the most
+preferred algorithm at the top"; a UAC answers the topmost one it supports
+(§2.4). So ``digest_algorithms`` lists are kept in this order whatever order
+the file gives.
+"""
+
+
+def _digest_algorithm_list(value: Any) -> Any:
+    """``digest_algorithms``: names case-insensitively, no repeats, strongest first."""
+    if not isinstance(value, list | tuple):
+        return value
+    names: list[Any] = []
+    for item in value:
+        if isinstance(item, str):
+            item = next((a for a in DIGEST_ALGORITHMS if a.lower() == item.strip().lower()), item)
+        if item in names:
+            raise PydanticCustomError(
+                "digest_algorithms", "'{name}' is listed twice", {"name": str(item)[:20]}
+            )
+        names.append(item)
+    return sorted(names, key=lambda n: DIGEST_ALGORITHMS.index(n) if n in DIGEST_ALGORITHMS else 9)
+
+
+def _default_digest() -> list[DigestAlgorithmName]:
+    return ["MD5"]
+
+
+DigestAlgorithms = Annotated[
+    list[DigestAlgorithmName], BeforeValidator(_digest_algorithm_list), Field(min_length=1)
+]
+
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
 
 
@@ -459,6 +498,10 @@ class SipSettings(BaseModel):
     # behind NAT, and a forged Via must not aim responses at a third party.
     force_rport: bool = True
     user_agent: str = Field(default=f"dialgate/{__version__}", min_length=1)
+    # why: many deployed softphones know only MD5 and some give up on a 401 that
+    # carries a second, SHA-256 challenge (Debian's baresip 1.0: "Function not
+    # implemented"); SHA-256 (RFC 8760) is opt-in. Offered strongest first.
+    digest_algorithms: DigestAlgorithms = Field(default_factory=_default_digest)
 
     @field_validator("advertise")
     @classmethod
@@ -624,12 +667,30 @@ class _DigestCredentials(BaseModel):
         return self
 
 
+def _answerable(entry: _DigestCredentials) -> tuple[DigestAlgorithmName, ...]:
+    """What a stored secret can answer: a password any algorithm, an HA1 only its own."""
+    if entry.ha1_md5 is not None:
+        return ("MD5",)
+    if entry.ha1_sha256 is not None:
+        return ("SHA-256",)
+    return DIGEST_ALGORITHMS
+
+
 class UserSettings(_DigestCredentials):
-    """``[[users]]``: a softphone agent that REGISTERs with digest auth."""
+    """``[[users]]``: a softphone agent that REGISTERs with digest auth.
+
+    ``digest_algorithms`` overrides ``[sip] digest_algorithms`` for this user
+    (a user stored as ``ha1_sha256`` must be offered SHA-256 only).
+    """
 
     name: Name
     card: str | None = None
     campaign: str | None = None
+    digest_algorithms: DigestAlgorithms | None = None
+
+    def answerable_algorithms(self) -> tuple[DigestAlgorithmName, ...]:
+        """The algorithms this user's stored secret can answer, strongest first."""
+        return _answerable(self)
 
 
 class PeerSettings(_DigestCredentials):
@@ -993,6 +1054,63 @@ class Settings(BaseSettings):
         fallback = self.inbound.fallback_user
         if fallback is not None and fallback not in users:
             yield "inbound.fallback_user", f"unknown user {fallback!r}{_hint(fallback, users)}"
+        yield from self._digest_problems()
+
+    def _digest_problems(self) -> Iterator[tuple[str, str]]:
+        """Users and peers that would be offered a digest algorithm their secret cannot answer."""
+        offered = self.sip.digest_algorithms
+        for i, user in enumerate(self.users):
+            secret = "ha1_md5" if user.ha1_md5 is not None else "ha1_sha256"
+            can = user.answerable_algorithms()
+            if user.digest_algorithms is not None:
+                cannot = [a for a in user.digest_algorithms if a not in can]
+                if cannot:
+                    yield (
+                        f"users[{i}].digest_algorithms",
+                        f"{secret} can only answer {can[0]}, not {', '.join(cannot)}"
+                        " (give a password to offer both)",
+                    )
+            elif not any(a in can for a in offered):
+                yield (
+                    f"users[{i}].digest_algorithms",
+                    f"{secret} can only answer {can[0]}, which [sip] digest_algorithms"
+                    f' does not offer: set digest_algorithms = ["{can[0]}"] for this user',
+                )
+        for i, peer in enumerate(self.peers):
+            can = _answerable(peer)
+            if not any(a in can for a in offered):
+                secret = "ha1_md5" if peer.ha1_md5 is not None else "ha1_sha256"
+                yield (
+                    "sip.digest_algorithms",
+                    f"peers[{i}] ({peer.name!r}) has only {secret}, which needs"
+                    f' "{can[0]}" in this list',
+                )
+
+    def digest_algorithms_for(self, name: str) -> tuple[DigestAlgorithmName, ...]:
+        """The algorithms to offer user or peer ``name``, strongest first.
+
+        A user's own ``digest_algorithms`` when set; otherwise ``[sip]
+        digest_algorithms`` narrowed to what the stored secret can answer (a user
+        kept as ``ha1_md5`` is never offered SHA-256). Unknown names get ``[sip]
+        digest_algorithms``: they are challenged exactly like everyone else.
+        """
+        entry: _DigestCredentials | None = next((u for u in self.users if u.name == name), None)
+        if entry is None:
+            entry = next((p for p in self.peers if p.name == name), None)
+        offered = tuple(self.sip.digest_algorithms)
+        if entry is None:
+            return offered
+        if isinstance(entry, UserSettings) and entry.digest_algorithms is not None:
+            return tuple(entry.digest_algorithms)
+        can = _answerable(entry)
+        return tuple(a for a in offered if a in can) or offered
+
+    def digest_algorithms_accepted(self) -> tuple[DigestAlgorithmName, ...]:
+        """Every algorithm offered to anyone (``[sip]`` plus the users' own), strongest first."""
+        names = set(self.sip.digest_algorithms)
+        for user in self.users:
+            names.update(user.digest_algorithms or ())
+        return tuple(a for a in DIGEST_ALGORITHMS if a in names)
 
     # -- convenience lookups for the rest of the gateway --------------------
 
