@@ -10,8 +10,13 @@ requests with the element behaviour of this stage of the product:
   and extra headers — never for an ACK (RFC 3261 §17.1.1.3: no response to ACK);
 * OPTIONS to us → 200 with Allow/Accept/Supported (RFC 3261 §11.2);
 * INVITE → 407 and REGISTER → 401 digest challenges (RFC 3261 §22),
-  answered statelessly by :mod:`gateway.auth`; authenticated REGISTERs go to
-  the registrar (:mod:`gateway.registrar`), authenticated INVITEs of
+  answered statelessly by :mod:`gateway.auth` (offering ``[sip]
+  digest_algorithms``, per user where configured); a challenged (source,
+  Call-ID) whose authenticated retry never comes is logged once as
+  ``sip.auth.abandoned``; authenticated REGISTERs go to
+  the registrar (:mod:`gateway.registrar`), whose bindings are stored (SQLite,
+  and Redis when configured) before the 200 leaves and reloaded at start;
+  authenticated INVITEs of
   registered agents and allow-listed dialer peers to the B2BUA
   (:mod:`gateway.b2bua`), INVITEs from a carrier's address to inbound
   routing (:mod:`gateway.inbound`) — all of them through the transaction
@@ -52,14 +57,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from gateway.auth import Authenticator, Identity, IdentityKind
+from gateway.auth import (
+    AbandonedChallenge,
+    Authenticator,
+    ChallengeWatch,
+    Identity,
+    IdentityKind,
+    server_algorithms,
+)
 from gateway.config import Settings
 from gateway.endpoint import ServerRequest, SipEndpoint
 from gateway.events import EventBus
 from gateway.inbound import InboundRouter
-from gateway.registrar import Registrar
+from gateway.registrar import Registrar, RegistrationStore, RegistrationSync
 from gateway.sip import Headers, Request, Response, SIPError, make_response
-from gateway.sip.digest import Algorithm, DigestServer
+from gateway.sip.digest import DigestServer
 from gateway.sip.headers import canonical_name
 from gateway.sip.transaction import TimerConfig, client_key
 from gateway.sip.uri import URI
@@ -112,6 +124,12 @@ SUPPORTED: tuple[str, ...] = ()
 
 REJECT_LOG_RATE = 200
 """Rejection log lines per second before further ones are only counted."""
+
+ABANDONED_LOG_RATE = 20
+"""``sip.auth.abandoned`` lines per second before further ones are only counted."""
+
+HOUSEKEEPING_INTERVAL = 1.0
+"""Seconds between rounds of abandoned-challenge logging and registration write retries."""
 
 RUNNING: list[Gateway] = []
 """Gateways currently started by :func:`serve` (tests look up bound addresses here)."""
@@ -173,12 +191,14 @@ class Gateway:
         self.sip_clock: Callable[[], float] = time.time
         self.transports: list[Transport] = []
         self.stats = GatewayStats()
-        # MD5 first: SIPp and many phones read only the first challenge and know
-        # only MD5; SHA-256 (RFC 8760) is offered second for clients that pick it.
+        # `[sip] digest_algorithms` (default MD5 alone: SIPp and many phones know
+        # only MD5, and baresip 1.0 gives up on a 401 with a second challenge),
+        # plus users' own; each challenge offers the user's, strongest first
+        # (RFC 8760 §2.3).
         self.digest = DigestServer(
             key=os.urandom(32),
             realm=settings.sip.realm,
-            algorithms=(Algorithm.MD5, Algorithm.SHA256),
+            algorithms=server_algorithms(settings),
         )
         self._tag_key = os.urandom(16)
         self._mask = settings.policy.mask_numbers
@@ -205,7 +225,12 @@ class Gateway:
         )
         self.endpoint.symmetric = self.symmetric_responses
         self.registrar = Registrar()
+        # Set with the call path: the stores' copies of the bindings.
+        self.registrations: RegistrationSync | None = None
         self.auth = Authenticator(settings, self.digest)
+        self.challenges = ChallengeWatch()
+        self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
+        self._housekeeping: asyncio.Task[None] | None = None
         self.inbound = InboundRouter(settings, self.registrar)
         self.store: SQLiteStore | None = None
         self.b2bua: B2BUA | None = None
@@ -241,6 +266,7 @@ class Gateway:
                 host, port = transport.local_address
                 log.info("listening", transport=str(transport.name), host=host, port=port)
             self._start_call_path()
+            self._housekeeping = asyncio.ensure_future(self._housekeep())
         except BaseException:
             await self.close(log_stats=False)
             raise
@@ -269,6 +295,10 @@ class Gateway:
 
     async def close(self, *, log_stats: bool = True) -> None:
         """Close every transport; log the final counters once."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+            self._housekeeping = None
         await self._stop_call_path()
         transports, self.transports = self.transports, []
         self.endpoint.transports.clear()
@@ -308,7 +338,11 @@ class Gateway:
         for t in transports:
             host, port = t.local_address
             per[str(BoundAddress(str(t.name), host, port))] = t.stats.as_dict()
-        return {"gateway": self.stats.as_dict(), "transports": per}
+        gateway = self.stats.as_dict()
+        gateway["auth_abandoned"] = self.challenges.abandoned
+        if self.registrations is not None:
+            gateway["registration_store_failures"] = self.registrations.stats.store_failures
+        return {"gateway": gateway, "transports": per}
 
     # -- addressing ------------------------------------------------------------------
 
@@ -447,7 +481,9 @@ class Gateway:
         """
         result = self.auth.verify(req, source, self.sip_clock(), proxy=proxy)
         if result.identity is not None:
+            self.challenges.authenticated(req, source, str(transport.name))
             return result.identity
+        self.challenges.challenged(req, source, str(transport.name), result, time.monotonic())
         answer = result.answer
         if answer is None:  # unreachable for a refused verdict; keeps the type honest
             self._reply(req, source, transport, 500, detail="digest answered nothing")
@@ -517,11 +553,7 @@ class Gateway:
         identity = self._identities.pop(id(req), None)
         method = req.method
         if method == "REGISTER" and identity is not None:
-            answer = self.registrar.register(
-                req, identity.name, sr.source, str(sr.transport.name), self.sip_clock()
-            )
-            sr.respond(answer.status, answer.reason, headers=answer.headers)
-            self.stats.answered[answer.status] += 1
+            self._on_register(sr, identity)
             return
         b2bua = self.b2bua
         if b2bua is None:
@@ -549,6 +581,86 @@ class Gateway:
         if sr.tx is not None:
             b2bua.on_in_dialog(sr)
 
+    def _on_register(self, sr: ServerRequest, identity: Identity) -> None:
+        """An authenticated REGISTER: bind, store the change, answer.
+
+        The change is written to the stores *before* the 200 leaves, so a
+        registration a phone saw accepted survives a crash right after; a
+        store failure is logged, counted and retried, never answered.
+        Every final response carries a To tag (RFC 3261 §8.2.6.2).
+        """
+        req = sr.request
+        now = self.sip_clock()
+        tag = self._to_tag(req)
+        try:
+            answer = self.registrar.register(
+                req, identity.name, sr.source, str(sr.transport.name), now
+            )
+        except Exception:
+            log.exception("registrar.failed", call_id=req.headers.get("Call-ID"))
+            sr.respond(500, "Server Internal Error", to_tag=tag)
+            self.stats.answered[500] += 1
+            return
+        if self.registrations is not None:
+            self.registrations.flush(now)
+        sr.respond(answer.status, answer.reason, headers=answer.headers, to_tag=tag)
+        self.stats.answered[answer.status] += 1
+
+    async def _housekeep(self) -> None:
+        """Every HOUSEKEEPING_INTERVAL: log abandoned challenges, retry registration writes."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                self.housekeep(time.monotonic())
+            except Exception:
+                log.exception("gateway.housekeeping.failed")
+
+    def housekeep(self, monotonic_now: float) -> None:
+        """One housekeeping round (the task above; tests call it directly)."""
+        for item in self.challenges.expired(monotonic_now):
+            self._log_abandoned(item, monotonic_now)
+        if self.registrations is not None:
+            self.registrations.flush(self.sip_clock())
+
+    def _log_abandoned(self, item: AbandonedChallenge, now: float) -> None:
+        suppressed = self._abandoned_limit.take(now)
+        if suppressed is None:
+            return
+        # A configured user or peer that never answers is a phone to fix (warning);
+        # unknown names are scanners and typos (info).
+        known = item.user in self.auth.users or item.user in self.auth.peers
+        (log.warning if known else log.info)(
+            "sip.auth.abandoned",
+            user=item.user,
+            user_agent=item.user_agent,
+            methods=list(item.methods),
+            algorithms=list(item.algorithms),
+            challenges=item.challenges,
+            last=item.last,
+            waited=round(now - item.first_at, 1),
+            call_id=item.call_id,
+            source=_fmt(item.source),
+            transport=item.transport,
+            suppressed=suppressed,
+            forgotten=self.challenges.forgotten,
+        )
+
+    def _start_registrations(self, store: SQLiteStore, ledger: object) -> None:
+        """Load the stored bindings and keep the stores' copies up to date.
+
+        SQLite always; with ``[store] redis`` also this node's Redis hash
+        (through the ledger's Redis client and key prefix), read first.
+        """
+        targets: list[tuple[str, RegistrationStore, str]] = []
+        node = ""
+        shared: Any = getattr(ledger, "shared", None)
+        if self.settings.store.redis is not None and shared is not None:
+            node = str(shared.node)
+            targets.append(("redis", shared, node))
+        targets.append(("sqlite", store, node))
+        self.registrations = RegistrationSync(self.registrar, targets)
+        self.registrations.load(self.sip_clock())
+
     def _on_stray(self, message: Message, source: Address, transport: Transport) -> None:
         self.stats.dropped["stray-response"] += 1
         if isinstance(message, Response):
@@ -573,6 +685,7 @@ class Gateway:
         services = services_from_settings(
             settings, store, now=now, carrier_available=health.is_available
         )
+        self._start_registrations(store, services.ledger)
         self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
         # After a crash: BYE the calls the dead process left up, without delaying traffic.
         self._orphan_tasks = {asyncio.ensure_future(self.b2bua.end_orphaned_calls())}
@@ -599,6 +712,10 @@ class Gateway:
         return self._operator
 
     async def _stop_call_path(self) -> None:
+        if self.registrations is not None:
+            # Before the stores close (the Redis client closes with the health runner).
+            self.registrations.flush(self.sip_clock(), force=True)
+            self.registrations = None
         if self._operator is not None:
             self._operator.close()
             self._operator = None
