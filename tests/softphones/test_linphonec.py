@@ -50,6 +50,8 @@ def test_registers_through_dialgate_with_digest(idle: Rig) -> None:
     assert any('realm="dialgate"' in c for c in challenge.headers["www-authenticate"])
     [_, authorized, *_] = requests(phone.sip_trace(), "REGISTER", "sent")
     assert 'username="alice"' in (authorized.header("Authorization") or "")
+    ok = phone.wait_registered()
+    assert "tag=" in (ok.header("To") or ""), "the REGISTER 200 OK has no To tag"
 
 
 def call_up(rig: Rig, callee: str) -> str:
