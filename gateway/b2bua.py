@@ -61,6 +61,19 @@ CDRs: one :class:`~gateway.cdr.CallRecord` per call attempt (blocked and
 failed ones included), committed to the store when the call ends, and the
 reservation finished with its outcome (answered, talk seconds, short call).
 
+No stuck calls. Every reserved call ends by a timer even when its B-leg never
+completes: Timer B (no answer at all), Timer C (:data:`NO_ANSWER_TIMEOUT`, then a
+CANCEL), 64*T1 after any CANCEL the gateway sends with no final answer to the
+INVITE (RFC 3261 §9.1: a carrier that answers the CANCEL 200 and never the 487),
+and 64*T1 without the agent's ACK of a 2xx (§13.3.1.4: both legs get a BYE).
+
+One call id. Log lines, CDRs, MQTT call events and the admin API name a call by
+the SIP Call-ID of its A-leg (``call_id``); lines and events about a B-leg add
+that leg's Call-ID (``b_call_id``; ``b_call_ids`` on ``call.ended``, one per
+card tried — the CDR has no column for them). The internal :attr:`Call.key`
+(the quota reservation's and the stored dialogs' key) appears only as ``key=``
+where those records are concerned.
+
 This module must never send a request from an unauthenticated party to a
 carrier, put the agent's credentials, Contact, Via or address into a B-leg,
 log a callee number unmasked (when masking is on), or let an exception from
@@ -203,6 +216,8 @@ class Call:
     #: final response to the INVITE came within 64*T1 (a carrier that answers the
     #: CANCEL 200 and never sends the 487 must not hold the card for good).
     cancel_timer: asyncio.TimerHandle | None = None
+    #: Call-IDs of every B-leg this call started, in order (failover adds one each).
+    b_call_ids: list[str] = field(default_factory=list)
     a_final: int | None = None
     cancelled: bool = False
     answered: bool = False
@@ -307,6 +322,7 @@ class B2BUA:
             pool=card.pool if card is not None else None,
             agent=call.identity.name,
             campaign=call.campaign or None,
+            b_call_id=_b_id(call),
             **fields,  # type: ignore[arg-type]
         )
         self.bus.publish(event)
@@ -406,7 +422,8 @@ class B2BUA:
         self._legs[(call.a.call_id, a_tag)] = (call, "a")
         log.info(
             "call.attempt",
-            call=call.key,
+            call_id=call.a.call_id,
+            key=call.key,
             agent=identity.name,
             kind=str(identity.kind),
             destination=self._masked(call.destination),
@@ -514,7 +531,14 @@ class B2BUA:
             )
         except Exception as exc:
             log.error("agent.rebind.store_failed", agent=agent, error=repr(exc)[:200])
-        log.warning("agent.rebound", agent=agent, from_card=bound, to_card=chosen, cause=cause)
+        log.warning(
+            "agent.rebound",
+            call_id=call.a.call_id,
+            agent=agent,
+            from_card=bound,
+            to_card=chosen,
+            cause=cause,
+        )
         if self.bus is not None:
             new = self.services.cards.find(chosen)
             self.bus.publish(
@@ -569,8 +593,16 @@ class B2BUA:
         call.b_cseq = 1
         call.b_ack = None
         call.ringing = False
+        call.b_call_ids.append(b.call_id)
         self._legs[(b.call_id, b.local_tag)] = (call, "b")
         self.stats["b_legs"] += 1
+        log.info(
+            "call.b_leg",
+            call_id=call.a.call_id,
+            b_call_id=b.call_id,
+            card=call.card,
+            attempt=len(call.b_call_ids),
+        )
         self._send_b_invite(call, None)
         if call.no_answer_timer is not None:
             call.no_answer_timer.cancel()
@@ -713,7 +745,7 @@ class B2BUA:
                 on_response=lambda handle, resp: self._on_b_response(call, handle, resp),
             )
         except Exception:
-            log.exception("call.b_leg.send_failed", call=call.key)
+            log.exception("call.b_leg.send_failed", call_id=call.a.call_id, b_call_id=_b_id(call))
             self._b_final(call, 503, "Service Unavailable", None, local=True)
 
     def _on_b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
@@ -726,7 +758,12 @@ class B2BUA:
         try:
             self._b_response(call, handle, resp)
         except Exception:
-            log.exception("call.b_response.failed", call=call.key, status=resp.status)
+            log.exception(
+                "call.b_response.failed",
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
+                status=resp.status,
+            )
 
     def _b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
         status = resp.status
@@ -812,7 +849,7 @@ class B2BUA:
             else:
                 b.dialog.receive_response(resp)
         except (DialogError, SIPError):
-            log.warning("call.b_leg.bad_2xx", call=call.key)
+            log.warning("call.b_leg.bad_2xx", call_id=call.a.call_id, b_call_id=_b_id(call))
             b.dialog = None
         if call.a_final is not None or call.cancelled or b.dialog is None:
             # A CANCEL crossed the 200 (§9.1: the 2xx wins on the B side):
@@ -850,7 +887,7 @@ class B2BUA:
             else:
                 call.a.dialog.confirm()
         except DialogError:
-            log.warning("call.a_leg.no_contact", call=call.key)
+            log.warning("call.a_leg.no_contact", call_id=call.a.call_id)
         call.a_final = resp.status
         call.final_code = resp.status
         # Stored before the agent hears the 2xx: a crash from here on leaves a row the
@@ -858,7 +895,7 @@ class B2BUA:
         self._store_dialogs(call)
         call.a_req.send(out)
         self._start_ackwait(call, "a", a_req, out)
-        log.info("call.answered", call=call.key, card=call.card)
+        log.info("call.answered", call_id=call.a.call_id, b_call_id=_b_id(call), card=call.card)
         self._event(call, CallEventKind.ANSWERED, status=resp.status)
 
     def _b_final(
@@ -927,7 +964,8 @@ class B2BUA:
         if verdict.marked is not None:
             log.warning(
                 "card.marked",
-                call=call.key,
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
                 card=card_id,
                 reason=str(verdict.marked),
                 row=verdict.row,
@@ -936,7 +974,8 @@ class B2BUA:
         elif event is not None and event.to_state is CardState.SUSPECT:
             log.warning(
                 "card.suspect",
-                call=call.key,
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
                 card=card_id,
                 cause=event.cause,
                 statuses=",".join(str(x) for x in event.evidence.get("statuses", ())),
@@ -944,14 +983,16 @@ class B2BUA:
         if verdict.rest_until is not None:
             log.info(
                 "card.resting",
-                call=call.key,
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
                 card=card_id,
                 row=verdict.row,
                 seconds=round(verdict.rest_until - self.clock(), 1),
             )
         log.debug(
             "call.b_leg.classified",
-            call=call.key,
+            call_id=call.a.call_id,
+            b_call_id=_b_id(call),
             card=card_id,
             status=status,
             outcome=str(verdict.kind),
@@ -1026,7 +1067,8 @@ class B2BUA:
         self._note_binding(call, call.ctx.bound_card, decision.card_id)
         log.info(
             "call.failover",
-            call=call.key,
+            call_id=call.a.call_id,
+            b_call_id=_b_id(call),
             from_card=card_id,
             to_card=decision.card_id,
             cause="trunk-unreachable" if trunk else "card-dead",
@@ -1079,7 +1121,7 @@ class B2BUA:
         try:
             self.services.ledger.release(call.key, self.clock(), failed=True)
         except StoreUnavailable:
-            log.warning("call.release.store_unavailable", call=call.key)
+            log.warning("call.release.store_unavailable", call_id=call.a.call_id, key=call.key)
 
     # -- answers to the A-leg ----------------------------------------------------------
 
@@ -1127,7 +1169,7 @@ class B2BUA:
         )
         log.info(
             "call.blocked",
-            call=call.key,
+            call_id=call.a.call_id,
             agent=call.identity.name,
             destination=self._masked(call.destination),
             reason=str(decision.reason),
@@ -1143,7 +1185,8 @@ class B2BUA:
         """A policy answer after B-legs were tried (pool exhausted, store down)."""
         log.info(
             "call.no_card_left",
-            call=call.key,
+            call_id=call.a.call_id,
+            b_call_ids=",".join(call.b_call_ids),
             agent=call.identity.name,
             reason=str(decision.reason),
             detail=decision.detail or None,
@@ -1194,7 +1237,12 @@ class B2BUA:
                     )
                 elif isinstance(action, Timeout):
                     # §13.3.1.4: no ACK in 64*T1 — "the session SHOULD be terminated".
-                    log.warning("call.ack_timeout", call=call.key)
+                    log.warning(
+                        "call.ack_timeout",
+                        call_id=call.a.call_id,
+                        b_call_id=_b_id(call),
+                        side="a" if leg is call.a else "b",
+                    )
                     self._hangup(call, "ack-timeout")
                     return
             self._arm_ackwait(call, leg, aw)
@@ -1390,7 +1438,7 @@ class B2BUA:
         self.endpoint.send_request(bye, leg.address, transport=leg.transport)
 
     def _hangup(self, call: Call, why: str) -> None:
-        log.info("call.hangup", call=call.key, why=why)
+        log.info("call.hangup", call_id=call.a.call_id, b_call_id=_b_id(call), why=why)
         self._send_bye(call, "a")
         self._send_bye(call, "b")
         self._end(call, call.final_code or 200)
@@ -1441,7 +1489,7 @@ class B2BUA:
                 # Kept and retried (retry_pending): until then the reservation still
                 # counts as a call in progress — an over-count, never an under-count.
                 self._unfinished.append(finish)
-                log.warning("call.finish.store_unavailable", call=call.key)
+                log.warning("call.finish.store_unavailable", call_id=call.a.call_id, key=call.key)
         if call.answered:
             outcome = Outcome.ANSWERED
         elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
@@ -1457,7 +1505,8 @@ class B2BUA:
         )
         log.info(
             "call.ended",
-            call=call.key,
+            call_id=call.a.call_id,
+            b_call_ids=",".join(call.b_call_ids) or None,
             outcome=str(outcome),
             code=call.final_code,
             cards=",".join(call.cards_tried),
@@ -1492,7 +1541,7 @@ class B2BUA:
             self.stats["cdrs"] += 1
         else:
             self.stats["cdr_errors"] += 1
-            log.error("cdr.spooled", call=call.key, pending=self.cdrs.pending)
+            log.error("cdr.spooled", call_id=call.a.call_id, pending=self.cdrs.pending)
 
     # -- dialog persistence ------------------------------------------------------------
 
@@ -1535,7 +1584,12 @@ class B2BUA:
             self.services.store.save_call_dialogs(record)
         except Exception as exc:
             self.stats["dialog_store_errors"] += 1
-            log.error("call.dialogs.store_failed", call=call.key, error=repr(exc)[:200])
+            log.error(
+                "call.dialogs.store_failed",
+                call_id=call.a.call_id,
+                key=call.key,
+                error=repr(exc)[:200],
+            )
             return
         self.stats["dialogs_stored"] += 1
         call.persisted = True
@@ -1561,7 +1615,12 @@ class B2BUA:
                 self.services.store.update_call_dialog_leg(call.key, side, rec[0])
             except Exception as exc:
                 self.stats["dialog_store_errors"] += 1
-                log.error("call.dialogs.update_failed", call=call.key, error=repr(exc)[:200])
+                log.error(
+                    "call.dialogs.update_failed",
+                    call_id=call.a.call_id,
+                    key=call.key,
+                    error=repr(exc)[:200],
+                )
                 continue
             call.stored[side] = (rec[1], str(dialog.remote_target))
 
@@ -1578,10 +1637,20 @@ class B2BUA:
         except StoreUnavailable as exc:
             self.stats["dialog_store_errors"] += 1
             self._unfinished.append(delete)
-            log.error("call.dialogs.delete_failed", call=call.key, error=repr(exc)[:200])
+            log.error(
+                "call.dialogs.delete_failed",
+                call_id=call.a.call_id,
+                key=call.key,
+                error=repr(exc)[:200],
+            )
         except Exception as exc:
             self.stats["dialog_store_errors"] += 1
-            log.error("call.dialogs.delete_failed", call=call.key, error=repr(exc)[:200])
+            log.error(
+                "call.dialogs.delete_failed",
+                call_id=call.a.call_id,
+                key=call.key,
+                error=repr(exc)[:200],
+            )
 
     async def end_orphaned_calls(self) -> int:
         """Hang up the calls a dead process left up; return how many stored calls were ended.
@@ -1637,16 +1706,19 @@ class B2BUA:
                 written = self.cdrs.write(record_from_json(row.cdr))
                 cdr = "written" if written else "spooled"
             except (ValueError, KeyError, TypeError) as exc:
-                log.error("call.orphan.bad_cdr", call=row.key, error=repr(exc)[:200])
+                log.error(
+                    "call.orphan.bad_cdr", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
+                )
         try:
             deleted = self.services.store.delete_call_dialogs(row.key)
         except StoreUnavailable as exc:
             deleted = False
             self.stats["dialog_store_errors"] += 1
-            log.error("call.orphan.delete_failed", call=row.key, error=str(exc))
+            log.error("call.orphan.delete_failed", call_id=row.call_id, key=row.key, error=str(exc))
         log.info(
             "call.orphan_ended",
-            call=row.key,
+            call_id=row.call_id,
+            key=row.key,
             card=row.card,
             destination=self._masked(row.callee),
             b_status=b_status,
@@ -1670,12 +1742,24 @@ class B2BUA:
             transport = self.endpoint.transport(str(leg["transport"]), ipv6=":" in address[0])
             bye = dialog.create_request("BYE", headers=[("Reason", ORPHAN_REASON)])
         except (DialogError, SIPError, LookupError, TypeError, ValueError) as exc:
-            log.warning("call.orphan.bad_leg", call=row.key, side=side, error=repr(exc)[:200])
+            log.warning(
+                "call.orphan.bad_leg",
+                call_id=row.call_id,
+                key=row.key,
+                side=side,
+                error=repr(exc)[:200],
+            )
             return None
         try:
             response = await self.endpoint.request(bye, address, transport=transport)
         except Exception as exc:
-            log.warning("call.orphan.bye_failed", call=row.key, side=side, error=repr(exc)[:200])
+            log.warning(
+                "call.orphan.bye_failed",
+                call_id=row.call_id,
+                key=row.key,
+                side=side,
+                error=repr(exc)[:200],
+            )
             return None
         return response.status
 
@@ -1713,6 +1797,11 @@ class B2BUA:
                 finishes=len(self._unfinished),
                 spool=str(self.cdrs.spool),
             )
+
+
+def _b_id(call: Call) -> str | None:
+    """The Call-ID of the call's current (or last) B-leg, None before the first one."""
+    return call.b.call_id if call.b is not None else None
 
 
 def warning_399(text: str) -> str:

@@ -210,6 +210,12 @@ class CallEvent:
     ``declined``, ``cancelled``, ``failed``…); ``reason`` on ``blocked`` is the
     policy reason (``dnc``, ``no-consent``…). ``decision_seconds`` is how long the
     policy pipeline took (on ``attempt`` and ``blocked``).
+
+    ``call_id`` is the SIP Call-ID of the A-leg (the agent's or dialer's INVITE;
+    the carrier's for an inbound call) — the same id as the CDR, the admin API and
+    the log lines' ``call_id``. ``b_call_id`` is the Call-ID of the B-leg the event
+    is about (``ringing``, ``answered``: the leg that rang or answered; ``ended``:
+    the last leg; ``failover``: the failed leg; absent before any B-leg).
     """
 
     kind: CallEventKind
@@ -227,6 +233,7 @@ class CallEvent:
     from_card: str | None = None
     to_card: str | None = None
     decision_seconds: float | None = None
+    b_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +331,7 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
         body = {
             "event": event.kind.value,
             "call_id": event.call_id,
+            "b_call_id": event.b_call_id,
             "at": iso_time(event.at),
             "callee": callee,
             "card": event.card,
