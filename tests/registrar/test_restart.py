@@ -8,6 +8,7 @@ and expiry leave nothing behind to restore.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ async def test_unregistered_and_expired_bindings_are_not_restored(
         assert 200 == (await bob.register(expires=60)).status
         await gw.close()
         gw = await gateway(carrier, db)
-        gw.sip_clock = lambda: __import__("time").time() + 61  # type: ignore[method-assign]
+        gw.sip_clock = lambda: time.time() + 61  # type: ignore[method-assign]
         assert not gw.registrar.is_registered("alice", gw.sip_clock())
         # bob's binding was loaded (still live at start) and expires on time.
         assert not gw.registrar.is_registered("bob", gw.sip_clock())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -183,7 +184,7 @@ async def test_a_client_that_never_retries_is_logged_once(ua: RawUA, gateway: Ga
     nonce = resp.headers.get("WWW-Authenticate") or ""
     # A retransmission counts as the same (source, Call-ID).
     await ua.exchange(register(ua, call_id="gives-up"), gateway.address("udp"))
-    now = __import__("time").monotonic()
+    now = time.monotonic()
     with capture_logs() as logs:
         gateway.housekeep(now + 1)  # too early
         gateway.housekeep(now + 33)
@@ -213,7 +214,7 @@ async def test_a_client_that_retries_is_not_logged(ua: RawUA, gateway: Gateway) 
     ok = await ua.exchange(await authorized(ua, gateway, call_id="fine"), gateway.address("udp"))
     assert 200 == ok.status
     with capture_logs() as logs:
-        gateway.housekeep(__import__("time").monotonic() + 60)
+        gateway.housekeep(time.monotonic() + 60)
     assert [] == [e for e in logs if e["event"] == "sip.auth.abandoned"]
 
 
@@ -221,6 +222,6 @@ async def test_unknown_names_are_logged_at_info(ua: RawUA, gateway: Gateway) -> 
     """A name that is not configured (scanner, typo) is reported at info, not warning."""
     await ua.exchange(register(ua, to_user="scanner", call_id="svwar"), gateway.address("udp"))
     with capture_logs() as logs:
-        gateway.housekeep(__import__("time").monotonic() + 60)
+        gateway.housekeep(time.monotonic() + 60)
     [line] = [e for e in logs if e["event"] == "sip.auth.abandoned"]
     assert ("info", "scanner") == (line["log_level"], line["user"])
