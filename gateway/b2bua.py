@@ -159,6 +159,9 @@ ORPHAN_REASON = reason_header(487, "gateway restarted")
 ORPHAN_CONCURRENCY = 64
 """BYE transactions in flight at once while ending orphaned calls."""
 
+ABANDONED_MEMORY = 1024
+"""B-leg INVITEs given up on (CANCELled, no final answer) remembered for a late 2xx."""
+
 MAX_CARDS_PER_CALL = 3
 """Cards one call may try (the first plus failovers after proven card deaths)."""
 
@@ -215,7 +218,8 @@ class Call:
     #: RFC 3261 §9.1: armed when the gateway CANCELs the B-leg; ends the call if no
     #: final response to the INVITE came within 64*T1 (a carrier that answers the
     #: CANCEL 200 and never sends the 487 must not hold the card for good).
-    cancel_timer: asyncio.TimerHandle | None = None
+    #: Why the gateway CANCELled the B-leg (agent-cancel, no-answer, …), "" when it did not.
+    cancel_why: str = ""
     #: Call-IDs of every B-leg this call started, in order (failover adds one each).
     b_call_ids: list[str] = field(default_factory=list)
     a_final: int | None = None
@@ -284,6 +288,10 @@ class B2BUA:
         # has headroom (DESIGN "Quotas": carriers flag frequent switching). One entry per
         # configured identity, so bounded by the configuration.
         self._last_card: dict[str, str] = {}
+        # (Call-ID, From tag) of B-leg INVITEs given up on → (handle, its late-2xx handler).
+        self._abandoned: dict[
+            tuple[str, str | None], tuple[ClientRequest, Callable[[ClientRequest, Response], None]]
+        ] = {}
         # Agents re-bound after their configured card died: agent → (card, configured).
         self._rebound: dict[str, tuple[str, str | None]] = {}
         try:
@@ -632,26 +640,22 @@ class B2BUA:
         self._cancel_b(call, "no-answer")
 
     def _cancel_b(self, call: Call, why: str) -> None:
-        """CANCEL the B-leg's pending INVITE and arm the §9.1 give-up timer.
+        """CANCEL the B-leg's pending INVITE (its transaction guards the answer, §9.1).
 
         RFC 3261 §9.1: "If there is no final response for the original request in
         64*T1 seconds ..., the client SHOULD then consider the original transaction
-        cancelled". The INVITE client transaction itself has no timer once a
-        provisional response arrived (Timer B guards only the Calling state), so a
-        carrier that answers the CANCEL 200 and never sends the 487 would keep the
-        call — and its card's reservation — forever. The timer runs from the moment
-        the CANCEL is asked for; before any provisional the CANCEL waits for one
-        (§9.1) and the INVITE's own Timer B, already running for longer, ends the
-        attempt first.
+        cancelled". The INVITE client transaction arms that guard when the CANCEL
+        leaves (before any provisional the CANCEL waits for one, and Timer B ends a
+        silent attempt first): a carrier that answers the CANCEL 200 and never
+        sends the 487 then ends as a local 408 of the cancelled transaction, which
+        :meth:`_cancel_expired` turns into the end of the call — instead of keeping
+        the call, and its card's reservation, for ever.
         """
         handle = call.b_client
         if handle is None or handle.final.done():
             return
+        call.cancel_why = call.cancel_why or why
         handle.cancel()
-        if call.cancel_timer is None and not call.ended:
-            call.cancel_timer = asyncio.get_running_loop().call_later(
-                self.cancel_give_up, self._cancel_expired, call, handle, why
-            )
 
     def _cancel_expired(self, call: Call, handle: ClientRequest, why: str) -> None:
         """64*T1 after our CANCEL the B-leg INVITE still has no final answer: end the call.
@@ -661,8 +665,7 @@ class B2BUA:
         written by :meth:`_end`, which also hands the INVITE to :meth:`_abandon`
         (a 2xx arriving later is ACKed and hung up).
         """
-        call.cancel_timer = None
-        if call.ended or call.answered or handle is not call.b_client or handle.final.done():
+        if call.ended or call.answered or handle is not call.b_client:
             return
         log.warning(
             "call.cancel_unanswered",
@@ -714,6 +717,15 @@ class B2BUA:
                 acked[tag] = sent
 
         handle.on_response = late
+        # After the INVITE transaction ends (its §9.1 guard: 64*T1 after the CANCEL),
+        # a late 2xx arrives as a stray response: found here, bounded FIFO.
+        try:
+            key = (handle.request.call_id, handle.request.from_.tag)
+        except SIPError:
+            return
+        self._abandoned[key] = (handle, late)
+        while len(self._abandoned) > ABANDONED_MEMORY:
+            self._abandoned.pop(next(iter(self._abandoned)))
 
     def _send_b_invite(self, call: Call, auth: tuple[str, str] | None) -> None:
         b = call.b
@@ -754,6 +766,10 @@ class B2BUA:
             # matters — it must be ACKed and hung up (§13.2.2.4 forked 2xx).
             if 200 <= resp.status < 300:
                 self._ack_and_bye_stray(handle.request, resp, handle, call.a.call_id)
+            return
+        if call.ended and not 200 <= resp.status < 300:
+            # The call is over (e.g. 64*T1 after a CANCEL): a late 1xx or the
+            # transaction's own local 408 changes nothing any more.
             return
         try:
             self._b_response(call, handle, resp)
@@ -806,6 +822,10 @@ class B2BUA:
                 )
                 self._send_b_invite(call, auth)
                 return
+        if handle.local and status == 408 and handle.cancel_sent:
+            # The cancelled INVITE's §9.1 guard: no final answer 64*T1 after our CANCEL.
+            self._cancel_expired(call, handle, call.cancel_why or "cancel")
+            return
         self._b_final(call, status, resp.reason, resp, local=handle.local)
 
     def _relay_provisional(self, call: Call, resp: Response) -> None:
@@ -1312,6 +1332,10 @@ class B2BUA:
         except SIPError:
             return
         if found is None:
+            abandoned = self._abandoned.get((resp.call_id, resp.from_.tag))
+            if abandoned is not None:
+                handle, late = abandoned
+                late(handle, resp)
             return
         call, side = found
         if side == "b" and call.b is not None and call.b_ack is not None:
@@ -1448,14 +1472,18 @@ class B2BUA:
         if call.ended:
             return
         call.ended = True
-        for timer in (call.no_answer_timer, call.cancel_timer):
+        for timer in (call.no_answer_timer,):
             if timer is not None:
                 timer.cancel()
-        call.no_answer_timer = call.cancel_timer = None
-        if call.b_client is not None and not call.b_client.final.done():
-            # The B-leg INVITE outlives the call (CANCELled, no final answer yet): a
-            # late 2xx is ACKed and hung up, and the handle lets go of the call.
-            self._abandon(call.b_client, call.a.call_id)
+        call.no_answer_timer = None
+        handle = call.b_client
+        if handle is not None and (
+            not handle.final.done() or (handle.local and handle.cancel_sent)
+        ):
+            # The B-leg INVITE outlives the call (CANCELled, no final answer yet, or
+            # given up by its §9.1 guard): a late 2xx is ACKed and hung up, and the
+            # handle lets go of the call.
+            self._abandon(handle, call.a.call_id)
         if not call.final_code:
             call.final_code = status
         self.calls.pop(call.key, None)

@@ -152,6 +152,10 @@ class ClientRequest:
         self.endpoint.send_request(
             cancel, self.peer.address, transport=self.peer.transport, add_via=False
         )
+        if isinstance(self.tx, ClientInviteTransaction):
+            # §9.1: no final response within 64*T1 of the CANCEL ends the INVITE
+            # transaction (the TU gets a local 408) instead of leaving it for ever.
+            self.endpoint._run(self.endpoint.layer.cancel_sent(self.tx, self.endpoint.now()))
 
     def _deliver(self, response: Response) -> None:
         self.responses.append(response.status)

@@ -1606,7 +1606,7 @@ class MirroredLedger:
             kept = self.shared.is_kept(call_id)
             log.warning(
                 f"redis.{op}.deferred" if kept else f"redis.{op}.failed",
-                call=call_id,
+                key=call_id,  # the reservation key (internal), not the SIP Call-ID
                 kept=kept,
                 error=str(exc),
             )

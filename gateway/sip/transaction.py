@@ -167,6 +167,7 @@ class Timer(StrEnum):
     TRYING = "100"  # INVITE server: send 100 Trying if the TU is silent
     RETRANSMIT_2XX = "2xx"  # UAS core (§13.3.1.4): 2xx retransmission until the ACK
     ACK_TIMEOUT = "ack"  # UAS core (§13.3.1.4): no ACK for the 2xx within 64*T1
+    CANCEL = "cancel"  # INVITE client (§9.1): no final response 64*T1 after a CANCEL
 
 
 # --------------------------------------------------------------------------- keys
@@ -526,6 +527,19 @@ class ClientInviteTransaction(_Machine):
         """§9.1: a CANCEL "SHOULD NOT be sent ... until it receives a provisional response"."""
         return self.state is State.PROCEEDING
 
+    def cancel_sent(self, now: float) -> list[Action]:
+        """The TU sent a CANCEL for this INVITE: arm the §9.1 guard.
+
+        "If no final response has been received after 64*T1 seconds, the client
+        transaction SHOULD be considered terminated": without it a server that
+        answers the CANCEL but never the INVITE (no 487) would keep the
+        transaction, and the TU's call, in Proceeding for ever.
+        """
+        self._check_started()
+        if self.state in (State.CALLING, State.PROCEEDING) and Timer.CANCEL not in self._timers:
+            self._arm(Timer.CANCEL, now, self.config.timeout)
+        return []
+
     def receive_response(self, response: Response, now: float) -> list[Action]:
         """Feed a response matching :attr:`key`."""
         self._check_started()
@@ -579,6 +593,10 @@ class ClientInviteTransaction(_Machine):
             actions.append(self._send(self.request, retransmission=True))
         elif name is Timer.B and self.state is State.CALLING:
             actions.append(Timeout(self.key, Timer.B))
+            self._terminate(actions)
+        elif name is Timer.CANCEL and self.state in (State.CALLING, State.PROCEEDING):
+            # §9.1: the CANCELled INVITE never got its final response.
+            actions.append(Timeout(self.key, Timer.CANCEL))
             self._terminate(actions)
         elif (name is Timer.D and self.state is State.COMPLETED) or (
             name is Timer.M and self.state is State.ACCEPTED
@@ -1058,6 +1076,10 @@ class TransactionLayer:
     def transport_error(self, tx: Transaction, now: float) -> list[Action]:
         """Report a send failure for ``tx``."""
         return self._after(tx, tx.transport_error(now))
+
+    def cancel_sent(self, tx: ClientInviteTransaction, now: float) -> list[Action]:
+        """The TU CANCELled ``tx``: arm its §9.1 guard, keeping the timer heap current."""
+        return self._after(tx, tx.cancel_sent(now))
 
     def find_server(self, request: Request) -> ServerTransaction | None:
         """The server transaction a request belongs to, if any."""

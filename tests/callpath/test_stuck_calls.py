@@ -216,6 +216,15 @@ async def test_cancel_answered_200_without_487_frees_the_card_within_64_t1(
     assert invite.call_id == cdr.call_id
     assert {} == stuck.gateway.b2bua.calls  # type: ignore[union-attr]
     [b_invite] = stuck.trunk.invites()
+    # The SIP layer gave the INVITE transaction up too (§9.1): nothing is left of it.
+    endpoint = stuck.gateway.endpoint
+    await eventually(
+        lambda: not any(
+            h.request.method == "INVITE" and h.request.call_id == b_invite.call_id
+            for h in endpoint._clients.values()  # type: ignore[union-attr]
+        ),
+        SLACK + 1,
+    )
     [line] = [e for e in logs if e["event"] == "call.cancel_unanswered"]
     assert (invite.call_id, b_invite.call_id, "agent-cancel", "c1") == (
         line["call_id"],

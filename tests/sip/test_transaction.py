@@ -195,6 +195,35 @@ def test_invite_client_provisional_stops_a_and_b() -> None:
     assert [("deliver", 183)] == summary(tx.receive_response(resp(invite, 183), 60.0))
 
 
+def test_invite_client_cancel_without_final_ends_after_64_t1() -> None:
+    """§9.1: a CANCELled INVITE whose 487 never comes is over 64*T1 after the CANCEL."""
+    invite = req()
+    tx = ClientInviteTransaction(invite)
+    tx.start(0.0)
+    tx.receive_response(resp(invite, 180), 0.7)
+    assert tx.get_timer() is None  # Proceeding waits for ever without a CANCEL
+    assert [] == tx.cancel_sent(10.0)
+    assert 10.0 + 32.0 == tx.get_timer()
+    tx.cancel_sent(20.0)  # asked again: the first deadline stands
+    assert 42.0 == tx.get_timer()
+    assert [("timeout", "cancel"), ("terminated",)] == summary(tx.handle_timer(42.0))
+    assert State.TERMINATED == tx.state
+
+
+def test_invite_client_final_after_cancel_disarms_the_guard() -> None:
+    """The 487 (or any final) before 64*T1: the machine goes on as usual, no timeout."""
+    invite = req()
+    tx = ClientInviteTransaction(invite)
+    tx.start(0.0)
+    tx.receive_response(resp(invite, 180), 0.7)
+    tx.cancel_sent(1.0)
+    assert [("send", "ACK", False), ("deliver", 487)] == summary(
+        tx.receive_response(resp(invite, 487), 2.0)
+    )
+    fired = run_timers(tx)
+    assert [(34.0, [("terminated",)])] == fired
+
+
 def test_invite_client_non_2xx_acks_and_waits_timer_d() -> None:
     """A 486 sends the ACK, goes to the TU once, and Timer D (32 s) absorbs retransmissions."""
     invite = req()
