@@ -239,7 +239,9 @@ class Carrier:
             )
             self.tp.send(ok, source)
         else:
-            self.tp.send(make_response(msg, 200, to_tag="opt" if msg.method == "OPTIONS" else None), source)
+            self.tp.send(
+                make_response(msg, 200, to_tag="opt" if msg.method == "OPTIONS" else None), source
+            )
 
 
 async def run(ns: argparse.Namespace) -> int:
@@ -256,7 +258,10 @@ async def run(ns: argparse.Namespace) -> int:
         text = e2e.gateway_toml(
             sip_port=GW[1], carrier_port=CARRIER[1], db=db, cards=ns.cards, log_level=ns.log_level
         )
-        text = text.replace('realm = "dialgate"', f'realm = "dialgate"\nt1 = {ns.t1}\nt2 = {4 * ns.t1}\nt4 = {ns.t1}')
+        text = text.replace(
+            'realm = "dialgate"',
+            f'realm = "dialgate"\nt1 = {ns.t1}\nt2 = {4 * ns.t1}\nt4 = {ns.t1}',
+        )
         cfg.write_text(text)
         settings = load_settings(cfg)
         sink = open("/dev/null", "w")  # noqa: SIM115 - closed below

@@ -219,9 +219,11 @@ async def test_cancel_answered_200_without_487_frees_the_card_within_64_t1(
     # The SIP layer gave the INVITE transaction up too (§9.1): nothing is left of it.
     endpoint = stuck.gateway.endpoint
     await eventually(
-        lambda: not any(
-            h.request.method == "INVITE" and h.request.call_id == b_invite.call_id
-            for h in endpoint._clients.values()  # type: ignore[union-attr]
+        lambda: (
+            not any(
+                h.request.method == "INVITE" and h.request.call_id == b_invite.call_id
+                for h in endpoint._clients.values()  # type: ignore[union-attr]
+            )
         ),
         SLACK + 1,
     )
