@@ -260,7 +260,14 @@ class Gateway:
                     )
                 else:
                     transport = await TCPTransport.listen(
-                        spec.ip, spec.port, self.handle, max_message_size=sip.max_message_size
+                        spec.ip,
+                        spec.port,
+                        self.handle,
+                        max_message_size=sip.max_message_size,
+                        max_connections=sip.tcp_max_connections,
+                        max_per_source=sip.tcp_max_per_source,
+                        head_timeout=sip.tcp_head_timeout,
+                        idle_timeout=sip.tcp_idle_timeout,
                     )
                 self.add_transport(transport)
                 host, port = transport.local_address

@@ -502,6 +502,14 @@ class SipSettings(BaseModel):
     # carries a second, SHA-256 challenge (Debian's baresip 1.0: "Function not
     # implemented"); SHA-256 (RFC 8760) is opt-in. Offered strongest first.
     digest_algorithms: DigestAlgorithms = Field(default_factory=_default_digest)
+    # TCP limits (issue 15): connections in total and per source address (a
+    # whole call center behind one NAT address shares the per-source count),
+    # seconds for a complete message once its first octet arrived (slow
+    # senders are closed), seconds without traffic before a connection closes.
+    tcp_max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    tcp_max_per_source: int = Field(default=256, ge=1, le=1_000_000)
+    tcp_head_timeout: float = Field(default=20.0, gt=0, le=3600)
+    tcp_idle_timeout: float = Field(default=120.0, gt=0, le=86400)
 
     @field_validator("advertise")
     @classmethod

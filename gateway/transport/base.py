@@ -89,9 +89,13 @@ class TransportStats:
     connections_closed: int = 0
     connections_refused: int = 0
     connections_closed_idle: int = 0
+    connections_closed_slow: int = 0
     framing_closes: int = 0
     by_status: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     dropped_by_reason: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    connections_refused_by_reason: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
 

@@ -7,9 +7,11 @@ connection it came in on (RFC 3261 §18.2.2), found by the peer's
 ``(host, port)``; a send to a peer without one opens an outbound connection.
 
 Bounds, all from the constructor: message size (513/400 and close on a framing
-error), number of connections (extra ones are closed at once), idle time (one
-re-armed timer per connection), queued outgoing octets per connection (a peer
-that does not read is disconnected).
+error), number of connections in total and per source address (extra ones are
+closed at once, counted, logged once per source), a deadline for a complete
+message once its first octet arrived (a slow sender is closed), idle time (one
+re-armed timer per connection serves both deadlines), queued outgoing octets per
+connection (a peer that does not read is disconnected).
 
 It must never raise OS errors to callers (logged and counted instead), never
 buffer without bound, and never parse SIP itself.
@@ -40,6 +42,8 @@ log = structlog.get_logger("gateway.transport.tcp")
 
 DEFAULT_IDLE_TIMEOUT = 120.0
 DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_PER_SOURCE = 256
+DEFAULT_HEAD_TIMEOUT = 20.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 MAX_WRITE_BUFFER = 1024 * 1024
 _PONG = b"\r\n"
@@ -55,6 +59,9 @@ class TCPConnection(asyncio.Protocol):
         self.peer: Address = ("", 0)
         self.outbound_key = outbound_key
         self.last_activity = time.monotonic()
+        # When the first octet of the message being framed arrived (None: between
+        # messages). A message must be complete within owner.head_timeout of it.
+        self.message_started: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -75,9 +82,11 @@ class TCPConnection(asyncio.Protocol):
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        now = self.last_activity = time.monotonic()
+        framed = False
         for event in self.framer.feed(data):
             if isinstance(event, Frame):
+                framed = True
                 self.owner._receive(event.data, self.peer, self.write_counted, stream=True)
             elif isinstance(event, Ping):
                 self.owner.stats.keepalives += 1
@@ -85,6 +94,10 @@ class TCPConnection(asyncio.Protocol):
             elif isinstance(event, FramingError):
                 self._framing_error(event)
                 return
+        if not self.framer.buffered:
+            self.message_started = None
+        elif framed or self.message_started is None:
+            self.message_started = now
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -145,6 +158,11 @@ class TCPConnection(asyncio.Protocol):
     def _arm_timer(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = self.last_activity + self.owner.idle_timeout
+        if self.message_started is not None:
+            deadline = min(deadline, self.message_started + self.owner.head_timeout)
+        else:
+            # A message may start before the idle deadline: wake by its deadline.
+            deadline = min(deadline, time.monotonic() + self.owner.head_timeout)
         self._timer = loop.call_at(
             loop.time() + max(0.0, deadline - time.monotonic()), self._on_timer
         )
@@ -153,7 +171,22 @@ class TCPConnection(asyncio.Protocol):
         self._timer = None
         if self.transport is None or self.transport.is_closing():
             return
-        if time.monotonic() - self.last_activity >= self.owner.idle_timeout:
+        now = time.monotonic()
+        started = self.message_started
+        if started is not None and now - started >= self.owner.head_timeout:
+            # A sender that trickles a message (one octet a minute keeps the idle
+            # timer happy) would hold the connection for ever: the whole message
+            # must arrive within head_timeout of its first octet.
+            self.owner.stats.connections_closed_slow += 1
+            self.owner._log_once(
+                "transport.tcp.slow_sender_close",
+                self.peer,
+                buffered=self.framer.buffered,
+                head_timeout=self.owner.head_timeout,
+            )
+            self.close()
+            return
+        if now - self.last_activity >= self.owner.idle_timeout:
             log.info("transport.tcp.idle_close", peer=f"{self.peer[0]}:{self.peer[1]}")
             self.owner.stats.connections_closed_idle += 1
             self.close()
@@ -175,10 +208,19 @@ class TCPTransport(Transport):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
     ) -> None:
         super().__init__(on_message, max_message_size=max_message_size)
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.head_timeout = head_timeout
+        # Accepted connections per source host (outbound ones are not counted).
+        self._per_source: dict[str, int] = {}
+        # Sources already named in a log line for each event (bounded; cleared
+        # when full so a spoofing flood cannot grow it).
+        self._logged: set[tuple[str, str]] = set()
         self.connect_timeout = connect_timeout
         self.connections: dict[Address, TCPConnection] = {}
         self._all: set[TCPConnection] = set()
@@ -199,6 +241,8 @@ class TCPTransport(Transport):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
     ) -> TCPTransport:
         """Listen on ``host:port`` (port 0: any free port)."""
         self = cls(
@@ -207,6 +251,8 @@ class TCPTransport(Transport):
             idle_timeout=idle_timeout,
             max_connections=max_connections,
             connect_timeout=connect_timeout,
+            max_per_source=max_per_source,
+            head_timeout=head_timeout,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -221,12 +267,36 @@ class TCPTransport(Transport):
 
     # -- connection bookkeeping ------------------------------------------------------
 
+    def _log_once(self, event: str, peer: Address, **fields: object) -> None:
+        """Log ``event`` the first time it happens for ``peer``'s host."""
+        key = (event, peer[0])
+        if key in self._logged:
+            return
+        if len(self._logged) >= 4096:
+            self._logged.clear()
+        self._logged.add(key)
+        log.warning(event, peer=f"{peer[0]}:{peer[1]}", **fields)
+
     def _register(self, conn: TCPConnection) -> bool:
-        if self._closing or len(self._all) >= self.max_connections:
+        host = conn.peer[0]
+        inbound = conn.outbound_key is None
+        reason: str | None = None
+        if self._closing:
+            reason = "closing"
+        elif len(self._all) >= self.max_connections:
+            reason = "total-limit"
+        elif inbound and self._per_source.get(host, 0) >= self.max_per_source:
+            reason = "per-source-limit"
+        if reason is not None:
             self.stats.connections_refused += 1
-            log.warning("transport.tcp.refused", peer=f"{conn.peer[0]}:{conn.peer[1]}")
+            self.stats.connections_refused_by_reason[reason] += 1
+            if reason != "closing":
+                limit = self.max_connections if reason == "total-limit" else self.max_per_source
+                self._log_once("transport.tcp.refused", conn.peer, reason=reason, limit=limit)
             return False
         self._all.add(conn)
+        if inbound:
+            self._per_source[host] = self._per_source.get(host, 0) + 1
         self.stats.connections_opened += 1
         self.connections[conn.peer] = conn
         if conn.outbound_key is not None:
@@ -237,6 +307,13 @@ class TCPTransport(Transport):
         if conn not in self._all:
             return
         self._all.discard(conn)
+        if conn.outbound_key is None:
+            host = conn.peer[0]
+            left = self._per_source.get(host, 0) - 1
+            if left > 0:
+                self._per_source[host] = left
+            else:
+                self._per_source.pop(host, None)
         self.stats.connections_closed += 1
         for key in (conn.peer, conn.outbound_key):
             if key is not None and self.connections.get(key) is conn:
