@@ -15,7 +15,10 @@ Metric names (all prefixed ``dialgate_``): ``calls_total{outcome}``,
 ``call_events_total{event}``, ``blocked_calls_total{reason}``, ``failovers_total``,
 ``alerts_total{alert}``, ``active_calls``, ``cards{state}``,
 ``policy_decision_seconds`` (histogram), ``mqtt_connected``, ``mqtt_queue_depth``,
-``mqtt_dropped_total``, ``mqtt_published_total``, ``mqtt_reconnects_total``,
+``mqtt_dropped_total{kind}`` (events dropped from the full queue, by topic kind:
+``status``, ``cards``, ``stats``, ``calls``, ``alerts``), ``mqtt_coalesced_total{kind}``
+(retained updates replaced by a newer one before they were sent),
+``mqtt_published_total``, ``mqtt_reconnects_total``,
 ``transport_<counter>_total{transport}`` (plus ``status``/``reason`` labels),
 ``sip_<counter>_total`` for the request handler (``sip_requests_total``,
 ``sip_answered_total{status}``…), ``info{version}``.
@@ -375,12 +378,6 @@ class GatewayMetrics:
                     "connected",
                 ),
                 ("dialgate_mqtt_queue_depth", "gauge", "Messages waiting for the broker", "queued"),
-                (
-                    "dialgate_mqtt_dropped_total",
-                    "counter",
-                    "Events dropped (queue full)",
-                    "dropped",
-                ),
                 ("dialgate_mqtt_published_total", "counter", "Messages published", "published"),
                 ("dialgate_mqtt_reconnects_total", "counter", "Connections lost", "reconnects"),
                 (
@@ -394,6 +391,23 @@ class GatewayMetrics:
             for name, kind, text, key in rows:
                 fam = MetricFamily(name, kind, text)
                 fam.add(float(c.get(key, 0)))
+                out.append(fam)
+            per_kind = (
+                (
+                    "dialgate_mqtt_dropped_total",
+                    "Events dropped while the broker was slow or away (queue full), by topic kind",
+                    "dropped_by_kind",
+                ),
+                (
+                    "dialgate_mqtt_coalesced_total",
+                    "Retained updates replaced by a newer one before they were sent, by topic kind",
+                    "coalesced_by_kind",
+                ),
+            )
+            for name, text, key in per_kind:
+                fam = MetricFamily(name, "counter", text)
+                for topic_kind, n in sorted(dict(c.get(key) or {}).items()):
+                    fam.add(float(n), {"kind": str(topic_kind)})
                 out.append(fam)
             return out
 

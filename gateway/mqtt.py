@@ -11,9 +11,16 @@ What this module is for:
   not reconnect by itself, so the task reconnects with capped, jittered
   exponential backoff; it keeps the latest message of every retained topic and
   republishes all of them after each (re)connect; non-retained messages wait in a
-  bounded queue that drops the oldest first (drops are counted, logged and shown
-  in stats and metrics); a message taken from the queue when the connection
-  breaks is put back. The broker holds the last will (``offline``, retained) on
+  bounded queue that drops the oldest first (drops are counted per topic kind —
+  ``status``, ``cards``, ``stats``, ``calls``, ``alerts`` — logged once per outage
+  with the per-kind totals, and shown in stats and metrics); a retained update
+  replaced by a newer one before it was sent is counted as *coalesced*, not
+  dropped (the broker only ever needs the latest); a message taken from the
+  queue when the connection breaks is put back.
+* :class:`Backoff`: the reconnect delays — exponential from ``initial`` up to a
+  cap of 1 s by default, each jittered to 50–100 % so a fleet does not reconnect
+  in step: a returning broker is used within about a second, and a broker that
+  stays away costs one connection attempt every 0.5–1 s, never a tight loop. The broker holds the last will (``offline``, retained) on
   the status topic; a clean :meth:`MqttPublisher.stop` publishes ``offline``
   itself before disconnecting. Every ``stats_interval`` seconds the stats source
   is sampled and published (retained).
@@ -56,7 +63,15 @@ from gateway.events import (
 if TYPE_CHECKING:
     from gateway.config import MqttSettings, Settings
 
-__all__ = ["MqttPublisher", "Outgoing", "Topics", "route", "topic_segment"]
+__all__ = [
+    "KINDS",
+    "Backoff",
+    "MqttPublisher",
+    "Outgoing",
+    "Topics",
+    "route",
+    "topic_segment",
+]
 
 log = structlog.get_logger("gateway.mqtt")
 
@@ -98,29 +113,79 @@ class Topics:
         return f"{self.root}/alerts"
 
 
+#: The topic kinds drops and coalescing are counted by (a ``kind`` metric label).
+KINDS = ("status", "cards", "stats", "calls", "alerts")
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message ready for the broker."""
+    """One message ready for the broker; ``kind`` is one of :data:`KINDS`."""
 
     topic: str
     payload: bytes
     qos: int
     retain: bool
+    kind: str = ""
+
+
+def event_kind(event: Event) -> str:
+    """The topic kind (one of :data:`KINDS`) ``event`` is published under."""
+    if isinstance(event, GatewayStatus):
+        return "status"
+    if isinstance(event, CardStatus):
+        return "cards"
+    if isinstance(event, Stats):
+        return "stats"
+    if isinstance(event, CallEvent):
+        return "calls"
+    if isinstance(event, Alert):
+        return "alerts"
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``cap``, each jittered to 50–100 %.
+
+    ``next()`` returns the wait before the next attempt, ``reset()`` after a
+    successful connection. The jitter keeps a fleet of gateways from reconnecting
+    in step; the cap bounds how long a returning broker goes unused (the issue-19
+    drill saw 17 s with a 30 s cap); ``initial`` > 0 keeps it from ever spinning.
+    """
+
+    def __init__(
+        self, initial: float = 0.2, cap: float = 1.0, *, rng: Callable[[], float] = random.random
+    ) -> None:
+        if not 0 < initial <= cap:
+            raise ValueError("backoff needs 0 < initial <= cap")
+        self.initial = initial
+        self.cap = cap
+        self._rng = rng
+        self._delay = initial
+
+    def next(self) -> float:
+        """The wait before the next attempt (then the base delay doubles, up to the cap)."""
+        wait = self._delay * (0.5 + self._rng() / 2)
+        self._delay = min(self._delay * 2, self.cap)
+        return wait
+
+    def reset(self) -> None:
+        """Back to ``initial`` (after a connection succeeded)."""
+        self._delay = self.initial
 
 
 def route(event: Event, topics: Topics, *, mask_numbers: bool = True) -> Outgoing:
     """Topic, QoS, retain flag and JSON payload of ``event``."""
     payload = render_json(event, mask_numbers=mask_numbers)
     if isinstance(event, GatewayStatus):
-        return Outgoing(topics.status, payload, 1, True)
+        return Outgoing(topics.status, payload, 1, True, "status")
     if isinstance(event, CardStatus):
-        return Outgoing(topics.card(event.card), payload, 1, True)
+        return Outgoing(topics.card(event.card), payload, 1, True, "cards")
     if isinstance(event, Stats):
-        return Outgoing(topics.stats, payload, 0, True)
+        return Outgoing(topics.stats, payload, 0, True, "stats")
     if isinstance(event, CallEvent):
-        return Outgoing(topics.calls(event.kind.value), payload, 0, False)
+        return Outgoing(topics.calls(event.kind.value), payload, 0, False, "calls")
     if isinstance(event, Alert):
-        return Outgoing(topics.alerts, payload, 1, False)
+        return Outgoing(topics.alerts, payload, 1, False, "alerts")
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
@@ -148,7 +213,7 @@ class MqttPublisher:
         stats_source: Callable[..., Stats] | None = None,
         queue_limit: int = 1000,
         backoff_initial: float = 0.2,
-        backoff_max: float = 30.0,
+        backoff_max: float = 1.0,
         publish_timeout: float = 10.0,
     ) -> None:
         if queue_limit < 1:
@@ -163,6 +228,7 @@ class MqttPublisher:
         self.queue_limit = queue_limit
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self.publish_timeout = publish_timeout
         # Latest message of every retained topic, and the ones still to send.
         self._retained: dict[str, Outgoing] = {}
@@ -179,9 +245,15 @@ class MqttPublisher:
         self.connected = False
         self.published = 0
         self.dropped = 0
+        self.dropped_by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.coalesced_by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.reconnects = 0
         self.connect_failures = 0
         self._dropped_this_outage = 0
+        self._outage_drops: dict[str, int] = {}
+        self._lost_at: float | None = None
+        #: Seconds from the first failed attempt after a loss to the next connection.
+        self.last_outage_seconds: float | None = None
         self.offer(self._status(online=True))
 
     @classmethod
@@ -210,8 +282,7 @@ class MqttPublisher:
         if isinstance(event, CallEvent | Alert):
             self._queue.append(event)
             while len(self._queue) > self.queue_limit:
-                self._queue.popleft()
-                self._count_drop()
+                self._count_drop(self._queue.popleft())
         else:
             if isinstance(event, CardStatus):
                 # A periodic refresh of an unchanged card is not republished.
@@ -220,12 +291,20 @@ class MqttPublisher:
                     return
                 self._last_card[event.card] = unchanged
             message = route(event, self.topics, mask_numbers=self.mask_numbers)
+            if message.topic in self._dirty:
+                # The unsent update is replaced: the broker only needs the latest.
+                self.coalesced_by_kind[message.kind] = (
+                    self.coalesced_by_kind.get(message.kind, 0) + 1
+                )
             self._retained[message.topic] = message
             self._dirty[message.topic] = None
         self._wake.set()
 
-    def _count_drop(self) -> None:
+    def _count_drop(self, item: CallEvent | Alert | Outgoing) -> None:
+        kind = item.kind if isinstance(item, Outgoing) else event_kind(item)
         self.dropped += 1
+        self.dropped_by_kind[kind] = self.dropped_by_kind.get(kind, 0) + 1
+        self._outage_drops[kind] = self._outage_drops.get(kind, 0) + 1
         self._dropped_this_outage += 1
         if self._dropped_this_outage == 1:
             log.warning(
@@ -245,6 +324,8 @@ class MqttPublisher:
             "connected": self.connected,
             "queued": self.queue_depth,
             "dropped": self.dropped,
+            "dropped_by_kind": dict(self.dropped_by_kind),
+            "coalesced_by_kind": dict(self.coalesced_by_kind),
             "published": self.published,
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
@@ -335,7 +416,6 @@ class MqttPublisher:
         )
 
     async def _run(self) -> None:
-        delay = self.backoff_initial
         url = str(self.settings.url)  # password masked by ServiceUrl
         while not self._stop.is_set():
             client = self._client()
@@ -343,25 +423,40 @@ class MqttPublisher:
                 async with client:
                     self.connected = True
                     self._connected_once.set()
-                    delay = self.backoff_initial
+                    self._backoff.reset()
+                    outage = None
+                    if self._lost_at is not None:
+                        outage = round(time.monotonic() - self._lost_at, 3)
+                        self.last_outage_seconds = outage
+                        self._lost_at = None
                     if self._dropped_this_outage:
                         log.warning(
                             "mqtt events dropped while the broker was away",
                             dropped=self._dropped_this_outage,
+                            by_kind=dict(sorted(self._outage_drops.items())),
                         )
                         self._dropped_this_outage = 0
-                    # Republish every retained topic after each (re)connect: the
-                    # broker may have restarted without persistence.
+                        self._outage_drops = {}
+                    # Republish every retained topic at once after each (re)connect,
+                    # before any queued event: the broker may have restarted without
+                    # persistence, and a wallboard needs the state more than the history.
                     for topic in self._retained:
                         self._dirty[topic] = None
                     self._retained_status_online()
-                    log.info("mqtt connected", url=url, retained=len(self._retained))
+                    log.info(
+                        "mqtt connected",
+                        url=url,
+                        retained=len(self._retained),
+                        outage_seconds=outage,
+                    )
                     await self._pump(client)
                     await self._goodbye(client)
                     return
             except (aiomqtt.MqttError, _Disconnected, OSError) as exc:
                 was = self.connected
                 self.connected = False
+                if self._lost_at is None:
+                    self._lost_at = time.monotonic()
                 if was:
                     self.reconnects += 1
                     log.warning("mqtt connection lost", url=url, error=str(exc))
@@ -378,9 +473,9 @@ class MqttPublisher:
                 self.connected = False
             if self._stop.is_set():
                 break
-            # Capped exponential backoff with jitter (so a fleet does not reconnect in step).
-            wait = delay * (0.5 + random.random() / 2)
-            delay = min(delay * 2, self.backoff_max)
+            # Capped exponential backoff with jitter (see Backoff): a returning
+            # broker is tried again within backoff_max seconds.
+            wait = self._backoff.next()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._stop.wait()
@@ -410,8 +505,7 @@ class MqttPublisher:
         else:
             self._queue.appendleft(message)
             while len(self._queue) > self.queue_limit:
-                self._queue.popleft()
-                self._count_drop()
+                self._count_drop(self._queue.popleft())
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         """Publish until stopped and drained; raise when the connection breaks."""

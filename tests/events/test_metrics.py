@@ -86,7 +86,8 @@ async def test_metrics_endpoint_serves_valid_exposition_text() -> None:
     assert 0 == value_of(samples, "dialgate_cards", state="retired")
     assert 1 == value_of(samples, "dialgate_active_calls")  # b is still up
     assert 1 == value_of(samples, "dialgate_failovers_total")
-    assert 3 == value_of(samples, "dialgate_mqtt_dropped_total")
+    assert 3 == value_of(samples, "dialgate_mqtt_dropped_total", kind="calls")
+    assert 0 == value_of(samples, "dialgate_mqtt_dropped_total", kind="alerts")
     assert publisher.queue_depth == value_of(samples, "dialgate_mqtt_queue_depth")
     assert 7 == value_of(
         samples, "dialgate_transport_received_total", transport="udp:127.0.0.1:5060"
