@@ -1,7 +1,7 @@
-"""The asyncio edge of dialgate: SIP over UDP and TCP, plus an in-memory transport.
+"""The asyncio edge of dialgate: SIP over UDP, TCP and TLS, plus an in-memory transport.
 
 Public names: :class:`Transport` (the common interface), :class:`UDPTransport`,
-:class:`TCPTransport`, :class:`MemoryTransport`/:class:`MemoryNetwork` (tests),
+:class:`TCPTransport`, :class:`TLSTransport`, :class:`MemoryTransport`/:class:`MemoryNetwork` (tests),
 :class:`TransportStats`, :class:`StreamFramer`, and the Via helpers
 :func:`stamp_via` / :func:`response_destination`.
 
@@ -22,6 +22,7 @@ from gateway.transport.base import (
 from gateway.transport.framing import Frame, FramingError, Ping, StreamFramer
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
 from gateway.transport.tcp import TCPConnection, TCPTransport
+from gateway.transport.tls import TLSConfigError, TLSTransport
 from gateway.transport.udp import UDPTransport
 from gateway.transport.via import response_destination, stamp_via
 
@@ -38,6 +39,8 @@ __all__ = [
     "StreamFramer",
     "TCPConnection",
     "TCPTransport",
+    "TLSConfigError",
+    "TLSTransport",
     "Transport",
     "TransportName",
     "TransportStats",

@@ -58,6 +58,7 @@ class TransportName(StrEnum):
 
     UDP = "udp"
     TCP = "tcp"
+    TLS = "tls"
 
 
 def normalize_address(addr: tuple[Any, ...]) -> Address:
@@ -91,8 +92,13 @@ class TransportStats:
     connections_closed_idle: int = 0
     connections_closed_slow: int = 0
     framing_closes: int = 0
+    tls_handshakes: int = 0
+    tls_handshake_failures: int = 0
     by_status: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     dropped_by_reason: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    tls_failures_by_reason: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
     connections_refused_by_reason: collections.Counter[str] = dataclasses.field(
