@@ -50,9 +50,11 @@ import gc
 import hashlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -80,10 +82,12 @@ from gateway.transport import (
     Address,
     Message,
     TCPTransport,
+    TLSTransport,
     Transport,
     UDPTransport,
 )
 from gateway.transport.base import LogLimiter
+from gateway.transport.tls import ClientTLS, client_context, server_context
 from gateway.transport.via import strip_brackets
 from policies.privacy import mask_number
 
@@ -258,6 +262,20 @@ class Gateway:
                     transport = await UDPTransport.listen(
                         spec.ip, spec.port, self.handle, max_message_size=sip.max_message_size
                     )
+                elif spec.transport.value == "tls":
+                    transport = await TLSTransport.listen(
+                        spec.ip,
+                        spec.port,
+                        self.handle,
+                        server=self._tls_server(),
+                        client=tls_clients(self.settings),
+                        handshake_timeout=sip.tls_handshake_timeout,
+                        max_message_size=sip.max_message_size,
+                        max_connections=sip.tcp_max_connections,
+                        max_per_source=sip.tcp_max_per_source,
+                        head_timeout=sip.tcp_head_timeout,
+                        idle_timeout=sip.tcp_idle_timeout,
+                    )
                 else:
                     transport = await TCPTransport.listen(
                         spec.ip,
@@ -277,6 +295,15 @@ class Gateway:
         except BaseException:
             await self.close(log_stats=False)
             raise
+
+    def _tls_server(self) -> ssl.SSLContext:
+        """The context of the `tls:` listeners (settings validation checked the files)."""
+        sip = self.settings.sip
+        assert sip.tls_cert is not None and sip.tls_key is not None
+        password = sip.tls_key_password
+        return server_context(
+            sip.tls_cert, sip.tls_key, None if password is None else password.get_secret_value()
+        )
 
     def add_transport(self, transport: Transport) -> None:
         """Serve ``transport`` (already bound, with ``self.handle`` as its callback).
@@ -851,6 +878,41 @@ def _tune_gc() -> tuple[int, int, int]:
     old = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLD)
     return old
+
+
+def tls_clients(settings: Settings) -> Callable[[Address], ClientTLS]:
+    """The client context and server name for each TLS connection the gateway opens.
+
+    A `tls:` carrier is verified against its ``tls_ca`` (else the system CAs) and
+    must present a certificate for ``tls_server_name`` (else the host of its
+    address: RFC 3261 §26.2.2 / RFC 5922 §7.2); our ``[sip] tls_cert`` is offered
+    when the carrier asks for a client certificate. Other destinations (an
+    agent whose connection went away) get the system CAs and their IP.
+    """
+    sip = settings.sip
+    password = None if sip.tls_key_password is None else sip.tls_key_password.get_secret_value()
+
+    def context(ca: Path | None) -> ssl.SSLContext:
+        return client_context(ca, cert=sip.tls_cert, key=sip.tls_key, password=password)
+
+    by_address: dict[Address, ClientTLS] = {}
+    for carrier in settings.carriers:
+        addr = carrier.address
+        if addr.transport.value != "tls":
+            continue
+        ctx = context(carrier.tls_ca)
+        by_address[(addr.ip, addr.port)] = (ctx, carrier.tls_server_name or addr.ip)
+    default: list[ClientTLS] = []
+
+    def client(addr: Address) -> ClientTLS:
+        found = by_address.get(addr)
+        if found is not None:
+            return found
+        if not default:
+            default.append((context(None), None))
+        return default[0]
+
+    return client
 
 
 async def serve(

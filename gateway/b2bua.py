@@ -582,7 +582,10 @@ class B2BUA:
         addr = carrier.address
         transport = self.endpoint.transport(addr.transport.value, ipv6=":" in addr.ip)
         suffix = ";transport=tcp" if addr.transport.value == "tcp" else ""
-        call.b_target = URI.parse(f"sip:{call.destination}@{addr.host_port}{suffix}")
+        # A tls: trunk is reached at a SIPS Request-URI (RFC 5630 §3.1.3: SIPS,
+        # not the deprecated transport=tls, asks for TLS to the carrier).
+        scheme = "sips" if addr.transport.value == "tls" else "sip"
+        call.b_target = URI.parse(f"{scheme}:{call.destination}@{addr.host_port}{suffix}")
         call.b_from = f"<sip:{card.number}@{addr.host}>"
         call.b_to = f"<sip:{call.destination}@{addr.host_port}>"
         conf = self._card_conf.get(card_id)

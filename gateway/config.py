@@ -18,7 +18,8 @@ What it must never do: echo a secret. Passwords, HA1 hashes, tokens and the pass
 part of broker/redis URLs are ``SecretStr``; models are built with
 ``hide_input_in_errors`` so a rejected value never appears in an error, and
 ``explain_errors`` never prints input values at all. It never opens sockets or files
-other than the one TOML file it is asked to read.
+other than the one TOML file it is asked to read and the TLS certificate, key and
+CA files it names (to check them, never to show their content).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Transport(StrEnum):
 
     UDP = "udp"
     TCP = "tcp"
+    TLS = "tls"
 
 
 _HOSTNAME_RE = re.compile(
@@ -510,6 +512,13 @@ class SipSettings(BaseModel):
     tcp_max_per_source: int = Field(default=256, ge=1, le=1_000_000)
     tcp_head_timeout: float = Field(default=20.0, gt=0, le=3600)
     tcp_idle_timeout: float = Field(default=120.0, gt=0, le=86400)
+    # SIP over TLS (RFC 3261 §26.2): the certificate chain and key of every
+    # `tls:` listener, also presented to a carrier that asks for a client
+    # certificate. Paths are not secrets; the key's password is.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_key_password: SecretStr | None = None
+    tls_handshake_timeout: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("advertise")
     @classmethod
@@ -774,6 +783,15 @@ class CarrierSettings(BaseModel):
     # What a restore imposes (carriers restore appealed cards on reduced limits).
     probation_profile: str | None = None
     probation_days: float = Field(default=7.0, gt=0, le=365)
+    # A `tls:` address: the CAs its certificate is verified against (PEM file;
+    # unset: the system's) and the name it must carry (unset: the address host).
+    tls_ca: Path | None = None
+    tls_server_name: str | None = None
+
+    @field_validator("tls_server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_host(value).strip("[]")
 
     @field_validator("timezone")
     @classmethod
@@ -1063,6 +1081,7 @@ class Settings(BaseSettings):
         if fallback is not None and fallback not in users:
             yield "inbound.fallback_user", f"unknown user {fallback!r}{_hint(fallback, users)}"
         yield from self._digest_problems()
+        yield from self._tls_problems()
 
     def _digest_problems(self) -> Iterator[tuple[str, str]]:
         """Users and peers that would be offered a digest algorithm their secret cannot answer."""
@@ -1093,6 +1112,53 @@ class Settings(BaseSettings):
                     f"peers[{i}] ({peer.name!r}) has only {secret}, which needs"
                     f' "{can[0]}" in this list',
                 )
+
+    def _tls_problems(self) -> Iterator[tuple[str, str]]:
+        """TLS listeners without a usable certificate/key, carriers with an unusable CA.
+
+        The files are opened here (and only here) so ``check-config`` names the key
+        of a missing file, an unreadable PEM or a key that does not match its
+        certificate before the gateway starts; no file content is ever shown.
+        """
+        from gateway.transport.tls import TLSConfigError, client_context, server_context
+
+        sip = self.sip
+        listeners = [i for i, s in enumerate(sip.listen) if s.transport is Transport.TLS]
+        if listeners:
+            for key in ("tls_cert", "tls_key"):
+                if getattr(sip, key) is None:
+                    yield f"sip.{key}", f"required by the tls listener sip.listen[{listeners[0]}]"
+        if sip.tls_cert is not None and sip.tls_key is not None:
+            password = sip.tls_key_password
+            try:
+                server_context(
+                    sip.tls_cert,
+                    sip.tls_key,
+                    None if password is None else password.get_secret_value(),
+                )
+            except TLSConfigError as exc:
+                yield f"sip.{exc.key}", exc.message
+        elif (sip.tls_cert is None) != (sip.tls_key is None) and not listeners:
+            missing = "tls_key" if sip.tls_key is None else "tls_cert"
+            yield f"sip.{missing}", "tls_cert and tls_key go together"
+        for i, carrier in enumerate(self.carriers):
+            is_tls = carrier.address.transport is Transport.TLS
+            for key in ("tls_ca", "tls_server_name"):
+                if getattr(carrier, key) is not None and not is_tls:
+                    yield f"carriers[{i}].{key}", "only for a tls: address"
+            if not is_tls:
+                continue
+            if not listeners:
+                yield (
+                    f"carriers[{i}].address",
+                    "a tls: carrier needs a tls: listener in [sip] listen"
+                    " (its in-dialog requests come back to it)",
+                )
+            if carrier.tls_ca is not None:
+                try:
+                    client_context(carrier.tls_ca)
+                except TLSConfigError as exc:
+                    yield f"carriers[{i}].{exc.key}", exc.message
 
     def digest_algorithms_for(self, name: str) -> tuple[DigestAlgorithmName, ...]:
         """The algorithms to offer user or peer ``name``, strongest first.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -51,7 +52,15 @@ from gateway.sip.transaction import (
     build_cancel,
     client_key,
 )
-from gateway.transport import Address, Message, TCPTransport, Transport, UDPTransport
+from gateway.transport import (
+    Address,
+    Message,
+    TCPTransport,
+    TLSTransport,
+    Transport,
+    UDPTransport,
+)
+from gateway.transport.tls import ClientTLS
 
 __all__ = ["ClientRequest", "Peer", "ServerRequest", "SipEndpoint", "format_hostport"]
 
@@ -220,10 +229,33 @@ class SipEndpoint:
         """Monotonic seconds of the event loop: the only clock the SIP layer sees."""
         return self.loop.time()
 
-    async def listen(self, transport: str, host: str, port: int) -> Transport:
-        """Open a listener (``udp`` or ``tcp``) on ``host:port``; port 0 picks a free one."""
+    async def listen(
+        self,
+        transport: str,
+        host: str,
+        port: int,
+        *,
+        tls_server: ssl.SSLContext | None = None,
+        tls_client: Callable[[Address], ClientTLS] | None = None,
+    ) -> Transport:
+        """Open a listener (``udp``, ``tcp`` or ``tls``) on ``host:port``; port 0 picks a free one.
+
+        ``tls`` needs ``tls_server`` (our certificate); ``tls_client(addr)`` gives
+        the context and server name of connections opened to ``addr``.
+        """
         created: Transport
-        if transport == "udp":
+        if transport == "tls":
+            if tls_server is None:
+                raise ValueError("a tls listener needs tls_server (a server SSLContext)")
+            created = await TLSTransport.listen(
+                host,
+                port,
+                self._on_message,
+                server=tls_server,
+                client=tls_client,
+                max_message_size=self.max_message_size,
+            )
+        elif transport == "udp":
             created = await UDPTransport.listen(
                 host, port, self._on_message, max_message_size=self.max_message_size
             )
@@ -272,6 +304,12 @@ class SipEndpoint:
     def contact_uri(self, transport: Transport, user: str | None = None) -> str:
         """A SIP URI that reaches this endpoint on ``transport``."""
         user_part = f"{user}@" if user else ""
+        if transport.name == "tls":
+            # RFC 5630 §3.1.3: "transport=tls" is deprecated; a SIPS URI is how a
+            # Contact says "reach me over TLS" (and RFC 3261 §8.1.1.8 requires one
+            # when the Request-URI was SIPS). Its default port is 5061 (§19.1.2),
+            # so the real port is always written.
+            return f"sips:{user_part}{self.sent_by(transport)}"
         suffix = ";transport=tcp" if transport.name == "tcp" else ""
         return f"sip:{user_part}{self.sent_by(transport)}{suffix}"
 

@@ -29,24 +29,18 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from gateway.transport.base import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     Address,
     LogLimiter,
     MessageHandler,
     TransportName,
     normalize_address,
 )
-from gateway.transport.tcp import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    TCPConnection,
-    TCPTransport,
-)
+from gateway.transport.tcp import TCPConnection, TCPTransport
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -116,15 +110,12 @@ def _load_chain(
             raise TLSConfigError(
                 key_key, f"the key does not match the certificate {cert}"
             ) from None
-        if "BAD_DECRYPT" in reason or "BAD_PASSWORD" in reason or reason == "NO_START_LINE":
-            detail = (
-                "is encrypted and tls_key_password is missing or wrong"
-                if password is None or "DECRYPT" in reason or "PASSWORD" in reason
-                else "holds no PEM private key"
-            )
-            raise TLSConfigError(key_key, f"{key or cert} {detail}") from None
+        # OpenSSL says only "PEM lib" both for a file with no key and for an
+        # encrypted key whose password is missing or wrong.
         raise TLSConfigError(
-            key_key, f"{key or cert} cannot be used as the private key ({exc.reason})"
+            key_key,
+            f"{key or cert} cannot be used as the private key (not a PEM private key,"
+            " or encrypted and tls_key_password is missing or wrong)",
         ) from None
 
 
@@ -281,22 +272,16 @@ class TLSTransport(TCPTransport):
         server: ssl.SSLContext | None = None,
         client: Callable[[Address], ClientTLS] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            on_message,
-            max_message_size=max_message_size,
-            idle_timeout=idle_timeout,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-        )
+        # ``options``: the TCP transport's bounds (max_message_size, idle_timeout,
+        # max_connections, …), passed through unchanged.
+        super().__init__(on_message, **options)
         self.server_context = server
         self.client = client or _default_client
         self.handshake_timeout = handshake_timeout
         self._handshaking: dict[TLSConnection, asyncio.Task[None]] = {}
+        self._handshakes_from: dict[str, int] = {}
         self._source_log = _SourceLog()
 
     @classmethod
@@ -309,25 +294,20 @@ class TLSTransport(TCPTransport):
         server: ssl.SSLContext,
         client: Callable[[Address], ClientTLS] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **options: Any,
     ) -> TLSTransport:
         """Listen for TLS on ``host:port`` (port 0: any free port) with ``server``'s certificate.
 
         ``client(addr)`` gives the context and server name for a connection we
         open to ``addr`` (default: the system CAs, verified against the IP).
+        ``options`` are the TCP transport's bounds.
         """
         self = cls(
             on_message,
             server=server,
             client=client,
             handshake_timeout=handshake_timeout,
-            max_message_size=max_message_size,
-            idle_timeout=idle_timeout,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
+            **options,
         )
         loop = asyncio.get_running_loop()
         # Plain TCP underneath: the TLS layer is added per connection by
@@ -342,15 +322,27 @@ class TLSTransport(TCPTransport):
     # -- accepted connections: the handshake -------------------------------------------
 
     def _start_handshake(self, conn: TLSConnection, raw: asyncio.Transport) -> None:
-        if (
-            self._closing
-            or self.server_context is None
-            or len(self._all) + len(self._handshaking) >= self.max_connections
+        # Handshakes in progress count against the same limits as connections
+        # (total and per source), so a flood of silent connects cannot pile up.
+        host = conn.peer[0]
+        reason: str | None = None
+        if self._closing or self.server_context is None:
+            reason = "closing"
+        elif len(self._all) + len(self._handshaking) >= self.max_connections:
+            reason = "total-limit"
+        elif (
+            self._per_source.get(host, 0) + self._handshakes_from.get(host, 0)
+            >= self.max_per_source
         ):
+            reason = "per-source-limit"
+        if reason is not None:
             self.stats.connections_refused += 1
-            log.warning("transport.tls.refused", peer=f"{conn.peer[0]}:{conn.peer[1]}")
+            self.stats.connections_refused_by_reason[reason] += 1
+            if reason != "closing" and self._source_log.take(host, time.monotonic()) is not None:
+                log.warning("transport.tls.refused", peer=f"{host}:{conn.peer[1]}", reason=reason)
             raw.abort()
             return
+        self._handshakes_from[host] = self._handshakes_from.get(host, 0) + 1
         # why: start_tls pauses reading too, but only once it runs; a ClientHello
         # delivered to the plain protocol before that would be lost.
         raw.pause_reading()
@@ -377,6 +369,11 @@ class TLSTransport(TCPTransport):
             return
         finally:
             self._handshaking.pop(conn, None)
+            left = self._handshakes_from.get(conn.peer[0], 0) - 1
+            if left > 0:
+                self._handshakes_from[conn.peer[0]] = left
+            else:
+                self._handshakes_from.pop(conn.peer[0], None)
         if secured is None:  # the peer went away as the handshake ended
             self._handshake_failed(conn.peer, ConnectionResetError("closed"), inbound=True)
             return

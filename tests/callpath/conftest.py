@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,14 +164,25 @@ class Agent:
     gateway: tuple[str, int]
     transport: str = "udp"
     endpoint: SipEndpoint | None = None
+    #: For ``transport="tls"``: our server context and the client contexts
+    #: (:meth:`SipEndpoint.listen`); ``scheme="sips"`` for SIPS Request-URIs.
+    tls_server: ssl.SSLContext | None = None
+    tls_client: Callable[[tuple[str, int]], tuple[ssl.SSLContext, str | None]] | None = None
+    scheme: str = "sip"
     requests: list[Request] = field(default_factory=list)
     dialogs: dict[str, Dialog] = field(default_factory=dict)
     responses: list[Response] = field(default_factory=list)
 
     async def start(self) -> None:
-        """Listen on a free UDP port."""
+        """Listen on a free port of ``transport``."""
         self.endpoint = SipEndpoint(self._on_request, timers=FAST)
-        await self.endpoint.listen(self.transport, "127.0.0.1", 0)
+        await self.endpoint.listen(
+            self.transport,
+            "127.0.0.1",
+            0,
+            tls_server=self.tls_server,
+            tls_client=self.tls_client,
+        )
 
     @property
     def contact(self) -> str:
@@ -218,7 +230,7 @@ class Agent:
     async def register(self, expires: int = 600, password: str | None = None) -> Response:
         """REGISTER with digest; return the final response."""
         assert self.endpoint is not None
-        ruri = f"sip:{self.gateway[0]}:{self.gateway[1]}"
+        ruri = f"{self.scheme}:{self.gateway[0]}:{self.gateway[1]}"
         call_id, tag = f"{secrets.token_hex(6)}@agent", secrets.token_hex(4)
         req = self._base("REGISTER", ruri, call_id, 1, tag)
         req.headers.add("Expires", str(expires))
@@ -253,7 +265,7 @@ class Agent:
         first provisional response. Returns (final response, the INVITE sent).
         """
         assert self.endpoint is not None
-        ruri = f"sip:{number}@{self.gateway[0]}:{self.gateway[1]}"
+        ruri = f"{self.scheme}:{number}@{self.gateway[0]}:{self.gateway[1]}"
         call_id, tag = f"{secrets.token_hex(6)}@agent", secrets.token_hex(4)
 
         def build(cseq: int) -> Request:
