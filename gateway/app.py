@@ -374,9 +374,11 @@ class Gateway:
             per[str(BoundAddress(str(t.name), host, port))] = t.stats.as_dict()
         gateway = self.stats.as_dict()
         gateway["auth_abandoned"] = self.challenges.abandoned
+        if self.b2bua is not None:
+            gateway["in_dialog_refused"] = self.b2bua.stats["in_dialog_refused"]
         if self.registrations is not None:
             gateway["registration_store_failures"] = self.registrations.stats.store_failures
-        return {"gateway": gateway, "transports": per}
+        return {"gateway": gateway, "transports": per, "security": self.security.stats.as_dict()}
 
     # -- addressing ------------------------------------------------------------------
 
@@ -453,12 +455,17 @@ class Gateway:
             return
         if method == "ACK":
             # The ACK of a 2xx has its own branch (§17.1.1.3): the B2BUA's dialogs.
-            if self.b2bua is not None and self.b2bua.on_ack(req, source):
+            if self.b2bua is not None and self.b2bua.on_ack(req, source, transport):
                 return
             self.stats.dropped["ack"] += 1
             return
         if method == "CANCEL":
             if layer.cancel_target(req) is not None:
+                if self.b2bua is not None and self.b2bua.foreign_cancel(req, source, transport):
+                    # Answered statelessly: a server transaction for it would
+                    # absorb the caller's own CANCEL (same branch) as a retransmission.
+                    self._reply(req, source, transport, 403, detail="CANCEL not from the caller")
+                    return
                 self.endpoint._on_message(req, source, transport)
                 return
             # RFC 3261 §9.2: no matching transaction → 481.
@@ -610,7 +617,7 @@ class Gateway:
             b2bua.on_cancel(sr)
             return
         if method == "ACK":
-            b2bua.on_ack(req, sr.source)
+            b2bua.on_ack(req, sr.source, sr.transport)
             return
         if sr.tx is not None:
             b2bua.on_in_dialog(sr)

@@ -360,8 +360,10 @@ class B2BUA:
         except SIPError:
             return False
 
-    def _contact(self, transport: Transport) -> str:
-        return f"<{self.endpoint.contact_uri(transport, 'dialgate')}>"
+    def _contact(self, transport: Transport, *, secure: bool = False) -> str:
+        # secure: the dialog was set up with a SIPS URI, so our Contact is SIPS too
+        # (RFC 3261 §8.1.1.8, §12.1.1).
+        return f"<{self.endpoint.contact_uri(transport, 'dialgate', secure=secure)}>"
 
     # -- new calls ---------------------------------------------------------------------
 
@@ -374,7 +376,13 @@ class B2BUA:
         call = Call(
             key=self._token(),
             a_req=sr,
-            a=Leg(sr.transport, sr.source, req.call_id, a_tag, contact=self._contact(sr.transport)),
+            a=Leg(
+                sr.transport,
+                sr.source,
+                req.call_id,
+                a_tag,
+                contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
+            ),
             identity=identity,
             destination=req.uri.user or "",
             attempt_at=now,
@@ -450,7 +458,13 @@ class B2BUA:
         call = Call(
             key=self._token(),
             a_req=sr,
-            a=Leg(sr.transport, sr.source, req.call_id, a_tag, contact=self._contact(sr.transport)),
+            a=Leg(
+                sr.transport,
+                sr.source,
+                req.call_id,
+                a_tag,
+                contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
+            ),
             identity=Identity(IdentityKind.CARRIER, user, "inbound", card),
             destination=req.from_.uri.user or "",
             attempt_at=now,
@@ -581,11 +595,11 @@ class B2BUA:
             return
         addr = carrier.address
         transport = self.endpoint.transport(addr.transport.value, ipv6=":" in addr.ip)
-        suffix = ";transport=tcp" if addr.transport.value == "tcp" else ""
-        # A tls: trunk is reached at a SIPS Request-URI (RFC 5630 §3.1.3: SIPS,
-        # not the deprecated transport=tls, asks for TLS to the carrier).
-        scheme = "sips" if addr.transport.value == "tls" else "sip"
-        call.b_target = URI.parse(f"{scheme}:{call.destination}@{addr.host_port}{suffix}")
+        # A tls: trunk gets a sip: Request-URI with transport=tls: TLS on this hop.
+        # A SIPS URI would ask for TLS on every hop to the callee (RFC 5630 §3.1.1),
+        # which a trunk into the phone network cannot promise.
+        suffix = f";transport={addr.transport.value}" if addr.transport.value != "udp" else ""
+        call.b_target = URI.parse(f"sip:{call.destination}@{addr.host_port}{suffix}")
         call.b_from = f"<sip:{card.number}@{addr.host}>"
         call.b_to = f"<sip:{call.destination}@{addr.host_port}>"
         conf = self._card_conf.get(card_id)
@@ -599,7 +613,8 @@ class B2BUA:
         if old is not None:
             self._legs.pop((old.call_id, old.local_tag), None)
         b = Leg(transport, address, f"{self._token()}@dialgate", self._token())
-        b.contact = self._contact(transport)
+        target = call.b_target
+        b.contact = self._contact(transport, secure=target is not None and target.scheme == "sips")
         call.b = b
         call.b_cseq = 1
         call.b_ack = None
@@ -833,7 +848,7 @@ class B2BUA:
 
     def _relay_provisional(self, call: Call, resp: Response) -> None:
         a_req = call.a_req.request
-        headers = [("Contact", self._contact(call.a.transport))]
+        headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
         for name in _BODY_HEADERS:
             value = resp.headers.get(name)
             if value is not None and resp.body:
@@ -889,7 +904,7 @@ class B2BUA:
             # A 2xx resets the card's consecutive-fault count.
             self.services.cards.on_response(call.card, resp.status, resp.reason, now=self.clock())
         a_req = call.a_req.request
-        headers = [("Contact", self._contact(call.a.transport))]
+        headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
         for name in _BODY_HEADERS:
             value = resp.headers.get(name)
             if value is not None:

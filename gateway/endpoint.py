@@ -144,6 +144,9 @@ class ClientRequest:
     cancel_requested: bool = False
     cancel_sent: bool = False
     responses: list[int] = field(default_factory=list)
+    #: Where the last response came from (None for a locally generated one): a peer
+    #: may answer from another address than the one the request went to.
+    source: Address | None = None
 
     def cancel(self) -> None:
         """CANCEL this INVITE (RFC 3261 §9.1): now if a provisional arrived, else on the first one."""
@@ -301,16 +304,22 @@ class SipEndpoint:
         host, port = transport.local_address
         return format_hostport(self.advertise or host, port)
 
-    def contact_uri(self, transport: Transport, user: str | None = None) -> str:
-        """A SIP URI that reaches this endpoint on ``transport``."""
+    def contact_uri(
+        self, transport: Transport, user: str | None = None, *, secure: bool = False
+    ) -> str:
+        """A SIP URI that reaches this endpoint on ``transport``.
+
+        ``secure`` (a dialog set up with a SIPS URI, RFC 3261 §8.1.1.8 and §12.1.1:
+        its Contact must be SIPS too) gives ``sips:host:port``, only on TLS. A
+        plain TLS flow gets ``sip:…;transport=tls``: RFC 5630 §3.1.3 deprecates
+        that parameter in favour of SIPS, but a SIPS Contact also promises TLS on
+        every hop beyond us, and deployed phones cannot follow one (baresip's
+        libre refuses any in-dialog target but sip:, ENOSYS).
+        """
         user_part = f"{user}@" if user else ""
-        if transport.name == "tls":
-            # RFC 5630 §3.1.3: "transport=tls" is deprecated; a SIPS URI is how a
-            # Contact says "reach me over TLS" (and RFC 3261 §8.1.1.8 requires one
-            # when the Request-URI was SIPS). Its default port is 5061 (§19.1.2),
-            # so the real port is always written.
+        if transport.name == "tls" and secure:
             return f"sips:{user_part}{self.sent_by(transport)}"
-        suffix = ";transport=tcp" if transport.name == "tcp" else ""
+        suffix = f";transport={transport.name}" if transport.name in ("tcp", "tls") else ""
         return f"sip:{user_part}{self.sent_by(transport)}{suffix}"
 
     # -- client side -------------------------------------------------------------------
@@ -458,6 +467,8 @@ class SipEndpoint:
             if handle is None and action.key is None:
                 handle = self._clients.get(client_key(message))
             if handle is not None:
+                if source is not None:
+                    handle.source = source
                 handle._deliver(message)
                 return
             if self.on_stray_response is not None and source is not None and transport is not None:

@@ -112,20 +112,24 @@ async def tls_rig(tmp_path: Path) -> AsyncIterator[TLSRig]:
 
 
 async def test_call_over_tls_on_both_legs(tls_rig: TLSRig) -> None:
-    """REGISTER, INVITE (407 then 200), ACK and BYE over TLS; the B-leg is TLS with SIPS URIs."""
+    """REGISTER, INVITE (407 then 200), ACK and BYE over TLS on both legs.
+
+    alice calls a SIPS Request-URI, so our Contact to her is SIPS (RFC 3261
+    §8.1.1.8); the carrier gets sip: URIs with transport=tls (TLS on that hop).
+    """
     rig = tls_rig
     resp, invite = await rig.alice.call("13912345678")
     assert 200 == resp.status, bytes(resp)
     assert SDP_C == resp.body
-    # Our Contact towards the agent's TLS flow is a SIPS URI (RFC 5630, §8.1.1.8).
     contact = resp.headers.get("Contact") or ""
     tls_port = rig.gateway.address("tls")[1]
     assert f"<sips:dialgate@127.0.0.1:{tls_port}>" == contact
     [b_invite] = rig.carrier.invites()
-    assert "sips" == b_invite.uri.scheme
+    assert "sip" == b_invite.uri.scheme
+    assert "tls" == b_invite.uri.param("transport")
     assert "+8613912345678" == b_invite.uri.user
     assert "TLS" == b_invite.via[0].transport.upper()
-    assert (b_invite.headers.get("Contact") or "").startswith("<sips:dialgate@")
+    assert f"<sip:dialgate@127.0.0.1:{tls_port};transport=tls>" == b_invite.headers.get("Contact")
     await eventually(lambda: "ACK" in rig.carrier.methods())
     bye = await rig.alice.send_in_dialog(invite.call_id, "BYE")
     assert 200 == bye.status
@@ -141,7 +145,7 @@ async def test_call_over_tls_on_both_legs(tls_rig: TLSRig) -> None:
 async def test_carrier_hangs_up_over_tls(tls_rig: TLSRig) -> None:
     """The carrier's BYE comes back on its TLS connection and reaches the agent over TLS."""
     rig = tls_rig
-    resp, invite = await rig.alice.call("13912345678")
+    resp, _ = await rig.alice.call("13912345678")
     assert 200 == resp.status
     [b_invite] = rig.carrier.invites()
     await eventually(lambda: "ACK" in rig.carrier.methods())
