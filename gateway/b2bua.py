@@ -181,6 +181,31 @@ class Leg:
     ackwait: AckWait | None = None
     ack_timer: asyncio.TimerHandle | None = None
     contact: str = ""
+    #: Addresses this leg's peer sends from (issue 15): the A-leg's INVITE source;
+    #: for a B-leg, where its requests go plus every source its responses came from.
+    peers: set[Address] = field(default_factory=set)
+    #: True for the A-leg: only the transport its INVITE arrived on.
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        self.peers.add(self.address)
+
+    def from_peer(self, source: Address, transport: Transport | None) -> bool:
+        """True when a request from ``source`` over ``transport`` may be this leg's peer.
+
+        UDP: exactly a known address (a NATed agent is known by its public
+        address and port, RFC 3581). TCP: a known host — the peer may have
+        reconnected from a new port after an idle close, and a stream's source
+        host cannot be forged without its handshake.
+        """
+        if transport is not None:
+            if self.strict and transport is not self.transport:
+                return False
+            if transport.name != self.transport.name:
+                return False
+            if transport.reliable:
+                return any(source[0] == host for host, _ in self.peers)
+        return source in self.peers
 
 
 @dataclass(slots=True, eq=False)
@@ -309,7 +334,11 @@ class B2BUA:
             "dialogs_stored": 0,
             "dialog_store_errors": 0,
             "orphans_ended": 0,
+            "in_dialog_refused": 0,
         }
+        # Sources already logged for an in-dialog request not from the leg's peer
+        # (bounded: cleared when full so a spoofing flood cannot grow it).
+        self._refused_logged: set[str] = set()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -360,6 +389,27 @@ class B2BUA:
         except SIPError:
             return False
 
+    def _refuse_foreign(
+        self, call: Call, side: Side, method: str, source: Address, leg: Leg
+    ) -> None:
+        """Count and log (once per source host) an in-dialog request not from the leg's peer."""
+        self.stats["in_dialog_refused"] += 1
+        host = source[0]
+        if host in self._refused_logged:
+            return
+        if len(self._refused_logged) >= 4096:
+            self._refused_logged.clear()
+        self._refused_logged.add(host)
+        log.warning(
+            "call.in_dialog.refused",
+            call_id=call.a.call_id,
+            b_call_id=_b_id(call),
+            side=side,
+            method=method,
+            source=f"{source[0]}:{source[1]}",
+            peer=f"{leg.address[0]}:{leg.address[1]}",
+        )
+
     def _contact(self, transport: Transport, *, secure: bool = False) -> str:
         # secure: the dialog was set up with a SIPS URI, so our Contact is SIPS too
         # (RFC 3261 §8.1.1.8, §12.1.1).
@@ -382,6 +432,7 @@ class B2BUA:
                 req.call_id,
                 a_tag,
                 contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
+                strict=True,
             ),
             identity=identity,
             destination=req.uri.user or "",
@@ -464,6 +515,7 @@ class B2BUA:
                 req.call_id,
                 a_tag,
                 contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
+                strict=True,
             ),
             identity=Identity(IdentityKind.CARRIER, user, "inbound", card),
             destination=req.from_.uri.user or "",
@@ -779,6 +831,16 @@ class B2BUA:
             self._b_final(call, 503, "Service Unavailable", None, local=True)
 
     def _on_b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        b = call.b
+        # A carrier may answer from another port than the one the INVITE went to:
+        # its in-dialog requests are then expected from there too (bounded).
+        if (
+            handle.source is not None
+            and b is not None
+            and handle is call.b_client
+            and len(b.peers) < 8
+        ):
+            b.peers.add(handle.source)
         if handle is not call.b_client:
             # A response of an abandoned attempt (failover moved on): only a 2xx
             # matters — it must be ACKed and hung up (§13.2.2.4 forked 2xx).
@@ -1287,8 +1349,11 @@ class B2BUA:
 
         leg.ack_timer = loop.call_at(deadline, fire)
 
-    def on_ack(self, req: Request, source: Address) -> bool:
-        """An ACK for a 2xx (it has no transaction): stop retransmissions, ACK the far leg."""
+    def on_ack(self, req: Request, source: Address, transport: Transport | None = None) -> bool:
+        """An ACK for a 2xx (it has no transaction): stop retransmissions, ACK the far leg.
+
+        An ACK not from the leg's peer is dropped (and counted): it has no answer.
+        """
         found = self.find_leg(req.call_id, req.to.tag)
         if found is None:
             return False
@@ -1296,6 +1361,9 @@ class B2BUA:
         leg = call.a if side == "a" else call.b
         if leg is None:
             return False
+        if not leg.from_peer(source, transport):
+            self._refuse_foreign(call, side, "ACK", source, leg)
+            return True
         aw = leg.ackwait
         if aw is not None and aw.receive_ack(req):
             if leg.ack_timer is not None:
@@ -1361,6 +1429,21 @@ class B2BUA:
 
     # -- CANCEL ------------------------------------------------------------------------
 
+    def foreign_cancel(self, req: Request, source: Address, transport: Transport) -> bool:
+        """True (counted, logged) when a CANCEL names a call's INVITE but not from its caller.
+
+        Asked before the CANCEL gets a server transaction: the forger copies the
+        INVITE's branch, so a transaction for its CANCEL would swallow the caller's.
+        """
+        target = self.endpoint.layer.cancel_target(req)
+        if target is None:
+            return False
+        call = next((c for c in self.calls.values() if c.a_req.tx is target), None)
+        if call is None or call.a.from_peer(source, transport):
+            return False
+        self._refuse_foreign(call, "a", "CANCEL", source, call.a)
+        return True
+
     def on_cancel(self, sr: ServerRequest) -> None:
         """CANCEL of a pending A-leg INVITE (RFC 3261 §9.2): 200, 487, CANCEL the B-leg."""
         req = sr.request
@@ -1370,6 +1453,12 @@ class B2BUA:
         if target is not None:
             call = next((c for c in self.calls.values() if c.a_req.tx is target), None)
         to_tag = call.a.local_tag if call is not None else None
+        if call is not None and not call.a.from_peer(sr.source, sr.transport):
+            # Only the caller may cancel its INVITE (issue 15): a CANCEL naming the
+            # right branch from elsewhere is refused and changes nothing.
+            self._refuse_foreign(call, "a", "CANCEL", sr.source, call.a)
+            sr.respond(403, "Forbidden")
+            return
         if call is not None and call.a_final is None:
             call.cancelled = True
             call.a_final = 487
@@ -1402,6 +1491,13 @@ class B2BUA:
         there = call.b if side == "a" else call.a
         if here is None or here.dialog is None:
             sr.respond(481, "Call/Transaction Does Not Exist")
+            return
+        if not here.from_peer(sr.source, sr.transport):
+            # Call-ID and tags are no credential (issue 15): a request inside a
+            # dialog is the peer's only when it comes from the peer's address.
+            # Checked before the dialog sees its CSeq.
+            self._refuse_foreign(call, side, req.method, sr.source, here)
+            sr.respond(403, "Forbidden")
             return
         try:
             here.dialog.receive_request(req)
