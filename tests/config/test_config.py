@@ -355,10 +355,10 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_explain_errors_formats_direct_validation_errors() -> None:
     """explain_errors works on a ValidationError from Settings(...) itself."""
     with pytest.raises(ValidationError) as info:
-        Settings(sip={"listen": ["udp:127.0.0.1:0", "tls:127.0.0.1:5061"]})  # type: ignore[arg-type]
-    assert ["sip.listen[1]: unknown transport 'tls' (expected one of: udp, tcp)"] == explain_errors(
-        info.value
-    )
+        Settings(sip={"listen": ["udp:127.0.0.1:0", "sctp:127.0.0.1:5061"]})  # type: ignore[arg-type]
+    assert [
+        "sip.listen[1]: unknown transport 'sctp' (expected one of: udp, tcp, tls)"
+    ] == explain_errors(info.value)
 
 
 def test_format_loc() -> None:
