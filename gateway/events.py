@@ -98,6 +98,8 @@ class AlertKind(StrEnum):
     CARD_AT_RISK = "card-at-risk"
     CARD_SUSPECT = "card-suspect"  # ambiguous refusals: no new calls until probed / cleared
     AGENT_REBOUND = "agent-rebound"  # an agent's card died: it moved to another card once
+    AGENT_PAUSED = "agent-paused"  # over a complaint ceiling: its calls are refused (agent-limit)
+    AGENT_RESUMED = "agent-resumed"  # an operator lifted the pause (or it ran out)
 
 
 class Severity(StrEnum):

@@ -298,8 +298,9 @@ def openapi_document(version: str) -> dict[str, Any]:
             },
             "/numbers/{number}": {
                 "get": _op(
-                    "DNC entry, consent status and complaints of one number",
-                    _responses(_json("the number's status (number masked)")),
+                    "one number: attempts and answers in the [policy.frequency] windows,"
+                    " complaints, DNC entry, consent status, when it may be called next",
+                    _responses(_json("the number's history and state (number masked)")),
                     parameters=[
                         {
                             "name": "number",
@@ -307,8 +308,19 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "required": True,
                             "schema": _NUMBER,
                         },
-                        _query("campaign", "campaign to judge consent for"),
+                        _query("campaign", "campaign to judge consent and frequency for"),
                     ],
+                )
+            },
+            "/numbers/{number}/reset": {
+                "post": _op(
+                    "start a number's frequency history afresh (audited; DNC, consent and"
+                    " the cards' quotas are untouched)",
+                    _responses(_json("what was cleared"), 400),
+                    parameters=[
+                        {"name": "number", "in": "path", "required": True, "schema": _NUMBER}
+                    ],
+                    requestBody=_body({"reason": {"type": "string", "minLength": 1}}, ("reason",)),
                 )
             },
             "/dnc": {
@@ -320,10 +332,17 @@ def openapi_document(version: str) -> dict[str, Any]:
             },
             "/dnc/{number}": {
                 "delete": _op(
-                    "take a number off the internal DNC list",
-                    _responses(_json("removed")),
+                    "take a number off the internal DNC list; an entry a complaint put there"
+                    " needs force=true and a reason (audited), else 409",
+                    _responses(_json("removed"), 400, 409),
                     parameters=[
-                        {"name": "number", "in": "path", "required": True, "schema": _NUMBER}
+                        {"name": "number", "in": "path", "required": True, "schema": _NUMBER},
+                        _query("force", "remove a complaint's entry", {"type": "boolean"}),
+                        _query(
+                            "reason",
+                            "why the entry may go (required with force)",
+                            {"type": "string", "maxLength": 500},
+                        ),
                     ],
                 )
             },
@@ -384,11 +403,20 @@ def openapi_document(version: str) -> dict[str, Any]:
                     ),
                 )
             },
-            "/agents/{agent}/resume": {
-                "post": _op(
-                    "lift an agent's pause",
+            "/agents/{agent}": {
+                "get": _op(
+                    "an agent's pause (reason, until), complaints of the last day and week,"
+                    " calls of the last day, the [policy.agents] limits",
                     _responses(_json("the agent")),
                     parameters=[_path_param("agent", "agent (softphone user or dialer peer)")],
+                )
+            },
+            "/agents/{agent}/resume": {
+                "post": _op(
+                    "lift an agent's pause (complaint ceiling or rate); audited",
+                    _responses(_json("the agent; resumed: whether it was paused")),
+                    parameters=[_path_param("agent", "agent (softphone user or dialer peer)")],
+                    requestBody={**_body({"note": {"type": "string"}}), "required": False},
                 )
             },
             "/cdrs": {
