@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -69,9 +70,17 @@ from gateway.auth import (
 )
 from gateway.config import Settings
 from gateway.endpoint import ServerRequest, SipEndpoint
-from gateway.events import EventBus
+from gateway.events import Alert, AlertKind, EventBus, Severity, iso_time
 from gateway.inbound import InboundRouter
 from gateway.registrar import Registrar, RegistrationStore, RegistrationSync
+from gateway.security import (
+    Admission,
+    Ban,
+    BanFile,
+    ban_file_path,
+    guard_from_settings,
+    metric_families,
+)
 from gateway.sip import Headers, Request, Response, SIPError, make_response
 from gateway.sip.digest import DigestServer
 from gateway.sip.headers import canonical_name
@@ -232,6 +241,12 @@ class Gateway:
         # Set with the call path: the stores' copies of the bindings.
         self.registrations: RegistrationSync | None = None
         self.auth = Authenticator(settings, self.digest)
+        self.auth.local_uri = self.is_local
+        # Password-guessing and flood defence (issue 15, gateway/security.py):
+        # bans shared with the CLI through <database>.bans.json.
+        self.security = guard_from_settings(settings)
+        self.ban_file = BanFile(ban_file_path(settings))
+        self._held = 0  # answers held back by the tarpit right now
         self.challenges = ChallengeWatch()
         self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
         self._housekeeping: asyncio.Task[None] | None = None
@@ -291,6 +306,7 @@ class Gateway:
                 host, port = transport.local_address
                 log.info("listening", transport=str(transport.name), host=host, port=port)
             self._start_call_path()
+            self._sync_bans(self.sip_clock())
             self._housekeeping = asyncio.ensure_future(self._housekeep())
         except BaseException:
             await self.close(log_stats=False)
@@ -416,6 +432,21 @@ class Gateway:
             self._on_stray(message, source, transport)
             return
         self.stats.requests += 1
+        guard = self.security
+        if guard.settings.enabled and self.auth.carrier_at(source) is None:
+            # Banned sources and floods stop here, before any parsing work
+            # (a carrier's signalling address is never counted: a busy trunk
+            # is not a flood).
+            admission = guard.admit(source[0], self.sip_clock())
+            if admission is not Admission.ALLOW:
+                if guard.pending:
+                    self._publish_bans()
+                self.stats.dropped["banned"] += 1
+                if admission is Admission.REFUSE and message.method != "ACK":
+                    with contextlib.suppress(Exception):
+                        response = self._response(message, 403, "Forbidden", [])
+                        transport.send_response(response, source, symmetric=True)
+                return
         try:
             self._on_request(message, source, transport)
         except Exception:
@@ -520,11 +551,25 @@ class Gateway:
         so unauthenticated traffic never creates a transaction (Kamailio does
         the same): floods of credential-less INVITEs cost one response each.
         """
-        result = self.auth.verify(req, source, self.sip_clock(), proxy=proxy)
+        now = self.sip_clock()
+        result = self.auth.verify(req, source, now, proxy=proxy)
         if result.identity is not None:
             self.challenges.authenticated(req, source, str(transport.name))
             return result.identity
         self.challenges.challenged(req, source, str(transport.name), result, time.monotonic())
+        hold = 0.0
+        guard = self.security
+        if result.guess:
+            held = guard.auth_failed(source[0], result.user, now)
+            if guard.pending:
+                self._publish_bans()
+            if held is None:
+                # This failure banned the source: it gets nothing, now or later.
+                self.stats.dropped["banned"] += 1
+                return None
+            hold = held
+        elif guard.settings.enabled:
+            hold = guard.hold(source[0], now)
         answer = result.answer
         if answer is None:  # unreachable for a refused verdict; keeps the type honest
             self._reply(req, source, transport, 500, detail="digest answered nothing")
@@ -538,6 +583,7 @@ class Gateway:
             list(answer.headers),
             detail=result.detail,
             routine=result.routine,
+            hold=hold,
         )
         return None
 
@@ -660,6 +706,7 @@ class Gateway:
         """One housekeeping round (the task above; tests call it directly)."""
         for item in self.challenges.expired(monotonic_now):
             self._log_abandoned(item, monotonic_now)
+        self._sync_bans(self.sip_clock())
         if self.registrations is not None:
             self.registrations.flush(self.sip_clock())
 
@@ -789,15 +836,21 @@ class Gateway:
         *,
         detail: str | None = None,
         routine: bool = False,
+        hold: float = 0.0,
     ) -> None:
         """Answer statelessly; log a rejection at info (rate-limited).
 
         ``routine``: a digest challenge of the normal call flow (no credentials
         yet, stale nonce), one per call — logged at debug only, as
         ``sip.request.challenged``; a refusal stays ``sip.request.rejected``.
+        ``hold``: seconds to hold the answer back (the guessing tarpit of
+        :mod:`gateway.security`); scheduled on the loop, never slept.
         """
         response = self._response(req, status, reason, extra or [])
-        transport.send_response(response, source, symmetric=self.symmetric_responses)
+        if hold > 0:
+            self._send_later(hold, response, source, transport)
+        else:
+            transport.send_response(response, source, symmetric=self.symmetric_responses)
         self.stats.answered[status] += 1
         if status < 300:
             return
@@ -817,6 +870,114 @@ class Gateway:
                 transport=str(transport.name),
                 suppressed=suppressed,
             )
+
+    def _send_later(
+        self, delay: float, response: Response, source: Address, transport: Transport
+    ) -> None:
+        """Send ``response`` after ``delay`` seconds (bounded: beyond ``max_delayed`` it is dropped)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous test): answer at once
+            transport.send_response(response, source, symmetric=self.symmetric_responses)
+            return
+        if self._held >= self.security.settings.max_delayed:
+            self.stats.dropped["tarpit-full"] += 1
+            return
+        self._held += 1
+
+        def send() -> None:
+            self._held -= 1
+            if transport in self.transports:
+                with contextlib.suppress(Exception):
+                    transport.send_response(response, source, symmetric=self.symmetric_responses)
+
+        loop.call_later(delay, send)
+
+    # -- security: bans ----------------------------------------------------------------
+
+    def _publish_bans(self) -> None:
+        """New bans: one warning line each, a ``source-banned`` alert, the ban file."""
+        bans = self.security.drain_new_bans()
+        if not bans:
+            return
+        for ban in bans:
+            log.warning(
+                "security.source.banned",
+                address=ban.address,
+                reason=ban.reason,
+                count=ban.count,
+                offence=ban.offence,
+                seconds=round(ban.until - ban.since),
+                until=iso_time(ban.until),
+            )
+            self.events.publish(
+                Alert(
+                    kind=AlertKind.SOURCE_BANNED,
+                    at=ban.since,
+                    severity=Severity.WARNING,
+                    message=(
+                        f"source {ban.address} banned for {round(ban.until - ban.since)} s"
+                        f" ({ban.reason}: {ban.count})"
+                    ),
+                    reason=ban.reason,
+                    detail={
+                        "address": ban.address,
+                        "until": iso_time(ban.until),
+                        "count": ban.count,
+                        "offence": ban.offence,
+                    },
+                )
+            )
+
+        def add(current: dict[str, Ban]) -> None:
+            for ban in bans:
+                current[ban.address] = ban
+
+        try:
+            self.ban_file.update(add, self.sip_clock())
+        except OSError as exc:
+            log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+
+    def unban(self, address: str | None) -> list[Ban]:
+        """Lift one ban (``address``) or all (None), here and in the ban file; the bans lifted."""
+        now = self.sip_clock()
+        if address is None:
+            lifted = self.security.active(now)
+            self.security.unban_all()
+        else:
+            ban = self.security.unban(address)
+            lifted = [ban] if ban is not None and ban.until > now else []
+
+        def remove(current: dict[str, Ban]) -> None:
+            if address is None:
+                current.clear()
+            else:
+                current.pop(address, None)
+
+        try:
+            self.ban_file.update(remove, now)
+        except OSError as exc:
+            log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+        for ban in lifted:
+            log.info("security.source.unbanned", address=ban.address, by="admin")
+        return lifted
+
+    def _sync_bans(self, now: float) -> None:
+        """Expire ended bans; adopt the ban file when another process (the CLI) changed it."""
+        guard = self.security
+        guard.expire(now)
+        if not self.ban_file.changed():
+            return
+        try:
+            bans = self.ban_file.load()
+        except OSError as exc:
+            log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+            return
+        adopted, cleared = guard.adopt(bans, now)
+        for ban in cleared:
+            log.info("security.source.unbanned", address=ban.address, by="ban-file")
+        if adopted:
+            log.info("security.bans.adopted", addresses=[b.address for b in adopted][:20])
 
     def _response(
         self, req: Request, status: int, reason: str | None, extra: list[tuple[str, str]]
@@ -956,6 +1117,7 @@ async def serve(
     )
     gateway = Gateway(settings, clock=clock, bus=telemetry.bus)
     telemetry.metrics.watch_gateway(gateway.snapshot)
+    telemetry.metrics.registry.add_collector(lambda: metric_families(gateway.security, time.time()))
     gateway.telemetry = telemetry
     await telemetry.start()
     old_gc: tuple[int, int, int] | None = None
@@ -1027,6 +1189,9 @@ async def _start_admin(
     assert gateway.store is not None
     app = build_admin_app(settings, gateway.store, operator=operator, clock=clock)
     mount_metrics(app, telemetry.metrics)
+    from gateway.admin.security_routes import add_security_routes
+
+    add_security_routes(app, gateway)
     try:
         return await start_admin(app, settings.admin.listen)
     except OSError as exc:

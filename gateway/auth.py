@@ -28,6 +28,18 @@ Call-ID) until an authenticated retry arrives; one that never comes (a phone
 that cannot answer the challenge, e.g. baresip 1.0 facing two challenges)
 becomes one ``sip.auth.abandoned`` log line.
 
+Digest strictness (issue 15): the credentials' ``uri`` must name the
+Request-URI (:func:`digest_uri_matches`: compared as URIs, RFC 3261 §19.1.4
+with equivalent spellings tolerated), else 400; the nonce must come from a
+challenge of the credentials' algorithm and the opaque must be echoed
+(:class:`~gateway.sip.digest.DigestServer`). With ``[security]
+digest_uri_gateway_form`` (default on) a user-less ``uri`` naming this
+gateway's own listener is accepted too: SIPp 3.6.1 hashes
+``sip:<remote ip>:<port>`` whatever the Request-URI (TOOLS.md).
+
+:attr:`AuthResult.guess` marks the refusals that count as a failed
+authentication for :mod:`gateway.security` (password guessing defence).
+
 What this module must never do: let a request without verified credentials
 through to the call path, tell a caller *why* its credentials failed, or log
 a password, HA1, nonce or Authorization header.
@@ -37,9 +49,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 
 from gateway.config import PeerSettings, Settings, UserSettings
 from gateway.sip import Request
@@ -53,6 +66,7 @@ from gateway.sip.digest import (
     ha1,
 )
 from gateway.sip.errors import AuthError, SIPError
+from gateway.sip.uri import URI, unescape
 from gateway.transport import Address
 
 __all__ = [
@@ -62,8 +76,62 @@ __all__ = [
     "ChallengeWatch",
     "Identity",
     "IdentityKind",
+    "digest_uri_matches",
     "server_algorithms",
 ]
+
+_DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+_NOT_GUESSES = frozenset({"no-credentials", "bad-nonce"})
+
+
+def _host_key(host: str) -> str:
+    return host.strip("[]").lower().rstrip(".")
+
+
+def digest_uri_matches(
+    request_uri: URI,
+    digest_uri: str,
+    *,
+    local: Callable[[URI], bool] | None = None,
+) -> bool:
+    """True when the digest ``uri`` names the Request-URI's resource.
+
+    RFC 3261 §22.4 / RFC 2617 §3.2.2.5: the ``uri`` of the credentials must
+    be the Request-URI. Compared as URIs (RFC 3261 §19.1.4), tolerating
+    spellings that name the same resource: scheme and host case, escaped user
+    characters, an explicit default port (5060/5061) against none, parameters
+    present on one side only, URI headers. With ``local`` (the gateway's own
+    addresses), a user-less ``uri`` naming this gateway is accepted too: the
+    form SIPp 3.6.1 sends for every request.
+    """
+    if digest_uri == str(request_uri):
+        return True
+    try:
+        theirs = URI.parse(digest_uri)
+    except SIPError:
+        return False
+    ours = request_uri
+    if not (theirs.is_sip and ours.is_sip):
+        return theirs.scheme == ours.scheme and (theirs.opaque or "") == (ours.opaque or "")
+    if local is not None and theirs.user is None and local(theirs):
+        return True
+    if theirs.scheme != ours.scheme:
+        return False
+    if unescape(theirs.user or "") != unescape(ours.user or ""):
+        return False
+    if _host_key(theirs.host) != _host_key(ours.host):
+        return False
+    default = _DEFAULT_PORTS[ours.scheme]
+    if (theirs.port or default) != (ours.port or default):
+        return False
+    # §19.1.4: parameters in both URIs must agree; ones present on one side only
+    # are tolerated (a phone that hashes the Request-URI without ;transport=).
+    mine = {unescape(n).lower(): (v or "").lower() for n, v in ours.params}
+    for name, value in theirs.params:
+        key = unescape(name).lower()
+        if key in mine and mine[key] != (value or "").lower():
+            return False
+    return True
 
 
 def server_algorithms(settings: Settings) -> tuple[Algorithm, ...]:
@@ -104,6 +172,10 @@ class AuthResult:
     routine: bool = False
     user: str = ""
     algorithms: tuple[Algorithm, ...] = ()
+    guess: bool = False
+    """True for a refusal that counts as a failed authentication (a possible
+    password guess): not a request without credentials, not a stale nonce,
+    not a nonce this process never issued (a phone after our restart)."""
 
 
 class Authenticator:
@@ -112,6 +184,10 @@ class Authenticator:
     def __init__(self, settings: Settings, digest: DigestServer) -> None:
         self.digest = digest
         self.realm = settings.sip.realm
+        # Set by the gateway (its own listeners): SIPp's user-less digest uri.
+        self.local_uri: Callable[[URI], bool] | None = None
+        self.uri_gateway_form = settings.security.digest_uri_gateway_form
+        self.strict_uri = settings.security.digest_uri_check
         self.users: dict[str, UserSettings] = {u.name: u for u in settings.users}
         self.peers: dict[str, PeerSettings] = {p.name: p for p in settings.peers}
         # Offered per user/peer (strongest first); anyone else gets the default.
@@ -186,8 +262,12 @@ class Authenticator:
                 # again with what it is offered.
                 verdict = Verdict(Outcome.FAILED, reason="algorithm-not-offered")
         if verdict is None:
+            matches: Callable[[str], bool] | None = None
+            if self.strict_uri:
+                local = self.local_uri if self.uri_gateway_form else None
+                matches = partial(digest_uri_matches, req.uri, local=local)
             verdict = self.digest.verify(
-                req.method, values or None, self.ha1_lookup, now, body=req.body
+                req.method, values or None, self.ha1_lookup, now, body=req.body, uri_matches=matches
             )
         if verdict.outcome is Outcome.OK and verdict.username is not None:
             identity = self._identity(verdict.username, source)
@@ -209,6 +289,7 @@ class Authenticator:
             routine=routine,
             user=claimed or "",
             algorithms=offer,
+            guess=not routine and verdict.reason not in _NOT_GUESSES,
         )
 
     def _claimed(self, req: Request, values: Sequence[str]) -> tuple[str | None, Algorithm | None]:

@@ -924,6 +924,57 @@ class AdminSettings(BaseModel):
         return self
 
 
+class BanAnswer(StrEnum):
+    """What a banned source gets for its requests."""
+
+    DROP = "drop"  # nothing at all (cheapest; the scanner times out)
+    FORBIDDEN = "403"  # a stateless 403 Forbidden
+
+
+class SecuritySettings(BaseModel):
+    """``[security]``: password-guessing and flood defence (issue 15; Kamailio pike/fail2ban).
+
+    Failed authentications are counted per source address and per user name
+    over ``window`` seconds. From ``delay_after`` failures of a source its
+    refusals are held back ``delay`` seconds (tarpit); at ``ban_after`` it is
+    banned for ``ban_time`` seconds, doubled for each further ban within
+    ``ban_memory`` up to ``ban_time_max``. A user name with
+    ``user_delay_after`` failures from anywhere gets its *failed* attempts
+    held back, never banned: a stranger cannot lock an agent out. More than
+    ``flood_requests`` requests from one source within ``flood_window``
+    seconds ban it the same way. Carriers' addresses and ``exempt`` networks
+    are never counted; loopback is not exempt unless listed.
+    """
+
+    model_config = _SECTION
+
+    enabled: bool = True
+    window: float = Field(default=600.0, gt=0, le=7 * 86400)
+    delay_after: int = Field(default=5, ge=1, le=100_000)
+    delay: float = Field(default=2.0, ge=0, le=60)
+    ban_after: int = Field(default=10, ge=1, le=100_000)
+    ban_time: float = Field(default=600.0, gt=0, le=30 * 86400)
+    ban_time_max: float = Field(default=86400.0, gt=0, le=365 * 86400)
+    ban_memory: float = Field(default=86400.0, ge=0, le=365 * 86400)
+    ban_answer: BanAnswer = BanAnswer.DROP
+    user_delay_after: int = Field(default=20, ge=1, le=1_000_000)
+    flood_requests: int = Field(default=1000, ge=1, le=10_000_000)
+    flood_window: float = Field(default=2.0, gt=0, le=3600)
+    exempt: list[IPvAnyNetwork] = Field(default_factory=list)
+    max_sources: int = Field(default=100_000, ge=100, le=10_000_000)
+    max_delayed: int = Field(default=10_000, ge=0, le=1_000_000)
+    # Digest strictness: the credentials' uri must match the Request-URI; SIPp's
+    # user-less `sip:<gateway ip>:<port>` is accepted while the second key is on.
+    digest_uri_check: bool = True
+    digest_uri_gateway_form: bool = True
+
+    @model_validator(mode="after")
+    def _order(self) -> SecuritySettings:
+        if self.ban_time_max < self.ban_time:
+            raise PydanticCustomError("ban_time_max", "ban_time_max must be at least ban_time")
+        return self
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -995,6 +1046,7 @@ class Settings(BaseSettings):
     pool_options: dict[Name, PoolSettings] = Field(default_factory=dict, alias="pools")
     admin: AdminSettings = Field(default_factory=AdminSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     REFERENCE_ERROR: ClassVar[str] = "config_reference"
 

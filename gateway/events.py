@@ -100,6 +100,7 @@ class AlertKind(StrEnum):
     AGENT_REBOUND = "agent-rebound"  # an agent's card died: it moved to another card once
     AGENT_PAUSED = "agent-paused"  # over a complaint ceiling: its calls are refused (agent-limit)
     AGENT_RESUMED = "agent-resumed"  # an operator lifted the pause (or it ran out)
+    SOURCE_BANNED = "source-banned"  # password guessing or a flood: gateway/security.py
 
 
 class Severity(StrEnum):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.admin.auth import token_middleware
+from gateway.admin.limits import body_limit_middleware, largest_limit
 from gateway.admin.routes import CLOCK_KEY, OPERATOR_KEY, add_routes, error_middleware
 from gateway.cards import CardManager
 from gateway.config import Settings
@@ -52,8 +53,12 @@ def build_admin_app(
         else:
             operator = Operator(settings, store, manager, bus=bus)
     app = web.Application(
-        middlewares=[error_middleware, token_middleware(settings.admin.token)],
-        client_max_size=64 * 1024 * 1024,
+        middlewares=[
+            error_middleware,
+            token_middleware(settings.admin.token),
+            body_limit_middleware,
+        ],
+        client_max_size=largest_limit(),
     )
     app[OPERATOR_KEY] = operator
     app[CLOCK_KEY] = clock

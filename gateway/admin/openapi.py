@@ -96,6 +96,20 @@ _TIME_FILTERS = [
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
+_BAN = {
+    "type": "object",
+    "properties": {
+        "address": {"type": "string"},
+        "reason": {"type": "string", "enum": ["auth-failures", "flood"]},
+        "count": {"type": "integer"},
+        "offence": {"type": "integer"},
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+        "remaining_seconds": {"type": "integer"},
+    },
+}
+
+
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": responses, "security": _SECURITY}
     op.update(extra)
@@ -438,6 +452,49 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "401": _ERROR,
                     },
                     parameters=_cdr_filters(),
+                )
+            },
+            "/security/bans": {
+                "get": _op(
+                    "source addresses banned for password guessing or a flood (inside"
+                    " `dialgate run`), soonest to end first, with the guard's counters",
+                    _responses(
+                        _json(
+                            "the bans in force",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "bans": {"type": "array", "items": _BAN},
+                                    "stats": _OBJECT,
+                                },
+                            },
+                        )
+                    ),
+                )
+            },
+            "/security/bans/{address}": {
+                "delete": _op(
+                    "lift the ban of one source address (`all`: every ban); its failure"
+                    " counts are forgotten",
+                    _responses(
+                        _json(
+                            "the bans lifted",
+                            {
+                                "type": "object",
+                                "properties": {"lifted": {"type": "array", "items": _BAN}},
+                            },
+                        ),
+                        404,
+                    ),
+                    parameters=[
+                        {
+                            "name": "address",
+                            "in": "path",
+                            "required": True,
+                            "description": "an IPv4/IPv6 address, or `all`",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                        }
+                    ],
                 )
             },
         },

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.admin.auth import actor_of
+from gateway.admin.limits import MAX_JSON_DEPTH, check_json_depth, document_limits
 from gateway.admin.openapi import openapi_document
 from gateway.evidence import build_evidence, write_evidence_zip
 from gateway.operator import BadRequest, Operator, OperatorError, parse_duration, parse_time
@@ -70,10 +71,12 @@ def _route(request: web.Request) -> str:
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    raw = await request.read()
+    if not check_json_depth(raw):
+        raise BadRequest(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        raw = await request.read()
         data = json.loads(raw or b"{}", parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
@@ -183,7 +186,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document."""
-    return web.json_response(openapi_document(__version__))
+    return web.json_response(document_limits(openapi_document(__version__)))
 
 
 async def list_cards(request: web.Request) -> web.Response:

@@ -28,7 +28,8 @@ header line of the request)::
 Interop facts this module is built around (see tests/sip/test_digest_sipp.py
 and test_digest_sipvicious.py): SIPp 3.6.1 reads only the first challenge and
 knows only MD5, and hashes ``uri=sip:<remote ip>:<port>`` rather than the
-Request-URI; sipvicious answers a challenge without qop with ``qop=auth`` and
+Request-URI (so the caller's ``uri_matches`` decides whether that form is
+accepted); sipvicious answers a challenge without qop with ``qop=auth`` and
 no nc/cnonce (→ 400 here).
 
 What this module must never do: read a clock (``now`` is always passed in),
@@ -677,7 +678,9 @@ class DigestServer:
     picks the first challenge it supports; ``answer(..., algorithms=...)``
     narrows the offer per request. ``qop`` is the list of qop-options offered;
     an empty tuple means the RFC 2069 form. ``allow_no_qop`` additionally
-    accepts credentials without qop when qop was offered (very old phones).
+    accepts credentials without qop when qop was offered (very old phones);
+    ``require_opaque`` refuses credentials that do not echo the challenge's
+    opaque value.
     ``random`` supplies the nonce salt (injected so tests are deterministic).
     """
 
@@ -687,6 +690,7 @@ class DigestServer:
     qop: tuple[str, ...] = ("auth",)
     nonce_ttl: float = 300.0
     allow_no_qop: bool = False
+    require_opaque: bool = True
     max_tracked_nonces: int = 10_000
     random: Callable[[int], bytes] = field(default=os.urandom, repr=False)
     _used: OrderedDict[str, _NonceUse] = field(default_factory=OrderedDict, init=False, repr=False)
@@ -709,25 +713,45 @@ class DigestServer:
 
     # -- nonces ------------------------------------------------------------
 
-    def _mac(self, issued_ms: int, salt: bytes) -> bytes:
-        msg = b"dialgate-nonce\x00" + self.realm.encode() + b"\x00" + struct.pack(">q", issued_ms)
+    def _mac(self, issued_ms: int, salt: bytes, algorithm: Algorithm) -> bytes:
+        # The algorithm of the challenge is signed into its nonce: credentials
+        # must use the algorithm of the challenge that issued the nonce (a nonce
+        # from a SHA-256 challenge answered with algorithm=MD5 is refused).
+        msg = (
+            b"dialgate-nonce\x00"
+            + self.realm.encode()
+            + b"\x00"
+            + algorithm.value.encode("ascii")
+            + b"\x00"
+            + struct.pack(">q", issued_ms)
+        )
         return hmac.new(self.key, msg + salt, "sha256").digest()[:_NONCE_MAC_LEN]
 
-    def make_nonce(self, now: float) -> str:
-        """A fresh signed nonce embedding ``now`` (milliseconds)."""
+    def make_nonce(self, now: float, algorithm: Algorithm = Algorithm.MD5) -> str:
+        """A fresh signed nonce embedding ``now`` (milliseconds), valid for ``algorithm`` only."""
         issued_ms = int(now * 1000)
         salt = self.random(_NONCE_SALT_LEN)
         if len(salt) != _NONCE_SALT_LEN:
             raise ValueError("random source returned the wrong number of bytes")
-        raw = struct.pack(">q", issued_ms) + salt + self._mac(issued_ms, salt)
+        raw = struct.pack(">q", issued_ms) + salt + self._mac(issued_ms, salt, algorithm)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def nonce_issued_at(self, nonce: str) -> float | None:
-        """The issue time (seconds) of a nonce this server signed; None if not ours."""
-        issued_ms = self._check_nonce(nonce)
-        return None if issued_ms is None else issued_ms / 1000
+        """The issue time (seconds) of a nonce this server signed (any algorithm); None if not ours."""
+        for algorithm in Algorithm:
+            issued_ms = self._check_nonce(nonce, algorithm)
+            if issued_ms is not None:
+                return issued_ms / 1000
+        return None
 
-    def _check_nonce(self, nonce: str) -> int | None:
+    def nonce_algorithm(self, nonce: str) -> Algorithm | None:
+        """The algorithm of the challenge that issued ``nonce``; None if not ours."""
+        for algorithm in Algorithm:
+            if self._check_nonce(nonce, algorithm) is not None:
+                return algorithm
+        return None
+
+    def _check_nonce(self, nonce: str, algorithm: Algorithm) -> int | None:
         if not _NONCE_TEXT_RE.fullmatch(nonce):
             return None
         raw = base64.urlsafe_b64decode(nonce + "=")  # 43 base64url chars: always 32 bytes
@@ -737,7 +761,9 @@ class DigestServer:
             return None
         (issued_ms,) = struct.unpack(">q", raw[:8])
         salt = raw[8 : 8 + _NONCE_SALT_LEN]
-        if not hmac.compare_digest(raw[8 + _NONCE_SALT_LEN :], self._mac(issued_ms, salt)):
+        if not hmac.compare_digest(
+            raw[8 + _NONCE_SALT_LEN :], self._mac(issued_ms, salt, algorithm)
+        ):
             return None
         return int(issued_ms)
 
@@ -771,7 +797,7 @@ class DigestServer:
         return [
             Challenge(
                 realm=self.realm,
-                nonce=self.make_nonce(now),
+                nonce=self.make_nonce(now, algorithm),
                 algorithm=algorithm,
                 opaque=self._opaque,
                 qop=self.qop,
@@ -828,6 +854,7 @@ class DigestServer:
         now: float,
         *,
         body: bytes = b"",
+        uri_matches: Callable[[str], bool] | None = None,
     ) -> Verdict:
         """Check credentials for a request; never raises for any header content.
 
@@ -838,9 +865,15 @@ class DigestServer:
         (RFC 3261 §22.4 hashes it into A2). ACK and CANCEL are never
         challenged (§22.1), so a caller does not verify them.
 
-        The ``uri`` checked is the one the client put in the credentials, not
-        the Request-URI: RFC 3261 §22.4 allows a server to accept that, and
-        SIPp puts ``sip:<remote ip>:<port>`` there.
+        The response is computed over the ``uri`` the client put in the
+        credentials. ``uri_matches`` (the caller's comparison with the
+        Request-URI, as URIs) must accept that ``uri``, else the credentials
+        are MALFORMED (``uri-mismatch``, 400: RFC 2617 §3.2.2.5 / RFC 7616
+        §3.4.6 "SHOULD return a 400 Bad Request"); without it the ``uri`` is
+        not checked. The nonce must come from a challenge of the algorithm the
+        credentials name (``algorithm-mismatch``), and the opaque value sent
+        with every challenge must be echoed unchanged (``missing-opaque`` /
+        ``wrong-opaque``) when :attr:`require_opaque` is set (the default).
         """
         if authorization is None:
             return Verdict(Outcome.FAILED, reason="no-credentials")
@@ -878,10 +911,16 @@ class DigestServer:
                 # with a challenge the client may understand.
                 return Verdict(Outcome.FAILED, reason="unsupported-scheme")
             return Verdict(Outcome.FAILED, reason="wrong-realm")
-        return self._verify_credentials(method, chosen, lookup, now, body)
+        return self._verify_credentials(method, chosen, lookup, now, body, uri_matches)
 
     def _verify_credentials(
-        self, method: str, creds: Credentials, lookup: HA1Lookup, now: float, body: bytes
+        self,
+        method: str,
+        creds: Credentials,
+        lookup: HA1Lookup,
+        now: float,
+        body: bytes,
+        uri_matches: Callable[[str], bool] | None = None,
     ) -> Verdict:
         algorithm = creds.effective_algorithm
         if algorithm not in self.algorithms:
@@ -900,12 +939,29 @@ class DigestServer:
                 )
         elif creds.qop not in self.qop:
             return Verdict(Outcome.FAILED, reason="qop-not-offered")
-        if creds.opaque is not None and not hmac.compare_digest(
+        if creds.opaque is None:
+            if self.require_opaque:
+                # RFC 7616 §3.4: the opaque sent in the challenge "SHOULD be
+                # returned by the client unchanged"; every challenge here has one.
+                return Verdict(Outcome.FAILED, reason="missing-opaque")
+        elif not hmac.compare_digest(
             creds.opaque.encode("utf-8", "surrogateescape"), self._opaque.encode("ascii")
         ):
             return Verdict(Outcome.FAILED, reason="wrong-opaque")
-        issued_ms = self._check_nonce(creds.nonce)
+        if uri_matches is not None and not uri_matches(creds.uri):
+            # RFC 2617 §3.2.2.5: the resource named by "uri" must be the one of
+            # the Request-Line; "if they are not, the server SHOULD return a
+            # 400 Bad Request error" (RFC 7616 §3.4.6 the same).
+            return Verdict(
+                Outcome.MALFORMED,
+                reason="uri-mismatch",
+                error=AuthError("digest uri does not match the Request-URI"),
+            )
+        issued_ms = self._check_nonce(creds.nonce, algorithm)
         if issued_ms is None:
+            if self.nonce_algorithm(creds.nonce) is not None:
+                # Our nonce, issued in a challenge for another algorithm.
+                return Verdict(Outcome.FAILED, reason="algorithm-mismatch")
             return Verdict(Outcome.FAILED, reason="bad-nonce")
 
         stored = lookup(creds.username, algorithm.base)

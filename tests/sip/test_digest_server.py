@@ -273,10 +273,15 @@ def test_nonce_from_another_realm_or_key_rejected() -> None:
     """Nonces are bound to key and realm: a nonce of another server is not accepted."""
     other = DigestServer(key=KEY, realm="other.realm", random=_counter_random())
     foreign = other.challenges(0.0)[0]
+    server = make_server()
     borrowed = Challenge(
-        realm=REALM, nonce=foreign.nonce, algorithm=Algorithm.SHA256, qop=("auth",)
+        realm=REALM,
+        nonce=foreign.nonce,
+        algorithm=Algorithm.SHA256,
+        qop=("auth",),
+        opaque=server.opaque,
     )
-    verdict = make_server().verify("REGISTER", answer_challenge(borrowed), lookup, 1.0)
+    verdict = server.verify("REGISTER", answer_challenge(borrowed), lookup, 1.0)
     expected = "bad-nonce"
     assert expected == verdict.reason
 
@@ -394,8 +399,8 @@ def test_response_compared_case_insensitively() -> None:
     assert server.verify("REGISTER", str(upper), lookup, 1.0).ok
 
 
-def test_wrong_opaque_fails_missing_opaque_tolerated() -> None:
-    """An opaque that is not ours fails; a client that omits opaque is still accepted."""
+def test_wrong_or_missing_opaque_fails() -> None:
+    """An opaque that is not ours fails, and so does none at all (issue 15: opaque echoed)."""
     server = make_server()
     challenge = challenge_for(server, 0.0, Algorithm.SHA256)
     creds = authorize(
@@ -406,9 +411,10 @@ def test_wrong_opaque_fails_missing_opaque_tolerated() -> None:
     absent = Credentials(**{**fields, "opaque": None})
     results = (
         server.verify("REGISTER", str(wrong), lookup, 1.0).reason,
-        server.verify("REGISTER", str(absent), lookup, 1.0).outcome,
+        server.verify("REGISTER", str(absent), lookup, 1.0).reason,
+        make_server(require_opaque=False).verify("REGISTER", str(absent), lookup, 1.0).outcome,
     )
-    expected = ("wrong-opaque", Outcome.OK)
+    expected = ("wrong-opaque", "missing-opaque", Outcome.OK)
     assert expected == results
 
 
@@ -431,7 +437,8 @@ def test_no_qop_requires_opt_in() -> None:
     results = []
     for server in (strict, legacy, lenient):
         nonce = server.make_nonce(0.0)
-        bare = Challenge(realm=REALM, nonce=nonce)  # no qop, no algorithm → RFC 2069
+        # no qop, no algorithm → RFC 2069 (the opaque is still echoed)
+        bare = Challenge(realm=REALM, nonce=nonce, opaque=server.opaque)
         results.append(server.verify("REGISTER", answer_challenge(bare), lookup, 1.0).outcome)
     expected = [Outcome.FAILED, Outcome.OK, Outcome.OK]
     assert expected == results
