@@ -1998,10 +1998,8 @@ def services_from_settings(
         rules_from_settings,
         terms_from_settings,
     )
+    from gateway.policy_config import policy_deps_kwargs
     from gateway.store import CardRepository, ledger_from_settings
-    from policies.consent import ConsentMode
-    from policies.emergency import EmergencyNumbers
-    from policies.hours import CallingHours
     from policies.pipeline import PolicyDeps, build_pipeline
     from policies.selection import CardSelection
 
@@ -2026,8 +2024,9 @@ def services_from_settings(
     profiles = quota_profiles_from_settings(settings)
     timezones = {c.name: c.timezone for c in settings.carriers}
     probation_of = probation_profiles_from_settings(settings)
-    regions = {policy.default_region, *policy.emergency_numbers}
-    emergency = EmergencyNumbers.for_regions(regions, policy.emergency_numbers)
+    # [policy]: emergency numbers, allowed regions, consent, hours, frequency, agent caps.
+    policy_kwargs = policy_deps_kwargs(policy)
+    emergency = policy_kwargs["emergency"]
     default_pool = settings.cards[0].pool if settings.cards else "main"
     source = StoreCardSource(
         cards,
@@ -2038,14 +2037,12 @@ def services_from_settings(
         default_pool=default_pool,
     )
     deps = PolicyDeps(
-        emergency=emergency,
         dnc=store,
         consent=store,
-        consent_mode=ConsentMode(str(policy.consent)),
-        hours=CallingHours.from_config(policy.calling_hours.spec),
         history=store,
         agents=store,
         cards=source,
+        **policy_kwargs,
     )
     cdrs = CdrWriter(store, _spool_path(store))
     try:

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway import __version__
-from gateway.config import ConfigError, Settings, find_default_config, load_settings, summary
+from gateway.config import (
+    ConfigError,
+    Settings,
+    config_warnings,
+    find_default_config,
+    load_settings,
+    summary,
+)
 
 __all__ = ["COMMANDS", "Command", "command", "main"]
 
@@ -119,6 +126,12 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the effective configuration as JSON (secrets masked)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (all-day calling hours, cards without hour/day limits,"
+        " weak passwords) as errors: exit 2",
+    )
 
 
 @command(
@@ -136,6 +149,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _report_config_error(exc, sys.stderr)
         print(f"{path or '(defaults)'}: {len(exc.messages)} error(s)", file=sys.stderr)
+        return EXIT_USAGE
+    warnings = config_warnings(settings)
+    kind = "error" if args.strict else "warning"
+    for line in warnings:
+        print(f"{path or '(defaults)'}: {kind}: {line}", file=sys.stderr)
+    if warnings and args.strict:
+        print(
+            f"{path or '(defaults)'}: {len(warnings)} warning(s), refused by --strict",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.show:
         print(settings.model_dump_json(indent=2, by_alias=True))

@@ -8,7 +8,8 @@ the actor ``cli:<login name>`` (or ``--actor``).
 
 Commands: ``cards list|show|evidence|suspend|appeal|appeal-update|probation|
 restore|clear|retire|record``, ``dnc import|add|remove|check``, ``consent
-import|add|revoke``, ``complaint add``, ``cdrs export``, ``alerts check``.
+import|add|revoke``, ``complaint add``, ``agents resume|show``, ``numbers
+show|reset``, ``cdrs export``, ``alerts check``.
 
 Exit codes: 0 done; 1 refused or failed (unknown card, illegal transition, an
 import with bad lines — its good lines are kept); 2 bad usage or configuration.
@@ -555,12 +556,28 @@ def cmd_dnc_add(args: argparse.Namespace) -> int:
     return run_with_operator(args, body)
 
 
-@command("dnc remove", help="take a number off the internal DNC list", configure=_configure_number)
+def _configure_dnc_remove(parser: argparse.ArgumentParser) -> None:
+    _configure_number(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove an entry a complaint put there (needs --reason; audited)",
+    )
+    parser.add_argument("--reason", default="", help="why the entry may go (audited)")
+
+
+@command(
+    "dnc remove",
+    help="take a number off the internal DNC list (a complaint's entry: --force --reason)",
+    configure=_configure_dnc_remove,
+)
 def cmd_dnc_remove(args: argparse.Namespace) -> int:
     """Remove a DNC number."""
 
     def body(op: Operator, now: float, actor: str) -> int:
-        result = op.dnc_remove(args.number, actor=actor, now=now)
+        result = op.dnc_remove(
+            args.number, actor=actor, now=now, force=args.force, reason=args.reason
+        )
         _emit(
             args,
             result,
@@ -700,10 +717,173 @@ def cmd_complaint_add(args: argparse.Namespace) -> int:
         _emit(
             args,
             result,
+            _complaint_text,
+        )
+        return EXIT_OK
+
+    return run_with_operator(args, body)
+
+
+_FOUND = {
+    "given": "",
+    "call": " (from the call's record)",
+    "cdr": " (last answered call to this number)",
+    "none": "",
+}
+
+
+def _complaint_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['number']}: complaint recorded, on DNC; card {r['card'] or '-'}"
+        f"{_FOUND.get(r.get('found', ''), '')}, agent {r['agent'] or '-'}"
+        + (f", call {r['call_id']}" if r.get("call_id") else "")
+    ]
+    if r.get("found") == "none" and not r["card"]:
+        lines.append("no answered call to this number in the lookup window: no card charged")
+    if r.get("ambiguous"):
+        lines.append(f"ambiguous: {r['message']}")
+    if r.get("pause"):
+        lines.append(
+            f"agent {r['agent']} paused: {r['pause']['reason']} until {r['pause']['until']}"
+        )
+    elif r["agent_paused"]:
+        lines.append(f"agent {r['agent']} paused: complaint rate")
+    return "\n".join(lines)
+
+
+# --- agents and numbers -----------------------------------------------------------------
+
+
+def _configure_agent(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("agent", metavar="NAME", help="softphone user or dialer peer")
+    _common(parser)
+
+
+def _configure_agent_resume(parser: argparse.ArgumentParser) -> None:
+    _configure_agent(parser)
+    parser.add_argument("--note", default="", help="why (audited)")
+
+
+@command(
+    "agents resume",
+    help="lift an agent's pause (complaint ceiling or rate); audited",
+    configure=_configure_agent_resume,
+)
+def cmd_agents_resume(args: argparse.Namespace) -> int:
+    """Resume a paused agent."""
+
+    def body(op: Operator, now: float, actor: str) -> int:
+        result = op.agent_resume(args.agent, actor=actor, now=now, note=args.note)
+        _emit(
+            args,
+            result,
+            lambda r: f"agent {r['agent']}: " + ("resumed" if r["resumed"] else "was not paused"),
+        )
+        return EXIT_OK
+
+    return run_with_operator(args, body)
+
+
+@command(
+    "agents show",
+    help="an agent's pause, complaints of the last day/week, calls of the last day",
+    configure=_configure_agent,
+)
+def cmd_agents_show(args: argparse.Namespace) -> int:
+    """Show one agent."""
+
+    def body(op: Operator, now: float, actor: str) -> int:
+        _emit(
+            args,
+            op.agent_status(args.agent, now),
             lambda r: (
-                f"{r['number']}: complaint recorded, on DNC; card {r['card'] or '-'}, "
-                f"agent {r['agent'] or '-'}"
-                + (" (agent paused: complaint rate)" if r["agent_paused"] else "")
+                f"agent {r['agent']}: "
+                + (
+                    f"paused ({r['pause_reason']}) until {r['paused_until'] or 'resumed'}"
+                    if r["paused"]
+                    else "active"
+                )
+                + f"; complaints {r['complaints_day']} today, {r['complaints_week']} this week;"
+                f" calls {r['calls_day']} today"
+            ),
+        )
+        return EXIT_OK
+
+    return run_with_operator(args, body)
+
+
+def _configure_number_show(parser: argparse.ArgumentParser) -> None:
+    _configure_number(parser)
+    parser.add_argument("--campaign", help="judge with this campaign's frequency limits")
+
+
+def _number_text(r: dict[str, Any]) -> str:
+    att, ans = r["attempts"], r["answers"]
+    lines = [
+        f"{r['number']}"
+        + (f" (campaign {r['campaign']})" if r["campaign"] else "")
+        + f": attempts {att['count']}/{att['max']} in {_span(att['window_seconds'])},"
+        f" answers {ans['count']}/{ans['max']} in {_span(ans['window_seconds'])},"
+        f" complaints {r['complaints']}",
+        f"DNC {'listed (' + r['dnc']['source'] + ')' if r['dnc'] else 'clear'},"
+        f" consent {r['consent']['status']}"
+        + (f", history reset {r['reset_at']}" if r["reset_at"] else ""),
+    ]
+    if r["callable_now"]:
+        lines.append("may be called now (calling hours and cards are judged at call time)")
+    elif r["frequency_free_at"]:
+        lines.append(
+            f"next call: {r['frequency_free_at']} (in {r['retry_after']} s);"
+            f" blocked by {', '.join(r['blocked_by'])}"
+        )
+    else:
+        lines.append(f"not callable: blocked by {', '.join(r['blocked_by'])}")
+    return "\n".join(lines)
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@command(
+    "numbers show",
+    help="one number's attempts, answers, complaints, DNC/consent and when it may be called",
+    configure=_configure_number_show,
+)
+def cmd_numbers_show(args: argparse.Namespace) -> int:
+    """Show one number's history."""
+
+    def body(op: Operator, now: float, actor: str) -> int:
+        _emit(args, op.number_show(args.number, now=now, campaign=args.campaign), _number_text)
+        return EXIT_OK
+
+    return run_with_operator(args, body)
+
+
+def _configure_number_reset(parser: argparse.ArgumentParser) -> None:
+    _configure_number(parser)
+    parser.add_argument("--reason", required=True, help="why the history may go (audited)")
+
+
+@command(
+    "numbers reset",
+    help="start a number's frequency history afresh (--reason required; audited)",
+    configure=_configure_number_reset,
+)
+def cmd_numbers_reset(args: argparse.Namespace) -> int:
+    """Reset one number's frequency history."""
+
+    def body(op: Operator, now: float, actor: str) -> int:
+        result = op.number_reset(args.number, actor=actor, now=now, reason=args.reason)
+        _emit(
+            args,
+            result,
+            lambda r: (
+                f"{r['number']}: history reset ({r['cleared']['attempts']} attempts,"
+                f" {r['cleared']['answers']} answers no longer counted)"
             ),
         )
         return EXIT_OK

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from phonenumbers import shortnumberinfo
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -66,6 +67,7 @@ from gateway import __version__
 __all__ = [
     "DIGEST_ALGORITHMS",
     "AdminSettings",
+    "AgentLimitSettings",
     "CardReason",
     "CardSettings",
     "CarrierRule",
@@ -74,6 +76,8 @@ __all__ = [
     "ConsentMode",
     "DailyWindows",
     "Endpoint",
+    "ExtraEmergency",
+    "FrequencySettings",
     "InboundSettings",
     "ListenSpec",
     "LogLevel",
@@ -89,6 +93,7 @@ __all__ = [
     "TimeWindow",
     "Transport",
     "UserSettings",
+    "config_warnings",
     "explain_errors",
     "find_default_config",
     "format_loc",
@@ -611,30 +616,166 @@ def _check_region(value: str) -> str:
     return region
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def _duration(value: Any) -> Any:
+    """``"7d"``, ``"24h"``, ``"30m"``, ``"90s"`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 7d, 24h, 30m or seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError("expected a duration such as 7d, 24h, 30m or seconds")
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0, le=366 * 86400)]
+
+
+class FrequencyRuleSettings(BaseModel):
+    """Per-number limits of one campaign (``[policy.frequency.campaigns.NAME]``); unset keys
+    keep the ``[policy.frequency]`` value."""
+
+    model_config = _SECTION
+
+    attempts: int | None = Field(default=None, ge=0)
+    attempts_window: Duration | None = None
+    answers: int | None = Field(default=None, ge=0)
+    answers_window: Duration | None = None
+
+
+class FrequencySettings(BaseModel):
+    """``[policy.frequency]``: calls to one number, across every card and agent.
+
+    At most ``attempts`` calls per ``attempts_window`` and ``answers`` answered
+    calls per ``answers_window`` (rolling); ``campaigns.NAME`` overrides any of
+    them for one campaign (the number's history is still every campaign's).
+    """
+
+    model_config = _SECTION
+
+    attempts: int = Field(default=3, ge=0)
+    attempts_window: Duration = 7 * 86400.0
+    answers: int = Field(default=1, ge=0)
+    answers_window: Duration = 86400.0
+    campaigns: dict[str, FrequencyRuleSettings] = Field(default_factory=dict)
+
+    def for_campaign(self, campaign: str | None) -> tuple[int, float, int, float]:
+        """(attempts, attempts_window, answers, answers_window) in force for a campaign."""
+        o = self.campaigns.get(campaign or "") if campaign else None
+        if o is None:
+            return (self.attempts, self.attempts_window, self.answers, self.answers_window)
+        return (
+            self.attempts if o.attempts is None else o.attempts,
+            self.attempts_window if o.attempts_window is None else o.attempts_window,
+            self.answers if o.answers is None else o.answers,
+            self.answers_window if o.answers_window is None else o.answers_window,
+        )
+
+
+class AgentLimitSettings(BaseModel):
+    """``[policy.agents]``: what restrains an agent (softphone user or dialer peer).
+
+    ``complaints_per_day`` / ``complaints_per_week``: complaints tolerated in a
+    rolling day / week; the next one pauses the agent (403 ``agent-limit`` with
+    Retry-After = until the oldest counted complaint leaves the window, or until
+    ``dialgate agents resume``). ``calls_per_day``: calls per rolling day (403
+    ``agent-limit`` with Retry-After). Unset: no limit.
+    """
+
+    model_config = _SECTION
+
+    complaints_per_day: int | None = Field(default=None, ge=0)
+    complaints_per_week: int | None = Field(default=None, ge=0)
+    calls_per_day: int | None = Field(default=None, ge=1)
+    calls_per_hour: int | None = Field(default=None, ge=1)
+
+
+class ExtraEmergency(BaseModel):
+    """``[[policy.extra_emergency]]``: a number that is not an official emergency number of
+    its region but must bypass every check anyway (a site's own rescue line), with why."""
+
+    model_config = _SECTION
+
+    region: str
+    number: Annotated[str, Field(pattern=r"^[0-9*#]{2,15}$")]
+    reason: str = Field(min_length=8)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _check_region(value)
+
+
 class PolicySettings(BaseModel):
-    """``[policy]``: consent mode, calling hours, regions, privacy."""
+    """``[policy]``: consent mode, calling hours, regions, privacy, per-number and agent limits.
+
+    ``consent`` has no default: a file that does not say ``"dnc-only"`` or
+    ``"require-consent"`` is refused (``load_settings``). ``emergency_numbers``
+    lists only numbers phonenumbers' short-number metadata knows as emergency
+    numbers of that region; anything else goes under ``extra_emergency`` with
+    a reason.
+    """
 
     model_config = _SECTION
 
     default_region: str = "CN"
-    consent: ConsentMode = ConsentMode.DNC_ONLY
+    # None only when the file left it out: load_settings refuses that (no silent fallback).
+    consent: ConsentMode | None = None
     calling_hours: WindowsField = Field(default_factory=lambda: DailyWindows.parse("08:00-21:00"))
-    # Extra emergency numbers per region, on top of what phonenumbers knows.
+    # Emergency numbers per region (checked against phonenumbers' metadata).
     emergency_numbers: dict[str, list[Annotated[str, Field(pattern=r"^[0-9*#]{2,8}$")]]] = Field(
         default_factory=dict
     )
+    extra_emergency: list[ExtraEmergency] = Field(default_factory=list)
+    # Regions callees may be in (ISO codes); default: the default_region alone.
+    allowed_regions: list[str] = Field(default_factory=list)
     campaign_header: str = Field(default="X-Campaign", pattern=r"^[A-Za-z0-9!%*_+`'~.-]+$")
     mask_numbers: bool = True
+    frequency: FrequencySettings = Field(default_factory=FrequencySettings)
+    agents: AgentLimitSettings = Field(default_factory=AgentLimitSettings)
+    # How far back a complaint without --card/--call looks for the call it is about.
+    complaint_lookup_window: Duration = 30 * 86400.0
 
     @field_validator("default_region")
     @classmethod
     def _region(cls, value: str) -> str:
         return _check_region(value)
 
+    @field_validator("allowed_regions")
+    @classmethod
+    def _allowed(cls, value: list[str]) -> list[str]:
+        return [_check_region(v) for v in value]
+
     @field_validator("emergency_numbers")
     @classmethod
     def _emergency_regions(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        return {_check_region(k): v for k, v in value.items()}
+        out = {_check_region(k): v for k, v in value.items()}
+        for region, numbers in out.items():
+            for number in numbers:
+                if not shortnumberinfo.is_emergency_number(number, region):
+                    raise ValueError(
+                        f"{number} is not an official emergency number of {region}"
+                        " (phonenumbers' short-number metadata); list it under"
+                        " [[policy.extra_emergency]] with region, number and reason"
+                    )
+        return out
+
+    @property
+    def home_regions(self) -> frozenset[str]:
+        """Regions callees may be in: ``allowed_regions``, else the default region."""
+        return frozenset(self.allowed_regions or [self.default_region])
+
+    def emergency_extra(self) -> dict[str, list[str]]:
+        """Every configured emergency number per region (official ones and the extra ones)."""
+        out: dict[str, list[str]] = {k: list(v) for k, v in self.emergency_numbers.items()}
+        for entry in self.extra_emergency:
+            out.setdefault(entry.region, []).append(entry.number)
+        return out
 
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -1337,11 +1478,21 @@ def load_settings(path: Path | None) -> Settings:
             raise ConfigError([f"TOML syntax error: {exc}"], source=path) from exc
     token = _TOML_FILE.set(path)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise ConfigError(explain_errors(exc), source=path) from exc
     finally:
         _TOML_FILE.reset(token)
+    if settings.policy.consent is None:
+        # No silent fallback: an operator must choose how consent is judged.
+        raise ConfigError([CONSENT_MISSING], source=path)
+    return settings
+
+
+CONSENT_MISSING = (
+    'policy.consent: required key is missing: set "dnc-only" (refuse only numbers on a'
+    ' DNC list) or "require-consent" (a consent record for every call); there is no default'
+)
 
 
 def format_loc(loc: Sequence[int | str]) -> str:
@@ -1439,3 +1590,77 @@ def summary(settings: Settings) -> str:
 
 def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+# ---------------------------------------------------------------------------
+# Warnings: valid but risky settings (check-config prints them; --strict refuses)
+# ---------------------------------------------------------------------------
+
+_COMMON_PASSWORDS = frozenset(
+    {
+        "password",
+        "passw0rd",
+        "12345678",
+        "123456789",
+        "secret",
+        "s3cret",
+        "changeme",
+        "qwerty",
+        "letmein",
+        "welcome",
+        "admin",
+        "1234",
+        "123456",
+        "0000",
+        "abc123",
+    }
+)
+MIN_PASSWORD_LENGTH = 8
+
+
+def _password_weakness(name: str, password: str) -> str | None:
+    if password.lower() in _COMMON_PASSWORDS:
+        return "is a common password"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"is shorter than {MIN_PASSWORD_LENGTH} characters"
+    if name and name.lower() in password.lower():
+        return "contains the user name"
+    if len(set(password)) <= 2:
+        return "repeats one or two characters"
+    return None
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """``key.path: message`` for each valid but risky setting, in file order.
+
+    All-day calling hours, quota profiles in use with neither ``calls_per_hour``
+    nor ``calls_per_day`` (a card limited only by ``concurrent`` can be burnt in
+    an afternoon), weak agent and dialer passwords.
+    """
+    out: list[str] = []
+    hours = settings.policy.calling_hours
+    if sum(w.end - w.start for w in hours.windows) >= 1440:
+        out.append(
+            f'policy.calling_hours: "{hours}" allows calls at any hour of the callee\'s day'
+            " (night calls draw complaints and carrier suspensions)"
+        )
+    for name, profile in settings.quota_profiles.items():
+        cards = [c.id for c in settings.cards if c.quota == name]
+        if not cards:
+            continue
+        if profile.calls_per_hour is None and profile.calls_per_day is None:
+            out.append(
+                f"quota_profiles.{name}: no calls_per_hour or calls_per_day limit"
+                f" (cards {', '.join(cards)} are limited only by"
+                f" {', '.join(k for k, v in profile.model_dump().items() if v is not None) or 'nothing'})"
+            )
+    named: list[tuple[str, int, str, SecretStr | None]] = [
+        ("users", i, u.name, u.password) for i, u in enumerate(settings.users)
+    ] + [("peers", i, p.name, p.password) for i, p in enumerate(settings.peers)]
+    for section, i, name, password in named:
+        if password is None:
+            continue
+        weakness = _password_weakness(name, password.get_secret_value())
+        if weakness is not None:
+            out.append(f"{section}[{i}].password: weak password for {name!r}: {weakness}")
+    return out

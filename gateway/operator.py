@@ -32,6 +32,7 @@ import asyncio
 import collections
 import csv
 import io
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ from gateway.operator_schema import (
 from gateway.store import Complaint, SQLiteStore, StoredCard, store_from_settings
 from policies.consent import parse_consent_csv
 from policies.context import normalize
-from policies.dnc import LoadReport, parse_dnc_lines
+from policies.dnc import DncSource, LoadReport, parse_dnc_lines
 from policies.errors import AddressIncompleteError
 from policies.privacy import mask_number, mask_numbers_deep
 from policies.quotas import CardSnapshot, Exhausted, QuotaProfile, evaluate_card
@@ -468,6 +469,9 @@ class Operator:
         # The latest operator events (bounded: a long-running API must not grow it forever).
         self.events: collections.deque[OperatorEvent] = collections.deque(maxlen=1000)
         self._raised: set[tuple[str, str]] = set()
+        # Agents whose pause this process has announced (agent → until): the alert loop
+        # announces pauses the CLI wrote, and their end, once each.
+        self._paused_seen: dict[str, float | None] = {}
 
     def close(self) -> None:
         """Close the operator tables' connection (not the store)."""
@@ -1015,21 +1019,47 @@ class Operator:
         self._emit(OperatorEvent("dnc", now, actor, detail={"action": "add", "added": added}))
         return {"number": self.masked(e164), "added": added}
 
-    def dnc_remove(self, number: str, *, actor: str, now: float) -> dict[str, Any]:
-        """Take a number off the internal DNC list."""
+    def dnc_remove(
+        self, number: str, *, actor: str, now: float, force: bool = False, reason: str = ""
+    ) -> dict[str, Any]:
+        """Take a number off the internal DNC list.
+
+        An entry a complaint put there is removed only with ``force`` and a ``reason``
+        (the callee asked for it, the complaint was withdrawn…); both are audited.
+        Without them: :class:`IllegalAction` (409) saying so.
+        """
         e164 = self.number(number)
+        entry = self.store.lookup(e164)
+        from_complaint = entry is not None and entry.source == DncSource.COMPLAINT
+        reason = reason.strip()
+        if from_complaint and not (force and reason):
+            missing = "--force and --reason TEXT" if not force else "--reason TEXT"
+            raise IllegalAction(
+                f"{self.masked(e164)} is on the DNC list because of a complaint: removing it"
+                f" needs {missing} (audited)"
+            )
+        if force and not reason:
+            raise BadRequest("--force needs --reason TEXT (why the entry may go)")
         removed = self.store.remove_dnc(e164)
+        detail: dict[str, Any] = {"removed": removed}
+        if entry is not None:
+            detail["source"] = entry.source.value
+        if force:
+            detail.update(force=True, reason=reason)
         self.db.record_audit(
             at=now,
             actor=actor,
             action="dnc.remove",
             target=mask_number(e164),
-            detail={"removed": removed},
+            detail=detail,
         )
         self._emit(
             OperatorEvent("dnc", now, actor, detail={"action": "remove", "removed": removed})
         )
-        return {"number": self.masked(e164), "removed": removed}
+        out: dict[str, Any] = {"number": self.masked(e164), "removed": removed}
+        if force:
+            out["reason"] = reason
+        return out
 
     def dnc_import(
         self,
@@ -1117,6 +1147,95 @@ class Operator:
                 },
             },
             "complaints": len(complaints),
+        }
+
+    # --- per-number history (frequency cap) -----------------------------------------
+
+    def number_show(
+        self, number: str, *, now: float, campaign: str | None = None
+    ) -> dict[str, Any]:
+        """A number's history as the frequency cap sees it, and when it may be called next.
+
+        Attempts and answers inside the ``[policy.frequency]`` windows (those of
+        ``campaign`` when it has its own), complaints, DNC and consent state, the last
+        reset; ``next_call_at`` is None when a call may go now (as far as this number's
+        policies can tell: hours and cards are judged at call time).
+        """
+        from gateway.policy_config import frequency_cap
+
+        e164 = self.number(number)
+        policy = self.settings.policy
+        attempts_max, attempts_window, answers_max, answers_window = policy.frequency.for_campaign(
+            campaign
+        )
+        attempts = self.store.attempts(e164, now - attempts_window)
+        answers = self.store.answers(e164, now - answers_window)
+        frees = frequency_cap(policy, campaign).next_allowed(self.store, e164, now)
+        looked = self.lookup_number(e164, now=now, campaign=campaign)
+        reset_at = self.store.number_reset_at(e164)
+        blocked_by: list[str] = []
+        if looked["dnc"] is not None:
+            blocked_by.append("dnc")
+        consent = looked["consent"]["status"]
+        if policy.consent == "require-consent" and consent != "granted":
+            blocked_by.append("no-consent")
+        if frees is not None:
+            blocked_by.append("frequency-cap")
+        never = frees is not None and math.isinf(frees)
+        return {
+            "number": self.masked(e164),
+            "campaign": campaign,
+            "attempts": {
+                "count": len(attempts),
+                "max": attempts_max,
+                "window_seconds": attempts_window,
+                "times": [iso_time(t) for t in attempts],
+            },
+            "answers": {
+                "count": len(answers),
+                "max": answers_max,
+                "window_seconds": answers_window,
+                "times": [iso_time(t) for t in answers],
+            },
+            "complaints": looked["complaints"],
+            "dnc": looked["dnc"],
+            "consent": looked["consent"],
+            "reset_at": iso_time(reset_at),
+            "blocked_by": blocked_by,
+            "frequency_free_at": None if frees is None or never else iso_time(frees),
+            "retry_after": None if frees is None or never else math.ceil(frees - now),
+            "callable_now": not blocked_by,
+        }
+
+    def number_reset(self, number: str, *, actor: str, now: float, reason: str) -> dict[str, Any]:
+        """Start a number's frequency history afresh (audited; the cards' quotas keep
+        counting its calls, DNC and consent are untouched)."""
+        reason = reason.strip()
+        if not reason:
+            raise BadRequest("numbers reset needs --reason TEXT (why the history may go)")
+        e164 = self.number(number)
+        before = self.number_show(e164, now=now)
+        self.store.reset_number(e164, now, actor=actor, reason=reason)
+        self.db.record_audit(
+            at=now,
+            actor=actor,
+            action="number.reset",
+            target=mask_number(e164),
+            detail={
+                "reason": reason,
+                "attempts": before["attempts"]["count"],
+                "answers": before["answers"]["count"],
+            },
+        )
+        self._emit(OperatorEvent("number-reset", now, actor, detail={"reason": reason}))
+        return {
+            "number": self.masked(e164),
+            "reset": True,
+            "reason": reason,
+            "cleared": {
+                "attempts": before["attempts"]["count"],
+                "answers": before["answers"]["count"],
+            },
         }
 
     # --- consent --------------------------------------------------------------------
@@ -1219,17 +1338,32 @@ class Operator:
         note: str = "",
     ) -> dict[str, Any]:
         """Record a complaint: the number goes on the internal DNC list, and the complaint
-        counts against the agent and the card (taken from the call's CDR when not given).
+        counts against the agent and the card.
 
-        The agent's complaint rate is then checked; crossing the ceiling pauses it.
+        Card, call and agent not given are found in the call records: the call's CDR
+        (``call_id``), else the last answered call to the number within ``[policy]
+        complaint_lookup_window``; when several answered calls of that window were on
+        different cards or by different agents, the result says so (``ambiguous``, with
+        every candidate) and the last one counts. Then the agent's limits are checked:
+        over a ``[policy.agents]`` complaint ceiling (or the complaint-rate ceiling)
+        it is paused.
         """
         e164 = self.number(number)
         if card is not None:
             self.card(card)
+        found: dict[str, Any] = {"how": "given" if card else "none"}
         if call_id:
             for record in self.store.cdrs(call_id=call_id, limit=10):
+                if card is None and record.card is not None:
+                    found["how"] = "call"
                 card = card or record.card
                 agent = agent or record.origin
+        elif card is None:
+            found = self._find_complained_call(e164, now)
+            if found["call"] is not None:
+                call_id = found["call"]["call_id"]
+                card = found["call"]["card"]
+                agent = agent or found["call"]["agent"]
         self.store.add_complaint(Complaint(e164, now, card=card, call_id=call_id, note=note))
         self.store.add_dnc(e164, now, source="complaint", note=note[:200])
         self.db.attribute_complaint(
@@ -1241,20 +1375,140 @@ class Operator:
             action="complaint.add",
             target=mask_number(e164),
             card=card,
-            detail={"agent": agent, "call_id": call_id or ""},
+            detail={
+                "agent": agent,
+                "call_id": call_id or "",
+                "found": found["how"],
+                "ambiguous": bool(found.get("ambiguous")),
+            },
         )
         self._emit(
             OperatorEvent("complaint", now, actor, card=card, agent=agent or None, detail={})
         )
-        paused = self._check_agent(agent, now) if agent else None
-        return {
+        pause = self._check_agent_ceilings(agent, now) if agent else None
+        paused = pause is not None or (self._check_agent(agent, now) if agent else None) is not None
+        out: dict[str, Any] = {
             "number": self.masked(e164),
             "card": card,
             "agent": agent or None,
             "call_id": call_id,
             "dnc": True,
-            "agent_paused": paused is not None,
+            "found": found["how"],
+            "agent_paused": paused,
         }
+        if pause is not None:
+            out["pause"] = pause
+        if found.get("ambiguous"):
+            out["ambiguous"] = True
+            out["candidates"] = found["candidates"]
+            out["message"] = found["message"]
+        return out
+
+    def _find_complained_call(self, e164: str, now: float) -> dict[str, Any]:
+        """The last answered call to ``e164`` within the lookup window, and its rivals."""
+        window = self.settings.policy.complaint_lookup_window
+        answered = [
+            r
+            for r in self.store.cdrs(since=now - window, until=now + 1, destination=e164)
+            if r.answer_at is not None
+        ]
+        if not answered:
+            return {"how": "none", "call": None}
+        answered.sort(key=lambda r: r.answer_at or 0.0)
+        candidates = [
+            {
+                "call_id": r.call_id,
+                "card": r.card,
+                "agent": r.origin,
+                "answered_at": iso_time(r.answer_at),
+            }
+            for r in answered
+        ]
+        last = candidates[-1]
+        out: dict[str, Any] = {"how": "cdr", "call": last}
+        cards = sorted({str(c["card"]) for c in candidates if c["card"]})
+        agents = sorted({str(c["agent"]) for c in candidates if c["agent"]})
+        if len(cards) > 1 or len(agents) > 1:
+            days = round(window / 86400, 1)
+            out.update(
+                ambiguous=True,
+                candidates=candidates,
+                message=(
+                    f"{len(candidates)} answered calls to this number in {days:g} days"
+                    f" (cards {', '.join(cards) or '-'}; agents {', '.join(agents) or '-'}):"
+                    f" counted against the last (card {last['card'] or '-'}, call"
+                    f" {last['call_id']}); give --card or --call to choose another"
+                ),
+            )
+        return out
+
+    def _check_agent_ceilings(self, agent: str, now: float) -> dict[str, Any] | None:
+        """Pause ``agent`` when its complaints pass a ``[policy.agents]`` ceiling.
+
+        The pause ends by itself when enough counted complaints leave their window
+        (that instant is the Retry-After its calls get), or at ``agents resume``.
+        """
+        limits = self.settings.policy.agents
+        ceilings = [
+            (limit, window, label)
+            for limit, window, label in (
+                (limits.complaints_per_day, 86400.0, "complaints per day"),
+                (limits.complaints_per_week, 7 * 86400.0, "complaints per week"),
+            )
+            if limit is not None
+        ]
+        if not ceilings:
+            return None
+        longest = max(w for _, w, _ in ceilings)
+        times = sorted(
+            c.at for c in self.db.attributed_complaints(agent=agent, since=now - longest)
+        )
+        until: float | None = None
+        broken: list[str] = []
+        for limit, window, label in ceilings:
+            counted = [t for t in times if t > now - window]
+            if len(counted) > limit:
+                # Below the ceiling again once len(counted) - limit of them have left.
+                frees = counted[len(counted) - limit - 1] + window
+                until = frees if until is None else max(until, frees)
+                broken.append(f"{len(counted)} {label} > {limit}")
+        if until is None:
+            return None
+        reason = "over complaint ceiling: " + ", ".join(broken)
+        self.store.set_agent_paused(agent, True, now, reason=reason, until=until)
+        detail = {"reason": reason, "until": iso_time(until), "complaints": len(times)}
+        self.db.record_audit(
+            at=now, actor="gateway", action="agent.pause", target=agent, detail=detail
+        )
+        self._emit(OperatorEvent("agent-paused", now, "gateway", agent=agent, detail=detail))
+        self._publish_agent_alert(AlertKind.AGENT_PAUSED, agent, now, reason, until)
+        log.warning("agent paused", agent=agent, reason=reason, until=iso_time(until))
+        return {"reason": reason, "until": iso_time(until), "retry_after": math.ceil(until - now)}
+
+    def _publish_agent_alert(
+        self, kind: AlertKind, agent: str, now: float, reason: str, until: float | None
+    ) -> None:
+        """``dialgate/alerts`` for an agent pause or resume (once per change)."""
+        self._paused_seen[agent] = until if kind == AlertKind.AGENT_PAUSED else None
+        if kind != AlertKind.AGENT_PAUSED:
+            self._paused_seen.pop(agent, None)
+        if self.bus is None:
+            return
+        message = (
+            f"agent {agent} paused: {reason}"
+            if kind == AlertKind.AGENT_PAUSED
+            else f"agent {agent} resumed{': ' + reason if reason else ''}"
+        )
+        self.bus.publish(
+            Alert(
+                kind=kind,
+                at=now,
+                severity=Severity.WARNING if kind == AlertKind.AGENT_PAUSED else Severity.INFO,
+                message=message,
+                reason=reason or None,
+                detail={"agent": agent, "until": iso_time(until)},
+            )
+        )
 
     def agent_complaint_counts(self, agent: str, now: float) -> tuple[int, int]:
         """(calls, complaints) of an agent over the complaint window.
@@ -1281,15 +1535,58 @@ class Operator:
         self._emit(
             OperatorEvent("agent-paused", now, "gateway", agent=agent, detail=finding.detail)
         )
+        self._publish_agent_alert(AlertKind.AGENT_PAUSED, agent, now, finding.message, None)
         log.warning("agent paused", agent=agent, calls=calls, complaints=complaints)
         return finding
 
-    def agent_resume(self, agent: str, *, actor: str, now: float) -> dict[str, Any]:
-        """Lift an agent's pause."""
-        self.store.set_agent_paused(agent, False, now)
-        self.db.record_audit(at=now, actor=actor, action="agent.resume", target=agent)
+    def agent_resume(self, agent: str, *, actor: str, now: float, note: str = "") -> dict[str, Any]:
+        """Lift an agent's pause (audited with the actor; ``resumed``: whether it was paused)."""
+        before = self.store.agent_usage(agent, now, window=0.0)
+        lifted = self.store.set_agent_paused(agent, False, now)
+        detail: dict[str, Any] = {"was_paused": lifted, "pause_reason": before.pause_reason}
+        if note:
+            detail["note"] = note
+        self.db.record_audit(
+            at=now, actor=actor, action="agent.resume", target=agent, detail=detail
+        )
         self._emit(OperatorEvent("agent-resumed", now, actor, agent=agent))
-        return {"agent": agent, "paused": False}
+        if lifted:
+            self._publish_agent_alert(AlertKind.AGENT_RESUMED, agent, now, f"by {actor}", None)
+        return {"agent": agent, "paused": False, "resumed": lifted}
+
+    def agent_status(self, agent: str, now: float) -> dict[str, Any]:
+        """An agent's pause, complaints of the last day/week and calls of the last day."""
+        usage = self.store.agent_usage(agent, now, window=7 * 86400.0)
+        attributed = [
+            c.at for c in self.db.attributed_complaints(agent=agent, since=now - 7 * 86400.0)
+        ]
+        paused = usage.paused and (usage.paused_until is None or usage.paused_until > now)
+        return {
+            "agent": agent,
+            "paused": paused,
+            "pause_reason": usage.pause_reason if paused else None,
+            "paused_until": iso_time(usage.paused_until) if paused else None,
+            "complaints_day": sum(1 for t in attributed if t > now - 86400.0),
+            "complaints_week": len(attributed),
+            "calls_day": sum(1 for t in usage.call_starts if t > now - 86400.0),
+            "limits": self.settings.policy.agents.model_dump(),
+        }
+
+    def _watch_pauses(self, now: float) -> None:
+        """Alerts for pauses written by another process (the CLI) or that ran out."""
+        current = {
+            agent: until
+            for agent, (_at, _reason, until) in self.store.agent_pauses().items()
+            if until is None or until > now
+        }
+        reasons = {a: r for a, (_t, r, _u) in self.store.agent_pauses().items()}
+        for agent, until in current.items():
+            if agent not in self._paused_seen:
+                self._publish_agent_alert(
+                    AlertKind.AGENT_PAUSED, agent, now, reasons.get(agent, ""), until
+                )
+        for agent in [a for a in self._paused_seen if a not in current]:
+            self._publish_agent_alert(AlertKind.AGENT_RESUMED, agent, now, "", None)
 
     # --- alerts ---------------------------------------------------------------------
 
@@ -1334,6 +1631,7 @@ class Operator:
                 self.bus.publish(alert)
         for agent in self.agents():
             self._check_agent(agent, now)
+        self._watch_pauses(now)
         return alerts
 
     # --- CDRs -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from policies.context import CallContext
 from policies.decision import Decision, RejectReason
-from policies.timeutil import epoch
+from policies.timeutil import ceil_seconds, epoch
 
 __all__ = ["AgentLimits", "AgentLimitsPolicy", "AgentUsage", "AgentUsageView"]
 
@@ -38,6 +38,8 @@ class AgentUsage:
     complaints: tuple[float, ...] = ()
     paused: bool = False
     pause_reason: str = ""
+    #: When a pause ends by itself (epoch s; a complaint ceiling's window), None: at resume.
+    paused_until: float | None = None
 
 
 @runtime_checkable
@@ -101,19 +103,33 @@ class AgentLimitsPolicy:
         # Only the history the limits in force judge: none at all when only a
         # pause can refuse the agent (the store then reads one flag per call).
         usage = self.usage.agent_usage(ctx.agent, t, window=limits.window)
-        if usage.paused:
+        if usage.paused and (usage.paused_until is None or usage.paused_until > t):
+            # A pause with an end (a complaint ceiling's window) says when to come back;
+            # one that waits for `dialgate agents resume` has no Retry-After.
             return Decision.reject(
-                RejectReason.AGENT_LIMIT, self.name, f"agent paused {usage.pause_reason}".strip()
+                RejectReason.AGENT_LIMIT,
+                self.name,
+                f"agent paused {usage.pause_reason}".strip(),
+                retry_after=None
+                if usage.paused_until is None
+                else ceil_seconds(usage.paused_until - t),
             )
         for limit, window, label in (
             (limits.calls_per_hour, 3600.0, "calls per hour"),
             (limits.calls_per_day, 86400.0, "calls per day"),
         ):
             if limit is not None:
-                used = _count(usage.call_starts, t - window, t)
+                lo = bisect_right(usage.call_starts, t - window)
+                used = bisect_right(usage.call_starts, t) - lo
                 if used >= limit:
+                    # Room again when the oldest call that keeps the count at the limit
+                    # leaves the rolling window.
+                    frees = usage.call_starts[lo + used - limit] + window if limit > 0 else None
                     return Decision.reject(
-                        RejectReason.AGENT_LIMIT, self.name, f"{used}/{limit} {label}"
+                        RejectReason.AGENT_LIMIT,
+                        self.name,
+                        f"{used}/{limit} {label}",
+                        retry_after=None if frees is None else ceil_seconds(frees - t),
                     )
         if limits.complaint_rate_ceiling is not None:
             since = t - limits.complaint_window_seconds

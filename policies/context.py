@@ -3,8 +3,10 @@
 `build_context` turns the raw dialled string into an E.164 destination with
 `phonenumbers` (default region from config), after checking the raw digits
 for an emergency number first (DESIGN.md call flow step 2; `parse("911",
-"US")` would otherwise become `+1911`). An unparseable or impossible number
-raises `AddressIncompleteError` (484).
+"US")` would otherwise become `+1911`). An unparseable, impossible or
+invalid number (a 9-digit Chinese mobile, a 14-digit lead: no number plan
+has it) raises `AddressIncompleteError` (484) before any policy that needs a
+valid number (region, calling-hours zone, type) sees it.
 
 This module must never read a clock (the gateway passes `now`), never import
 from `gateway`, and never put an unmasked number into an error message.
@@ -94,9 +96,11 @@ class CallContext:
 def normalize(dialled: str, default_region: str) -> Destination:
     """E.164 form of a dialled number; raises `AddressIncompleteError` when not routable.
 
-    Possible numbers (right length for their country) are accepted even
-    when `phonenumbers` does not consider them valid (e.g. US 555-01xx
-    test numbers); the allow-list policy judges types and countries.
+    The number must be valid in its country's plan (`phonenumbers.
+    is_valid_number`): a possible length alone is not enough, since a number
+    no plan knows has no region, type or time zone to judge it by (issue 19:
+    a 9-digit Chinese mobile was refused `calling-hours` instead of 484).
+    The allow-list policy judges types and countries of valid numbers.
     """
     digits = dial_digits(dialled)
     if digits.startswith("00") and digits[2:].isdigit():
@@ -112,6 +116,10 @@ def normalize(dialled: str, default_region: str) -> Destination:
         ) from None
     if not phonenumbers.is_possible_number(parsed):
         raise AddressIncompleteError(f"number {mask_number(digits)!r} has an impossible length")
+    if not phonenumbers.is_valid_number(parsed):
+        raise AddressIncompleteError(
+            f"number {mask_number(digits)!r} is not a valid number of its country's plan"
+        )
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return Destination(
         e164=e164,

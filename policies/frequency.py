@@ -15,8 +15,8 @@ a clock or log an unmasked number.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -81,6 +81,32 @@ class FrequencyCap:
         FrequencyRule(HistoryKind.ANSWERS, 1, 86400.0),
     )
 
+    @classmethod
+    def of(
+        cls, attempts: int, attempts_window: float, answers: int, answers_window: float
+    ) -> FrequencyCap:
+        """`attempts` per `attempts_window` s and `answers` per `answers_window` s."""
+        return cls(
+            (
+                FrequencyRule(HistoryKind.ATTEMPTS, attempts, attempts_window),
+                FrequencyRule(HistoryKind.ANSWERS, answers, answers_window),
+            )
+        )
+
+    def next_allowed(self, history: DestinationHistory, e164: str, now: float) -> float | None:
+        """When one more call to `e164` fits every rule: None = now, inf = never."""
+        latest: float | None = None
+        for rule in self.rules:
+            since = now - rule.window_seconds
+            if rule.kind == HistoryKind.ATTEMPTS:
+                events = history.attempts(e164, since)
+            else:
+                events = history.answers(e164, since)
+            frees = rule.frees_at(events, now)
+            if frees is not None and (latest is None or frees > latest):
+                latest = frees
+        return latest
+
 
 @dataclass(frozen=True, slots=True)
 class FrequencyPolicy:
@@ -90,12 +116,20 @@ class FrequencyPolicy:
     cap: FrequencyCap = FrequencyCap()
     name: str = "frequency"
     bypassed_by_emergency: bool = True
+    #: A campaign's own rules instead of `cap` (the history counted is still every call's).
+    per_campaign: Mapping[str, FrequencyCap] = field(default_factory=dict)
+
+    def cap_for(self, campaign: str | None) -> FrequencyCap:
+        """The rules in force for a campaign."""
+        if campaign:
+            return self.per_campaign.get(campaign, self.cap)
+        return self.cap
 
     def __call__(self, ctx: CallContext, now: datetime) -> Decision | None:
         """No opinion while every rule has room; else 403 with when all rules have room again."""
         t = epoch(now)
         broken: list[tuple[float, FrequencyRule]] = []
-        for rule in self.cap.rules:
+        for rule in self.cap_for(ctx.campaign).rules:
             since = t - rule.window_seconds
             if rule.kind == HistoryKind.ATTEMPTS:
                 events = self.history.attempts(ctx.destination, since)

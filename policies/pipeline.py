@@ -16,7 +16,7 @@ This module must never read a clock: `decide(ctx)` uses `ctx.now`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
@@ -130,6 +130,7 @@ class PolicyDeps:
     hours: CallingHours = field(default_factory=CallingHours)
     history: DestinationHistory | None = None
     frequency: FrequencyCap = field(default_factory=FrequencyCap)
+    campaign_frequency: Mapping[str, FrequencyCap] = field(default_factory=dict)
     agents: AgentUsageView | None = None
     agent_limits: AgentLimits = field(default_factory=AgentLimits)
     cards: CardSource | None = None
@@ -186,7 +187,11 @@ def _hours(deps: PolicyDeps) -> Policy:
 
 @register_policy("frequency")
 def _frequency(deps: PolicyDeps) -> Policy:
-    return FrequencyPolicy(_need(deps.history, "a destination history"), deps.frequency)
+    return FrequencyPolicy(
+        _need(deps.history, "a destination history"),
+        deps.frequency,
+        per_campaign=deps.campaign_frequency,
+    )
 
 
 @register_policy("agent")

@@ -355,12 +355,22 @@ async def evidence(request: web.Request) -> web.Response:
 
 
 async def lookup_number(request: web.Request) -> web.Response:
-    """DNC, consent and complaints of one number."""
+    """One number: attempts, answers, complaints, DNC, consent, when it may be called next."""
     campaign = _query_text(request, "campaign")
     return web.json_response(
-        _op(request).lookup_number(
-            request.match_info["number"], now=_now(request), campaign=campaign
-        )
+        _op(request).number_show(request.match_info["number"], now=_now(request), campaign=campaign)
+    )
+
+
+async def number_reset(request: web.Request) -> web.Response:
+    """Start a number's frequency history afresh (reason required; audited)."""
+    body = await _body(request)
+    _only(body, {"reason"})
+    reason = _text(body, "reason", required=True, max_len=500) or ""
+    number = request.match_info["number"]
+    op, now, actor = _op(request), _now(request), actor_of(request)
+    return await _write(
+        request, lambda: op.number_reset(number, actor=actor, now=now, reason=reason)
     )
 
 
@@ -375,10 +385,22 @@ async def dnc_add(request: web.Request) -> web.Response:
 
 
 async def dnc_remove(request: web.Request) -> web.Response:
-    """Take a number off the DNC list."""
+    """Take a number off the DNC list; a complaint's entry needs ``force`` and ``reason``
+    (query parameters, or a JSON body)."""
+    body = await _body(request)
+    _only(body, {"force", "reason"})
+    force_value = body.get("force", request.query.get("force", "false"))
+    if isinstance(force_value, str):
+        force_value = force_value.lower() in ("1", "true", "yes")
+    if not isinstance(force_value, bool):
+        raise BadRequest("force must be true or false")
+    reason = _text(body, "reason", max_len=500) or _query_text(request, "reason") or ""
     number = request.match_info["number"]
     op, now, actor = _op(request), _now(request), actor_of(request)
-    return await _write(request, lambda: op.dnc_remove(number, actor=actor, now=now))
+    return await _write(
+        request,
+        lambda: op.dnc_remove(number, actor=actor, now=now, force=force_value, reason=reason),
+    )
 
 
 async def dnc_import(request: web.Request) -> web.Response:
@@ -457,10 +479,18 @@ async def complaint_add(request: web.Request) -> web.Response:
 
 
 async def agent_resume(request: web.Request) -> web.Response:
-    """Lift an agent's pause."""
+    """Lift an agent's pause (audited; optional ``note``)."""
+    body = await _body(request)
+    _only(body, {"note"})
+    note = _text(body, "note", max_len=500) or ""
     agent = request.match_info["agent"]
     op, now, actor = _op(request), _now(request), actor_of(request)
-    return await _write(request, lambda: op.agent_resume(agent, actor=actor, now=now))
+    return await _write(request, lambda: op.agent_resume(agent, actor=actor, now=now, note=note))
+
+
+async def agent_show(request: web.Request) -> web.Response:
+    """An agent's pause, complaints and calls."""
+    return web.json_response(_op(request).agent_status(request.match_info["agent"], _now(request)))
 
 
 def _cdr_query(request: web.Request) -> dict[str, Any]:
@@ -510,6 +540,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/cards/{card}/retire", retire)
     app.router.add_get("/cards/{card}/evidence", evidence)
     app.router.add_get("/numbers/{number}", lookup_number)
+    app.router.add_post("/numbers/{number}/reset", number_reset)
     app.router.add_post("/dnc", dnc_add)
     app.router.add_post("/dnc/import", dnc_import)
     app.router.add_delete("/dnc/{number}", dnc_remove)
@@ -517,6 +548,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/consent/revoke", consent_revoke)
     app.router.add_post("/consent/import", consent_import)
     app.router.add_post("/complaints", complaint_add)
+    app.router.add_get("/agents/{agent}", agent_show)
     app.router.add_post("/agents/{agent}/resume", agent_resume)
     app.router.add_get("/cdrs", cdrs)
     app.router.add_get("/cdrs.csv", cdrs_csv)

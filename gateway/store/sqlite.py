@@ -567,6 +567,24 @@ _MIGRATIONS += (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        9,
+        (
+            # A pause that ends by itself (a complaint ceiling's window); NULL: at resume.
+            "ALTER TABLE agent_pauses ADD COLUMN until REAL",
+            # `dialgate numbers reset`: the frequency cap counts a number's calls only
+            # after its latest reset (call_starts stay: the cards' quotas count them).
+            """CREATE TABLE number_resets (
+                number TEXT PRIMARY KEY,
+                at REAL NOT NULL,
+                actor TEXT NOT NULL DEFAULT '',
+                reason TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _COUNTED = (UsageStatus.RESERVED, UsageStatus.FINISHED, UsageStatus.ORPHANED)
@@ -1431,11 +1449,15 @@ class SQLiteStore:
         since: float | None = None,
         until: float | None = None,
         call_id: str | None = None,
+        destination: str | None = None,
         limit: int = 10_000,
     ) -> list[CallRecord]:
         """Stored records by attempt time (oldest first), optionally filtered."""
         clauses: list[str] = []
         params: list[Any] = []
+        if destination is not None:
+            clauses.append("destination = ?")
+            params.append(destination)
         if since is not None:
             clauses.append("attempt_at >= ?")
             params.append(since)
@@ -1577,15 +1599,17 @@ class SQLiteStore:
         One attempt per call (a failover is the same attempt); attempts released
         before the callee was alerted do not count (the callee's phone never rang).
         """
+        since = max(since, self.number_reset_at(e164) or since)
         rows = self._read(
             "SELECT MIN(started_at) AS t FROM call_starts WHERE callee=? AND started_at >= ? "
             "AND status != ? GROUP BY call_id ORDER BY t",
             (e164, since, UsageStatus.RELEASED.value),
         )
-        return [float(r["t"]) for r in rows]
+        return [float(r["t"]) for r in rows if float(r["t"]) >= since]
 
     def answers(self, e164: str, since: float) -> list[float]:
         """``policies.frequency.DestinationHistory``: answer times of calls to ``e164``."""
+        since = max(since, self.number_reset_at(e164) or since)
         rows = self._read(
             "SELECT answered_at FROM call_starts WHERE callee=? AND answered=1 "
             "AND answered_at IS NOT NULL AND answered_at >= ? ORDER BY answered_at",
@@ -1600,10 +1624,11 @@ class SQLiteStore:
         ``window <= 0`` reads only the pause flag (what the policy asks for when
         no agent limit is configured: one primary-key lookup per call).
         """
-        pause = self._read("SELECT reason FROM agent_pauses WHERE agent=?", (agent,))
+        pause = self._read("SELECT reason, until FROM agent_pauses WHERE agent=?", (agent,))
         paused, reason = bool(pause), pause[0]["reason"] if pause else ""
+        until = None if not pause or pause[0]["until"] is None else float(pause[0]["until"])
         if window <= 0:
-            return AgentUsage(paused=paused, pause_reason=reason)
+            return AgentUsage(paused=paused, pause_reason=reason, paused_until=until)
         since = now - window
         starts = self._read(
             "SELECT MIN(started_at) AS t FROM call_starts WHERE agent=? AND started_at >= ? "
@@ -1623,20 +1648,61 @@ class SQLiteStore:
             complaints=tuple(float(r["at"]) for r in complaints),
             paused=paused,
             pause_reason=reason,
+            paused_until=until,
         )
 
-    def set_agent_paused(self, agent: str, paused: bool, now: float, *, reason: str = "") -> None:
-        """Pause an agent (the agent-limit policy refuses its calls) or resume it."""
+    def set_agent_paused(
+        self,
+        agent: str,
+        paused: bool,
+        now: float,
+        *,
+        reason: str = "",
+        until: float | None = None,
+    ) -> bool:
+        """Pause an agent (the agent-limit policy refuses its calls) or resume it.
+
+        ``until``: when the pause ends by itself (None: at resume). Returns whether a
+        pause was lifted (resume) or set (pause).
+        """
         with self._write() as db:
             if paused:
-                db.execute(
-                    "INSERT INTO agent_pauses (agent, paused_at, reason) VALUES (?,?,?) "
+                cur = db.execute(
+                    "INSERT INTO agent_pauses (agent, paused_at, reason, until) VALUES (?,?,?,?) "
                     "ON CONFLICT(agent) DO UPDATE SET paused_at=excluded.paused_at, "
-                    "reason=excluded.reason",
-                    (agent, now, reason),
+                    "reason=excluded.reason, until=excluded.until",
+                    (agent, now, reason, until),
                 )
             else:
-                db.execute("DELETE FROM agent_pauses WHERE agent=?", (agent,))
+                cur = db.execute("DELETE FROM agent_pauses WHERE agent=?", (agent,))
+            return bool(cur.rowcount)
+
+    def agent_pauses(self) -> dict[str, tuple[float, str, float | None]]:
+        """Every stored pause: agent → (paused_at, reason, until)."""
+        rows = self._read("SELECT agent, paused_at, reason, until FROM agent_pauses")
+        return {
+            str(r["agent"]): (
+                float(r["paused_at"]),
+                str(r["reason"]),
+                None if r["until"] is None else float(r["until"]),
+            )
+            for r in rows
+        }
+
+    def number_reset_at(self, e164: str) -> float | None:
+        """When the frequency history of ``e164`` was last reset, None if never."""
+        rows = self._read("SELECT at FROM number_resets WHERE number=?", (e164,))
+        return float(rows[0]["at"]) if rows else None
+
+    def reset_number(self, e164: str, now: float, *, actor: str, reason: str) -> None:
+        """Start the number's frequency history afresh at ``now`` (audited by the caller)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO number_resets (number, at, actor, reason) VALUES (?,?,?,?) "
+                "ON CONFLICT(number) DO UPDATE SET at=excluded.at, actor=excluded.actor, "
+                "reason=excluded.reason",
+                (e164, now, actor, reason),
+            )
 
     def agent_bindings(self) -> dict[str, tuple[str, str | None]]:
         """Stored re-bindings: agent → (card, the configured card it replaced)."""

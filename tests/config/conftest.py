@@ -20,6 +20,7 @@ listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 
 [policy]
 default_region = "CN"
+consent = "dnc-only"
 calling_hours = "08:00-21:00"
 
 [[users]]

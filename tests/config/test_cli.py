@@ -33,7 +33,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def dialgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def dialgate(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed console script with a 30 s bound."""
     return subprocess.run(
         [*BASE_CMD, *args],
@@ -41,7 +43,7 @@ def dialgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         text=True,
         timeout=30,
         cwd=cwd,
-        env=_env(),
+        env={**_env(), **(env or {})},
         check=False,
     )
 
@@ -69,12 +71,17 @@ def test_python_dash_m_gateway_works() -> None:
 
 @pytest.mark.parametrize("name", ["dialgate.toml", "minimal.toml", "demo.toml"])
 def test_check_config_valid_examples(name: str) -> None:
-    """A valid file exits 0 with one summary line on stdout and nothing on stderr."""
+    """A valid file exits 0 with one summary line on stdout; no warning on stderr, except
+    demo.toml's one calling-hours warning (it opens hours all day on purpose)."""
     result = dialgate("check-config", str(EXAMPLES / name))
     assert 0 == result.returncode, result.stderr
     [line] = result.stdout.splitlines()
     assert line.startswith(f"{EXAMPLES / name}: OK — listen ")
-    assert "" == result.stderr
+    if name == "demo.toml":
+        [warning] = result.stderr.splitlines()
+        assert warning.startswith(f"{EXAMPLES / name}: warning: policy.calling_hours: ")
+    else:
+        assert "" == result.stderr
 
 
 def test_check_config_reports_every_error_with_key_path(
@@ -119,13 +126,19 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
 
 
 def test_check_config_defaults_and_cwd_file(tmp_path: Path) -> None:
-    """Without a file: ./dialgate.toml when present, else built-in defaults."""
+    """Without a file: ./dialgate.toml when present, else built-in defaults (which must
+    still be told the consent mode)."""
     result = dialgate("check-config", cwd=tmp_path)
+    assert 2 == result.returncode
+    assert "policy.consent: required key is missing" in result.stderr
+    result = dialgate("check-config", cwd=tmp_path, env={"DIALGATE_POLICY__CONSENT": "dnc-only"})
     assert (0, "(built-in defaults): OK") == (
         result.returncode,
         result.stdout.split(" — ")[0],
     )
-    (tmp_path / "dialgate.toml").write_text("[sip]\nlisten = ['udp:127.0.0.1:0']\n")
+    (tmp_path / "dialgate.toml").write_text(
+        "[sip]\nlisten = ['udp:127.0.0.1:0']\n[policy]\nconsent = 'dnc-only'\n"
+    )
     result = dialgate("check-config", cwd=tmp_path)
     assert 0 == result.returncode
     assert "listen udp:127.0.0.1:0;" in result.stdout
@@ -342,6 +355,7 @@ def test_run_real_gateway_answers_options_and_stops(tmp_path: Path) -> None:
     config.write_text(
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
         f'[store]\npath = "{tmp_path / "var" / "dialgate.db"}"\n'
+        '[policy]\nconsent = "dnc-only"\n'
         '[[users]]\nname = "alice"\npassword = "alice-pw-123"\n',
         encoding="utf-8",
     )

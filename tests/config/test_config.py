@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from gateway.config import (
+    CONSENT_MISSING,
     CardReason,
     ConfigError,
     ConsentMode,
@@ -27,8 +28,14 @@ from .conftest import BASE_TOML, EXAMPLES
 SECRETS = ("alice-pw-123", "dialer-pw-456", "card-pw-789", "card-pw-000")
 
 
-def test_defaults_without_any_file_are_valid() -> None:
-    """Settings() with no file and no environment is valid and runnable."""
+def test_defaults_need_only_the_consent_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No file: refused until the consent mode is chosen (issue 13: no silent fallback),
+    then valid and runnable on the embedded defaults."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert [CONSENT_MISSING] == info.value.messages
+    assert info.value.messages[0].startswith("policy.consent: required key is missing")
+    monkeypatch.setenv("DIALGATE_POLICY__CONSENT", "dnc-only")
     settings = load_settings(None)
     assert [
         Endpoint(Transport.UDP, "127.0.0.1", 5060),
@@ -389,6 +396,7 @@ def test_env_secret_for_mqtt(monkeypatch: pytest.MonkeyPatch) -> None:
     """A broker password can come from the environment and stays secret."""
     monkeypatch.setenv("DIALGATE_MQTT__URL", "mqtts://gw@broker.example:8883")
     monkeypatch.setenv("DIALGATE_MQTT__PASSWORD", "broker-pw-321")
+    monkeypatch.setenv("DIALGATE_POLICY__CONSENT", "dnc-only")
     settings = load_settings(None)
     assert settings.mqtt is not None
     assert ("gw", SecretStr("broker-pw-321")) == settings.mqtt.credentials()
@@ -488,7 +496,7 @@ def test_find_default_config(tmp_path: Path) -> None:
 
 def test_settings_are_frozen() -> None:
     """Loaded settings cannot be changed by accident at run time."""
-    settings = load_settings(None)
+    settings = Settings()
     with pytest.raises(ValidationError):
         settings.sip.t1 = 1.0
 

@@ -22,6 +22,7 @@ path = "{db}"
 
 [policy]
 default_region = "CN"
+consent = "dnc-only"
 
 [[users]]
 name = "alice"

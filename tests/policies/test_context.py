@@ -130,3 +130,22 @@ def test_error_messages_mask_the_number() -> None:
     with pytest.raises(AddressIncompleteError) as info:
         normalize("+86138123456789999", "CN")
     assert "86138123456789999" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("dialled", "region"),
+    [
+        ("131234567", "CN"),  # a Chinese mobile one digit short: possible length, no plan has it
+        ("12345678901234", "CN"),  # a 14-digit lead
+        ("+8613123456789012", "CN"),
+        ("+15550100123", "US"),  # NANP area code 555 does not exist
+    ],
+)
+def test_invalid_numbers_are_484_not_a_policy_question(dialled: str, region: str) -> None:
+    """Issue 19: a number of a possible length that no numbering plan knows is 484
+    before any policy needs its region or zone (it was refused `calling-hours`)."""
+    with pytest.raises(AddressIncompleteError) as info:
+        build_context(
+            dialled, agent="alice", campaign=None, default_region=region, now=utc(2026, 6, 1)
+        )
+    assert 484 == info.value.status_code

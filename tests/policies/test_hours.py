@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.context import CallContext
 from policies.decision import Decision, RejectReason
 from policies.hours import CallingHours, CallingHoursPolicy
 from policies.timeutil import parse_windows
@@ -171,13 +172,27 @@ def test_24_00_ends_the_day() -> None:
 
 
 def test_unknown_zone_fails_closed_unless_fallback() -> None:
-    """A number without zone data is refused; a configured fallback zone decides instead."""
-    number = "+4990012345678"
-    decision = _decide(number, utc(2026, 6, 1, 10, 0))
+    """A number without zone data is refused; a configured fallback zone decides instead.
+
+    `build_context` answers 484 for a number no plan knows (issue 19), so the
+    zone-less context is built by hand: a DE number of unknown type.
+    """
+    now = utc(2026, 6, 1, 10, 0)
+    zoneless = CallContext(
+        dialled="+4990012345678",
+        agent="alice",
+        campaign=None,
+        default_region="US",
+        now=now,
+        destination="+4990012345678",
+        region="DE",
+        country_code=49,
+    )
+    decision = CallingHoursPolicy(CallingHours())(zoneless, now)
     assert decision is not None
     assert "unknown" in decision.detail
     hours = CallingHours.from_config(fallback_zones={"DE": "Europe/Berlin"})
-    assert _decide(number, utc(2026, 6, 1, 10, 0), hours) is None
+    assert CallingHoursPolicy(hours)(zoneless, now) is None
 
 
 @pytest.mark.parametrize(
