@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from gateway.cdr import CallRecord, Origin, Outcome
+from gateway.private_files import open_private
 from gateway.store import StoreUnavailable
 
 __all__ = ["CdrStore", "CdrWriter", "record_from_json", "record_to_json"]
@@ -104,8 +104,7 @@ class CdrWriter:
         self.spooled_total += 1
         if self.spool is not None and not self._memory:
             try:
-                fd = os.open(self.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "a", encoding="utf-8") as out:
+                with open_private(self.spool, "a", encoding="utf-8") as out:
                     out.write(record_to_json(record) + "\n")
                 self._spooled += 1
                 return

@@ -42,6 +42,7 @@ from gateway.operator import (
     parse_duration,
     parse_time,
 )
+from gateway.private_files import write_private_text
 from gateway.store import StoreUnavailable
 
 __all__ = ["run_with_operator"]
@@ -933,7 +934,7 @@ def cmd_cdrs_export(args: argparse.Namespace) -> int:
         if args.out is None:
             sys.stdout.write(text)
         else:
-            args.out.write_text(text, encoding="utf-8")
+            write_private_text(args.out, text)  # 0600: it holds callee numbers
             print(f"wrote {len(records)} records to {args.out}")
         return EXIT_OK
 

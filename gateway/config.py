@@ -63,6 +63,7 @@ from pydantic_settings import (
 )
 
 from gateway import __version__
+from gateway.private_files import loose_directory
 
 __all__ = [
     "DIGEST_ALGORITHMS",
@@ -1663,4 +1664,12 @@ def config_warnings(settings: Settings) -> list[str]:
         weakness = _password_weakness(name, password.get_secret_value())
         if weakness is not None:
             out.append(f"{section}[{i}].password: weak password for {name!r}: {weakness}")
+    loose = loose_directory(settings.store.path)
+    if loose is not None:
+        directory, mode = loose
+        out.append(
+            f"store.path: directory {directory} is open to other local users (mode"
+            f" {mode:04o}); the database holds callee numbers, DNC and complaints:"
+            f" chmod 700 {directory}"
+        )
     return out

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 from gateway.cdr import CallRecord, Outcome
 from gateway.events import iso_time
 from gateway.operator import NotFound, Operator, mask_evidence
+from gateway.private_files import open_private
 from gateway.store import TransitionRecord
 from policies.quotas import QuotaProfile
 from policies.timeutil import day_bounds
@@ -582,9 +583,15 @@ def write_evidence_zip(pack: EvidencePack, out: str | Path | IO[bytes]) -> list[
         "summary.html": render_html(pack),
     }
     stamp = datetime.fromtimestamp(pack.generated_at, UTC).timetuple()[:6]
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, text in members.items():
-            info = zipfile.ZipInfo(name, date_time=(max(stamp[0], 1980), *stamp[1:]))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, text.encode("utf-8"))
+    # A file on disk is created 0600 whatever the umask (issue 15): it holds numbers.
+    target = open_private(Path(out), "wb") if isinstance(out, str | Path) else out
+    try:
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, text in members.items():
+                info = zipfile.ZipInfo(name, date_time=(max(stamp[0], 1980), *stamp[1:]))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, text.encode("utf-8"))
+    finally:
+        if target is not out:
+            target.close()
     return list(members)

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.cdr import CallRecord, Origin, Outcome
+from gateway.private_files import prepare_private_file
 from policies.agent import AgentUsage
 from policies.consent import ConsentRecord, ConsentStatus, resolve_status
 from policies.dnc import DncEntry, DncSource
@@ -724,7 +725,12 @@ class SQLiteStore:
         self._cards_usage: dict[str, _CardCounters] = {}
         self._data_version: int | None = None
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Callee numbers, DNC and complaints: 0600 whatever the umask (issue 15);
+            # SQLite gives the -wal/-shm it creates the database file's mode.
+            try:
+                prepare_private_file(Path(self.path), companions=("-wal", "-shm", "-journal"))
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot create store {self.path}: {exc}") from exc
         try:
             self._db = sqlite3.connect(
                 self.path,
