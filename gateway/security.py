@@ -17,7 +17,8 @@ holding back and the publishing.
   alike, configured or not, so the delay tells nothing about which names exist.
 * **Flood control** (:meth:`Guard.admit`, called for every request): more
   than ``flood_requests`` requests within ``flood_window`` seconds from one
-  source ban it too.
+  source ban it too (not for the addresses of a ``[[peers]]`` allow-list: a
+  trusted dialer's call rate is its job).
 * **Bans** last ``ban_time`` seconds, doubled for every further ban of the
   same source within ``ban_memory``, up to ``ban_time_max``. A banned source
   gets nothing (``ban_answer = "drop"``) or a 403; its requests are counted.
@@ -152,10 +153,18 @@ def normalize_address(text: str) -> str:
 class Guard:
     """The counting and banning state of one gateway process (see the module docstring)."""
 
-    def __init__(self, settings: SecuritySettings, *, trusted: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: SecuritySettings,
+        *,
+        trusted: Iterable[str] = (),
+        flood_exempt: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    ) -> None:
         self.settings = settings
         self.stats = SecurityStats()
         self._exempt_nets = list(settings.exempt)
+        self._flood_nets = list(flood_exempt)
+        self._flood_cache: dict[str, bool] = {}
         self._trusted = set()
         for host in trusted:
             with contextlib.suppress(ValueError):
@@ -184,6 +193,23 @@ class Guard:
             self._exempt_cache.clear()
         self._exempt_cache[host] = result
         return result
+
+    def flood_exempt(self, host: str) -> bool:
+        """True for an address of a ``[[peers]]`` allow-list: a dialer's rate is its job."""
+        if not self._flood_nets:
+            return False
+        cached = self._flood_cache.get(host)
+        if cached is None:
+            try:
+                ip = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                cached = False
+            else:
+                cached = any(ip in net for net in self._flood_nets)
+            if len(self._flood_cache) > 4096:
+                self._flood_cache.clear()
+            self._flood_cache[host] = cached
+        return cached
 
     def banned(self, host: str, now: float) -> Ban | None:
         """The ban in force for ``host``, if any."""
@@ -222,7 +248,7 @@ class Guard:
                     else Admission.DROP
                 )
             del self._bans[host]
-        if self.exempt(host):
+        if self.exempt(host) or self.flood_exempt(host):
             return Admission.ALLOW
         src = self._source(host)
         s = self.settings
@@ -527,6 +553,9 @@ def guard_from_settings(settings: Settings) -> Guard:
 
     Carriers are exempted by the gateway itself, by their signalling address
     (host *and* port for UDP, like :meth:`gateway.auth.Authenticator.carrier_at`):
-    trusting a carrier's whole host would exempt every phone on it too.
+    trusting a carrier's whole host would exempt every phone on it too. The
+    ``[[peers]]`` allow-lists are exempt from flood control only (a dialer
+    sends many calls by design); their failed authentications still count.
     """
-    return Guard(settings.security)
+    peers = [net for peer in settings.peers for net in peer.addresses]
+    return Guard(settings.security, flood_exempt=peers)

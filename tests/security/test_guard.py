@@ -250,3 +250,17 @@ def test_ban_file_garbage_is_an_empty_list(tmp_path: Path, content: str) -> None
     path = tmp_path / "bans.json"
     path.write_text(content)
     assert {} == BanFile(path).load()
+
+
+def test_peer_addresses_skip_flood_control_only() -> None:
+    """A [[peers]] allow-list is not flood-counted, but its failed logins still ban."""
+    import ipaddress
+
+    g = Guard(
+        SecuritySettings(flood_requests=10),
+        flood_exempt=[ipaddress.ip_network("127.0.0.0/30")],
+    )
+    assert {Admission.ALLOW} == {g.admit(AGENT, T0) for _ in range(1000)}
+    for _ in range(10):
+        g.auth_failed(AGENT, "dialer-1", T0)
+    assert Admission.DROP == g.admit(AGENT, T0 + 1)
