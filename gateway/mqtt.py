@@ -20,10 +20,12 @@ What this module is for:
 * :class:`Backoff`: the reconnect delays — exponential from ``initial`` up to a
   cap of 1 s by default, each jittered to 50–100 % so a fleet does not reconnect
   in step: a returning broker is used within about a second, and a broker that
-  stays away costs one connection attempt every 0.5–1 s, never a tight loop. The broker holds the last will (``offline``, retained) on
-  the status topic; a clean :meth:`MqttPublisher.stop` publishes ``offline``
-  itself before disconnecting. Every ``stats_interval`` seconds the stats source
-  is sampled and published (retained).
+  stays away costs one connection attempt every 0.5–1 s, never a tight loop.
+
+The broker holds the last will (``offline``, retained) on the status topic; a
+clean :meth:`MqttPublisher.stop` publishes ``offline`` itself before
+disconnecting. Every ``stats_interval`` seconds the stats source is sampled and
+published (retained).
 
 What it must never do: block or fail a call because the broker is slow or gone
 (``offer`` is synchronous and O(1)), log the broker password (URLs are logged
@@ -69,6 +71,7 @@ __all__ = [
     "MqttPublisher",
     "Outgoing",
     "Topics",
+    "event_kind",
     "route",
     "topic_segment",
 ]
@@ -252,7 +255,7 @@ class MqttPublisher:
         self._dropped_this_outage = 0
         self._outage_drops: dict[str, int] = {}
         self._lost_at: float | None = None
-        #: Seconds from the first failed attempt after a loss to the next connection.
+        #: Seconds from the loss (or the first failed attempt) to the next connection.
         self.last_outage_seconds: float | None = None
         self.offer(self._status(online=True))
 
