@@ -230,6 +230,7 @@ def test_ban_file_round_trip_private(tmp_path: Path) -> None:
     f.update(add, T0)
     assert {ATTACKER: live} == BanFile(f.path).load()
     assert 0o600 == stat.S_IMODE(f.path.stat().st_mode)
+    assert 0o600 == stat.S_IMODE(f.path.with_name(f.path.name + ".lock").stat().st_mode)
 
 
 def test_ban_file_changed_sees_another_writer(tmp_path: Path) -> None:
