@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and `make run` use as real peers:
 # SIPp (package sip-tester), mosquitto (+ clients), redis-server, chromium (wallboard test),
-# and two real softphones for tests/softphones: baresip (baresip-core), linphonec (linphone-cli).
+# and two real softphones for tests/softphones: baresip (baresip-core), linphonec (linphone-cli);
+# socat: TLS relays for SIPp, whose Debian build has no TLS (tests/callpath/test_sipp_tls.py).
 # Idempotent: does nothing when every tool is already on PATH.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)
+command -v socat >/dev/null 2>&1 || need+=(socat)
 # mosquitto and redis-server install to /usr/sbin on Debian; look there too.
 for pair in "mosquitto:/usr/sbin/mosquitto" "redis-server:/usr/bin/redis-server"; do
   pkg=${pair%%:*}; path=${pair#*:}

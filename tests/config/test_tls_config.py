@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,14 +40,15 @@ def _problems(tmp_path: Path, sip: str, carriers: str = "") -> list[str]:
 
 def test_valid_tls_listener_and_carrier(cert: Cert, tmp_path: Path) -> None:
     """A tls listener with a matching cert/key and a tls carrier with a CA file load."""
-    settings = Settings(
-        sip={
+    data: dict[str, Any] = {
+        "sip": {
             "listen": ["udp:127.0.0.1:0", "tls:127.0.0.1:0"],
             "tls_cert": str(cert.cert),
             "tls_key": str(cert.key),
         },
-        carriers=[{**CARRIER, "tls_ca": str(tmp_path / "ca.pem"), "tls_server_name": "gw.test"}],
-    )
+        "carriers": [{**CARRIER, "tls_ca": str(tmp_path / "ca.pem"), "tls_server_name": "gw.test"}],
+    }
+    settings = Settings(**data)
     assert "tls" == settings.sip.listen[1].transport.value
     assert "tls" == settings.carriers[0].address.transport.value
     assert "gw.test" == settings.carriers[0].tls_server_name
