@@ -143,6 +143,11 @@ def test_svcrack_finds_nothing_and_the_agent_still_calls(tmp_path: Path, process
     assert 1 == m['dialgate_alerts_total{alert="source-banned"}']
     assert 10 == m["dialgate_security_auth_failures_total"]
     assert gw.events("security.source.banned")
+    print(
+        f"svcrack with the defence: {m['dialgate_security_auth_failures_total']:.0f} guesses"
+        f" checked, then banned; {m['dialgate_security_blocked_requests_total']:.0f} requests"
+        f" dropped; svcrack gave up after {seconds:.1f} s"
+    )
 
     register_alice(target, tmp_path / "register")
     call = run_agent("agent_call.xml", target, tmp_path / "agent", ["13912345678"])
