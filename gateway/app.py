@@ -342,6 +342,7 @@ class Gateway:
         self._local_ports = {t.local_address[1] for t in self.transports}
         if transport not in self.endpoint.transports:
             self.endpoint.transports.append(transport)
+            self.endpoint.watch_connections(transport)
 
     async def close(self, *, log_stats: bool = True) -> None:
         """Close every transport; log the final counters once."""

@@ -27,6 +27,7 @@ anything about routing, policy or authentication — that is the TU's job.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import ssl
 from collections.abc import Callable, Hashable, Iterable
@@ -269,12 +270,14 @@ class SipEndpoint:
         else:
             raise ValueError(f"unknown transport {transport!r}")
         self.transports.append(created)
+        self.watch_connections(created)
         return created
 
     def add_transport(self, transport: Transport) -> None:
         """Adopt a transport created elsewhere (e.g. an in-memory one in tests)."""
         transport.on_message = self._on_message
         self.transports.append(transport)
+        self.watch_connections(transport)
 
     async def close(self) -> None:
         """Stop the timer and close every transport."""
@@ -457,6 +460,23 @@ class SipEndpoint:
 
     def _transport_failed(self, tx: ClientTransaction) -> None:
         self._run(self.layer.transport_error(tx, self.now()))
+
+    def watch_connections(self, transport: Transport) -> None:
+        """Fail our client transactions towards a destination ``transport`` cannot reach."""
+        transport.on_connect_failed = functools.partial(self.connection_failed, transport)
+
+    def connection_failed(self, transport: Transport, address: Address) -> None:
+        """A connection ``transport`` opened to ``address`` failed (refused, TLS handshake):
+        every client transaction waiting on it gets a transport error (a local 503)."""
+        for handle in list(self._clients.values()):
+            tx = handle.tx
+            if (
+                tx is not None
+                and handle.peer.transport is transport
+                and handle.peer.address == address
+                and not handle.final.done()
+            ):
+                self._transport_failed(tx)
 
     def _deliver(
         self, action: Deliver, source: Address | None, transport: Transport | None

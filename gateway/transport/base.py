@@ -131,6 +131,9 @@ class Transport(abc.ABC):
 
     name: TransportName
     reliable: bool
+    on_connect_failed: Callable[[Address], None] | None = None
+    """Called with the destination when a connection opened for a send fails
+    (a stream transport queues the send first, so ``send`` said True)."""
 
     def __init__(
         self,

@@ -438,6 +438,15 @@ class TLSTransport(TCPTransport):
             reason=failure_reason(exc),
             error=_detail(exc),
         )
+        # The sends were queued (send() said True): the layer above learns of
+        # the failure here, so a refused certificate is a transport error at
+        # once (RFC 3261 §8.1.3.1: 503) instead of a Timer B timeout.
+        notify = self.on_connect_failed
+        if notify is not None:
+            try:
+                notify(addr)
+            except Exception:  # the edge never lets a callback crash it
+                log.exception("transport.tls.connect_failed_callback")
 
     async def close(self) -> None:
         if self._closing:

@@ -8,6 +8,7 @@ trusts. Certificates are made in ``tmp_path`` with the openssl CLI.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ async def test_carrier_with_wrong_certificate_is_refused(tmp_path: Path, case: s
     """A carrier certificate from an untrusted CA or for another name: no INVITE reaches it.
 
     The handshake failure is logged (transport.tls.handshake_failed, direction out)
-    and counted; the agent gets a final answer, the gateway keeps running.
+    and counted; the agent gets 503 trunk-unreachable at once; the gateway keeps running.
     """
     ca = make_ca(tmp_path)
     carrier, carrier_tls = await _tls_carrier(tmp_path, ca)
@@ -171,9 +172,14 @@ async def test_carrier_with_wrong_certificate_is_refused(tmp_path: Path, case: s
         await gw.start()
         alice = await _tls_agent(gw, ca)
         assert 200 == (await alice.register()).status
+        started = asyncio.get_running_loop().time()
         with structlog.testing.capture_logs() as logs:
             resp, _ = await alice.call("13912345678")
-        assert 500 <= resp.status < 600 or resp.status == 408
+        # The refused handshake is a transport error at once (RFC 3261 §8.1.3.1),
+        # not a Timer B timeout: the trunk is unreachable for this call.
+        assert 503 == resp.status
+        assert 'SIP;cause=503;text="trunk-unreachable"' == resp.headers.get("Reason")
+        assert asyncio.get_running_loop().time() - started < 64 * 0.1
         assert [] == carrier.invites()
         failed = [
             e

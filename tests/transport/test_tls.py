@@ -162,6 +162,8 @@ async def test_outbound_wrong_certificate_is_refused(
     trusted = make_ca(tmp_path, "other").cert if case == "untrusted" else ca.cert
     name = "carrier.example" if case == "name-mismatch" else None
     server, client, got = await _peer_pair(tmp_path, ca, cert, trusted, name)
+    failed_to: list[tuple[str, int]] = []
+    client.on_connect_failed = failed_to.append
     try:
         with structlog.testing.capture_logs() as logs:
             assert client.send(_request(), server.local_address)
@@ -170,6 +172,7 @@ async def test_outbound_wrong_certificate_is_refused(
                     break
                 await asyncio.sleep(0.02)
         assert 1 == client.stats.send_errors
+        assert [server.local_address] == failed_to  # the layer above hears of it at once
         assert {case: 1} == dict(client.stats.tls_failures_by_reason)
         assert not got.received
         failed = [
