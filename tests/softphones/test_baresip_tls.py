@@ -211,6 +211,25 @@ def test_outbound_call_over_tls_answered_then_phone_hangs_up(tls_rig: TLSRig) ->
     assert "BYE" in [r.method for r in rig.carrier.requests() if r.call_id == call_id]
 
 
+def test_inbound_call_reaches_the_phone_over_its_tls_flow(tls_rig: TLSRig) -> None:
+    """A callback to the card rings baresip on the TLS connection it registered on."""
+    rig = tls_rig
+    phone = rig.phone
+    phone.wait_registered()
+    mark = phone.mark()
+    response, _ = rig.carrier.invite(rig.gateway.addresses["udp"], CARD.number)
+    assert 200 == response.status
+    phone.expect(r"Call established: sip:\+8613987654321@", since=mark)
+    [invite] = requests(phone.sip_trace(), "INVITE", "received")[-1:]
+    assert "SIP/2.0/TLS" in (invite.header("Via") or "")
+    tls_port = rig.gateway.addresses["tls"][1]
+    assert f"<sip:dialgate@127.0.0.1:{tls_port};transport=tls>" == invite.header("Contact")
+    [call_id] = rig.carrier.wait_dialogs(1)
+    assert 200 == rig.carrier.bye(call_id).status
+    phone.expect(r"sip:\+8613987654321@\S+: session closed", since=mark)
+    rig.carrier.wait_dialogs(0)
+
+
 def test_plain_sip_on_the_tls_port_is_logged_not_fatal(tls_rig: TLSRig) -> None:
     """Plain SIP sent to the TLS port: one handshake_failed line (not-tls); the phone still works."""
     import socket
