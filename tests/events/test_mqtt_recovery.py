@@ -155,7 +155,7 @@ async def test_retained_state_back_within_2s_of_the_brokers_return(mosquitto: Mo
     _types, samples = parse_exposition(metrics.render())
     by_kind = {k: value_of(samples, "dialgate_mqtt_dropped_total", kind=k) for k in KINDS}
     print(f"dropped during the outage, by kind: {by_kind}")
-    assert by_kind["calls"] > 1000
+    assert by_kind["calls"] > 500  # ~2,300 on an idle machine
     assert by_kind["alerts"] >= 1
     assert 0 == by_kind["cards"] == by_kind["status"] == by_kind["stats"]
     assert pub.dropped == sum(by_kind.values())
