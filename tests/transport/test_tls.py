@@ -185,3 +185,35 @@ async def test_outbound_wrong_certificate_is_refused(
     finally:
         await client.close()
         await server.close()
+
+
+async def test_handshakes_in_progress_count_against_the_per_source_limit(
+    collector: Collector, pki: tuple[CA, Cert]
+) -> None:
+    """Silent connections still in their handshake count per source: the third one is refused."""
+    _, cert = pki
+    tls = await TLSTransport.listen(
+        "127.0.0.1",
+        0,
+        collector,
+        server=server_context(cert.cert, cert.key),
+        handshake_timeout=5.0,
+        max_per_source=2,
+    )
+    writers = []
+    try:
+        for _ in range(2):
+            writers.append((await asyncio.open_connection(*tls.local_address))[1])
+        for _ in range(50):
+            if len(tls._handshaking) == 2:
+                break
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_connection(*tls.local_address)
+        writers.append(writer)
+        async with asyncio.timeout(3):
+            assert b"" == await reader.read()  # closed at once, long before the 5 s timeout
+        assert {"per-source-limit": 1} == dict(tls.stats.connections_refused_by_reason)
+    finally:
+        for w in writers:
+            w.close()
+        await tls.close()
