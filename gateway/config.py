@@ -1672,4 +1672,15 @@ def config_warnings(settings: Settings) -> list[str]:
             f" {mode:04o}); the database holds callee numbers, DNC and complaints:"
             f" chmod 700 {directory}"
         )
+    key = settings.sip.tls_key
+    if key is not None:
+        try:
+            mode = key.stat().st_mode & 0o777
+        except OSError:
+            mode = 0  # a missing key is an error of its own (sip.tls_key)
+        if mode & 0o077:
+            out.append(
+                f"sip.tls_key: {key} is open to other local users (mode {mode:04o});"
+                f" it is the gateway's TLS private key: chmod 600 {key}"
+            )
     return out

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, config_warnings, load_settings
 from tests.tls_certs import Cert, make_ca, make_cert
 
 POLICY = '[policy]\nconsent = "dnc-only"\n'
@@ -150,3 +150,21 @@ def test_tls_keys_on_a_udp_carrier_are_refused(tmp_path: Path) -> None:
     )
     problems = _problems(tmp_path, 'listen = ["udp:127.0.0.1:0"]', carriers)
     assert ["carriers[0].tls_server_name: only for a tls: address"] == problems
+
+
+def test_check_config_warns_about_a_key_other_users_can_read(tmp_path: Path, cert: Cert) -> None:
+    """A TLS key readable by group/others is a check-config warning naming sip.tls_key."""
+    settings = Settings(
+        sip={  # type: ignore[arg-type]
+            "listen": ["tls:127.0.0.1:0"],
+            "tls_cert": str(cert.cert),
+            "tls_key": str(cert.key),
+        },
+    )
+    cert.key.chmod(0o644)
+    assert [
+        f"sip.tls_key: {cert.key} is open to other local users (mode 0644);"
+        f" it is the gateway's TLS private key: chmod 600 {cert.key}"
+    ] == [w for w in config_warnings(settings) if w.startswith("sip.tls_key")]
+    cert.key.chmod(0o600)
+    assert [] == [w for w in config_warnings(settings) if w.startswith("sip.tls_key")]
