@@ -217,3 +217,25 @@ async def test_handshakes_in_progress_count_against_the_per_source_limit(
         for w in writers:
             w.close()
         await tls.close()
+
+
+async def test_close_with_a_handshake_in_progress(
+    collector: Collector, pki: tuple[CA, Cert]
+) -> None:
+    """Closing the transport while a client sits in its handshake ends both promptly."""
+    _, cert = pki
+    tls = await TLSTransport.listen(
+        "127.0.0.1", 0, collector, server=server_context(cert.cert, cert.key), handshake_timeout=30
+    )
+    reader, writer = await asyncio.open_connection(*tls.local_address)
+    for _ in range(50):
+        if tls._handshaking:
+            break
+        await asyncio.sleep(0.02)
+    assert 1 == len(tls._handshaking)
+    async with asyncio.timeout(3):
+        await tls.close()
+        assert b"" == await reader.read()
+    assert not tls._handshaking
+    assert 0 == tls.stats.tls_handshake_failures  # our own close is not the peer's failure
+    writer.close()
