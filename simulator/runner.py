@@ -136,6 +136,10 @@ _STATUS_OUTCOME = {
 # ---------------------------------------------------------------------------
 
 
+SIMULATED_SOURCES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+"""``[security] exempt`` of a simulated gateway: its phones, dialers and carrier are on loopback."""
+
+
 def build_settings(
     *,
     carrier_address: str,
@@ -178,6 +182,8 @@ def build_settings(
     }
     if inbound is not None:
         data["inbound"] = dict(inbound)
+    # Simulated peers all share loopback: never counted as a flood (issue 15).
+    data["security"] = {"exempt": list(SIMULATED_SOURCES)}
     data.update(extra or {})
     return Settings(**data)
 
@@ -196,6 +202,9 @@ def settings_from_scenario(
     """
     config = scenario.gateway_config(carrier_address, listen=listen, store_path=str(store_path))
     config["admin"] = {"listen": "127.0.0.1:0"}
+    # Every simulated phone shares loopback and a fast-forwarded day: the
+    # gateway's flood control (issue 15) would ban them all as one source.
+    config.setdefault("security", {"exempt": list(SIMULATED_SOURCES)})
     if sip_t1 is not None:
         config["sip"]["t1"] = sip_t1
     return Settings(**config)
