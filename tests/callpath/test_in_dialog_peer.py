@@ -11,18 +11,29 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import cast
 
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.app import Gateway
 from gateway.b2bua import Leg
 from gateway.endpoint import ServerRequest, SipEndpoint
 from gateway.sip import Request, Response, parse
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import build_cancel
 from gateway.transport import MemoryNetwork, MemoryTransport, TransportName
-from tests.callpath.conftest import FAST, SDP_A, Rig, eventually
+from tests.callpath.conftest import (
+    FAST,
+    SDP_A,
+    Agent,
+    Carrier,
+    Rig,
+    eventually,
+    gateway_settings,
+)
 
 
 @pytest.fixture
@@ -169,3 +180,92 @@ def test_leg_from_peer_rules() -> None:
     assert t.from_peer(("198.51.100.7", 41234), tcp)  # reconnected after an idle close
     assert not t.from_peer(("198.51.100.8", 40000), tcp)
     assert not t.from_peer(("198.51.100.7", 40000), udp)
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr)
+
+
+class _SplitPortCarrier:
+    """A carrier that takes requests on one port and answers (and sends) from another.
+
+    ``inbound`` forwards what the gateway sends to the carrier from ``outbound``;
+    what the carrier sends to ``outbound`` (answers, its own requests) goes on to
+    the gateway from there, and the gateway's answers to those back to the carrier.
+    """
+
+    def __init__(self, carrier: tuple[str, int]) -> None:
+        self.carrier = carrier
+        self.gateway: tuple[str, int] | None = None
+        self.inbound: asyncio.DatagramTransport | None = None
+        self.outbound: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self.inbound, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(self._from_gateway), local_addr=("127.0.0.1", 0)
+        )
+        self.outbound, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(self._from_carrier), local_addr=("127.0.0.1", 0)
+        )
+        return cast(tuple[str, int], self.inbound.get_extra_info("sockname")[:2])
+
+    @property
+    def answer_address(self) -> tuple[str, int]:
+        assert self.outbound is not None
+        return cast(tuple[str, int], self.outbound.get_extra_info("sockname")[:2])
+
+    def _from_gateway(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.gateway = addr
+        assert self.outbound is not None
+        self.outbound.sendto(data, self.carrier)
+
+    def _from_carrier(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.outbound is not None
+        if addr != self.carrier:
+            self.outbound.sendto(data, self.carrier)  # the gateway answering the carrier
+        elif self.gateway is not None:
+            self.outbound.sendto(data, self.gateway)
+
+    def close(self) -> None:
+        for t in (self.inbound, self.outbound):
+            if t is not None:
+                t.close()
+
+
+async def test_carrier_answering_from_another_port_is_its_peer(
+    carrier: Carrier, tmp_path: Path
+) -> None:
+    """Sent to one port, answered from another: requests from the answering port are the carrier's."""
+    split = _SplitPortCarrier(carrier.address)
+    relay_address = await split.start()
+    gw = Gateway(gateway_settings(relay_address, tmp_path / "gw.db"))
+    await gw.start()
+    alice = Agent("alice", "s3cret", gw.address("udp"))
+    await alice.start()
+    try:
+        assert 200 == (await alice.register()).status
+        resp, invite = await alice.call("13912345678")
+        assert 200 == resp.status
+        [b_invite] = carrier.invites()
+        await eventually(lambda: "ACK" in carrier.methods())
+        b2bua = gw.b2bua
+        assert b2bua is not None
+        [call] = list(b2bua.calls.values())
+        assert call.b is not None
+        assert relay_address == call.b.address
+        assert split.answer_address in call.b.peers  # where the answers came from
+        assert relay_address != split.answer_address
+        # The carrier's BYE comes from the port its answers came from: accepted, relayed.
+        assert 200 == (await carrier.send_in_dialog(b_invite.call_id, "BYE")).status
+        await eventually(lambda: "BYE" in [r.method for r in alice.requests])
+        assert invite.call_id == next(r for r in alice.requests if r.method == "BYE").call_id
+        assert 0 == gw.snapshot()["gateway"]["in_dialog_refused"]
+    finally:
+        await alice.close()
+        await gw.close()
+        split.close()
