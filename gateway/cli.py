@@ -103,10 +103,12 @@ def _report_config_error(exc: ConfigError, err: TextIO) -> None:
         print(f"{prefix}{line}", file=err)
 
 
-def load_or_report(args: argparse.Namespace, err: TextIO | None = None) -> Settings | None:
+def load_or_report(
+    args: argparse.Namespace, err: TextIO | None = None, *, require_consent: bool = True
+) -> Settings | None:
     """Load the configuration for *args*; print each error and return None on failure."""
     try:
-        return load_settings(config_path(args))
+        return load_settings(config_path(args), require_consent=require_consent)
     except ConfigError as exc:
         _report_config_error(exc, err or sys.stderr)
         return None

@@ -63,6 +63,12 @@ def run_with_operator(args: argparse.Namespace, body: Callable[[Operator, float,
     settings = load_or_report(args)
     if settings is None:
         return EXIT_USAGE
+    from gateway.logging import configure_logging
+
+    # Log lines (an agent paused…) go to stderr: stdout is the command's answer (--json).
+    configure_logging(
+        settings.logging, mask_numbers=settings.policy.mask_numbers, stream=sys.stderr
+    )
     now = time.time()
     try:
         op = operator_from_settings(settings, now=now)

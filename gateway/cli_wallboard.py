@@ -49,7 +49,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 @command("wallboard", help="serve the wall display (MQTT → web page)", configure=_configure)
 def cmd_wallboard(args: argparse.Namespace) -> int:
     """Run the wallboard until SIGINT/SIGTERM."""
-    settings = load_or_report(args)
+    # The wall display judges no call: a file without [policy] consent serves it too.
+    settings = load_or_report(args, require_consent=False)
     if settings is None:
         return EXIT_USAGE
     from gateway.logging import configure_logging, get_logger

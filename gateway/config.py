@@ -1457,11 +1457,13 @@ def find_default_config(cwd: Path | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load_settings(path: Path | None) -> Settings:
+def load_settings(path: Path | None, *, require_consent: bool = True) -> Settings:
     """Load *path* (None: embedded defaults) overlaid by ``DIALGATE_…`` variables.
 
     Raises ConfigError for an unreadable file, a TOML syntax error (with line and
-    column) or failed validation (one ``key.path: message`` line per error).
+    column) or failed validation (one ``key.path: message`` line per error), and
+    when ``[policy] consent`` is not set (``require_consent``: every command that
+    judges or places calls; the wallboard alone reads no policy).
     """
     if path is not None:
         try:
@@ -1484,7 +1486,7 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigError(explain_errors(exc), source=path) from exc
     finally:
         _TOML_FILE.reset(token)
-    if settings.policy.consent is None:
+    if require_consent and settings.policy.consent is None:
         # No silent fallback: an operator must choose how consent is judged.
         raise ConfigError([CONSENT_MISSING], source=path)
     return settings

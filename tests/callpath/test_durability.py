@@ -31,6 +31,7 @@ listen = ["udp:127.0.0.1:{port}"]
 [store]
 path = "{tmp / "gw.db"}"
 [policy]
+consent = "dnc-only"
 calling_hours = "00:00-24:00"
 [[users]]
 name = "alice"

@@ -150,6 +150,7 @@ listen = "127.0.0.1:0"
 [logging]
 json = true
 [policy]
+consent = "dnc-only"
 calling_hours = "00:00-24:00"
 [[users]]
 name = "alice"

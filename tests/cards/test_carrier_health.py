@@ -229,6 +229,7 @@ def test_health_from_settings_probes_configured_carriers(tmp_path: Path) -> None
     """Carriers with an options_interval are probed on it; the others are assumed up."""
     cfg = tmp_path / "dialgate.toml"
     cfg.write_text(
+        '[policy]\nconsent = "dnc-only"\n'
         "[[carriers]]\n"
         'name = "a"\naddress = "udp:127.0.0.1:5070"\noptions_interval = 10\n'
         "[[carriers]]\n"

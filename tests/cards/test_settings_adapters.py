@@ -30,6 +30,9 @@ TOML = """
 [store]
 path = "var/test.db"
 
+[policy]
+consent = "dnc-only"
+
 [[carriers]]
 name = "carrier-a"
 address = "udp:127.0.0.1:5070"

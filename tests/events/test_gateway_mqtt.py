@@ -211,6 +211,7 @@ async def test_cli_suspend_while_running_is_adopted_and_published(
     db = running.gateway.settings.store.path
     config.write_text(
         f'[store]\npath = "{db}"\n'
+        '[policy]\nconsent = "dnc-only"\n'
         '[[carriers]]\nname = "carrier-a"\naddress = "udp:127.0.0.1:9"\n'
         'timezone = "Asia/Shanghai"\n'
         '[[cards]]\nid = "c1"\ncarrier = "carrier-a"\nnumber = "+8613800000001"\n'

@@ -93,6 +93,9 @@ def _pump(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
 def start_dialgate(tmp: Path, extra_toml: str = "") -> DialgateProcess:
     """Write a config with UDP+TCP listeners on port 0, start ``dialgate run``, wait for ports."""
     config = tmp / "dialgate.toml"
+    if "[policy]" not in extra_toml:
+        # Every configuration must choose its consent mode (issue 13).
+        extra_toml += '\n[policy]\nconsent = "dnc-only"\n'
     config.write_text(
         "[sip]\n"
         'listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'

@@ -14,6 +14,7 @@ from policies.quotas import QuotaProfile
 from .conftest import T0, RedisServer, free_port
 
 BASE = (
+    '[policy]\nconsent = "dnc-only"\n'
     '[[carriers]]\nname = "carrier-b"\naddress = "udp:127.0.0.1:5070"\n'
     'timezone = "Asia/Shanghai"\n'
     '[[cards]]\nid = "c1"\ncarrier = "carrier-b"\nnumber = "+8613800000001"\npassword = "x"\n'

@@ -260,7 +260,7 @@ def write(tmp_path: Path) -> Iterator[Any]:
 
     def _write(text: str) -> Path:
         path = tmp_path / "dialgate.toml"
-        path.write_text(text)
+        path.write_text('[policy]\nconsent = "dnc-only"\n' + text)
         return path
 
     yield _write

@@ -63,7 +63,9 @@ def test_migration_8_creates_the_registrations_table(tmp_path: Path) -> None:
             db.execute("INSERT INTO schema_version VALUES (?)", (version,))
         db.execute("INSERT INTO dnc (number, added_at) VALUES ('+8613811112222', 1.0)")
     with SQLiteStore(path) as s:
-        assert (8, 8) == (SCHEMA_VERSION, s.schema_version())
+        # Migrated to the newest schema (8 added registrations; later ones follow it).
+        assert SCHEMA_VERSION >= 8
+        assert SCHEMA_VERSION == s.schema_version()
         assert s.is_dnc("+8613811112222")
         assert [] == s.load_registrations(T0)
     with sqlite3.connect(path) as db:

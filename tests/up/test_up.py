@@ -89,6 +89,7 @@ node = "gw-up"
 stats_interval = 1.0
 
 [policy]
+consent = "dnc-only"
 default_region = "CN"
 calling_hours = "00:00-24:00"
 
@@ -376,6 +377,8 @@ def demo_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> 
         ("mqtt://127.0.0.1:1883", f"mqtt://127.0.0.1:{mqtt}"),
         ('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{admin}"'),
         ('path = "var/dialgate.db"', f'path = "{tmp / "demo.db"}"'),
+        # The SIPp agent scenarios (tests/policy_sipp/sipp) authenticate as alice/s3cret.
+        ('password = "demo-pw-4417"', 'password = "s3cret"'),
     ):
         assert old in text, old
         text = text.replace(old, new)
