@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.policy_sipp.conftest import (
+    admin_get,
     admin_url,
     cli_json,
     gateway_toml,
@@ -136,6 +137,8 @@ def test_svcrack_finds_nothing_and_the_agent_still_calls(tmp_path: Path, process
     bans = cli_json(gw.config, "security", "bans")["bans"]
     assert [ATTACKER] == [b["address"] for b in bans]
     assert "auth-failures" == bans[0]["reason"]
+    api = admin_get(admin_url(gw) + "/security/bans")["bans"]
+    assert [ATTACKER] == [b["address"] for b in api]
     m = metrics(admin_url(gw))
     assert 1 == m["dialgate_security_bans_total"]
     assert 1 == m["dialgate_security_banned_sources"]
