@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policies.agent import AgentLimits, AgentLimitsPolicy
+from policies.agent import AgentLimits, AgentLimitsPolicy, AgentUsage
 from policies.decision import RejectReason
 from policies.memory import InMemoryAgents
 from tests.policies.helpers import ctx, ts, utc
@@ -79,3 +79,24 @@ def test_per_agent_override_and_other_agents() -> None:
     )
     assert policy(ctx("13812345678", agent="alice"), NOW) is None
     assert policy(ctx("13812345678", agent="bob"), NOW) is not None
+
+
+def test_daily_cap_and_timed_pause_carry_retry_after() -> None:
+    """calls_per_day: Retry-After = when the oldest counted call is a day old; a pause with
+    an end (a complaint ceiling's window) says when it ends and lapses by itself."""
+    agents = InMemoryAgents()
+    for i in range(2):
+        agents.record_call("alice", T - 3600 * (5 - i))
+    decision = AgentLimitsPolicy(agents, AgentLimits(calls_per_day=2))(ctx("13812345678"), NOW)
+    assert decision is not None
+    assert ("2/2 calls per day", 86400 - 5 * 3600) == (decision.detail, decision.retry_after)
+
+    class Paused:
+        def agent_usage(self, agent: str, now: float, *, window: float = 0.0) -> AgentUsage:
+            return AgentUsage(paused=True, pause_reason="ceiling", paused_until=T + 600)
+
+    policy = AgentLimitsPolicy(Paused())
+    decision = policy(ctx("13812345678"), NOW)
+    assert decision is not None
+    assert (RejectReason.AGENT_LIMIT, 600) == (decision.reason, decision.retry_after)
+    assert policy(ctx("13812345678"), utc(2026, 6, 1, 12, 10, 1)) is None

@@ -89,3 +89,23 @@ def test_rule_validation() -> None:
         FrequencyRule(HistoryKind.ATTEMPTS, -1, DAY)
     with pytest.raises(ValueError):
         FrequencyRule(HistoryKind.ATTEMPTS, 1, 0)
+
+
+def test_campaign_override_and_next_allowed() -> None:
+    """A campaign's own cap (1 a day) refuses where the default (3 a day) lets through;
+    `next_allowed` gives the same instant as the policy's Retry-After."""
+    history = InMemoryHistory()
+    history.record_attempt(NUMBER, ts(2026, 6, 1, 10, 0))
+    now = utc(2026, 6, 1, 16, 0)
+    policy = FrequencyPolicy(
+        history,
+        FrequencyCap.of(3, 86400.0, 1, 86400.0),
+        per_campaign={"gentle": FrequencyCap.of(1, 86400.0, 1, 86400.0)},
+    )
+    assert policy(ctx(NUMBER, campaign="spring"), now) is None
+    decision = policy(ctx(NUMBER, campaign="gentle"), now)
+    assert decision is not None and RejectReason.FREQUENCY_CAP == decision.reason
+    assert 18 * 3600 == decision.retry_after
+    frees = policy.cap_for("gentle").next_allowed(history, NUMBER, now.timestamp())
+    assert ts(2026, 6, 2, 10, 0) == frees
+    assert policy.cap_for("spring").next_allowed(history, NUMBER, now.timestamp()) is None
