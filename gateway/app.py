@@ -141,6 +141,9 @@ REJECT_LOG_RATE = 200
 ABANDONED_LOG_RATE = 20
 """``sip.auth.abandoned`` lines per second before further ones are only counted."""
 
+BAN_LOG_RATE = 20
+"""``security.source.banned`` lines (and alerts) per second before further ones are only counted."""
+
 HOUSEKEEPING_INTERVAL = 1.0
 """Seconds between rounds of abandoned-challenge logging and registration write retries."""
 
@@ -247,6 +250,11 @@ class Gateway:
         self.security = guard_from_settings(settings)
         self.ban_file = BanFile(ban_file_path(settings))
         self._held = 0  # answers held back by the tarpit right now
+        # New bans reach the ban file once per housekeeping round (a spoofed-
+        # source flood can ban many addresses a second); their log lines and
+        # alerts are rate-limited like rejections.
+        self._unsaved_bans: dict[str, Ban] = {}
+        self._ban_log_limit = LogLimiter(BAN_LOG_RATE)
         self.challenges = ChallengeWatch()
         self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
         self._housekeeping: asyncio.Task[None] | None = None
@@ -351,6 +359,7 @@ class Gateway:
             await asyncio.gather(self._housekeeping, return_exceptions=True)
             self._housekeeping = None
         await self._stop_call_path()
+        self._save_bans(self.sip_clock())
         transports, self.transports = self.transports, []
         self.endpoint.transports.clear()
         for transport in transports:
@@ -897,45 +906,53 @@ class Gateway:
     # -- security: bans ----------------------------------------------------------------
 
     def _publish_bans(self) -> None:
-        """New bans: one warning line each, a ``source-banned`` alert, the ban file."""
+        """New bans: a warning line and a ``source-banned`` alert each (rate-limited); the ban
+        file gets them at the next housekeeping round (:meth:`_save_bans`)."""
         bans = self.security.drain_new_bans()
-        if not bans:
-            return
         for ban in bans:
+            self._unsaved_bans[ban.address] = ban
+            suppressed = self._ban_log_limit.take(time.monotonic())
+            if suppressed is None:
+                continue
+            seconds = round(ban.until - ban.since)
             log.warning(
                 "security.source.banned",
                 address=ban.address,
                 reason=ban.reason,
                 count=ban.count,
                 offence=ban.offence,
-                seconds=round(ban.until - ban.since),
+                seconds=seconds,
                 until=iso_time(ban.until),
+                suppressed=suppressed,
             )
             self.events.publish(
                 Alert(
                     kind=AlertKind.SOURCE_BANNED,
                     at=ban.since,
                     severity=Severity.WARNING,
-                    message=(
-                        f"source {ban.address} banned for {round(ban.until - ban.since)} s"
-                        f" ({ban.reason}: {ban.count})"
-                    ),
+                    message=f"source {ban.address} banned for {seconds} s ({ban.reason}: {ban.count})",
                     reason=ban.reason,
                     detail={
                         "address": ban.address,
                         "until": iso_time(ban.until),
                         "count": ban.count,
                         "offence": ban.offence,
+                        "suppressed": suppressed,
                     },
                 )
             )
 
+    def _save_bans(self, now: float) -> None:
+        """Write the bans made since the last round to the ban file (one write)."""
+        if not self._unsaved_bans:
+            return
+        unsaved, self._unsaved_bans = self._unsaved_bans, {}
+
         def add(current: dict[str, Ban]) -> None:
-            for ban in bans:
-                current[ban.address] = ban
+            current.update(unsaved)
 
         try:
-            self.ban_file.update(add, self.sip_clock())
+            self.ban_file.update(add, now)
         except OSError as exc:
             log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
 
@@ -948,6 +965,10 @@ class Gateway:
         else:
             ban = self.security.unban(address)
             lifted = [ban] if ban is not None and ban.until > now else []
+        if address is None:
+            self._unsaved_bans.clear()
+        else:
+            self._unsaved_bans.pop(address, None)
 
         def remove(current: dict[str, Ban]) -> None:
             if address is None:
@@ -964,17 +985,23 @@ class Gateway:
         return lifted
 
     def _sync_bans(self, now: float) -> None:
-        """Expire ended bans; adopt the ban file when another process (the CLI) changed it."""
+        """Expire ended bans; adopt the ban file when another process (the CLI) changed it;
+        write the bans made since the last round."""
         guard = self.security
         guard.expire(now)
-        if not self.ban_file.changed():
-            return
-        try:
-            bans = self.ban_file.load()
-        except OSError as exc:
-            log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
-            return
-        adopted, cleared = guard.adopt(bans, now)
+        if self.ban_file.changed():
+            try:
+                bans = self.ban_file.load()
+            except OSError as exc:
+                log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+                bans = None
+            if bans is not None:
+                # Bans not written yet are ours, not cleared by anyone.
+                self._adopt_bans({**bans, **self._unsaved_bans}, now)
+        self._save_bans(now)
+
+    def _adopt_bans(self, bans: dict[str, Ban], now: float) -> None:
+        adopted, cleared = self.security.adopt(bans, now)
         for ban in cleared:
             log.info("security.source.unbanned", address=ban.address, by="ban-file")
         if adopted:

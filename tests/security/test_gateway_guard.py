@@ -113,6 +113,7 @@ async def test_guessing_source_banned_agent_elsewhere_registers(tmp_path: Path) 
     assert gw.security.stats.blocked >= 2
     [alert] = alerts
     assert (AlertKind.SOURCE_BANNED, "127.0.0.3") == (alert.kind, alert.detail["address"])
+    gw.housekeep(time.monotonic())  # the ban file is written once per round
     assert ["127.0.0.3"] == list(BanFile(ban_file_path(gw.settings)).load())
 
     guess(gw, mem, AGENT, "s3cret", 1)
@@ -134,6 +135,7 @@ def test_cli_clear_is_adopted_by_housekeeping(tmp_path: Path) -> None:
     for n in range(10):
         guess(gw, mem, ATTACKER, f"wrong{n}", n)
     assert gw.security.banned("127.0.0.3", time.time()) is not None
+    gw.housekeep(time.monotonic())  # written to the ban file
     BanFile(ban_file_path(gw.settings)).update(lambda bans: bans.clear(), time.time())
     gw.housekeep(time.monotonic())
     assert gw.security.banned("127.0.0.3", time.time()) is None
@@ -147,6 +149,7 @@ def test_bans_survive_a_restart(tmp_path: Path) -> None:
     gw, mem = make_gateway(tmp_path)
     for n in range(10):
         guess(gw, mem, ATTACKER, f"wrong{n}", n)
+    gw.housekeep(time.monotonic())
     again, mem2 = make_gateway(tmp_path)
     again._sync_bans(time.time())
     mem2.inject(register(ATTACKER, 1), ATTACKER)
@@ -209,3 +212,36 @@ def test_disabled_never_bans(tmp_path: Path, enabled: bool) -> None:
     for n in range(20):
         guess(gw, mem, ATTACKER, f"wrong{n}", n)
     assert 40 == len(to(mem, ATTACKER))
+
+
+def test_a_clear_before_the_ban_is_written_does_not_lift_it(tmp_path: Path) -> None:
+    """A ban made this round is not in the file yet: the round adopting the file keeps it."""
+    gw, mem = make_gateway(tmp_path)
+    BanFile(ban_file_path(gw.settings)).update(lambda bans: None, time.time())  # a file exists
+    for n in range(10):
+        guess(gw, mem, ATTACKER, f"wrong{n}", n)
+    gw.housekeep(time.monotonic())
+    assert gw.security.banned("127.0.0.3", time.time()) is not None
+    assert ["127.0.0.3"] == list(BanFile(ban_file_path(gw.settings)).load())
+
+
+def test_many_bans_one_write_and_limited_lines(tmp_path: Path) -> None:
+    """100 flooding sources in one round: 100 bans, at most BAN_LOG_RATE alerts, one file write."""
+    from gateway.app import BAN_LOG_RATE
+
+    gw, mem = make_gateway(tmp_path, flood_requests=2)
+    alerts: list[Alert] = []
+    gw.events.subscribe(lambda e: alerts.append(e) if isinstance(e, Alert) else None)
+    options = (
+        "OPTIONS sip:127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {h}:5060;branch=z9hG4bK{i}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:x@a>;tag=1\r\nTo: <sip:gw@127.0.0.1>\r\n"
+        "Call-ID: f{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    for k in range(100):
+        host = f"198.51.100.{k}"
+        for i in range(3):
+            mem.inject(options.format(h=host, i=i).encode(), (host, 5060))
+    assert 100 == gw.security.stats.bans
+    assert BAN_LOG_RATE == len(alerts)
+    gw.housekeep(time.monotonic())
+    assert 100 == len(BanFile(ban_file_path(gw.settings)).load())
