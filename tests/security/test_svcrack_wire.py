@@ -11,6 +11,7 @@ cracks the password. Every process is stopped by its PID; runs are bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,13 +123,31 @@ def metrics(gw_url: str) -> dict[str, float]:
     return out
 
 
-def test_svcrack_finds_nothing_and_the_agent_still_calls(tmp_path: Path, processes: list) -> None:
-    """Defaults on: not found, banned (CLI and /metrics), alice on 127.0.0.1 registers and calls."""
+def test_svcrack_finds_nothing_and_the_agent_still_calls(
+    tmp_path: Path, processes: list, mosquitto: Any
+) -> None:
+    """Defaults on: not found, banned (CLI, admin API, /metrics, an MQTT alert), alice on
+    127.0.0.1 registers and calls."""
     carrier = start_carrier(tmp_path / "carrier")
     processes.append(carrier)
-    gw = start_dialgate(tmp_path, gateway_toml(carrier.port))
+    mqtt = f'\n[mqtt]\nurl = "{mosquitto.url}"\n'
+    gw = start_dialgate(tmp_path, gateway_toml(carrier.port) + mqtt)
     processes.append(gw)
     target = gw.addresses["udp"]
+    alerts_out = tmp_path / "alerts.txt"
+    with alerts_out.open("wb") as sink:
+        sub = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                *("-h", mosquitto.host, "-p", str(mosquitto.port)),
+                *("-t", "dialgate/alerts", "-C", "1", "-W", "60"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
+        )
+    processes.append(sub)
+    time.sleep(0.3)  # subscribed before the attack starts
 
     (tmp_path / "svcrack").mkdir()
     output, seconds = crack(tmp_path / "svcrack", target)
@@ -146,6 +166,9 @@ def test_svcrack_finds_nothing_and_the_agent_still_calls(tmp_path: Path, process
     assert 1 == m['dialgate_alerts_total{alert="source-banned"}']
     assert 10 == m["dialgate_security_auth_failures_total"]
     assert gw.events("security.source.banned")
+    sub.wait(10)
+    alert = json.loads(alerts_out.read_text())
+    assert ("source-banned", ATTACKER) == (alert["alert"], alert["detail"]["address"])
     print(
         f"svcrack with the defence: {m['dialgate_security_auth_failures_total']:.0f} guesses"
         f" checked, then banned; {m['dialgate_security_blocked_requests_total']:.0f} requests"
