@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 
 import pytest
 
@@ -156,3 +159,39 @@ def test_cli_refuses_a_non_loopback_target() -> None:
     """`python -m simulator.lossy --target 192.0.2.1:5060` fails before binding anything."""
     with pytest.raises(ValueError, match="loopback"):
         main(["--target", "192.0.2.1:5060"])
+
+
+async def test_cli_relays_until_sigterm_and_prints_its_counters() -> None:
+    """`python -m simulator.lossy --target …`: prints where it listens, relays, and on SIGTERM
+    (by PID) prints its counters and exits 0."""
+    target, _ = await _echo()
+    client, got = await _client()
+    host, port = target.get_extra_info("sockname")[:2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "simulator.lossy",
+        "--target",
+        f"{host}:{port}",
+        "--loss",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().split()
+        assert "listening" == first[0]
+        relay_host, _, relay_port = first[1].rpartition(":")
+        client.sendto(b"hello", (relay_host, int(relay_port)))
+        await _settle(lambda: bool(got.received))
+        assert [b"echo:hello"] == [d for d, _ in got.received]
+        os.kill(proc.pid, signal.SIGTERM)
+        rest = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+        assert 0 == await asyncio.wait_for(proc.wait(), 10)
+        assert "up_forwarded=1 up_dropped=0 down_forwarded=1" in rest
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        client.close()
+        target.close()
