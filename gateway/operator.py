@@ -1574,12 +1574,13 @@ class Operator:
 
     def _watch_pauses(self, now: float) -> None:
         """Alerts for pauses written by another process (the CLI) or that ran out."""
+        pauses = self.store.agent_pauses()
         current = {
             agent: until
-            for agent, (_at, _reason, until) in self.store.agent_pauses().items()
+            for agent, (_at, _reason, until) in pauses.items()
             if until is None or until > now
         }
-        reasons = {a: r for a, (_t, r, _u) in self.store.agent_pauses().items()}
+        reasons = {a: r for a, (_t, r, _u) in pauses.items()}
         for agent, until in current.items():
             if agent not in self._paused_seen:
                 self._publish_agent_alert(

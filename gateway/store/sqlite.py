@@ -588,6 +588,9 @@ _MIGRATIONS += (
 
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
+# A number's latest frequency-history reset (0 when never), as an SQL expression.
+_RESET_AT = "COALESCE((SELECT at FROM number_resets WHERE number=?), 0)"
+
 _COUNTED = (UsageStatus.RESERVED, UsageStatus.FINISHED, UsageStatus.ORPHANED)
 _CARD_COLUMNS = (
     "id, carrier, number, pool, priority, quota_profile, state, reason, since, "
@@ -1605,21 +1608,21 @@ class SQLiteStore:
         One attempt per call (a failover is the same attempt); attempts released
         before the callee was alerted do not count (the callee's phone never rang).
         """
-        since = max(since, self.number_reset_at(e164) or since)
+        # One query per call: the number's latest reset (numbers reset) moves `since`.
         rows = self._read(
-            "SELECT MIN(started_at) AS t FROM call_starts WHERE callee=? AND started_at >= ? "
-            "AND status != ? GROUP BY call_id ORDER BY t",
-            (e164, since, UsageStatus.RELEASED.value),
+            "SELECT MIN(started_at) AS t FROM call_starts WHERE callee=? AND started_at >= "
+            f"MAX(?, {_RESET_AT}) AND status != ? GROUP BY call_id ORDER BY t",
+            (e164, since, e164, UsageStatus.RELEASED.value),
         )
-        return [float(r["t"]) for r in rows if float(r["t"]) >= since]
+        return [float(r["t"]) for r in rows]
 
     def answers(self, e164: str, since: float) -> list[float]:
         """``policies.frequency.DestinationHistory``: answer times of calls to ``e164``."""
-        since = max(since, self.number_reset_at(e164) or since)
         rows = self._read(
             "SELECT answered_at FROM call_starts WHERE callee=? AND answered=1 "
-            "AND answered_at IS NOT NULL AND answered_at >= ? ORDER BY answered_at",
-            (e164, since),
+            f"AND answered_at IS NOT NULL AND answered_at >= MAX(?, {_RESET_AT}) "
+            "ORDER BY answered_at",
+            (e164, since, e164),
         )
         return [float(r["answered_at"]) for r in rows]
 
