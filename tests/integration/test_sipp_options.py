@@ -110,7 +110,10 @@ def _flood(target: tuple[str, int]) -> dict[str, int]:
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe,
     ):
-        junk.bind(("127.0.0.1", 0))
+        # The garbage comes from its own address: at this rate [security] flood
+        # control bans its source (issue 15), while SIPp and the probe on
+        # 127.0.0.1 must keep getting every answer.
+        junk.bind(("127.0.0.2", 0))
         probe.bind(("127.0.0.1", 0))
         probe.settimeout(5)
         template = _options(*target, 0)
