@@ -959,6 +959,8 @@ class Gateway:
     def unban(self, address: str | None) -> list[Ban]:
         """Lift one ban (``address``) or all (None), here and in the ban file; the bans lifted."""
         now = self.sip_clock()
+        if address is not None and "/" not in address:
+            address = self.security.key(address)  # an IPv6 address: its network's ban
         if address is None:
             lifted = self.security.active(now)
             self.security.unban_all()

@@ -17,14 +17,18 @@ import time
 
 from gateway.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command, load_or_report
 from gateway.events import iso_time
-from gateway.security import Ban, BanFile, ban_file_path, normalize_address
+from gateway.security import Ban, BanFile, ban_file_path, normalize_address, source_key
 
 __all__ = ["cmd_security_bans"]
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--clear", metavar="ADDR", help="lift the ban of one source address")
+    what.add_argument(
+        "--clear",
+        metavar="ADDR",
+        help="lift the ban of one source address (an IPv6 address: its /64's ban)",
+    )
     what.add_argument("--all", action="store_true", help="lift every ban")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -59,6 +63,8 @@ def cmd_security_bans(args: argparse.Namespace) -> int:
             if args.clear is not None:
                 try:
                     target = normalize_address(args.clear)
+                    if "/" not in target:  # an IPv6 address is banned as its network
+                        target = source_key(target, settings.security.ipv6_prefix)
                 except ValueError:
                     print(
                         f"dialgate security bans: not an IP address: {args.clear}", file=sys.stderr

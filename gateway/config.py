@@ -1103,6 +1103,9 @@ class SecuritySettings(BaseModel):
     flood_requests: int = Field(default=1000, ge=1, le=10_000_000)
     flood_window: float = Field(default=2.0, gt=0, le=3600)
     exempt: list[IPvAnyNetwork] = Field(default_factory=list)
+    # IPv6 sources are counted and banned per network of this prefix (a host
+    # can change its address within its /64 at will); 128: per address.
+    ipv6_prefix: int = Field(default=64, ge=32, le=128)
     max_sources: int = Field(default=100_000, ge=100, le=10_000_000)
     max_delayed: int = Field(default=10_000, ge=0, le=1_000_000)
     # Digest strictness: the credentials' uri must match the Request-URI; SIPp's

@@ -19,6 +19,8 @@ holding back and the publishing.
   than ``flood_requests`` requests within ``flood_window`` seconds from one
   source ban it too (not for the addresses of a ``[[peers]]`` allow-list: a
   trusted dialer's call rate is its job).
+* **IPv6** sources are counted and banned per ``/ipv6_prefix`` (64 by
+  default, :func:`source_key`): a host can change address within its /64 at will.
 * **Bans** last ``ban_time`` seconds, doubled for every further ban of the
   same source within ``ban_memory``, up to ``ban_time_max``. A banned source
   gets nothing (``ban_answer = "drop"``) or a 403; its requests are counted.
@@ -70,6 +72,7 @@ __all__ = [
     "guard_from_settings",
     "metric_families",
     "normalize_address",
+    "source_key",
 ]
 
 MAX_USERS = 10_000
@@ -146,8 +149,28 @@ class _Source:
 
 
 def normalize_address(text: str) -> str:
-    """The canonical text of an IP address (``[::1]`` → ``::1``); ValueError if not one."""
-    return str(ipaddress.ip_address(text.strip().strip("[]")))
+    """The canonical text of an IP address (``[::1]`` → ``::1``) or network
+    (``2001:db8::/64``); ValueError if neither."""
+    text = text.strip()
+    if "/" in text:
+        return str(ipaddress.ip_network(text, strict=False))
+    return str(ipaddress.ip_address(text.strip("[]")))
+
+
+def source_key(host: str, ipv6_prefix: int = 64) -> str:
+    """What a source is counted and banned as: an IPv4 address, or its IPv6 /``ipv6_prefix``.
+
+    why: an IPv6 host usually holds a whole /64 and can change address at will,
+    so per-address counting would let it guess forever (fail2ban's advice too).
+    A host that is not an IP address is its own key.
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if ip.version == 6 and ipv6_prefix < 128:
+        return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
+    return str(ip)
 
 
 class Guard:
@@ -175,6 +198,16 @@ class Guard:
         self._bans: dict[str, Ban] = {}
         self._offences: dict[str, tuple[int, float]] = {}  # address -> (bans so far, last until)
         self._new: list[Ban] = []
+        self._keys: dict[str, str] = {}
+
+    def key(self, host: str) -> str:
+        """The counting and banning key of ``host`` (:func:`source_key`, cached)."""
+        found = self._keys.get(host)
+        if found is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            found = self._keys[host] = source_key(host, self.settings.ipv6_prefix)
+        return found
 
     # -- questions -------------------------------------------------------------------
 
@@ -212,8 +245,8 @@ class Guard:
         return cached
 
     def banned(self, host: str, now: float) -> Ban | None:
-        """The ban in force for ``host``, if any."""
-        ban = self._bans.get(host)
+        """The ban in force for ``host`` (or its IPv6 network), if any."""
+        ban = self._bans.get(self.key(host))
         if ban is None or ban.until > now:
             return ban
         return None
@@ -238,6 +271,8 @@ class Guard:
         """Every request passes here first: banned → DROP/REFUSE (counted); count for flood control."""
         if not self.settings.enabled:
             return Admission.ALLOW
+        ip = host
+        host = self.key(ip)
         ban = self._bans.get(host)
         if ban is not None:
             if ban.until > now:
@@ -248,7 +283,7 @@ class Guard:
                     else Admission.DROP
                 )
             del self._bans[host]
-        if self.exempt(host) or self.flood_exempt(host):
+        if self.exempt(ip) or self.flood_exempt(ip):
             return Admission.ALLOW
         src = self._source(host)
         s = self.settings
@@ -273,6 +308,7 @@ class Guard:
         if not s.enabled or self.exempt(host):
             return 0.0
         self.stats.auth_failures += 1
+        host = self.key(host)
         src = self._source(host)
         failures = _count(src.failures, now, s.window, s.ban_after)
         user_failures = 0
@@ -298,7 +334,7 @@ class Guard:
         s = self.settings
         if not s.enabled:
             return 0.0
-        src = self._sources.get(host)
+        src = self._sources.get(self.key(host))
         if src is None or not src.failures:
             return 0.0
         while src.failures and now - src.failures[0] > s.window:
@@ -311,7 +347,10 @@ class Guard:
     # -- the ban list ----------------------------------------------------------------
 
     def unban(self, host: str) -> Ban | None:
-        """Lift the ban of ``host`` and forget its failures and past bans; the ban, if any."""
+        """Lift the ban of ``host`` (an address, or its IPv6 network) and forget its failures and
+        past bans; the ban, if any."""
+        if host not in self._bans:
+            host = self.key(host)
         ban = self._bans.pop(host, None)
         self._sources.pop(host, None)
         self._offences.pop(host, None)

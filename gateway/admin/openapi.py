@@ -491,7 +491,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "name": "address",
                             "in": "path",
                             "required": True,
-                            "description": "an IPv4/IPv6 address, or `all`",
+                            "description": "an IPv4/IPv6 address (an IPv6 address lifts its network's ban), or `all`",
                             "schema": {"type": "string", "minLength": 1, "maxLength": 64},
                         }
                     ],

@@ -20,7 +20,7 @@ def config(tmp_path: Path) -> Path:
     now = time.time()
     bans = {
         "127.0.0.3": Ban("127.0.0.3", now, now + 600, "auth-failures", 10),
-        "2001:db8::7": Ban("2001:db8::7", now, now + 1200, "flood", 1001, 2),
+        "2001:db8::/64": Ban("2001:db8::/64", now, now + 1200, "flood", 1001, 2),
         "198.51.100.1": Ban("198.51.100.1", now - 900, now - 300, "flood", 1001),
     }
 
@@ -40,19 +40,20 @@ def test_list_shows_bans_in_force(config: Path, capsys: pytest.CaptureFixture[st
     """The table and --json list the two bans in force, soonest to end first."""
     code, out = run(capsys, "--config", str(config), "--json")
     assert 0 == code
-    expected = [("127.0.0.3", "auth-failures", 1), ("2001:db8::7", "flood", 2)]
+    expected = [("127.0.0.3", "auth-failures", 1), ("2001:db8::/64", "flood", 2)]
     assert expected == [(b["address"], b["reason"], b["offence"]) for b in json.loads(out)["bans"]]
     code, out = run(capsys, "--config", str(config))
     assert 0 == code and "127.0.0.3" in out and "198.51.100.1" not in out
 
 
 def test_clear_one_then_all(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--clear ADDR (IPv6 spelled another way) lifts one; again: not banned (exit 1); --all."""
-    assert (0, "lifted 2001:db8::7\n") == run(
+    """--clear ADDR (an IPv6 address of the banned /64) lifts one; again: not banned (exit 1);
+    --all lifts the rest."""
+    assert (0, "lifted 2001:db8::/64\n") == run(
         capsys, "--config", str(config), "--clear", "[2001:DB8:0::7]"
     )
     code, out = run(capsys, "--config", str(config), "--clear", "2001:db8::7")
-    assert (1, "2001:db8::7: not banned\n") == (code, out)
+    assert (1, "2001:db8::/64: not banned\n") == (code, out)
     assert (0, "lifted 127.0.0.3\n") == run(capsys, "--config", str(config), "--all")
     assert (0, "no bans\n") == run(capsys, "--config", str(config))
 

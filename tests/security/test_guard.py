@@ -265,3 +265,33 @@ def test_peer_addresses_skip_flood_control_only() -> None:
     for _ in range(10):
         g.auth_failed(AGENT, "dialer-1", T0)
     assert Admission.DROP == g.admit(AGENT, T0 + 1)
+
+
+def test_ipv6_counted_per_64() -> None:
+    """Ten failures spread over ten addresses of one /64 ban the /64; another /64 is untouched."""
+    g = guard()
+    for i in range(10):
+        g.auth_failed(f"2001:db8:1:2::{i + 1:x}", "alice", T0)
+    [ban] = g.drain_new_bans()
+    assert "2001:db8:1:2::/64" == ban.address
+    assert Admission.DROP == g.admit("2001:db8:1:2:ffff::9", T0 + 1)
+    assert Admission.ALLOW == g.admit("2001:db8:1:3::1", T0 + 1)
+    assert g.unban("2001:db8:1:2::77") is not None  # an address of the network lifts it
+    assert Admission.ALLOW == g.admit("2001:db8:1:2::1", T0 + 2)
+
+
+def test_ipv6_prefix_128_is_per_address() -> None:
+    """ipv6_prefix = 128: each IPv6 address on its own; IPv4 is always per address."""
+    from gateway.security import source_key
+
+    g = guard(ipv6_prefix=128)
+    for i in range(10):
+        g.auth_failed(f"2001:db8::{i + 1:x}", "alice", T0)
+    assert [] == g.drain_new_bans()
+    expected = ("2001:db8::/64", "2001:db8::1", "192.0.2.7", "::/64")
+    assert expected == (
+        source_key("2001:db8::1"),
+        source_key("2001:db8::1", 128),
+        source_key("192.0.2.7"),
+        source_key("::1"),
+    )
