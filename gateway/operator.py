@@ -62,10 +62,13 @@ from gateway.cdr import CallRecord, Outcome, write_csv
 from gateway.config import Settings
 from gateway.events import (
     Alert,
+    AlertEngine,
     AlertKind,
+    AlertMarks,
     CardStatus,
     EventBus,
     Severity,
+    alert_readings,
     card_status,
     from_card_event,
     iso_time,
@@ -253,23 +256,24 @@ class AppealUpdateKind(StrEnum):
 class AlertThresholds:
     """When usage warrants an alert.
 
-    ``near``: share of a count limit that raises ``quota-near`` (0.8).
-    ``margin``: distance to an answer-rate floor / short-call ceiling that makes a
-    card ``card-at-risk`` once the sample is large enough. ``trend_drop``: a fall
-    of the answer rate (or rise of the short-call share) between the older and
-    the newer half of the rolling window that makes a card at risk, judged once
-    each half has ``trend_min_calls`` calls. Agents: complaints / calls over
+    ``near``: share of the way to a rate/volume limit or to the carrier's likely
+    threshold that raises ``quota-near`` / ``card-at-risk`` (0.8); ``clear_below``:
+    the share under which it is re-armed (0.6) — see
+    :class:`gateway.events.AlertEngine`. Agents: complaints / calls over
     ``complaint_window`` above ``complaint_rate_ceiling``, from
     ``complaint_min_sample`` calls on, pause the agent.
     """
 
     near: float = 0.8
-    margin: float = 0.05
-    trend_drop: float = 0.15
-    trend_min_calls: int = 10
+    clear_below: float = 0.6
     complaint_rate_ceiling: float = 0.02
     complaint_min_sample: int = 50
     complaint_window: float = 7 * 86400.0
+
+    @property
+    def marks(self) -> AlertMarks:
+        """The hysteresis marks of the alert engine."""
+        return AlertMarks(upper=self.near, lower=self.clear_below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,106 +287,23 @@ class Finding:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-_RATE_LIMITS = frozenset({"answer_rate_floor", "short_call_ceiling"})
-
-
 def assess_card(
     snapshot: CardSnapshot, now: float, thresholds: AlertThresholds = AlertThresholds()
 ) -> list[Finding]:
-    """What may get this card suspended next: limits nearly used, falling answer rate.
+    """What may get this card stopped or suspended next, without memory (pure).
 
-    Pure: reads only the snapshot. Count limits at or above ``near`` of their
-    value give ``quota-near``; an answer rate near its floor, a short-call share
-    near its ceiling, or either trending the wrong way across the rolling window
-    gives ``card-at-risk``. Cards that cannot carry calls get no findings.
+    The readings of :func:`gateway.events.alert_readings` — the alert engine's —
+    at or above ``near``: rate and volume limits nearly used (``quota-near``,
+    never concurrency) and the carrier's risk model (``card-at-risk``). Cards
+    that cannot carry calls get no findings.
     """
     if snapshot.state not in (CardState.ACTIVE, CardState.PROBATION):
         return []
-    out: list[Finding] = []
-    for u in usage_vs_limits(snapshot, now):
-        if u.limit_name in _RATE_LIMITS:
-            if u.sample is None or u.sample < (u.min_sample or 0):
-                continue
-            if u.limit_name == "answer_rate_floor":
-                risky = u.used < u.limit + thresholds.margin
-            else:
-                risky = u.used > u.limit - thresholds.margin
-            if risky:
-                out.append(
-                    Finding(
-                        AlertKind.CARD_AT_RISK,
-                        snapshot.card_id,
-                        u.limit_name,
-                        f"card {snapshot.card_id}: {u.limit_name.replace('_', ' ')} "
-                        f"{u.used:.2f} vs {u.limit:.2f}",
-                        {"limit": u.limit_name, **u.as_dict()},
-                    )
-                )
-            continue
-        if u.limit > 0 and u.fraction >= thresholds.near:
-            out.append(
-                Finding(
-                    AlertKind.QUOTA_NEAR,
-                    snapshot.card_id,
-                    u.limit_name,
-                    f"card {snapshot.card_id}: {u.limit_name} {u.used:g}/{u.limit:g}",
-                    {"limit": u.limit_name, **u.as_dict(), "share": round(u.fraction, 3)},
-                )
-            )
-    out.extend(_trend_findings(snapshot, now, thresholds))
-    return out
-
-
-def _trend_findings(
-    snapshot: CardSnapshot, now: float, thresholds: AlertThresholds
-) -> list[Finding]:
-    profile = snapshot.effective_profile
-    horizon = now - profile.rate_window_seconds
-    window = [
-        o
-        for o in snapshot.usage.recent_outcomes[-profile.rate_window_calls :]
-        if horizon < o.started_at <= now
+    return [
+        Finding(r.kind, snapshot.card_id, r.key, r.message, r.detail)
+        for r in alert_readings(snapshot.card_id, usage_vs_limits(snapshot, now))
+        if r.share >= thresholds.near
     ]
-    half = len(window) // 2
-    if half < thresholds.trend_min_calls:
-        return []
-    older, newer = window[: len(window) - half], window[len(window) - half :]
-
-    def answer_rate(calls: list[Any]) -> float:
-        return sum(1 for o in calls if o.answered) / len(calls)
-
-    def short_share(calls: list[Any]) -> float:
-        answered = [o for o in calls if o.answered]
-        if not answered:
-            return 0.0
-        return sum(1 for o in answered if o.talk_seconds < profile.short_call_seconds) / len(
-            answered
-        )
-
-    out: list[Finding] = []
-    before, after = answer_rate(older), answer_rate(newer)
-    if before - after >= thresholds.trend_drop:
-        out.append(
-            Finding(
-                AlertKind.CARD_AT_RISK,
-                snapshot.card_id,
-                "answer_rate_falling",
-                f"card {snapshot.card_id}: answer rate falling {before:.2f} → {after:.2f}",
-                {"before": round(before, 4), "after": round(after, 4), "calls": len(window)},
-            )
-        )
-    before, after = short_share(older), short_share(newer)
-    if after - before >= thresholds.trend_drop:
-        out.append(
-            Finding(
-                AlertKind.CARD_AT_RISK,
-                snapshot.card_id,
-                "short_calls_rising",
-                f"card {snapshot.card_id}: short-call share rising {before:.2f} → {after:.2f}",
-                {"before": round(before, 4), "after": round(after, 4), "calls": len(window)},
-            )
-        )
-    return out
 
 
 def assess_agent(
@@ -468,7 +389,8 @@ class Operator:
         self.region = settings.policy.default_region
         # The latest operator events (bounded: a long-running API must not grow it forever).
         self.events: collections.deque[OperatorEvent] = collections.deque(maxlen=1000)
-        self._raised: set[tuple[str, str]] = set()
+        # The one alert engine (gateway.events), with its hysteresis memory.
+        self.alert_engine = AlertEngine(thresholds.marks)
         # Agents whose pause this process has announced (agent → until): the alert loop
         # announces pauses the CLI wrote, and their end, once each.
         self._paused_seen: dict[str, float | None] = {}
@@ -1599,34 +1521,29 @@ class Operator:
     def check_alerts(self, now: float) -> list[Alert]:
         """Assess every card and agent; publish alerts new since the last run.
 
-        An alert is raised once per crossing and re-armed when the condition
-        clears. Agents over the complaint ceiling are paused (an
-        ``agent-paused`` operator event).
+        Cards go through :class:`gateway.events.AlertEngine` (the same engine as
+        the gateway's :class:`gateway.events.AlertWatch`): an alert is raised once
+        per crossing of ``near`` and re-armed below ``clear_below``. Agents over
+        the complaint ceiling are paused (an ``agent-paused`` operator event).
         """
+        engine = self.alert_engine
+        engine.marks = self.thresholds.marks
         alerts: list[Alert] = []
-        current: set[tuple[str, str]] = set()
         for card in self.manager.cards():
             if not card.usable:
+                engine.forget(card.id)
                 continue
-            for finding in assess_card(self.snapshot(card, now), now, self.thresholds):
-                key = (card.id, finding.key)
-                current.add(key)
-                if key in self._raised:
-                    continue
-                alerts.append(
-                    Alert(
-                        kind=AlertKind(finding.kind),
-                        at=now,
-                        severity=Severity.WARNING,
-                        message=finding.message,
-                        card=card.id,
-                        pool=card.pool,
-                        carrier=card.carrier,
-                        reason=finding.key,
-                        detail=dict(finding.detail),
-                    )
-                )
-        self._raised = current
+            status = CardStatus(
+                card=card.id,
+                state=str(card.state),
+                reason=None if card.reason is None else str(card.reason),
+                since=card.since,
+                pool=card.pool,
+                at=now,
+                carrier=card.carrier,
+                usage=usage_vs_limits(self.snapshot(card, now), now),
+            )
+            alerts.extend(engine.assess(status))
         for alert in alerts:
             if self.bus is not None:
                 self.bus.publish(alert)

@@ -82,19 +82,21 @@ def _snapshot(usage: CardUsage, **limits: object) -> CardSnapshot:
     return CardSnapshot(card_id="c1", state=CardState.ACTIVE, profile=profile, usage=usage)
 
 
-def test_assess_card_finds_near_limits_and_falling_answer_rate() -> None:
-    """Four of five calls per minute → quota-near; answers drying up → card-at-risk."""
+def test_assess_card_finds_near_limits_and_a_low_answer_rate() -> None:
+    """Four of five calls per minute → quota-near; answers near the floor → card-at-risk."""
     now = T0 + 1000
     usage = CardUsage(call_starts=tuple(now - 50 + i for i in range(4)), in_use=0)
     findings = assess_card(_snapshot(usage, calls_per_minute=5, calls_per_hour=60), now)
     assert [(AlertKind.QUOTA_NEAR, "calls_per_minute")] == [(f.kind, f.key) for f in findings]
 
     outcomes = tuple(
-        CallOutcome(started_at=now - 900 + i * 10, answered=i < 12, talk_seconds=60.0)
+        CallOutcome(started_at=now - 900 + i * 10, answered=i % 5 == 0, talk_seconds=60.0)
         for i in range(24)
     )
-    findings = assess_card(_snapshot(CardUsage(recent_outcomes=outcomes)), now)
-    assert ["answer_rate_falling"] == [f.key for f in findings]
+    findings = assess_card(
+        _snapshot(CardUsage(recent_outcomes=outcomes), answer_rate_floor=0.18), now
+    )
+    assert [(AlertKind.CARD_AT_RISK, "answer_rate")] == [(f.kind, f.key) for f in findings]
     assert [] == assess_card(
         dataclasses.replace(_snapshot(usage, calls_per_minute=5), state=CardState.SUSPENDED), now
     )
