@@ -2,8 +2,10 @@
 
 Each agent (and each dialer channel) works its own share of the leads (lead i to
 source i mod n, as in the SIP run) and takes the next one; the attempt passes a
-*stand-in* for the gateway's policy pipeline (consent, calling hours, card
-quotas and card selection — only when the scenario is ``guarded``), then
+*stand-in* for the gateway's policy pipeline (a number no plan has is refused
+484 ``address-incomplete`` always; consent, calling hours, the per-number
+frequency cap, card quotas and card selection only when the scenario is
+``guarded``), then
 :meth:`CarrierModel.decide_invite` answers it. On a card-level failure (403
 suspension, 402 arrears, 503 maintenance) the attempt fails over to the next
 card of the pool, never on a callee-level outcome (the destination-level
@@ -35,12 +37,21 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers.timezone import time_zones_for_number
 
+from policies.context import normalize
+from policies.errors import AddressIncompleteError
 from policies.privacy import mask_number
 from simulator.answer import Outcome
 from simulator.antifraud import TimeWindow
 from simulator.models import CarrierModel
 from simulator.records import CallOutcome, CallRecord, CardMark
-from simulator.scenario import CardSection, ConsentMode, Lead, QuotaProfileSection, Scenario
+from simulator.scenario import (
+    CardSection,
+    ConsentMode,
+    FrequencySection,
+    Lead,
+    QuotaProfileSection,
+    Scenario,
+)
 
 __all__ = ["CallOutcome", "CallRecord", "CardMark", "OfflineResult", "run_offline"]
 
@@ -144,9 +155,11 @@ class _CardGuard:
             rate = sum(answered) / len(answered)
             if p.answer_rate_floor is not None and rate < p.answer_rate_floor:
                 return None
-            shorts = [s for a, s in self.outcomes if a]
+            # The gateway's short share is over *all* finished calls of its window
+            # (policies.quotas), the carrier's over answered calls only.
+            shorts = sum(s for _, s in self.outcomes)
             ceiling = p.short_call_ceiling
-            if ceiling is not None and shorts and sum(shorts) / len(shorts) > ceiling:
+            if ceiling is not None and shorts / len(self.outcomes) > ceiling:
                 return None
         if p.calls_per_hour is not None:
             return float(p.calls_per_hour - len(self.starts))
@@ -166,6 +179,32 @@ class _CardGuard:
         self.outcomes.append((answered, answered and talk < short_seconds))
         while len(self.outcomes) > self.profile.rate_window_calls:
             self.outcomes.popleft()
+
+
+@dataclass(slots=True)
+class _NumberHistory:
+    """The stand-in gateway's per-number history: ``[policy.frequency]`` across cards."""
+
+    limits: FrequencySection | None
+    attempts: dict[str, list[float]] = field(default_factory=dict)
+    answers: dict[str, list[float]] = field(default_factory=dict)
+
+    def allows(self, number: str, now: float) -> bool:
+        """True when one more call to ``number`` fits the attempts and answers windows."""
+        f = self.limits
+        if f is None:
+            return True
+        tried = sum(1 for t in self.attempts.get(number, ()) if t > now - f.attempts_window)
+        picked = sum(1 for t in self.answers.get(number, ()) if t > now - f.answers_window)
+        return tried < f.attempts and picked < f.answers
+
+    def attempt(self, number: str, now: float) -> None:
+        """Count a call placed to ``number`` (write-ahead, as the gateway does)."""
+        self.attempts.setdefault(number, []).append(now)
+
+    def answered(self, number: str, at: float) -> None:
+        """Count an answered call to ``number``."""
+        self.answers.setdefault(number, []).append(at)
 
 
 @dataclass(order=True, slots=True)
@@ -228,6 +267,7 @@ def run_offline(scenario: Scenario, *, max_leads: int | None = None) -> OfflineR
     }
     ordered_cards = sorted(scenario.cards, key=lambda c: (c.priority, c.id))
     hours = scenario.calling_hours()
+    history = _NumberHistory(gw.frequency_in_force())
     short_seconds = scenario.carrier.antifraud.short_call_seconds
     pace_gap = 60.0 / scenario.pacing.calls_per_minute_per_agent
     think = scenario.pacing.think_seconds
@@ -293,12 +333,23 @@ def run_offline(scenario: Scenario, *, max_leads: int | None = None) -> OfflineR
         lead = queue.popleft()
         masked = mask_number(lead.number, enabled=mask)
 
+        try:
+            # The gateway's call flow step 2, guarded or not: a number no plan has → 484.
+            normalize(lead.number, gw.default_region)
+        except AddressIncompleteError:
+            calls.append(_blocked(now, name, masked, "address-incomplete", 484))
+            push(now + max(think, 1.0), "dial", step.payload)
+            continue
         if gw.guarded and gw.consent is ConsentMode.REQUIRE_CONSENT and not lead.consent:
             calls.append(_blocked(now, name, masked, "no-consent", 403))
             push(now + max(think, 1.0), "dial", step.payload)
             continue
         if gw.guarded and not _inside_hours(lead, hours, carrier_tz, now):
             calls.append(_blocked(now, name, masked, "calling-hours", 403))
+            push(now + max(think, 1.0), "dial", step.payload)
+            continue
+        if not history.allows(lead.number, now):
+            calls.append(_blocked(now, name, masked, "frequency-cap", 403))
             push(now + max(think, 1.0), "dial", step.payload)
             continue
 
@@ -326,6 +377,9 @@ def run_offline(scenario: Scenario, *, max_leads: int | None = None) -> OfflineR
                 continue
             ends = now + plan.duration_seconds
             guards[card_id].reserve(lead.number, now, ends)
+            history.attempt(lead.number, now)
+            if plan.answered:
+                history.answered(lead.number, now + plan.ring_seconds)
             calls.append(
                 CallRecord(
                     now,

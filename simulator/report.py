@@ -5,8 +5,9 @@ per-attempt :class:`CallRecord` list, the gateway's card marks, the INVITEs the
 carrier saw (:class:`InviteSeen`, callees as pseudonyms) and the gateway's card
 states at the end — so the offline replay and the SIP run share it. Totals:
 attempts, calls placed, answered, ASR, blocks by reason, suspensions with
-cause and time, failovers, 503s (carrier maintenance and gateway
-no-card-available), 402s, complaints, cards the gateway took out of service
+cause and time, arrears (cards the carrier blocks by balance — 402 on every
+INVITE, which is not a suspension — with the 402 count), failovers, 503s
+(carrier maintenance and gateway no-card-available), complaints, cards the gateway took out of service
 that the carrier never refused (``cards_wrongly_out``), callees put through
 from two cards within :data:`REDIAL_WINDOW` seconds (``callees_redialled``)
 and callees INVITEd more than once, and a line per card. The chart plots, per
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +106,7 @@ class CardSummary:
     state: str
     balance: float | None
     gateway_state: str | None = None
+    refused_402: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (``state`` is the carrier's view, ``gateway_state`` the gateway's)."""
@@ -117,6 +120,7 @@ class CardSummary:
             "state": self.state,
             "gateway_state": self.gateway_state,
             "balance": self.balance,
+            "refused_402": self.refused_402,
         }
 
 
@@ -147,6 +151,8 @@ class Report:
     complaints: int
     card_marks: dict[str, int]
     cards: list[CardSummary]
+    #: Cards the carrier blocks by balance at the end (balance <= 0: 402 on every INVITE).
+    cards_in_arrears: list[str] = field(default_factory=list)
     callees_redialled: int = 0
     callees_invited_more_than_once: int = 0
     redial_window: float = REDIAL_WINDOW
@@ -231,6 +237,7 @@ class Report:
                 "failovers": self.failovers,
                 "carrier_503": self.carrier_503,
                 "carrier_402": self.carrier_402,
+                "cards_in_arrears": len(self.cards_in_arrears),
                 "gateway_503": self.gateway_503,
                 "complaints": self.complaints,
                 "suspensions": len(self.suspensions),
@@ -242,6 +249,7 @@ class Report:
             },
             "redial_window_seconds": self.redial_window,
             "cards_wrongly_out": self.cards_wrongly_out,
+            "cards_in_arrears": self.cards_in_arrears,
             "gateway_cards": (
                 None if self.gateway_cards is None else [g.as_dict() for g in self.gateway_cards]
             ),
@@ -287,13 +295,17 @@ class Report:
         lines += [
             f"  failovers     {self.failovers}",
             f"  503 carrier   {self.carrier_503}   503 no-card-available {self.gateway_503}",
-            f"  402 arrears   {self.carrier_402}",
             f"  complaints    {self.complaints}",
             f"  suspensions   {len(self.suspensions)}",
         ]
         lines += [
             f"    {s.local_time}  {s.card:<6} {s.reason}: {s.cause}" for s in self.suspensions
         ]
+        owing = f" ({', '.join(self.cards_in_arrears)})" if self.cards_in_arrears else ""
+        lines.append(
+            f"  arrears       {len(self.cards_in_arrears)}   cards blocked by balance{owing},"
+            f" 402 refusals {self.carrier_402}"
+        )
         if self.cards_wrongly_out is None:
             wrongly = "n/a   the gateway's card states are not known"
         else:
@@ -476,6 +488,8 @@ def build_report(
     complaints: Counter[str] = Counter()
     talk: dict[str, float] = dict.fromkeys(cards, 0.0)
     answered_by: Counter[str] = Counter()
+    refused_402: Counter[str] = Counter()
+    owing: set[str] = set()  # refused 402 since the last top-up
     kinds: Counter[EventKind] = Counter()
     for e in events:
         kinds[e.kind] += 1
@@ -501,6 +515,11 @@ def build_report(
             state[e.card] = "active"
         elif e.kind is EventKind.COMPLAINT:
             complaints[e.card] += 1
+        elif e.kind is EventKind.REJECTED_ARREARS:
+            refused_402[e.card] += 1
+            owing.add(e.card)
+        elif e.kind is EventKind.TOPPED_UP:
+            owing.discard(e.card)
         if "balance" in e.counters and e.counters["balance"] is not None:
             balance[e.card] = float(e.counters["balance"])
     for call in calls:
@@ -508,6 +527,22 @@ def build_report(
             answered_by[call.card] += 1
             talk[call.card] = talk.get(call.card, 0.0) + call.talk_seconds
     placed_by = {c: len(accepted.get(c, [])) for c in cards}
+    # Arrears is no suspension: the carrier answers 402 to each INVITE while the
+    # balance is <= 0 and emits no SUSPENDED event, so the card's state is told here.
+    # A card is in arrears with a balance <= 0 at the end or, when no balance is
+    # known, a 402 since its last top-up.
+    in_arrears = [
+        c
+        for c in cards
+        if ((b := balance.get(c)) is not None and b <= 0) or (b is None and c in owing)
+    ]
+    for c in in_arrears:
+        if state[c] == "active":
+            left = balance.get(c)
+            # (+ 0.0: a balance spent to the cent prints 0.00, not -0.00)
+            state[c] = (
+                "arrears" if left is None else f"arrears (balance {round(left, 2) + 0.0:.2f})"
+            )
     refused_by_carrier = {e.card for e in events if e.kind in CARRIER_REFUSALS}
     gateway = None if gateway_cards is None else {g.card: g for g in gateway_cards}
     wrongly_out = (
@@ -551,9 +586,11 @@ def build_report(
                 state[c],
                 balance[c],
                 None if gateway is None or c not in gateway else str(gateway[c]),
+                refused_402[c],
             )
             for c in cards
         ],
+        cards_in_arrears=in_arrears,
         callees_redialled=redialled,
         callees_invited_more_than_once=more_than_once,
         redial_window=redial_window,
@@ -593,10 +630,28 @@ def offline_gateway_cards(
     """The offline stand-in gateway's card states at ``end``, from its marks.
 
     A card marked without an end (``until`` None) or marked until after the run
-    is out of service (``suspended``); every other card is ``active``.
+    is out of service (``suspended``, with the reason of its last such mark:
+    402 → ``arrears``, 503 → ``maintenance``, a 403 → the suspension reason the
+    carrier named); every other card is ``active``.
     """
-    out = {m.card for m in marks if m.until is None or m.until > end}
-    return [GatewayCardState(c, "suspended" if c in out else "active") for c in cards]
+    out: dict[str, str | None] = {}
+    for m in marks:
+        if m.until is None or m.until > end:
+            out[m.card] = _mark_reason(m)
+    return [
+        GatewayCardState(c, "suspended", out[c]) if c in out else GatewayCardState(c, "active")
+        for c in cards
+    ]
+
+
+def _mark_reason(mark: CardMark) -> str | None:
+    """The card state reason the gateway's carrier rules give a refusal."""
+    if mark.status == 402:
+        return "arrears"
+    if mark.status == 503:
+        return "maintenance"
+    named = re.search(r"(?i)suspended: ([a-z-]+)", mark.reason_phrase)
+    return named.group(1).lower() if named else None
 
 
 def report_from_offline(result: OfflineResult) -> Report:

@@ -347,15 +347,38 @@ class QuotaProfileSection(_Strict):
         return carrier_default if self.short_call_seconds is None else self.short_call_seconds
 
 
+class FrequencySection(_Strict):
+    """Per-number limits: the keys and meaning of dialgate.toml's ``[policy.frequency]``.
+
+    At most ``attempts`` calls to one number per ``attempts_window`` and
+    ``answers`` answered calls per ``answers_window`` (rolling, across every
+    card and agent). The defaults are the gateway's.
+    """
+
+    attempts: int = Field(default=3, ge=0)
+    attempts_window: Duration = 7 * 86400.0
+    answers: int = Field(default=1, ge=0)
+    answers_window: Duration = 86400.0
+
+
 class GatewaySection(_Strict):
-    """Gateway policy settings applied during the rehearsal (DESIGN.md "Configuration")."""
+    """Gateway policy settings applied during the rehearsal (DESIGN.md "Configuration").
+
+    ``frequency`` is ``[policy.frequency]`` (the gateway's defaults when left
+    out); ``guarded = false`` switches it off with the quotas and consent.
+    """
 
     guarded: bool = True
     default_region: str = "CN"
     consent: ConsentMode = ConsentMode.DNC_ONLY
     calling_hours: Windows = "08:00-21:00"
     quota_profiles: dict[str, QuotaProfileSection] = {"default": QuotaProfileSection()}
+    frequency: FrequencySection = FrequencySection()
     mask_callees: bool = True
+
+    def frequency_in_force(self) -> FrequencySection | None:
+        """The per-number limits the gateway applies (None: off, an unguarded run)."""
+        return self.frequency if self.guarded else None
 
 
 class AgentSection(_Strict):
@@ -377,10 +400,17 @@ class DialerSection(_Strict):
 
 
 class LeadSection(_Strict):
-    """One listed lead."""
+    """One listed lead; ``repeat`` puts it ``repeat`` times in a row into the lead list.
+
+    A repeated lead is how a scenario dials one callee again (a redial, a
+    callback list with duplicates): lead *i* goes to worker *i* mod *n*, so with
+    one agent the copies are dialled one after another from the same card, with
+    two agents bound to two cards from both cards.
+    """
 
     number: E164
     consent: bool = False
+    repeat: int = Field(default=1, ge=1, le=100)
     timezone: TimeZoneName | None = None
     country: str | None = None
 
@@ -507,10 +537,11 @@ class Scenario(_Strict):
         return tuple(TimeWindow.parse(p) for p in self.gateway.calling_hours.split(","))
 
     def expand_leads(self) -> list[Lead]:
-        """Listed leads, then generated ones, deduplicated, deterministic for the seed."""
+        """Listed leads (each ``repeat`` times), then generated ones not listed, deterministic."""
         leads: list[Lead] = [
             Lead(number=x.number, consent=x.consent, timezone=x.timezone, country=x.country)
             for x in self.leads.numbers
+            for _ in range(x.repeat)
         ]
         seen = {lead.number for lead in leads}
         gen = self.leads.generate
@@ -546,8 +577,9 @@ class Scenario(_Strict):
         """The gateway configuration this scenario asks for, keyed as DESIGN.md "Configuration".
 
         ``guarded = false`` turns consent and quotas off: consent becomes
-        ``dnc-only``, calling hours the whole day, and each quota profile keeps
-        only ``concurrent`` (a SIM still carries one call). Quota profiles use the
+        ``dnc-only``, calling hours the whole day, the per-number frequency cap
+        off, and each quota profile keeps only ``concurrent`` (a SIM still
+        carries one call). Quota profiles use the
         gateway's own keys (see :class:`QuotaProfileSection`), so the result
         validates as :class:`gateway.config.Settings`. Carrier rules map the
         simulated carrier's answers to card states (403 suspension → its reason,
@@ -579,6 +611,12 @@ class Scenario(_Strict):
                 "consent": str(gw.consent if gw.guarded else ConsentMode.DNC_ONLY),
                 "calling_hours": gw.calling_hours if gw.guarded else "00:00-24:00",
                 "mask_numbers": gw.mask_callees,
+                "frequency": (
+                    gw.frequency.model_dump()
+                    if gw.guarded
+                    # Off: more calls than any run can place, in the shortest window.
+                    else {"attempts": 1_000_000, "attempts_window": 1.0, "answers": 1_000_000}
+                ),
             },
             "users": [
                 {"name": a.name, "password": a.password.get_secret_value()}

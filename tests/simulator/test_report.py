@@ -184,6 +184,7 @@ def test_build_report_from_hand_made_records() -> None:
         "failovers": 2,
         "carrier_503": 1,
         "carrier_402": 1,
+        "cards_in_arrears": 1,  # c2: refused 402 and never topped up; no suspension
         "gateway_503": 1,
         "complaints": 1,
         "suspensions": 1,
@@ -210,6 +211,9 @@ def test_build_report_from_hand_made_records() -> None:
         c1["complaints"],
         c1["state"],
     )
+    assert ["c2"] == data["cards_in_arrears"]
+    assert ("arrears", 1) == (data["cards"][1]["state"], data["cards"][1]["refused_402"])
+    assert "arrears       1   cards blocked by balance (c2), 402 refusals 1" in report.to_text()
 
 
 def test_restore_returns_card_to_active_and_empty_run_has_no_asr() -> None:

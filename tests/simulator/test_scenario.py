@@ -244,6 +244,13 @@ def test_gateway_config_guarded_keeps_policies() -> None:
         "consent": "require-consent",
         "calling_hours": "08:00-21:00",
         "mask_numbers": True,
+        # [policy.frequency]: the gateway's defaults when the scenario sets none
+        "frequency": {
+            "attempts": 3,
+            "attempts_window": 604800.0,
+            "answers": 1,
+            "answers_window": 86400.0,
+        },
     } == config["policy"]
     assert 40 == config["quota_profiles"]["default"]["calls_per_hour"]
     assert "udp:127.0.0.1:5070" == config["carriers"][0]["address"]
