@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TextIO
 
-from gateway.events import iso_time
 from policies.privacy import mask_number
+from policies.timeutil import iso_time
 
 __all__ = [
     "CSV_COLUMNS",

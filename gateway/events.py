@@ -37,13 +37,13 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from policies.privacy import mask_number, mask_numbers_deep, mask_numbers_in
+from policies.timeutil import iso_time  # re-exported: gateway modules import it from here
 
 if TYPE_CHECKING:
     from gateway.cards import Card, CardEvent
@@ -119,13 +119,6 @@ class Severity(StrEnum):
     INFO = "info"
     WARNING = "warning"
     CRITICAL = "critical"
-
-
-def iso_time(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds (``2026-11-22T03:24:41.000Z``)."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 # --- the events -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = [
     "ceil_seconds",
     "day_bounds",
     "epoch",
+    "iso_time",
     "next_midnight",
     "parse_windows",
     "transitions",
@@ -245,3 +246,10 @@ def _day_bounds_exact(t: float, tz_name: str) -> tuple[float, float]:
     start = local_instant(local.date(), 0, tz).timestamp()
     end = local_instant(local.date() + timedelta(days=1), 0, tz).timestamp()
     return start, end
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with milliseconds (``2026-11-22T03:24:41.000Z``)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
