@@ -96,7 +96,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from gateway.auth import Identity, IdentityKind
-from gateway.cards import BLegClass, CardManager, CardState, PoolExhausted
+from gateway.cards import BLegClass, CardManager, CardState, PoolExhausted, Verdict
 from gateway.cdr import CallRecord, Origin, Outcome, outcome_for_status
 from gateway.cdr_spool import CdrWriter, record_from_json, record_to_json
 from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
@@ -1058,7 +1058,7 @@ class B2BUA:
         self._end(call, status, failed=verdict.kind is not BLegClass.CALLEE)
 
     def _log_verdict(
-        self, call: Call, card_id: str, status: int, reason: str, verdict: Any
+        self, call: Call, card_id: str, status: int, reason: str, verdict: Verdict
     ) -> None:
         event = verdict.event
         if verdict.marked is not None:

@@ -471,8 +471,20 @@ class CardManager:
     def terms_rest(self, card_id: str | None) -> float:
         """Seconds a card of this carrier rests after ``trunk-unreachable``."""
         card = self._cards.get(card_id or "")
-        terms = self.terms.get(card.carrier, CarrierTerms()) if card else CarrierTerms()
-        return terms.rest_seconds
+        return (self._terms(card) if card else CarrierTerms()).rest_seconds
+
+    def _terms(self, card: Card) -> CarrierTerms:
+        return self.terms.get(card.carrier) or CarrierTerms()
+
+    def _classify(self, card: Card, answer: Answer) -> Classification:
+        """The one classification (``classify.classify``) under the card's carrier's terms."""
+        terms = self._terms(card)
+        return classify(
+            answer,
+            self.rules.get(card.carrier, ()),
+            dead_causes=terms.dead_causes,
+            rest_seconds=terms.rest_seconds,
+        )
 
     def suspicion(self, card_id: str) -> int:
         """Ambiguous refusals to distinct callees counted against the card now."""
@@ -513,13 +525,7 @@ class CardManager:
             provisional=provisional or ringing,
             ringing=ringing,
         )
-        terms = self.terms.get(card.carrier, CarrierTerms())
-        result = classify(
-            answer,
-            self.rules.get(card.carrier, ()),
-            dead_causes=terms.dead_causes,
-            rest_seconds=terms.rest_seconds,
-        )
+        result = self._classify(card, answer)
         evidence: dict[str, Any] = {"response": f"SIP/2.0 {status} {reason_phrase}".rstrip()}
         if local:
             evidence = {"fault": "timer-b" if status == 408 else "transport-error"}
@@ -571,7 +577,6 @@ class CardManager:
     ) -> Verdict:
         """A REGISTER of the card was answered: a refusal proves the card dead (no failover)."""
         card = self._cards[card_id]
-        terms = self.terms.get(card.carrier, CarrierTerms())
         answer = Answer(
             status=status,
             reason_phrase=reason_phrase,
@@ -580,12 +585,7 @@ class CardManager:
             retry_after=retry_after,
             register=True,
         )
-        result = classify(
-            answer,
-            self.rules.get(card.carrier, ()),
-            dead_causes=terms.dead_causes,
-            rest_seconds=terms.rest_seconds,
-        )
+        result = self._classify(card, answer)
         evidence: dict[str, Any] = {
             "register": f"SIP/2.0 {status} {reason_phrase}".rstrip(),
             "class": str(result.kind),
@@ -639,7 +639,7 @@ class CardManager:
         self, card: Card, callee: str, status: int, now: float, evidence: dict[str, Any]
     ) -> CardStateChanged | None:
         """Count one ambiguous refusal; at the carrier's threshold the card turns suspect."""
-        terms = self.terms.get(card.carrier, CarrierTerms())
+        terms = self._terms(card)
         horizon = now - terms.suspect_window
         seen = self._suspicion.setdefault(card.id, deque())
         while seen and seen[0][0] < horizon:
