@@ -13,10 +13,8 @@ from its trace. Every process started here is stopped by its PID.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,12 +24,10 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import (
-    START_TIMEOUT,
     DialgateProcess,
-    _pump,
-    dialgate_command,
     free_udp_port,
     sipp_binary,
+    start_dialgate,
 )
 from tests.policy_sipp.conftest import (
     SippCarrier,
@@ -117,44 +113,8 @@ def gateway_toml(
 
 
 def start_gateway(tmp: Path, extra_toml: str, *, sip_extra: str = "") -> DialgateProcess:
-    """``start_dialgate`` of tests/integration, with extra ``[sip]`` keys (e.g. ``t1 = 0.05``).
-
-    UDP+TCP listeners and the admin API on port 0; waits for both SIP ports.
-    """
-    config = tmp / "dialgate.toml"
-    config.write_text(
-        "[sip]\n"
-        'listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
-        'domains = ["gw.test"]\n' + sip_extra + "\n[store]\n"
-        f'path = "{tmp / "dialgate.db"}"\n'
-        "\n[admin]\n"
-        'listen = "127.0.0.1:0"\n'
-        "\n[logging]\n"
-        "json = true\n" + extra_toml
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
-    proc = subprocess.Popen(
-        [*dialgate_command(), "run", "--config", str(config)],
-        cwd=tmp,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    gw = DialgateProcess(proc, config)
-    gw._reader = threading.Thread(target=_pump, args=(proc, gw.lines), daemon=True)
-    gw._reader.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        for entry in gw.events("listening"):
-            gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
-        if {"udp", "tcp"} <= gw.addresses.keys():
-            return gw
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    gw.stop()
-    raise RuntimeError("dialgate did not start:\n" + "\n".join(gw.lines[-30:]))
+    """``start_dialgate`` of tests/integration, with extra ``[sip]`` keys (e.g. ``t1 = 0.05``)."""
+    return start_dialgate(tmp, extra_toml, sip_extra=sip_extra)
 
 
 # --- the scripted SIPp carrier ------------------------------------------------------------

@@ -90,17 +90,27 @@ def _pump(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
         lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
 
-def start_dialgate(tmp: Path, extra_toml: str = "") -> DialgateProcess:
-    """Write a config with UDP+TCP listeners on port 0, start ``dialgate run``, wait for ports."""
+def start_dialgate(
+    tmp: Path,
+    extra_toml: str = "",
+    *,
+    sip_extra: str = "",
+    port: int = 0,
+    ready_event: str | None = None,
+) -> DialgateProcess:
+    """Write a config with UDP+TCP listeners on ``port`` (0: any), start ``dialgate run``,
+    wait for both ports (and for a log line ``ready_event`` when given).
+
+    ``sip_extra``: more ``[sip]`` lines (e.g. ``t1 = 0.05\n``).
+    """
     config = tmp / "dialgate.toml"
     if "[policy]" not in extra_toml:
         # Every configuration must choose its consent mode (issue 13).
         extra_toml += '\n[policy]\nconsent = "dnc-only"\n'
     config.write_text(
         "[sip]\n"
-        'listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
-        'domains = ["gw.test"]\n'
-        "\n[store]\n"
+        f'listen = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
+        'domains = ["gw.test"]\n' + sip_extra + "\n[store]\n"
         f'path = "{tmp / "dialgate.db"}"\n'
         "\n[admin]\n"
         'listen = "127.0.0.1:0"\n'
@@ -123,7 +133,9 @@ def start_dialgate(tmp: Path, extra_toml: str = "") -> DialgateProcess:
     while time.monotonic() < deadline:
         for entry in gw.events("listening"):
             gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
-        if {"udp", "tcp"} <= gw.addresses.keys():
+        if {"udp", "tcp"} <= gw.addresses.keys() and (
+            ready_event is None or gw.events(ready_event)
+        ):
             return gw
         if proc.poll() is not None:
             break

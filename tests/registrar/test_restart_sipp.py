@@ -18,19 +18,16 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import (
-    START_TIMEOUT,
     DialgateProcess,
-    _pump,
-    dialgate_command,
     free_udp_port,
     sipp_binary,
+    start_dialgate,
 )
 from tests.policy_sipp.conftest import (
     SIPP_COMMON,
@@ -64,41 +61,9 @@ def free_udp_and_tcp_port() -> int:
 
 
 def start_on(tmp: Path, port: int, extra_toml: str) -> DialgateProcess:
-    """``dialgate run`` on udp/tcp 127.0.0.1:``port`` with the store in ``tmp`` (same every start)."""
-    config = tmp / "dialgate.toml"
-    config.write_text(
-        "[sip]\n"
-        f'listen = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
-        "\n[store]\n"
-        f'path = "{tmp / "dialgate.db"}"\n'
-        "\n[admin]\n"
-        'listen = "127.0.0.1:0"\n'
-        "\n[logging]\n"
-        "json = true\n" + extra_toml
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
-    proc = subprocess.Popen(
-        [*dialgate_command(), "run", "--config", str(config)],
-        cwd=tmp,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    gw = DialgateProcess(proc, config)
-    gw._reader = threading.Thread(target=_pump, args=(proc, gw.lines), daemon=True)
-    gw._reader.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        for entry in gw.events("listening"):
-            gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
-        if {"udp", "tcp"} <= gw.addresses.keys() and gw.events("registrar.loaded"):
-            return gw
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    gw.stop()
-    raise RuntimeError("dialgate did not start:\n" + "\n".join(gw.lines[-30:]))
+    """``dialgate run`` on udp/tcp 127.0.0.1:``port`` with the store in ``tmp`` (same every start),
+    ready once its stored registrations are loaded."""
+    return start_dialgate(tmp, extra_toml, port=port, ready_event="registrar.loaded")
 
 
 def kill_9(gw: DialgateProcess) -> None:
