@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     start_dialgate,
 )
 from tests.policy_sipp.conftest import (
+    SIPP_COMMON,
     SippCarrier,
     SippResult,
     cli_json,
@@ -37,9 +38,9 @@ from tests.policy_sipp.conftest import (
     stat_row,
     stop_pid,
 )
+from tests.policy_sipp.conftest import start_carrier as policy_start_carrier
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
-SIPP_COMMON = ["-i", "127.0.0.1", "-buff_size", "1048576", "-nostdin"]
 
 NUMBERS = {"c1": "+8613800000001", "c2": "+8613800000002"}
 """Caller number of each card (``From`` of its INVITEs at the carrier)."""
@@ -135,16 +136,11 @@ def start_carrier(
     a 180 when ``ring``; every other INVITE is answered 180 + 200. It exits by
     itself after ``timeout`` seconds; tests stop it by PID.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_udp_port()
-    proc = subprocess.Popen(
-        [
-            sipp_binary(),
-            "-sf",
-            str(SIPP_DIR / "carrier.xml"),
-            *SIPP_COMMON,
-            "-p",
-            str(port),
+    return policy_start_carrier(
+        workdir,
+        timeout,
+        scenario=SIPP_DIR / "carrier.xml",
+        extra=[
             "-set",
             "target",
             target,
@@ -156,24 +152,8 @@ def start_carrier(
             answer,
             "-m",
             "10000",
-            "-timeout",
-            f"{timeout}s",
-            "-trace_msg",
-            "-message_file",
-            str(workdir / "messages.log"),
-            "-trace_stat",
-            "-stf",
-            str(workdir / "stat.csv"),
-            "-trace_err",
-            "-error_file",
-            str(workdir / "errors.log"),
         ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    return SippCarrier(proc, port, workdir)
 
 
 _USER = re.compile(r"sip:([^@;>]+)@")

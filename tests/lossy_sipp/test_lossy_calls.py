@@ -42,6 +42,7 @@ from tests.policy_sipp.conftest import (
     stat_row,
     stop_pid,
 )
+from tests.policy_sipp.conftest import start_carrier as policy_start_carrier
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,34 +86,7 @@ def start_carrier(workdir: Path, timeout: int = 120) -> SippCarrier:
     Like tests/policy_sipp's carrier, but it answers a retransmitted INVITE
     again instead of aborting the call (SIPp's own scenario does not).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_udp_port()
-    proc = subprocess.Popen(
-        [
-            sipp_binary(),
-            "-sf",
-            str(HERE / "sipp" / "carrier_lossy.xml"),
-            *SIPP_COMMON,
-            "-p",
-            str(port),
-            "-timeout",
-            f"{timeout}s",
-            "-trace_msg",
-            "-message_file",
-            str(workdir / "messages.log"),
-            "-trace_stat",
-            "-stf",
-            str(workdir / "stat.csv"),
-            "-trace_err",
-            "-error_file",
-            str(workdir / "errors.log"),
-        ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return SippCarrier(proc, port, workdir)
+    return policy_start_carrier(workdir, timeout, scenario=HERE / "sipp" / "carrier_lossy.xml")
 
 
 def run_agent(

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,16 +217,24 @@ class SippCarrier:
         return stat_row(self.workdir / "stat.csv")
 
 
-def start_carrier(workdir: Path, timeout: int = 90) -> SippCarrier:
-    """A SIPp carrier on a free UDP port; it exits by itself after ``timeout`` seconds."""
+def start_carrier(
+    workdir: Path,
+    timeout: int = 90,
+    *,
+    scenario: Path = SIPP_DIR / "carrier_uas.xml",
+    extra: Sequence[str] = (),
+) -> SippCarrier:
+    """A SIPp carrier (``scenario``, more SIPp arguments in ``extra``) on a free UDP port,
+    tracing its messages; it exits by itself after ``timeout`` seconds."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_udp_port()
     proc = subprocess.Popen(
         [
             sipp_binary(),
             "-sf",
-            str(SIPP_DIR / "carrier_uas.xml"),
+            str(scenario),
             *SIPP_COMMON,
+            *extra,
             "-p",
             str(port),
             "-timeout",
