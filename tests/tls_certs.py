@@ -35,10 +35,10 @@ class Cert:
 
 
 def require_openssl() -> str:
-    """The openssl binary, or skip the test."""
+    """The openssl binary; FAIL (not skip) when missing: the install script provides it."""
     path = shutil.which("openssl")
     if path is None:
-        pytest.skip("openssl CLI not installed")
+        pytest.fail("openssl CLI missing: scripts/install-system-deps.sh installs Debian's openssl")
     return path
 
 

@@ -8,7 +8,6 @@ and a Redis outage during a REGISTER costs neither the binding nor the 200.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +20,6 @@ from gateway.store import SQLiteStore
 from gateway.store.sqlite import StoredRegistration
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.redis.conftest import RedisServer, make_store
-
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 
 T0 = 1_700_000_000.0
 

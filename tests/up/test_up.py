@@ -387,7 +387,6 @@ def demo_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> 
     return config
 
 
-@pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp (sip-tester)")
 async def test_readme_first_call_connects_with_the_demo_config(
     tmp_path: Path, run_up: object
 ) -> None:
