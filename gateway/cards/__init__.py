@@ -54,6 +54,7 @@ from gateway.store import (
 )
 from policies.context import CallContext
 from policies.quotas import (
+    USABLE_STATES,
     CardSnapshot,
     CardState,
     CardUsageView,
@@ -120,8 +121,6 @@ LEGAL_TRANSITIONS: frozenset[tuple[CardState, CardState]] = frozenset(
     }
 )
 
-#: States in which a card carries calls.
-USABLE_STATES = frozenset({CardState.ACTIVE, CardState.PROBATION})
 
 #: Local failures of a B-leg INVITE: no response at all (``trunk-unreachable``).
 FAULT_CAUSES = frozenset({"timer-b", "transport-error"})
