@@ -181,12 +181,19 @@ class Complaint:
 
 @dataclass(frozen=True, slots=True)
 class CallDialogs:
-    """The confirmed dialogs of one call in progress, as persisted (table ``call_dialogs``).
+    """One call in progress, as persisted (table ``call_dialogs``).
 
     ``key`` is the B2BUA's call key (the ``call_starts`` id), ``call_id`` the A-leg
     Call-ID (the CDR's id). ``a_leg``/``b_leg`` are what the B2BUA needs to end a
-    leg from another process (its dialog record, transport name, address), stored
-    as JSON; None when that leg had no dialog.
+    confirmed leg from another process (its dialog record, transport name,
+    address), stored as JSON once the call is answered; None before.
+
+    Write-ahead (schema 10, issue 19): the row exists from the moment the B-leg
+    INVITE leaves. ``b_invite`` is that INVITE as a CANCEL needs it (Request-URI,
+    top Via with its branch, From with tag, To, Call-ID, CSeq, Contact, where it
+    went); ``a_invite`` the A-leg INVITE as a final response to it needs it (every
+    Via, From, To, Call-ID, CSeq, our To tag, where it came from). Both are JSON
+    objects with ``"v": 1``; None in rows written before schema 10.
     """
 
     key: str
@@ -198,6 +205,8 @@ class CallDialogs:
     a_leg: dict[str, Any] | None = None
     b_leg: dict[str, Any] | None = None
     cdr: str | None = None  # the call's CDR as gateway.cdr_spool JSON, for a restart
+    b_invite: dict[str, Any] | None = None
+    a_invite: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,6 +591,19 @@ _MIGRATIONS += (
                 actor TEXT NOT NULL DEFAULT '',
                 reason TEXT NOT NULL DEFAULT ''
             )""",
+        ),
+    ),
+)
+
+_MIGRATIONS += (
+    (
+        10,
+        (
+            # Write-ahead B-legs (issue 19): a call's row is written before its B-leg
+            # INVITE leaves, so a restart can CANCEL an unanswered INVITE (and ACK +
+            # BYE a late 2xx) and answer the agent's INVITE. JSON with "v": 1.
+            "ALTER TABLE call_dialogs ADD COLUMN b_invite TEXT",
+            "ALTER TABLE call_dialogs ADD COLUMN a_invite TEXT",
         ),
     ),
 )
@@ -1365,11 +1387,12 @@ class SQLiteStore:
     # --- dialogs of calls in progress ------------------------------------------------
 
     def save_call_dialogs(self, record: CallDialogs) -> None:
-        """Store (or replace) the dialogs of a call in progress; durable once this returns."""
+        """Store (or replace) a call in progress; durable once this returns (one write)."""
         with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO call_dialogs (call_key, call_id, card, callee, "
-                "attempt_at, answer_at, a_leg, b_leg, cdr) VALUES (?,?,?,?,?,?,?,?,?)",
+                "attempt_at, answer_at, a_leg, b_leg, cdr, b_invite, a_invite) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.key,
                     record.call_id,
@@ -1380,6 +1403,8 @@ class SQLiteStore:
                     _json_or_none(record.a_leg),
                     _json_or_none(record.b_leg),
                     record.cdr,
+                    _json_or_none(record.b_invite),
+                    _json_or_none(record.a_invite),
                 ),
             )
 
@@ -1414,6 +1439,8 @@ class SQLiteStore:
                 a_leg=_leg_from_json(r["a_leg"]),
                 b_leg=_leg_from_json(r["b_leg"]),
                 cdr=r["cdr"],
+                b_invite=_leg_from_json(r["b_invite"]),
+                a_invite=_leg_from_json(r["a_invite"]),
             )
             for r in rows
         ]
