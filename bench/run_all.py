@@ -10,6 +10,8 @@ Runs, each as a subprocess with its output shown as it comes:
    decisions instead of 10M/100k/200/20k — the summary says which);
 3. ``bench/micro_callpath.py`` — digest challenge/verify and decisions over
    the real SQLite store;
+3b. ``bench/leads.py`` — lead scrubbing: 100,000 numbers judged (numbers/s,
+   in-process and through ``dialgate leads check``);
 4. ``bench/e2e.py ceiling`` — SIPp → SIPp, the test bed's own ceiling;
 5. ``bench/e2e.py e2e`` — SIPp → dialgate → SIPp (8 agents on 8 cards),
    ramped until calls fail, each rate beside a direct SIPp → SIPp step
@@ -21,7 +23,7 @@ bounds the whole run by ``--budget`` seconds (default 300 in quick mode): a
 step that would run past it is stopped and reported as cut short (the first
 run also builds the 1M-number database cache once, outside that budget's
 intent: about 20 s). ``--only NAME,...`` picks steps (sip, policies, micro,
-ceiling, e2e). Results are also written as JSON to ``--out`` (default
+leads, ceiling, e2e). Results are also written as JSON to ``--out`` (default
 ``var/bench``). Run:
 
     .venv/bin/python bench/run_all.py --quick
@@ -47,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
-STEPS = ("sip", "policies", "micro", "ceiling", "e2e")
+STEPS = ("sip", "policies", "micro", "leads", "ceiling", "e2e")
 
 
 def run(name: str, cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
@@ -144,6 +146,11 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
             out.append(f"{label}: {grab(re.escape(label) + r'[^:]*: (.*)$', micro)}")
         for found in re.finditer(r"^decision, (\d+) agent[^:]*: (.*)$", micro, re.MULTILINE):
             out.append(f"decision over SQLite, {found.group(1)} agent(s): {found.group(2)}")
+    leads = results.get("leads", {}).get("output", "")
+    for label in ("in-process", "CLI"):
+        found = grab(rf"^leads {label}: (.*)$", leads)
+        if found:
+            out.append(f"leads checked ({label}): {found}")
     for mode in ("ceiling", "e2e"):
         data = results.get(mode, {}).get("json")
         if not data:
@@ -255,6 +262,10 @@ def main() -> int:
             [PY, str(BENCH / "micro_callpath.py")]
             + (["--digest", "1000", "--decisions", "1000"] if quick else []),
             900,
+        ),
+        "leads": (
+            [PY, str(BENCH / "leads.py"), "--numbers", "100000"],
+            600,
         ),
         "ceiling": (
             [PY, str(BENCH / "e2e.py"), "ceiling", "--json", str(args.out / "ceiling.json")]

@@ -289,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Subcommands that live in their own modules register themselves on import;
 # they import ``command`` from here, so they are loaded after it is defined.
+from gateway import cli_leads as _cli_leads  # noqa: E402,F401  ("leads check")
 from gateway import cli_operator as _cli_operator  # noqa: E402,F401  (cards, dnc, consent, complaint, cdrs, alerts)
 from gateway import cli_security as _cli_security  # noqa: E402,F401  ("security bans")
 from gateway import cli_simulate as _cli_simulate  # noqa: E402,F401  ("simulate")

@@ -34,6 +34,7 @@ from policies.hours import CallingHours, CallingHoursPolicy
 from policies.selection import CardSelection, CardSource
 
 __all__ = [
+    "CHECK_ORDER",
     "DEFAULT_ORDER",
     "POLICY_FACTORIES",
     "Pipeline",
@@ -55,6 +56,11 @@ DEFAULT_ORDER: tuple[str, ...] = (
     "agent",
     "cards",
 )
+
+#: The steps that only read (lead scrubbing, ``Pipeline.check``): they judge the
+#: number, never reserve a quota or write anything. Agent limits and card selection
+#: judge the call's agent and lines, not the number, and are left out.
+CHECK_ORDER: tuple[str, ...] = ("emergency", "destination", "dnc", "consent", "hours", "frequency")
 
 
 @runtime_checkable
@@ -116,6 +122,20 @@ class Pipeline:
         if final is not None:
             return final
         return Decision.allow("pipeline", None, "emergency bypass" if bypass else "")
+
+    def checking(self) -> Pipeline:
+        """This pipeline without the steps that reserve or judge the caller (`CHECK_ORDER` only)."""
+        kept = tuple(p for p in self.policies if p.name in CHECK_ORDER)
+        return Pipeline(kept, self.store_retry_after)
+
+    def check(self, ctx: CallContext, now: datetime | None = None) -> Decision:
+        """What `decide` would answer for the number, without reserving anything.
+
+        Runs the same policy objects as `decide`, in the same order, minus the
+        agent and card steps: an allow means "callable now as far as the number
+        goes"; a reject carries the same reason, SIP code and Retry-After.
+        """
+        return self.checking().decide(ctx, now)
 
 
 @dataclass(frozen=True, slots=True)

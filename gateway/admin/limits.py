@@ -46,6 +46,7 @@ MAX_JSON_DEPTH = 32
 ROUTE_BODY_LIMITS: dict[str, int] = {
     "/dnc/import": IMPORT_BODY_LIMIT,
     "/consent/import": IMPORT_BODY_LIMIT,
+    "/leads/check": IMPORT_BODY_LIMIT,
 }
 """Routes (as in the OpenAPI document) whose bodies may exceed :data:`JSON_BODY_LIMIT`."""
 

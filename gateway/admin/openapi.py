@@ -454,6 +454,48 @@ def openapi_document(version: str) -> dict[str, Any]:
                     parameters=_cdr_filters(),
                 )
             },
+            "/leads/check": {
+                "post": _op(
+                    "judge a lead list (CSV or NDJSON, up to 100,000 numbers) as calls to it"
+                    " would be judged now, without reserving anything: per row the E.164"
+                    " number or 484 address-incomplete, callable, the SIP Reason text (dnc,"
+                    " no-consent, calling-hours, frequency-cap, destination-blocked), Retry-After"
+                    " and callable_at (ISO time); streamed NDJSON (last line {summary}) or CSV",
+                    {
+                        "200": {
+                            "description": "one verdict per row, in row order",
+                            "content": {
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                                "text/csv": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _ERROR,
+                        "401": _ERROR,
+                        "413": _ERROR,
+                    },
+                    parameters=[
+                        _query(
+                            "format",
+                            "answer format (default ndjson, or csv; also Accept: text/csv)",
+                            {"type": "string", "enum": ["ndjson", "csv"]},
+                        ),
+                        _query("column", "name of the number column or field"),
+                        _query("campaign", "campaign of rows that name none (consent, hours)"),
+                    ],
+                    requestBody={
+                        "required": True,
+                        "description": "CSV with a header naming the number column (number,"
+                        " phone, e164, msisdn, tel; lead_id and campaign are carried), or"
+                        " NDJSON objects with the same fields",
+                        "content": {
+                            "text/csv": {"schema": {"type": "string", "maxLength": 100000}},
+                            "application/x-ndjson": {
+                                "schema": {"type": "string", "maxLength": 100000}
+                            },
+                        },
+                    },
+                )
+            },
             "/security/bans": {
                 "get": _op(
                     "source addresses banned for password guessing or a flood (inside"

@@ -552,3 +552,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/agents/{agent}/resume", agent_resume)
     app.router.add_get("/cdrs", cdrs)
     app.router.add_get("/cdrs.csv", cdrs_csv)
+    from gateway.admin.leads_routes import add_dialer_routes  # dialers: leads, capacity
+
+    add_dialer_routes(app)
