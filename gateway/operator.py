@@ -33,6 +33,7 @@ import collections
 import csv
 import io
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,13 +82,19 @@ from gateway.operator_schema import (
     ComplaintAttribution,
     OperatorDB,
 )
-from gateway.store import Complaint, SQLiteStore, StoredCard, store_from_settings
+from gateway.store import (
+    CardRepository,
+    Complaint,
+    SQLiteStore,
+    StoredCard,
+    store_from_settings,
+)
 from policies.consent import parse_consent_csv
 from policies.context import normalize
 from policies.dnc import DncSource, LoadReport, parse_dnc_lines
 from policies.errors import AddressIncompleteError
 from policies.privacy import mask_number, mask_numbers_deep
-from policies.quotas import CardSnapshot, Exhausted, QuotaProfile, evaluate_card
+from policies.quotas import CardSnapshot, CardUsageView, Exhausted, QuotaProfile, evaluate_card
 from policies.selection import explain
 
 __all__ = [
@@ -382,6 +389,9 @@ class Operator:
         self.on_event = on_event
         self.thresholds = thresholds
         self.db = OperatorDB(store)
+        # Where usage is read: the shared ledger when the cards' states are shared
+        # (``[store] redis``: every instance's calls), else this store.
+        self.usage: CardUsageView = shared_usage_view(manager) or store
         self.profiles: dict[str, QuotaProfile] = quota_profiles_from_settings(settings)
         self.probation_of = probation_profiles_from_settings(settings)
         self.timezones = {c.name: c.timezone for c in settings.carriers}
@@ -394,10 +404,15 @@ class Operator:
         # Agents whose pause this process has announced (agent → until): the alert loop
         # announces pauses the CLI wrote, and their end, once each.
         self._paused_seen: dict[str, float | None] = {}
+        # Clients this operator owns (the CLI's Redis client), closed by close().
+        self.closers: list[Callable[[], None]] = []
 
     def close(self) -> None:
-        """Close the operator tables' connection (not the store)."""
+        """Close the operator tables' connection (not the store) and what it opened itself."""
         self.db.close()
+        for close in self.closers:
+            close()
+        self.closers.clear()
 
     # --- helpers --------------------------------------------------------------------
 
@@ -433,7 +448,7 @@ class Operator:
         """The card's quota snapshot (usage read from the store)."""
         return card_snapshot(
             card,
-            self.store,
+            self.usage,
             now,
             profiles=self.profiles,
             timezones=self.timezones,
@@ -1631,6 +1646,25 @@ def mask_evidence(value: Any, mask: bool) -> Any:
 # --- construction -----------------------------------------------------------------------
 
 
+def shared_usage_view(manager: CardManager) -> CardUsageView | None:
+    """The Redis usage view behind ``manager``'s shared card states, or None.
+
+    The one seam between the operator's reads and Redis mode: a manager whose
+    repository is a :class:`gateway.redis_store.SharedCardRepository` (the
+    running gateway's, or the one :func:`operator_from_settings` builds when
+    ``[store] redis`` is set) reads card states from Redis, and so must usage:
+    the instance's SQLite only holds its own calls.
+    """
+    redis_store = sys.modules.get("gateway.redis_store")  # not loaded: not Redis mode
+    if redis_store is None:
+        return None
+    repo = getattr(manager, "repo", None)
+    if isinstance(repo, redis_store.SharedCardRepository):
+        shared: CardUsageView = repo.shared
+        return shared
+    return None
+
+
 def _stored_defs(store: SQLiteStore, known: set[str]) -> list[CardDef]:
     """Cards the store remembers that the configuration no longer lists."""
     rows: list[StoredCard] = store.load_cards()
@@ -1664,10 +1698,22 @@ def operator_from_settings(
     """
     if store is None:
         store = store_from_settings(settings, base_dir=base_dir)
-    manager = CardManager(store, rules=rules_from_settings(settings))
+    repo: CardRepository = store
+    closers: list[Callable[[], None]] = []
+    if settings.store.redis is not None:
+        from gateway.redis_store import SharedCardRepository, from_settings, node_name
+
+        # Redis mode: card states and usage are the shared ones, not this file's.
+        # Named apart from the gateway on this host: the operator owns no reservation.
+        shared = from_settings(settings, node=f"{node_name(settings)}/operator")
+        repo = SharedCardRepository(store, shared)
+        closers.append(repo.close)
+    manager = CardManager(repo, rules=rules_from_settings(settings))
     defs = card_defs_from_settings(settings)
     manager.load([*defs, *_stored_defs(store, {d.id for d in defs})], now)
-    return Operator(settings, store, manager, bus=bus)
+    operator = Operator(settings, store, manager, bus=bus)
+    operator.closers.extend(closers)
+    return operator
 
 
 async def run_alert_loop(
