@@ -84,25 +84,57 @@ async def test_carrier_bye_removes_the_row(rig: Rig) -> None:
     )
 
 
-async def test_failed_and_ringing_calls_store_nothing(rig: Rig) -> None:
-    """Only a confirmed call is stored: a busy callee leaves no row."""
+async def test_failed_calls_leave_no_row(rig: Rig) -> None:
+    """A busy callee: the write-ahead row goes when the call ends."""
     rig.carrier.plan = lambda _req: (486, "Busy Here")
     resp, _invite = await rig.alice.call("13912345670")
     assert 486 == resp.status
     assert [] == stored(rig)
 
 
-async def test_store_failure_does_not_break_the_call(rig: Rig) -> None:
-    """With the dialog table gone the call is still answered and hung up normally."""
+async def test_b_leg_is_stored_before_the_invite_leaves(rig: Rig) -> None:
+    """Write-ahead (issue 19): while the callee rings, the row names the INVITE the
+    carrier got (branch, Call-ID, From tag, CSeq, address) and the agent's."""
+    rig.carrier.plan = lambda _req: ("ring",)
+    task = asyncio.ensure_future(rig.alice.call("13912345673", cancel_after=1.0))
+    try:
+        await eventually(lambda: bool(rig.carrier.invites()))
+        [carrier_invite] = rig.carrier.invites()
+        await eventually(lambda: bool(stored(rig)) and stored(rig)[0].b_invite is not None)
+        [row] = stored(rig)
+        b = row.b_invite
+        assert b is not None and row.a_invite is not None
+        assert 1 == b["v"]
+        # The branch CANCEL must repeat (the carrier's copy gained received/rport).
+        assert f"branch={carrier_invite.via[0].branch};" in b["via"]
+        assert (carrier_invite.call_id, carrier_invite.from_.tag, carrier_invite.cseq.seq) == (
+            b["call_id"],
+            b["from"].rsplit("tag=", 1)[1],
+            b["cseq"],
+        )
+        assert list(rig.carrier.address) == b["address"]
+        assert row.answer_at is None and row.a_leg is None and row.b_leg is None
+        assert row.cdr is not None and '"interrupted"' in row.cdr
+        assert row.a_invite["call_id"] == row.call_id
+        resp, _invite = await task
+        assert 487 == resp.status
+    finally:
+        if not task.done():
+            task.cancel()
+    await eventually(lambda: not stored(rig))
+
+
+async def test_b_leg_not_stored_means_not_sent(rig: Rig) -> None:
+    """With the table gone the INVITE does not leave: 503 store-unavailable (fail closed)."""
     assert rig.gateway.store is not None
     rig.gateway.store._db.execute("DROP TABLE call_dialogs")
-    resp, invite = await rig.alice.call("13912345671")
-    assert 200 == resp.status
-    assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "BYE")).status
-    await eventually(lambda: rig.carrier.methods()[-1] == "BYE")
+    resp, _invite = await rig.alice.call("13912345671")
+    assert 503 == resp.status
+    assert 'text="store-unavailable"' in (resp.headers.get("Reason") or "")
+    assert [] == rig.carrier.invites()
     assert rig.gateway.b2bua is not None
     assert 1 == rig.gateway.b2bua.stats["dialog_store_errors"]
-    assert 0 == rig.gateway.b2bua.stats["dialogs_stored"]
+    assert 0 == rig.gateway.b2bua.stats["b_legs_stored"]
 
 
 async def test_relayed_requests_past_the_headroom_rewrite_the_stored_cseq(rig: Rig) -> None:
