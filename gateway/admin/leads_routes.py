@@ -1,4 +1,5 @@
-"""Admin API routes for dialers: ``POST /leads/check`` (lead scrubbing).
+"""Admin API routes for dialers: ``POST /leads/check`` (lead scrubbing) and
+``GET /pools/{pool}/capacity`` (pacing: ``gateway.capacity``).
 
 ``POST /leads/check`` takes a CSV (``Content-Type: text/csv``) or NDJSON
 (``application/x-ndjson``; other types are sniffed) list of at most
@@ -31,7 +32,7 @@ from gateway.leads import (
     verdict_csv_row,
     verdict_json_line,
 )
-from gateway.operator import BadRequest, OperatorError
+from gateway.operator import BadRequest, NotFound, OperatorError
 
 __all__ = ["CHUNK", "add_dialer_routes"]
 
@@ -127,6 +128,20 @@ def _reasons(summary: LeadSummary) -> dict[str, int]:
     return {k.replace("-", "_"): v for k, v in summary.by_reason.items()}
 
 
+async def pool_capacity(request: web.Request) -> web.Response:
+    """How many calls the pool's cards can start now and in the next minute, per card why."""
+    from gateway.capacity import capacity_payload, operator_pool_capacity
+
+    pool = request.match_info["pool"]
+    op = request.app[OPERATOR_KEY]
+    now = request.app[CLOCK_KEY]()
+    capacity = operator_pool_capacity(op, pool, now)
+    if capacity is None:
+        raise NotFound(f"no cards in pool {pool!r}")
+    return web.json_response(capacity_payload(capacity, now))
+
+
 def add_dialer_routes(app: web.Application) -> None:
     """Register the dialer routes on the admin application."""
     app.router.add_post("/leads/check", leads_check)
+    app.router.add_get("/pools/{pool}/capacity", pool_capacity)

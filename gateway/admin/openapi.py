@@ -496,6 +496,16 @@ def openapi_document(version: str) -> dict[str, Any]:
                     },
                 )
             },
+            "/pools/{pool}/capacity": {
+                "get": _op(
+                    "how many calls the pool's cards can start now and in the next minute"
+                    " (sum over its cards of what quotas and free lines leave), and per card"
+                    " why not more (the words of a 503 no-card-available Warning); the same"
+                    " document as the retained MQTT topic dialgate/pools/{pool}/capacity",
+                    _responses(_json("the pool's capacity"), 404),
+                    parameters=[_path_param("pool", "card pool")],
+                )
+            },
             "/security/bans": {
                 "get": _op(
                     "source addresses banned for password guessing or a flood (inside"
