@@ -717,6 +717,9 @@ class ServerInviteTransaction(_Machine):
         self.auto_trying = auto_trying
         self.last_provisional: Response | None = None
         self.final_response: Response | None = None
+        # The To tag of the final response, kept after the response itself is dropped
+        # (a late CANCEL is answered with it, RFC 3261 §9.2).
+        self.final_tag: str | None = None
         self._interval = self.config.t1
 
     def start(self, now: float) -> list[Action]:
@@ -754,11 +757,16 @@ class ServerInviteTransaction(_Machine):
         elif status < 300:
             # RFC 6026 §8.5: a 2xx moves to Accepted; Timer L absorbs INVITE
             # retransmissions while the TU retransmits the 2xx itself (§13.3.1.4).
-            self.final_response = response
+            # Accepted resends nothing (§8.7: retransmissions are absorbed, the ACK
+            # and further 2xx from the TU pass through): for Timer L's 64*T1 keep
+            # the key and the final To tag only, not the responses.
+            self.final_tag = _to_tag(response)
+            self.last_provisional = None
             self.state = State.ACCEPTED
             self._arm(Timer.L, now, self.config.timeout)
         else:
             self.final_response = response
+            self.final_tag = _to_tag(response)
             self.state = State.COMPLETED
             if not self.reliable:
                 self._arm(Timer.G, now, self._interval)
@@ -788,6 +796,9 @@ class ServerInviteTransaction(_Machine):
                 # is T4 for unreliable transports, zero for reliable ones.
                 self.state = State.CONFIRMED
                 self._timers.clear()
+                # Confirmed only absorbs retransmissions (Timer I): nothing to resend.
+                self.final_response = None
+                self.last_provisional = None
                 self._wait_or_terminate(Timer.I, now, self.config.t4, actions)
             elif self.state is State.ACCEPTED:
                 # RFC 6026 §8.7 (Figure 5): "ACK / to TU" in Accepted.
@@ -1001,8 +1012,15 @@ def handle_cancel(
             tag = invite.last_provisional.to.tag
         actions = invite.send_response(make_response(invite.request, 487, to_tag=tag), now)
         return make_response(cancel, 200, to_tag=tag), actions
-    final_tag = invite.final_response.to.tag if invite.final_response else None
-    return make_response(cancel, 200, to_tag=to_tag or final_tag), actions
+    return make_response(cancel, 200, to_tag=to_tag or invite.final_tag), actions
+
+
+def _to_tag(response: Response) -> str | None:
+    """The To tag of ``response``, None when it has none or its To cannot be parsed."""
+    try:
+        return response.to.tag
+    except SIPError:
+        return None
 
 
 # --------------------------------------------------------------------------- the table

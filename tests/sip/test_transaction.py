@@ -824,6 +824,27 @@ def test_handle_cancel_after_final_and_without_transaction() -> None:
     assert (481, []) == (answer.status, actions)
 
 
+def test_accepted_and_confirmed_keep_no_response() -> None:
+    """RFC 6026 Accepted resends nothing for Timer L's 64*T1 and Confirmed nothing for
+    Timer I: neither keeps a response (only the final To tag, for a late CANCEL)."""
+    invite = req()
+    tx = ServerInviteTransaction(invite)
+    tx.start(0.0)
+    tx.send_response(resp(invite, 180, to_tag="t1"), 0.1)
+    tx.send_response(resp(invite, 200, to_tag="t1"), 0.2)
+    assert (State.ACCEPTED, None, None) == (tx.state, tx.final_response, tx.last_provisional)
+    assert [] == summary(tx.receive_request(req(), 0.3))  # retransmission absorbed
+    answer, _ = handle_cancel(tx, build_cancel(invite), 0.5)
+    assert "t1" == answer.to.tag
+    failed = ServerInviteTransaction(invite)
+    failed.start(0.0)
+    failed.send_response(resp(invite, 486, to_tag="busy"), 0.1)
+    assert failed.final_response is not None  # Completed resends it (Timer G)
+    failed.receive_request(req("ACK", to_tag="busy"), 0.2)
+    assert (State.CONFIRMED, None) == (failed.state, failed.final_response)
+    assert "busy" == handle_cancel(failed, build_cancel(invite), 0.3)[0].to.tag
+
+
 # --------------------------------------------------------------------------- 2xx retransmission (UAS core)
 
 
