@@ -1248,6 +1248,9 @@ async def _status_loop(
     """
     last: dict[str, Any] = {}
     manager = operator.manager
+    from gateway.capacity import PoolCapacityRound
+
+    pools = PoolCapacityRound()  # dialgate/pools/{pool}/capacity, retained, on change
     while not halt.is_set():
         try:
             now = clock()
@@ -1268,6 +1271,7 @@ async def _status_loop(
                 if last.get(card.id) != key:
                     last[card.id] = key
                     bus.publish(status)
+            pools.run(operator, bus, now)
             operator.check_alerts(now)
         except Exception:
             log.exception("card status round failed")

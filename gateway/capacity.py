@@ -19,9 +19,16 @@ from policies.quotas import CardSnapshot
 
 if TYPE_CHECKING:
     from gateway.cards import Card, CardManager
+    from gateway.events import EventBus, PoolCapacityStatus
     from gateway.operator import Operator
 
-__all__ = ["capacity_payload", "manager_pool_capacities", "operator_pool_capacity"]
+__all__ = [
+    "PoolCapacityRound",
+    "capacity_event",
+    "capacity_payload",
+    "manager_pool_capacities",
+    "operator_pool_capacity",
+]
 
 
 def _iso(t: float | None) -> str | None:
@@ -70,3 +77,37 @@ def manager_pool_capacities(
 
 def _sorted(items: Iterable[tuple[str, list[Card]]]) -> list[tuple[str, list[Card]]]:
     return sorted(items, key=lambda kv: kv[0])
+
+
+def capacity_event(capacity: PoolCapacity, now: float) -> PoolCapacityStatus:
+    """The bus event of one pool's capacity (MQTT ``dialgate/pools/{pool}/capacity``)."""
+    from gateway.events import PoolCapacityStatus
+
+    payload = capacity_payload(capacity, now)
+    return PoolCapacityStatus(
+        pool=capacity.pool,
+        at=now,
+        now=capacity.now,
+        next_minute=capacity.next_minute,
+        cards=tuple(payload["cards"]),
+    )
+
+
+class PoolCapacityRound:
+    """Each status round: every pool's capacity, published when it changed (retained)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, PoolCapacity] = {}
+
+    def run(self, operator: Operator, bus: EventBus, now: float) -> int:
+        """Compute every pool's capacity and publish the changed ones; returns how many."""
+        published = 0
+        for pool, capacity in manager_pool_capacities(
+            operator.manager, operator.snapshot, now
+        ).items():
+            if self._last.get(pool) == capacity:
+                continue
+            self._last[pool] = capacity
+            bus.publish(capacity_event(capacity, now))
+            published += 1
+        return published

@@ -58,6 +58,7 @@ from gateway.events import (
     Event,
     EventBus,
     GatewayStatus,
+    PoolCapacityStatus,
     Stats,
     render_json,
 )
@@ -115,9 +116,13 @@ class Topics:
         """``{root}/alerts``."""
         return f"{self.root}/alerts"
 
+    def pool_capacity(self, pool: str) -> str:
+        """``{root}/pools/{pool}/capacity``."""
+        return f"{self.root}/pools/{topic_segment(pool)}/capacity"
+
 
 #: The topic kinds drops and coalescing are counted by (a ``kind`` metric label).
-KINDS = ("status", "cards", "stats", "calls", "alerts")
+KINDS = ("status", "cards", "stats", "calls", "alerts", "pools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,8 @@ def event_kind(event: Event) -> str:
         return "calls"
     if isinstance(event, Alert):
         return "alerts"
+    if isinstance(event, PoolCapacityStatus):
+        return "pools"
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
@@ -189,6 +196,8 @@ def route(event: Event, topics: Topics, *, mask_numbers: bool = True) -> Outgoin
         return Outgoing(topics.calls(event.kind.value), payload, 0, False, "calls")
     if isinstance(event, Alert):
         return Outgoing(topics.alerts, payload, 1, False, "alerts")
+    if isinstance(event, PoolCapacityStatus):
+        return Outgoing(topics.pool_capacity(event.pool), payload, 1, True, "pools")
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
