@@ -67,7 +67,6 @@ __all__ = [
     "EventBus",
     "GatewayStatus",
     "LimitUsage",
-    "PoolCapacityStatus",
     "RiskSignal",
     "Severity",
     "Stats",
@@ -258,22 +257,7 @@ class Alert:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class PoolCapacityStatus:
-    """How many calls a pool's cards can start: ``dialgate/pools/{pool}/capacity`` (retained).
-
-    ``cards`` holds one mapping per card (``card``, ``state``, ``now``,
-    ``next_minute``, ``cause``, ``frees_at`` as ISO time): ``gateway.capacity``.
-    """
-
-    pool: str
-    at: float
-    now: int
-    next_minute: int
-    cards: tuple[Mapping[str, Any], ...] = ()
-
-
-Event = GatewayStatus | CardStatus | Stats | CallEvent | Alert | PoolCapacityStatus
+Event = GatewayStatus | CardStatus | Stats | CallEvent | Alert
 
 
 # --- payloads ---------------------------------------------------------------------------
@@ -379,14 +363,6 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
             "reason": event.reason,
             "message": mask_numbers_in(event.message) if mask_numbers else event.message,
             "detail": mask_numbers_deep(detail) if mask_numbers else detail,
-        }
-    elif isinstance(event, PoolCapacityStatus):
-        body = {
-            "pool": event.pool,
-            "at": iso_time(event.at),
-            "now": event.now,
-            "next_minute": event.next_minute,
-            "cards": [dict(c) for c in event.cards],
         }
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not an event: {type(event).__name__}")
@@ -807,11 +783,22 @@ class CallStats:
                 self.answered += 1
             self._ends.append((event.at, answered))
             self._active.pop(event.call_id, None)
+        if kind is CallEventKind.ATTEMPT or kind is CallEventKind.ENDED:
+            # Trimmed here too, not only by snapshot(): without a reader (no MQTT)
+            # the windows would keep every call ever made.
+            self._trim(event.at)
 
     @property
     def active_calls(self) -> int:
         """Calls attempted and not yet ended or blocked."""
         return len(self._active)
+
+    def _trim(self, now: float) -> None:
+        """Forget attempts and ends older than their windows (bounded by time)."""
+        while self._attempt_times and self._attempt_times[0] <= now - self.cps_window:
+            self._attempt_times.popleft()
+        while self._ends and self._ends[0][0] <= now - self.asr_window:
+            self._ends.popleft()
 
     def cards_by_state(self) -> dict[str, int]:
         """How many known cards are in each state."""
@@ -820,10 +807,7 @@ class CallStats:
     def snapshot(self, extra: Mapping[str, Any] | None = None) -> Stats:
         """The :class:`Stats` now (trims the rolling windows)."""
         now = self.clock()
-        while self._attempt_times and self._attempt_times[0] <= now - self.cps_window:
-            self._attempt_times.popleft()
-        while self._ends and self._ends[0][0] <= now - self.asr_window:
-            self._ends.popleft()
+        self._trim(now)
         recent = len(self._ends)
         asr = sum(1 for _, ok in self._ends if ok) / recent if recent else None
         return Stats(

@@ -81,6 +81,12 @@ MAX_USERS = 10_000
 MAX_BANS = 100_000
 """Bans kept at once; beyond it the one that ends soonest is dropped."""
 
+MAX_OFFENCES = 2 * MAX_BANS
+"""Past offences remembered at once (for the doubling ban time); oldest forgotten first.
+
+:meth:`Guard.expire` forgets them after ``ban_memory``; this bounds them in between
+(addresses that each got one ban, e.g. a scan over many IPv6 networks)."""
+
 
 class Admission(StrEnum):
     """What to do with a request, decided before anything else looks at it."""
@@ -422,7 +428,10 @@ class Guard:
         duration = min(s.ban_time * 2 ** min(offence - 1, 40), s.ban_time_max)
         ban = Ban(host, now, now + duration, reason, count, offence)
         self._bans[host] = ban
+        self._offences.pop(host, None)  # re-inserted last: the dict is oldest first
         self._offences[host] = (offence, ban.until)
+        while len(self._offences) > MAX_OFFENCES:
+            del self._offences[next(iter(self._offences))]
         self._sources.pop(host, None)  # counting starts afresh after the ban
         self._new.append(ban)
         self.stats.bans += 1
