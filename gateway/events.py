@@ -67,6 +67,7 @@ __all__ = [
     "EventBus",
     "GatewayStatus",
     "LimitUsage",
+    "PoolCapacityStatus",
     "RiskSignal",
     "Severity",
     "Stats",
@@ -257,7 +258,22 @@ class Alert:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-Event = GatewayStatus | CardStatus | Stats | CallEvent | Alert
+@dataclass(frozen=True, slots=True)
+class PoolCapacityStatus:
+    """How many calls a pool's cards can start: ``dialgate/pools/{pool}/capacity`` (retained).
+
+    ``cards`` holds one mapping per card (``card``, ``state``, ``now``,
+    ``next_minute``, ``cause``, ``frees_at`` as ISO time): ``gateway.capacity``.
+    """
+
+    pool: str
+    at: float
+    now: int
+    next_minute: int
+    cards: tuple[Mapping[str, Any], ...] = ()
+
+
+Event = GatewayStatus | CardStatus | Stats | CallEvent | Alert | PoolCapacityStatus
 
 
 # --- payloads ---------------------------------------------------------------------------
@@ -363,6 +379,14 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
             "reason": event.reason,
             "message": mask_numbers_in(event.message) if mask_numbers else event.message,
             "detail": mask_numbers_deep(detail) if mask_numbers else detail,
+        }
+    elif isinstance(event, PoolCapacityStatus):
+        body = {
+            "pool": event.pool,
+            "at": iso_time(event.at),
+            "now": event.now,
+            "next_minute": event.next_minute,
+            "cards": [dict(c) for c in event.cards],
         }
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not an event: {type(event).__name__}")
