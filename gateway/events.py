@@ -775,7 +775,9 @@ class CallStats:
         self.card_states: dict[str, str] = {}
         self._active: dict[str, float] = {}
         self._attempt_times: collections.deque[float] = collections.deque()
-        self._ends: collections.deque[tuple[float, bool]] = collections.deque()
+        # Calls ended per whole second: [second, ended, answered], oldest first. A
+        # per-call entry would hold asr_window x CPS of them (90,000 at 100 CPS).
+        self._ends: collections.deque[list[int]] = collections.deque()
 
     def __call__(self, event: Event) -> None:
         """Observe one bus event."""
@@ -805,7 +807,13 @@ class CallStats:
             answered = outcome == "answered"
             if answered:
                 self.answered += 1
-            self._ends.append((event.at, answered))
+            second = math.floor(event.at)
+            ends = self._ends
+            if ends and ends[-1][0] == second:
+                ends[-1][1] += 1
+                ends[-1][2] += answered
+            else:
+                ends.append([second, 1, int(answered)])
             self._active.pop(event.call_id, None)
         if kind is CallEventKind.ATTEMPT or kind is CallEventKind.ENDED:
             # Trimmed here too, not only by snapshot(): without a reader (no MQTT)
@@ -832,8 +840,8 @@ class CallStats:
         """The :class:`Stats` now (trims the rolling windows)."""
         now = self.clock()
         self._trim(now)
-        recent = len(self._ends)
-        asr = sum(1 for _, ok in self._ends if ok) / recent if recent else None
+        recent = sum(bucket[1] for bucket in self._ends)
+        asr = sum(bucket[2] for bucket in self._ends) / recent if recent else None
         return Stats(
             at=now,
             active_calls=self.active_calls,

@@ -134,10 +134,21 @@ def test_call_stats_windows_are_bounded_without_a_reader() -> None:
             stats(event)
             metrics(event)
     assert len(stats._attempt_times) <= 11
-    assert len(stats._ends) <= 101
+    assert len(stats._ends) <= 101  # one bucket per second of the ASR window
+    assert sum(b[1] for b in stats._ends) <= 101
     assert 0 == stats.active_calls == len(metrics._active)
     for i in range(N):  # attempts that never end: the active set stops at its cap
         event = CallEvent(CallEventKind.ATTEMPT, f"open-{i}", float(N + i))
         stats(event)
         metrics(event)
     assert stats.active_calls == 1000 == len(metrics._active)
+
+
+def test_asr_window_holds_seconds_not_calls() -> None:
+    """200 calls a second for 50 s: the 900 s ASR window holds 50 buckets, not 10,000 calls."""
+    stats = CallStats(lambda: 1050.0, asr_window=900.0)
+    for i in range(N):
+        outcome = "answered" if i % 4 == 0 else "busy"
+        stats(CallEvent(CallEventKind.ENDED, f"e-{i}", 1000.0 + i / 200, outcome=outcome))
+    assert len(stats._ends) <= 51
+    assert 0.25 == stats.snapshot().asr
