@@ -2028,20 +2028,25 @@ class B2BUA:
         return invite, peer
 
     async def _end_unanswered_orphan(self, row: CallDialogs, invite: Request, peer: Peer) -> bool:
-        """CANCEL the stored B-leg INVITE, answer the agent's INVITE, CDR, forget the row."""
+        """CANCEL the stored B-leg INVITE, answer the agent's INVITE, CDR, forget the row.
+
+        The CDR is written as soon as the CANCEL has left (a carrier that ignores a
+        CANCEL keeps it waiting up to 64*T1); the row goes after its answer.
+        """
         a_status = self._answer_orphan_a(row)
-        cancel_status: int | None = None
+        handle: ClientRequest | None = None
         try:
             handle = self.endpoint.send_request(
                 build_cancel(invite), peer.address, transport=peer.transport, add_via=False
             )
-            cancel_status = (await handle.final).status
         except Exception as exc:
             log.warning(
                 "call.orphan.cancel_failed", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
             )
         self.stats["orphans_cancelled"] += 1
-        cdr, deleted = self._orphan_cdr(row)
+        cdr = self._orphan_cdr(row)
+        cancel_status = None if handle is None else (await handle.final).status
+        deleted = self._forget_orphan(row)
         log.info(
             "call.orphan_ended",
             call_id=row.call_id,
@@ -2087,10 +2092,8 @@ class B2BUA:
             return None
         return status if sent else None
 
-    def _orphan_cdr(self, row: CallDialogs) -> tuple[str, bool]:
-        """Write the row's ``interrupted`` CDR unless the call's CDR exists; delete the row.
-
-        Returns (what happened to the CDR, whether the row was deleted)."""
+    def _orphan_cdr(self, row: CallDialogs) -> str:
+        """Write the row's ``interrupted`` CDR unless the call's CDR exists; say which."""
         cdr = "missing"
         try:
             if any(
@@ -2112,20 +2115,24 @@ class B2BUA:
                 log.error(
                     "call.orphan.bad_cdr", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
                 )
+        return cdr
+
+    def _forget_orphan(self, row: CallDialogs) -> bool:
+        """Delete an ended orphan's row; False when it could not be (or was gone)."""
         try:
-            deleted = self.services.store.delete_call_dialogs(row.key)
+            return self.services.store.delete_call_dialogs(row.key)
         except StoreUnavailable as exc:
-            deleted = False
             self.stats["dialog_store_errors"] += 1
             log.error("call.orphan.delete_failed", call_id=row.call_id, key=row.key, error=str(exc))
-        return cdr, deleted
+            return False
 
     async def _end_orphan(self, row: CallDialogs) -> bool:
         """BYE both stored legs of an answered call, CDR, forget the row."""
         b_status, a_status = await asyncio.gather(
             self._orphan_bye(row, "b", row.b_leg), self._orphan_bye(row, "a", row.a_leg)
         )
-        cdr, deleted = self._orphan_cdr(row)
+        cdr = self._orphan_cdr(row)
+        deleted = self._forget_orphan(row)
         log.info(
             "call.orphan_ended",
             call_id=row.call_id,
