@@ -101,3 +101,40 @@ def test_version_4_database_gains_the_table_and_keeps_its_rows(db_path: Path) ->
         assert [] == s.call_dialogs()
         s.save_call_dialogs(call("k0"))
         assert ["k0"] == [c.key for c in s.call_dialogs()]
+
+
+def test_version_9_rows_gain_the_write_ahead_columns(db_path: Path) -> None:
+    """Schema 10 (write-ahead B-legs): an answered row of schema 9 reads back with no
+    stored INVITEs; a new row keeps both INVITE records (JSON, ``"v": 1``)."""
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, statements in _MIGRATIONS:
+            if version > 9:
+                break
+            for sql in statements:
+                db.execute(sql)
+            db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        db.execute(
+            "INSERT INTO call_dialogs (call_key, call_id, card, callee, attempt_at, answer_at, "
+            "b_leg, cdr) VALUES ('old', 'old@agent', 'c1', '+8613912345678', ?, ?, ?, NULL)",
+            (T0, T0 + 3, '{"transport": "udp"}'),
+        )
+    b_invite = {"v": 1, "via": "SIP/2.0/UDP gw;branch=z9hG4bKx;rport", "cseq": 1}
+    a_invite = {"v": 1, "via": ["SIP/2.0/UDP agent;branch=z9hG4bKa"], "tag": "t"}
+    with SQLiteStore(db_path) as s:
+        assert 10 <= s.schema_version()
+        [old] = s.call_dialogs()
+        assert ("old", None, None) == (old.key, old.b_invite, old.a_invite)
+        assert {"transport": "udp"} == old.b_leg
+        new = CallDialogs(
+            key="new",
+            call_id="new@agent",
+            card="c1",
+            callee="+8613912345679",
+            attempt_at=T0 + 5,
+            b_invite=b_invite,
+            a_invite=a_invite,
+        )
+        s.save_call_dialogs(new)
+        assert [old, new] == s.call_dialogs()
