@@ -785,12 +785,21 @@ class Gateway:
         )
         self._start_registrations(store, services.ledger)
         self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
+        # Issue 19: once the store answers again, write what its outage held back.
+        store.guard.on_recover(self._store_recovered)
         # After a crash: BYE the calls the dead process left up, without delaying traffic.
         self._orphan_tasks = {asyncio.ensure_future(self.b2bua.end_orphaned_calls())}
         self.health = HealthRunner(
             self.endpoint, settings, health, services.cards, clock=self.clock, bus=self.events
         )
         self.health.start()
+
+    def _store_recovered(self) -> None:
+        """The store's guard closed: flush finishes, spooled CDRs and registrations now."""
+        written = self.flush_spooled()
+        if self.registrations is not None:
+            self.registrations.flush(self.sip_clock(), force=True)
+        log.info("store.flushed_after_outage", written=written)
 
     def flush_spooled(self) -> int:
         """Write what a store outage held back: reservation finishes and spooled CDRs."""
@@ -1156,6 +1165,8 @@ async def serve(
     halt = asyncio.Event()
     try:
         await gateway.start()
+        if gateway.store is not None:
+            telemetry.store_status = gateway.store.guard.status  # /health
         operator = gateway.operator()
         if operator is not None:
             if settings.admin.enabled:

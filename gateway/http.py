@@ -434,17 +434,21 @@ class GatewayTelemetry:
             self.metrics.watch_mqtt(self.publisher)
         if gateway_snapshot is not None:
             self.metrics.watch_gateway(gateway_snapshot)
+        self.store_status: Callable[[], dict[str, Any]] | None = None  # StoreGuard.status
         self.http: HttpServer | None = None
         if settings.admin.enabled and serve_http:
             self.http = admin_server(settings.admin, metrics=self.metrics, health=self.health)
 
     def health(self) -> dict[str, Any]:
-        """``/health``: ok while the gateway runs (a broker outage never fails calls)."""
+        """``/health``: ok while the gateway runs (a broker outage never fails calls);
+        degraded (503) while the store does not answer."""
         mqtt = "off"
         if self.publisher is not None:
             mqtt = "connected" if self.publisher.connected else "disconnected"
+        store = self.store_status() if self.store_status is not None else {"state": "off"}
         return {
-            "status": "ok",
+            "status": "degraded" if store["state"] == "unavailable" else "ok",
+            "store": store,
             "version": self.version,
             "mqtt": mqtt,
             "active_calls": self.stats.active_calls,

@@ -180,8 +180,12 @@ async def _write(request: web.Request, action: Callable[[], Any]) -> web.Respons
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness (no token needed)."""
-    return web.json_response({"status": "ok", "version": __version__})
+    """Liveness (no token needed); 503 ``degraded`` while the store does not answer."""
+    guard = getattr(getattr(request.app.get(OPERATOR_KEY), "store", None), "guard", None)
+    store = guard.status() if guard is not None else {"state": "off"}
+    ok = store["state"] != "unavailable"
+    body = {"status": "ok" if ok else "degraded", "version": __version__, "store": store}
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.cdr import CallRecord, Origin, Outcome
 from gateway.private_files import prepare_private_file
+from gateway.store.guard import StoreGuard
 from policies.agent import AgentUsage
 from policies.consent import ConsentRecord, ConsentStatus, resolve_status
 from policies.dnc import DncEntry, DncSource
@@ -112,6 +113,11 @@ class StoreUnavailable(StoreUnavailableError):
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+
+
+def _unavailable(detail: str, retry_after: int) -> StoreUnavailable:
+    """What :class:`StoreGuard` raises while open."""
+    return StoreUnavailable(detail, retry_after=retry_after)
 
 
 class ReservationError(ValueError):
@@ -749,6 +755,11 @@ class SQLiteStore:
         # while no other connection has committed: PRAGMA data_version tells.
         self._cards_usage: dict[str, _CardCounters] = {}
         self._data_version: int | None = None
+        # Issue 19: after a lock/busy/disk/I-O failure, writes are refused at once and
+        # reads do not wait for locks, until a probe off the event loop writes again.
+        self.guard = StoreGuard(self._probe, _unavailable, name="sqlite")
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._busy_applied = int(busy_timeout_ms)
         if self.path != ":memory:":
             # Callee numbers, DNC and complaints: 0600 whatever the umask (issue 15);
             # SQLite gives the -wal/-shm it creates the database file's mode.
@@ -782,7 +793,44 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL when last)."""
+        self.guard.stop()
         self._db.close()
+
+    def _probe(self) -> None:
+        """The guard's probe (a worker thread, its own connection): one real, tiny commit.
+
+        Rewrites ``user_version`` unchanged: that commit needs the write lock and a
+        WAL frame on disk, so it fails while another process holds the database or
+        the disk is full, like the gateway's own writes would.
+        """
+        db = sqlite3.connect(self.path, timeout=0.05, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            db.execute(f"PRAGMA user_version={version}")
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def _unavailable(self, detail: str, exc: BaseException) -> StoreUnavailable:
+        """``StoreUnavailable(detail)``; a failure of the store itself trips the guard."""
+        if (
+            isinstance(exc, sqlite3.DatabaseError)
+            and not isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError)
+            and self.path != ":memory:"
+        ):
+            self.guard.trip(f"{type(exc).__name__}: {exc}")
+        return StoreUnavailable(detail, retry_after=self.guard.retry_after)
+
+    def _guarded(self, *, write: bool) -> None:
+        """Before touching the connection: refuse writes at once while the guard is open;
+        reads then run without waiting for locks (busy timeout 0)."""
+        if write:
+            self.guard.check()
+        busy = self._busy_timeout_ms if self.guard.healthy else 0
+        if busy != self._busy_applied:
+            self._db.execute(f"PRAGMA busy_timeout={busy}")
+            self._busy_applied = busy
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy committed WAL pages into the database file; return (WAL pages, copied).
@@ -813,9 +861,10 @@ class SQLiteStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; SQLite errors become :class:`StoreUnavailable`."""
         try:
+            self._guarded(write=True)
             self._db.execute("BEGIN IMMEDIATE")
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
-            raise StoreUnavailable(f"store not writable: {exc}") from exc
+            raise self._unavailable(f"store not writable: {exc}", exc) from exc
         try:
             yield self._db
         except sqlite3.IntegrityError:
@@ -823,7 +872,7 @@ class SQLiteStore:
             raise
         except sqlite3.Error as exc:
             self._rollback_quietly()
-            raise StoreUnavailable(f"store write failed: {exc}") from exc
+            raise self._unavailable(f"store write failed: {exc}", exc) from exc
         except BaseException:
             self._rollback_quietly()
             raise
@@ -831,7 +880,7 @@ class SQLiteStore:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback_quietly()
-            raise StoreUnavailable(f"store commit failed: {exc}") from exc
+            raise self._unavailable(f"store commit failed: {exc}", exc) from exc
 
     def _rollback_quietly(self) -> None:
         try:
@@ -842,9 +891,10 @@ class SQLiteStore:
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         try:
+            self._guarded(write=False)
             return self._db.execute(sql, params).fetchall()
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
-            raise StoreUnavailable(f"store read failed: {exc}") from exc
+            raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     def _sync(self, db: sqlite3.Connection) -> None:
         """Forget the running counters when another connection committed since last time."""
@@ -1194,17 +1244,19 @@ class SQLiteStore:
         cost does not grow with the card's history.
         """
         try:
+            self._guarded(write=False)
             self._sync(self._db)
             return self._counters(self._db, card_id, now).usage(now)
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
-            raise StoreUnavailable(f"store read failed: {exc}") from exc
+            raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     def recount_card_usage(self, card_id: str, now: float) -> CardUsage:
         """``card_usage`` computed from the rows alone, bypassing the running counters."""
         try:
+            self._guarded(write=False)
             return self._load_counters(self._db, card_id, now).usage(now)
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
-            raise StoreUnavailable(f"store read failed: {exc}") from exc
+            raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     def _counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
         """The card's running counters for the carrier day of ``now`` (loaded when missing)."""
@@ -1284,9 +1336,10 @@ class SQLiteStore:
     ) -> CardUsageFacts:
         """Aggregated usage facts (counts, not lists) for wallboards and reports."""
         try:
+            self._guarded(write=False)
             return self._usage(self._db, card, now, day_start_at=day_start_at, window=window)
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
-            raise StoreUnavailable(f"store read failed: {exc}") from exc
+            raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     @staticmethod
     def _usage(

@@ -16,6 +16,7 @@ from pathlib import Path
 from gateway.cdr import CallRecord, Origin, Outcome
 from gateway.cdr_spool import CdrWriter, record_from_json, record_to_json
 from gateway.store import SQLiteStore
+from tests.store.test_guard import wait_recovered
 
 
 def _record(n: int, **changes: object) -> CallRecord:
@@ -71,6 +72,7 @@ def test_outage_spools_to_a_private_file_and_the_next_write_flushes_in_order(
         assert 2 == len(spool.read_text().splitlines())
         assert 0o600 == stat.S_IMODE(spool.stat().st_mode)
         assert [] == store.cdrs()
+        wait_recovered(store)  # the guard closes once a probe writes again
         assert writer.write(_record(3))  # the store is back: the spool goes first
         assert ["call-1@agent", "call-2@agent", "call-3@agent"] == [r.call_id for r in store.cdrs()]
         assert _record(2) == store.cdrs()[1]
@@ -90,6 +92,7 @@ def test_spool_file_unwritable_keeps_records_in_memory(tmp_path: Path) -> None:
                 assert not writer.write(_record(n))
             assert 0 == writer.flush()  # still down: nothing moves, nothing is lost
         assert 3 == writer.pending
+        wait_recovered(store)
         assert 3 == writer.flush()
         assert 3 == len(store.cdrs())
         assert {"written": 0, "spooled": 3, "replayed": 3, "pending": 0} == writer.stats()

@@ -12,6 +12,7 @@ from gateway.store.sqlite import _MIGRATIONS
 from policies.errors import StoreUnavailableError
 
 from .conftest import T0
+from .test_guard import wait_recovered
 
 
 def _tables(path: Path) -> set[str]:
@@ -99,7 +100,8 @@ def test_locked_database_raises_store_unavailable(db_path: Path) -> None:
     assert 503 == info.value.status_code
     assert "store-unavailable" == info.value.reason_text
     assert isinstance(info.value, StoreUnavailableError)
-    s.reserve("c1", "call-1", "+8613811112222", T0)  # works again once the lock is gone
+    wait_recovered(s)  # the store's guard closes by itself once the lock is gone
+    s.reserve("c1", "call-1", "+8613811112222", T0)  # works again
     assert 1 == s.card_usage("c1", T0).in_use
     s.close()
 
