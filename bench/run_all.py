@@ -15,7 +15,11 @@ Runs, each as a subprocess with its output shown as it comes:
 4. ``bench/e2e.py ceiling`` — SIPp → SIPp, the test bed's own ceiling;
 5. ``bench/e2e.py e2e`` — SIPp → dialgate → SIPp (8 agents on 8 cards),
    ramped until calls fail, each rate beside a direct SIPp → SIPp step
-   (INVITE→200 ratio), with the gateway's CPU%, CPU ms per call and RSS.
+   (INVITE→200 ratio), with the gateway's CPU%, CPU ms per call and RSS;
+6. ``bench/memory_soak.py`` — calls to distinct numbers through the gateway
+   in one process: the soak curve (calls vs RSS) and the RSS growth per call
+   at steady state, after the warm-up (target < 1 kB; ``--quick``: 8,000
+   calls instead of 30,000).
 
 Steps 4-5 need SIPp (Debian sip-tester); a missing SIPp skips them with a
 note. ``--quick`` (or ``DIALGATE_BENCH_QUICK=1``) shortens every step and
@@ -23,7 +27,7 @@ bounds the whole run by ``--budget`` seconds (default 300 in quick mode): a
 step that would run past it is stopped and reported as cut short (the first
 run also builds the 1M-number database cache once, outside that budget's
 intent: about 20 s). ``--only NAME,...`` picks steps (sip, policies, micro,
-leads, ceiling, e2e). Results are also written as JSON to ``--out`` (default
+leads, soak, ceiling, e2e). Results are also written as JSON to ``--out`` (default
 ``var/bench``). Run:
 
     .venv/bin/python bench/run_all.py --quick
@@ -49,7 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
-STEPS = ("sip", "policies", "micro", "leads", "ceiling", "e2e")
+STEPS = ("sip", "policies", "micro", "leads", "soak", "ceiling", "e2e")
 
 
 def run(name: str, cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
@@ -215,6 +219,16 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
             f = min(failing, key=lambda r: r["offered_cps"])
             text += f"; first failures at {f['offered_cps']:g} CPS ({f['failed']} failed)"
         out.append(text)
+    soak = results.get("soak", {}).get("output", "")
+    if soak:
+        steady = re.search(
+            r"^steady-state growth per call \(calls (\d+)→(\d+)\): RSS (-?\d+) B/call", soak, re.M
+        )
+        if steady:
+            out.append(
+                f"memory soak (distinct callees): RSS growth {steady.group(3)} B/call at steady "
+                f"state (calls {steady.group(1)}→{steady.group(2)}; target < 1024)"
+            )
     for name, res in results.items():
         if res.get("skipped"):
             out.append(f"{name}: skipped ({res['skipped']})")
@@ -289,6 +303,15 @@ def main() -> int:
             ),
             2400,
         ),
+        "soak": (
+            [PY, str(BENCH / "memory_soak.py")]
+            + (
+                ["--calls", "8000", "--every", "2000", "--warmup", "4000"]
+                if quick
+                else ["--calls", "30000", "--every", "3000"]
+            ),
+            900,
+        ),
     }
     budget = args.budget if args.budget is not None else (300.0 if quick else None)
     results: dict[str, dict[str, Any]] = {}
@@ -318,7 +341,7 @@ def main() -> int:
         lines.insert(
             0,
             "quick mode: 1M DNC numbers and 100 cards instead of 10M/200, 5k decisions, "
-            "4 s e2e steps (run without --quick for the full figures)",
+            "4 s e2e steps, an 8,000-call memory soak (run without --quick for the full figures)",
         )
     print(f"\n=== summary ({time.monotonic() - started:.0f}s", end="")
     print(f", load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
