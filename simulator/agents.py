@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -391,8 +391,12 @@ async def work_leads(
     stop: asyncio.Event | None = None,
     on_result: Callable[[str, CallResult], None] | None = None,
     requeue: Callable[[str, CallResult], float | None] | None = None,
+    gate: Callable[[asyncio.Event | None], Awaitable[bool]] | None = None,
 ) -> None:
     """One channel's loop: next lead → call → pause, until no lead is left or ``stop`` is set.
+
+    ``gate`` (capacity pacing, ``simulator.pacing.CapacityGate``) is awaited
+    before each call; it returns False when ``stop`` was set while it waited.
 
     Calls start at most every ``60 / calls_per_minute`` business seconds and
     at least ``think_seconds`` after the previous call ended. ``requeue``
@@ -407,6 +411,8 @@ async def work_leads(
         # (each call's SIP exchange settles before the next channel's begins).
         await business_sleep(clock, 0.0)
     while leads and (stop is None or not stop.is_set()):
+        if gate is not None and not await gate(stop):
+            break
         lead = leads.popleft()
         started = clock.now()
         result = await caller.call(lead, talk_seconds=talk_seconds, ring_timeout=ring_timeout)

@@ -76,6 +76,7 @@ from simulator.agents import Dialer, Softphone, work_leads
 from simulator.carrier import Carrier
 from simulator.clock import BusinessClock, EventClock, ScaledClock
 from simulator.models import CarrierModel, EventKind
+from simulator.pacing import CapacityGate, CapacityReading
 from simulator.records import CallOutcome, CallRecord, CardMark, GatewayCardState
 from simulator.report import Report, build_report
 from simulator.scenario import Scenario
@@ -640,6 +641,38 @@ def _sources(caller: Softphone | Dialer, dialer_channels: Mapping[str, int]) -> 
     return [f"{caller.name}/{channel + 1}" for channel in range(channels)]
 
 
+def _capacity_gate(
+    scenario: Scenario, in_process: InProcessGateway | None, clock: BusinessClock
+) -> CapacityGate | None:
+    """The dialers' capacity gate (``[pacing] pace = "capacity"``), over the in-process
+    gateway's own cards; None for blind pacing or without an in-process gateway."""
+    if scenario.pacing.pace != "capacity" or in_process is None:
+        return None
+    gateway = in_process.gateway
+    if gateway is None or gateway.b2bua is None:
+        return None
+    from gateway.capacity import operator_pool_capacity
+
+    b2bua = gateway.b2bua
+    op = gateway.operator()
+    if op is None:
+        return None
+    pool = gateway.settings.cards[0].pool if gateway.settings.cards else "main"
+    scale = 1.0 if in_process.clock_shared else float(getattr(clock, "speed", 1.0))
+
+    def read() -> CapacityReading:
+        now = b2bua.clock()
+        capacity = operator_pool_capacity(op, pool, now)
+        if capacity is None:
+            return CapacityReading(0, None, b2bua.stats["calls"])
+        frees = [c.frees_at for c in capacity.cards if c.frees_at is not None]
+        # frees_at is on the gateway's clock; the gate waits on the business clock.
+        at = clock.now() + (min(frees) - now) * scale if frees else None
+        return CapacityReading(capacity.now, at, b2bua.stats["calls"])
+
+    return CapacityGate(read, clock)
+
+
 def _requeuer(retry_scale: float) -> Callable[[str, CallResult], float | None]:
     """Put a lead back when the gateway could not place it (no card, store down).
 
@@ -828,6 +861,7 @@ async def run_scenario(
                 return lambda _lead, r: results.append((source, r))
 
             workers: list[asyncio.Task[None]] = []
+            gate = _capacity_gate(scenario, in_process, clock)
             dialer_channels = {d.name: d.channels for d in scenario.dialers}
             channels_of = [
                 (caller, source)
@@ -848,6 +882,7 @@ async def run_scenario(
                             stop=stop,
                             on_result=collect(source),
                             requeue=requeue,
+                            gate=gate if isinstance(caller, Dialer) else None,
                         )
                     )
                 )

@@ -453,6 +453,9 @@ class PacingSection(_Strict):
 
     calls_per_minute_per_agent: float = Field(default=1.0, gt=0)
     think_seconds: float = Field(default=5.0, ge=0)
+    #: ``blind``: dial at the rate and learn "no card" from 503s; ``capacity``: dialer
+    #: channels first wait until the pool's capacity (GET /pools/{pool}/capacity) has room.
+    pace: str = Field(default="blind", pattern="^(blind|capacity)$")
 
 
 class Lead(BaseModel):
