@@ -2321,7 +2321,7 @@ def services_from_settings(
         cards=source,
         **policy_kwargs,
     )
-    cdrs = CdrWriter(store, _spool_path(store))
+    cdrs = CdrWriter(store, _spool_path(store, settings.store.spool_dir))
     try:
         cdrs.recover()  # what a process that died during a store outage spooled
     except StoreUnavailable:
@@ -2342,9 +2342,10 @@ def services_from_settings(
     )
 
 
-def _spool_path(store: SQLiteStore) -> Path | None:
-    """``<database>.cdr-spool.jsonl`` beside a file database; None for ``:memory:``."""
+def _spool_path(store: SQLiteStore, spool_dir: Path | None = None) -> Path | None:
+    """``<database>.cdr-spool.jsonl`` in ``[store] spool_dir`` (default: beside a file
+    database); None for ``:memory:``."""
     path = Path(str(store.path))
     if str(store.path) == ":memory:":
         return None
-    return path.with_name(path.name + ".cdr-spool.jsonl")
+    return (spool_dir or path.parent) / (path.name + ".cdr-spool.jsonl")

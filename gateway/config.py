@@ -557,6 +557,9 @@ class StoreSettings(BaseModel):
 
     path: Path = Path("var/dialgate.db")
     redis: RedisUrl | None = None
+    # Where CDRs the store refused wait (``<db name>.cdr-spool.jsonl``): default beside
+    # the database; put it on another disk so a full disk does not take both.
+    spool_dir: Path | None = None
 
 
 class MqttSettings(BaseModel):
@@ -1676,6 +1679,14 @@ def config_warnings(settings: Settings) -> list[str]:
             f"store.path: directory {directory} is open to other local users (mode"
             f" {mode:04o}); the database holds callee numbers, DNC and complaints:"
             f" chmod 700 {directory}"
+        )
+    spool_dir = settings.store.spool_dir
+    loose = None if spool_dir is None else loose_directory(spool_dir / "spool")
+    if loose is not None:
+        directory, mode = loose
+        out.append(
+            f"store.spool_dir: directory {directory} is open to other local users (mode"
+            f" {mode:04o}); the CDR spool holds callee numbers: chmod 700 {directory}"
         )
     key = settings.sip.tls_key
     if key is not None:

@@ -97,11 +97,14 @@ def start_dialgate(
     sip_extra: str = "",
     port: int = 0,
     ready_event: str | None = None,
+    db: Path | None = None,
+    store_extra: str = "",
 ) -> DialgateProcess:
     """Write a config with UDP+TCP listeners on ``port`` (0: any), start ``dialgate run``,
     wait for both ports (and for a log line ``ready_event`` when given).
 
-    ``sip_extra``: more ``[sip]`` lines (e.g. ``t1 = 0.05\n``).
+    ``sip_extra``: more ``[sip]`` lines (e.g. ``t1 = 0.05\n``). ``db``: the database
+    file (default ``tmp/dialgate.db``); ``store_extra``: more ``[store]`` lines.
     """
     config = tmp / "dialgate.toml"
     if "[policy]" not in extra_toml:
@@ -111,8 +114,7 @@ def start_dialgate(
         "[sip]\n"
         f'listen = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
         'domains = ["gw.test"]\n' + sip_extra + "\n[store]\n"
-        f'path = "{tmp / "dialgate.db"}"\n'
-        "\n[admin]\n"
+        f'path = "{db or tmp / "dialgate.db"}"\n' + store_extra + "\n[admin]\n"
         'listen = "127.0.0.1:0"\n'
         "\n[logging]\n"
         "json = true\n" + extra_toml

@@ -109,3 +109,24 @@ def test_check_config_warns_on_an_open_store_directory(tmp_path: Path) -> None:
     os.chmod(var, 0o700)
     assert not [w for w in config_warnings(settings) if w.startswith("store.path")]
     assert loose_directory(tmp_path / "missing" / "gw.db") is None  # will be created 0700
+
+
+def test_spool_dir_is_accepted_used_and_warned_about_when_open(tmp_path: Path) -> None:
+    """``[store] spool_dir``: the CDR spool's directory (issue 19), checked like the store's."""
+    from gateway.b2bua import _spool_path
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.chmod(spool, 0o755)
+    settings = Settings(
+        store={"path": str(tmp_path / "gw.db"), "spool_dir": str(spool)},
+        policy={"consent": "dnc-only"},
+    )
+    [warning] = [w for w in config_warnings(settings) if w.startswith("store.spool_dir")]
+    assert str(spool) in warning
+    store = SQLiteStore(tmp_path / "gw.db")
+    try:
+        assert spool / "gw.db.cdr-spool.jsonl" == _spool_path(store, settings.store.spool_dir)
+        assert tmp_path / "gw.db.cdr-spool.jsonl" == _spool_path(store)  # default: beside
+    finally:
+        store.close()
