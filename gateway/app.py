@@ -1169,6 +1169,9 @@ async def serve(
             telemetry.store_status = gateway.store.guard.status  # /health
         operator = gateway.operator()
         if operator is not None:
+            from gateway.agent_board import wire_agent_board  # dialgate/agents/{agent}/state
+
+            wire_agent_board(settings, operator.store, telemetry.bus, clock())
             if settings.admin.enabled:
                 admin = await _start_admin(settings, gateway, operator, telemetry, clock)
                 gateway.admin_url = admin.url

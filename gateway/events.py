@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "QUOTA_LIMITS",
     "SCHEMA_VERSION",
+    "AgentState",
     "Alert",
     "AlertEngine",
     "AlertKind",
@@ -273,7 +274,26 @@ class PoolCapacityStatus:
     cards: tuple[Mapping[str, Any], ...] = ()
 
 
-Event = GatewayStatus | CardStatus | Stats | CallEvent | Alert | PoolCapacityStatus
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """One agent's state for the wall: ``dialgate/agents/{agent}/state`` (retained).
+
+    ``state``: idle, dialling, ringing, talking or paused (``reason`` says why);
+    counts of the day, the card of its last call (``gateway.agent_board``).
+    """
+
+    agent: str
+    at: float
+    state: str
+    reason: str | None = None
+    card: str | None = None
+    calls_today: int = 0
+    answered_today: int = 0
+    complaints_today: int = 0
+    active_calls: int = 0
+
+
+Event = GatewayStatus | CardStatus | Stats | CallEvent | Alert | PoolCapacityStatus | AgentState
 
 
 # --- payloads ---------------------------------------------------------------------------
@@ -387,6 +407,18 @@ def render_payload(event: Event, *, mask_numbers: bool = True) -> dict[str, Any]
             "now": event.now,
             "next_minute": event.next_minute,
             "cards": [dict(c) for c in event.cards],
+        }
+    elif isinstance(event, AgentState):
+        body = {
+            "agent": event.agent,
+            "at": iso_time(event.at),
+            "state": event.state,
+            "reason": event.reason,
+            "card": event.card,
+            "calls_today": event.calls_today,
+            "answered_today": event.answered_today,
+            "complaints_today": event.complaints_today,
+            "active_calls": event.active_calls,
         }
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not an event: {type(event).__name__}")

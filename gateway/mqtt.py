@@ -52,6 +52,7 @@ import structlog
 
 from gateway import __version__
 from gateway.events import (
+    AgentState,
     Alert,
     CallEvent,
     CardStatus,
@@ -116,13 +117,17 @@ class Topics:
         """``{root}/alerts``."""
         return f"{self.root}/alerts"
 
+    def agent(self, agent: str) -> str:
+        """``{root}/agents/{agent}/state``."""
+        return f"{self.root}/agents/{topic_segment(agent)}/state"
+
     def pool_capacity(self, pool: str) -> str:
         """``{root}/pools/{pool}/capacity``."""
         return f"{self.root}/pools/{topic_segment(pool)}/capacity"
 
 
 #: The topic kinds drops and coalescing are counted by (a ``kind`` metric label).
-KINDS = ("status", "cards", "stats", "calls", "alerts", "pools")
+KINDS = ("status", "cards", "stats", "calls", "alerts", "pools", "agents")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,8 @@ def event_kind(event: Event) -> str:
         return "alerts"
     if isinstance(event, PoolCapacityStatus):
         return "pools"
+    if isinstance(event, AgentState):
+        return "agents"
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
@@ -198,6 +205,8 @@ def route(event: Event, topics: Topics, *, mask_numbers: bool = True) -> Outgoin
         return Outgoing(topics.alerts, payload, 1, False, "alerts")
     if isinstance(event, PoolCapacityStatus):
         return Outgoing(topics.pool_capacity(event.pool), payload, 1, True, "pools")
+    if isinstance(event, AgentState):
+        return Outgoing(topics.agent(event.agent), payload, 1, True, "agents")
     raise TypeError(f"not an event: {type(event).__name__}")
 
 

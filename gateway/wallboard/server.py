@@ -3,7 +3,8 @@
 What this module is for:
 
 * :class:`WallboardState`: the retained state seen on the broker — every card's
-  ``cards/{card}/state``, ``stats``, each ``gateway/{node}/status`` — and the
+  ``cards/{card}/state``, each ``agents/{agent}/state``, ``stats``, each
+  ``gateway/{node}/status`` — and the
   latest alerts; :meth:`WallboardState.snapshot` is what a browser gets when it
   connects (so a reloaded page rebuilds from the retained topics alone), and
   every later message becomes one small update pushed to each browser;
@@ -82,6 +83,7 @@ class WallboardState:
         self.max_alerts = max_alerts
         self.listener_limit = listener_limit
         self.cards: dict[str, Any] = {}
+        self.agents: dict[str, Any] = {}
         self.gateways: dict[str, Any] = {}
         self.stats: Any = None
         self.alerts: collections.deque[Any] = collections.deque(maxlen=max_alerts)
@@ -96,6 +98,7 @@ class WallboardState:
             "root": self.root,
             "broker": {"connected": self.broker_connected},
             "cards": dict(self.cards),
+            "agents": dict(self.agents),
             "gateways": dict(self.gateways),
             "stats": self.stats,
             "alerts": list(self.alerts),
@@ -130,6 +133,13 @@ class WallboardState:
             else:
                 self.cards[card] = data
                 update = {"type": "card", "card": card, "data": data}
+        elif len(parts) == 3 and parts[0] == "agents" and parts[2] == "state":
+            agent = parts[1]
+            if data is None:
+                self.agents.pop(agent, None)
+            else:
+                self.agents[agent] = data
+            update = {"type": "agent", "agent": agent, "data": data}
         elif parts == ["stats"]:
             self.stats = data
             update = {"type": "stats", "data": data}

@@ -18,7 +18,7 @@ const LIMIT_NAMES = {
 };
 const RATE_LIMITS = new Set(["answer_rate_floor", "short_call_ceiling"]);
 
-let model = { cards: {}, gateways: {}, stats: null, alerts: [], broker: { connected: false } };
+let model = { cards: {}, agents: {}, gateways: {}, stats: null, alerts: [], broker: { connected: false } };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -188,8 +188,35 @@ function markStale() {
   document.querySelector(".kpis").dataset.stale = String(stale);
 }
 
+// Agents (dialgate/agents/{agent}/state): busiest first, then by name.
+const AGENT_ORDER = ["talking", "ringing", "dialling", "paused", "idle"];
+
+function agentTile(name, a) {
+  const li = el("li", "agent");
+  li.dataset.agent = name;
+  li.dataset.state = a.state;
+  const head = el("div", "agent-head");
+  head.append(el("span", "agent-name", name));
+  head.append(el("span", "agent-state", a.state + (a.state === "paused" && a.reason ? ": " + a.reason : "")));
+  li.append(head);
+  const line = `calls ${fmt(a.calls_today)} · answered ${fmt(a.answered_today)} · complaints ${fmt(a.complaints_today)}`;
+  li.append(el("div", "agent-counts", line + (a.card ? ` · card ${a.card}` : "")));
+  return li;
+}
+
+function renderAgents() {
+  const box = document.getElementById("agents");
+  const names = Object.keys(model.agents).sort((x, y) => {
+    const d = AGENT_ORDER.indexOf(model.agents[x].state) - AGENT_ORDER.indexOf(model.agents[y].state);
+    return d || x.localeCompare(y);
+  });
+  box.replaceChildren(...names.map((n) => agentTile(n, model.agents[n])));
+  document.getElementById("no-agents").hidden = names.length > 0;
+}
+
 function renderAll() {
   renderTop();
+  renderAgents();
   renderStats();
   renderCards();
   renderAlerts();
@@ -209,6 +236,9 @@ function apply(u) {
     case "alert": model.alerts.unshift(u.data); model.alerts.length = Math.min(model.alerts.length, 20);
       renderAlerts(); break;
     case "broker": model.broker.connected = u.connected; renderTop(); break;
+    case "agent":
+      if (u.data) model.agents[u.agent] = u.data; else delete model.agents[u.agent];
+      renderAgents(); break;
   }
 }
 
@@ -217,7 +247,7 @@ function connect() {
   source.addEventListener("snapshot", (e) => {
     const snap = JSON.parse(e.data);
     model = {
-      cards: snap.cards || {}, gateways: snap.gateways || {}, stats: snap.stats,
+      cards: snap.cards || {}, agents: snap.agents || {}, gateways: snap.gateways || {}, stats: snap.stats,
       alerts: snap.alerts || [], broker: snap.broker || { connected: false },
     };
     renderAll();
