@@ -66,3 +66,24 @@ async def test_capacity_is_retained_and_drops_to_zero_when_the_pool_is_suspended
             assert card["cause"].startswith(f"{card['card']} suspended"), card
         api = await _api(running)
         assert (0, 0) == (api["now"], api["next_minute"])
+
+
+async def test_agent_state_follows_a_real_call(running: Running, mosquitto: Mosquitto) -> None:
+    """alice (bound to c1) is published idle at start and idle again after a call, with
+    the call and the answer counted."""
+    topic = TOPICS.agent("alice")
+    async with Collector(mosquitto.port, f"{ROOT}/agents/#") as sub:
+        assert await wait_for(lambda: sub.latest(topic) is not None, 10)
+        first = sub.latest(topic)
+        assert ("idle", "c1", 0) == (first["state"], first["card"], first["calls_today"])
+        assert 200 == await _call(running.alice, "13912345678")
+
+        def counted() -> bool:
+            latest = sub.latest(topic) or {}
+            return latest.get("answered_today") == 1 and latest.get("state") == "idle"
+
+        assert await wait_for(counted, 10), sub.latest(topic)
+        # (Intermediate states of a short call may be coalesced: a retained topic sends
+        # its latest state, not every step; the unit test follows each step.)
+        assert 1 == sub.latest(topic)["calls_today"]
+        assert b"13912345678" not in b"".join(m.payload for m in sub.messages)
