@@ -1232,6 +1232,10 @@ async def _start_admin(
 
     assert gateway.store is not None
     app = build_admin_app(settings, gateway.store, operator=operator, clock=clock)
+    from gateway.admin.routes import STORE_GUARDS_KEY
+
+    shared = getattr(gateway.b2bua.services.ledger, "shared", None) if gateway.b2bua else None
+    app[STORE_GUARDS_KEY] = [g for g in (gateway.store.guard, getattr(shared, "guard", None)) if g]
     mount_metrics(app, telemetry.metrics)
     from gateway.admin.security_routes import add_security_routes
 

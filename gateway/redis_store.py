@@ -112,7 +112,8 @@ from gateway.store import (
     TransitionRecord,
     UsageLedger,
 )
-from gateway.store.sqlite import StoredRegistration
+from gateway.store.guard import StoreGuard
+from gateway.store.sqlite import StoredRegistration, _unavailable
 from policies.quotas import (
     CallOutcome,
     CardUsage,
@@ -693,12 +694,20 @@ class RedisStore:
         self._rehydrate = client.register_script(_LUA_REHYDRATE)
         self._put_state = client.register_script(_LUA_PUT_STATE)
         self._put_registrations = client.register_script(_LUA_PUT_REGISTRATIONS)
+        # /health (issue 19): opened when Redis is not reached, closed by a PING from a
+        # worker thread. It only reports here: a refused connection already fails at once.
+        self.guard = StoreGuard(self._probe, _unavailable, name="redis")
 
     # --- plumbing -------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the client's connections."""
+        self.guard.stop()
         self.client.close()
+
+    def _probe(self) -> None:
+        """The guard's probe (a worker thread): raises while Redis does not answer."""
+        self.client.ping()
 
     def ping(self) -> bool:
         """Whether Redis answers (health checks); never raises."""
@@ -713,6 +722,8 @@ class RedisStore:
         try:
             yield
         except RedisError as exc:
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                self.guard.trip(f"{type(exc).__name__}: {exc}")
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     def _settle(self, now: float) -> None:

@@ -137,7 +137,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": {
             "/health": {
                 "get": {
-                    "summary": "liveness (no token needed)",
+                    "summary": "liveness (no token needed); 503 while the store does not answer",
                     "security": [],
                     "responses": {
                         "200": _json(
@@ -147,7 +147,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "properties": {"status": {"type": "string"}},
                                 "required": ["status"],
                             },
-                        )
+                        ),
+                        "503": _json(
+                            "degraded: the store does not answer (calls are refused 503)",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "store": {"type": "object"},
+                                },
+                                "required": ["status", "store"],
+                            },
+                        ),
                     },
                 }
             },

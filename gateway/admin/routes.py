@@ -27,12 +27,14 @@ from gateway.admin.openapi import openapi_document
 from gateway.evidence import build_evidence, write_evidence_zip
 from gateway.operator import BadRequest, Operator, OperatorError, parse_duration, parse_time
 
-__all__ = ["CLOCK_KEY", "OPERATOR_KEY", "add_routes", "error_middleware"]
+__all__ = ["CLOCK_KEY", "OPERATOR_KEY", "STORE_GUARDS_KEY", "add_routes", "error_middleware"]
 
 log = structlog.get_logger("gateway.admin")
 
 OPERATOR_KEY: web.AppKey[Operator] = web.AppKey("operator", Operator)
 CLOCK_KEY: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+# The gateway's store guards (gateway.store.guard: SQLite, and Redis when shared) for /health.
+STORE_GUARDS_KEY: web.AppKey[list[Any]] = web.AppKey("store_guards")
 MAX_TEXT_BODY = 50 * 1024 * 1024
 
 
@@ -181,11 +183,17 @@ async def _write(request: web.Request, action: Callable[[], Any]) -> web.Respons
 
 async def health(request: web.Request) -> web.Response:
     """Liveness (no token needed); 503 ``degraded`` while the store does not answer."""
-    guard = getattr(getattr(request.app.get(OPERATOR_KEY), "store", None), "guard", None)
-    store = guard.status() if guard is not None else {"state": "off"}
-    ok = store["state"] != "unavailable"
-    body = {"status": "ok" if ok else "degraded", "version": __version__, "store": store}
-    return web.json_response(body, status=200 if ok else 503)
+    guards = request.app.get(STORE_GUARDS_KEY)
+    if guards is None:
+        guard = getattr(getattr(request.app.get(OPERATOR_KEY), "store", None), "guard", None)
+        guards = [] if guard is None else [guard]
+    stores = {g.name: g.status() for g in guards}
+    down = [s for s in stores.values() if s["state"] == "unavailable"]
+    store = down[0] if down else (next(iter(stores.values())) if stores else {"state": "off"})
+    body = {"status": "degraded" if down else "ok", "version": __version__, "store": store}
+    if len(stores) > 1:
+        body["stores"] = stores
+    return web.json_response(body, status=503 if down else 200)
 
 
 async def openapi(request: web.Request) -> web.Response:

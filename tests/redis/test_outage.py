@@ -91,10 +91,16 @@ def test_restarted_redis_works_again(private_redis: RedisServer, prefix: str) ->
     private_redis.kill()
     with pytest.raises(StoreUnavailable):
         store.reserve("c1", "k2", B, T0 + 1)
+    assert "unavailable" == store.guard.status()["state"]  # what /health reports
     private_redis.start()
     store.reserve("c1", "k3", C, T0 + 2, profile=QuotaProfile(calls_per_minute=5))
     assert "c1" == store.finish("k3", T0 + 3, answered=False)
     assert store.ping()
+    deadline = time.monotonic() + 3.0
+    while not store.guard.healthy:  # the guard's PING probe closes it by itself
+        assert time.monotonic() < deadline, store.guard.status()
+        time.sleep(0.02)
+    store.close()
 
 
 def mirror(stores: list[UsageLedger], ops: Callable[[UsageLedger], None]) -> None:

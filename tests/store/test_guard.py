@@ -83,3 +83,39 @@ def test_integrity_errors_and_a_closed_store_do_not_trip_the_guard(tmp_path: Pat
     with pytest.raises(StoreUnavailable):
         store.add_dnc("+8613800000001", T0)
     assert store.guard.healthy
+
+
+async def test_admin_health_answers_503_while_a_store_guard_is_open(tmp_path: Path) -> None:
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.admin.routes import STORE_GUARDS_KEY, add_routes
+
+    store = SQLiteStore(tmp_path / "gw.db", busy_timeout_ms=20)
+    app = web.Application()
+    add_routes(app)
+    app[STORE_GUARDS_KEY] = [store.guard]
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/health")
+        assert 200 == resp.status
+        assert "ok" == (await resp.json())["store"]["state"]
+        other = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable):
+            store.add_dnc("+8613800000001", T0)
+        resp = await client.get("/health")
+        body = await resp.json()
+        assert (503, "degraded", "unavailable") == (
+            resp.status,
+            body["status"],
+            body["store"]["state"],
+        )
+        other.execute("ROLLBACK")
+        other.close()
+        deadline = time.monotonic() + 3.0
+        while (await client.get("/health")).status != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    store.close()
