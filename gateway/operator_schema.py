@@ -220,10 +220,12 @@ class OperatorDB:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        # The store's guard (issue 19): refused at once while the file is locked or full.
+        self.store.guard.check()
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"operator tables not writable: {exc}") from exc
+            raise self.store._unavailable(f"operator tables not writable: {exc}", exc) from exc
         try:
             yield self._db
         except BaseException:
@@ -233,7 +235,7 @@ class OperatorDB:
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"operator commit failed: {exc}") from exc
+            raise self.store._unavailable(f"operator commit failed: {exc}", exc) from exc
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         try:
