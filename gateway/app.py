@@ -787,6 +787,9 @@ class Gateway:
         self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
         # Issue 19: once the store answers again, write what its outage held back.
         store.guard.on_recover(self._store_recovered)
+        shared_guard = getattr(getattr(services.ledger, "shared", None), "guard", None)
+        if shared_guard is not None:  # Redis back: replay its held-back closes too
+            shared_guard.on_recover(self._store_recovered)
         # After a crash: BYE the calls the dead process left up, without delaying traffic.
         self._orphan_tasks = {asyncio.ensure_future(self.b2bua.end_orphaned_calls())}
         self.health = HealthRunner(
