@@ -59,7 +59,7 @@ class Outcome(StrEnum):
     BLOCKED = "blocked"  # refused by the policy pipeline, never left the gateway
     NO_CARD = "no-card"  # every card failed, was suspended or over quota
     FAILED = "failed"  # any other final failure
-    INTERRUPTED = "interrupted"  # answered, then the gateway died; hung up at its restart
+    INTERRUPTED = "interrupted"  # the gateway died during the call; ended at its restart
 
 
 _STATUS_OUTCOMES: dict[int, Outcome] = {
