@@ -282,6 +282,7 @@ class Call:
     ring_at: float | None = None
     answer_at: float | None = None
     policy_reason: str = ""
+    lead_id: str = ""  # [policy] lead_header (X-Lead-Id) of a dialer's INVITE, for the CDR
     final_code: int = 0
     reserved: bool = False
     max_forwards: int = 70
@@ -469,6 +470,7 @@ class B2BUA:
             destination=req.uri.user or "",
             attempt_at=now,
             campaign=self._campaign(req, identity),
+            lead_id=(req.headers.get(self.settings.policy.lead_header) or "").strip()[:64],
         )
         mf = req.max_forwards
         if mf is not None and mf <= 0:
@@ -1733,6 +1735,7 @@ class B2BUA:
             end_at=end_at,
             failovers=call.failovers,
             policy_reason=call.policy_reason,
+            lead_id=call.lead_id,
         )
 
     def _write_cdr(

@@ -105,6 +105,7 @@ class CallRecord:
     end_at: float | None = None
     failovers: int = 0
     policy_reason: str = ""  # e.g. "dnc", "no-consent", "no-card-available"
+    lead_id: str = ""  # the dialer's lead id ([policy] lead_header, default X-Lead-Id)
 
     @property
     def card(self) -> str | None:
@@ -144,6 +145,7 @@ class CallRecord:
             "failovers": str(self.failovers),
             "talk_seconds": f"{self.talk_seconds:.1f}",
             "policy_reason": self.policy_reason,
+            "lead_id": self.lead_id,
         }
 
 
@@ -163,6 +165,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "failovers",
     "talk_seconds",
     "policy_reason",
+    "lead_id",
 )
 
 

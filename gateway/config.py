@@ -739,6 +739,8 @@ class PolicySettings(BaseModel):
     # Regions callees may be in (ISO codes); default: the default_region alone.
     allowed_regions: list[str] = Field(default_factory=list)
     campaign_header: str = Field(default="X-Campaign", pattern=r"^[A-Za-z0-9!%*_+`'~.-]+$")
+    # The dialer's lead id header, kept in the CDR (lead_id) beside the campaign.
+    lead_header: str = Field(default="X-Lead-Id", pattern=r"^[A-Za-z0-9!%*_+`'~.-]+$")
     mask_numbers: bool = True
     frequency: FrequencySettings = Field(default_factory=FrequencySettings)
     agents: AgentLimitSettings = Field(default_factory=AgentLimitSettings)

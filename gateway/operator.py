@@ -1629,6 +1629,7 @@ class Operator:
             "failovers": record.failovers,
             "talk_seconds": round(record.talk_seconds, 1),
             "policy_reason": record.policy_reason,
+            "lead_id": record.lead_id,
         }
 
     def cdrs_csv(self, records: Iterable[CallRecord]) -> str:

@@ -614,6 +614,16 @@ _MIGRATIONS += (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        11,
+        (
+            # The dialer's lead id of a call (issue 18: X-Lead-Id), beside its campaign.
+            "ALTER TABLE cdrs ADD COLUMN lead_id TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 # A number's latest frequency-history reset (0 when never), as an SQL expression.
@@ -1510,7 +1520,7 @@ class SQLiteStore:
             db.executemany(
                 "INSERT INTO cdrs (call_id, attempt_at, ring_at, answer_at, end_at, "
                 "origin_kind, origin, campaign, cards, destination, outcome, final_code, "
-                "failovers, policy_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "failovers, policy_reason, lead_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         r.call_id,
@@ -1527,6 +1537,7 @@ class SQLiteStore:
                         r.final_code,
                         r.failovers,
                         r.policy_reason,
+                        r.lead_id,
                     )
                     for r in records
                 ],
@@ -1576,6 +1587,7 @@ class SQLiteStore:
                 end_at=r["end_at"],
                 failovers=int(r["failovers"]),
                 policy_reason=r["policy_reason"],
+                lead_id=r["lead_id"],
             )
             for r in rows
         ]

@@ -128,6 +128,19 @@ async def test_campaign_header_recorded(rig: Rig) -> None:
     assert ("autumn", "no-answer") == (cdr.campaign, str(cdr.outcome))
 
 
+async def test_lead_id_header_recorded(rig: Rig) -> None:
+    """A dialer's X-Lead-Id lands in the CDR beside the campaign (issue 18), CSV included."""
+    rig.carrier.plan = lambda _req: (486, "Busy Here")
+    resp, _ = await rig.alice.call(
+        "13912345678", headers=[("X-Campaign", "autumn"), ("X-Lead-Id", "L-4711")]
+    )
+    assert 486 == resp.status
+    await eventually(lambda: len(rig.gateway.store.cdrs()) == 1)  # type: ignore[union-attr]
+    [cdr] = rig.gateway.store.cdrs()  # type: ignore[union-attr]
+    assert ("autumn", "L-4711") == (cdr.campaign, cdr.lead_id)
+    assert "L-4711" == cdr.as_row()["lead_id"]
+
+
 async def test_unanswered_call_times_out_with_408(rig: Rig) -> None:
     """Timer C: a B-leg ringing past the no-answer timeout is CANCELled; the agent gets 408."""
     rig.gateway.b2bua.no_answer_timeout = 0.3  # type: ignore[union-attr]
