@@ -39,6 +39,7 @@ import structlog
 
 from gateway.config import ServiceUrl
 from gateway.http import HttpServer, Request, Response, StreamResponse, json_response
+from gateway.wallboard.trend import Trend
 
 __all__ = ["MQTT_SCHEMES", "WallboardServer", "WallboardState", "serve_wallboard"]
 
@@ -84,6 +85,7 @@ class WallboardState:
         self.listener_limit = listener_limit
         self.cards: dict[str, Any] = {}
         self.agents: dict[str, Any] = {}
+        self.trend = Trend()  # calls/min and ASR per minute, last hour (from stats)
         self.gateways: dict[str, Any] = {}
         self.stats: Any = None
         self.alerts: collections.deque[Any] = collections.deque(maxlen=max_alerts)
@@ -99,6 +101,7 @@ class WallboardState:
             "broker": {"connected": self.broker_connected},
             "cards": dict(self.cards),
             "agents": dict(self.agents),
+            "trend": self.trend.points(),
             "gateways": dict(self.gateways),
             "stats": self.stats,
             "alerts": list(self.alerts),
@@ -143,6 +146,8 @@ class WallboardState:
         elif parts == ["stats"]:
             self.stats = data
             update = {"type": "stats", "data": data}
+            if data is not None and self.trend.add(data):
+                self._broadcast({"type": "trend", "data": self.trend.points()})
         elif len(parts) == 3 and parts[0] == "gateway" and parts[2] == "status":
             node = parts[1]
             if data is None:

@@ -27,10 +27,12 @@ from gateway.events import (
     Event,
     EventBus,
     Severity,
+    Stats,
     render_payload,
 )
 from gateway.mqtt import Topics, route
 from gateway.wallboard.server import WallboardServer
+from gateway.wallboard.trend import Trend
 from tests.events.conftest import Chromium, Mosquitto
 from tests.events.helpers import Collector, http_get, wait_for
 from tests.events.test_wallboard import ROOT, DevTools, _publisher, wait_for_js
@@ -132,6 +134,34 @@ def test_topic_and_payload() -> None:
     } == {k: v for k, v in payload.items() if k != "at"}
 
 
+def _stats_at(at: float, attempts: int, answered: int, ended: int) -> Stats:
+    return Stats(at, 1, 0.5, None, attempts, answered, ended, 0, {}, {})
+
+
+def test_trend_counts_calls_and_asr_per_minute() -> None:
+    trend = Trend(minutes=60)
+    iso = lambda t: render_payload(_stats_at(t, 0, 0, 0))["at"]  # noqa: E731
+    base = 1_793_592_000.0  # a whole minute
+    for at, counts in [
+        (base + 5, (10, 2, 8)),
+        (base + 50, (12, 3, 10)),  # same minute: the last one counts
+        (base + 65, (20, 6, 16)),  # +8 calls, 3 of 6 ended answered
+        (base + 125, (20, 6, 16)),  # an idle minute
+        (base + 185, (3, 1, 2)),  # the gateway restarted: counting again from 0
+    ]:
+        assert trend.add(
+            {"at": iso(at), "attempts": counts[0], "answered": counts[1], "ended": counts[2]}
+        )
+    assert [(8, 0.5), (0, None), (3, 0.5)] == [(p["calls"], p["asr"]) for p in trend.points()]
+    assert not trend.add({"at": "nonsense", "attempts": 1, "answered": 1, "ended": 1})
+    assert not trend.add({"at": iso(base), "attempts": 1, "answered": 1, "ended": 1})  # older
+    # At most an hour: two hours of minutes keep the last 60 points.
+    for m in range(4, 124):
+        trend.add({"at": iso(base + 60 * m), "attempts": 10 * m, "answered": m, "ended": 2 * m})
+    points = trend.points()
+    assert 60 == len(points) and all(p["calls"] == 10 for p in points[1:])
+
+
 AGENTS_JS = """JSON.stringify(Object.fromEntries([...document.querySelectorAll('[data-agent]')]
   .map(e => [e.dataset.agent, e.dataset.state])))"""
 
@@ -204,6 +234,22 @@ async def test_wallboard_shows_agents_in_three_states(
                     "document.querySelector('[data-agent=\"alice\"]').dataset.state === 'ringing'",
                     3,
                 )
+                # The trend: three stats minutes → two points (calls/min and ASR lines).
+                t0 = (time.time() // 60 - 3) * 60
+                # (one at a time: a retained topic sends only its latest message)
+                for i, (a, n, e) in enumerate(((100, 40, 90), (130, 52, 118), (150, 60, 140))):
+                    bus.publish(_stats_at(t0 + 60 * i + 5, a, n, e))
+                    assert await wait_for(
+                        lambda a=a: (wb.state.stats or {}).get("attempts") == a, 5
+                    )
+                assert await wait_for_js(
+                    dt,
+                    "document.querySelector('#trend .trend-calls').getAttribute('points')"
+                    ".split(' ').length === 2",
+                    5,
+                )
+                legend = await dt.evaluate("document.getElementById('trend-legend').textContent")
+                assert "calls/min 20 (peak 30)" in legend and "ASR 36%" in legend, legend
                 shot = await dt.call("Page.captureScreenshot", format="png")
                 png = base64.b64decode(shot["data"])
                 assert png.startswith(b"\x89PNG\r\n\x1a\n")

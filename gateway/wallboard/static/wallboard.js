@@ -18,7 +18,7 @@ const LIMIT_NAMES = {
 };
 const RATE_LIMITS = new Set(["answer_rate_floor", "short_call_ceiling"]);
 
-let model = { cards: {}, agents: {}, gateways: {}, stats: null, alerts: [], broker: { connected: false } };
+let model = { cards: {}, agents: {}, trend: [], gateways: {}, stats: null, alerts: [], broker: { connected: false } };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -214,9 +214,32 @@ function renderAgents() {
   document.getElementById("no-agents").hidden = names.length > 0;
 }
 
+// Last hour: calls per minute (green, scaled to the busiest minute) and ASR (blue, 0-100 %).
+function renderTrend() {
+  const svg = document.getElementById("trend");
+  const pts = model.trend || [];
+  const ns = "http://www.w3.org/2000/svg";
+  const max = Math.max(1, ...pts.map((p) => p.calls));
+  const x = (i) => (pts.length < 2 ? 150 : (i * 300) / (pts.length - 1));
+  const line = (cls, ys) => {
+    const pl = document.createElementNS(ns, "polyline");
+    pl.setAttribute("class", cls);
+    pl.setAttribute("points", ys.map(([i, y]) => `${x(i).toFixed(1)},${y.toFixed(1)}`).join(" "));
+    return pl;
+  };
+  const calls = pts.map((p, i) => [i, 78 - (p.calls / max) * 74]);
+  const asr = pts.map((p, i) => [i, p.asr]).filter(([, a]) => a !== null).map(([i, a]) => [i, 78 - a * 74]);
+  svg.replaceChildren(line("trend-calls", calls), line("trend-asr", asr));
+  const last = pts.length ? pts[pts.length - 1] : null;
+  document.getElementById("trend-legend").textContent = last
+    ? `calls/min ${last.calls} (peak ${max}) · ASR ${last.asr === null ? "–" : Math.round(last.asr * 100) + "%"}`
+    : "no minute complete yet";
+}
+
 function renderAll() {
   renderTop();
   renderAgents();
+  renderTrend();
   renderStats();
   renderCards();
   renderAlerts();
@@ -236,6 +259,7 @@ function apply(u) {
     case "alert": model.alerts.unshift(u.data); model.alerts.length = Math.min(model.alerts.length, 20);
       renderAlerts(); break;
     case "broker": model.broker.connected = u.connected; renderTop(); break;
+    case "trend": model.trend = u.data || []; renderTrend(); break;
     case "agent":
       if (u.data) model.agents[u.agent] = u.data; else delete model.agents[u.agent];
       renderAgents(); break;
@@ -247,7 +271,8 @@ function connect() {
   source.addEventListener("snapshot", (e) => {
     const snap = JSON.parse(e.data);
     model = {
-      cards: snap.cards || {}, agents: snap.agents || {}, gateways: snap.gateways || {}, stats: snap.stats,
+      cards: snap.cards || {}, agents: snap.agents || {}, trend: snap.trend || [],
+      gateways: snap.gateways || {}, stats: snap.stats,
       alerts: snap.alerts || [], broker: snap.broker || { connected: false },
     };
     renderAll();
