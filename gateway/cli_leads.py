@@ -113,6 +113,7 @@ def cmd_leads_check(args: argparse.Namespace) -> int:
         print(f"dialgate: store unavailable: {exc.detail}", file=sys.stderr)
         handle.close()
         return EXIT_FAILURE
+    store_open = True
     out = sys.stdout
     summary = LeadSummary()
     started = time.perf_counter()
@@ -126,6 +127,10 @@ def cmd_leads_check(args: argparse.Namespace) -> int:
         first = list(islice(leads, PARALLEL_FROM))
         jobs = args.jobs or (os.cpu_count() or 1 if len(first) >= PARALLEL_FROM else 1)
         if jobs > 1:
+            # No SQLite connection (nor its guard's thread) may cross a fork: each
+            # process opens its own.
+            store.close()
+            store_open = False
             for text in check_in_processes(
                 settings,
                 chain(first, leads),
@@ -153,7 +158,8 @@ def cmd_leads_check(args: argparse.Namespace) -> int:
     finally:
         if handle is not sys.stdin:
             handle.close()
-        store.close()
+        if store_open:
+            store.close()
     seconds = time.perf_counter() - started
     if args.summary_json:
         data = summary.as_dict() | {"seconds": round(seconds, 3)}
