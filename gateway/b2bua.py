@@ -1660,6 +1660,17 @@ class B2BUA:
             # given up by its §9.1 guard): a late 2xx is ACKed and hung up, and the
             # handle lets go of the call.
             self._abandon(handle, call.a.call_id)
+        elif handle is not None and call.b_ack is not None:
+            # Answered and over: for the rest of Timer M (RFC 6026 Accepted, 64*T1)
+            # the B-leg INVITE only has to ACK a retransmitted 2xx again. A small
+            # handler does that (and ACK+BYE for another fork's 2xx), so the handle
+            # no longer keeps the whole finished call alive for 32 s.
+            try:
+                acked = {call.b_ack.to.tag: call.b_ack}
+            except SIPError:
+                acked = {}
+            late = self._late_2xx(handle.request, handle.peer, call.a.call_id, acked)
+            handle.on_response = lambda _handle, resp: late(resp)
         if not call.final_code:
             call.final_code = status
         self.calls.pop(call.key, None)
