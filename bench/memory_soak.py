@@ -156,6 +156,11 @@ async def run(ns: argparse.Namespace) -> int:
         print(f"{'calls':>8} {'RSS MB':>9} {'traced MB':>10} {'txns':>6}")
 
         async def point(calls: int) -> tuple[int, int, int]:
+            # In flight first: what the calls still in Timers L/M/J hold (64*T1).
+            gc.collect()
+            live_txns = len(gw.endpoint.layer)
+            live_traced = tracemalloc.get_traced_memory()[0] if ns.trace else 0
+            live_rss = rss_bytes()
             await settle(net, drain)
             gc.collect()
             traced = tracemalloc.get_traced_memory()[0] if ns.trace else 0
@@ -163,7 +168,8 @@ async def run(ns: argparse.Namespace) -> int:
             curve.append(row)
             print(
                 f"{calls:>8} {row[1] / 1e6:>9.2f} {traced / 1e6:>10.2f} "
-                f"{len(gw.endpoint.layer):>6}",
+                f"{len(gw.endpoint.layer):>6}   in flight: {live_txns:>6} txns, "
+                f"RSS {live_rss / 1e6:.2f} MB, traced {live_traced / 1e6:.2f} MB",
                 flush=True,
             )
             return row
