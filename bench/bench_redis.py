@@ -1,7 +1,7 @@
 """Benchmark of the Redis shared state: reserve / finish / usage-read latency and throughput.
 
 Starts its own redis-server (no persistence) on a free 127.0.0.1 port, stops
-it by PID at the end, and measures :class:`gateway.redis_store.RedisStore`:
+it by PID at the end, and measures :class:`gateway.store.redis.RedisStore`:
 
 - ``reserve`` with a full quota profile (every limit kind checked in the Lua
   script) and ``finish``, one client, on cards that already carry a realistic
@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.redis_store import RedisStore, connect
 from gateway.store import QuotaExceeded, SQLiteStore, StoredCard, UsageLedger
+from gateway.store.redis import RedisStore, connect
 from policies.quotas import QuotaProfile
 
 T0 = 1_700_000_000.0

@@ -42,9 +42,9 @@ import e2e  # bench/ is not a package: found through sys.path above
 
 from gateway.app import Gateway
 from gateway.config import load_settings
-from gateway.logging import configure_logging
 from gateway.sip import Request, Response, make_response
 from gateway.sip.digest import DigestClient
+from gateway.telemetry.logging import configure_logging
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
 
 HOST = "127.0.0.1"

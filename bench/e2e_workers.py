@@ -10,7 +10,7 @@ configuration, /proc sampling). Per offered rate, a fresh set of:
   (SQLite is per instance) and ``[store] redis`` pointing at the shared server
   (Redis decides quotas and holds card states: docs/redis.md). ``[mqtt]`` is
   off; the node names differ because the listeners differ
-  (``gateway.redis_store.node_name``: hostname + listeners). Every gateway's
+  (``gateway.store.redis.node_name``: hostname + listeners). Every gateway's
   configuration has all users and cards;
 * one SIPp carrier UAS shared by all gateways (``--carrier-per-gateway`` for
   one each);

@@ -14,10 +14,10 @@ gateway cannot report about itself without app changes:
 * ``--heap-dump FILE``: on SIGUSR1, the GC-tracked objects counted by type;
 * ``--experiment-paused-only``: a what-if that sizes a store fix (see its help);
 * ``--operator-cli``: register the operator subcommands (``dnc import``,
-  ``consent import``…) of ``gateway.cli_operator``, which ``gateway/cli.py``
+  ``consent import``…) of ``gateway.cli.operator``, which ``gateway/cli/main.py``
   does not import yet, so the bench imports data the way an operator would.
 
-Everything after ``--`` goes to ``gateway.cli.main`` unchanged, e.g.
+Everything after ``--`` goes to ``gateway.cli.main.main`` unchanged, e.g.
 ``python bench/gateway_runner.py --gc-stats gc.json -- run --config gw.toml``.
 This module changes no gateway behaviour and never opens a socket itself.
 """
@@ -165,10 +165,10 @@ def main() -> int:
     timer = GcTimer()
     if args.gc_stats is not None:
         gc.callbacks.append(timer)
-    from gateway.cli import main as cli_main
+    from gateway.cli.main import main as cli_main
 
     if args.operator_cli:
-        import gateway.cli_operator  # noqa: F401  (registers its subcommands)
+        import gateway.cli.operator  # noqa: F401  (registers its subcommands)
 
     profiler = None
     if args.cprofile is not None:

@@ -29,7 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.config import load_settings  # noqa: E402
-from gateway.leads import LeadSummary, checker_from_settings, parse_leads, verdict_json_line  # noqa: E402
+from gateway.operator.leads import (  # noqa: E402
+    LeadSummary,
+    checker_from_settings,
+    parse_leads,
+    verdict_json_line,
+)
 from gateway.store import store_from_settings  # noqa: E402
 
 CONFIG = """

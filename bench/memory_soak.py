@@ -43,9 +43,9 @@ from callflow_cpu import CARRIER, GW, Agent, Carrier, PeerClock
 
 from gateway.app import Gateway
 from gateway.config import load_settings
-from gateway.events import AlertWatch, CallStats
-from gateway.logging import configure_logging
-from gateway.metrics import GatewayMetrics
+from gateway.telemetry.events import AlertWatch, CallStats
+from gateway.telemetry.logging import configure_logging
+from gateway.telemetry.metrics import GatewayMetrics
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -133,7 +133,7 @@ async def run(ns: argparse.Namespace) -> int:
         configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers, stream=sink)
         net = MemoryNetwork()
         gw = Gateway(settings)
-        # What ``dialgate run`` subscribes to the bus (gateway.http.GatewayTelemetry),
+        # What ``dialgate run`` subscribes to the bus (gateway.operator.http.GatewayTelemetry),
         # without the HTTP server and MQTT: call stats, /metrics, quota alerts.
         gw.events.subscribe(CallStats(time.time))
         gw.events.subscribe(GatewayMetrics())

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e  # bench/ is not a package: found through sys.path above
 
-from gateway.auth import Authenticator
+from gateway.callpath.auth import Authenticator
 from gateway.config import Settings, load_settings
 from gateway.sip import Request
 from gateway.sip.digest import DigestClient, DigestServer
@@ -88,7 +88,7 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], agents: int)
 
     Decisions go round-robin to ``agents`` agents (agentNNN, bound to cNNN).
     """
-    from gateway.b2bua import services_from_settings
+    from gateway.callpath.b2bua import services_from_settings
     from gateway.store import store_from_settings
     from policies.context import build_context
 

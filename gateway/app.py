@@ -10,19 +10,19 @@ requests with the element behaviour of this stage of the product:
   and extra headers — never for an ACK (RFC 3261 §17.1.1.3: no response to ACK);
 * OPTIONS to us → 200 with Allow/Accept/Supported (RFC 3261 §11.2);
 * INVITE → 407 and REGISTER → 401 digest challenges (RFC 3261 §22),
-  answered statelessly by :mod:`gateway.auth` (offering ``[sip]
+  answered statelessly by :mod:`gateway.callpath.auth` (offering ``[sip]
   digest_algorithms``, per user where configured); a challenged (source,
   Call-ID) whose authenticated retry never comes is logged once as
   ``sip.auth.abandoned``; authenticated REGISTERs go to
-  the registrar (:mod:`gateway.registrar`), whose bindings are stored (SQLite,
+  the registrar (:mod:`gateway.callpath.registrar`), whose bindings are stored (SQLite,
   and Redis when configured) before the 200 leaves and reloaded at start;
   authenticated INVITEs of
   registered agents and allow-listed dialer peers to the B2BUA
-  (:mod:`gateway.b2bua`), INVITEs from a carrier's address to inbound
-  routing (:mod:`gateway.inbound`) — all of them through the transaction
-  layer of :class:`gateway.endpoint.SipEndpoint`, which shares our
+  (:mod:`gateway.callpath.b2bua`), INVITEs from a carrier's address to inbound
+  routing (:mod:`gateway.callpath.inbound`) — all of them through the transaction
+  layer of :class:`gateway.transport.endpoint.SipEndpoint`, which shares our
   transports; so do CANCELs, retransmissions, ACKs and in-dialog requests
-  of live calls (carrier health and card REGISTERs: :mod:`gateway.health_runner`);
+  of live calls (carrier health and card REGISTERs: :mod:`gateway.cards.runner`);
 * an unknown method addressed to us → 501 with Allow (§8.2.1); any other
   request not for us → 404 (nothing is routed yet); an out-of-dialog BYE/INFO
   or an unmatched CANCEL → 481 (§9.2, §15.1.2);
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from gateway.auth import (
+from gateway.callpath.auth import (
     AbandonedChallenge,
     Authenticator,
     ChallengeWatch,
@@ -68,12 +68,9 @@ from gateway.auth import (
     IdentityKind,
     server_algorithms,
 )
-from gateway.config import Settings
-from gateway.endpoint import ServerRequest, SipEndpoint
-from gateway.events import Alert, AlertKind, EventBus, Severity, iso_time
-from gateway.inbound import InboundRouter
-from gateway.registrar import Registrar, RegistrationStore, RegistrationSync
-from gateway.security import (
+from gateway.callpath.inbound import InboundRouter
+from gateway.callpath.registrar import Registrar, RegistrationStore, RegistrationSync
+from gateway.callpath.security import (
     Admission,
     Ban,
     BanFile,
@@ -81,12 +78,14 @@ from gateway.security import (
     guard_from_settings,
     metric_families,
 )
+from gateway.config import Settings
 from gateway.sip import Headers, Request, Response, SIPError, make_response
 from gateway.sip.digest import DigestServer
 from gateway.sip.headers import canonical_name
 from gateway.sip.transaction import TimerConfig, client_key
 from gateway.sip.uri import URI
 from gateway.sip.validate import check_request
+from gateway.telemetry.events import Alert, AlertKind, EventBus, Severity, iso_time
 from gateway.transport import (
     Address,
     Message,
@@ -96,6 +95,7 @@ from gateway.transport import (
     UDPTransport,
 )
 from gateway.transport.base import LogLimiter
+from gateway.transport.endpoint import ServerRequest, SipEndpoint
 from gateway.transport.tls import ClientTLS, client_context, server_context
 from gateway.transport.via import strip_brackets
 from policies.privacy import mask_number
@@ -112,9 +112,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from gateway.b2bua import B2BUA
-    from gateway.health_runner import HealthRunner
-    from gateway.operator import Operator
+    from gateway.callpath.b2bua import B2BUA
+    from gateway.cards.runner import HealthRunner
+    from gateway.operator.service import Operator
     from gateway.store import SQLiteStore
 
 log = structlog.get_logger("gateway.app")
@@ -245,7 +245,7 @@ class Gateway:
         self.registrations: RegistrationSync | None = None
         self.auth = Authenticator(settings, self.digest)
         self.auth.local_uri = self.is_local
-        # Password-guessing and flood defence (issue 15, gateway/security.py):
+        # Password-guessing and flood defence (issue 15, gateway/callpath/security.py):
         # bans shared with the CLI through <database>.bans.json.
         self.security = guard_from_settings(settings)
         self.ban_file = BanFile(ban_file_path(settings))
@@ -771,9 +771,9 @@ class Gateway:
         settings = self.settings
         if not (settings.users or settings.peers or settings.cards):
             return
-        from gateway.b2bua import B2BUA, services_from_settings
-        from gateway.carrier_health import health_from_settings
-        from gateway.health_runner import HealthRunner
+        from gateway.callpath.b2bua import B2BUA, services_from_settings
+        from gateway.cards.health import health_from_settings
+        from gateway.cards.runner import HealthRunner
         from gateway.store import store_from_settings
 
         now = self.clock()
@@ -814,7 +814,7 @@ class Gateway:
         """The operator's side (card records, lifecycle, lists, CDRs) over the live
         card manager, store and event bus; None without a call path."""
         if self._operator is None and self.store is not None and self.b2bua is not None:
-            from gateway.operator import Operator
+            from gateway.operator.service import Operator
 
             self._operator = Operator(
                 self.settings, self.store, self.b2bua.services.cards, bus=self.events
@@ -866,7 +866,7 @@ class Gateway:
         yet, stale nonce), one per call — logged at debug only, as
         ``sip.request.challenged``; a refusal stays ``sip.request.rejected``.
         ``hold``: seconds to hold the answer back (the guessing tarpit of
-        :mod:`gateway.security`); scheduled on the loop, never slept.
+        :mod:`gateway.callpath.security`); scheduled on the loop, never slept.
         """
         response = self._response(req, status, reason, extra or [])
         if hold > 0:
@@ -1147,7 +1147,7 @@ async def serve(
     the ``listening`` log lines. Shutdown is the reverse order; the MQTT
     publisher goes last so ``offline`` follows the final card states.
     """
-    from gateway.http import GatewayTelemetry
+    from gateway.operator.http import GatewayTelemetry
 
     call_path = bool(settings.users or settings.peers or settings.cards)
     telemetry = GatewayTelemetry(
@@ -1172,7 +1172,9 @@ async def serve(
             telemetry.store_status = gateway.store.guard.status  # /health
         operator = gateway.operator()
         if operator is not None:
-            from gateway.agent_board import wire_agent_board  # dialgate/agents/{agent}/state
+            from gateway.telemetry.agent_board import (
+                wire_agent_board,  # dialgate/agents/{agent}/state
+            )
 
             wire_agent_board(settings, operator.store, telemetry.bus, clock())
             if settings.admin.enabled:
@@ -1230,17 +1232,17 @@ async def _start_admin(
     clock: Callable[[], float],
 ) -> Any:
     """The admin API over the gateway's own store, card manager and bus, plus /metrics."""
-    from gateway.admin import build_admin_app, start_admin
-    from gateway.http import mount_metrics
+    from gateway.operator.api import build_admin_app, start_admin
+    from gateway.operator.http import mount_metrics
 
     assert gateway.store is not None
     app = build_admin_app(settings, gateway.store, operator=operator, clock=clock)
-    from gateway.admin.routes import STORE_GUARDS_KEY
+    from gateway.operator.api.routes import STORE_GUARDS_KEY
 
     shared = getattr(gateway.b2bua.services.ledger, "shared", None) if gateway.b2bua else None
     app[STORE_GUARDS_KEY] = [g for g in (gateway.store.guard, getattr(shared, "guard", None)) if g]
     mount_metrics(app, telemetry.metrics)
-    from gateway.admin.security_routes import add_security_routes
+    from gateway.operator.api.security_routes import add_security_routes
 
     add_security_routes(app, gateway)
     try:
@@ -1269,7 +1271,7 @@ async def _status_loop(
     """
     last: dict[str, Any] = {}
     manager = operator.manager
-    from gateway.capacity import PoolCapacityRound
+    from gateway.cards.capacity import PoolCapacityRound
 
     pools = PoolCapacityRound()  # dialgate/pools/{pool}/capacity, retained, on change
     while not halt.is_set():

@@ -32,11 +32,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from gateway.endpoint import ServerRequest
 from gateway.sip import Request, Response
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import TimerConfig
 from gateway.transport import Address
+from gateway.transport.endpoint import ServerRequest
 from simulator.clock import BusinessClock, business_sleep, business_wait, is_event_clock
 from simulator.sipkit import CallResult, InboundCall, UserAgent, new_call_id, new_tag
 

@@ -58,12 +58,12 @@ from typing import Any
 
 import structlog
 
-from gateway.endpoint import ServerRequest
 from gateway.sip import Request, Response
 from gateway.sip.digest import Algorithm, DigestServer, Outcome, ha1
 from gateway.sip.errors import SIPError
 from gateway.sip.transaction import TimerConfig, cancel_target_key, server_key
 from gateway.transport import Address
+from gateway.transport.endpoint import ServerRequest
 from policies.privacy import mask_number
 from simulator.answer import CallPlan
 from simulator.answer import Outcome as PlanOutcome

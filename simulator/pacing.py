@@ -2,7 +2,7 @@
 
 Blind pacing dials at its rate and learns that no card can take the call from
 a 503 ``no-card-available``. Capacity pacing asks first: before each call a
-dialer channel waits until the gateway's pool capacity (``gateway.capacity``:
+dialer channel waits until the gateway's pool capacity (``gateway.cards.capacity``:
 what ``GET /pools/{pool}/capacity`` and the retained MQTT topic
 ``dialgate/pools/{pool}/capacity`` carry) says a call can start now, less the
 calls it already let go that the gateway has not seen yet. While the pool is

@@ -651,7 +651,7 @@ def _capacity_gate(
     gateway = in_process.gateway
     if gateway is None or gateway.b2bua is None:
         return None
-    from gateway.capacity import operator_pool_capacity
+    from gateway.cards.capacity import operator_pool_capacity
 
     b2bua = gateway.b2bua
     op = gateway.operator()

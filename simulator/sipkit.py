@@ -1,6 +1,6 @@
 """Shared SIP user-agent machinery for the simulator's carrier, softphones and dialer.
 
-Everything here sits on :class:`gateway.endpoint.SipEndpoint` and the sans-IO
+Everything here sits on :class:`gateway.transport.endpoint.SipEndpoint` and the sans-IO
 ``gateway.sip`` package. :class:`UserAgent` is the common base of every
 simulated SIP peer: it owns one endpoint on loopback, keeps the dialogs of its
 calls, and answers the requests that are the same for every peer — OPTIONS,
@@ -41,7 +41,6 @@ from typing import Any
 
 import structlog
 
-from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError, DialogId, DialogState
 from gateway.sip.digest import DigestClient
@@ -56,6 +55,7 @@ from gateway.sip.transaction import (
     server_key,
 )
 from gateway.transport import Address, Message, Transport
+from gateway.transport.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
 from policies.privacy import mask_number
 from simulator.clock import (

@@ -299,7 +299,7 @@ class CardManager:
     carrier name → :class:`CarrierTerms`; ``devices`` card id → the device or
     trunk it goes out through (cards sharing one share a trunk failure; a card
     without an entry is its own). ``carrier_available`` says whether a carrier is
-    up (the :class:`gateway.carrier_health.CarrierHealth` answer). ``probe``,
+    up (the :class:`gateway.cards.health.CarrierHealth` answer). ``probe``,
     when set, is called with a card id when the card turns ``suspect`` (the
     health runner REGISTERs it).
     """

@@ -2,7 +2,7 @@
 
 ``gateway.store.sqlite`` holds the implementation (see its docstring for the
 schema, write-ahead counting and durability). Several gateway instances share
-quotas and card states through Redis: ``gateway.redis_store`` (imported only
+quotas and card states through Redis: ``gateway.store.redis`` (imported only
 when ``[store] redis`` is set), which :func:`ledger_from_settings` wires in.
 This package module only re-exports, so ``from gateway.store import
 SQLiteStore`` keeps working.
@@ -52,14 +52,14 @@ __all__ = [
 def ledger_from_settings(settings: Settings, store: SQLiteStore, *, node: str) -> UsageLedger:
     """The usage ledger to reserve through: ``store`` alone, or Redis mirrored to it.
 
-    With ``[store] redis`` set: a :class:`gateway.redis_store.MirroredLedger`
+    With ``[store] redis`` set: a :class:`gateway.store.redis.MirroredLedger`
     (Redis decides atomically for every instance, ``store`` keeps each start
     durably). ``node`` names this gateway instance
-    (:func:`gateway.redis_store.node_name`); Redis recovery only touches its
+    (:func:`gateway.store.redis.node_name`); Redis recovery only touches its
     own reservations. Call ``ledger.recover(now)`` once before taking traffic.
     """
     if settings.store.redis is None:
         return store
-    from gateway.redis_store import ledger_from_settings as redis_ledger
+    from gateway.store.redis import ledger_from_settings as redis_ledger
 
     return redis_ledger(settings, store, node=node)

@@ -65,7 +65,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.cdr import CallRecord, Origin, Outcome
+from gateway.callpath.cdr import CallRecord, Origin, Outcome
 from gateway.private_files import prepare_private_file
 from gateway.store.guard import StoreGuard
 from policies.agent import AgentUsage
@@ -210,7 +210,7 @@ class CallDialogs:
     answer_at: float | None = None
     a_leg: dict[str, Any] | None = None
     b_leg: dict[str, Any] | None = None
-    cdr: str | None = None  # the call's CDR as gateway.cdr_spool JSON, for a restart
+    cdr: str | None = None  # the call's CDR as gateway.store.spool JSON, for a restart
     b_invite: dict[str, Any] | None = None
     a_invite: dict[str, Any] | None = None
 
@@ -531,7 +531,7 @@ _MIGRATIONS += (
         6,
         (
             # The CDR a call cut by a crash gets at the next start (outcome
-            # "interrupted"): who called, campaign, cards; JSON of gateway.cdr_spool.
+            # "interrupted"): who called, campaign, cards; JSON of gateway.store.spool.
             "ALTER TABLE call_dialogs ADD COLUMN cdr TEXT",
         ),
     ),
@@ -560,7 +560,7 @@ _MIGRATIONS += (
     (
         8,
         (
-            # The registrar's bindings (gateway.registrar), so a restart loses no
+            # The registrar's bindings (gateway.callpath.registrar), so a restart loses no
             # registration: one row per contact of an AOR with its absolute expiry
             # and the flow it came through (source address, transport name).
             # ``node`` names the gateway instance ('' alone); ``position`` keeps

@@ -1,4 +1,4 @@
-"""The embedded MQTT 3.1.1 broker (gateway.broker) against real clients.
+"""The embedded MQTT 3.1.1 broker (gateway.telemetry.broker) against real clients.
 
 Clients: aiomqtt 2.x (what the gateway and the wallboard use), paho-mqtt (sync
 API, its own network thread), the ``mosquitto_sub`` / ``mosquitto_pub`` CLI
@@ -22,7 +22,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.broker import Broker, topic_matches, valid_filter
+from gateway.telemetry.broker import Broker, topic_matches, valid_filter
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ scripted mode: :class:`Carrier` here only gives it the cards of
 :func:`gateway_settings` (c1, c2; no anti-fraud thresholds, no challenge by
 default), a fixed SDP, request recording, and the names these tests use
 (``plan``, ``invites()``, ``methods()``, ``send_in_dialog``, ``invite``). The
-agents are small asyncio UACs built on :class:`gateway.endpoint.SipEndpoint`
+agents are small asyncio UACs built on :class:`gateway.transport.endpoint.SipEndpoint`
 *in the test*, independent of the gateway's B2BUA code, that record every
 request they see, so tests assert on what really crossed the wire. SIPp-based
 tests (``test_sipp_calls.py``) use SIPp as both peers instead.
@@ -29,11 +29,11 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Settings
-from gateway.endpoint import ServerRequest, SipEndpoint
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import TimerConfig
+from gateway.transport.endpoint import ServerRequest, SipEndpoint
 from simulator.carrier import Carrier as SimCarrier
 from simulator.carrier import ScriptedPlan, answer_all
 from simulator.models import CarrierConfig, CarrierModel

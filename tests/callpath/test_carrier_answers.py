@@ -14,9 +14,9 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.cards import CardState
-from gateway.events import Alert, AlertKind
 from gateway.sip import Request
 from gateway.sip.message import parse as parse_message
+from gateway.telemetry.events import Alert, AlertKind
 from tests.callpath.conftest import Agent, Carrier, Rig, eventually, gateway_settings
 
 

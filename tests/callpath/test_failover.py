@@ -114,7 +114,7 @@ async def test_carrier_digest_challenge_is_answered_with_card_credentials(
 
 async def test_call_and_card_events_are_published(rig: Rig) -> None:
     """The event bus sees attempt → failover → ringing → answered → ended and the suspension alert."""
-    from gateway.events import Alert, CallEvent
+    from gateway.telemetry.events import Alert, CallEvent
 
     seen: list[object] = []
     rig.gateway.events.subscribe(seen.append)

@@ -14,10 +14,10 @@ from gateway.cards import (
     card_defs_from_settings,
     quota_profiles_from_settings,
 )
-from gateway.carrier_health import CarrierHealth, LineState
-from gateway.endpoint import SipEndpoint
-from gateway.health_runner import HealthRunner
+from gateway.cards.health import CarrierHealth, LineState
+from gateway.cards.runner import HealthRunner
 from gateway.store import SQLiteStore, ledger_from_settings
+from gateway.transport.endpoint import SipEndpoint
 from policies.context import build_context
 from policies.selection import CardSelection
 from tests.callpath.conftest import FAST, Carrier, eventually, gateway_settings

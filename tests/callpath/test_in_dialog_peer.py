@@ -19,12 +19,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
-from gateway.b2bua import Leg
-from gateway.endpoint import ServerRequest, SipEndpoint
+from gateway.callpath.b2bua import Leg
 from gateway.sip import Request, Response, parse
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import build_cancel
 from gateway.transport import MemoryNetwork, MemoryTransport, TransportName
+from gateway.transport.endpoint import ServerRequest, SipEndpoint
 from tests.callpath.conftest import (
     FAST,
     SDP_A,

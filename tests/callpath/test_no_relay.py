@@ -61,7 +61,7 @@ async def test_peer_from_allowed_address_may_call(recorder: Carrier, tmp_path: P
     gw = Gateway(gateway_settings(recorder.address, tmp_path / "gw.db"))
     await gw.start()
     peer = Agent("dialer-1", "dialer-secret", gw.address("udp"))
-    from gateway.endpoint import SipEndpoint
+    from gateway.transport.endpoint import SipEndpoint
     from tests.callpath.conftest import FAST
 
     peer.endpoint = SipEndpoint(lambda sr: None, timers=FAST)

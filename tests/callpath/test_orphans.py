@@ -139,7 +139,7 @@ async def test_b_leg_not_stored_means_not_sent(rig: Rig) -> None:
 
 async def test_relayed_requests_past_the_headroom_rewrite_the_stored_cseq(rig: Rig) -> None:
     """More relayed in-dialog requests than the headroom: the stored CSeq moves up with them."""
-    from gateway import b2bua as b2bua_module
+    from gateway.callpath import b2bua as b2bua_module
 
     old = b2bua_module.CSEQ_HEADROOM
     b2bua_module.CSEQ_HEADROOM = 2

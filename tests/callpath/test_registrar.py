@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.registrar import Registrar
+from gateway.callpath.registrar import Registrar
 from gateway.sip import Request
 from tests.callpath.conftest import Rig
 

@@ -1,1 +1,1 @@
-"""Tests of gateway.cards and gateway.carrier_health."""
+"""Tests of gateway.cards and gateway.cards.health."""

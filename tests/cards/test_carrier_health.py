@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.carrier_health import (
+from gateway.cards.health import (
     CarrierHealth,
     LineState,
     SendOptions,

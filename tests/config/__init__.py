@@ -1,1 +1,1 @@
-"""Tests for gateway.config, gateway.logging and the dialgate CLI."""
+"""Tests for gateway.config, gateway.telemetry.logging and the dialgate CLI."""

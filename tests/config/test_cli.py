@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway import __version__
-from gateway.cli import COMMANDS, build_parser, command, main
+from gateway.cli.main import COMMANDS, build_parser, command, main
 
 from .conftest import BASE_TOML, EXAMPLES, REPO
 
@@ -189,7 +189,7 @@ def test_every_command_takes_config() -> None:
 
 def test_nested_commands_register_as_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
     """A command named with a space becomes a nested subcommand."""
-    monkeypatch.setattr("gateway.cli.COMMANDS", dict(COMMANDS))
+    monkeypatch.setattr("gateway.cli.base.COMMANDS", dict(COMMANDS))
     seen: list[str] = []
 
     @command("zz-group leaf", help="a nested test command")
@@ -203,7 +203,7 @@ def test_nested_commands_register_as_one_function(monkeypatch: pytest.MonkeyPatc
 
 def test_group_that_is_also_a_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """A command named like a group ("cards" beside "cards show") runs when no subcommand is given."""
-    monkeypatch.setattr("gateway.cli.COMMANDS", {})
+    monkeypatch.setattr("gateway.cli.base.COMMANDS", {})
     seen: list[str] = []
 
     @command("zz", help="the group's own command")
@@ -245,7 +245,7 @@ FAKE_APP = textwrap.dedent(
 
     app.serve = serve
     sys.modules["gateway.app"] = app
-    from gateway.cli import main
+    from gateway.cli.main import main
     sys.exit(main(sys.argv[2:]))
     """
 )

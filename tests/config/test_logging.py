@@ -1,4 +1,4 @@
-"""gateway.logging: JSON lines, callee masking, secret dropping, no frame locals."""
+"""gateway.telemetry.logging: JSON lines, callee masking, secret dropping, no frame locals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from gateway.config import LoggingSettings, LogLevel
-from gateway.logging import configure_logging, get_logger
+from gateway.telemetry.logging import configure_logging, get_logger
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect as ws_connect
 
-from gateway.agent_board import AgentBoard
-from gateway.events import (
+from gateway.operator.wallboard.server import WallboardServer
+from gateway.operator.wallboard.trend import Trend
+from gateway.telemetry.agent_board import AgentBoard
+from gateway.telemetry.events import (
     AgentState,
     Alert,
     AlertKind,
@@ -30,9 +32,7 @@ from gateway.events import (
     Stats,
     render_payload,
 )
-from gateway.mqtt import Topics, route
-from gateway.wallboard.server import WallboardServer
-from gateway.wallboard.trend import Trend
+from gateway.telemetry.mqtt import Topics, route
 from tests.events.conftest import Chromium, Mosquitto
 from tests.events.helpers import Collector, http_get, wait_for
 from tests.events.test_wallboard import ROOT, DevTools, _publisher, wait_for_js

@@ -15,10 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.admin import AdminServer, build_admin_app, start_admin
-from gateway.capacity import manager_pool_capacities
+from gateway.cards.capacity import manager_pool_capacities
 from gateway.config import load_settings
-from gateway.operator import Operator, operator_from_settings
+from gateway.operator.api import AdminServer, build_admin_app, start_admin
+from gateway.operator.service import Operator, operator_from_settings
 from gateway.store import SQLiteStore, store_from_settings
 
 #: 2026-11-02 04:00:00 UTC = 12:00 in Shanghai (day); 16:00 UTC = 00:00 there (night).

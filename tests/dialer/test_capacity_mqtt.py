@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.mqtt import Topics
+from gateway.telemetry.mqtt import Topics
 from tests.events.conftest import Mosquitto
 from tests.events.helpers import Collector, http_get, wait_for
 from tests.events.test_gateway_mqtt import NODE, ROOT, Running, _call, running

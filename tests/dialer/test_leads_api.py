@@ -15,10 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.admin import AdminServer, build_admin_app, start_admin
 from gateway.config import load_settings
-from gateway.leads import MAX_API_LEADS
-from gateway.operator import Operator, operator_from_settings
+from gateway.operator.api import AdminServer, build_admin_app, start_admin
+from gateway.operator.leads import MAX_API_LEADS
+from gateway.operator.service import Operator, operator_from_settings
 from gateway.store import store_from_settings
 
 T0 = 1_793_592_000.0

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from gateway.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from gateway.sip import Request, Response
 from gateway.sip.transaction import TimerConfig
+from gateway.transport.endpoint import ClientRequest, ServerRequest, SipEndpoint
 
 
 def _request(method: str, target: str, *, call_id: str = "c1@test") -> Request:

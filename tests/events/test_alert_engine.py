@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.events import (
+from gateway.telemetry.events import (
     Alert,
     AlertEngine,
     AlertKind,

@@ -22,7 +22,7 @@ import pytest
 import structlog
 
 from gateway import app
-from gateway.mqtt import Topics
+from gateway.telemetry.mqtt import Topics
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.events.conftest import Mosquitto
 from tests.events.helpers import Collector, http_get, wait_for

@@ -6,7 +6,7 @@ import json
 
 from gateway.cards import CardDef, CardManager, PoolExhausted
 from gateway.config import Settings
-from gateway.events import (
+from gateway.telemetry.events import (
     Alert,
     AlertKind,
     AlertWatch,
@@ -25,7 +25,7 @@ from gateway.events import (
     render_payload,
     usage_vs_limits,
 )
-from gateway.mqtt import MqttPublisher, Topics, route
+from gateway.telemetry.mqtt import MqttPublisher, Topics, route
 from policies.quotas import CallOutcome, CardSnapshot, CardState, CardUsage, QuotaProfile
 
 CALLEE = "+8613812345678"
@@ -288,7 +288,7 @@ def test_alert_watch_raises_once_per_crossing() -> None:
 
 def test_carrier_health_transitions_become_trunk_alerts() -> None:
     """CarrierHealth: down after the failure threshold → trunk-down once; back up → trunk-up."""
-    from gateway.carrier_health import CarrierHealth
+    from gateway.cards.health import CarrierHealth
 
     health = CarrierHealth(failure_threshold=2, success_threshold=1)
     health.add("carrier-a", now=0.0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway import app
-from gateway.mqtt import Topics
+from gateway.telemetry.mqtt import Topics
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.events.conftest import Mosquitto
 from tests.events.helpers import Collector, http_get, parse_exposition, value_of, wait_for

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import AdminSettings, MqttSettings
-from gateway.events import (
+from gateway.operator.http import HttpServer, Response, admin_server
+from gateway.telemetry.events import (
     Alert,
     AlertKind,
     CallEvent,
@@ -18,9 +19,8 @@ from gateway.events import (
     EventBus,
     Severity,
 )
-from gateway.http import HttpServer, Response, admin_server
-from gateway.metrics import GatewayMetrics, Histogram, format_value
-from gateway.mqtt import MqttPublisher
+from gateway.telemetry.metrics import GatewayMetrics, Histogram, format_value
+from gateway.telemetry.mqtt import MqttPublisher
 from gateway.transport.base import TransportStats
 from tests.events.helpers import http_get, parse_exposition, value_of
 
@@ -194,7 +194,7 @@ async def test_metrics_mounted_on_an_aiohttp_app() -> None:
     from aiohttp import web
 
     from gateway.config import Settings
-    from gateway.http import GatewayTelemetry, mount_metrics
+    from gateway.operator.http import GatewayTelemetry, mount_metrics
 
     telemetry = GatewayTelemetry(
         Settings.model_validate({"admin": {"listen": "127.0.0.1:0"}}), serve_http=False

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.cards import CardDef, CardManager, CarrierRule, SuspendReason
 from gateway.config import MqttSettings
-from gateway.events import (
+from gateway.telemetry.events import (
     Alert,
     AlertKind,
     CallEvent,
@@ -25,7 +25,7 @@ from gateway.events import (
     EventBus,
     Severity,
 )
-from gateway.mqtt import MqttPublisher, Topics
+from gateway.telemetry.mqtt import MqttPublisher, Topics
 from tests.events.conftest import Mosquitto, TlsBroker
 from tests.events.helpers import Collector, wait_for
 
@@ -209,7 +209,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from gateway.config import MqttSettings
-    from gateway.mqtt import MqttPublisher
+    from gateway.telemetry.mqtt import MqttPublisher
 
     async def main() -> None:
         pub = MqttPublisher(MqttSettings(url=sys.argv[1], root=sys.argv[2], node=sys.argv[3], keepalive=5))
@@ -263,7 +263,7 @@ async def test_killed_publisher_leaves_last_will_offline(
 async def test_stats_are_published_retained_every_interval(mosquitto: Mosquitto) -> None:
     """The stats source is sampled every stats_interval; `{root}/stats` is retained QoS 0
     and carries the publisher's own queue/drop counters."""
-    from gateway.events import CallStats
+    from gateway.telemetry.events import CallStats
 
     bus = EventBus()
     stats = CallStats(time.time)
@@ -333,7 +333,7 @@ async def test_tls_broker_with_password(
 ) -> None:
     """mqtts://user:pass@… with a CA file: the publisher and the wallboard connect over TLS; a
     wrong password only counts failed connects; the password never appears in any log."""
-    from gateway.wallboard.server import WallboardServer
+    from gateway.operator.wallboard.server import WallboardServer
 
     tls = mosquitto_tls
     port = tls.broker.port

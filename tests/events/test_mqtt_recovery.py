@@ -17,7 +17,7 @@ import os
 import time
 
 from gateway.config import MqttSettings
-from gateway.events import (
+from gateway.telemetry.events import (
     Alert,
     AlertKind,
     CallEvent,
@@ -27,8 +27,8 @@ from gateway.events import (
     EventBus,
     Severity,
 )
-from gateway.metrics import GatewayMetrics
-from gateway.mqtt import KINDS, Backoff, MqttPublisher, Topics
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.mqtt import KINDS, Backoff, MqttPublisher, Topics
 from tests.events.conftest import Mosquitto
 from tests.events.helpers import Collector, parse_exposition, value_of, wait_for
 

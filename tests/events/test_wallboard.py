@@ -17,7 +17,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 from gateway.cards import CardDef, CardManager
 from gateway.config import MqttSettings
-from gateway.events import (
+from gateway.operator.wallboard.server import WallboardServer, WallboardState
+from gateway.telemetry.events import (
     Alert,
     AlertKind,
     CardStatus,
@@ -26,8 +27,7 @@ from gateway.events import (
     Severity,
     Stats,
 )
-from gateway.mqtt import MqttPublisher, Topics
-from gateway.wallboard.server import WallboardServer, WallboardState
+from gateway.telemetry.mqtt import MqttPublisher, Topics
 from tests.events.conftest import Chromium, Mosquitto, free_port
 from tests.events.helpers import http_get, wait_for
 
@@ -184,7 +184,7 @@ async def test_wallboard_rebuilds_from_retained_topics_and_streams_updates(
 async def test_wallboard_command_serves_until_sigterm(mosquitto: Mosquitto) -> None:
     """`dialgate wallboard --mqtt URL --listen … --root …` serves /state and exits 0 on SIGTERM."""
     port = free_port()
-    code = "import sys; import gateway.cli_wallboard; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; import gateway.cli.wallboard; from gateway.cli.main import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [
             sys.executable,

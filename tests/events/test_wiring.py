@@ -9,9 +9,9 @@ from typing import Any
 
 from gateway.cards import CardDef, CardManager
 from gateway.config import Settings
-from gateway.events import CallEvent, CallEventKind, CardStatus, LimitUsage
-from gateway.http import GatewayTelemetry
-from gateway.mqtt import Topics
+from gateway.operator.http import GatewayTelemetry
+from gateway.telemetry.events import CallEvent, CallEventKind, CardStatus, LimitUsage
+from gateway.telemetry.mqtt import Topics
 from gateway.transport import UDPTransport
 from tests.events.conftest import Mosquitto
 from tests.events.helpers import Collector, http_get, parse_exposition, value_of, wait_for

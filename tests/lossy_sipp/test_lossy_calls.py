@@ -102,7 +102,7 @@ def run_agent(
     SIPp hashes ``sip:<remote ip>:<port>`` as the digest ``uri`` — here the
     relay's address, which the gateway rightly refuses as not its own (400,
     uri-mismatch); ``-auth_uri`` makes it name the gateway's listener, the
-    user-less form the gateway accepts from SIPp (gateway.auth).
+    user-less form the gateway accepts from SIPp (gateway.callpath.auth).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     csv = workdir / "numbers.csv"

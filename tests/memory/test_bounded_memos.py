@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-import gateway.security as security
+import gateway.callpath.security as security
 import gateway.sip.uri as uri_module
-from gateway.b2bua import ABANDONED_MEMORY, B2BUA
+from gateway.callpath.b2bua import ABANDONED_MEMORY, B2BUA
 from gateway.config import SecuritySettings
-from gateway.events import CallEvent, CallEventKind, CallStats
-from gateway.metrics import GatewayMetrics
 from gateway.sip import Request
 from gateway.sip.digest import DigestServer
 from gateway.sip.headers import _NAME_ADDR_MEMO, _VIA_MEMO, NameAddr, Via
 from gateway.sip.uri import _URI_MEMO, URI
+from gateway.telemetry.events import CallEvent, CallEventKind, CallStats
+from gateway.telemetry.metrics import GatewayMetrics
 from policies.hours import ZONES_MEMO_MAX, CallingHours, zones_for_number
 from policies.timeutil import parse_windows
 

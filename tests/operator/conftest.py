@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings, load_settings
-from gateway.events import EventBus
-from gateway.operator import Operator, operator_from_settings
+from gateway.operator.service import Operator, operator_from_settings
 from gateway.store import SQLiteStore, store_from_settings
+from gateway.telemetry.events import EventBus
 
 #: 2026-11-02 00:00:00 UTC — a Monday; tests move time forward from here explicitly.
 T0 = 1_793_577_600.0

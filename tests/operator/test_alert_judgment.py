@@ -2,7 +2,7 @@
 
 The CLI (``Operator.check_alerts``) and the running gateway's bus subscriber
 (``AlertWatch`` on the card states the status loop publishes) run the one alert
-engine of ``gateway.events``: for the same usage they raise the same alerts.
+engine of ``gateway.telemetry.events``: for the same usage they raise the same alerts.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import gateway.cli
+import gateway.cli.main
 from gateway.config import load_settings
-from gateway.events import Alert, AlertKind, AlertWatch, Event, EventBus
-from gateway.operator import operator_from_settings
+from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore, store_from_settings
+from gateway.telemetry.events import Alert, AlertKind, AlertWatch, Event, EventBus
 
 from .conftest import CONFIG, T0, TOKEN
 
@@ -41,11 +41,11 @@ def risk_config(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def operator_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator commands registered on a copy of the CLI registry (as tests/operator/test_cli)."""
-    monkeypatch.setattr("gateway.cli.COMMANDS", dict(gateway.cli.COMMANDS))
-    if "alerts check" not in gateway.cli.COMMANDS:
-        module = sys.modules.get("gateway.cli_operator")
+    monkeypatch.setattr("gateway.cli.base.COMMANDS", dict(gateway.cli.main.COMMANDS))
+    if "alerts check" not in gateway.cli.main.COMMANDS:
+        module = sys.modules.get("gateway.cli.operator")
         if module is None:
-            importlib.import_module("gateway.cli_operator")
+            importlib.import_module("gateway.cli.operator")
         else:
             importlib.reload(module)
 
@@ -143,7 +143,7 @@ def test_alerts_check_command_reports_quota_near_and_card_at_risk(
     store = store_from_settings(settings)
     _busy_card(store, time.time() - 1430)
     store.close()
-    code = gateway.cli.main(["alerts", "check", "--config", str(risk_config), "--json"])
+    code = gateway.cli.main.main(["alerts", "check", "--config", str(risk_config), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert 0 == code
     assert [

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from gateway.admin import AdminServer, build_admin_app, start_admin
-from gateway.cdr import CallRecord, Outcome
+from gateway.callpath.cdr import CallRecord, Outcome
 from gateway.config import Settings
-from gateway.events import CardStatus, EventBus
-from gateway.operator import operator_from_settings
-from gateway.operator_schema import OperatorDB
+from gateway.operator.api import AdminServer, build_admin_app, start_admin
+from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore
+from gateway.store.operator_schema import OperatorDB
+from gateway.telemetry.events import CardStatus, EventBus
 
 from .conftest import T0, TOKEN
 

@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from gateway.admin import AdminServer, build_admin_app, start_admin
-from gateway.admin.limits import (
+from gateway.config import Settings
+from gateway.operator.api import AdminServer, build_admin_app, start_admin
+from gateway.operator.api.limits import (
     IMPORT_BODY_LIMIT,
     JSON_BODY_LIMIT,
     MAX_JSON_DEPTH,
     check_json_depth,
 )
-from gateway.config import Settings
-from gateway.operator import operator_from_settings
+from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore
 
 from .conftest import T0, TOKEN

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.core.result import Ok
 
-from gateway.admin import AdminServer, build_admin_app, start_admin
-from gateway.cdr import CallRecord, Outcome
+from gateway.callpath.cdr import CallRecord, Outcome
 from gateway.config import Settings
-from gateway.operator import operator_from_settings
+from gateway.operator.api import AdminServer, build_admin_app, start_admin
+from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore
 
 from .conftest import T0, TOKEN

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import gateway.cli
-from gateway.cdr import CallRecord, Outcome
-from gateway.events import iso_time
+import gateway.cli.main
+from gateway.callpath.cdr import CallRecord, Outcome
 from gateway.store import SQLiteStore
+from gateway.telemetry.events import iso_time
 from tests.operator.conftest import T0
 
 A_ID = "3f2a9c@agent-phone"
@@ -28,11 +28,11 @@ A_ID = "3f2a9c@agent-phone"
 @pytest.fixture(autouse=True)
 def operator_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator commands on a copy of the registry (as tests/operator/test_cli.py does)."""
-    monkeypatch.setattr("gateway.cli.COMMANDS", dict(gateway.cli.COMMANDS))
-    if "cards list" not in gateway.cli.COMMANDS:
-        module = sys.modules.get("gateway.cli_operator")
+    monkeypatch.setattr("gateway.cli.base.COMMANDS", dict(gateway.cli.main.COMMANDS))
+    if "cards list" not in gateway.cli.main.COMMANDS:
+        module = sys.modules.get("gateway.cli.operator")
         if module is None:
-            importlib.import_module("gateway.cli_operator")
+            importlib.import_module("gateway.cli.operator")
         else:
             importlib.reload(module)
 
@@ -67,7 +67,7 @@ def _records(store: SQLiteStore) -> None:
 
 
 def _export(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, str]]:
-    code = gateway.cli.main(["cdrs", "export", *argv])
+    code = gateway.cli.main.main(["cdrs", "export", *argv])
     out, _ = capsys.readouterr()
     assert 0 == code
     return list(csv.DictReader(io.StringIO(out)))
@@ -92,7 +92,7 @@ def test_csv_times_are_iso_8601_utc_like_the_api(
     assert "60.0" == first["talk_seconds"]
     assert "+86139****5678" == first["destination"]
     # --json is the admin API's view: the same strings.
-    code = gateway.cli.main(["cdrs", "export", "--json", "--config", str(config_file)])
+    code = gateway.cli.main.main(["cdrs", "export", "--json", "--config", str(config_file)])
     out, _ = capsys.readouterr()
     assert 0 == code
     assert first["attempt_at"] == json.loads(out)[0]["attempt_at"]

@@ -1,8 +1,8 @@
 """The operator CLI: `dialgate cards …`, `dnc …`, `consent import`, `complaint add`, `cdrs export`.
 
-Most commands run in-process through ``gateway.cli.main`` (the parser the
+Most commands run in-process through ``gateway.cli.main.main`` (the parser the
 ``dialgate`` script builds); a few run as a real subprocess. Until
-``gateway/cli.py`` imports ``gateway.cli_operator`` itself, the subprocess
+``gateway/cli/main.py`` imports ``gateway.cli.operator`` itself, the subprocess
 imports it first and then calls the same ``main``.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import gateway.cli
+import gateway.cli.main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,28 +27,28 @@ def operator_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """Register the operator commands for one test only, on a copy of the registry.
 
     Other tests (tests/config) register commands of their own under the same
-    names; until gateway/cli.py imports gateway.cli_operator, nothing here may
+    names; until gateway/cli/main.py imports gateway.cli.operator, nothing here may
     leave the global registry changed.
     """
-    monkeypatch.setattr("gateway.cli.COMMANDS", dict(gateway.cli.COMMANDS))
-    if "cards list" not in gateway.cli.COMMANDS:
-        module = sys.modules.get("gateway.cli_operator")
+    monkeypatch.setattr("gateway.cli.base.COMMANDS", dict(gateway.cli.main.COMMANDS))
+    if "cards list" not in gateway.cli.main.COMMANDS:
+        module = sys.modules.get("gateway.cli.operator")
         if module is None:
-            importlib.import_module("gateway.cli_operator")
+            importlib.import_module("gateway.cli.operator")
         else:
             importlib.reload(module)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run one command in-process; return (exit code, stdout, stderr)."""
-    code = gateway.cli.main(list(argv))
+    code = gateway.cli.main.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
 
 SCRIPT = Path(sys.executable).parent / "dialgate"
-#: Once gateway/cli.py imports the operator commands, the installed script is used.
-REGISTERED = "cli_operator" in Path(gateway.cli.__file__).read_text(encoding="utf-8")
+#: Once gateway/cli/main.py imports the operator commands, the installed script is used.
+REGISTERED = "cli_operator" in Path(gateway.cli.main.__file__).read_text(encoding="utf-8")
 
 
 def dialgate(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,7 +56,7 @@ def dialgate(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     if REGISTERED and SCRIPT.exists():
         command = [str(SCRIPT), *argv]
     else:
-        script = "import sys, gateway.cli_operator; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+        script = "import sys, gateway.cli.operator; from gateway.cli.main import main; sys.exit(main(sys.argv[1:]))"
         command = [sys.executable, "-c", script, *argv]
     return subprocess.run(
         command,

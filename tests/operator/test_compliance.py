@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cdr import CallRecord, Outcome
+from gateway.callpath.cdr import CallRecord, Outcome
 from gateway.config import load_settings
-from gateway.events import Alert, AlertKind, EventBus
-from gateway.operator import BadRequest, IllegalAction, Operator, operator_from_settings
+from gateway.operator.service import BadRequest, IllegalAction, Operator, operator_from_settings
 from gateway.store import SQLiteStore
+from gateway.telemetry.events import Alert, AlertKind, EventBus
 from policies.agent import AgentLimitsPolicy
 from policies.decision import RejectReason
 from tests.policies.helpers import ctx

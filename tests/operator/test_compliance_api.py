@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from gateway.admin import AdminServer
+from gateway.operator.api import AdminServer
 
 from .conftest import T0
 from .test_api import AUTH, Clock, clock, http, server  # noqa: F401  (fixtures)

@@ -9,9 +9,9 @@ import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 
-from gateway.cdr import CallRecord, Origin, Outcome
-from gateway.evidence import build_evidence, daily_usage, write_evidence_zip
-from gateway.operator import Operator
+from gateway.callpath.cdr import CallRecord, Origin, Outcome
+from gateway.operator.evidence import build_evidence, daily_usage, write_evidence_zip
+from gateway.operator.service import Operator
 from policies.quotas import QuotaProfile
 
 from .conftest import T0

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.events import Alert, AlertKind, CardStatus, EventBus
-from gateway.operator import BadRequest, IllegalAction, NotFound, Operator, effective_profile_of
+from gateway.operator.service import (
+    BadRequest,
+    IllegalAction,
+    NotFound,
+    Operator,
+    effective_profile_of,
+)
 from gateway.store import QuotaExceeded
+from gateway.telemetry.events import Alert, AlertKind, CardStatus, EventBus
 
 from .conftest import T0
 

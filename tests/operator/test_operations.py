@@ -7,8 +7,7 @@ import dataclasses
 
 import pytest
 
-from gateway.events import Alert, AlertKind
-from gateway.operator import (
+from gateway.operator.service import (
     AlertThresholds,
     BadRequest,
     Operator,
@@ -18,6 +17,7 @@ from gateway.operator import (
     parse_time,
     run_alert_loop,
 )
+from gateway.telemetry.events import Alert, AlertKind
 from policies.quotas import CallOutcome, CardSnapshot, CardState, CardUsage, QuotaProfile
 
 from .conftest import T0

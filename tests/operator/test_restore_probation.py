@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.cards import CardState
-from gateway.operator import BadRequest, IllegalAction, Operator, effective_profile_of
+from gateway.operator.service import BadRequest, IllegalAction, Operator, effective_profile_of
 from gateway.store import QuotaExceeded
 
 from .conftest import T0

@@ -1,1 +1,1 @@
-"""Tests of gateway.redis_store against a real redis-server."""
+"""Tests of gateway.store.redis against a real redis-server."""

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from gateway.redis_store import RedisStore, connect
 from gateway.store import SQLiteStore, StoredCard
+from gateway.store.redis import RedisStore, connect
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed "now"
 CARRIERS = {"carrier-a": "UTC", "carrier-b": "Asia/Shanghai"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.cards import CardDef, CardManager, SuspendReason
-from gateway.redis_store import CardStateRecord, RedisStore, SharedCardRepository
 from gateway.store import SQLiteStore, StoredCard, TransitionRecord
+from gateway.store.redis import CardStateRecord, RedisStore, SharedCardRepository
 from policies.quotas import CardState
 
 from .conftest import CARRIERS, T0, RedisServer, make_store

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.redis_store import RedisStore
 from gateway.store import QuotaExceeded, ReservationError, SQLiteStore, StoredCard, UsageLedger
+from gateway.store.redis import RedisStore
 from policies.quotas import Exhausted, QuotaProfile
 
 from .conftest import CARDS, CARRIERS, T0, RedisServer, make_store

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.cards import CardDef, CardManager, StoreCardSource
-from gateway.redis_store import RedisStore
 from gateway.store import StoreUnavailable
+from gateway.store.redis import RedisStore
 from policies.context import CallContext
 from policies.decision import Decision, RejectReason
 from policies.quotas import QuotaProfile

@@ -16,8 +16,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.cards import SuspendReason
-from gateway.redis_store import MirroredLedger, SharedCardRepository
 from gateway.sip import Request, Response
+from gateway.store.redis import MirroredLedger, SharedCardRepository
 from policies.quotas import CardState
 from tests.callpath.conftest import Agent, Carrier, eventually, gateway_settings
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.redis_store import RedisStore
 from gateway.store import StoredCard
+from gateway.store.redis import RedisStore
 from policies.quotas import QuotaProfile
 
 from .conftest import T0, RedisServer, make_store

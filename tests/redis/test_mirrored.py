@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.redis_store import MirroredLedger, RedisStore, sqlite_facts
 from gateway.store import QuotaExceeded, SQLiteStore, StoreUnavailable, UsageLedger
+from gateway.store.redis import MirroredLedger, RedisStore, sqlite_facts
 from policies.quotas import QuotaLimit, QuotaProfile
 
 from .conftest import CARRIERS, T0, RedisServer, make_store

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import gateway.cli
-from gateway.admin import build_admin_app
+import gateway.cli.main
 from gateway.config import Settings, load_settings
-from gateway.operator import operator_from_settings
-from gateway.redis_store import MirroredLedger, ledger_from_settings
+from gateway.operator.api import build_admin_app
+from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore, store_from_settings
+from gateway.store.redis import MirroredLedger, ledger_from_settings
 
 from .conftest import RedisServer
 
@@ -90,17 +90,17 @@ def instances(tmp_path: Path, private_redis: RedisServer) -> Iterator[list[Insta
 @pytest.fixture(autouse=True)
 def operator_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator commands registered on a copy of the CLI registry (as tests/operator)."""
-    monkeypatch.setattr("gateway.cli.COMMANDS", dict(gateway.cli.COMMANDS))
-    if "cards list" not in gateway.cli.COMMANDS:
-        module = sys.modules.get("gateway.cli_operator")
+    monkeypatch.setattr("gateway.cli.base.COMMANDS", dict(gateway.cli.main.COMMANDS))
+    if "cards list" not in gateway.cli.main.COMMANDS:
+        module = sys.modules.get("gateway.cli.operator")
         if module is None:
-            importlib.import_module("gateway.cli_operator")
+            importlib.import_module("gateway.cli.operator")
         else:
             importlib.reload(module)
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
-    code = gateway.cli.main(list(argv))
+    code = gateway.cli.main.main(list(argv))
     out, err = capsys.readouterr()
     assert 0 == code, err
     return json.loads(out)
@@ -135,7 +135,7 @@ def test_a_state_set_on_one_instance_is_what_the_other_shows(
 ) -> None:
     """Suspended through gwa's CLI: gwb's CLI (its SQLite never saw it) shows it suspended."""
     a, b = instances
-    code = gateway.cli.main(
+    code = gateway.cli.main.main(
         ["cards", "suspend", "c1", "--reason", "arrears", "--config", str(a.cfg)]
     )
     capsys.readouterr()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.redis_store import UNCERTAIN_SECONDS, MirroredLedger, RedisStore, sqlite_facts
 from gateway.store import QuotaExceeded, SQLiteStore, StoreUnavailable, UsageLedger
+from gateway.store.redis import UNCERTAIN_SECONDS, MirroredLedger, RedisStore, sqlite_facts
 from policies.quotas import QuotaLimit, QuotaProfile
 
 from .conftest import CARRIERS, T0, RedisServer, make_store

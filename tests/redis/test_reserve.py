@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.redis_store import RedisStore
 from gateway.store import QuotaExceeded, ReservationError, SQLiteStore, UsageLedger
+from gateway.store.redis import RedisStore
 from policies.quotas import CallOutcome, CardUsage, CardUsageView, QuotaLimit, QuotaProfile
 
 from .conftest import T0, RedisServer, make_store

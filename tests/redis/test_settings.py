@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_settings
-from gateway.redis_store import MirroredLedger, RedisStore, from_settings, ledger_from_settings
 from gateway.store import SQLiteStore, StoreUnavailable, store_from_settings
+from gateway.store.redis import MirroredLedger, RedisStore, from_settings, ledger_from_settings
 from policies.quotas import QuotaProfile
 
 from .conftest import T0, RedisServer, free_port
@@ -120,7 +120,7 @@ def test_node_name_is_the_mqtt_node_else_host_and_listeners(tmp_path: Path) -> N
     """Two instances on one host differ by their SIP listeners when no MQTT node is set."""
     import socket
 
-    from gateway.redis_store import node_name
+    from gateway.store.redis import node_name
 
     cfg = tmp_path / "dialgate.toml"
     cfg.write_text(f'[sip]\nlisten = ["udp:127.0.0.1:5060"]\n{BASE}')

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.redis_store import RedisStore
 from gateway.store import SQLiteStore
+from gateway.store.redis import RedisStore
 from gateway.store.sqlite import StoredRegistration
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.redis.conftest import RedisServer, make_store

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registrar import Registrar, RegistrationSync
+from gateway.callpath.registrar import Registrar, RegistrationSync
 from gateway.store import SCHEMA_VERSION, SQLiteStore, StoreUnavailable
 from gateway.store.sqlite import _MIGRATIONS, StoredRegistration
 from tests.registrar.conftest import register

@@ -14,11 +14,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from gateway.admin import start_admin
-from gateway.admin.openapi import openapi_document
-from gateway.admin.security_routes import add_security_routes
-from gateway.events import Alert, render_payload
-from gateway.security import BanFile, ban_file_path
+from gateway.callpath.security import BanFile, ban_file_path
+from gateway.operator.api import start_admin
+from gateway.operator.api.openapi import openapi_document
+from gateway.operator.api.security_routes import add_security_routes
+from gateway.telemetry.events import Alert, render_payload
 from tests.security.test_gateway_guard import ATTACKER, guess, make_gateway
 
 

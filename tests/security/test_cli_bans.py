@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.security import Ban, BanFile
+from gateway.callpath.security import Ban, BanFile
+from gateway.cli.main import main
 
 
 @pytest.fixture

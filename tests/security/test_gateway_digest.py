@@ -50,7 +50,7 @@ async def test_register_uri_must_match(
 async def test_sipp_form_accepted_for_an_invite_request_uri(tmp_path: Path) -> None:
     """SIPp hashes sip:<gateway ip>:<port> for an INVITE to sip:<number>@gateway: accepted
     with the gateway form on, refused (400) with it off."""
-    from gateway.auth import digest_uri_matches
+    from gateway.callpath.auth import digest_uri_matches
     from gateway.sip.uri import URI
 
     gw, _ = make_gateway(tmp_path)

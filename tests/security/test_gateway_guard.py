@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
+from gateway.callpath.security import BanFile, ban_file_path
 from gateway.config import Settings
-from gateway.events import Alert, AlertKind
-from gateway.security import BanFile, ban_file_path
 from gateway.sip import Response, parse
 from gateway.sip.digest import DigestClient
+from gateway.telemetry.events import Alert, AlertKind
 from gateway.transport import MemoryTransport
 
 GW = ("127.0.0.1", 5070)
@@ -196,7 +196,7 @@ async def test_tarpit_holds_answers_without_blocking(tmp_path: Path) -> None:
 
 def test_metrics_expose_the_ban(tmp_path: Path) -> None:
     """/metrics families: bans counter and the banned-sources gauge."""
-    from gateway.security import metric_families
+    from gateway.callpath.security import metric_families
 
     gw, mem = make_gateway(tmp_path)
     for n in range(10):

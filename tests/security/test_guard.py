@@ -1,4 +1,4 @@
-"""gateway.security.Guard and BanFile: counting, tarpit, bans, escalation, the shared ban file.
+"""gateway.callpath.security.Guard and BanFile: counting, tarpit, bans, escalation, the shared ban file.
 
 Sans-clock: every test passes ``now`` by hand; no sockets, no sleeping.
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.callpath.security import Admission, Ban, BanFile, Guard, metric_families
 from gateway.config import SecuritySettings
-from gateway.security import Admission, Ban, BanFile, Guard, metric_families
 
 ATTACKER = "127.0.0.3"
 AGENT = "127.0.0.1"
@@ -282,7 +282,7 @@ def test_ipv6_counted_per_64() -> None:
 
 def test_ipv6_prefix_128_is_per_address() -> None:
     """ipv6_prefix = 128: each IPv6 address on its own; IPv4 is always per address."""
-    from gateway.security import source_key
+    from gateway.callpath.security import source_key
 
     g = guard(ipv6_prefix=128)
     for i in range(10):

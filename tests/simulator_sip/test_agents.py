@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from gateway.endpoint import ServerRequest
 from gateway.sip.digest import Algorithm, DigestServer, Outcome, ha1
+from gateway.transport.endpoint import ServerRequest
 from simulator.agents import work_leads
 from simulator.pytest_plugin import SimKit
 from simulator.sipkit import InboundCall, UserAgent, new_tag

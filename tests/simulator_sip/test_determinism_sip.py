@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-import gateway.cli_simulate  # noqa: F401  (registers the subcommand)
-from gateway.cli import main
+import gateway.cli.simulate  # noqa: F401  (registers the subcommand)
+from gateway.cli.main import main
 from simulator.carrier import Carrier
 from simulator.models import EventKind
 from simulator.offline import run_offline

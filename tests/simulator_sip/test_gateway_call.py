@@ -1,7 +1,7 @@
 """End to end through the in-process dialgate: softphone → gateway → simulated carrier.
 
 These exercise the fixtures the way the call-path tests use them. They need
-the gateway's B2BUA (``gateway.b2bua``); without it they are skipped.
+the gateway's B2BUA (``gateway.callpath.b2bua``); without it they are skipped.
 """
 
 from __future__ import annotations

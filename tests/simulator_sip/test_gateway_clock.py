@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.events import CallEvent, CallEventKind
+from gateway.telemetry.events import CallEvent, CallEventKind
 from simulator.agents import Softphone
 from simulator.carrier import Carrier
 from simulator.runner import InProcessGateway

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-import gateway.cli_simulate  # noqa: F401  (registers the subcommand)
+import gateway.cli.simulate  # noqa: F401  (registers the subcommand)
 from gateway import app
-from gateway.cli import main
-from gateway.cli_simulate import parse_hostport
+from gateway.cli.main import main
+from gateway.cli.simulate import parse_hostport
 from simulator.runner import (
     InProcessGateway,
     Progress,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth import digest_uri_matches
+from gateway.callpath.auth import digest_uri_matches
 from gateway.sip.digest import (
     RFC8760_ALGORITHMS,
     Algorithm,

@@ -1,1 +1,1 @@
-"""Tests of gateway.store and gateway.cdr."""
+"""Tests of gateway.store and gateway.callpath.cdr."""

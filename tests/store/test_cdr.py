@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from gateway.cdr import (
+from gateway.callpath.cdr import (
     CSV_COLUMNS,
     CallRecord,
     Origin,

@@ -1,4 +1,4 @@
-"""A store outage never loses a CDR: gateway.cdr_spool over a real SQLite file.
+"""A store outage never loses a CDR: gateway.store.spool over a real SQLite file.
 
 The outage is real: a second connection holds SQLite's exclusive lock, so the
 store's writes fail after its busy timeout exactly as they would behind a
@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.cdr import CallRecord, Origin, Outcome
-from gateway.cdr_spool import CdrWriter, record_from_json, record_to_json
+from gateway.callpath.cdr import CallRecord, Origin, Outcome
 from gateway.store import SQLiteStore
+from gateway.store.spool import CdrWriter, record_from_json, record_to_json
 from tests.store.test_guard import wait_recovered
 
 

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gateway.cdr import CallRecord, Outcome
+from gateway.callpath.cdr import CallRecord, Outcome
 from gateway.store import SQLiteStore, StoredCard
 
 from .conftest import T0
@@ -16,7 +16,7 @@ from .conftest import T0
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from gateway.cdr import CallRecord, Outcome
+    from gateway.callpath.cdr import CallRecord, Outcome
     from gateway.store import SQLiteStore, StoredCard
 
     T0 = float(sys.argv[2])

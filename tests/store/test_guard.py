@@ -91,7 +91,7 @@ async def test_admin_health_answers_503_while_a_store_guard_is_open(tmp_path: Pa
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from gateway.admin.routes import STORE_GUARDS_KEY, add_routes
+    from gateway.operator.api.routes import STORE_GUARDS_KEY, add_routes
 
     store = SQLiteStore(tmp_path / "gw.db", busy_timeout_ms=20)
     app = web.Application()

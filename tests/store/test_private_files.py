@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cdr_spool import CdrWriter
 from gateway.config import Settings, config_warnings
 from gateway.private_files import loose_directory, make_private_dirs, open_private
 from gateway.store import SQLiteStore
+from gateway.store.spool import CdrWriter
 from tests.store.test_cdr_spool import _record, locked
 
 
@@ -113,7 +113,7 @@ def test_check_config_warns_on_an_open_store_directory(tmp_path: Path) -> None:
 
 def test_spool_dir_is_accepted_used_and_warned_about_when_open(tmp_path: Path) -> None:
     """``[store] spool_dir``: the CDR spool's directory (issue 19), checked like the store's."""
-    from gateway.b2bua import _spool_path
+    from gateway.callpath.b2bua import _spool_path
 
     spool = tmp_path / "spool"
     spool.mkdir()

@@ -8,8 +8,8 @@ gateway's retained status and the card's retained state, the SIP port answers
 an OPTIONS with 200. SIGTERM then ends the command with status 0 and the
 mosquitto it started is gone.
 
-Runs the real ``dialgate`` entry point once ``gateway.cli`` registers ``up``;
-until then the same ``main()`` with ``gateway.cli_up`` imported first.
+Runs the real ``dialgate`` entry point once ``gateway.cli.main`` registers ``up``;
+until then the same ``main()`` with ``gateway.cli.up`` imported first.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def up_command() -> list[str]:
-    from gateway import cli
+    from gateway.cli import main as cli
 
     if "up" in cli.COMMANDS:
         entry = Path(sys.executable).parent / "dialgate"
         if entry.exists():
             return [str(entry), "up"]
-    code = "import sys, gateway.cli_up; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys, gateway.cli.up; from gateway.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, "up"]
 
 
@@ -340,7 +340,7 @@ def test_busy_port_names_the_key(tmp_path: Path, run_up: object, busy: str) -> N
 async def test_no_broker_uses_the_configured_one_and_no_carrier(
     tmp_path: Path, run_up: object
 ) -> None:
-    from gateway.broker import Broker
+    from gateway.telemetry.broker import Broker
 
     sip, carrier, admin, wallboard = free_ports(4)
     async with Broker("127.0.0.1", 0) as broker:

@@ -1,0 +1,2365 @@
+"""The B2BUA: an authenticated INVITE becomes an A-leg and a B-leg, relayed end to end.
+
+Outbound (agent or dialer → carrier): the A-leg is the server transaction of
+the agent's INVITE (100 Trying goes out at once, from the transaction layer);
+the destination is normalized (emergency check first, 484 when unparseable);
+the policy pipeline decides (a rejection is answered with the code, ``Reason:
+SIP;cause=…;text="…"`` and Retry-After of DESIGN.md "Policy outcomes on the
+wire") and picks a card with a write-ahead reservation; then a B-leg INVITE
+leaves for the card's carrier with its own Call-ID, tags and branch, From =
+the card's number, To = the E.164 destination at the carrier, Contact = the
+gateway, Max-Forwards one less than the A-leg's, the SDP unchanged, and the
+card's credentials answering a 401/407 (RFC 3261 §22.2).
+
+Relaying. 1xx with a To tag and 2xx go to the A-leg with the gateway's own
+A-side To tag (one per call, kept across failover attempts) and Contact; the
+2xx is retransmitted to the agent until its ACK (RFC 3261 §13.3.1.4,
+:class:`~gateway.sip.transaction.AckWait`). Each leg ACKs its own 2xx: the
+carrier's 2xx is ACKed when the agent's ACK arrives (its body, for a late
+offer, is carried over); a 2xx retransmitted by the carrier after that gets
+the same ACK again. The ACK of a non-2xx is hop by hop (the transactions).
+CANCEL before the answer → CANCEL on the B-leg and 487 to the agent (§9.2);
+a 200 crossing that CANCEL is ACKed and ended with a BYE. BYE from either side
+is answered 200 at once and sent to the other side. Other in-dialog requests
+(re-INVITE, UPDATE, INFO, OPTIONS, …) become a new transaction on the other
+leg and the response comes back; a 2xx to a relayed re-INVITE is ACKed on the
+far leg at once, and the originator's ACK is absorbed (offers in an ACK of a
+re-INVITE are not supported).
+
+Failover. Every carrier final answer is classified once (``gateway.cards.classify``,
+applied by ``CardManager.on_response`` / ``on_fault``): ``card-dead`` (a carrier
+rule, 402, a dead Q.850 cause, credentials refused) before any 18x releases the
+reservation and starts a NEW B-leg on another card (at most
+:data:`MAX_CARDS_PER_CALL` cards a call); ``trunk-unreachable`` (no response at
+all, an originating-side Q.850 cause, 503 + Retry-After) before any 18x allows
+at most one more attempt, on a card that shares neither the device nor the
+trunk (none: the agent gets 408 for a timeout, else the answer, with ``Reason:
+…text="trunk-unreachable"``); everything else — every answer after an 18x, and
+403/404/5xx no rule explains — is the callee's: relayed (a 503 as 500, RFC 3261
+§16.7) and never retried, so no callee is dialled twice. A bound agent stays
+on its card: failover moves it only when its card died (it is re-bound once,
+stored, logged and published), or when its pool allows ``spill``. When no card
+is left: 503 + Retry-After + ``Reason: …text="no-card-available"`` and a
+``Warning: 399 dialgate "c1 night_window until 08:00; …"`` with each card's cause.
+
+Inbound (carrier → agent) uses the same relay with the roles swapped: the
+carrier's INVITE is the A-leg and the agent's registered contact (reached
+through the flow it registered from) is the B-leg; no policy, no cards.
+
+Call persistence (write-ahead B-legs, issue 19). Every B-leg INVITE is
+written to the store's ``call_dialogs`` row of its call *before* it leaves
+(its top Via and branch are chosen here, not by the endpoint): Call-ID,
+branch, From tag, CSeq, Request-URI, where it goes, the card and callee, the
+A-leg INVITE's identity (Vias, From, To, Call-ID, CSeq, our To tag, source)
+and the CDR a crash would leave (outcome ``interrupted``). One write per B-leg
+INVITE (a failover or a digest retry is a new INVITE: the row is replaced);
+at answer (B-leg 2xx) the row gains the carrier's To tag and both legs'
+confirmed dialogs before the 2xx is relayed to the agent; the row is deleted
+when the call ends. A provisional answer is not written (it changes nothing a
+restart needs: the CANCEL carries no To tag; measured, a write at the 18x cost
+~0.3 ms of gateway CPU per call, ~10 %), so the ``interrupted`` CDR of a call
+cut while ringing has no ring time. The
+write-ahead fails closed: when it cannot be written the INVITE does not leave
+(503 ``store-unavailable``, the reservation released). Later updates are
+logged and counted, never fatal to the call.
+
+After a crash the next start calls :meth:`B2BUA.end_orphaned_calls`. An
+answered row: a BYE on each leg (``Reason: SIP;cause=487;text="gateway
+restarted"``). An unanswered one: a CANCEL for the stored INVITE (same
+Request-URI, Call-ID, From, To, CSeq number and branch, RFC 3261 §9.1; a 481
+means the carrier had already forgotten it) and a final ``500`` with
+``Reason: …text="gateway restarted"`` to the agent's INVITE; a 2xx for that
+INVITE arriving later (or retransmitted because nobody ACKed it) goes the way
+of every stray 2xx: ACKed and hung up with a BYE. Either way the row's
+``interrupted`` CDR is written unless the dead process wrote the call's CDR,
+then the row goes; the card's concurrency slot was already freed by the
+ledger's ``recover``. The stored CSeq of a confirmed leg is its local CSeq plus
+:data:`CSEQ_HEADROOM`; the row is rewritten only when relayed in-dialog
+requests use that headroom up or a target refresh moves the remote target.
+
+CDRs: one :class:`~gateway.callpath.cdr.CallRecord` per call attempt (blocked and
+failed ones included), committed to the store when the call ends, and the
+reservation finished with its outcome (answered, talk seconds, short call).
+
+No stuck calls. Every reserved call ends by a timer even when its B-leg never
+completes: Timer B (no answer at all), Timer C (:data:`NO_ANSWER_TIMEOUT`, then a
+CANCEL), 64*T1 after any CANCEL the gateway sends with no final answer to the
+INVITE (RFC 3261 §9.1: a carrier that answers the CANCEL 200 and never the 487),
+and 64*T1 without the agent's ACK of a 2xx (§13.3.1.4: both legs get a BYE).
+
+One call id. Log lines, CDRs, MQTT call events and the admin API name a call by
+the SIP Call-ID of its A-leg (``call_id``); lines and events about a B-leg add
+that leg's Call-ID (``b_call_id``; ``b_call_ids`` on ``call.ended``, one per
+card tried — the CDR has no column for them). The internal :attr:`Call.key`
+(the quota reservation's and the stored dialogs' key) appears only as ``key=``
+where those records are concerned.
+
+This module must never send a request from an unauthenticated party to a
+carrier, put the agent's credentials, Contact, Via or address into a B-leg,
+log a callee number unmasked (when masking is on), or let an exception from
+one call escape into the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+from gateway.callpath.auth import Identity, IdentityKind
+from gateway.callpath.cdr import CallRecord, Origin, Outcome, outcome_for_status
+from gateway.cards import BLegClass, CardManager, CardState, PoolExhausted, Verdict
+from gateway.sip import Request, Response
+from gateway.sip.dialog import Dialog, DialogError
+from gateway.sip.digest import DigestClient
+from gateway.sip.errors import SIPError
+from gateway.sip.headers import NameAddr
+from gateway.sip.message import make_response
+from gateway.sip.transaction import AckWait, Send, Timeout, build_cancel
+from gateway.sip.uri import URI
+from gateway.store import StoreUnavailable
+from gateway.store.spool import CdrWriter, record_from_json, record_to_json
+from gateway.store.sqlite import CallDialogs
+from gateway.telemetry.events import Alert, AlertKind, CallEvent, CallEventKind, EventBus, Severity
+from gateway.transport import Address, Transport
+from gateway.transport.endpoint import ClientRequest, Peer, ServerRequest, SipEndpoint
+from policies.context import CallContext, build_context
+from policies.decision import Decision, RejectReason, reason_header
+from policies.errors import AddressIncompleteError, StoreUnavailableError
+from policies.privacy import mask_number
+
+if TYPE_CHECKING:
+    from gateway.callpath.registrar import Binding
+    from gateway.config import CardSettings, CarrierSettings, Settings
+    from gateway.sip.dialog import DialogRecord
+    from gateway.store import SQLiteStore, UsageLedger
+    from policies.emergency import EmergencyNumbers
+    from policies.pipeline import Pipeline
+    from policies.quotas import QuotaProfile
+    from policies.selection import CardSelection
+
+__all__ = ["B2BUA", "CSEQ_HEADROOM", "Call", "CallServices", "Leg"]
+
+log = structlog.get_logger("gateway.callpath.b2bua")
+
+Side = Literal["a", "b"]
+
+#: Headers that describe the body and travel with it to the other leg.
+_BODY_HEADERS = ("Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language")
+#: Headers of a final failure that are relayed to the A-leg.
+_RELAYED_FINAL = ("Reason", "Retry-After", "Warning")
+_ringing_statuses = frozenset({180, 183})
+
+NO_ANSWER_TIMEOUT = 180.0
+"""Seconds a B-leg may stay unanswered before it is CANCELled (RFC 3261 §16.6 item
+11: Timer C, "MUST be set to a value greater than 3 minutes" for a proxy; a
+carrier that sends 100/180 and then nothing would otherwise hold the call forever)."""
+
+CSEQ_HEADROOM = 100
+"""CSeq numbers reserved above a leg's local CSeq when its dialog is stored.
+
+A BYE sent after a restart uses the stored number + 1; a strict peer answers 500
+to a CSeq below the last one it saw (RFC 3261 §12.2.2) but must accept a gap
+("not an error condition"). Storing the exact CSeq would mean a store write for
+every relayed in-dialog request (INFO DTMF…); with the headroom the row is
+rewritten only once per this many relayed requests on a leg."""
+
+ORPHAN_REASON = reason_header(487, "gateway restarted")
+"""Reason of the BYEs sent at start-up for calls a dead process left up (RFC 3326)."""
+
+ORPHAN_A_STATUS = (500, "Server Internal Error")
+"""Final answer sent at start-up to an agent's INVITE a dead process left unanswered."""
+
+ORPHAN_A_REASON = reason_header(500, "gateway restarted")
+
+STORED_VERSION = 1
+"""``"v"`` of the ``b_invite`` / ``a_invite`` JSON of a stored call (schema 10)."""
+
+ORPHAN_CONCURRENCY = 64
+"""BYE transactions in flight at once while ending orphaned calls."""
+
+ABANDONED_MEMORY = 1024
+"""B-leg INVITEs given up on (CANCELled, no final answer) remembered for a late 2xx."""
+
+MAX_CARDS_PER_CALL = 3
+"""Cards one call may try (the first plus failovers after proven card deaths)."""
+
+TRUNK_UNREACHABLE = "trunk-unreachable"
+"""Reason text of an answer after the card's trunk did not answer (no failover left)."""
+
+
+@dataclass(slots=True, eq=False)
+class Leg:
+    """One side of a call: where its requests go and its dialog (None until a tag exists)."""
+
+    transport: Transport
+    address: Address
+    call_id: str
+    local_tag: str
+    dialog: Dialog | None = None
+    ackwait: AckWait | None = None
+    ack_timer: asyncio.TimerHandle | None = None
+    contact: str = ""
+    #: Addresses this leg's peer sends from (issue 15): the A-leg's INVITE source;
+    #: for a B-leg, where its requests go plus every source its responses came from.
+    peers: set[Address] = field(default_factory=set)
+    #: True for the A-leg: only the transport its INVITE arrived on.
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        self.peers.add(self.address)
+
+    def from_peer(self, source: Address, transport: Transport | None) -> bool:
+        """True when a request from ``source`` over ``transport`` may be this leg's peer.
+
+        UDP: exactly a known address (a NATed agent is known by its public
+        address and port, RFC 3581). TCP: a known host — the peer may have
+        reconnected from a new port after an idle close, and a stream's source
+        host cannot be forged without its handshake.
+        """
+        if transport is not None:
+            if self.strict and transport is not self.transport:
+                return False
+            if transport.name != self.transport.name:
+                return False
+            if transport.reliable:
+                return any(source[0] == host for host, _ in self.peers)
+        return source in self.peers
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One call: the A-leg's INVITE, the current B-leg and the bookkeeping of its CDR."""
+
+    key: str
+    a_req: ServerRequest
+    a: Leg
+    identity: Identity
+    destination: str
+    attempt_at: float
+    inbound: bool = False
+    campaign: str = ""
+    b: Leg | None = None
+    b_invite: Request | None = None
+    b_client: ClientRequest | None = None
+    b_digest: DigestClient | None = None
+    b_target: URI | None = None
+    b_from: str = ""
+    b_to: str = ""
+    b_cseq: int = 1
+    b_ack: Request | None = None
+    card: str | None = None
+    ctx: CallContext | None = None
+    cards_tried: list[str] = field(default_factory=list)
+    #: Cards this call must not use any more (tried, or sharing a failed trunk).
+    exclude: set[str] = field(default_factory=set)
+    trunk_retry_used: bool = False
+    failovers: int = 0
+    provisional: bool = False
+    ringing: bool = False
+    timed_out: bool = False
+    no_answer_timer: asyncio.TimerHandle | None = None
+    #: RFC 3261 §9.1: armed when the gateway CANCELs the B-leg; ends the call if no
+    #: final response to the INVITE came within 64*T1 (a carrier that answers the
+    #: CANCEL 200 and never sends the 487 must not hold the card for good).
+    #: Why the gateway CANCELled the B-leg (agent-cancel, no-answer, …), "" when it did not.
+    cancel_why: str = ""
+    #: Call-IDs of every B-leg this call started, in order (failover adds one each).
+    b_call_ids: list[str] = field(default_factory=list)
+    a_final: int | None = None
+    cancelled: bool = False
+    answered: bool = False
+    ended: bool = False
+    ring_at: float | None = None
+    answer_at: float | None = None
+    policy_reason: str = ""
+    lead_id: str = ""  # [policy] lead_header (X-Lead-Id) of a dialer's INVITE, for the CDR
+    final_code: int = 0
+    reserved: bool = False
+    max_forwards: int = 70
+    #: True while the call's dialogs are stored (``call_dialogs``), with what was stored
+    #: per side: (CSeq ceiling, remote target) — the row is rewritten when either moves.
+    persisted: bool = False
+    stored: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: The A-leg INVITE's identity as stored (built once, at the first write-ahead).
+    a_stored: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class CallServices:
+    """What the B2BUA needs besides the endpoint: store, cards, policies, settings."""
+
+    settings: Settings
+    store: SQLiteStore
+    ledger: UsageLedger
+    cards: CardManager
+    pipeline: Pipeline
+    emergency: EmergencyNumbers
+    profiles: dict[str, QuotaProfile]
+    timezones: dict[str, str]
+    probation_of: dict[str, str]
+    selection: CardSelection | None = None  # the one card picker (failover); None: no failover
+    cdrs: CdrWriter | None = None  # None: CDRs straight to ``store``, spooled in memory only
+
+
+class B2BUA:
+    """Calls in progress and the relay between their legs."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        services: CallServices,
+        *,
+        clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.bus = bus
+        self.services = services
+        self.settings = services.settings
+        self.clock = clock
+        # A store outage never loses a CDR: refused ones are spooled and written later.
+        self.cdrs = services.cdrs if services.cdrs is not None else CdrWriter(services.store, None)
+        # Store writes an outage refused (reservation finishes, dialog deletes), in order.
+        self._unfinished: list[Callable[[], object]] = []
+        self.mask = services.settings.policy.mask_numbers
+        self.no_answer_timeout = NO_ANSWER_TIMEOUT
+        # RFC 3261 §9.1: 64*T1 after a CANCEL, an INVITE with no final answer is over.
+        self.cancel_give_up = endpoint.layer.config.timeout
+        self.calls: dict[str, Call] = {}
+        self._legs: dict[tuple[str, str], tuple[Call, Side]] = {}
+        self._carriers: dict[str, CarrierSettings] = {c.name: c for c in services.settings.carriers}
+        self._card_conf: dict[str, CardSettings] = {c.id: c for c in services.settings.cards}
+        self._seq = itertools.count(1)
+        # The card each agent or dialer last went out on: selection stays on it while it
+        # has headroom (DESIGN "Quotas": carriers flag frequent switching). One entry per
+        # configured identity, so bounded by the configuration.
+        self._last_card: dict[str, str] = {}
+        # (Call-ID, From tag) of B-leg INVITEs given up on → (handle, its late-2xx handler).
+        # Restored at start-up for the INVITEs a dead process left unanswered too.
+        self._abandoned: dict[tuple[str, str | None], Callable[[Response], None]] = {}
+        # Agents re-bound after their configured card died: agent → (card, configured).
+        self._rebound: dict[str, tuple[str, str | None]] = {}
+        try:
+            self._rebound = dict(services.store.agent_bindings())
+        except Exception as exc:
+            log.error("agent.bindings.unreadable", error=repr(exc)[:200])
+        self.stats: dict[str, int] = {
+            "calls": 0,
+            "answered": 0,
+            "blocked": 0,
+            "failovers": 0,
+            "b_legs": 0,
+            "cdrs": 0,
+            "cdr_errors": 0,
+            "dialogs_stored": 0,
+            "b_legs_stored": 0,
+            "dialog_store_errors": 0,
+            "orphans_ended": 0,
+            "orphans_cancelled": 0,
+            "in_dialog_refused": 0,
+        }
+        # Sources already logged for an in-dialog request not from the leg's peer
+        # (bounded: cleared when full so a spoofing flood cannot grow it).
+        self._refused_logged: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _token(self) -> str:
+        return secrets.token_hex(8)
+
+    def _event(self, call: Call, kind: CallEventKind, **fields: object) -> None:
+        """Publish a ``dialgate/calls/{kind}`` event and any card transitions (never raises)."""
+        if self.bus is None:
+            return
+        card = self.services.cards.find(call.card) if call.card else None
+        event = CallEvent(
+            kind=kind,
+            call_id=call.a.call_id,
+            at=self.clock(),
+            callee=call.destination or None,
+            card=call.card,
+            pool=card.pool if card is not None else None,
+            agent=call.identity.name,
+            campaign=call.campaign or None,
+            b_call_id=_b_id(call),
+            **fields,  # type: ignore[arg-type]
+        )
+        self.bus.publish(event)
+        self.publish_card_events()
+
+    def publish_card_events(self) -> None:
+        """Hand CardManager's transitions (suspensions, pool exhausted) to the bus."""
+        if self.bus is None:
+            return
+        events = self.services.cards.drain_events()
+        if events:
+            self.bus.publish_card_events(events)
+
+    def _masked(self, number: str) -> str:
+        return mask_number(number) if self.mask else number
+
+    def find_leg(self, call_id: str, local_tag: str | None) -> tuple[Call, Side] | None:
+        """The call and side whose dialog (Call-ID, our tag) a request names."""
+        if local_tag is None:
+            return None
+        return self._legs.get((call_id, local_tag))
+
+    def has_dialog(self, req: Request) -> bool:
+        """True when an in-dialog request (To tag set) names a leg of a live call."""
+        try:
+            return self.find_leg(req.call_id, req.to.tag) is not None
+        except SIPError:
+            return False
+
+    def _refuse_foreign(
+        self, call: Call, side: Side, method: str, source: Address, leg: Leg
+    ) -> None:
+        """Count and log (once per source host) an in-dialog request not from the leg's peer."""
+        self.stats["in_dialog_refused"] += 1
+        host = source[0]
+        if host in self._refused_logged:
+            return
+        if len(self._refused_logged) >= 4096:
+            self._refused_logged.clear()
+        self._refused_logged.add(host)
+        log.warning(
+            "call.in_dialog.refused",
+            call_id=call.a.call_id,
+            b_call_id=_b_id(call),
+            side=side,
+            method=method,
+            source=f"{source[0]}:{source[1]}",
+            peer=f"{leg.address[0]}:{leg.address[1]}",
+        )
+
+    def _contact(self, transport: Transport, *, secure: bool = False) -> str:
+        # secure: the dialog was set up with a SIPS URI, so our Contact is SIPS too
+        # (RFC 3261 §8.1.1.8, §12.1.1).
+        return f"<{self.endpoint.contact_uri(transport, 'dialgate', secure=secure)}>"
+
+    # -- new calls ---------------------------------------------------------------------
+
+    def on_invite(self, sr: ServerRequest, identity: Identity) -> None:
+        """An authenticated out-of-dialog INVITE from an agent or dialer: decide and dial."""
+        req = sr.request
+        now = self.clock()
+        self.stats["calls"] += 1
+        a_tag = self._token()
+        call = Call(
+            key=self._token(),
+            a_req=sr,
+            a=Leg(
+                sr.transport,
+                sr.source,
+                req.call_id,
+                a_tag,
+                contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
+                strict=True,
+            ),
+            identity=identity,
+            destination=req.uri.user or "",
+            attempt_at=now,
+            campaign=self._campaign(req, identity),
+            lead_id=(req.headers.get(self.settings.policy.lead_header) or "").strip()[:64],
+        )
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            # RFC 3261 §16.3 item 2 (a B2BUA keeps the rule): a request that
+            # has run out of hops is a loop or a misroute.
+            self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
+            return
+        call.max_forwards = 70 if mf is None else mf - 1
+        bound = self.bound_card(identity)
+        try:
+            ctx = build_context(
+                req.uri.user or "",
+                agent=identity.name,
+                campaign=call.campaign or None,
+                default_region=self.settings.policy.default_region,
+                now=datetime.fromtimestamp(now, UTC),
+                emergency=self.services.emergency,
+                bound_card=bound,
+                last_card=self._last_card.get(identity.name),
+                call_id=call.key,
+            )
+        except AddressIncompleteError:
+            # DESIGN.md call flow step 2: unparseable → 484 Address Incomplete.
+            self._reject_decision(
+                call, Decision.reject(RejectReason.ADDRESS_INCOMPLETE, "normalize", "unparseable")
+            )
+            return
+        call.destination = ctx.destination
+        if bound is not None:
+            ctx = replace(ctx, spill=self._spill(bound))
+        call.ctx = ctx
+        try:
+            decision = self.services.pipeline.decide(ctx)
+        except StoreUnavailable as exc:
+            decision = Decision.reject(
+                RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
+            )
+        if not decision.allowed or decision.card_id is None:
+            if decision.allowed:
+                decision = Decision.reject(
+                    RejectReason.NO_CARD_AVAILABLE, "cards", "no card chosen", retry_after=60
+                )
+            self._reject_decision(call, decision)
+            return
+        card = self.services.cards.get(decision.card_id)
+        call.reserved = True
+        self._note_binding(call, bound, card.id)
+        self.calls[call.key] = call
+        self._legs[(call.a.call_id, a_tag)] = (call, "a")
+        log.info(
+            "call.attempt",
+            call_id=call.a.call_id,
+            key=call.key,
+            agent=identity.name,
+            kind=str(identity.kind),
+            destination=self._masked(call.destination),
+            card=card.id,
+            campaign=call.campaign,
+        )
+        self._event(call, CallEventKind.ATTEMPT)
+        self._dial_card(call, card.id)
+
+    def on_inbound(self, sr: ServerRequest, binding: Binding, user: str, card: str | None) -> None:
+        """An INVITE from a carrier for a card's number: ring the agent's registered contact."""
+        req = sr.request
+        now = self.clock()
+        self.stats["calls"] += 1
+        a_tag = self._token()
+        call = Call(
+            key=self._token(),
+            a_req=sr,
+            a=Leg(
+                sr.transport,
+                sr.source,
+                req.call_id,
+                a_tag,
+                contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
+                strict=True,
+            ),
+            identity=Identity(IdentityKind.CARRIER, user, "inbound", card),
+            destination=req.from_.uri.user or "",
+            attempt_at=now,
+            inbound=True,
+            campaign="inbound",
+            card=card,
+        )
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
+            return
+        call.max_forwards = 70 if mf is None else mf - 1
+        if card is not None:
+            call.cards_tried.append(card)
+        self.calls[call.key] = call
+        self._legs[(call.a.call_id, a_tag)] = (call, "a")
+        try:
+            transport = self.endpoint.transport(binding.transport, ipv6=":" in binding.source[0])
+        except LookupError:
+            self._final_to_a(call, 480, "Temporarily Unavailable")
+            self._end(call, 480)
+            return
+        caller = req.from_
+        domain = self.endpoint.sent_by(transport)
+        call.b_target = binding.contact
+        call.b_from = str(NameAddr(caller.display_name, _with_host(caller.uri, domain)))
+        call.b_to = f"<sip:{user}@{domain}>"
+        self._new_b_leg(call, transport, binding.source)
+
+    # -- agent ↔ card binding ----------------------------------------------------------
+
+    def bound_card(self, identity: Identity) -> str | None:
+        """The card the agent is bound to now: its re-binding when one is stored for the
+        configured card it has today, else the configured card (None: unbound)."""
+        stored = self._rebound.get(identity.name)
+        if stored is None:
+            return identity.card
+        configured = None if identity.card is None else self.services.cards.find(identity.card)
+        if configured is not None and configured.usable:
+            # Its own card is back in service (restored, cleared, maintenance over):
+            # the agent goes back to its own caller number; the re-binding is over.
+            self._unbind(identity.name, f"{configured.id} {configured.state}")
+            return identity.card
+        if stored[1] == identity.card and self.services.cards.find(stored[0]) is not None:
+            return stored[0]
+        return identity.card
+
+    def _unbind(self, agent: str, cause: str) -> None:
+        stored = self._rebound.pop(agent, None)
+        if stored is None:
+            return
+        try:
+            self.services.store.save_agent_binding(
+                agent, None, configured=stored[1], now=self.clock(), cause=cause
+            )
+        except Exception as exc:
+            log.error("agent.unbind.store_failed", agent=agent, error=repr(exc)[:200])
+        log.info("agent.back_on_card", agent=agent, card=stored[1], was=stored[0], cause=cause)
+
+    def _spill(self, card_id: str) -> bool:
+        """Whether the card's pool lets a bound agent use another card while it waits."""
+        card = self.services.cards.find(card_id)
+        return card is not None and self.settings.pool(card.pool).spill
+
+    def _note_binding(self, call: Call, bound: str | None, chosen: str) -> None:
+        """A bound agent's call left on another card: re-bind it if its card is dead.
+
+        A spill (the pool allows it while the bound card only waits) changes no
+        binding. A dead bound card (suspended, suspect, appealing, retired) moves
+        the agent once, for good: stored, logged and published, so the next calls
+        stay on the new card instead of rotating.
+        """
+        if bound is None or chosen == bound:
+            return
+        card = self.services.cards.find(bound)
+        if card is not None and card.usable:
+            return
+        agent = call.identity.name
+        configured = call.identity.card
+        state = "unknown" if card is None else str(card.state)
+        cause = f"{bound} {state}"
+        self._rebound[agent] = (chosen, configured)
+        try:
+            self.services.store.save_agent_binding(
+                agent, chosen, configured=configured, now=self.clock(), cause=cause
+            )
+        except Exception as exc:
+            log.error("agent.rebind.store_failed", agent=agent, error=repr(exc)[:200])
+        log.warning(
+            "agent.rebound",
+            call_id=call.a.call_id,
+            agent=agent,
+            from_card=bound,
+            to_card=chosen,
+            cause=cause,
+        )
+        if self.bus is not None:
+            new = self.services.cards.find(chosen)
+            self.bus.publish(
+                Alert(
+                    kind=AlertKind.AGENT_REBOUND,
+                    at=self.clock(),
+                    severity=Severity.WARNING,
+                    message=f"agent {agent} moved from card {bound} ({state}) to {chosen}",
+                    card=chosen,
+                    pool=new.pool if new is not None else None,
+                    detail={"agent": agent, "from": bound, "to": chosen, "cause": cause},
+                )
+            )
+
+    def _campaign(self, req: Request, identity: Identity) -> str:
+        header = req.headers.get(self.settings.policy.campaign_header)
+        if header:
+            return header.strip()[:64]
+        return identity.campaign or ""
+
+    # -- B-leg -------------------------------------------------------------------------
+
+    def _dial_card(self, call: Call, card_id: str) -> None:
+        """Start a new B-leg for the call on ``card_id`` (its first or a failover attempt)."""
+        card = self.services.cards.get(card_id)
+        carrier = self._carriers.get(card.carrier)
+        call.card = card_id
+        call.cards_tried.append(card_id)
+        self._last_card[call.identity.name] = card_id
+        if carrier is None:
+            self._b_final(call, 503, "Service Unavailable", None, local=True)
+            return
+        addr = carrier.address
+        transport = self.endpoint.transport(addr.transport.value, ipv6=":" in addr.ip)
+        # A tls: trunk gets a sip: Request-URI with transport=tls: TLS on this hop.
+        # A SIPS URI would ask for TLS on every hop to the callee (RFC 5630 §3.1.1),
+        # which a trunk into the phone network cannot promise.
+        suffix = f";transport={addr.transport.value}" if addr.transport.value != "udp" else ""
+        call.b_target = URI.parse(f"sip:{call.destination}@{addr.host_port}{suffix}")
+        call.b_from = f"<sip:{card.number}@{addr.host}>"
+        call.b_to = f"<sip:{call.destination}@{addr.host_port}>"
+        conf = self._card_conf.get(card_id)
+        call.b_digest = None
+        if conf is not None and conf.password is not None:
+            call.b_digest = DigestClient(conf.username or card_id, conf.password.get_secret_value())
+        self._new_b_leg(call, transport, (addr.ip, addr.port))
+
+    def _new_b_leg(self, call: Call, transport: Transport, address: Address) -> None:
+        old = call.b
+        if old is not None:
+            self._legs.pop((old.call_id, old.local_tag), None)
+        b = Leg(transport, address, f"{self._token()}@dialgate", self._token())
+        target = call.b_target
+        b.contact = self._contact(transport, secure=target is not None and target.scheme == "sips")
+        call.b = b
+        call.b_cseq = 1
+        call.b_ack = None
+        call.ringing = False
+        call.b_call_ids.append(b.call_id)
+        self._legs[(b.call_id, b.local_tag)] = (call, "b")
+        self.stats["b_legs"] += 1
+        log.info(
+            "call.b_leg",
+            call_id=call.a.call_id,
+            b_call_id=b.call_id,
+            card=call.card,
+            attempt=len(call.b_call_ids),
+        )
+        self._send_b_invite(call, None)
+        if call.ended:
+            return  # the INVITE did not leave (the write-ahead failed)
+        if call.no_answer_timer is not None:
+            call.no_answer_timer.cancel()
+        call.no_answer_timer = asyncio.get_running_loop().call_later(
+            self.no_answer_timeout, self._no_answer, call, b
+        )
+
+    def _no_answer(self, call: Call, leg: Leg) -> None:
+        """Timer C fired: CANCEL the unanswered B-leg; the agent gets 408 once it ends."""
+        call.no_answer_timer = None
+        if (
+            call.ended
+            or call.answered
+            or call.cancelled
+            or call.b is not leg
+            or call.b_client is None
+        ):
+            return
+        log.info(
+            "call.no_answer_timeout",
+            call_id=call.a.call_id,
+            b_call_id=leg.call_id,
+            card=call.card,
+            seconds=self.no_answer_timeout,
+        )
+        call.timed_out = True
+        self._cancel_b(call, "no-answer")
+
+    def _cancel_b(self, call: Call, why: str) -> None:
+        """CANCEL the B-leg's pending INVITE (its transaction guards the answer, §9.1).
+
+        RFC 3261 §9.1: "If there is no final response for the original request in
+        64*T1 seconds ..., the client SHOULD then consider the original transaction
+        cancelled". The INVITE client transaction arms that guard when the CANCEL
+        leaves (before any provisional the CANCEL waits for one, and Timer B ends a
+        silent attempt first): a carrier that answers the CANCEL 200 and never
+        sends the 487 then ends as a local 408 of the cancelled transaction, which
+        :meth:`_cancel_expired` turns into the end of the call — instead of keeping
+        the call, and its card's reservation, for ever.
+        """
+        handle = call.b_client
+        if handle is None or handle.final.done():
+            return
+        call.cancel_why = call.cancel_why or why
+        handle.cancel()
+
+    def _cancel_expired(self, call: Call, handle: ClientRequest, why: str) -> None:
+        """64*T1 after our CANCEL the B-leg INVITE still has no final answer: end the call.
+
+        The agent already has its 487 (its own CANCEL, its BYE in the early dialog)
+        or gets the 408 of Timer C now; the reservation is finished and the CDR
+        written by :meth:`_end`, which also hands the INVITE to :meth:`_abandon`
+        (a 2xx arriving later is ACKed and hung up).
+        """
+        if call.ended or call.answered or handle is not call.b_client:
+            return
+        log.warning(
+            "call.cancel_unanswered",
+            call_id=call.a.call_id,
+            b_call_id=call.b.call_id if call.b is not None else None,
+            card=call.card,
+            why=why,
+            seconds=round(self.cancel_give_up, 3),
+            responses=",".join(str(s) for s in handle.responses),
+        )
+        b = call.b
+        if b is not None:
+            self._legs.pop((b.call_id, b.local_tag), None)
+            if b.dialog is not None:
+                b.dialog.terminate()
+        if call.timed_out:
+            self._final_to_a(call, 408, "Request Timeout")
+            self._end(call, 408)
+        else:
+            self._final_to_a(call, 487, "Request Terminated")
+            self._end(call, 487)
+
+    def _abandon(self, handle: ClientRequest, call_id: str) -> None:
+        """No call listens to this B-leg INVITE any more; its answers go nowhere but here.
+
+        A late 2xx (the callee picked up after we gave up) is ACKed and hung up with
+        a BYE (§13.2.2.4 / §15: the far end would otherwise keep the line up); a
+        retransmission of that 2xx gets the same ACK again, not a second BYE.
+        Non-2xx answers are the transaction's business (it ACKs them itself).
+        Replacing the callback also drops the handle's reference to the call.
+        """
+        late = self._late_2xx(handle.request, handle.peer, call_id)
+        handle.on_response = lambda _handle, resp: late(resp)
+        # After the INVITE transaction ends (its §9.1 guard: 64*T1 after the CANCEL),
+        # a late 2xx arrives as a stray response: found here, bounded FIFO.
+        self._remember_late(handle.request, late)
+
+    def _late_2xx(
+        self,
+        invite: Request,
+        peer: Peer,
+        call_id: str | None,
+        acked: dict[str | None, Request] | None = None,
+    ) -> Callable[[Response], None]:
+        """The handler of 2xx answers to an INVITE nobody wants: ACK + BYE once per To tag,
+        the same ACK again for a retransmission (``acked``: To tag → ACK already sent)."""
+        sent_acks: dict[str | None, Request] = {} if acked is None else acked
+
+        def late(resp: Response) -> None:
+            if not 200 <= resp.status < 300:
+                return
+            try:
+                tag = resp.to.tag
+            except SIPError:
+                return
+            ack = sent_acks.get(tag)
+            if ack is not None:
+                self.endpoint.send_stateless(ack, peer.address, transport=peer.transport)
+                return
+            if len(sent_acks) >= 8:
+                return  # a misbehaving peer forking without end: bounded
+            sent = self._ack_and_bye_stray(invite, resp, peer, call_id)
+            if sent is not None:
+                sent_acks[tag] = sent
+
+        return late
+
+    def _remember_late(self, invite: Request, late: Callable[[Response], None]) -> None:
+        """Route stray 2xx answers of ``invite`` (Call-ID, From tag) to ``late``; bounded FIFO."""
+        try:
+            key = (invite.call_id, invite.from_.tag)
+        except SIPError:
+            return
+        self._abandoned[key] = late
+        while len(self._abandoned) > ABANDONED_MEMORY:
+            self._abandoned.pop(next(iter(self._abandoned)))
+
+    def _send_b_invite(self, call: Call, auth: tuple[str, str] | None) -> None:
+        b = call.b
+        assert b is not None and call.b_target is not None
+        a_req = call.a_req.request
+        headers: list[tuple[str, str]] = [
+            ("Max-Forwards", str(call.max_forwards)),
+            ("From", f"{call.b_from};tag={b.local_tag}"),
+            ("To", call.b_to),
+            ("Call-ID", b.call_id),
+            ("CSeq", f"{call.b_cseq} INVITE"),
+            ("Contact", b.contact),
+            ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"),
+            ("User-Agent", self.settings.sip.user_agent),
+        ]
+        if auth is not None:
+            headers.append(auth)
+        for name in _BODY_HEADERS:
+            value = a_req.headers.get(name)
+            if value is not None:
+                headers.append((name, value))
+        invite = Request("INVITE", call.b_target, headers, a_req.body)
+        # The branch is chosen here (not by the endpoint) so that the INVITE is
+        # stored exactly as it leaves: a restart CANCELs that very transaction.
+        tp = b.transport
+        invite.headers.prepend(
+            "Via",
+            f"SIP/2.0/{tp.name.upper()} {self.endpoint.sent_by(tp)};"
+            f"branch={self.endpoint.layer.new_branch()};rport",
+        )
+        call.b_invite = invite
+        if not self._write_ahead(call):
+            self._store_refused(call)
+            return
+        try:
+            call.b_client = self.endpoint.send_request(
+                invite,
+                b.address,
+                transport=b.transport,
+                on_response=lambda handle, resp: self._on_b_response(call, handle, resp),
+                add_via=False,
+            )
+        except Exception:
+            log.exception("call.b_leg.send_failed", call_id=call.a.call_id, b_call_id=_b_id(call))
+            self._b_final(call, 503, "Service Unavailable", None, local=True)
+
+    def _on_b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        b = call.b
+        # A carrier may answer from another port than the one the INVITE went to:
+        # its in-dialog requests are then expected from there too (bounded).
+        if (
+            handle.source is not None
+            and b is not None
+            and handle is call.b_client
+            and len(b.peers) < 8
+        ):
+            b.peers.add(handle.source)
+        if handle is not call.b_client:
+            # A response of an abandoned attempt (failover moved on): only a 2xx
+            # matters — it must be ACKed and hung up (§13.2.2.4 forked 2xx).
+            if 200 <= resp.status < 300:
+                self._ack_and_bye_stray(handle.request, resp, handle.peer, call.a.call_id)
+            return
+        if call.ended and not 200 <= resp.status < 300:
+            # The call is over (e.g. 64*T1 after a CANCEL): a late 1xx or the
+            # transaction's own local 408 changes nothing any more.
+            return
+        try:
+            self._b_response(call, handle, resp)
+        except Exception:
+            log.exception(
+                "call.b_response.failed",
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
+                status=resp.status,
+            )
+
+    def _b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        status = resp.status
+        b = call.b
+        assert b is not None
+        if status < 200:
+            call.provisional = True
+        if status == 100:
+            return
+        if status < 200:
+            if call.a_final is None and not call.cancelled:
+                # §12.1.2: a 1xx with a To tag creates the B-side early dialog; one
+                # without (a non-compliant carrier) is still relayed to the agent.
+                if resp.to.tag is not None and b.dialog is None:
+                    try:
+                        b.dialog = Dialog.from_uac(handle.request, resp)
+                    except DialogError:
+                        b.dialog = None
+                elif b.dialog is not None and b.dialog.remote_tag == resp.to.tag:
+                    b.dialog.receive_response(resp)
+                if status in _ringing_statuses:
+                    call.ringing = True
+                    if call.ring_at is None:
+                        call.ring_at = self.clock()
+                        self._event(call, CallEventKind.RINGING, status=status)
+                self._relay_provisional(call, resp)
+            return
+        if 200 <= status < 300:
+            self._b_answered(call, handle, resp)
+            return
+        if status in (401, 407) and not handle.local and call.b_digest is not None:
+            values = resp.headers.get_all(
+                "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
+            )
+            if call.b_digest.handle_challenge(status, values) and not call.cancelled:
+                # RFC 3261 §22.2: retry with credentials, same Call-ID/From tag, CSeq + 1.
+                call.b_cseq += 1
+                auth = call.b_digest.authorization(
+                    "INVITE", str(call.b_target), call.a_req.request.body
+                )
+                self._send_b_invite(call, auth)
+                return
+        if handle.local and status == 408 and handle.cancel_sent:
+            # The cancelled INVITE's §9.1 guard: no final answer 64*T1 after our CANCEL.
+            self._cancel_expired(call, handle, call.cancel_why or "cancel")
+            return
+        self._b_final(call, status, resp.reason, resp, local=handle.local)
+
+    def _relay_provisional(self, call: Call, resp: Response) -> None:
+        a_req = call.a_req.request
+        headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
+        for name in _BODY_HEADERS:
+            value = resp.headers.get(name)
+            if value is not None and resp.body:
+                headers.append((name, value))
+        out = make_response(
+            a_req,
+            resp.status,
+            resp.reason,
+            to_tag=call.a.local_tag,
+            headers=headers,
+            body=resp.body,
+        )
+        if call.a.dialog is None:
+            try:
+                call.a.dialog = Dialog.from_uas(
+                    a_req,
+                    call.a.local_tag,
+                    self.endpoint.contact_uri(call.a.transport, "dialgate"),
+                    early=True,
+                )
+            except DialogError:
+                call.a.dialog = None
+        call.a_req.send(out)
+
+    def _b_answered(self, call: Call, handle: ClientRequest, resp: Response) -> None:
+        b = call.b
+        assert b is not None
+        if call.answered:
+            # A retransmitted 2xx (the carrier missed our ACK): ACK it again.
+            if call.b_ack is not None:
+                self.endpoint.send_stateless(call.b_ack, b.address, transport=b.transport)
+            return
+        try:
+            if b.dialog is None or b.dialog.remote_tag != resp.to.tag:
+                b.dialog = Dialog.from_uac(handle.request, resp)
+            else:
+                b.dialog.receive_response(resp)
+        except (DialogError, SIPError):
+            log.warning("call.b_leg.bad_2xx", call_id=call.a.call_id, b_call_id=_b_id(call))
+            b.dialog = None
+        if call.a_final is not None or call.cancelled or b.dialog is None:
+            # A CANCEL crossed the 200 (§9.1: the 2xx wins on the B side):
+            # ACK it and hang up at once.
+            if b.dialog is not None:
+                self._ack_b(call, b"", [])
+                self._send_bye(call, "b")
+            self._end(call, call.a_final or 487)
+            return
+        call.answered = True
+        call.answer_at = self.clock()
+        self.stats["answered"] += 1
+        if call.card is not None and not call.inbound:
+            # A 2xx resets the card's consecutive-fault count.
+            self.services.cards.on_response(call.card, resp.status, resp.reason, now=self.clock())
+        a_req = call.a_req.request
+        headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
+        for name in _BODY_HEADERS:
+            value = resp.headers.get(name)
+            if value is not None:
+                headers.append((name, value))
+        out = make_response(
+            a_req,
+            resp.status,
+            resp.reason,
+            to_tag=call.a.local_tag,
+            headers=headers,
+            body=resp.body,
+        )
+        try:
+            if call.a.dialog is None:
+                call.a.dialog = Dialog.from_uas(
+                    a_req, call.a.local_tag, self.endpoint.contact_uri(call.a.transport, "dialgate")
+                )
+            else:
+                call.a.dialog.confirm()
+        except DialogError:
+            log.warning("call.a_leg.no_contact", call_id=call.a.call_id)
+        call.a_final = resp.status
+        call.final_code = resp.status
+        # Stored before the agent hears the 2xx: a crash from here on leaves a row the
+        # next start hangs up (the carrier's leg is already up).
+        self._store_dialogs(call)
+        call.a_req.send(out)
+        self._start_ackwait(call, "a", a_req, out)
+        log.info("call.answered", call_id=call.a.call_id, b_call_id=_b_id(call), card=call.card)
+        self._event(call, CallEventKind.ANSWERED, status=resp.status)
+
+    def _b_final(
+        self, call: Call, status: int, reason: str, resp: Response | None, *, local: bool
+    ) -> None:
+        """A final non-2xx on the B-leg (or a local 408/503): fail over or relay."""
+        b = call.b
+        if b is not None:
+            self._legs.pop((b.call_id, b.local_tag), None)
+            if b.dialog is not None:
+                b.dialog.terminate()
+        if call.timed_out and status == 487:
+            # Our own Timer C CANCEL ended it: the callee did not answer in time.
+            self._final_to_a(call, 408, "Request Timeout")
+            self._end(call, 408)
+            return
+        if call.inbound or call.card is None:
+            self._final_to_a(call, status, reason, resp)
+            self._end(call, status)
+            return
+        now = self.clock()
+        cards = self.services.cards
+        card_id = call.card
+        if local:
+            cause = "timer-b" if status == 408 else "transport-error"
+            verdict = cards.on_fault(
+                card_id,
+                cause,
+                now=now,
+                ringing=call.ringing,
+                provisional=call.provisional,
+                callee=call.destination,
+            )
+        else:
+            assert resp is not None
+            verdict = cards.on_response(
+                card_id,
+                status,
+                reason,
+                now=now,
+                warning=resp.headers.get("Warning"),
+                retry_after=_retry_after(resp),
+                reason_header=", ".join(resp.headers.get_all("Reason")) or None,
+                ringing=call.ringing,
+                provisional=call.provisional,
+                callee=call.destination,
+            )
+        self._log_verdict(call, card_id, status, reason, verdict)
+        trunk = verdict.kind is BLegClass.TRUNK_UNREACHABLE
+        if self._may_fail_over(call, card_id, verdict.failover, trunk):
+            self._fail_over(call, card_id, status, reason, resp, trunk, now, local=local)
+            return
+        if call.cancelled:
+            self._end(call, 487)
+            return
+        if trunk:
+            self._trunk_unreachable_to_a(call, status, reason, resp, local=local)
+        else:
+            self._final_to_a(call, status, reason, resp)
+        self._end(call, status, failed=verdict.kind is not BLegClass.CALLEE)
+
+    def _log_verdict(
+        self, call: Call, card_id: str, status: int, reason: str, verdict: Verdict
+    ) -> None:
+        event = verdict.event
+        if verdict.marked is not None:
+            log.warning(
+                "card.marked",
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
+                card=card_id,
+                reason=str(verdict.marked),
+                row=verdict.row,
+                evidence=f"SIP/2.0 {status} {reason}",
+            )
+        elif event is not None and event.to_state is CardState.SUSPECT:
+            log.warning(
+                "card.suspect",
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
+                card=card_id,
+                cause=event.cause,
+                statuses=",".join(str(x) for x in event.evidence.get("statuses", ())),
+            )
+        if verdict.rest_until is not None:
+            log.info(
+                "card.resting",
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
+                card=card_id,
+                row=verdict.row,
+                seconds=round(verdict.rest_until - self.clock(), 1),
+            )
+        log.debug(
+            "call.b_leg.classified",
+            call_id=call.a.call_id,
+            b_call_id=_b_id(call),
+            card=card_id,
+            status=status,
+            outcome=str(verdict.kind),
+            row=verdict.row,
+            suspicion=verdict.suspicion,
+        )
+
+    def _may_fail_over(self, call: Call, card_id: str, allowed: bool, trunk: bool) -> bool:
+        """Whether this call may try another card after its card failed before ringing."""
+        ctx = call.ctx
+        if not allowed or call.a_final is not None or call.cancelled or ctx is None:
+            return False
+        if self.services.selection is None or len(call.cards_tried) >= MAX_CARDS_PER_CALL:
+            return False
+        if trunk:
+            if call.trunk_retry_used:
+                return False  # at most one more attempt after a trunk failure
+            if ctx.bound_card == card_id and not ctx.spill:
+                return False  # a bound agent waits for its card's trunk
+        return True
+
+    def _fail_over(
+        self,
+        call: Call,
+        card_id: str,
+        status: int,
+        reason: str,
+        resp: Response | None,
+        trunk: bool,
+        now: float,
+        *,
+        local: bool = False,
+    ) -> None:
+        """Release the failed card and dial the callee once more on another card.
+
+        Only reached when the callee was never rung. After ``card-dead`` every card
+        but the tried ones may take the call; after ``trunk-unreachable`` none that
+        shares the device or trunk, and no further attempt after this one.
+        """
+        assert call.ctx is not None and self.services.selection is not None
+        self._release(call)
+        call.exclude.update(call.cards_tried)
+        if trunk:
+            call.trunk_retry_used = True
+            call.exclude.update(self.services.cards.sharing(card_id))
+        ctx = replace(call.ctx, exclude=frozenset(call.exclude), last_card=None)
+        try:
+            decision = self.services.selection(ctx, datetime.fromtimestamp(now, UTC))
+        except StoreUnavailableError as exc:
+            decision = Decision.reject(
+                RejectReason.STORE_UNAVAILABLE,
+                "store",
+                str(exc),
+                retry_after=getattr(exc, "retry_after", None) or 30,
+            )
+            self._policy_final(call, decision)
+            return
+        if not decision.allowed or decision.card_id is None:
+            self._pool_exhausted(call, decision, now)
+            if trunk:
+                # No card on another trunk: the agent hears the trunk failure itself.
+                # ``local``: our own Timer B 408 / transport 503 (a Response object made
+                # here, not the carrier's): answered with Reason trunk-unreachable.
+                self._trunk_unreachable_to_a(call, status, reason, resp, local=local)
+                self._end(call, status, failed=True)
+                return
+            self._policy_final(call, decision)
+            return
+        call.reserved = True
+        call.failovers += 1
+        self.stats["failovers"] += 1
+        self._note_binding(call, call.ctx.bound_card, decision.card_id)
+        log.info(
+            "call.failover",
+            call_id=call.a.call_id,
+            b_call_id=_b_id(call),
+            from_card=card_id,
+            to_card=decision.card_id,
+            cause="trunk-unreachable" if trunk else "card-dead",
+        )
+        self._event(
+            call,
+            CallEventKind.FAILOVER,
+            from_card=card_id,
+            to_card=decision.card_id,
+            status=status,
+        )
+        self._dial_card(call, decision.card_id)
+
+    def _trunk_unreachable_to_a(
+        self, call: Call, status: int, reason: str | None, resp: Response | None, *, local: bool
+    ) -> None:
+        """The card's trunk failed and no other trunk may take the call: say so."""
+        if resp is not None and not local:
+            self._final_to_a(call, status, reason, resp)
+            return
+        code, phrase = (408, "Request Timeout") if status == 408 else (503, "Service Unavailable")
+        headers = [("Reason", reason_header(code, TRUNK_UNREACHABLE))]
+        if code == 503:
+            headers.append(("Retry-After", str(int(self.services.cards.terms_rest(call.card)))))
+        call.policy_reason = TRUNK_UNREACHABLE
+        self._respond_a(call, code, phrase, headers)
+
+    def _pool_exhausted(self, call: Call, decision: Decision, now: float) -> None:
+        """A ``pool-exhausted`` alert for a call no card could take."""
+        card = self.services.cards.find(call.card) if call.card else None
+        pool = (
+            card.pool
+            if card is not None
+            else (self.settings.cards[0].pool if self.settings.cards else "main")
+        )
+        self.services.cards.events.append(
+            PoolExhausted(
+                pool=pool,
+                at=now,
+                call_id=call.a.call_id,
+                retry_after=decision.retry_after,
+                skipped={"causes": decision.detail},
+            )
+        )
+
+    def _release(self, call: Call) -> None:
+        if not call.reserved:
+            return
+        call.reserved = False
+        try:
+            self.services.ledger.release(call.key, self.clock(), failed=True)
+        except StoreUnavailable:
+            log.warning("call.release.store_unavailable", call_id=call.a.call_id, key=call.key)
+
+    # -- answers to the A-leg ----------------------------------------------------------
+
+    def _final_to_a(
+        self, call: Call, status: int, reason: str | None, resp: Response | None = None
+    ) -> None:
+        if call.a_final is not None:
+            return
+        headers: list[tuple[str, str]] = []
+        if resp is not None:
+            for name in _RELAYED_FINAL:
+                for value in resp.headers.get_all(name):
+                    headers.append((name, value))
+            if status == 503:
+                # RFC 3261 §16.7 step 6: a 503 is not forwarded (it would make the
+                # agent's phone treat the gateway itself as unavailable): 500.
+                status, reason = 500, "Server Internal Error"
+        self._respond_a(call, status, reason, headers)
+
+    def _respond_a(
+        self, call: Call, status: int, reason: str | None, headers: list[tuple[str, str]]
+    ) -> None:
+        if call.a_final is not None:
+            return
+        call.a_final = status
+        call.final_code = status
+        if call.a.dialog is not None:
+            call.a.dialog.terminate()
+        call.a_req.respond(status, reason, headers=headers, to_tag=call.a.local_tag)
+
+    def _reject_plain(self, call: Call, status: int, reason: str, why: str) -> None:
+        call.policy_reason = why
+        self._final_to_a(call, status, reason)
+        self.stats["blocked"] += 1
+        self._write_cdr(call, Outcome.BLOCKED, status)
+
+    def _reject_decision(self, call: Call, decision: Decision) -> None:
+        """A policy rejection before any B-leg: answer and write the blocked CDR."""
+        self.stats["blocked"] += 1
+        self._answer_decision(call, decision)
+        outcome = (
+            Outcome.NO_CARD
+            if decision.reason is RejectReason.NO_CARD_AVAILABLE
+            else Outcome.BLOCKED
+        )
+        log.info(
+            "call.blocked",
+            call_id=call.a.call_id,
+            agent=call.identity.name,
+            destination=self._masked(call.destination),
+            reason=str(decision.reason),
+            code=decision.sip_code,
+            detail=decision.detail or None,
+        )
+        self._write_cdr(call, outcome, call.final_code)
+        self._event(
+            call, CallEventKind.BLOCKED, reason=str(decision.reason), status=call.final_code
+        )
+
+    def _policy_final(self, call: Call, decision: Decision) -> None:
+        """A policy answer after B-legs were tried (pool exhausted, store down)."""
+        log.info(
+            "call.no_card_left",
+            call_id=call.a.call_id,
+            b_call_ids=",".join(call.b_call_ids),
+            agent=call.identity.name,
+            reason=str(decision.reason),
+            detail=decision.detail or None,
+            cards=",".join(call.cards_tried),
+        )
+        self._answer_decision(call, decision)
+        self._end(call, call.final_code, failed=True)
+
+    def _answer_decision(self, call: Call, decision: Decision) -> None:
+        code = decision.sip_code or 503
+        text = str(decision.reason) if decision.reason else "rejected"
+        headers = [("Reason", reason_header(code, text))]
+        if decision.retry_after_header is not None:
+            headers.append(("Retry-After", decision.retry_after_header))
+        if decision.reason is RejectReason.NO_CARD_AVAILABLE and decision.detail:
+            # RFC 3261 §20.43: 399 "miscellaneous warning"; each card's cause, so the
+            # agent's phone, the dialer and a SIP trace show why no card could dial.
+            headers.append(("Warning", warning_399(decision.detail)))
+        call.policy_reason = text
+        call.a_final = code
+        call.final_code = code
+        call.a_req.respond(code, None, headers=headers, to_tag=call.a.local_tag)
+
+    # -- ACK / 2xx reliability ---------------------------------------------------------
+
+    def _start_ackwait(self, call: Call, side: Side, invite: Request, response: Response) -> None:
+        leg = call.a if side == "a" else call.b
+        if leg is None:
+            return
+        aw = AckWait(invite, response, self.endpoint.now(), timers=self.endpoint.layer.config)
+        leg.ackwait = aw
+        self._arm_ackwait(call, leg, aw)
+
+    def _arm_ackwait(self, call: Call, leg: Leg, aw: AckWait) -> None:
+        deadline = aw.get_timer()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            leg.ack_timer = None
+            if aw.done:
+                return
+            for action in aw.handle_timer(self.endpoint.now()):
+                if isinstance(action, Send) and isinstance(action.message, Response):
+                    leg.transport.send_response(
+                        action.message, leg.address, symmetric=self.endpoint.symmetric
+                    )
+                elif isinstance(action, Timeout):
+                    # §13.3.1.4: no ACK in 64*T1 — "the session SHOULD be terminated".
+                    log.warning(
+                        "call.ack_timeout",
+                        call_id=call.a.call_id,
+                        b_call_id=_b_id(call),
+                        side="a" if leg is call.a else "b",
+                    )
+                    self._hangup(call, "ack-timeout")
+                    return
+            self._arm_ackwait(call, leg, aw)
+
+        leg.ack_timer = loop.call_at(deadline, fire)
+
+    def on_ack(self, req: Request, source: Address, transport: Transport | None = None) -> bool:
+        """An ACK for a 2xx (it has no transaction): stop retransmissions, ACK the far leg.
+
+        An ACK not from the leg's peer is dropped (and counted): it has no answer.
+        """
+        found = self.find_leg(req.call_id, req.to.tag)
+        if found is None:
+            return False
+        call, side = found
+        leg = call.a if side == "a" else call.b
+        if leg is None:
+            return False
+        if not leg.from_peer(source, transport):
+            self._refuse_foreign(call, side, "ACK", source, leg)
+            return True
+        aw = leg.ackwait
+        if aw is not None and aw.receive_ack(req):
+            if leg.ack_timer is not None:
+                leg.ack_timer.cancel()
+                leg.ack_timer = None
+            leg.ackwait = None
+            if (
+                side == "a"
+                and call.b_ack is None
+                and call.answered
+                and aw.cseq == call.a_req.request.cseq.seq
+            ):
+                headers = [(n, v) for n in _BODY_HEADERS if (v := req.headers.get(n)) is not None]
+                self._ack_b(call, req.body, headers)
+        return True
+
+    def _ack_b(self, call: Call, body: bytes, headers: list[tuple[str, str]]) -> None:
+        b = call.b
+        if b is None or b.dialog is None or call.b_invite is None:
+            return
+        # §13.2.2.4: the ACK for a 2xx is built by the UA core, in the dialog,
+        # with the INVITE's CSeq number; it is sent outside any transaction.
+        ack = b.dialog.create_request(
+            "ACK", cseq=call.b_invite.cseq.seq, headers=headers, body=body
+        )
+        call.b_ack = ack
+        self.endpoint.send_stateless(ack, b.address, transport=b.transport)
+
+    def _ack_and_bye_stray(
+        self, invite: Request, resp: Response, peer: Peer, call_id: str | None = None
+    ) -> Request | None:
+        """ACK a 2xx nobody wants and hang it up with a BYE; return the ACK sent."""
+        try:
+            dialog = Dialog.from_uac(invite, resp)
+        except (DialogError, SIPError):
+            return None
+        ack = dialog.create_request("ACK", cseq=invite.cseq.seq)
+        self.endpoint.send_stateless(ack, peer.address, transport=peer.transport)
+        bye = dialog.create_request("BYE")
+        self.endpoint.send_request(bye, peer.address, transport=peer.transport)
+        log.info(
+            "call.stray_2xx_hung_up", call_id=call_id, b_call_id=invite.call_id, status=resp.status
+        )
+        return ack
+
+    def on_stray_response(self, resp: Response) -> None:
+        """A response with no client transaction: a 2xx retransmission wants its ACK again."""
+        try:
+            if resp.cseq.method != "INVITE" or not 200 <= resp.status < 300:
+                return
+            found = self.find_leg(resp.call_id, resp.from_.tag)
+        except SIPError:
+            return
+        if found is None:
+            late = self._abandoned.get((resp.call_id, resp.from_.tag))
+            if late is not None:
+                late(resp)
+            return
+        call, side = found
+        if side == "b" and call.b is not None and call.b_ack is not None:
+            self.endpoint.send_stateless(call.b_ack, call.b.address, transport=call.b.transport)
+
+    # -- CANCEL ------------------------------------------------------------------------
+
+    def foreign_cancel(self, req: Request, source: Address, transport: Transport) -> bool:
+        """True (counted, logged) when a CANCEL names a call's INVITE but not from its caller.
+
+        Asked before the CANCEL gets a server transaction: the forger copies the
+        INVITE's branch, so a transaction for its CANCEL would swallow the caller's.
+        """
+        target = self.endpoint.layer.cancel_target(req)
+        if target is None:
+            return False
+        call = next((c for c in self.calls.values() if c.a_req.tx is target), None)
+        if call is None or call.a.from_peer(source, transport):
+            return False
+        self._refuse_foreign(call, "a", "CANCEL", source, call.a)
+        return True
+
+    def on_cancel(self, sr: ServerRequest) -> None:
+        """CANCEL of a pending A-leg INVITE (RFC 3261 §9.2): 200, 487, CANCEL the B-leg."""
+        req = sr.request
+        layer = self.endpoint.layer
+        target = layer.cancel_target(req)
+        call = None
+        if target is not None:
+            call = next((c for c in self.calls.values() if c.a_req.tx is target), None)
+        to_tag = call.a.local_tag if call is not None else None
+        if call is not None and not call.a.from_peer(sr.source, sr.transport):
+            # Only the caller may cancel its INVITE (issue 15): a CANCEL naming the
+            # right branch from elsewhere is refused and changes nothing.
+            self._refuse_foreign(call, "a", "CANCEL", sr.source, call.a)
+            sr.respond(403, "Forbidden")
+            return
+        if call is not None and call.a_final is None:
+            call.cancelled = True
+            call.a_final = 487
+            call.final_code = 487
+            if call.a.dialog is not None:
+                call.a.dialog.terminate()
+        response, actions = layer.handle_cancel(req, self.endpoint.now(), to_tag=to_tag)
+        sr.send(response)
+        self.endpoint._run(actions)
+        if call is None:
+            return
+        if call.b_client is not None and not call.answered:
+            self._cancel_b(call, "agent-cancel")
+            if call.b_client.provisional is None and call.b_client.final.done():
+                self._end(call, 487)
+        elif call.b_client is None:
+            self._end(call, 487)
+
+    # -- in-dialog requests ------------------------------------------------------------
+
+    def on_in_dialog(self, sr: ServerRequest) -> None:
+        """A request inside a call's dialog (BYE, re-INVITE, UPDATE, INFO, OPTIONS…)."""
+        req = sr.request
+        found = self.find_leg(req.call_id, req.to.tag)
+        if found is None:
+            sr.respond(481, "Call/Transaction Does Not Exist")
+            return
+        call, side = found
+        here = call.a if side == "a" else call.b
+        there = call.b if side == "a" else call.a
+        if here is None or here.dialog is None:
+            sr.respond(481, "Call/Transaction Does Not Exist")
+            return
+        if not here.from_peer(sr.source, sr.transport):
+            # Call-ID and tags are no credential (issue 15): a request inside a
+            # dialog is the peer's only when it comes from the peer's address.
+            # Checked before the dialog sees its CSeq.
+            self._refuse_foreign(call, side, req.method, sr.source, here)
+            sr.respond(403, "Forbidden")
+            return
+        try:
+            here.dialog.receive_request(req)
+        except DialogError as err:
+            sr.respond(err.status_code, err.reason_phrase)
+            return
+        if req.method == "BYE":
+            sr.respond(200, "OK")
+            if not call.answered and side == "a":
+                # BYE in an early dialog from the caller: give up the attempt.
+                call.cancelled = True
+                self._cancel_b(call, "agent-bye")
+                self._final_to_a(call, 487, "Request Terminated")
+                return
+            if not call.answered:
+                # The callee side ended its early dialog: the call failed.
+                self._cancel_b(call, "callee-bye")
+                self._final_to_a(call, 480, "Temporarily Unavailable")
+                self._end(call, 480)
+                return
+            self._send_bye(call, "b" if side == "a" else "a")
+            self._end(call, call.final_code or 200)
+            return
+        if there is None or there.dialog is None or not call.answered:
+            sr.respond(491 if req.method == "INVITE" else 481)
+            return
+        headers = [(n, v) for n in _BODY_HEADERS if (v := req.headers.get(n)) is not None]
+        try:
+            out = there.dialog.create_request(req.method, headers=headers, body=req.body)
+        except DialogError as err:
+            sr.respond(err.status_code, err.reason_phrase)
+            return
+        if req.method in ("INVITE", "UPDATE"):
+            out.headers.set("Contact", there.contact or self._contact(there.transport))
+        self.endpoint.send_request(
+            out,
+            there.address,
+            transport=there.transport,
+            on_response=lambda handle, resp: self._relay_in_dialog(call, side, sr, handle, resp),
+        )
+        self._refresh_stored(call)
+
+    def _relay_in_dialog(
+        self, call: Call, side: Side, sr: ServerRequest, handle: ClientRequest, resp: Response
+    ) -> None:
+        there = call.b if side == "a" else call.a
+        here = call.a if side == "a" else call.b
+        if resp.status == 100 or here is None:
+            return
+        if there is not None and there.dialog is not None:
+            there.dialog.receive_response(resp)
+            self._refresh_stored(call)
+        method = handle.request.method
+        headers = [(n, v) for n in _BODY_HEADERS if (v := resp.headers.get(n)) is not None]
+        if method in ("INVITE", "UPDATE") and 200 <= resp.status < 300:
+            headers.append(("Contact", here.contact or self._contact(here.transport)))
+        out = make_response(sr.request, resp.status, resp.reason, headers=headers, body=resp.body)
+        if method == "INVITE" and 200 <= resp.status < 300 and there and there.dialog:
+            ack = there.dialog.create_request("ACK", cseq=handle.request.cseq.seq)
+            self.endpoint.send_stateless(ack, there.address, transport=there.transport)
+        sr.send(out)
+        if method == "INVITE" and 200 <= resp.status < 300:
+            self._start_ackwait(call, side, sr.request, out)
+
+    # -- ending calls ------------------------------------------------------------------
+
+    def _send_bye(self, call: Call, side: Side) -> None:
+        leg = call.a if side == "a" else call.b
+        if leg is None or leg.dialog is None:
+            return
+        try:
+            bye = leg.dialog.create_request("BYE")
+        except DialogError:
+            return
+        leg.dialog.terminate()
+        self.endpoint.send_request(bye, leg.address, transport=leg.transport)
+
+    def _hangup(self, call: Call, why: str) -> None:
+        log.info("call.hangup", call_id=call.a.call_id, b_call_id=_b_id(call), why=why)
+        self._send_bye(call, "a")
+        self._send_bye(call, "b")
+        self._end(call, call.final_code or 200)
+
+    def _end(self, call: Call, status: int, *, failed: bool = False) -> None:
+        """Forget the call, finish its reservation and write its CDR (once)."""
+        if call.ended:
+            return
+        call.ended = True
+        for timer in (call.no_answer_timer,):
+            if timer is not None:
+                timer.cancel()
+        call.no_answer_timer = None
+        handle = call.b_client
+        if handle is not None and (
+            not handle.final.done() or (handle.local and handle.cancel_sent)
+        ):
+            # The B-leg INVITE outlives the call (CANCELled, no final answer yet, or
+            # given up by its §9.1 guard): a late 2xx is ACKed and hung up, and the
+            # handle lets go of the call.
+            self._abandon(handle, call.a.call_id)
+        elif handle is not None and call.b_ack is not None:
+            # Answered and over: for the rest of Timer M (RFC 6026 Accepted, 64*T1)
+            # the B-leg INVITE only has to ACK a retransmitted 2xx again. A small
+            # handler does that (and ACK+BYE for another fork's 2xx), so the handle
+            # no longer keeps the whole finished call alive for 32 s.
+            try:
+                acked = {call.b_ack.to.tag: call.b_ack}
+            except SIPError:
+                acked = {}
+            late = self._late_2xx(handle.request, handle.peer, call.a.call_id, acked)
+            handle.on_response = lambda _handle, resp: late(resp)
+        if not call.final_code:
+            call.final_code = status
+        self.calls.pop(call.key, None)
+        for leg in (call.a, call.b):
+            if leg is None:
+                continue
+            self._legs.pop((leg.call_id, leg.local_tag), None)
+            if leg.ack_timer is not None:
+                leg.ack_timer.cancel()
+                leg.ack_timer = None
+        now = self.clock()
+        # Talk time on the same clock as the quotas and the CDR (business time in a
+        # simulator's fast-forward), so talk minutes and short calls match end - answer.
+        talk = 0.0
+        if call.answered and call.answer_at is not None:
+            talk = max(now - call.answer_at, 0.0)
+        if call.reserved and not call.inbound:
+            call.reserved = False
+            finish = functools.partial(
+                self.services.ledger.finish,
+                call.key,
+                now,
+                answered=call.answered,
+                talk_seconds=talk,
+                failed=failed,
+                answered_at=call.answer_at,
+            )
+            try:
+                finish()
+            except StoreUnavailable:
+                # Kept and retried (retry_pending): until then the reservation still
+                # counts as a call in progress — an over-count, never an under-count.
+                self._unfinished.append(finish)
+                log.warning("call.finish.store_unavailable", call_id=call.a.call_id, key=call.key)
+        if call.answered:
+            outcome = Outcome.ANSWERED
+        elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
+            outcome = Outcome.NO_CARD
+        elif call.cancelled:
+            outcome = Outcome.CANCELLED
+        else:
+            outcome = outcome_for_status(call.final_code)
+        self._write_cdr(call, outcome, call.final_code, end_at=now)
+        self._forget_dialogs(call)
+        self._event(
+            call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
+        )
+        log.info(
+            "call.ended",
+            call_id=call.a.call_id,
+            b_call_ids=",".join(call.b_call_ids) or None,
+            outcome=str(outcome),
+            code=call.final_code,
+            cards=",".join(call.cards_tried),
+            talk=round(talk, 1),
+        )
+
+    def _cdr(self, call: Call, outcome: Outcome, code: int, end_at: float | None) -> CallRecord:
+        """The call's detail record as it stands."""
+        kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
+        return CallRecord(
+            call_id=call.a.call_id,
+            attempt_at=call.attempt_at,
+            destination=call.destination,
+            outcome=outcome,
+            final_code=code,
+            origin_kind=kind,
+            origin=call.identity.name,
+            campaign=call.campaign,
+            cards=tuple(call.cards_tried),
+            ring_at=call.ring_at,
+            answer_at=call.answer_at,
+            end_at=end_at,
+            failovers=call.failovers,
+            policy_reason=call.policy_reason,
+            lead_id=call.lead_id,
+        )
+
+    def _write_cdr(
+        self, call: Call, outcome: Outcome, code: int, *, end_at: float | None = None
+    ) -> None:
+        record = self._cdr(call, outcome, code, end_at if end_at is not None else self.clock())
+        if self.cdrs.write(record):
+            self.stats["cdrs"] += 1
+        else:
+            self.stats["cdr_errors"] += 1
+            log.error("cdr.spooled", call_id=call.a.call_id, pending=self.cdrs.pending)
+
+    # -- dialog persistence ------------------------------------------------------------
+
+    @staticmethod
+    def _leg_record(leg: Leg | None) -> tuple[dict[str, Any], int] | None:
+        """What ending ``leg`` from another process needs, and the CSeq ceiling stored."""
+        if leg is None or leg.dialog is None:
+            return None
+        dialog = leg.dialog
+        record = dialog.to_record()
+        used = dialog.local_seq if dialog.local_seq is not None else dialog.initial_seq - 1
+        ceiling = used + CSEQ_HEADROOM
+        record["local_seq"] = ceiling
+        data: dict[str, Any] = {
+            "dialog": record,
+            "transport": str(leg.transport.name),
+            "address": [leg.address[0], leg.address[1]],
+        }
+        return data, ceiling
+
+    def _b_invite_record(self, call: Call) -> dict[str, Any] | None:
+        """The current B-leg INVITE as a CANCEL (and an ACK of a late 2xx) needs it."""
+        b, invite = call.b, call.b_invite
+        if b is None or invite is None:
+            return None
+        h = invite.headers
+        return {
+            "v": STORED_VERSION,
+            "uri": str(invite.uri),
+            "via": h.get("Via"),
+            "from": h.get("From"),
+            "to": h.get("To"),
+            "call_id": invite.call_id,
+            "cseq": invite.cseq.seq,
+            "contact": h.get("Contact"),
+            "to_tag": b.dialog.remote_tag if b.dialog is not None else None,
+            "transport": str(b.transport.name),
+            "address": [b.address[0], b.address[1]],
+        }
+
+    def _a_invite_record(self, call: Call) -> dict[str, Any]:
+        """The A-leg INVITE as a final response to it needs it (built once per call)."""
+        if call.a_stored is None:
+            req = call.a_req.request
+            h = req.headers
+            call.a_stored = {
+                "v": STORED_VERSION,
+                "uri": str(req.uri),
+                "via": list(h.get_all("Via")),
+                "from": h.get("From"),
+                "to": h.get("To"),
+                "call_id": req.call_id,
+                "cseq": req.cseq.seq,
+                "tag": call.a.local_tag,
+                "transport": str(call.a.transport.name),
+                "address": [call.a.address[0], call.a.address[1]],
+            }
+        return call.a_stored
+
+    def _call_row(
+        self, call: Call, a: dict[str, Any] | None = None, b: dict[str, Any] | None = None
+    ) -> CallDialogs:
+        """The stored form of the call as it stands (``a``/``b``: confirmed legs)."""
+        # If this process dies during the call, the next start writes this CDR:
+        # answered (200) or not (the 500 the agent then gets).
+        code = 200 if call.answered else ORPHAN_A_STATUS[0]
+        return CallDialogs(
+            key=call.key,
+            call_id=call.a.call_id,
+            card=call.card,
+            callee=call.destination,
+            attempt_at=call.attempt_at,
+            answer_at=call.answer_at if call.answered else None,
+            a_leg=a,
+            b_leg=b,
+            cdr=record_to_json(self._cdr(call, Outcome.INTERRUPTED, code, None)),
+            b_invite=self._b_invite_record(call),
+            a_invite=self._a_invite_record(call),
+        )
+
+    def _write_ahead(self, call: Call) -> bool:
+        """Store the call with its current B-leg INVITE (one write); False when it failed.
+
+        Called before each B-leg INVITE leaves. Once the call is answered the row
+        is :meth:`_store_dialogs`'s.
+        """
+        if call.answered or call.ended:
+            return True
+        try:
+            self.services.store.save_call_dialogs(self._call_row(call))
+        except Exception as exc:
+            self.stats["dialog_store_errors"] += 1
+            log.error(
+                "call.b_leg.store_failed",
+                call_id=call.a.call_id,
+                b_call_id=_b_id(call),
+                key=call.key,
+                error=repr(exc)[:200],
+            )
+            return False
+        self.stats["b_legs_stored"] += 1
+        call.persisted = True
+        return True
+
+    def _store_refused(self, call: Call) -> None:
+        """The B-leg INVITE could not be stored: it does not leave (fail closed, 503)."""
+        b = call.b
+        if b is not None:
+            self._legs.pop((b.call_id, b.local_tag), None)
+        call.b_client = None
+        if call.reserved and not call.inbound:
+            call.reserved = False
+            try:
+                self.services.ledger.release(call.key, self.clock(), failed=False)
+            except StoreUnavailable:
+                # Left open: recover() turns it into an orphan (an over-count).
+                log.warning("call.release.store_unavailable", call_id=call.a.call_id, key=call.key)
+        decision = Decision.reject(
+            RejectReason.STORE_UNAVAILABLE, "store", "B-leg not stored", retry_after=30
+        )
+        self._answer_decision(call, decision)
+        self._end(call, call.final_code)
+
+    def _store_dialogs(self, call: Call) -> None:
+        """Persist the answered call's dialogs (never raises: the call goes on regardless)."""
+        a = self._leg_record(call.a)
+        b = self._leg_record(call.b)
+        if b is None:
+            return
+        record = self._call_row(call, None if a is None else a[0], b[0])
+        try:
+            self.services.store.save_call_dialogs(record)
+        except Exception as exc:
+            self.stats["dialog_store_errors"] += 1
+            log.error(
+                "call.dialogs.store_failed",
+                call_id=call.a.call_id,
+                key=call.key,
+                error=repr(exc)[:200],
+            )
+            return
+        self.stats["dialogs_stored"] += 1
+        call.persisted = True
+        for side, leg, rec in (("a", call.a, a), ("b", call.b, b)):
+            if rec is not None and leg is not None and leg.dialog is not None:
+                call.stored[side] = (rec[1], str(leg.dialog.remote_target))
+
+    def _refresh_stored(self, call: Call) -> None:
+        """Rewrite a stored leg whose CSeq used up the headroom or whose target moved."""
+        if not call.persisted or call.ended:
+            return
+        for side, leg in (("a", call.a), ("b", call.b)):
+            if leg is None or leg.dialog is None or side not in call.stored:
+                continue
+            ceiling, target = call.stored[side]
+            dialog = leg.dialog
+            if (dialog.local_seq or 0) < ceiling and str(dialog.remote_target) == target:
+                continue
+            rec = self._leg_record(leg)
+            if rec is None:
+                continue
+            try:
+                self.services.store.update_call_dialog_leg(call.key, side, rec[0])
+            except Exception as exc:
+                self.stats["dialog_store_errors"] += 1
+                log.error(
+                    "call.dialogs.update_failed",
+                    call_id=call.a.call_id,
+                    key=call.key,
+                    error=repr(exc)[:200],
+                )
+                continue
+            call.stored[side] = (rec[1], str(dialog.remote_target))
+
+    def _forget_dialogs(self, call: Call) -> None:
+        """The call ended: delete its stored dialogs (retried after a store outage; a
+        row left at a crash costs one stray BYE answered 481 at the next start)."""
+        if not call.persisted:
+            return
+        call.persisted = False
+        call.stored.clear()
+        delete = functools.partial(self.services.store.delete_call_dialogs, call.key)
+        try:
+            delete()
+        except StoreUnavailable as exc:
+            self.stats["dialog_store_errors"] += 1
+            self._unfinished.append(delete)
+            log.error(
+                "call.dialogs.delete_failed",
+                call_id=call.a.call_id,
+                key=call.key,
+                error=repr(exc)[:200],
+            )
+        except Exception as exc:
+            self.stats["dialog_store_errors"] += 1
+            log.error(
+                "call.dialogs.delete_failed",
+                call_id=call.a.call_id,
+                key=call.key,
+                error=repr(exc)[:200],
+            )
+
+    async def end_orphaned_calls(self) -> int:
+        """End the calls a dead process left; return how many stored calls were ended.
+
+        For every row of ``call_dialogs`` (written by a previous process of this
+        gateway; keys of this process's own live calls are skipped): an answered
+        call gets a BYE on each stored leg; an unanswered one a CANCEL of its
+        stored B-leg INVITE and a final 500 to the agent's INVITE, and a 2xx the
+        carrier sends later for that INVITE is ACKed and hung up (the stray-2xx
+        handler is installed before anything is sent). Each request is a client
+        transaction (its own Timer F: no answer ends as a local 408); the row's
+        ``interrupted`` CDR is written unless the call's CDR exists, then the row
+        is deleted whatever the answers (481 or 408 mean the peer already forgot
+        the call). One log line per call. Runs in the background at start-up;
+        cancelled, it leaves the remaining rows for the next start.
+        """
+        store = self.services.store
+        try:
+            rows = store.call_dialogs()
+        except StoreUnavailable as exc:
+            log.error("call.orphans.unreadable", error=str(exc))
+            return 0
+        rows = [row for row in rows if row.key not in self.calls]
+        if not rows:
+            return 0
+        log.info("call.orphans.found", count=len(rows))
+        gate = asyncio.Semaphore(ORPHAN_CONCURRENCY)
+        # Every stored INVITE's late 2xx is caught before the first request leaves.
+        restored = {row.key: self._restore_invite(row) for row in rows}
+
+        async def one(row: CallDialogs) -> bool:
+            async with gate:
+                found = restored[row.key]
+                if found is not None and row.answer_at is None:
+                    return await self._end_unanswered_orphan(row, *found)
+                return await self._end_orphan(row)
+
+        done = await asyncio.gather(*(one(row) for row in rows))
+        ended = sum(1 for ok in done if ok)
+        self.stats["orphans_ended"] += ended
+        return ended
+
+    def _restore_invite(self, row: CallDialogs) -> tuple[Request, Peer] | None:
+        """The stored B-leg INVITE and its peer, its stray-2xx handler installed; None when
+        the row has none (written before schema 10) or it is unreadable."""
+        rec = row.b_invite
+        if rec is None:
+            return None
+        try:
+            headers = [
+                ("Via", str(rec["via"])),
+                ("Max-Forwards", "70"),
+                ("From", str(rec["from"])),
+                ("To", str(rec["to"])),
+                ("Call-ID", str(rec["call_id"])),
+                ("CSeq", f"{int(rec['cseq'])} INVITE"),
+            ]
+            if rec.get("contact"):
+                headers.append(("Contact", str(rec["contact"])))
+            invite = Request("INVITE", URI.parse(str(rec["uri"])), headers)
+            host, port = rec["address"]
+            address: Address = (str(host), int(port))
+            transport = self.endpoint.transport(str(rec["transport"]), ipv6=":" in address[0])
+            invite.from_.tag  # noqa: B018 — parsed now: a damaged row fails here
+        except (SIPError, LookupError, TypeError, ValueError) as exc:
+            log.warning(
+                "call.orphan.bad_invite", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
+            )
+            return None
+        peer = Peer(transport, address)
+        acked: dict[str | None, Request] = {}
+        if row.answer_at is not None and row.b_leg is not None:
+            # Answered: a 2xx the carrier still retransmits (our ACK never left) gets
+            # its ACK only; the BYE goes in the stored dialog.
+            try:
+                dialog = Dialog.from_record(row.b_leg["dialog"])
+                acked[dialog.remote_tag] = dialog.create_request("ACK", cseq=invite.cseq.seq)
+            except (DialogError, SIPError, LookupError, TypeError, ValueError):
+                pass
+        self._remember_late(invite, self._late_2xx(invite, peer, row.call_id, acked))
+        return invite, peer
+
+    async def _end_unanswered_orphan(self, row: CallDialogs, invite: Request, peer: Peer) -> bool:
+        """CANCEL the stored B-leg INVITE, answer the agent's INVITE, CDR, forget the row.
+
+        The CDR is written as soon as the CANCEL has left (a carrier that ignores a
+        CANCEL keeps it waiting up to 64*T1); the row goes after its answer.
+        """
+        a_status = self._answer_orphan_a(row)
+        handle: ClientRequest | None = None
+        try:
+            handle = self.endpoint.send_request(
+                build_cancel(invite), peer.address, transport=peer.transport, add_via=False
+            )
+        except Exception as exc:
+            log.warning(
+                "call.orphan.cancel_failed", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
+            )
+        self.stats["orphans_cancelled"] += 1
+        cdr = self._orphan_cdr(row)
+        cancel_status = None if handle is None else (await handle.final).status
+        deleted = self._forget_orphan(row)
+        log.info(
+            "call.orphan_ended",
+            call_id=row.call_id,
+            key=row.key,
+            b_call_id=invite.call_id,
+            card=row.card,
+            destination=self._masked(row.callee),
+            answered=False,
+            cancel_status=cancel_status,
+            a_status=a_status,
+            cdr=cdr,
+            row_deleted=deleted,
+        )
+        return True
+
+    def _answer_orphan_a(self, row: CallDialogs) -> int | None:
+        """Send the final 500 to the stored A-leg INVITE (statelessly: no transaction
+        survived); its status, None when nothing could be sent."""
+        rec = row.a_invite
+        if rec is None:
+            return None
+        try:
+            headers = [("Via", str(v)) for v in rec["via"]]
+            headers += [
+                ("From", str(rec["from"])),
+                ("To", str(rec["to"])),
+                ("Call-ID", str(rec["call_id"])),
+                ("CSeq", f"{int(rec['cseq'])} INVITE"),
+            ]
+            req = Request("INVITE", URI.parse(str(rec["uri"])), headers)
+            status, phrase = ORPHAN_A_STATUS
+            out = make_response(
+                req, status, phrase, to_tag=str(rec["tag"]), headers=[("Reason", ORPHAN_A_REASON)]
+            )
+            host, port = rec["address"]
+            address: Address = (str(host), int(port))
+            transport = self.endpoint.transport(str(rec["transport"]), ipv6=":" in address[0])
+            sent = transport.send_response(out, address, symmetric=self.endpoint.symmetric)
+        except (SIPError, LookupError, TypeError, ValueError, OSError) as exc:
+            log.warning(
+                "call.orphan.bad_a_invite", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
+            )
+            return None
+        return status if sent else None
+
+    def _orphan_cdr(self, row: CallDialogs) -> str:
+        """Write the row's ``interrupted`` CDR unless the call's CDR exists; say which."""
+        cdr = "missing"
+        try:
+            if any(
+                c.attempt_at == row.attempt_at
+                for c in self.services.store.cdrs(call_id=row.call_id)
+            ):
+                # Written before the crash (the process died between the CDR and the
+                # row's delete): it already holds the end.
+                cdr = "stored"
+        except StoreUnavailable:
+            cdr = "unknown"
+        if cdr == "missing" and row.cdr:
+            # The record stored with the row: outcome "interrupted", no end (the talk
+            # time is unknown; the call_starts row, orphaned by recover, counts the start).
+            try:
+                written = self.cdrs.write(record_from_json(row.cdr))
+                cdr = "written" if written else "spooled"
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error(
+                    "call.orphan.bad_cdr", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
+                )
+        return cdr
+
+    def _forget_orphan(self, row: CallDialogs) -> bool:
+        """Delete an ended orphan's row; False when it could not be (or was gone)."""
+        try:
+            return self.services.store.delete_call_dialogs(row.key)
+        except StoreUnavailable as exc:
+            self.stats["dialog_store_errors"] += 1
+            log.error("call.orphan.delete_failed", call_id=row.call_id, key=row.key, error=str(exc))
+            return False
+
+    async def _end_orphan(self, row: CallDialogs) -> bool:
+        """BYE both stored legs of an answered call, CDR, forget the row."""
+        b_status, a_status = await asyncio.gather(
+            self._orphan_bye(row, "b", row.b_leg), self._orphan_bye(row, "a", row.a_leg)
+        )
+        cdr = self._orphan_cdr(row)
+        deleted = self._forget_orphan(row)
+        log.info(
+            "call.orphan_ended",
+            call_id=row.call_id,
+            key=row.key,
+            card=row.card,
+            destination=self._masked(row.callee),
+            answered=True,
+            b_status=b_status,
+            a_status=a_status,
+            cdr=cdr,
+            row_deleted=deleted,
+        )
+        return b_status is not None or a_status is not None
+
+    async def _orphan_bye(
+        self, row: CallDialogs, side: Side, leg: dict[str, Any] | None
+    ) -> int | None:
+        """Send the BYE of one stored leg; its final status (None when nothing was sent)."""
+        if leg is None:
+            return None
+        try:
+            record: DialogRecord = leg["dialog"]
+            dialog = Dialog.from_record(record)
+            host, port = leg["address"]
+            address: Address = (str(host), int(port))
+            transport = self.endpoint.transport(str(leg["transport"]), ipv6=":" in address[0])
+            bye = dialog.create_request("BYE", headers=[("Reason", ORPHAN_REASON)])
+        except (DialogError, SIPError, LookupError, TypeError, ValueError) as exc:
+            log.warning(
+                "call.orphan.bad_leg",
+                call_id=row.call_id,
+                key=row.key,
+                side=side,
+                error=repr(exc)[:200],
+            )
+            return None
+        try:
+            response = await self.endpoint.request(bye, address, transport=transport)
+        except Exception as exc:
+            log.warning(
+                "call.orphan.bye_failed",
+                call_id=row.call_id,
+                key=row.key,
+                side=side,
+                error=repr(exc)[:200],
+            )
+            return None
+        return response.status
+
+    def retry_pending(self) -> int:
+        """Retry what a store outage held back (reservation finishes, CDRs); return how many went in."""
+        done = 0
+        while self._unfinished:
+            try:
+                self._unfinished[0]()
+            except StoreUnavailable:
+                break
+            self._unfinished.pop(0)
+            done += 1
+        if self.cdrs.pending:
+            done += self.cdrs.flush()
+        return done
+
+    async def close(self) -> None:
+        """Hang up every call in progress (BYE / CANCEL) and write their CDRs."""
+        for call in list(self.calls.values()):
+            if call.answered:
+                self._hangup(call, "shutdown")
+            else:
+                self._cancel_b(call, "shutdown")
+                self._final_to_a(call, 503, "Service Unavailable")
+                call.final_code = 503
+                self._end(call, 503)
+        self.retry_pending()
+        if self.cdrs.pending or self._unfinished:
+            # The spool file is replayed at the next start; an unfinished reservation
+            # becomes an orphan there (counted, never under-counted).
+            log.error(
+                "store.left_pending",
+                cdrs=self.cdrs.pending,
+                finishes=len(self._unfinished),
+                spool=str(self.cdrs.spool),
+            )
+
+
+def _b_id(call: Call) -> str | None:
+    """The Call-ID of the call's current (or last) B-leg, None before the first one."""
+    return call.b.call_id if call.b is not None else None
+
+
+def warning_399(text: str) -> str:
+    """``399 dialgate "text"`` with the text made a valid quoted-string (no quotes, no CR/LF)."""
+    clean = "".join(ch if ch.isprintable() and ch not in '"\\' else " " for ch in text)
+    return f'399 dialgate "{clean[:400]}"'
+
+
+def _retry_after(resp: Response) -> float | None:
+    """The response's Retry-After seconds, None when absent or unreadable."""
+    try:
+        value = resp.retry_after
+    except SIPError:
+        return None
+    return None if value is None else float(value.seconds)
+
+
+def _with_host(uri: URI, host_port: str) -> URI:
+    """``uri`` with its host replaced (the caller's number presented at our domain)."""
+    host, _, port = host_port.rpartition(":")
+    try:
+        return URI.parse(f"sip:{uri.user}@{host}:{port}" if uri.user else f"sip:{host}:{port}")
+    except SIPError:
+        return URI.parse(f"sip:{host}:{port}")
+
+
+def services_from_settings(
+    settings: Settings,
+    store: SQLiteStore,
+    *,
+    now: float,
+    carrier_available: Callable[[str], bool] | None = None,
+) -> CallServices:
+    """Wire the store, the card manager and the policy pipeline for the call path.
+
+    The pipeline runs every policy of DESIGN.md in order over the SQLite store
+    (DNC, consent, destination history and agent usage all live there); card
+    selection reserves through the usage ledger (Redis when ``[store] redis``
+    is set) before the INVITE leaves.
+
+    With ``[store] redis``: the ledger is a ``MirroredLedger`` (Redis decides
+    for every instance, SQLite keeps the record), card states go through a
+    ``SharedCardRepository`` (``HealthRunner`` syncs them on a timer and
+    closes the Redis client at stop), and the ledger's ``recover`` orphans
+    this node's reservations left open and rehydrates cold cards first.
+    """
+    from gateway.cards import (
+        StoreCardSource,
+        card_defs_from_settings,
+        probation_profiles_from_settings,
+        quota_profiles_from_settings,
+        rules_from_settings,
+        terms_from_settings,
+    )
+    from gateway.policy_config import policy_deps_kwargs
+    from gateway.store import CardRepository, ledger_from_settings
+    from policies.pipeline import PolicyDeps, build_pipeline
+    from policies.selection import CardSelection
+
+    policy = settings.policy
+    repo: CardRepository = store
+    if settings.store.redis is None:
+        ledger = ledger_from_settings(settings, store, node="gw1")
+    else:
+        from gateway.store.redis import MirroredLedger, SharedCardRepository, node_name
+
+        ledger = ledger_from_settings(settings, store, node=node_name(settings))
+        assert isinstance(ledger, MirroredLedger)
+        repo = SharedCardRepository(store, ledger.shared)
+    ledger.recover(now)
+    cards = CardManager(
+        repo,
+        rules=rules_from_settings(settings),
+        terms=terms_from_settings(settings),
+        carrier_available=carrier_available,
+    )
+    cards.load(card_defs_from_settings(settings), now)
+    profiles = quota_profiles_from_settings(settings)
+    timezones = {c.name: c.timezone for c in settings.carriers}
+    probation_of = probation_profiles_from_settings(settings)
+    # [policy]: emergency numbers, allowed regions, consent, hours, frequency, agent caps.
+    policy_kwargs = policy_deps_kwargs(policy)
+    emergency = policy_kwargs["emergency"]
+    default_pool = settings.cards[0].pool if settings.cards else "main"
+    source = StoreCardSource(
+        cards,
+        ledger,
+        profiles=profiles,
+        timezones=timezones,
+        probation_of=probation_of,
+        default_pool=default_pool,
+    )
+    deps = PolicyDeps(
+        dnc=store,
+        consent=store,
+        history=store,
+        agents=store,
+        cards=source,
+        **policy_kwargs,
+    )
+    cdrs = CdrWriter(store, _spool_path(store, settings.store.spool_dir))
+    try:
+        cdrs.recover()  # what a process that died during a store outage spooled
+    except StoreUnavailable:
+        log.error("cdr.spool_recover_failed", spool=str(cdrs.spool))
+    return CallServices(
+        cdrs=cdrs,
+        settings=settings,
+        store=store,
+        ledger=ledger,
+        cards=cards,
+        pipeline=build_pipeline(deps),
+        # The same picker the pipeline's last step uses, for failover.
+        selection=CardSelection(source, deps.sticky_min_headroom, deps.no_card_retry_after),
+        emergency=emergency,
+        profiles=profiles,
+        timezones=timezones,
+        probation_of=probation_of,
+    )
+
+
+def _spool_path(store: SQLiteStore, spool_dir: Path | None = None) -> Path | None:
+    """``<database>.cdr-spool.jsonl`` in ``[store] spool_dir`` (default: beside a file
+    database); None for ``:memory:``."""
+    path = Path(str(store.path))
+    if str(store.path) == ":memory:":
+        return None
+    return (spool_dir or path.parent) / (path.name + ".cdr-spool.jsonl")

@@ -1,0 +1,1 @@
+"""The ``dialgate`` command line: one module per command group."""

@@ -1,0 +1,1 @@
+"""The operator's side: lifecycle service, evidence packs, admin API, wallboard."""

@@ -1,0 +1,1727 @@
+"""Shared hot state in Redis: write-ahead quota reservations and card states, atomic via Lua.
+
+:class:`RedisStore` implements :class:`gateway.store.UsageLedger` (and the
+policies' ``CardUsageView``) with the meaning of the SQLite store, for several
+gateway instances that share cards. Every operation is **one Lua script**
+(``EVALSHA``), so it is atomic on the Redis server:
+
+- ``reserve`` counts the card's calls in the last minute / hour / carrier day,
+  its calls in use, its last start (minimum gap), distinct callees and talk
+  seconds of the day, its consecutive-failure streak (cooldown) and its
+  answer-rate / short-call sample, compares them with the flattened
+  :class:`policies.quotas.QuotaProfile`, and either records the reservation
+  (write-ahead, before the INVITE leaves) or answers which limit is exhausted
+  and when it frees. Two instances racing for a card's last slot are
+  serialized by Redis: exactly one wins. The script mirrors
+  ``policies.quotas.would_exceed`` limit by limit, in the same order; only the
+  night window, which depends on the clock alone, is checked in Python first.
+  One deliberate difference: starts *later* than ``now`` (recorded by an
+  instance whose clock runs ahead) count too, so clock skew between instances
+  can only over-count, never let a card exceed a limit.
+- ``release`` (failed before the callee was alerted), ``finish`` (outcome,
+  talk seconds, short call) and ``recover`` (this node's reservations left open
+  by a crash become orphans: still counted as starts, no longer in use).
+
+Keys (``{p}`` is the configurable prefix, default ``dialgate``)::
+
+    {p}:card:{card}:starts     ZSET  call id → start (counted starts; trimmed by age)
+    {p}:card:{card}:starts:blob STRING the same starts as packed doubles (fast reads)
+    {p}:card:{card}:inuse      HASH  call id → node (open reservations)
+    {p}:card:{card}:held       ZSET  synthetic in-use slots from a rehydration → until
+    {p}:card:{card}:meta       HASH  seq (reservation order), ver (mutations), hyd (hydrated)
+    {p}:card:{card}:outz       ZSET  packed (seq, start, talk, end, flags) → start: the
+                                     last ``outcome_window`` outcomes, read in one ZRANGE
+    {p}:card:{card}:day:{d}    HASH  c:{callee} → open+finished calls; t → talk seconds
+    {p}:card:{card}:state      HASH  state, reason, since, probation_until, ... (card state)
+    {p}:call:{call id}         HASH  the call's open reservation (card, callee, start, node, …)
+    {p}:call:{call id}:tried   SET   cards this call already used (never twice)
+    {p}:node:{node}:open       SET   this node's open reservations (for ``recover``)
+    {p}:node:{node}:registrations HASH AOR user → JSON list of its registrar bindings
+                                     (``save_registrations``/``load_registrations``)
+
+Memory stays bounded: every key carries a TTL (``history_seconds``, default
+two days, refreshed on each write; a day hash lives until its carrier day is
+over plus an hour; a call's tried-cards set six hours; card states
+``state_ttl_seconds``), starts older than the history are trimmed on each
+reservation, and outcomes are capped at ``outcome_window`` per card. TTLs are
+durations, never absolute: callers may run on a simulated clock (``now`` is
+theirs, the expiry is Redis's). Measured: ~440 bytes of Redis memory per call
+kept (bench/bench_redis.py).
+
+Durability and outages. Redis is the shared *hot* copy; SQLite stays the
+durable record (CDRs, card transitions). Failure mode: **fail closed** — any
+Redis error or a socket timeout (default 250 ms, no retries) is raised as
+:class:`gateway.store.StoreUnavailable`, which the gateway answers with 503
+``store-unavailable``; nothing is ever allowed without its reservation being
+stored. A reservation whose reply is lost (timeout, reset) may still have run;
+the store remembers it and releases it when Redis answers again, and a
+release/finish that could not reach Redis is replayed then, so an outage
+cannot leave a phantom call in use (if the gateway dies first, ``recover``
+orphans it at the next start). Counters live in Redis, so a gateway restart or
+a reconnect resets nothing.
+
+A *Redis* restart without persistence loses the counters. Run Redis with
+``appendonly yes`` (``appendfsync everysec``: a host crash loses at most a
+second), and/or give the store a ``facts`` source (:func:`sqlite_facts` over a
+SQLite store that also records the call starts). With a source, each card
+carries a ``hyd`` mark whose TTL is refreshed with, so outlives, the card's
+other keys; a card without it is *cold*: its next reservation or usage read
+first calls :meth:`RedisStore.rehydrate` with the durable facts, which writes
+a conservative synthetic window (calls placed as late as the facts allow,
+in-use slots held for ``rehydrate_hold_seconds``) — after a Redis restart a
+card can only look busier than it was, never idler. If the source fails, the
+reservation fails closed. Without a source a cold card starts from what Redis
+holds (documented trade-off; use AOF then).
+
+The client is synchronous (the ``UsageLedger`` protocol is): each operation
+blocks the caller for one round trip (0.1-0.3 ms on loopback, see the bench),
+at most ``timeout`` when Redis hangs.
+
+Deployment: one Redis server (or a primary with replicas), not Redis Cluster
+(scripts touch a call's and its card's keys together). This module must never
+read a clock (callers pass ``now``), never log a callee number, and imports
+the optional ``redis`` package (redis-py) at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import redis
+import structlog
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from gateway.store import (
+    CardUsageFacts,
+    QuotaExceeded,
+    ReservationError,
+    SQLiteStore,
+    StoredCard,
+    StoreUnavailable,
+    TransitionRecord,
+    UsageLedger,
+)
+from gateway.store.guard import StoreGuard
+from gateway.store.sqlite import StoredRegistration, _unavailable
+from policies.quotas import (
+    CallOutcome,
+    CardUsage,
+    Exhausted,
+    QuotaLimit,
+    QuotaProfile,
+    would_exceed,
+)
+from policies.timeutil import day_bounds
+
+if TYPE_CHECKING:
+    from gateway.cards import CardManager, CardStateChanged
+    from gateway.config import Settings
+
+__all__ = [
+    "UNCERTAIN_SECONDS",
+    "CardStateRecord",
+    "MirroredLedger",
+    "RedisStore",
+    "SharedCardRepository",
+    "connect",
+    "from_settings",
+    "ledger_from_settings",
+    "node_name",
+    "sqlite_facts",
+]
+
+FactsSource = Callable[[str, float], CardUsageFacts]
+
+log = structlog.get_logger("gateway.store.redis")
+
+
+def connect(url: Any, *, timeout: float = 0.25) -> redis.Redis:
+    """A synchronous client with short timeouts and **no retries**.
+
+    ``url`` is a ``redis://``/``rediss://``/``unix://`` string or the config's
+    ``ServiceUrl`` (its password stays a ``SecretStr`` until here). The gateway
+    calls the store from its event loop and must answer 503 quickly when Redis
+    is gone, so connect and read both time out after ``timeout`` seconds and a
+    failed command is not retried (redis-py's default retries with backoff).
+    """
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_error": [],
+        "health_check_interval": 0,
+    }
+    if isinstance(url, str):
+        return redis.Redis.from_url(url, **common)
+    password = url.password.get_secret_value() if url.password is not None else None
+    if url.scheme == "unix":
+        return redis.Redis(unix_socket_path=url.path, password=password, **common)
+    db = url.path.strip("/")
+    return redis.Redis(
+        host=url.ip,
+        port=url.port or 6379,
+        db=int(db) if db.isdigit() else 0,
+        username=url.username,
+        password=password,
+        ssl=url.scheme == "rediss",
+        **common,
+    )
+
+
+# --- Lua ------------------------------------------------------------------------------
+#
+# why: Redis converts Lua numbers to strings with "%.14g" and truncates float replies
+# to integers, so every time value crosses the boundary as a string: the caller's
+# repr() going in, "%.17g" (exact round trip) coming out.
+
+_LUA_COMMON = r"""
+local OUT = '>I8dddB'  -- outcome member: seq, start, talk, end, flags (1 answered 2 failed 4 short)
+local function num(s) if s == nil or s == '' then return nil end return tonumber(s) end
+local function fmt(x) return string.format('%.17g', x) end
+local function read_outcomes(outz, w)
+  local members = redis.call('ZRANGE', outz, -w, -1)
+  local st, tk, en, an, fl = {}, {}, {}, {}, {}
+  for i = 1, #members do
+    local _, s, t, e, f = struct.unpack(OUT, members[i])
+    st[i], tk[i], en[i], an[i], fl[i] = s, t, e, bit.band(f, 1) == 1, bit.band(f, 2) == 2
+  end
+  return #members, st, tk, en, an, fl
+end
+-- The starts are also kept as one string of packed doubles ({starts}:blob, in no
+-- order, possibly with already-trimmed ones): reading a busy day is then one GET
+-- instead of hundreds of sorted-set replies (which cost ~0.3 ms per read in Lua).
+local function blob_append(k_starts, score_s)
+  redis.call('APPEND', k_starts .. ':blob', struct.pack('>d', tonumber(score_s)))
+end
+local function blob_remove(k_starts, score_s)
+  local k = k_starts .. ':blob'
+  local blob = redis.call('GET', k)
+  if not blob then return end
+  local needle, init = struct.pack('>d', tonumber(score_s)), 1
+  while true do
+    local pos = string.find(blob, needle, init, true)
+    if not pos then return end
+    if (pos - 1) % 8 == 0 then
+      redis.call('SET', k, string.sub(blob, 1, pos - 1) .. string.sub(blob, pos + 8), 'KEEPTTL')
+      return
+    end
+    init = pos + 1
+  end
+end
+local function blob_compact(k_starts)
+  local k = k_starts .. ':blob'
+  if redis.call('STRLEN', k) > 8 * (redis.call('ZCARD', k_starts) + 256) then
+    local raw = redis.call('ZRANGEBYSCORE', k_starts, '-inf', '+inf', 'WITHSCORES')
+    local p = {}
+    for i = 2, #raw, 2 do p[#p + 1] = struct.pack('>d', tonumber(raw[i])) end
+    redis.call('SET', k, table.concat(p))
+  end
+end
+local function in_use(inuse, held, now_s)
+  return redis.call('HLEN', inuse) + redis.call('ZCOUNT', held, '(' .. now_s, '+inf')
+end
+"""
+
+_LUA_RESERVE = (
+    _LUA_COMMON
+    + r"""
+local K_starts, K_inuse, K_held, K_meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_outz, K_day, K_call, K_tried, K_open = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local card, call_id, callee, now_s, node, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local day_start_s, day_key, lower_s, trim_s = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local ttl, day_ttl, w = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local need_hyd, expect_ver, check = ARGV[14] == '1', ARGV[15], ARGV[16] == '1'
+local now = tonumber(now_s)
+
+if need_hyd and redis.call('HEXISTS', K_meta, 'hyd') == 0 then return {'COLD'} end
+if expect_ver ~= '' and (redis.call('HGET', K_meta, 'ver') or '0') ~= expect_ver then
+  return {'STALE'}
+end
+
+if check then
+  local p, i = {}, 0
+  for v in string.gmatch(ARGV[18], '([^,]*),') do i = i + 1; p[i] = num(v) end
+  local cpm, cph, cpd, conc, gap, talk_cap, distinct = p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+  local floor, ceiling, short_s, rate_calls, rate_secs = p[8], p[9], p[10], p[11], p[12]
+  local rate_min, consec, cooldown = p[13], p[14], p[15]
+
+  if conc then
+    local used = in_use(K_inuse, K_held, now_s)
+    if used >= conc then return {'EXCEEDED', 'concurrent', tostring(used)} end
+  end
+  if gap then
+    local last = redis.call('ZREVRANGEBYSCORE', K_starts, '+inf', lower_s, 'WITHSCORES', 'LIMIT', 0, 1)
+    if #last > 0 and now - tonumber(last[2]) < gap then
+      return {'EXCEEDED', 'min_gap_seconds', last[2]}
+    end
+  end
+  local n, st, tk, en, an, fl = 0, nil, nil, nil, nil, nil
+  if (consec and consec > 0) or floor or ceiling then
+    n, st, tk, en, an, fl = read_outcomes(K_outz, w)
+  end
+  if consec and consec > 0 and n > 0 and fl[n] then
+    local streak = 0
+    for j = n, 1, -1 do
+      if not fl[j] then break end
+      streak = streak + 1
+    end
+    if streak >= consec and en[n] + cooldown > now then
+      return {'EXCEEDED', 'consecutive_failures', fmt(en[n]), tostring(streak)}
+    end
+  end
+  for _, spec in ipairs({{60, cpm, 'calls_per_minute'}, {3600, cph, 'calls_per_hour'}}) do
+    local window, limit, name = spec[1], spec[2], spec[3]
+    if limit then
+      local lo = '(' .. fmt(now - window)
+      local used = redis.call('ZCOUNT', K_starts, lo, '+inf')
+      if used >= limit then
+        local oldest = ''
+        if limit > 0 then
+          local r = redis.call('ZRANGEBYSCORE', K_starts, lo, '+inf', 'WITHSCORES', 'LIMIT', used - limit, 1)
+          oldest = r[2]
+        end
+        return {'EXCEEDED', name, oldest, tostring(used)}
+      end
+    end
+  end
+  if cpd then
+    local used = redis.call('ZCOUNT', K_starts, day_start_s, '+inf')
+    if used >= cpd then return {'EXCEEDED', 'calls_per_day', tostring(used)} end
+  end
+  if talk_cap then
+    local talk = redis.call('HGET', K_day, 't') or '0'
+    if tonumber(talk) >= talk_cap then return {'EXCEEDED', 'talk_minutes_per_day', talk} end
+  end
+  if distinct then
+    local used = redis.call('HLEN', K_day) - redis.call('HEXISTS', K_day, 't')
+    local again = redis.call('HEXISTS', K_day, 'c:' .. callee) == 1
+    if used >= distinct and not again then
+      return {'EXCEEDED', 'distinct_callees_per_day', tostring(used)}
+    end
+  end
+  if (floor or ceiling) and n >= rate_min then
+    -- the sample: the last rate_calls outcomes that started inside the time window
+    local horizon = now - rate_secs
+    local idx = {}
+    for j = math.max(1, n - rate_calls + 1), n do
+      if st[j] > horizon then idx[#idx + 1] = j end
+    end
+    local m = #idx
+    local suf_a, suf_s = {}, {}
+    suf_a[m + 1], suf_s[m + 1] = 0, 0
+    for j = m, 1, -1 do
+      local a, s = 0, 0
+      if an[idx[j]] then
+        a = 1
+        if tk[idx[j]] < short_s then s = 1 end
+      end
+      suf_a[j], suf_s[j] = suf_a[j + 1] + a, suf_s[j + 1] + s
+    end
+    local function failing(from)
+      local k = m - from + 1
+      if k < rate_min then return nil end
+      if floor and suf_a[from] / k < floor then return 'answer_rate_floor' end
+      if ceiling and suf_s[from] / k > ceiling then return 'short_call_ceiling' end
+      return nil
+    end
+    local limit = failing(1)
+    if limit then
+      local oldest = ''
+      for j = 1, m do
+        if failing(j + 1) == nil then oldest = fmt(st[idx[j]]) break end
+      end
+      return {'EXCEEDED', limit, oldest, tostring(m)}
+    end
+  end
+end
+
+local held = redis.call('HGET', K_call, 'card')
+if held then return {'HELD', held} end
+if redis.call('SISMEMBER', K_tried, card) == 1 then return {'TRIED'} end
+
+local seq = redis.call('HINCRBY', K_meta, 'seq', 1)
+redis.call('HINCRBY', K_meta, 'ver', 1)
+redis.call('HSET', K_meta, 'hyd', '1')
+redis.call('ZADD', K_starts, now_s, call_id)
+blob_append(K_starts, now_s)
+if redis.call('ZREMRANGEBYSCORE', K_starts, '-inf', '(' .. trim_s) > 0 then blob_compact(K_starts) end
+redis.call('ZREMRANGEBYSCORE', K_held, '-inf', now_s)
+redis.call('HSET', K_inuse, call_id, node)
+redis.call('HINCRBY', K_day, 'c:' .. callee, 1)
+redis.call('HSET', K_call, 'card', card, 'callee', callee, 'start', now_s, 'node', node,
+           'agent', agent, 'seq', seq, 'day', day_key)
+redis.call('SADD', K_tried, card)
+redis.call('SADD', K_open, call_id)
+for _, k in ipairs({K_starts, K_starts .. ':blob', K_inuse, K_held, K_meta, K_outz, K_call,
+                    K_open}) do
+  redis.call('EXPIRE', k, ttl)
+end
+redis.call('EXPIRE', K_tried, tonumber(ARGV[17]))
+redis.call('EXPIRE', K_day, day_ttl)
+return {'OK', tostring(seq)}
+"""
+)
+
+_LUA_CLOSE = (
+    _LUA_COMMON
+    + r"""
+local K_call = KEYS[1]
+local prefix, call_id, mode, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local answered, talk_s, short, failed = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ttl, w, only_node = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+
+local f = redis.call('HMGET', K_call, 'card', 'callee', 'start', 'node', 'seq', 'day')
+local card, callee, start_s, node, seq, day_key = f[1], f[2], f[3], f[4], f[5], f[6]
+if not card then return {'NONE'} end
+if only_node ~= '' and node ~= only_node then return {'NONE'} end
+local base = prefix .. ':card:' .. card .. ':'
+local K_starts, K_inuse, K_held, K_meta = base .. 'starts', base .. 'inuse', base .. 'held', base .. 'meta'
+local K_outz = base .. 'outz'
+local K_open = prefix .. ':node:' .. node .. ':open'
+
+redis.call('HDEL', K_inuse, call_id)
+redis.call('SREM', K_open, call_id)
+local talk, flags = 0, nil
+if mode == 'release' then
+  redis.call('ZREM', K_starts, call_id)
+  blob_remove(K_starts, start_s)
+  if redis.call('HINCRBY', day_key, 'c:' .. callee, -1) <= 0 then
+    redis.call('HDEL', day_key, 'c:' .. callee)
+  end
+  if failed == '1' then flags = 2 end
+elseif mode == 'finish' then
+  talk = tonumber(talk_s)
+  flags = 0
+  if answered == '1' then flags = flags + 1 end
+  if failed == '1' then flags = flags + 2 end
+  if short == '1' then flags = flags + 4 end
+  if talk ~= 0 then
+    redis.call('HINCRBYFLOAT', day_key, 't', talk_s)
+    if redis.call('TTL', day_key) < 0 then redis.call('EXPIRE', day_key, ttl) end
+  end
+else
+  flags = 0
+end
+if flags then
+  local member = struct.pack(OUT, tonumber(seq), tonumber(start_s), talk, tonumber(now_s), flags)
+  redis.call('ZADD', K_outz, start_s, member)
+  redis.call('ZREMRANGEBYRANK', K_outz, 0, -(w + 1))
+end
+redis.call('HINCRBY', K_meta, 'ver', 1)
+for _, k in ipairs({K_starts, K_starts .. ':blob', K_inuse, K_held, K_meta, K_outz}) do
+  redis.call('EXPIRE', k, ttl)
+end
+redis.call('DEL', K_call)
+return {'OK', card}
+"""
+)
+
+_LUA_READ = (
+    _LUA_COMMON
+    + r"""
+local K_starts, K_inuse, K_held, K_meta, K_outz, K_day =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local lower_s, now_s, w = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- why: a day holds hundreds of starts and callees; one packed string each instead of
+-- hundreds of reply elements keeps both the script's and the client's cost flat.
+local blob = redis.call('GET', K_starts .. ':blob') or ''
+local fields = redis.call('HKEYS', K_day)
+local talk = redis.call('HGET', K_day, 't') or '0'
+local outs = redis.call('ZRANGE', K_outz, -w, -1)
+local meta = redis.call('HMGET', K_meta, 'ver', 'hyd')
+return {blob, table.concat(fields, '\0'), talk, in_use(K_inuse, K_held, now_s),
+        outs, meta[1] or '0', meta[2] or ''}
+"""
+)
+
+_LUA_REHYDRATE = (
+    _LUA_COMMON
+    + r"""
+local K_starts, K_held, K_meta, K_outz, K_day = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ttl, day_ttl, force = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local plan = cjson.decode(ARGV[4])
+if not force and redis.call('HEXISTS', K_meta, 'hyd') == 1 then return 0 end
+for i, score in ipairs(plan.starts) do
+  redis.call('ZADD', K_starts, score, 'h:' .. i)
+  blob_append(K_starts, score)
+end
+for i = 1, plan.callees do redis.call('HINCRBY', K_day, 'c:h:' .. i, 1) end
+if plan.talk ~= '0.0' then redis.call('HINCRBYFLOAT', K_day, 't', plan.talk) end
+for i, until_s in ipairs(plan.held) do redis.call('ZADD', K_held, until_s, 'h:' .. i) end
+for _, o in ipairs(plan.outcomes) do
+  -- o = {start, talk, end, flags} (times as exact decimal strings)
+  local seq = redis.call('HINCRBY', K_meta, 'seq', 1)
+  local member = struct.pack(OUT, seq, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), o[4])
+  redis.call('ZADD', K_outz, o[1], member)
+end
+redis.call('ZREMRANGEBYRANK', K_outz, 0, -(tonumber(ARGV[5]) + 1))
+redis.call('HSET', K_meta, 'hyd', '1')
+redis.call('HINCRBY', K_meta, 'ver', 1)
+for _, k in ipairs({K_starts, K_starts .. ':blob', K_held, K_meta, K_outz}) do
+  redis.call('EXPIRE', k, ttl)
+end
+if redis.call('EXISTS', K_day) == 1 then redis.call('EXPIRE', K_day, day_ttl) end
+return 1
+"""
+)
+
+_LUA_PUT_STATE = r"""
+local K = KEYS[1]
+local since, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local current = redis.call('HGET', K, 'since')
+if current and tonumber(current) > since then return 0 end
+redis.call('HSET', K, 'since', ARGV[1], 'state', ARGV[3], 'reason', ARGV[4],
+           'probation_until', ARGV[5], 'profile_override', ARGV[6], 'resume_at', ARGV[7])
+redis.call('EXPIRE', K, ttl)
+return 1
+"""
+
+
+# --- plain data ----------------------------------------------------------------------
+
+#: An outcome as the scripts pack it (Lua ``struct`` format ``>I8dddB``).
+_OUTCOME = struct.Struct(">QdddB")
+_ANSWERED, _FAILED, _SHORT = 1, 2, 4
+
+
+# One AOR's bindings in the node's registrations hash; '' deletes the field. The
+# key's TTL only ever grows (a key without TTL gets one), so one short binding
+# never cuts the life of the others.
+_LUA_PUT_REGISTRATIONS = r"""
+local key, aor, value, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if value == '' then
+  redis.call('HDEL', key, aor)
+  return 0
+end
+redis.call('HSET', key, aor, value)
+local current = redis.call('TTL', key)
+if ttl > 0 and (current == -1 or current < ttl) then
+  redis.call('EXPIRE', key, ttl)
+end
+return 1
+"""
+
+
+class _Snapshot(NamedTuple):
+    """One atomic read of a card: usage, mutation counter, hydrated mark, short flags."""
+
+    usage: CardUsage
+    version: str
+    hydrated: bool
+    shorts: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CardStateRecord:
+    """The shared hot copy of one card's state (the durable history is in SQLite)."""
+
+    card: str
+    state: str
+    reason: str | None
+    since: float
+    probation_until: float | None = None
+    profile_override: str | None = None
+    resume_at: float | None = None
+
+
+def _opt(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _opt_float(raw: bytes | None) -> float | None:
+    return None if raw is None or raw == b"" else float(raw)
+
+
+def _opt_str(raw: bytes | None) -> str | None:
+    return None if raw is None or raw == b"" else raw.decode()
+
+
+@lru_cache(maxsize=256)
+def _night_only(window: str) -> QuotaProfile:
+    return QuotaProfile(name="night", concurrent=None, night_window=window)
+
+
+@lru_cache(maxsize=256)
+def _flatten(profile: QuotaProfile) -> str:
+    """The profile's limits, comma-terminated, in the order the reserve script reads them.
+
+    An empty value means "no limit". One argument instead of fifteen: encoding
+    arguments is a good part of a call's client-side cost.
+    """
+    talk_cap = None if profile.talk_minutes_per_day is None else profile.talk_minutes_per_day * 60.0
+    values = [
+        _opt(profile.calls_per_minute),
+        _opt(profile.calls_per_hour),
+        _opt(profile.calls_per_day),
+        _opt(profile.concurrent),
+        _opt(None if profile.min_gap_seconds is None else float(profile.min_gap_seconds)),
+        _opt(talk_cap),
+        _opt(profile.distinct_callees_per_day),
+        _opt(None if profile.answer_rate_floor is None else float(profile.answer_rate_floor)),
+        _opt(None if profile.short_call_ceiling is None else float(profile.short_call_ceiling)),
+        repr(float(profile.short_call_seconds)),
+        str(profile.rate_window_calls),
+        repr(float(profile.rate_window_seconds)),
+        str(profile.rate_min_sample),
+        _opt(profile.consecutive_failures),
+        repr(float(profile.cooldown_seconds)),
+    ]
+    return "".join(f"{v}," for v in values)
+
+
+def _exhausted(
+    reply: Sequence[bytes], profile: QuotaProfile, now: float, day_end: float
+) -> Exhausted:
+    """Rebuild the ``policies.quotas`` answer (same frees-at and detail) from the script's."""
+    name = QuotaLimit(reply[1].decode())
+    values = [r.decode() for r in reply[2:]]
+    frees: float | None
+    match name:
+        case QuotaLimit.CONCURRENT:
+            return Exhausted(name, None, f"{values[0]}/{profile.concurrent} in use")
+        case QuotaLimit.MIN_GAP:
+            last = float(values[0])
+            gap = float(profile.min_gap_seconds or 0.0)
+            return Exhausted(name, last + gap, f"last start {now - last:.1f}s ago")
+        case QuotaLimit.CONSECUTIVE_FAILURES:
+            frees = float(values[0]) + profile.cooldown_seconds
+            return Exhausted(name, frees, f"{values[1]} failures in a row")
+        case QuotaLimit.CALLS_PER_MINUTE | QuotaLimit.CALLS_PER_HOUR:
+            window = 60.0 if name is QuotaLimit.CALLS_PER_MINUTE else 3600.0
+            limit = profile.calls_per_minute if window == 60.0 else profile.calls_per_hour
+            frees = float(values[0]) + window if values[0] else None
+            return Exhausted(name, frees, f"{values[1]}/{limit} in {int(window)}s")
+        case QuotaLimit.CALLS_PER_DAY:
+            return Exhausted(name, day_end, f"{values[0]}/{profile.calls_per_day} today")
+        case QuotaLimit.TALK_MINUTES_PER_DAY:
+            talk = float(values[0])
+            return Exhausted(
+                name, day_end, f"{talk / 60:.1f}/{profile.talk_minutes_per_day} min today"
+            )
+        case QuotaLimit.DISTINCT_CALLEES_PER_DAY:
+            return Exhausted(name, day_end, f"{values[0]}/{profile.distinct_callees_per_day} today")
+        case QuotaLimit.ANSWER_RATE_FLOOR | QuotaLimit.SHORT_CALL_CEILING:
+            frees = float(values[0]) + profile.rate_window_seconds if values[0] else None
+            return Exhausted(name, frees, f"{name} over last {values[1]} calls")
+    raise StoreUnavailable(f"redis: unexpected quota answer {name}")
+
+
+# --- the store -----------------------------------------------------------------------
+
+#: How long (caller's clock) a reservation whose reply was lost may still show up.
+UNCERTAIN_SECONDS = 60.0
+
+
+def _unreachable(exc: StoreUnavailable) -> bool:
+    """Whether Redis was not reached or did not answer (as opposed to refusing a command)."""
+    return isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError)
+
+
+class RedisStore:
+    """Usage ledger and card states over one Redis server, shared by gateway instances.
+
+    ``client`` comes from :func:`connect` (short timeouts, no retries).
+    ``node`` names this instance (``[mqtt] node``): :meth:`recover` only
+    orphans its own reservations. ``card_carriers`` (card → carrier) and
+    ``carrier_timezones`` (carrier → IANA zone) give each card's calendar day
+    (UTC when unknown). ``facts`` is the durable source a cold card (keys lost
+    in a Redis restart) is rehydrated from; without one a cold card starts from
+    what Redis holds. ``short_call_seconds`` and ``outcome_window`` mean what
+    they mean for :class:`gateway.store.SQLiteStore`. ``tried_ttl_seconds``
+    bounds how long a call remembers the cards it tried (failover happens
+    while the call is set up; one small set per call is the bulk of the keys).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        node: str,
+        prefix: str = "dialgate",
+        card_carriers: Mapping[str, str] | None = None,
+        carrier_timezones: Mapping[str, str] | None = None,
+        short_call_seconds: float = 10.0,
+        outcome_window: int = 50,
+        history_seconds: float = 2 * 86400.0,
+        state_ttl_seconds: float = 30 * 86400.0,
+        facts: FactsSource | None = None,
+        rehydrate_hold_seconds: float = 3600.0,
+        tried_ttl_seconds: float = 6 * 3600.0,
+        max_retries: int = 20,
+    ) -> None:
+        if outcome_window < 1:
+            raise ValueError("outcome_window must be >= 1")
+        if history_seconds < 26 * 3600.0:
+            # A carrier day (25 h on a DST change) plus the rolling hour must stay readable.
+            raise ValueError("history_seconds must cover at least 26 hours")
+        # redis-py types every reply as "value or awaitable" (one class for sync and
+        # async clients); this store only uses the synchronous client.
+        self.client: Any = client
+        self.node = node
+        self.prefix = prefix
+        self.card_carriers = dict(card_carriers or {})
+        self.carrier_timezones = dict(carrier_timezones or {})
+        self.short_call_seconds = short_call_seconds
+        self.outcome_window = outcome_window
+        self.history_seconds = history_seconds
+        self.state_ttl_seconds = state_ttl_seconds
+        self.facts = facts
+        self.rehydrate_hold_seconds = rehydrate_hold_seconds
+        self.tried_ttl_seconds = tried_ttl_seconds
+        self.max_retries = max_retries
+        # Reservations whose reply was lost (timeout, reset): the script may have run.
+        self._uncertain: dict[str, float] = {}
+        # release/finish that failed to reach Redis: replayed when it answers again.
+        self._unclosed: dict[str, tuple[str, float, dict[str, Any]]] = {}
+        # A recover() that could not reach Redis (caller time): run before anything else.
+        self._recover_at: float | None = None
+        self._reserve = client.register_script(_LUA_RESERVE)
+        self._close = client.register_script(_LUA_CLOSE)
+        self._read = client.register_script(_LUA_READ)
+        self._rehydrate = client.register_script(_LUA_REHYDRATE)
+        self._put_state = client.register_script(_LUA_PUT_STATE)
+        self._put_registrations = client.register_script(_LUA_PUT_REGISTRATIONS)
+        # /health (issue 19): opened when Redis is not reached, closed by a PING from a
+        # worker thread. It only reports here: a refused connection already fails at once.
+        self.guard = StoreGuard(self._probe, _unavailable, name="redis")
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.guard.stop()
+        self.client.close()
+
+    def _probe(self) -> None:
+        """The guard's probe (a worker thread): raises while Redis does not answer."""
+        self.client.ping()
+
+    def ping(self) -> bool:
+        """Whether Redis answers (health checks); never raises."""
+        try:
+            return bool(self.client.ping())
+        except RedisError:
+            return False
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Redis errors (refused, reset, timeout, script error) become StoreUnavailable."""
+        try:
+            yield
+        except RedisError as exc:
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                self.guard.trip(f"{type(exc).__name__}: {exc}")
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    def _settle(self, now: float) -> None:
+        """Replay lost closes, release lost reservations (see ``unclosed``, ``uncertain``).
+
+        A command buffered by a hung server may run after this instance's next
+        commands (they use another connection), so an entry whose release found
+        nothing is kept and retried until ``UNCERTAIN_SECONDS`` (caller time)
+        have passed since the attempt. Redis still unreachable: raises
+        StoreUnavailable (the caller fails closed); any other error drops the
+        entry, so one bad entry can never block every later operation.
+
+        A :meth:`recover` that could not reach Redis runs first: until it has,
+        this instance holds no reservation of its own (every operation failed),
+        so it can only orphan what an earlier run of this node left open.
+        """
+        if self._recover_at is not None:
+            try:
+                self._recover(self._recover_at)
+            except StoreUnavailable as exc:
+                if _unreachable(exc):
+                    raise
+            self._recover_at = None
+        for call_id, (mode, at, kwargs) in list(self._unclosed.items()):
+            try:
+                self._run_close(call_id, mode, at, **kwargs)  # None if it had run after all
+            except StoreUnavailable as exc:
+                if _unreachable(exc):
+                    raise
+            self._unclosed.pop(call_id, None)
+        for call_id, started in list(self._uncertain.items()):
+            try:
+                released = self._run_close(call_id, "release", now, failed=False)
+            except StoreUnavailable as exc:
+                if _unreachable(exc):
+                    raise
+                released = call_id
+            if released is not None or now - started >= UNCERTAIN_SECONDS:
+                self._uncertain.pop(call_id, None)
+
+    @property
+    def _dirty(self) -> bool:
+        return bool(self._uncertain or self._unclosed or self._recover_at is not None)
+
+    def settle(self, now: float) -> bool:
+        """Replay what an outage left pending, if Redis answers; never raises.
+
+        Every operation does this first anyway; the gateway also calls it on a
+        timer (``HealthRunner``) so an idle instance does not keep a call "in
+        use" in Redis after the outage. Returns False while Redis is unreachable.
+        """
+        if not self._dirty:
+            return True
+        try:
+            self._settle(now)
+        except StoreUnavailable:
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Everything kept for Redis: lost reservations, closes, a deferred recover."""
+        return len(self._uncertain) + len(self._unclosed) + (self._recover_at is not None)
+
+    def is_kept(self, call_id: str) -> bool:
+        """Whether a release/finish of this call is kept for a replay."""
+        return call_id in self._unclosed
+
+    @property
+    def uncertain(self) -> int:
+        """Reservations sent when Redis failed, to be undone when it answers again."""
+        return len(self._uncertain)
+
+    @property
+    def unclosed(self) -> int:
+        """Releases/finishes that failed to reach Redis, to be replayed when it answers."""
+        return len(self._unclosed)
+
+    def _close_or_keep(self, call_id: str, mode: str, now: float, **kwargs: Any) -> str | None:
+        """Close the reservation; if Redis is unreachable keep the close for a replay, raise.
+
+        Settling what is already pending comes first, inside the same guard: a
+        Redis still unreachable there must keep *this* close too.
+        """
+        try:
+            if self._dirty:
+                self._settle(now)
+            return self._run_close(call_id, mode, now, **kwargs)
+        except StoreUnavailable as exc:
+            if _unreachable(exc):
+                # Otherwise the call would stay "in use" in Redis until a recover().
+                self._unclosed[call_id] = (mode, now, kwargs)
+            raise
+
+    def _card_keys(self, card: str) -> dict[str, str]:
+        base = f"{self.prefix}:card:{card}:"
+        return {w: base + w for w in ("starts", "inuse", "held", "meta", "outz", "state")}
+
+    def _day_key(self, card: str, day_start: float) -> str:
+        return f"{self.prefix}:card:{card}:day:{int(day_start)}"
+
+    def _call_key(self, call_id: str) -> str:
+        return f"{self.prefix}:call:{call_id}"
+
+    def _open_key(self) -> str:
+        return f"{self.prefix}:node:{self.node}:open"
+
+    def timezone(self, card: str) -> str:
+        """The IANA zone of the card's carrier day (UTC when unknown)."""
+        carrier = self.card_carriers.get(card)
+        return self.carrier_timezones.get(carrier, "UTC") if carrier else "UTC"
+
+    def _day(self, card: str, now: float) -> tuple[float, float, int]:
+        """(day start, day end, TTL of the day hash) of the card's carrier day at ``now``."""
+        start, end = day_bounds(now, self.timezone(card))
+        ttl = int(min(max(end - now, 0.0) + 3600.0, self.history_seconds)) + 1
+        return start, end, ttl
+
+    # --- reads ----------------------------------------------------------------------
+
+    def card_usage(self, card_id: str, now: float) -> CardUsage:
+        """``policies.quotas.CardUsage`` of the card at ``now`` (one atomic read)."""
+        if self._dirty:
+            self._settle(now)
+        return self._usage(card_id, now).usage
+
+    def _usage(self, card: str, now: float) -> _Snapshot:
+        snap = self._snapshot(card, now)
+        if not snap.hydrated and self.facts is not None:
+            self.rehydrate(card, self.facts(card, now), now)
+            snap = self._snapshot(card, now)
+        return snap
+
+    def _snapshot(self, card: str, now: float) -> _Snapshot:
+        keys = self._card_keys(card)
+        start, _end, _ttl = self._day(card, now)
+        lower = min(start, now - 3600.0)
+        with self._guard():
+            packed, fields, day_talk, in_use, raw_outs, version, hyd = self._read(
+                keys=[
+                    keys["starts"],
+                    keys["inuse"],
+                    keys["held"],
+                    keys["meta"],
+                    keys["outz"],
+                    self._day_key(card, start),
+                ],
+                args=[repr(lower), repr(now), self.outcome_window],
+            )
+        outcomes = []
+        shorts = []
+        for raw in raw_outs:
+            _seq, started, talk, ended, flags = _OUTCOME.unpack(raw)
+            outcomes.append(
+                CallOutcome(
+                    started_at=started,
+                    answered=bool(flags & _ANSWERED),
+                    talk_seconds=talk,
+                    failed=bool(flags & _FAILED),
+                    ended_at=ended,
+                )
+            )
+            shorts.append(bool(flags & _SHORT))
+        usage = CardUsage(
+            call_starts=tuple(
+                sorted(t for t in struct.unpack(f">{len(packed) // 8}d", packed) if t >= lower)
+            ),
+            callees_today=frozenset(
+                f[2:].decode() for f in fields.split(b"\0") if f.startswith(b"c:")
+            ),
+            talk_seconds_today=float(day_talk),
+            in_use=int(in_use),
+            recent_outcomes=tuple(outcomes),
+        )
+        return _Snapshot(usage, version.decode(), bool(hyd), tuple(shorts))
+
+    def open_reservations(self, *, every_node: bool = False) -> list[tuple[str, str]]:
+        """``(call_id, card)`` of every open reservation of this node (or of all), by call id."""
+        with self._guard():
+            if every_node:
+                keys = list(self.client.scan_iter(match=f"{self.prefix}:node:*:open", count=500))
+            else:
+                keys = [self._open_key()]
+            call_ids = sorted({m.decode() for k in keys for m in self.client.smembers(k)})
+            pipe = self.client.pipeline(transaction=False)
+            for call_id in call_ids:
+                pipe.hget(self._call_key(call_id), "card")
+            cards = pipe.execute()
+        return [(c, k.decode()) for c, k in zip(call_ids, cards, strict=True) if k is not None]
+
+    def usage_facts(self, card: str, now: float, *, window: int | None = None) -> CardUsageFacts:
+        """Aggregated facts (the shape :meth:`SQLiteStore.usage` returns), for reports."""
+        if self._dirty:
+            self._settle(now)
+        snap = self._usage(card, now)
+        usage = snap.usage
+        start, _end, _ttl = self._day(card, now)
+        starts = [t for t in usage.call_starts if t <= now]
+        size = self.outcome_window if window is None else window
+        recent = usage.recent_outcomes[-size:] if size > 0 else ()
+        shorts = snap.shorts[-size:] if size > 0 else ()
+        streak = 0
+        for outcome in reversed(recent):
+            if not outcome.failed:
+                break
+            streak += 1
+        answered = [o for o in recent if o.answered]
+        short = sum(1 for o, flag in zip(recent, shorts, strict=True) if o.answered and flag)
+        return CardUsageFacts(
+            card=card,
+            now=now,
+            calls_last_minute=sum(1 for t in starts if t > now - 60.0),
+            calls_last_hour=sum(1 for t in starts if t > now - 3600.0),
+            calls_today=sum(1 for t in starts if t >= start),
+            concurrent=usage.in_use,
+            last_start_at=starts[-1] if starts else None,
+            talk_seconds_today=usage.talk_seconds_today,
+            distinct_callees_today=len(usage.callees_today),
+            window_size=size,
+            window_calls=len(recent),
+            window_answered=len(answered),
+            window_short=short,
+            consecutive_failures=streak,
+        )
+
+    # --- writes ---------------------------------------------------------------------
+
+    def reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        *,
+        profile: QuotaProfile | None = None,
+        admit: Callable[[CardUsage], None] | None = None,
+        agent: str = "",
+    ) -> None:
+        """Check the card's limits and commit the call start, in one Lua script.
+
+        Raises :class:`QuotaExceeded` (nothing written) when ``profile`` would
+        be broken, :class:`ReservationError` when the call already holds a
+        reservation or already tried this card, :class:`StoreUnavailable` when
+        Redis cannot answer. ``admit`` (any callable over the usage; raise to
+        refuse) runs in Python on a snapshot; the script then commits only if
+        the card did not change since (optimistic, retried).
+        """
+        if profile is not None and profile.night_window is not None:
+            night = would_exceed(
+                _night_only(profile.night_window), CardUsage(), self.timezone(card), callee, now
+            )
+            if night is not None:
+                raise QuotaExceeded(card, night)
+        if self._dirty:
+            self._settle(now)
+        hydrated_once = False
+        for _ in range(self.max_retries):
+            expect = ""
+            if admit is not None:
+                usage, expect, hydrated, _shorts = self._snapshot(card, now)
+                if not hydrated and self.facts is not None and not hydrated_once:
+                    self.rehydrate(card, self.facts(card, now), now)
+                    hydrated_once = True
+                    continue
+                admit(usage)
+            reply = self._run_reserve(card, call_id, callee, now, profile, agent, expect)
+            status = reply[0]
+            if status == b"OK":
+                return
+            if status == b"COLD":
+                if self.facts is None or hydrated_once:
+                    raise StoreUnavailable(f"card {card}: usage could not be rehydrated")
+                self.rehydrate(card, self.facts(card, now), now)
+                hydrated_once = True
+                continue
+            if status == b"STALE":
+                continue
+            if status == b"EXCEEDED" and profile is not None:
+                _start, end, _ttl = self._day(card, now)
+                raise QuotaExceeded(card, _exhausted(reply, profile, now, end))
+            if status == b"HELD":
+                raise ReservationError(
+                    f"call {call_id!r} already holds a reservation on {reply[1].decode()!r}"
+                )
+            if status == b"TRIED":
+                raise ReservationError(f"call {call_id!r} already tried card {card!r}")
+            raise StoreUnavailable(f"redis: unexpected reserve answer {status!r}")
+        raise StoreUnavailable(f"reservation on {card} lost {self.max_retries} races in a row")
+
+    def _run_reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        profile: QuotaProfile | None,
+        agent: str,
+        expect: str,
+    ) -> list[bytes]:
+        keys = self._card_keys(card)
+        start, _end, day_ttl = self._day(card, now)
+        day_key = self._day_key(card, start)
+        call_key = self._call_key(call_id)
+        args: list[Any] = [
+            card,
+            call_id,
+            callee,
+            repr(now),
+            self.node,
+            agent,
+            repr(start),
+            day_key,
+            repr(min(start, now - 3600.0)),
+            repr(now - self.history_seconds),
+            int(self.history_seconds),
+            day_ttl,
+            self.outcome_window,
+            "1" if self.facts is not None else "0",
+            expect,
+            "1" if profile is not None else "0",
+            int(self.tried_ttl_seconds),
+        ]
+        if profile is not None:
+            args.append(_flatten(profile))
+        try:
+            return self._eval_reserve(keys, day_key, call_key, args)
+        except StoreUnavailable as exc:
+            if _unreachable(exc):
+                # The script may have run before the connection failed: undo it once
+                # Redis answers again (the caller answered 503, no INVITE left).
+                self._uncertain[call_id] = now
+            raise
+
+    def _eval_reserve(
+        self, keys: dict[str, str], day_key: str, call_key: str, args: list[Any]
+    ) -> list[bytes]:
+        with self._guard():
+            reply: list[bytes] = self._reserve(
+                keys=[
+                    keys["starts"],
+                    keys["inuse"],
+                    keys["held"],
+                    keys["meta"],
+                    keys["outz"],
+                    day_key,
+                    call_key,
+                    f"{call_key}:tried",
+                    self._open_key(),
+                ],
+                args=args,
+            )
+        return reply
+
+    def _run_close(
+        self,
+        call_id: str,
+        mode: str,
+        now: float,
+        *,
+        answered: bool = False,
+        talk_seconds: float = 0.0,
+        short: bool = False,
+        failed: bool = False,
+        only_node: str = "",
+    ) -> str | None:
+        with self._guard():
+            reply = self._close(
+                keys=[self._call_key(call_id)],
+                args=[
+                    self.prefix,
+                    call_id,
+                    mode,
+                    repr(now),
+                    "1" if answered else "0",
+                    repr(float(talk_seconds)),
+                    "1" if short else "0",
+                    "1" if failed else "0",
+                    int(self.history_seconds),
+                    self.outcome_window,
+                    only_node,
+                ],
+            )
+        return None if reply[0] == b"NONE" else str(reply[1].decode())
+
+    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
+        """Undo the call's open reservation (failed before the callee was alerted).
+
+        The start stops counting; with ``failed`` (a card-level failure) it still
+        feeds the consecutive-failures streak. Returns the card, or None.
+        """
+        return self._close_or_keep(call_id, "release", now, failed=failed)
+
+    def finish(
+        self,
+        call_id: str,
+        now: float,
+        *,
+        answered: bool,
+        talk_seconds: float = 0.0,
+        short: bool | None = None,
+        failed: bool = False,
+        answered_at: float | None = None,
+    ) -> str | None:
+        """Record the outcome of the call's open reservation; return its card (or None).
+
+        ``short`` defaults to "answered and talked less than ``short_call_seconds``".
+        ``answered_at`` is accepted for the interface; answer times (frequency
+        caps) are read from the SQLite store, not from here.
+        """
+        if short is None:
+            short = answered and talk_seconds < self.short_call_seconds
+        return self._close_or_keep(
+            call_id,
+            "finish",
+            now,
+            answered=answered,
+            talk_seconds=talk_seconds,
+            short=bool(short),
+            failed=failed,
+        )
+
+    def recover(self, now: float) -> int:
+        """This node's reservations left open by a crash become orphaned starts.
+
+        Orphans still count as call starts (over-count, never under-count) but no
+        longer as calls in use. Call once at startup, before taking traffic.
+        If Redis cannot be reached the recovery is kept and runs before the
+        next operation that reaches it (StoreUnavailable is raised now).
+        """
+        try:
+            count = self._recover(now)
+        except StoreUnavailable as exc:
+            if _unreachable(exc):
+                self._recover_at = now
+            raise
+        self._recover_at = None
+        return count
+
+    def _recover(self, now: float) -> int:
+        with self._guard():
+            call_ids = [m.decode() for m in self.client.smembers(self._open_key())]
+        count = 0
+        stale: list[str] = []
+        for call_id in call_ids:
+            if self._run_close(call_id, "orphan", now, only_node=self.node) is None:
+                stale.append(call_id)  # its call key expired: nothing left to close
+            else:
+                count += 1
+        if stale:
+            with self._guard():
+                self.client.srem(self._open_key(), *stale)
+        return count
+
+    # --- rehydration after a Redis restart without persistence ----------------------
+
+    def is_hydrated(self, card: str) -> bool:
+        """Whether the card's keys are live (False after a Redis restart or long idleness)."""
+        with self._guard():
+            return bool(self.client.hexists(self._card_keys(card)["meta"], "hyd"))
+
+    def rehydrate(
+        self, card: str, facts: CardUsageFacts, now: float, *, force: bool = False
+    ) -> bool:
+        """Rebuild a cold card's window from durable ``facts``; False if it was warm.
+
+        The facts hold counts, not times, so the window written is the most
+        conservative one they allow: the last minute's calls all at the last
+        start, the rest of the hour's at ``now - 60`` (or the last start), the
+        rest of the day's at ``now - 3600`` (not before the day began); the
+        day's distinct callees as anonymous ones, its talk seconds; open calls
+        as in-use slots held for ``rehydrate_hold_seconds``; the rolling sample
+        with its failure streak last. Limits computed on it can only be as
+        tight as or tighter than on the real history. Atomic; applied only to
+        a cold card unless ``force``.
+        """
+        start, _end, day_ttl = self._day(card, now)
+        last = facts.last_start_at if facts.last_start_at is not None else now
+        minute = max(0, facts.calls_last_minute)
+        hour = max(0, facts.calls_last_hour - minute)
+        day = max(0, facts.calls_today - facts.calls_last_hour)
+        starts = [repr(min(last, now))] * minute
+        starts += [repr(min(now - 60.0, last))] * hour
+        starts += [repr(max(start, min(now - 3600.0, last)))] * day
+        window = min(facts.window_calls, self.outcome_window)
+        failures = min(facts.consecutive_failures, window)
+        good = window - failures
+        answered = min(facts.window_answered, good)
+        short = min(facts.window_short, answered)
+        at = repr(min(last, now))
+        records: list[list[str | int]] = []  # [start, talk, end, flags]
+        for i in range(good):
+            is_answered = i < answered
+            is_short = is_answered and i < short
+            talk = 0.0 if is_short or not is_answered else 3600.0
+            flags = (_ANSWERED if is_answered else 0) | (_SHORT if is_short else 0)
+            records.append([at, repr(talk), repr(now), flags])
+        records += [[at, "0.0", repr(now), _FAILED]] * failures
+        plan = {
+            "starts": starts,
+            "callees": max(0, facts.distinct_callees_today),
+            "talk": repr(float(facts.talk_seconds_today)),
+            "held": [repr(now + self.rehydrate_hold_seconds)] * max(0, facts.concurrent),
+            "outcomes": records,
+        }
+        keys = self._card_keys(card)
+        with self._guard():
+            applied = self._rehydrate(
+                keys=[
+                    keys["starts"],
+                    keys["held"],
+                    keys["meta"],
+                    keys["outz"],
+                    self._day_key(card, start),
+                ],
+                args=[
+                    int(self.history_seconds),
+                    day_ttl,
+                    "1" if force else "0",
+                    json.dumps(plan),
+                    self.outcome_window,
+                ],
+            )
+        return bool(applied)
+
+    def rehydrate_cold(self, now: float, cards: Sequence[str] | None = None) -> int:
+        """Rehydrate every cold card (default: the configured ones) from ``facts``.
+
+        Done at startup so the window is rebuilt before the first call or
+        wallboard read (they would also do it lazily). Returns how many were cold.
+        """
+        if self.facts is None:
+            return 0
+        count = 0
+        for card in self.card_carriers if cards is None else cards:
+            if not self.is_hydrated(card):
+                count += self.rehydrate(card, self.facts(card, now), now)
+        return count
+
+    # --- card state (shared hot copy) ----------------------------------------------
+
+    def put_card_state(self, card: StoredCard) -> bool:
+        """Publish the card's state; a state older (``since``) than the stored one is ignored.
+
+        Returns whether it was applied. Instances writing concurrently converge
+        on the most recent transition; SQLite keeps the durable history.
+        """
+        with self._guard():
+            applied = self._put_state(
+                keys=[self._card_keys(card.id)["state"]],
+                args=[
+                    repr(float(card.since)),
+                    int(self.state_ttl_seconds),
+                    card.state,
+                    _opt(card.reason),
+                    _opt(card.probation_until),
+                    _opt(card.profile_override),
+                    _opt(card.resume_at),
+                ],
+            )
+        return bool(applied)
+
+    def card_states(
+        self, card_ids: Sequence[str], *, touch: bool = False
+    ) -> dict[str, CardStateRecord]:
+        """The shared states of the given cards (cards Redis knows nothing of are left out).
+
+        With ``touch`` their TTL is renewed: a state every running instance
+        keeps reading (a long suspension) never expires while any of them runs.
+        """
+        fields = ("state", "reason", "since", "probation_until", "profile_override", "resume_at")
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for card in card_ids:
+                key = self._card_keys(card)["state"]
+                pipe.hmget(key, *fields)
+                if touch:
+                    pipe.expire(key, int(self.state_ttl_seconds))
+            rows = pipe.execute()[:: 2 if touch else 1]
+        out: dict[str, CardStateRecord] = {}
+        for card, row in zip(card_ids, rows, strict=True):
+            state, reason, since, probation, override, resume = row
+            if state is None or since is None:
+                continue
+            out[card] = CardStateRecord(
+                card=card,
+                state=state.decode(),
+                reason=_opt_str(reason),
+                since=float(since),
+                probation_until=_opt_float(probation),
+                profile_override=_opt_str(override),
+                resume_at=_opt_float(resume),
+            )
+        return out
+
+    # --- registrations (the registrar's bindings) -----------------------------------
+
+    def _registrations_key(self, node: str | None) -> str:
+        return f"{self.prefix}:node:{node or self.node}:registrations"
+
+    def save_registrations(
+        self,
+        aor: str,
+        rows: Sequence[StoredRegistration],
+        now: float,
+        *,
+        node: str | None = None,
+    ) -> None:
+        """Replace the bindings of ``aor`` (none: unregistered) in this node's hash.
+
+        The hash's TTL is raised to cover the longest binding written (never
+        lowered by a shorter one), so it lives while anything is registered
+        and goes away by itself when nothing is. Raises StoreUnavailable.
+        """
+        value = json.dumps([r.as_json() for r in rows], separators=(",", ":")) if rows else ""
+        ttl = max((int(r.expires_at - now) + 60 for r in rows), default=0)
+        with self._guard():
+            self._put_registrations(
+                keys=[self._registrations_key(node)], args=[aor, value, max(ttl, 0)]
+            )
+
+    def load_registrations(
+        self, now: float, *, node: str | None = None
+    ) -> list[StoredRegistration]:
+        """Every binding of this node still live at ``now``; AORs left with none are removed."""
+        key = self._registrations_key(node)
+        with self._guard():
+            raw = self.client.hgetall(key)
+        out: list[StoredRegistration] = []
+        dead: list[bytes] = []
+        for field, value in sorted(raw.items()):
+            try:
+                items = json.loads(value)
+            except ValueError:
+                items = None
+            rows = [
+                r
+                for r in (StoredRegistration.from_json(i) for i in (items or []))
+                if r is not None and r.expires_at > now
+            ]
+            if not rows:
+                dead.append(field)
+            out.extend(sorted(rows, key=lambda r: (r.position, r.contact)))
+        if dead:
+            try:
+                with self._guard():
+                    self.client.hdel(key, *dead)
+            except StoreUnavailable:
+                pass  # removed at the next load
+        return out
+
+
+def sqlite_facts(store: SQLiteStore, timezone_of: Callable[[str], str]) -> FactsSource:
+    """A :data:`FactsSource` over the SQLite store's per-card usage (``usage()``).
+
+    Only useful when the gateway also records its call starts in that store;
+    ``timezone_of`` gives a card's carrier zone (``RedisStore.timezone``).
+    """
+
+    def facts(card: str, now: float) -> CardUsageFacts:
+        start, _ = day_bounds(now, timezone_of(card))
+        return store.usage(card, now, day_start_at=start, window=store.outcome_window)
+
+    return facts
+
+
+class SharedCardRepository:
+    """``gateway.store.CardRepository``: SQLite keeps the history, Redis the shared state.
+
+    ``save_transition`` writes SQLite first (durable, with evidence), then
+    publishes the state to Redis for the other instances. If Redis is down the
+    publication is kept and retried on the next call (the transition is not
+    written twice). ``load_cards`` / ``upsert_card`` overlay the shared state on
+    the stored rows, so ``CardManager.sync_from_store`` adopts what another
+    instance decided; :meth:`sync` is what the gateway runs on a timer.
+
+    Which state wins: the shared one when it is newer (``since``), and always
+    over a row this SQLite file never saw a transition of (a card just
+    inserted "active since now" by a new instance must not undo a suspension
+    another instance shared an hour ago). A stored transition newer than the
+    shared state (Redis restarted empty, or a publication lost with a crash)
+    is published again, so the instances converge on the latest one.
+    """
+
+    def __init__(self, store: SQLiteStore, shared: RedisStore) -> None:
+        self.store = store
+        self.shared = shared
+        self._pending: dict[str, StoredCard] = {}
+        self._fresh: dict[str, bool] = {}  # card → no transition in this SQLite file
+        self._strict = False
+
+    def _is_fresh(self, card_id: str) -> bool:
+        fresh = self._fresh.get(card_id)
+        if fresh is None:
+            fresh = self._fresh[card_id] = not self.store.transitions(card_id)
+        return fresh
+
+    def _overlay(self, rows: list[StoredCard]) -> list[StoredCard]:
+        self._publish_pending()
+        try:
+            states = self.shared.card_states([r.id for r in rows], touch=self._strict)
+        except StoreUnavailable:
+            if self._strict:
+                raise
+            return rows
+        out = []
+        for row in rows:
+            hot = states.get(row.id)
+            if hot is None or hot.since <= row.since:
+                if self._is_fresh(row.id):
+                    if hot is None:
+                        out.append(row)
+                        continue
+                else:
+                    if hot is None or hot.since < row.since:
+                        self._republish(row)  # Redis lost it, or never got it
+                    out.append(row)
+                    continue
+            out.append(
+                StoredCard(
+                    id=row.id,
+                    carrier=row.carrier,
+                    number=row.number,
+                    pool=row.pool,
+                    priority=row.priority,
+                    quota_profile=row.quota_profile,
+                    state=hot.state,
+                    reason=hot.reason,
+                    since=hot.since,
+                    probation_until=hot.probation_until,
+                    profile_override=hot.profile_override,
+                    resume_at=hot.resume_at,
+                )
+            )
+        return out
+
+    def _republish(self, row: StoredCard) -> None:
+        try:
+            self.shared.put_card_state(row)
+        except StoreUnavailable:
+            self._pending.setdefault(row.id, row)
+
+    def _publish_pending(self) -> None:
+        for card_id, card in list(self._pending.items()):
+            try:
+                self.shared.put_card_state(card)
+            except StoreUnavailable:
+                return
+            del self._pending[card_id]
+
+    @property
+    def unpublished(self) -> int:
+        """Card states saved in SQLite but not yet shared through Redis."""
+        return len(self._pending)
+
+    def upsert_card(self, card: StoredCard) -> StoredCard:
+        """Insert or update the card in SQLite; return it with the newest shared state."""
+        return self._overlay([self.store.upsert_card(card)])[0]
+
+    def load_cards(self) -> list[StoredCard]:
+        """Every stored card, with the newest shared state overlaid."""
+        return self._overlay(self.store.load_cards())
+
+    def save_transition(self, card: StoredCard, transition: TransitionRecord) -> None:
+        """Record the transition durably, then share the card's new state."""
+        self.store.save_transition(card, transition)
+        self._fresh[card.id] = False
+        self._pending[card.id] = card
+        self._publish_pending()
+
+    def sync(self, manager: CardManager, now: float) -> list[CardStateChanged]:
+        """The periodic work of a gateway sharing Redis; never raises StoreUnavailable.
+
+        Replays what a Redis outage left pending in the ledger (closes, a
+        deferred recover), publishes kept card states, then lets ``manager``
+        adopt the states other instances shared. While Redis cannot be read
+        nothing is adopted: the stored rows alone could be older than what
+        this instance already adopted from a peer.
+        """
+        if not self.shared.settle(now):
+            return []
+        self._strict = True
+        try:
+            return manager.sync_from_store(now)
+        except StoreUnavailable as exc:
+            log.warning("cards.sync.store_unavailable", error=str(exc))
+            return []
+        finally:
+            self._strict = False
+
+    def close(self) -> None:
+        """Close the Redis client (shared with the ledger; closing twice is harmless)."""
+        self.shared.close()
+
+
+def node_name(settings: Settings) -> str:
+    """This instance's name in Redis: ``[mqtt] node``, else host and SIP listeners.
+
+    Must be unique among the instances sharing Redis and stable across
+    restarts (``recover`` orphans only its own node's reservations: a name
+    shared by two running instances would orphan the other's live calls).
+    """
+    if settings.mqtt is not None:
+        return settings.mqtt.node
+    listen = ",".join(str(spec) for spec in settings.sip.listen)
+    return f"{socket.gethostname()}/{listen}"
+
+
+def from_settings(
+    settings: Settings,
+    *,
+    node: str,
+    store: SQLiteStore | None = None,
+    prefix: str = "dialgate",
+    timeout: float = 0.25,
+) -> RedisStore:
+    """The :class:`RedisStore` for ``[store] redis`` (raises ValueError when it is unset).
+
+    ``node`` names this instance (``[mqtt] node``). With ``store`` (the SQLite
+    store the gateway also records usage in) a card whose Redis keys were lost
+    is rehydrated from it. Nothing is sent to Redis here; the first operation
+    connects (and fails closed if it cannot).
+    """
+    url = settings.store.redis
+    if url is None:
+        raise ValueError("[store] redis is not set")
+    shared = RedisStore(
+        connect(url, timeout=timeout),
+        node=node,
+        prefix=prefix,
+        card_carriers={c.id: c.carrier for c in settings.cards},
+        carrier_timezones={c.name: c.timezone for c in settings.carriers},
+    )
+    if store is not None:
+        shared.facts = sqlite_facts(store, shared.timezone)
+    return shared
+
+
+class MirroredLedger:
+    """``UsageLedger``: Redis decides (shared, atomic), SQLite keeps the durable record.
+
+    ``reserve`` runs the quota check and the write-ahead reservation in Redis,
+    then records the same start in SQLite (no second quota check). If SQLite
+    cannot record it, the Redis reservation is released and the error raised:
+    a call is never placed without both records (fail closed). ``release`` and
+    ``finish`` update SQLite first, then Redis; a Redis that cannot be reached
+    then is logged, not raised — the store keeps the close and replays it when
+    Redis answers again (next operation or :meth:`settle`), so a call's
+    teardown never fails on Redis and no counter is lost. Usage reads come
+    from Redis.
+
+    Why: the SQLite rows are what the other policies read (per-callee
+    frequency caps, agent limits) and what :func:`sqlite_facts` rebuilds a
+    card's Redis window from after a Redis restart without persistence, so
+    with this ledger such a restart resets no counter — provided the SQLite
+    file holds every instance's calls (instances on one host sharing the WAL
+    file). With one file per host, each holds only its own share; a card's
+    rebuilt window is then a lower bound, so run Redis with AOF there.
+    """
+
+    def __init__(self, shared: RedisStore, store: SQLiteStore) -> None:
+        self.shared = shared
+        self.store = store
+
+    def reserve(
+        self,
+        card: str,
+        call_id: str,
+        callee: str,
+        now: float,
+        *,
+        profile: QuotaProfile | None = None,
+        admit: Callable[[CardUsage], None] | None = None,
+        agent: str = "",
+    ) -> None:
+        """Reserve in Redis (atomic check), then record the start in SQLite."""
+        self.shared.reserve(card, call_id, callee, now, profile=profile, admit=admit, agent=agent)
+        try:
+            self.store.reserve(card, call_id, callee, now, agent=agent)
+        except BaseException:
+            try:
+                self.shared.release(call_id, now, failed=False)
+            except StoreUnavailable:
+                if not self.shared.is_kept(call_id):  # replayed if kept, else retried
+                    self.shared._uncertain[call_id] = now
+            raise
+
+    def _shared_close(self, op: str, call_id: str, close: Callable[[], str | None]) -> str | None:
+        try:
+            return close()
+        except StoreUnavailable as exc:
+            kept = self.shared.is_kept(call_id)
+            log.warning(
+                f"redis.{op}.deferred" if kept else f"redis.{op}.failed",
+                key=call_id,  # the reservation key (internal), not the SIP Call-ID
+                kept=kept,
+                error=str(exc),
+            )
+            return None
+
+    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
+        """Undo the reservation in both stores; the card (from SQLite, else Redis).
+
+        Raises StoreUnavailable only when SQLite failed (after Redis was updated).
+        """
+        durable_error: StoreUnavailable | None = None
+        try:
+            durable = self.store.release(call_id, now, failed=failed)
+        except StoreUnavailable as exc:
+            durable, durable_error = None, exc
+        shared = self._shared_close(
+            "release", call_id, lambda: self.shared.release(call_id, now, failed=failed)
+        )
+        if durable_error is not None:
+            raise durable_error
+        return durable if durable is not None else shared
+
+    def finish(
+        self,
+        call_id: str,
+        now: float,
+        *,
+        answered: bool,
+        talk_seconds: float = 0.0,
+        short: bool | None = None,
+        failed: bool = False,
+        answered_at: float | None = None,
+    ) -> str | None:
+        """Record the outcome in both stores (SQLite first: the durable one).
+
+        Raises StoreUnavailable only when SQLite failed (after Redis was updated).
+        """
+        durable_error: StoreUnavailable | None = None
+        try:
+            durable = self.store.finish(
+                call_id,
+                now,
+                answered=answered,
+                talk_seconds=talk_seconds,
+                short=short,
+                failed=failed,
+                answered_at=answered_at,
+            )
+        except StoreUnavailable as exc:
+            durable, durable_error = None, exc
+        shared = self._shared_close(
+            "finish",
+            call_id,
+            lambda: self.shared.finish(
+                call_id,
+                now,
+                answered=answered,
+                talk_seconds=talk_seconds,
+                short=short,
+                failed=failed,
+                answered_at=answered_at,
+            ),
+        )
+        if durable_error is not None:
+            raise durable_error
+        return durable if durable is not None else shared
+
+    def card_usage(self, card_id: str, now: float) -> CardUsage:
+        """The shared usage (Redis), rehydrated from SQLite if the card's keys were lost."""
+        return self.shared.card_usage(card_id, now)
+
+    def recover(self, now: float) -> int:
+        """Startup: orphan open reservations (SQLite, this node's in Redis), rehydrate cold cards.
+
+        Orphans still count as starts (a crash can only over-count). Cards whose
+        Redis keys were lost are rebuilt from SQLite now rather than on their
+        first call. A Redis that cannot be reached does not stop the gateway:
+        calls are refused (503) until it answers, and this recovery runs first
+        then. Returns how many reservations were orphaned.
+        """
+        count = self.store.recover(now)
+        try:
+            count = self.shared.recover(now)
+            self.shared.rehydrate_cold(now)
+        except StoreUnavailable as exc:
+            log.warning("redis.recover.deferred", node=self.shared.node, error=str(exc))
+        return count
+
+    def settle(self, now: float) -> bool:
+        """Replay what a Redis outage left pending (see :meth:`RedisStore.settle`)."""
+        return self.shared.settle(now)
+
+    def close(self) -> None:
+        """Close the Redis client."""
+        self.shared.close()
+
+
+def ledger_from_settings(settings: Settings, store: SQLiteStore, *, node: str) -> UsageLedger:
+    """The gateway's ledger: ``store`` alone, or Redis mirrored to it when ``[store] redis`` is set.
+
+    ``gateway.store.ledger_from_settings`` delegates here: the Redis side
+    decides atomically for every instance, ``store`` keeps each start for the
+    frequency and agent policies and for rehydration.
+    """
+    if settings.store.redis is None:
+        return store
+    return MirroredLedger(from_settings(settings, node=node, store=store), store)

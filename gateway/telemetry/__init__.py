@@ -1,0 +1,1 @@
+"""Telemetry: the event bus, alerts, MQTT publishing, Prometheus metrics, logging."""
