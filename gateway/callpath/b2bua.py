@@ -292,6 +292,9 @@ class Call:
     stored: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: The A-leg INVITE's identity as stored (built once, at the first write-ahead).
     a_stored: dict[str, Any] | None = None
+    #: How long the policy pipeline took for this call (seconds, perf counter), for the
+    #: ``decision_seconds`` of its ``attempt`` or ``blocked`` event; None: not decided.
+    decision_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -502,12 +505,14 @@ class B2BUA:
         if bound is not None:
             ctx = replace(ctx, spill=self._spill(bound))
         call.ctx = ctx
+        started = time.perf_counter()
         try:
             decision = self.services.pipeline.decide(ctx)
         except StoreUnavailable as exc:
             decision = Decision.reject(
                 RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
             )
+        call.decision_seconds = time.perf_counter() - started
         if not decision.allowed or decision.card_id is None:
             if decision.allowed:
                 decision = Decision.reject(
@@ -530,7 +535,7 @@ class B2BUA:
             card=card.id,
             campaign=call.campaign,
         )
-        self._event(call, CallEventKind.ATTEMPT)
+        self._event(call, CallEventKind.ATTEMPT, decision_seconds=call.decision_seconds)
         self._dial_card(call, card.id)
 
     def on_inbound(self, sr: ServerRequest, binding: Binding, user: str, card: str | None) -> None:
@@ -1341,7 +1346,11 @@ class B2BUA:
         )
         self._write_cdr(call, outcome, call.final_code)
         self._event(
-            call, CallEventKind.BLOCKED, reason=str(decision.reason), status=call.final_code
+            call,
+            CallEventKind.BLOCKED,
+            reason=str(decision.reason),
+            status=call.final_code,
+            decision_seconds=call.decision_seconds,
         )
 
     def _policy_final(self, call: Call, decision: Decision) -> None:
