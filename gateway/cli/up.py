@@ -4,11 +4,12 @@ Registers itself in ``gateway.cli.main.COMMANDS`` when imported (``make run`` ru
 it with ``examples/dialgate.toml``). In one process, in this order:
 
 1. an MQTT broker on ``127.0.0.1``: ``mosquitto`` (``/usr/sbin/mosquitto`` or on
-   PATH) started with a generated configuration in ``var/run/up-mqtt-PORT/``
-   (``listener PORT 127.0.0.1``, anonymous, no persistence; ``user`` = the current
-   user when run as root), else — or with ``--embedded-broker`` — the embedded
-   broker of :mod:`gateway.telemetry.broker`. The port is ``--mqtt-port``, else the one of
-   ``[mqtt] url``, else 1883. ``--no-broker`` uses ``[mqtt] url`` as it is;
+   PATH; ``make install`` installs it) started with a generated configuration in
+   ``var/run/up-mqtt-PORT/`` (``listener PORT 127.0.0.1``, anonymous, no
+   persistence; ``user`` = the current user when run as root). The port is
+   ``--mqtt-port``, else the one of ``[mqtt] url``, else 1883. ``--no-broker``
+   uses ``[mqtt] url`` as it is. Without mosquitto (and without ``--no-broker``)
+   the command stops before starting anything, saying how to install it;
 2. the simulator's carrier (:class:`simulator.carrier.Carrier`) on each
    ``[[carriers]] address`` (UDP on loopback), with carrier accounts for that
    carrier's ``[[cards]]`` and the simulator's default answer model, as
@@ -64,6 +65,10 @@ DEFAULT_MQTT_PORT = 1883
 BROKER_HOST = "127.0.0.1"
 RUN_DIR = Path("var/run")
 STOP_TIMEOUT = 15.0
+MOSQUITTO_MISSING = (
+    "mosquitto (the MQTT broker) is not installed: run `make install` "
+    "or `apt-get install mosquitto`, or use --no-broker with a running broker in [mqtt] url"
+)
 
 
 class PortInUse(Exception):
@@ -97,16 +102,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-carrier", action="store_true", help="do not start the simulator's carrier"
     )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
+    parser.add_argument(
         "--no-broker",
         action="store_true",
         help="start no broker: use the one of [mqtt] url (it must be running)",
-    )
-    group.add_argument(
-        "--embedded-broker",
-        action="store_true",
-        help="use the embedded MQTT broker even when mosquitto is installed",
     )
 
 
@@ -579,11 +578,13 @@ async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:
     if args.wallboard_port:
         ports.append(_Port("--wallboard-port", "tcp", BROKER_HOST, args.wallboard_port))
     check_ports(ports)
+    binary = None if args.no_broker else find_mosquitto()
+    if not args.no_broker and binary is None:
+        raise StartError(MOSQUITTO_MISSING)
 
     up = _Up(config=getattr(args, "config", None) or _default_config())
     up.notes = notes
     mosquitto: Mosquitto | None = None
-    embedded: Any = None
     carriers: list[Any] = []
     wallboard: Any = None
     gateway_stop = asyncio.Event()
@@ -594,27 +595,12 @@ async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:
             run_settings = settings
             up.broker = "not started: --no-broker"
         else:
-            binary = None if args.embedded_broker else find_mosquitto()
-            if binary is not None:
-                if mqtt_port == 0:
-                    mqtt_port = free_tcp_port()
-                run_dir = RUN_DIR / f"up-mqtt-{mqtt_port}"
-                mosquitto = await start_mosquitto(binary, mqtt_port, run_dir)
-                up.broker = f"mosquitto, pid {mosquitto.pid}, log {mosquitto.log_file}"
-            else:
-                from gateway.telemetry.broker import Broker
-
-                embedded = Broker(BROKER_HOST, mqtt_port)
-                try:
-                    await embedded.start()
-                except OSError as exc:
-                    embedded = None
-                    raise PortInUse(
-                        mqtt_key, f"tcp:{BROKER_HOST}:{mqtt_port}", exc.strerror or str(exc)
-                    ) from None
-                mqtt_port = embedded.address[1]
-                why = "--embedded-broker" if args.embedded_broker else "mosquitto not installed"
-                up.broker = f"embedded broker ({why})"
+            assert binary is not None
+            if mqtt_port == 0:
+                mqtt_port = free_tcp_port()
+            run_dir = RUN_DIR / f"up-mqtt-{mqtt_port}"
+            mosquitto = await start_mosquitto(binary, mqtt_port, run_dir)
+            up.broker = f"mosquitto, pid {mosquitto.pid}, log {mosquitto.log_file}"
             url = ServiceUrl.parse(f"mqtt://{BROKER_HOST}:{mqtt_port}", schemes=("mqtt",))
             if settings.mqtt is None:
                 mqtt = MqttSettings(url=url)
@@ -696,8 +682,6 @@ async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:
                 await asyncio.wait({gateway_task})
         for sim in reversed(carriers):
             await sim.close()
-        if embedded is not None:
-            await embedded.close()
         if mosquitto is not None:
             await asyncio.to_thread(mosquitto.stop)
         for signum in installed:

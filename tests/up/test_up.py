@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,33 +29,14 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from simulator.testkit import Mosquitto, free_ports, mosquitto_binary
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 START_TIMEOUT = 60.0  # bounds (not assertions on speed): how long to wait before giving up
 STOP_TIMEOUT = 30.0
-HAS_MOSQUITTO = any(
-    os.access(p, os.X_OK) for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
-) or bool(shutil.which("mosquitto"))
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free for both TCP and UDP right now."""
-    ports: set[int] = set()
-    while len(ports) < n:
-        port = free_port()
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        ports.add(port)
-    return sorted(ports)
+HAS_MOSQUITTO = mosquitto_binary() is not None
+needs_mosquitto = pytest.mark.skipif(not HAS_MOSQUITTO, reason="mosquitto not installed")
 
 
 def up_command() -> list[str]:
@@ -249,24 +228,11 @@ def mosquitto_running(pid: int) -> bool:
     return b"mosquitto" in cmdline
 
 
-@pytest.mark.parametrize(
-    "broker",
-    [
-        pytest.param(
-            "mosquitto",
-            marks=pytest.mark.skipif(not HAS_MOSQUITTO, reason="mosquitto not installed"),
-        ),
-        "embedded",
-    ],
-)
-async def test_up_brings_everything_up_and_down(
-    tmp_path: Path, run_up: object, broker: str
-) -> None:
+@needs_mosquitto
+async def test_up_brings_everything_up_and_down(tmp_path: Path, run_up: object) -> None:
     sip, carrier, mqtt, admin, wallboard = free_ports(5)
     config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
     extra = ["--wallboard-port", str(wallboard)]
-    if broker == "embedded":
-        extra.append("--embedded-broker")
     up = run_up(*extra, config=config)  # type: ignore[operator]
     block = await asyncio.to_thread(up.wait_block)
 
@@ -281,14 +247,10 @@ async def test_up_brings_everything_up_and_down(
     assert "secret" not in block
     mqtt_line = up.field("MQTT")
     assert mqtt_line.startswith(f"mqtt://127.0.0.1:{mqtt} ")
-    pid: int | None = None
-    if broker == "mosquitto":
-        m = re.search(r"mosquitto, pid (\d+)", mqtt_line)
-        assert m, mqtt_line
-        pid = int(m.group(1))
-        assert mosquitto_running(pid)
-    else:
-        assert "embedded broker" in mqtt_line
+    m = re.search(r"mosquitto, pid (\d+)", mqtt_line)
+    assert m, mqtt_line
+    pid = int(m.group(1))
+    assert mosquitto_running(pid)
 
     # The wallboard page, the metrics, SIP.
     status, page = await asyncio.to_thread(http_status, up.field("wallboard"))
@@ -306,9 +268,8 @@ async def test_up_brings_everything_up_and_down(
 
     # SIGTERM: everything stops, exit 0, the broker is gone.
     assert await asyncio.to_thread(up.terminate) == 0, up.stderr.read_text()[-3000:]
-    if pid is not None:
-        assert not mosquitto_running(pid)
-        assert not (tmp_path / f"var/run/up-mqtt-{mqtt}/mosquitto.pid").exists()
+    assert not mosquitto_running(pid)
+    assert not (tmp_path / f"var/run/up-mqtt-{mqtt}/mosquitto.pid").exists()
     assert "Traceback" not in up.stderr.read_text()
 
 
@@ -328,7 +289,7 @@ def test_busy_port_names_the_key(tmp_path: Path, run_up: object, busy: str) -> N
         holder.bind(("127.0.0.1", port))
         if kind == socket.SOCK_STREAM:
             holder.listen(1)
-        up = run_up("--embedded-broker", config=config)  # type: ignore[operator]
+        up = run_up(config=config)  # type: ignore[operator]
         assert up.proc.wait(timeout=START_TIMEOUT) == 1
     err = up.stderr.read_text()
     assert f"dialgate up: {busy}: " in err
@@ -337,14 +298,14 @@ def test_busy_port_names_the_key(tmp_path: Path, run_up: object, busy: str) -> N
     assert not (tmp_path / "var" / "run").exists()  # nothing was started
 
 
+@needs_mosquitto
 async def test_no_broker_uses_the_configured_one_and_no_carrier(
     tmp_path: Path, run_up: object
 ) -> None:
-    from gateway.telemetry.broker import Broker
-
-    sip, carrier, admin, wallboard = free_ports(4)
-    async with Broker("127.0.0.1", 0) as broker:
-        mqtt = broker.address[1]
+    sip, carrier, admin, wallboard, mqtt = free_ports(5)
+    binary = mosquitto_binary()
+    assert binary is not None
+    with Mosquitto(binary, tmp_path / "broker", mqtt):
         config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
         up = run_up(  # type: ignore[operator]
             "--no-broker", "--no-carrier", "--wallboard-port", str(wallboard), config=config
@@ -363,8 +324,8 @@ async def test_no_broker_uses_the_configured_one_and_no_carrier(
                 await asyncio.sleep(0.1)
         assert await asyncio.to_thread(up.terminate) == 0
         # A clean stop leaves "offline" as the retained status on the (still running) broker.
-        status = json.loads(broker.retained["dialgate/gateway/gw-up/status"].payload)
-        assert status["status"] == "offline"
+        got = await retained(mqtt, {"dialgate/gateway/gw-up/status"})
+        assert got["dialgate/gateway/gw-up/status"]["status"] == "offline"
     assert not (tmp_path / "var" / "run").exists()
 
 
@@ -387,6 +348,7 @@ def demo_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> 
     return config
 
 
+@needs_mosquitto
 async def test_readme_first_call_connects_with_the_demo_config(
     tmp_path: Path, run_up: object
 ) -> None:
@@ -415,3 +377,24 @@ async def test_readme_first_call_connects_with_the_demo_config(
     reasons = [m.header("Reason") for m in again.messages if m.status == 403]
     assert 'SIP;cause=403;text="frequency-cap"' in reasons, reasons
     assert await asyncio.to_thread(up.terminate) == 0, up.stderr.read_text()[-3000:]
+
+
+def test_without_mosquitto_up_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No mosquitto: exit 1 before anything starts, naming `make install` and the package."""
+    import gateway.cli.up as up_cli
+    from gateway.cli.main import main
+
+    monkeypatch.setattr(up_cli, "find_mosquitto", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    sip, carrier, mqtt, admin, wallboard = free_ports(5)
+    config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
+    assert main(["up", "--config", str(config), "--wallboard-port", str(wallboard)]) == 1
+    err = capsys.readouterr().err
+    assert "mosquitto" in err and "make install" in err and "apt-get install mosquitto" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "var" / "run").exists()  # nothing was started
+    # The sockets the gateway would have used are still free.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", sip))
