@@ -20,17 +20,7 @@ import sys
 from gateway.cli.base import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command, load_or_report
 from gateway.config import ServiceUrl
 
-__all__ = ["cmd_wallboard", "parse_listen"]
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) → (host, port); raise ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+__all__ = ["cmd_wallboard"]
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +44,7 @@ def cmd_wallboard(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     from gateway.operator.wallboard.server import MQTT_SCHEMES, serve_wallboard
+    from gateway.operator.web import parse_listen
     from gateway.telemetry.logging import configure_logging, get_logger
 
     configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers)

@@ -385,3 +385,35 @@ async def test_wallboard_follows_the_broker_through_a_restart(mosquitto: Mosquit
             assert "appealing" == wb.state.cards["c7"]["state"]
         finally:
             await pub.stop()
+
+
+async def test_closing_the_wallboard_ends_open_streams_and_unknown_paths_are_404() -> None:
+    """An open /events stream ends (EOF) as soon as the wallboard closes; /nope is 404 and a
+    POST on /state 405. No broker needed: the wallboard keeps retrying it meanwhile."""
+    port = free_port()
+    wb = WallboardServer(f"mqtt://127.0.0.1:{port}", root=ROOT, port=0, backoff_max=0.5)
+    await wb.start()
+    closed = False
+    try:
+        host, http_port = wb.http.address
+        assert 503 == (await http_get(host, http_port, "/health"))[0]  # no broker
+        assert 404 == (await http_get(host, http_port, "/nope"))[0]
+        assert 405 == (await http_get(host, http_port, "/state", method="POST"))[0]
+        reader, writer = await asyncio.open_connection(host, http_port)
+        writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        event, data = await asyncio.wait_for(_read_sse(reader), 5)
+        assert ("snapshot", False) == (event, data["broker"]["connected"])
+        assert 1 == wb.state.listeners
+        started = time.monotonic()
+        await wb.close()
+        closed = True
+        async with asyncio.timeout(2):
+            while await reader.read(4096):
+                pass
+        assert time.monotonic() - started < 2
+        assert 0 == wb.state.listeners
+        writer.close()
+    finally:
+        if not closed:
+            await wb.close()

@@ -10,15 +10,18 @@ What this module is for:
   every later message becomes one small update pushed to each browser;
 * :class:`WallboardServer`: the MQTT subscriber (aiomqtt 2.x; it does not
   reconnect by itself, so this loop does, with capped jittered backoff) plus the
-  HTTP side on ``gateway.operator.http.HttpServer``: ``/`` (the page), ``/wallboard.css``,
-  ``/wallboard.js``, ``/events`` (SSE: ``snapshot`` then ``update`` events, a
-  comment ping every 15 s), ``/state`` (the snapshot as JSON) and ``/health``;
+  HTTP side, an aiohttp application: ``/`` (the page), ``/wallboard.css``,
+  ``/wallboard.js``, ``/events`` (SSE on a ``web.StreamResponse``: ``snapshot``
+  then ``update`` events, a comment ping every 15 s; a browser that goes away
+  is let go at once), ``/state`` (the snapshot as JSON) and ``/health`` (503
+  while the broker is away);
 * :func:`serve_wallboard`: run both until ``stop`` is set (used by
   ``dialgate wallboard``).
 
 What it must never do: publish anything to the broker, let a slow browser grow
 memory without bound (each browser has a bounded queue; on overflow it gets a
-fresh snapshot instead of the missed updates), or log the broker password.
+fresh snapshot instead of the missed updates), keep a stream open after
+``close()``, or log the broker password.
 """
 
 from __future__ import annotations
@@ -30,16 +33,17 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from importlib import resources
 from typing import Any
 
 import aiomqtt
 import structlog
+from aiohttp import web
 
 from gateway.config import ServiceUrl
-from gateway.operator.http import HttpServer, Request, Response, StreamResponse, json_response
 from gateway.operator.wallboard.trend import Trend
+from gateway.operator.web import WebServer
 
 __all__ = ["MQTT_SCHEMES", "WallboardServer", "WallboardState", "serve_wallboard"]
 
@@ -177,7 +181,7 @@ class WallboardState:
         """Browsers connected to ``/events``."""
         return len(self._listeners)
 
-    async def stream(self, ping_interval: float = 15.0) -> AsyncIterator[bytes]:
+    async def stream(self, ping_interval: float = 15.0) -> AsyncGenerator[bytes]:
         """SSE bytes for one browser: a snapshot, then updates (and pings) until cancelled."""
         listener = _Listener(self.listener_limit)
         self._listeners.add(listener)
@@ -241,38 +245,67 @@ class WallboardServer:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.ping_interval = ping_interval
-        self.http = HttpServer(host, port, name="wallboard")
-        self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        app = web.Application()
         for path, (name, ctype) in _STATIC.items():
-            self.http.route("GET", path, self._static_handler(name, ctype))
-        self.http.route("GET", "/events", self._events)
-        self.http.route("GET", "/state", self._state)
-        self.http.route("GET", "/health", self._health)
+            app.router.add_get(path, self._static_handler(name, ctype))
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/state", self._state)
+        app.router.add_get("/health", self._health)
+        # handler_cancellation: a browser that closes its /events stream ends its handler.
+        self.http = WebServer(app, host, port, handler_cancellation=True)
+        self._task: asyncio.Task[None] | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._subscribed = asyncio.Event()
 
     @staticmethod
     def _static_handler(name: str, ctype: str) -> Any:
-        async def handler(_request: Request) -> Response:
-            return Response(200, _static(name), ctype, (("Cache-Control", "no-cache"),))
+        async def handler(_request: web.Request) -> web.Response:
+            return web.Response(
+                body=_static(name), headers={"Content-Type": ctype, "Cache-Control": "no-cache"}
+            )
 
         return handler
 
-    async def _events(self, _request: Request) -> StreamResponse:
-        return StreamResponse(lambda: self.state.stream(self.ping_interval))
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+        chunks = self.state.stream(self.ping_interval)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except ConnectionError:
+            pass  # the browser went away between two writes
+        finally:
+            if task is not None:
+                self._streams.discard(task)
+            await chunks.aclose()
+        return response
 
-    async def _state(self, _request: Request) -> Response:
-        return json_response(self.state.snapshot())
+    async def _state(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.state.snapshot())
 
-    async def _health(self, _request: Request) -> Response:
+    async def _health(self, _request: web.Request) -> web.Response:
         ok = self.state.broker_connected
-        return json_response(
+        return web.json_response(
             {"status": "ok" if ok else "degraded", "broker": ok, "browsers": self.state.listeners},
-            200 if ok else 503,
+            status=200 if ok else 503,
         )
 
     async def start(self) -> None:
         """Bind the HTTP port and start following the broker (in the background)."""
         await self.http.start()
+        log.info("http listening", server="wallboard", host=self.http.host, port=self.http.port)
         self._task = asyncio.create_task(self._follow(), name="wallboard-mqtt")
 
     async def wait_subscribed(self, timeout: float | None = None) -> bool:
@@ -291,7 +324,9 @@ class WallboardServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.http.close()
+        for stream in list(self._streams):  # open /events streams end with the server
+            stream.cancel()
+        await self.http.stop()
 
     async def __aenter__(self) -> WallboardServer:
         await self.start()
