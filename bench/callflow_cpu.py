@@ -1,6 +1,6 @@
 """CPU per call of the whole gateway, in one process, without SIPp or sockets.
 
-The real :class:`gateway.app.Gateway` (every policy on, the cached database of
+The real :class:`gateway.callpath.element.Gateway` (every policy on, the cached database of
 ``bench/e2e.py``, the same configuration, JSON logging to /dev/null at INFO as
 ``dialgate run`` does) on a :class:`~gateway.transport.memory.MemoryTransport`;
 scripted agents and a scripted carrier on memory transports play the SIPp
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e  # bench/ is not a package: found through sys.path above
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.config import load_settings
 from gateway.sip import Request, Response, make_response
 from gateway.sip.digest import DigestClient

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.config import Settings
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog

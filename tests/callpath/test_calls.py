@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.cards import CardState
 from tests.callpath.conftest import (
     SDP_A,

@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.cards import CardState
 from gateway.sip import Request
 from gateway.sip.message import parse as parse_message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.cards import CardState, SuspendReason
 from gateway.sip import Request
 from tests.callpath.conftest import Agent, Carrier, Rig, eventually, gateway_settings

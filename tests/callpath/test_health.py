@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.cards import (
     CardManager,
     CardState,

@@ -18,8 +18,8 @@ from typing import cast
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.app import Gateway
-from gateway.callpath.b2bua import Leg
+from gateway.callpath.calls import Leg
+from gateway.callpath.element import Gateway
 from gateway.sip import Request, Response, parse
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import build_cancel

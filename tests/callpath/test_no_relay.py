@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from tests.callpath.conftest import Agent, Carrier, eventually, gateway_settings
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from tests.callpath.conftest import Agent, gateway_settings
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"

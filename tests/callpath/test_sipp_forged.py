@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.sip import Response, parse
 from tests.callpath.conftest import Agent, gateway_settings
 from tests.callpath.test_sipp_calls import SIPP_DIR, free_udp_port, sipp_binary, stats, stop

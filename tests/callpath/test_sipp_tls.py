@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from tests.callpath.conftest import Agent, gateway_settings
 from tests.callpath.test_sipp_calls import SIPP_DIR, free_udp_port, sipp_binary, stats, stop
 from tests.tls_certs import make_ca, make_cert

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.sip import Request, Response
 from gateway.sip.message import make_response
 from gateway.sip.message import parse as parse_message

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.transport.tls import client_context, server_context
 from tests.callpath.conftest import SDP_C, Agent, Carrier, eventually, gateway_settings
 from tests.tls_certs import CA, make_ca, make_cert

@@ -22,6 +22,7 @@ import pytest
 import structlog
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.telemetry.mqtt import Topics
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.events.conftest import Mosquitto
@@ -38,7 +39,7 @@ E164 = "+8613912345678"
 class Running:
     """serve() running in a task, with its carrier and a registered agent."""
 
-    gateway: app.Gateway
+    gateway: Gateway
     carrier: Carrier
     alice: Agent
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.telemetry.mqtt import Topics
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.events.conftest import Mosquitto
@@ -36,7 +37,7 @@ TOPICS = Topics(ROOT, NODE)
 class Running:
     """serve() running in a task, with its carrier and a registered agent."""
 
-    gateway: app.Gateway
+    gateway: Gateway
     carrier: Carrier
     alice: Agent
     stop: asyncio.Event
@@ -69,7 +70,7 @@ async def running(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[Running
         await carrier.close()
 
 
-async def _metrics(gateway: app.Gateway) -> list[tuple[str, dict[str, str], float]]:
+async def _metrics(gateway: Gateway) -> list[tuple[str, dict[str, str], float]]:
     """The samples of the admin port's /metrics."""
     url = gateway.admin_url
     assert url is not None

@@ -48,7 +48,7 @@ async def test_telemetry_from_settings_publishes_serves_metrics_and_says_goodbye
     transport_name = f"udp:127.0.0.1:{udp.local_address[1]}"
 
     def snapshot() -> dict[str, Any]:
-        """Shaped like gateway.app.Gateway.snapshot()."""
+        """Shaped like gateway.callpath.element.Gateway.snapshot()."""
         return {
             "gateway": {"requests": len(requests), "answered": {}},
             "transports": {transport_name: udp.stats.as_dict()},

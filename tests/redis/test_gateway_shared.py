@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.cards import SuspendReason
 from gateway.sip import Request, Response
 from gateway.store.redis import MirroredLedger, SharedCardRepository

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.sip import Request, Response
 from gateway.sip.digest import (

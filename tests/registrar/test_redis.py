@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.store import SQLiteStore
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import StoredRegistration

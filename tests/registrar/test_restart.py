@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 
 SIP_UDP_TCP = {

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.sip import Response, parse
 from gateway.sip.digest import DigestClient
 from tests.callpath.conftest import Carrier, gateway_settings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.callpath.security import BanFile, ban_file_path
 from gateway.config import Settings
 from gateway.sip import Response, parse
@@ -227,7 +227,7 @@ def test_a_clear_before_the_ban_is_written_does_not_lift_it(tmp_path: Path) -> N
 
 def test_many_bans_one_write_and_limited_lines(tmp_path: Path) -> None:
     """100 flooding sources in one round: 100 bans, at most BAN_LOG_RATE alerts, one file write."""
-    from gateway.app import BAN_LOG_RATE
+    from gateway.callpath.element import BAN_LOG_RATE
 
     gw, mem = make_gateway(tmp_path, flood_requests=2)
     alerts: list[Alert] = []

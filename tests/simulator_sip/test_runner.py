@@ -14,6 +14,7 @@ import structlog
 
 import gateway.cli.simulate  # noqa: F401  (registers the subcommand)
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.cli.main import main
 from gateway.cli.simulate import parse_hostport
 from simulator.runner import (
@@ -292,7 +293,7 @@ async def test_a_serve_that_takes_a_clock_gets_the_business_clock(
     async def serve_with_clock(settings, *, ready=None, stop=None, clock=None):  # type: ignore[no-untyped-def]
         assert clock is not None
         seen.append(clock())
-        gw = app.Gateway(settings, clock=clock)
+        gw = Gateway(settings, clock=clock)
         await gw.start()
         app.RUNNING.append(gw)
         try:

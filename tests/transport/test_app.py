@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.app import ALLOW, Gateway
+from gateway.callpath.element import ALLOW, Gateway
 from gateway.config import Settings
 from gateway.sip import Response, parse
 from gateway.sip.digest import DigestClient
@@ -252,7 +252,7 @@ def test_non_utf8_octets_answered_not_crashed(setup: tuple[Gateway, MemoryTransp
 
 def test_rejection_logs_are_rate_limited(setup: tuple[Gateway, MemoryTransport]) -> None:
     """Every rejection is answered and counted; log lines stop at REJECT_LOG_RATE per second."""
-    from gateway.app import REJECT_LOG_RATE
+    from gateway.callpath.element import REJECT_LOG_RATE
 
     gw, mem = setup
     with capture_logs() as logs:

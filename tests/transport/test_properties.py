@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.config import Settings
 from gateway.transport import Frame, MemoryTransport, StreamFramer, TransportName
 

@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.config import Settings
 from gateway.sip import Response, parse
 
@@ -35,7 +36,7 @@ def _ipv6() -> bool:
 
 
 @pytest.fixture
-async def running() -> AsyncIterator[app.Gateway]:
+async def running() -> AsyncIterator[Gateway]:
     """serve() with UDP+TCP on 127.0.0.1:0 (and ::1:0 when available); stopped at teardown."""
     listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
     if _ipv6():
@@ -61,7 +62,7 @@ async def running() -> AsyncIterator[app.Gateway]:
     assert gw not in app.RUNNING
 
 
-async def test_bound_ports_are_reported(running: app.Gateway) -> None:
+async def test_bound_ports_are_reported(running: Gateway) -> None:
     """Every listener has a real port, also announced as a ``listening`` log event."""
     logs = running.test_logs  # type: ignore[attr-defined]
     announced = {(e["transport"], e["host"], e["port"]) for e in logs if e["event"] == "listening"}
@@ -69,7 +70,7 @@ async def test_bound_ports_are_reported(running: app.Gateway) -> None:
     assert all(a.port != 0 for a in running.addresses)
 
 
-async def test_options_over_every_listener(running: app.Gateway) -> None:
+async def test_options_over_every_listener(running: Gateway) -> None:
     """OPTIONS to each bound address, over its own transport, gets 200."""
     loop = asyncio.get_running_loop()
     for addr in running.addresses:

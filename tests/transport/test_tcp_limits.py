@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.config import Settings
 from gateway.sip import Response, parse
 from gateway.transport import TCPTransport
@@ -138,7 +139,7 @@ async def test_messages_within_deadline_keep_the_connection(collector: Collector
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[app.Gateway]:
+async def gateway() -> AsyncIterator[Gateway]:
     """serve() with the default TCP limits on tcp:127.0.0.1:0; stopped at teardown."""
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
@@ -157,7 +158,7 @@ async def gateway() -> AsyncIterator[app.Gateway]:
         await task
 
 
-async def test_1100_connections_from_one_address(gateway: app.Gateway) -> None:
+async def test_1100_connections_from_one_address(gateway: Gateway) -> None:
     """1,100 connections from 127.0.0.2: 127.0.0.1 still gets 200 to OPTIONS (defaults)."""
     [tcp] = gateway.transports
     assert isinstance(tcp, TCPTransport)

@@ -1,0 +1,1090 @@
+"""The SIP element: every message our listeners receive, verified, routed and answered.
+
+:class:`Gateway` owns the listeners built from ``[sip] listen`` and the
+:class:`~gateway.transport.endpoint.SipEndpoint` that shares them, and is the
+transports' callback. Each request:
+
+* passes the flood/ban guard (:mod:`gateway.callpath.security`; a carrier's
+  address is never counted) and ``gateway.sip.validate.check_request``
+  (registrar role for REGISTER, proxy role otherwise); a SIPError is answered
+  with its status and extra headers — never for an ACK (RFC 3261 §17.1.1.3);
+* is absorbed by its server transaction when it is a retransmission or the ACK
+  of a non-2xx; an ACK of a 2xx goes to the B2BUA's dialogs; a CANCEL to the
+  transaction it cancels (481 without one, §9.2); an in-dialog request of a
+  live call to the B2BUA;
+* INVITE → 407 and REGISTER → 401 digest challenges (RFC 3261 §22), answered
+  statelessly by :mod:`gateway.callpath.auth`; authenticated REGISTERs go to
+  the registrar (bindings stored before the 200 leaves), authenticated INVITEs
+  of registered agents and allow-listed dialer peers to the B2BUA, INVITEs
+  from a carrier's address to inbound routing (:mod:`gateway.callpath.inbound`);
+* OPTIONS to us → 200 with Allow/Accept/Supported (§11.2); an unknown method
+  to us → 501 with Allow (§8.2.1); any other request not for us → 404; an
+  out-of-dialog BYE/INFO → 481 (§15.1.2).
+
+Responses matching no client transaction are dropped and counted (§18.1.2),
+except a retransmitted 2xx of a call we ACKed. Responses go back to the source
+address (RFC 3581 behaviour for every request); every response we generate
+carries a To tag derived from the request (§8.2.6.2). Answered errors are
+logged at most REJECT_LOG_RATE lines per second, with the callee masked unless
+the configuration says otherwise.
+
+This module must never let an exception from one message stop the gateway,
+never answer an ACK or a response, never log a secret or (masking on) an
+unmasked callee number, and never build telemetry, HTTP or the admin API:
+:mod:`gateway.app` composes those around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+from gateway.callpath.auth import (
+    AbandonedChallenge,
+    Authenticator,
+    ChallengeWatch,
+    Identity,
+    IdentityKind,
+    server_algorithms,
+)
+from gateway.callpath.inbound import InboundRouter
+from gateway.callpath.registrar import Registrar, RegistrationStore, RegistrationSync
+from gateway.callpath.security import (
+    Admission,
+    Ban,
+    BanFile,
+    ban_file_path,
+    guard_from_settings,
+)
+from gateway.config import Settings
+from gateway.sip import Headers, Request, Response, SIPError, make_response
+from gateway.sip.digest import DigestServer
+from gateway.sip.headers import canonical_name
+from gateway.sip.transaction import TimerConfig, client_key
+from gateway.sip.uri import URI
+from gateway.sip.validate import check_request
+from gateway.telemetry.events import Alert, AlertKind, EventBus, Severity, iso_time
+from gateway.transport import (
+    Address,
+    Message,
+    TCPTransport,
+    TLSTransport,
+    Transport,
+    UDPTransport,
+)
+from gateway.transport.base import LogLimiter
+from gateway.transport.endpoint import ServerRequest, SipEndpoint
+from gateway.transport.tls import ClientTLS, client_context, server_context
+from gateway.transport.via import strip_brackets
+from policies.privacy import mask_number
+
+__all__ = [
+    "ACCEPT",
+    "ALLOW",
+    "SUPPORTED",
+    "BoundAddress",
+    "Gateway",
+    "GatewayStats",
+    "tls_clients",
+]
+
+if TYPE_CHECKING:
+    from gateway.callpath.b2bua import B2BUA
+    from gateway.cards.runner import HealthRunner
+    from gateway.operator.service import Operator
+    from gateway.store import SQLiteStore
+
+log = structlog.get_logger("gateway.callpath.element")
+
+ALLOW: tuple[str, ...] = (
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "REGISTER",
+    "INFO",
+    "UPDATE",
+)
+"""Methods the gateway handles (RFC 3261 §20.5); sent in Allow on OPTIONS and 501."""
+
+ACCEPT = "application/sdp"
+SUPPORTED: tuple[str, ...] = ()
+"""Option tags we support: none yet, so every Require/Proxy-Require tag gets 420."""
+
+REJECT_LOG_RATE = 200
+"""Rejection log lines per second before further ones are only counted."""
+
+ABANDONED_LOG_RATE = 20
+"""``sip.auth.abandoned`` lines per second before further ones are only counted."""
+
+BAN_LOG_RATE = 20
+"""``security.source.banned`` lines (and alerts) per second before further ones are only counted."""
+
+HOUSEKEEPING_INTERVAL = 1.0
+"""Seconds between rounds of abandoned-challenge logging and registration write retries."""
+
+# Headers RFC 3261 §8.2.6.2 copies from a request into a response.
+_COPIED = ("via", "from", "to", "call-id", "cseq")
+_IN_DIALOG_ONLY = frozenset({"BYE", "INFO"})
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAddress:
+    """A listening transport and the address it really bound."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters of the request handler (transport counters live on each transport)."""
+
+    requests: int = 0
+    responses_received: int = 0
+    answered: collections.Counter[int] = field(default_factory=collections.Counter)
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    handler_errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        return {
+            "requests": self.requests,
+            "responses_received": self.responses_received,
+            "answered": {str(k): v for k, v in sorted(self.answered.items())},
+            "dropped": dict(sorted(self.dropped.items())),
+            "handler_errors": self.handler_errors,
+        }
+
+
+class Gateway:
+    """Listeners plus the stage-2 request handler. Use ``async with Gateway(s) as gw``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.settings = settings
+        # ``clock`` is business time: policies, quotas, cards, CDRs (a simulator
+        # may fast-forward it). Registrations and digest nonces are protocol
+        # state towards real phones and stay on real seconds.
+        self.clock = clock
+        self.sip_clock: Callable[[], float] = time.time
+        self.transports: list[Transport] = []
+        self.stats = GatewayStats()
+        # `[sip] digest_algorithms` (default MD5 alone: SIPp and many phones know
+        # only MD5, and baresip 1.0 gives up on a 401 with a second challenge),
+        # plus users' own; each challenge offers the user's, strongest first
+        # (RFC 8760 §2.3).
+        self.digest = DigestServer(
+            key=os.urandom(32),
+            realm=settings.sip.realm,
+            algorithms=server_algorithms(settings),
+        )
+        self._tag_key = os.urandom(16)
+        self._mask = settings.policy.mask_numbers
+        self._domains = {d.lower().rstrip(".") for d in settings.sip.domains}
+        self._local_hosts: set[str] = set()
+        self._local_ports: set[int] = set()
+        # One line per rejected request, but a scan or flood must not become a
+        # log flood: beyond REJECT_LOG_RATE lines/s they are counted, not logged.
+        self._log_limit = LogLimiter(REJECT_LOG_RATE)
+        # Symmetric response routing (RFC 3581 behaviour for every request, like
+        # Kamailio's force_rport): softphones sit behind NAT, and a forged Via
+        # port must not aim our responses at a third party. `[sip] force_rport
+        # = false` restores plain RFC 3261 §18.2.2 routing.
+        self.symmetric_responses: bool = settings.sip.force_rport
+        # The call path (issue 3): transactions on the SIP endpoint, which
+        # shares our transports; stateless answers above stay stateless.
+        sip = settings.sip
+        self.endpoint = SipEndpoint(
+            self._on_transaction_request,
+            on_stray_response=self._on_stray,
+            timers=TimerConfig(t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            advertise=sip.advertise,
+            max_message_size=sip.max_message_size,
+        )
+        self.endpoint.symmetric = self.symmetric_responses
+        self.registrar = Registrar()
+        # Set with the call path: the stores' copies of the bindings.
+        self.registrations: RegistrationSync | None = None
+        self.auth = Authenticator(settings, self.digest)
+        self.auth.local_uri = self.is_local
+        # Password-guessing and flood defence (issue 15, gateway/callpath/security.py):
+        # bans shared with the CLI through <database>.bans.json.
+        self.security = guard_from_settings(settings)
+        self.ban_file = BanFile(ban_file_path(settings))
+        self._held = 0  # answers held back by the tarpit right now
+        # New bans reach the ban file once per housekeeping round (a spoofed-
+        # source flood can ban many addresses a second); their log lines and
+        # alerts are rate-limited like rejections.
+        self._unsaved_bans: dict[str, Ban] = {}
+        self._ban_log_limit = LogLimiter(BAN_LOG_RATE)
+        self.challenges = ChallengeWatch()
+        self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.inbound = InboundRouter(settings, self.registrar)
+        self.store: SQLiteStore | None = None
+        self.b2bua: B2BUA | None = None
+        # Call, card and carrier events (DESIGN "MQTT events"): the MQTT publisher,
+        # metrics and wallboard subscribe here.
+        self.events = bus if bus is not None else EventBus()
+        self.health: HealthRunner | None = None
+        # Identity of a request between our verification and the endpoint's
+        # delivery of the same object to the TU callback (keyed by id()).
+        self._identities: dict[int, Identity] = {}
+        # Set by serve(): telemetry (bus, metrics, MQTT) and the admin API's URL.
+        self.telemetry: Any = None
+        self.admin_url: str | None = None
+        self._operator: Operator | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listener; on any failure close what was bound and re-raise."""
+        sip = self.settings.sip
+        try:
+            for spec in sip.listen:
+                transport: Transport
+                if spec.transport.value == "udp":
+                    transport = await UDPTransport.listen(
+                        spec.ip, spec.port, self.handle, max_message_size=sip.max_message_size
+                    )
+                elif spec.transport.value == "tls":
+                    transport = await TLSTransport.listen(
+                        spec.ip,
+                        spec.port,
+                        self.handle,
+                        server=self._tls_server(),
+                        client=tls_clients(self.settings),
+                        handshake_timeout=sip.tls_handshake_timeout,
+                        max_message_size=sip.max_message_size,
+                        max_connections=sip.tcp_max_connections,
+                        max_per_source=sip.tcp_max_per_source,
+                        head_timeout=sip.tcp_head_timeout,
+                        idle_timeout=sip.tcp_idle_timeout,
+                    )
+                else:
+                    transport = await TCPTransport.listen(
+                        spec.ip,
+                        spec.port,
+                        self.handle,
+                        max_message_size=sip.max_message_size,
+                        max_connections=sip.tcp_max_connections,
+                        max_per_source=sip.tcp_max_per_source,
+                        head_timeout=sip.tcp_head_timeout,
+                        idle_timeout=sip.tcp_idle_timeout,
+                    )
+                self.add_transport(transport)
+                host, port = transport.local_address
+                log.info("listening", transport=str(transport.name), host=host, port=port)
+            self._start_call_path()
+            self._sync_bans(self.sip_clock())
+            self._housekeeping = asyncio.ensure_future(self._housekeep())
+        except BaseException:
+            await self.close(log_stats=False)
+            raise
+
+    def _tls_server(self) -> ssl.SSLContext:
+        """The context of the `tls:` listeners (settings validation checked the files)."""
+        sip = self.settings.sip
+        assert sip.tls_cert is not None and sip.tls_key is not None
+        password = sip.tls_key_password
+        return server_context(
+            sip.tls_cert, sip.tls_key, None if password is None else password.get_secret_value()
+        )
+
+    def add_transport(self, transport: Transport) -> None:
+        """Serve ``transport`` (already bound, with ``self.handle`` as its callback).
+
+        ``start`` uses it for the configured listeners; tests attach a
+        MemoryTransport. The transport's host and real port become "local"
+        for Request-URI matching.
+        """
+        self.transports.append(transport)
+        sip = self.settings.sip
+        hosts = {strip_brackets(spec.ip).lower() for spec in sip.listen}
+        hosts |= {t.local_address[0].lower() for t in self.transports}
+        if sip.advertise:
+            hosts.add(strip_brackets(sip.advertise).lower())
+        if hosts & {"0.0.0.0", "::"}:
+            # A wildcard listener: loopback is certainly ours; other interface
+            # addresses are recognised only through `advertise` or `domains`.
+            hosts |= {"127.0.0.1", "::1", "localhost"}
+        self._local_hosts = hosts
+        self._local_ports = {t.local_address[1] for t in self.transports}
+        if transport not in self.endpoint.transports:
+            self.endpoint.transports.append(transport)
+            self.endpoint.watch_connections(transport)
+
+    async def close(self, *, log_stats: bool = True) -> None:
+        """Close every transport; log the final counters once."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+            self._housekeeping = None
+        await self._stop_call_path()
+        self._save_bans(self.sip_clock())
+        transports, self.transports = self.transports, []
+        self.endpoint.transports.clear()
+        for transport in transports:
+            await transport.close()
+        if log_stats and transports:
+            log.info("gateway.stats", **self._snapshot(transports))
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def addresses(self) -> list[BoundAddress]:
+        """Every bound listener, in ``[sip] listen`` order."""
+        return [
+            BoundAddress(str(t.name), t.local_address[0], t.local_address[1])
+            for t in self.transports
+        ]
+
+    def address(self, transport: str) -> Address:
+        """The first bound ``(host, port)`` of a transport name (``"udp"``/``"tcp"``)."""
+        for t in self.transports:
+            if t.name == transport:
+                return t.local_address
+        raise LookupError(f"no {transport} listener")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Gateway and per-transport counters, JSON-ready."""
+        return self._snapshot(self.transports)
+
+    def _snapshot(self, transports: Iterable[Transport]) -> dict[str, Any]:
+        per = {}
+        for t in transports:
+            host, port = t.local_address
+            per[str(BoundAddress(str(t.name), host, port))] = t.stats.as_dict()
+        gateway = self.stats.as_dict()
+        gateway["auth_abandoned"] = self.challenges.abandoned
+        if self.b2bua is not None:
+            gateway["in_dialog_refused"] = self.b2bua.stats["in_dialog_refused"]
+        if self.registrations is not None:
+            gateway["registration_store_failures"] = self.registrations.stats.store_failures
+        return {"gateway": gateway, "transports": per, "security": self.security.stats.as_dict()}
+
+    # -- addressing ------------------------------------------------------------------
+
+    def is_local(self, uri: URI) -> bool:
+        """True when the Request-URI names this gateway (a domain, or a listen/advertise host).
+
+        An IP host with a port must match one of our bound ports; a domain in
+        ``[sip] domains`` matches on any port.
+        """
+        if uri.scheme not in ("sip", "sips"):
+            return False
+        host = strip_brackets(uri.host).lower().rstrip(".")
+        if host in self._domains:
+            return True
+        if host not in self._local_hosts:
+            return False
+        return uri.port is None or uri.port in self._local_ports
+
+    # -- message handling ------------------------------------------------------------
+
+    def handle(self, message: Message, source: Address, transport: Transport) -> None:
+        """The transport callback: answer requests, drop stray responses."""
+        if isinstance(message, Response):
+            self.stats.responses_received += 1
+            try:
+                ours = client_key(message) in self.endpoint.layer.client
+            except SIPError:
+                ours = False
+            if ours:
+                self.endpoint._on_message(message, source, transport)
+                return
+            # RFC 3261 §18.1.2: a response matching no client transaction is
+            # discarded (§16.7 for a proxy; RFC 4475 §3.3.10) — except that a
+            # retransmitted 2xx of a call we ACKed wants the same ACK again.
+            self._on_stray(message, source, transport)
+            return
+        self.stats.requests += 1
+        guard = self.security
+        if guard.settings.enabled and self.auth.carrier_at(source) is None:
+            # Banned sources and floods stop here, before any parsing work
+            # (a carrier's signalling address is never counted: a busy trunk
+            # is not a flood).
+            admission = guard.admit(source[0], self.sip_clock())
+            if admission is not Admission.ALLOW:
+                if guard.pending:
+                    self._publish_bans()
+                self.stats.dropped["banned"] += 1
+                if admission is Admission.REFUSE and message.method != "ACK":
+                    with contextlib.suppress(Exception):
+                        response = self._response(message, 403, "Forbidden", [])
+                        transport.send_response(response, source, symmetric=True)
+                return
+        try:
+            self._on_request(message, source, transport)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("sip.request.failed", method=message.method, source=_fmt(source))
+            if message.method != "ACK":
+                self._reply(message, source, transport, 500, "Server Internal Error")
+
+    def _on_request(self, req: Request, source: Address, transport: Transport) -> None:
+        method = req.method
+        role: Literal["registrar", "proxy"] = "registrar" if method == "REGISTER" else "proxy"
+        try:
+            check_request(req, role=role, supported=SUPPORTED, local_uri=self.is_local)
+        except SIPError as err:
+            if method == "ACK":
+                self.stats.dropped["invalid-ack"] += 1
+                return
+            self._reply(
+                req,
+                source,
+                transport,
+                err.status_code,
+                err.reason_phrase,
+                err.extra_headers,
+                detail=err.detail,
+            )
+            return
+        layer = self.endpoint.layer
+        try:
+            existing = layer.find_server(req)
+        except SIPError:
+            existing = None
+        if existing is not None:
+            # A retransmission, or the ACK of a non-2xx we sent (§17.2.1): the
+            # transaction absorbs it — never verified or routed twice.
+            self.endpoint._on_message(req, source, transport)
+            return
+        if method == "ACK":
+            # The ACK of a 2xx has its own branch (§17.1.1.3): the B2BUA's dialogs.
+            if self.b2bua is not None and self.b2bua.on_ack(req, source, transport):
+                return
+            self.stats.dropped["ack"] += 1
+            return
+        if method == "CANCEL":
+            if layer.cancel_target(req) is not None:
+                if self.b2bua is not None and self.b2bua.foreign_cancel(req, source, transport):
+                    # Answered statelessly: a server transaction for it would
+                    # absorb the caller's own CANCEL (same branch) as a retransmission.
+                    self._reply(req, source, transport, 403, detail="CANCEL not from the caller")
+                    return
+                self.endpoint._on_message(req, source, transport)
+                return
+            # RFC 3261 §9.2: no matching transaction → 481.
+            self._reply(req, source, transport, 481, detail="no transaction to cancel")
+            return
+        if self.b2bua is not None and req.to.tag is not None and self.b2bua.has_dialog(req):
+            self.endpoint._on_message(req, source, transport)
+            return
+        if method == "INVITE":
+            self._invite(req, source, transport)
+            return
+        if method == "REGISTER":
+            self._register(req, source, transport)
+            return
+        if not self.is_local(req.uri):
+            self._reply(req, source, transport, 404, detail="no route for this Request-URI")
+            return
+        if method == "OPTIONS":
+            # RFC 3261 §11.2: the 200 lists Allow, Accept and Supported.
+            self._reply(
+                req,
+                source,
+                transport,
+                200,
+                extra=[
+                    ("Allow", ", ".join(ALLOW)),
+                    ("Accept", ACCEPT),
+                    ("Supported", ", ".join(SUPPORTED)),
+                ],
+            )
+            return
+        if method in _IN_DIALOG_ONLY:
+            # RFC 3261 §15.1.2: a BYE matching no dialog gets 481.
+            self._reply(req, source, transport, 481, detail="no such dialog")
+            return
+        # RFC 3261 §8.2.1: a method we do not implement gets 501 with Allow.
+        self._reply(
+            req,
+            source,
+            transport,
+            501,
+            extra=[("Allow", ", ".join(ALLOW))],
+            detail="unknown method",
+        )
+
+    def _challenge(
+        self, req: Request, source: Address, transport: Transport, *, proxy: bool
+    ) -> Identity | None:
+        """Verify digest credentials; answer 400/401/407 statelessly and return None if not OK.
+
+        A challenge needs no state (the nonce is signed, :class:`DigestServer`),
+        so unauthenticated traffic never creates a transaction (Kamailio does
+        the same): floods of credential-less INVITEs cost one response each.
+        """
+        now = self.sip_clock()
+        result = self.auth.verify(req, source, now, proxy=proxy)
+        if result.identity is not None:
+            self.challenges.authenticated(req, source, str(transport.name))
+            return result.identity
+        self.challenges.challenged(req, source, str(transport.name), result, time.monotonic())
+        hold = 0.0
+        guard = self.security
+        if result.guess:
+            held = guard.auth_failed(source[0], result.user, now)
+            if guard.pending:
+                self._publish_bans()
+            if held is None:
+                # This failure banned the source: it gets nothing, now or later.
+                self.stats.dropped["banned"] += 1
+                return None
+            hold = held
+        elif guard.settings.enabled:
+            hold = guard.hold(source[0], now)
+        answer = result.answer
+        if answer is None:  # unreachable for a refused verdict; keeps the type honest
+            self._reply(req, source, transport, 500, detail="digest answered nothing")
+            return None
+        self._reply(
+            req,
+            source,
+            transport,
+            answer.status,
+            answer.reason,
+            list(answer.headers),
+            detail=result.detail,
+            routine=result.routine,
+            hold=hold,
+        )
+        return None
+
+    def _register(self, req: Request, source: Address, transport: Transport) -> None:
+        identity = self._challenge(req, source, transport, proxy=False)
+        if identity is None:
+            return
+        if identity.kind is not IdentityKind.AGENT:
+            self._reply(req, source, transport, 403, detail="only agents register")
+            return
+        self._to_endpoint(req, source, transport, identity)
+
+    def _invite(self, req: Request, source: Address, transport: Transport) -> None:
+        """An out-of-dialog INVITE: inbound from a carrier, or an authenticated call out."""
+        carrier = self.auth.carrier_at(source)
+        if carrier is not None and req.to.tag is None:
+            # Carriers never authenticate to us: their address is the credential,
+            # and their calls only ever go to agents (never back out: no relay).
+            self._to_endpoint(req, source, transport, Identity(IdentityKind.CARRIER, carrier))
+            return
+        identity = self._challenge(req, source, transport, proxy=True)
+        if identity is None:
+            return
+        if req.to.tag is not None:
+            # RFC 3261 §12.2.2: a request with a To tag matching no dialog → 481.
+            self._reply(req, source, transport, 481, detail="no such dialog")
+            return
+        if identity.kind is IdentityKind.AGENT and not self.registrar.is_registered(
+            identity.name, self.sip_clock()
+        ):
+            self._reply(
+                req, source, transport, 403, "Not Registered", detail="agent not registered"
+            )
+            return
+        if self.b2bua is None:
+            self._reply(
+                req, source, transport, 503, extra=[("Retry-After", "30")], detail="no call path"
+            )
+            return
+        self._to_endpoint(req, source, transport, identity)
+
+    def _to_endpoint(
+        self, req: Request, source: Address, transport: Transport, identity: Identity
+    ) -> None:
+        self._identities[id(req)] = identity
+        try:
+            self.endpoint._on_message(req, source, transport)
+        finally:
+            self._identities.pop(id(req), None)
+
+    def _on_transaction_request(self, sr: ServerRequest) -> None:
+        """The endpoint's TU callback: a request that now has its server transaction."""
+        req = sr.request
+        identity = self._identities.pop(id(req), None)
+        method = req.method
+        if method == "REGISTER" and identity is not None:
+            self._on_register(sr, identity)
+            return
+        b2bua = self.b2bua
+        if b2bua is None:
+            if sr.tx is not None:
+                sr.respond(503, headers=[("Retry-After", "30")])
+            return
+        if method == "INVITE" and req.to.tag is None and identity is not None:
+            if identity.kind is IdentityKind.CARRIER:
+                route = self.inbound.route(req, self.sip_clock())
+                if route.binding is None or route.user is None:
+                    sr.respond(480, "Temporarily Unavailable", to_tag=self._to_tag(req))
+                    return
+                sr.respond(100, "Trying")
+                b2bua.on_inbound(sr, route.binding, route.user, route.card)
+                return
+            sr.respond(100, "Trying")
+            b2bua.on_invite(sr, identity)
+            return
+        if method == "CANCEL":
+            b2bua.on_cancel(sr)
+            return
+        if method == "ACK":
+            b2bua.on_ack(req, sr.source, sr.transport)
+            return
+        if sr.tx is not None:
+            b2bua.on_in_dialog(sr)
+
+    def _on_register(self, sr: ServerRequest, identity: Identity) -> None:
+        """An authenticated REGISTER: bind, store the change, answer.
+
+        The change is written to the stores *before* the 200 leaves, so a
+        registration a phone saw accepted survives a crash right after; a
+        store failure is logged, counted and retried, never answered.
+        Every final response carries a To tag (RFC 3261 §8.2.6.2).
+        """
+        req = sr.request
+        now = self.sip_clock()
+        tag = self._to_tag(req)
+        try:
+            answer = self.registrar.register(
+                req, identity.name, sr.source, str(sr.transport.name), now
+            )
+        except Exception:
+            log.exception("registrar.failed", call_id=req.headers.get("Call-ID"))
+            sr.respond(500, "Server Internal Error", to_tag=tag)
+            self.stats.answered[500] += 1
+            return
+        if self.registrations is not None:
+            self.registrations.flush(now)
+        sr.respond(answer.status, answer.reason, headers=answer.headers, to_tag=tag)
+        self.stats.answered[answer.status] += 1
+
+    async def _housekeep(self) -> None:
+        """Every HOUSEKEEPING_INTERVAL: log abandoned challenges, retry registration writes."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                self.housekeep(time.monotonic())
+            except Exception:
+                log.exception("gateway.housekeeping.failed")
+
+    def housekeep(self, monotonic_now: float) -> None:
+        """One housekeeping round (the task above; tests call it directly)."""
+        for item in self.challenges.expired(monotonic_now):
+            self._log_abandoned(item, monotonic_now)
+        self._sync_bans(self.sip_clock())
+        if self.registrations is not None:
+            self.registrations.flush(self.sip_clock())
+
+    def _log_abandoned(self, item: AbandonedChallenge, now: float) -> None:
+        suppressed = self._abandoned_limit.take(now)
+        if suppressed is None:
+            return
+        # A configured user or peer that never answers is a phone to fix (warning);
+        # unknown names are scanners and typos (info).
+        known = item.user in self.auth.users or item.user in self.auth.peers
+        (log.warning if known else log.info)(
+            "sip.auth.abandoned",
+            user=item.user,
+            user_agent=item.user_agent,
+            methods=list(item.methods),
+            algorithms=list(item.algorithms),
+            challenges=item.challenges,
+            last=item.last,
+            waited=round(now - item.first_at, 1),
+            call_id=item.call_id,
+            source=_fmt(item.source),
+            transport=item.transport,
+            suppressed=suppressed,
+            forgotten=self.challenges.forgotten,
+        )
+
+    def _start_registrations(self, store: SQLiteStore, ledger: object) -> None:
+        """Load the stored bindings and keep the stores' copies up to date.
+
+        SQLite always; with ``[store] redis`` also this node's Redis hash
+        (through the ledger's Redis client and key prefix), read first.
+        """
+        targets: list[tuple[str, RegistrationStore, str]] = []
+        node = ""
+        shared: Any = getattr(ledger, "shared", None)
+        if self.settings.store.redis is not None and shared is not None:
+            node = str(shared.node)
+            targets.append(("redis", shared, node))
+        targets.append(("sqlite", store, node))
+        self.registrations = RegistrationSync(self.registrar, targets)
+        self.registrations.load(self.sip_clock())
+
+    def _on_stray(self, message: Message, source: Address, transport: Transport) -> None:
+        self.stats.dropped["stray-response"] += 1
+        if isinstance(message, Response):
+            log.debug("sip.response.dropped", status=message.status, source=_fmt(source))
+            if self.b2bua is not None:
+                self.b2bua.on_stray_response(message)
+
+    def _start_call_path(self) -> None:
+        """Open the store and start the B2BUA and health runner (when anything can call)."""
+        settings = self.settings
+        if not (settings.users or settings.peers or settings.cards):
+            return
+        from gateway.callpath.b2bua import B2BUA, services_from_settings
+        from gateway.cards.health import health_from_settings
+        from gateway.cards.runner import HealthRunner
+        from gateway.store import store_from_settings
+
+        now = self.clock()
+        health = health_from_settings(settings, now=now)
+        store = store_from_settings(settings)
+        self.store = store
+        services = services_from_settings(
+            settings, store, now=now, carrier_available=health.is_available
+        )
+        self._start_registrations(store, services.ledger)
+        self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
+        # Issue 19: once the store answers again, write what its outage held back.
+        store.guard.on_recover(self._store_recovered)
+        shared_guard = getattr(getattr(services.ledger, "shared", None), "guard", None)
+        if shared_guard is not None:  # Redis back: replay its held-back closes too
+            shared_guard.on_recover(self._store_recovered)
+        # After a crash: BYE the calls the dead process left up, without delaying traffic.
+        self._orphan_tasks = {asyncio.ensure_future(self.b2bua.end_orphaned_calls())}
+        self.health = HealthRunner(
+            self.endpoint, settings, health, services.cards, clock=self.clock, bus=self.events
+        )
+        self.health.start()
+
+    def _store_recovered(self) -> None:
+        """The store's guard closed: flush finishes, spooled CDRs and registrations now."""
+        written = self.flush_spooled()
+        if self.registrations is not None:
+            self.registrations.flush(self.sip_clock(), force=True)
+        log.info("store.flushed_after_outage", written=written)
+
+    def flush_spooled(self) -> int:
+        """Write what a store outage held back: reservation finishes and spooled CDRs."""
+        if self.b2bua is None:
+            return 0
+        return self.b2bua.retry_pending()
+
+    def operator(self) -> Operator | None:
+        """The operator's side (card records, lifecycle, lists, CDRs) over the live
+        card manager, store and event bus; None without a call path."""
+        if self._operator is None and self.store is not None and self.b2bua is not None:
+            from gateway.operator.service import Operator
+
+            self._operator = Operator(
+                self.settings, self.store, self.b2bua.services.cards, bus=self.events
+            )
+        return self._operator
+
+    async def _stop_call_path(self) -> None:
+        if self.registrations is not None:
+            # Before the stores close (the Redis client closes with the health runner).
+            self.registrations.flush(self.sip_clock(), force=True)
+            self.registrations = None
+        if self._operator is not None:
+            self._operator.close()
+            self._operator = None
+        orphan_tasks: set[asyncio.Future[int]] = getattr(self, "_orphan_tasks", set())
+        for task in orphan_tasks:
+            task.cancel()
+        await asyncio.gather(*orphan_tasks, return_exceptions=True)
+        orphan_tasks.clear()
+        if self.b2bua is not None:
+            await self.b2bua.close()
+            log.info("b2bua.stats", **self.b2bua.stats)
+            self.b2bua = None
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- responses -------------------------------------------------------------------
+
+    def _reply(
+        self,
+        req: Request,
+        source: Address,
+        transport: Transport,
+        status: int,
+        reason: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+        *,
+        detail: str | None = None,
+        routine: bool = False,
+        hold: float = 0.0,
+    ) -> None:
+        """Answer statelessly; log a rejection at info (rate-limited).
+
+        ``routine``: a digest challenge of the normal call flow (no credentials
+        yet, stale nonce), one per call — logged at debug only, as
+        ``sip.request.challenged``; a refusal stays ``sip.request.rejected``.
+        ``hold``: seconds to hold the answer back (the guessing tarpit of
+        :mod:`gateway.callpath.security`); scheduled on the loop, never slept.
+        """
+        response = self._response(req, status, reason, extra or [])
+        if hold > 0:
+            self._send_later(hold, response, source, transport)
+        else:
+            transport.send_response(response, source, symmetric=self.symmetric_responses)
+        self.stats.answered[status] += 1
+        if status < 300:
+            return
+        if routine and not log.is_enabled_for(logging.DEBUG):
+            return
+        suppressed = self._log_limit.take(time.monotonic())
+        if suppressed is not None:
+            (log.debug if routine else log.info)(
+                "sip.request.challenged" if routine else "sip.request.rejected",
+                method=req.method,
+                status=status,
+                reason=response.reason,
+                detail=(detail or "")[:200],
+                request_uri=self._masked_uri(req.uri),
+                call_id=req.headers.get("Call-ID"),
+                source=_fmt(source),
+                transport=str(transport.name),
+                suppressed=suppressed,
+            )
+
+    def _send_later(
+        self, delay: float, response: Response, source: Address, transport: Transport
+    ) -> None:
+        """Send ``response`` after ``delay`` seconds (bounded: beyond ``max_delayed`` it is dropped)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous test): answer at once
+            transport.send_response(response, source, symmetric=self.symmetric_responses)
+            return
+        if self._held >= self.security.settings.max_delayed:
+            self.stats.dropped["tarpit-full"] += 1
+            return
+        self._held += 1
+
+        def send() -> None:
+            self._held -= 1
+            if transport in self.transports:
+                with contextlib.suppress(Exception):
+                    transport.send_response(response, source, symmetric=self.symmetric_responses)
+
+        loop.call_later(delay, send)
+
+    # -- security: bans ----------------------------------------------------------------
+
+    def _publish_bans(self) -> None:
+        """New bans: a warning line and a ``source-banned`` alert each (rate-limited); the ban
+        file gets them at the next housekeeping round (:meth:`_save_bans`)."""
+        bans = self.security.drain_new_bans()
+        for ban in bans:
+            self._unsaved_bans[ban.address] = ban
+            suppressed = self._ban_log_limit.take(time.monotonic())
+            if suppressed is None:
+                continue
+            seconds = round(ban.until - ban.since)
+            log.warning(
+                "security.source.banned",
+                address=ban.address,
+                reason=ban.reason,
+                count=ban.count,
+                offence=ban.offence,
+                seconds=seconds,
+                until=iso_time(ban.until),
+                suppressed=suppressed,
+            )
+            self.events.publish(
+                Alert(
+                    kind=AlertKind.SOURCE_BANNED,
+                    at=ban.since,
+                    severity=Severity.WARNING,
+                    message=f"source {ban.address} banned for {seconds} s ({ban.reason}: {ban.count})",
+                    reason=ban.reason,
+                    detail={
+                        "address": ban.address,
+                        "until": iso_time(ban.until),
+                        "count": ban.count,
+                        "offence": ban.offence,
+                        "suppressed": suppressed,
+                    },
+                )
+            )
+
+    def _save_bans(self, now: float) -> None:
+        """Write the bans made since the last round to the ban file (one write)."""
+        if not self._unsaved_bans:
+            return
+        unsaved, self._unsaved_bans = self._unsaved_bans, {}
+
+        def add(current: dict[str, Ban]) -> None:
+            current.update(unsaved)
+
+        try:
+            self.ban_file.update(add, now)
+        except OSError as exc:
+            log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+
+    def unban(self, address: str | None) -> list[Ban]:
+        """Lift one ban (``address``) or all (None), here and in the ban file; the bans lifted."""
+        now = self.sip_clock()
+        if address is not None and "/" not in address:
+            address = self.security.key(address)  # an IPv6 address: its network's ban
+        if address is None:
+            lifted = self.security.active(now)
+            self.security.unban_all()
+        else:
+            ban = self.security.unban(address)
+            lifted = [ban] if ban is not None and ban.until > now else []
+        if address is None:
+            self._unsaved_bans.clear()
+        else:
+            self._unsaved_bans.pop(address, None)
+
+        def remove(current: dict[str, Ban]) -> None:
+            if address is None:
+                current.clear()
+            else:
+                current.pop(address, None)
+
+        try:
+            self.ban_file.update(remove, now)
+        except OSError as exc:
+            log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+        for ban in lifted:
+            log.info("security.source.unbanned", address=ban.address, by="admin")
+        return lifted
+
+    def _sync_bans(self, now: float) -> None:
+        """Expire ended bans; adopt the ban file when another process (the CLI) changed it;
+        write the bans made since the last round."""
+        guard = self.security
+        guard.expire(now)
+        if self.ban_file.changed():
+            try:
+                bans = self.ban_file.load()
+            except OSError as exc:
+                log.error("security.banfile.failed", path=str(self.ban_file.path), error=str(exc))
+                bans = None
+            if bans is not None:
+                # Bans not written yet are ours, not cleared by anyone.
+                self._adopt_bans({**bans, **self._unsaved_bans}, now)
+        self._save_bans(now)
+
+    def _adopt_bans(self, bans: dict[str, Ban], now: float) -> None:
+        adopted, cleared = self.security.adopt(bans, now)
+        for ban in cleared:
+            log.info("security.source.unbanned", address=ban.address, by="ban-file")
+        if adopted:
+            log.info("security.bans.adopted", addresses=[b.address for b in adopted][:20])
+
+    def _response(
+        self, req: Request, status: int, reason: str | None, extra: list[tuple[str, str]]
+    ) -> Response:
+        """A stateless response: make_response when the request allows, else a best effort.
+
+        RFC 4475 §3.3.1 (missing From/To/Call-ID) still deserves its 400: the
+        fallback copies whichever of the §8.2.6.2 headers are present, verbatim.
+        """
+        tag = self._to_tag(req) if status > 100 else None
+        try:
+            return make_response(req, status, reason, to_tag=tag, headers=extra)
+        except SIPError:
+            pass
+        items = [(n, v) for n, v in req.headers if canonical_name(n) in _COPIED]
+        headers = Headers(items)
+        for name, value in extra:
+            headers.add(name, value)
+        return Response(status, reason, headers)
+
+    def _to_tag(self, req: Request) -> str:
+        """A To tag that is the same for every retransmission of one request.
+
+        RFC 3261 §8.2.6.2 needs a tag on every non-100 response; deriving it
+        from Call-ID, From tag and the top Via branch keeps stateless answers
+        to retransmissions identical, as a transaction would.
+        """
+        h = req.headers
+        material = "\x00".join(
+            (h.get("Call-ID") or "", h.get("From") or "", h.get("Via") or "", h.get("CSeq") or "")
+        )
+        # Header text holds undecodable octets as surrogates (the parser decodes
+        # with surrogateescape); encode them back the same way.
+        return hashlib.blake2s(
+            material.encode("utf-8", "surrogateescape"), key=self._tag_key, digest_size=8
+        ).hexdigest()
+
+    def _masked_uri(self, uri: URI) -> str:
+        if not self._mask or uri.user is None:
+            return str(uri)
+        return str(dataclasses.replace(uri, user=mask_number(uri.user)))
+
+
+def _fmt(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tls_clients(settings: Settings) -> Callable[[Address], ClientTLS]:
+    """The client context and server name for each TLS connection the gateway opens.
+
+    A `tls:` carrier is verified against its ``tls_ca`` (else the system CAs) and
+    must present a certificate for ``tls_server_name`` (else the host of its
+    address: RFC 3261 §26.2.2 / RFC 5922 §7.2); our ``[sip] tls_cert`` is offered
+    when the carrier asks for a client certificate. Other destinations (an
+    agent whose connection went away) get the system CAs and their IP.
+    """
+    sip = settings.sip
+    password = None if sip.tls_key_password is None else sip.tls_key_password.get_secret_value()
+
+    def context(ca: Path | None) -> ssl.SSLContext:
+        return client_context(ca, cert=sip.tls_cert, key=sip.tls_key, password=password)
+
+    by_address: dict[Address, ClientTLS] = {}
+    for carrier in settings.carriers:
+        addr = carrier.address
+        if addr.transport.value != "tls":
+            continue
+        ctx = context(carrier.tls_ca)
+        by_address[(addr.ip, addr.port)] = (ctx, carrier.tls_server_name or addr.ip)
+    default: list[ClientTLS] = []
+
+    def client(addr: Address) -> ClientTLS:
+        found = by_address.get(addr)
+        if found is not None:
+            return found
+        if not default:
+            default.append((context(None), None))
+        return default[0]
+
+    return client
