@@ -43,8 +43,7 @@ from callflow_cpu import CARRIER, GW, Agent, Carrier, PeerClock
 
 from gateway.callpath.element import Gateway
 from gateway.config import load_settings
-from gateway.telemetry.alerts import AlertWatch
-from gateway.telemetry.events import CallStats
+from gateway.telemetry.events import AlertWatch, CallStats
 from gateway.telemetry.logging import configure_logging
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.transport.memory import MemoryNetwork, MemoryTransport
