@@ -23,8 +23,9 @@ from aiohttp import web
 from gateway.cards import CardManager
 from gateway.config import Settings
 from gateway.operator.api.auth import token_middleware
+from gateway.operator.api.keys import CLOCK_KEY, OPERATOR_KEY
 from gateway.operator.api.limits import body_limit_middleware, largest_limit
-from gateway.operator.api.routes import CLOCK_KEY, OPERATOR_KEY, add_routes, error_middleware
+from gateway.operator.api.routes import add_routes, error_middleware
 from gateway.operator.service import Operator, operator_from_settings
 from gateway.store import SQLiteStore
 from gateway.telemetry.events import EventBus

@@ -22,7 +22,7 @@ import json
 import structlog
 from aiohttp import web
 
-from gateway.operator.api.routes import CLOCK_KEY, OPERATOR_KEY
+from gateway.operator.api.keys import CLOCK_KEY, OPERATOR_KEY
 from gateway.operator.leads import (
     MAX_API_LEADS,
     LeadSummary,

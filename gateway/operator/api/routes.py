@@ -22,6 +22,8 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.operator.api.auth import actor_of
+from gateway.operator.api.keys import CLOCK_KEY, OPERATOR_KEY, STORE_GUARDS_KEY
+from gateway.operator.api.leads_routes import add_dialer_routes
 from gateway.operator.api.limits import MAX_JSON_DEPTH, check_json_depth, document_limits
 from gateway.operator.api.openapi import openapi_document
 from gateway.operator.evidence import build_evidence, write_evidence_zip
@@ -31,10 +33,6 @@ __all__ = ["CLOCK_KEY", "OPERATOR_KEY", "STORE_GUARDS_KEY", "add_routes", "error
 
 log = structlog.get_logger("gateway.operator.api")
 
-OPERATOR_KEY: web.AppKey[Operator] = web.AppKey("operator", Operator)
-CLOCK_KEY: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-# The gateway's store guards (gateway.store.guard: SQLite, and Redis when shared) for /health.
-STORE_GUARDS_KEY: web.AppKey[list[Any]] = web.AppKey("store_guards")
 MAX_TEXT_BODY = 50 * 1024 * 1024
 
 
@@ -564,6 +562,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/agents/{agent}/resume", agent_resume)
     app.router.add_get("/cdrs", cdrs)
     app.router.add_get("/cdrs.csv", cdrs_csv)
-    from gateway.operator.api.leads_routes import add_dialer_routes  # dialers: leads, capacity
-
-    add_dialer_routes(app)
+    add_dialer_routes(app)  # dialers: leads, capacity
