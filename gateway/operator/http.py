@@ -39,7 +39,8 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 from gateway import __version__
-from gateway.telemetry.events import AlertWatch, CallStats, EventBus
+from gateway.telemetry.alerts import AlertWatch
+from gateway.telemetry.events import CallStats, EventBus
 from gateway.telemetry.metrics import GatewayMetrics
 
 if TYPE_CHECKING:

@@ -10,10 +10,9 @@ What this module is for:
   write is audited with its actor and time (``gateway.store.operator_schema``) and
   card changes are published on the :class:`gateway.telemetry.events.EventBus` when one
   is given;
-* :func:`assess_card` / :func:`assess_agent` — pure functions that find what
-  will get a card suspended next (``quota-near``, ``card-at-risk``) and agents
-  whose complaint rate crossed the ceiling; :meth:`Operator.check_alerts` and
-  :func:`run_alert_loop` run them periodically (the agent is paused, with an event);
+* :meth:`Operator.check_alerts` and :func:`run_alert_loop` — every card's
+  state through the one alert engine (:mod:`gateway.telemetry.alerts`), and
+  agents whose complaint rate crossed the ceiling paused (with an event);
 * small parsing helpers shared by the CLI and the API (times, numbers).
 
 Errors an operator can cause raise :class:`OperatorError` subclasses carrying
@@ -75,15 +74,19 @@ from gateway.store.operator_schema import (
     ComplaintAttribution,
     OperatorDB,
 )
+from gateway.telemetry.alerts import (
+    DEFAULT_THRESHOLDS,
+    AlertEngine,
+    AlertThresholds,
+    Finding,
+    assess_agent,
+)
 from gateway.telemetry.events import (
     Alert,
-    AlertEngine,
     AlertKind,
-    AlertMarks,
     CardStatus,
     EventBus,
     Severity,
-    alert_readings,
     card_status,
     from_card_event,
     iso_time,
@@ -98,18 +101,14 @@ from policies.quotas import CardSnapshot, CardUsageView, Exhausted, QuotaProfile
 from policies.selection import explain
 
 __all__ = [
-    "AlertThresholds",
     "AppealUpdateKind",
     "BadRequest",
-    "Finding",
     "IllegalAction",
     "ImportResult",
     "NotFound",
     "Operator",
     "OperatorError",
     "OperatorEvent",
-    "assess_agent",
-    "assess_card",
     "effective_profile_of",
     "mask_evidence",
     "operator_from_settings",
@@ -256,81 +255,6 @@ class AppealUpdateKind(StrEnum):
     DECISION = "decision"
 
 
-# --- alerts: pure assessment ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertThresholds:
-    """When usage warrants an alert.
-
-    ``near``: share of the way to a rate/volume limit or to the carrier's likely
-    threshold that raises ``quota-near`` / ``card-at-risk`` (0.8); ``clear_below``:
-    the share under which it is re-armed (0.6) — see
-    :class:`gateway.telemetry.events.AlertEngine`. Agents: complaints / calls over
-    ``complaint_window`` above ``complaint_rate_ceiling``, from
-    ``complaint_min_sample`` calls on, pause the agent.
-    """
-
-    near: float = 0.8
-    clear_below: float = 0.6
-    complaint_rate_ceiling: float = 0.02
-    complaint_min_sample: int = 50
-    complaint_window: float = 7 * 86400.0
-
-    @property
-    def marks(self) -> AlertMarks:
-        """The hysteresis marks of the alert engine."""
-        return AlertMarks(upper=self.near, lower=self.clear_below)
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One risk found on a card or agent (``key`` identifies the crossing)."""
-
-    kind: AlertKind | str
-    subject: str
-    key: str
-    message: str
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-
-def assess_card(
-    snapshot: CardSnapshot, now: float, thresholds: AlertThresholds = AlertThresholds()
-) -> list[Finding]:
-    """What may get this card stopped or suspended next, without memory (pure).
-
-    The readings of :func:`gateway.telemetry.events.alert_readings` — the alert engine's —
-    at or above ``near``: rate and volume limits nearly used (``quota-near``,
-    never concurrency) and the carrier's risk model (``card-at-risk``). Cards
-    that cannot carry calls get no findings.
-    """
-    if snapshot.state not in (CardState.ACTIVE, CardState.PROBATION):
-        return []
-    return [
-        Finding(r.kind, snapshot.card_id, r.key, r.message, r.detail)
-        for r in alert_readings(snapshot.card_id, usage_vs_limits(snapshot, now))
-        if r.share >= thresholds.near
-    ]
-
-
-def assess_agent(
-    agent: str, calls: int, complaints: int, thresholds: AlertThresholds = AlertThresholds()
-) -> Finding | None:
-    """An ``agent-paused`` finding when the agent's complaint rate crossed the ceiling."""
-    if calls < thresholds.complaint_min_sample or calls <= 0:
-        return None
-    rate = complaints / calls
-    if rate <= thresholds.complaint_rate_ceiling:
-        return None
-    return Finding(
-        "agent-paused",
-        agent,
-        "complaint_rate",
-        f"agent {agent}: complaint rate {rate:.3f} > {thresholds.complaint_rate_ceiling}",
-        {"calls": calls, "complaints": complaints, "rate": round(rate, 4)},
-    )
-
-
 # --- the service ------------------------------------------------------------------------
 
 
@@ -380,7 +304,7 @@ class Operator:
         *,
         bus: EventBus | None = None,
         on_event: Callable[[OperatorEvent], None] | None = None,
-        thresholds: AlertThresholds = AlertThresholds(),
+        thresholds: AlertThresholds = DEFAULT_THRESHOLDS,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -399,7 +323,7 @@ class Operator:
         self.region = settings.policy.default_region
         # The latest operator events (bounded: a long-running API must not grow it forever).
         self.events: collections.deque[OperatorEvent] = collections.deque(maxlen=1000)
-        # The one alert engine (gateway.telemetry.events), with its hysteresis memory.
+        # The one alert engine (gateway.telemetry.alerts), with its hysteresis memory.
         self.alert_engine = AlertEngine(thresholds.marks)
         # Agents whose pause this process has announced (agent → until): the alert loop
         # announces pauses the CLI wrote, and their end, once each.
@@ -1536,8 +1460,8 @@ class Operator:
     def check_alerts(self, now: float) -> list[Alert]:
         """Assess every card and agent; publish alerts new since the last run.
 
-        Cards go through :class:`gateway.telemetry.events.AlertEngine` (the same engine as
-        the gateway's :class:`gateway.telemetry.events.AlertWatch`): an alert is raised once
+        Cards go through :class:`gateway.telemetry.alerts.AlertEngine` (the same engine as
+        the gateway's :class:`gateway.telemetry.alerts.AlertWatch`): an alert is raised once
         per crossing of ``near`` and re-armed below ``clear_below``. Agents over
         the complaint ceiling are paused (an ``agent-paused`` operator event).
         """

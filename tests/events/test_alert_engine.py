@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.telemetry.events import (
-    Alert,
-    AlertEngine,
-    AlertKind,
-    AlertMarks,
-    AlertWatch,
-    CardStatus,
-    Event,
-    LimitUsage,
-    card_risk,
-)
+from gateway.telemetry.alerts import AlertEngine, AlertMarks, AlertWatch, card_risk
+from gateway.telemetry.events import Alert, AlertKind, CardStatus, Event, LimitUsage
 
 
 def _status(at: float, *usage: LimitUsage, state: str = "active", card: str = "c1") -> CardStatus:

@@ -6,10 +6,10 @@ import json
 
 from gateway.cards import CardDef, CardManager, PoolExhausted
 from gateway.config import Settings
+from gateway.telemetry.alerts import AlertWatch
 from gateway.telemetry.events import (
     Alert,
     AlertKind,
-    AlertWatch,
     CallEvent,
     CallEventKind,
     CallStats,

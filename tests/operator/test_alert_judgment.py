@@ -19,7 +19,8 @@ import gateway.cli.main
 from gateway.config import load_settings
 from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore, store_from_settings
-from gateway.telemetry.events import Alert, AlertKind, AlertWatch, Event, EventBus
+from gateway.telemetry.alerts import AlertWatch
+from gateway.telemetry.events import Alert, AlertKind, Event, EventBus
 
 from .conftest import CONFIG, T0, TOKEN
 

@@ -8,15 +8,13 @@ import dataclasses
 import pytest
 
 from gateway.operator.service import (
-    AlertThresholds,
     BadRequest,
     Operator,
-    assess_agent,
-    assess_card,
     parse_duration,
     parse_time,
     run_alert_loop,
 )
+from gateway.telemetry.alerts import AlertThresholds, assess_agent, assess_card
 from gateway.telemetry.events import Alert, AlertKind
 from policies.quotas import CallOutcome, CardSnapshot, CardState, CardUsage, QuotaProfile
 
