@@ -1,6 +1,6 @@
 """Memory soak: N calls to distinct numbers through the gateway in one process.
 
-Drives the real :class:`gateway.app.Gateway` the way ``bench/callflow_cpu.py``
+Drives the real :class:`gateway.callpath.element.Gateway` the way ``bench/callflow_cpu.py``
 does (memory transports, scripted SIPp-like agents and carrier, every policy
 on, JSON logging to /dev/null), but every call goes to a *different* callee,
 as a campaign does. At every ``--every`` calls it prints one point of the soak
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # bench/ is not a package: found through sys.path above
 from callflow_cpu import CARRIER, GW, Agent, Carrier, PeerClock
 
-from gateway.app import Gateway
+from gateway.callpath.element import Gateway
 from gateway.config import load_settings
 from gateway.telemetry.alerts import AlertWatch
 from gateway.telemetry.events import CallStats
