@@ -7,9 +7,10 @@ What this module is for:
   "Card states" (suspend, appeal with reference/channel/updates, probation,
   restore, retire) through :class:`gateway.cards.CardManager`'s transition
   table, DNC / consent / complaint operations, CDR queries and exports. Every
-  write is audited with its actor and time (``gateway.store.operator_schema``) and
-  card changes are published on the :class:`gateway.telemetry.events.EventBus` when one
-  is given;
+  write is audited with its actor and time (``store.operator``, the operator's
+  records in the store, ``gateway.store.operator_schema``) and card changes
+  are published on the :class:`gateway.telemetry.events.EventBus` when one is
+  given;
 * :meth:`Operator.check_alerts` and :func:`run_alert_loop` — every card's
   state through the one alert engine (:mod:`gateway.telemetry.alerts`), and
   agents whose complaint rate crossed the ceiling paused (with an event);
@@ -72,7 +73,6 @@ from gateway.store.operator_schema import (
     AppealRecord,
     CardRecord,
     ComplaintAttribution,
-    OperatorDB,
 )
 from gateway.telemetry.alerts import (
     DEFAULT_THRESHOLDS,
@@ -312,7 +312,7 @@ class Operator:
         self.bus = bus
         self.on_event = on_event
         self.thresholds = thresholds
-        self.db = OperatorDB(store)
+        self.db = store.operator  # the operator's records, part of the store
         # Where usage is read: the shared ledger when the cards' states are shared
         # (``[store] redis``: every instance's calls), else this store.
         self.usage: CardUsageView = shared_usage_view(manager) or store
@@ -332,8 +332,7 @@ class Operator:
         self.closers: list[Callable[[], None]] = []
 
     def close(self) -> None:
-        """Close the operator tables' connection (not the store) and what it opened itself."""
-        self.db.close()
+        """Close what this operator opened itself (not the store)."""
         for close in self.closers:
             close()
         self.closers.clear()

@@ -1,46 +1,74 @@
-"""State store of the gateway: the embedded SQLite store (default) and its interfaces.
+"""The gateway's state: one set of store protocols and the backends that satisfy them.
 
-``gateway.store.sqlite`` holds the implementation (see its docstring for the
-schema, write-ahead counting and durability). Several gateway instances share
-quotas and card states through Redis: ``gateway.store.redis`` (imported only
-when ``[store] redis`` is set), which :func:`ledger_from_settings` wires in.
-This package module only re-exports, so ``from gateway.store import
-SQLiteStore`` keeps working.
+- :mod:`gateway.store.protocols` — what the layers above ask of a store
+  (usage ledger, card repository, policy lookups, CDRs, calls in progress,
+  agents, registrations, compliance records); :class:`Store` is all of them.
+- :mod:`gateway.store.records` — the records and errors those protocols carry.
+- :mod:`gateway.store.sqlite` — the embedded default (one SQLite file, WAL),
+  including the operator's own tables (:mod:`gateway.store.operator_schema`).
+- :mod:`gateway.store.redis` — the hot copy several instances share (imported
+  only when ``[store] redis`` is set; :func:`ledger_from_settings` wires it).
+- :mod:`gateway.store.memory` — a complete store in plain dicts, for unit tests.
+- :mod:`gateway.store.spool` — CDRs kept on disk while the store refuses them.
+
+This package module only re-exports and chooses the ledger. It must never
+import :mod:`gateway.store.redis` at import time, nor anything above the store
+(cards, call path, operator).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.store.sqlite import (
-    SCHEMA_VERSION,
+from gateway.store.protocols import (
+    AgentStore,
+    CallDialogStore,
+    CallPathStore,
     CardRepository,
+    CdrStore,
+    ComplianceStore,
+    PolicyLookups,
+    RegistrationStore,
+    Store,
+    UsageLedger,
+)
+from gateway.store.records import (
+    CallDialogs,
     CardUsageFacts,
     Complaint,
     QuotaExceeded,
     ReservationError,
-    SQLiteStore,
     StoredCard,
+    StoredRegistration,
     StoreUnavailable,
     TransitionRecord,
-    UsageLedger,
     UsageStatus,
-    store_from_settings,
 )
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, store_from_settings
 
 if TYPE_CHECKING:
     from gateway.config import Settings
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AgentStore",
+    "CallDialogStore",
+    "CallDialogs",
+    "CallPathStore",
     "CardRepository",
     "CardUsageFacts",
+    "CdrStore",
     "Complaint",
+    "ComplianceStore",
+    "PolicyLookups",
     "QuotaExceeded",
+    "RegistrationStore",
     "ReservationError",
     "SQLiteStore",
+    "Store",
     "StoreUnavailable",
     "StoredCard",
+    "StoredRegistration",
     "TransitionRecord",
     "UsageLedger",
     "UsageStatus",

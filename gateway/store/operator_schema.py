@@ -1,30 +1,30 @@
-"""The operator's own SQLite tables, beside the gateway store's, in the same file.
+"""The operator's records in the SQLite store: a part of :class:`SQLiteStore`, its tables here.
 
 What this module is for: the records an operator keeps about cards that the
-gateway core does not need — who holds each card (``card_records``), every
+call path does not need — who holds each card (``card_records``), every
 operator write with its actor (``audit_log``), appeals with their reference,
 channel and later updates (``operator_appeals``, ``appeal_updates``), and who
-a complaint was attributed to (``complaint_attribution``). :class:`OperatorDB`
-creates them with ``CREATE TABLE IF NOT EXISTS`` (so opening is idempotent and
-never touches ``gateway.store``'s ``schema_version``) and offers small typed
-operations on them.
+a complaint was attributed to (``complaint_attribution``). The store creates
+the tables when it opens (``CREATE TABLE IF NOT EXISTS``, beside its versioned
+schema) and offers these operations as ``store.operator``
+(:class:`OperatorRecords`): the same connection, transactions and guard as
+every other store operation, so a locked or full file refuses them the same
+way (``StoreUnavailable``).
 
-What it must never do: alter or write the tables ``gateway.store.sqlite`` owns,
-read a clock (every ``now``/``at`` is passed in), or log a phone number.
+What it must never do: open a connection of its own, alter or write the
+tables the rest of the store owns, read a clock (every ``now``/``at`` is passed
+in), or log a phone number.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.store import SQLiteStore, StoreUnavailable
+if TYPE_CHECKING:
+    from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
     "OPERATOR_TABLES",
@@ -33,7 +33,7 @@ __all__ = [
     "AuditEntry",
     "CardRecord",
     "ComplaintAttribution",
-    "OperatorDB",
+    "OperatorRecords",
     "migrate",
 ]
 
@@ -185,63 +185,16 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
-class OperatorDB:
-    """The operator tables on the gateway store's SQLite file.
+class OperatorRecords:
+    """The operator tables of one :class:`SQLiteStore` (``store.operator``).
 
-    A file-backed store gets a connection of its own (WAL lets both write the
-    same file; writes are short ``BEGIN IMMEDIATE`` transactions). An in-memory
-    store (tests) has no file to share, so its connection is reused.
+    Reads and writes go through the store's own transactions: one connection,
+    one guard, one error type.
     """
 
-    def __init__(self, store: SQLiteStore, *, busy_timeout_ms: int = 2000) -> None:
-        self.store = store
-        self._own = store.path != ":memory:"
-        try:
-            if self._own:
-                self._db = sqlite3.connect(
-                    Path(store.path),
-                    isolation_level=None,
-                    timeout=busy_timeout_ms / 1000.0,
-                    check_same_thread=False,
-                )
-                self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            else:
-                self._db = store._db  # the only way to reach an in-memory database
-            self._db.row_factory = sqlite3.Row
-            with self._write() as db:
-                migrate(db)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open operator tables: {exc}") from exc
-
-    def close(self) -> None:
-        """Close the connection if it is our own."""
-        if self._own:
-            self._db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # The store's guard (issue 19): refused at once while the file is locked or full.
-        self.store.guard.check()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self.store._unavailable(f"operator tables not writable: {exc}", exc) from exc
-        try:
-            yield self._db
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # the error may have ended it already
-                self._db.execute("ROLLBACK")
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self.store._unavailable(f"operator commit failed: {exc}", exc) from exc
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        try:
-            return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"operator read failed: {exc}") from exc
+    def __init__(self, store: SQLiteStore) -> None:
+        self._write = store._write
+        self._read = store._read
 
     # --- audit ----------------------------------------------------------------------
 

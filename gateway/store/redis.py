@@ -102,18 +102,18 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from gateway.store import (
+from gateway.store.guard import StoreGuard
+from gateway.store.protocols import UsageLedger
+from gateway.store.records import (
     CardUsageFacts,
     QuotaExceeded,
     ReservationError,
-    SQLiteStore,
     StoredCard,
+    StoredRegistration,
     StoreUnavailable,
     TransitionRecord,
-    UsageLedger,
+    unavailable,
 )
-from gateway.store.guard import StoreGuard
-from gateway.store.sqlite import StoredRegistration, _unavailable
 from policies.quotas import (
     CallOutcome,
     CardUsage,
@@ -127,6 +127,7 @@ from policies.timeutil import day_bounds
 if TYPE_CHECKING:
     from gateway.cards import CardManager, CardStateChanged
     from gateway.config import Settings
+    from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
     "UNCERTAIN_SECONDS",
@@ -696,7 +697,7 @@ class RedisStore:
         self._put_registrations = client.register_script(_LUA_PUT_REGISTRATIONS)
         # /health (issue 19): opened when Redis is not reached, closed by a PING from a
         # worker thread. It only reports here: a refused connection already fails at once.
-        self.guard = StoreGuard(self._probe, _unavailable, name="redis")
+        self.guard = StoreGuard(self._probe, unavailable, name="redis")
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -1725,3 +1726,13 @@ def ledger_from_settings(settings: Settings, store: SQLiteStore, *, node: str) -
     if settings.store.redis is None:
         return store
     return MirroredLedger(from_settings(settings, node=node, store=store), store)
+
+
+if TYPE_CHECKING:
+    from gateway.store.protocols import CardRepository, RegistrationStore
+
+    def _satisfies(
+        shared: RedisStore, mirrored: MirroredLedger, cards: SharedCardRepository
+    ) -> tuple[UsageLedger, RegistrationStore, UsageLedger, CardRepository]:
+        """mypy checks here that the Redis backends satisfy their protocols."""
+        return shared, shared, mirrored, cards

@@ -17,7 +17,6 @@ between the commit and the truncation, the next start replays those lines
 again; :meth:`recover` skips records whose ``call_id``/``attempt_at`` are
 already stored.
 
-
 This module must never log a destination (the spool's content) or raise out
 of :meth:`CdrWriter.write`.
 """
@@ -27,27 +26,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from gateway.callpath.cdr import CallRecord, Origin, Outcome
 from gateway.private_files import open_private
-from gateway.store import StoreUnavailable
+from gateway.store.protocols import CdrStore
+from gateway.store.records import StoreUnavailable
 
 __all__ = ["CdrStore", "CdrWriter", "record_from_json", "record_to_json"]
 
 log = structlog.get_logger("gateway.store.spool")
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(CallRecord))
-
-
-class CdrStore(Protocol):
-    """What the writer needs of the store."""
-
-    def add_cdrs(self, records: list[CallRecord]) -> None: ...
-
-    def cdrs(self, *, call_id: str | None = None, limit: int = 10_000) -> list[CallRecord]: ...
 
 
 def record_to_json(record: CallRecord) -> str:

@@ -59,20 +59,34 @@ import sqlite3
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from gateway.callpath.cdr import CallRecord, Origin, Outcome
 from gateway.private_files import prepare_private_file
 from gateway.store.guard import StoreGuard
+from gateway.store.operator_schema import OperatorRecords
+from gateway.store.operator_schema import migrate as create_operator_tables
+from gateway.store.protocols import CardRepository, UsageLedger
+from gateway.store.records import (
+    CallDialogs,
+    CardUsageFacts,
+    Complaint,
+    QuotaExceeded,
+    ReservationError,
+    StoredCard,
+    StoredRegistration,
+    StoreUnavailable,
+    TransitionRecord,
+    UsageStatus,
+    unavailable,
+)
 from policies.agent import AgentUsage
 from policies.consent import ConsentRecord, ConsentStatus, resolve_status
 from policies.dnc import DncEntry, DncSource
-from policies.errors import StoreUnavailableError
-from policies.quotas import CallOutcome, CardUsage, Exhausted, QuotaProfile, would_exceed
+from policies.quotas import CallOutcome, CardUsage, QuotaProfile, would_exceed
 from policies.timeutil import day_bounds
 
 if TYPE_CHECKING:
@@ -95,268 +109,6 @@ __all__ = [
     "UsageStatus",
     "store_from_settings",
 ]
-
-
-class StoreUnavailable(StoreUnavailableError):
-    """The store cannot be read or written; the gateway must refuse calls (fail closed).
-
-    Carries the SIP answer the gateway gives: 503 with ``Retry-After`` and the
-    ``store-unavailable`` Reason text. It is a ``policies`` ``StoreUnavailableError``,
-    so policies reading usage through the store fail closed on it.
-    """
-
-    status_code = 503
-    reason_phrase = "Service Unavailable"
-    reason_text = "store-unavailable"
-
-    def __init__(self, detail: str, *, retry_after: int = 30) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-def _unavailable(detail: str, retry_after: int) -> StoreUnavailable:
-    """What :class:`StoreGuard` raises while open."""
-    return StoreUnavailable(detail, retry_after=retry_after)
-
-
-class ReservationError(ValueError):
-    """A reservation operation does not match the recorded state (caller bug)."""
-
-
-class QuotaExceeded(Exception):
-    """``reserve(profile=...)`` refused: starting the call would break ``exhausted.limit``."""
-
-    def __init__(self, card: str, exhausted: Exhausted) -> None:
-        super().__init__(f"card {card}: {exhausted.limit} ({exhausted.detail})")
-        self.card = card
-        self.exhausted = exhausted
-
-
-class UsageStatus(StrEnum):
-    """Life of one ``call_starts`` row."""
-
-    RESERVED = "reserved"  # committed before the INVITE left; counts as concurrent
-    RELEASED = "released"  # failed before the callee was alerted; counts as nothing
-    FINISHED = "finished"  # outcome known
-    ORPHANED = "orphaned"  # reserved when the process died; counts as a start only
-
-
-@dataclass(frozen=True, slots=True)
-class StoredCard:
-    """A card row: static fields from configuration plus its persisted state."""
-
-    id: str
-    carrier: str
-    number: str
-    pool: str
-    priority: int = 0
-    quota_profile: str = "default"
-    state: str = "active"
-    reason: str | None = None
-    since: float = 0.0
-    probation_until: float | None = None
-    profile_override: str | None = None
-    resume_at: float | None = None  # when a maintenance suspension ends by itself
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionRecord:
-    """One stored card state change with the evidence an appeal needs."""
-
-    card: str
-    at: float
-    from_state: str
-    to_state: str
-    reason: str | None
-    cause: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    actor: str = "gateway"
-
-
-@dataclass(frozen=True, slots=True)
-class Complaint:
-    """A complaint received about a call to ``number``."""
-
-    number: str
-    at: float
-    card: str | None = None
-    call_id: str | None = None
-    note: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CallDialogs:
-    """One call in progress, as persisted (table ``call_dialogs``).
-
-    ``key`` is the B2BUA's call key (the ``call_starts`` id), ``call_id`` the A-leg
-    Call-ID (the CDR's id). ``a_leg``/``b_leg`` are what the B2BUA needs to end a
-    confirmed leg from another process (its dialog record, transport name,
-    address), stored as JSON once the call is answered; None before.
-
-    Write-ahead (schema 10, issue 19): the row exists from the moment the B-leg
-    INVITE leaves. ``b_invite`` is that INVITE as a CANCEL needs it (Request-URI,
-    top Via with its branch, From with tag, To, Call-ID, CSeq, Contact, where it
-    went); ``a_invite`` the A-leg INVITE as a final response to it needs it (every
-    Via, From, To, Call-ID, CSeq, our To tag, where it came from). Both are JSON
-    objects with ``"v": 1``; None in rows written before schema 10.
-    """
-
-    key: str
-    call_id: str
-    card: str | None
-    callee: str
-    attempt_at: float
-    answer_at: float | None = None
-    a_leg: dict[str, Any] | None = None
-    b_leg: dict[str, Any] | None = None
-    cdr: str | None = None  # the call's CDR as gateway.store.spool JSON, for a restart
-    b_invite: dict[str, Any] | None = None
-    a_invite: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRegistration:
-    """One registrar binding as stored: the AOR's user, the Contact and its flow.
-
-    ``expires_at`` is absolute (seconds since the epoch, the registrar's
-    clock); ``source_host``/``source_port``/``transport`` are the flow the
-    REGISTER came through (where requests to the agent are sent);
-    ``position`` orders an AOR's bindings (registration order).
-    """
-
-    aor: str
-    contact: str
-    expires_at: float
-    call_id: str
-    cseq: int
-    source_host: str
-    source_port: int
-    transport: str
-    q: str | None = None
-    position: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (the Redis copy stores these)."""
-        return {
-            "aor": self.aor,
-            "contact": self.contact,
-            "expires_at": self.expires_at,
-            "call_id": self.call_id,
-            "cseq": self.cseq,
-            "source_host": self.source_host,
-            "source_port": self.source_port,
-            "transport": self.transport,
-            "q": self.q,
-            "position": self.position,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> StoredRegistration | None:
-        """Back from :meth:`as_json`; None for anything malformed (a damaged entry is skipped)."""
-        if not isinstance(data, dict):
-            return None
-        try:
-            q = data.get("q")
-            return cls(
-                aor=str(data["aor"]),
-                contact=str(data["contact"]),
-                expires_at=float(data["expires_at"]),
-                call_id=str(data["call_id"]),
-                cseq=int(data["cseq"]),
-                source_host=str(data["source_host"]),
-                source_port=int(data["source_port"]),
-                transport=str(data["transport"]),
-                q=None if q is None else str(q),
-                position=int(data.get("position", 0)),
-            )
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-@dataclass(frozen=True, slots=True)
-class CardUsageFacts:
-    """Raw usage facts of one card at ``now``, enough for every quota check.
-
-    Counts include reserved and orphaned starts (write-ahead: over-count, never
-    under-count) and exclude released ones. The rolling window covers the last
-    ``window_size`` finished or orphaned calls and failed releases (card-level
-    failures, which also make up ``consecutive_failures``), as in ``card_usage``.
-    """
-
-    card: str
-    now: float
-    calls_last_minute: int = 0
-    calls_last_hour: int = 0
-    calls_today: int = 0
-    concurrent: int = 0
-    last_start_at: float | None = None
-    talk_seconds_today: float = 0.0
-    distinct_callees_today: int = 0
-    window_size: int = 0
-    window_calls: int = 0
-    window_answered: int = 0
-    window_short: int = 0
-    consecutive_failures: int = 0
-
-    @property
-    def answer_rate(self) -> float | None:
-        """Answered share over the rolling window (None with no finished calls)."""
-        return self.window_answered / self.window_calls if self.window_calls else None
-
-    @property
-    def short_share(self) -> float | None:
-        """Short-call share among answered calls in the window (None if none answered)."""
-        return self.window_short / self.window_answered if self.window_answered else None
-
-    @property
-    def talk_minutes_today(self) -> float:
-        """Talk minutes since the start of the carrier's day."""
-        return self.talk_seconds_today / 60.0
-
-
-class UsageLedger(Protocol):
-    """Write-ahead usage counting per card; SQLite here, Redis (Lua) beside it later."""
-
-    def reserve(
-        self,
-        card: str,
-        call_id: str,
-        callee: str,
-        now: float,
-        *,
-        profile: QuotaProfile | None = None,
-        admit: Callable[[CardUsage], None] | None = None,
-        agent: str = "",
-    ) -> None: ...
-
-    def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None: ...
-
-    def finish(
-        self,
-        call_id: str,
-        now: float,
-        *,
-        answered: bool,
-        talk_seconds: float = 0.0,
-        short: bool | None = None,
-        failed: bool = False,
-        answered_at: float | None = None,
-    ) -> str | None: ...
-
-    def card_usage(self, card_id: str, now: float) -> CardUsage: ...
-
-    def recover(self, now: float) -> int: ...
-
-
-class CardRepository(Protocol):
-    """Persistence the card manager needs: card rows and their transitions."""
-
-    def upsert_card(self, card: StoredCard) -> StoredCard: ...
-
-    def load_cards(self) -> list[StoredCard]: ...
-
-    def save_transition(self, card: StoredCard, transition: TransitionRecord) -> None: ...
 
 
 # --- schema -------------------------------------------------------------------------
@@ -767,7 +519,7 @@ class SQLiteStore:
         self._data_version: int | None = None
         # Issue 19: after a lock/busy/disk/I-O failure, writes are refused at once and
         # reads do not wait for locks, until a probe off the event loop writes again.
-        self.guard = StoreGuard(self._probe, _unavailable, name="sqlite")
+        self.guard = StoreGuard(self._probe, unavailable, name="sqlite")
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._busy_applied = int(busy_timeout_ms)
         if self.path != ":memory:":
@@ -798,6 +550,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
         self.migrate()
+        #: The operator's records (card holders, audit log, appeals, complaint
+        #: attribution): the same connection, transactions and guard.
+        self.operator = OperatorRecords(self)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -944,6 +699,8 @@ class SQLiteStore:
                     db.execute(sql)
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 applied += 1
+            # The operator's tables: created when missing, outside the versioned schema.
+            create_operator_tables(db)
         return applied
 
     # --- cards ----------------------------------------------------------------------
@@ -1996,3 +1753,11 @@ def store_from_settings(settings: Settings, *, base_dir: Path | None = None) -> 
         path,
         carrier_timezones={c.name: c.timezone for c in settings.carriers},
     )
+
+
+if TYPE_CHECKING:
+    from gateway.store.protocols import Store
+
+    def _is_a_store(store: SQLiteStore) -> Store:
+        """mypy checks here that the SQLite backend satisfies the whole protocol."""
+        return store

@@ -14,7 +14,6 @@ from gateway.config import Settings
 from gateway.operator.api import AdminServer, build_admin_app, start_admin
 from gateway.operator.service import operator_from_settings
 from gateway.store import SQLiteStore
-from gateway.store.operator_schema import OperatorDB
 from gateway.telemetry.events import CardStatus, EventBus
 
 from .conftest import T0, TOKEN
@@ -231,9 +230,7 @@ async def test_every_api_write_is_audited_with_its_actor(
     for method, path, body in writes:
         async with http.request(method, f"{server.url}{path}", json=body, headers=AUTH) as resp:
             assert 200 == resp.status, (path, await resp.text())
-    db = OperatorDB(store)
-    entries = db.audit_entries()
-    db.close()
+    entries = store.operator.audit_entries()
     assert [
         "dnc.add",
         "dnc.remove",
