@@ -141,7 +141,7 @@ if TYPE_CHECKING:
     from gateway.callpath.registrar import Binding
     from gateway.config import CardSettings, CarrierSettings, Settings
     from gateway.sip.dialog import DialogRecord
-    from gateway.store import SQLiteStore, UsageLedger
+    from gateway.store import CallPathStore, SQLiteStore, UsageLedger
     from policies.emergency import EmergencyNumbers
     from policies.pipeline import Pipeline
     from policies.quotas import QuotaProfile
@@ -302,7 +302,7 @@ class CallServices:
     """What the B2BUA needs besides the endpoint: store, cards, policies, settings."""
 
     settings: Settings
-    store: SQLiteStore
+    store: CallPathStore  # CDRs, calls in progress, agent bindings (gateway.store.protocols)
     ledger: UsageLedger
     cards: CardManager
     pipeline: Pipeline
