@@ -64,17 +64,17 @@ from pydantic_settings import (
 
 from gateway import __version__
 from gateway.private_files import loose_directory
+from policies.consent import ConsentMode
+from policies.quotas import QuotaProfile, SuspendReason
 
 __all__ = [
     "DIGEST_ALGORITHMS",
     "AdminSettings",
     "AgentLimitSettings",
-    "CardReason",
     "CardSettings",
-    "CarrierRule",
+    "CarrierRuleSettings",
     "CarrierSettings",
     "ConfigError",
-    "ConsentMode",
     "DailyWindows",
     "Endpoint",
     "ExtraEmergency",
@@ -86,7 +86,7 @@ __all__ = [
     "MqttSettings",
     "PeerSettings",
     "PolicySettings",
-    "QuotaProfile",
+    "QuotaProfileSettings",
     "ServiceUrl",
     "Settings",
     "SipSettings",
@@ -606,13 +606,6 @@ class MqttSettings(BaseModel):
         return self
 
 
-class ConsentMode(StrEnum):
-    """How consent is checked before an outbound call."""
-
-    DNC_ONLY = "dnc-only"
-    REQUIRE_CONSENT = "require-consent"
-
-
 def _check_region(value: str) -> str:
     region = value.upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:
@@ -873,26 +866,19 @@ class InboundSettings(BaseModel):
     fallback_user: str | None = None
 
 
-class CardReason(StrEnum):
-    """Why a card left the active state (DESIGN "Card states")."""
+class CarrierRuleSettings(BaseModel):
+    """``[[carriers.rules]]`` as written: a carrier response that changes a card's state.
 
-    ARREARS = "arrears"
-    VIOLATION = "violation"
-    ABNORMAL_USE = "abnormal-use"
-    MAINTENANCE = "maintenance"
-    FAULT = "fault"
-    MANUAL = "manual"
-    UNKNOWN = "unknown"
-
-
-class CarrierRule(BaseModel):
-    """``[[carriers.rules]]``: a carrier response that changes a card's state."""
+    The input model; the value the card manager applies is
+    :class:`gateway.cards.classify.CarrierRule`, made from this one in one
+    place (``gateway.cards.rules_from_settings``).
+    """
 
     model_config = _SECTION
 
     status: int = Field(ge=100, le=699)
     match: re.Pattern[str] | None = None
-    reason: CardReason
+    reason: SuspendReason
 
     @field_validator("match", mode="before")
     @classmethod
@@ -904,10 +890,6 @@ class CarrierRule(BaseModel):
                 raise ValueError(f"invalid regular expression: {exc}") from None
         return value
 
-    def matches(self, status: int, text: str) -> bool:
-        """True when *status* equals and *text* (reason phrase / Warning) matches."""
-        return status == self.status and (self.match is None or bool(self.match.search(text)))
-
 
 class CarrierSettings(BaseModel):
     """``[[carriers]]``: a SIP trunk and the rules that read its responses."""
@@ -917,7 +899,7 @@ class CarrierSettings(BaseModel):
     name: Name
     address: TrunkField
     timezone: str = "UTC"
-    rules: list[CarrierRule] = Field(default_factory=list)
+    rules: list[CarrierRuleSettings] = Field(default_factory=list)
     # "register" itself would shadow BaseModel.register (ABCMeta), hence the alias.
     register_enabled: bool = Field(default=False, alias="register")
     register_expires: int = Field(default=3600, ge=60, le=86400)
@@ -957,8 +939,12 @@ class CarrierSettings(BaseModel):
         return ZoneInfo(self.timezone)
 
 
-class QuotaProfile(BaseModel):
-    """``[quota_profiles.NAME]``: per-card limits; a missing key means no limit."""
+class QuotaProfileSettings(BaseModel):
+    """``[quota_profiles.NAME]`` as written: per-card limits; a missing key means no limit.
+
+    The input model; :meth:`to_profile` makes the runtime value the quota
+    policy evaluates (:class:`policies.quotas.QuotaProfile`), in this one place.
+    """
 
     model_config = _SECTION
 
@@ -979,9 +965,41 @@ class QuotaProfile(BaseModel):
     night_window: WindowsField | None = None
     probation: str | None = None
 
+    def to_profile(self, name: str) -> QuotaProfile:
+        """The runtime profile named ``name``.
+
+        A missing limit stays None ("no limit"); tuning keys left out keep the
+        policy's defaults (short call < 10 s, window of 50 calls, 20-call
+        minimum sample, 15 min cooldown).
+        """
+        tuning: dict[str, Any] = {}
+        if self.short_call_seconds is not None:
+            tuning["short_call_seconds"] = self.short_call_seconds
+        if self.rate_window_calls is not None:
+            tuning["rate_window_calls"] = self.rate_window_calls
+        if self.min_sample is not None:
+            tuning["rate_min_sample"] = self.min_sample
+        if self.cooldown_seconds is not None:
+            tuning["cooldown_seconds"] = self.cooldown_seconds
+        return QuotaProfile(
+            name=name,
+            calls_per_minute=self.calls_per_minute,
+            calls_per_hour=self.calls_per_hour,
+            calls_per_day=self.calls_per_day,
+            concurrent=self.concurrent,
+            min_gap_seconds=self.min_gap_seconds,
+            talk_minutes_per_day=self.talk_minutes_per_day,
+            distinct_callees_per_day=self.distinct_callees_per_day,
+            answer_rate_floor=self.answer_rate_floor,
+            short_call_ceiling=self.short_call_ceiling,
+            consecutive_failures=self.consecutive_failures,
+            night_window=None if self.night_window is None else self.night_window.spec,
+            **tuning,
+        )
+
 
 # Used when the file defines no "default" profile: the DESIGN example's limits.
-BUILTIN_DEFAULT_QUOTA = QuotaProfile(
+BUILTIN_DEFAULT_QUOTA = QuotaProfileSettings(
     calls_per_minute=5, calls_per_hour=60, calls_per_day=300, concurrent=1
 )
 
@@ -1191,7 +1209,7 @@ class Settings(BaseSettings):
     peers: list[PeerSettings] = Field(default_factory=list)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     carriers: list[CarrierSettings] = Field(default_factory=list)
-    quota_profiles: dict[Name, QuotaProfile] = Field(default_factory=dict)
+    quota_profiles: dict[Name, QuotaProfileSettings] = Field(default_factory=dict)
     cards: list[CardSettings] = Field(default_factory=list)
     pool_options: dict[Name, PoolSettings] = Field(default_factory=dict, alias="pools")
     admin: AdminSettings = Field(default_factory=AdminSettings)
@@ -1222,7 +1240,9 @@ class Settings(BaseSettings):
 
     @field_validator("quota_profiles")
     @classmethod
-    def _default_profile(cls, value: dict[str, QuotaProfile]) -> dict[str, QuotaProfile]:
+    def _default_profile(
+        cls, value: dict[str, QuotaProfileSettings]
+    ) -> dict[str, QuotaProfileSettings]:
         if "default" not in value:
             value = {"default": BUILTIN_DEFAULT_QUOTA, **value}
         return value

@@ -47,10 +47,10 @@ __all__ = [
 
 
 class ConsentMode(StrEnum):
-    """How the consent policy treats numbers without a record."""
+    """How the consent policy treats numbers without a record (``[policy] consent``)."""
 
-    REQUIRE_CONSENT = "require-consent"
     DNC_ONLY = "dnc-only"
+    REQUIRE_CONSENT = "require-consent"
 
 
 class ConsentStatus(StrEnum):

@@ -54,6 +54,7 @@ __all__ = [
     "Headroom",
     "QuotaLimit",
     "QuotaProfile",
+    "SuspendReason",
     "evaluate_card",
     "would_exceed",
 ]
@@ -68,6 +69,22 @@ class CardState(StrEnum):
     PROBATION = "probation"
     RETIRED = "retired"
     SUSPECT = "suspect"  # repeated ambiguous refusals: no new calls until probed / cleared
+
+
+class SuspendReason(StrEnum):
+    """Why a card left the active state (DESIGN.md "Card states").
+
+    The one definition: ``[[carriers.rules]] reason`` in the configuration,
+    the card manager and the carrier-answer classification all use it.
+    """
+
+    ARREARS = "arrears"
+    VIOLATION = "violation"
+    ABNORMAL_USE = "abnormal-use"
+    MAINTENANCE = "maintenance"
+    FAULT = "fault"
+    MANUAL = "manual"
+    UNKNOWN = "unknown"
 
 
 #: States in which a card may carry calls.

@@ -1111,8 +1111,7 @@ def rules_from_settings(settings: Settings) -> dict[str, list[CarrierRule]]:
     """Each carrier's ``[[carriers.rules]]`` as :class:`CarrierRule` values, in file order."""
     return {
         carrier.name: [
-            CarrierRule(status=r.status, reason=SuspendReason(str(r.reason)), match=r.match)
-            for r in carrier.rules
+            CarrierRule(status=r.status, reason=r.reason, match=r.match) for r in carrier.rules
         ]
         for carrier in settings.carriers
     }
@@ -1174,38 +1173,9 @@ def card_snapshot(
 
 
 def quota_profiles_from_settings(settings: Settings) -> dict[str, QuotaProfile]:
-    """``[quota_profiles.*]`` as ``policies.quotas.QuotaProfile`` values.
-
-    A missing key means "no limit"; tuning keys left out keep the policies'
-    defaults (short call < 10 s, window of 50 calls, 20-call minimum sample).
-    """
-    out: dict[str, QuotaProfile] = {}
-    for name, p in settings.quota_profiles.items():
-        tuning: dict[str, Any] = {}
-        if p.short_call_seconds is not None:
-            tuning["short_call_seconds"] = p.short_call_seconds
-        if p.rate_window_calls is not None:
-            tuning["rate_window_calls"] = p.rate_window_calls
-        if p.min_sample is not None:
-            tuning["rate_min_sample"] = p.min_sample
-        if p.cooldown_seconds is not None:
-            tuning["cooldown_seconds"] = p.cooldown_seconds
-        out[name] = QuotaProfile(
-            name=name,
-            calls_per_minute=p.calls_per_minute,
-            calls_per_hour=p.calls_per_hour,
-            calls_per_day=p.calls_per_day,
-            concurrent=p.concurrent,
-            min_gap_seconds=p.min_gap_seconds,
-            talk_minutes_per_day=p.talk_minutes_per_day,
-            distinct_callees_per_day=p.distinct_callees_per_day,
-            answer_rate_floor=p.answer_rate_floor,
-            short_call_ceiling=p.short_call_ceiling,
-            consecutive_failures=p.consecutive_failures,
-            night_window=None if p.night_window is None else p.night_window.spec,
-            **tuning,
-        )
-    return out
+    """``[quota_profiles.*]`` as ``policies.quotas.QuotaProfile`` values
+    (:meth:`gateway.config.QuotaProfileSettings.to_profile`)."""
+    return {name: p.to_profile(name) for name, p in settings.quota_profiles.items()}
 
 
 def probation_profiles_from_settings(settings: Settings) -> dict[str, str]:

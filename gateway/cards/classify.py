@@ -41,6 +41,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies.quotas import SuspendReason
+
 __all__ = [
     "AMBIGUOUS_STATUSES",
     "DEFAULT_DEAD_CAUSES",
@@ -54,18 +56,6 @@ __all__ = [
     "classify",
     "q850_cause",
 ]
-
-
-class SuspendReason(StrEnum):
-    """Why a card left the active state (DESIGN.md "Card states")."""
-
-    ARREARS = "arrears"
-    VIOLATION = "violation"
-    ABNORMAL_USE = "abnormal-use"
-    MAINTENANCE = "maintenance"
-    FAULT = "fault"
-    MANUAL = "manual"
-    UNKNOWN = "unknown"
 
 
 class BLegClass(StrEnum):

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from gateway.cards import rules_from_settings
 from gateway.config import (
     CONSENT_MISSING,
-    CardReason,
     ConfigError,
-    ConsentMode,
     Endpoint,
     ServiceUrl,
     Settings,
@@ -22,6 +21,8 @@ from gateway.config import (
     format_loc,
     load_settings,
 )
+from policies.consent import ConsentMode
+from policies.quotas import SuspendReason
 
 from .conftest import BASE_TOML, EXAMPLES
 
@@ -66,15 +67,16 @@ def test_full_example_contents() -> None:
     assert Endpoint(Transport.UDP, "127.0.0.1", 5070) == settings.carriers[0].address
     assert settings.mqtt is not None
     assert 1883 == settings.mqtt.port
-    assert CardReason.ARREARS == settings.carriers[0].rules[0].reason
+    assert SuspendReason.ARREARS == settings.carriers[0].rules[0].reason
 
 
 def test_base_config_parses_values(write_toml: Callable[[str], Path]) -> None:
     """Mini-formats become values: listen specs, windows, compiled rules, E.164."""
     settings = load_settings(write_toml(BASE_TOML))
     assert ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"] == [str(s) for s in settings.sip.listen]
-    assert settings.carriers[0].rules[0].matches(403, "Card SUSPENDED")
-    assert not settings.carriers[0].rules[0].matches(403, "Forbidden")
+    rule = rules_from_settings(settings)[settings.carriers[0].name][0]
+    assert rule.matches(403, "Card SUSPENDED", None)
+    assert not rule.matches(403, "Forbidden", None)
     assert "Asia/Shanghai" == settings.carriers[0].tz.key
     assert "c1" == settings.user("alice").card
     assert "c1" == settings.card("c1").auth_username

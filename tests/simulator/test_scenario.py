@@ -299,7 +299,7 @@ def test_probation_thresholds_reach_the_carrier() -> None:
 
 def test_scenario_quota_keys_are_the_gateways() -> None:
     """Every key of a scenario quota profile is a key of the gateway's ``[quota_profiles.NAME]``."""
-    from gateway.config import QuotaProfile as GatewayQuotaProfile
+    from gateway.config import QuotaProfileSettings as GatewayQuotaProfile
     from simulator.scenario import QuotaProfileSection
 
     assert set(QuotaProfileSection.model_fields) <= set(GatewayQuotaProfile.model_fields)
