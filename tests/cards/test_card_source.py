@@ -12,12 +12,18 @@ from gateway.cards import (
     StoreCardSource,
     SuspendReason,
 )
-from gateway.store import SQLiteStore
+from gateway.store.memory import MemoryStore
 from policies.decision import RejectReason
 from policies.quotas import QuotaLimit, evaluate_card
 from policies.selection import CardSelection, CardSource
 
 from .conftest import DEFS, PROFILES, T0, TZ, at, ctx
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """The in-memory backend: these tests are about the cards' logic, not SQLite's."""
+    return MemoryStore()
 
 
 def test_is_a_policies_card_source(source: StoreCardSource) -> None:
@@ -26,7 +32,7 @@ def test_is_a_policies_card_source(source: StoreCardSource) -> None:
 
 
 def test_pipeline_reserves_then_failover_excludes_the_dead_card(
-    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+    manager: CardManager, store: MemoryStore, source: StoreCardSource
 ) -> None:
     """The pipeline reserves c1; after a rule-matched 403 the same picker moves the call to c2."""
     decision = CardSelection(source)(ctx("k1"), at(T0))
@@ -62,7 +68,7 @@ def test_bound_card_of_another_pool_comes_first(source: StoreCardSource) -> None
 
 
 def test_no_card_gives_503_with_retry_after(
-    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+    manager: CardManager, store: MemoryStore, source: StoreCardSource
 ) -> None:
     """Both main cards busy: 503 no-card-available naming each card's limit."""
     assert CardSelection(source)(ctx("k1"), at(T0)).allowed
@@ -78,7 +84,7 @@ def test_no_card_gives_503_with_retry_after(
 
 
 def test_unusable_cards_are_never_reserved(
-    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+    manager: CardManager, store: MemoryStore, source: StoreCardSource
 ) -> None:
     """reserve() refuses a suspended or suspect card, even for an emergency call."""
     manager.suspend("c1", now=T0)
@@ -88,7 +94,7 @@ def test_unusable_cards_are_never_reserved(
     assert [] == store.open_reservations()
 
 
-def test_down_carrier_cards_are_candidates_marked_unavailable(store: SQLiteStore) -> None:
+def test_down_carrier_cards_are_candidates_marked_unavailable(store: MemoryStore) -> None:
     """A carrier reported down: its cards stay candidates, snapshotted as unavailable."""
     down = {"carrier-a"}
     m = CardManager(store, carrier_available=lambda carrier: carrier not in down)
@@ -112,7 +118,7 @@ def test_down_carrier_cards_are_candidates_marked_unavailable(store: SQLiteStore
     assert "c1" == CardSelection(src)(ctx("k3"), at(T0)).card_id
 
 
-def test_emergency_reservation_skips_quota(store: SQLiteStore, source: StoreCardSource) -> None:
+def test_emergency_reservation_skips_quota(store: MemoryStore, source: StoreCardSource) -> None:
     """Emergency calls reserve without a profile check even on a busy card."""
     assert source.reserve("c1", ctx("k1"), T0, emergency=False)
     assert not source.reserve("c1", ctx("k2"), T0, emergency=False)
@@ -121,7 +127,7 @@ def test_emergency_reservation_skips_quota(store: SQLiteStore, source: StoreCard
 
 
 def test_emergency_call_takes_a_free_usable_card(
-    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+    manager: CardManager, store: MemoryStore, source: StoreCardSource
 ) -> None:
     """An emergency call skips quotas and prefers a card with a free line."""
     assert source.reserve("c1", ctx("k1"), T0, emergency=False)
@@ -134,7 +140,7 @@ def test_emergency_call_takes_a_free_usable_card(
 
 @pytest.mark.parametrize("trouble", ["carrier-down", "resting"])
 def test_emergency_call_avoids_a_card_that_cannot_reach_its_trunk(
-    store: SQLiteStore, trouble: str
+    store: MemoryStore, trouble: str
 ) -> None:
     """A down carrier or a resting trunk cannot carry an emergency call: a working card does."""
     m = CardManager(store, carrier_available=lambda c: trouble != "carrier-down" or c != "a")

@@ -179,7 +179,7 @@ def test_selection_skips_cards_of_inactive_carrier(health: CarrierHealth) -> Non
     from datetime import UTC, datetime
 
     from gateway.cards import CardDef, CardManager, StoreCardSource
-    from gateway.store import SQLiteStore
+    from gateway.store.memory import MemoryStore
     from policies.context import CallContext
     from policies.quotas import QuotaProfile
     from policies.selection import CardSelection
@@ -192,7 +192,7 @@ def test_selection_skips_cards_of_inactive_carrier(health: CarrierHealth) -> Non
         ],
         T0,
     )
-    ledger = SQLiteStore(":memory:")
+    ledger = MemoryStore()
     source = StoreCardSource(
         m,
         ledger,

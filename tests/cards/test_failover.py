@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from gateway.cards import (
     BLegClass,
     CardDef,
@@ -16,12 +18,19 @@ from gateway.cards import (
     StoreCardSource,
     SuspendReason,
 )
-from gateway.store import SQLiteStore
+from gateway.store.memory import MemoryStore
 from policies.decision import Decision, RejectReason
 from policies.quotas import QuotaProfile
 from policies.selection import CardSelection
 
 from .conftest import CALLEE, PROFILES, T0, TZ, at, ctx
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """The in-memory backend: these tests are about the cards' logic, not SQLite's."""
+    return MemoryStore()
+
 
 HOURLY = {"hourly": QuotaProfile(name="hourly", concurrent=1, calls_per_hour=10)}
 TIGHT = {"tight": QuotaProfile(name="tight", concurrent=1, calls_per_minute=1)}
@@ -31,7 +40,7 @@ def _pick(source: StoreCardSource, call_id: str, now: float, **kw: object) -> De
     return CardSelection(source)(ctx(call_id, now=now, **kw), at(now))  # type: ignore[arg-type]
 
 
-def _used(store: SQLiteStore, card: str, calls: int, start: float) -> None:
+def _used(store: MemoryStore, card: str, calls: int, start: float) -> None:
     """``calls`` finished calls on ``card`` from ``start`` on, one every 10 s."""
     for n in range(calls):
         call = f"{card}-past-{n}"
@@ -40,7 +49,7 @@ def _used(store: SQLiteStore, card: str, calls: int, start: float) -> None:
 
 
 def test_failover_sequence_c1_c2_exhausted(
-    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+    manager: CardManager, store: MemoryStore, source: StoreCardSource
 ) -> None:
     """c1 answers 403 suspend → c2 answers 402 → no card left: 503 no-card-available."""
     first = _pick(source, "call-1", T0)
@@ -71,7 +80,7 @@ def test_failover_sequence_c1_c2_exhausted(
     assert [] == store.open_reservations()
 
 
-def test_trunk_failover_skips_cards_sharing_the_device(store: SQLiteStore) -> None:
+def test_trunk_failover_skips_cards_sharing_the_device(store: MemoryStore) -> None:
     """After trunk-unreachable on k0, k1 (same GSM gateway) is skipped though it ranks first."""
     m = CardManager(store)
     m.load(
@@ -111,7 +120,7 @@ def test_suspended_bound_card_is_rebound_within_its_pool(
 
 
 def test_bound_card_over_a_limit_waits_unless_the_pool_spills(
-    store: SQLiteStore, source: StoreCardSource
+    store: MemoryStore, source: StoreCardSource
 ) -> None:
     """A bound card that is busy: 503 with its cause; with spill the pool stands in."""
     store.reserve("c1", "elsewhere", "+8613811119999", T0)
@@ -127,7 +136,7 @@ def test_bound_card_over_a_limit_waits_unless_the_pool_spills(
     assert (True, "c2") == (spilled.allowed, spilled.card_id)
 
 
-def test_bound_card_over_a_rate_limit_says_when_it_frees(store: SQLiteStore) -> None:
+def test_bound_card_over_a_rate_limit_says_when_it_frees(store: MemoryStore) -> None:
     """The bound agent's 503 carries the card's own Retry-After, not another card's."""
     m = CardManager(store)
     m.load(
@@ -144,7 +153,7 @@ def test_bound_card_over_a_rate_limit_says_when_it_frees(store: SQLiteStore) -> 
     assert waits.detail.startswith("bound card a calls_per_minute")
 
 
-def test_most_headroom_wins_over_priority(store: SQLiteStore) -> None:
+def test_most_headroom_wins_over_priority(store: MemoryStore) -> None:
     """Without a bound or last card the card with the most headroom wins, whatever its priority."""
     m = CardManager(store)
     m.load(
@@ -169,7 +178,7 @@ def test_most_headroom_wins_over_priority(store: SQLiteStore) -> None:
 
 
 def test_equal_headroom_goes_to_the_better_priority_then_the_smaller_id(
-    store: SQLiteStore,
+    store: MemoryStore,
 ) -> None:
     """Equal headroom: the lower priority number wins; equal priority: the smaller id."""
     m = CardManager(store)
@@ -187,7 +196,7 @@ def test_equal_headroom_goes_to_the_better_priority_then_the_smaller_id(
     assert "a" == _pick(src, "k3", T0).card_id
 
 
-def test_prefers_staying_on_the_last_used_card(store: SQLiteStore) -> None:
+def test_prefers_staying_on_the_last_used_card(store: MemoryStore) -> None:
     """The card used last keeps the calls while it has the headroom asked for."""
     m = CardManager(store)
     m.load(
@@ -209,7 +218,7 @@ def test_prefers_staying_on_the_last_used_card(store: SQLiteStore) -> None:
     assert "a" == m.last_used("p")
 
 
-def test_quota_exhausted_cards_are_skipped_with_retry_after(store: SQLiteStore) -> None:
+def test_quota_exhausted_cards_are_skipped_with_retry_after(store: MemoryStore) -> None:
     """Cards over quota are skipped; Retry-After is when the first of them frees."""
     m = CardManager(store)
     m.load(
@@ -237,7 +246,7 @@ def test_quota_exhausted_cards_are_skipped_with_retry_after(store: SQLiteStore) 
 MAINTENANCE = CarrierRule(503, SuspendReason.MAINTENANCE, re.compile("(?i)maintenance"))
 
 
-def test_retry_after_counts_maintenance_end(store: SQLiteStore) -> None:
+def test_retry_after_counts_maintenance_end(store: MemoryStore) -> None:
     """With every card in maintenance, Retry-After is when the first maintenance ends."""
     m = CardManager(store, rules={"carrier-a": [MAINTENANCE]})
     m.load(
@@ -265,7 +274,7 @@ def test_only_operator_help_means_the_default_retry_after(
     assert 300 == custom.retry_after
 
 
-def test_cards_of_a_down_carrier_are_skipped(store: SQLiteStore) -> None:
+def test_cards_of_a_down_carrier_are_skipped(store: MemoryStore) -> None:
     """A carrier reported down takes its cards out of selection without marking them."""
     down = {"carrier-a"}
     m = CardManager(store, carrier_available=lambda carrier: carrier not in down)

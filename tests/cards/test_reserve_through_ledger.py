@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.cards import CardManager, StoreCardSource, effective_profile
-from gateway.store import SQLiteStore
+from gateway.store.memory import MemoryStore
 from policies.quotas import CardUsage
 from policies.selection import CardSelection
 
 from .conftest import PROFILES, T0, TZ, at, ctx
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """The in-memory backend: these tests are about the cards' logic, not SQLite's."""
+    return MemoryStore()
 
 
 def _place(
@@ -18,7 +26,7 @@ def _place(
     return decision.card_id if decision.allowed else None
 
 
-def test_concurrent_calls_spread_over_the_pool(manager: CardManager, store: SQLiteStore) -> None:
+def test_concurrent_calls_spread_over_the_pool(manager: CardManager, store: MemoryStore) -> None:
     """One call per SIM: the second call takes c2, the third finds no card."""
     assert "c1" == _place(manager, store, "k1", T0)
     assert "c2" == _place(manager, store, "k2", T0 + 1)
@@ -31,7 +39,7 @@ def test_concurrent_calls_spread_over_the_pool(manager: CardManager, store: SQLi
 class StaleLedger:
     """The real store, but usage reads miss another process's reservation."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: MemoryStore) -> None:
         self.store = store
 
     def card_usage(self, card_id: str, now: float) -> CardUsage:
@@ -43,14 +51,14 @@ class StaleLedger:
         self.store.reserve(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def test_lost_race_moves_on_to_the_next_card(manager: CardManager, store: SQLiteStore) -> None:
+def test_lost_race_moves_on_to_the_next_card(manager: CardManager, store: MemoryStore) -> None:
     """A reservation refused inside the atomic write moves on to c2."""
     store.reserve("c1", "other-process", "+8613811119999", T0)
     assert "c2" == _place(manager, StaleLedger(store), "k1", T0 + 1)
     assert [("other-process", "c1"), ("k1", "c2")] == store.open_reservations()
 
 
-def test_every_race_lost_asks_for_a_quick_retry(manager: CardManager, store: SQLiteStore) -> None:
+def test_every_race_lost_asks_for_a_quick_retry(manager: CardManager, store: MemoryStore) -> None:
     """Both cards taken between read and write: 503 with Retry-After 1, nothing written."""
     store.reserve("c1", "other-1", "+8613811119998", T0)
     store.reserve("c2", "other-2", "+8613811119999", T0)
@@ -64,7 +72,7 @@ def test_every_race_lost_asks_for_a_quick_retry(manager: CardManager, store: SQL
     assert [("other-1", "c1"), ("other-2", "c2")] == store.open_reservations()
 
 
-def test_probation_profile_is_enforced(manager: CardManager, store: SQLiteStore) -> None:
+def test_probation_profile_is_enforced(manager: CardManager, store: MemoryStore) -> None:
     """A card on probation with a reduced profile (1 call/min) is held to it."""
     manager.probation("c1", now=T0, until=T0 + 86400, profile="careful")
     assert PROFILES["careful"] == effective_profile(manager.get("c1"), PROFILES)
@@ -88,7 +96,7 @@ def test_probation_without_override_uses_the_profile_probation(manager: CardMana
 
 
 def test_reservation_is_in_the_ledger_and_makes_the_card_sticky(
-    manager: CardManager, store: SQLiteStore
+    manager: CardManager, store: MemoryStore
 ) -> None:
     """A successful reservation is in the ledger and makes the card the pool's last used."""
     assert None is manager.last_used("main")

@@ -14,10 +14,17 @@ from gateway.cards import (
     StoreCardSource,
     SuspendReason,
 )
-from gateway.store import SQLiteStore
+from gateway.store.memory import MemoryStore
 from policies.selection import CardSelection
 
 from .conftest import T0, at, ctx
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """The in-memory backend: these tests are about the cards' logic, not SQLite's."""
+    return MemoryStore()
+
 
 MAINTENANCE = CarrierRule(503, SuspendReason.MAINTENANCE, re.compile("(?i)maintenance"))
 
@@ -41,7 +48,7 @@ MAINTENANCE = CarrierRule(503, SuspendReason.MAINTENANCE, re.compile("(?i)mainte
 )
 def test_card_dead_answers_mark_and_fail_over(
     manager: CardManager,
-    store: SQLiteStore,
+    store: MemoryStore,
     status: int,
     phrase: str,
     warning: str | None,
@@ -71,7 +78,7 @@ def test_card_dead_answers_mark_and_fail_over(
 
 
 def test_plain_403_leaves_the_card_active_and_counts_one_suspicion(
-    manager: CardManager, store: SQLiteStore
+    manager: CardManager, store: MemoryStore
 ) -> None:
     """A 403 no rule explains is ambiguous: relayed, no failover, one suspicion, no suspension."""
     verdict = manager.on_response("c1", 403, "Forbidden", now=T0, callee="+8613811110001")
@@ -88,7 +95,7 @@ def test_plain_403_leaves_the_card_active_and_counts_one_suspicion(
 
 
 def test_reason_header_text_can_match_a_rule_and_is_kept(
-    manager: CardManager, store: SQLiteStore
+    manager: CardManager, store: MemoryStore
 ) -> None:
     """A rule pattern found in the Reason header text decides; the header is evidence."""
     verdict = manager.on_response(
@@ -149,7 +156,7 @@ def test_provisional_status_is_rejected(manager: CardManager) -> None:
 
 
 def test_maintenance_rule_recovers_after_retry_after(
-    manager: CardManager, store: SQLiteStore, source: StoreCardSource
+    manager: CardManager, store: MemoryStore, source: StoreCardSource
 ) -> None:
     """A maintenance rule + Retry-After: suspended until then, skipped, then active by itself."""
     manager.rules["carrier-a"].insert(0, MAINTENANCE)
@@ -187,7 +194,7 @@ def test_selection_itself_recovers_a_card_whose_maintenance_ended(
 
 
 def test_503_with_retry_after_rests_the_card_without_suspending_it(
-    manager: CardManager, store: SQLiteStore
+    manager: CardManager, store: MemoryStore
 ) -> None:
     """503 + Retry-After (no rule): trunk-unreachable, the card rests, stays active."""
     verdict = manager.on_response("c1", 503, "Service Unavailable", retry_after=600, now=T0)
@@ -220,7 +227,7 @@ def test_503_without_retry_after_is_an_ambiguous_callee_outcome(manager: CardMan
 
 @pytest.mark.parametrize("kind", ["timer-b", "transport-error"])
 def test_no_response_rests_and_fails_over_but_never_suspends(
-    manager: CardManager, store: SQLiteStore, kind: str
+    manager: CardManager, store: MemoryStore, kind: str
 ) -> None:
     """Timer B and transport errors: trunk-unreachable every time, a rest, never a suspension."""
     for n in range(1, 5):
@@ -281,7 +288,7 @@ def test_failure_after_ringing_marks_but_never_fails_over(manager: CardManager) 
     assert CardState.SUSPENDED == manager.get("c1").state
 
 
-def test_repeated_suspension_is_recorded_once(manager: CardManager, store: SQLiteStore) -> None:
+def test_repeated_suspension_is_recorded_once(manager: CardManager, store: MemoryStore) -> None:
     """Two calls hitting the same suspension produce one transition, not two."""
     first = manager.on_response("c1", 402, "Payment Required", now=T0)
     second = manager.on_response("c1", 402, "Payment Required", now=T0 + 1)
@@ -323,7 +330,7 @@ def test_register_refusal_marks_without_failover(manager: CardManager) -> None:
 
 @pytest.mark.parametrize(("status", "phrase"), [(200, "OK"), (503, "Busy"), (408, "Timeout")])
 def test_register_answers_that_prove_nothing(
-    manager: CardManager, store: SQLiteStore, status: int, phrase: str
+    manager: CardManager, store: MemoryStore, status: int, phrase: str
 ) -> None:
     """REGISTER 2xx, 5xx or 408: the card stays as it is."""
     verdict = manager.on_register_response("c1", status, phrase, now=T0)
@@ -332,7 +339,7 @@ def test_register_answers_that_prove_nothing(
     assert [] == store.transitions("c1")
 
 
-def test_rejected_credentials_suspend_at_once(manager: CardManager, store: SQLiteStore) -> None:
+def test_rejected_credentials_suspend_at_once(manager: CardManager, store: MemoryStore) -> None:
     """A final 401 (credentials refused) is the card's: suspended for fault, fail over."""
     first = manager.on_response("c1", 401, "Unauthorized", now=T0)
     assert (BLegClass.CARD_DEAD, True, SuspendReason.FAULT) == (
