@@ -48,10 +48,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gateway.callpath import router
 from gateway.callpath.auth import (
     AbandonedChallenge,
     Authenticator,
@@ -62,6 +63,7 @@ from gateway.callpath.auth import (
 )
 from gateway.callpath.inbound import InboundRouter
 from gateway.callpath.registrar import Registrar, RegistrationStore, RegistrationSync
+from gateway.callpath.router import Route, RouteKind
 from gateway.callpath.security import (
     Admission,
     Ban,
@@ -75,7 +77,6 @@ from gateway.sip.digest import DigestServer
 from gateway.sip.headers import canonical_name
 from gateway.sip.transaction import TimerConfig, client_key
 from gateway.sip.uri import URI
-from gateway.sip.validate import check_request
 from gateway.telemetry.events import Alert, AlertKind, EventBus, Severity, iso_time
 from gateway.transport import (
     Address,
@@ -92,9 +93,6 @@ from gateway.transport.via import strip_brackets
 from policies.privacy import mask_number
 
 __all__ = [
-    "ACCEPT",
-    "ALLOW",
-    "SUPPORTED",
     "BoundAddress",
     "Gateway",
     "GatewayStats",
@@ -108,22 +106,6 @@ if TYPE_CHECKING:
     from gateway.store import SQLiteStore
 
 log = structlog.get_logger("gateway.callpath.element")
-
-ALLOW: tuple[str, ...] = (
-    "INVITE",
-    "ACK",
-    "CANCEL",
-    "BYE",
-    "OPTIONS",
-    "REGISTER",
-    "INFO",
-    "UPDATE",
-)
-"""Methods the gateway handles (RFC 3261 §20.5); sent in Allow on OPTIONS and 501."""
-
-ACCEPT = "application/sdp"
-SUPPORTED: tuple[str, ...] = ()
-"""Option tags we support: none yet, so every Require/Proxy-Require tag gets 420."""
 
 REJECT_LOG_RATE = 200
 """Rejection log lines per second before further ones are only counted."""
@@ -139,7 +121,6 @@ HOUSEKEEPING_INTERVAL = 1.0
 
 # Headers RFC 3261 §8.2.6.2 copies from a request into a response.
 _COPIED = ("via", "from", "to", "call-id", "cseq")
-_IN_DIALOG_ONLY = frozenset({"BYE", "INFO"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,90 +434,44 @@ class Gateway:
                 self._reply(message, source, transport, 500, "Server Internal Error")
 
     def _on_request(self, req: Request, source: Address, transport: Transport) -> None:
-        method = req.method
-        role: Literal["registrar", "proxy"] = "registrar" if method == "REGISTER" else "proxy"
-        try:
-            check_request(req, role=role, supported=SUPPORTED, local_uri=self.is_local)
-        except SIPError as err:
-            if method == "ACK":
-                self.stats.dropped["invalid-ack"] += 1
-                return
-            self._reply(
-                req,
-                source,
-                transport,
-                err.status_code,
-                err.reason_phrase,
-                err.extra_headers,
-                detail=err.detail,
-            )
-            return
-        layer = self.endpoint.layer
-        try:
-            existing = layer.find_server(req)
-        except SIPError:
-            existing = None
-        if existing is not None:
-            # A retransmission, or the ACK of a non-2xx we sent (§17.2.1): the
-            # transaction absorbs it — never verified or routed twice.
+        """Ask the router where ``req`` goes, then do it."""
+        facts = _RequestFacts(self, source, transport)
+        found = router.route(req, facts)
+        kind = found.kind
+        if kind is RouteKind.ABSORB or kind is RouteKind.CANCEL or kind is RouteKind.IN_DIALOG:
             self.endpoint._on_message(req, source, transport)
-            return
-        if method == "ACK":
-            # The ACK of a 2xx has its own branch (§17.1.1.3): the B2BUA's dialogs.
-            if self.b2bua is not None and self.b2bua.on_ack(req, source, transport):
-                return
-            self.stats.dropped["ack"] += 1
-            return
-        if method == "CANCEL":
-            if layer.cancel_target(req) is not None:
-                if self.b2bua is not None and self.b2bua.foreign_cancel(req, source, transport):
-                    # Answered statelessly: a server transaction for it would
-                    # absorb the caller's own CANCEL (same branch) as a retransmission.
-                    self._reply(req, source, transport, 403, detail="CANCEL not from the caller")
-                    return
-                self.endpoint._on_message(req, source, transport)
-                return
-            # RFC 3261 §9.2: no matching transaction → 481.
-            self._reply(req, source, transport, 481, detail="no transaction to cancel")
-            return
-        if self.b2bua is not None and req.to.tag is not None and self.b2bua.has_dialog(req):
-            self.endpoint._on_message(req, source, transport)
-            return
-        if method == "INVITE":
-            self._invite(req, source, transport)
-            return
-        if method == "REGISTER":
-            self._register(req, source, transport)
-            return
-        if not self.is_local(req.uri):
-            self._reply(req, source, transport, 404, detail="no route for this Request-URI")
-            return
-        if method == "OPTIONS":
-            # RFC 3261 §11.2: the 200 lists Allow, Accept and Supported.
-            self._reply(
-                req,
-                source,
-                transport,
-                200,
-                extra=[
-                    ("Allow", ", ".join(ALLOW)),
-                    ("Accept", ACCEPT),
-                    ("Supported", ", ".join(SUPPORTED)),
-                ],
+        elif kind is RouteKind.ACK_2XX:
+            if self.b2bua is None or not self.b2bua.on_ack(req, source, transport):
+                self.stats.dropped["ack"] += 1
+        elif kind is RouteKind.INBOUND_INVITE:
+            carrier = self.auth.carrier_at(source)
+            assert carrier is not None  # the router saw it
+            self._to_endpoint(req, source, transport, Identity(IdentityKind.CARRIER, carrier))
+        elif kind is RouteKind.OUTBOUND_INVITE or kind is RouteKind.REGISTER:
+            identity = self._challenge(
+                req, source, transport, proxy=kind is RouteKind.OUTBOUND_INVITE
             )
-            return
-        if method in _IN_DIALOG_ONLY:
-            # RFC 3261 §15.1.2: a BYE matching no dialog gets 481.
-            self._reply(req, source, transport, 481, detail="no such dialog")
-            return
-        # RFC 3261 §8.2.1: a method we do not implement gets 501 with Allow.
+            if identity is None:
+                return
+            admitted = router.route_authenticated(req, identity, facts)
+            if admitted.kind is RouteKind.REPLY:
+                self._answer(req, source, transport, admitted)
+            else:
+                self._to_endpoint(req, source, transport, identity)
+        elif kind is RouteKind.DROP:
+            self.stats.dropped[found.detail or "dropped"] += 1
+        else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
+            self._answer(req, source, transport, found)
+
+    def _answer(self, req: Request, source: Address, transport: Transport, found: Route) -> None:
         self._reply(
             req,
             source,
             transport,
-            501,
-            extra=[("Allow", ", ".join(ALLOW))],
-            detail="unknown method",
+            found.status,
+            found.reason,
+            list(found.headers),
+            detail=found.detail,
         )
 
     def _challenge(
@@ -583,44 +518,6 @@ class Gateway:
             hold=hold,
         )
         return None
-
-    def _register(self, req: Request, source: Address, transport: Transport) -> None:
-        identity = self._challenge(req, source, transport, proxy=False)
-        if identity is None:
-            return
-        if identity.kind is not IdentityKind.AGENT:
-            self._reply(req, source, transport, 403, detail="only agents register")
-            return
-        self._to_endpoint(req, source, transport, identity)
-
-    def _invite(self, req: Request, source: Address, transport: Transport) -> None:
-        """An out-of-dialog INVITE: inbound from a carrier, or an authenticated call out."""
-        carrier = self.auth.carrier_at(source)
-        if carrier is not None and req.to.tag is None:
-            # Carriers never authenticate to us: their address is the credential,
-            # and their calls only ever go to agents (never back out: no relay).
-            self._to_endpoint(req, source, transport, Identity(IdentityKind.CARRIER, carrier))
-            return
-        identity = self._challenge(req, source, transport, proxy=True)
-        if identity is None:
-            return
-        if req.to.tag is not None:
-            # RFC 3261 §12.2.2: a request with a To tag matching no dialog → 481.
-            self._reply(req, source, transport, 481, detail="no such dialog")
-            return
-        if identity.kind is IdentityKind.AGENT and not self.registrar.is_registered(
-            identity.name, self.sip_clock()
-        ):
-            self._reply(
-                req, source, transport, 403, "Not Registered", detail="agent not registered"
-            )
-            return
-        if self.b2bua is None:
-            self._reply(
-                req, source, transport, 503, extra=[("Retry-After", "30")], detail="no call path"
-            )
-            return
-        self._to_endpoint(req, source, transport, identity)
 
     def _to_endpoint(
         self, req: Request, source: Address, transport: Transport, identity: Identity
@@ -1048,6 +945,44 @@ class Gateway:
         if not self._mask or uri.user is None:
             return str(uri)
         return str(dataclasses.replace(uri, user=mask_number(uri.user)))
+
+
+class _RequestFacts:
+    """The router's questions about one request, answered from the element's tables."""
+
+    __slots__ = ("gateway", "source", "transport")
+
+    def __init__(self, gateway: Gateway, source: Address, transport: Transport) -> None:
+        self.gateway = gateway
+        self.source = source
+        self.transport = transport
+
+    def in_transaction(self, req: Request) -> bool:
+        return self.gateway.endpoint.layer.find_server(req) is not None
+
+    def cancels_transaction(self, req: Request) -> bool:
+        return self.gateway.endpoint.layer.cancel_target(req) is not None
+
+    def foreign_cancel(self, req: Request) -> bool:
+        b2bua = self.gateway.b2bua
+        return b2bua is not None and b2bua.foreign_cancel(req, self.source, self.transport)
+
+    def in_dialog(self, req: Request) -> bool:
+        b2bua = self.gateway.b2bua
+        return b2bua is not None and b2bua.has_dialog(req)
+
+    def from_carrier(self) -> bool:
+        return self.gateway.auth.carrier_at(self.source) is not None
+
+    def is_local(self, uri: URI) -> bool:
+        return self.gateway.is_local(uri)
+
+    def is_registered(self, agent: str) -> bool:
+        gateway = self.gateway
+        return gateway.registrar.is_registered(agent, gateway.sip_clock())
+
+    def has_call_path(self) -> bool:
+        return self.gateway.b2bua is not None
 
 
 def _fmt(addr: Address) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.callpath.element import ALLOW, Gateway
+from gateway.callpath.element import Gateway
+from gateway.callpath.router import ALLOW
 from gateway.config import Settings
 from gateway.sip import Response, parse
 from gateway.sip.digest import DigestClient
