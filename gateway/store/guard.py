@@ -26,6 +26,9 @@ B2BUA's pending finishes, the CDR spool, the registrar's retry queue) exactly
 as they do for any other ``StoreUnavailable``.
 
 ``status()`` is what ``/health`` reports.
+
+It must never run the probe on the event loop, retry or drop a caller's
+write, or know which store it guards beyond the probe and error it is given.
 """
 
 from __future__ import annotations

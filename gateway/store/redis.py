@@ -73,9 +73,13 @@ card can only look busier than it was, never idler. If the source fails, the
 reservation fails closed. Without a source a cold card starts from what Redis
 holds (documented trade-off; use AOF then).
 
-The client is synchronous (the ``UsageLedger`` protocol is): each operation
-blocks the caller for one round trip (0.1-0.3 ms on loopback, see the bench),
-at most ``timeout`` when Redis hangs.
+The client is synchronous, like the protocols it implements
+(:mod:`gateway.store.protocols`: ``RedisStore`` is a ``UsageLedger`` and a
+``RegistrationStore``, ``MirroredLedger`` a ``UsageLedger``,
+``SharedCardRepository`` a ``CardRepository``): each operation blocks the
+caller for one round trip (0.1-0.3 ms on loopback, see the bench), at most
+``timeout`` when Redis hangs. An asynchronous client would implement the same
+protocol methods.
 
 Deployment: one Redis server (or a primary with replicas), not Redis Cluster
 (scripts touch a call's and its card's keys together). This module must never
@@ -695,7 +699,7 @@ class RedisStore:
         self._rehydrate = client.register_script(_LUA_REHYDRATE)
         self._put_state = client.register_script(_LUA_PUT_STATE)
         self._put_registrations = client.register_script(_LUA_PUT_REGISTRATIONS)
-        # /health (issue 19): opened when Redis is not reached, closed by a PING from a
+        # /health: opened when Redis is not reached, closed by a PING from a
         # worker thread. It only reports here: a refused connection already fails at once.
         self.guard = StoreGuard(self._probe, unavailable, name="redis")
 

@@ -1,22 +1,14 @@
-"""The embedded state store: one SQLite file (WAL) behind small, typed operations.
+"""The embedded store: one SQLite file (WAL) behind small, typed operations.
 
-What lives here: cards and their state history (``card_transitions``), call
-detail records, per-card usage (one ``call_starts`` row per reserved call
-attempt), consent, the internal DNC list, complaints, agent pauses and
-appeals. The schema is versioned (``schema_version``) and migrated forward on
-open; opening an up-to-date database is a no-op.
-
-Registrations. The registrar's bindings (``registrations``, schema 8) are
-written through :meth:`SQLiteStore.save_registrations` — one AOR's whole list
-per call, replacing what was stored — and read back at start by
-:meth:`SQLiteStore.load_registrations`, which drops the expired ones.
-
-One :class:`SQLiteStore` serves every lookup the policies declare:
-``CardUsageView.card_usage`` (quotas), ``ConsentLookup.consent_status``,
-``DncLookup.lookup``, ``DestinationHistory.attempts/answers`` (frequency caps)
-and ``AgentUsageView.agent_usage``; plus :class:`UsageLedger` (write-ahead
-reservations, a Protocol a Redis implementation can stand beside) and
-:class:`CardRepository` (card states for ``gateway.cards``).
+What this module is for: :class:`SQLiteStore`, the default backend and a
+complete :class:`gateway.store.protocols.Store` — cards and their state
+history (``card_transitions``), per-card usage (one ``call_starts`` row per
+reserved call attempt), consent, the internal DNC list, complaints, number
+resets, agent pauses and bindings, call detail records, calls in progress
+(``call_dialogs``), registrar bindings (``registrations``), and the operator's
+records (``store.operator``, tables in :mod:`gateway.store.operator_schema`).
+The schema is versioned (``schema_version``) and migrated forward on open;
+opening an up-to-date database is a no-op.
 
 Write-ahead counting. ``reserve()`` commits a usage row *before* the INVITE
 leaves the gateway; ``release()`` undoes it only when the attempt failed before
@@ -25,31 +17,28 @@ two leaves a ``reserved`` row that :meth:`SQLiteStore.recover` turns into an
 ``orphaned`` start on the next open: it still counts as a call start (so a
 crash can only over-count), but no longer as a concurrent call.
 
-Durability. The database runs in WAL mode with ``synchronous=NORMAL``: a commit
-is an append to the ``-wal`` file done with ``write(2)`` before ``COMMIT``
-returns. Once the bytes are in the kernel's page cache, killing the process
-(even ``kill -9``) cannot lose them; the next opener replays the WAL. Only an
-operating-system crash or power loss can drop the last few commits (never
-corrupt the file). ``synchronous="FULL"`` adds an fsync per commit for that case.
+Running counters. ``card_usage`` (and the quota check inside ``reserve``) is
+served from per-card counters kept beside the rows (``_CardCounters``), rebuilt
+from ``call_starts`` on first use, on a new carrier day, and whenever another
+connection committed to the file (``PRAGMA data_version``, checked on every
+usage read and write, which also keeps reads failing closed when the file is
+gone). The rows remain the durable record; the counters never hold anything
+the rows do not, and the cost of a reservation does not grow with a card's day.
+
+Durability. WAL mode with ``synchronous=NORMAL``: a commit is an append to the
+``-wal`` file done with ``write(2)`` before ``COMMIT`` returns, so killing the
+process (even ``kill -9``) loses nothing; only an operating-system crash or
+power loss can drop the last few commits (never corrupt the file).
+``synchronous="FULL"`` adds an fsync per commit for that case.
 
 Failure mode: fail closed. Any SQLite error is raised as :class:`StoreUnavailable`
-(which carries SIP 503 + Retry-After and the ``store-unavailable`` reason), so
-the gateway refuses the call rather than dialling without counting it.
+(SIP 503 + Retry-After, reason ``store-unavailable``); a failure of the file
+itself (locked, busy, full, I/O) opens the store's :class:`StoreGuard`.
 
 This module must never read a clock (callers pass ``now``), never log a callee
-number, and never hold a transaction open across an ``await``: every operation
-is one short synchronous transaction (measured on this machine: a CDR commit
-~25-45 µs median, so no batching writer is needed).
-
-Running counters. ``card_usage`` (and the quota check inside ``reserve``) is
-served from per-card counters kept beside the rows (``_CardCounters``): they
-are built from ``call_starts`` on first use, after a restart, on a new
-carrier day, and whenever another connection committed to the file (``PRAGMA
-data_version``, checked on every usage read and write, which also keeps reads
-failing closed when the file is gone); this store's own reserve/release/finish
-update them after their commits. The rows remain the durable record; the
-counters never hold anything the rows do not (issue 7: reading a card's whole
-day per call was most of the gateway's CPU at 200 calls/s).
+number, never hold a transaction open across an ``await`` (every operation is
+one short synchronous transaction), and never open a second connection for
+regular work (only the guard's probe and checkpoints use their own).
 """
 
 from __future__ import annotations
@@ -357,7 +346,7 @@ _MIGRATIONS += (
     (
         10,
         (
-            # Write-ahead B-legs (issue 19): a call's row is written before its B-leg
+            # Write-ahead B-legs: a call's row is written before its B-leg
             # INVITE leaves, so a restart can CANCEL an unanswered INVITE (and ACK +
             # BYE a late 2xx) and answer the agent's INVITE. JSON with "v": 1.
             "ALTER TABLE call_dialogs ADD COLUMN b_invite TEXT",
@@ -370,7 +359,7 @@ _MIGRATIONS += (
     (
         11,
         (
-            # The dialer's lead id of a call (issue 18: X-Lead-Id), beside its campaign.
+            # The dialer's lead id of a call (X-Lead-Id), beside its campaign.
             "ALTER TABLE cdrs ADD COLUMN lead_id TEXT NOT NULL DEFAULT ''",
         ),
     ),
@@ -517,13 +506,13 @@ class SQLiteStore:
         # while no other connection has committed: PRAGMA data_version tells.
         self._cards_usage: dict[str, _CardCounters] = {}
         self._data_version: int | None = None
-        # Issue 19: after a lock/busy/disk/I-O failure, writes are refused at once and
+        # After a lock/busy/disk/I-O failure, writes are refused at once and
         # reads do not wait for locks, until a probe off the event loop writes again.
         self.guard = StoreGuard(self._probe, unavailable, name="sqlite")
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._busy_applied = int(busy_timeout_ms)
         if self.path != ":memory:":
-            # Callee numbers, DNC and complaints: 0600 whatever the umask (issue 15);
+            # Callee numbers, DNC and complaints: 0600 whatever the umask;
             # SQLite gives the -wal/-shm it creates the database file's mode.
             try:
                 prepare_private_file(Path(self.path), companions=("-wal", "-shm", "-journal"))
