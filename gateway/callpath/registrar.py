@@ -56,7 +56,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
@@ -64,7 +63,8 @@ from gateway.sip import Request
 from gateway.sip.errors import SIPError
 from gateway.sip.headers import NameAddr
 from gateway.sip.uri import URI
-from gateway.store.sqlite import StoredRegistration
+from gateway.store.protocols import RegistrationStore
+from gateway.store.records import StoredRegistration
 from gateway.transport import Address
 
 __all__ = [
@@ -314,23 +314,6 @@ def _same_uri(a: URI, b: URI) -> bool:
 # --------------------------------------------------------------------------
 # Persistence
 # --------------------------------------------------------------------------
-
-
-class RegistrationStore(Protocol):
-    """Where bindings are kept across restarts (``SQLiteStore``, ``RedisStore``).
-
-    Both raise ``gateway.store.StoreUnavailable`` when they cannot answer.
-    """
-
-    def save_registrations(
-        self, aor: str, rows: Sequence[StoredRegistration], now: float, *, node: str
-    ) -> None:
-        """Replace the stored bindings of ``aor`` (an empty list removes them)."""
-        ...
-
-    def load_registrations(self, now: float, *, node: str) -> list[StoredRegistration]:
-        """Every stored binding still live at ``now``."""
-        ...
 
 
 RETRY_INTERVAL = 5.0

@@ -193,9 +193,13 @@ class RegistrationStore(Protocol):
 
     def save_registrations(
         self, aor: str, rows: Sequence[StoredRegistration], now: float, *, node: str
-    ) -> None: ...
+    ) -> None:
+        """Replace the stored bindings of ``aor`` (an empty list removes them)."""
+        ...
 
-    def load_registrations(self, now: float, *, node: str) -> list[StoredRegistration]: ...
+    def load_registrations(self, now: float, *, node: str) -> list[StoredRegistration]:
+        """Every stored binding still live at ``now``."""
+        ...
 
 
 class ComplianceStore(Protocol):
