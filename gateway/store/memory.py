@@ -338,15 +338,20 @@ class MemoryStore:
             note=note,
         )
 
+    @staticmethod
+    def _first_starts(rows: Iterable[_Start], since: float) -> list[float]:
+        """One time per call (its first start) since ``since``; released starts never rang."""
+        first: dict[str, float] = {}
+        for r in rows:
+            if r.started_at >= since and r.status is not UsageStatus.RELEASED:
+                first[r.call_id] = min(first.get(r.call_id, r.started_at), r.started_at)
+        return sorted(first.values())
+
     def attempts(self, e164: str, since: float) -> list[float]:
         """Attempt times to ``e164`` (one per call; released attempts do not count)."""
         self._check()
         since = max(since, self._resets.get(e164, 0.0))
-        first: dict[str, float] = {}
-        for r in self._starts:
-            if r.callee == e164 and r.started_at >= since and r.status is not UsageStatus.RELEASED:
-                first[r.call_id] = min(first.get(r.call_id, r.started_at), r.started_at)
-        return sorted(first.values())
+        return self._first_starts((r for r in self._starts if r.callee == e164), since)
 
     def answers(self, e164: str, since: float) -> list[float]:
         """Answer times of calls to ``e164``."""
@@ -370,14 +375,11 @@ class MemoryStore:
         if window <= 0:
             return AgentUsage(paused=paused, pause_reason=reason, paused_until=until)
         since = now - window
-        first: dict[str, float] = {}
-        for r in self._starts:
-            if r.agent == agent and r.started_at >= since and r.status is not UsageStatus.RELEASED:
-                first[r.call_id] = min(first.get(r.call_id, r.started_at), r.started_at)
+        starts = self._first_starts((r for r in self._starts if r.agent == agent), since)
         calls = {r.call_id for r in self._starts if r.agent == agent}
         complaints = sorted(c.at for c in self._complaints if c.at >= since and c.call_id in calls)
         return AgentUsage(
-            call_starts=tuple(sorted(first.values())),
+            call_starts=tuple(starts),
             complaints=tuple(complaints),
             paused=paused,
             pause_reason=reason,

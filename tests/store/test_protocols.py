@@ -34,7 +34,20 @@ T0 = 1_700_000_000.0
 TZ = {"carrier-a": "Asia/Shanghai", "carrier-b": "UTC"}
 CARDS = ("c1", "c2", "c3")
 CALLEES = tuple(f"+86138111100{i:02d}" for i in range(6))
-PROFILE = QuotaProfile(name="p", concurrent=2, calls_per_minute=3, calls_per_hour=20)
+PROFILES = (
+    QuotaProfile(name="rate", concurrent=3, calls_per_minute=2, calls_per_hour=20),
+    QuotaProfile(
+        name="shape",
+        concurrent=2,
+        calls_per_day=60,
+        distinct_callees_per_day=5,
+        answer_rate_floor=0.3,
+        short_call_ceiling=0.5,
+        rate_min_sample=3,
+        consecutive_failures=3,
+        talk_minutes_per_day=30,
+    ),
+)
 
 
 def _backends() -> list[Any]:
@@ -77,7 +90,7 @@ def _script(store: Any, seed: int) -> list[Any]:
                     call_id,
                     rng.choice(CALLEES),
                     now,
-                    profile=PROFILE if rng.random() < 0.7 else None,
+                    profile=rng.choice((*PROFILES, None)),
                     agent=rng.choice(("alice", "bob")),
                 )
                 open_calls.append(call_id)
