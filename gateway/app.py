@@ -76,19 +76,14 @@ async def serve(
     the ``listening`` log lines. Shutdown is the reverse order; the MQTT
     publisher goes last so ``offline`` follows the final card states.
     """
-    from gateway.operator.http import GatewayTelemetry
+    from gateway.telemetry.hub import GatewayTelemetry
 
     call_path = bool(settings.users or settings.peers or settings.cards)
-    telemetry = GatewayTelemetry(
-        settings,
-        clock=clock,
-        # With a call path the admin app serves /metrics; the operator raises alerts.
-        serve_http=not call_path,
-        alert_watch=not call_path,
-    )
+    # With a call path the operator's status round raises the quota alerts.
+    telemetry = GatewayTelemetry(settings, clock=clock, alert_watch=not call_path)
     gateway = Gateway(settings, clock=clock, bus=telemetry.bus)
     telemetry.metrics.watch_gateway(gateway.snapshot)
-    telemetry.metrics.registry.add_collector(lambda: metric_families(gateway.security, time.time()))
+    telemetry.metrics.add_source(lambda: metric_families(gateway.security, time.time()))
     gateway.telemetry = telemetry
     await telemetry.start()
     old_gc: tuple[int, int, int] | None = None
@@ -97,8 +92,6 @@ async def serve(
     halt = asyncio.Event()
     try:
         await gateway.start()
-        if gateway.store is not None:
-            telemetry.store_status = gateway.store.guard.status  # /health
         operator = gateway.operator()
         if operator is not None:
             from gateway.telemetry.agent_board import (
@@ -106,10 +99,6 @@ async def serve(
             )
 
             wire_agent_board(settings, operator.store, telemetry.bus, clock())
-            if settings.admin.enabled:
-                admin = await _start_admin(settings, gateway, operator, telemetry, clock)
-                gateway.admin_url = admin.url
-                log.info("admin.listening", url=admin.url)
             interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
             # Without Redis nothing else adopts card changes written to the store by
             # another process (the CLI): the status loop does, every round.
@@ -127,8 +116,10 @@ async def serve(
                     )
                 )
             )
-        elif telemetry.http is not None:
-            gateway.admin_url = telemetry.http.url
+        if settings.admin.enabled:
+            admin = await _start_admin(settings, gateway, operator, telemetry, clock)
+            gateway.admin_url = admin.url
+            log.info("admin.listening", url=admin.url)
         old_gc = _tune_gc()
         RUNNING.append(gateway)
         try:
@@ -160,20 +151,26 @@ async def _start_admin(
     telemetry: Any,
     clock: Callable[[], float],
 ) -> Any:
-    """The admin API over the gateway's own store, card manager and bus, plus /metrics."""
-    from gateway.operator.api import build_admin_app, start_admin
-    from gateway.operator.http import mount_metrics
-
-    assert gateway.store is not None
-    app = build_admin_app(settings, gateway.store, operator=operator, clock=clock)
-    from gateway.operator.api.routes import STORE_GUARDS_KEY
-
-    shared = getattr(gateway.b2bua.services.ledger, "shared", None) if gateway.b2bua else None
-    app[STORE_GUARDS_KEY] = [g for g in (gateway.store.guard, getattr(shared, "guard", None)) if g]
-    mount_metrics(app, telemetry.metrics)
+    """The one HTTP server on ``[admin] listen``: the admin API over the gateway's own
+    store, card manager and bus when it has a call path, ``/metrics`` and ``/health``."""
+    from gateway.operator.api import build_admin_app, build_monitoring_app, start_admin
     from gateway.operator.api.security_routes import add_security_routes
 
-    add_security_routes(app, gateway)
+    shared = getattr(gateway.b2bua.services.ledger, "shared", None) if gateway.b2bua else None
+    store_guard = gateway.store.guard if gateway.store is not None else None
+    guards = [g for g in (store_guard, getattr(shared, "guard", None)) if g]
+    if operator is not None and gateway.store is not None:
+        app = build_admin_app(
+            settings,
+            gateway.store,
+            operator=operator,
+            clock=clock,
+            telemetry=telemetry,
+            store_guards=guards,
+        )
+        add_security_routes(app, gateway)
+    else:
+        app = build_monitoring_app(settings, telemetry, store_guards=guards)
     try:
         return await start_admin(app, settings.admin.listen)
     except OSError as exc:

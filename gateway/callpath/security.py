@@ -59,8 +59,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
 from gateway.config import BanAnswer, SecuritySettings, Settings
-from gateway.telemetry.metrics import MetricFamily
 
 __all__ = [
     "Admission",
@@ -558,41 +560,40 @@ class BanFile:
 
 
 _METRICS = (
-    ("dialgate_security_bans_total", "counter", "Sources banned (guessing or flood)", "bans"),
-    ("dialgate_security_flood_bans_total", "counter", "Sources banned for a flood", "flood_bans"),
+    ("dialgate_security_bans_total", "Sources banned (guessing or flood)", "bans"),
+    ("dialgate_security_flood_bans_total", "Sources banned for a flood", "flood_bans"),
     (
         "dialgate_security_blocked_requests_total",
-        "counter",
         "Requests from banned sources, answered with nothing or 403",
         "blocked",
     ),
     (
         "dialgate_security_auth_failures_total",
-        "counter",
         "Failed authentications counted for the guessing defence",
         "auth_failures",
     ),
     (
         "dialgate_security_delayed_answers_total",
-        "counter",
         "Answers held back by the guessing tarpit",
         "delayed",
     ),
-    ("dialgate_security_unbans_total", "counter", "Bans lifted by an operator", "cleared"),
+    ("dialgate_security_unbans_total", "Bans lifted by an operator", "cleared"),
 )
 
 
-def metric_families(guard: Guard, now: float) -> list[MetricFamily]:
+def metric_families(guard: Guard, now: float) -> list[Metric]:
     """The ``dialgate_security_*`` families for ``/metrics`` (counters and the ban gauge)."""
     stats = guard.stats.as_dict()
-    out: list[MetricFamily] = []
-    for name, kind, text, key in _METRICS:
-        fam = MetricFamily(name, kind, text)
-        fam.add(float(stats[key]))
-        out.append(fam)
-    gauge = MetricFamily("dialgate_security_banned_sources", "gauge", "Sources banned right now")
-    gauge.add(float(len(guard.active(now))))
-    out.append(gauge)
+    out: list[Metric] = []
+    for name, text, key in _METRICS:
+        out.append(CounterMetricFamily(name, text, value=float(stats[key])))
+    out.append(
+        GaugeMetricFamily(
+            "dialgate_security_banned_sources",
+            "Sources banned right now",
+            value=float(len(guard.active(now))),
+        )
+    )
     return out
 
 

@@ -1,35 +1,61 @@
-"""/metrics and /health on the gateway's HTTP server; the exposition text parsed back."""
+"""/metrics and /health on the gateway's one HTTP server (aiohttp); the exposition text parsed back."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.config import AdminSettings, MqttSettings
-from gateway.operator.http import HttpServer, Response, admin_server
+from gateway import app
+from gateway.config import MqttSettings, Settings
+from gateway.operator.api import build_monitoring_app, start_admin
 from gateway.telemetry.events import (
     Alert,
     AlertKind,
     CallEvent,
     CallEventKind,
     CardStatus,
-    EventBus,
     Severity,
 )
-from gateway.telemetry.metrics import GatewayMetrics, Histogram, format_value
+from gateway.telemetry.hub import GatewayTelemetry
+from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.mqtt import MqttPublisher
 from gateway.transport.base import TransportStats
 from tests.events.helpers import http_get, parse_exposition, value_of
 
+TOKEN = "metrics-token-0123456789"
+
+
+def _settings(token: str | None = None) -> Settings:
+    admin: dict[str, object] = {"listen": "127.0.0.1:0"}
+    if token is not None:
+        admin["token"] = token
+    return Settings.model_validate({"admin": admin})
+
+
+async def _get(
+    url: str, path: str, token: str | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with aiohttp's client (headers lower-cased)."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, url + path, headers=headers) as resp,
+    ):
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
+
 
 async def test_metrics_endpoint_serves_valid_exposition_text() -> None:
     """Events on the bus, MQTT and transport counters show up in a parseable /metrics."""
-    bus = EventBus()
-    metrics = GatewayMetrics()
-    bus.subscribe(metrics)
+    telemetry = GatewayTelemetry(_settings(), alert_watch=False)
+    bus, metrics = telemetry.bus, telemetry.metrics
     publisher = MqttPublisher(
         MqttSettings.model_validate({"url": "mqtt://127.0.0.1:1", "node": "gw1"}), queue_limit=2
     )
@@ -56,12 +82,14 @@ async def test_metrics_endpoint_serves_valid_exposition_text() -> None:
     for i in range(5):  # overflow the publisher's queue of 2 (no broker): 3 drops
         publisher.offer(CallEvent(CallEventKind.RINGING, f"r{i}", 1.0))
 
-    server = admin_server(AdminSettings(listen="127.0.0.1:0"), metrics=metrics)
-    async with server:
+    server = await start_admin(build_monitoring_app(_settings(), telemetry), "127.0.0.1:0")
+    try:
         host, port = server.address
         status, headers, body = await http_get(host, port, "/metrics")
+    finally:
+        await server.stop()
     assert 200 == status
-    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert CONTENT_TYPE_LATEST == headers["content-type"]
     assert str(len(body)) == headers["content-length"]
     types, samples = parse_exposition(body.decode())
 
@@ -115,104 +143,144 @@ async def test_metrics_endpoint_serves_valid_exposition_text() -> None:
     assert "8613812345678" not in body.decode()
 
 
-async def test_health_and_routing_errors() -> None:
-    """/health answers JSON (503 when unhealthy); unknown path 404; POST on /metrics 405; HEAD has no body."""
-    state = {"status": "ok", "mqtt": "connected"}
-    server = admin_server(
-        AdminSettings(listen="127.0.0.1:0"), metrics=GatewayMetrics(), health=lambda: state
-    )
-    async with server:
-        host, port = server.address
-        status, headers, body = await http_get(host, port, "/health")
-        assert (200, b'{"status": "ok", "mqtt": "connected"}') == (status, body)
-        assert "application/json" == headers["content-type"]
-        state["status"] = "degraded"
-        assert 503 == (await http_get(host, port, "/health"))[0]
-        assert 404 == (await http_get(host, port, "/nope"))[0]
-        status, headers, _ = await http_get(host, port, "/metrics", method="POST")
-        assert (405, "GET, HEAD") == (status, headers["allow"])
-        status, headers, body = await http_get(host, port, "/metrics", method="HEAD")
-        assert 200 == status and b"" == body and int(headers["content-length"]) > 0
+async def test_health_and_metrics_auth_and_routing_errors() -> None:
+    """/health needs no token, /metrics needs the admin token when one is set (401 without);
+    health is 503 while the store does not answer; unknown path 404; POST on /metrics 405;
+    HEAD has no body."""
+
+    class Guard:
+        name = "sqlite"
+        state = "ok"
+
+        def status(self) -> dict[str, str]:
+            return {"state": self.state}
+
+    guard = Guard()
+    telemetry = GatewayTelemetry(_settings(TOKEN))
+    app = build_monitoring_app(_settings(TOKEN), telemetry, store_guards=[guard])
+    server = await start_admin(app, "127.0.0.1:0")
+    try:
+        status, headers, body = await _get(server.url, "/health")
+        assert 200 == status and "application/json" in headers["content-type"]
+        health = json.loads(body)
+        assert ("ok", "off", {"state": "ok"}, 0) == (
+            health["status"],
+            health["mqtt"],
+            health["store"],
+            health["active_calls"],
+        )
+        guard.state = "unavailable"
+        status, _, body = await _get(server.url, "/health")
+        assert (503, "degraded") == (status, json.loads(body)["status"])
+        status, _, body = await _get(server.url, "/metrics")
+        assert 401 == status and TOKEN.encode() not in body
+        assert 401 == (await _get(server.url, "/metrics", "wrong-token-0123456789"))[0]
+        status, _, body = await _get(server.url, "/metrics", TOKEN)
+        assert 200 == status and b"dialgate_info" in body
+        assert 404 == (await _get(server.url, "/nope", TOKEN))[0]
+        status, headers, _ = await _get(server.url, "/metrics", TOKEN, method="POST")
+        assert 405 == status
+        assert {"GET", "HEAD"} == {m.strip() for m in headers["allow"].split(",")}
+        status, headers, body = await _get(server.url, "/metrics", TOKEN, method="HEAD")
+        assert 200 == status and b"" == body
+    finally:
+        await server.stop()
 
 
-async def test_bad_requests_are_answered_and_server_survives_a_failing_handler() -> None:
-    """A garbage request line gets 400, an oversized head 431, a raising handler 500; the server keeps serving."""
-    server = HttpServer("127.0.0.1", 0, max_head_bytes=1024)
-
-    async def boom(_request: object) -> Response:
-        raise RuntimeError("secret detail")
-
-    async def ok(_request: object) -> Response:
-        return Response(200, b"fine")
-
-    server.route("GET", "/boom", boom)
-    server.route("GET", "/ok", ok)
-    async with server:
-        host, port = server.address
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"NOT HTTP\r\n\r\n")
-        assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
-        writer.close()
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /ok HTTP/1.1\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
-        assert (await reader.read()).startswith(b"HTTP/1.1 431 ")
-        writer.close()
-        status, _, body = await http_get(host, port, "/boom")
-        assert 500 == status and b"secret" not in body
-        assert (200, b"fine") == (lambda r: (r[0], r[2]))(await http_get(host, port, "/ok"))
+def test_histogram_bounds_are_inclusive() -> None:
+    """A value on a bucket bound lands in that bucket (le is "less than or equal")."""
+    metrics = GatewayMetrics()
+    metrics.observe_decision(0.001)
+    metrics.observe_decision(5.0)
+    _, samples = parse_exposition(metrics.render())
+    assert 0 == value_of(samples, "dialgate_policy_decision_seconds_bucket", le="0.0005")
+    assert 1 == value_of(samples, "dialgate_policy_decision_seconds_bucket", le="0.001")
+    assert 1 == value_of(samples, "dialgate_policy_decision_seconds_bucket", le="1.0")
+    assert 2 == value_of(samples, "dialgate_policy_decision_seconds_bucket", le="+Inf")
 
 
-def test_format_value_and_histogram_bounds() -> None:
-    """Values render as the exposition format expects; a value on a bound lands in that bucket."""
-    assert ["1", "0.25", "+Inf", "-Inf", "NaN"] == [
-        format_value(v) for v in (1.0, 0.25, float("inf"), float("-inf"), float("nan"))
-    ]
-    h = Histogram("x_seconds", "x", [0.1, 1.0])
-    h.observe(0.1)
-    h.observe(5.0)
-    fam = h.collect()
-    assert [
-        ("_bucket", (("le", "0.1"),), 1.0),
-        ("_bucket", (("le", "1"),), 1.0),
-        ("_bucket", (("le", "+Inf"),), 2.0),
-    ] == fam.samples[:3]
+def test_each_gateway_has_its_own_registry() -> None:
+    """Two gateways in one process count apart (no process-global registry), and no
+    ``_created`` series is exposed."""
+    one, two = GatewayMetrics(), GatewayMetrics()
+    one(CallEvent(CallEventKind.BLOCKED, "x", 0.0, reason="dnc"))
+    _, samples_one = parse_exposition(one.render())
+    _, samples_two = parse_exposition(two.render())
+    assert 1 == value_of(samples_one, "dialgate_blocked_calls_total", reason="dnc")
+    assert not [n for n, _, _ in samples_two if n == "dialgate_blocked_calls_total"]
+    assert not [n for n, _, _ in samples_one if n.endswith("_created")]
+
+
+def test_a_failing_source_is_skipped_not_the_scrape() -> None:
+    """A scrape-time source that raises is left out; the others are still exposed."""
+    metrics = GatewayMetrics()
+
+    def broken() -> list[object]:
+        raise RuntimeError("gone")
+
+    metrics.add_source(broken)  # type: ignore[arg-type]
+    _, samples = parse_exposition(metrics.render())
+    assert 0 == value_of(samples, "dialgate_active_calls")
 
 
 @given(st.text(max_size=40), st.floats(allow_nan=False, allow_infinity=False, min_value=0))
 def test_label_values_round_trip_through_the_exposition_text(reason: str, amount: float) -> None:
     """Any label value (quotes, backslashes, newlines, unicode) is escaped so the line parses back."""
     metrics = GatewayMetrics()
-    metrics.blocked.inc(amount, reason=reason)
+    metrics.blocked.labels(reason=reason).inc(amount)
     _, samples = parse_exposition(metrics.render())
     [(labels, value)] = [(lab, v) for n, lab, v in samples if n == "dialgate_blocked_calls_total"]
     unescaped = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], labels["reason"])
-    assert (reason, float(format_value(amount))) == (unescaped, value)
+    assert (reason, amount) == (unescaped, value)
 
 
-async def test_metrics_mounted_on_an_aiohttp_app() -> None:
-    """mount_metrics serves the same exposition text from an aiohttp application (the admin API)."""
-    from aiohttp import web
+async def test_metrics_on_the_admin_app_with_its_token(tmp_path: Path) -> None:
+    """The admin API's application serves the same /metrics as the bare one, behind the
+    admin token; /health there carries the telemetry's fields too."""
+    from gateway.operator.api import build_admin_app
+    from gateway.store import SQLiteStore
 
-    from gateway.config import Settings
-    from gateway.operator.http import GatewayTelemetry, mount_metrics
-
-    telemetry = GatewayTelemetry(
-        Settings.model_validate({"admin": {"listen": "127.0.0.1:0"}}), serve_http=False
-    )
-    assert telemetry.http is None
+    settings = _settings(TOKEN)
+    telemetry = GatewayTelemetry(settings)
     telemetry.bus.publish(CallEvent(CallEventKind.BLOCKED, "x", 0.0, reason="no-consent"))
-    app = web.Application()
-    mount_metrics(app, telemetry.metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    store = SQLiteStore(tmp_path / "gw.db")
     try:
-        port = int(runner.addresses[0][1])
-        status, headers, body = await http_get("127.0.0.1", port, "/metrics")
+        app = build_admin_app(settings, store, telemetry=telemetry)
+        server = await start_admin(app, "127.0.0.1:0")
+        try:
+            assert 401 == (await _get(server.url, "/metrics"))[0]
+            status, headers, body = await _get(server.url, "/metrics", TOKEN)
+            health = json.loads((await _get(server.url, "/health"))[2])
+        finally:
+            await server.stop()
     finally:
-        await runner.cleanup()
+        store.close()
     assert 200 == status
-    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert CONTENT_TYPE_LATEST == headers["content-type"]
     _, samples = parse_exposition(body.decode())
     assert 1 == value_of(samples, "dialgate_blocked_calls_total", reason="no-consent")
+    assert ("ok", "off", "ok") == (health["status"], health["mqtt"], health["store"]["state"])
+
+
+async def test_a_gateway_without_a_call_path_serves_metrics_and_health() -> None:
+    """dialgate run with listeners only (no users, peers or cards): the same aiohttp server on
+    [admin] listen answers /metrics (transport counters) and /health, and no admin route."""
+    settings = Settings.model_validate(
+        {"sip": {"listen": ["udp:127.0.0.1:0"]}, "admin": {"listen": "127.0.0.1:0"}}
+    )
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        url = app.RUNNING[-1].admin_url
+        assert url is not None
+        status, headers, body = await _get(url, "/metrics")
+        assert (200, CONTENT_TYPE_LATEST) == (status, headers["content-type"])
+        types, _ = parse_exposition(body.decode())
+        assert "counter" == types["dialgate_transport_received_total"]
+        status, _, body = await _get(url, "/health")
+        assert (200, "ok", "off") == (status, json.loads(body)["status"], json.loads(body)["mqtt"])
+        assert 404 == (await _get(url, "/cards"))[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

@@ -197,12 +197,13 @@ async def test_tarpit_holds_answers_without_blocking(tmp_path: Path) -> None:
 def test_metrics_expose_the_ban(tmp_path: Path) -> None:
     """/metrics families: bans counter and the banned-sources gauge."""
     from gateway.callpath.security import metric_families
+    from gateway.telemetry.metrics import render_families
 
     gw, mem = make_gateway(tmp_path)
     for n in range(10):
         guess(gw, mem, ATTACKER, f"wrong{n}", n)
-    text = "".join(f.render() for f in metric_families(gw.security, time.time()))
-    assert "dialgate_security_bans_total 1\n" in text
+    text = render_families(metric_families(gw.security, time.time()))
+    assert "dialgate_security_bans_total 1.0\n" in text
 
 
 @pytest.mark.parametrize("enabled", [False])

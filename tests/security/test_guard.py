@@ -13,6 +13,7 @@ import pytest
 
 from gateway.callpath.security import Admission, Ban, BanFile, Guard, metric_families
 from gateway.config import SecuritySettings
+from gateway.telemetry.metrics import render_families
 
 ATTACKER = "127.0.0.3"
 AGENT = "127.0.0.1"
@@ -208,9 +209,9 @@ def test_metric_families_count_bans() -> None:
     g = guard()
     for _ in range(10):
         g.auth_failed(ATTACKER, "alice", T0)
-    text = "".join(f.render() for f in metric_families(g, T0 + 1))
-    assert "dialgate_security_bans_total 1\n" in text
-    assert "dialgate_security_banned_sources 1\n" in text
+    text = render_families(metric_families(g, T0 + 1))
+    assert "dialgate_security_bans_total 1.0\n" in text
+    assert "dialgate_security_banned_sources 1.0\n" in text
 
 
 # --- BanFile ---------------------------------------------------------------------------

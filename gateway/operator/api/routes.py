@@ -25,6 +25,7 @@ from gateway.operator.api.auth import actor_of
 from gateway.operator.api.keys import CLOCK_KEY, OPERATOR_KEY, STORE_GUARDS_KEY
 from gateway.operator.api.leads_routes import add_dialer_routes
 from gateway.operator.api.limits import MAX_JSON_DEPTH, check_json_depth, document_limits
+from gateway.operator.api.monitoring import health
 from gateway.operator.api.openapi import openapi_document
 from gateway.operator.evidence import build_evidence, write_evidence_zip
 from gateway.operator.service import BadRequest, Operator, OperatorError, parse_duration, parse_time
@@ -177,21 +178,6 @@ async def _write(request: web.Request, action: Callable[[], Any]) -> web.Respons
 
 
 # --- handlers ---------------------------------------------------------------------------
-
-
-async def health(request: web.Request) -> web.Response:
-    """Liveness (no token needed); 503 ``degraded`` while the store does not answer."""
-    guards = request.app.get(STORE_GUARDS_KEY)
-    if guards is None:
-        guard = getattr(getattr(request.app.get(OPERATOR_KEY), "store", None), "guard", None)
-        guards = [] if guard is None else [guard]
-    stores = {g.name: g.status() for g in guards}
-    down = [s for s in stores.values() if s["state"] == "unavailable"]
-    store = down[0] if down else (next(iter(stores.values())) if stores else {"state": "off"})
-    body = {"status": "degraded" if down else "ok", "version": __version__, "store": store}
-    if len(stores) > 1:
-        body["stores"] = stores
-    return web.json_response(body, status=503 if down else 200)
 
 
 async def openapi(request: web.Request) -> web.Response:
