@@ -108,14 +108,15 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from gateway.callpath.auth import Identity, IdentityKind
+from gateway.callpath.calls import Call, CallState, Leg, Side
 from gateway.callpath.cdr import CallRecord, Origin, Outcome, outcome_for_status
 from gateway.cards import BLegClass, CardManager, CardState, PoolExhausted, Verdict
 from gateway.sip import Request, Response
@@ -132,7 +133,7 @@ from gateway.store.sqlite import CallDialogs
 from gateway.telemetry.events import Alert, AlertKind, CallEvent, CallEventKind, EventBus, Severity
 from gateway.transport import Address, Transport
 from gateway.transport.endpoint import ClientRequest, Peer, ServerRequest, SipEndpoint
-from policies.context import CallContext, build_context
+from policies.context import build_context
 from policies.decision import Decision, RejectReason, reason_header
 from policies.errors import AddressIncompleteError, StoreUnavailableError
 from policies.privacy import mask_number
@@ -147,11 +148,9 @@ if TYPE_CHECKING:
     from policies.quotas import QuotaProfile
     from policies.selection import CardSelection
 
-__all__ = ["B2BUA", "CSEQ_HEADROOM", "Call", "CallServices", "Leg"]
+__all__ = ["B2BUA", "CSEQ_HEADROOM", "CallServices"]
 
 log = structlog.get_logger("gateway.callpath.b2bua")
-
-Side = Literal["a", "b"]
 
 #: Headers that describe the body and travel with it to the other leg.
 _BODY_HEADERS = ("Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language")
@@ -195,106 +194,6 @@ MAX_CARDS_PER_CALL = 3
 
 TRUNK_UNREACHABLE = "trunk-unreachable"
 """Reason text of an answer after the card's trunk did not answer (no failover left)."""
-
-
-@dataclass(slots=True, eq=False)
-class Leg:
-    """One side of a call: where its requests go and its dialog (None until a tag exists)."""
-
-    transport: Transport
-    address: Address
-    call_id: str
-    local_tag: str
-    dialog: Dialog | None = None
-    ackwait: AckWait | None = None
-    ack_timer: asyncio.TimerHandle | None = None
-    contact: str = ""
-    #: Addresses this leg's peer sends from (issue 15): the A-leg's INVITE source;
-    #: for a B-leg, where its requests go plus every source its responses came from.
-    peers: set[Address] = field(default_factory=set)
-    #: True for the A-leg: only the transport its INVITE arrived on.
-    strict: bool = False
-
-    def __post_init__(self) -> None:
-        self.peers.add(self.address)
-
-    def from_peer(self, source: Address, transport: Transport | None) -> bool:
-        """True when a request from ``source`` over ``transport`` may be this leg's peer.
-
-        UDP: exactly a known address (a NATed agent is known by its public
-        address and port, RFC 3581). TCP: a known host — the peer may have
-        reconnected from a new port after an idle close, and a stream's source
-        host cannot be forged without its handshake.
-        """
-        if transport is not None:
-            if self.strict and transport is not self.transport:
-                return False
-            if transport.name != self.transport.name:
-                return False
-            if transport.reliable:
-                return any(source[0] == host for host, _ in self.peers)
-        return source in self.peers
-
-
-@dataclass(slots=True, eq=False)
-class Call:
-    """One call: the A-leg's INVITE, the current B-leg and the bookkeeping of its CDR."""
-
-    key: str
-    a_req: ServerRequest
-    a: Leg
-    identity: Identity
-    destination: str
-    attempt_at: float
-    inbound: bool = False
-    campaign: str = ""
-    b: Leg | None = None
-    b_invite: Request | None = None
-    b_client: ClientRequest | None = None
-    b_digest: DigestClient | None = None
-    b_target: URI | None = None
-    b_from: str = ""
-    b_to: str = ""
-    b_cseq: int = 1
-    b_ack: Request | None = None
-    card: str | None = None
-    ctx: CallContext | None = None
-    cards_tried: list[str] = field(default_factory=list)
-    #: Cards this call must not use any more (tried, or sharing a failed trunk).
-    exclude: set[str] = field(default_factory=set)
-    trunk_retry_used: bool = False
-    failovers: int = 0
-    provisional: bool = False
-    ringing: bool = False
-    timed_out: bool = False
-    no_answer_timer: asyncio.TimerHandle | None = None
-    #: RFC 3261 §9.1: armed when the gateway CANCELs the B-leg; ends the call if no
-    #: final response to the INVITE came within 64*T1 (a carrier that answers the
-    #: CANCEL 200 and never sends the 487 must not hold the card for good).
-    #: Why the gateway CANCELled the B-leg (agent-cancel, no-answer, …), "" when it did not.
-    cancel_why: str = ""
-    #: Call-IDs of every B-leg this call started, in order (failover adds one each).
-    b_call_ids: list[str] = field(default_factory=list)
-    a_final: int | None = None
-    cancelled: bool = False
-    answered: bool = False
-    ended: bool = False
-    ring_at: float | None = None
-    answer_at: float | None = None
-    policy_reason: str = ""
-    lead_id: str = ""  # [policy] lead_header (X-Lead-Id) of a dialer's INVITE, for the CDR
-    final_code: int = 0
-    reserved: bool = False
-    max_forwards: int = 70
-    #: True while the call's dialogs are stored (``call_dialogs``), with what was stored
-    #: per side: (CSeq ceiling, remote target) — the row is rewritten when either moves.
-    persisted: bool = False
-    stored: dict[str, tuple[int, str]] = field(default_factory=dict)
-    #: The A-leg INVITE's identity as stored (built once, at the first write-ahead).
-    a_stored: dict[str, Any] | None = None
-    #: How long the policy pipeline took for this call (seconds, perf counter), for the
-    #: ``decision_seconds`` of its ``attempt`` or ``blocked`` event; None: not decided.
-    decision_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -708,7 +607,7 @@ class B2BUA:
         call.b = b
         call.b_cseq = 1
         call.b_ack = None
-        call.ringing = False
+        call.advance(CallState.DIALING)
         call.b_call_ids.append(b.call_id)
         self._legs[(b.call_id, b.local_tag)] = (call, "b")
         self.stats["b_legs"] += 1
@@ -949,7 +848,9 @@ class B2BUA:
                 elif b.dialog is not None and b.dialog.remote_tag == resp.to.tag:
                     b.dialog.receive_response(resp)
                 if status in _ringing_statuses:
-                    call.ringing = True
+                    b.rang = True
+                    if call.state is CallState.DIALING:
+                        call.advance(CallState.EARLY)
                     if call.ring_at is None:
                         call.ring_at = self.clock()
                         self._event(call, CallEventKind.RINGING, status=status)
@@ -1019,7 +920,7 @@ class B2BUA:
         except (DialogError, SIPError):
             log.warning("call.b_leg.bad_2xx", call_id=call.a.call_id, b_call_id=_b_id(call))
             b.dialog = None
-        if call.a_final is not None or call.cancelled or b.dialog is None:
+        if call.a_final is not None or call.cancelled or call.ended or b.dialog is None:
             # A CANCEL crossed the 200 (§9.1: the 2xx wins on the B side):
             # ACK it and hang up at once.
             if b.dialog is not None:
@@ -1027,7 +928,7 @@ class B2BUA:
                 self._send_bye(call, "b")
             self._end(call, call.a_final or 487)
             return
-        call.answered = True
+        call.advance(CallState.ANSWERED)
         call.answer_at = self.clock()
         self.stats["answered"] += 1
         if call.card is not None and not call.inbound:
@@ -1448,6 +1349,8 @@ class B2BUA:
                 and call.answered
                 and aw.cseq == call.a_req.request.cseq.seq
             ):
+                if call.state is CallState.ANSWERED:
+                    call.advance(CallState.CONFIRMED)
                 headers = [(n, v) for n in _BODY_HEADERS if (v := req.headers.get(n)) is not None]
                 self._ack_b(call, req.body, headers)
         return True
@@ -1531,7 +1434,7 @@ class B2BUA:
             sr.respond(403, "Forbidden")
             return
         if call is not None and call.a_final is None:
-            call.cancelled = True
+            call.advance(CallState.CANCELLING)
             call.a_final = 487
             call.final_code = 487
             if call.a.dialog is not None:
@@ -1579,7 +1482,8 @@ class B2BUA:
             sr.respond(200, "OK")
             if not call.answered and side == "a":
                 # BYE in an early dialog from the caller: give up the attempt.
-                call.cancelled = True
+                if not call.cancelled:
+                    call.advance(CallState.CANCELLING)
                 self._cancel_b(call, "agent-bye")
                 self._final_to_a(call, 487, "Request Terminated")
                 return
@@ -1656,7 +1560,8 @@ class B2BUA:
         """Forget the call, finish its reservation and write its CDR (once)."""
         if call.ended:
             return
-        call.ended = True
+        cancelled = call.cancelled
+        call.advance(CallState.ENDED)
         for timer in (call.no_answer_timer,):
             if timer is not None:
                 timer.cancel()
@@ -1718,7 +1623,7 @@ class B2BUA:
             outcome = Outcome.ANSWERED
         elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
             outcome = Outcome.NO_CARD
-        elif call.cancelled:
+        elif cancelled:
             outcome = Outcome.CANCELLED
         else:
             outcome = outcome_for_status(call.final_code)

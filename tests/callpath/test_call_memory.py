@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 
-from gateway.callpath.b2bua import Call
+from gateway.callpath.calls import Call
 from gateway.sip import make_response
 from tests.callpath.conftest import Rig, eventually
 

@@ -18,7 +18,7 @@ from typing import cast
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.callpath.b2bua import Leg
+from gateway.callpath.calls import Leg
 from gateway.callpath.element import Gateway
 from gateway.sip import Request, Response, parse
 from gateway.sip.digest import DigestClient
