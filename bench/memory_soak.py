@@ -134,8 +134,8 @@ async def run(ns: argparse.Namespace) -> int:
         configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers, stream=sink)
         net = MemoryNetwork()
         gw = Gateway(settings)
-        # What ``dialgate run`` subscribes to the bus (gateway.operator.http.GatewayTelemetry),
-        # without the HTTP server and MQTT: call stats, /metrics, quota alerts.
+        # What ``dialgate run`` subscribes to the bus (gateway.telemetry.hub.GatewayTelemetry),
+        # without MQTT: call stats, /metrics, quota alerts.
         gw.events.subscribe(CallStats(time.time))
         gw.events.subscribe(GatewayMetrics())
         gw.events.subscribe(AlertWatch(gw.events.publish))

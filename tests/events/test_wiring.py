@@ -1,4 +1,5 @@
-"""GatewayTelemetry wired the way gateway.app uses it: settings in, MQTT + /metrics + /health out."""
+"""GatewayTelemetry wired the way gateway.app uses it: settings in, MQTT out, and /metrics +
+/health on the monitoring application."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 
 from gateway.cards import CardDef, CardManager
 from gateway.config import Settings
-from gateway.operator.http import GatewayTelemetry
+from gateway.operator.api import build_monitoring_app, start_admin
 from gateway.telemetry.events import CallEvent, CallEventKind, CardStatus, LimitUsage
+from gateway.telemetry.hub import GatewayTelemetry
 from gateway.telemetry.mqtt import Topics
 from gateway.transport import UDPTransport
-from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, http_get, parse_exposition, value_of, wait_for
+from simulator.testkit import Mosquitto, wait_for
+from tests.events.helpers import Collector, http_get, parse_exposition, value_of
 
 ROOT = "wire"
 NODE = "gw-wire"
@@ -55,9 +57,10 @@ async def test_telemetry_from_settings_publishes_serves_metrics_and_says_goodbye
         }
 
     telemetry = GatewayTelemetry(settings, gateway_snapshot=snapshot)
+    http = await start_admin(build_monitoring_app(settings, telemetry), settings.admin.listen)
     try:
         async with Collector(mosquitto.port, f"{ROOT}/#") as sub, telemetry:
-            assert telemetry.publisher is not None and telemetry.http is not None
+            assert telemetry.publisher is not None
             assert await telemetry.publisher.wait_connected(10)
             bus = telemetry.bus
             manager = CardManager()
@@ -103,7 +106,7 @@ async def test_telemetry_from_settings_publishes_serves_metrics_and_says_goodbye
             ]
             assert await wait_for(lambda: len(requests) >= 1, 5)
 
-            host, port = telemetry.http.address
+            host, port = http.address
             status, _, body = await http_get(host, port, "/metrics")
             assert 200 == status
             _, samples = parse_exposition(body.decode())
@@ -129,17 +132,21 @@ async def test_telemetry_from_settings_publishes_serves_metrics_and_says_goodbye
                 lambda: (sub.latest(topics.status) or {}).get("status") == "offline", 5
             )
     finally:
+        await http.stop()
         await udp.close()
 
 
-def test_telemetry_without_mqtt_or_admin_opens_nothing() -> None:
-    """No [mqtt] table and admin disabled: no publisher, no HTTP server, bus still works."""
+def test_telemetry_without_mqtt_publishes_nothing() -> None:
+    """No [mqtt] table: no publisher, the bus still works; /health says mqtt off."""
     settings = Settings.model_validate({"admin": {"enabled": False}})
     telemetry = GatewayTelemetry(settings)
-    assert telemetry.publisher is None and telemetry.http is None
+    assert telemetry.publisher is None
     telemetry.bus.publish(CallEvent(CallEventKind.ATTEMPT, "x", 0.0))
     assert 1 == telemetry.stats.active_calls
-    assert "off" == telemetry.health()["mqtt"]
+    assert ("off", 1) == (
+        telemetry.health_fields()["mqtt"],
+        telemetry.health_fields()["active_calls"],
+    )
 
 
 def test_telemetry_alert_watch_can_be_left_to_another_part() -> None:
