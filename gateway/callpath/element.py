@@ -233,9 +233,6 @@ class Gateway:
         # metrics and wallboard subscribe here.
         self.events = bus if bus is not None else EventBus()
         self.health: HealthRunner | None = None
-        # Identity of a request between our verification and the endpoint's
-        # delivery of the same object to the TU callback (keyed by id()).
-        self._identities: dict[int, Identity] = {}
         # Set by serve(): telemetry (bus, metrics, MQTT) and the admin API's URL.
         self.telemetry: Any = None
         self.admin_url: str | None = None
@@ -402,7 +399,7 @@ class Gateway:
             except SIPError:
                 ours = False
             if ours:
-                self.endpoint._on_message(message, source, transport)
+                self.endpoint.deliver(message, source, transport)
                 return
             # RFC 3261 §18.1.2: a response matching no client transaction is
             # discarded (§16.7 for a proxy; RFC 4475 §3.3.10) — except that a
@@ -439,14 +436,16 @@ class Gateway:
         found = router.route(req, facts)
         kind = found.kind
         if kind is RouteKind.ABSORB or kind is RouteKind.CANCEL or kind is RouteKind.IN_DIALOG:
-            self.endpoint._on_message(req, source, transport)
+            self.endpoint.deliver(req, source, transport)
         elif kind is RouteKind.ACK_2XX:
             if self.b2bua is None or not self.b2bua.on_ack(req, source, transport):
                 self.stats.dropped["ack"] += 1
         elif kind is RouteKind.INBOUND_INVITE:
             carrier = self.auth.carrier_at(source)
             assert carrier is not None  # the router saw it
-            self._to_endpoint(req, source, transport, Identity(IdentityKind.CARRIER, carrier))
+            self.endpoint.deliver(
+                req, source, transport, context=Identity(IdentityKind.CARRIER, carrier)
+            )
         elif kind is RouteKind.OUTBOUND_INVITE or kind is RouteKind.REGISTER:
             identity = self._challenge(
                 req, source, transport, proxy=kind is RouteKind.OUTBOUND_INVITE
@@ -457,7 +456,7 @@ class Gateway:
             if admitted.kind is RouteKind.REPLY:
                 self._answer(req, source, transport, admitted)
             else:
-                self._to_endpoint(req, source, transport, identity)
+                self.endpoint.deliver(req, source, transport, context=identity)
         elif kind is RouteKind.DROP:
             self.stats.dropped[found.detail or "dropped"] += 1
         else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
@@ -519,19 +518,10 @@ class Gateway:
         )
         return None
 
-    def _to_endpoint(
-        self, req: Request, source: Address, transport: Transport, identity: Identity
-    ) -> None:
-        self._identities[id(req)] = identity
-        try:
-            self.endpoint._on_message(req, source, transport)
-        finally:
-            self._identities.pop(id(req), None)
-
     def _on_transaction_request(self, sr: ServerRequest) -> None:
         """The endpoint's TU callback: a request that now has its server transaction."""
         req = sr.request
-        identity = self._identities.pop(id(req), None)
+        identity = sr.context if isinstance(sr.context, Identity) else None
         method = req.method
         if method == "REGISTER" and identity is not None:
             self._on_register(sr, identity)

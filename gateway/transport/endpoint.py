@@ -92,6 +92,9 @@ class ServerRequest:
     source: Address
     transport: Transport
     tx: ServerTransaction | None
+    context: object = None
+    """What the element that handed the request over said about it (e.g. the
+    caller it authenticated): :meth:`SipEndpoint.deliver`'s ``context``."""
     answered: bool = False
     final_status: int | None = None
 
@@ -254,18 +257,18 @@ class SipEndpoint:
             created = await TLSTransport.listen(
                 host,
                 port,
-                self._on_message,
+                self.deliver,
                 server=tls_server,
                 client=tls_client,
                 max_message_size=self.max_message_size,
             )
         elif transport == "udp":
             created = await UDPTransport.listen(
-                host, port, self._on_message, max_message_size=self.max_message_size
+                host, port, self.deliver, max_message_size=self.max_message_size
             )
         elif transport == "tcp":
             created = await TCPTransport.listen(
-                host, port, self._on_message, max_message_size=self.max_message_size
+                host, port, self.deliver, max_message_size=self.max_message_size
             )
         else:
             raise ValueError(f"unknown transport {transport!r}")
@@ -275,7 +278,7 @@ class SipEndpoint:
 
     def add_transport(self, transport: Transport) -> None:
         """Adopt a transport created elsewhere (e.g. an in-memory one in tests)."""
-        transport.on_message = self._on_message
+        transport.on_message = self.deliver
         self.transports.append(transport)
         self.watch_connections(transport)
 
@@ -403,14 +406,29 @@ class SipEndpoint:
 
     # -- receive path ------------------------------------------------------------------
 
-    def _on_message(self, message: Message, source: Address, transport: Transport) -> None:
+    def deliver(
+        self,
+        message: Message,
+        source: Address,
+        transport: Transport,
+        *,
+        context: object = None,
+    ) -> None:
+        """Feed one received message to the transaction layer.
+
+        Transports call this for every message when the endpoint owns them; an
+        element that owns the transports (the gateway) calls it for the
+        messages it decided the transactions should see. A new request reaches
+        ``on_request`` as a :class:`ServerRequest` whose ``context`` is
+        ``context`` (a retransmission absorbed by its transaction reaches no one).
+        """
         now = self.now()
         if isinstance(message, Request):
             peer = Peer(transport, source)
             actions = self.layer.receive_request(
                 message, now, peer=peer, reliable=transport.reliable
             )
-            self._run(actions, source=source, transport=transport)
+            self._run(actions, source=source, transport=transport, context=context)
         else:
             self._run(self.layer.receive_response(message, now), source=source, transport=transport)
 
@@ -420,13 +438,14 @@ class SipEndpoint:
         *,
         source: Address | None = None,
         transport: Transport | None = None,
+        context: object = None,
     ) -> None:
         """Carry out the layer's actions in order, then re-arm the timer."""
         for action in actions:
             if isinstance(action, Send):
                 self._send(action)
             elif isinstance(action, Deliver):
-                self._deliver(action, source, transport)
+                self._deliver(action, source, transport, context)
             elif isinstance(action, Timeout):
                 self._fail(action.key, 408, "Request Timeout")
             elif isinstance(action, TransportError):
@@ -479,7 +498,11 @@ class SipEndpoint:
                 self._transport_failed(tx)
 
     def _deliver(
-        self, action: Deliver, source: Address | None, transport: Transport | None
+        self,
+        action: Deliver,
+        source: Address | None,
+        transport: Transport | None,
+        context: object = None,
     ) -> None:
         message = action.message
         if isinstance(message, Response):
@@ -501,7 +524,7 @@ class SipEndpoint:
             if isinstance(action.key, ServerKey | LegacyServerKey)
             else None
         )
-        server = ServerRequest(self, message, source, transport, tx)
+        server = ServerRequest(self, message, source, transport, tx, context)
         if action.key is not None and tx is not None and message.method != "ACK":
             self._servers[action.key] = server
         try:

@@ -191,3 +191,35 @@ async def test_finished_call_is_freed_without_the_garbage_collector() -> None:
         gc.enable()
         await client.close()
         await server.close()
+
+
+async def test_deliver_hands_the_context_to_the_tu_once() -> None:
+    """``deliver(context=)`` rides on the ServerRequest; a retransmission reaches no one."""
+    from gateway.sip import parse
+    from gateway.transport.memory import MemoryTransport
+
+    seen: list[tuple[str, object]] = []
+
+    def handler(req: ServerRequest) -> None:
+        seen.append((req.request.method, req.context))
+        req.respond(200)
+
+    endpoint = SipEndpoint(handler)
+    transport = MemoryTransport(lambda *args: None)
+    endpoint.add_transport(transport)
+    raw = (
+        b"OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-ctx-1\r\n"
+        b"From: <sip:a@192.0.2.1>;tag=a1\r\nTo: <sip:gw@127.0.0.1>\r\n"
+        b"Call-ID: ctx-1@test\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    source = ("192.0.2.1", 5060)
+    try:
+        endpoint.deliver(parse(raw), source, transport, context="alice")
+        endpoint.deliver(parse(raw), source, transport, context="mallory")  # retransmission
+        transport.inject(raw, source)  # the transport's own path: no context
+        assert [("OPTIONS", "alice")] == seen
+        assert 3 == len(transport.sent)  # the 200, resent for each retransmission
+    finally:
+        await endpoint.close()
