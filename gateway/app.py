@@ -65,10 +65,10 @@ async def serve(
 
     Brings up, in order: the telemetry (event bus, ``/metrics`` counters, the
     MQTT publisher when ``[mqtt]`` is set), the SIP listeners and call path,
-    the admin HTTP API on ``[admin] listen`` (cards, DNC, consent, complaints,
-    CDRs, ``/metrics``, ``/health``) and the card-status/alert loop, which
-    publishes every card's retained state at start and whenever its usage
-    changes. ``clock`` is business time for policies, quotas and cards (the
+    the card-status/alert loop, which publishes every card's retained state at
+    start and whenever its usage changes, and the one HTTP server on ``[admin]
+    listen``: ``/metrics`` and ``/health``, and with a call path the admin API
+    (cards, DNC, consent, complaints, CDRs, bans). ``clock`` is business time for policies, quotas and cards (the
     simulator's fast-forward); SIP timers, registrations and nonces stay real.
 
     ``ready`` is set once every listener is bound; the bound addresses are then
