@@ -17,6 +17,7 @@ import pytest
 
 from gateway.callpath.registrar import Registrar, RegistrationSync
 from gateway.store import SCHEMA_VERSION, SQLiteStore, StoreUnavailable
+from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import _MIGRATIONS, StoredRegistration
 from tests.registrar.conftest import register
 
@@ -213,31 +214,23 @@ def test_unregister_and_expiry_are_changes_to_write() -> None:
 # --- RegistrationSync -------------------------------------------------------------------
 
 
-class FlakyStore:
-    """A registration store in memory that fails while ``down``."""
+class FlakyStore(MemoryStore):
+    """The in-memory store (fails while ``down``), counting registration writes."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[StoredRegistration]] = {}
-        self.down = False
+        super().__init__()
         self.saves = 0
 
     def save_registrations(
-        self, aor: str, rows: Sequence[StoredRegistration], now: float, *, node: str
+        self, aor: str, rows: Sequence[StoredRegistration], now: float, *, node: str = ""
     ) -> None:
-        """Replace (or fail while down)."""
+        """Count, then replace (or fail while down)."""
         self.saves += 1
-        if self.down:
-            raise StoreUnavailable("down")
-        if rows:
-            self.rows[aor] = list(rows)
-        else:
-            self.rows.pop(aor, None)
+        super().save_registrations(aor, rows, now, node=node)
 
-    def load_registrations(self, now: float, *, node: str) -> list[StoredRegistration]:
-        """Live rows (or fail while down)."""
-        if self.down:
-            raise StoreUnavailable("down")
-        return [r for rows in self.rows.values() for r in rows if r.expires_at > now]
+    def contacts(self, aor: str) -> list[str]:
+        """The stored contacts of ``aor`` live at T0."""
+        return [r.contact for r in self.load_registrations(T0) if r.aor == aor]
 
 
 def test_a_failing_store_never_costs_the_binding_and_is_retried() -> None:
@@ -256,7 +249,7 @@ def test_a_failing_store_never_costs_the_binding_and_is_retried() -> None:
     sync.flush(T0 + 5)
     assert (0, ["sip:alice@10.0.0.5"]) == (
         sync.pending(),
-        [r.contact for r in flaky.rows["alice"]],
+        flaky.contacts("alice"),
     )
 
 
@@ -279,29 +272,29 @@ def test_back_off_doubles_while_the_store_stays_down() -> None:
 def test_load_prefers_the_first_store_and_repairs_the_others() -> None:
     """Redis-first: an AOR is taken from the first store that has it; copies lacking it get it."""
     first, second = FlakyStore(), FlakyStore()
-    first.rows["alice"] = [row("sip:alice@10.0.0.5")]
-    second.rows["alice"] = [row("sip:alice@10.0.0.99")]
-    second.rows["bob"] = [row("sip:bob@10.0.0.7", aor="bob")]
+    first.save_registrations("alice", [row("sip:alice@10.0.0.5")], T0)
+    second.save_registrations("alice", [row("sip:alice@10.0.0.99")], T0)
+    second.save_registrations("bob", [row("sip:bob@10.0.0.7", aor="bob")], T0)
     reg = Registrar()
     sync = RegistrationSync(reg, [("first", first, ""), ("second", second, "")])
     assert 2 == sync.load(T0)
     assert ["sip:alice@10.0.0.5"] == [str(b.contact) for b in reg.lookup("alice", T0)]
     sync.flush(T0)
-    assert ["sip:bob@10.0.0.7"] == [r.contact for r in first.rows["bob"]]
+    assert ["sip:bob@10.0.0.7"] == first.contacts("bob")
 
 
 def test_load_survives_a_store_that_cannot_be_read() -> None:
     """An unreadable copy is counted; the other loads; the unreadable one is refilled later."""
     down, ok = FlakyStore(), FlakyStore()
     down.down = True
-    ok.rows["alice"] = [row("sip:alice@10.0.0.5")]
+    ok.save_registrations("alice", [row("sip:alice@10.0.0.5")], T0)
     reg = Registrar()
     sync = RegistrationSync(reg, [("down", down, ""), ("ok", ok, "")])
     assert 1 == sync.load(T0)
     assert 2 == sync.stats.store_failures  # the read, then the repair write
     down.down = False
     sync.flush(T0 + 5)  # the retry
-    assert ["sip:alice@10.0.0.5"] == [r.contact for r in down.rows["alice"]]
+    assert ["sip:alice@10.0.0.5"] == down.contacts("alice")
 
 
 def test_sync_over_sqlite_survives_a_restart(tmp_path: Path) -> None:
