@@ -251,6 +251,7 @@ async def test_metrics_on_the_admin_app_with_its_token(tmp_path: Path) -> None:
             assert 401 == (await _get(server.url, "/metrics"))[0]
             status, headers, body = await _get(server.url, "/metrics", TOKEN)
             health = json.loads((await _get(server.url, "/health"))[2])
+            document = json.loads((await _get(server.url, "/openapi.json"))[2])
         finally:
             await server.stop()
     finally:
@@ -260,6 +261,7 @@ async def test_metrics_on_the_admin_app_with_its_token(tmp_path: Path) -> None:
     _, samples = parse_exposition(body.decode())
     assert 1 == value_of(samples, "dialgate_blocked_calls_total", reason="no-consent")
     assert ("ok", "off", "ok") == (health["status"], health["mqtt"], health["store"]["state"])
+    assert [{"bearer": []}] == document["paths"]["/metrics"]["get"]["security"]
 
 
 async def test_a_gateway_without_a_call_path_serves_metrics_and_health() -> None:

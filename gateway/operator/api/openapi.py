@@ -162,6 +162,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": _op(
+                    "Prometheus metrics of the running gateway (text exposition format)",
+                    {
+                        "200": {
+                            "description": "the exposition text",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _ERROR,
+                    },
+                )
+            },
             "/cards": {
                 "get": _op(
                     "every card with state and usage against each limit",
