@@ -37,18 +37,14 @@ GC_THRESHOLD: tuple[int, int, int] = (50_000, 20, 1000)
 pause 318 ms -> 40 ms at 200 CPS; the default 700 collects young objects of
 in-flight calls hundreds of times a second)."""
 
-_FROZEN = False
-
 
 def _tune_gc() -> tuple[int, int, int]:
     """Freeze start-up objects once per process and raise the thresholds; return the old ones."""
-    global _FROZEN
     # TOOLS.md: full collections of start-up objects caused 0.6-1 s pauses in a
     # Python B2BUA under load; move them out of the collector's way.
-    if not _FROZEN:
+    if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
-        _FROZEN = True
     old = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLD)
     return old
@@ -65,11 +61,12 @@ async def serve(
 
     Brings up, in order: the telemetry (event bus, ``/metrics`` counters, the
     MQTT publisher when ``[mqtt]`` is set), the SIP listeners and call path,
-    the card-status/alert loop, which publishes every card's retained state at
-    start and whenever its usage changes, and the one HTTP server on ``[admin]
-    listen``: ``/metrics`` and ``/health``, and with a call path the admin API
-    (cards, DNC, consent, complaints, CDRs, bans). ``clock`` is business time for policies, quotas and cards (the
-    simulator's fast-forward); SIP timers, registrations and nonces stay real.
+    the one HTTP server on ``[admin] listen`` (``/metrics`` and ``/health``, and
+    with a call path the admin API: cards, DNC, consent, complaints, CDRs,
+    bans), then, in a task group, the card-status/alert loop, which publishes
+    every card's retained state at start and whenever its usage changes.
+    ``clock`` is business time for policies, quotas and cards (the simulator's
+    fast-forward); SIP timers, registrations and nonces stay real.
 
     ``ready`` is set once every listener is bound; the bound addresses are then
     in ``RUNNING[-1].addresses`` (admin API: ``RUNNING[-1].admin_url``) and in
@@ -87,9 +84,7 @@ async def serve(
     gateway.telemetry = telemetry
     await telemetry.start()
     old_gc: tuple[int, int, int] | None = None
-    background: list[asyncio.Task[None]] = []
     admin: Any = None
-    halt = asyncio.Event()
     try:
         await gateway.start()
         operator = gateway.operator()
@@ -99,12 +94,21 @@ async def serve(
             )
 
             wire_agent_board(settings, operator.store, telemetry.bus, clock())
-            interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
-            # Without Redis nothing else adopts card changes written to the store by
-            # another process (the CLI): the status loop does, every round.
-            shared = gateway.health is not None and gateway.health.shared is not None
-            background.append(
-                asyncio.ensure_future(
+        if settings.admin.enabled:
+            admin = await _start_admin(settings, gateway, operator, telemetry, clock)
+            gateway.admin_url = admin.url
+            log.info("admin.listening", url=admin.url)
+        old_gc = _tune_gc()
+        halt = asyncio.Event()
+        # Start-up errors above propagate as themselves; only the loops run in
+        # the task group, which ends them (halt, then wait) before shutdown.
+        async with asyncio.TaskGroup() as loops:
+            if operator is not None:
+                interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
+                # Without Redis nothing else adopts card changes written to the store
+                # by another process (the CLI): the status loop does, every round.
+                shared = gateway.health is not None and gateway.health.shared is not None
+                loops.create_task(
                     _status_loop(
                         operator,
                         telemetry.bus,
@@ -115,27 +119,18 @@ async def serve(
                         flush=gateway.flush_spooled,
                     )
                 )
-            )
-        if settings.admin.enabled:
-            admin = await _start_admin(settings, gateway, operator, telemetry, clock)
-            gateway.admin_url = admin.url
-            log.info("admin.listening", url=admin.url)
-        old_gc = _tune_gc()
-        RUNNING.append(gateway)
-        try:
-            if ready is not None:
-                ready.set()
-            if stop is None:
-                await asyncio.Event().wait()  # until cancelled
-            else:
-                await stop.wait()
-        finally:
-            RUNNING.remove(gateway)
+            RUNNING.append(gateway)
+            try:
+                if ready is not None:
+                    ready.set()
+                if stop is None:
+                    await asyncio.Event().wait()  # until cancelled
+                else:
+                    await stop.wait()
+            finally:
+                RUNNING.remove(gateway)
+                halt.set()
     finally:
-        halt.set()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
         if admin is not None:
             await admin.stop()
         await gateway.close()
