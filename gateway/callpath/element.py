@@ -158,7 +158,11 @@ class GatewayStats:
 
 
 class Gateway:
-    """Listeners plus the stage-2 request handler. Use ``async with Gateway(s) as gw``."""
+    """The SIP element: listeners, the endpoint, verification, routing, stateless answers.
+
+    Use ``async with Gateway(settings) as gw``; :func:`gateway.app.serve` runs one
+    with telemetry and the HTTP server around it.
+    """
 
     def __init__(
         self,
@@ -197,7 +201,7 @@ class Gateway:
         # port must not aim our responses at a third party. `[sip] force_rport
         # = false` restores plain RFC 3261 §18.2.2 routing.
         self.symmetric_responses: bool = settings.sip.force_rport
-        # The call path (issue 3): transactions on the SIP endpoint, which
+        # The call path: transactions on the SIP endpoint, which
         # shares our transports; stateless answers above stay stateless.
         sip = settings.sip
         self.endpoint = SipEndpoint(
@@ -213,7 +217,7 @@ class Gateway:
         self.registrations: RegistrationSync | None = None
         self.auth = Authenticator(settings, self.digest)
         self.auth.local_uri = self.is_local
-        # Password-guessing and flood defence (issue 15, gateway/callpath/security.py):
+        # Password-guessing and flood defence (gateway/callpath/security.py):
         # bans shared with the CLI through <database>.bans.json.
         self.security = guard_from_settings(settings)
         self.ban_file = BanFile(ban_file_path(settings))
@@ -659,7 +663,7 @@ class Gateway:
         )
         self._start_registrations(store, services.ledger)
         self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
-        # Issue 19: once the store answers again, write what its outage held back.
+        # Once the store answers again, write what its outage held back.
         store.guard.on_recover(self._store_recovered)
         shared_guard = getattr(getattr(services.ledger, "shared", None), "guard", None)
         if shared_guard is not None:  # Redis back: replay its held-back closes too

@@ -9,10 +9,12 @@ carrier, agents and dialer.
 
 Upward it offers two things:
 
-* server side — every new request reaches ``on_request`` as a
-  :class:`ServerRequest` holding its server transaction; the TU answers with
-  :meth:`ServerRequest.respond`. ACKs for 2xx and requests that no transaction
-  can hold reach the same callback with ``tx=None``.
+* server side — messages come in from its transports, or from the element that
+  owns them through :meth:`SipEndpoint.deliver` (with a ``context``, e.g. the
+  caller it authenticated); every new request reaches ``on_request`` as a
+  :class:`ServerRequest` holding its server transaction and that context; the
+  TU answers with :meth:`ServerRequest.respond`. ACKs for 2xx and requests that
+  no transaction can hold reach the same callback with ``tx=None``.
 * client side — :meth:`SipEndpoint.send_request` starts a client transaction
   and returns a :class:`ClientRequest`; every response (provisional and final)
   goes to its ``on_response`` callback, and ``final`` is a future with the
