@@ -30,11 +30,11 @@ Failover. Every carrier final answer is classified once (``gateway.cards.classif
 applied by ``CardManager.on_response`` / ``on_fault``): ``card-dead`` (a carrier
 rule, 402, a dead Q.850 cause, credentials refused) before any 18x releases the
 reservation and starts a NEW B-leg on another card (at most
-:data:`MAX_CARDS_PER_CALL` cards a call); ``trunk-unreachable`` (no response at
-all, an originating-side Q.850 cause, 503 + Retry-After) before any 18x allows
-at most one more attempt, on a card that shares neither the device nor the
-trunk (none: the agent gets 408 for a timeout, else the answer, with ``Reason:
-…text="trunk-unreachable"``); everything else — every answer after an 18x, and
+:data:`~gateway.callpath.failover.MAX_CARDS_PER_CALL` cards a call);
+``trunk-unreachable`` (no response at all, an originating-side Q.850 cause,
+503 + Retry-After) before any 18x allows at most one more attempt, on a card
+that shares neither the device nor the trunk (none: the agent gets 408 for a
+timeout, else the answer, with ``Reason: …text="trunk-unreachable"``); everything else — every answer after an 18x, and
 403/404/5xx no rule explains — is the callee's: relayed (a 503 as 500, RFC 3261
 §16.7) and never retried, so no callee is dialled twice. A bound agent stays
 on its card: failover moves it only when its card died (it is re-bound once,
@@ -46,36 +46,14 @@ Inbound (carrier → agent) uses the same relay with the roles swapped: the
 carrier's INVITE is the A-leg and the agent's registered contact (reached
 through the flow it registered from) is the B-leg; no policy, no cards.
 
-Call persistence (write-ahead B-legs, issue 19). Every B-leg INVITE is
-written to the store's ``call_dialogs`` row of its call *before* it leaves
-(its top Via and branch are chosen here, not by the endpoint): Call-ID,
-branch, From tag, CSeq, Request-URI, where it goes, the card and callee, the
-A-leg INVITE's identity (Vias, From, To, Call-ID, CSeq, our To tag, source)
-and the CDR a crash would leave (outcome ``interrupted``). One write per B-leg
-INVITE (a failover or a digest retry is a new INVITE: the row is replaced);
-at answer (B-leg 2xx) the row gains the carrier's To tag and both legs'
-confirmed dialogs before the 2xx is relayed to the agent; the row is deleted
-when the call ends. A provisional answer is not written (it changes nothing a
-restart needs: the CANCEL carries no To tag; measured, a write at the 18x cost
-~0.3 ms of gateway CPU per call, ~10 %), so the ``interrupted`` CDR of a call
-cut while ringing has no ring time. The
-write-ahead fails closed: when it cannot be written the INVITE does not leave
-(503 ``store-unavailable``, the reservation released). Later updates are
-logged and counted, never fatal to the call.
-
-After a crash the next start calls :meth:`B2BUA.end_orphaned_calls`. An
-answered row: a BYE on each leg (``Reason: SIP;cause=487;text="gateway
-restarted"``). An unanswered one: a CANCEL for the stored INVITE (same
-Request-URI, Call-ID, From, To, CSeq number and branch, RFC 3261 §9.1; a 481
-means the carrier had already forgotten it) and a final ``500`` with
-``Reason: …text="gateway restarted"`` to the agent's INVITE; a 2xx for that
-INVITE arriving later (or retransmitted because nobody ACKed it) goes the way
-of every stray 2xx: ACKed and hung up with a BYE. Either way the row's
-``interrupted`` CDR is written unless the dead process wrote the call's CDR,
-then the row goes; the card's concurrency slot was already freed by the
-ledger's ``recover``. The stored CSeq of a confirmed leg is its local CSeq plus
-:data:`CSEQ_HEADROOM`; the row is rewritten only when relayed in-dialog
-requests use that headroom up or a target refresh moves the remote target.
+Persistence and recovery are collaborators the relay calls, each in its own
+module: :mod:`~gateway.callpath.dialogs` writes every B-leg INVITE ahead of
+sending it (fail closed: a B-leg that cannot be stored does not leave; 503
+``store-unavailable``, the reservation released) and the dialogs at the answer;
+:mod:`~gateway.callpath.recovery` ends what a dead process left and ACKs + hangs
+up every 2xx nobody listens to any more; :mod:`~gateway.callpath.failover`
+answers whether a failed call may try another card and which one. The call's
+states and their one table are in :mod:`~gateway.callpath.calls`.
 
 CDRs: one :class:`~gateway.callpath.cdr.CallRecord` per call attempt (blocked and
 failed ones included), committed to the store when the call ends, and the
@@ -111,44 +89,45 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from gateway.callpath.auth import Identity, IdentityKind
-from gateway.callpath.calls import Call, CallState, Leg, Side
-from gateway.callpath.cdr import CallRecord, Origin, Outcome, outcome_for_status
-from gateway.cards import BLegClass, CardManager, CardState, PoolExhausted, Verdict
+from gateway.callpath.calls import Call, CallState, Leg, Side, call_record
+from gateway.callpath.cdr import Outcome, outcome_for_status
+from gateway.callpath.dialogs import CallDialogStore
+from gateway.callpath.failover import Failover
+from gateway.callpath.recovery import OrphanRecovery, StrayAnswers
+from gateway.cards import BLegClass, CardManager, CardState, Verdict
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.digest import DigestClient
 from gateway.sip.errors import SIPError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import make_response
-from gateway.sip.transaction import AckWait, Send, Timeout, build_cancel
+from gateway.sip.transaction import AckWait, Send, Timeout
 from gateway.sip.uri import URI
 from gateway.store import StoreUnavailable
-from gateway.store.spool import CdrWriter, record_from_json, record_to_json
-from gateway.store.sqlite import CallDialogs
+from gateway.store.spool import CdrWriter
 from gateway.telemetry.events import Alert, AlertKind, CallEvent, CallEventKind, EventBus, Severity
 from gateway.transport import Address, Transport
-from gateway.transport.endpoint import ClientRequest, Peer, ServerRequest, SipEndpoint
+from gateway.transport.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from policies.context import build_context
 from policies.decision import Decision, RejectReason, reason_header
-from policies.errors import AddressIncompleteError, StoreUnavailableError
+from policies.errors import AddressIncompleteError
 from policies.privacy import mask_number
 
 if TYPE_CHECKING:
     from gateway.callpath.registrar import Binding
     from gateway.config import CardSettings, CarrierSettings, Settings
-    from gateway.sip.dialog import DialogRecord
     from gateway.store import CallPathStore, SQLiteStore, UsageLedger
     from policies.emergency import EmergencyNumbers
     from policies.pipeline import Pipeline
     from policies.quotas import QuotaProfile
     from policies.selection import CardSelection
 
-__all__ = ["B2BUA", "CSEQ_HEADROOM", "CallServices"]
+__all__ = ["B2BUA", "CallServices"]
 
 log = structlog.get_logger("gateway.callpath.b2bua")
 
@@ -162,35 +141,6 @@ NO_ANSWER_TIMEOUT = 180.0
 """Seconds a B-leg may stay unanswered before it is CANCELled (RFC 3261 §16.6 item
 11: Timer C, "MUST be set to a value greater than 3 minutes" for a proxy; a
 carrier that sends 100/180 and then nothing would otherwise hold the call forever)."""
-
-CSEQ_HEADROOM = 100
-"""CSeq numbers reserved above a leg's local CSeq when its dialog is stored.
-
-A BYE sent after a restart uses the stored number + 1; a strict peer answers 500
-to a CSeq below the last one it saw (RFC 3261 §12.2.2) but must accept a gap
-("not an error condition"). Storing the exact CSeq would mean a store write for
-every relayed in-dialog request (INFO DTMF…); with the headroom the row is
-rewritten only once per this many relayed requests on a leg."""
-
-ORPHAN_REASON = reason_header(487, "gateway restarted")
-"""Reason of the BYEs sent at start-up for calls a dead process left up (RFC 3326)."""
-
-ORPHAN_A_STATUS = (500, "Server Internal Error")
-"""Final answer sent at start-up to an agent's INVITE a dead process left unanswered."""
-
-ORPHAN_A_REASON = reason_header(500, "gateway restarted")
-
-STORED_VERSION = 1
-"""``"v"`` of the ``b_invite`` / ``a_invite`` JSON of a stored call (schema 10)."""
-
-ORPHAN_CONCURRENCY = 64
-"""BYE transactions in flight at once while ending orphaned calls."""
-
-ABANDONED_MEMORY = 1024
-"""B-leg INVITEs given up on (CANCELled, no final answer) remembered for a late 2xx."""
-
-MAX_CARDS_PER_CALL = 3
-"""Cards one call may try (the first plus failovers after proven card deaths)."""
 
 TRUNK_UNREACHABLE = "trunk-unreachable"
 """Reason text of an answer after the card's trunk did not answer (no failover left)."""
@@ -246,9 +196,6 @@ class B2BUA:
         # has headroom (DESIGN "Quotas": carriers flag frequent switching). One entry per
         # configured identity, so bounded by the configuration.
         self._last_card: dict[str, str] = {}
-        # (Call-ID, From tag) of B-leg INVITEs given up on → (handle, its late-2xx handler).
-        # Restored at start-up for the INVITEs a dead process left unanswered too.
-        self._abandoned: dict[tuple[str, str | None], Callable[[Response], None]] = {}
         # Agents re-bound after their configured card died: agent → (card, configured).
         self._rebound: dict[str, tuple[str, str | None]] = {}
         try:
@@ -270,6 +217,13 @@ class B2BUA:
             "orphans_cancelled": 0,
             "in_dialog_refused": 0,
         }
+        # The collaborators: each owns one job and shares only these counters.
+        self.dialogs = CallDialogStore(services.store, self.stats, self._unfinished)
+        self.strays = StrayAnswers(endpoint)
+        self.orphans = OrphanRecovery(
+            endpoint, services.store, self.cdrs, self.strays, self.stats, self._masked
+        )
+        self.failover = Failover(services.cards, services.selection, services.settings)
         # Sources already logged for an in-dialog request not from the leg's peer
         # (bounded: cleared when full so a spoofing flood cannot grow it).
         self._refused_logged: set[str] = set()
@@ -293,7 +247,7 @@ class B2BUA:
             pool=card.pool if card is not None else None,
             agent=call.identity.name,
             campaign=call.campaign or None,
-            b_call_id=_b_id(call),
+            b_call_id=call.b_call_id,
             **fields,  # type: ignore[arg-type]
         )
         self.bus.publish(event)
@@ -337,7 +291,7 @@ class B2BUA:
         log.warning(
             "call.in_dialog.refused",
             call_id=call.a.call_id,
-            b_call_id=_b_id(call),
+            b_call_id=call.b_call_id,
             side=side,
             method=method,
             source=f"{source[0]}:{source[1]}",
@@ -706,51 +660,11 @@ class B2BUA:
         Non-2xx answers are the transaction's business (it ACKs them itself).
         Replacing the callback also drops the handle's reference to the call.
         """
-        late = self._late_2xx(handle.request, handle.peer, call_id)
+        late = self.strays.late_2xx(handle.request, handle.peer, call_id)
         handle.on_response = lambda _handle, resp: late(resp)
         # After the INVITE transaction ends (its §9.1 guard: 64*T1 after the CANCEL),
         # a late 2xx arrives as a stray response: found here, bounded FIFO.
-        self._remember_late(handle.request, late)
-
-    def _late_2xx(
-        self,
-        invite: Request,
-        peer: Peer,
-        call_id: str | None,
-        acked: dict[str | None, Request] | None = None,
-    ) -> Callable[[Response], None]:
-        """The handler of 2xx answers to an INVITE nobody wants: ACK + BYE once per To tag,
-        the same ACK again for a retransmission (``acked``: To tag → ACK already sent)."""
-        sent_acks: dict[str | None, Request] = {} if acked is None else acked
-
-        def late(resp: Response) -> None:
-            if not 200 <= resp.status < 300:
-                return
-            try:
-                tag = resp.to.tag
-            except SIPError:
-                return
-            ack = sent_acks.get(tag)
-            if ack is not None:
-                self.endpoint.send_stateless(ack, peer.address, transport=peer.transport)
-                return
-            if len(sent_acks) >= 8:
-                return  # a misbehaving peer forking without end: bounded
-            sent = self._ack_and_bye_stray(invite, resp, peer, call_id)
-            if sent is not None:
-                sent_acks[tag] = sent
-
-        return late
-
-    def _remember_late(self, invite: Request, late: Callable[[Response], None]) -> None:
-        """Route stray 2xx answers of ``invite`` (Call-ID, From tag) to ``late``; bounded FIFO."""
-        try:
-            key = (invite.call_id, invite.from_.tag)
-        except SIPError:
-            return
-        self._abandoned[key] = late
-        while len(self._abandoned) > ABANDONED_MEMORY:
-            self._abandoned.pop(next(iter(self._abandoned)))
+        self.strays.remember(handle.request, late)
 
     def _send_b_invite(self, call: Call, auth: tuple[str, str] | None) -> None:
         b = call.b
@@ -782,7 +696,7 @@ class B2BUA:
             f"branch={self.endpoint.layer.new_branch()};rport",
         )
         call.b_invite = invite
-        if not self._write_ahead(call):
+        if not self.dialogs.write_ahead(call):
             self._store_refused(call)
             return
         try:
@@ -794,7 +708,9 @@ class B2BUA:
                 add_via=False,
             )
         except Exception:
-            log.exception("call.b_leg.send_failed", call_id=call.a.call_id, b_call_id=_b_id(call))
+            log.exception(
+                "call.b_leg.send_failed", call_id=call.a.call_id, b_call_id=call.b_call_id
+            )
             self._b_final(call, 503, "Service Unavailable", None, local=True)
 
     def _on_b_response(self, call: Call, handle: ClientRequest, resp: Response) -> None:
@@ -812,7 +728,7 @@ class B2BUA:
             # A response of an abandoned attempt (failover moved on): only a 2xx
             # matters — it must be ACKed and hung up (§13.2.2.4 forked 2xx).
             if 200 <= resp.status < 300:
-                self._ack_and_bye_stray(handle.request, resp, handle.peer, call.a.call_id)
+                self.strays.ack_and_bye(handle.request, resp, handle.peer, call.a.call_id)
             return
         if call.ended and not 200 <= resp.status < 300:
             # The call is over (e.g. 64*T1 after a CANCEL): a late 1xx or the
@@ -824,7 +740,7 @@ class B2BUA:
             log.exception(
                 "call.b_response.failed",
                 call_id=call.a.call_id,
-                b_call_id=_b_id(call),
+                b_call_id=call.b_call_id,
                 status=resp.status,
             )
 
@@ -918,7 +834,7 @@ class B2BUA:
             else:
                 b.dialog.receive_response(resp)
         except (DialogError, SIPError):
-            log.warning("call.b_leg.bad_2xx", call_id=call.a.call_id, b_call_id=_b_id(call))
+            log.warning("call.b_leg.bad_2xx", call_id=call.a.call_id, b_call_id=call.b_call_id)
             b.dialog = None
         if call.a_final is not None or call.cancelled or call.ended or b.dialog is None:
             # A CANCEL crossed the 200 (§9.1: the 2xx wins on the B side):
@@ -961,10 +877,10 @@ class B2BUA:
         call.final_code = resp.status
         # Stored before the agent hears the 2xx: a crash from here on leaves a row the
         # next start hangs up (the carrier's leg is already up).
-        self._store_dialogs(call)
+        self.dialogs.store_answered(call)
         call.a_req.send(out)
         self._start_ackwait(call, "a", a_req, out)
-        log.info("call.answered", call_id=call.a.call_id, b_call_id=_b_id(call), card=call.card)
+        log.info("call.answered", call_id=call.a.call_id, b_call_id=call.b_call_id, card=call.card)
         self._event(call, CallEventKind.ANSWERED, status=resp.status)
 
     def _b_final(
@@ -1014,7 +930,7 @@ class B2BUA:
             )
         self._log_verdict(call, card_id, status, reason, verdict)
         trunk = verdict.kind is BLegClass.TRUNK_UNREACHABLE
-        if self._may_fail_over(call, card_id, verdict.failover, trunk):
+        if self.failover.allowed(call, card_id, verdict.failover, trunk):
             self._fail_over(call, card_id, status, reason, resp, trunk, now, local=local)
             return
         if call.cancelled:
@@ -1034,7 +950,7 @@ class B2BUA:
             log.warning(
                 "card.marked",
                 call_id=call.a.call_id,
-                b_call_id=_b_id(call),
+                b_call_id=call.b_call_id,
                 card=card_id,
                 reason=str(verdict.marked),
                 row=verdict.row,
@@ -1044,7 +960,7 @@ class B2BUA:
             log.warning(
                 "card.suspect",
                 call_id=call.a.call_id,
-                b_call_id=_b_id(call),
+                b_call_id=call.b_call_id,
                 card=card_id,
                 cause=event.cause,
                 statuses=",".join(str(x) for x in event.evidence.get("statuses", ())),
@@ -1053,7 +969,7 @@ class B2BUA:
             log.info(
                 "card.resting",
                 call_id=call.a.call_id,
-                b_call_id=_b_id(call),
+                b_call_id=call.b_call_id,
                 card=card_id,
                 row=verdict.row,
                 seconds=round(verdict.rest_until - self.clock(), 1),
@@ -1061,27 +977,13 @@ class B2BUA:
         log.debug(
             "call.b_leg.classified",
             call_id=call.a.call_id,
-            b_call_id=_b_id(call),
+            b_call_id=call.b_call_id,
             card=card_id,
             status=status,
             outcome=str(verdict.kind),
             row=verdict.row,
             suspicion=verdict.suspicion,
         )
-
-    def _may_fail_over(self, call: Call, card_id: str, allowed: bool, trunk: bool) -> bool:
-        """Whether this call may try another card after its card failed before ringing."""
-        ctx = call.ctx
-        if not allowed or call.a_final is not None or call.cancelled or ctx is None:
-            return False
-        if self.services.selection is None or len(call.cards_tried) >= MAX_CARDS_PER_CALL:
-            return False
-        if trunk:
-            if call.trunk_retry_used:
-                return False  # at most one more attempt after a trunk failure
-            if ctx.bound_card == card_id and not ctx.spill:
-                return False  # a bound agent waits for its card's trunk
-        return True
 
     def _fail_over(
         self,
@@ -1101,26 +1003,14 @@ class B2BUA:
         but the tried ones may take the call; after ``trunk-unreachable`` none that
         shares the device or trunk, and no further attempt after this one.
         """
-        assert call.ctx is not None and self.services.selection is not None
+        assert call.ctx is not None
         self._release(call)
-        call.exclude.update(call.cards_tried)
-        if trunk:
-            call.trunk_retry_used = True
-            call.exclude.update(self.services.cards.sharing(card_id))
-        ctx = replace(call.ctx, exclude=frozenset(call.exclude), last_card=None)
-        try:
-            decision = self.services.selection(ctx, datetime.fromtimestamp(now, UTC))
-        except StoreUnavailableError as exc:
-            decision = Decision.reject(
-                RejectReason.STORE_UNAVAILABLE,
-                "store",
-                str(exc),
-                retry_after=getattr(exc, "retry_after", None) or 30,
-            )
+        decision, store_down = self.failover.next_card(call, card_id, trunk, now)
+        if store_down:
             self._policy_final(call, decision)
             return
         if not decision.allowed or decision.card_id is None:
-            self._pool_exhausted(call, decision, now)
+            self.failover.pool_exhausted(call, decision, now)
             if trunk:
                 # No card on another trunk: the agent hears the trunk failure itself.
                 # ``local``: our own Timer B 408 / transport 503 (a Response object made
@@ -1137,7 +1027,7 @@ class B2BUA:
         log.info(
             "call.failover",
             call_id=call.a.call_id,
-            b_call_id=_b_id(call),
+            b_call_id=call.b_call_id,
             from_card=card_id,
             to_card=decision.card_id,
             cause="trunk-unreachable" if trunk else "card-dead",
@@ -1164,24 +1054,6 @@ class B2BUA:
             headers.append(("Retry-After", str(int(self.services.cards.terms_rest(call.card)))))
         call.policy_reason = TRUNK_UNREACHABLE
         self._respond_a(call, code, phrase, headers)
-
-    def _pool_exhausted(self, call: Call, decision: Decision, now: float) -> None:
-        """A ``pool-exhausted`` alert for a call no card could take."""
-        card = self.services.cards.find(call.card) if call.card else None
-        pool = (
-            card.pool
-            if card is not None
-            else (self.settings.cards[0].pool if self.settings.cards else "main")
-        )
-        self.services.cards.events.append(
-            PoolExhausted(
-                pool=pool,
-                at=now,
-                call_id=call.a.call_id,
-                retry_after=decision.retry_after,
-                skipped={"causes": decision.detail},
-            )
-        )
 
     def _release(self, call: Call) -> None:
         if not call.reserved:
@@ -1313,7 +1185,7 @@ class B2BUA:
                     log.warning(
                         "call.ack_timeout",
                         call_id=call.a.call_id,
-                        b_call_id=_b_id(call),
+                        b_call_id=call.b_call_id,
                         side="a" if leg is call.a else "b",
                     )
                     self._hangup(call, "ack-timeout")
@@ -1367,23 +1239,6 @@ class B2BUA:
         call.b_ack = ack
         self.endpoint.send_stateless(ack, b.address, transport=b.transport)
 
-    def _ack_and_bye_stray(
-        self, invite: Request, resp: Response, peer: Peer, call_id: str | None = None
-    ) -> Request | None:
-        """ACK a 2xx nobody wants and hang it up with a BYE; return the ACK sent."""
-        try:
-            dialog = Dialog.from_uac(invite, resp)
-        except (DialogError, SIPError):
-            return None
-        ack = dialog.create_request("ACK", cseq=invite.cseq.seq)
-        self.endpoint.send_stateless(ack, peer.address, transport=peer.transport)
-        bye = dialog.create_request("BYE")
-        self.endpoint.send_request(bye, peer.address, transport=peer.transport)
-        log.info(
-            "call.stray_2xx_hung_up", call_id=call_id, b_call_id=invite.call_id, status=resp.status
-        )
-        return ack
-
     def on_stray_response(self, resp: Response) -> None:
         """A response with no client transaction: a 2xx retransmission wants its ACK again."""
         try:
@@ -1393,9 +1248,7 @@ class B2BUA:
         except SIPError:
             return
         if found is None:
-            late = self._abandoned.get((resp.call_id, resp.from_.tag))
-            if late is not None:
-                late(resp)
+            self.strays.answer(resp)
             return
         call, side = found
         if side == "b" and call.b is not None and call.b_ack is not None:
@@ -1428,7 +1281,7 @@ class B2BUA:
             call = next((c for c in self.calls.values() if c.a_req.tx is target), None)
         to_tag = call.a.local_tag if call is not None else None
         if call is not None and not call.a.from_peer(sr.source, sr.transport):
-            # Only the caller may cancel its INVITE (issue 15): a CANCEL naming the
+            # Only the caller may cancel its INVITE: a CANCEL naming the
             # right branch from elsewhere is refused and changes nothing.
             self._refuse_foreign(call, "a", "CANCEL", sr.source, call.a)
             sr.respond(403, "Forbidden")
@@ -1467,7 +1320,7 @@ class B2BUA:
             sr.respond(481, "Call/Transaction Does Not Exist")
             return
         if not here.from_peer(sr.source, sr.transport):
-            # Call-ID and tags are no credential (issue 15): a request inside a
+            # Call-ID and tags are no credential: a request inside a
             # dialog is the peer's only when it comes from the peer's address.
             # Checked before the dialog sees its CSeq.
             self._refuse_foreign(call, side, req.method, sr.source, here)
@@ -1513,7 +1366,7 @@ class B2BUA:
             transport=there.transport,
             on_response=lambda handle, resp: self._relay_in_dialog(call, side, sr, handle, resp),
         )
-        self._refresh_stored(call)
+        self.dialogs.refresh(call)
 
     def _relay_in_dialog(
         self, call: Call, side: Side, sr: ServerRequest, handle: ClientRequest, resp: Response
@@ -1524,7 +1377,7 @@ class B2BUA:
             return
         if there is not None and there.dialog is not None:
             there.dialog.receive_response(resp)
-            self._refresh_stored(call)
+            self.dialogs.refresh(call)
         method = handle.request.method
         headers = [(n, v) for n in _BODY_HEADERS if (v := resp.headers.get(n)) is not None]
         if method in ("INVITE", "UPDATE") and 200 <= resp.status < 300:
@@ -1551,7 +1404,7 @@ class B2BUA:
         self.endpoint.send_request(bye, leg.address, transport=leg.transport)
 
     def _hangup(self, call: Call, why: str) -> None:
-        log.info("call.hangup", call_id=call.a.call_id, b_call_id=_b_id(call), why=why)
+        log.info("call.hangup", call_id=call.a.call_id, b_call_id=call.b_call_id, why=why)
         self._send_bye(call, "a")
         self._send_bye(call, "b")
         self._end(call, call.final_code or 200)
@@ -1583,7 +1436,7 @@ class B2BUA:
                 acked = {call.b_ack.to.tag: call.b_ack}
             except SIPError:
                 acked = {}
-            late = self._late_2xx(handle.request, handle.peer, call.a.call_id, acked)
+            late = self.strays.late_2xx(handle.request, handle.peer, call.a.call_id, acked)
             handle.on_response = lambda _handle, resp: late(resp)
         if not call.final_code:
             call.final_code = status
@@ -1628,7 +1481,7 @@ class B2BUA:
         else:
             outcome = outcome_for_status(call.final_code)
         self._write_cdr(call, outcome, call.final_code, end_at=now)
-        self._forget_dialogs(call)
+        self.dialogs.forget(call)
         self._event(
             call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
         )
@@ -1642,31 +1495,10 @@ class B2BUA:
             talk=round(talk, 1),
         )
 
-    def _cdr(self, call: Call, outcome: Outcome, code: int, end_at: float | None) -> CallRecord:
-        """The call's detail record as it stands."""
-        kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
-        return CallRecord(
-            call_id=call.a.call_id,
-            attempt_at=call.attempt_at,
-            destination=call.destination,
-            outcome=outcome,
-            final_code=code,
-            origin_kind=kind,
-            origin=call.identity.name,
-            campaign=call.campaign,
-            cards=tuple(call.cards_tried),
-            ring_at=call.ring_at,
-            answer_at=call.answer_at,
-            end_at=end_at,
-            failovers=call.failovers,
-            policy_reason=call.policy_reason,
-            lead_id=call.lead_id,
-        )
-
     def _write_cdr(
         self, call: Call, outcome: Outcome, code: int, *, end_at: float | None = None
     ) -> None:
-        record = self._cdr(call, outcome, code, end_at if end_at is not None else self.clock())
+        record = call_record(call, outcome, code, end_at if end_at is not None else self.clock())
         if self.cdrs.write(record):
             self.stats["cdrs"] += 1
         else:
@@ -1674,107 +1506,6 @@ class B2BUA:
             log.error("cdr.spooled", call_id=call.a.call_id, pending=self.cdrs.pending)
 
     # -- dialog persistence ------------------------------------------------------------
-
-    @staticmethod
-    def _leg_record(leg: Leg | None) -> tuple[dict[str, Any], int] | None:
-        """What ending ``leg`` from another process needs, and the CSeq ceiling stored."""
-        if leg is None or leg.dialog is None:
-            return None
-        dialog = leg.dialog
-        record = dialog.to_record()
-        used = dialog.local_seq if dialog.local_seq is not None else dialog.initial_seq - 1
-        ceiling = used + CSEQ_HEADROOM
-        record["local_seq"] = ceiling
-        data: dict[str, Any] = {
-            "dialog": record,
-            "transport": str(leg.transport.name),
-            "address": [leg.address[0], leg.address[1]],
-        }
-        return data, ceiling
-
-    def _b_invite_record(self, call: Call) -> dict[str, Any] | None:
-        """The current B-leg INVITE as a CANCEL (and an ACK of a late 2xx) needs it."""
-        b, invite = call.b, call.b_invite
-        if b is None or invite is None:
-            return None
-        h = invite.headers
-        return {
-            "v": STORED_VERSION,
-            "uri": str(invite.uri),
-            "via": h.get("Via"),
-            "from": h.get("From"),
-            "to": h.get("To"),
-            "call_id": invite.call_id,
-            "cseq": invite.cseq.seq,
-            "contact": h.get("Contact"),
-            "to_tag": b.dialog.remote_tag if b.dialog is not None else None,
-            "transport": str(b.transport.name),
-            "address": [b.address[0], b.address[1]],
-        }
-
-    def _a_invite_record(self, call: Call) -> dict[str, Any]:
-        """The A-leg INVITE as a final response to it needs it (built once per call)."""
-        if call.a_stored is None:
-            req = call.a_req.request
-            h = req.headers
-            call.a_stored = {
-                "v": STORED_VERSION,
-                "uri": str(req.uri),
-                "via": list(h.get_all("Via")),
-                "from": h.get("From"),
-                "to": h.get("To"),
-                "call_id": req.call_id,
-                "cseq": req.cseq.seq,
-                "tag": call.a.local_tag,
-                "transport": str(call.a.transport.name),
-                "address": [call.a.address[0], call.a.address[1]],
-            }
-        return call.a_stored
-
-    def _call_row(
-        self, call: Call, a: dict[str, Any] | None = None, b: dict[str, Any] | None = None
-    ) -> CallDialogs:
-        """The stored form of the call as it stands (``a``/``b``: confirmed legs)."""
-        # If this process dies during the call, the next start writes this CDR:
-        # answered (200) or not (the 500 the agent then gets).
-        code = 200 if call.answered else ORPHAN_A_STATUS[0]
-        return CallDialogs(
-            key=call.key,
-            call_id=call.a.call_id,
-            card=call.card,
-            callee=call.destination,
-            attempt_at=call.attempt_at,
-            answer_at=call.answer_at if call.answered else None,
-            a_leg=a,
-            b_leg=b,
-            cdr=record_to_json(self._cdr(call, Outcome.INTERRUPTED, code, None)),
-            b_invite=self._b_invite_record(call),
-            a_invite=self._a_invite_record(call),
-        )
-
-    def _write_ahead(self, call: Call) -> bool:
-        """Store the call with its current B-leg INVITE (one write); False when it failed.
-
-        Called before each B-leg INVITE leaves. Once the call is answered the row
-        is :meth:`_store_dialogs`'s.
-        """
-        if call.answered or call.ended:
-            return True
-        try:
-            self.services.store.save_call_dialogs(self._call_row(call))
-        except Exception as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error(
-                "call.b_leg.store_failed",
-                call_id=call.a.call_id,
-                b_call_id=_b_id(call),
-                key=call.key,
-                error=repr(exc)[:200],
-            )
-            return False
-        self.stats["b_legs_stored"] += 1
-        call.persisted = True
-        return True
 
     def _store_refused(self, call: Call) -> None:
         """The B-leg INVITE could not be stored: it does not leave (fail closed, 503)."""
@@ -1795,320 +1526,9 @@ class B2BUA:
         self._answer_decision(call, decision)
         self._end(call, call.final_code)
 
-    def _store_dialogs(self, call: Call) -> None:
-        """Persist the answered call's dialogs (never raises: the call goes on regardless)."""
-        a = self._leg_record(call.a)
-        b = self._leg_record(call.b)
-        if b is None:
-            return
-        record = self._call_row(call, None if a is None else a[0], b[0])
-        try:
-            self.services.store.save_call_dialogs(record)
-        except Exception as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error(
-                "call.dialogs.store_failed",
-                call_id=call.a.call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
-            return
-        self.stats["dialogs_stored"] += 1
-        call.persisted = True
-        for side, leg, rec in (("a", call.a, a), ("b", call.b, b)):
-            if rec is not None and leg is not None and leg.dialog is not None:
-                call.stored[side] = (rec[1], str(leg.dialog.remote_target))
-
-    def _refresh_stored(self, call: Call) -> None:
-        """Rewrite a stored leg whose CSeq used up the headroom or whose target moved."""
-        if not call.persisted or call.ended:
-            return
-        for side, leg in (("a", call.a), ("b", call.b)):
-            if leg is None or leg.dialog is None or side not in call.stored:
-                continue
-            ceiling, target = call.stored[side]
-            dialog = leg.dialog
-            if (dialog.local_seq or 0) < ceiling and str(dialog.remote_target) == target:
-                continue
-            rec = self._leg_record(leg)
-            if rec is None:
-                continue
-            try:
-                self.services.store.update_call_dialog_leg(call.key, side, rec[0])
-            except Exception as exc:
-                self.stats["dialog_store_errors"] += 1
-                log.error(
-                    "call.dialogs.update_failed",
-                    call_id=call.a.call_id,
-                    key=call.key,
-                    error=repr(exc)[:200],
-                )
-                continue
-            call.stored[side] = (rec[1], str(dialog.remote_target))
-
-    def _forget_dialogs(self, call: Call) -> None:
-        """The call ended: delete its stored dialogs (retried after a store outage; a
-        row left at a crash costs one stray BYE answered 481 at the next start)."""
-        if not call.persisted:
-            return
-        call.persisted = False
-        call.stored.clear()
-        delete = functools.partial(self.services.store.delete_call_dialogs, call.key)
-        try:
-            delete()
-        except StoreUnavailable as exc:
-            self.stats["dialog_store_errors"] += 1
-            self._unfinished.append(delete)
-            log.error(
-                "call.dialogs.delete_failed",
-                call_id=call.a.call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
-        except Exception as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error(
-                "call.dialogs.delete_failed",
-                call_id=call.a.call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
-
     async def end_orphaned_calls(self) -> int:
-        """End the calls a dead process left; return how many stored calls were ended.
-
-        For every row of ``call_dialogs`` (written by a previous process of this
-        gateway; keys of this process's own live calls are skipped): an answered
-        call gets a BYE on each stored leg; an unanswered one a CANCEL of its
-        stored B-leg INVITE and a final 500 to the agent's INVITE, and a 2xx the
-        carrier sends later for that INVITE is ACKed and hung up (the stray-2xx
-        handler is installed before anything is sent). Each request is a client
-        transaction (its own Timer F: no answer ends as a local 408); the row's
-        ``interrupted`` CDR is written unless the call's CDR exists, then the row
-        is deleted whatever the answers (481 or 408 mean the peer already forgot
-        the call). One log line per call. Runs in the background at start-up;
-        cancelled, it leaves the remaining rows for the next start.
-        """
-        store = self.services.store
-        try:
-            rows = store.call_dialogs()
-        except StoreUnavailable as exc:
-            log.error("call.orphans.unreadable", error=str(exc))
-            return 0
-        rows = [row for row in rows if row.key not in self.calls]
-        if not rows:
-            return 0
-        log.info("call.orphans.found", count=len(rows))
-        gate = asyncio.Semaphore(ORPHAN_CONCURRENCY)
-        # Every stored INVITE's late 2xx is caught before the first request leaves.
-        restored = {row.key: self._restore_invite(row) for row in rows}
-
-        async def one(row: CallDialogs) -> bool:
-            async with gate:
-                found = restored[row.key]
-                if found is not None and row.answer_at is None:
-                    return await self._end_unanswered_orphan(row, *found)
-                return await self._end_orphan(row)
-
-        done = await asyncio.gather(*(one(row) for row in rows))
-        ended = sum(1 for ok in done if ok)
-        self.stats["orphans_ended"] += ended
-        return ended
-
-    def _restore_invite(self, row: CallDialogs) -> tuple[Request, Peer] | None:
-        """The stored B-leg INVITE and its peer, its stray-2xx handler installed; None when
-        the row has none (written before schema 10) or it is unreadable."""
-        rec = row.b_invite
-        if rec is None:
-            return None
-        try:
-            headers = [
-                ("Via", str(rec["via"])),
-                ("Max-Forwards", "70"),
-                ("From", str(rec["from"])),
-                ("To", str(rec["to"])),
-                ("Call-ID", str(rec["call_id"])),
-                ("CSeq", f"{int(rec['cseq'])} INVITE"),
-            ]
-            if rec.get("contact"):
-                headers.append(("Contact", str(rec["contact"])))
-            invite = Request("INVITE", URI.parse(str(rec["uri"])), headers)
-            host, port = rec["address"]
-            address: Address = (str(host), int(port))
-            transport = self.endpoint.transport(str(rec["transport"]), ipv6=":" in address[0])
-            invite.from_.tag  # noqa: B018 — parsed now: a damaged row fails here
-        except (SIPError, LookupError, TypeError, ValueError) as exc:
-            log.warning(
-                "call.orphan.bad_invite", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
-            )
-            return None
-        peer = Peer(transport, address)
-        acked: dict[str | None, Request] = {}
-        if row.answer_at is not None and row.b_leg is not None:
-            # Answered: a 2xx the carrier still retransmits (our ACK never left) gets
-            # its ACK only; the BYE goes in the stored dialog.
-            try:
-                dialog = Dialog.from_record(row.b_leg["dialog"])
-                acked[dialog.remote_tag] = dialog.create_request("ACK", cseq=invite.cseq.seq)
-            except (DialogError, SIPError, LookupError, TypeError, ValueError):
-                pass
-        self._remember_late(invite, self._late_2xx(invite, peer, row.call_id, acked))
-        return invite, peer
-
-    async def _end_unanswered_orphan(self, row: CallDialogs, invite: Request, peer: Peer) -> bool:
-        """CANCEL the stored B-leg INVITE, answer the agent's INVITE, CDR, forget the row.
-
-        The CDR is written as soon as the CANCEL has left (a carrier that ignores a
-        CANCEL keeps it waiting up to 64*T1); the row goes after its answer.
-        """
-        a_status = self._answer_orphan_a(row)
-        handle: ClientRequest | None = None
-        try:
-            handle = self.endpoint.send_request(
-                build_cancel(invite), peer.address, transport=peer.transport, add_via=False
-            )
-        except Exception as exc:
-            log.warning(
-                "call.orphan.cancel_failed", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
-            )
-        self.stats["orphans_cancelled"] += 1
-        cdr = self._orphan_cdr(row)
-        cancel_status = None if handle is None else (await handle.final).status
-        deleted = self._forget_orphan(row)
-        log.info(
-            "call.orphan_ended",
-            call_id=row.call_id,
-            key=row.key,
-            b_call_id=invite.call_id,
-            card=row.card,
-            destination=self._masked(row.callee),
-            answered=False,
-            cancel_status=cancel_status,
-            a_status=a_status,
-            cdr=cdr,
-            row_deleted=deleted,
-        )
-        return True
-
-    def _answer_orphan_a(self, row: CallDialogs) -> int | None:
-        """Send the final 500 to the stored A-leg INVITE (statelessly: no transaction
-        survived); its status, None when nothing could be sent."""
-        rec = row.a_invite
-        if rec is None:
-            return None
-        try:
-            headers = [("Via", str(v)) for v in rec["via"]]
-            headers += [
-                ("From", str(rec["from"])),
-                ("To", str(rec["to"])),
-                ("Call-ID", str(rec["call_id"])),
-                ("CSeq", f"{int(rec['cseq'])} INVITE"),
-            ]
-            req = Request("INVITE", URI.parse(str(rec["uri"])), headers)
-            status, phrase = ORPHAN_A_STATUS
-            out = make_response(
-                req, status, phrase, to_tag=str(rec["tag"]), headers=[("Reason", ORPHAN_A_REASON)]
-            )
-            host, port = rec["address"]
-            address: Address = (str(host), int(port))
-            transport = self.endpoint.transport(str(rec["transport"]), ipv6=":" in address[0])
-            sent = transport.send_response(out, address, symmetric=self.endpoint.symmetric)
-        except (SIPError, LookupError, TypeError, ValueError, OSError) as exc:
-            log.warning(
-                "call.orphan.bad_a_invite", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
-            )
-            return None
-        return status if sent else None
-
-    def _orphan_cdr(self, row: CallDialogs) -> str:
-        """Write the row's ``interrupted`` CDR unless the call's CDR exists; say which."""
-        cdr = "missing"
-        try:
-            if any(
-                c.attempt_at == row.attempt_at
-                for c in self.services.store.cdrs(call_id=row.call_id)
-            ):
-                # Written before the crash (the process died between the CDR and the
-                # row's delete): it already holds the end.
-                cdr = "stored"
-        except StoreUnavailable:
-            cdr = "unknown"
-        if cdr == "missing" and row.cdr:
-            # The record stored with the row: outcome "interrupted", no end (the talk
-            # time is unknown; the call_starts row, orphaned by recover, counts the start).
-            try:
-                written = self.cdrs.write(record_from_json(row.cdr))
-                cdr = "written" if written else "spooled"
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error(
-                    "call.orphan.bad_cdr", call_id=row.call_id, key=row.key, error=repr(exc)[:200]
-                )
-        return cdr
-
-    def _forget_orphan(self, row: CallDialogs) -> bool:
-        """Delete an ended orphan's row; False when it could not be (or was gone)."""
-        try:
-            return self.services.store.delete_call_dialogs(row.key)
-        except StoreUnavailable as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error("call.orphan.delete_failed", call_id=row.call_id, key=row.key, error=str(exc))
-            return False
-
-    async def _end_orphan(self, row: CallDialogs) -> bool:
-        """BYE both stored legs of an answered call, CDR, forget the row."""
-        b_status, a_status = await asyncio.gather(
-            self._orphan_bye(row, "b", row.b_leg), self._orphan_bye(row, "a", row.a_leg)
-        )
-        cdr = self._orphan_cdr(row)
-        deleted = self._forget_orphan(row)
-        log.info(
-            "call.orphan_ended",
-            call_id=row.call_id,
-            key=row.key,
-            card=row.card,
-            destination=self._masked(row.callee),
-            answered=True,
-            b_status=b_status,
-            a_status=a_status,
-            cdr=cdr,
-            row_deleted=deleted,
-        )
-        return b_status is not None or a_status is not None
-
-    async def _orphan_bye(
-        self, row: CallDialogs, side: Side, leg: dict[str, Any] | None
-    ) -> int | None:
-        """Send the BYE of one stored leg; its final status (None when nothing was sent)."""
-        if leg is None:
-            return None
-        try:
-            record: DialogRecord = leg["dialog"]
-            dialog = Dialog.from_record(record)
-            host, port = leg["address"]
-            address: Address = (str(host), int(port))
-            transport = self.endpoint.transport(str(leg["transport"]), ipv6=":" in address[0])
-            bye = dialog.create_request("BYE", headers=[("Reason", ORPHAN_REASON)])
-        except (DialogError, SIPError, LookupError, TypeError, ValueError) as exc:
-            log.warning(
-                "call.orphan.bad_leg",
-                call_id=row.call_id,
-                key=row.key,
-                side=side,
-                error=repr(exc)[:200],
-            )
-            return None
-        try:
-            response = await self.endpoint.request(bye, address, transport=transport)
-        except Exception as exc:
-            log.warning(
-                "call.orphan.bye_failed",
-                call_id=row.call_id,
-                key=row.key,
-                side=side,
-                error=repr(exc)[:200],
-            )
-            return None
-        return response.status
+        """End the calls a dead process left (:mod:`gateway.callpath.recovery`); how many."""
+        return await self.orphans.end_all(self.calls)
 
     def retry_pending(self) -> int:
         """Retry what a store outage held back (reservation finishes, CDRs); return how many went in."""
@@ -2144,11 +1564,6 @@ class B2BUA:
                 finishes=len(self._unfinished),
                 spool=str(self.cdrs.spool),
             )
-
-
-def _b_id(call: Call) -> str | None:
-    """The Call-ID of the call's current (or last) B-leg, None before the first one."""
-    return call.b.call_id if call.b is not None else None
 
 
 def warning_399(text: str) -> str:

@@ -10,7 +10,8 @@ fact card classification reads, kept while the call is cancelled), ``trunk_retry
 a trunk failure is spent) and ``timed_out`` (Timer C cancelled the B-leg: the
 agent hears 408, not 487).
 
-This module must never send, log, read a clock or touch the store: it is data.
+This module must never send, log, read a clock or touch the store: it is data
+(and the CDR it makes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
+
+from gateway.callpath.auth import IdentityKind
+from gateway.callpath.cdr import CallRecord, Origin, Outcome
 
 if TYPE_CHECKING:
     from gateway.callpath.auth import Identity
@@ -31,7 +35,15 @@ if TYPE_CHECKING:
     from gateway.transport.endpoint import ClientRequest, ServerRequest
     from policies.context import CallContext
 
-__all__ = ["LEGAL_TRANSITIONS", "Call", "CallState", "IllegalCallTransition", "Leg", "Side"]
+__all__ = [
+    "LEGAL_TRANSITIONS",
+    "Call",
+    "CallState",
+    "IllegalCallTransition",
+    "Leg",
+    "Side",
+    "call_record",
+]
 
 Side = Literal["a", "b"]
 
@@ -200,3 +212,30 @@ class Call:
     @property
     def ended(self) -> bool:
         return self.state is CallState.ENDED
+
+    @property
+    def b_call_id(self) -> str | None:
+        """The Call-ID of the current (or last) B-leg, None before the first one."""
+        return self.b.call_id if self.b is not None else None
+
+
+def call_record(call: Call, outcome: Outcome, code: int, end_at: float | None) -> CallRecord:
+    """The call's detail record as it stands."""
+    kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
+    return CallRecord(
+        call_id=call.a.call_id,
+        attempt_at=call.attempt_at,
+        destination=call.destination,
+        outcome=outcome,
+        final_code=code,
+        origin_kind=kind,
+        origin=call.identity.name,
+        campaign=call.campaign,
+        cards=tuple(call.cards_tried),
+        ring_at=call.ring_at,
+        answer_at=call.answer_at,
+        end_at=end_at,
+        failovers=call.failovers,
+        policy_reason=call.policy_reason,
+        lead_id=call.lead_id,
+    )

@@ -139,17 +139,17 @@ async def test_b_leg_not_stored_means_not_sent(rig: Rig) -> None:
 
 async def test_relayed_requests_past_the_headroom_rewrite_the_stored_cseq(rig: Rig) -> None:
     """More relayed in-dialog requests than the headroom: the stored CSeq moves up with them."""
-    from gateway.callpath import b2bua as b2bua_module
+    from gateway.callpath import dialogs as dialogs_module
 
-    old = b2bua_module.CSEQ_HEADROOM
-    b2bua_module.CSEQ_HEADROOM = 2
+    old = dialogs_module.CSEQ_HEADROOM
+    dialogs_module.CSEQ_HEADROOM = 2
     try:
         resp, invite = await rig.alice.call("13912345672")
         assert 200 == resp.status
         for _ in range(5):
             assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "INFO")).status
     finally:
-        b2bua_module.CSEQ_HEADROOM = old
+        dialogs_module.CSEQ_HEADROOM = old
     [row] = stored(rig)
     assert row.b_leg is not None
     b = Dialog.from_record(row.b_leg["dialog"])

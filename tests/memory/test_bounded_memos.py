@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import gateway.callpath.security as security
 import gateway.sip.uri as uri_module
-from gateway.callpath.b2bua import ABANDONED_MEMORY, B2BUA
+from gateway.callpath.recovery import ABANDONED_MEMORY, StrayAnswers
 from gateway.config import SecuritySettings
 from gateway.sip import Request
 from gateway.sip.digest import DigestServer
@@ -106,7 +105,7 @@ def test_security_tables_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_abandoned_invites_are_bounded() -> None:
-    holder: Any = SimpleNamespace(_abandoned={})
+    strays = StrayAnswers(cast(Any, None))
     for i in range(N):
         invite = Request(
             "INVITE",
@@ -119,8 +118,8 @@ def test_abandoned_invites_are_bounded() -> None:
                 ("CSeq", "1 INVITE"),
             ],
         )
-        B2BUA._remember_late(holder, invite, lambda _resp: None)
-    assert len(holder._abandoned) == ABANDONED_MEMORY
+        strays.remember(invite, lambda _resp: None)
+    assert len(strays._abandoned) == ABANDONED_MEMORY
 
 
 def test_call_stats_windows_are_bounded_without_a_reader() -> None:
