@@ -29,7 +29,7 @@ __all__ = ["RUNNING", "serve"]
 log = structlog.get_logger("gateway.app")
 
 RUNNING: list[Gateway] = []
-"""Gateways currently started by :func:`serve` (tests look up bound addresses here)."""
+"""Deprecated: gateways currently started by :func:`serve`; pass ``on_ready`` instead."""
 
 
 GC_THRESHOLD: tuple[int, int, int] = (50_000, 20, 1000)
@@ -56,6 +56,7 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
+    on_ready: Callable[[Gateway], object] | None = None,
 ) -> None:
     """Run the gateway until ``stop`` is set (or the task is cancelled).
 
@@ -68,10 +69,11 @@ async def serve(
     ``clock`` is business time for policies, quotas and cards (the simulator's
     fast-forward); SIP timers, registrations and nonces stay real.
 
-    ``ready`` is set once every listener is bound; the bound addresses are then
-    in ``RUNNING[-1].addresses`` (admin API: ``RUNNING[-1].admin_url``) and in
-    the ``listening`` log lines. Shutdown is the reverse order; the MQTT
-    publisher goes last so ``offline`` follows the final card states.
+    Once every listener is bound, ``on_ready`` is called with the running
+    :class:`~gateway.callpath.element.Gateway` (its ``addresses``, ``admin_url``;
+    also in the ``listening`` log lines), then ``ready`` is set. Shutdown is the
+    reverse order; the MQTT publisher goes last so ``offline`` follows the final
+    card states.
     """
     from gateway.telemetry.hub import GatewayTelemetry
 
@@ -121,6 +123,8 @@ async def serve(
                 )
             RUNNING.append(gateway)
             try:
+                if on_ready is not None:
+                    on_ready(gateway)
                 if ready is not None:
                     ready.set()
                 if stop is None:

@@ -635,10 +635,14 @@ async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:
             up.carriers.append(f"{spec.name}: simulator on {sim.address_spec} ({names})")
 
         # --- 3. gateway -------------------------------------------------------------
-        from gateway.app import RUNNING, serve
+        from gateway.app import serve
+        from gateway.callpath.element import Gateway
 
         ready = asyncio.Event()
-        gateway_task = asyncio.ensure_future(serve(run_settings, ready=ready, stop=gateway_stop))
+        started: list[Gateway] = []
+        gateway_task = asyncio.ensure_future(
+            serve(run_settings, ready=ready, stop=gateway_stop, on_ready=started.append)
+        )
         await _first_of(ready.wait(), gateway_task)
         if gateway_task.done():
             if gateway_task.cancelled():
@@ -651,7 +655,7 @@ async def _up(args: argparse.Namespace, settings: Settings, log: Any) -> int:
             if failure is not None:
                 raise failure
             return EXIT_OK
-        gw = RUNNING[-1]
+        gw = started[-1]
         up.sip = [str(a) for a in gw.addresses]
         up.admin = getattr(gw, "admin_url", None)
         if up.admin is None and settings.admin.enabled:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.config import MqttSettings, Settings
 from gateway.operator.api import build_monitoring_app, start_admin
 from gateway.telemetry.events import (
@@ -271,10 +272,11 @@ async def test_a_gateway_without_a_call_path_serves_metrics_and_health() -> None
         {"sip": {"listen": ["udp:127.0.0.1:0"]}, "admin": {"listen": "127.0.0.1:0"}}
     )
     ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    started: list[Gateway] = []
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop, on_ready=started.append))
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        url = app.RUNNING[-1].admin_url
+        url = started[-1].admin_url
         assert url is not None
         status, headers, body = await _get(url, "/metrics")
         assert (200, CONTENT_TYPE_LATEST) == (status, headers["content-type"])

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
 from tests.events.helpers import http_get, parse_exposition, value_of
 
@@ -32,11 +33,12 @@ async def test_each_decided_call_is_timed_in_the_histogram(tmp_path: Path) -> No
     await carrier.start()
     settings = gateway_settings(carrier.address, tmp_path / "gw.db")
     ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    started: list[Gateway] = []
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop, on_ready=started.append))
     alice: Agent | None = None
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        gateway = app.RUNNING[-1]
+        gateway = started[-1]
         alice = Agent("alice", "s3cret", gateway.address("udp"))
         await alice.start()
         assert 200 == (await alice.register()).status

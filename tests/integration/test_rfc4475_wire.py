@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway import app
+from gateway.callpath.element import Gateway
 from gateway.config import Settings
 from tests.conformance import RFC4475
 
@@ -174,11 +175,12 @@ async def test_in_process_counters() -> None:
     """serve() in-process: invalid rows are counted as parse errors or answered rejections."""
     settings = Settings(sip={"listen": ["udp:127.0.0.1:0"]}, admin={"listen": "127.0.0.1:0"})
     ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    started: list[Gateway] = []
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop, on_ready=started.append))
     try:
         async with asyncio.timeout(5):
             await ready.wait()
-        gw = app.RUNNING[-1]
+        gw = started[-1]
         target = gw.address("udp")
         loop = asyncio.get_running_loop()
         for row in INVALID:

@@ -42,24 +42,26 @@ async def running() -> AsyncIterator[Gateway]:
     if _ipv6():
         listen += ["udp:[::1]:0", "tcp:[::1]:0"]
     ready, stop = asyncio.Event(), asyncio.Event()
+    started: list[Gateway] = []
     with capture_logs() as logs:
         task = asyncio.create_task(
             app.serve(
                 Settings(sip={"listen": listen}, admin={"listen": "127.0.0.1:0"}),
                 ready=ready,
                 stop=stop,
+                on_ready=started.append,
             )
         )
         async with asyncio.timeout(5):
             await ready.wait()
-    gw = app.RUNNING[-1]
+    gw = started[-1]
     gw.test_logs = logs  # type: ignore[attr-defined]
     try:
         yield gw
     finally:
         stop.set()
         await task
-    assert gw not in app.RUNNING
+    assert [] == gw.transports  # closed, listeners released
 
 
 async def test_bound_ports_are_reported(running: Gateway) -> None:
@@ -98,16 +100,18 @@ async def test_options_over_every_listener(running: Gateway) -> None:
 async def test_stats_logged_at_shutdown() -> None:
     """Stopping serve() logs one gateway.stats line with per-transport counters."""
     ready, stop = asyncio.Event(), asyncio.Event()
+    started: list[Gateway] = []
     with capture_logs() as logs:
         task = asyncio.create_task(
             app.serve(
                 Settings(sip={"listen": ["udp:127.0.0.1:0"]}, admin={"listen": "127.0.0.1:0"}),
                 ready=ready,
                 stop=stop,
+                on_ready=started.append,
             )
         )
         await ready.wait()
-        addr = app.RUNNING[-1].address("udp")
+        addr = started[-1].address("udp")
         loop = asyncio.get_running_loop()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.setblocking(False)
@@ -134,6 +138,7 @@ async def test_bind_failure_closes_everything() -> None:
             sip={"listen": ["udp:127.0.0.1:0", f"tcp:127.0.0.1:{port}"]},
             admin={"listen": "127.0.0.1:0"},
         )
+        started: list[Gateway] = []
         with pytest.raises(OSError):
-            await app.serve(settings)
-    assert [] == app.RUNNING
+            await app.serve(settings, on_ready=started.append)
+    assert [] == started

@@ -142,17 +142,19 @@ async def test_messages_within_deadline_keep_the_connection(collector: Collector
 async def gateway() -> AsyncIterator[Gateway]:
     """serve() with the default TCP limits on tcp:127.0.0.1:0; stopped at teardown."""
     ready, stop = asyncio.Event(), asyncio.Event()
+    started: list[Gateway] = []
     task = asyncio.create_task(
         app.serve(
             Settings(sip={"listen": ["tcp:127.0.0.1:0"]}, admin={"listen": "127.0.0.1:0"}),
             ready=ready,
             stop=stop,
+            on_ready=started.append,
         )
     )
     async with asyncio.timeout(5):
         await ready.wait()
     try:
-        yield app.RUNNING[-1]
+        yield started[-1]
     finally:
         stop.set()
         await task
