@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.store import QuotaExceeded, SQLiteStore, StoredCard, UsageLedger
 from gateway.store.redis import RedisStore, connect
 from policies.quotas import QuotaProfile
+from simulator.testkit import free_port
 
 T0 = 1_700_000_000.0
 PROFILE = QuotaProfile(
@@ -49,13 +50,6 @@ PROFILE = QuotaProfile(
     short_call_ceiling=0.95,
     consecutive_failures=5,
 )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -68,6 +68,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from simulator.testkit import find_sipp, free_udp_port, sipp_command, start_sipp, stop_pid
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 SIPP_DIR = ROOT / "bench" / "sipp"
@@ -117,31 +119,12 @@ def loadavg() -> str:
     return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def sipp_binary() -> str:
     """Path of ``sipp``; exits with a message when missing."""
-    path = shutil.which("sipp")
+    path = find_sipp()
     if path is None:
         sys.exit("sipp not found (Debian package sip-tester)")
     return path
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM by PID, SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 @dataclass
@@ -240,21 +223,13 @@ def pct(values: list[int], q: float) -> float | None:
 
 def start_carrier(sipp: str, port: int, workdir: Path, wall_cap: float) -> subprocess.Popen[bytes]:
     """The SIPp carrier UAS on ``port`` (stopped by PID by the caller)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [
-            sipp,
-            "-sf",
-            str(SIPP_DIR / "carrier.xml"),
-            "-i",
-            HOST,
-            "-p",
-            str(port),
-            "-buff_size",
-            "1048576",
-            "-timeout",
-            f"{int(wall_cap)}s",
-            "-nostdin",
+    cmd = sipp_command(
+        SIPP_DIR / "carrier.xml",
+        port=port,
+        timeout=wall_cap,
+        trace=False,
+        binary=sipp,
+        extra=[
             "-trace_stat",
             "-stf",
             str(workdir / "stat.csv"),
@@ -264,11 +239,8 @@ def start_carrier(sipp: str, port: int, workdir: Path, wall_cap: float) -> subpr
             "-error_file",
             str(workdir / "errors.log"),
         ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
+    return start_sipp(cmd, workdir)
 
 
 def run_caller(
@@ -361,7 +333,7 @@ def run_caller(
                 if s is not None:
                     last[pid] = s
     finally:
-        stop(proc)
+        stop_pid(proc)
     result.wall_s = round(time.monotonic() - started, 2)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     proc.stderr and proc.stderr.close()
@@ -465,7 +437,7 @@ def direct_step(
         )
         result.uas_cpu_pct = cpu_percent(*samples[carrier.pid])
     finally:
-        stop(carrier)
+        stop_pid(carrier)
     return result
 
 
@@ -904,9 +876,9 @@ def e2e_step(
                 try:
                     profiler.wait(60)
                 except subprocess.TimeoutExpired:
-                    stop(profiler)
-            stop(gw, grace=20)
-            stop(carrier)
+                    stop_pid(profiler)
+            stop_pid(gw, grace=20)
+            stop_pid(carrier)
     summarize_log(log_path, run)
     gc_path = workdir / "gc.json"
     if gc_path.exists():

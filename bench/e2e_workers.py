@@ -59,31 +59,24 @@ from e2e import (
     RUNNER,
     GatewayRun,
     cpu_percent,
-    free_udp_port,
     gateway_toml,
     loadavg,
     merge_callers,
     register_agent,
     run_caller,
     start_carrier,
-    stop,
     summarize_log,
     wait_ready,
     write_numbers_csv,
 )
 
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+from simulator.testkit import free_port, free_udp_port, stop_pid
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A private redis-server (no persistence); waits for PING. Stopped by PID by the caller."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_tcp_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -113,7 +106,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
                     return proc, port
         except OSError:
             time.sleep(0.05)
-    stop(proc)
+    stop_pid(proc)
     raise RuntimeError("redis-server did not answer PING")
 
 
@@ -194,7 +187,7 @@ def step(
             if redis_url:
                 toml = with_redis(toml, redis_url)
             # Each instance its own admin port (the default 127.0.0.1:8080 would clash).
-            toml += f'\n[admin]\nlisten = "{HOST}:{free_tcp_port()}"\n'
+            toml += f'\n[admin]\nlisten = "{HOST}:{free_port()}"\n'
             (gdir / "gw.toml").write_text(toml)
             log_fh = open(gdir / "gateway.log", "wb")  # noqa: SIM115
             logs.append(log_fh)
@@ -276,11 +269,11 @@ def step(
                 row["redis"] = {"error": str(exc)}
     finally:
         for gw in gws:
-            stop(gw, grace=20)
+            stop_pid(gw, grace=20)
         for c in carriers:
-            stop(c)
+            stop_pid(c)
         if redis_proc is not None:
-            stop(redis_proc)
+            stop_pid(redis_proc)
         for fh in logs:
             fh.close()
     for g in range(len(gws)):

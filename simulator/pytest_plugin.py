@@ -39,6 +39,16 @@ Peer fixtures:
                    the first user, pointing at ``gateway``; ``await softphone.register()``
 ``dialer``         a started :class:`~simulator.agents.Dialer` for the first peer
 
+Process fixtures and helpers (from :mod:`simulator.testkit`, the one test kit:
+free ports, the SIPp harness, the config builder, ``eventually``,
+``capture_events``):
+
+``mosquitto``      a real mosquitto on a free loopback port (a
+                   :class:`~simulator.testkit.Mosquitto`: ``url``, ``kill()``,
+                   ``start()`` again on the same port), stopped by PID at teardown;
+                   fails the test when mosquitto is not installed
+``sipp_binary()``  the path of SIPp, or skip the test (Debian ``sip-tester``)
+
 Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)`` (which
 also takes the carrier's scripted-mode options: ``plan=``, ``record_requests=``,
 ``silent=``, ``sdp=`` — see ``simulator/README.md``),
@@ -62,7 +72,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +91,7 @@ from simulator.clock import BusinessClock, FakeClock, ScaledClock
 from simulator.models import CardAccount, CarrierConfig, CarrierModel
 from simulator.runner import DEFAULT_CARRIER_RULES, InProcessGateway, build_settings, seed_store
 from simulator.sipkit import LoopNetwork, UserAgent
+from simulator.testkit import Mosquitto, find_sipp, free_port, mosquitto_binary
 
 __all__ = [
     "DEFAULT_START",
@@ -89,6 +100,8 @@ __all__ = [
     "SimPeer",
     "SimUser",
     "always_answer",
+    "mosquitto",
+    "sipp_binary",
 ]
 
 #: A Monday, 10:00 in Shanghai: inside the default calling hours.
@@ -461,3 +474,28 @@ async def dialer(sim_kit: SimKit, gateway_address: Address, sim_peers: list[SimP
     """A started dialer for the first peer, pointing at the gateway."""
     peer = sim_peers[0]
     return await sim_kit.dialer(peer.name, peer.password, gateway_address, campaign=peer.campaign)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh mosquitto on a free loopback port, stopped (by PID) after the test."""
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.fail("mosquitto is not installed (make install, or apt-get install mosquitto)")
+    broker = Mosquitto(binary, tmp_path / "mosquitto", free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def sipp_binary() -> str:
+    """Path of ``sipp`` (Debian package ``sip-tester``), or skip the test."""
+    path = find_sipp()
+    if path is None:
+        pytest.skip("sipp (Debian package sip-tester) is not installed")
+    return path

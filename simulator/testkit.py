@@ -1,9 +1,11 @@
 """The test kit: the helpers every test folder and benchmark needs, in one place.
 
 - ports: :func:`free_port`, :func:`free_udp_port`, :func:`free_ports` (loopback only);
-- processes: :func:`stop_process` (by PID: SIGTERM, then SIGKILL), :class:`Mosquitto`
-  (a real broker on a free port, restartable for outage tests), :func:`mosquitto_binary`;
-- SIPp: :func:`sipp_binary`, :func:`sipp_command`, :func:`start_sipp`, :func:`stat_row`;
+- processes: :func:`stop_pid` (SIGTERM, then SIGKILL), :class:`Mosquitto` (a real
+  broker on a free port, restartable for outage tests), :func:`mosquitto_binary`;
+- SIPp: :func:`sipp_command`, :func:`start_sipp_carrier` (:class:`SippCarrier`),
+  :func:`start_sipp_agent` + :func:`finish_sipp` (:class:`SippResult`), the
+  trace and statistics readers :func:`parse_trace` (:class:`Message`), :func:`stat_row`;
 - polling: :func:`eventually` (async, raises), :func:`wait_for` (async, returns a bool),
   :func:`wait_until` (blocking);
 - events: :func:`capture_events` (everything a bus publishes, as a list);
@@ -11,7 +13,8 @@
   arguments, the sections tests use again and again).
 
 :mod:`simulator.pytest_plugin` exposes the process helpers as fixtures
-(``mosquitto``, ``sipp``). Importable without pytest (benchmarks use it).
+(``mosquitto``) and :func:`simulator.pytest_plugin.sipp_binary` skips a test
+when SIPp is missing. Importable without pytest (benchmarks use it).
 
 What it must never do: bind anything but 127.0.0.1, use a fixed port, stop a
 process it did not start (processes are stopped by their own PID, never by
@@ -24,12 +27,14 @@ import asyncio
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +42,26 @@ __all__ = [
     "LOOPBACK",
     "MOSQUITTO_PATHS",
     "SIPP_COMMON",
+    "Message",
     "Mosquitto",
+    "SippCarrier",
+    "SippResult",
     "capture_events",
     "eventually",
+    "find_sipp",
+    "finish_sipp",
     "free_port",
     "free_ports",
     "free_udp_port",
     "gateway_toml",
     "mosquitto_binary",
-    "sipp_binary",
+    "parse_trace",
     "sipp_command",
     "start_sipp",
+    "start_sipp_agent",
+    "start_sipp_carrier",
     "stat_row",
-    "stop_process",
+    "stop_pid",
     "wait_for",
     "wait_until",
 ]
@@ -92,17 +104,17 @@ def free_ports(n: int) -> list[int]:
 # --- processes --------------------------------------------------------------------------
 
 
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
-    """SIGTERM ``proc`` by its PID, SIGKILL if it lingers; reap it; its exit status."""
+def stop_pid(proc: subprocess.Popen[Any], grace: float = 5.0) -> int | None:
+    """SIGTERM ``proc`` by its PID, SIGKILL after ``grace`` seconds; reap it; its status."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=grace)
     return proc.returncode
 
 
@@ -197,7 +209,7 @@ class Mosquitto:
     def stop(self) -> None:
         """SIGTERM the broker by PID, SIGKILL if it lingers."""
         if self.proc is not None:
-            stop_process(self.proc)
+            stop_pid(self.proc)
 
     def __enter__(self) -> Mosquitto:
         self.start()
@@ -210,7 +222,7 @@ class Mosquitto:
 # --- SIPp -------------------------------------------------------------------------------
 
 
-def sipp_binary() -> str | None:
+def find_sipp() -> str | None:
     """Path of ``sipp`` (Debian ``sip-tester``), or None."""
     return shutil.which("sipp")
 
@@ -226,24 +238,20 @@ def sipp_command(
     extra: Sequence[str] = (),
     binary: str | None = None,
 ) -> list[str]:
-    """A SIPp command line on 127.0.0.1:``port``.
+    """A SIPp command line on 127.0.0.1:``port`` (with :data:`SIPP_COMMON`).
 
-    ``scenario`` is an XML path or a built-in name (``uac``/``uas``, passed as
-    ``-sn``). ``target`` makes it a client; ``timeout`` bounds the whole run
-    (``-timeout``); ``trace`` writes ``messages.log``, ``stat.csv`` and
-    ``errors.log`` in ``workdir``. ``extra`` is appended as is.
+    ``scenario`` is an XML path; ``target`` makes it a client; ``timeout`` bounds
+    the whole run (``-timeout``); ``trace`` writes ``messages.log``, ``stat.csv``
+    and ``errors.log`` in ``workdir`` (what :class:`SippCarrier` and
+    :class:`SippResult` read). ``extra`` is appended as is.
     """
-    sipp = binary or sipp_binary()
+    sipp = binary or find_sipp()
     if sipp is None:
         raise RuntimeError("sipp (Debian package sip-tester) is not installed")
     cmd = [sipp]
     if target is not None:
         cmd.append(f"{target[0]}:{target[1]}")
-    if str(scenario) in ("uac", "uas"):
-        cmd += ["-sn", str(scenario)]
-    else:
-        cmd += ["-sf", str(scenario)]
-    cmd += [*SIPP_COMMON, "-p", str(port)]
+    cmd += ["-sf", str(scenario), *SIPP_COMMON, "-p", str(port)]
     if timeout is not None:
         cmd += ["-timeout", f"{int(timeout)}s"]
     if trace:
@@ -262,23 +270,228 @@ def sipp_command(
     return [*cmd, *extra]
 
 
-def start_sipp(
-    cmd: Sequence[str], workdir: Path, *, output: bool = False
-) -> subprocess.Popen[bytes]:
-    """Start a SIPp command in ``workdir`` (stdout/stderr piped when ``output``)."""
+def start_sipp(cmd: Sequence[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """Start a SIPp command in ``workdir`` (no stdin, output discarded); stop it by PID."""
     workdir.mkdir(parents=True, exist_ok=True)
-    sink = subprocess.PIPE if output else subprocess.DEVNULL
     return subprocess.Popen(
-        list(cmd), cwd=workdir, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
+        list(cmd),
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 def stat_row(path: Path) -> dict[str, str]:
     """The last row of a SIPp ``-trace_stat`` CSV as a dict (e.g. ``SuccessfulCall(C)``)."""
     rows = [r for r in path.read_text().splitlines() if r.strip()]
-    if len(rows) < 2:
-        return {}
     return dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
+
+
+_SEPARATOR = re.compile(r"^-{20,}.*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One SIP message of a SIPp ``-trace_msg`` log."""
+
+    direction: str  # "sent" or "received"
+    first_line: str
+    headers: dict[str, list[str]]
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (case-insensitive name), None when absent."""
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def status(self) -> int | None:
+        """Status code of a response, None for a request."""
+        if self.first_line.startswith("SIP/2.0 "):
+            return int(self.first_line.split()[1])
+        return None
+
+    @property
+    def method(self) -> str | None:
+        """Method of a request, None for a response."""
+        return None if self.first_line.startswith("SIP/2.0") else self.first_line.split()[0]
+
+
+def parse_trace(path: Path) -> list[Message]:
+    """Every message in a SIPp ``-message_file`` (sent and received)."""
+    if not path.exists():
+        return []
+    out: list[Message] = []
+    for block in _SEPARATOR.split(path.read_text(errors="replace")):
+        lines = [ln.rstrip("\r") for ln in block.strip("\n").splitlines()]
+        head = next(
+            (i for i, ln in enumerate(lines) if "message sent" in ln or "message received" in ln),
+            None,
+        )
+        if head is None:
+            continue
+        direction = "sent" if "message sent" in lines[head] else "received"
+        body = list(lines[head + 1 :])
+        while body and not body[0].strip():
+            body.pop(0)
+        if not body:
+            continue
+        headers: dict[str, list[str]] = {}
+        for ln in body[1:]:
+            if not ln.strip():
+                break
+            name, sep, value = ln.partition(":")
+            if sep:
+                headers.setdefault(name.strip().lower(), []).append(value.strip())
+        out.append(Message(direction, body[0].strip(), headers))
+    return out
+
+
+@dataclass
+class SippCarrier:
+    """A SIPp UAS (a carrier) started with a message trace in ``workdir``.
+
+    It runs until stopped by PID (or its ``-timeout``): ``-m`` cannot bound a
+    carrier the gateway probes with OPTIONS, since SIPp counts each probe as a
+    call. SIPp writes its trace as it goes, and its final statistics on SIGTERM.
+    """
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+
+    def stop(self) -> int:
+        """Stop it by PID; returns SIPp's exit code."""
+        stop_pid(self.proc)
+        return self.proc.returncode
+
+    def messages(self) -> list[Message]:
+        """Every SIP message the carrier sent or received so far."""
+        return parse_trace(self.workdir / "messages.log")
+
+    def invites(self) -> list[Message]:
+        """Initial INVITEs the carrier received (no To tag)."""
+        return [
+            m
+            for m in self.messages()
+            if m.direction == "received"
+            and m.method == "INVITE"
+            and "tag=" not in (m.header("To") or "")
+        ]
+
+    def callees(self) -> list[str]:
+        """Request-URI users of the INVITEs received, in order."""
+        out = []
+        for m in self.invites():
+            uri = m.first_line.split()[1]
+            out.append(uri.split(":", 1)[1].split("@", 1)[0])
+        return out
+
+    def stats(self) -> dict[str, str]:
+        """The final ``-trace_stat`` row (written when SIPp exits)."""
+        return stat_row(self.workdir / "stat.csv")
+
+
+def start_sipp_carrier(
+    scenario: Path, workdir: Path, *, timeout: float = 90, extra: Sequence[str] = ()
+) -> SippCarrier:
+    """A SIPp UAS running ``scenario`` on a free UDP port, tracing its messages; it exits
+    by itself after ``timeout`` seconds."""
+    port = free_udp_port()
+    cmd = sipp_command(scenario, port=port, workdir=workdir, timeout=timeout, extra=extra)
+    return SippCarrier(start_sipp(cmd, workdir), port, workdir)
+
+
+@dataclass
+class SippResult:
+    """A finished SIPp client run: exit code, final stats and its message trace."""
+
+    returncode: int
+    stats: dict[str, str]
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def successful(self) -> int:
+        """Calls that ended as the scenario expects."""
+        return int(self.stats.get("SuccessfulCall(C)", "0"))
+
+    @property
+    def failed(self) -> int:
+        """Calls that did not."""
+        return int(self.stats.get("FailedCall(C)", "0"))
+
+    def finals(self) -> list[Message]:
+        """Final responses to INVITEs received from the gateway, other than 407."""
+        return [
+            m
+            for m in self.messages
+            if m.direction == "received"
+            and m.status is not None
+            and m.status >= 200
+            and m.status != 407
+            and (m.header("CSeq") or "").endswith("INVITE")
+        ]
+
+
+def start_sipp_agent(
+    scenario: Path,
+    target: tuple[str, int],
+    workdir: Path,
+    *,
+    calls: int,
+    rate: int,
+    numbers: Sequence[str] | None = None,
+    timeout: float = 20,
+    hold_ms: int = 200,
+    limit: int | None = None,
+    port: int | None = None,
+    extra: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """A SIPp client (an agent) placing ``calls`` calls at ``rate``/s to ``target``.
+
+    ``limit`` calls at a time (default: all); ``hold_ms`` is the scenario's
+    pause (``-d``). ``numbers`` become ``[field0]`` (one per call, in order); 180 after 200 is
+    tolerated (``-default_behaviors all,-abortunexp``). Read it with
+    :func:`finish_sipp`.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        str(limit if limit is not None else max(calls, 1)),
+        "-d",
+        str(hold_ms),
+        "-timeout_error",
+        "-default_behaviors",
+        "all,-abortunexp",
+    ]
+    if numbers is not None:
+        csv = workdir / "numbers.csv"
+        csv.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
+        args += ["-inf", str(csv)]
+    cmd = sipp_command(
+        scenario,
+        port=port or free_udp_port(),
+        target=target,
+        workdir=workdir,
+        timeout=timeout,
+        extra=[*args, *extra],
+    )
+    return start_sipp(cmd, workdir)
+
+
+def finish_sipp(proc: subprocess.Popen[bytes], workdir: Path, bound: float) -> SippResult:
+    """Wait (at most ``bound`` s, then stop by PID) for a SIPp client; read its results."""
+    try:
+        proc.wait(bound)
+    except subprocess.TimeoutExpired:
+        stop_pid(proc)
+    stats_path = workdir / "stat.csv"
+    stats = stat_row(stats_path) if stats_path.exists() else {}
+    return SippResult(proc.returncode, stats, parse_trace(workdir / "messages.log"))
 
 
 # --- polling ----------------------------------------------------------------------------
@@ -312,9 +525,9 @@ async def eventually(
 def wait_until(
     predicate: Callable[[], object],
     timeout: float,
-    *,
-    interval: float = 0.05,
     what: str = "condition",
+    *,
+    interval: float = 0.02,
 ) -> None:
     """Blocking :func:`eventually` for code outside an event loop."""
     deadline = time.monotonic() + timeout

@@ -436,12 +436,3 @@ async def rig(carrier: Carrier, tmp_path: Path) -> AsyncIterator[Rig]:
     finally:
         await alice.close()
         await gw.close()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is true (polling), or fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)

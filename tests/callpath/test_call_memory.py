@@ -12,7 +12,8 @@ import gc
 
 from gateway.callpath.calls import Call
 from gateway.sip import make_response
-from tests.callpath.conftest import Rig, eventually
+from simulator.testkit import eventually
+from tests.callpath.conftest import Rig
 
 
 async def test_ended_call_is_freed_while_the_b_invite_waits_in_accepted(rig: Rig) -> None:

@@ -7,15 +7,8 @@ from pathlib import Path
 
 from gateway.callpath.element import Gateway
 from gateway.cards import CardState
-from tests.callpath.conftest import (
-    SDP_A,
-    SDP_C,
-    Agent,
-    Carrier,
-    Rig,
-    eventually,
-    gateway_settings,
-)
+from simulator.testkit import eventually
+from tests.callpath.conftest import SDP_A, SDP_C, Agent, Carrier, Rig, gateway_settings
 
 
 async def test_answered_call_relays_sdp_and_bye_from_agent(rig: Rig) -> None:

@@ -17,7 +17,8 @@ from gateway.cards import CardState
 from gateway.sip import Request
 from gateway.sip.message import parse as parse_message
 from gateway.telemetry.events import Alert, AlertKind
-from tests.callpath.conftest import Agent, Carrier, Rig, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import Agent, Carrier, Rig, gateway_settings
 
 
 def callees(carrier: Carrier) -> list[str]:

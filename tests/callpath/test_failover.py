@@ -7,7 +7,8 @@ from pathlib import Path
 from gateway.callpath.element import Gateway
 from gateway.cards import CardState, SuspendReason
 from gateway.sip import Request
-from tests.callpath.conftest import Agent, Carrier, Rig, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import Agent, Carrier, Rig, gateway_settings
 
 
 def suspend_c1(req: Request) -> tuple[object, ...]:

@@ -20,7 +20,8 @@ from gateway.store import SQLiteStore, ledger_from_settings
 from gateway.transport.endpoint import SipEndpoint
 from policies.context import build_context
 from policies.selection import CardSelection
-from tests.callpath.conftest import FAST, Carrier, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import FAST, Carrier, gateway_settings
 
 
 async def test_unanswered_pings_take_the_carrier_down_and_its_cards_out(tmp_path: Path) -> None:

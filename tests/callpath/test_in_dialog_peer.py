@@ -25,15 +25,8 @@ from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import build_cancel
 from gateway.transport import MemoryNetwork, MemoryTransport, TransportName
 from gateway.transport.endpoint import ServerRequest, SipEndpoint
-from tests.callpath.conftest import (
-    FAST,
-    SDP_A,
-    Agent,
-    Carrier,
-    Rig,
-    eventually,
-    gateway_settings,
-)
+from simulator.testkit import eventually
+from tests.callpath.conftest import FAST, SDP_A, Agent, Carrier, Rig, gateway_settings
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.callpath.conftest import SDP_A, SDP_C, Agent, Rig, eventually
+from simulator.testkit import eventually
+from tests.callpath.conftest import SDP_A, SDP_C, Agent, Rig
 
 
 async def test_inbound_call_reaches_bound_agent(rig: Rig) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.callpath.element import Gateway
-from tests.callpath.conftest import Agent, Carrier, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import Agent, Carrier, gateway_settings
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from gateway.sip import Request
 from gateway.sip.dialog import Dialog
 from gateway.store import SQLiteStore
 from gateway.store.sqlite import CallDialogs
-from tests.callpath.conftest import Agent, Carrier, Rig, eventually
+from simulator.testkit import eventually
+from tests.callpath.conftest import Agent, Carrier, Rig
 from tests.integration.conftest import START_TIMEOUT, DialgateProcess, _pump, dialgate_command
 from tests.redis.conftest import RedisServer
 

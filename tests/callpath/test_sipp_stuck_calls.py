@@ -16,8 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.carrier_answers.conftest import (
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import (
     SIPP_COMMON,
+    SippCarrier,
+    SippResult,
+    free_udp_port,
+    parse_trace,
+    stat_row,
+    stop_pid,
+)
+from tests.carrier_answers.conftest import (
     Started,
     card,
     final_statuses,
@@ -26,15 +35,7 @@ from tests.carrier_answers.conftest import (
     run_calls,
     start_gateway,
 )
-from tests.integration.conftest import free_udp_port, sipp_binary
-from tests.policy_sipp.conftest import (
-    SippCarrier,
-    SippResult,
-    parse_trace,
-    register_alice,
-    stat_row,
-    stop_pid,
-)
+from tests.policy_sipp.conftest import register_alice
 
 __all__ = ["processes"]  # the fixture, imported from tests/carrier_answers
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.callpath.conftest import Rig, eventually
+from simulator.testkit import eventually
+from tests.callpath.conftest import Rig
 
 
 @contextmanager

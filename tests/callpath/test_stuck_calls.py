@@ -28,7 +28,8 @@ from gateway.callpath.element import Gateway
 from gateway.sip import Request, Response
 from gateway.sip.message import make_response
 from gateway.sip.message import parse as parse_message
-from tests.callpath.conftest import SDP_C, Agent, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import SDP_C, Agent, gateway_settings
 
 T1 = 0.05
 GIVE_UP = 64 * T1  # RFC 3261 §9.1 / Timer B: 3.2 s here

@@ -20,7 +20,8 @@ import structlog
 
 from gateway.callpath.element import Gateway
 from gateway.transport.tls import client_context, server_context
-from tests.callpath.conftest import SDP_C, Agent, Carrier, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import SDP_C, Agent, Carrier, gateway_settings
 from tests.tls_certs import CA, make_ca, make_cert
 
 

@@ -1,6 +1,7 @@
 """Carrier answers on the wire (issue 12): SIPp agent → ``dialgate run`` → scripted SIPp carrier.
 
-Built on the harness of tests/policy_sipp and tests/integration: a real
+Built on the test kit's SIPp harness (:mod:`simulator.testkit`) and
+tests/policy_sipp, tests/integration: a real
 ``dialgate run`` subprocess on free loopback ports (JSON logs on stderr), the
 agent alice with digest, and SIPp carriers bounded by ``-timeout`` whose
 message trace (``-trace_msg``) tells which INVITEs reached them. The carrier
@@ -23,21 +24,16 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
-    DialgateProcess,
-    free_udp_port,
-    sipp_binary,
-    start_dialgate,
-)
-from tests.policy_sipp.conftest import (
-    SIPP_COMMON,
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import (
     SippCarrier,
     SippResult,
-    cli_json,
-    parse_trace,
-    stat_row,
+    finish_sipp,
+    start_sipp_agent,
     stop_pid,
 )
+from tests.integration.conftest import DialgateProcess, start_dialgate
+from tests.policy_sipp.conftest import cli_json
 from tests.policy_sipp.conftest import start_carrier as policy_start_carrier
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
@@ -207,55 +203,19 @@ def run_calls(
 
     Bounded by ``-m``, SIPp's ``-timeout`` and our own wait (then stopped by PID).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    csv = workdir / "numbers.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
-    proc = subprocess.Popen(
-        [
-            sipp_binary(),
-            f"{target[0]}:{target[1]}",
-            "-sf",
-            str(SIPP_DIR / "agent_any.xml"),
-            *SIPP_COMMON,
-            "-p",
-            str(free_udp_port()),
-            "-m",
-            str(len(numbers)),
-            "-r",
-            str(rate),
-            "-l",
-            str(concurrent),
-            "-d",
-            str(hold_ms),
-            "-timeout",
-            f"{timeout}s",
-            "-timeout_error",
-            "-default_behaviors",
-            "all,-abortunexp",
-            "-inf",
-            str(csv),
-            "-trace_msg",
-            "-message_file",
-            str(workdir / "messages.log"),
-            "-trace_stat",
-            "-stf",
-            str(workdir / "stat.csv"),
-            "-trace_err",
-            "-error_file",
-            str(workdir / "errors.log"),
-        ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sipp_binary()  # skip when SIPp is missing
+    proc = start_sipp_agent(
+        SIPP_DIR / "agent_any.xml",
+        target,
+        workdir,
+        calls=len(numbers),
+        rate=rate,
+        numbers=numbers,
+        timeout=timeout,
+        hold_ms=hold_ms,
+        limit=concurrent,
     )
-    try:
-        proc.wait(timeout + 10)
-    except subprocess.TimeoutExpired:
-        stop_pid(proc)
-    stats_path = workdir / "stat.csv"
-    stats = stat_row(stats_path) if stats_path.exists() else {}
-    return SippResult(proc.returncode, stats, parse_trace(workdir / "messages.log"))
+    return finish_sipp(proc, workdir, timeout + 10)
 
 
 def final_statuses(result: SippResult) -> list[int]:

@@ -33,8 +33,9 @@ from gateway.telemetry.events import (
     render_payload,
 )
 from gateway.telemetry.mqtt import Topics, route
-from tests.events.conftest import Chromium, Mosquitto
-from tests.events.helpers import Collector, http_get, wait_for
+from simulator.testkit import Mosquitto, wait_for
+from tests.events.conftest import Chromium
+from tests.events.helpers import Collector, http_get
 from tests.events.test_wallboard import ROOT, DevTools, _publisher, wait_for_js
 
 T0 = 1_793_592_000.0  # 2026-11-02 12:00 in Shanghai

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from gateway.telemetry.mqtt import Topics
-from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, http_get, wait_for
+from simulator.testkit import Mosquitto, wait_for
+from tests.events.helpers import Collector, http_get
 from tests.events.test_gateway_mqtt import NODE, ROOT, Running, _call, running
 
 __all__ = ["running"]

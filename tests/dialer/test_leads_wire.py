@@ -27,9 +27,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.store.sqlite import SQLiteStore
+from simulator.testkit import Message
 from tests.integration.conftest import dialgate_command
 from tests.policy_sipp.conftest import (
-    Message,
     admin_url,
     gateway_toml,
     register_alice,

@@ -1,21 +1,16 @@
-"""Fixtures for the event, MQTT, metrics and wallboard tests: a real mosquitto.
+"""Fixtures for the event, MQTT, metrics and wallboard tests.
 
-``mosquitto`` starts ``/usr/sbin/mosquitto -c FILE`` on a free 127.0.0.1 port
-(``listener PORT 127.0.0.1``, ``allow_anonymous true``, ``persistence false``)
-and stops it by PID in teardown. The :class:`Mosquitto` handle can ``kill()``
-the broker and ``start()`` it again on the same port, for outage tests.
-
-Written with no dependency on the rest of ``tests/events`` so it can move to a
-shared pytest plugin unchanged.
+``mosquitto`` (a real broker on a free loopback port, stopped by PID) comes from
+the test kit (:mod:`simulator.pytest_plugin`); ``mosquitto_tls`` adds a TLS
+listener and a password file to it; ``chromium`` is a headless browser for the
+wallboard. Nothing here binds anything but 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,109 +19,8 @@ from pathlib import Path
 
 import pytest
 
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _mosquitto_binary() -> str | None:
-    for path in MOSQUITTO_PATHS:
-        if os.access(path, os.X_OK):
-            return path
-    return shutil.which("mosquitto")
-
-
-class Mosquitto:
-    """One mosquitto broker process on a fixed (free) port; restartable."""
-
-    def __init__(
-        self, binary: str, workdir: Path, port: int, *, extra: str = "", scheme: str = "mqtt"
-    ) -> None:
-        self.binary = binary
-        self.port = port
-        self.host = "127.0.0.1"
-        self.scheme = scheme
-        self.config = workdir / "mosquitto.conf"
-        self.log = workdir / "mosquitto.log"
-        anonymous = "false" if "password_file" in extra else "true"
-        self.config.write_text(
-            f"listener {port} 127.0.0.1\n"
-            f"allow_anonymous {anonymous}\n"
-            "persistence false\n"
-            # Run as the test's own user: when started as root mosquitto would switch
-            # to "mosquitto", which cannot read certificate files under the tmp dir.
-            f"user {getpass.getuser()}\n"
-            "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\n" + extra
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT`` (``mqtts://`` for a TLS broker)."""
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start the broker and wait until it accepts TCP connections."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"mosquitto did not listen on {self.port}")
-
-    def pause(self) -> None:
-        """SIGSTOP the broker: connections stay open but nothing is answered."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def kill(self) -> None:
-        """SIGKILL the broker (an outage) and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        """SIGTERM the broker by PID, SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A fresh mosquitto on a free port, stopped (by PID) after the test."""
-    binary = _mosquitto_binary()
-    if binary is None:
-        pytest.fail("mosquitto is not installed (scripts/install-system-deps.sh installs it)")
-    broker = Mosquitto(binary, tmp_path, free_port())
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+from simulator.pytest_plugin import mosquitto  # noqa: F401  (a fixture of this folder)
+from simulator.testkit import Mosquitto, free_port, mosquitto_binary
 
 
 def _run(*cmd: str) -> None:
@@ -146,7 +40,7 @@ class TlsBroker:
 @pytest.fixture
 def mosquitto_tls(tmp_path: Path) -> Iterator[TlsBroker]:
     """mosquitto with a TLS listener (throw-away CA made with openssl) and a password file."""
-    binary = _mosquitto_binary()
+    binary = mosquitto_binary()
     if binary is None:
         pytest.fail("mosquitto is not installed (scripts/install-system-deps.sh installs it)")
     if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:

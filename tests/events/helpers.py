@@ -1,4 +1,4 @@
-"""Test helpers for tests/events: MQTT collector, wait-for loop, HTTP GET, exposition parser."""
+"""Test helpers for tests/events: MQTT collector, HTTP GET, exposition parser (polling: simulator.testkit)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import json
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,19 +25,6 @@ class Received:
     def json(self) -> Any:
         """The payload decoded as JSON (None for an empty payload)."""
         return json.loads(self.payload) if self.payload else None
-
-
-async def wait_for(
-    predicate: Callable[[], bool], timeout: float, *, interval: float = 0.02
-) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        await asyncio.sleep(interval)
 
 
 class Collector:

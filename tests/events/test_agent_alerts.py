@@ -13,8 +13,8 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, wait_for
+from simulator.testkit import Mosquitto, wait_for
+from tests.events.helpers import Collector
 from tests.events.test_gateway_mqtt import ROOT, TOPICS, Running, running  # noqa: F401
 from tests.integration.conftest import dialgate_command
 

@@ -24,9 +24,9 @@ import structlog
 from gateway import app
 from gateway.callpath.element import Gateway
 from gateway.telemetry.mqtt import Topics
+from simulator.testkit import Mosquitto, wait_for
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
-from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, http_get, wait_for
+from tests.events.helpers import Collector, http_get
 
 ROOT = "dg"
 NODE = "gw-ids"

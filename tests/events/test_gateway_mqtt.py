@@ -23,9 +23,9 @@ import pytest
 from gateway import app
 from gateway.callpath.element import Gateway
 from gateway.telemetry.mqtt import Topics
+from simulator.testkit import Mosquitto, wait_for
 from tests.callpath.conftest import Agent, Carrier, gateway_settings
-from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, http_get, parse_exposition, value_of, wait_for
+from tests.events.helpers import Collector, http_get, parse_exposition, value_of
 from tests.integration.conftest import dialgate_command, start_dialgate
 
 ROOT = "dg"

@@ -26,8 +26,9 @@ from gateway.telemetry.events import (
     Severity,
 )
 from gateway.telemetry.mqtt import MqttPublisher, Topics
-from tests.events.conftest import Mosquitto, TlsBroker
-from tests.events.helpers import Collector, wait_for
+from simulator.testkit import Mosquitto, wait_for
+from tests.events.conftest import TlsBroker
+from tests.events.helpers import Collector
 
 ROOT = "dgtest"
 NODE = "gw1"

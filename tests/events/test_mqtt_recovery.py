@@ -29,8 +29,8 @@ from gateway.telemetry.events import (
 )
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.mqtt import KINDS, Backoff, MqttPublisher, Topics
-from tests.events.conftest import Mosquitto
-from tests.events.helpers import Collector, parse_exposition, value_of, wait_for
+from simulator.testkit import Mosquitto, wait_for
+from tests.events.helpers import Collector, parse_exposition, value_of
 
 ROOT = "dgrec"
 NODE = "gw1"

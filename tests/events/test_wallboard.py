@@ -28,8 +28,9 @@ from gateway.telemetry.events import (
     Stats,
 )
 from gateway.telemetry.mqtt import MqttPublisher, Topics
-from tests.events.conftest import Chromium, Mosquitto, free_port
-from tests.events.helpers import http_get, wait_for
+from simulator.testkit import Mosquitto, free_port, wait_for
+from tests.events.conftest import Chromium
+from tests.events.helpers import http_get
 
 ROOT = "wbtest"
 REPO = Path(__file__).resolve().parents[2]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import free_udp_port, sipp_command, stat_row, stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
@@ -35,13 +36,6 @@ def dialgate_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "gateway"]
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago (for peers that need a number)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -156,14 +150,6 @@ def dialgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DialgateProce
         gw.stop()
 
 
-def sipp_binary() -> str:
-    """Path of ``sipp`` (Debian sip-tester), or skip the test."""
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.skip("sipp (Debian package sip-tester) is not installed")
-    return path
-
-
 def run_sipp(
     scenario: Path,
     target: tuple[str, int],
@@ -181,54 +167,40 @@ def run_sipp(
 
     TOOLS.md: ``-buff_size 1048576`` or the default socket buffer drops datagrams.
     """
-    port = free_udp_port()
-    cmd = [
-        sipp_binary(),
-        f"{target[0]}:{target[1]}",
-        "-sf",
-        str(scenario),
-        "-m",
-        str(calls),
-        "-r",
-        str(rate),
-        "-l",
-        str(max(10, rate)),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-t",
-        transport,
-        "-buff_size",
-        "1048576",
-        "-timeout",
-        f"{int(timeout)}s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        str(workdir / "sipp_errors.log"),
-        "-trace_stat",
-        "-stf",
-        str(workdir / "sipp_stat.csv"),
-    ]
+    cmd = sipp_command(
+        scenario,
+        port=free_udp_port(),
+        target=target,
+        timeout=timeout,
+        trace=False,
+        binary=sipp_binary(),
+        extra=[
+            "-m",
+            str(calls),
+            "-r",
+            str(rate),
+            "-l",
+            str(max(10, rate)),
+            "-t",
+            transport,
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+            str(workdir / "sipp_errors.log"),
+            "-trace_stat",
+            "-stf",
+            str(workdir / "sipp_stat.csv"),
+        ],
+    )
     proc = subprocess.Popen(
         cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         out, err = proc.communicate(timeout=timeout + 10)
     except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
+        stop_pid(proc)
         out, err = proc.communicate()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def sipp_stats(workdir: Path) -> dict[str, str]:
-    """The last row of SIPp's -trace_stat CSV as a dict (e.g. ``SuccessfulCall(C)``)."""
-    rows = [r for r in (workdir / "sipp_stat.csv").read_text().splitlines() if r.strip()]
-    header = rows[0].split(";")
-    last = rows[-1].split(";")
-    return dict(zip(header, last, strict=False))
 
 
 @dataclass(frozen=True)
@@ -261,7 +233,7 @@ class Sipp:
 
     def stats(self, workdir: Path) -> dict[str, str]:
         """The final -trace_stat row."""
-        return sipp_stats(workdir)
+        return stat_row(workdir / "sipp_stat.csv")
 
 
 @pytest.fixture

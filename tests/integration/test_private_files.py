@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from gateway.store import SQLiteStore
+from simulator.testkit import free_udp_port
 from tests.callpath.conftest import Agent
-from tests.integration.conftest import dialgate_command, free_udp_port
+from tests.integration.conftest import dialgate_command
 
 
 def _umask_022() -> None:

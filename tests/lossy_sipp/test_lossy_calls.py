@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import threading
 import time
 import urllib.request
@@ -28,20 +27,15 @@ from pathlib import Path
 import pytest
 
 from simulator.lossy import LossyRelay
-from tests.carrier_answers.conftest import Started, attempts, start_gateway
-from tests.integration.conftest import free_udp_port, sipp_binary
-from tests.policy_sipp.conftest import (
-    SIPP_COMMON,
-    SIPP_DIR,
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import (
     SippCarrier,
     SippResult,
-    admin_url,
-    gateway_toml,
-    parse_trace,
-    register_alice,
-    stat_row,
-    stop_pid,
+    finish_sipp,
+    start_sipp_agent,
 )
+from tests.carrier_answers.conftest import Started, attempts, start_gateway
+from tests.policy_sipp.conftest import SIPP_DIR, admin_url, gateway_toml, register_alice
 from tests.policy_sipp.conftest import start_carrier as policy_start_carrier
 
 HERE = Path(__file__).resolve().parent
@@ -104,61 +98,19 @@ def run_agent(
     uri-mismatch); ``-auth_uri`` makes it name the gateway's listener, the
     user-less form the gateway accepts from SIPp (gateway.callpath.auth).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    csv = workdir / "numbers.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
-    cmd = [
-        sipp_binary(),
-        f"{target[0]}:{target[1]}",
-        "-sf",
-        str(SIPP_DIR / "agent_call.xml"),
-        *SIPP_COMMON,
-        "-p",
-        str(free_udp_port()),
-        "-auth_uri",
-        f"{gateway[0]}:{gateway[1]}",
-        "-m",
-        str(len(numbers)),
-        "-r",
-        str(RATE),
-        "-l",
-        str(len(numbers)),
-        "-d",
-        str(HOLD_MS),
-        "-timeout",
-        f"{timeout}s",
-        "-timeout_error",
-        "-default_behaviors",
-        "all,-abortunexp",
-        "-inf",
-        str(csv),
-        "-trace_msg",
-        "-message_file",
-        str(workdir / "messages.log"),
-        "-trace_stat",
-        "-stf",
-        str(workdir / "stat.csv"),
-        "-trace_err",
-        "-error_file",
-        str(workdir / "errors.log"),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sipp_binary()  # skip when SIPp is missing
+    proc = start_sipp_agent(
+        SIPP_DIR / "agent_call.xml",
+        target,
+        workdir,
+        calls=len(numbers),
+        rate=RATE,
+        numbers=numbers,
+        timeout=timeout,
+        hold_ms=HOLD_MS,
+        extra=["-auth_uri", f"{gateway[0]}:{gateway[1]}"],
     )
-    try:
-        proc.wait(timeout + 10)
-    except subprocess.TimeoutExpired:
-        stop_pid(proc)
-    stats = workdir / "stat.csv"
-    return SippResult(
-        proc.returncode,
-        stat_row(stats) if stats.exists() else {},
-        parse_trace(workdir / "messages.log"),
-    )
+    return finish_sipp(proc, workdir, timeout + 10)
 
 
 def _active_calls(base: str) -> float:

@@ -11,6 +11,7 @@ from gateway.config import Settings, load_settings
 from gateway.operator.service import Operator, operator_from_settings
 from gateway.store import SQLiteStore, store_from_settings
 from gateway.telemetry.events import EventBus
+from simulator.testkit import capture_events
 
 #: 2026-11-02 00:00:00 UTC — a Monday; tests move time forward from here explicitly.
 T0 = 1_793_577_600.0
@@ -106,11 +107,10 @@ def bus() -> EventBus:
 
 
 @pytest.fixture
-def published(bus: EventBus) -> list[object]:
+def published(bus: EventBus) -> Iterator[list[object]]:
     """Every event published on the bus."""
-    seen: list[object] = []
-    bus.subscribe(seen.append)
-    return seen
+    with capture_events(bus) as seen:
+        yield seen
 
 
 @pytest.fixture

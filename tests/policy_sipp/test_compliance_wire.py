@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from simulator.testkit import SippResult
 from tests.integration.conftest import dialgate_command
 from tests.policy_sipp.conftest import (
-    SippResult,
     cli_json,
     gateway_toml,
     register_alice,

@@ -31,7 +31,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +39,15 @@ from typing import Any
 import pytest
 
 from gateway.store import SQLiteStore
+from simulator.testkit import Message, SippCarrier, free_udp_port, parse_trace, wait_until
 from tests.policy_sipp.conftest import (
     SIPP_DIR,
     DialgateProcess,
-    Message,
-    SippCarrier,
     admin_get,
     admin_url,
     cli_json,
     finish_agent,
-    free_udp_port,
     gateway_toml,
-    parse_trace,
     register_alice,
     start_agent,
     start_carrier,
@@ -65,15 +62,6 @@ ROUNDS = 5
 BUDGET = 45.0  # seconds of cycles (one started within it finishes: ~60 s in all)
 QUOTA = {"calls_per_minute": 1000, "concurrent": 1}
 SIP_EXTRA = "t1 = 0.1\n"  # 64*T1 = 6.4 s: a CANCEL nobody answers ends in time
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``check`` until truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 def of_call(messages: list[Message], call_id: str) -> list[Message]:
@@ -148,15 +136,15 @@ def cycle(rig: Rig, number: int, point: str) -> None:
     gw = rig.gw
     attempts = len(gw.events("call.attempt"))
     if point == "reserved":
-        wait_for(lambda: len(gw.events("call.attempt")) > attempts, 10, "call.attempt")
+        wait_until(lambda: len(gw.events("call.attempt")) > attempts, 10, "call.attempt")
     elif point == "invite":
-        wait_for(lambda: at_carrier("received", "INVITE"), 10, "INVITE at the carrier")
+        wait_until(lambda: at_carrier("received", "INVITE"), 10, "INVITE at the carrier")
     elif point == "ringing":
-        wait_for(rang, 10, "180 from the carrier")
+        wait_until(rang, 10, "180 from the carrier")
     elif point == "answered":
-        wait_for(lambda: at_carrier("received", "ACK"), 10, "ACK at the carrier")
+        wait_until(lambda: at_carrier("received", "ACK"), 10, "ACK at the carrier")
     else:
-        wait_for(lambda: at_carrier("received", "BYE"), 15, "BYE at the carrier")
+        wait_until(lambda: at_carrier("received", "BYE"), 15, "BYE at the carrier")
     kill_9(gw)
     after_kill = len(carrier.messages())
     # The same ports: the carrier's retransmissions and the agent find the new process.
@@ -175,7 +163,7 @@ def cycle(rig: Rig, number: int, point: str) -> None:
         # The stored INVITE is CANCELled; the 200 the carrier sends later (or
         # retransmits, never ACKed) is ACKed and hung up by the new process.
         for method in ("CANCEL", "ACK", "BYE"):
-            wait_for(
+            wait_until(
                 lambda m=method: at_carrier("received", m, after_kill),  # type: ignore[misc]
                 12,
                 f"{method} at the carrier ({point})",
@@ -186,7 +174,7 @@ def cycle(rig: Rig, number: int, point: str) -> None:
         assert _branch(invite) == _branch(cancel)
         assert (invite.header("CSeq") or "").split()[0] == (cancel.header("CSeq") or "").split()[0]
     elif point == "answered":
-        wait_for(lambda: at_carrier("received", "BYE", after_kill), 12, "BYE at the carrier")
+        wait_until(lambda: at_carrier("received", "BYE", after_kill), 12, "BYE at the carrier")
     else:
         assert at_carrier("received", "BYE")
     result = finish_agent(agent, work / "agent", bound=15)
@@ -197,7 +185,7 @@ def cycle(rig: Rig, number: int, point: str) -> None:
     elif point == "answered":
         assert requests(result.messages, "received", "BYE"), "the agent's leg got no BYE"
     # Exactly one CDR per call: interrupted, or its real end when it had ended.
-    wait_for(lambda: cdrs(rig.db, a_call_id), 10, f"CDR of {a_call_id}")
+    wait_until(lambda: cdrs(rig.db, a_call_id), 10, f"CDR of {a_call_id}")
     time.sleep(0.2)  # a second CDR would come from the same restart pass
     [(outcome, code, answer_at)] = cdrs(rig.db, a_call_id)
     if point == "bye":
@@ -206,7 +194,7 @@ def cycle(rig: Rig, number: int, point: str) -> None:
         assert "interrupted" == outcome, (point, outcome)
         assert (answer_at is not None) == (point == "answered"), point
         assert (500 if unanswered else 200) == code
-    wait_for(lambda: 0 == int(admin_get(f"{url}/cards/c1")["in_use"]), 5, "c1 in use back to 0")
+    wait_until(lambda: 0 == int(admin_get(f"{url}/cards/c1")["in_use"]), 5, "c1 in use back to 0")
 
 
 def never_sent(
@@ -219,7 +207,7 @@ def never_sent(
     the gateway, nothing can be ended, and no CDR exists (the reservation, orphaned
     by recover, still counts as a start)."""
     trace = work / "agent" / "messages.log"
-    wait_for(lambda: requests(parse_trace(trace), "sent", "INVITE"), 5, "the agent's INVITE")
+    wait_until(lambda: requests(parse_trace(trace), "sent", "INVITE"), 5, "the agent's INVITE")
     a_call_id = str(requests(parse_trace(trace), "sent", "INVITE")[0].header("Call-ID"))
     # A stored row's CDR is written as soon as its CANCEL left (the carrier, which
     # never saw the INVITE, may leave the CANCEL unanswered for 64*T1).
@@ -240,7 +228,7 @@ def never_sent(
         finish_agent(agent, work / "agent", bound=0)  # no answer will come: stopped
         assert [] == cdrs(rig.db, a_call_id)
         print("  killed before the write-ahead commit: nothing sent, no CDR")
-    wait_for(lambda: 0 == int(admin_get(f"{url}/cards/c1")["in_use"]), 5, "c1 in use back to 0")
+    wait_until(lambda: 0 == int(admin_get(f"{url}/cards/c1")["in_use"]), 5, "c1 in use back to 0")
 
 
 def _branch(message: Message) -> str:
@@ -308,4 +296,4 @@ def test_kill_9_at_every_point_of_a_call_ends_both_legs_once(
     assert 0 == int(cli_json(rig.gw.config, "cards", "show", "c1")["in_use"])
     # Every orphan row was ended and deleted.
     with SQLiteStore(rig.db) as store:
-        wait_for(lambda: not store.call_dialogs(), 10, "no stored call left")
+        wait_until(lambda: not store.call_dialogs(), 10, "no stored call left")

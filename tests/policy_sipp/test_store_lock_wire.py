@@ -24,13 +24,13 @@ import pytest
 
 from simulator.agents import Softphone
 from simulator.sipkit import CallResult
+from simulator.testkit import stop_pid
 from tests.policy_sipp.conftest import (
     admin_get,
     admin_url,
     gateway_toml,
     start_carrier,
     start_dialgate,
-    stop_pid,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

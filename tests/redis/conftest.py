@@ -22,19 +22,13 @@ import pytest
 
 from gateway.store import SQLiteStore, StoredCard
 from gateway.store.redis import RedisStore, connect
+from simulator.testkit import free_port
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed "now"
 CARRIERS = {"carrier-a": "UTC", "carrier-b": "Asia/Shanghai"}
 CARDS = {"c1": "carrier-a", "c2": "carrier-a", "c3": "carrier-b"}
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

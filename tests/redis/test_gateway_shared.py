@@ -19,7 +19,8 @@ from gateway.cards import SuspendReason
 from gateway.sip import Request, Response
 from gateway.store.redis import MirroredLedger, SharedCardRepository
 from policies.quotas import CardState
-from tests.callpath.conftest import Agent, Carrier, eventually, gateway_settings
+from simulator.testkit import eventually
+from tests.callpath.conftest import Agent, Carrier, gateway_settings
 
 from .conftest import RedisServer
 

@@ -16,48 +16,28 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    DialgateProcess,
-    free_udp_port,
-    sipp_binary,
-    start_dialgate,
-)
-from tests.policy_sipp.conftest import (
-    SIPP_COMMON,
-    SIPP_DIR,
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import (
     SippResult,
-    gateway_toml,
-    parse_trace,
-    run_agent,
-    start_carrier,
-    stat_row,
-    stop_pid,
+    finish_sipp,
+    free_ports,
+    free_udp_port,
+    sipp_command,
+    start_sipp,
 )
+from tests.integration.conftest import DialgateProcess, start_dialgate
+from tests.policy_sipp.conftest import SIPP_DIR, gateway_toml, run_agent, start_carrier
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent / "sipp"
 CARD_NUMBER = "+8613800000001"  # c1 of gateway_toml
-
-
-def free_udp_and_tcp_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        port = free_udp_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def start_on(tmp: Path, port: int, extra_toml: str) -> DialgateProcess:
@@ -83,55 +63,28 @@ def sipp(
     timeout: int = 20,
 ) -> subprocess.Popen[bytes]:
     """Start SIPp on 127.0.0.1:``port`` (a client when ``target`` is given, else a server)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sipp_binary()]
-    if target is not None:
-        cmd.append(f"{target[0]}:{target[1]}")
-    cmd += [
-        "-sf",
-        str(scenario),
-        *SIPP_COMMON,
-        "-p",
-        str(port),
-        "-m",
-        "1",
-        "-timeout",
-        f"{timeout}s",
-        "-timeout_error",
-        "-trace_msg",
-        "-message_file",
-        str(workdir / "messages.log"),
-        "-trace_stat",
-        "-stf",
-        str(workdir / "stat.csv"),
-    ]
+    extra = ["-m", "1", "-timeout_error"]
     if numbers is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
         csv = workdir / "numbers.csv"
         csv.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
-        cmd += ["-inf", str(csv)]
-    return subprocess.Popen(
-        cmd,
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        extra += ["-inf", str(csv)]
+    cmd = sipp_command(
+        scenario,
+        port=port,
+        target=target,
+        workdir=workdir,
+        timeout=timeout,
+        binary=sipp_binary(),
+        extra=extra,
     )
-
-
-def finish(proc: subprocess.Popen[bytes], workdir: Path, bound: float) -> SippResult:
-    """Wait (bounded) for a SIPp run; stop it by PID if it lingers; read stats and trace."""
-    try:
-        proc.wait(bound)
-    except subprocess.TimeoutExpired:
-        stop_pid(proc)
-    stats = stat_row(workdir / "stat.csv") if (workdir / "stat.csv").exists() else {}
-    return SippResult(proc.returncode, stats, parse_trace(workdir / "messages.log"))
+    return start_sipp(cmd, workdir)
 
 
 def register_from(port: int, gw: DialgateProcess, workdir: Path) -> SippResult:
     """alice REGISTERs (401, then digest) from 127.0.0.1:``port``; returns the run."""
     proc = sipp(SIPP_DIR / "register.xml", workdir, port=port, target=gw.addresses["udp"])
-    result = finish(proc, workdir, 20)
+    result = finish_sipp(proc, workdir, 20)
     assert (0, 1) == (result.returncode, result.successful), result.stats
     return result
 
@@ -142,7 +95,7 @@ def test_kill_9_restart_alice_calls_out_without_registering_again(
     """Registered → SIGKILL → restart: alice's INVITE is answered, no 403 Not Registered."""
     carrier = start_carrier(tmp_path / "carrier")
     processes.append(carrier)
-    port = free_udp_and_tcp_port()
+    port = free_ports(1)[0]
     config = gateway_toml(carrier.port)
     gw = start_on(tmp_path, port, config)
     processes.append(gw)
@@ -169,7 +122,7 @@ def test_kill_9_restart_a_call_back_rings_alice_at_her_registered_flow(
     """Registered from port P → SIGKILL → restart: the carrier's call back rings alice on P."""
     carrier_port = free_udp_port()
     alice_port = free_udp_port()
-    port = free_udp_and_tcp_port()
+    port = free_ports(1)[0]
     config = gateway_toml(carrier_port) + '\n[inbound]\nfallback_user = "alice"\n'
     gw = start_on(tmp_path, port, config)
     processes.append(gw)
@@ -190,9 +143,9 @@ def test_kill_9_restart_a_call_back_rings_alice_at_her_registered_flow(
         numbers=[CARD_NUMBER],
     )
     processes.append(call)
-    callback = finish(call, tmp_path / "carrier", 30)
+    callback = finish_sipp(call, tmp_path / "carrier", 30)
     assert (0, 1) == (callback.returncode, callback.successful), callback.stats
-    answered = finish(alice, tmp_path / "alice", 10)
+    answered = finish_sipp(alice, tmp_path / "alice", 10)
     [invite] = [m for m in answered.messages if m.direction == "received" and m.method == "INVITE"]
     assert f"sip:alice@127.0.0.1:{alice_port}" == invite.first_line.split()[1]
     assert 1 == answered.successful, answered.stats

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from simulator.testkit import stop_pid
 from tests.policy_sipp.conftest import (
     admin_get,
     admin_url,
@@ -32,7 +33,6 @@ from tests.policy_sipp.conftest import (
     run_agent,
     start_carrier,
     start_dialgate,
-    stop_pid,
 )
 
 ATTACKER = "127.0.0.3"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from simulator.runner import (
     settings_from_scenario,
 )
 from simulator.scenario import Scenario, load_scenario, loads_scenario
+from simulator.testkit import free_udp_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 
@@ -115,13 +115,6 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_direct_run_reaches_suspensions_and_reports(small: Scenario) -> None:
     """Without a gateway, agents hammer their cards until the carrier suspends them."""
     result = await run_scenario(small, direct=True)
@@ -154,7 +147,7 @@ async def test_in_process_run_starts_and_stops_the_gateway(small: Scenario) -> N
 
 async def test_external_gateway_mode(small: Scenario, tmp_path: Path) -> None:
     """``--gateway`` mode drives a dialgate that was started separately, pointed at the carrier."""
-    port = _free_udp_port()
+    port = free_udp_port()
     settings = settings_from_scenario(small, f"udp:127.0.0.1:{port}", store_path=tmp_path / "gw.db")
     async with InProcessGateway(settings) as gw:
         address = gw.address()

@@ -26,6 +26,7 @@ from gateway.sip.digest import (
     ha1,
 )
 from gateway.sip.message import Request, make_response, parse
+from simulator.testkit import free_udp_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,13 +69,6 @@ def _scenario(method: str, ruri: str, to: str, challenge: int, password: str, fi
 """
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _lookup(user: str, algorithm: Algorithm) -> str | None:
     return ha1(user, REALM, "s3cret", algorithm) if user == "alice" else None
 
@@ -102,7 +96,7 @@ def _run(
             "-i",
             "127.0.0.1",
             "-p",
-            str(_free_udp_port()),
+            str(free_udp_port()),
             "-timeout",
             "10s",
             "-timeout_error",

@@ -44,8 +44,9 @@ from simulator.carrier import Carrier as SimCarrier
 from simulator.carrier import answer_all
 from simulator.models import CarrierConfig, CarrierModel
 from simulator.pytest_plugin import SimCard
+from simulator.testkit import free_udp_port
 from tests.carrier_answers.conftest import start_gateway
-from tests.integration.conftest import DialgateProcess, dialgate_command, free_udp_port
+from tests.integration.conftest import DialgateProcess, dialgate_command
 
 T = TypeVar("T")
 

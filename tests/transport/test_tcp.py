@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from gateway.sip import Request, make_response
 from gateway.transport import TCPTransport
+from simulator.testkit import free_port
 
 from .conftest import Collector, options, parse_response
 
@@ -210,10 +210,7 @@ async def test_outbound_connection_and_reuse(collector: Collector) -> None:
 async def test_connect_failure_counted(collector: Collector) -> None:
     """A send to a closed port fails later, quietly, and is counted as a send error."""
     tcp = await TCPTransport.listen("127.0.0.1", 0, collector)
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     try:
         tcp.send(options(transport="TCP"), ("127.0.0.1", port))
         async with asyncio.timeout(2):

@@ -29,7 +29,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from simulator.testkit import Mosquitto, free_ports, mosquitto_binary
+from simulator.testkit import Mosquitto, free_ports, gateway_toml, mosquitto_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,54 +53,15 @@ def up_command() -> list[str]:
 def write_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> Path:
     config = tmp / "dialgate.toml"
     config.write_text(
-        f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-realm = "dialgate"
-
-[store]
-path = "{tmp / "dialgate.db"}"
-
-[mqtt]
-url = "mqtt://127.0.0.1:{mqtt}"
-root = "dialgate"
-node = "gw-up"
-stats_interval = 1.0
-
-[policy]
-consent = "dnc-only"
-default_region = "CN"
-calling_hours = "00:00-24:00"
-
-[[users]]
-name = "alice"
-password = "alice-secret-pw"
-card = "c1"
-
-[[carriers]]
-name = "carrier-a"
-address = "udp:127.0.0.1:{carrier}"
-timezone = "Asia/Shanghai"
-options_interval = 5
-  [[carriers.rules]]
-  status = 403
-  match = "(?i)suspend|blocked"
-  reason = "violation"
-
-[[cards]]
-id = "c1"
-carrier = "carrier-a"
-number = "+8613800000001"
-username = "c1"
-password = "card-secret-pw"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[logging]
-level = "info"
-json = true
-"""
+        gateway_toml(
+            sip=sip,
+            carrier=carrier,
+            mqtt=mqtt,
+            admin=admin,
+            store=tmp / "dialgate.db",
+            node="gw-up",
+            extra='[logging]\nlevel = "info"\njson = true\n',
+        )
     )
     return config
 
