@@ -24,12 +24,9 @@ from gateway.callpath.security import metric_families
 from gateway.config import Settings
 from gateway.telemetry.events import EventBus
 
-__all__ = ["RUNNING", "serve"]
+__all__ = ["serve"]
 
 log = structlog.get_logger("gateway.app")
-
-RUNNING: list[Gateway] = []
-"""Deprecated: gateways currently started by :func:`serve`; pass ``on_ready`` instead."""
 
 
 GC_THRESHOLD: tuple[int, int, int] = (50_000, 20, 1000)
@@ -121,7 +118,6 @@ async def serve(
                         flush=gateway.flush_spooled,
                     )
                 )
-            RUNNING.append(gateway)
             try:
                 if on_ready is not None:
                     on_ready(gateway)
@@ -132,7 +128,6 @@ async def serve(
                 else:
                     await stop.wait()
             finally:
-                RUNNING.remove(gateway)
                 halt.set()
     finally:
         if admin is not None:

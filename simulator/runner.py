@@ -281,11 +281,8 @@ class InProcessGateway:
 
         started: list[Any] = []
         ready = asyncio.Event()
-        kwargs: dict[str, Any] = {"ready": ready, "stop": self._stop}
-        params = inspect.signature(app.serve).parameters
-        if "on_ready" in params:
-            kwargs["on_ready"] = started.append
-        if self.clock is not None and "clock" in params:
+        kwargs: dict[str, Any] = {"ready": ready, "stop": self._stop, "on_ready": started.append}
+        if self.clock is not None and "clock" in inspect.signature(app.serve).parameters:
             kwargs["clock"] = self.clock.now
             self.clock_shared = True
         self._task = asyncio.ensure_future(app.serve(self.settings, **kwargs))
@@ -302,7 +299,7 @@ class InProcessGateway:
         if not ready.is_set():
             await self.stop()
             raise TimeoutError("the in-process gateway did not become ready")
-        self.gateway = started[-1] if started else (app.RUNNING[-1] if app.RUNNING else None)
+        self.gateway = started[-1] if started else None
         if self.gateway is not None:
             self.addresses = [(b.transport, (b.host, b.port)) for b in self.gateway.addresses]
         return self

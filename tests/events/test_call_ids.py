@@ -60,9 +60,10 @@ async def _serve(mosquitto: Mosquitto, tmp_path: Path, *, mask: bool) -> AsyncIt
         },
     )
     ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    started: list[Gateway] = []
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop, on_ready=started.append))
     await asyncio.wait_for(ready.wait(), 10)
-    gateway = app.RUNNING[-1]
+    gateway = started[-1]
     alice = Agent("alice", "s3cret", gateway.address("udp"))
     await alice.start()
     try:

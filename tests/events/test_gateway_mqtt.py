@@ -55,9 +55,10 @@ async def running(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[Running
         },
     )
     ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    started: list[Gateway] = []
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop, on_ready=started.append))
     await asyncio.wait_for(ready.wait(), 10)
-    gateway = app.RUNNING[-1]
+    gateway = started[-1]
     alice = Agent("alice", "s3cret", gateway.address("udp"))
     await alice.start()
     try:
@@ -261,9 +262,10 @@ async def test_card_nearing_its_limit_raises_quota_near(
         },
     )
     ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop))
+    started: list[Gateway] = []
+    task = asyncio.create_task(app.serve(settings, ready=ready, stop=stop, on_ready=started.append))
     await asyncio.wait_for(ready.wait(), 10)
-    alice = Agent("alice", "s3cret", app.RUNNING[-1].address("udp"))
+    alice = Agent("alice", "s3cret", started[-1].address("udp"))
     await alice.start()
     try:
         assert 200 == (await alice.register()).status

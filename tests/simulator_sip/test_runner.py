@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,7 +143,8 @@ async def test_in_process_run_starts_and_stops_the_gateway(small: Scenario) -> N
     assert 1 == len(seen) and seen[0] is not None
     assert 3 == len(result.calls)
     assert all(r.status is not None for _, r in result.results)
-    assert [] == [g for g in app.RUNNING if seen[0] in [(a.host, a.port) for a in g.addresses]]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(seen[0])  # the gateway it started let its listener go
 
 
 async def test_external_gateway_mode(small: Scenario, tmp_path: Path) -> None:
@@ -283,17 +285,16 @@ async def test_a_serve_that_takes_a_clock_gets_the_business_clock(
     """When ``serve`` accepts ``clock``, the in-process gateway runs on the scenario's clock."""
     seen: list[float] = []
 
-    async def serve_with_clock(settings, *, ready=None, stop=None, clock=None):  # type: ignore[no-untyped-def]
+    async def serve_with_clock(settings, *, ready=None, stop=None, clock=None, on_ready=None):  # type: ignore[no-untyped-def]
         assert clock is not None
         seen.append(clock())
         gw = Gateway(settings, clock=clock)
         await gw.start()
-        app.RUNNING.append(gw)
         try:
+            on_ready(gw)
             ready.set()
             await stop.wait()
         finally:
-            app.RUNNING.remove(gw)
             await gw.close()
 
     monkeypatch.setattr(app, "serve", serve_with_clock)
