@@ -1,17 +1,17 @@
 """The composition root: build the gateway's parts from the settings and run them.
 
-``serve(settings, ready=, stop=)`` brings up the telemetry, the SIP element
-(:class:`gateway.callpath.element.Gateway`: listeners, call path), the admin
-HTTP API and the card-status loop, and takes them down in reverse order.
+``serve(settings, ready=, stop=, on_ready=)`` brings up the telemetry, the SIP
+element (:class:`gateway.callpath.element.Gateway`: listeners, call path), the
+HTTP server and the card-status rounds (:mod:`gateway.cards.status`), and takes
+them down in reverse order.
 
-This module must never handle a SIP message or hold call state: it wires parts
-together and runs them.
+This module must never handle a SIP message, hold call state or keep
+module-level mutable state: it wires parts together and runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import time
 from collections.abc import Callable
@@ -21,8 +21,8 @@ import structlog
 
 from gateway.callpath.element import Gateway
 from gateway.callpath.security import metric_families
+from gateway.cards.status import status_rounds
 from gateway.config import Settings
-from gateway.telemetry.events import EventBus
 
 __all__ = ["serve"]
 
@@ -108,7 +108,7 @@ async def serve(
                 # by another process (the CLI): the status loop does, every round.
                 shared = gateway.health is not None and gateway.health.shared is not None
                 loops.create_task(
-                    _status_loop(
+                    status_rounds(
                         operator,
                         telemetry.bus,
                         clock,
@@ -169,56 +169,3 @@ async def _start_admin(
         return await start_admin(app, settings.admin.listen)
     except OSError as exc:
         raise OSError(exc.errno, f"admin.listen {settings.admin.listen}: {exc.strerror}") from exc
-
-
-async def _status_loop(
-    operator: Any,
-    bus: EventBus,
-    clock: Callable[[], float],
-    interval: float,
-    halt: asyncio.Event,
-    *,
-    sync_store: bool = True,
-    flush: Callable[[], object] | None = None,
-) -> None:
-    """Publish each card's retained state (with usage) when it changes; raise alerts.
-
-    The first round runs at once, so a subscriber that connects after start-up
-    finds every card's state retained on the broker. With ``sync_store`` each
-    round first adopts card states another process wrote to the store (an
-    operator's ``dialgate cards restore`` while the gateway runs). A failing
-    round (the store briefly unavailable) is logged and the next one tries again.
-    """
-    last: dict[str, Any] = {}
-    manager = operator.manager
-    from gateway.cards.capacity import PoolCapacityRound
-
-    pools = PoolCapacityRound()  # dialgate/pools/{pool}/capacity, retained, on change
-    while not halt.is_set():
-        try:
-            now = clock()
-            if flush is not None:
-                flush()  # CDRs spooled during a store outage, once it is back
-            if sync_store:
-                changed = manager.sync_from_store(now)
-                if changed:
-                    log.info("cards.adopted", cards=",".join(c.card for c in changed))
-            events = manager.drain_events()
-            if events:
-                bus.publish_card_events(events)
-            for card in manager.cards():
-                status = operator.status(card.id, now)
-                if status is None:
-                    continue
-                key = dataclasses.replace(status, at=0.0)
-                if last.get(card.id) != key:
-                    last[card.id] = key
-                    bus.publish(status)
-            pools.run(operator, bus, now)
-            operator.check_alerts(now)
-        except Exception:
-            log.exception("card status round failed")
-        try:
-            await asyncio.wait_for(halt.wait(), timeout=interval)
-        except TimeoutError:
-            continue
