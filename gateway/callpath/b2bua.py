@@ -80,7 +80,6 @@ one call escape into the endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import secrets
@@ -577,8 +576,8 @@ class B2BUA:
             return  # the INVITE did not leave (the write-ahead failed)
         if call.no_answer_timer is not None:
             call.no_answer_timer.cancel()
-        call.no_answer_timer = asyncio.get_running_loop().call_later(
-            self.no_answer_timeout, self._no_answer, call, b
+        call.no_answer_timer = self.endpoint.schedule(
+            self.no_answer_timeout, functools.partial(self._no_answer, call, b)
         )
 
     def _no_answer(self, call: Call, leg: Leg) -> None:
@@ -1169,7 +1168,6 @@ class B2BUA:
         deadline = aw.get_timer()
         if deadline is None:
             return
-        loop = asyncio.get_running_loop()
 
         def fire() -> None:
             leg.ack_timer = None
@@ -1192,7 +1190,7 @@ class B2BUA:
                     return
             self._arm_ackwait(call, leg, aw)
 
-        leg.ack_timer = loop.call_at(deadline, fire)
+        leg.ack_timer = self.endpoint.schedule_at(deadline, fire)
 
     def on_ack(self, req: Request, source: Address, transport: Transport | None = None) -> bool:
         """An ACK for a 2xx (it has no transaction): stop retransmissions, ACK the far leg.

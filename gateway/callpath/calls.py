@@ -16,7 +16,6 @@ This module must never send, log, read a clock or touch the store: it is data
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from gateway.sip.transaction import AckWait
     from gateway.sip.uri import URI
     from gateway.transport import Address, Transport
-    from gateway.transport.endpoint import ClientRequest, ServerRequest
+    from gateway.transport.endpoint import ClientRequest, Scheduled, ServerRequest
     from policies.context import CallContext
 
 __all__ = [
@@ -103,7 +102,7 @@ class Leg:
     local_tag: str
     dialog: Dialog | None = None
     ackwait: AckWait | None = None
-    ack_timer: asyncio.TimerHandle | None = None
+    ack_timer: Scheduled | None = None
     contact: str = ""
     #: Addresses this leg's peer sends from: the A-leg's INVITE source; for a
     #: B-leg, where its requests go plus every source its responses came from.
@@ -165,7 +164,7 @@ class Call:
     failovers: int = 0
     provisional: bool = False
     timed_out: bool = False
-    no_answer_timer: asyncio.TimerHandle | None = None
+    no_answer_timer: Scheduled | None = None
     #: Why the gateway CANCELled the B-leg (agent-cancel, no-answer, …), "" when it did not.
     cancel_why: str = ""
     #: Call-IDs of every B-leg this call started, in order (failover adds one each).

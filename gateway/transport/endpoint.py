@@ -3,7 +3,8 @@
 This is the thin adapter of STYLE.md (aioquic's ``asyncio/protocol.py``): it
 feeds received messages into :class:`~gateway.sip.transaction.TransactionLayer`,
 carries out the actions that come back (send, deliver, timeout), and re-arms a
-single ``loop.call_at`` for the layer's earliest timer. Everything that speaks
+single ``loop.call_at`` for the earliest of the layer's timers and the TU's
+(:meth:`SipEndpoint.schedule`). Everything that speaks
 SIP in dialgate sits on it: the gateway (registrar, B2BUA) and the simulator's
 carrier, agents and dialer.
 
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 import secrets
 import ssl
 from collections.abc import Callable, Hashable, Iterable
@@ -198,6 +201,32 @@ RequestHandler = Callable[[ServerRequest], None]
 StrayHandler = Callable[[Message, Address, Transport], None]
 
 
+class Scheduled:
+    """A callback :meth:`SipEndpoint.schedule` runs on the endpoint's timer, unless cancelled."""
+
+    __slots__ = ("_owner", "callback", "cancelled", "when")
+
+    def __init__(self, owner: SipEndpoint, when: float, callback: Callable[[], object]) -> None:
+        self._owner: SipEndpoint | None = owner
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run the callback (and drop it: nothing it holds is kept alive)."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.callback = _nothing
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._scheduled_cancelled()
+
+
+def _nothing() -> None:
+    return None
+
+
 class SipEndpoint:
     """One SIP node on asyncio: its transports, its transaction table and its timer."""
 
@@ -225,6 +254,11 @@ class SipEndpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The TU's timers (schedule): a heap of (when, order, handle); cancelled handles
+        # stay until they reach the top or outnumber the live ones (then it is rebuilt).
+        self._scheduled: list[tuple[float, int, Scheduled]] = []
+        self._scheduled_order = itertools.count()
+        self._cancelled = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -289,6 +323,8 @@ class SipEndpoint:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._scheduled.clear()
+        self._cancelled = 0
         for transport in self.transports:
             await transport.close()
         for client in list(self._clients.values()):
@@ -543,8 +579,66 @@ class SipEndpoint:
         handle.local = True
         handle._deliver(make_response(handle.request, status, reason))
 
+    def schedule(self, delay: float, callback: Callable[[], object]) -> Scheduled:
+        """Run ``callback`` ``delay`` seconds from now on the endpoint's one timer.
+
+        For the TU's own timers (a call's no-answer timer, a 2xx retransmission
+        while the ACK is awaited): the same clock (:meth:`now`) and the same
+        ``loop.call_at`` as the transactions. An exception from ``callback`` is
+        logged and goes no further.
+        """
+        return self.schedule_at(self.now() + delay, callback)
+
+    def schedule_at(self, when: float, callback: Callable[[], object]) -> Scheduled:
+        """Run ``callback`` at ``when`` on :meth:`now`'s clock (see :meth:`schedule`)."""
+        handle = Scheduled(self, when, callback)
+        heapq.heappush(self._scheduled, (when, next(self._scheduled_order), handle))
+        if self._timer_at is None or when < self._timer_at:
+            self._rearm()
+        return handle
+
+    def _scheduled_cancelled(self) -> None:
+        self._cancelled += 1
+        heap = self._scheduled
+        if self._cancelled > 64 and 2 * self._cancelled > len(heap):
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
+            self._cancelled = 0
+
+    def _next_scheduled(self) -> float | None:
+        heap = self._scheduled
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        return heap[0][0] if heap else None
+
+    def _run_scheduled(self, now: float) -> None:
+        heap = self._scheduled
+        due: list[Scheduled] = []
+        while heap and heap[0][0] <= now:
+            handle = heapq.heappop(heap)[2]
+            if handle.cancelled:
+                self._cancelled -= 1
+            else:
+                handle._owner = None  # out of the heap: a cancel() now counts nothing
+                due.append(handle)
+        for handle in due:
+            if handle.cancelled:
+                continue
+            callback = handle.callback
+            handle.cancelled = True  # done: a late cancel() is a no-op
+            handle.callback = _nothing
+            try:
+                callback()
+            except Exception:
+                log.exception("endpoint.scheduled.failed")
+
     def _rearm(self) -> None:
         deadline = self.layer.get_timer()
+        if self._scheduled:
+            first = self._next_scheduled()
+            if first is not None and (deadline is None or first < deadline):
+                deadline = first
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -557,7 +651,10 @@ class SipEndpoint:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._run(self.layer.handle_timer(self.now()))
+        now = self.now()
+        if self._scheduled:
+            self._run_scheduled(now)
+        self._run(self.layer.handle_timer(now))
 
     # -- helpers for the TU ------------------------------------------------------------
 
