@@ -64,6 +64,13 @@ completes: Timer B (no answer at all), Timer C (:data:`NO_ANSWER_TIMEOUT`, then 
 CANCEL), 64*T1 after any CANCEL the gateway sends with no final answer to the
 INVITE (RFC 3261 §9.1: a carrier that answers the CANCEL 200 and never the 487),
 and 64*T1 without the agent's ACK of a 2xx (§13.3.1.4: both legs get a BYE).
+The B2BUA's own timers (Timer C, the 2xx retransmissions while the ACK is
+awaited) run on the endpoint's one timer (:meth:`SipEndpoint.schedule`), never
+on a loop timer of their own.
+
+Every move of a call's state goes through the table of
+:mod:`~gateway.callpath.calls` (:meth:`Call.advance`): an illegal one raises, and
+the handler that made it logs it (no exception of one call reaches the endpoint).
 
 One call id. Log lines, CDRs, MQTT call events and the admin API name a call by
 the SIP Call-ID of its A-leg (``call_id``); lines and events about a B-leg add
@@ -1429,7 +1436,7 @@ class B2BUA:
             # Answered and over: for the rest of Timer M (RFC 6026 Accepted, 64*T1)
             # the B-leg INVITE only has to ACK a retransmitted 2xx again. A small
             # handler does that (and ACK+BYE for another fork's 2xx), so the handle
-            # no longer keeps the whole finished call alive for 32 s.
+            # does not keep the whole finished call alive for 32 s.
             try:
                 acked = {call.b_ack.to.tag: call.b_ack}
             except SIPError:
