@@ -47,6 +47,9 @@ free ports, the SIPp harness, the config builder, ``eventually``,
                    :class:`~simulator.testkit.Mosquitto`: ``url``, ``kill()``,
                    ``start()`` again on the same port), stopped by PID at teardown;
                    fails the test when mosquitto is not installed
+``processes``      a list a test appends the processes it starts to (``Popen`` or
+                   anything with ``stop()``); each is stopped by PID at teardown,
+                   last started first
 ``sipp_binary()``  the path of SIPp, or skip the test (Debian ``sip-tester``)
 
 Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)`` (which
@@ -70,6 +73,7 @@ write outside the given directory.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -91,7 +95,7 @@ from simulator.clock import BusinessClock, FakeClock, ScaledClock
 from simulator.models import CardAccount, CarrierConfig, CarrierModel
 from simulator.runner import DEFAULT_CARRIER_RULES, InProcessGateway, build_settings, seed_store
 from simulator.sipkit import LoopNetwork, UserAgent
-from simulator.testkit import Mosquitto, find_sipp, free_port, mosquitto_binary
+from simulator.testkit import Mosquitto, find_sipp, free_port, mosquitto_binary, stop_pid
 
 __all__ = [
     "DEFAULT_START",
@@ -101,6 +105,7 @@ __all__ = [
     "SimUser",
     "always_answer",
     "mosquitto",
+    "processes",
     "sipp_binary",
 ]
 
@@ -491,6 +496,20 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    """Processes a test started (``Popen`` or with ``stop()``); each stopped by PID at teardown."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for p in reversed(started):
+            if isinstance(p, subprocess.Popen):
+                stop_pid(p)
+            else:
+                p.stop()
 
 
 def sipp_binary() -> str:

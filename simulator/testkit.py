@@ -4,7 +4,8 @@
 - processes: :func:`stop_pid` (SIGTERM, then SIGKILL), :class:`Mosquitto` (a real
   broker on a free port, restartable for outage tests), :func:`mosquitto_binary`;
 - SIPp: :func:`sipp_command`, :func:`start_sipp_carrier` (:class:`SippCarrier`),
-  :func:`start_sipp_agent` + :func:`finish_sipp` (:class:`SippResult`), the
+  :func:`start_sipp_agent` + :func:`finish_sipp` or :func:`run_sipp_agent`
+  (:class:`SippResult`), the
   trace and statistics readers :func:`parse_trace` (:class:`Message`), :func:`stat_row`;
 - polling: :func:`eventually` (async, raises), :func:`wait_for` (async, returns a bool),
   :func:`wait_until` (blocking);
@@ -56,6 +57,7 @@ __all__ = [
     "gateway_toml",
     "mosquitto_binary",
     "parse_trace",
+    "run_sipp_agent",
     "sipp_command",
     "start_sipp",
     "start_sipp_agent",
@@ -481,6 +483,32 @@ def start_sipp_agent(
         extra=[*args, *extra],
     )
     return start_sipp(cmd, workdir)
+
+
+def run_sipp_agent(
+    scenario: Path,
+    target: tuple[str, int],
+    workdir: Path,
+    numbers: Sequence[str],
+    *,
+    rate: int = 10,
+    timeout: float = 20,
+    **options: Any,
+) -> SippResult:
+    """:func:`start_sipp_agent` once per number (``[field0]``), then :func:`finish_sipp`
+    (bounded: ``timeout`` + 10 s). ``options`` are the other arguments of
+    :func:`start_sipp_agent` (``hold_ms``, ``limit``, ``extra``)."""
+    proc = start_sipp_agent(
+        scenario,
+        target,
+        workdir,
+        calls=len(numbers),
+        rate=rate,
+        numbers=numbers,
+        timeout=timeout,
+        **options,
+    )
+    return finish_sipp(proc, workdir, timeout + 10)
 
 
 def finish_sipp(proc: subprocess.Popen[bytes], workdir: Path, bound: float) -> SippResult:

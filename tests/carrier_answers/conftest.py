@@ -17,20 +17,19 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from simulator.pytest_plugin import sipp_binary
+from simulator.pytest_plugin import (
+    processes,  # noqa: F401  (a fixture of this folder)
+    sipp_binary,
+)
 from simulator.testkit import (
     SippCarrier,
     SippResult,
-    finish_sipp,
-    start_sipp_agent,
-    stop_pid,
+    run_sipp_agent,
 )
 from tests.integration.conftest import DialgateProcess, start_dialgate
 from tests.policy_sipp.conftest import cli_json
@@ -204,18 +203,16 @@ def run_calls(
     Bounded by ``-m``, SIPp's ``-timeout`` and our own wait (then stopped by PID).
     """
     sipp_binary()  # skip when SIPp is missing
-    proc = start_sipp_agent(
+    return run_sipp_agent(
         SIPP_DIR / "agent_any.xml",
         target,
         workdir,
-        calls=len(numbers),
+        numbers,
         rate=rate,
-        numbers=numbers,
         timeout=timeout,
         hold_ms=hold_ms,
         limit=concurrent,
     )
-    return finish_sipp(proc, workdir, timeout + 10)
 
 
 def final_statuses(result: SippResult) -> list[int]:
@@ -249,17 +246,3 @@ def card_state(config: Path, card_id: str, expected: str, within: float = 3.0) -
 
 Started = list[subprocess.Popen[bytes] | DialgateProcess | SippCarrier]
 """What the ``processes`` fixture holds."""
-
-
-@pytest.fixture
-def processes() -> Iterator[Started]:
-    """Processes a test started; each is stopped by its PID at teardown."""
-    started: Started = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            if isinstance(p, subprocess.Popen):
-                stop_pid(p)
-            else:
-                p.stop()

@@ -31,8 +31,7 @@ from simulator.pytest_plugin import sipp_binary
 from simulator.testkit import (
     SippCarrier,
     SippResult,
-    finish_sipp,
-    start_sipp_agent,
+    run_sipp_agent,
 )
 from tests.carrier_answers.conftest import Started, attempts, start_gateway
 from tests.policy_sipp.conftest import SIPP_DIR, admin_url, gateway_toml, register_alice
@@ -99,18 +98,16 @@ def run_agent(
     user-less form the gateway accepts from SIPp (gateway.callpath.auth).
     """
     sipp_binary()  # skip when SIPp is missing
-    proc = start_sipp_agent(
+    return run_sipp_agent(
         SIPP_DIR / "agent_call.xml",
         target,
         workdir,
-        calls=len(numbers),
+        numbers,
         rate=RATE,
-        numbers=numbers,
         timeout=timeout,
         hold_ms=HOLD_MS,
         extra=["-auth_uri", f"{gateway[0]}:{gateway[1]}"],
     )
-    return finish_sipp(proc, workdir, timeout + 10)
 
 
 def _active_calls(base: str) -> float:

@@ -17,20 +17,21 @@ import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from simulator.pytest_plugin import sipp_binary
+from simulator.pytest_plugin import (
+    processes,  # noqa: F401  (a fixture of this folder)
+    sipp_binary,
+)
 from simulator.testkit import (
     SippCarrier,
     SippResult,
     finish_sipp,
+    run_sipp_agent,
     start_sipp_agent,
     start_sipp_carrier,
-    stop_pid,
 )
 from tests.integration.conftest import DialgateProcess, dialgate_command, start_dialgate
 
@@ -150,17 +151,10 @@ def run_agent(
     hold_ms: int = 200,
 ) -> SippResult:
     """Run the agent scenario once per number (``[field0]``) to completion, bounded in time."""
-    proc = _sipp_agent(
-        scenario,
-        target,
-        workdir,
-        calls=len(numbers),
-        rate=rate,
-        numbers=numbers,
-        timeout=timeout,
-        hold_ms=hold_ms,
+    sipp_binary()  # skip when SIPp is missing
+    return run_sipp_agent(
+        SIPP_DIR / scenario, target, workdir, numbers, rate=rate, timeout=timeout, hold_ms=hold_ms
     )
-    return finish_sipp(proc, workdir, timeout + 10)
 
 
 def start_agent(
@@ -240,17 +234,3 @@ def admin_get(url: str) -> Any:
     """GET a JSON document from the admin API (loopback, bounded)."""
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes] | DialgateProcess | SippCarrier]]:
-    """Processes a test started; each is stopped by its PID at teardown."""
-    started: list[subprocess.Popen[bytes] | DialgateProcess | SippCarrier] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            if isinstance(p, subprocess.Popen):
-                stop_pid(p)
-            else:
-                p.stop()

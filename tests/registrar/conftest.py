@@ -9,7 +9,7 @@ from gateway.sip import Request
 
 # Processes stopped by PID at teardown (tests/policy_sipp), and the redis-server
 # fixtures of tests/redis (a session server, a private one, key prefixes).
-from tests.policy_sipp.conftest import processes  # noqa: F401
+from simulator.pytest_plugin import processes  # noqa: F401
 from tests.redis.conftest import prefix, private_redis, redis_server, rstore  # noqa: F401
 
 
