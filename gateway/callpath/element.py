@@ -445,11 +445,8 @@ class Gateway:
             if self.b2bua is None or not self.b2bua.on_ack(req, source, transport):
                 self.stats.dropped["ack"] += 1
         elif kind is RouteKind.INBOUND_INVITE:
-            carrier = self.auth.carrier_at(source)
-            assert carrier is not None  # the router saw it
-            self.endpoint.deliver(
-                req, source, transport, context=Identity(IdentityKind.CARRIER, carrier)
-            )
+            carrier = Identity(IdentityKind.CARRIER, facts.carrier or "")
+            self.endpoint.deliver(req, source, transport, context=carrier)
         elif kind is RouteKind.OUTBOUND_INVITE or kind is RouteKind.REGISTER:
             identity = self._challenge(
                 req, source, transport, proxy=kind is RouteKind.OUTBOUND_INVITE
@@ -944,12 +941,13 @@ class Gateway:
 class _RequestFacts:
     """The router's questions about one request, answered from the element's tables."""
 
-    __slots__ = ("gateway", "source", "transport")
+    __slots__ = ("carrier", "gateway", "source", "transport")
 
     def __init__(self, gateway: Gateway, source: Address, transport: Transport) -> None:
         self.gateway = gateway
         self.source = source
         self.transport = transport
+        self.carrier: str | None = None  # the carrier's name, once from_carrier() said yes
 
     def in_transaction(self, req: Request) -> bool:
         return self.gateway.endpoint.layer.find_server(req) is not None
@@ -966,7 +964,8 @@ class _RequestFacts:
         return b2bua is not None and b2bua.has_dialog(req)
 
     def from_carrier(self) -> bool:
-        return self.gateway.auth.carrier_at(self.source) is not None
+        self.carrier = self.gateway.auth.carrier_at(self.source)
+        return self.carrier is not None
 
     def is_local(self, uri: URI) -> bool:
         return self.gateway.is_local(uri)
