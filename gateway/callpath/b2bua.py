@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.callpath.auth import Identity, IdentityKind
+from gateway.callpath.bindings import AgentBindings
 from gateway.callpath.calls import Call, CallState, Leg, Side, call_record
 from gateway.callpath.cdr import Outcome, outcome_for_status
 from gateway.callpath.dialogs import CallDialogStore
@@ -116,7 +117,7 @@ from gateway.sip.transaction import AckWait, Send, Timeout
 from gateway.sip.uri import URI
 from gateway.store import StoreUnavailable
 from gateway.store.spool import CdrWriter
-from gateway.telemetry.events import Alert, AlertKind, CallEvent, CallEventKind, EventBus, Severity
+from gateway.telemetry.events import CallEvent, CallEventKind, EventBus
 from gateway.transport import Address, Transport
 from gateway.transport.endpoint import ClientRequest, ServerRequest, SipEndpoint
 from policies.context import build_context
@@ -202,12 +203,9 @@ class B2BUA:
         # has headroom (DESIGN "Quotas": carriers flag frequent switching). One entry per
         # configured identity, so bounded by the configuration.
         self._last_card: dict[str, str] = {}
-        # Agents re-bound after their configured card died: agent → (card, configured).
-        self._rebound: dict[str, tuple[str, str | None]] = {}
-        try:
-            self._rebound = dict(services.store.agent_bindings())
-        except Exception as exc:
-            log.error("agent.bindings.unreadable", error=repr(exc)[:200])
+        self.bindings = AgentBindings(
+            services.store, services.cards, services.settings, clock=clock, bus=bus
+        )
         self.stats: dict[str, int] = {
             "calls": 0,
             "answered": 0,
@@ -341,7 +339,7 @@ class B2BUA:
             self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
             return
         call.max_forwards = 70 if mf is None else mf - 1
-        bound = self.bound_card(identity)
+        bound = self.bindings.bound_card(identity)
         try:
             ctx = build_context(
                 req.uri.user or "",
@@ -362,7 +360,7 @@ class B2BUA:
             return
         call.destination = ctx.destination
         if bound is not None:
-            ctx = replace(ctx, spill=self._spill(bound))
+            ctx = replace(ctx, spill=self.bindings.spill(bound))
         call.ctx = ctx
         started = time.perf_counter()
         try:
@@ -381,7 +379,7 @@ class B2BUA:
             return
         card = self.services.cards.get(decision.card_id)
         call.reserved = True
-        self._note_binding(call, bound, card.id)
+        self.bindings.note(call, bound, card.id)
         self.calls[call.key] = call
         self._legs[(call.a.call_id, a_tag)] = (call, "a")
         log.info(
@@ -442,87 +440,6 @@ class B2BUA:
         call.b_from = str(NameAddr(caller.display_name, _with_host(caller.uri, domain)))
         call.b_to = f"<sip:{user}@{domain}>"
         self._new_b_leg(call, transport, binding.source)
-
-    # -- agent ↔ card binding ----------------------------------------------------------
-
-    def bound_card(self, identity: Identity) -> str | None:
-        """The card the agent is bound to now: its re-binding when one is stored for the
-        configured card it has today, else the configured card (None: unbound)."""
-        stored = self._rebound.get(identity.name)
-        if stored is None:
-            return identity.card
-        configured = None if identity.card is None else self.services.cards.find(identity.card)
-        if configured is not None and configured.usable:
-            # Its own card is back in service (restored, cleared, maintenance over):
-            # the agent goes back to its own caller number; the re-binding is over.
-            self._unbind(identity.name, f"{configured.id} {configured.state}")
-            return identity.card
-        if stored[1] == identity.card and self.services.cards.find(stored[0]) is not None:
-            return stored[0]
-        return identity.card
-
-    def _unbind(self, agent: str, cause: str) -> None:
-        stored = self._rebound.pop(agent, None)
-        if stored is None:
-            return
-        try:
-            self.services.store.save_agent_binding(
-                agent, None, configured=stored[1], now=self.clock(), cause=cause
-            )
-        except Exception as exc:
-            log.error("agent.unbind.store_failed", agent=agent, error=repr(exc)[:200])
-        log.info("agent.back_on_card", agent=agent, card=stored[1], was=stored[0], cause=cause)
-
-    def _spill(self, card_id: str) -> bool:
-        """Whether the card's pool lets a bound agent use another card while it waits."""
-        card = self.services.cards.find(card_id)
-        return card is not None and self.settings.pool(card.pool).spill
-
-    def _note_binding(self, call: Call, bound: str | None, chosen: str) -> None:
-        """A bound agent's call left on another card: re-bind it if its card is dead.
-
-        A spill (the pool allows it while the bound card only waits) changes no
-        binding. A dead bound card (suspended, suspect, appealing, retired) moves
-        the agent once, for good: stored, logged and published, so the next calls
-        stay on the new card instead of rotating.
-        """
-        if bound is None or chosen == bound:
-            return
-        card = self.services.cards.find(bound)
-        if card is not None and card.usable:
-            return
-        agent = call.identity.name
-        configured = call.identity.card
-        state = "unknown" if card is None else str(card.state)
-        cause = f"{bound} {state}"
-        self._rebound[agent] = (chosen, configured)
-        try:
-            self.services.store.save_agent_binding(
-                agent, chosen, configured=configured, now=self.clock(), cause=cause
-            )
-        except Exception as exc:
-            log.error("agent.rebind.store_failed", agent=agent, error=repr(exc)[:200])
-        log.warning(
-            "agent.rebound",
-            call_id=call.a.call_id,
-            agent=agent,
-            from_card=bound,
-            to_card=chosen,
-            cause=cause,
-        )
-        if self.bus is not None:
-            new = self.services.cards.find(chosen)
-            self.bus.publish(
-                Alert(
-                    kind=AlertKind.AGENT_REBOUND,
-                    at=self.clock(),
-                    severity=Severity.WARNING,
-                    message=f"agent {agent} moved from card {bound} ({state}) to {chosen}",
-                    card=chosen,
-                    pool=new.pool if new is not None else None,
-                    detail={"agent": agent, "from": bound, "to": chosen, "cause": cause},
-                )
-            )
 
     def _campaign(self, req: Request, identity: Identity) -> str:
         header = req.headers.get(self.settings.policy.campaign_header)
@@ -1029,7 +946,7 @@ class B2BUA:
         call.reserved = True
         call.failovers += 1
         self.stats["failovers"] += 1
-        self._note_binding(call, call.ctx.bound_card, decision.card_id)
+        self.bindings.note(call, call.ctx.bound_card, decision.card_id)
         log.info(
             "call.failover",
             call_id=call.a.call_id,
