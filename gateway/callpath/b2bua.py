@@ -52,8 +52,9 @@ sending it (fail closed: a B-leg that cannot be stored does not leave; 503
 ``store-unavailable``, the reservation released) and the dialogs at the answer;
 :mod:`~gateway.callpath.recovery` ends what a dead process left and ACKs + hangs
 up every 2xx nobody listens to any more; :mod:`~gateway.callpath.failover`
-answers whether a failed call may try another card and which one. The call's
-states and their one table are in :mod:`~gateway.callpath.calls`.
+answers whether a failed call may try another card and which one;
+:mod:`~gateway.callpath.bindings` keeps which card each agent is bound to. The
+call's states and their one table are in :mod:`~gateway.callpath.calls`.
 
 CDRs: one :class:`~gateway.callpath.cdr.CallRecord` per call attempt (blocked and
 failed ones included), committed to the store when the call ends, and the

@@ -1,7 +1,13 @@
-"""The B2BUA's own timers run on the endpoint's one timer, not on loose loop timers."""
+"""The B2BUA's timers run on the endpoint's one timer; a refused state move is contained."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.callpath.calls import LEGAL_TRANSITIONS, CallState
 from gateway.transport.endpoint import Scheduled
 from simulator.testkit import eventually
 from tests.callpath.conftest import Rig
@@ -21,3 +27,24 @@ async def test_no_answer_timer_is_on_the_endpoint_and_cancelled_at_the_end(rig: 
     assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "BYE")).status
     await eventually(lambda: not b2bua.calls)
     assert timer.cancelled
+
+
+async def test_an_illegal_state_move_is_logged_and_the_gateway_goes_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move the table refuses raises inside the handler, which logs it; the next call
+    is relayed as usual (the exception never reaches the endpoint)."""
+    for state in (CallState.DIALING, CallState.EARLY):
+        monkeypatch.setitem(
+            LEGAL_TRANSITIONS, state, LEGAL_TRANSITIONS[state] - {CallState.ANSWERED}
+        )
+    with capture_logs() as logs:
+        first = asyncio.ensure_future(rig.alice.call("13912345670"))
+        await eventually(lambda: any(e["event"] == "call.b_response.failed" for e in logs))
+    first.cancel()
+    [failed] = [e for e in logs if e["event"] == "call.b_response.failed"]
+    assert 200 == failed["status"]
+    monkeypatch.undo()
+    resp, invite = await rig.alice.call("13912345671")
+    assert 200 == resp.status
+    assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "BYE")).status
