@@ -75,7 +75,7 @@ from gateway.config import Settings
 from gateway.sip import Headers, Request, Response, SIPError, make_response
 from gateway.sip.digest import DigestServer
 from gateway.sip.headers import canonical_name
-from gateway.sip.transaction import TimerConfig, client_key
+from gateway.sip.transaction import TimerConfig
 from gateway.sip.uri import URI
 from gateway.telemetry.events import Alert, AlertKind, EventBus, Severity, iso_time
 from gateway.transport import (
@@ -398,11 +398,7 @@ class Gateway:
         """The transport callback: answer requests, drop stray responses."""
         if isinstance(message, Response):
             self.stats.responses_received += 1
-            try:
-                ours = client_key(message) in self.endpoint.layer.client
-            except SIPError:
-                ours = False
-            if ours:
+            if self.endpoint.awaits(message):
                 self.endpoint.deliver(message, source, transport)
                 return
             # RFC 3261 §18.1.2: a response matching no client transaction is

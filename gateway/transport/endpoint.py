@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gateway.sip.errors import SIPError
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transaction import (
@@ -657,6 +658,13 @@ class SipEndpoint:
         self._run(self.layer.handle_timer(now))
 
     # -- helpers for the TU ------------------------------------------------------------
+
+    def awaits(self, response: Response) -> bool:
+        """A client transaction of ours matches ``response`` (RFC 3261 §17.1.3)."""
+        try:
+            return client_key(response) in self.layer.client
+        except SIPError:
+            return False
 
     def is_cancel_pending(self, handle: ClientRequest) -> bool:
         """True when a CANCEL was asked for but no provisional response arrived yet."""

@@ -223,3 +223,23 @@ async def test_deliver_hands_the_context_to_the_tu_once() -> None:
         assert 3 == len(transport.sent)  # the 200, resent for each retransmission
     finally:
         await endpoint.close()
+
+
+async def test_awaits_only_responses_of_its_client_transactions() -> None:
+    """``awaits`` says whether a response matches one of our client transactions."""
+    from gateway.sip import make_response
+    from gateway.transport.memory import MemoryTransport
+
+    endpoint = SipEndpoint(lambda req: None)
+    transport = MemoryTransport(lambda *args: None)
+    endpoint.add_transport(transport)
+    try:
+        handle = endpoint.send_request(
+            _request("OPTIONS", "sip:peer@192.0.2.9"), ("192.0.2.9", 5060)
+        )
+        ours = make_response(handle.request, 200)
+        stranger = make_response(_request("OPTIONS", "sip:peer@192.0.2.9", call_id="x@t"), 200)
+        stranger.headers.set("Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-not-ours")
+        assert (True, False) == (endpoint.awaits(ours), endpoint.awaits(stranger))
+    finally:
+        await endpoint.close()
