@@ -1,9 +1,9 @@
-"""Password-guessing and flood defence, in one place (issue 15; after Kamailio's pike and fail2ban).
+"""Password-guessing and flood defence, in one place (after Kamailio's pike and fail2ban).
 
 :class:`Guard` is sans-clock bookkeeping: every call takes ``now`` (wall-clock
 seconds, so bans can be stored and read by another process) and returns what
-the caller should do; the gateway (``gateway.app``) does the sending, the
-holding back and the publishing.
+the caller should do; the SIP element (:mod:`gateway.callpath.element`) does
+the sending, the holding back and the publishing.
 
 * **Failed authentications** (:meth:`Guard.auth_failed`) are counted per
   source address and per user name over ``[security] window``. From

@@ -1,4 +1,4 @@
-"""Digest strictness through gateway.app (issue 15 item 6): uri, algorithm, opaque.
+"""Digest strictness through the SIP element (gateway.callpath.element): uri, algorithm, opaque.
 
 alice REGISTERs through a MemoryTransport: credentials whose ``uri`` names
 another resource get 400; SIPp's user-less ``sip:<gateway>:<port>`` is

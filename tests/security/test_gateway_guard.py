@@ -1,4 +1,4 @@
-"""The guessing/flood defence inside gateway.app, through MemoryTransports: no sockets.
+"""The guessing/flood defence inside the SIP element, through MemoryTransports: no sockets.
 
 An attacker address guesses alice's password: its refusals are held back, then
 it is banned (nothing answered, counted, an alert, the ban file); alice's own

@@ -1,6 +1,6 @@
 """Admin API for the guessing/flood defence: ``GET /security/bans``, ``DELETE /security/bans/{addr}``.
 
-Thin adapters over the running :class:`gateway.app.Gateway` (its
+Thin adapters over the running :class:`gateway.callpath.element.Gateway` (its
 :class:`gateway.callpath.security.Guard` and ban file), mounted by ``dialgate run``
 next to the operator routes; the OpenAPI entries are in
 :mod:`gateway.operator.api.openapi`. ``DELETE /security/bans/all`` lifts every ban.
@@ -68,7 +68,7 @@ async def delete_ban(request: web.Request) -> web.Response:
 
 
 def add_security_routes(app: web.Application, gateway: Any) -> None:
-    """Mount the routes over ``gateway`` (a running :class:`gateway.app.Gateway`)."""
+    """Mount the routes over ``gateway`` (a running :class:`gateway.callpath.element.Gateway`)."""
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/security/bans", list_bans)
     app.router.add_delete("/security/bans/{address}", delete_ban)

@@ -1,4 +1,4 @@
-"""gateway.app request handler (stage 2) driven through a MemoryTransport: no sockets."""
+"""The SIP element (gateway.callpath.element) driven through a MemoryTransport: no sockets."""
 
 from __future__ import annotations
 
