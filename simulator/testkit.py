@@ -10,8 +10,9 @@
 - polling: :func:`eventually` (async, raises), :func:`wait_for` (async, returns a bool),
   :func:`wait_until` (blocking);
 - events: :func:`capture_events` (everything a bus publishes, as a list);
-- config: :func:`gateway_toml` (a dialgate TOML on loopback ports from keyword
-  arguments, the sections tests use again and again).
+- config: :func:`gateway_toml` (a whole dialgate TOML on loopback ports from
+  keyword arguments) and :func:`calls_toml` (policy, agent, carriers, quota
+  profiles and cards: what SIPp wire tests add below ``[sip]``).
 
 :mod:`simulator.pytest_plugin` exposes the process helpers as fixtures
 (``mosquitto``) and :func:`simulator.pytest_plugin.sipp_binary` skips a test
@@ -34,7 +35,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "Mosquitto",
     "SippCarrier",
     "SippResult",
+    "calls_toml",
     "capture_events",
     "eventually",
     "find_sipp",
@@ -653,3 +655,73 @@ def gateway_toml(
     if extra:
         parts.append(extra)
     return "\n".join(parts)
+
+
+def calls_toml(
+    carriers: Mapping[str, int],
+    *,
+    cards: int = 2,
+    card_carriers: Sequence[str] | None = None,
+    profiles: Mapping[str, Mapping[str, int | float]] | None = None,
+    card_profiles: Sequence[str] | None = None,
+    bound_card: str | None = None,
+    calling_hours: str = "00:00-24:00",
+    carrier_timezone: str = "Asia/Shanghai",
+    carrier_extra: str = "",
+    carrier_rules: str = "",
+    extra: str = "",
+) -> str:
+    """What a call on the wire needs below ``[sip]``: policy, agent, carriers, profiles, cards.
+
+    The agent is alice (password ``s3cret``, as the SIPp agent scenarios), bound to
+    ``bound_card`` if given. ``carriers`` maps a carrier name to its UDP port on
+    127.0.0.1; each ``[[carriers]]`` table gets ``carrier_extra`` then
+    ``carrier_rules``. Cards ``c1``… (``cards`` of them, or one per entry of
+    ``card_carriers``; default: all on the first carrier) are numbered
+    +86138000000NN, in pool ``main`` with priority N and quota profile
+    ``card_profiles[N-1]`` (default: every card on ``q`` with no practical limit).
+    ``extra`` is appended.
+    """
+    first = next(iter(carriers))
+    card_carriers = list(card_carriers) if card_carriers is not None else [first] * cards
+    profiles = profiles or {"q": {"calls_per_minute": 100000}}
+    card_profiles = card_profiles or ["q"] * len(card_carriers)
+    lines = [
+        "\n[policy]",
+        'default_region = "CN"',
+        'consent = "dnc-only"',
+        f'calling_hours = "{calling_hours}"',
+        "\n[[users]]",
+        'name = "alice"',
+        'password = "s3cret"',
+    ]
+    if bound_card is not None:
+        lines.append(f'card = "{bound_card}"')
+    for name, port in carriers.items():
+        lines += [
+            "\n[[carriers]]",
+            f'name = "{name}"',
+            f'address = "udp:{LOOPBACK}:{port}"',
+            f'timezone = "{carrier_timezone}"',
+            "options_interval = 3600",
+        ]
+        if carrier_extra:
+            lines.append(carrier_extra)
+        if carrier_rules:
+            lines.append(carrier_rules)
+    for profile, limits in profiles.items():
+        lines.append(f"\n[quota_profiles.{profile}]")
+        lines += [f"{k} = {v}" for k, v in limits.items()]
+    for i, (carrier, profile) in enumerate(zip(card_carriers, card_profiles, strict=True), 1):
+        lines += [
+            "\n[[cards]]",
+            f'id = "c{i}"',
+            f'carrier = "{carrier}"',
+            f'number = "+86138000000{i:02d}"',
+            f'username = "c{i}"',
+            f'password = "card{i}-secret"',
+            'pool = "main"',
+            f"priority = {i}",
+            f'quota = "{profile}"',
+        ]
+    return "\n".join(lines) + "\n" + extra

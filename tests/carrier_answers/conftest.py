@@ -29,6 +29,7 @@ from simulator.pytest_plugin import (
 from simulator.testkit import (
     SippCarrier,
     SippResult,
+    calls_toml,
     run_sipp_agent,
 )
 from tests.integration.conftest import DialgateProcess, start_dialgate
@@ -66,46 +67,16 @@ def gateway_toml(
     practical limit). ``bound_card`` binds alice to a card; ``carrier_extra``
     lines go into every ``[[carriers]]`` table, ``extra`` at the end.
     """
-    profiles = profiles or {"q": {"calls_per_minute": 100000}}
-    card_profiles = card_profiles or ["q"] * len(card_carriers)
-    lines = [
-        "\n[policy]",
-        'default_region = "CN"',
-        'consent = "dnc-only"',
-        'calling_hours = "00:00-24:00"',
-        "\n[[users]]",
-        'name = "alice"',
-        'password = "s3cret"',
-    ]
-    if bound_card is not None:
-        lines.append(f'card = "{bound_card}"')
-    for name, port in carriers.items():
-        lines += [
-            "\n[[carriers]]",
-            f'name = "{name}"',
-            f'address = "udp:127.0.0.1:{port}"',
-            'timezone = "Asia/Shanghai"',
-            "options_interval = 3600",
-        ]
-        if carrier_extra:
-            lines.append(carrier_extra)
-        lines.append(SUSPEND_RULE)
-    for profile, limits in profiles.items():
-        lines.append(f"\n[quota_profiles.{profile}]")
-        lines += [f"{k} = {v}" for k, v in limits.items()]
-    for i, (carrier, profile) in enumerate(zip(card_carriers, card_profiles, strict=True), 1):
-        lines += [
-            "\n[[cards]]",
-            f'id = "c{i}"',
-            f'carrier = "{carrier}"',
-            f'number = "+86138000000{i:02d}"',
-            f'username = "c{i}"',
-            f'password = "card{i}-secret"',
-            'pool = "main"',
-            f"priority = {i}",
-            f'quota = "{profile}"',
-        ]
-    return "\n".join(lines) + "\n" + extra
+    return calls_toml(
+        carriers,
+        card_carriers=card_carriers,
+        profiles=profiles,
+        card_profiles=card_profiles,
+        bound_card=bound_card,
+        carrier_extra=carrier_extra,
+        carrier_rules=SUSPEND_RULE,
+        extra=extra,
+    )
 
 
 def start_gateway(tmp: Path, extra_toml: str, *, sip_extra: str = "") -> DialgateProcess:

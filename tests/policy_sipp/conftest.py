@@ -28,6 +28,7 @@ from simulator.pytest_plugin import (
 from simulator.testkit import (
     SippCarrier,
     SippResult,
+    calls_toml,
     finish_sipp,
     run_sipp_agent,
     start_sipp_agent,
@@ -62,36 +63,13 @@ def gateway_toml(
 
     Every card uses the quota profile ``q`` (``quota``: limit name → value).
     """
-    profile = quota or {"calls_per_minute": 100000}
-    lines = [
-        "\n[policy]",
-        'default_region = "CN"',
-        'consent = "dnc-only"',
-        f'calling_hours = "{calling_hours}"',
-        "\n[[users]]",
-        'name = "alice"',
-        'password = "s3cret"',
-        "\n[[carriers]]",
-        'name = "carrier-a"',
-        f'address = "udp:127.0.0.1:{carrier_port}"',
-        f'timezone = "{carrier_timezone}"',
-        "options_interval = 3600",
-        "\n[quota_profiles.q]",
-        *(f"{k} = {v}" for k, v in profile.items()),
-    ]
-    for i in range(1, cards + 1):
-        lines += [
-            "\n[[cards]]",
-            f'id = "c{i}"',
-            'carrier = "carrier-a"',
-            f'number = "+86138000000{i:02d}"',
-            f'username = "c{i}"',
-            f'password = "card{i}-secret"',
-            'pool = "main"',
-            f"priority = {i}",
-            'quota = "q"',
-        ]
-    return "\n".join(lines) + "\n"
+    return calls_toml(
+        {"carrier-a": carrier_port},
+        cards=cards,
+        profiles={"q": quota or {"calls_per_minute": 100000}},
+        calling_hours=calling_hours,
+        carrier_timezone=carrier_timezone,
+    )
 
 
 # --- SIPp message traces -----------------------------------------------------------

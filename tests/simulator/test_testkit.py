@@ -12,6 +12,7 @@ import pytest
 from gateway.config import Settings
 from gateway.telemetry.events import EventBus, GatewayStatus
 from simulator.testkit import (
+    calls_toml,
     capture_events,
     eventually,
     free_ports,
@@ -65,6 +66,10 @@ def test_gateway_toml_is_a_valid_configuration_on_loopback(tmp_path: Path) -> No
     assert [str(c.number) for c in settings.cards] == ["+8613800000001", "+8613800000002"]
     assert settings.admin.port == 8999
     assert "127.0.0.1:5999" in text and "0.0.0.0" not in text
+    part = calls_toml({"carrier-a": 5998, "carrier-b": 5997}, card_carriers=["carrier-b"])
+    wire = Settings.model_validate(tomllib.loads('[sip]\nlisten = ["udp:127.0.0.1:5999"]\n' + part))
+    assert [(c.id, c.carrier) for c in wire.cards] == [("c1", "carrier-b")]
+    assert [u.name for u in wire.users] == ["alice"]
 
 
 def test_sipp_readers(tmp_path: Path) -> None:
