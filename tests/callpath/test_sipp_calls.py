@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from gateway.callpath.element import Gateway
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import free_udp_port, stat_row, stop_pid
 from tests.callpath.conftest import Agent, gateway_settings
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 CALLS = 200
 RATE = 20
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sipp_binary() -> str:
-    """Path of ``sipp`` (Debian sip-tester), or skip."""
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.skip("sipp (Debian package sip-tester) is not installed")
-    return path
-
-
-def stats(path: Path) -> dict[str, str]:
-    """The last row of a SIPp -trace_stat CSV."""
-    rows = [r for r in path.read_text().splitlines() if r.strip()]
-    return dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by PID, then SIGKILL after a grace period."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 async def test_200_calls_at_20_cps_all_complete(tmp_path: Path) -> None:
@@ -147,7 +111,7 @@ async def test_200_calls_at_20_cps_all_complete(tmp_path: Path) -> None:
         while agent_proc.poll() is None and time.monotonic() - started < 100:
             await asyncio.sleep(0.1)
         duration = time.monotonic() - started
-        result = stats(agent_dir / "stat.csv")
+        result = stat_row(agent_dir / "stat.csv")
         store = gw.store
         assert store is not None
         for _ in range(50):
@@ -167,6 +131,6 @@ async def test_200_calls_at_20_cps_all_complete(tmp_path: Path) -> None:
         assert CALLS == len({c.destination for c in cdrs})
     finally:
         if agent_proc is not None:
-            stop(agent_proc)
-        stop(carrier)
+            stop_pid(agent_proc)
+        stop_pid(carrier)
         await gw.close()

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from gateway.callpath.element import Gateway
 from gateway.sip import Response, parse
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import free_udp_port, start_sipp, stat_row, stop_pid
 from tests.callpath.conftest import Agent, gateway_settings
-from tests.callpath.test_sipp_calls import SIPP_DIR, free_udp_port, sipp_binary, stats, stop
+from tests.callpath.test_sipp_calls import SIPP_DIR
 
 
 def _forged_bye(gw: tuple[str, int], me: int, call_id: str, from_tag: str, to_tag: str) -> bytes:
@@ -32,12 +34,6 @@ def _forged_bye(gw: tuple[str, int], me: int, call_id: str, from_tag: str, to_ta
     ).encode()
 
 
-def _sipp(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 async def test_forged_byes_from_another_port_do_not_end_a_sipp_call(tmp_path: Path) -> None:
     """Two forged BYEs (agent side, carrier side) → 403 each; SIPp's call completes normally."""
     sipp = sipp_binary()
@@ -46,7 +42,7 @@ async def test_forged_byes_from_another_port_do_not_end_a_sipp_call(tmp_path: Pa
     carrier_dir.mkdir()
     agent_dir.mkdir()
     common = ["-buff_size", "1048576", "-timeout", "30s", "-nostdin", "-trace_stat"]
-    carrier = _sipp(
+    carrier = start_sipp(
         [
             sipp,
             "-sf",
@@ -77,7 +73,7 @@ async def test_forged_byes_from_another_port_do_not_end_a_sipp_call(tmp_path: Pa
             await alice.close()
         numbers = agent_dir / "numbers.csv"
         numbers.write_text("SEQUENTIAL\n13910000001;\n")
-        agent = _sipp(
+        agent = start_sipp(
             [
                 sipp,
                 f"{target[0]}:{target[1]}",
@@ -130,7 +126,7 @@ async def test_forged_byes_from_another_port_do_not_end_a_sipp_call(tmp_path: Pa
         while agent.poll() is None or carrier.poll() is None:
             assert time.monotonic() - started < 30
             await asyncio.sleep(0.1)
-        a, c = stats(agent_dir / "stat.csv"), stats(carrier_dir / "stat.csv")
+        a, c = stat_row(agent_dir / "stat.csv"), stat_row(carrier_dir / "stat.csv")
         assert ("1", "0") == (a["SuccessfulCall(C)"], a["FailedCall(C)"])
         assert ("1", "0") == (c["SuccessfulCall(C)"], c["FailedCall(C)"])
         assert 2 == gw.snapshot()["gateway"]["in_dialog_refused"]
@@ -143,6 +139,6 @@ async def test_forged_byes_from_another_port_do_not_end_a_sipp_call(tmp_path: Pa
     finally:
         forger.close()
         if agent is not None:
-            stop(agent)
-        stop(carrier)
+            stop_pid(agent)
+        stop_pid(carrier)
         await gw.close()
