@@ -310,12 +310,23 @@ class B2BUA:
 
     # -- new calls ---------------------------------------------------------------------
 
-    def on_invite(self, sr: ServerRequest, identity: Identity) -> None:
-        """An authenticated out-of-dialog INVITE from an agent or dialer: decide and dial."""
+    def _new_call(
+        self,
+        sr: ServerRequest,
+        identity: Identity,
+        now: float,
+        *,
+        destination: str,
+        campaign: str,
+        lead_id: str = "",
+        inbound: bool = False,
+        card: str | None = None,
+    ) -> Call | None:
+        """A new call for an out-of-dialog INVITE (its A-leg answered from here), or None
+        when the INVITE ran out of hops (answered 483: RFC 3261 §16.3 item 2 — a loop or a
+        misroute; a B2BUA keeps the rule)."""
         req = sr.request
-        now = self.clock()
         self.stats["calls"] += 1
-        a_tag = self._token()
         call = Call(
             key=self._token(),
             a_req=sr,
@@ -323,23 +334,39 @@ class B2BUA:
                 sr.transport,
                 sr.source,
                 req.call_id,
-                a_tag,
+                self._token(),
                 contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
                 strict=True,
             ),
             identity=identity,
-            destination=req.uri.user or "",
+            destination=destination,
             attempt_at=now,
-            campaign=self._campaign(req, identity),
-            lead_id=(req.headers.get(self.settings.policy.lead_header) or "").strip()[:64],
+            campaign=campaign,
+            lead_id=lead_id,
+            inbound=inbound,
+            card=card,
         )
         mf = req.max_forwards
         if mf is not None and mf <= 0:
-            # RFC 3261 §16.3 item 2 (a B2BUA keeps the rule): a request that
-            # has run out of hops is a loop or a misroute.
             self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
-            return
+            return None
         call.max_forwards = 70 if mf is None else mf - 1
+        return call
+
+    def on_invite(self, sr: ServerRequest, identity: Identity) -> None:
+        """An authenticated out-of-dialog INVITE from an agent or dialer: decide and dial."""
+        req = sr.request
+        now = self.clock()
+        call = self._new_call(
+            sr,
+            identity,
+            now,
+            destination=req.uri.user or "",
+            campaign=self._campaign(req, identity),
+            lead_id=(req.headers.get(self.settings.policy.lead_header) or "").strip()[:64],
+        )
+        if call is None:
+            return
         bound = self.bindings.bound_card(identity)
         try:
             ctx = build_context(
@@ -382,7 +409,7 @@ class B2BUA:
         call.reserved = True
         self.bindings.note(call, bound, card.id)
         self.calls[call.key] = call
-        self._legs[(call.a.call_id, a_tag)] = (call, "a")
+        self._legs[(call.a.call_id, call.a.local_tag)] = (call, "a")
         log.info(
             "call.attempt",
             call_id=call.a.call_id,
@@ -400,35 +427,21 @@ class B2BUA:
         """An INVITE from a carrier for a card's number: ring the agent's registered contact."""
         req = sr.request
         now = self.clock()
-        self.stats["calls"] += 1
-        a_tag = self._token()
-        call = Call(
-            key=self._token(),
-            a_req=sr,
-            a=Leg(
-                sr.transport,
-                sr.source,
-                req.call_id,
-                a_tag,
-                contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
-                strict=True,
-            ),
-            identity=Identity(IdentityKind.CARRIER, user, "inbound", card),
+        call = self._new_call(
+            sr,
+            Identity(IdentityKind.CARRIER, user, "inbound", card),
+            now,
             destination=req.from_.uri.user or "",
-            attempt_at=now,
             inbound=True,
             campaign="inbound",
             card=card,
         )
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            self._reject_plain(call, 483, "Too Many Hops", "max-forwards")
+        if call is None:
             return
-        call.max_forwards = 70 if mf is None else mf - 1
         if card is not None:
             call.cards_tried.append(card)
         self.calls[call.key] = call
-        self._legs[(call.a.call_id, a_tag)] = (call, "a")
+        self._legs[(call.a.call_id, call.a.local_tag)] = (call, "a")
         try:
             transport = self.endpoint.transport(binding.transport, ipv6=":" in binding.source[0])
         except LookupError:
