@@ -27,8 +27,10 @@ from pathlib import Path
 import pytest
 
 from gateway.callpath.element import Gateway
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import free_udp_port, stat_row, stop_pid
 from tests.callpath.conftest import Agent, gateway_settings
-from tests.callpath.test_sipp_calls import SIPP_DIR, free_udp_port, sipp_binary, stats, stop
+from tests.callpath.test_sipp_calls import SIPP_DIR
 from tests.tls_certs import make_ca, make_cert
 
 CALLS = 20
@@ -163,7 +165,7 @@ async def test_sipp_calls_over_tls_on_both_legs(tmp_path: Path) -> None:
         started = time.monotonic()
         while agent.poll() is None and time.monotonic() - started < 70:
             await asyncio.sleep(0.1)
-        result = stats(agent_dir / "stat.csv")
+        result = stat_row(agent_dir / "stat.csv")
         store = gw.store
         assert store is not None
         for _ in range(50):
@@ -184,5 +186,5 @@ async def test_sipp_calls_over_tls_on_both_legs(tmp_path: Path) -> None:
         assert 2 == udp.stats.received  # alice's REGISTER (401, then 200) only
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_pid(proc)
         await gw.close()

@@ -28,7 +28,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -44,7 +43,7 @@ from simulator.carrier import Carrier as SimCarrier
 from simulator.carrier import answer_all
 from simulator.models import CarrierConfig, CarrierModel
 from simulator.pytest_plugin import SimCard
-from simulator.testkit import free_udp_port
+from simulator.testkit import free_udp_port, stop_pid
 from tests.carrier_answers.conftest import start_gateway
 from tests.integration.conftest import DialgateProcess, dialgate_command
 
@@ -168,17 +167,6 @@ pool = "main"
 priority = 1
 quota = "open"
 """
-
-
-def stop_pid(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM by PID, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(grace)
 
 
 def dnc_add(config: Path, number: str) -> None:
