@@ -354,6 +354,7 @@ def test_run_real_gateway_answers_options_and_stops(tmp_path: Path) -> None:
     config = tmp_path / "run.toml"
     config.write_text(
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[admin]\nlisten = "127.0.0.1:0"\n'
         f'[store]\npath = "{tmp_path / "var" / "dialgate.db"}"\n'
         '[policy]\nconsent = "dnc-only"\n'
         '[[users]]\nname = "alice"\npassword = "alice-pw-123"\n',
