@@ -88,7 +88,7 @@ def bench_decisions(settings: Settings, n: int, numbers: list[str], agents: int)
 
     Decisions go round-robin to ``agents`` agents (agentNNN, bound to cNNN).
     """
-    from gateway.callpath.b2bua import services_from_settings
+    from gateway.callpath.services import services_from_settings
     from gateway.store import store_from_settings
     from policies.context import build_context
 

@@ -57,8 +57,10 @@ answers whether a failed call may try another card and which one;
 call's states and their one table are in :mod:`~gateway.callpath.calls`.
 
 CDRs: one :class:`~gateway.callpath.cdr.CallRecord` per call attempt (blocked and
-failed ones included), committed to the store when the call ends, and the
-reservation finished with its outcome (answered, talk seconds, short call).
+failed ones included), written by :class:`~gateway.callpath.cdr.CdrRecorder` when the
+call ends, and the reservation finished with its outcome (answered, talk seconds,
+short call). The services the relay is given are composed in
+:mod:`~gateway.callpath.services`.
 
 No stuck calls. Every reserved call ends by a timer even when its B-leg never
 completes: Timer B (no answer at all), Timer C (:data:`NO_ANSWER_TIMEOUT`, then a
@@ -93,21 +95,20 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from gateway.callpath.auth import Identity, IdentityKind
 from gateway.callpath.bindings import AgentBindings
-from gateway.callpath.calls import Call, CallState, Leg, Side, call_record
-from gateway.callpath.cdr import Outcome, outcome_for_status
+from gateway.callpath.calls import Call, CallState, Leg, Side
+from gateway.callpath.cdr import CdrRecorder, Outcome
 from gateway.callpath.dialogs import CallDialogStore
 from gateway.callpath.failover import Failover
 from gateway.callpath.recovery import OrphanRecovery, StrayAnswers
-from gateway.cards import BLegClass, CardManager, CardState, Verdict
+from gateway.cards import BLegClass, CardState, Verdict
 from gateway.sip import Request, Response
 from gateway.sip.dialog import Dialog, DialogError
 from gateway.sip.digest import DigestClient
@@ -128,14 +129,10 @@ from policies.privacy import mask_number
 
 if TYPE_CHECKING:
     from gateway.callpath.registrar import Binding
-    from gateway.config import CardSettings, CarrierSettings, Settings
-    from gateway.store import CallPathStore, SQLiteStore, UsageLedger
-    from policies.emergency import EmergencyNumbers
-    from policies.pipeline import Pipeline
-    from policies.quotas import QuotaProfile
-    from policies.selection import CardSelection
+    from gateway.callpath.services import CallServices
+    from gateway.config import CardSettings, CarrierSettings
 
-__all__ = ["B2BUA", "CallServices"]
+__all__ = ["B2BUA"]
 
 log = structlog.get_logger("gateway.callpath.b2bua")
 
@@ -152,23 +149,6 @@ carrier that sends 100/180 and then nothing would otherwise hold the call foreve
 
 TRUNK_UNREACHABLE = "trunk-unreachable"
 """Reason text of an answer after the card's trunk did not answer (no failover left)."""
-
-
-@dataclass(slots=True)
-class CallServices:
-    """What the B2BUA needs besides the endpoint: store, cards, policies, settings."""
-
-    settings: Settings
-    store: CallPathStore  # CDRs, calls in progress, agent bindings (gateway.store.protocols)
-    ledger: UsageLedger
-    cards: CardManager
-    pipeline: Pipeline
-    emergency: EmergencyNumbers
-    profiles: dict[str, QuotaProfile]
-    timezones: dict[str, str]
-    probation_of: dict[str, str]
-    selection: CardSelection | None = None  # the one card picker (failover); None: no failover
-    cdrs: CdrWriter | None = None  # None: CDRs straight to ``store``, spooled in memory only
 
 
 class B2BUA:
@@ -224,6 +204,7 @@ class B2BUA:
         }
         # The collaborators: each owns one job and shares only these counters.
         self.dialogs = CallDialogStore(services.store, self.stats, self._unfinished)
+        self.records = CdrRecorder(self.cdrs, self.stats)
         self.strays = StrayAnswers(endpoint)
         self.orphans = OrphanRecovery(
             endpoint, services.store, self.cdrs, self.strays, self.stats, self._masked
@@ -1034,7 +1015,7 @@ class B2BUA:
         call.policy_reason = why
         self._final_to_a(call, status, reason)
         self.stats["blocked"] += 1
-        self._write_cdr(call, Outcome.BLOCKED, status)
+        self.records.write(call, Outcome.BLOCKED, status, end_at=self.clock())
 
     def _reject_decision(self, call: Call, decision: Decision) -> None:
         """A policy rejection before any B-leg: answer and write the blocked CDR."""
@@ -1054,7 +1035,7 @@ class B2BUA:
             code=decision.sip_code,
             detail=decision.detail or None,
         )
-        self._write_cdr(call, outcome, call.final_code)
+        self.records.write(call, outcome, call.final_code, end_at=self.clock())
         self._event(
             call,
             CallEventKind.BLOCKED,
@@ -1408,15 +1389,7 @@ class B2BUA:
                 # counts as a call in progress — an over-count, never an under-count.
                 self._unfinished.append(finish)
                 log.warning("call.finish.store_unavailable", call_id=call.a.call_id, key=call.key)
-        if call.answered:
-            outcome = Outcome.ANSWERED
-        elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
-            outcome = Outcome.NO_CARD
-        elif cancelled:
-            outcome = Outcome.CANCELLED
-        else:
-            outcome = outcome_for_status(call.final_code)
-        self._write_cdr(call, outcome, call.final_code, end_at=now)
+        outcome = self.records.ended(call, cancelled=cancelled, end_at=now)
         self.dialogs.forget(call)
         self._event(
             call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
@@ -1430,16 +1403,6 @@ class B2BUA:
             cards=",".join(call.cards_tried),
             talk=round(talk, 1),
         )
-
-    def _write_cdr(
-        self, call: Call, outcome: Outcome, code: int, *, end_at: float | None = None
-    ) -> None:
-        record = call_record(call, outcome, code, end_at if end_at is not None else self.clock())
-        if self.cdrs.write(record):
-            self.stats["cdrs"] += 1
-        else:
-            self.stats["cdr_errors"] += 1
-            log.error("cdr.spooled", call_id=call.a.call_id, pending=self.cdrs.pending)
 
     # -- dialog persistence ------------------------------------------------------------
 
@@ -1524,107 +1487,3 @@ def _with_host(uri: URI, host_port: str) -> URI:
         return URI.parse(f"sip:{uri.user}@{host}:{port}" if uri.user else f"sip:{host}:{port}")
     except SIPError:
         return URI.parse(f"sip:{host}:{port}")
-
-
-def services_from_settings(
-    settings: Settings,
-    store: SQLiteStore,
-    *,
-    now: float,
-    carrier_available: Callable[[str], bool] | None = None,
-) -> CallServices:
-    """Wire the store, the card manager and the policy pipeline for the call path.
-
-    The pipeline runs every policy of DESIGN.md in order over the SQLite store
-    (DNC, consent, destination history and agent usage all live there); card
-    selection reserves through the usage ledger (Redis when ``[store] redis``
-    is set) before the INVITE leaves.
-
-    With ``[store] redis``: the ledger is a ``MirroredLedger`` (Redis decides
-    for every instance, SQLite keeps the record), card states go through a
-    ``SharedCardRepository`` (``HealthRunner`` syncs them on a timer and
-    closes the Redis client at stop), and the ledger's ``recover`` orphans
-    this node's reservations left open and rehydrates cold cards first.
-    """
-    from gateway.cards import (
-        StoreCardSource,
-        card_defs_from_settings,
-        probation_profiles_from_settings,
-        quota_profiles_from_settings,
-        rules_from_settings,
-        terms_from_settings,
-    )
-    from gateway.policy_config import policy_deps_kwargs
-    from gateway.store import CardRepository, ledger_from_settings
-    from policies.pipeline import PolicyDeps, build_pipeline
-    from policies.selection import CardSelection
-
-    policy = settings.policy
-    repo: CardRepository = store
-    if settings.store.redis is None:
-        ledger = ledger_from_settings(settings, store, node="gw1")
-    else:
-        from gateway.store.redis import MirroredLedger, SharedCardRepository, node_name
-
-        ledger = ledger_from_settings(settings, store, node=node_name(settings))
-        assert isinstance(ledger, MirroredLedger)
-        repo = SharedCardRepository(store, ledger.shared)
-    ledger.recover(now)
-    cards = CardManager(
-        repo,
-        rules=rules_from_settings(settings),
-        terms=terms_from_settings(settings),
-        carrier_available=carrier_available,
-    )
-    cards.load(card_defs_from_settings(settings), now)
-    profiles = quota_profiles_from_settings(settings)
-    timezones = {c.name: c.timezone for c in settings.carriers}
-    probation_of = probation_profiles_from_settings(settings)
-    # [policy]: emergency numbers, allowed regions, consent, hours, frequency, agent caps.
-    policy_kwargs = policy_deps_kwargs(policy)
-    emergency = policy_kwargs["emergency"]
-    default_pool = settings.cards[0].pool if settings.cards else "main"
-    source = StoreCardSource(
-        cards,
-        ledger,
-        profiles=profiles,
-        timezones=timezones,
-        probation_of=probation_of,
-        default_pool=default_pool,
-    )
-    deps = PolicyDeps(
-        dnc=store,
-        consent=store,
-        history=store,
-        agents=store,
-        cards=source,
-        **policy_kwargs,
-    )
-    cdrs = CdrWriter(store, _spool_path(store, settings.store.spool_dir))
-    try:
-        cdrs.recover()  # what a process that died during a store outage spooled
-    except StoreUnavailable:
-        log.error("cdr.spool_recover_failed", spool=str(cdrs.spool))
-    return CallServices(
-        cdrs=cdrs,
-        settings=settings,
-        store=store,
-        ledger=ledger,
-        cards=cards,
-        pipeline=build_pipeline(deps),
-        # The same picker the pipeline's last step uses, for failover.
-        selection=CardSelection(source, deps.sticky_min_headroom, deps.no_card_retry_after),
-        emergency=emergency,
-        profiles=profiles,
-        timezones=timezones,
-        probation_of=probation_of,
-    )
-
-
-def _spool_path(store: SQLiteStore, spool_dir: Path | None = None) -> Path | None:
-    """``<database>.cdr-spool.jsonl`` in ``[store] spool_dir`` (default: beside a file
-    database); None for ``:memory:``."""
-    path = Path(str(store.path))
-    if str(store.path) == ":memory:":
-        return None
-    return (spool_dir or path.parent) / (path.name + ".cdr-spool.jsonl")

@@ -10,8 +10,7 @@ fact card classification reads, kept while the call is cancelled), ``trunk_retry
 a trunk failure is spent) and ``timed_out`` (Timer C cancelled the B-leg: the
 agent hears 408, not 487).
 
-This module must never send, log, read a clock or touch the store: it is data
-(and the CDR it makes).
+This module must never send, log, read a clock or touch the store: it is data.
 """
 
 from __future__ import annotations
@@ -19,9 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
-
-from gateway.callpath.auth import IdentityKind
-from gateway.callpath.cdr import CallRecord, Origin, Outcome
 
 if TYPE_CHECKING:
     from gateway.callpath.auth import Identity
@@ -41,7 +37,6 @@ __all__ = [
     "IllegalCallTransition",
     "Leg",
     "Side",
-    "call_record",
 ]
 
 Side = Literal["a", "b"]
@@ -216,25 +211,3 @@ class Call:
     def b_call_id(self) -> str | None:
         """The Call-ID of the current (or last) B-leg, None before the first one."""
         return self.b.call_id if self.b is not None else None
-
-
-def call_record(call: Call, outcome: Outcome, code: int, end_at: float | None) -> CallRecord:
-    """The call's detail record as it stands."""
-    kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
-    return CallRecord(
-        call_id=call.a.call_id,
-        attempt_at=call.attempt_at,
-        destination=call.destination,
-        outcome=outcome,
-        final_code=code,
-        origin_kind=kind,
-        origin=call.identity.name,
-        campaign=call.campaign,
-        cards=tuple(call.cards_tried),
-        ring_at=call.ring_at,
-        answer_at=call.answer_at,
-        end_at=end_at,
-        failovers=call.failovers,
-        policy_reason=call.policy_reason,
-        lead_id=call.lead_id,
-    )

@@ -1,9 +1,12 @@
-"""Call detail records: the record type, outcome classification, masking, CSV export.
+"""Call detail records: the record type, outcome classification, masking, CSV export,
+and :class:`CdrRecorder`, which builds a call's record when it ends and writes it.
 
 One :class:`CallRecord` is written per call attempt that reached the gateway,
 including calls the policy pipeline blocked and calls that failed on every
-card. The store persists them (``gateway.store``) and the admin API exports
-them through :func:`write_csv`.
+card. :class:`CdrRecorder` writes it through the store's
+:class:`~gateway.store.spool.CdrWriter` (spooled to disk when the store refuses
+it) and counts ``cdrs`` / ``cdr_errors`` in the B2BUA's stats; the admin API
+exports records through :func:`write_csv`.
 
 Times in the CSV are ISO 8601 in UTC with milliseconds
 (``2026-11-22T03:24:41.250Z``), the form of the admin API and the MQTT
@@ -16,7 +19,8 @@ complaints and appeals) but every *output* of this module masks them
 explicitly asks for clear numbers.
 
 This module must never do I/O of its own (``write_csv`` writes to the stream it
-is given), never read a clock, and never log a destination in clear.
+is given, :class:`CdrRecorder` to the writer it is given), never read a clock
+(the caller says when a call ended), and never log a destination in clear.
 """
 
 from __future__ import annotations
@@ -25,19 +29,32 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+import structlog
+
+from gateway.callpath.auth import IdentityKind
+from policies.decision import RejectReason
 from policies.privacy import mask_number
 from policies.timeutil import iso_time
+
+if TYPE_CHECKING:
+    from gateway.callpath.calls import Call
+    from gateway.store.spool import CdrWriter
 
 __all__ = [
     "CSV_COLUMNS",
     "CallRecord",
+    "CdrRecorder",
     "Origin",
     "Outcome",
+    "call_record",
     "outcome_for_status",
     "write_csv",
 ]
+
+
+log = structlog.get_logger("gateway.callpath.cdr")
 
 
 class Origin(StrEnum):
@@ -182,3 +199,55 @@ def write_csv(records: Iterable[CallRecord], out: TextIO, *, mask: bool = True) 
         writer.writerow(record.as_row(mask=mask))
         count += 1
     return count
+
+
+def call_record(call: Call, outcome: Outcome, code: int, end_at: float | None) -> CallRecord:
+    """The call's detail record as it stands."""
+    kind = Origin.DIALER if call.identity.kind is IdentityKind.DIALER else Origin.AGENT
+    return CallRecord(
+        call_id=call.a.call_id,
+        attempt_at=call.attempt_at,
+        destination=call.destination,
+        outcome=outcome,
+        final_code=code,
+        origin_kind=kind,
+        origin=call.identity.name,
+        campaign=call.campaign,
+        cards=tuple(call.cards_tried),
+        ring_at=call.ring_at,
+        answer_at=call.answer_at,
+        end_at=end_at,
+        failovers=call.failovers,
+        policy_reason=call.policy_reason,
+        lead_id=call.lead_id,
+    )
+
+
+class CdrRecorder:
+    """Writes one record per call attempt; a record the store refuses is spooled, never lost."""
+
+    def __init__(self, writer: CdrWriter, stats: dict[str, int]) -> None:
+        self.writer = writer
+        self.stats = stats  # the B2BUA's counters: ``cdrs``, ``cdr_errors``
+
+    def write(self, call: Call, outcome: Outcome, code: int, *, end_at: float) -> None:
+        """Build the call's record with this outcome and final code, and write it."""
+        record = call_record(call, outcome, code, end_at)
+        if self.writer.write(record):
+            self.stats["cdrs"] += 1
+        else:
+            self.stats["cdr_errors"] += 1
+            log.error("cdr.spooled", call_id=call.a.call_id, pending=self.writer.pending)
+
+    def ended(self, call: Call, *, cancelled: bool, end_at: float) -> Outcome:
+        """Write the record of a call that is over; return its outcome."""
+        if call.answered:
+            outcome = Outcome.ANSWERED
+        elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
+            outcome = Outcome.NO_CARD
+        elif cancelled:
+            outcome = Outcome.CANCELLED
+        else:
+            outcome = outcome_for_status(call.final_code)
+        self.write(call, outcome, call.final_code, end_at=end_at)
+        return outcome

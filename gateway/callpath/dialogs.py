@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.callpath.calls import Call, Leg, call_record
-from gateway.callpath.cdr import Outcome
+from gateway.callpath.calls import Call, Leg
+from gateway.callpath.cdr import Outcome, call_record
 from gateway.store import StoreUnavailable
 from gateway.store.spool import record_to_json
 from gateway.store.sqlite import CallDialogs

@@ -642,7 +642,8 @@ class Gateway:
         settings = self.settings
         if not (settings.users or settings.peers or settings.cards):
             return
-        from gateway.callpath.b2bua import B2BUA, services_from_settings
+        from gateway.callpath.b2bua import B2BUA
+        from gateway.callpath.services import services_from_settings
         from gateway.cards.health import health_from_settings
         from gateway.cards.runner import HealthRunner
         from gateway.store import store_from_settings

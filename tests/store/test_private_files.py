@@ -113,7 +113,7 @@ def test_check_config_warns_on_an_open_store_directory(tmp_path: Path) -> None:
 
 def test_spool_dir_is_accepted_used_and_warned_about_when_open(tmp_path: Path) -> None:
     """``[store] spool_dir``: the CDR spool's directory (issue 19), checked like the store's."""
-    from gateway.callpath.b2bua import _spool_path
+    from gateway.callpath.services import spool_path
 
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -126,7 +126,7 @@ def test_spool_dir_is_accepted_used_and_warned_about_when_open(tmp_path: Path) -
     assert str(spool) in warning
     store = SQLiteStore(tmp_path / "gw.db")
     try:
-        assert spool / "gw.db.cdr-spool.jsonl" == _spool_path(store, settings.store.spool_dir)
-        assert tmp_path / "gw.db.cdr-spool.jsonl" == _spool_path(store)  # default: beside
+        assert spool / "gw.db.cdr-spool.jsonl" == spool_path(store, settings.store.spool_dir)
+        assert tmp_path / "gw.db.cdr-spool.jsonl" == spool_path(store)  # default: beside
     finally:
         store.close()
