@@ -510,7 +510,7 @@ class SipSettings(BaseModel):
     # carries a second, SHA-256 challenge (Debian's baresip 1.0: "Function not
     # implemented"); SHA-256 (RFC 8760) is opt-in. Offered strongest first.
     digest_algorithms: DigestAlgorithms = Field(default_factory=_default_digest)
-    # TCP limits (issue 15): connections in total and per source address (a
+    # TCP limits: connections in total and per source address (a
     # whole call center behind one NAT address shares the per-source count),
     # seconds for a complete message once its first octet arrived (slow
     # senders are closed), seconds without traffic before a connection closes.
@@ -1097,7 +1097,7 @@ class BanAnswer(StrEnum):
 
 
 class SecuritySettings(BaseModel):
-    """``[security]``: password-guessing and flood defence (issue 15; Kamailio pike/fail2ban).
+    """``[security]``: password-guessing and flood defence (as Kamailio pike and fail2ban do).
 
     Failed authentications are counted per source address and per user name
     over ``window`` seconds. From ``delay_after`` failures of a source its

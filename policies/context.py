@@ -98,8 +98,8 @@ def normalize(dialled: str, default_region: str) -> Destination:
 
     The number must be valid in its country's plan (`phonenumbers.
     is_valid_number`): a possible length alone is not enough, since a number
-    no plan knows has no region, type or time zone to judge it by (issue 19:
-    a 9-digit Chinese mobile was refused `calling-hours` instead of 484).
+    no plan knows has no region, type or time zone to judge it by (a 9-digit
+    Chinese mobile would otherwise be judged on calling hours instead of 484).
     The allow-list policy judges types and countries of valid numbers.
     """
     digits = dial_digits(dialled)

@@ -183,7 +183,7 @@ def build_settings(
     }
     if inbound is not None:
         data["inbound"] = dict(inbound)
-    # Simulated peers all share loopback: never counted as a flood (issue 15).
+    # Simulated peers all share loopback: never counted as a flood.
     data["security"] = {"exempt": list(SIMULATED_SOURCES)}
     data.update(extra or {})
     return Settings(**data)
@@ -204,7 +204,7 @@ def settings_from_scenario(
     config = scenario.gateway_config(carrier_address, listen=listen, store_path=str(store_path))
     config["admin"] = {"listen": "127.0.0.1:0"}
     # Every simulated phone shares loopback and a fast-forwarded day: the
-    # gateway's flood control (issue 15) would ban them all as one source.
+    # gateway's flood control would ban them all as one source.
     config.setdefault("security", {"exempt": list(SIMULATED_SOURCES)})
     if sip_t1 is not None:
         config["sip"]["t1"] = sip_t1

@@ -28,7 +28,7 @@ Call-ID) until an authenticated retry arrives; one that never comes (a phone
 that cannot answer the challenge, e.g. baresip 1.0 facing two challenges)
 becomes one ``sip.auth.abandoned`` log line.
 
-Digest strictness (issue 15): the credentials' ``uri`` must name the
+Digest strictness: the credentials' ``uri`` must name the
 Request-URI (:func:`digest_uri_matches`: compared as URIs, RFC 3261 §19.1.4
 with equivalent spellings tolerated), else 400; the nonce must come from a
 challenge of the credentials' algorithm and the opaque must be echoed

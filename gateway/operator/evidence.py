@@ -583,7 +583,7 @@ def write_evidence_zip(pack: EvidencePack, out: str | Path | IO[bytes]) -> list[
         "summary.html": render_html(pack),
     }
     stamp = datetime.fromtimestamp(pack.generated_at, UTC).timetuple()[:6]
-    # A file on disk is created 0600 whatever the umask (issue 15): it holds numbers.
+    # A file on disk is created 0600 whatever the umask: it holds numbers.
     target = open_private(Path(out), "wb") if isinstance(out, str | Path) else out
     try:
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
