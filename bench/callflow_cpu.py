@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -244,6 +246,41 @@ class Carrier:
             )
 
 
+def in_process_gateway(
+    template: Path,
+    workdir: Path,
+    *,
+    cards: int,
+    t1: float,
+    log_level: str,
+    prepare: Callable[[Gateway], None] | None = None,
+) -> tuple[Gateway, MemoryNetwork, TextIO]:
+    """The real gateway on the memory network: a copy of the bench database in ``workdir``,
+    e2e's configuration with timers scaled to ``t1``, logs to /dev/null (the returned sink:
+    close it); ``prepare(gateway)`` runs before the call path starts (bus subscribers)."""
+    db = workdir / "gw.db"
+    shutil.copyfile(template, db)
+    cfg = workdir / "gw.toml"
+    text = e2e.gateway_toml(
+        sip_port=GW[1], carrier_port=CARRIER[1], db=db, cards=cards, log_level=log_level
+    )
+    text = text.replace(
+        'realm = "dialgate"',
+        f'realm = "dialgate"\nt1 = {t1}\nt2 = {4 * t1}\nt4 = {t1}',
+    )
+    cfg.write_text(text)
+    settings = load_settings(cfg)
+    sink = open("/dev/null", "w")  # noqa: SIM115 - the caller closes it
+    configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers, stream=sink)
+    net = MemoryNetwork()
+    gw = Gateway(settings)
+    if prepare is not None:
+        prepare(gw)
+    gw.add_transport(MemoryTransport(gw.handle, GW, network=net))
+    gw._start_call_path()
+    return gw, net, sink
+
+
 async def run(ns: argparse.Namespace) -> int:
     args = e2e.build_parser().parse_args(
         ["e2e", "--dnc", str(ns.dnc), "--consent", str(ns.consent), "--cards", str(ns.cards)]
@@ -252,24 +289,9 @@ async def run(ns: argparse.Namespace) -> int:
     numbers = e2e.consent_numbers(ns.consent)
     workdir = Path(tempfile.mkdtemp(prefix="dialgate-callflow-"))
     try:
-        db = workdir / "gw.db"
-        shutil.copyfile(template, db)
-        cfg = workdir / "gw.toml"
-        text = e2e.gateway_toml(
-            sip_port=GW[1], carrier_port=CARRIER[1], db=db, cards=ns.cards, log_level=ns.log_level
+        gw, net, sink = in_process_gateway(
+            template, workdir, cards=ns.cards, t1=ns.t1, log_level=ns.log_level
         )
-        text = text.replace(
-            'realm = "dialgate"',
-            f'realm = "dialgate"\nt1 = {ns.t1}\nt2 = {4 * ns.t1}\nt4 = {ns.t1}',
-        )
-        cfg.write_text(text)
-        settings = load_settings(cfg)
-        sink = open("/dev/null", "w")  # noqa: SIM115 - closed below
-        configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers, stream=sink)
-        net = MemoryNetwork()
-        gw = Gateway(settings)
-        gw.add_transport(MemoryTransport(gw.handle, GW, network=net))
-        gw._start_call_path()
         peer_clock = PeerClock()
         _carrier = Carrier(net, peer_clock)  # listens on the memory network
         agents = [Agent(net, i, peer_clock) for i in range(ns.callers)]

@@ -39,15 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e  # bench/ is not a package: found through sys.path above
-from callflow_cpu import CARRIER, GW, Agent, Carrier, PeerClock
+from callflow_cpu import Agent, Carrier, PeerClock, in_process_gateway
 
 from gateway.callpath.element import Gateway
-from gateway.config import load_settings
 from gateway.telemetry.alerts import AlertWatch
 from gateway.telemetry.events import CallStats
-from gateway.telemetry.logging import configure_logging
 from gateway.telemetry.metrics import GatewayMetrics
-from gateway.transport.memory import MemoryNetwork, MemoryTransport
+from gateway.transport.memory import MemoryNetwork
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -110,6 +108,14 @@ async def settle(net: MemoryNetwork, seconds: float) -> None:
     forget_sent(net)
 
 
+def subscribe_run(gw: Gateway) -> None:
+    """What ``dialgate run`` subscribes to the bus (gateway.telemetry.hub.GatewayTelemetry),
+    without MQTT: call stats, /metrics, quota alerts."""
+    gw.events.subscribe(CallStats(time.time))
+    gw.events.subscribe(GatewayMetrics())
+    gw.events.subscribe(AlertWatch(gw.events.publish))
+
+
 async def run(ns: argparse.Namespace) -> int:
     args = e2e.build_parser().parse_args(
         ["e2e", "--dnc", str(ns.dnc), "--consent", str(ns.calls), "--cards", str(ns.cards)]
@@ -118,29 +124,9 @@ async def run(ns: argparse.Namespace) -> int:
     numbers = e2e.consent_numbers(ns.calls)  # distinct, all with consent
     workdir = Path(tempfile.mkdtemp(prefix="dialgate-soak-"))
     try:
-        db = workdir / "gw.db"
-        shutil.copyfile(template, db)
-        cfg = workdir / "gw.toml"
-        text = e2e.gateway_toml(
-            sip_port=GW[1], carrier_port=CARRIER[1], db=db, cards=ns.cards, log_level="info"
+        gw, net, sink = in_process_gateway(
+            template, workdir, cards=ns.cards, t1=ns.t1, log_level="info", prepare=subscribe_run
         )
-        text = text.replace(
-            'realm = "dialgate"',
-            f'realm = "dialgate"\nt1 = {ns.t1}\nt2 = {4 * ns.t1}\nt4 = {ns.t1}',
-        )
-        cfg.write_text(text)
-        settings = load_settings(cfg)
-        sink = open("/dev/null", "w")  # noqa: SIM115 - closed below
-        configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers, stream=sink)
-        net = MemoryNetwork()
-        gw = Gateway(settings)
-        # What ``dialgate run`` subscribes to the bus (gateway.telemetry.hub.GatewayTelemetry),
-        # without MQTT: call stats, /metrics, quota alerts.
-        gw.events.subscribe(CallStats(time.time))
-        gw.events.subscribe(GatewayMetrics())
-        gw.events.subscribe(AlertWatch(gw.events.publish))
-        gw.add_transport(MemoryTransport(gw.handle, GW, network=net))
-        gw._start_call_path()
         peer_clock = PeerClock()
         _carrier = Carrier(net, peer_clock)
         agents = [Agent(net, i, peer_clock) for i in range(ns.callers)]
