@@ -35,8 +35,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 START_TIMEOUT = 60.0  # bounds (not assertions on speed): how long to wait before giving up
 STOP_TIMEOUT = 30.0
-HAS_MOSQUITTO = mosquitto_binary() is not None
-needs_mosquitto = pytest.mark.skipif(not HAS_MOSQUITTO, reason="mosquitto not installed")
+
+
+@pytest.fixture
+def installed_mosquitto() -> str:
+    """mosquitto's path: `dialgate up` needs it and `make install` installs it, so a missing
+    one is a broken set-up to repair and fails the test (it is never skipped)."""
+    path = mosquitto_binary()
+    if path is None:
+        pytest.fail("mosquitto is not installed: run `make install`")
+    return path
 
 
 def up_command() -> list[str]:
@@ -189,7 +197,7 @@ def mosquitto_running(pid: int) -> bool:
     return b"mosquitto" in cmdline
 
 
-@needs_mosquitto
+@pytest.mark.usefixtures("installed_mosquitto")
 async def test_up_brings_everything_up_and_down(tmp_path: Path, run_up: object) -> None:
     sip, carrier, mqtt, admin, wallboard = free_ports(5)
     config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
@@ -259,14 +267,11 @@ def test_busy_port_names_the_key(tmp_path: Path, run_up: object, busy: str) -> N
     assert not (tmp_path / "var" / "run").exists()  # nothing was started
 
 
-@needs_mosquitto
 async def test_no_broker_uses_the_configured_one_and_no_carrier(
-    tmp_path: Path, run_up: object
+    tmp_path: Path, run_up: object, installed_mosquitto: str
 ) -> None:
     sip, carrier, admin, wallboard, mqtt = free_ports(5)
-    binary = mosquitto_binary()
-    assert binary is not None
-    with Mosquitto(binary, tmp_path / "broker", mqtt):
+    with Mosquitto(installed_mosquitto, tmp_path / "broker", mqtt):
         config = write_config(tmp_path, sip=sip, carrier=carrier, mqtt=mqtt, admin=admin)
         up = run_up(  # type: ignore[operator]
             "--no-broker", "--no-carrier", "--wallboard-port", str(wallboard), config=config
@@ -309,7 +314,7 @@ def demo_config(tmp: Path, *, sip: int, carrier: int, mqtt: int, admin: int) -> 
     return config
 
 
-@needs_mosquitto
+@pytest.mark.usefixtures("installed_mosquitto")
 async def test_readme_first_call_connects_with_the_demo_config(
     tmp_path: Path, run_up: object
 ) -> None:
