@@ -173,7 +173,7 @@ def run_calls(
 
     Bounded by ``-m``, SIPp's ``-timeout`` and our own wait (then stopped by PID).
     """
-    sipp_binary()  # skip when SIPp is missing
+    sipp_binary()  # fails when SIPp is missing
     return run_sipp_agent(
         SIPP_DIR / "agent_any.xml",
         target,

@@ -97,7 +97,7 @@ def run_agent(
     uri-mismatch); ``-auth_uri`` makes it name the gateway's listener, the
     user-less form the gateway accepts from SIPp (gateway.callpath.auth).
     """
-    sipp_binary()  # skip when SIPp is missing
+    sipp_binary()  # fails when SIPp is missing
     return run_sipp_agent(
         SIPP_DIR / "agent_call.xml",
         target,

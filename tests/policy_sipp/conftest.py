@@ -87,7 +87,7 @@ def start_carrier(
 ) -> SippCarrier:
     """A SIPp carrier (``scenario``, more SIPp arguments in ``extra``) on a free UDP port,
     tracing its messages; it exits by itself after ``timeout`` seconds."""
-    sipp_binary()  # skip when SIPp is missing
+    sipp_binary()  # fails when SIPp is missing
     return start_sipp_carrier(scenario, workdir, timeout=timeout, extra=extra)
 
 
@@ -105,7 +105,7 @@ def _sipp_agent(
     timeout: int,
     hold_ms: int = 200,
 ) -> subprocess.Popen[bytes]:
-    sipp_binary()  # skip when SIPp is missing
+    sipp_binary()  # fails when SIPp is missing
     return start_sipp_agent(
         SIPP_DIR / scenario,
         target,
@@ -129,7 +129,7 @@ def run_agent(
     hold_ms: int = 200,
 ) -> SippResult:
     """Run the agent scenario once per number (``[field0]``) to completion, bounded in time."""
-    sipp_binary()  # skip when SIPp is missing
+    sipp_binary()  # fails when SIPp is missing
     return run_sipp_agent(
         SIPP_DIR / scenario, target, workdir, numbers, rate=rate, timeout=timeout, hold_ms=hold_ms
     )
