@@ -50,7 +50,7 @@ free ports, the SIPp harness, the config builder, ``eventually``,
 ``processes``      a list a test appends the processes it starts to (``Popen`` or
                    anything with ``stop()``); each is stopped by PID at teardown,
                    last started first
-``sipp_binary()``  the path of SIPp, or skip the test (Debian ``sip-tester``)
+``sipp_binary()``  the path of SIPp; fails the test without it (Debian ``sip-tester``, make install)
 
 Factories for anything else, on ``sim_kit``: ``await sim_kit.carrier(...)`` (which
 also takes the carrier's scripted-mode options: ``plan=``, ``record_requests=``,
