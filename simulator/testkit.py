@@ -15,7 +15,7 @@
   profiles and cards: what SIPp wire tests add below ``[sip]``).
 
 :mod:`simulator.pytest_plugin` exposes the process helpers as fixtures
-(``mosquitto``) and :func:`simulator.pytest_plugin.sipp_binary` skips a test
+(``mosquitto``) and :func:`simulator.pytest_plugin.sipp_binary` fails a test
 when SIPp is missing. Importable without pytest (benchmarks use it).
 
 What it must never do: bind anything but 127.0.0.1, use a fixed port, stop a
