@@ -711,21 +711,27 @@ class B2BUA:
             return
         self._b_final(call, status, resp.reason, resp, local=handle.local)
 
-    def _relay_provisional(self, call: Call, resp: Response) -> None:
-        a_req = call.a_req.request
+    def _to_a(self, call: Call, resp: Response, *, body_headers: bool) -> Response:
+        """The A-leg's copy of a B-leg 18x/2xx: our Contact and To tag, the B-leg's body, and
+        its body headers when ``body_headers``."""
         headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
-        for name in _BODY_HEADERS:
-            value = resp.headers.get(name)
-            if value is not None and resp.body:
-                headers.append((name, value))
-        out = make_response(
-            a_req,
+        if body_headers:
+            for name in _BODY_HEADERS:
+                value = resp.headers.get(name)
+                if value is not None:
+                    headers.append((name, value))
+        return make_response(
+            call.a_req.request,
             resp.status,
             resp.reason,
             to_tag=call.a.local_tag,
             headers=headers,
             body=resp.body,
         )
+
+    def _relay_provisional(self, call: Call, resp: Response) -> None:
+        a_req = call.a_req.request
+        out = self._to_a(call, resp, body_headers=bool(resp.body))
         if call.a.dialog is None:
             try:
                 call.a.dialog = Dialog.from_uas(
@@ -769,19 +775,7 @@ class B2BUA:
             # A 2xx resets the card's consecutive-fault count.
             self.services.cards.on_response(call.card, resp.status, resp.reason, now=self.clock())
         a_req = call.a_req.request
-        headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
-        for name in _BODY_HEADERS:
-            value = resp.headers.get(name)
-            if value is not None:
-                headers.append((name, value))
-        out = make_response(
-            a_req,
-            resp.status,
-            resp.reason,
-            to_tag=call.a.local_tag,
-            headers=headers,
-            body=resp.body,
-        )
+        out = self._to_a(call, resp, body_headers=True)
         try:
             if call.a.dialog is None:
                 call.a.dialog = Dialog.from_uas(
