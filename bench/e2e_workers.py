@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -129,6 +130,63 @@ def redis_info(port: int) -> dict[str, int]:
         if line.startswith("total_commands_processed:"):
             out["commands"] = int(line.split(":", 1)[1])
     return out
+
+
+class RedisMonitor:
+    """Counts the commands Redis runs while it watches (``MONITOR``), by source.
+
+    ``client``: what the gateways sent (one ``evalsha`` is one round trip);
+    ``script``: what their Lua scripts ran inside (``[0 lua]`` lines). Redis's
+    ``INFO commandstats`` / ``total_commands_processed`` count both together.
+    A reader thread; ``stop()`` returns the two counters.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=2)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.client: dict[str, int] = {}
+        self.script: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buf = b""
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\r\n")
+            for line in lines:
+                # +1700000000.123456 [0 127.0.0.1:40000] "evalsha" "..." ...
+                _, _, rest = line.partition(b" [")
+                source, _, command = rest.partition(b"] ")
+                name = command.split(b" ", 1)[0].strip(b'"').decode(errors="replace").lower()
+                if not name:
+                    continue
+                into = self.script if source.endswith(b" lua") else self.client
+                into[name] = into.get(name, 0) + 1
+
+    def stop(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Stop watching; (client commands, script commands) by name."""
+        time.sleep(0.3)  # the last calls' finishes reach the monitor
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+        return dict(self.client), dict(self.script)
+
+
+def per_call(counts: dict[str, int], calls: int) -> dict[str, float]:
+    """Counts divided by completed calls, busiest first, with the total under ``all``."""
+    out = {k: round(v / calls, 2) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return {"all": round(sum(counts.values()) / calls, 2), **out}
 
 
 def with_redis(toml: str, url: str) -> str:
@@ -233,6 +291,7 @@ def step(
                 extra=["-au", user, "-ap", password],
             )
 
+        monitor = RedisMonitor(redis_port) if redis_proc is not None and args.monitor else None
         load_before = loadavg()
         with concurrent.futures.ThreadPoolExecutor(args.callers) as pool:
             outcomes = list(pool.map(one, range(args.callers)))
@@ -264,6 +323,10 @@ def step(
         )
         if redis_proc is not None:
             try:
+                if monitor is not None:
+                    client, script = monitor.stop()
+                    row["redis_round_trips_per_call"] = per_call(client, max(1, result.ok))
+                    row["redis_script_commands_per_call"] = per_call(script, max(1, result.ok))
                 row["redis"] = redis_info(redis_port)
             except (OSError, ValueError) as exc:
                 row["redis"] = {"error": str(exc)}
@@ -300,6 +363,9 @@ def print_row(row: dict[str, Any]) -> None:
         f"uac {row.get('uac_cpu_pct')}% | load {row.get('load')}",
         flush=True,
     )
+    if "redis_round_trips_per_call" in row:
+        print(f"    redis commands sent per completed call: {row['redis_round_trips_per_call']}")
+        print(f"    run inside scripts per call: {row['redis_script_commands_per_call']}")
     for err in row.get("errors") or []:
         print(f"    sipp: {err}")
     for g, r in enumerate(gws):
@@ -325,6 +391,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--carrier-per-gateway", action="store_true")
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="count Redis commands per call (MONITOR: slows Redis, use a low rate)",
+    )
     parser.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     parser.add_argument("--keep-files", action="store_true")
     parser.add_argument("--json", type=Path)

@@ -29,15 +29,24 @@ Keys (``{p}`` is the configurable prefix, default ``dialgate``)::
     {p}:card:{card}:inuse      HASH  call id → node (open reservations)
     {p}:card:{card}:held       ZSET  synthetic in-use slots from a rehydration → until
     {p}:card:{card}:meta       HASH  seq (reservation order), ver (mutations), hyd (hydrated)
+    {p}:card:{card}:meta:ttl   STRING marker: the card's TTLs were renewed (lives ttl/8)
     {p}:card:{card}:outz       ZSET  packed (seq, start, talk, end, flags) → start: the
                                      last ``outcome_window`` outcomes, read in one ZRANGE
     {p}:card:{card}:day:{d}    HASH  c:{callee} → open+finished calls; t → talk seconds
     {p}:card:{card}:state      HASH  state, reason, since, probation_until, ... (card state)
+    {p}:states:ver             STRING version of the card states (one more per change)
     {p}:call:{call id}         HASH  the call's open reservation (card, callee, start, node, …)
     {p}:call:{call id}:tried   SET   cards this call already used (never twice)
     {p}:node:{node}:open       SET   this node's open reservations (for ``recover``)
     {p}:node:{node}:registrations HASH AOR user → JSON list of its registrar bindings
                                      (``save_registrations``/``load_registrations``)
+
+Every write script PUBLISHes ``"{ver}|{card}"`` on ``{p}:usage`` and returns the
+card's usage after the write; :mod:`gateway.store.redis_cache` keeps it until
+another node announces a newer version, so card selection reads no usage from
+Redis while no other node touched the card: a call costs one ``EVALSHA`` to
+reserve and one to finish (plus, per 2 s, one to compare the card states'
+version and a PING on the subscription).
 
 Memory stays bounded: every key carries a TTL (``history_seconds``, default
 two days, refreshed on each write; a day hash lives until its carrier day is
@@ -92,9 +101,10 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -118,6 +128,7 @@ from gateway.store.records import (
     TransitionRecord,
     unavailable,
 )
+from gateway.store.redis_cache import UsageCache
 from policies.quotas import (
     CallOutcome,
     CardUsage,
@@ -236,6 +247,25 @@ end
 local function in_use(inuse, held, now_s)
   return redis.call('HLEN', inuse) + redis.call('ZCOUNT', held, '(' .. now_s, '+inf')
 end
+-- The card's usage as every read returns it (RedisStore._parse): packed starts, day
+-- fields (NUL-joined), day talk, calls in use, last outcomes, version, hydrated mark,
+-- rehydration slots still held. A day holds hundreds of starts and callees: one packed
+-- string each instead of hundreds of reply elements keeps the script's and the
+-- client's cost flat.
+local function snapshot(k_starts, k_inuse, k_held, k_meta, k_outz, k_day, now_s, w)
+  local blob = redis.call('GET', k_starts .. ':blob') or ''
+  local fields = redis.call('HKEYS', k_day)
+  local talk = redis.call('HGET', k_day, 't') or '0'
+  local held = redis.call('ZCOUNT', k_held, '(' .. now_s, '+inf')
+  local outs = redis.call('ZRANGE', k_outz, -w, -1)
+  local meta = redis.call('HMGET', k_meta, 'ver', 'hyd')
+  return {blob, table.concat(fields, '\0'), talk, redis.call('HLEN', k_inuse) + held, outs,
+          meta[1] or '0', meta[2] or '', held}
+end
+-- Tells the other nodes' usage caches (gateway/store/redis_cache.py) the card changed.
+local function announce(channel, card, ver)
+  if channel ~= '' then redis.call('PUBLISH', channel, ver .. '|' .. card) end
+end
 """
 
 _LUA_RESERVE = (
@@ -247,7 +277,13 @@ local card, call_id, callee, now_s, node, agent = ARGV[1], ARGV[2], ARGV[3], ARG
 local day_start_s, day_key, lower_s, trim_s = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local ttl, day_ttl, w = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local need_hyd, expect_ver, check = ARGV[14] == '1', ARGV[15], ARGV[16] == '1'
+local channel, want = ARGV[19], ARGV[20] == '1'
 local now = tonumber(now_s)
+-- A refusal carries the card's usage too: the caller's copy was older than Redis's.
+local function refuse(reply)
+  if want then reply[#reply + 1] = snapshot(K_starts, K_inuse, K_held, K_meta, K_outz, K_day, now_s, w) end
+  return reply
+end
 
 if need_hyd and redis.call('HEXISTS', K_meta, 'hyd') == 0 then return {'COLD'} end
 if expect_ver ~= '' and (redis.call('HGET', K_meta, 'ver') or '0') ~= expect_ver then
@@ -263,12 +299,12 @@ if check then
 
   if conc then
     local used = in_use(K_inuse, K_held, now_s)
-    if used >= conc then return {'EXCEEDED', 'concurrent', tostring(used)} end
+    if used >= conc then return refuse({'EXCEEDED', 'concurrent', tostring(used)}) end
   end
   if gap then
     local last = redis.call('ZREVRANGEBYSCORE', K_starts, '+inf', lower_s, 'WITHSCORES', 'LIMIT', 0, 1)
     if #last > 0 and now - tonumber(last[2]) < gap then
-      return {'EXCEEDED', 'min_gap_seconds', last[2]}
+      return refuse({'EXCEEDED', 'min_gap_seconds', last[2]})
     end
   end
   local n, st, tk, en, an, fl = 0, nil, nil, nil, nil, nil
@@ -282,7 +318,7 @@ if check then
       streak = streak + 1
     end
     if streak >= consec and en[n] + cooldown > now then
-      return {'EXCEEDED', 'consecutive_failures', fmt(en[n]), tostring(streak)}
+      return refuse({'EXCEEDED', 'consecutive_failures', fmt(en[n]), tostring(streak)})
     end
   end
   for _, spec in ipairs({{60, cpm, 'calls_per_minute'}, {3600, cph, 'calls_per_hour'}}) do
@@ -296,23 +332,23 @@ if check then
           local r = redis.call('ZRANGEBYSCORE', K_starts, lo, '+inf', 'WITHSCORES', 'LIMIT', used - limit, 1)
           oldest = r[2]
         end
-        return {'EXCEEDED', name, oldest, tostring(used)}
+        return refuse({'EXCEEDED', name, oldest, tostring(used)})
       end
     end
   end
   if cpd then
     local used = redis.call('ZCOUNT', K_starts, day_start_s, '+inf')
-    if used >= cpd then return {'EXCEEDED', 'calls_per_day', tostring(used)} end
+    if used >= cpd then return refuse({'EXCEEDED', 'calls_per_day', tostring(used)}) end
   end
   if talk_cap then
     local talk = redis.call('HGET', K_day, 't') or '0'
-    if tonumber(talk) >= talk_cap then return {'EXCEEDED', 'talk_minutes_per_day', talk} end
+    if tonumber(talk) >= talk_cap then return refuse({'EXCEEDED', 'talk_minutes_per_day', talk}) end
   end
   if distinct then
     local used = redis.call('HLEN', K_day) - redis.call('HEXISTS', K_day, 't')
     local again = redis.call('HEXISTS', K_day, 'c:' .. callee) == 1
     if used >= distinct and not again then
-      return {'EXCEEDED', 'distinct_callees_per_day', tostring(used)}
+      return refuse({'EXCEEDED', 'distinct_callees_per_day', tostring(used)})
     end
   end
   if (floor or ceiling) and n >= rate_min then
@@ -346,7 +382,7 @@ if check then
       for j = 1, m do
         if failing(j + 1) == nil then oldest = fmt(st[idx[j]]) break end
       end
-      return {'EXCEEDED', limit, oldest, tostring(m)}
+      return refuse({'EXCEEDED', limit, oldest, tostring(m)})
     end
   end
 end
@@ -356,7 +392,7 @@ if held then return {'HELD', held} end
 if redis.call('SISMEMBER', K_tried, card) == 1 then return {'TRIED'} end
 
 local seq = redis.call('HINCRBY', K_meta, 'seq', 1)
-redis.call('HINCRBY', K_meta, 'ver', 1)
+local ver = redis.call('HINCRBY', K_meta, 'ver', 1)
 redis.call('HSET', K_meta, 'hyd', '1')
 redis.call('ZADD', K_starts, now_s, call_id)
 blob_append(K_starts, now_s)
@@ -368,12 +404,21 @@ redis.call('HSET', K_call, 'card', card, 'callee', callee, 'start', now_s, 'node
            'agent', agent, 'seq', seq, 'day', day_key)
 redis.call('SADD', K_tried, card)
 redis.call('SADD', K_open, call_id)
-for _, k in ipairs({K_starts, K_starts .. ':blob', K_inuse, K_held, K_meta, K_outz, K_call,
-                    K_open}) do
-  redis.call('EXPIRE', k, ttl)
-end
+redis.call('EXPIRE', K_call, ttl)
+redis.call('EXPIRE', K_open, ttl)
 redis.call('EXPIRE', K_tried, tonumber(ARGV[17]))
 redis.call('EXPIRE', K_day, day_ttl)
+-- why: the card's own keys only need their TTL renewed now and then (it is two days),
+-- not by every call: a marker that lives an eighth of it says when.
+if redis.call('SET', K_meta .. ':ttl', '1', 'EX', math.max(1, math.floor(ttl / 8)), 'NX') then
+  for _, k in ipairs({K_starts, K_starts .. ':blob', K_inuse, K_held, K_meta, K_outz}) do
+    redis.call('EXPIRE', k, ttl)
+  end
+end
+announce(channel, card, ver)
+if want then
+  return {'OK', tostring(seq), snapshot(K_starts, K_inuse, K_held, K_meta, K_outz, K_day, now_s, w)}
+end
 return {'OK', tostring(seq)}
 """
 )
@@ -385,6 +430,7 @@ local K_call = KEYS[1]
 local prefix, call_id, mode, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local answered, talk_s, short, failed = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl, w, only_node = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+local channel, want = ARGV[12], ARGV[13] == '1'
 
 local f = redis.call('HMGET', K_call, 'card', 'callee', 'start', 'node', 'seq', 'day')
 local card, callee, start_s, node, seq, day_key = f[1], f[2], f[3], f[4], f[5], f[6]
@@ -401,6 +447,8 @@ local talk, flags = 0, nil
 if mode == 'release' then
   redis.call('ZREM', K_starts, call_id)
   blob_remove(K_starts, start_s)
+  -- an emptied set is deleted and the next reservation recreates it: renew TTLs then
+  if redis.call('EXISTS', K_starts) == 0 then redis.call('DEL', K_meta .. ':ttl') end
   if redis.call('HINCRBY', day_key, 'c:' .. callee, -1) <= 0 then
     redis.call('HDEL', day_key, 'c:' .. callee)
   end
@@ -422,12 +470,16 @@ if flags then
   local member = struct.pack(OUT, tonumber(seq), tonumber(start_s), talk, tonumber(now_s), flags)
   redis.call('ZADD', K_outz, start_s, member)
   redis.call('ZREMRANGEBYRANK', K_outz, 0, -(w + 1))
+  redis.call('EXPIRE', K_outz, ttl)
 end
-redis.call('HINCRBY', K_meta, 'ver', 1)
-for _, k in ipairs({K_starts, K_starts .. ':blob', K_inuse, K_held, K_meta, K_outz}) do
-  redis.call('EXPIRE', k, ttl)
-end
+local ver = redis.call('HINCRBY', K_meta, 'ver', 1)
 redis.call('DEL', K_call)
+announce(channel, card, ver)
+if want then
+  -- as of the call's carrier day: the caller keeps it only if that is still today
+  return {'OK', card, day_key,
+          snapshot(K_starts, K_inuse, K_held, K_meta, K_outz, day_key, now_s, w)}
+end
 return {'OK', card}
 """
 )
@@ -437,16 +489,8 @@ _LUA_READ = (
     + r"""
 local K_starts, K_inuse, K_held, K_meta, K_outz, K_day =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local lower_s, now_s, w = ARGV[1], ARGV[2], tonumber(ARGV[3])
--- why: a day holds hundreds of starts and callees; one packed string each instead of
--- hundreds of reply elements keeps both the script's and the client's cost flat.
-local blob = redis.call('GET', K_starts .. ':blob') or ''
-local fields = redis.call('HKEYS', K_day)
-local talk = redis.call('HGET', K_day, 't') or '0'
-local outs = redis.call('ZRANGE', K_outz, -w, -1)
-local meta = redis.call('HMGET', K_meta, 'ver', 'hyd')
-return {blob, table.concat(fields, '\0'), talk, in_use(K_inuse, K_held, now_s),
-        outs, meta[1] or '0', meta[2] or ''}
+local now_s, w = ARGV[1], tonumber(ARGV[2])
+return snapshot(K_starts, K_inuse, K_held, K_meta, K_outz, K_day, now_s, w)
 """
 )
 
@@ -472,24 +516,55 @@ for _, o in ipairs(plan.outcomes) do
 end
 redis.call('ZREMRANGEBYRANK', K_outz, 0, -(tonumber(ARGV[5]) + 1))
 redis.call('HSET', K_meta, 'hyd', '1')
-redis.call('HINCRBY', K_meta, 'ver', 1)
+local ver = redis.call('HINCRBY', K_meta, 'ver', 1)
 for _, k in ipairs({K_starts, K_starts .. ':blob', K_held, K_meta, K_outz}) do
   redis.call('EXPIRE', k, ttl)
 end
 if redis.call('EXISTS', K_day) == 1 then redis.call('EXPIRE', K_day, day_ttl) end
+announce(ARGV[6], ARGV[7], ver)
 return 1
 """
 )
 
 _LUA_PUT_STATE = r"""
-local K = KEYS[1]
+local K, K_ver = KEYS[1], KEYS[2]
 local since, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local current = redis.call('HGET', K, 'since')
 if current and tonumber(current) > since then return 0 end
 redis.call('HSET', K, 'since', ARGV[1], 'state', ARGV[3], 'reason', ARGV[4],
            'probation_until', ARGV[5], 'profile_override', ARGV[6], 'resume_at', ARGV[7])
 redis.call('EXPIRE', K, ttl)
+-- The states' version: starts from the server's clock (never reused after a restart
+-- that lost it), one more per change.
+if redis.call('EXISTS', K_ver) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', K_ver, t[1] .. string.format('%06d', tonumber(t[2])))
+end
+redis.call('INCR', K_ver)
+redis.call('EXPIRE', K_ver, ttl)
 return 1
+"""
+
+# Every card state in one call, or only the version when it is the one the caller
+# already holds; with a TTL, renews the states' (a suspension never expires while
+# any instance runs).
+_LUA_STATES = r"""
+local ver = redis.call('GET', KEYS[1])
+if not ver then  -- (see _LUA_PUT_STATE)
+  local t = redis.call('TIME')
+  ver = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', KEYS[1], ver, 'EX', ARGV[3])
+end
+if ARGV[2] ~= '' then
+  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+end
+if ver ~= '' and ver == ARGV[1] then return {ver} end
+local out = {ver}
+for i = 2, #KEYS do
+  out[i] = redis.call('HMGET', KEYS[i], 'state', 'reason', 'since', 'probation_until',
+                      'profile_override', 'resume_at')
+end
+return out
 """
 
 
@@ -519,12 +594,55 @@ return 1
 
 
 class _Snapshot(NamedTuple):
-    """One atomic read of a card: usage, mutation counter, hydrated mark, short flags."""
+    """One atomic read of a card: usage, mutation counter, hydrated mark, short flags.
+
+    ``lower``: starts before it were left out; ``held``: rehydration slots counted
+    in ``usage.in_use`` (a snapshot holding any is never cached: they expire).
+    """
 
     usage: CardUsage
     version: str
     hydrated: bool
     shorts: tuple[bool, ...]
+    lower: float = 0.0
+    held: int = 0
+
+    def since(self, lower: float) -> _Snapshot:
+        """The same snapshot with starts before ``lower`` left out (a cached one, read later)."""
+        starts = self.usage.call_starts
+        if lower <= self.lower or not starts or starts[0] >= lower:
+            return self
+        kept = starts[bisect_left(starts, lower) :]
+        return self._replace(usage=replace(self.usage, call_starts=kept), lower=lower)
+
+
+def _parse(raw: Sequence[Any], lower: float) -> _Snapshot:
+    """A ``snapshot()`` reply of the scripts (see ``_LUA_COMMON``) as a :class:`_Snapshot`."""
+    packed, fields, day_talk, in_use, raw_outs, version, hyd, held = raw
+    outcomes = []
+    shorts = []
+    for item in raw_outs:
+        _seq, started, talk, ended, flags = _OUTCOME.unpack(item)
+        outcomes.append(
+            CallOutcome(
+                started_at=started,
+                answered=bool(flags & _ANSWERED),
+                talk_seconds=talk,
+                failed=bool(flags & _FAILED),
+                ended_at=ended,
+            )
+        )
+        shorts.append(bool(flags & _SHORT))
+    usage = CardUsage(
+        call_starts=tuple(
+            sorted(t for t in struct.unpack(f">{len(packed) // 8}d", packed) if t >= lower)
+        ),
+        callees_today=frozenset(f[2:].decode() for f in fields.split(b"\0") if f.startswith(b"c:")),
+        talk_seconds_today=float(day_talk),
+        in_use=int(in_use),
+        recent_outcomes=tuple(outcomes),
+    )
+    return _Snapshot(usage, version.decode(), bool(hyd), tuple(shorts), lower, int(held))
 
 
 @dataclass(frozen=True, slots=True)
@@ -629,6 +747,9 @@ def _exhausted(
 #: How long (caller's clock) a reservation whose reply was lost may still show up.
 UNCERTAIN_SECONDS = 60.0
 
+#: How often (caller's clock) the periodic sync renews the TTL of the shared card states.
+STATE_TOUCH_SECONDS = 3600.0
+
 
 def _unreachable(exc: StoreUnavailable) -> bool:
     """Whether Redis was not reached or did not answer (as opposed to refusing a command)."""
@@ -666,6 +787,7 @@ class RedisStore:
         rehydrate_hold_seconds: float = 3600.0,
         tried_ttl_seconds: float = 6 * 3600.0,
         max_retries: int = 20,
+        usage_cache: bool = True,
     ) -> None:
         if outcome_window < 1:
             raise ValueError("outcome_window must be >= 1")
@@ -698,7 +820,15 @@ class RedisStore:
         self._read = client.register_script(_LUA_READ)
         self._rehydrate = client.register_script(_LUA_REHYDRATE)
         self._put_state = client.register_script(_LUA_PUT_STATE)
+        self._states = client.register_script(_LUA_STATES)
+        # The last card_states() answer: (card ids, states version, states).
+        self._states_last: tuple[tuple[str, ...], str, dict[str, CardStateRecord]] = ((), "", {})
         self._put_registrations = client.register_script(_LUA_PUT_REGISTRATIONS)
+        # Card usage read or written here, kept until another node announces a change
+        # of the card (redis_cache.py): selection then costs no round trip.
+        self.channel = f"{prefix}:usage"
+        self.cache = UsageCache(client, self.channel)
+        self.cache.enabled = usage_cache
         # /health: opened when Redis is not reached, closed by a PING from a
         # worker thread. It only reports here: a refused connection already fails at once.
         self.guard = StoreGuard(self._probe, unavailable, name="redis")
@@ -708,7 +838,12 @@ class RedisStore:
     def close(self) -> None:
         """Close the client's connections."""
         self.guard.stop()
+        self.cache.close()
         self.client.close()
+
+    def keepalive(self) -> None:
+        """The periodic check of the usage cache's subscription (the 2 s sync); never raises."""
+        self.cache.keepalive()
 
     def _probe(self) -> None:
         """The guard's probe (a worker thread): raises while Redis does not answer."""
@@ -856,6 +991,10 @@ class RedisStore:
         return self._usage(card_id, now).usage
 
     def _usage(self, card: str, now: float) -> _Snapshot:
+        start, _end, _ttl = self._day(card, now)
+        cached = self.cache.get(card, start)
+        if cached is not None:
+            return cached.since(min(start, now - 3600.0))  # type: ignore[no-any-return]
         snap = self._snapshot(card, now)
         if not snap.hydrated and self.facts is not None:
             self.rehydrate(card, self.facts(card, now), now)
@@ -865,9 +1004,9 @@ class RedisStore:
     def _snapshot(self, card: str, now: float) -> _Snapshot:
         keys = self._card_keys(card)
         start, _end, _ttl = self._day(card, now)
-        lower = min(start, now - 3600.0)
+        epoch = self.cache.ready()
         with self._guard():
-            packed, fields, day_talk, in_use, raw_outs, version, hyd = self._read(
+            raw = self._read(
                 keys=[
                     keys["starts"],
                     keys["inuse"],
@@ -876,34 +1015,20 @@ class RedisStore:
                     keys["outz"],
                     self._day_key(card, start),
                 ],
-                args=[repr(lower), repr(now), self.outcome_window],
+                args=[repr(now), self.outcome_window],
             )
-        outcomes = []
-        shorts = []
-        for raw in raw_outs:
-            _seq, started, talk, ended, flags = _OUTCOME.unpack(raw)
-            outcomes.append(
-                CallOutcome(
-                    started_at=started,
-                    answered=bool(flags & _ANSWERED),
-                    talk_seconds=talk,
-                    failed=bool(flags & _FAILED),
-                    ended_at=ended,
-                )
-            )
-            shorts.append(bool(flags & _SHORT))
-        usage = CardUsage(
-            call_starts=tuple(
-                sorted(t for t in struct.unpack(f">{len(packed) // 8}d", packed) if t >= lower)
-            ),
-            callees_today=frozenset(
-                f[2:].decode() for f in fields.split(b"\0") if f.startswith(b"c:")
-            ),
-            talk_seconds_today=float(day_talk),
-            in_use=int(in_use),
-            recent_outcomes=tuple(outcomes),
-        )
-        return _Snapshot(usage, version.decode(), bool(hyd), tuple(shorts))
+        return self._keep(card, raw, start, now, epoch)
+
+    def _keep(
+        self, card: str, raw: Sequence[Any], day_start: float, now: float, epoch: int | None
+    ) -> _Snapshot:
+        """Parse a script's snapshot of ``card`` and keep it in the usage cache if it may be."""
+        snap = _parse(raw, min(day_start, now - 3600.0))
+        if snap.held == 0 and (snap.hydrated or self.facts is None) and self.cache.still(epoch):
+            self.cache.put(card, snap, int(snap.version), day_start)
+        else:
+            self.cache.forget(card)
+        return snap
 
     def open_reservations(self, *, every_node: bool = False) -> list[tuple[str, str]]:
         """``(call_id, card)`` of every open reservation of this node (or of all), by call id."""
@@ -988,7 +1113,8 @@ class RedisStore:
         for _ in range(self.max_retries):
             expect = ""
             if admit is not None:
-                usage, expect, hydrated, _shorts = self._snapshot(card, now)
+                snap = self._snapshot(card, now)
+                usage, expect, hydrated = snap.usage, snap.version, snap.hydrated
                 if not hydrated and self.facts is not None and not hydrated_once:
                     self.rehydrate(card, self.facts(card, now), now)
                     hydrated_once = True
@@ -1050,17 +1176,25 @@ class RedisStore:
             expect,
             "1" if profile is not None else "0",
             int(self.tried_ttl_seconds),
+            _flatten(profile) if profile is not None else "",
+            self.channel,
         ]
-        if profile is not None:
-            args.append(_flatten(profile))
+        epoch = self.cache.ready()
+        args.append("1" if epoch is not None else "0")
         try:
-            return self._eval_reserve(keys, day_key, call_key, args)
+            reply = self._eval_reserve(keys, day_key, call_key, args)
         except StoreUnavailable as exc:
             if _unreachable(exc):
                 # The script may have run before the connection failed: undo it once
                 # Redis answers again (the caller answered 503, no INVITE left).
                 self._uncertain[call_id] = now
             raise
+        if reply and isinstance(reply[-1], list):
+            # The card's usage after the reservation (or at the refusal): kept for selection.
+            self._keep(card, reply.pop(), start, now, epoch)
+        elif reply and reply[0] == b"OK":
+            self.cache.forget(card)  # (see _run_close)
+        return reply
 
     def _eval_reserve(
         self, keys: dict[str, str], day_key: str, call_key: str, args: list[Any]
@@ -1094,6 +1228,7 @@ class RedisStore:
         failed: bool = False,
         only_node: str = "",
     ) -> str | None:
+        epoch = self.cache.ready() if not only_node else None
         with self._guard():
             reply = self._close(
                 keys=[self._call_key(call_id)],
@@ -1109,9 +1244,23 @@ class RedisStore:
                     int(self.history_seconds),
                     self.outcome_window,
                     only_node,
+                    self.channel,
+                    "1" if epoch is not None else "0",
                 ],
             )
-        return None if reply[0] == b"NONE" else str(reply[1].decode())
+        if reply[0] == b"NONE":
+            return None
+        card = str(reply[1].decode())
+        if len(reply) == 4:
+            # The card's usage after the close, kept if the call's day is still today.
+            start, _end, _ttl = self._day(card, now)
+            if reply[2].decode() == self._day_key(card, start):
+                self._keep(card, reply[3], start, now, epoch)
+                return card
+        # why: this node's own announcement may not have arrived yet; never serve
+        # a copy older than a write made here.
+        self.cache.forget(card)
+        return card
 
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
         """Undo the call's open reservation (failed before the callee was alerted).
@@ -1249,8 +1398,11 @@ class RedisStore:
                     "1" if force else "0",
                     json.dumps(plan),
                     self.outcome_window,
+                    self.channel,
+                    card,
                 ],
             )
+        self.cache.forget(card)
         return bool(applied)
 
     def rehydrate_cold(self, now: float, cards: Sequence[str] | None = None) -> int:
@@ -1277,7 +1429,7 @@ class RedisStore:
         """
         with self._guard():
             applied = self._put_state(
-                keys=[self._card_keys(card.id)["state"]],
+                keys=[self._card_keys(card.id)["state"], self._states_version_key()],
                 args=[
                     repr(float(card.since)),
                     int(self.state_ttl_seconds),
@@ -1290,23 +1442,35 @@ class RedisStore:
             )
         return bool(applied)
 
+    def _states_version_key(self) -> str:
+        return f"{self.prefix}:states:ver"
+
     def card_states(
         self, card_ids: Sequence[str], *, touch: bool = False
     ) -> dict[str, CardStateRecord]:
         """The shared states of the given cards (cards Redis knows nothing of are left out).
 
-        With ``touch`` their TTL is renewed: a state every running instance
-        keeps reading (a long suspension) never expires while any of them runs.
+        One script call; when no instance changed a state since the last call
+        for the same cards, only the states' version travels. With ``touch``
+        their TTL is renewed: a state every running instance keeps reading (a
+        long suspension) never expires while any of them runs.
         """
-        fields = ("state", "reason", "since", "probation_until", "profile_override", "resume_at")
+        ids = tuple(card_ids)
+        last_ids, last_ver, last = self._states_last
+        known = last_ver if last_ids == ids else ""
         with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            for card in card_ids:
-                key = self._card_keys(card)["state"]
-                pipe.hmget(key, *fields)
-                if touch:
-                    pipe.expire(key, int(self.state_ttl_seconds))
-            rows = pipe.execute()[:: 2 if touch else 1]
+            reply = self._states(
+                keys=[self._states_version_key(), *(self._card_keys(c)["state"] for c in ids)],
+                args=[
+                    known,
+                    int(self.state_ttl_seconds) if touch else "",
+                    int(self.state_ttl_seconds),
+                ],
+            )
+        version = reply[0].decode()
+        if len(reply) == 1:
+            return dict(last)
+        rows = reply[1:]
         out: dict[str, CardStateRecord] = {}
         for card, row in zip(card_ids, rows, strict=True):
             state, reason, since, probation, override, resume = row
@@ -1321,7 +1485,8 @@ class RedisStore:
                 profile_override=_opt_str(override),
                 resume_at=_opt_float(resume),
             )
-        return out
+        self._states_last = (ids, version, out) if version else ((), "", {})
+        return dict(out)
 
     # --- registrations (the registrar's bindings) -----------------------------------
 
@@ -1418,6 +1583,8 @@ class SharedCardRepository:
         self._pending: dict[str, StoredCard] = {}
         self._fresh: dict[str, bool] = {}  # card → no transition in this SQLite file
         self._strict = False
+        self._touch = False
+        self._touched_at: float | None = None  # caller's clock
 
     def _is_fresh(self, card_id: str) -> bool:
         fresh = self._fresh.get(card_id)
@@ -1428,7 +1595,7 @@ class SharedCardRepository:
     def _overlay(self, rows: list[StoredCard]) -> list[StoredCard]:
         self._publish_pending()
         try:
-            states = self.shared.card_states([r.id for r in rows], touch=self._strict)
+            states = self.shared.card_states([r.id for r in rows], touch=self._touch)
         except StoreUnavailable:
             if self._strict:
                 raise
@@ -1507,16 +1674,24 @@ class SharedCardRepository:
         nothing is adopted: the stored rows alone could be older than what
         this instance already adopted from a peer.
         """
+        self.shared.keepalive()
         if not self.shared.settle(now):
             return []
         self._strict = True
+        # The states' TTL is a month: renewing it hourly is plenty (not every 2 s).
+        last = self._touched_at
+        self._touch = last is None or not 0.0 <= now - last < STATE_TOUCH_SECONDS
         try:
-            return manager.sync_from_store(now)
+            changed = manager.sync_from_store(now)
         except StoreUnavailable as exc:
             log.warning("cards.sync.store_unavailable", error=str(exc))
             return []
         finally:
             self._strict = False
+        if self._touch:
+            self._touched_at = now
+        self._touch = False
+        return changed
 
     def close(self) -> None:
         """Close the Redis client (shared with the ledger; closing twice is harmless)."""

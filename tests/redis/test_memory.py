@@ -29,6 +29,7 @@ def test_every_key_carries_a_ttl(rstore: RedisStore, prefix: str) -> None:
     assert [] == forever
     state = f"{prefix}:card:c1:state"
     assert 0 < ttls.pop(state) <= rstore.state_ttl_seconds
+    assert 0 < ttls.pop(f"{prefix}:states:ver") <= rstore.state_ttl_seconds
     assert all(0 < ttl <= rstore.history_seconds for ttl in ttls.values()), ttls
 
 
