@@ -365,6 +365,19 @@ _MIGRATIONS += (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        12,
+        (
+            # Which process of a `dialgate run --workers N` set holds a reservation or
+            # a call in progress ('' for a single process): a restarted worker ends
+            # its predecessor's calls, never a live sibling's (docs/workers.md).
+            "ALTER TABLE call_starts ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE call_dialogs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 # A number's latest frequency-history reset (0 when never), as an SQL expression.
@@ -538,6 +551,15 @@ class SQLiteStore:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
+        #: Written on the reservations and calls in progress this process creates
+        #: (``w0``, ``w1`` … for the workers of ``dialgate run --workers N``; '' alone).
+        self.owner = ""
+        #: The owners of live sibling workers: their rows are never recovered here.
+        self.siblings: tuple[str, ...] = ()
+        #: True: :meth:`recover` and :meth:`call_dialogs` take every row but the live
+        #: siblings' (a single process, or worker 0 at the first start of a set);
+        #: False: only this process's ``owner`` (a worker restarted beside live ones).
+        self.sweep = True
         self.migrate()
         #: The operator's records (card holders, audit log, appeals, complaint
         #: attribution): the same connection, transactions and guard.
@@ -656,6 +678,15 @@ class SQLiteStore:
         if version != self._data_version:
             self._data_version = version
             self._cards_usage.clear()
+
+    def _owned(self) -> tuple[str, tuple[str, ...]]:
+        """The SQL condition (and its parameters) on ``owner`` of the rows a restart of
+        this process recovers: see :attr:`sweep`."""
+        if not self.sweep:
+            return "owner=?", (self.owner,)
+        if not self.siblings:
+            return "1", ()
+        return f"owner NOT IN ({','.join('?' * len(self.siblings))})", self.siblings
 
     def forget_counters(self) -> None:
         """Drop the running per-card counters; the next read rebuilds them from the rows."""
@@ -855,9 +886,9 @@ class SQLiteStore:
                     if tried == card:
                         raise ReservationError(f"call {call_id!r} already tried card {card!r}")
                 cur.execute(
-                    "INSERT INTO call_starts (call_id, card, callee, started_at, status, agent) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (call_id, card, callee, now, UsageStatus.RESERVED.value, agent),
+                    "INSERT INTO call_starts (call_id, card, callee, started_at, status, agent, "
+                    "owner) VALUES (?,?,?,?,?,?,?)",
+                    (call_id, card, callee, now, UsageStatus.RESERVED.value, agent, self.owner),
                 )
         except StoreUnavailable:
             self._cards_usage.clear()
@@ -977,12 +1008,14 @@ class SQLiteStore:
 
         Orphans keep counting as call starts (over-count, never under-count) but no
         longer as concurrent calls. Call once at startup, before taking traffic.
+        Only the rows of dead processes: see :attr:`owner`, :attr:`sweep`.
         """
         self._cards_usage.clear()
+        owned, params = self._owned()
         with self._write() as db:
             cur = db.execute(
-                "UPDATE call_starts SET status=?, ended_at=? WHERE status=?",
-                (UsageStatus.ORPHANED.value, now, UsageStatus.RESERVED.value),
+                f"UPDATE call_starts SET status=?, ended_at=? WHERE status=? AND {owned}",
+                (UsageStatus.ORPHANED.value, now, UsageStatus.RESERVED.value, *params),
             )
             return int(cur.rowcount)
 
@@ -1200,8 +1233,8 @@ class SQLiteStore:
         with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO call_dialogs (call_key, call_id, card, callee, "
-                "attempt_at, answer_at, a_leg, b_leg, cdr, b_invite, a_invite) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "attempt_at, answer_at, a_leg, b_leg, cdr, b_invite, a_invite, owner) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.key,
                     record.call_id,
@@ -1214,6 +1247,7 @@ class SQLiteStore:
                     record.cdr,
                     _json_or_none(record.b_invite),
                     _json_or_none(record.a_invite),
+                    self.owner,
                 ),
             )
 
@@ -1235,8 +1269,15 @@ class SQLiteStore:
             return cur.rowcount > 0
 
     def call_dialogs(self) -> list[CallDialogs]:
-        """Every stored call (oldest first): after a crash, the calls a dead process left up."""
-        rows = self._read("SELECT * FROM call_dialogs ORDER BY attempt_at, call_key")
+        """Every stored call (oldest first): after a crash, the calls a dead process left up.
+
+        Only the rows a restart of this process recovers (:attr:`sweep`): never a
+        live sibling worker's calls.
+        """
+        owned, params = self._owned()
+        rows = self._read(
+            f"SELECT * FROM call_dialogs WHERE {owned} ORDER BY attempt_at, call_key", params
+        )
         return [
             CallDialogs(
                 key=r["call_key"],
@@ -1624,21 +1665,17 @@ class SQLiteStore:
                 )
         except StoreUnavailable:
             pass
-        return [
-            StoredRegistration(
-                aor=str(r["aor"]),
-                contact=str(r["contact"]),
-                expires_at=float(r["expires_at"]),
-                call_id=str(r["call_id"]),
-                cseq=int(r["cseq"]),
-                source_host=str(r["source_host"]),
-                source_port=int(r["source_port"]),
-                transport=str(r["transport"]),
-                q=r["q"],
-                position=int(r["position"]),
-            )
-            for r in rows
-        ]
+        return [_registration(r) for r in rows]
+
+    def registrations_of(self, aor: str, now: float, *, node: str = "") -> list[StoredRegistration]:
+        """The live bindings of one AOR of ``node`` (read only): what the other workers
+        of a ``dialgate run --workers N`` set registered."""
+        rows = self._read(
+            "SELECT * FROM registrations WHERE node=? AND aor=? AND expires_at > ? "
+            "ORDER BY position, contact",
+            (node, aor, now),
+        )
+        return [_registration(r) for r in rows]
 
     def has_consent(self, number: str, now: float, *, campaign: str = "") -> bool:
         """Whether valid consent exists for the campaign (or a campaign-wide grant)."""
@@ -1711,6 +1748,21 @@ class SQLiteStore:
             )
             for r in rows
         ]
+
+
+def _registration(r: sqlite3.Row) -> StoredRegistration:
+    return StoredRegistration(
+        aor=str(r["aor"]),
+        contact=str(r["contact"]),
+        expires_at=float(r["expires_at"]),
+        call_id=str(r["call_id"]),
+        cseq=int(r["cseq"]),
+        source_host=str(r["source_host"]),
+        source_port=int(r["source_port"]),
+        transport=str(r["transport"]),
+        q=r["q"],
+        position=int(r["position"]),
+    )
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:
