@@ -24,6 +24,7 @@ from gateway.callpath.element import Gateway
 from gateway.callpath.security import metric_families
 from gateway.cards.status import status_rounds
 from gateway.config import Settings
+from gateway.workers import WorkerRole
 
 __all__ = ["serve"]
 
@@ -34,6 +35,10 @@ GC_THRESHOLD: tuple[int, int, int] = (50_000, 20, 1000)
 """Collector thresholds while serving (bench/e2e.py: -20% CPU per call, worst
 pause 318 ms -> 40 ms at 200 CPS; the default 700 collects young objects of
 in-flight calls hundreds of times a second)."""
+
+
+WORKER_CARD_SYNC = 1.0
+"""Seconds between a worker's adoptions of the card states its siblings stored."""
 
 
 @functools.cache
@@ -63,6 +68,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
     on_ready: Callable[[Gateway], object] | None = None,
+    worker: WorkerRole | None = None,
 ) -> None:
     """Run the gateway until ``stop`` is set (or the task is cancelled).
 
@@ -80,13 +86,19 @@ async def serve(
     also in the ``listening`` log lines), then ``ready`` is set. Shutdown is the
     reverse order; the MQTT publisher goes last so ``offline`` follows the final
     card states.
+
+    ``worker``: one process of ``dialgate run --workers N`` (:mod:`gateway.workers`).
+    Worker 0 serves the HTTP server and publishes the card and pool statuses;
+    every worker adopts the card states its siblings wrote to the store every
+    :data:`WORKER_CARD_SYNC` seconds.
     """
     from gateway.telemetry.hub import GatewayTelemetry
 
     call_path = bool(settings.users or settings.peers or settings.cards)
     # With a call path the operator's status round raises the quota alerts.
     telemetry = GatewayTelemetry(settings, clock=clock, alert_watch=not call_path)
-    gateway = Gateway(settings, clock=clock, bus=telemetry.bus)
+    gateway = Gateway(settings, clock=clock, bus=telemetry.bus, worker=worker)
+    primary = worker is None or worker.primary
     telemetry.metrics.watch_gateway(gateway.snapshot)
     telemetry.metrics.add_source(lambda: metric_families(gateway.security, time.time()))
     gateway.telemetry = telemetry
@@ -102,7 +114,7 @@ async def serve(
             )
 
             wire_agent_board(settings, operator.store, telemetry.bus, clock())
-        if settings.admin.enabled:
+        if settings.admin.enabled and primary:
             admin = await _start_admin(settings, gateway, operator, telemetry, clock)
             gateway.admin_url = admin.url
             log.info("admin.listening", url=admin.url)
@@ -116,17 +128,31 @@ async def serve(
                 # Without Redis nothing else adopts card changes written to the store
                 # by another process (the CLI): the status loop does, every round.
                 shared = gateway.health is not None and gateway.health.shared is not None
-                loops.create_task(
-                    status_rounds(
-                        operator,
-                        telemetry.bus,
-                        clock,
-                        interval,
-                        halt,
-                        sync_store=not shared,
-                        flush=gateway.flush_spooled,
+                if primary:
+                    loops.create_task(
+                        status_rounds(
+                            operator,
+                            telemetry.bus,
+                            clock,
+                            interval,
+                            halt,
+                            sync_store=not shared and worker is None,
+                            flush=gateway.flush_spooled,
+                        )
                     )
-                )
+                if worker is not None and not shared:
+                    # A suspension decided by a sibling is honoured here within a second.
+                    loops.create_task(
+                        status_rounds(
+                            operator,
+                            telemetry.bus,
+                            clock,
+                            WORKER_CARD_SYNC,
+                            halt,
+                            flush=gateway.flush_spooled,
+                            statuses=False,
+                        )
+                    )
             try:
                 if on_ready is not None:
                     on_ready(gateway)

@@ -28,6 +28,7 @@ import contextvars
 import difflib
 import ipaddress
 import itertools
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -87,6 +88,7 @@ __all__ = [
     "PeerSettings",
     "PolicySettings",
     "QuotaProfileSettings",
+    "ServerSettings",
     "ServiceUrl",
     "Settings",
     "SipSettings",
@@ -1089,6 +1091,45 @@ class AdminSettings(BaseModel):
         return self
 
 
+class ServerSettings(BaseModel):
+    """``[server]``: how many processes serve SIP (``dialgate run``)."""
+
+    model_config = _SECTION
+
+    # 1: one process, as always. "auto": one per core. N > 1: a supervisor and N
+    # worker processes sharing the SIP listeners (SO_REUSEPORT), each with a private
+    # port of its own for its dialogs (docs/workers.md). `dialgate run --workers N`
+    # overrides this key.
+    workers: int | Literal["auto"] = 1
+    # Private ports of the workers: worker i listens on worker_port_base + i (every
+    # transport of [sip] listen). Unset: free ports chosen once at start and kept
+    # across a worker's restarts.
+    worker_port_base: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f'expected a number of processes or "auto", got {value!r}')
+        if not 1 <= value <= MAX_WORKERS:
+            raise ValueError(f"must be between 1 and {MAX_WORKERS}, got {value}")
+        return value
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: "auto" is the number of cores."""
+        if self.workers == "auto":
+            return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+        return int(self.workers)
+
+
+MAX_WORKERS = 64
+"""The most worker processes ``[server] workers`` / ``--workers`` accepts."""
+
+
 class BanAnswer(StrEnum):
     """What a banned source gets for its requests."""
 
@@ -1213,6 +1254,7 @@ class Settings(BaseSettings):
     cards: list[CardSettings] = Field(default_factory=list)
     pool_options: dict[Name, PoolSettings] = Field(default_factory=dict, alias="pools")
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
 

@@ -318,6 +318,7 @@ class B2BUA:
                 self._token(),
                 contact=self._contact(sr.transport, secure=req.uri.scheme == "sips"),
                 strict=True,
+                home=self.endpoint.home_of(sr.transport),
             ),
             identity=identity,
             destination=destination,
@@ -713,8 +714,10 @@ class B2BUA:
 
     def _to_a(self, call: Call, resp: Response, *, body_headers: bool) -> Response:
         """The A-leg's copy of a B-leg 18x/2xx: our Contact and To tag, the B-leg's body, and
-        its body headers when ``body_headers``."""
-        headers = [("Contact", call.a.contact or self._contact(call.a.transport))]
+        its body headers when ``body_headers``; the A-leg INVITE's Record-Route copied
+        (§12.1.1: a proxy in front, such as a load balancer, stays on the dialog's path)."""
+        headers = [("Record-Route", v) for v in call.a_req.request.headers.get_all("Record-Route")]
+        headers.append(("Contact", call.a.contact or self._contact(call.a.transport)))
         if body_headers:
             for name in _BODY_HEADERS:
                 value = resp.headers.get(name)

@@ -102,8 +102,11 @@ class Leg:
     #: Addresses this leg's peer sends from: the A-leg's INVITE source; for a
     #: B-leg, where its requests go plus every source its responses came from.
     peers: set[Address] = field(default_factory=set)
-    #: True for the A-leg: only the transport its INVITE arrived on.
+    #: True for the A-leg: only the transport its INVITE arrived on (or ``home``).
     strict: bool = False
+    #: A worker's private transport standing for ``transport``: the peer's in-dialog
+    #: requests come there, to the Contact we gave (gateway.workers).
+    home: Transport | None = None
     #: A B-leg whose far side sent 180/183 (a new B-leg starts without).
     rang: bool = False
 
@@ -119,7 +122,7 @@ class Leg:
         host cannot be forged without its handshake.
         """
         if transport is not None:
-            if self.strict and transport is not self.transport:
+            if self.strict and transport is not self.transport and transport is not self.home:
                 return False
             if transport.name != self.transport.name:
                 return False

@@ -90,6 +90,7 @@ from gateway.transport.base import LogLimiter
 from gateway.transport.endpoint import ServerRequest, SipEndpoint
 from gateway.transport.tls import ClientTLS, client_context, server_context
 from gateway.transport.via import strip_brackets
+from gateway.workers import WorkerRole
 from policies.privacy import mask_number
 
 __all__ = [
@@ -170,8 +171,11 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.time,
         bus: EventBus | None = None,
+        worker: WorkerRole | None = None,
     ) -> None:
         self.settings = settings
+        #: One worker of ``dialgate run --workers N`` (None: the only process).
+        self.worker = worker
         # ``clock`` is business time: policies, quotas, cards, CDRs (a simulator
         # may fast-forward it). Registrations and digest nonces are protocol
         # state towards real phones and stay on real seconds.
@@ -231,6 +235,7 @@ class Gateway:
         self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
         self._housekeeping: asyncio.Task[None] | None = None
         self.inbound = InboundRouter(settings, self.registrar)
+        self.inbound.refresh = self.refresh_registration
         self.store: SQLiteStore | None = None
         self.b2bua: B2BUA | None = None
         # Call, card and carrier events (DESIGN "MQTT events"): the MQTT publisher,
@@ -245,49 +250,83 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind every listener; on any failure close what was bound and re-raise."""
+        """Bind every listener; on any failure close what was bound and re-raise.
+
+        A worker of ``dialgate run --workers N`` (``worker``) binds the configured
+        listeners with ``SO_REUSEPORT`` on the supervisor's ports, then a private
+        listener per transport on its own port (:mod:`gateway.workers`).
+        """
         sip = self.settings.sip
+        role = self.worker
         try:
-            for spec in sip.listen:
-                transport: Transport
-                if spec.transport.value == "udp":
-                    transport = await UDPTransport.listen(
-                        spec.ip, spec.port, self.handle, max_message_size=sip.max_message_size
-                    )
-                elif spec.transport.value == "tls":
-                    transport = await TLSTransport.listen(
-                        spec.ip,
-                        spec.port,
-                        self.handle,
-                        server=self._tls_server(),
-                        client=tls_clients(self.settings),
-                        handshake_timeout=sip.tls_handshake_timeout,
-                        max_message_size=sip.max_message_size,
-                        max_connections=sip.tcp_max_connections,
-                        max_per_source=sip.tcp_max_per_source,
-                        head_timeout=sip.tcp_head_timeout,
-                        idle_timeout=sip.tcp_idle_timeout,
-                    )
-                else:
-                    transport = await TCPTransport.listen(
-                        spec.ip,
-                        spec.port,
-                        self.handle,
-                        max_message_size=sip.max_message_size,
-                        max_connections=sip.tcp_max_connections,
-                        max_per_source=sip.tcp_max_per_source,
-                        head_timeout=sip.tcp_head_timeout,
-                        idle_timeout=sip.tcp_idle_timeout,
-                    )
+            for i, spec in enumerate(sip.listen):
+                port = spec.port if role is None else role.ports[i]
+                transport = await self._listen(
+                    spec.transport.value, spec.ip, port, reuse_port=role is not None
+                )
                 self.add_transport(transport)
                 host, port = transport.local_address
-                log.info("listening", transport=str(transport.name), host=host, port=port)
+                extra = {} if role is None else {"worker": role.index}
+                log.info("listening", transport=str(transport.name), host=host, port=port, **extra)
+            if role is not None:
+                for i, spec in enumerate(sip.listen):
+                    home = await self._listen(spec.transport.value, spec.ip, role.home[i])
+                    self.add_transport(home)
+                    self.endpoint.add_home(home)
+                    host, port = home.local_address
+                    log.info(
+                        "listening.private",
+                        transport=str(home.name),
+                        host=host,
+                        port=port,
+                        worker=role.index,
+                    )
             self._start_call_path()
             self._sync_bans(self.sip_clock())
             self._housekeeping = asyncio.ensure_future(self._housekeep())
         except BaseException:
             await self.close(log_stats=False)
             raise
+
+    async def _listen(
+        self, kind: str, host: str, port: int, *, reuse_port: bool = False
+    ) -> Transport:
+        """One listener of ``kind`` (udp, tcp, tls) with the ``[sip]`` bounds."""
+        sip = self.settings.sip
+        if kind == "udp":
+            return await UDPTransport.listen(
+                host,
+                port,
+                self.handle,
+                max_message_size=sip.max_message_size,
+                reuse_port=reuse_port,
+            )
+        if kind == "tls":
+            return await TLSTransport.listen(
+                host,
+                port,
+                self.handle,
+                server=self._tls_server(),
+                client=tls_clients(self.settings),
+                handshake_timeout=sip.tls_handshake_timeout,
+                reuse_port=reuse_port,
+                max_message_size=sip.max_message_size,
+                max_connections=sip.tcp_max_connections,
+                max_per_source=sip.tcp_max_per_source,
+                head_timeout=sip.tcp_head_timeout,
+                idle_timeout=sip.tcp_idle_timeout,
+            )
+        return await TCPTransport.listen(
+            host,
+            port,
+            self.handle,
+            reuse_port=reuse_port,
+            max_message_size=sip.max_message_size,
+            max_connections=sip.tcp_max_connections,
+            max_per_source=sip.tcp_max_per_source,
+            head_timeout=sip.tcp_head_timeout,
+            idle_timeout=sip.tcp_idle_timeout,
+        )
 
     def _tls_server(self) -> ssl.SSLContext:
         """The context of the `tls:` listeners (settings validation checked the files)."""
@@ -391,6 +430,21 @@ class Gateway:
         if host not in self._local_hosts:
             return False
         return uri.port is None or uri.port in self._local_ports
+
+    def is_registered(self, agent: str) -> bool:
+        """True when ``agent`` has a live binding here (a worker also asks the store:
+        it may have registered through a sibling)."""
+        now = self.sip_clock()
+        if self.registrar.is_registered(agent, now):
+            return True
+        self.refresh_registration(agent, now)
+        return self.registrar.is_registered(agent, now)
+
+    def refresh_registration(self, user: str, now: float) -> None:
+        """A worker of a set: take ``user``'s bindings from the store (the workers share
+        them there); a single process is the only writer and skips the read."""
+        if self.worker is not None and self.worker.count > 1 and self.registrations is not None:
+            self.registrations.refresh(user.lower(), now)
 
     # -- message handling ------------------------------------------------------------
 
@@ -560,6 +614,8 @@ class Gateway:
         req = sr.request
         now = self.sip_clock()
         tag = self._to_tag(req)
+        # Another worker may hold bindings of this AOR: apply the REGISTER to them.
+        self.refresh_registration(identity.name, now)
         try:
             answer = self.registrar.register(
                 req, identity.name, sr.source, str(sr.transport.name), now
@@ -625,6 +681,10 @@ class Gateway:
         shared: Any = getattr(ledger, "shared", None)
         if self.settings.store.redis is not None and shared is not None:
             node = str(shared.node)
+            if self.worker is not None:
+                from gateway.store.redis import node_name
+
+                node = node_name(self.settings)  # shared by the workers, like SQLite's
             targets.append(("redis", shared, node))
         targets.append(("sqlite", store, node))
         self.registrations = RegistrationSync(self.registrar, targets)
@@ -652,8 +712,12 @@ class Gateway:
         health = health_from_settings(settings, now=now)
         store = store_from_settings(settings)
         self.store = store
+        role = self.worker
+        if role is not None:
+            # Its rows carry its name; a restart recovers its own only (gateway.workers).
+            store.owner, store.siblings, store.sweep = role.owner, role.siblings, role.sweep
         services = services_from_settings(
-            settings, store, now=now, carrier_available=health.is_available
+            settings, store, now=now, carrier_available=health.is_available, worker=role
         )
         self._start_registrations(store, services.ledger)
         self.b2bua = B2BUA(self.endpoint, services, clock=self.clock, bus=self.events)
@@ -968,8 +1032,7 @@ class _RequestFacts:
         return self.gateway.is_local(uri)
 
     def is_registered(self, agent: str) -> bool:
-        gateway = self.gateway
-        return gateway.registrar.is_registered(agent, gateway.sip_clock())
+        return self.gateway.is_registered(agent)
 
     def has_call_path(self) -> bool:
         return self.gateway.b2bua is not None

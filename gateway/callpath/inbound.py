@@ -18,6 +18,7 @@ the caller's number unmasked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.callpath.registrar import Binding, Registrar
@@ -46,6 +47,9 @@ class InboundRouter:
 
     def __init__(self, settings: Settings, registrar: Registrar) -> None:
         self.registrar = registrar
+        #: Called with a user and ``now`` before its bindings are looked up (a worker of
+        #: ``dialgate run --workers N`` reads them from the store its siblings share).
+        self.refresh: Callable[[str, float], None] | None = None
         self.fallback = settings.inbound.fallback_user
         self._card_by_number = {_digits(c.number): c.id for c in settings.cards}
         self._agent_by_card: dict[str, str] = {}
@@ -72,6 +76,8 @@ class InboundRouter:
         if self.fallback is not None:
             candidates.append(self.fallback)
         for user in candidates:
+            if self.refresh is not None:
+                self.refresh(user, now)
             bindings = self.registrar.lookup(user, now)
             if bindings:
                 return InboundRoute(user, bindings[0], card)

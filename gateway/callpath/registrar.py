@@ -244,29 +244,10 @@ class Registrar:
         loaded: dict[str, list[tuple[int, Binding]]] = {}
         for row in rows:
             key = row.aor.lower()
-            if row.expires_at <= now or key in self._bindings:
+            binding = None if key in self._bindings else _stored_binding(row, now)
+            if binding is None:
                 skipped += 1
                 continue
-            try:
-                contact = URI.parse(row.contact)
-            except SIPError:
-                skipped += 1
-                continue
-            source: Address = (row.source_host, row.source_port)
-            flow_lost = row.transport.lower() in ("tcp", "tls", "ws", "wss")
-            if flow_lost:
-                default_port = 5061 if contact.scheme == "sips" else 5060
-                source = (contact.host.strip("[]"), contact.port or default_port)
-            binding = Binding(
-                contact=contact,
-                expires_at=row.expires_at,
-                call_id=row.call_id,
-                cseq=row.cseq,
-                source=source,
-                transport=row.transport,
-                q=row.q,
-                flow_lost=flow_lost,
-            )
             loaded.setdefault(key, []).append((row.position, binding))
         for key, items in loaded.items():
             items.sort(key=lambda item: item[0])
@@ -274,6 +255,25 @@ class Registrar:
             self._bindings[key] = bindings
             restored += len(bindings)
         return restored, skipped
+
+    def replace(self, key: str, rows: Iterable[StoredRegistration], now: float) -> None:
+        """Make AOR ``key``'s bindings the stored ``rows`` (what another worker of the
+        same gateway registered); not noted as a change to write back.
+
+        A binding this process holds keeps its flow (a TCP connection accepted
+        here); a row of another process's TCP flow is reached like after a restart.
+        """
+        mine = {str(b.contact): b for b in self._bindings.get(key, [])}
+        bindings: list[Binding] = []
+        for row in sorted(rows, key=lambda r: r.position):
+            binding = _stored_binding(row, now)
+            if binding is None:
+                continue
+            own = mine.get(row.contact)
+            if own is not None and own.call_id == row.call_id and own.cseq == row.cseq:
+                binding = own
+            bindings.append(binding)
+        self._store(key, bindings[-self.max_contacts :], note=False)
 
     def _ok(self, key: str, now: float) -> RegisterAnswer:
         # §10.3 step 8: "The response SHOULD include a Contact header field
@@ -298,6 +298,32 @@ class Registrar:
             live = [b for b in bindings if b.expires_at > now]
             if len(live) != len(bindings):
                 self._store(key, live, note=note)
+
+
+def _stored_binding(row: StoredRegistration, now: float) -> Binding | None:
+    """A stored row as a binding (a lost stream flow: reached at its Contact); None when
+    expired or unreadable."""
+    if row.expires_at <= now:
+        return None
+    try:
+        contact = URI.parse(row.contact)
+    except SIPError:
+        return None
+    source: Address = (row.source_host, row.source_port)
+    flow_lost = row.transport.lower() in ("tcp", "tls", "ws", "wss")
+    if flow_lost:
+        default_port = 5061 if contact.scheme == "sips" else 5060
+        source = (contact.host.strip("[]"), contact.port or default_port)
+    return Binding(
+        contact=contact,
+        expires_at=row.expires_at,
+        call_id=row.call_id,
+        cseq=row.cseq,
+        source=source,
+        transport=row.transport,
+        q=row.q,
+        flow_lost=flow_lost,
+    )
 
 
 def _same_uri(a: URI, b: URI) -> bool:
@@ -422,6 +448,29 @@ class RegistrationSync:
         )
         self.flush(now)
         return restored
+
+    def refresh(self, key: str, now: float) -> bool:
+        """Take AOR ``key``'s bindings from the first store that can list them (what the
+        sibling workers of ``dialgate run --workers N`` registered); True when read.
+
+        The in-memory bindings stay while a write of that AOR is pending (they are
+        newer) or when no store answers.
+        """
+        if any(key in t.pending for t in self.targets):
+            return False
+        for target in self.targets:
+            read = getattr(target.store, "registrations_of", None)
+            if read is None:
+                continue
+            try:
+                rows = read(key, now, node=target.node)
+            except Exception as exc:  # a store error must not fail the request
+                self.stats.store_failures += 1
+                self._failed(target, now, exc, op="load")
+                continue
+            self.registrar.replace(key, rows, now)
+            return True
+        return False
 
     def flush(self, now: float, *, force: bool = False) -> int:
         """Write every changed AOR to every store whose retry time has come; never raises.

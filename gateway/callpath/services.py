@@ -26,6 +26,7 @@ from gateway.store.spool import CdrWriter
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.store import CallPathStore, SQLiteStore, UsageLedger
+    from gateway.workers import WorkerRole
     from policies.emergency import EmergencyNumbers
     from policies.pipeline import Pipeline
     from policies.quotas import QuotaProfile
@@ -59,6 +60,7 @@ def services_from_settings(
     *,
     now: float,
     carrier_available: Callable[[str], bool] | None = None,
+    worker: WorkerRole | None = None,
 ) -> CallServices:
     """Wire the store, the card manager and the policy pipeline for the call path.
 
@@ -72,6 +74,11 @@ def services_from_settings(
     ``SharedCardRepository`` (``HealthRunner`` syncs them on a timer and
     closes the Redis client at stop), and the ledger's ``recover`` orphans
     this node's reservations left open and rehydrates cold cards first.
+
+    ``worker`` (one process of ``dialgate run --workers N``): the store's
+    ``owner`` must already be set (:attr:`gateway.store.sqlite.SQLiteStore.owner`);
+    the Redis node name gets the worker's owner appended and the CDR spool is
+    the worker's own.
     """
     from gateway.cards import (
         StoreCardSource,
@@ -93,7 +100,10 @@ def services_from_settings(
     else:
         from gateway.store.redis import MirroredLedger, SharedCardRepository, node_name
 
-        ledger = ledger_from_settings(settings, store, node=node_name(settings))
+        node = node_name(settings)
+        if worker is not None:  # each worker recovers its own reservations in Redis
+            node = f"{node}/{worker.owner}"
+        ledger = ledger_from_settings(settings, store, node=node)
         assert isinstance(ledger, MirroredLedger)
         repo = SharedCardRepository(store, ledger.shared)
     ledger.recover(now)
@@ -130,6 +140,9 @@ def services_from_settings(
     cdrs = CdrWriter(store, spool_path(store, settings.store.spool_dir))
     try:
         cdrs.recover()  # what a process that died during a store outage spooled
+        if worker is not None and worker.sweep:
+            # Worker 0 at the first start of a set: what a single process left too.
+            CdrWriter(store, spool_path(store, settings.store.spool_dir, owner="")).recover()
     except StoreUnavailable:
         log.error("cdr.spool_recover_failed", spool=str(cdrs.spool))
     return CallServices(
@@ -148,10 +161,15 @@ def services_from_settings(
     )
 
 
-def spool_path(store: SQLiteStore, spool_dir: Path | None = None) -> Path | None:
+def spool_path(
+    store: SQLiteStore, spool_dir: Path | None = None, *, owner: str | None = None
+) -> Path | None:
     """``<database>.cdr-spool.jsonl`` in ``[store] spool_dir`` (default: beside a file
-    database); None for ``:memory:``."""
+    database); None for ``:memory:``. A worker of ``dialgate run --workers N`` has
+    its own, ``<database>.<owner>.cdr-spool.jsonl`` (``owner``: default the store's)."""
     path = Path(str(store.path))
     if str(store.path) == ":memory:":
         return None
-    return (spool_dir or path.parent) / (path.name + ".cdr-spool.jsonl")
+    owner = getattr(store, "owner", "") if owner is None else owner
+    infix = f".{owner}" if owner else ""
+    return (spool_dir or path.parent) / (path.name + infix + ".cdr-spool.jsonl")

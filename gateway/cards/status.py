@@ -37,6 +37,7 @@ async def status_rounds(
     *,
     sync_store: bool = True,
     flush: Callable[[], object] | None = None,
+    statuses: bool = True,
 ) -> None:
     """Publish each card's retained state (with usage) when it changes; raise alerts.
 
@@ -45,6 +46,8 @@ async def status_rounds(
     round first adopts card states another process wrote to the store (an
     operator's ``dialgate cards restore`` while the gateway runs). A failing
     round (the store briefly unavailable) is logged and the next one tries again.
+    ``statuses=False`` (a worker of ``dialgate run --workers N`` other than worker 0,
+    which publishes them): only the flush, the adoption and the card events.
     """
     last: dict[str, Any] = {}
     manager = operator.manager
@@ -61,19 +64,27 @@ async def status_rounds(
             events = manager.drain_events()
             if events:
                 bus.publish_card_events(events)
-            for card in manager.cards():
-                status = operator.status(card.id, now)
-                if status is None:
-                    continue
-                key = dataclasses.replace(status, at=0.0)
-                if last.get(card.id) != key:
-                    last[card.id] = key
-                    bus.publish(status)
-            pools.run(operator, bus, now)
-            operator.check_alerts(now)
+            if statuses:
+                _publish_statuses(operator, bus, now, last, pools)
         except Exception:
             log.exception("card status round failed")
         try:
             await asyncio.wait_for(halt.wait(), timeout=interval)
         except TimeoutError:
             continue
+
+
+def _publish_statuses(
+    operator: Any, bus: EventBus, now: float, last: dict[str, Any], pools: PoolCapacityRound
+) -> None:
+    """Each card's retained status when it changed, the pools' capacity, the alerts."""
+    for card in operator.manager.cards():
+        status = operator.status(card.id, now)
+        if status is None:
+            continue
+        key = dataclasses.replace(status, at=0.0)
+        if last.get(card.id) != key:
+            last[card.id] = key
+            bus.publish(status)
+    pools.run(operator, bus, now)
+    operator.check_alerts(now)

@@ -111,16 +111,77 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-@command("run", help="run the gateway until SIGINT/SIGTERM")
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=None,
+        metavar="N",
+        help='worker processes sharing the SIP listeners: a number or "auto" (one per core);'
+        " overrides [server] workers (default 1: one process)",
+    )
+    # Set by the supervisor of a --workers set on each worker's command line.
+    parser.add_argument("--worker-role", default=None, help=argparse.SUPPRESS)
+
+
+def _worker_count(text: str) -> int | str:
+    from gateway.config import ServerSettings
+
+    try:
+        return ServerSettings(workers=text).workers  # type: ignore[arg-type]
+    except ValueError as exc:
+        reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        raise argparse.ArgumentTypeError(reason.removeprefix("Value error, ")) from None
+
+
+@command(
+    "run",
+    help="run the gateway until SIGINT/SIGTERM (--workers N: N processes)",
+    configure=_configure_run,
+)
 def cmd_run(args: argparse.Namespace) -> int:
-    """Load config, set up logging, serve until a signal asks to stop."""
+    """Load config, set up logging, serve until a signal asks to stop.
+
+    With more than one worker (``--workers``, else ``[server] workers``) this
+    process supervises that many ``dialgate run`` workers (:mod:`gateway.cli.workers`).
+    """
     settings = load_or_report(args)
     if settings is None:
         return EXIT_USAGE
     from gateway.telemetry.logging import configure_logging, get_logger
+    from gateway.workers import WorkerRole
 
     configure_logging(settings.logging, mask_numbers=settings.policy.mask_numbers)
     log = get_logger("gateway.cli.main")
+    role: WorkerRole | None = None
+    if getattr(args, "worker_role", None):
+        import structlog
+
+        from gateway.cli.workers import die_with_parent
+
+        die_with_parent()
+        role = WorkerRole.from_json(args.worker_role)
+        settings = _worker_settings(settings, role)
+        # Every log line of this process says which worker wrote it.
+        structlog.contextvars.bind_contextvars(worker=role.index)
+    else:
+        workers = getattr(args, "workers", None)
+        if workers is not None:
+            settings = settings.model_copy(
+                update={"server": settings.server.model_copy(update={"workers": workers})}
+            )
+        count = settings.server.worker_count()
+        if count > 1:
+            if str(settings.store.path) == ":memory:":
+                print(
+                    "dialgate run: server.workers: several workers share the store through"
+                    ' its file; store.path = ":memory:" allows one process only',
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            from gateway.cli.workers import supervise
+
+            return supervise(settings, config_path(args), count, log)
     try:
         from gateway.app import serve
     except ImportError as exc:
@@ -128,18 +189,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dialgate run: the gateway is not available ({exc})", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        return asyncio.run(_serve_until_signal(serve, settings, log))
+        return asyncio.run(_serve_until_signal(serve, settings, log, worker=role))
     except KeyboardInterrupt:  # a signal before the loop installed its handlers
         return EXIT_FAILURE
 
 
-async def _serve_until_signal(serve: Callable[..., Any], settings: Settings, log: Any) -> int:
+def _worker_settings(settings: Settings, role: Any) -> Settings:
+    """A worker's view of the settings: workers other than 0 publish MQTT under their
+    own node name (``<node>-w<i>``, its own status topic and last will)."""
+    if settings.mqtt is None or role.index == 0:
+        return settings
+    mqtt = settings.mqtt.model_copy(update={"node": f"{settings.mqtt.node}-w{role.index}"})
+    return settings.model_copy(update={"mqtt": mqtt})
+
+
+async def _serve_until_signal(
+    serve: Callable[..., Any], settings: Settings, log: Any, *, worker: Any = None
+) -> int:
     """Run ``serve(settings, ready=, stop=)``; the first signal sets ``stop``,
     a second one cancels the server outright."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     stop = asyncio.Event()
-    task = asyncio.ensure_future(serve(settings, ready=ready, stop=stop))
+    extra = {} if worker is None else {"worker": worker}
+    task = asyncio.ensure_future(serve(settings, ready=ready, stop=stop, **extra))
     signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_signal(signum: int) -> None:
@@ -158,7 +231,10 @@ async def _serve_until_signal(serve: Callable[..., Any], settings: Settings, log
 
     async def announce_ready() -> None:
         await ready.wait()
-        log.info("ready", listen=[str(s) for s in settings.sip.listen], version=__version__)
+        fields = {} if worker is None else {"worker": worker.index}
+        log.info(
+            "ready", listen=[str(s) for s in settings.sip.listen], version=__version__, **fields
+        )
 
     announcer = asyncio.ensure_future(announce_ready())
     try:

@@ -260,6 +260,11 @@ class SipEndpoint:
         self._scheduled: list[tuple[float, int, Scheduled]] = []
         self._scheduled_order = itertools.count()
         self._cancelled = 0
+        # A worker of `dialgate run --workers N`: its private transports, one per
+        # (name, IPv6). Requests we originate leave from there and every Via and
+        # Contact we write names them, so the answers and in-dialog requests of our
+        # dialogs come back to this process, not to a sibling sharing the listeners.
+        self._home: dict[tuple[str, bool], Transport] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -334,8 +339,23 @@ class SipEndpoint:
         self._clients.clear()
         self._servers.clear()
 
+    def add_home(self, transport: Transport) -> None:
+        """Make ``transport`` (already served) this process's own for its name and family."""
+        self._home[(str(transport.name), ":" in transport.local_address[0])] = transport
+
+    def home_of(self, transport: Transport) -> Transport:
+        """The private transport standing for ``transport`` (itself when there is none)."""
+        if not self._home:
+            return transport
+        key = (str(transport.name), ":" in transport.local_address[0])
+        return self._home.get(key, transport)
+
     def transport(self, name: str = "udp", *, ipv6: bool = False) -> Transport:
-        """The first transport of that name (and address family)."""
+        """The first transport of that name (and address family); a private one first."""
+        if self._home:
+            home = self._home.get((name, ipv6))
+            if home is not None:
+                return home
         for candidate in self.transports:
             if candidate.name == name and (":" in candidate.local_address[0]) == ipv6:
                 return candidate
@@ -345,8 +365,9 @@ class SipEndpoint:
         raise LookupError(f"no {name} transport")
 
     def sent_by(self, transport: Transport) -> str:
-        """The ``sent-by`` of our Via and the host of our Contact on ``transport``."""
-        host, port = transport.local_address
+        """The ``sent-by`` of our Via and the host of our Contact on ``transport``
+        (its private stand-in's, see :meth:`home_of`)."""
+        host, port = self.home_of(transport).local_address
         return format_hostport(self.advertise or host, port)
 
     def contact_uri(
@@ -387,7 +408,7 @@ class SipEndpoint:
         tp = (
             self.transport(transport, ipv6=":" in dest[0])
             if isinstance(transport, str)
-            else transport
+            else self._sender(transport)
         )
         if add_via:
             branch = self.layer.new_branch()
@@ -430,6 +451,8 @@ class SipEndpoint:
         tp = (
             self.transport(transport, ipv6=":" in dest[0])
             if isinstance(transport, str)
+            else self._sender(transport)
+            if isinstance(message, Request)
             else transport
         )
         if (
@@ -442,6 +465,13 @@ class SipEndpoint:
                 "Via", f"SIP/2.0/{tp.name.upper()} {self.sent_by(tp)};branch={branch};rport"
             )
         return tp.send(message, dest)
+
+    def _sender(self, transport: Transport) -> Transport:
+        """Where a request for ``transport`` leaves: a datagram from the private socket
+        (its answers then come back to this process); a stream keeps its connection."""
+        if not self._home or transport.reliable:
+            return transport
+        return self.home_of(transport)
 
     # -- receive path ------------------------------------------------------------------
 

@@ -243,8 +243,13 @@ class TCPTransport(Transport):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        reuse_port: bool = False,
     ) -> TCPTransport:
-        """Listen on ``host:port`` (port 0: any free port)."""
+        """Listen on ``host:port`` (port 0: any free port).
+
+        ``reuse_port``: ``SO_REUSEPORT``, so the workers of one gateway share the
+        port and the kernel spreads new connections over them.
+        """
         self = cls(
             on_message,
             max_message_size=max_message_size,
@@ -256,7 +261,11 @@ class TCPTransport(Transport):
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: TCPConnection(self), host.strip("[]"), port, reuse_address=True
+            lambda: TCPConnection(self),
+            host.strip("[]"),
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self._local = normalize_address(self._server.sockets[0].getsockname())
         return self

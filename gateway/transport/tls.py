@@ -294,13 +294,14 @@ class TLSTransport(TCPTransport):
         server: ssl.SSLContext,
         client: Callable[[Address], ClientTLS] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        reuse_port: bool = False,
         **options: Any,
     ) -> TLSTransport:
         """Listen for TLS on ``host:port`` (port 0: any free port) with ``server``'s certificate.
 
         ``client(addr)`` gives the context and server name for a connection we
         open to ``addr`` (default: the system CAs, verified against the IP).
-        ``options`` are the TCP transport's bounds.
+        ``options`` are the TCP transport's bounds; ``reuse_port`` as for TCP.
         """
         self = cls(
             on_message,
@@ -314,7 +315,11 @@ class TLSTransport(TCPTransport):
         # _start_handshake, so a failed handshake is ours to count and log
         # (asyncio's own ssl= server drops it silently outside debug mode).
         self._server = await loop.create_server(
-            lambda: TLSConnection(self), host.strip("[]"), port, reuse_address=True
+            lambda: TLSConnection(self),
+            host.strip("[]"),
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self._local = normalize_address(self._server.sockets[0].getsockname())
         return self

@@ -94,8 +94,14 @@ class UDPTransport(Transport):
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+        reuse_port: bool = False,
     ) -> UDPTransport:
-        """Bind ``host:port`` (port 0: any free port) and start receiving."""
+        """Bind ``host:port`` (port 0: any free port) and start receiving.
+
+        ``reuse_port``: ``SO_REUSEPORT``, so the workers of one gateway share the
+        port; the kernel hands each datagram to one of them by a hash of its
+        source and destination addresses.
+        """
         self = cls(on_message, max_message_size=max_message_size)
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -107,6 +113,8 @@ class UDPTransport(Transport):
             except OSError as exc:  # capped or refused by the OS: keep its default
                 log.warning("transport.udp.rcvbuf", error=repr(exc))
             self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host.strip("[]"), port))
         except BaseException:
             sock.close()
