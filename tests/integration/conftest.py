@@ -93,12 +93,14 @@ def start_dialgate(
     ready_event: str | None = None,
     db: Path | None = None,
     store_extra: str = "",
+    workers: int | None = None,
 ) -> DialgateProcess:
     """Write a config with UDP+TCP listeners on ``port`` (0: any), start ``dialgate run``,
     wait for both ports (and for a log line ``ready_event`` when given).
 
     ``sip_extra``: more ``[sip]`` lines (e.g. ``t1 = 0.05\n``). ``db``: the database
     file (default ``tmp/dialgate.db``); ``store_extra``: more ``[store]`` lines.
+    ``workers``: ``dialgate run --workers N`` (default: the configuration's, one process).
     """
     config = tmp / "dialgate.toml"
     if "[policy]" not in extra_toml:
@@ -115,7 +117,13 @@ def start_dialgate(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
     proc = subprocess.Popen(
-        [*dialgate_command(), "run", "--config", str(config)],
+        [
+            *dialgate_command(),
+            "run",
+            "--config",
+            str(config),
+            *([] if workers is None else ["--workers", str(workers)]),
+        ],
         cwd=tmp,
         env=env,
         stdin=subprocess.DEVNULL,
