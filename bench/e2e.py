@@ -31,6 +31,11 @@ Two modes, both SIPp on loopback, every step bounded in calls and wall time:
     minute) so the INVITE→200 times can be compared. The ramp stops after the
     first step with a failed or unfinished call (``--keep-going`` to go on).
 
+``--workers N`` runs ``dialgate run --workers N`` on the same one SIP port (the
+gateway's CPU% and RSS are then the workers' sum). Each SIPp caller is one UDP
+socket, which the kernel hashes to one worker: use several ``--callers`` (or
+``--sipp-transport un``, a socket per call) so the calls spread.
+
 Per step it reports: calls OK/failed/unfinished, SIPp retransmissions, SIPp's
 response times (rtd 1: INVITE→200, from ``-trace_rtt``, millisecond
 resolution), the gateway's CPU% and RSS (from /proc), GC pauses (gc.callbacks
@@ -40,6 +45,7 @@ Run (SIPp is Debian's sip-tester)::
 
     .venv/bin/python bench/e2e.py ceiling --rates 100,250,500,1000,1500,2000
     .venv/bin/python bench/e2e.py e2e --rates 50,100,150,200,300 --seconds 10
+    .venv/bin/python bench/e2e.py e2e --workers 2 --callers 8 --rates 500,1000 --seconds 10
 
 ``--json FILE`` writes every step as JSON. Only 127.0.0.1 is used; every
 process started is stopped by its PID. This script asserts nothing about speed.
@@ -153,6 +159,41 @@ def sample(pid: int) -> ProcSample | None:
     except (OSError, IndexError, ValueError):
         return None
     return ProcSample(time.monotonic(), cpu, rss, hwm)
+
+
+def combined(samples: list[ProcSample | None]) -> ProcSample | None:
+    """Several processes (the workers of ``dialgate run --workers N``) as one: CPU
+    seconds and memory summed; None when any is missing."""
+    if not samples or any(s is None for s in samples):
+        return None
+    present = [s for s in samples if s is not None]
+    return ProcSample(
+        wall=max(s.wall for s in present),
+        cpu=sum(s.cpu for s in present),
+        rss_kb=sum(s.rss_kb for s in present),
+        hwm_kb=sum(s.hwm_kb for s in present),
+    )
+
+
+def worker_pids(log_path: Path, count: int, timeout: float = 30.0) -> list[int]:
+    """The PIDs of a ``dialgate run --workers count`` set, once every worker logged
+    ``ready`` (JSON log lines of the supervisor and its workers in ``log_path``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, pids = 0, {}
+        for line in log_path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == "ready":
+                ready += 1
+            elif entry.get("event") == "worker.started":
+                pids[int(entry["worker"])] = int(entry["pid"])
+        if ready >= count and len(pids) == count:
+            return [pids[i] for i in sorted(pids)]
+        time.sleep(0.1)
+    raise RuntimeError(f"{count} workers not ready within {timeout:g} s; see {log_path}")
 
 
 def cpu_percent(a: ProcSample | None, b: ProcSample | None) -> float | None:
@@ -783,6 +824,10 @@ def e2e_step(
     if args.experiment_paused_only:
         gw_cmd.append("--experiment-paused-only")
     gw_cmd += ["--", "run", "--config", str(cfg)]
+    if args.workers > 1:
+        # A supervisor and N workers on the one SIP port (SO_REUSEPORT); the runner's
+        # GC statistics and uvloop apply to the supervisor only.
+        gw_cmd += ["--workers", str(args.workers)]
     env = dict(os.environ)
     if args.uvloop and args.extra_path:
         env["PYTHONPATH"] = args.extra_path
@@ -798,6 +843,8 @@ def e2e_step(
         try:
             if not wait_ready(sip_port):
                 raise RuntimeError(f"gateway did not answer OPTIONS; see {log_path}")
+            workers = worker_pids(log_path, args.workers) if args.workers > 1 else []
+            gw_pids = workers or [gw.pid]
             run.startup_s = round(time.monotonic() - t0, 2)
             identities: list[tuple[str, str]] = []
             if args.caller == "agent":
@@ -808,8 +855,16 @@ def e2e_step(
                     identities.append((user, password))
             else:
                 identities = [("dialer-1", "dialer-secret")] * args.callers
-            start = sample(gw.pid)
+            start = combined([sample(p) for p in gw_pids])
             run.start_rss_mb = round(start.rss_kb / 1024, 1) if start else None
+
+            # -t un: a UDP socket per call, so the kernel spreads the calls of one
+            # caller over the workers (one socket per caller: one worker per caller).
+            socket_args = (
+                ["-t", "un", "-max_socket", str(max(1000, int(rate * 40)))]
+                if args.sipp_transport == "un"
+                else []
+            )
 
             def attach() -> None:
                 nonlocal profiler
@@ -836,9 +891,9 @@ def e2e_step(
                     rate / len(identities),
                     args.pause_ms,
                     workdir / f"caller-{i}",
-                    watch=[gw.pid, carrier.pid] if i == 0 else [],
+                    watch=[*gw_pids, carrier.pid] if i == 0 else [],
                     on_start=attach if i == 0 else None,
-                    extra=["-au", user, "-ap", password],
+                    extra=["-au", user, "-ap", password, *socket_args],
                 )
 
             with concurrent.futures.ThreadPoolExecutor(len(identities)) as pool:
@@ -849,7 +904,8 @@ def e2e_step(
                 rate,
             )
             samples = outcomes[0][1]
-            a, b = samples[gw.pid]
+            a = combined([samples[p][0] for p in gw_pids])
+            b = combined([samples[p][1] for p in gw_pids])
             if a is not None and b is not None:
                 window = (a.wall, b.wall)
             run.cpu_pct = cpu_percent(a, b)
@@ -1041,6 +1097,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment-paused-only",
         action="store_true",
         help="what-if in the runner: agent_usage reads only the pause flag (no agent limits set)",
+    )
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="dialgate run --workers N on the one SIP port (gateway CPU%% and RSS: the"
+        " workers' sum)",
+    )
+    e.add_argument(
+        "--sipp-transport",
+        choices=("u1", "un"),
+        default="u1",
+        help="SIPp callers' UDP mode: u1 one socket per caller, un one per call (spreads"
+        " one caller's calls over the workers; SIPp spends more CPU)",
     )
     e.add_argument(
         "--extra-path",
