@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suite and `make run` use as real peers:
 # SIPp (package sip-tester), mosquitto (+ clients), redis-server, chromium (wallboard test),
 # and two real softphones for tests/softphones: baresip (baresip-core), linphonec (linphone-cli);
-# socat: TLS relays for SIPp, whose Debian build has no TLS (tests/callpath/test_sipp_tls.py).
+# socat: TLS relays for SIPp, whose Debian build has no TLS (tests/callpath/test_sipp_tls.py);
+# kamailio: the cluster's load balancer (examples/cluster/, tests/cluster/), run in the foreground.
 # Idempotent: does nothing when every tool is already on PATH.
 set -euo pipefail
 
@@ -15,7 +16,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)
 command -v socat >/dev/null 2>&1 || need+=(socat)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)  # test PKI for the TLS tests (tests/tls_certs.py)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)  # test PKI for the TLS tests (tests/tls_certs.py)
 # mosquitto and redis-server install to /usr/sbin on Debian; look there too.
 for pair in "mosquitto:/usr/sbin/mosquitto" "redis-server:/usr/bin/redis-server"; do
   pkg=${pair%%:*}; path=${pair#*:}
@@ -40,3 +42,12 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 # The packages start system services on install on some machines; the tests start
 # their own instances on free ports and never use the system ones.
+# kamailio's package enables a system service on 5060: the tests and examples/cluster run
+# their own in the foreground, so stop and disable it where an init system runs.
+if printf '%s\n' "${need[@]}" | grep -qx kamailio; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now kamailio >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/kamailio ]; then
+    $SUDO /etc/init.d/kamailio stop >/dev/null 2>&1 || true
+  fi
+fi
