@@ -1,0 +1,319 @@
+"""Memory per 1,000 calls in flight, in one process (issue 17 item 4).
+
+Drives the real :class:`gateway.callpath.element.Gateway` on memory transports the way
+``bench/callflow_cpu.py`` does (every policy on, JSON logs to /dev/null, the scripted
+SIPp-like carrier), but holds ``--calls`` calls up at once: one agent per card, each
+placing ``--calls / --cards`` calls in parallel (407, INVITE with digest, 180, 200, ACK).
+Three moments are measured, each after a full ``gc.collect()``:
+
+1. **talking**: every call answered and not hung up — what a call in progress costs
+   (call object, both dialogs, reservation, write-ahead row, bindings);
+2. **ended, in Timers**: every call hung up (BYE → 200 on both legs), before Timers
+   J/K/L/M (64*T1) have fired — what RFC 3261/6026 make a finished call keep for
+   retransmissions, the price of a call rate (kept for 32 s at T1 = 0.5 s);
+3. **after the timers**: what stays once every transaction has ended (per-day callee
+   sets per card, counters; the parser's bounded memos of URIs and name-addrs fill up to
+   their fixed size on the first few thousand distinct values; CDRs are on disk).
+
+Each figure is the growth over the baseline (agents registered, nothing called) per
+1,000 calls, as RSS (``/proc/self/statm``; freed memory stays in the allocator's arenas
+for reuse, so RSS does not go down after the timers) or, with ``--trace``, as tracemalloc's traced bytes of the
+gateway's own allocations (traces with a frame under ``gateway/`` or ``policies/``
+and none under ``bench/``: the scripted peers' messages are not counted). The top
+allocation lines of the "talking" and "in Timers" states are printed.
+
+    .venv/bin/python bench/inflight_memory.py --calls 2000
+    .venv/bin/python bench/inflight_memory.py --calls 1000 --top 15
+
+Asserts nothing; exits non-zero when calls fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import e2e  # bench/ is not a package: found through sys.path above
+from callflow_cpu import GW, HOST, SDP_A, Carrier, PeerClock, in_process_gateway
+from memory_soak import forget_sent, subscribe_run
+
+from gateway.sip import Request, Response
+from gateway.sip.digest import DigestClient
+from gateway.transport.memory import MemoryNetwork, MemoryTransport
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+class ParallelAgent:
+    """One agent (one card) holding several calls at once, keyed by Call-ID."""
+
+    def __init__(self, net: MemoryNetwork, index: int, clock: PeerClock) -> None:
+        self.user = f"agent{index:03d}"
+        self.password = f"pw{index:03d}"
+        self.addr = (HOST, 20000 + index)
+        self.tp = MemoryTransport(self.on_message, self.addr, network=net)
+        self.clock = clock
+        self.seq = 0
+        self.calls: dict[str, dict[str, str]] = {}
+        self.done: Counter[str] = Counter()
+
+    def _via(self) -> str:
+        self.seq += 1
+        return f"SIP/2.0/UDP {HOST}:{self.addr[1]};branch=z9hG4bK{self.user}-{self.seq}"
+
+    def register(self, auth: tuple[str, str] | None = None) -> None:
+        headers = [
+            ("Via", self._via()),
+            ("From", f"<sip:{self.user}@{HOST}>;tag=r{self.user}"),
+            ("To", f"<sip:{self.user}@{HOST}>"),
+            ("Call-ID", f"reg-{self.user}"),
+            ("CSeq", f"{1 if auth is None else 2} REGISTER"),
+            ("Contact", f"<sip:{self.user}@{HOST}:{self.addr[1]}>"),
+            ("Expires", "3600"),
+            ("Max-Forwards", "70"),
+        ]
+        if auth is not None:
+            headers.append(auth)
+        self.tp.send(Request("REGISTER", f"sip:{HOST}:{GW[1]}", headers), GW)
+
+    def call(self, callee: str, n: int) -> None:
+        with self.clock:
+            call_id = f"{n}-{self.user}@inflight"
+            self.calls[call_id] = {"callee": callee, "tag": f"t{n}", "state": "1"}
+            self.tp.send(self._invite(call_id, None), GW)
+
+    def _invite(self, call_id: str, auth: tuple[str, str] | None) -> Request:
+        c = self.calls[call_id]
+        ruri = f"sip:{c['callee']}@{HOST}:{GW[1]}"
+        headers = [
+            ("Via", self._via()),
+            ("From", f"<sip:{self.user}@{HOST}>;tag={c['tag']}"),
+            ("To", f"<{ruri}>"),
+            ("Call-ID", call_id),
+            ("CSeq", f"{1 if auth is None else 2} INVITE"),
+            ("Contact", f"<sip:{self.user}@{HOST}:{self.addr[1]}>"),
+        ]
+        if auth is not None:
+            headers.append(auth)
+        headers += [
+            ("Max-Forwards", "70"),
+            ("X-Campaign", "bench"),
+            ("Content-Type", "application/sdp"),
+        ]
+        return Request("INVITE", ruri, headers, SDP_A)
+
+    def _in_dialog(self, call_id: str, method: str, cseq: int) -> Request:
+        c = self.calls[call_id]
+        headers = [
+            ("Via", self._via()),
+            ("From", f"<sip:{self.user}@{HOST}>;tag={c['tag']}"),
+            ("To", c["to"]),
+            ("Call-ID", call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Contact", f"<sip:{self.user}@{HOST}:{self.addr[1]}>"),
+            ("Max-Forwards", "70"),
+        ]
+        return Request(method, c["target"], headers)
+
+    def hang_up_all(self) -> None:
+        with self.clock:
+            for call_id, c in self.calls.items():
+                if c["state"] == "up":
+                    c["state"] = "bye"
+                    self.tp.send(self._in_dialog(call_id, "BYE", 3), GW)
+
+    def on_message(self, msg: Request | Response, source: object, tp: object) -> None:
+        with self.clock:
+            self._on_message(msg)
+
+    def _on_message(self, msg: Request | Response) -> None:
+        if not isinstance(msg, Response):
+            return
+        method = msg.cseq.method
+        if method == "REGISTER":
+            if msg.status == 401:
+                digest = DigestClient(self.user, self.password)
+                digest.handle_challenge(401, msg.headers.get_all("WWW-Authenticate"))
+                value = digest.authorization("REGISTER", f"sip:{HOST}:{GW[1]}")
+                assert value is not None
+                self.register(value)
+            else:
+                self.done[f"register-{msg.status}"] += 1
+            return
+        call_id = msg.call_id
+        c = self.calls.get(call_id)
+        if c is None:
+            return
+        if method == "INVITE" and msg.status == 407 and msg.cseq.seq == 1:
+            ack_headers = [
+                ("Via", msg.headers.get("Via") or ""),
+                ("From", msg.headers.get("From") or ""),
+                ("To", msg.headers.get("To") or ""),
+                ("Call-ID", call_id),
+                ("CSeq", "1 ACK"),
+                ("Max-Forwards", "70"),
+            ]
+            self.tp.send(Request("ACK", f"sip:{c['callee']}@{HOST}:{GW[1]}", ack_headers), GW)
+            digest = DigestClient(self.user, self.password)
+            digest.handle_challenge(407, msg.headers.get_all("Proxy-Authenticate"))
+            value = digest.authorization("INVITE", f"sip:{c['callee']}@{HOST}:{GW[1]}")
+            assert value is not None
+            self.tp.send(self._invite(call_id, value), GW)
+        elif method == "INVITE" and msg.status == 200 and c["state"] == "1":
+            c["state"] = "up"
+            c["target"] = str(msg.contact[0].uri)
+            c["to"] = msg.headers.get("To") or ""
+            self.tp.send(self._in_dialog(call_id, "ACK", 2), GW)
+            self.done["answered"] += 1
+        elif method == "INVITE" and msg.status >= 300:
+            self.done[f"invite-{msg.status}"] += 1
+            c["state"] = "failed"
+        elif method == "BYE":
+            self.done[f"bye-{msg.status}"] += 1
+            c["state"] = "done"
+
+
+def gateway_filter() -> list[tracemalloc.Filter]:
+    """Traces caused by the gateway (a frame in gateway/ or policies/), not by the peers."""
+    return [
+        tracemalloc.Filter(False, "*/bench/*", all_frames=True),
+        tracemalloc.Filter(False, tracemalloc.__file__),
+    ]
+
+
+def gateway_bytes(snap: tracemalloc.Snapshot) -> int:
+    """Traced bytes whose stack has a frame in the gateway's own code."""
+    total = 0
+    for trace in snap.filter_traces(gateway_filter()).traces:
+        if any(("/gateway/" in f.filename or "/policies/" in f.filename) for f in trace.traceback):
+            total += trace.size
+    return total
+
+
+async def pump(net: MemoryNetwork, seconds: float) -> None:
+    """Deliver messages and let the gateway's timers run for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        moved = net.flush()
+        await asyncio.sleep(0.01)
+        moved += net.flush()
+        if not moved and time.monotonic() >= deadline:
+            break
+    forget_sent(net)
+
+
+async def run(ns: argparse.Namespace) -> int:
+    args = e2e.build_parser().parse_args(
+        ["e2e", "--dnc", str(ns.dnc), "--consent", str(ns.calls), "--cards", str(ns.cards)]
+    )
+    template, _ = e2e.build_template(args)
+    numbers = e2e.consent_numbers(ns.calls)
+    workdir = Path(tempfile.mkdtemp(prefix="dialgate-inflight-"))
+    try:
+        gw, net, sink = in_process_gateway(
+            template, workdir, cards=ns.cards, t1=ns.t1, log_level="info", prepare=subscribe_run
+        )
+        clock = PeerClock()
+        _carrier = Carrier(net, clock)
+        agents = [ParallelAgent(net, i, clock) for i in range(ns.cards)]
+        for a in agents:
+            a.register()
+        await pump(net, 0.2)
+        if ns.trace:
+            tracemalloc.start(ns.frames)
+
+        def measure() -> tuple[int, int, tracemalloc.Snapshot | None]:
+            gc.collect()
+            if not ns.trace:
+                return rss_bytes(), 0, None
+            snap = tracemalloc.take_snapshot()
+            return rss_bytes(), gateway_bytes(snap), snap
+
+        base_rss, base_traced, base_snap = measure()
+        for n in range(ns.calls):
+            agents[n % len(agents)].call(numbers[n], n)
+            if n % 200 == 199:
+                await pump(net, 0.0)
+        await pump(net, 0.3)
+        answered = sum(a.done["answered"] for a in agents)
+        talk_rss, talk_traced, talk_snap = measure()
+        assert gw.b2bua is not None
+        in_progress = len(gw.b2bua.calls)
+        txns_talking = len(gw.endpoint.layer)
+        for a in agents:
+            a.hang_up_all()
+        await pump(net, 0.2)  # BYE/200 on both legs, well inside 64*T1
+        byes = sum(a.done["bye-200"] for a in agents)
+        txns_ended = len(gw.endpoint.layer)
+        end_rss, end_traced, end_snap = measure()
+        await pump(net, 64 * ns.t1 + 1.0)
+        txns_after = len(gw.endpoint.layer)
+        after_rss, after_traced, _ = measure()
+        if ns.trace:
+            tracemalloc.stop()
+
+        per = 1000 / max(ns.calls, 1)
+        print(
+            f"calls {ns.calls} in flight on {ns.cards} cards: answered {answered}, "
+            f"BYE 200 {byes}; calls held {in_progress}; transactions: talking {txns_talking}, "
+            f"just ended {txns_ended}, after timers {txns_after}"
+        )
+        what = "traced (tracemalloc)" if ns.trace else "RSS"
+        for label, rss, traced in (
+            ("talking", talk_rss, talk_traced),
+            ("ended, in Timers J/K/L/M", end_rss, end_traced),
+            ("after the timers", after_rss, after_traced),
+        ):
+            grown = (traced - base_traced) if ns.trace else (rss - base_rss)
+            print(f"in flight {label}: {what} {grown * per / 1e6:.2f} MB per 1,000 calls")
+        if not ns.trace:
+            print("(run with --trace for the gateway's own allocations by line)")
+        for label, snap in (("talking", talk_snap), ("ended, in Timers", end_snap)):
+            if snap is None or base_snap is None:
+                continue
+            print(f"\ntop gateway allocations, {label} vs baseline (tracemalloc, by line):")
+            stats = snap.filter_traces(gateway_filter()).compare_to(
+                base_snap.filter_traces(gateway_filter()), "lineno"
+            )
+            for stat in stats[: ns.top]:
+                print(f"  {stat}")
+        await gw.close(log_stats=False)
+        sink.close()
+        return 0 if answered == ns.calls and byes == ns.calls else 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls held up at once")
+    parser.add_argument("--cards", type=int, default=100, help="agents, one card each")
+    parser.add_argument("--t1", type=float, default=0.5, help="SIP T1 (Timers are 64*T1)")
+    parser.add_argument("--dnc", type=int, default=100_000)
+    parser.add_argument("--trace", action="store_true", help="tracemalloc instead of RSS")
+    parser.add_argument("--frames", type=int, default=12, help="tracemalloc frames per trace")
+    parser.add_argument("--top", type=int, default=12)
+    ns = parser.parse_args()
+    sys.exit(asyncio.run(run(ns)))
+
+
+if __name__ == "__main__":
+    main()
