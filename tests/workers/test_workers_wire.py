@@ -8,15 +8,18 @@ from its ``call.b_leg`` log line (every line of a worker carries ``worker``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.app import WORKER_CARD_SYNC
 from gateway.store import SQLiteStore
 from simulator.testkit import Message, wait_until
 from tests.policy_sipp.conftest import (
@@ -301,3 +304,32 @@ def _alive(pid: int) -> bool:
 
 def _branch(message: Message) -> str:
     return (message.header("Via") or "").split(";branch=")[1].split(";")[0]
+
+
+def test_a_suspension_in_worker_0_is_honoured_by_worker_1(
+    tmp_path: Path, processes: list[Any]
+) -> None:
+    """Card c1 (first choice) suspended through worker 0's admin API: within the sync
+    bound every call of both workers goes out on c2."""
+    carrier = start_carrier(tmp_path / "carrier", timeout=90)
+    processes.append(carrier)
+    ws = start_workers(tmp_path, gateway_toml(carrier.port, cards=2))
+    processes.append(ws.gw)
+    target = ws.gw.addresses["udp"]
+    register_alice(target, tmp_path / "register")
+    body = json.dumps({"reason": "maintenance"}).encode()
+    request = urllib.request.Request(f"{ws.admin()}/cards/c1/suspend", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert 200 == resp.status
+    time.sleep(2 * WORKER_CARD_SYNC + 0.5)  # the bound: each worker adopts every second
+    work = tmp_path / "agent"
+    agent = start_agents(target, work, numbers("0005", 20), rate=20, hold_ms=100, timeout=30)
+    processes.append(agent)
+    result = finish_agent(agent, work, bound=40)
+    assert (20, 0) == (result.successful, result.failed), result.stats
+    assert {0, 1} == set(ws.per_worker("call.b_leg")), ws.per_worker("call.b_leg")
+    cards_used = {str(e["card"]) for e in ws.gw.events("call.b_leg")}
+    assert {"c2"} == cards_used
+    senders = {(m.header("From") or "").split(">")[0] for m in carrier.invites()}
+    assert {"<sip:+8613800000002@127.0.0.1"} == senders
