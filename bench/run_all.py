@@ -4,6 +4,9 @@ Runs, each as a subprocess with its output shown as it comes:
 
 1. ``bench/bench_sip.py`` — SIP parse and parse+serialize µs per INVITE and
    200 OK, with the ratio to sipmessage's parse (when installed);
+1b. ``bench/callflow_cpu.py`` — the gateway's CPU per call in one process (every
+   policy on, memory transports, scripted SIPp-like peers), and whether the SIP core
+   ran compiled (mypyc) or as pure Python;
 2. ``bench/bench_policies.py`` — DNC load time and RSS, DNC lookups, policy
    decisions and card selection (sticky card / switching over every card)
    p50/p99 (``--quick``: 1M DNC numbers, 10k consent records, 100 cards, 5k
@@ -19,15 +22,19 @@ Runs, each as a subprocess with its output shown as it comes:
 6. ``bench/memory_soak.py`` — calls to distinct numbers through the gateway
    in one process: the soak curve (calls vs RSS) and the RSS growth per call
    at steady state, after the warm-up (target < 1 kB; ``--quick``: 8,000
-   calls instead of 30,000).
+   calls instead of 30,000);
+7. ``bench/inflight_memory.py`` — memory per 1,000 calls in flight: talking, just
+   ended (held in Timers J/K/L/M) and after the timers;
+8. ``bench/e2e.py e2e --workers 2`` — the same ramp through ``dialgate run --workers 2``
+   on one SIP port (SIPp with a socket per call so calls spread over the workers).
 
-Steps 4-5 need SIPp (Debian sip-tester); a missing SIPp skips them with a
+Steps 4, 5 and 8 need SIPp (Debian sip-tester); a missing SIPp skips them with a
 note. ``--quick`` (or ``DIALGATE_BENCH_QUICK=1``) shortens every step and
 bounds the whole run by ``--budget`` seconds (default 300 in quick mode): a
 step that would run past it is stopped and reported as cut short (the first
 run also builds the 1M-number database cache once, outside that budget's
 intent: about 20 s). ``--only NAME,...`` picks steps (sip, policies, micro,
-leads, soak, ceiling, e2e). Results are also written as JSON to ``--out`` (default
+leads, soak, ceiling, e2e, cpu, inflight, workers). Results are also written as JSON to ``--out`` (default
 ``var/bench``). Run:
 
     .venv/bin/python bench/run_all.py --quick
@@ -53,7 +60,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
-STEPS = ("sip", "policies", "micro", "leads", "soak", "ceiling", "e2e")
+STEPS = (
+    "sip",
+    "cpu",
+    "policies",
+    "micro",
+    "leads",
+    "soak",
+    "inflight",
+    "ceiling",
+    "e2e",
+    "workers",
+)
 
 
 def run(name: str, cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
@@ -130,6 +148,14 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
             if found.group(4):
                 text += f"; sipmessage parse {found.group(3)} µs (ratio {found.group(4)}x)"
             out.append(text)
+    cpu = results.get("cpu", {}).get("output", "")
+    per_call = grab(r"^gateway CPU per call: ([\d.]+ ms)", cpu)
+    if per_call:
+        core = grab(r"^SIP core: (.*)$", cpu)
+        out.append(
+            f"gateway CPU per call (one process, every policy on): {per_call}"
+            + (f"; SIP core {core}" if core else "")
+        )
     pol = results.get("policies", {}).get("output", "")
     if pol:
         size = grab(r"for ([\d,]+) lines", pol)
@@ -155,12 +181,12 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
         found = grab(rf"^leads {label}: (.*)$", leads)
         if found:
             out.append(f"leads checked ({label}): {found}")
-    for mode in ("ceiling", "e2e"):
+    for mode in ("ceiling", "e2e", "workers"):
         data = results.get(mode, {}).get("json")
         if not data:
             continue
         rows = data.get("rows", [])
-        kinds = {"ceiling": ("direct",), "e2e": ("e2e", "e2e+uvloop")}[mode]
+        kinds = {"ceiling": ("direct",), "e2e": ("e2e", "e2e+uvloop"), "workers": ("e2e",)}[mode]
         clean = [
             r
             for r in rows
@@ -176,8 +202,9 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
         if best is None:
             out.append(f"{mode}: no step without failures")
             continue
+        label = {"e2e": "e2e, one process", "workers": "e2e, --workers 2"}.get(mode, mode)
         text = (
-            f"{mode}: highest rate with zero failed calls"
+            f"{label}: highest rate with zero failed calls"
             f"{' sustained (≥ 90% placed)' if sustained else ''} {best['offered_cps']:g} CPS "
             f"({best['ok']} calls, {best['measured_cps']:g} CPS placed), INVITE→200 p50 "
             f"{best['rt_p50_ms']} ms, p99 {best['rt_p99_ms']} ms"
@@ -229,6 +256,13 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"memory soak (distinct callees): RSS growth {steady.group(3)} B/call at steady "
                 f"state (calls {steady.group(1)}→{steady.group(2)}; target < 1024)"
             )
+    inflight = results.get("inflight", {}).get("output", "")
+    figures = re.findall(r"^in flight (.*?): RSS ([\d.]+) MB per 1,000 calls", inflight, re.M)
+    if figures:
+        out.append(
+            "memory per 1,000 calls in flight (RSS): "
+            + ", ".join(f"{label} +{mb} MB" for label, mb in figures)
+        )
     for name, res in results.items():
         if res.get("skipped"):
             out.append(f"{name}: skipped ({res['skipped']})")
@@ -303,6 +337,36 @@ def main() -> int:
             ),
             2400,
         ),
+        "cpu": (
+            [PY, str(BENCH / "callflow_cpu.py"), "--calls", "1000" if quick else "3000"],
+            600,
+        ),
+        "inflight": (
+            [PY, str(BENCH / "inflight_memory.py"), "--calls", "1000" if quick else "3000"],
+            600,
+        ),
+        "workers": (
+            [
+                PY,
+                str(BENCH / "e2e.py"),
+                "e2e",
+                "--workers",
+                "2",
+                "--sipp-transport",
+                "un",
+                "--callers",
+                "8",
+                "--no-direct",
+                "--json",
+                str(args.out / "workers.json"),
+            ]
+            + (
+                ["--rates", "200,400,600", "--seconds", "4"]
+                if quick
+                else ["--rates", "400,600,800,1000,1200", "--seconds", "10"]
+            ),
+            2400,
+        ),
         "soak": (
             [PY, str(BENCH / "memory_soak.py")]
             + (
@@ -321,7 +385,7 @@ def main() -> int:
         if name not in plan:
             print(f"unknown step {name!r} (known: {', '.join(STEPS)})")
             return 2
-        if name in ("ceiling", "e2e") and not have_sipp:
+        if name in ("ceiling", "e2e", "workers") and not have_sipp:
             results[name] = {"skipped": "sipp not installed (Debian package sip-tester)"}
             continue
         cmd, timeout = plan[name]
@@ -334,7 +398,7 @@ def main() -> int:
         code, output, seconds = run(name, cmd, args.out / f"{name}.log", timeout)
         results[name] = {"code": code, "output": output, "seconds": round(seconds, 1)}
         json_path = args.out / f"{name}.json"
-        if name in ("ceiling", "e2e") and json_path.exists():
+        if name in ("ceiling", "e2e", "workers") and json_path.exists():
             results[name]["json"] = json.loads(json_path.read_text())
     lines = summary_lines(results)
     if quick:
