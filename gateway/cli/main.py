@@ -303,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Subcommands that live in their own modules register themselves on import;
 # they import ``command`` from here, so they are loaded after it is defined.
+from gateway.cli import cluster as _cli_cluster  # noqa: E402,F401  ("cluster status")
 from gateway.cli import leads as _cli_leads  # noqa: E402,F401  ("leads check")
 from gateway.cli import operator as _cli_operator  # noqa: E402,F401  (cards, dnc, consent, complaint, cdrs, alerts)
 from gateway.cli import security as _cli_security  # noqa: E402,F401  ("security bans")

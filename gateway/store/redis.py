@@ -145,6 +145,7 @@ if TYPE_CHECKING:
     from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
+    "HEARTBEAT_TTL",
     "UNCERTAIN_SECONDS",
     "CardStateRecord",
     "MirroredLedger",
@@ -431,6 +432,8 @@ local prefix, call_id, mode, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local answered, talk_s, short, failed = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl, w, only_node = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local channel, want = ARGV[12], ARGV[13] == '1'
+-- a live node's reservations are never orphaned by another (its heartbeat decides)
+if ARGV[14] ~= '' and redis.call('EXISTS', ARGV[14]) == 1 then return {'NONE'} end
 
 local f = redis.call('HMGET', K_call, 'card', 'callee', 'start', 'node', 'seq', 'day')
 local card, callee, start_s, node, seq, day_key = f[1], f[2], f[3], f[4], f[5], f[6]
@@ -567,6 +570,28 @@ end
 return out
 """
 
+
+# A node's heartbeat: its liveness key (short TTL), its description (kept a day, for
+# the operator after it died), its name in the registry; returns the registered nodes
+# whose liveness key has expired.
+_LUA_HEARTBEAT = r"""
+local K_alive, K_info, K_nodes, K_open = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, node, ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local calls = redis.call('SCARD', K_open)
+redis.call('SET', K_alive, ARGV[7], 'EX', ttl)
+redis.call('HSET', K_info, 'node', node, 'address', ARGV[5], 'started_at', ARGV[6],
+           'at', ARGV[7], 'calls', calls, 'ttl', ttl)
+redis.call('EXPIRE', K_info, keep)
+redis.call('SADD', K_nodes, node)
+redis.call('EXPIRE', K_nodes, keep)
+local dead = {}
+for _, other in ipairs(redis.call('SMEMBERS', K_nodes)) do
+  if redis.call('EXISTS', prefix .. ':nodes:' .. other .. ':alive') == 0 then
+    dead[#dead + 1] = other
+  end
+end
+return dead
+"""
 
 # --- plain data ----------------------------------------------------------------------
 
@@ -750,6 +775,12 @@ UNCERTAIN_SECONDS = 60.0
 #: How often (caller's clock) the periodic sync renews the TTL of the shared card states.
 STATE_TOUCH_SECONDS = 3600.0
 
+#: Seconds a node's heartbeat (renewed by every 2 s sync) keeps it alive.
+HEARTBEAT_TTL = 6
+
+#: Seconds a node's description stays readable after its last heartbeat.
+NODE_INFO_SECONDS = 86400
+
 
 def _unreachable(exc: StoreUnavailable) -> bool:
     """Whether Redis was not reached or did not answer (as opposed to refusing a command)."""
@@ -820,6 +851,10 @@ class RedisStore:
         self._read = client.register_script(_LUA_READ)
         self._rehydrate = client.register_script(_LUA_REHYDRATE)
         self._put_state = client.register_script(_LUA_PUT_STATE)
+        self._heartbeat = client.register_script(_LUA_HEARTBEAT)
+        #: This node as the heartbeat describes it (``from_settings``: its SIP listeners).
+        self.address = ""
+        self.started_at: float | None = None  # the first heartbeat's ``now``
         self._states = client.register_script(_LUA_STATES)
         # The last card_states() answer: (card ids, states version, states).
         self._states_last: tuple[tuple[str, ...], str, dict[str, CardStateRecord]] = ((), "", {})
@@ -1227,6 +1262,7 @@ class RedisStore:
         short: bool = False,
         failed: bool = False,
         only_node: str = "",
+        unless_alive: str = "",
     ) -> str | None:
         epoch = self.cache.ready() if not only_node else None
         with self._guard():
@@ -1246,6 +1282,7 @@ class RedisStore:
                     only_node,
                     self.channel,
                     "1" if epoch is not None else "0",
+                    unless_alive,
                 ],
             )
         if reply[0] == b"NONE":
@@ -1330,6 +1367,106 @@ class RedisStore:
             with self._guard():
                 self.client.srem(self._open_key(), *stale)
         return count
+
+    # --- node heartbeats ------------------------------------------------------------
+
+    def _alive_key(self, node: str) -> str:
+        return f"{self.prefix}:nodes:{node}:alive"
+
+    def _info_key(self, node: str) -> str:
+        return f"{self.prefix}:nodes:{node}:info"
+
+    def heartbeat(self, now: float, *, ttl: int = HEARTBEAT_TTL) -> list[str]:
+        """Renew this node's liveness (``ttl`` seconds) and description; the dead nodes.
+
+        The description: name, SIP address, started_at, the time of this beat and
+        the calls in progress (open reservations). Returns the registered nodes
+        whose liveness expired (their reservations are :meth:`reap`'s). Raises
+        StoreUnavailable.
+        """
+        if self.started_at is None:
+            self.started_at = now
+        with self._guard():
+            dead = self._heartbeat(
+                keys=[
+                    self._alive_key(self.node),
+                    self._info_key(self.node),
+                    f"{self.prefix}:nodes",
+                    self._open_key(),
+                ],
+                args=[
+                    self.prefix,
+                    self.node,
+                    ttl,
+                    NODE_INFO_SECONDS,
+                    self.address,
+                    repr(self.started_at),
+                    repr(now),
+                ],
+            )
+        return sorted(d.decode() for d in dead if d.decode() != self.node)
+
+    def reap(self, node: str, now: float) -> int:
+        """Orphan a dead node's open reservations (still counted as starts, no longer in use).
+
+        Each close checks, atomically, that ``node``'s heartbeat is still gone: a
+        node that came back keeps its calls. Once none is left the node leaves
+        the registry (its description stays for the operator). Returns how many
+        were orphaned. Raises StoreUnavailable.
+        """
+        if node == self.node:
+            return 0
+        open_key = f"{self.prefix}:node:{node}:open"
+        alive = self._alive_key(node)
+        with self._guard():
+            call_ids = [m.decode() for m in self.client.smembers(open_key)]
+        count = 0
+        for call_id in sorted(call_ids):
+            if self._run_close(call_id, "orphan", now, only_node=node, unless_alive=alive):
+                count += 1
+        with self._guard():
+            if self.client.exists(alive):
+                return count
+            left = [m.decode() for m in self.client.smembers(open_key)]
+            stale = [c for c in left if not self.client.exists(self._call_key(c))]
+            if stale:
+                self.client.srem(open_key, *stale)
+            if len(stale) == len(left):
+                self.client.srem(f"{self.prefix}:nodes", node)
+        if count:
+            log.warning("cluster.node.reaped", node=node, orphaned=count, by=self.node)
+        return count
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node Redis knows of (registered or described in the last day), by name.
+
+        Each: ``node``, ``address``, ``started_at``, ``at`` (last heartbeat, the
+        node's clock), ``calls`` (open reservations then), ``alive`` (its
+        liveness key has not expired) and ``open`` (its reservations open now).
+        Raises StoreUnavailable.
+        """
+        with self._guard():
+            registered = {m.decode() for m in self.client.smembers(f"{self.prefix}:nodes")}
+            described = {
+                k.decode().removeprefix(f"{self.prefix}:nodes:").removesuffix(":info")
+                for k in self.client.scan_iter(match=f"{self.prefix}:nodes:*:info", count=500)
+            }
+            out = []
+            for node in sorted(registered | described):
+                raw = self.client.hgetall(self._info_key(node))
+                info = {k.decode(): v.decode() for k, v in raw.items()}
+                out.append(
+                    {
+                        "node": node,
+                        "address": info.get("address", ""),
+                        "started_at": _opt_float(raw.get(b"started_at")),
+                        "at": _opt_float(raw.get(b"at")),
+                        "calls": int(info.get("calls", "0")),
+                        "alive": bool(self.client.exists(self._alive_key(node))),
+                        "open": int(self.client.scard(f"{self.prefix}:node:{node}:open")),
+                    }
+                )
+        return out
 
     # --- rehydration after a Redis restart without persistence ----------------------
 
@@ -1677,6 +1814,7 @@ class SharedCardRepository:
         self.shared.keepalive()
         if not self.shared.settle(now):
             return []
+        self.beat(now)
         self._strict = True
         # The states' TTL is a month: renewing it hourly is plenty (not every 2 s).
         last = self._touched_at
@@ -1692,6 +1830,16 @@ class SharedCardRepository:
             self._touched_at = now
         self._touch = False
         return changed
+
+    def beat(self, now: float) -> None:
+        """This node's heartbeat, then the reservations of nodes whose heartbeat is gone
+        are orphaned (so a crashed node's calls do not stay "in use"); never raises."""
+        try:
+            dead = self.shared.heartbeat(now)
+            for node in dead:
+                self.shared.reap(node, now)
+        except StoreUnavailable as exc:
+            log.warning("cluster.heartbeat.failed", node=self.shared.node, error=str(exc))
 
     def close(self) -> None:
         """Close the Redis client (shared with the ledger; closing twice is harmless)."""
@@ -1736,6 +1884,7 @@ def from_settings(
         card_carriers={c.id: c.carrier for c in settings.cards},
         carrier_timezones={c.name: c.timezone for c in settings.carriers},
     )
+    shared.address = ",".join(str(spec) for spec in settings.sip.listen)
     if store is not None:
         shared.facts = sqlite_facts(store, shared.timezone)
     return shared

@@ -281,6 +281,7 @@ class Cluster:
     dbs: list[Path]
     redis: RedisServer
     carrier_port: int
+    ports: list[int]
 
     def stop(self) -> None:
         """Stop every process by PID; each node's log is left beside its database."""
@@ -314,7 +315,7 @@ def start_cluster(
         for node in nodes:
             node.stop()
         raise
-    return Cluster(lb, nodes, dbs, redis, carrier_port)
+    return Cluster(lb, nodes, dbs, redis, carrier_port, ports)
 
 
 def wait_nodes_up(lb: Kamailio, timeout: float = 15.0) -> None:
@@ -334,6 +335,22 @@ def sqlite_rows(db: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
         return list(con.execute(query, args))
     finally:
         con.close()
+
+
+def cluster_status(node: DialgateProcess) -> Any:
+    """``dialgate cluster status --json`` with the node's configuration (exit 1 when one is down)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
+    out = subprocess.run(
+        [*dialgate_command(), "cluster", "status", "--config", str(node.config), "--json"],
+        env=env,
+        cwd=node.config.parent,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode in (0, 1), out.stderr.decode(errors="replace")
+    return json.loads(out.stdout)
 
 
 def cards_json(node: DialgateProcess, *args: str) -> Any:

@@ -35,6 +35,7 @@ from .conftest import (
     NODE_HOSTS,
     SIPP_DIR,
     cards_json,
+    cluster_status,
     free_udp_port_on,
     kill9,
     sqlite_rows,
@@ -120,6 +121,15 @@ def redis_starts(url: str, card: str) -> int:
     client = redis.Redis.from_url(url)
     try:
         return int(client.zcard(f"dialgate:card:{card}:starts"))
+    finally:
+        client.close()
+
+
+def redis_in_use(url: str, card: str) -> int:
+    """The card's open reservations in Redis (calls in use, every node's)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.hlen(f"dialgate:card:{card}:inuse"))
     finally:
         client.close()
 
@@ -234,6 +244,14 @@ def test_a_node_killed_mid_load_loses_no_cdr_and_no_counter(
                 cdrs[call_id] = outcome
         missing = [cid for cid in finished if cid not in cdrs]
         assert [] == missing, (missing, sorted(cdrs)[:5])
+        # The live node saw the dead one's heartbeat expire and orphaned its open
+        # reservations: nothing stays "in use" on the card, and the starts still count.
+        wait_until(lambda: 0 == redis_in_use(redis_cluster_server.url, "c1"), 20, "in use 0")
+        assert redis_starts(redis_cluster_server.url, "c1") >= after
+        status = cluster_status(cluster.nodes[1])
+        states = {n["address"]: n["state"] for n in status["nodes"]}
+        assert "down" == states[f"udp:{NODE_HOSTS[0]}:{cluster.ports[0]}"], status
+        assert "up" == states[f"udp:{NODE_HOSTS[1]}:{cluster.ports[1]}"], status
     finally:
         cluster.stop()
         carrier.stop()
