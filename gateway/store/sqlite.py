@@ -378,7 +378,28 @@ _MIGRATIONS += (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        13,
+        (
+            # A counter per card, raised in the transaction of every change to its
+            # call_starts rows: a process whose file another process wrote to
+            # (PRAGMA data_version) rebuilds only the cards whose counter moved, not
+            # every card (the workers of `dialgate run --workers N` write all the time).
+            """CREATE TABLE card_usage_versions (
+                card TEXT PRIMARY KEY,
+                version INTEGER NOT NULL
+            )""",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_BUMP = (
+    "INSERT INTO card_usage_versions (card, version) VALUES (?, 1) "
+    "ON CONFLICT(card) DO UPDATE SET version=version+1 RETURNING version"
+)
 
 # A number's latest frequency-history reset (0 when never), as an SQL expression.
 _RESET_AT = "COALESCE((SELECT at FROM number_resets WHERE number=?), 0)"
@@ -421,6 +442,8 @@ class _CardCounters:
     window: list[tuple[float, int, CallOutcome]]
     memo: CardUsage | None = None
     memo_from: int = -1
+    #: The card's ``card_usage_versions`` counter these counters reflect.
+    version: int = 0
 
     def usage(self, now: float) -> CardUsage:
         """``CardUsage`` at ``now`` (same carrier day); memoized until the next change."""
@@ -673,11 +696,22 @@ class SQLiteStore:
             raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     def _sync(self, db: sqlite3.Connection) -> None:
-        """Forget the running counters when another connection committed since last time."""
+        """Forget the running counters of the cards whose rows another connection changed
+        since last time (their ``card_usage_versions`` counter moved)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
             self._data_version = version
-            self._cards_usage.clear()
+            if not self._cards_usage:
+                return
+            current = dict(db.execute("SELECT card, version FROM card_usage_versions").fetchall())
+            for card, counters in list(self._cards_usage.items()):
+                if current.get(card, 0) != counters.version:
+                    del self._cards_usage[card]
+
+    @staticmethod
+    def _bump(cur: sqlite3.Cursor, card: str) -> int:
+        """Raise the card's change counter (inside the write); its new value."""
+        return int(cur.execute(_BUMP, (card,)).fetchone()[0])
 
     def _owned(self) -> tuple[str, tuple[str, ...]]:
         """The SQL condition (and its parameters) on ``owner`` of the rows a restart of
@@ -890,11 +924,13 @@ class SQLiteStore:
                     "owner) VALUES (?,?,?,?,?,?,?)",
                     (call_id, card, callee, now, UsageStatus.RESERVED.value, agent, self.owner),
                 )
+                version = self._bump(cur, card)
         except StoreUnavailable:
             self._cards_usage.clear()
             raise
         if counters is not None and self._cards_usage.get(card) is counters:
             counters.started(float(now), callee)
+            counters.version = version
 
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
         """Undo the call's open reservation (failed before the callee was alerted).
@@ -930,16 +966,23 @@ class SQLiteStore:
         return str(rows[0][1])
 
     def _close(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """Run one UPDATE … RETURNING that closes a reservation; keep the counters honest."""
+        """Run one UPDATE … RETURNING that closes a reservation (its rows: rowid, card, …);
+        keep the counters honest."""
         try:
             with self._write() as db:
                 self._sync(db)
                 cur = db.cursor()
                 cur.row_factory = None
-                return cur.execute(sql, params).fetchall()
+                rows = cur.execute(sql, params).fetchall()
+                versions = {card: self._bump(cur, card) for card in {r[1] for r in rows}}
         except StoreUnavailable:
             self._cards_usage.clear()
             raise
+        for card, version in versions.items():
+            counters = self._cards_usage.get(card)
+            if counters is not None:
+                counters.version = version
+        return rows
 
     def finish(
         self,
@@ -1013,11 +1056,15 @@ class SQLiteStore:
         self._cards_usage.clear()
         owned, params = self._owned()
         with self._write() as db:
-            cur = db.execute(
-                f"UPDATE call_starts SET status=?, ended_at=? WHERE status=? AND {owned}",
+            cards = db.execute(
+                f"UPDATE call_starts SET status=?, ended_at=? WHERE status=? AND {owned} "
+                "RETURNING card",
                 (UsageStatus.ORPHANED.value, now, UsageStatus.RESERVED.value, *params),
-            )
-            return int(cur.rowcount)
+            ).fetchall()
+            cur = db.cursor()
+            for card in {str(r[0]) for r in cards}:
+                self._bump(cur, card)
+            return len(cards)
 
     def _timezone(self, db: sqlite3.Connection, card: str) -> str:
         row = db.execute("SELECT carrier FROM cards WHERE id=?", (card,)).fetchone()
@@ -1061,6 +1108,10 @@ class SQLiteStore:
         return counters
 
     def _load_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
+        # The change counter first: a commit landing between it and the rows below
+        # only costs one more rebuild, never a stale cache.
+        row = db.execute("SELECT version FROM card_usage_versions WHERE card=?", (card,)).fetchone()
+        version = 0 if row is None else int(row[0])
         tz = self._timezone(db, card)
         start, end = day_bounds(now, tz)
         lower = min(start, now - 3600.0)
@@ -1118,6 +1169,7 @@ class SQLiteStore:
                 )
                 for started, rowid, answered, seconds, failed, ended in reversed(recent)
             ],
+            version=version,
         )
 
     def usage(
@@ -1216,6 +1268,7 @@ class SQLiteStore:
                 "DELETE FROM call_starts WHERE started_at < ? AND status != ?",
                 (before, UsageStatus.RESERVED.value),
             )
+            db.execute("UPDATE card_usage_versions SET version=version+1")
             return int(cur.rowcount)
 
     def open_reservations(self) -> list[tuple[str, str]]:

@@ -270,3 +270,22 @@ def test_bindings_read_from_the_store_replace_the_remembered_ones() -> None:
     assert set() == registrar.take_changed()  # read, not to be written back
     registrar.replace("alice", [], NOW)
     assert [] == registrar.lookup("alice", NOW)
+
+
+def test_a_sibling_write_rebuilds_only_the_cards_it_changed(tmp_path: Path) -> None:
+    """Two workers on one file: a reservation by one makes the other rebuild that card's
+    counters (and see it), while its other cards' counters are kept (schema 13)."""
+    db = tmp_path / "gw.db"
+    with _open(db, "w0") as mine, _open(db, "w1") as sibling:
+        assert 0 == mine.card_usage("c1", NOW).in_use
+        assert 0 == mine.card_usage("c2", NOW).in_use
+        kept = mine._cards_usage["c1"]
+        sibling.reserve("c2", "s-1", "+8613900000001", NOW)
+        assert 1 == mine.card_usage("c2", NOW).in_use
+        assert kept is mine._cards_usage["c1"]
+        mine.reserve("c1", "m-1", "+8613900000002", NOW)
+        sibling.finish("s-1", NOW + 5, answered=True, talk_seconds=5)
+        usage = mine.card_usage("c2", NOW + 6)
+        assert 0 == usage.in_use
+        assert 1 == mine.card_usage("c1", NOW + 6).in_use
+        assert 1 == sibling.card_usage("c1", NOW + 6).in_use
