@@ -28,6 +28,7 @@ from simulator.testkit import (
     wait_until,
 )
 from tests.policy_sipp.conftest import SIPP_DIR as POLICY_SIPP
+from tests.policy_sipp.conftest import admin_get, admin_url
 from tests.redis.conftest import RedisServer
 
 from .conftest import (
@@ -252,6 +253,9 @@ def test_a_node_killed_mid_load_loses_no_cdr_and_no_counter(
         states = {n["address"]: n["state"] for n in status["nodes"]}
         assert "down" == states[f"udp:{NODE_HOSTS[0]}:{cluster.ports[0]}"], status
         assert "up" == states[f"udp:{NODE_HOSTS[1]}:{cluster.ports[1]}"], status
+        # The live node's admin API says the same.
+        shown = admin_get(admin_url(cluster.nodes[1]) + "/cluster")
+        assert states == {n["address"]: n["state"] for n in shown["nodes"]}, shown
     finally:
         cluster.stop()
         carrier.stop()

@@ -244,3 +244,14 @@ async def test_every_api_write_is_audited_with_its_actor(
     ] == [e.action for e in entries]
     assert {"api"} == {e.actor for e in entries}
     assert "8613800004444" not in str(entries) and "8613800006666" not in str(entries)
+
+
+async def test_cluster_is_404_without_redis(
+    server: AdminServer, http: aiohttp.ClientSession
+) -> None:
+    """``GET /cluster`` lists the nodes of a Redis cluster; a gateway without one has none."""
+    async with http.get(f"{server.url}/cluster", headers=AUTH) as resp:
+        assert 404 == resp.status
+        assert "redis" in (await resp.text())
+    async with http.get(f"{server.url}/openapi.json") as resp:
+        assert "/cluster" in (await resp.json())["paths"]

@@ -184,6 +184,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                     ),
                 )
             },
+            "/cluster": {
+                "get": _op(
+                    "the gateway nodes sharing [store] redis: up/down, address, calls in"
+                    " progress, open reservations, last heartbeat (404 without Redis)",
+                    _responses(
+                        _json(
+                            "nodes", {"type": "object", "properties": {"nodes": {"type": "array"}}}
+                        ),
+                        404,
+                    ),
+                )
+            },
             "/cards/{card}": {
                 "get": _op(
                     "one card with its record and timeline",

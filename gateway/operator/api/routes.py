@@ -190,6 +190,39 @@ async def list_cards(request: web.Request) -> web.Response:
     return web.json_response({"cards": _op(request).list_cards(_now(request))})
 
 
+async def cluster(request: web.Request) -> web.Response:
+    """The nodes sharing ``[store] redis``, from their heartbeats (404 without Redis, 503
+    while Redis does not answer): what ``dialgate cluster status`` prints."""
+    from gateway.operator.service import NotFound, shared_usage_view
+    from gateway.store import StoreUnavailable
+    from gateway.telemetry.events import iso_time
+
+    shared = shared_usage_view(_op(request).manager)
+    nodes_of = getattr(shared, "nodes", None)
+    if nodes_of is None:
+        raise NotFound("no cluster: [store] redis is not set")
+    try:
+        nodes = nodes_of()
+    except StoreUnavailable as exc:
+        return web.json_response({"error": "store-unavailable", "detail": str(exc)}, status=503)
+    return web.json_response(
+        {
+            "nodes": [
+                {
+                    "node": n["node"],
+                    "state": "up" if n["alive"] else "down",
+                    "address": n["address"],
+                    "started_at": iso_time(n["started_at"]),
+                    "last_heartbeat": iso_time(n["at"]),
+                    "calls": n["calls"] if n["alive"] else 0,
+                    "open_reservations": n["open"],
+                }
+                for n in nodes
+            ]
+        }
+    )
+
+
 async def show_card(request: web.Request) -> web.Response:
     """One card with record, appeals and timeline."""
     return web.json_response(_op(request).show_card(_card_id(request), _now(request)))
@@ -525,6 +558,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/cards", list_cards)
+    app.router.add_get("/cluster", cluster)
     app.router.add_get("/cards/{card}", show_card)
     app.router.add_patch("/cards/{card}/record", update_record)
     app.router.add_post("/cards/{card}/suspend", suspend)
