@@ -2,11 +2,16 @@
 PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+# The mypyc build of gateway/sip (scripts/build_native.py): redone when a source
+# changes; with no C compiler or DIALGATE_NATIVE=0 it prints a note and the
+# package runs as pure Python.
+NATIVE := $(VENV)/.native
+SIP_SOURCES := $(wildcard gateway/sip/*.py)
 CONFIG ?= examples/demo.toml
 
-.PHONY: install system-deps run test check bench clean
+.PHONY: install system-deps native run test check bench clean FORCE
 
-install: $(STAMP) system-deps
+install: $(STAMP) $(NATIVE) system-deps
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -17,6 +22,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+# DIALGATE_NATIVE=0 always runs the script (it removes an earlier build).
+$(NATIVE): $(STAMP) $(SIP_SOURCES) scripts/build_native.py $(if $(filter 0,$(DIALGATE_NATIVE)),FORCE)
+	@$(VENV)/bin/python scripts/build_native.py
+	@touch $(NATIVE)
+
+native: $(STAMP)
+	@$(VENV)/bin/python scripts/build_native.py --force
+	@touch $(NATIVE)
+
+FORCE:
 
 run: install
 	$(VENV)/bin/dialgate up --config $(CONFIG)
@@ -34,4 +50,5 @@ bench: install
 	$(VENV)/bin/python bench/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var build
+	rm -f gateway/sip/*.so gateway/sip/_native_manifest.json

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway import sip as sip_core
 from gateway.cli import base
 from gateway.cli.base import (
     COMMANDS,
@@ -233,7 +234,11 @@ async def _serve_until_signal(
         await ready.wait()
         fields = {} if worker is None else {"worker": worker.index}
         log.info(
-            "ready", listen=[str(s) for s in settings.sip.listen], version=__version__, **fields
+            "ready",
+            listen=[str(s) for s in settings.sip.listen],
+            version=__version__,
+            sip_core=sip_core.build_name(),
+            **fields,
         )
 
     announcer = asyncio.ensure_future(announce_ready())
@@ -263,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dialgate",
         description="SIP gateway for outbound call centers.",
     )
-    parser.add_argument("--version", action="version", version=f"dialgate {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"dialgate {__version__} (SIP core: {sip_core.build_name()})",
+    )
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, Any] = {}
     parsers: dict[str, argparse.ArgumentParser] = {}

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TypedDict
+from typing import Final, TypedDict
+
+from mypy_extensions import mypyc_attr
 
 from .errors import SIPError
 from .headers import NameAddr
@@ -51,11 +53,12 @@ __all__ = [
 
 #: Methods whose request and 2xx carry a Contact that replaces the remote target
 #: (RFC 3261 §12.2: re-INVITE; RFC 3311 UPDATE; RFC 6665 SUBSCRIBE/NOTIFY; RFC 3515 REFER).
-TARGET_REFRESH_METHODS = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
+TARGET_REFRESH_METHODS: Final = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 
-_SECURE_TRANSPORTS = frozenset({"TLS", "WSS", "TLS-SCTP"})
+_SECURE_TRANSPORTS: Final = frozenset({"TLS", "WSS", "TLS-SCTP"})
 
 
+@mypyc_attr(native_class=False)
 class DialogError(SIPError):
     """An in-dialog request the dialog refuses; ``status_code`` is the answer (500, 481...)."""
 
@@ -79,6 +82,12 @@ class DialogId:
     local_tag: str | None
     remote_tag: str | None
 
+    def __init__(self, call_id: str, local_tag: str | None, remote_tag: str | None) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "local_tag", local_tag)
+        object.__setattr__(self, "remote_tag", remote_tag)
+
     @classmethod
     def for_incoming_request(cls, request: Request) -> DialogId:
         """The id, as the UAS sees it, of the dialog a received request belongs to.
@@ -97,7 +106,7 @@ def _is_secure(request: Request) -> bool:
     """§12.1.1/§12.1.2: SIPS Request-URI and the request went over TLS."""
     if request.uri.scheme != "sips":
         return False
-    vias = request.via
+    vias = request._vias()
     return bool(vias) and vias[0].transport in _SECURE_TRANSPORTS
 
 
@@ -161,6 +170,37 @@ class Dialog:
     #: CSeq to use when the local sequence number is empty (§12.2.1.1: a UAS
     #: dialog has none until it sends its first request).
     initial_seq: int = 1
+
+    def __init__(
+        self,
+        call_id: str,
+        local_tag: str | None,
+        remote_tag: str | None,
+        local_seq: int | None,
+        remote_seq: int | None,
+        local_uri: NameAddr,
+        remote_uri: NameAddr,
+        remote_target: URI,
+        route_set: tuple[NameAddr, ...],
+        secure: bool,
+        state: DialogState,
+        local_target: URI | None = None,
+        initial_seq: int = 1,
+    ) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.remote_tag = remote_tag
+        self.local_seq = local_seq
+        self.remote_seq = remote_seq
+        self.local_uri = local_uri
+        self.remote_uri = remote_uri
+        self.remote_target = remote_target
+        self.route_set = route_set
+        self.secure = secure
+        self.state = state
+        self.local_target = local_target
+        self.initial_seq = initial_seq
 
     @property
     def id(self) -> DialogId:

@@ -44,6 +44,7 @@ HA1 values, the server key) are never put into ``repr`` or error details.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -54,6 +55,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
+
+from mypy_extensions import mypyc_attr
 
 from gateway.sip.errors import AuthError
 
@@ -79,8 +83,8 @@ __all__ = [
 
 # Bounds on the work one header value can cause. Real digest headers are a few
 # hundred octets; anything near these limits is an attack or garbage.
-MAX_HEADER_LENGTH = 8192
-MAX_PARAMS = 64
+MAX_HEADER_LENGTH: Final = 8192
+MAX_PARAMS: Final = 64
 
 
 # --------------------------------------------------------------------------
@@ -107,7 +111,8 @@ class Algorithm(StrEnum):
     @property
     def is_session(self) -> bool:
         """True for the "-sess" variants, whose HA1 also covers nonce and cnonce."""
-        return self.value.endswith("-sess")
+        # A StrEnum member is its value as a str (cheaper than the .value property).
+        return self.endswith("-sess")
 
     @property
     def base(self) -> Algorithm:
@@ -125,9 +130,10 @@ class Algorithm(StrEnum):
         return 32 if self.base is Algorithm.MD5 else 64
 
 
-_ALGORITHMS_BY_LOWER: dict[str, Algorithm] = {a.value.lower(): a for a in Algorithm}
+_ALGORITHMS_BY_LOWER: Final[dict[str, Algorithm]] = {a.value.lower(): a for a in Algorithm}
 
 
+@mypyc_attr(native_class=False)
 class UnsupportedAlgorithm(AuthError):
     """A well-formed ``algorithm=`` token naming an algorithm not implemented here.
 
@@ -141,7 +147,12 @@ def _h(algorithm: Algorithm, data: str | bytes) -> str:
     """H(data) as lower-case hex (RFC 7616 §3.4: H is the algorithm's hash, KD(s,d)=H(s:d))."""
     # surrogateescape: hash exactly the octets received, and never raise on them.
     raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
-    return hashlib.new(algorithm.hash_name, raw, usedforsecurity=False).hexdigest()
+    # The constructor itself (same digest as hashlib.new(name, ...), without its
+    # interpreted name lookup): H runs three to four times per verification.
+    return _HASHES[algorithm.hash_name](raw, usedforsecurity=False).hexdigest()
+
+
+_HASHES: Final = {"md5": hashlib.md5, "sha256": hashlib.sha256}
 
 
 def ha1(username: str, realm: str, password: str, algorithm: Algorithm = Algorithm.MD5) -> str:
@@ -213,12 +224,14 @@ def compute_response(
 # --------------------------------------------------------------------------
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKEN_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
 # LWS after unfolding is SP / HTAB (RFC 3261 §25.1: LWS = [*WSP CRLF] 1*WSP).
-_WSP = frozenset(" \t")
+_WSP: Final = frozenset(" \t")
 # nc-value = 8LHEX (RFC 3261 §25.1; upper-case accepted, hashed as written).
-_NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
-_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+_NC_RE: Final = re.compile(r"[0-9A-Fa-f]{8}")
+_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+")
 
 
 def _is_qdtext(ch: str) -> bool:
@@ -259,19 +272,24 @@ def _read_quoted(text: str, i: int) -> tuple[str, int]:
     n = len(text)
     i += 1  # opening DQUOTE
     out: list[str] = []
+    start = i  # the run of plain qdtext since the last escape, appended as one slice
     while i < n:
         ch = text[i]
         if ch == '"':
+            if not out:
+                return text[start:i], i + 1
+            out.append(text[start:i])
             return "".join(out), i + 1
         if ch == "\\":
             if i + 1 >= n or not _is_quoted_pair_char(text[i + 1]):
                 raise AuthError("bad escape in quoted-string")
+            out.append(text[start:i])
             out.append(text[i + 1])
             i += 2
+            start = i
             continue
         if not _is_qdtext(ch):
             raise AuthError(f"control character {ord(ch):#04x} in quoted-string")
-        out.append(ch)
         i += 1
     raise AuthError("unterminated quoted-string")
 
@@ -291,6 +309,19 @@ class AuthHeader:
     params: tuple[tuple[str, str], ...] = ()
     raw: str = ""
     quoted: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        scheme: str,
+        params: tuple[tuple[str, str], ...] = (),
+        raw: str = "",
+        quoted: frozenset[str] = frozenset(),
+    ) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "quoted", quoted)
 
     @property
     def is_digest(self) -> bool:
@@ -407,6 +438,25 @@ class Challenge:
     stale: bool = False
     domain: str | None = None
 
+    def __init__(
+        self,
+        realm: str,
+        nonce: str,
+        algorithm: Algorithm | None = None,
+        opaque: str | None = None,
+        qop: tuple[str, ...] = (),
+        stale: bool = False,
+        domain: str | None = None,
+    ) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "realm", realm)
+        object.__setattr__(self, "nonce", nonce)
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "opaque", opaque)
+        object.__setattr__(self, "qop", qop)
+        object.__setattr__(self, "stale", stale)
+        object.__setattr__(self, "domain", domain)
+
     @property
     def effective_algorithm(self) -> Algorithm:
         """The algorithm in force: MD5 when the parameter was absent."""
@@ -484,6 +534,33 @@ class Credentials:
     qop: str | None = None
     nc: str | None = None
     userhash: bool = False
+
+    def __init__(
+        self,
+        username: str,
+        realm: str,
+        nonce: str,
+        uri: str,
+        response: str,
+        algorithm: Algorithm | None = None,
+        cnonce: str | None = None,
+        opaque: str | None = None,
+        qop: str | None = None,
+        nc: str | None = None,
+        userhash: bool = False,
+    ) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "realm", realm)
+        object.__setattr__(self, "nonce", nonce)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "cnonce", cnonce)
+        object.__setattr__(self, "opaque", opaque)
+        object.__setattr__(self, "qop", qop)
+        object.__setattr__(self, "nc", nc)
+        object.__setattr__(self, "userhash", userhash)
 
     @property
     def effective_algorithm(self) -> Algorithm:
@@ -619,6 +696,19 @@ class Verdict:
     reason: str = ""
     error: AuthError | None = None
 
+    def __init__(
+        self,
+        outcome: Outcome,
+        username: str | None = None,
+        reason: str = "",
+        error: AuthError | None = None,
+    ) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "error", error)
+
     @property
     def ok(self) -> bool:
         """True when the credentials were accepted."""
@@ -633,26 +723,46 @@ class AuthAnswer:
     reason: str
     headers: tuple[tuple[str, str], ...] = ()
 
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "headers", headers)
+
 
 # RFC 8760 §2.3 (UAS behavior): challenges are listed "starting with the most
 # preferred algorithm at the top" — SHA-256, then MD5 for older clients.
-RFC8760_ALGORITHMS: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5)
+RFC8760_ALGORITHMS: Final[tuple[Algorithm, ...]] = (Algorithm.SHA256, Algorithm.MD5)
 
 # lookup(username, base algorithm) -> stored HA1 (hex) or None if the user is unknown.
 # The algorithm passed is always MD5 or SHA-256: "-sess" variants use the base HA1.
 HA1Lookup = Callable[[str, Algorithm], str | None]
 
-_NONCE_MAC_LEN = 16
-_NONCE_SALT_LEN = 8
-_NONCE_RAW_LEN = 8 + _NONCE_SALT_LEN + _NONCE_MAC_LEN  # issue time (ms) + salt + mac
-_NONCE_TEXT_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of 32 bytes, no padding
-_MIN_KEY_LEN = 16
+_NONCE_MAC_LEN: Final = 16
+_NONCE_SALT_LEN: Final = 8
+_NONCE_RAW_LEN: Final = 8 + _NONCE_SALT_LEN + _NONCE_MAC_LEN  # issue time (ms) + salt + mac
+_NONCE_TEXT_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of 32 bytes, no padding
+_MIN_KEY_LEN: Final = 16
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
+
+
+def _b64url(raw: bytes) -> str:
+    """``base64.urlsafe_b64encode(raw)`` without padding, as text."""
+    return (
+        binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
+    )
 
 
 @dataclass(slots=True)
 class _NonceUse:
     highest_nc: int
     issued_ms: int
+
+    def __init__(self, highest_nc: int, issued_ms: int) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        self.highest_nc = highest_nc
+        self.issued_ms = issued_ms
 
 
 @dataclass(slots=True)
@@ -696,6 +806,9 @@ class DigestServer:
     _used: OrderedDict[str, _NonceUse] = field(default_factory=OrderedDict, init=False, repr=False)
     _evicted_watermark_ms: int | None = field(default=None, init=False, repr=False)
     _opaque: str = field(default="", init=False, repr=False)
+    # HMAC-SHA256 keyed with ``key``, copied for every nonce MAC (see _mac).
+    _keyed: hmac.HMAC | None = field(default=None, init=False, repr=False)
+    _keyed_for: bytes = field(default=b"", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.key) < _MIN_KEY_LEN:
@@ -721,11 +834,20 @@ class DigestServer:
             b"dialgate-nonce\x00"
             + self.realm.encode()
             + b"\x00"
-            + algorithm.value.encode("ascii")
+            + algorithm.encode("ascii")  # a StrEnum member is its value
             + b"\x00"
             + struct.pack(">q", issued_ms)
         )
-        return hmac.new(self.key, msg + salt, "sha256").digest()[:_NONCE_MAC_LEN]
+        # A copy of an HMAC already keyed with ``key``: the same bytes as
+        # hmac.new(key, msg, "sha256").digest(), without setting the key up (and,
+        # with OpenSSL 3, fetching the algorithm) for every nonce.
+        keyed = self._keyed
+        if keyed is None or self._keyed_for is not self.key:
+            keyed = self._keyed = hmac.new(self.key, digestmod="sha256")
+            self._keyed_for = self.key
+        mac = keyed.copy()
+        mac.update(msg + salt)
+        return mac.digest()[:_NONCE_MAC_LEN]
 
     def make_nonce(self, now: float, algorithm: Algorithm = Algorithm.MD5) -> str:
         """A fresh signed nonce embedding ``now`` (milliseconds), valid for ``algorithm`` only."""
@@ -734,7 +856,7 @@ class DigestServer:
         if len(salt) != _NONCE_SALT_LEN:
             raise ValueError("random source returned the wrong number of bytes")
         raw = struct.pack(">q", issued_ms) + salt + self._mac(issued_ms, salt, algorithm)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        return _b64url(raw)
 
     def nonce_issued_at(self, nonce: str) -> float | None:
         """The issue time (seconds) of a nonce this server signed (any algorithm); None if not ours."""
@@ -754,10 +876,12 @@ class DigestServer:
     def _check_nonce(self, nonce: str, algorithm: Algorithm) -> int | None:
         if not _NONCE_TEXT_RE.fullmatch(nonce):
             return None
-        raw = base64.urlsafe_b64decode(nonce + "=")  # 43 base64url chars: always 32 bytes
+        # 43 base64url chars: always 32 bytes (binascii directly, as base64.urlsafe_b64decode
+        # does after its interpreted argument handling).
+        raw = binascii.a2b_base64((nonce + "=").encode("ascii").translate(_FROM_URLSAFE))
         # base64 decoding ignores the unused low bits of the last character, so
         # several spellings decode alike; accept only the one we issued.
-        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != nonce:
+        if _b64url(raw) != nonce:
             return None
         (issued_ms,) = struct.unpack(">q", raw[:8])
         salt = raw[8 : 8 + _NONCE_SALT_LEN]

@@ -10,6 +10,10 @@ This module must never import other ``gateway`` modules and must never do I/O.
 
 from __future__ import annotations
 
+from typing import Final
+
+from mypy_extensions import mypyc_attr
+
 __all__ = [
     "REASON_PHRASES",
     "AuthError",
@@ -25,6 +29,7 @@ __all__ = [
 ]
 
 
+@mypyc_attr(native_class=False)
 class SIPError(Exception):
     """Base class: a protocol problem with the response a server should answer with."""
 
@@ -54,6 +59,7 @@ class SIPError(Exception):
         return f"{type(self).__name__}({self.detail!r}, status_code={self.status_code})"
 
 
+@mypyc_attr(native_class=False)
 class ParseError(SIPError):
     """Malformed syntax or framing (400)."""
 
@@ -61,6 +67,7 @@ class ParseError(SIPError):
     reason_phrase = "Bad Request"
 
 
+@mypyc_attr(native_class=False)
 class VersionNotSupported(SIPError):
     """SIP-Version other than SIP/2.0 (505, RFC 3261 §21.5.6)."""
 
@@ -68,6 +75,7 @@ class VersionNotSupported(SIPError):
     reason_phrase = "Version Not Supported"
 
 
+@mypyc_attr(native_class=False)
 class UnsupportedURIScheme(SIPError):
     """Request-URI scheme the element does not handle (416, RFC 3261 §8.2.2.1)."""
 
@@ -75,6 +83,7 @@ class UnsupportedURIScheme(SIPError):
     reason_phrase = "Unsupported URI Scheme"
 
 
+@mypyc_attr(native_class=False)
 class TooManyHops(SIPError):
     """Max-Forwards reached zero at a proxy (483, RFC 3261 §16.3 step 3)."""
 
@@ -82,6 +91,7 @@ class TooManyHops(SIPError):
     reason_phrase = "Too Many Hops"
 
 
+@mypyc_attr(native_class=False)
 class MessageTooLarge(SIPError):
     """Message larger than the element accepts (513, RFC 3261 §21.5.13)."""
 
@@ -89,6 +99,7 @@ class MessageTooLarge(SIPError):
     reason_phrase = "Message Too Large"
 
 
+@mypyc_attr(native_class=False)
 class BadExtension(SIPError):
     """Require/Proxy-Require option tags not supported (420, RFC 3261 §8.2.2.3).
 
@@ -99,6 +110,7 @@ class BadExtension(SIPError):
     reason_phrase = "Bad Extension"
 
 
+@mypyc_attr(native_class=False)
 class NotAcceptable(SIPError):
     """The request's Accept excludes every body type we could send (406)."""
 
@@ -106,6 +118,7 @@ class NotAcceptable(SIPError):
     reason_phrase = "Not Acceptable"
 
 
+@mypyc_attr(native_class=False)
 class AuthError(SIPError):
     """Digest authentication problems (400 for malformed credentials)."""
 
@@ -113,6 +126,7 @@ class AuthError(SIPError):
     reason_phrase = "Bad Request"
 
 
+@mypyc_attr(native_class=False)
 class TransactionError(SIPError):
     """Misuse of a transaction machine (a programming error surfaced as 500)."""
 
@@ -121,7 +135,7 @@ class TransactionError(SIPError):
 
 
 # RFC 3261 §21 plus the common later additions.
-REASON_PHRASES: dict[int, str] = {
+REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",

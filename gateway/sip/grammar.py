@@ -12,6 +12,7 @@ quantifiers (the shapes that backtrack catastrophically) and must never do I/O.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 __all__ = [
     "CALLID_RE",
@@ -32,47 +33,47 @@ __all__ = [
 ]
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
-TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
-TOKEN_RE = re.compile(TOKEN + r"+")
+TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]"
+TOKEN_RE: Final = re.compile(TOKEN + r"+")
 
 # display-name = *(token LWS) / quoted-string. Unquoted words are tokens; non-ASCII
 # characters are also accepted there because real peers send unquoted UTF-8 names.
-DISPLAY_WORD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+")
+DISPLAY_WORD_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+")
 
 # Method = INVITEm / ACKm / OPTIONSm / BYEm / CANCELm / REGISTERm / extension-method
 # extension-method = token
-METHOD_RE = TOKEN_RE
+METHOD_RE: Final = TOKEN_RE
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 
 # hostname = *( domainlabel "." ) toplabel [ "." ]
 # (kept lenient: the label structure is not enforced, only the alphabet; "_" is
 # accepted because real peers send it in SRV-ish names)
-HOSTNAME_RE = re.compile(r"[A-Za-z0-9\-._~]+")
+HOSTNAME_RE: Final = re.compile(r"[A-Za-z0-9\-._~]+")
 
 # IPv6reference = "[" IPv6address "]"   (IPv4-mapped tails allowed: hexpart ":" IPv4address)
-IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+IPV6_RE: Final = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 
 # port = 1*DIGIT
-PORT_RE = re.compile(r"[0-9]{1,5}")
-DIGITS_RE = re.compile(r"[0-9]+")
+PORT_RE: Final = re.compile(r"[0-9]{1,5}")
+DIGITS_RE: Final = re.compile(r"[0-9]+")
 
 # HEXDIG
-HEX = frozenset("0123456789abcdefABCDEF")
+HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 # Status-Code = 3DIGIT
-STATUS_RE = re.compile(r"[1-9][0-9][0-9]")
+STATUS_RE: Final = re.compile(r"[1-9][0-9][0-9]")
 
 # SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT   (the literal "SIP" is case-insensitive)
-VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
+VERSION_RE: Final = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
 
 # Characters that can never appear inside a URI on the wire: whitespace, controls,
 # and the delimiters the surrounding grammar uses (RFC 3986 §2 excludes "<>\"", SP).
-URI_UNSAFE_RE = re.compile(r"[\x00-\x20\x7f<>\"]")
+URI_UNSAFE_RE: Final = re.compile(r"[\x00-\x20\x7f<>\"]")
 
 # word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" /
 #           "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}" )
 # callid = word [ "@" word ]      ("@" is not a word character: no backtracking)
-WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]"
-CALLID_RE = re.compile(WORD + r"+(?:@" + WORD + r"+)?")
+WORD: Final = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]"
+CALLID_RE: Final = re.compile(WORD + r"+(?:@" + WORD + r"+)?")

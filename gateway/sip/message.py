@@ -14,8 +14,8 @@ never reads a clock and never does I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any, Final
 
 from .errors import REASON_PHRASES, MessageTooLarge, ParseError, SIPError
 from .grammar import CALLID_RE, DIGITS_RE, METHOD_RE, STATUS_RE, VERSION_RE
@@ -43,23 +43,11 @@ __all__ = [
     "parse",
 ]
 
-MAX_MESSAGE_SIZE = 65536
+MAX_MESSAGE_SIZE: Final = 65536
 """Largest message :func:`parse` accepts (64 KiB, the largest UDP payload)."""
 
 
-_T = TypeVar("_T")
-_MISSING: Any = object()
-
-
-def _guard(fn: Callable[[], _T]) -> _T:
-    """Run a typed-header parser; translate any stray exception into ParseError."""
-    try:
-        return fn()
-    except SIPError:
-        raise
-    except Exception as exc:  # the contract: nothing but SIPError ever escapes
-        # Only the type: the message text could quote header content (a callee number).
-        raise ParseError(f"malformed header ({type(exc).__name__})") from exc
+_MISSING: Final[Any] = object()
 
 
 class Message:
@@ -103,17 +91,63 @@ class Message:
                 break
 
     # -- lazy typed access -------------------------------------------------
-    def _cached(self, key: str, compute: Callable[[], _T]) -> _T:
+    # Each view is computed once by _compute (on the first access after the
+    # headers changed) and kept in _cache under its key. No closure per access:
+    # the properties run on every message, compiled or not.
+    def _typed(self, key: str) -> Any:
         h = self.headers
         if self._cache_headers is not h or self._cache_version != h.version:
             self._cache = {}
             self._cache_headers = h
             self._cache_version = h.version
-        value = self._cache.get(key, _MISSING)
+        cache = self._cache
+        value = cache.get(key, _MISSING)
         if value is _MISSING:
-            value = _guard(compute)
-            self._cache[key] = value
-        return value  # type: ignore[no-any-return]
+            value = self._compute(key)
+            cache[key] = value
+        return value
+
+    def _compute(self, key: str) -> Any:
+        """Parse the view ``key``; translate any stray exception into ParseError."""
+        try:
+            if key == "via":
+                return self._parse_via()
+            if key == "from":
+                return NameAddr.parse(self._single("from"))
+            if key == "to":
+                return NameAddr.parse(self._single("to"))
+            if key == "call-id":
+                return self._parse_call_id()
+            if key == "cseq":
+                return CSeq.parse(self._single("cseq"))
+            if key == "max-forwards":
+                return self._parse_max_forwards()
+            if key == "contact":
+                return self._parse_contact()
+            if key == "contact-star":
+                return self._star()
+            if key == "route" or key == "record-route":
+                return self._name_addrs(key)
+            if key == "content-length":
+                raw = self._optional_single("content-length")
+                return None if raw is None else _content_length(raw)
+            if key == "content-type":
+                return self._optional_single("content-type")
+            if key == "expires":
+                raw = self._optional_single("expires")
+                return None if raw is None else parse_delta_seconds(raw, "Expires")
+            if key == "reason":
+                raw = self.headers.get("reason")
+                return None if raw is None else Reason.parse(raw)
+            if key == "retry-after":
+                raw = self._optional_single("retry-after")
+                return None if raw is None else RetryAfter.parse(raw)
+            raise KeyError(key)
+        except SIPError:
+            raise
+        except Exception as exc:  # the contract: nothing but SIPError ever escapes
+            # Only the type: the message text could quote header content (a callee number).
+            raise ParseError(f"malformed header ({type(exc).__name__})") from exc
 
     def _single(self, name: str) -> str:
         h = self.headers
@@ -123,84 +157,94 @@ class Message:
         return h._items[pos[0]][1]
 
     def _optional_single(self, name: str) -> str | None:
-        values = self.headers.get_all(name)
-        if len(values) > 1:
+        h = self.headers
+        pos = h._positions(name)
+        if len(pos) > 1:
             raise ParseError(f"multiple {name} headers")
-        return values[0] if values else None
+        return h._items[pos[0]][1] if pos else None
 
     def _name_addrs(self, name: str) -> list[NameAddr]:
         out: list[NameAddr] = []
         for raw in self.headers.get_all(name):
-            out.extend(NameAddr.parse(v) for v in split_list(raw, strict=True))
+            for v in split_list(raw, strict=True):
+                out.append(NameAddr.parse(v))
         return out
+
+    def _parse_via(self) -> list[Via]:
+        out: list[Via] = []
+        for raw in self.headers.get_all("via"):
+            for v in split_list(raw, strict=True):
+                out.append(Via.parse(v))
+        return out
+
+    def _parse_call_id(self) -> str:
+        value = self._single("call-id")
+        if CALLID_RE.fullmatch(value) is None:
+            raise ParseError("bad Call-ID")
+        return value
+
+    def _parse_max_forwards(self) -> int | None:
+        raw = self._optional_single("max-forwards")
+        if raw is None:
+            return None
+        raw = raw.strip(" \t")  # values set by callers may carry spaces
+        if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10 or int(raw) > 255:
+            raise ParseError("bad Max-Forwards")
+        return int(raw)
+
+    def _parse_contact(self) -> list[NameAddr]:
+        if self._star():
+            return []
+        out = self._name_addrs("contact")
+        for c in out:
+            _ = c.expires  # overlarge expires params are malformed (RFC 4475 §3.1.2.4)
+        return out
+
+    def _vias(self) -> list[Via]:
+        """The cached Via list itself (not a copy): for this package's read-only use."""
+        vias: list[Via] = self._typed("via")
+        return vias
 
     @property
     def via(self) -> list[Via]:
         """All Via values, top first (RFC 3261 §20.42)."""
-
-        def compute() -> list[Via]:
-            out: list[Via] = []
-            for raw in self.headers.get_all("via"):
-                out.extend(Via.parse(v) for v in split_list(raw, strict=True))
-            return out
-
-        return list(self._cached("via", compute))
+        return list(self._vias())
 
     @property
     def from_(self) -> NameAddr:
         """The From header; ParseError if missing, repeated or malformed."""
-        return self._cached("from", lambda: NameAddr.parse(self._single("from")))
+        value: NameAddr = self._typed("from")
+        return value
 
     @property
     def to(self) -> NameAddr:
         """The To header; ParseError if missing, repeated or malformed."""
-        return self._cached("to", lambda: NameAddr.parse(self._single("to")))
+        value: NameAddr = self._typed("to")
+        return value
 
     @property
     def call_id(self) -> str:
         """Call-ID (``word ["@" word]``, RFC 3261 §20.8)."""
-
-        def compute() -> str:
-            value = self._single("call-id")
-            if CALLID_RE.fullmatch(value) is None:
-                raise ParseError("bad Call-ID")
-            return value
-
-        return self._cached("call-id", compute)
+        value: str = self._typed("call-id")
+        return value
 
     @property
     def cseq(self) -> CSeq:
         """CSeq (number < 2**31 and method)."""
-        return self._cached("cseq", lambda: CSeq.parse(self._single("cseq")))
+        value: CSeq = self._typed("cseq")
+        return value
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards 0-255, or None if absent (RFC 3261 §20.22)."""
-
-        def compute() -> int | None:
-            raw = self._optional_single("max-forwards")
-            if raw is None:
-                return None
-            raw = raw.strip(" \t")  # values set by callers may carry spaces
-            if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10 or int(raw) > 255:
-                raise ParseError("bad Max-Forwards")
-            return int(raw)
-
-        return self._cached("max-forwards", compute)
+        value: int | None = self._typed("max-forwards")
+        return value
 
     @property
     def contact(self) -> list[NameAddr]:
         """Contact values ([] for ``Contact: *``, see :attr:`contact_star`)."""
-
-        def compute() -> list[NameAddr]:
-            if self._star():
-                return []
-            out = self._name_addrs("contact")
-            for c in out:
-                _ = c.expires  # overlarge expires params are malformed (RFC 4475 §3.1.2.4)
-            return out
-
-        return list(self._cached("contact", compute))
+        value: list[NameAddr] = self._typed("contact")
+        return list(value)
 
     def _star(self) -> bool:
         values = self.headers.get_all("contact")
@@ -213,62 +257,50 @@ class Message:
     @property
     def contact_star(self) -> bool:
         """True for ``Contact: *`` (RFC 3261 §10.2.2, REGISTER remove-all)."""
-        return self._cached("contact-star", self._star)
+        value: bool = self._typed("contact-star")
+        return value
 
     @property
     def route(self) -> list[NameAddr]:
         """Route values, in order."""
-        return list(self._cached("route", lambda: self._name_addrs("route")))
+        value: list[NameAddr] = self._typed("route")
+        return list(value)
 
     @property
     def record_route(self) -> list[NameAddr]:
         """Record-Route values, in order."""
-        return list(self._cached("record-route", lambda: self._name_addrs("record-route")))
+        value: list[NameAddr] = self._typed("record-route")
+        return list(value)
 
     @property
     def content_length(self) -> int | None:
         """Content-Length header value, or None if absent."""
-
-        def compute() -> int | None:
-            raw = self._optional_single("content-length")
-            return None if raw is None else _content_length(raw)
-
-        return self._cached("content-length", compute)
+        value: int | None = self._typed("content-length")
+        return value
 
     @property
     def content_type(self) -> str | None:
         """Content-Type header value as written, or None."""
-        return self._cached("content-type", lambda: self._optional_single("content-type"))
+        value: str | None = self._typed("content-type")
+        return value
 
     @property
     def expires(self) -> int | None:
         """Expires header (delta-seconds, ≤ 2**32-1), or None."""
-
-        def compute() -> int | None:
-            raw = self._optional_single("expires")
-            return None if raw is None else parse_delta_seconds(raw, "Expires")
-
-        return self._cached("expires", compute)
+        value: int | None = self._typed("expires")
+        return value
 
     @property
     def reason_header(self) -> Reason | None:
         """The Reason header (RFC 3326), or None."""
-
-        def compute() -> Reason | None:
-            raw = self.headers.get("reason")
-            return None if raw is None else Reason.parse(raw)
-
-        return self._cached("reason", compute)
+        value: Reason | None = self._typed("reason")
+        return value
 
     @property
     def retry_after(self) -> RetryAfter | None:
         """The Retry-After header, or None."""
-
-        def compute() -> RetryAfter | None:
-            raw = self._optional_single("retry-after")
-            return None if raw is None else RetryAfter.parse(raw)
-
-        return self._cached("retry-after", compute)
+        value: RetryAfter | None = self._typed("retry-after")
+        return value
 
     # -- serialization -----------------------------------------------------
     def _start_line(self) -> str:
@@ -415,8 +447,8 @@ def _content_length(raw: str) -> int:
     return int(raw)
 
 
-_NAME_CACHE: dict[str, tuple[str, str]] = {}
-_NAME_CACHE_MAX = 4096  # bounded: unique names from hostile peers must not grow memory
+_NAME_CACHE: Final[dict[str, tuple[str, str]]] = {}
+_NAME_CACHE_MAX: Final = 4096  # bounded: unique names from hostile peers must not grow memory
 
 
 def _header_name(raw: str) -> tuple[str, str]:
@@ -444,9 +476,6 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
     items: list[tuple[str, str]] = []
     keys: list[str] = []
     folds: dict[int, list[str]] = {}
-    append_item = items.append
-    append_key = keys.append
-    header_name = _header_name
     for i in range(1, len(lines)):
         line = lines[i]
         first = line[:1]
@@ -464,9 +493,9 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
         raw, sep, value = line.partition(":")
         if not sep:
             raise ParseError("header line without colon")
-        name, key = header_name(raw)
-        append_item((name, value.strip(" \t")))
-        append_key(key)
+        name, key = _header_name(raw)
+        items.append((name, value.strip(" \t")))
+        keys.append(key)
     for idx, pieces in folds.items():
         stripped = (p.strip(" \t") for p in pieces)
         items[idx] = (items[idx][0], " ".join(p for p in stripped if p))
@@ -474,7 +503,7 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], list[str]]:
 
 
 def parse(
-    data: bytes, *, stream: bool = False, max_size: int = MAX_MESSAGE_SIZE
+    data: bytes | bytearray | memoryview, *, stream: bool = False, max_size: int = MAX_MESSAGE_SIZE
 ) -> Request | Response:
     """Parse one complete message; raise ParseError (or another SIPError) — nothing else.
 
@@ -490,10 +519,9 @@ def parse(
         raise ParseError(f"malformed message ({type(exc).__name__})") from exc
 
 
-def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
-    if not isinstance(data, bytes):
-        # Transports hand over bytearray/memoryview; the body must still be bytes.
-        data = bytes(data)
+def _parse(raw: bytes | bytearray | memoryview, stream: bool, max_size: int) -> Request | Response:
+    # Transports hand over bytearray/memoryview; the body must still be bytes.
+    data = raw if isinstance(raw, bytes) else bytes(raw)
     if len(data) > max_size:
         raise MessageTooLarge(f"message of {len(data)} octets exceeds {max_size}")
     # RFC 3261 §7.5: CRLFs before the start line are ignored.
@@ -507,17 +535,20 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
     start, items, keys = _split_head(head)
     body_start = end + 4
 
-    cl_values = (
-        {items[i][1] for i, k in enumerate(keys) if k == "content-length"}
-        if "content-length" in keys
-        else set()
-    )
-    if len(cl_values) > 1:
-        # RFC 4475 §3.3.9: conflicting Content-Length values make the framing unknowable.
-        raise ParseError("conflicting Content-Length headers")
+    # One Content-Length value, however often the header is repeated.
+    cl_value: str | None = None
+    if "content-length" in keys:
+        for i, k in enumerate(keys):
+            if k == "content-length":
+                value = items[i][1]
+                if cl_value is None:
+                    cl_value = value
+                elif value != cl_value:
+                    # RFC 4475 §3.3.9: conflicting values make the framing unknowable.
+                    raise ParseError("conflicting Content-Length headers")
     available = len(data) - body_start
-    if cl_values:
-        length = _content_length(next(iter(cl_values)))
+    if cl_value is not None:
+        length = _content_length(cl_value)
         if length > available:
             raise ParseError("Content-Length larger than the data received")
         body_end = body_start + length
@@ -548,7 +579,7 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response:
         if VERSION_RE.fullmatch(version) is None:
             raise ParseError("bad SIP-Version in request line")
         msg = Request(method, URI.parse(uri_text), headers, body, version)
-    if cl_values:
+    if cl_value is not None:
         msg._remember_raw(data[begin:body_end])
     return msg
 
@@ -592,7 +623,7 @@ def make_response(
     return Response(status, reason, out, body)
 
 
-_RESPONSE_COPY = frozenset(("via", "from", "call-id", "cseq"))
+_RESPONSE_COPY: Final = frozenset(("via", "from", "call-id", "cseq"))
 
 
 def _check_value(value: str) -> None:
@@ -607,19 +638,19 @@ def _param_names(value: str) -> set[str]:
         return set()
 
 
-def error_response(data: bytes, err: SIPError) -> bytes | None:
+def error_response(data: bytes | bytearray | memoryview, err: SIPError) -> bytes | None:
     """Best-effort response bytes for a request that failed to parse, or None to drop.
 
     Finds Via/From/To/Call-ID/CSeq lines however broken the rest is, so a UDP
     peer gets its 400 (RFC 3261 §16.3 / §8.2). Responses and hopeless input give None.
     """
     try:
-        return _error_response(data, err)
+        return _error_response(data if isinstance(data, bytes) else bytes(data), err)
     except Exception:  # best effort by contract: never raise
         return None
 
 
-_COPY_KEYS = ("via", "from", "to", "call-id", "cseq")
+_COPY_KEYS: Final = ("via", "from", "to", "call-id", "cseq")
 
 
 def _error_response(data: bytes, err: SIPError) -> bytes | None:

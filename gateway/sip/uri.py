@@ -11,9 +11,9 @@ from :meth:`URI.parse`, and never does I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .errors import ParseError
 from .grammar import HEX, HOSTNAME_RE, IPV6_RE, PORT_RE, SCHEME_RE, URI_UNSAFE_RE
@@ -52,7 +52,7 @@ def memoized(memo: dict[str, _V], text: str, parse: Callable[[str], _V]) -> _V:
     return value
 
 
-_URI_MEMO: dict[str, URI] = {}
+_URI_MEMO: Final[dict[str, URI]] = {}
 
 
 def _check_escapes(text: str, what: str) -> None:
@@ -156,7 +156,28 @@ class URI:
     port: int | None = None
     params: Params = ()
     headers: tuple[tuple[str, str], ...] = ()
-    opaque: str | None = field(default=None)
+    opaque: str | None = None
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: Params = (),
+        headers: tuple[tuple[str, str], ...] = (),
+        opaque: str | None = None,
+    ) -> None:
+        # Written out (a @dataclass __init__ stays interpreted under mypyc).
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "password", password)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "opaque", opaque)
 
     @classmethod
     def parse(cls, text: str) -> URI:
@@ -166,7 +187,12 @@ class URI:
         """
         if cls is not URI:  # a subclass builds its own type: not from the memo
             return cls._parse(text)
-        return memoized(_URI_MEMO, text, cls._parse)
+        hit = _URI_MEMO.get(text)
+        if hit is not None:
+            return hit
+        value = cls._parse(text)
+        remember(_URI_MEMO, text, value)
+        return value
 
     @classmethod
     def _parse(cls, text: str) -> URI:

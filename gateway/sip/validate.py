@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Collection
-from typing import Literal
+from typing import Final, Literal
 
 from .errors import (
     BadExtension,
@@ -27,14 +27,14 @@ from .errors import (
 )
 from .headers import split_list
 from .message import Request, Response
-from .uri import URI
+from .uri import URI, remember
 
 __all__ = ["MAGIC_COOKIE", "SUPPORTED_SCHEMES", "check_request", "check_response"]
 
-MAGIC_COOKIE = "z9hG4bK"
+MAGIC_COOKIE: Final = "z9hG4bK"
 """RFC 3261 §8.1.1.7: branch IDs of RFC 3261 elements start with this cookie."""
 
-SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
+SUPPORTED_SCHEMES: Final = frozenset({"sip", "sips", "tel"})
 
 Role = Literal["proxy", "uas", "registrar"]
 
@@ -76,24 +76,24 @@ def check_request(
     # RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are mandatory.
     # Max-Forwards is tolerated when missing (RFC 2543 peers, RFC 4475 §3.4.1: a
     # proxy adds it, §16.6 step 3) but must be a single well-formed value if present.
-    vias = req.via
+    vias = req._vias()
     if not vias:
         raise ParseError("missing Via header")
     _ = req.from_, req.to, req.call_id
     cseq = req.cseq
     # Optional headers are parsed (and so validated) when present; an absent one
     # reads as None / [] and can never be malformed, so its view is left for later.
-    present = req.headers.count
-    max_forwards = req.max_forwards if present("max-forwards") else None
-    if present("contact"):
+    h = req.headers
+    max_forwards = req.max_forwards if h.count("max-forwards") else None
+    if h.count("contact"):
         _ = req.contact_star, req.contact
-    if present("route"):
+    if h.count("route"):
         _ = req.route
-    if present("record-route"):
+    if h.count("record-route"):
         _ = req.record_route
-    if present("expires"):
+    if h.count("expires"):
         _ = req.expires
-    if present("content-length"):
+    if h.count("content-length"):
         _ = req.content_length
     if cseq.method != req.method:
         # RFC 3261 §8.1.1.5: the CSeq method MUST match the request method.
@@ -144,7 +144,20 @@ def check_request(
             )
 
 
+_UNROUTABLE: Final[dict[str, bool]] = {}
+"""``_unroutable`` by host text (bounded like the parse memos): hosts repeat, and
+``ipaddress`` is slow enough to dominate a response check."""
+
+
 def _unroutable(host: str) -> bool:
+    hit = _UNROUTABLE.get(host)
+    if hit is None:
+        hit = _is_unroutable(host)
+        remember(_UNROUTABLE, host, hit)
+    return hit
+
+
+def _is_unroutable(host: str) -> bool:
     text = host[1:-1] if host.startswith("[") else host
     try:
         addr = ipaddress.ip_address(text)
@@ -166,7 +179,7 @@ def check_response(resp: Response, *, role: Literal["uac", "proxy"] = "uac") -> 
     _check_version(resp.version)
     if not 100 <= resp.status <= 699:
         raise ParseError(f"status code {resp.status} out of range")
-    vias = resp.via
+    vias = resp._vias()
     if not vias:
         raise ParseError("response without Via")
     _ = resp.from_, resp.to, resp.call_id, resp.cseq

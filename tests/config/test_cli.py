@@ -20,6 +20,7 @@ import pytest
 
 from gateway import __version__
 from gateway.cli.main import COMMANDS, build_parser, command, main
+from gateway.sip import build_name
 
 from .conftest import BASE_TOML, EXAMPLES, REPO
 
@@ -49,10 +50,10 @@ def dialgate(
 
 
 def test_version() -> None:
-    """--version prints the package version and exits 0."""
+    """--version prints the package version and which SIP core runs (native or pure), exits 0."""
     result = dialgate("--version")
     assert 0 == result.returncode
-    assert f"dialgate {__version__}" == result.stdout.strip()
+    assert f"dialgate {__version__} (SIP core: {build_name()})" == result.stdout.strip()
 
 
 def test_python_dash_m_gateway_works() -> None:
@@ -66,7 +67,8 @@ def test_python_dash_m_gateway_works() -> None:
         check=False,
         cwd=REPO,
     )
-    assert (0, f"dialgate {__version__}") == (result.returncode, result.stdout.strip())
+    expected = f"dialgate {__version__} (SIP core: {build_name()})"
+    assert (0, expected) == (result.returncode, result.stdout.strip())
 
 
 @pytest.mark.parametrize("name", ["dialgate.toml", "minimal.toml", "demo.toml"])
