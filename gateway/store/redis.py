@@ -101,7 +101,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -263,9 +263,14 @@ local function snapshot(k_starts, k_inuse, k_held, k_meta, k_outz, k_day, now_s,
   return {blob, table.concat(fields, '\0'), talk, redis.call('HLEN', k_inuse) + held, outs,
           meta[1] or '0', meta[2] or '', held}
 end
--- Tells the other nodes' usage caches (gateway/store/redis_cache.py) the card changed.
-local function announce(channel, card, ver)
-  if channel ~= '' then redis.call('PUBLISH', channel, ver .. '|' .. card) end
+-- Tells the other nodes' usage caches (gateway/store/redis_cache.py) the card changed
+-- and how: "ver US op US fields... US card" (US = \31), the fields of _apply_delta.
+local function announce(channel, card, ver, delta)
+  if channel == '' then return end
+  local parts = {tostring(ver)}
+  for i = 1, #delta do parts[#parts + 1] = delta[i] end
+  parts[#parts + 1] = card
+  redis.call('PUBLISH', channel, table.concat(parts, '\31'))
 end
 """
 
@@ -416,7 +421,7 @@ if redis.call('SET', K_meta .. ':ttl', '1', 'EX', math.max(1, math.floor(ttl / 8
     redis.call('EXPIRE', k, ttl)
   end
 end
-announce(channel, card, ver)
+announce(channel, card, ver, {'R', day_key, now_s, callee})
 if want then
   return {'OK', tostring(seq), snapshot(K_starts, K_inuse, K_held, K_meta, K_outz, K_day, now_s, w)}
 end
@@ -446,15 +451,15 @@ local K_open = prefix .. ':node:' .. node .. ':open'
 
 redis.call('HDEL', K_inuse, call_id)
 redis.call('SREM', K_open, call_id)
-local talk, flags = 0, nil
+local talk, flags, left, talk_total = 0, nil, '', ''
 if mode == 'release' then
   redis.call('ZREM', K_starts, call_id)
   blob_remove(K_starts, start_s)
   -- an emptied set is deleted and the next reservation recreates it: renew TTLs then
   if redis.call('EXISTS', K_starts) == 0 then redis.call('DEL', K_meta .. ':ttl') end
-  if redis.call('HINCRBY', day_key, 'c:' .. callee, -1) <= 0 then
-    redis.call('HDEL', day_key, 'c:' .. callee)
-  end
+  local n = redis.call('HINCRBY', day_key, 'c:' .. callee, -1)
+  if n <= 0 then redis.call('HDEL', day_key, 'c:' .. callee) end
+  left = tostring(n)
   if failed == '1' then flags = 2 end
 elseif mode == 'finish' then
   talk = tonumber(talk_s)
@@ -463,7 +468,7 @@ elseif mode == 'finish' then
   if failed == '1' then flags = flags + 2 end
   if short == '1' then flags = flags + 4 end
   if talk ~= 0 then
-    redis.call('HINCRBYFLOAT', day_key, 't', talk_s)
+    talk_total = redis.call('HINCRBYFLOAT', day_key, 't', talk_s)
     if redis.call('TTL', day_key) < 0 then redis.call('EXPIRE', day_key, ttl) end
   end
 else
@@ -477,7 +482,10 @@ if flags then
 end
 local ver = redis.call('HINCRBY', K_meta, 'ver', 1)
 redis.call('DEL', K_call)
-announce(channel, card, ver)
+announce(channel, card, ver, {({release = 'L', finish = 'F', orphan = 'O'})[mode] or 'X',
+                              day_key, start_s, callee,
+                              left, talk_total, flags and tostring(flags) or '', seq,
+                              fmt(talk), now_s})
 if want then
   -- as of the call's carrier day: the caller keeps it only if that is still today
   return {'OK', card, day_key,
@@ -524,7 +532,7 @@ for _, k in ipairs({K_starts, K_starts .. ':blob', K_held, K_meta, K_outz}) do
   redis.call('EXPIRE', k, ttl)
 end
 if redis.call('EXISTS', K_day) == 1 then redis.call('EXPIRE', K_day, day_ttl) end
-announce(ARGV[6], ARGV[7], ver)
+announce(ARGV[6], ARGV[7], ver, {'H'})
 return 1
 """
 )
@@ -631,6 +639,7 @@ class _Snapshot(NamedTuple):
     shorts: tuple[bool, ...]
     lower: float = 0.0
     held: int = 0
+    members: tuple[bytes, ...] = ()  # the outcomes as packed, in the script's order
 
     def since(self, lower: float) -> _Snapshot:
         """The same snapshot with starts before ``lower`` left out (a cached one, read later)."""
@@ -667,7 +676,87 @@ def _parse(raw: Sequence[Any], lower: float) -> _Snapshot:
         in_use=int(in_use),
         recent_outcomes=tuple(outcomes),
     )
-    return _Snapshot(usage, version.decode(), bool(hyd), tuple(shorts), lower, int(held))
+    return _Snapshot(
+        usage, version.decode(), bool(hyd), tuple(shorts), lower, int(held), tuple(raw_outs)
+    )
+
+
+def _outcomes(members: Sequence[bytes]) -> tuple[tuple[CallOutcome, ...], tuple[bool, ...]]:
+    outcomes = []
+    shorts = []
+    for item in members:
+        _seq, started, talk, ended, flags = _OUTCOME.unpack(item)
+        outcomes.append(
+            CallOutcome(
+                started_at=started,
+                answered=bool(flags & _ANSWERED),
+                talk_seconds=talk,
+                failed=bool(flags & _FAILED),
+                ended_at=ended,
+            )
+        )
+        shorts.append(bool(flags & _SHORT))
+    return tuple(outcomes), tuple(shorts)
+
+
+def _apply_delta(
+    snap: _Snapshot, day_start: float, version: int, fields: Sequence[bytes], window: int
+) -> _Snapshot | None:
+    """Another node's write (``announce`` in the scripts) applied to the copy just before it.
+
+    ``R day start callee``: a reservation. ``L``/``F``/``O`` (release, finish,
+    orphan) ``day start callee left talk_total flags seq talk end``: a close —
+    ``left`` the callee's calls of the day after a release, ``talk_total`` the
+    day's talk after a finish, ``flags`` the outcome recorded (none: empty).
+    None when the change is not one this copy can follow exactly (another
+    carrier day, a rehydration, an unknown form): the caller drops the copy.
+    """
+    op = fields[0]
+    size = 4 if op == b"R" else 10 if op in (b"L", b"F", b"O") else 0
+    if len(fields) != size:
+        return None
+    if int(fields[1].rsplit(b":", 1)[1]) != int(day_start):
+        return None
+    start = float(fields[2])
+    callee = fields[3].decode()
+    usage = snap.usage
+    starts = usage.call_starts
+    if op == b"R":
+        if start >= snap.lower:
+            at = bisect_right(starts, start)
+            starts = (*starts[:at], start, *starts[at:])
+        usage = replace(
+            usage,
+            call_starts=starts,
+            callees_today=usage.callees_today | {callee},
+            in_use=usage.in_use + 1,
+        )
+        return snap._replace(usage=usage, version=str(version))
+    left, talk_total, flags, seq, talk, end = fields[4:10]
+    callees = usage.callees_today
+    if op == b"L":
+        at = bisect_left(starts, start)
+        if at < len(starts) and starts[at] == start:
+            starts = (*starts[:at], *starts[at + 1 :])
+        if int(left) <= 0:
+            callees = callees - {callee}
+    members = snap.members
+    outcomes, shorts = usage.recent_outcomes, snap.shorts
+    if flags:
+        member = _OUTCOME.pack(int(seq), start, float(talk), float(end), int(flags))
+        # the outcomes' sorted set: by start, then by the packed bytes; the last ``window``
+        ordered = sorted((*members, member), key=lambda m: (_OUTCOME.unpack(m)[1], m))
+        members = tuple(ordered[-window:])
+        outcomes, shorts = _outcomes(members)
+    usage = replace(
+        usage,
+        call_starts=starts,
+        callees_today=callees,
+        talk_seconds_today=float(talk_total) if talk_total else usage.talk_seconds_today,
+        in_use=max(0, usage.in_use - 1),
+        recent_outcomes=outcomes,
+    )
+    return snap._replace(usage=usage, version=str(version), shorts=shorts, members=members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -862,7 +951,13 @@ class RedisStore:
         # Card usage read or written here, kept until another node announces a change
         # of the card (redis_cache.py): selection then costs no round trip.
         self.channel = f"{prefix}:usage"
-        self.cache = UsageCache(client, self.channel)
+        self.cache = UsageCache(
+            client,
+            self.channel,
+            apply=lambda snap, day, ver, fields: _apply_delta(
+                snap, day, ver, fields, self.outcome_window
+            ),
+        )
         self.cache.enabled = usage_cache
         # /health: opened when Redis is not reached, closed by a PING from a
         # worker thread. It only reports here: a refused connection already fails at once.

@@ -1,18 +1,23 @@
 """This node's copy of the card usage it read from Redis, dropped when another node writes.
 
 Every write script of :mod:`gateway.store.redis` (reserve, release/finish,
-orphan, rehydrate) bumps the card's version (``meta ver``), PUBLISHes
-``"{ver}|{card}"`` on ``{prefix}:usage`` and returns the card's snapshot as of
-after the write; a read returns it too. :class:`UsageCache` keeps the newest
-snapshot per card and serves it to card selection and the operator's views
-instead of a round trip, while all of this holds:
+orphan, rehydrate) bumps the card's version (``meta ver``), PUBLISHes the new
+version, the card and what changed on ``{prefix}:usage``, and returns the
+card's snapshot as of after the write; a read returns it too.
+:class:`UsageCache` keeps the newest snapshot per card and serves it to card
+selection and the operator's views instead of a round trip. Another node's
+write that directly follows the copy's version is applied to it (``apply``:
+the change is in the message — a start, a callee, an outcome, the day's talk),
+so a card every node uses at once still costs no read; any other change drops
+the copy. A copy is served while all of this holds:
 
 - the subscription is live: confirmed before any entry was kept, and the PING
   sent at the last :meth:`UsageCache.keepalive` (every 2 s) was answered by
   the next one;
-- no message announced a newer version of the card than the entry's (messages
-  are read, without blocking, before every lookup; a message older than the
-  entry is this node's own write or was already in the snapshot);
+- no message announced a newer version of the card than the entry's that
+  could not be applied (messages are read, without blocking, before every
+  lookup; a message older than the entry is this node's own write or was
+  already in the snapshot);
 - the card's carrier day is the one the entry was read for;
 - the entry holds no rehydration slots (their count falls with time);
 - it is at most ``max_age`` seconds old (a safety net, not the mechanism).
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,9 +68,16 @@ class UsageCache:
     """
 
     def __init__(
-        self, client: Any, channel: str, *, max_age: float = 30.0, retry_seconds: float = 1.0
+        self,
+        client: Any,
+        channel: str,
+        *,
+        max_age: float = 30.0,
+        retry_seconds: float = 1.0,
+        apply: Callable[[Any, float, int, list[bytes]], Any] | None = None,
     ) -> None:
         self.client = client
+        self.apply = apply
         self.channel = channel
         self.max_age = max_age
         self.retry_seconds = retry_seconds
@@ -79,6 +92,7 @@ class UsageCache:
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
+        self.applied = 0
         self.resets = 0
 
     # --- the subscription ---------------------------------------------------------
@@ -148,24 +162,33 @@ class UsageCache:
                     return True
                 kind = msg.get("type")
                 if kind == "message":
-                    raw = msg["data"]
-                    ver_s, sep, card_b = raw.partition(b"|")
-                    if not sep:
-                        raise ValueError(f"bad usage message {raw[:40]!r}")
-                    self._announce(card_b.decode(), int(ver_s))
+                    fields = msg["data"].split(b"\x1f")
+                    if len(fields) < 3:
+                        raise ValueError(f"bad usage message {msg['data'][:40]!r}")
+                    self._announce(fields[-1].decode(), int(fields[0]), fields[1:-1])
                 elif kind == "pong":
                     self._ping_at = None
         except (RedisError, OSError, ValueError) as exc:
             self.reset(f"{type(exc).__name__}: {exc}")
             return False
 
-    def _announce(self, card: str, version: int) -> None:
+    def _announce(self, card: str, version: int, delta: list[bytes]) -> None:
         if version > self._seen.get(card, -1):
             self._seen[card] = version
         entry = self._entries.get(card)
-        if entry is not None and entry.version < version:
-            del self._entries[card]
-            self.invalidations += 1
+        if entry is None or entry.version >= version:
+            return  # nothing kept, or this node's own write (already in the copy)
+        if entry.version == version - 1 and self.apply is not None:
+            # why: the next write of the card is one the copy can follow: applying it
+            # spares the next lookup a read (a card used by every node at once).
+            updated = self.apply(entry.snapshot, entry.day_start, version, delta)
+            if updated is not None:
+                entry.snapshot = updated
+                entry.version = version
+                self.applied += 1
+                return
+        del self._entries[card]
+        self.invalidations += 1
 
     def keepalive(self) -> None:
         """Check the last PING was answered and send the next (the 2 s sync calls this).
@@ -260,6 +283,7 @@ class UsageCache:
             "hits": self.hits,
             "misses": self.misses,
             "invalidations": self.invalidations,
+            "applied": self.applied,
             "resets": self.resets,
             "entries": len(self._entries),
             "live": int(self.live),
