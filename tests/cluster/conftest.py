@@ -104,6 +104,8 @@ def start_kamailio(workdir: Path, nodes: list[tuple[str, int]]) -> Kamailio:
         binary,
         "-DD",
         "-E",
+        "-x",
+        "tlsf",
         "-m",
         "32",
         "-M",
