@@ -30,6 +30,7 @@ __all__ = [
     "URI_UNSAFE_RE",
     "VERSION_RE",
     "WORD",
+    "is_digits",
 ]
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
@@ -58,6 +59,15 @@ IPV6_RE: Final = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 # port = 1*DIGIT
 PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 DIGITS_RE: Final = re.compile(r"[0-9]+")
+
+
+def is_digits(text: str) -> bool:
+    """``DIGITS_RE.fullmatch(text) is not None`` (``1*DIGIT``) without the regex call.
+
+    ``isascii`` first: ``str.isdigit`` alone also accepts non-ASCII digits ("²").
+    """
+    return text.isascii() and text.isdigit()
+
 
 # HEXDIG
 HEX: Final = frozenset("0123456789abcdefABCDEF")

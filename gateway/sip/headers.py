@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .errors import ParseError
-from .grammar import DIGITS_RE, DISPLAY_WORD_RE, TOKEN_RE
+from .grammar import DISPLAY_WORD_RE, TOKEN_RE, is_digits
 from .uri import URI, Params, format_params, remember, split_host_port
 
 __all__ = [
@@ -181,8 +181,13 @@ def parse_header_params(text: str) -> Params:
     Values stay as written (a quoted value keeps its quotes) so serialization
     round-trips; ``SWS "=" SWS`` spacing is removed.
     """
+    return _param_pieces(_split(text, ";"))
+
+
+def _param_pieces(pieces: list[str]) -> Params:
+    """:func:`parse_header_params` of text already split at its top-level ``;``."""
     out: list[tuple[str, str | None]] = []
-    for piece in _split(text, ";"):
+    for piece in pieces:
         name, sep, value = piece.partition("=")
         name = name.strip(" \t")
         if TOKEN_RE.fullmatch(name) is None:
@@ -207,7 +212,7 @@ def _param(params: Params, name: str) -> str | None:
 def parse_delta_seconds(text: str, what: str) -> int:
     """``delta-seconds = 1*DIGIT`` bounded by 2**32-1 (RFC 4475 §3.1.2.4)."""
     text = text.strip(" \t")
-    if DIGITS_RE.fullmatch(text) is None or len(text) > 10:
+    if not is_digits(text) or len(text) > 10:
         raise ParseError(f"bad {what}")
     value = int(text)
     if value > MAX_DELTA_SECONDS:
@@ -447,41 +452,18 @@ class Via:
     @classmethod
     def _parse(cls, text: str) -> Via:
         pieces = _split(text, ";")
+        # The sent-protocol and sent-by of a peer repeat in every Via it sends; only
+        # the params (a new branch per transaction) differ: parse the front once.
         first = pieces[0]
-        # sent-protocol = protocol-name SLASH protocol-version SLASH transport,
-        # SLASH = SWS "/" SWS (RFC 3261 §20.42, §25.1): whitespace around "/" is legal.
-        i1 = first.find("/")
-        i2 = first.find("/", i1 + 1) if i1 >= 0 else -1
-        if i2 < 0:
-            raise ParseError("bad Via sent-protocol")
-        name = first[:i1].strip(" \t")
-        version = first[i1 + 1 : i2].strip(" \t")
-        rest = first[i2 + 1 :].lstrip(" \t").split(None, 1)
-        if len(rest) != 2:
-            raise ParseError("Via without sent-by")
-        transport, sent_by = rest
-        if (
-            TOKEN_RE.fullmatch(name) is None
-            or TOKEN_RE.fullmatch(version) is None
-            or TOKEN_RE.fullmatch(transport) is None
-        ):
-            raise ParseError("bad Via sent-protocol")
-        # sent-by = host [ COLON port ], COLON = SWS ":" SWS
-        # whitespace is legal only around the colon (COLON = SWS ":" SWS), so
-        # "host junk" is malformed but "host : 5060" is fine.
-        sent_by = sent_by.strip(" \t")
-        if " " in sent_by or "\t" in sent_by:
-            left, colon, right = sent_by.rpartition(":")
-            left, right = left.strip(" \t"), right.strip(" \t")
-            if not colon or len(left.split()) != 1 or len(right.split()) != 1:
-                raise ParseError("whitespace in Via sent-by")
-            sent_by = f"{left}:{right}"
-        host, port = split_host_port(sent_by)
-        params: Params = ()
-        if len(pieces) > 1:
-            params = parse_header_params(";".join(pieces[1:]))
+        front = _VIA_FRONT_MEMO.get(first)
+        if front is None:
+            front = _via_front(first)
+            remember(_VIA_FRONT_MEMO, first, front)
+        transport, host, port, protocol = front
+        # Re-joining and re-splitting pieces[1:] gives the same pieces: no join here.
+        params = _param_pieces(pieces[1:]) if len(pieces) > 1 else ()
         # Only the params give branch/received/rport here: the constructor reads them.
-        return cls(transport, host, port, params, protocol=f"{name}/{version}")
+        return cls(transport, host, port, params, protocol=protocol)
 
     def __str__(self) -> str:
         hp = self.host if self.port is None else f"{self.host}:{self.port}"
@@ -490,6 +472,44 @@ class Via:
     def param(self, name: str) -> str | None:
         """Case-insensitive param lookup (``""`` for a flag)."""
         return _param(self.params, name)
+
+
+_VIA_FRONT_MEMO: Final[dict[str, tuple[str, str, int | None, str]]] = {}
+"""``_via_front`` by text (bounded like the parse memos)."""
+
+
+def _via_front(first: str) -> tuple[str, str, int | None, str]:
+    """(transport, host, port, protocol) of ``SIP / 2.0 / UDP host[:port]`` (no params)."""
+    # sent-protocol = protocol-name SLASH protocol-version SLASH transport,
+    # SLASH = SWS "/" SWS (RFC 3261 §20.42, §25.1): whitespace around "/" is legal.
+    i1 = first.find("/")
+    i2 = first.find("/", i1 + 1) if i1 >= 0 else -1
+    if i2 < 0:
+        raise ParseError("bad Via sent-protocol")
+    name = first[:i1].strip(" \t")
+    version = first[i1 + 1 : i2].strip(" \t")
+    rest = first[i2 + 1 :].lstrip(" \t").split(None, 1)
+    if len(rest) != 2:
+        raise ParseError("Via without sent-by")
+    transport, sent_by = rest
+    if (
+        TOKEN_RE.fullmatch(name) is None
+        or TOKEN_RE.fullmatch(version) is None
+        or TOKEN_RE.fullmatch(transport) is None
+    ):
+        raise ParseError("bad Via sent-protocol")
+    # sent-by = host [ COLON port ], COLON = SWS ":" SWS
+    # whitespace is legal only around the colon (COLON = SWS ":" SWS), so
+    # "host junk" is malformed but "host : 5060" is fine.
+    sent_by = sent_by.strip(" \t")
+    if " " in sent_by or "\t" in sent_by:
+        left, colon, right = sent_by.rpartition(":")
+        left, right = left.strip(" \t"), right.strip(" \t")
+        if not colon or len(left.split()) != 1 or len(right.split()) != 1:
+            raise ParseError("whitespace in Via sent-by")
+        sent_by = f"{left}:{right}"
+    host, port = split_host_port(sent_by)
+    return transport, host, port, f"{name}/{version}"
 
 
 def _add_via_fields(
@@ -529,7 +549,7 @@ def _via_fields(params: Params) -> tuple[str | None, str | None, int | bool | No
             seen_rport = True
             if v is None:
                 rport = True
-            elif DIGITS_RE.fullmatch(v) is None or len(v) > 5 or int(v) > 65535:
+            elif not is_digits(v) or len(v) > 5 or int(v) > 65535:
                 raise ParseError("bad rport")
             else:
                 rport = int(v)
@@ -670,7 +690,7 @@ class CSeq:
         if len(parts) != 2:
             raise ParseError("bad CSeq")
         num, method = parts
-        if DIGITS_RE.fullmatch(num) is None or TOKEN_RE.fullmatch(method) is None:
+        if not is_digits(num) or TOKEN_RE.fullmatch(method) is None:
             raise ParseError("bad CSeq")
         # Why the length check first: never int() an unbounded digit string.
         if len(num.lstrip("0")) > 10 or int(num) > MAX_CSEQ:
@@ -703,7 +723,7 @@ class Reason:
         cause: int | None = None
         raw_cause = _param(params, "cause")
         if raw_cause is not None:
-            if DIGITS_RE.fullmatch(raw_cause) is None or len(raw_cause) > 9:
+            if not is_digits(raw_cause) or len(raw_cause) > 9:
                 raise ParseError("bad Reason cause")
             cause = int(raw_cause)
         text: str | None = _param(params, "text")

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from .errors import REASON_PHRASES, MessageTooLarge, ParseError, SIPError
-from .grammar import CALLID_RE, DIGITS_RE, METHOD_RE, STATUS_RE, VERSION_RE
+from .grammar import CALLID_RE, METHOD_RE, STATUS_RE, VERSION_RE, is_digits
 from .headers import (
     CSeq,
     Headers,
@@ -188,7 +188,7 @@ class Message:
         if raw is None:
             return None
         raw = raw.strip(" \t")  # values set by callers may carry spaces
-        if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10 or int(raw) > 255:
+        if not is_digits(raw) or len(raw) > 10 or int(raw) > 255:
             raise ParseError("bad Max-Forwards")
         return int(raw)
 
@@ -442,7 +442,7 @@ class Response(Message):
 def _content_length(raw: str) -> int:
     # RFC 4475 §3.1.2.3: never use a negative or non-numeric value as a counter.
     raw = raw.strip(" \t")
-    if DIGITS_RE.fullmatch(raw) is None or len(raw) > 10:
+    if not is_digits(raw) or len(raw) > 10:
         raise ParseError("bad Content-Length")
     return int(raw)
 

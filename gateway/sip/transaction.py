@@ -487,7 +487,12 @@ class _Machine:
 
     def get_timer(self) -> float | None:
         """The earliest armed deadline, or ``None`` when nothing is armed."""
-        return min(self._timers.values(), default=None)
+        # A loop, not min(..., default=None): compiled, that is a generic builtin call.
+        earliest: float | None = None
+        for deadline in self._timers.values():
+            if earliest is None or deadline < earliest:
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> list[Action]:
         """Fire every timer due at ``now``, earliest first."""

@@ -151,3 +151,19 @@ def test_asr_window_holds_seconds_not_calls() -> None:
         stats(CallEvent(CallEventKind.ENDED, f"e-{i}", 1000.0 + i / 200, outcome=outcome))
     assert len(stats._ends) <= 51
     assert 0.25 == stats.snapshot().asr
+
+
+def test_via_front_and_unroutable_memos_are_bounded(small_parse_memos: int) -> None:
+    """The memo of Via sent-protocol/sent-by texts and the broadcast-address memo of
+    check_response stay bounded when every Via comes from another host."""
+    from gateway.sip.headers import _VIA_FRONT_MEMO
+    from gateway.sip.validate import _UNROUTABLE, _unroutable
+
+    _VIA_FRONT_MEMO.clear()
+    _UNROUTABLE.clear()
+    for i in range(N):
+        host = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        Via.parse(f"SIP/2.0/UDP {host}:5060;branch=z9hG4bK{i}")
+        _unroutable(host)
+    assert 0 < len(_VIA_FRONT_MEMO) <= small_parse_memos
+    assert 0 < len(_UNROUTABLE) <= small_parse_memos
