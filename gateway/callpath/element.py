@@ -441,9 +441,12 @@ class Gateway:
         return self.registrar.is_registered(agent, now)
 
     def refresh_registration(self, user: str, now: float) -> None:
-        """A worker of a set: take ``user``'s bindings from the store (the workers share
-        them there); a single process is the only writer and skips the read."""
-        if self.worker is not None and self.worker.count > 1 and self.registrations is not None:
+        """A worker of a set or a node of a cluster (``[store] redis``): take ``user``'s
+        bindings from the store (the workers share them in SQLite, the nodes in Redis:
+        an agent whose node died reaches another); a lone process skips the read."""
+        shared = self.settings.store.redis is not None
+        workers = self.worker is not None and self.worker.count > 1
+        if (shared or workers) and self.registrations is not None:
             self.registrations.refresh(user.lower(), now)
 
     # -- message handling ------------------------------------------------------------

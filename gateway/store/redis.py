@@ -612,15 +612,23 @@ _ANSWERED, _FAILED, _SHORT = 1, 2, 4
 # key's TTL only ever grows (a key without TTL gets one), so one short binding
 # never cuts the life of the others.
 _LUA_PUT_REGISTRATIONS = r"""
-local key, aor, value, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- KEYS[1]: this node's hash of AORs (restored at its restart); KEYS[2]: the AOR's
+-- cluster-wide copy, what another node reads when the agent reaches it (failover).
+local key, shared, aor, value, ttl = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
 if value == '' then
   redis.call('HDEL', key, aor)
+  redis.call('DEL', shared)
   return 0
 end
 redis.call('HSET', key, aor, value)
 local current = redis.call('TTL', key)
 if ttl > 0 and (current == -1 or current < ttl) then
   redis.call('EXPIRE', key, ttl)
+end
+if ttl > 0 then
+  redis.call('SET', shared, value, 'EX', ttl)
+else
+  redis.call('SET', shared, value)
 end
 return 1
 """
@@ -1725,6 +1733,9 @@ class RedisStore:
     def _registrations_key(self, node: str | None) -> str:
         return f"{self.prefix}:node:{node or self.node}:registrations"
 
+    def _shared_registration_key(self, aor: str) -> str:
+        return f"{self.prefix}:registration:{aor.lower()}"
+
     def save_registrations(
         self,
         aor: str,
@@ -1733,18 +1744,48 @@ class RedisStore:
         *,
         node: str | None = None,
     ) -> None:
-        """Replace the bindings of ``aor`` (none: unregistered) in this node's hash.
+        """Replace the bindings of ``aor`` (none: unregistered) in this node's hash and
+        in the AOR's cluster-wide copy (one script).
 
         The hash's TTL is raised to cover the longest binding written (never
         lowered by a shorter one), so it lives while anything is registered
-        and goes away by itself when nothing is. Raises StoreUnavailable.
+        and goes away by itself when nothing is; the shared copy lives as long as
+        its longest binding. The last node to write an AOR owns its shared copy (an
+        agent registers through one node at a time). Raises StoreUnavailable.
         """
         value = json.dumps([r.as_json() for r in rows], separators=(",", ":")) if rows else ""
         ttl = max((int(r.expires_at - now) + 60 for r in rows), default=0)
         with self._guard():
             self._put_registrations(
-                keys=[self._registrations_key(node)], args=[aor, value, max(ttl, 0)]
+                keys=[self._registrations_key(node), self._shared_registration_key(aor)],
+                args=[aor, value, max(ttl, 0)],
             )
+
+    def registrations_of(
+        self, aor: str, now: float, *, node: str | None = None
+    ) -> list[StoredRegistration]:
+        """The live bindings of ``aor`` as the cluster last saw them, whichever node wrote
+        them (``node`` is not used: the copy is cluster-wide). One GET.
+
+        What a node reads when an agent it does not know reaches it — the node the
+        agent registered through died and the balancer moved the agent here, or a
+        sibling worker took the REGISTER. Raises StoreUnavailable.
+        """
+        del node
+        with self._guard():
+            raw = self.client.get(self._shared_registration_key(aor))
+        if not raw:
+            return []
+        try:
+            items = json.loads(raw)
+        except ValueError:
+            return []
+        rows = [
+            r
+            for r in (StoredRegistration.from_json(i) for i in (items or []))
+            if r is not None and r.expires_at > now
+        ]
+        return sorted(rows, key=lambda r: (r.position, r.contact))
 
     def load_registrations(
         self, now: float, *, node: str | None = None

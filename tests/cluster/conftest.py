@@ -184,10 +184,13 @@ def node_toml(
     redis_url: str,
     carrier_port: int,
     profile: dict[str, int],
+    agents: bool = False,
 ) -> str:
-    """One node: SIP on ``host:port``, the cluster's address as a domain, Redis, one card."""
+    """One node: SIP on ``host:port``, the cluster's address as a domain, Redis, one card;
+    with ``agents`` also the softphone user alice (password s3cret) on that card."""
     limits = "\n".join(f"{k} = {v}" for k, v in profile.items())
-    return f"""
+    users = '\n[[users]]\nname = "alice"\npassword = "s3cret"\ncard = "c1"\n' if agents else ""
+    return f"""{users}
 [sip]
 listen = ["udp:{host}:{port}"]
 realm = "dialgate"
@@ -295,9 +298,15 @@ class Cluster:
 
 
 def start_cluster(
-    workdir: Path, redis: RedisServer, carrier_port: int, profile: dict[str, int]
+    workdir: Path,
+    redis: RedisServer,
+    carrier_port: int,
+    profile: dict[str, int],
+    *,
+    agents: bool = False,
 ) -> Cluster:
-    """Two nodes on 127.0.0.2/.3 sharing ``redis``, and Kamailio in front of them."""
+    """Two nodes on 127.0.0.2/.3 sharing ``redis``, and Kamailio in front of them
+    (``agents``: the nodes also know the softphone user alice)."""
     ports = [free_udp_port_on(h) for h in NODE_HOSTS]
     nodes: list[DialgateProcess] = []
     dbs = [workdir / f"node{i + 1}" / "node.db" for i in range(len(NODE_HOSTS))]
@@ -310,6 +319,7 @@ def start_cluster(
                 redis_url=redis.url,
                 carrier_port=carrier_port,
                 profile=profile,
+                agents=agents,
             )
             nodes.append(start_node(workdir / f"node{i + 1}", toml))
         lb = start_kamailio(workdir / "kamailio", list(zip(NODE_HOSTS, ports, strict=True)))
