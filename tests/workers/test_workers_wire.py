@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +23,15 @@ import pytest
 
 from gateway.app import WORKER_CARD_SYNC
 from gateway.store import SQLiteStore
-from simulator.testkit import Message, wait_until
+from simulator.pytest_plugin import sipp_binary
+from simulator.testkit import (
+    Message,
+    finish_sipp,
+    free_udp_port,
+    sipp_command,
+    start_sipp,
+    wait_until,
+)
 from tests.policy_sipp.conftest import (
     SIPP_DIR as POLICY_SIPP,
 )
@@ -35,6 +45,8 @@ from tests.policy_sipp.conftest import (
 from tests.workers.conftest import contacts, numbers, start_agents, start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REGISTRAR_SIPP = Path(__file__).resolve().parents[1] / "registrar" / "sipp"
 
 
 def cdrs(db: Path) -> dict[str, list[tuple[str, int]]]:
@@ -333,3 +345,91 @@ def test_a_suspension_in_worker_0_is_honoured_by_worker_1(
     assert {"c2"} == cards_used
     senders = {(m.header("From") or "").split(">")[0] for m in carrier.invites()}
     assert {"<sip:+8613800000002@127.0.0.1"} == senders
+
+
+def _sipp_peer(
+    scenario: Path,
+    workdir: Path,
+    *,
+    port: int,
+    target: tuple[str, int] | None = None,
+    numbers: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """One SIPp call on 127.0.0.1:``port`` (a client when ``target`` is given)."""
+    extra = ["-m", "1", "-timeout_error"]
+    if numbers is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "numbers.csv").write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
+        extra += ["-inf", str(workdir / "numbers.csv")]
+    cmd = sipp_command(
+        scenario,
+        port=port,
+        target=target,
+        workdir=workdir,
+        timeout=30,
+        binary=sipp_binary(),
+        extra=extra,
+    )
+    return start_sipp(cmd, workdir)
+
+
+def test_a_carrier_call_rings_an_agent_registered_through_the_other_worker(
+    tmp_path: Path, processes: list[Any]
+) -> None:
+    """alice registers through worker A's private port; the carrier's call back lands on
+    worker B (its address hashes there), which reads her binding from the store and
+    rings her at the flow she registered from."""
+    carrier_port, alice_port = free_udp_port(), free_udp_port()
+    config = gateway_toml(carrier_port) + '\n[inbound]\nfallback_user = "alice"\n'
+    ws = start_workers(tmp_path, config)
+    processes.append(ws.gw)
+    shared = ws.gw.addresses["udp"]
+    # Which worker the carrier's address hashes to: an out-of-dialog INFO from it is
+    # answered 481 (RFC 3261 §15.1.2) and logged by that worker.
+    info = (
+        f"INFO sip:gw@127.0.0.1:{shared[1]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{carrier_port};branch=z9hG4bK-probe\r\n"
+        "From: <sip:probe@127.0.0.1>;tag=p\r\nTo: <sip:gw@127.0.0.1>\r\n"
+        "Call-ID: probe-1\r\nCSeq: 1 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", carrier_port))
+        probe.settimeout(5)
+        probe.sendto(info.encode(), shared)
+        assert probe.recvfrom(65536)[0].startswith(b"SIP/2.0 481")
+
+    def probes() -> list[dict[str, Any]]:
+        return [e for e in ws.gw.events("sip.request.rejected") if e.get("method") == "INFO"]
+
+    wait_until(probes, 5, "the INFO's log line")
+    [rejected] = probes()
+    lands_on = int(rejected["worker"])
+    other = 1 - lands_on
+    register = _sipp_peer(
+        POLICY_SIPP / "register.xml",
+        tmp_path / "register",
+        port=alice_port,
+        target=("127.0.0.1", ws.private_udp()[other]),
+    )
+    processes.append(register)
+    reg = finish_sipp(register, tmp_path / "register", 20)
+    assert (0, 1) == (reg.returncode, reg.successful), reg.stats
+    alice = _sipp_peer(REGISTRAR_SIPP / "alice_uas.xml", tmp_path / "alice", port=alice_port)
+    processes.append(alice)
+    time.sleep(0.3)  # SIPp binds its socket
+    call = _sipp_peer(
+        REGISTRAR_SIPP / "carrier_call.xml",
+        tmp_path / "carrier",
+        port=carrier_port,
+        target=shared,
+        numbers=["+8613800000001"],  # card c1's number
+    )
+    processes.append(call)
+    callback = finish_sipp(call, tmp_path / "carrier", 30)
+    assert (0, 1) == (callback.returncode, callback.successful), callback.stats
+    answered = finish_sipp(alice, tmp_path / "alice", 10)
+    assert 1 == answered.successful, answered.stats
+    [invite] = [m for m in answered.messages if m.direction == "received" and m.method == "INVITE"]
+    assert f"sip:alice@127.0.0.1:{alice_port}" == invite.first_line.split()[1]
+    [leg] = ws.gw.events("call.b_leg")
+    assert lands_on == int(leg["worker"])
