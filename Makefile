@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# DIALGATE_NATIVE=0 always runs the script (it removes an earlier build).
+# DIALGATE_NATIVE=0 always runs the script (it removes an earlier build) and leaves
+# no stamp, so the next plain `make install` compiles again.
 $(NATIVE): $(STAMP) $(SIP_SOURCES) scripts/build_native.py $(if $(filter 0,$(DIALGATE_NATIVE)),FORCE)
 	@$(VENV)/bin/python scripts/build_native.py
-	@touch $(NATIVE)
+	@$(if $(filter 0,$(DIALGATE_NATIVE)),rm -f $(NATIVE),touch $(NATIVE))
 
 native: $(STAMP)
 	@$(VENV)/bin/python scripts/build_native.py --force
