@@ -184,13 +184,23 @@ def parse_header_params(text: str) -> Params:
     return _param_pieces(_split(text, ";"))
 
 
+# Parameter names seen on every message (each a valid token): checked by set
+# membership before the regex.
+_PARAM_NAMES: Final = frozenset(
+    {
+        "branch", "rport", "received", "tag", "lr", "transport", "user", "expires", "maddr",
+        "ttl", "q", "method", "cause", "text", "duration", "ob", "reg-id", "+sip.instance",
+    }
+)  # fmt: skip
+
+
 def _param_pieces(pieces: list[str]) -> Params:
     """:func:`parse_header_params` of text already split at its top-level ``;``."""
     out: list[tuple[str, str | None]] = []
     for piece in pieces:
         name, sep, value = piece.partition("=")
         name = name.strip(" \t")
-        if TOKEN_RE.fullmatch(name) is None:
+        if name not in _PARAM_NAMES and TOKEN_RE.fullmatch(name) is None:
             raise ParseError("bad header parameter name")
         if sep:
             value = value.strip(" \t")

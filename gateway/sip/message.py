@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from .errors import REASON_PHRASES, MessageTooLarge, ParseError, SIPError
-from .grammar import CALLID_RE, METHOD_RE, STATUS_RE, VERSION_RE, is_digits
+from .grammar import CALLID_RE, METHOD_RE, VERSION_RE, is_digits
 from .headers import (
     CSeq,
     Headers,
@@ -563,9 +563,9 @@ def _parse(raw: bytes | bytearray | memoryview, stream: bool, max_size: int) -> 
     if start[:4].upper() == "SIP/":
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
-        if VERSION_RE.fullmatch(version) is None:
+        if version != "SIP/2.0" and VERSION_RE.fullmatch(version) is None:
             raise ParseError("bad SIP-Version in status line")
-        if STATUS_RE.fullmatch(code) is None or int(code) > 699:
+        if not _is_status_code(code) or int(code) > 699:
             raise ParseError("bad status code")
         msg = Response(int(code), reason, headers, body, version)
     else:
@@ -574,14 +574,29 @@ def _parse(raw: bytes | bytearray | memoryview, stream: bool, max_size: int) -> 
             # RFC 4475 §3.1.2.8-10: extra SP in the request line is malformed.
             raise ParseError("request line must be Method SP Request-URI SP SIP-Version")
         method, uri_text, version = parts
-        if METHOD_RE.fullmatch(method) is None:
+        if method not in _METHODS and METHOD_RE.fullmatch(method) is None:
             raise ParseError("bad method")
-        if VERSION_RE.fullmatch(version) is None:
+        if version != "SIP/2.0" and VERSION_RE.fullmatch(version) is None:
             raise ParseError("bad SIP-Version in request line")
         msg = Request(method, URI.parse(uri_text), headers, body, version)
     if cl_value is not None:
         msg._remember_raw(data[begin:body_end])
     return msg
+
+
+# The usual values are checked by set membership first (each is valid by the grammar),
+# the regex only for the rest: two regex calls fewer per message.
+_METHODS: Final = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+        "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
+    }
+)  # fmt: skip
+
+
+def _is_status_code(code: str) -> bool:
+    """``STATUS_RE.fullmatch(code) is not None``: ``[1-9][0-9][0-9]``."""
+    return len(code) == 3 and code.isascii() and code.isdigit() and code[0] != "0"
 
 
 def make_response(
