@@ -104,7 +104,7 @@ import structlog
 from gateway.callpath.auth import Identity, IdentityKind
 from gateway.callpath.bindings import AgentBindings
 from gateway.callpath.calls import Call, CallState, Leg, Side
-from gateway.callpath.cdr import CdrRecorder, Outcome
+from gateway.callpath.cdr import CallRecord, CdrRecorder, Outcome, call_record
 from gateway.callpath.dialogs import CallDialogStore
 from gateway.callpath.failover import Failover
 from gateway.callpath.recovery import OrphanRecovery, StrayAnswers
@@ -372,38 +372,43 @@ class B2BUA:
         if bound is not None:
             ctx = replace(ctx, spill=self.bindings.spill(bound))
         call.ctx = ctx
-        started = time.perf_counter()
-        try:
-            decision = self.services.pipeline.decide(ctx)
-        except StoreUnavailable as exc:
-            decision = Decision.reject(
-                RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
-            )
-        call.decision_seconds = time.perf_counter() - started
-        if not decision.allowed or decision.card_id is None:
+        # The reservation (taken inside decide) and the write-ahead B-leg row are one
+        # commit: the write-ahead commits the batch before the INVITE leaves, so a crash
+        # leaves both or neither (never a counted start without its row).
+        with self.services.store.batch():
+            started = time.perf_counter()
+            try:
+                decision = self.services.pipeline.decide(ctx)
+            except StoreUnavailable as exc:
+                decision = Decision.reject(
+                    RejectReason.STORE_UNAVAILABLE, "store", str(exc), retry_after=exc.retry_after
+                )
+            call.decision_seconds = time.perf_counter() - started
+            card_id = decision.card_id if decision.allowed else None
+            if card_id is not None:
+                call.reserved = True
+                self.calls[call.key] = call
+                self._legs[(call.a.call_id, call.a.local_tag)] = (call, "a")
+                log.info(
+                    "call.attempt",
+                    call_id=call.a.call_id,
+                    key=call.key,
+                    agent=identity.name,
+                    kind=str(identity.kind),
+                    destination=self._masked(call.destination),
+                    card=card_id,
+                    campaign=call.campaign,
+                )
+                self._event(call, CallEventKind.ATTEMPT, decision_seconds=call.decision_seconds)
+                self._dial_card(call, card_id)
+        if card_id is None:
             if decision.allowed:
                 decision = Decision.reject(
                     RejectReason.NO_CARD_AVAILABLE, "cards", "no card chosen", retry_after=60
                 )
             self._reject_decision(call, decision)
             return
-        card = self.services.cards.get(decision.card_id)
-        call.reserved = True
-        self.bindings.note(call, bound, card.id)
-        self.calls[call.key] = call
-        self._legs[(call.a.call_id, call.a.local_tag)] = (call, "a")
-        log.info(
-            "call.attempt",
-            call_id=call.a.call_id,
-            key=call.key,
-            agent=identity.name,
-            kind=str(identity.kind),
-            destination=self._masked(call.destination),
-            card=card.id,
-            campaign=call.campaign,
-        )
-        self._event(call, CallEventKind.ATTEMPT, decision_seconds=call.decision_seconds)
-        self._dial_card(call, card.id)
+        self.bindings.note(call, bound, card_id)
 
     def on_inbound(self, sr: ServerRequest, binding: Binding, user: str, card: str | None) -> None:
         """An INVITE from a carrier for a card's number: ring the agent's registered contact."""
@@ -920,6 +925,23 @@ class B2BUA:
         """
         assert call.ctx is not None
         self._release(call)
+        # The next card's reservation and its write-ahead B-leg row: one commit.
+        with self.services.store.batch():
+            self._fail_over_to_next(call, card_id, status, reason, resp, trunk, now, local=local)
+
+    def _fail_over_to_next(
+        self,
+        call: Call,
+        card_id: str,
+        status: int,
+        reason: str,
+        resp: Response | None,
+        trunk: bool,
+        now: float,
+        *,
+        local: bool,
+    ) -> None:
+        assert call.ctx is not None
         decision, store_down = self.failover.next_card(call, card_id, trunk, now)
         if store_down:
             self._policy_final(call, decision)
@@ -1323,10 +1345,37 @@ class B2BUA:
         self._send_bye(call, "b")
         self._end(call, call.final_code or 200)
 
+    def _store_end(
+        self, call: Call, finish: Callable[[], object] | None, record: CallRecord
+    ) -> bool:
+        """Finish the reservation, write the CDR and delete the stored call in ONE commit.
+
+        False when the store refused any of it: then nothing of the three is stored
+        and the caller writes each on its own (the reservation kept for a retry, the
+        CDR spooled, the delete retried), as a refused write always was. Taken only
+        when the CDR goes to this store and no spooled CDR waits (they go first).
+        """
+        store = self.services.store
+        if self.cdrs.pending or self.cdrs.store is not store:
+            return False
+        try:
+            with store.batch():
+                if finish is not None:
+                    finish()
+                if call.persisted:
+                    store.delete_call_dialogs(call.key)
+                store.add_cdrs([record])
+        except StoreUnavailable:
+            return False
+        self.records.stored(record)
+        self.dialogs.forgotten(call)
+        return True
+
     def _end(self, call: Call, status: int, *, failed: bool = False) -> None:
         """Forget the call, finish its reservation and write its CDR (once)."""
         if call.ended:
             return
+        self._commit_start(call)
         cancelled = call.cancelled
         call.advance(CallState.ENDED)
         for timer in (call.no_answer_timer,):
@@ -1368,6 +1417,7 @@ class B2BUA:
         talk = 0.0
         if call.answered and call.answer_at is not None:
             talk = max(now - call.answer_at, 0.0)
+        finish: Callable[[], object] | None = None
         if call.reserved and not call.inbound:
             call.reserved = False
             finish = functools.partial(
@@ -1379,15 +1429,22 @@ class B2BUA:
                 failed=failed,
                 answered_at=call.answer_at,
             )
-            try:
-                finish()
-            except StoreUnavailable:
-                # Kept and retried (retry_pending): until then the reservation still
-                # counts as a call in progress — an over-count, never an under-count.
-                self._unfinished.append(finish)
-                log.warning("call.finish.store_unavailable", call_id=call.a.call_id, key=call.key)
-        outcome = self.records.ended(call, cancelled=cancelled, end_at=now)
-        self.dialogs.forget(call)
+        outcome = self.records.outcome(call, cancelled=cancelled)
+        record = call_record(call, outcome, call.final_code, now)
+        if not self._store_end(call, finish, record):
+            # Refused: each write again on its own, kept or spooled when refused.
+            if finish is not None:
+                try:
+                    finish()
+                except StoreUnavailable:
+                    # Kept and retried (retry_pending): until then the reservation still
+                    # counts as a call in progress — an over-count, never an under-count.
+                    self._unfinished.append(finish)
+                    log.warning(
+                        "call.finish.store_unavailable", call_id=call.a.call_id, key=call.key
+                    )
+            self.records.write_record(call, record)
+            self.dialogs.forget(call)
         self._event(
             call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
         )
@@ -1402,6 +1459,15 @@ class B2BUA:
         )
 
     # -- dialog persistence ------------------------------------------------------------
+
+    def _commit_start(self, call: Call) -> None:
+        """A call ending before its B-leg INVITE was written ahead (no carrier, no card
+        left): commit what its start batched (its reservation), so its end is stored
+        after it, one write at a time as usual."""
+        try:
+            self.services.store.commit()
+        except StoreUnavailable:
+            log.warning("call.start.store_unavailable", call_id=call.a.call_id, key=call.key)
 
     def _store_refused(self, call: Call) -> None:
         """The B-leg INVITE could not be stored: it does not leave (fail closed, 503)."""

@@ -232,22 +232,34 @@ class CdrRecorder:
 
     def write(self, call: Call, outcome: Outcome, code: int, *, end_at: float) -> None:
         """Build the call's record with this outcome and final code, and write it."""
-        record = call_record(call, outcome, code, end_at)
+        self.write_record(call, call_record(call, outcome, code, end_at))
+
+    def write_record(self, call: Call, record: CallRecord) -> None:
+        """Write the call's record (spooled when the store refuses it)."""
         if self.writer.write(record):
             self.stats["cdrs"] += 1
         else:
             self.stats["cdr_errors"] += 1
             log.error("cdr.spooled", call_id=call.a.call_id, pending=self.writer.pending)
 
+    def stored(self, record: CallRecord) -> None:
+        """Count a record the caller stored itself (in one commit with the call's end)."""
+        self.writer.note_written(1)
+        self.stats["cdrs"] += 1
+
+    @staticmethod
+    def outcome(call: Call, *, cancelled: bool) -> Outcome:
+        """The outcome of a call that is over."""
+        if call.answered:
+            return Outcome.ANSWERED
+        if call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
+            return Outcome.NO_CARD
+        if cancelled:
+            return Outcome.CANCELLED
+        return outcome_for_status(call.final_code)
+
     def ended(self, call: Call, *, cancelled: bool, end_at: float) -> Outcome:
         """Write the record of a call that is over; return its outcome."""
-        if call.answered:
-            outcome = Outcome.ANSWERED
-        elif call.policy_reason == str(RejectReason.NO_CARD_AVAILABLE):
-            outcome = Outcome.NO_CARD
-        elif cancelled:
-            outcome = Outcome.CANCELLED
-        else:
-            outcome = outcome_for_status(call.final_code)
+        outcome = self.outcome(call, cancelled=cancelled)
         self.write(call, outcome, call.final_code, end_at=end_at)
         return outcome

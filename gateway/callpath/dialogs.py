@@ -162,6 +162,9 @@ class CallDialogStore:
             return True
         try:
             self.store.save_call_dialogs(self._call_row(call))
+            # A new call's reservation was batched with this row: both commit here,
+            # before the INVITE leaves (no batch open: already committed).
+            self.store.commit()
         except Exception as exc:
             self.stats["dialog_store_errors"] += 1
             log.error(
@@ -226,6 +229,11 @@ class CallDialogStore:
                 )
                 continue
             call.stored[side] = (rec[1], str(dialog.remote_target))
+
+    def forgotten(self, call: Call) -> None:
+        """The caller deleted the call's stored row itself (with the call's other end writes)."""
+        call.persisted = False
+        call.stored.clear()
 
     def forget(self, call: Call) -> None:
         """The call ended: delete its stored dialogs (retried after a store outage; a

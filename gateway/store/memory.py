@@ -15,8 +15,10 @@ backend would decide differently — a behaviour that differs is a bug here.
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -108,10 +110,64 @@ class MemoryStore:
         self._cdrs: list[CallRecord] = []
         self._dialogs: dict[str, CallDialogs] = {}
         self._registrations: dict[tuple[str, str], list[StoredRegistration]] = {}
+        # An open batch: its token and the state it began with (restored when it fails).
+        self._batch: tuple[object, dict[str, Any]] | None = None
 
     def _check(self) -> None:
         if self.down:
+            if self._batch is not None:  # as in SQLite: the failure loses the whole batch
+                self._restore()
             raise StoreUnavailable("memory store is down")
+
+    # --- batches (the meaning of SQLiteStore.batch) ----------------------------------
+
+    _STATE = (
+        "_starts",
+        "_cards",
+        "_transitions",
+        "_consent",
+        "_dnc",
+        "_complaints",
+        "_resets",
+        "_pauses",
+        "_bindings",
+        "_cdrs",
+        "_dialogs",
+        "_registrations",
+    )
+
+    def _restore(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            for name, value in batch[1].items():
+                setattr(self, name, value)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """All or nothing, as in SQLite: a store failure inside or at the end, or an
+        exception leaving the batch, restores the state the batch began with."""
+        if self._batch is not None:
+            yield
+            return
+        token = object()
+        self._batch = (token, copy.deepcopy({n: getattr(self, n) for n in self._STATE}))
+        try:
+            yield
+        except BaseException:
+            if self._batch is not None and self._batch[0] is token:
+                self._restore()
+            raise
+        if self._batch is not None and self._batch[0] is token:
+            self.commit()
+
+    def commit(self) -> None:
+        """End the current batch (its writes are already in place); a down store loses it."""
+        if self._batch is None:
+            return
+        if self.down:
+            self._restore()
+            raise StoreUnavailable("memory store is down")
+        self._batch = None
 
     def close(self) -> None:
         """Nothing to release (the protocol's owners call it)."""

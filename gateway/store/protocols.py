@@ -32,6 +32,7 @@ method only one backend can offer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentStore",
+    "Batches",
     "CallDialogStore",
     "CallPathStore",
     "CardRepository",
@@ -242,7 +244,25 @@ class ComplianceStore(Protocol):
     def transitions(self, card_id: str) -> list[TransitionRecord]: ...
 
 
-class CallPathStore(CdrStore, CallDialogStore, AgentStore, Protocol):
+class Batches(Protocol):
+    """Several writes as one: the call path stores a call's start (reservation and
+    write-ahead B-leg row) and its end (reservation finished, CDR, row deleted) each
+    in one commit.
+
+    ``batch()`` is a context: every write inside joins one transaction, committed
+    when the outermost batch is left (raising ``StoreUnavailable`` when that fails:
+    then nothing of the batch is stored) or earlier by ``commit()``, which also ends
+    the batch (the writes after it commit one by one). A failure of the store
+    inside a batch loses the whole batch; a write refused by its own check (a quota)
+    undoes only itself. A ledger that is another object (Redis) is not part of it.
+    """
+
+    def batch(self) -> AbstractContextManager[None]: ...
+
+    def commit(self) -> None: ...
+
+
+class CallPathStore(CdrStore, CallDialogStore, AgentStore, Batches, Protocol):
     """What the B2BUA itself reads and writes (``CallServices.store``)."""
 
 

@@ -92,6 +92,10 @@ class CdrWriter:
         self._keep(record)
         return False
 
+    def note_written(self, count: int) -> None:
+        """Count records the caller committed to the store itself (with other writes)."""
+        self.written += count
+
     def _keep(self, record: CallRecord) -> None:
         self.spooled_total += 1
         if self.spool is not None and not self._memory:

@@ -11,8 +11,9 @@ The schema is versioned (``schema_version``) and migrated forward on open;
 opening an up-to-date database is a no-op.
 
 Write-ahead counting. ``reserve()`` commits a usage row *before* the INVITE
-leaves the gateway; ``release()`` undoes it only when the attempt failed before
-the callee was alerted; ``finish()`` records the outcome. A crash between the
+leaves the gateway (in one commit with the call's write-ahead row, see
+Batches); ``release()`` undoes it only when the attempt failed before the
+callee was alerted; ``finish()`` records the outcome. A crash between the
 two leaves a ``reserved`` row that :meth:`SQLiteStore.recover` turns into an
 ``orphaned`` start on the next open: it still counts as a call start (so a
 crash can only over-count), but no longer as a concurrent call.
@@ -35,10 +36,18 @@ Failure mode: fail closed. Any SQLite error is raised as :class:`StoreUnavailabl
 (SIP 503 + Retry-After, reason ``store-unavailable``); a failure of the file
 itself (locked, busy, full, I/O) opens the store's :class:`StoreGuard`.
 
+Batches. ``batch()`` makes several writes one transaction (the call path
+stores a call's start — reservation and write-ahead B-leg row — and its end —
+finish, CDR, row deleted — each as one commit): inside it each write is a
+savepoint of one transaction begun by the first write, committed when the
+batch is left or by ``commit()``. A write refused by its own check (a quota)
+undoes only itself; a failure of the store rolls the whole batch back and ends
+it (the running counters are rebuilt, as after any refused write).
+
 This module must never read a clock (callers pass ``now``), never log a callee
-number, never hold a transaction open across an ``await`` (every operation is
-one short synchronous transaction), and never open a second connection for
-regular work (only the guard's probe and checkpoints use their own).
+number, never hold a transaction open across an ``await`` (every operation, and
+every batch, is one short synchronous transaction), and never open a second
+connection for regular work (only the guard's probe and checkpoints use their own).
 """
 
 from __future__ import annotations
@@ -551,6 +560,9 @@ class SQLiteStore:
         self.guard = StoreGuard(self._probe, unavailable, name="sqlite")
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._busy_applied = int(busy_timeout_ms)
+        # An open batch (see batch()): its token, and whether its transaction has begun.
+        self._batch: object | None = None
+        self._in_tx = False
         if self.path != ":memory:":
             # Callee numbers, DNC and complaints: 0600 whatever the umask;
             # SQLite gives the -wal/-shm it creates the database file's mode.
@@ -689,7 +701,16 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction; SQLite errors become :class:`StoreUnavailable`."""
+        """One short write transaction; SQLite errors become :class:`StoreUnavailable`.
+
+        Inside :meth:`batch` the write joins the batch's one transaction instead
+        (a savepoint, so a write that raises undoes only itself) and is committed
+        with it.
+        """
+        if self._batch is not None:
+            with self._joined_write() as db:
+                yield db
+            return
         try:
             self._guarded(write=True)
             self._begin()
@@ -710,6 +731,101 @@ class SQLiteStore:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback_quietly()
+            raise self._unavailable(f"store commit failed: {exc}", exc) from exc
+
+    @contextmanager
+    def _joined_write(self) -> Iterator[sqlite3.Connection]:
+        """A write inside :meth:`batch`: the first one begins the transaction, later ones
+        are savepoints in it; nothing is committed here."""
+        first = not self._in_tx
+        try:
+            self._guarded(write=True)
+            if first:
+                self._begin()
+            else:
+                self._db.execute("SAVEPOINT joined")
+        except StoreUnavailable:  # refused by the open guard: the batch is lost with it
+            self._abort_batch()
+            raise
+        except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
+            self._abort_batch()
+            raise self._unavailable(f"store not writable: {exc}", exc) from exc
+        self._in_tx = True
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.IntegrityError):
+                self._undo_joined(first)
+                raise
+            # SQLite may have dropped the whole transaction: what joined it is gone,
+            # and the rest of the batch writes (and fails or commits) on its own.
+            self._abort_batch()
+            raise self._unavailable(f"store write failed: {exc}", exc) from exc
+        except BaseException:
+            # Refused by the caller's own check (quota, admit): undo this write only.
+            self._undo_joined(first)
+            raise
+        if not first:
+            self._db.execute("RELEASE joined")
+
+    def _undo_joined(self, first: bool) -> None:
+        """Undo one write of a batch (the whole transaction when it was the first)."""
+        if first:
+            self._in_tx = False
+            self._rollback_quietly()
+        else:
+            try:
+                self._db.execute("ROLLBACK TO joined")
+                self._db.execute("RELEASE joined")
+            except sqlite3.Error:
+                self._abort_batch()
+
+    def _abort_batch(self) -> None:
+        """Roll back the batch's transaction and end the batch (its writes are lost)."""
+        self._batch = None
+        self._in_tx = False
+        self._rollback_quietly()
+        self._cards_usage.clear()  # they counted what was rolled back
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside joins ONE transaction, committed at the end (or by :meth:`commit`).
+
+        The store's writes otherwise commit one by one. A batch entered inside
+        another batch joins it. Leaving the outermost batch commits (raising
+        :class:`StoreUnavailable` when the commit fails: then nothing of the batch
+        is stored); an exception leaving it rolls the batch back. Writes that
+        raise inside it undo only themselves (a refused quota check), except a
+        failure of the store itself, which rolls the whole batch back and ends it
+        (the writes after it commit one by one, each with its own error).
+        Synchronous only: a batch is never held across an ``await``.
+        """
+        if self._batch is not None:
+            yield
+            return
+        token = object()
+        self._batch = token
+        try:
+            yield
+        except BaseException:
+            if self._batch is token:
+                self._abort_batch()
+            raise
+        if self._batch is token:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit what joined the current batch now and end the batch (a no-op outside
+        one); raises :class:`StoreUnavailable` when the commit fails (nothing stored)."""
+        self._batch = None
+        if not self._in_tx:
+            return
+        self._in_tx = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback_quietly()
+            self._cards_usage.clear()
             raise self._unavailable(f"store commit failed: {exc}", exc) from exc
 
     def _rollback_quietly(self) -> None:

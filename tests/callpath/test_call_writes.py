@@ -1,0 +1,53 @@
+"""What one call writes to the store: three commits, each all or nothing.
+
+The start (the card's reservation and the write-ahead B-leg row) is one commit
+made before the INVITE leaves; the answer (both confirmed dialogs) one; the end
+(the reservation finished, the stored row deleted, the CDR) one. A crash between
+two of them leaves a state the next start repairs (see ``recovery``); a crash can
+no longer leave a counted start without its row.
+"""
+
+from __future__ import annotations
+
+import time
+
+from simulator.testkit import eventually
+from tests.callpath.conftest import Rig
+
+
+def transactions(statements: list[str]) -> list[list[str]]:
+    """The statements of each committed write transaction, in order (reads left out)."""
+    out: list[list[str]] = []
+    current: list[str] | None = None
+    for sql in statements:
+        word = sql.split(None, 1)[0].upper()
+        if word == "BEGIN":
+            current = []
+        elif word == "COMMIT" and current is not None:
+            out.append(current)
+            current = None
+        elif current is not None and word in ("INSERT", "UPDATE", "DELETE"):
+            current.append(" ".join(sql.split()[:3]))
+    return out
+
+
+async def test_one_call_is_three_commits_start_answer_end(rig: Rig) -> None:
+    store = rig.gateway.store
+    assert store is not None
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    try:
+        resp, invite = await rig.alice.call("13912345678")
+        assert 200 == resp.status
+        assert 200 == (await rig.alice.send_in_dialog(invite.call_id, "BYE")).status
+        await eventually(lambda: len(store.cdrs()) == 1)
+    finally:
+        store._db.set_trace_callback(None)
+    version = "INSERT INTO card_usage_versions"  # the card's change counter, with its rows
+    assert [
+        ["INSERT INTO call_starts", version, "INSERT OR REPLACE"],  # before the INVITE left
+        ["INSERT OR REPLACE"],  # the answer: both dialogs
+        ["UPDATE call_starts SET", version, "DELETE FROM call_dialogs", "INSERT INTO cdrs"],
+    ] == transactions(seen)
+    assert [] == store.call_dialogs()
+    assert 0 == store.card_usage("c1", time.time()).in_use
