@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +90,16 @@ def kill_9(gw: DialgateProcess) -> None:
 def cdrs(db: Path, call_id: str) -> list[tuple[str, int, float | None]]:
     with SQLiteStore(db) as store:
         return [(str(c.outcome), c.final_code, c.answer_at) for c in store.cdrs(call_id=call_id)]
+
+
+def starts(db: Path, callee: str) -> list[str]:
+    """The statuses of the SQLite store's counted starts for ``callee``."""
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT status FROM call_starts WHERE callee=?", (callee,))
+        return [str(status) for (status,) in rows]
+    finally:
+        con.close()
 
 
 @dataclass
@@ -204,8 +215,8 @@ def never_sent(
     the test waits for comes before the write-ahead commit). Either the row was
     committed: the restart answers the agent 500, CANCELs the INVITE (which the
     carrier never saw) and writes the CDR; or it was not: nothing of this call left
-    the gateway, nothing can be ended, and no CDR exists (the reservation, orphaned
-    by recover, still counts as a start)."""
+    the gateway, nothing can be ended, no CDR exists, and no start is counted (the
+    reservation and the row are one commit: neither is in the store)."""
     trace = work / "agent" / "messages.log"
     wait_until(lambda: requests(parse_trace(trace), "sent", "INVITE"), 5, "the agent's INVITE")
     a_call_id = str(requests(parse_trace(trace), "sent", "INVITE")[0].header("Call-ID"))
@@ -227,6 +238,7 @@ def never_sent(
     else:
         finish_agent(agent, work / "agent", bound=0)  # no answer will come: stopped
         assert [] == cdrs(rig.db, a_call_id)
+        assert [] == starts(rig.db, f"+86{callee}")
         print("  killed before the write-ahead commit: nothing sent, no CDR")
     wait_until(lambda: 0 == int(admin_get(f"{url}/cards/c1")["in_use"]), 5, "c1 in use back to 0")
 
