@@ -389,7 +389,7 @@ class B2BUA:
                 call.reserved = True
                 self.calls[call.key] = call
                 self._legs[(call.a.call_id, call.a.local_tag)] = (call, "a")
-                log.info(
+                log.debug(
                     "call.attempt",
                     call_id=call.a.call_id,
                     key=call.key,
@@ -489,7 +489,7 @@ class B2BUA:
         call.b_call_ids.append(b.call_id)
         self._legs[(b.call_id, b.local_tag)] = (call, "b")
         self.stats["b_legs"] += 1
-        log.info(
+        log.debug(
             "call.b_leg",
             call_id=call.a.call_id,
             b_call_id=b.call_id,
@@ -516,7 +516,7 @@ class B2BUA:
             or call.b_client is None
         ):
             return
-        log.info(
+        log.debug(
             "call.no_answer_timeout",
             call_id=call.a.call_id,
             b_call_id=leg.call_id,
@@ -800,7 +800,7 @@ class B2BUA:
         self.dialogs.store_answered(call)
         call.a_req.send(out)
         self._start_ackwait(call, "a", a_req, out)
-        log.info("call.answered", call_id=call.a.call_id, b_call_id=call.b_call_id, card=call.card)
+        log.debug("call.answered", call_id=call.a.call_id, b_call_id=call.b_call_id, card=call.card)
         self._event(call, CallEventKind.ANSWERED, status=resp.status)
 
     def _b_final(
@@ -961,7 +961,7 @@ class B2BUA:
         call.failovers += 1
         self.stats["failovers"] += 1
         self.bindings.note(call, call.ctx.bound_card, decision.card_id)
-        log.info(
+        log.debug(
             "call.failover",
             call_id=call.a.call_id,
             b_call_id=call.b_call_id,
@@ -1034,7 +1034,9 @@ class B2BUA:
         call.policy_reason = why
         self._final_to_a(call, status, reason)
         self.stats["blocked"] += 1
-        self.records.write(call, Outcome.BLOCKED, status, end_at=self.clock())
+        end_at = self.clock()
+        self.records.write(call, Outcome.BLOCKED, status, end_at=end_at)
+        self._summary(call, Outcome.BLOCKED, end_at)
 
     def _reject_decision(self, call: Call, decision: Decision) -> None:
         """A policy rejection before any B-leg: answer and write the blocked CDR."""
@@ -1045,16 +1047,9 @@ class B2BUA:
             if decision.reason is RejectReason.NO_CARD_AVAILABLE
             else Outcome.BLOCKED
         )
-        log.info(
-            "call.blocked",
-            call_id=call.a.call_id,
-            agent=call.identity.name,
-            destination=self._masked(call.destination),
-            reason=str(decision.reason),
-            code=decision.sip_code,
-            detail=decision.detail or None,
-        )
-        self.records.write(call, outcome, call.final_code, end_at=self.clock())
+        end_at = self.clock()
+        self.records.write(call, outcome, call.final_code, end_at=end_at)
+        self._summary(call, outcome, end_at, detail=decision.detail)
         self._event(
             call,
             CallEventKind.BLOCKED,
@@ -1065,7 +1060,8 @@ class B2BUA:
 
     def _policy_final(self, call: Call, decision: Decision) -> None:
         """A policy answer after B-legs were tried (pool exhausted, store down)."""
-        log.info(
+        call.policy_detail = decision.detail
+        log.debug(
             "call.no_card_left",
             call_id=call.a.call_id,
             b_call_ids=",".join(call.b_call_ids),
@@ -1340,7 +1336,8 @@ class B2BUA:
         self.endpoint.send_request(bye, leg.address, transport=leg.transport)
 
     def _hangup(self, call: Call, why: str) -> None:
-        log.info("call.hangup", call_id=call.a.call_id, b_call_id=call.b_call_id, why=why)
+        log.debug("call.hangup", call_id=call.a.call_id, b_call_id=call.b_call_id, why=why)
+        call.hangup_why = why
         self._send_bye(call, "a")
         self._send_bye(call, "b")
         self._end(call, call.final_code or 200)
@@ -1448,14 +1445,41 @@ class B2BUA:
         self._event(
             call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
         )
+        self._summary(call, outcome, now, talk=talk, detail=call.policy_detail)
+
+    def _summary(
+        self,
+        call: Call,
+        outcome: Outcome,
+        end_at: float,
+        *,
+        talk: float = 0.0,
+        detail: str | None = None,
+    ) -> None:
+        """The call's one INFO line, when it is over (its steps are DEBUG lines)."""
+        attempt = call.attempt_at
         log.info(
             "call.ended",
             call_id=call.a.call_id,
+            agent=call.identity.name,
+            campaign=call.campaign or None,
+            destination=self._masked(call.destination),
+            card=call.card,
+            cards=",".join(call.cards_tried),
             b_call_ids=",".join(call.b_call_ids) or None,
             outcome=str(outcome),
             code=call.final_code,
-            cards=",".join(call.cards_tried),
+            reason=call.policy_reason or None,
+            detail=detail or None,
+            hangup=call.hangup_why or None,
+            failovers=call.failovers,
+            decision_ms=(
+                None if call.decision_seconds is None else round(call.decision_seconds * 1e3, 2)
+            ),
+            ring=None if call.ring_at is None else round(call.ring_at - attempt, 3),
+            answer=None if call.answer_at is None else round(call.answer_at - attempt, 3),
             talk=round(talk, 1),
+            duration=round(end_at - attempt, 3),
         )
 
     # -- dialog persistence ------------------------------------------------------------

@@ -184,6 +184,11 @@ class Call:
     #: How long the policy pipeline took for this call (seconds, perf counter), for the
     #: ``decision_seconds`` of its ``attempt`` or ``blocked`` event; None: not decided.
     decision_seconds: float | None = None
+    #: Why the gateway hung up an answered call (``shutdown``, ``ack-timeout``…), for
+    #: the call's summary line; "" when a party hung up.
+    hangup_why: str = ""
+    #: The policy's detail of a refusal after B-legs were tried (each card's cause).
+    policy_detail: str | None = None
 
     def advance(self, to: CallState) -> None:
         """Move to ``to``; :class:`IllegalCallTransition` when the table forbids it."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -121,10 +120,6 @@ def _cancelling_agent(target: tuple[str, int], workdir: Path, number: str) -> Si
     )
 
 
-def _at(entry: dict[str, object]) -> float:
-    return datetime.fromisoformat(str(entry["timestamp"])).timestamp()
-
-
 def test_cancel_without_487_frees_a_concurrent_1_card_within_64_t1(
     tmp_path: Path, processes: Started
 ) -> None:
@@ -154,17 +149,13 @@ def test_cancel_without_487_frees_a_concurrent_1_card_within_64_t1(
     deadline = time.monotonic() + GIVE_UP + 5
     while not gw.events("call.ended") and time.monotonic() < deadline:
         time.sleep(0.05)
-    [attempt] = gw.events("call.attempt")
     [gave_up] = gw.events("call.cancel_unanswered")
     [ended] = gw.events("call.ended")
-    assert (a_call_id, a_call_id, a_call_id) == (
-        attempt["call_id"],
-        gave_up["call_id"],
-        ended["call_id"],
-    )
+    assert (a_call_id, a_call_id) == (gave_up["call_id"], ended["call_id"])
     assert ("agent-cancel", "cancelled", 487) == (gave_up["why"], ended["outcome"], ended["code"])
-    # The agent CANCELled 300 ms after the 180; the call ended 64*T1 after that CANCEL.
-    held = _at(ended) - _at(attempt)
+    # The agent CANCELled 300 ms after the 180; the call ended 64*T1 after that CANCEL
+    # (the summary's duration: from the attempt to the end).
+    held = float(ended["duration"])
     assert GIVE_UP <= held <= GIVE_UP + 0.3 + 1.0, held
     assert 0 == card(gw.config, "c1")["in_use"]
     assert [] == [m for m in carrier.messages() if m.status == 487]

@@ -94,6 +94,7 @@ def start_dialgate(
     db: Path | None = None,
     store_extra: str = "",
     workers: int | None = None,
+    log_level: str = "info",
 ) -> DialgateProcess:
     """Write a config with UDP+TCP listeners on ``port`` (0: any), start ``dialgate run``,
     wait for both ports (and for a log line ``ready_event`` when given).
@@ -101,6 +102,8 @@ def start_dialgate(
     ``sip_extra``: more ``[sip]`` lines (e.g. ``t1 = 0.05\n``). ``db``: the database
     file (default ``tmp/dialgate.db``); ``store_extra``: more ``[store]`` lines.
     ``workers``: ``dialgate run --workers N`` (default: the configuration's, one process).
+    ``log_level``: ``debug`` for a test that waits for a step of a call (each call
+    has one ``info`` line, ``call.ended``).
     """
     config = tmp / "dialgate.toml"
     if "[policy]" not in extra_toml:
@@ -113,6 +116,7 @@ def start_dialgate(
         f'path = "{db or tmp / "dialgate.db"}"\n' + store_extra + "\n[admin]\n"
         'listen = "127.0.0.1:0"\n'
         "\n[logging]\n"
+        f'level = "{log_level}"\n'
         "json = true\n" + extra_toml
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}

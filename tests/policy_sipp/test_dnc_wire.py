@@ -66,7 +66,7 @@ def test_dnc_gets_403_dnc_carrier_sees_nothing_emergency_passes(
     assert [403] * len(dnc) == [m.status for m in finals]
     assert ['SIP;cause=403;text="dnc"'] * len(dnc) == [m.header("Reason") for m in finals]
     assert [None] * len(dnc) == [m.header("Retry-After") for m in finals]
-    blocked = gw.events("call.blocked")
+    blocked = [e for e in gw.events("call.ended") if e["outcome"] == "blocked"]
     assert ["dnc"] * len(dnc) == [e["reason"] for e in blocked]
     assert [] == carrier.invites(), "a DNC call reached the carrier"
 

@@ -4,10 +4,10 @@ SIPp agent → ``dialgate run`` → SIPp carrier (``carrier_late.xml``: 1.2 s
 silent after the INVITE, 1.2 s ringing, then a 200 retransmitted until ACKed).
 Each cycle places one call and SIGKILLs the gateway at one point of it:
 
-* ``reserved``  — the gateway logged ``call.attempt`` (reserved; the write-ahead
-  commit and the INVITE follow in the same step, so the kill lands before the
-  row, between row and INVITE, or after the INVITE left: each is checked, see
-  :func:`never_sent`);
+* ``reserved``  — the gateway logged ``call.attempt`` (a DEBUG line: reserved,
+  not committed; the write-ahead row, the one commit of both and the INVITE
+  follow in the same step, so the kill lands before that commit, between commit
+  and INVITE, or after the INVITE left: each is checked, see :func:`never_sent`);
 * ``invite``    — the carrier holds the INVITE, unanswered;
 * ``ringing``   — the carrier sent its 180;
 * ``answered``  — the carrier got the ACK of its 200;
@@ -160,7 +160,12 @@ def cycle(rig: Rig, number: int, point: str) -> None:
     after_kill = len(carrier.messages())
     # The same ports: the carrier's retransmissions and the agent find the new process.
     gw = rig.gw = start_dialgate(
-        rig.tmp, rig.config, sip_extra=SIP_EXTRA, port=rig.port, store_extra=rig.store_extra
+        rig.tmp,
+        rig.config,
+        sip_extra=SIP_EXTRA,
+        port=rig.port,
+        store_extra=rig.store_extra,
+        log_level="debug",
     )
     rig.processes.append(gw)
     url = admin_url(gw)
@@ -278,7 +283,12 @@ def test_kill_9_at_every_point_of_a_call_ends_both_legs_once(
     # One port for every process: with Redis, the node's name (which reservations a
     # restart orphans) is made of its listeners.
     gw = start_dialgate(
-        tmp_path, config, sip_extra=SIP_EXTRA, store_extra=store_extra, port=free_udp_port()
+        tmp_path,
+        config,
+        sip_extra=SIP_EXTRA,
+        store_extra=store_extra,
+        port=free_udp_port(),
+        log_level="debug",  # the "reserved" point waits for the DEBUG line call.attempt
     )
     processes.append(gw)
     # Once: registrations survive a restart (a new one per cycle would fill alice's

@@ -115,7 +115,8 @@ def test_call_refused_by_policy_shows_403_with_reason(idle: Rig) -> None:
     assert "SIP/2.0 403 Forbidden" == refusals[0].first_line
     assert 'SIP;cause=403;text="dnc"' == refusals[0].header("Reason")
     assert [] == [r for r in idle.carrier.invites() if DNC_CALLEE in str(r.uri)]
-    assert "dnc" == idle.gateway.events("call.blocked")[-1]["reason"]
+    [*_, blocked] = [e for e in idle.gateway.events("call.ended") if e["outcome"] == "blocked"]
+    assert "dnc" == blocked["reason"]
 
 
 def test_inbound_call_rings_the_bound_phone_which_answers(idle: Rig) -> None:

@@ -67,7 +67,8 @@ def start_workers(
     tmp: Path, config: str, *, count: int = 2, sip_extra: str = SIP_EXTRA
 ) -> WorkerSet:
     """``dialgate run --workers count`` with ``config``; returns once every worker is ready."""
-    gw = start_dialgate(tmp, config, sip_extra=sip_extra, workers=count)
+    # DEBUG: the tests follow each call's steps (``call.b_leg``: which worker sent it).
+    gw = start_dialgate(tmp, config, sip_extra=sip_extra, workers=count, log_level="debug")
     wait_until(lambda: len(gw.events("ready")) >= count, 20, f"{count} workers ready")
     return WorkerSet(gw, count)
 
