@@ -700,15 +700,16 @@ class SQLiteStore:
             db.execute(f"PRAGMA busy_timeout={self._busy_applied}")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, single: bool = False) -> Iterator[sqlite3.Connection]:
         """One short write transaction; SQLite errors become :class:`StoreUnavailable`.
 
         Inside :meth:`batch` the write joins the batch's one transaction instead
         (a savepoint, so a write that raises undoes only itself) and is committed
-        with it.
+        with it. ``single``: the write is one statement, or refuses before its
+        statement: SQLite's own statement rollback undoes it, no savepoint needed.
         """
         if self._batch is not None:
-            with self._joined_write() as db:
+            with self._joined_write(single) as db:
                 yield db
             return
         try:
@@ -734,15 +735,16 @@ class SQLiteStore:
             raise self._unavailable(f"store commit failed: {exc}", exc) from exc
 
     @contextmanager
-    def _joined_write(self) -> Iterator[sqlite3.Connection]:
+    def _joined_write(self, single: bool) -> Iterator[sqlite3.Connection]:
         """A write inside :meth:`batch`: the first one begins the transaction, later ones
-        are savepoints in it; nothing is committed here."""
+        are savepoints in it (none for a ``single`` statement); nothing is committed here."""
         first = not self._in_tx
+        savepoint = not first and not single
         try:
             self._guarded(write=True)
             if first:
                 self._begin()
-            else:
+            elif savepoint:
                 self._db.execute("SAVEPOINT joined")
         except StoreUnavailable:  # refused by the open guard: the batch is lost with it
             self._abort_batch()
@@ -755,7 +757,7 @@ class SQLiteStore:
             yield self._db
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.IntegrityError):
-                self._undo_joined(first)
+                self._undo_joined(first, savepoint)
                 raise
             # SQLite may have dropped the whole transaction: what joined it is gone,
             # and the rest of the batch writes (and fails or commits) on its own.
@@ -763,17 +765,18 @@ class SQLiteStore:
             raise self._unavailable(f"store write failed: {exc}", exc) from exc
         except BaseException:
             # Refused by the caller's own check (quota, admit): undo this write only.
-            self._undo_joined(first)
+            self._undo_joined(first, savepoint)
             raise
-        if not first:
+        if savepoint:
             self._db.execute("RELEASE joined")
 
-    def _undo_joined(self, first: bool) -> None:
-        """Undo one write of a batch (the whole transaction when it was the first)."""
+    def _undo_joined(self, first: bool, savepoint: bool) -> None:
+        """Undo one write of a batch (the whole transaction when it was the first; nothing
+        for a single statement, which SQLite rolled back or which never ran)."""
         if first:
             self._in_tx = False
             self._rollback_quietly()
-        else:
+        elif savepoint:
             try:
                 self._db.execute("ROLLBACK TO joined")
                 self._db.execute("RELEASE joined")
@@ -1430,7 +1433,7 @@ class SQLiteStore:
 
     def save_call_dialogs(self, record: CallDialogs) -> None:
         """Store (or replace) a call in progress; durable once this returns (one write)."""
-        with self._write() as db:
+        with self._write(single=True) as db:
             db.execute(
                 "INSERT OR REPLACE INTO call_dialogs (call_key, call_id, card, callee, "
                 "attempt_at, answer_at, a_leg, b_leg, cdr, b_invite, a_invite, owner) "
@@ -1464,7 +1467,7 @@ class SQLiteStore:
 
     def delete_call_dialogs(self, key: str) -> bool:
         """Forget a call's dialogs (the call ended); False when there was no row."""
-        with self._write() as db:
+        with self._write(single=True) as db:
             cur = db.execute("DELETE FROM call_dialogs WHERE call_key=?", (key,))
             return cur.rowcount > 0
 
@@ -1503,7 +1506,7 @@ class SQLiteStore:
 
     def add_cdrs(self, records: list[CallRecord]) -> None:
         """Commit several records in one transaction (for a batching writer)."""
-        with self._write() as db:
+        with self._write(single=len(records) == 1) as db:
             db.executemany(
                 "INSERT INTO cdrs (call_id, attempt_at, ring_at, answer_at, end_at, "
                 "origin_kind, origin, campaign, cards, destination, outcome, final_code, "

@@ -100,6 +100,21 @@ def test_a_refused_reservation_undoes_only_itself(store: SQLiteStore, db_path: P
     assert (1, 1) == (store.card_usage("c1", T0).in_use, store.card_usage("c2", T0).in_use)
 
 
+def test_a_write_of_several_statements_that_fails_undoes_only_itself(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """Two CDRs, the second invalid (NOT NULL): the first is undone with it (a savepoint),
+    the reservation before them commits with the batch."""
+    bad = CallRecord("k1@agent", T0, None, Outcome.ANSWERED, 200)  # type: ignore[arg-type]
+    with store.batch():
+        store.reserve("c1", "k1", "+8613912345678", T0)
+        with pytest.raises(sqlite3.IntegrityError):
+            store.add_cdrs([cdr("k1@agent"), bad])
+        store.save_call_dialogs(row("k1"))
+    assert (1, 1) == (starts(db_path), rows(db_path))
+    assert 0 == committed(db_path, "SELECT COUNT(*) FROM cdrs")
+
+
 def test_the_first_write_refused_leaves_the_batch_open_for_the_next(
     store: SQLiteStore, db_path: Path
 ) -> None:
