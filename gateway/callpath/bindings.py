@@ -54,6 +54,9 @@ class AgentBindings:
         self.clock = clock
         self.bus = bus
         self.rebound: dict[str, tuple[str, str | None]] = {}
+        # Pool name → its ``spill``: read once per pool (``Settings.pool`` builds a
+        # model for a pool without a table; the pools are the configuration's).
+        self._spill: dict[str, bool] = {}
         try:
             self.rebound = dict(store.agent_bindings())
         except Exception as exc:
@@ -90,7 +93,12 @@ class AgentBindings:
     def spill(self, card_id: str) -> bool:
         """Whether the card's pool lets a bound agent use another card while it waits."""
         card = self.cards.find(card_id)
-        return card is not None and self.settings.pool(card.pool).spill
+        if card is None:
+            return False
+        spill = self._spill.get(card.pool)
+        if spill is None:
+            spill = self._spill[card.pool] = self.settings.pool(card.pool).spill
+        return spill
 
     def note(self, call: Call, bound: str | None, chosen: str) -> None:
         """A bound agent's call left on another card: re-bind it if its card is dead.
