@@ -171,6 +171,9 @@ class GatewayMetrics:
         self.scrape = ScrapeCollector()
         r.register(self.scrape)
         self.max_active = max_active
+        # The labelled children seen so far (``labels()`` checks and locks on every call;
+        # a child, once made, is the same object for the life of the metric).
+        self._children: dict[tuple[Counter, str], Any] = {}
         self.card_states: dict[str, str] = {}
         self._active: set[str] = set()
         self._version = version
@@ -178,29 +181,37 @@ class GatewayMetrics:
 
     # --- bus subscriber -------------------------------------------------------------
 
+    def _child(self, metric: Counter, value: str) -> Any:
+        """``metric.labels(value)`` (one label), made once per value."""
+        key = (metric, value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
+
     def __call__(self, event: Event) -> None:
         """Observe one bus event."""
         if isinstance(event, CallEvent):
-            self.call_events.labels(event=event.kind.value).inc()
+            kind = event.kind
+            self._child(self.call_events, kind.value).inc()
             if event.decision_seconds is not None:
                 self.decision.observe(event.decision_seconds)
-            kind = event.kind
             if kind is CallEventKind.ATTEMPT:
                 if len(self._active) < self.max_active:
                     self._active.add(event.call_id)
             elif kind is CallEventKind.BLOCKED:
-                self.blocked.labels(reason=event.reason or "unknown").inc()
-                self.calls.labels(outcome="blocked").inc()
+                self._child(self.blocked, event.reason or "unknown").inc()
+                self._child(self.calls, "blocked").inc()
                 self._active.discard(event.call_id)
             elif kind is CallEventKind.ENDED:
-                self.calls.labels(outcome=event.outcome or "unknown").inc()
+                self._child(self.calls, event.outcome or "unknown").inc()
                 self._active.discard(event.call_id)
             elif kind is CallEventKind.FAILOVER:
                 self.failovers.inc()
         elif isinstance(event, CardStatus):
             self.card_states[event.card] = event.state
         elif isinstance(event, Alert):
-            self.alerts.labels(alert=event.kind.value).inc()
+            self._child(self.alerts, event.kind.value).inc()
 
     def observe_decision(self, seconds: float) -> None:
         """Record one policy decision's latency."""
