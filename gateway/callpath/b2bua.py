@@ -172,6 +172,7 @@ class B2BUA:
         # Store writes an outage refused (reservation finishes, dialog deletes), in order.
         self._unfinished: list[Callable[[], object]] = []
         self.mask = services.settings.policy.mask_numbers
+        self._mask_memo: dict[str, str] = {}
         self.no_answer_timeout = NO_ANSWER_TIMEOUT
         # RFC 3261 §9.1: 64*T1 after a CANCEL, an INVITE with no final answer is over.
         self.cancel_give_up = endpoint.layer.config.timeout
@@ -248,7 +249,15 @@ class B2BUA:
             self.bus.publish_card_events(events)
 
     def _masked(self, number: str) -> str:
-        return mask_number(number) if self.mask else number
+        if not self.mask:
+            return number
+        # Each call's number is masked for its attempt and its summary line: once.
+        masked = self._mask_memo.get(number)
+        if masked is None:
+            if len(self._mask_memo) >= 1024:
+                self._mask_memo.clear()
+            masked = self._mask_memo[number] = mask_number(number)
+        return masked
 
     def find_leg(self, call_id: str, local_tag: str | None) -> tuple[Call, Side] | None:
         """The call and side whose dialog (Call-ID, our tag) a request names."""
