@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from simulator.pytest_plugin import sipp_binary
-from simulator.testkit import free_udp_port, sipp_command, stat_row, stop_pid
+from simulator.testkit import free_ports, sipp_command, stat_row, stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
@@ -181,7 +181,9 @@ def run_sipp(
     """
     cmd = sipp_command(
         scenario,
-        port=free_udp_port(),
+        # Free for TCP too: with -t t1 SIPp listens on TCP there ("Unable to bind main
+        # socket, errno 98" when only UDP was checked and a TCP socket held the port).
+        port=free_ports(1)[0],
         target=target,
         timeout=timeout,
         trace=False,
