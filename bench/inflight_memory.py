@@ -19,7 +19,9 @@ Each figure is the growth over the baseline (agents registered, nothing called) 
 1,000 calls, as RSS (``/proc/self/statm``; freed memory stays in the allocator's arenas
 for reuse, so RSS does not go down after the timers) or, with ``--trace``, as tracemalloc's traced bytes of the
 gateway's own allocations (traces with a frame under ``gateway/`` or ``policies/``
-and none under ``bench/``: the scripted peers' messages are not counted). The top
+and none under ``bench/``: the scripted peers' messages are not counted). Also the
+objects the garbage collector tracks, per call (``len(gc.get_objects())``): what a full
+collection has to walk, i.e. the length of its pauses under load. The top
 allocation lines of the "talking" and "in Timers" states are printed.
 
     .venv/bin/python bench/inflight_memory.py --calls 2000
@@ -240,8 +242,16 @@ async def run(ns: argparse.Namespace) -> int:
         if ns.trace:
             tracemalloc.start(ns.frames)
 
+        objects: list[int] = []
+        kinds: list[Counter[str]] = []
+
         def measure() -> tuple[int, int, tracemalloc.Snapshot | None]:
             gc.collect()
+            tracked = gc.get_objects()
+            objects.append(len(tracked))  # what a full collection walks
+            if ns.types:
+                kinds.append(Counter(type(o).__qualname__ for o in tracked))
+            del tracked
             if not ns.trace:
                 return rss_bytes(), 0, None
             snap = tracemalloc.take_snapshot()
@@ -284,6 +294,20 @@ async def run(ns: argparse.Namespace) -> int:
         ):
             grown = (traced - base_traced) if ns.trace else (rss - base_rss)
             print(f"in flight {label}: {what} {grown * per / 1e6:.2f} MB per 1,000 calls")
+        base_objects = objects[0]
+        for label, count in zip(
+            ("talking", "ended, in Timers J/K/L/M", "after the timers"), objects[1:], strict=True
+        ):
+            print(
+                f"in flight {label}: {(count - base_objects) / ns.calls:.0f} objects tracked by "
+                "the collector per call"
+            )
+        if ns.types and len(kinds) == 4:
+            for label, after in (("talking", kinds[1]), ("ended, in Timers", kinds[2])):
+                grown = after - kinds[0]
+                print(f"\ntracked objects per call by type, {label}:")
+                for name, count in grown.most_common(ns.types):
+                    print(f"  {count / ns.calls:6.1f}  {name}")
         if not ns.trace:
             print("(run with --trace for the gateway's own allocations by line)")
         for label, snap in (("talking", talk_snap), ("ended, in Timers", end_snap)):
@@ -311,6 +335,7 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="tracemalloc instead of RSS")
     parser.add_argument("--frames", type=int, default=12, help="tracemalloc frames per trace")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--types", type=int, default=0, help="top tracked object types per call")
     ns = parser.parse_args()
     sys.exit(asyncio.run(run(ns)))
 

@@ -1455,6 +1455,18 @@ class B2BUA:
             call, CallEventKind.ENDED, outcome=str(outcome), status=call.final_code, duration=talk
         )
         self._summary(call, outcome, now, talk=talk, detail=call.policy_detail)
+        # The INVITEs (and the B-leg's ACK) outlive the call in Timers L/M (RFC 6026,
+        # 64*T1): keep their lines, drop their parsed views (Message.compact), so the
+        # collector walks a few objects per lingering call, not hundreds.
+        call.a_req.request.compact()
+        if handle is not None:
+            handle.request.compact()
+            if handle.final.done() and not handle.final.cancelled():
+                answer = handle.final.result()
+                if answer is not None:
+                    answer.compact()
+        if call.b_ack is not None:
+            call.b_ack.compact()
 
     def _summary(
         self,

@@ -302,6 +302,19 @@ class Message:
         value: RetryAfter | None = self._typed("retry-after")
         return value
 
+    def compact(self) -> None:
+        """Drop the parsed views and the header index; the next access parses again.
+
+        For a message kept only for a retransmission timer (RFC 3261 Timers J/K, RFC
+        6026 Timers L/M: 32 s on UDP): its header lines, body and serialization stay,
+        the many small objects parsing made (URIs, parameters, the index) go, so the
+        garbage collector has fewer objects to walk while calls linger in timers.
+        """
+        self._cache = {}
+        self._cache_headers = None
+        self._cache_version = -1
+        self.headers._index = None
+
     # -- serialization -----------------------------------------------------
     def _start_line(self) -> str:
         raise NotImplementedError

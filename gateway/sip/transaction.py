@@ -732,6 +732,8 @@ class ClientNonInviteTransaction(_Machine):
             actions.append(Deliver(self.key, response))
             # §17.1.2.2: Timer K is T4 for unreliable transports, zero for reliable.
             self._wait_or_terminate(Timer.K, now, self.config.t4, actions)
+            # Nothing is resent any more: the request's parsed views can go.
+            self.request.compact()
         return actions
 
     def _fire(self, name: Timer, now: float) -> list[Action]:
@@ -952,6 +954,9 @@ class ServerNonInviteTransaction(_Machine):
             self.state = State.COMPLETED
             # §17.2.2: Timer J is 64*T1 for unreliable transports, zero for reliable.
             self._wait_or_terminate(Timer.J, now, self.config.timeout, actions)
+            # Answered: for Timer J the request is only matched by key, so its parsed
+            # views can go (Message.compact: fewer objects for the collector to walk).
+            self.request.compact()
         return actions
 
     def receive_request(self, request: Request, now: float) -> list[Action]:

@@ -538,6 +538,10 @@ class SipEndpoint:
         message = action.message
         if isinstance(message, Response):
             ok = peer.transport.send_response(message, peer.address, symmetric=self.symmetric)
+            if message.status >= 200 and message.cseq.method != "INVITE":
+                # A final non-INVITE answer is now only resent as it is (Timer J,
+                # 64*T1): its parsed views can go (Message.compact).
+                message.compact()
         else:
             ok = peer.transport.send(message, peer.address)
         if not ok and not action.retransmission:
