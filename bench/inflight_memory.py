@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import shutil
 import sys
 import tempfile
@@ -48,149 +47,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e  # bench/ is not a package: found through sys.path above
-from callflow_cpu import GW, HOST, SDP_A, Carrier, PeerClock, in_process_gateway
-from memory_soak import forget_sent, subscribe_run
+from callflow_cpu import GW, Agent, Carrier, PeerClock, in_process_gateway
+from memory_soak import forget_sent, rss_bytes, subscribe_run
 
 from gateway.sip import Request, Response
-from gateway.sip.digest import DigestClient
-from gateway.transport.memory import MemoryNetwork, MemoryTransport
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
+from gateway.transport.memory import MemoryNetwork
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc/self/statm."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
-
-
-class ParallelAgent:
-    """One agent (one card) holding several calls at once, keyed by Call-ID."""
+class ParallelAgent(Agent):
+    """``callflow_cpu``'s scripted agent holding several calls at once, keyed by Call-ID
+    (each call its own state dict; the agent's steps run on the call a message is for)."""
 
     def __init__(self, net: MemoryNetwork, index: int, clock: PeerClock) -> None:
-        self.user = f"agent{index:03d}"
-        self.password = f"pw{index:03d}"
-        self.addr = (HOST, 20000 + index)
-        self.tp = MemoryTransport(self.on_message, self.addr, network=net)
-        self.clock = clock
-        self.seq = 0
-        self.calls: dict[str, dict[str, str]] = {}
-        self.done: Counter[str] = Counter()
+        super().__init__(net, index, clock)
+        self.calls: dict[str, dict[str, object]] = {}
 
-    def _via(self) -> str:
-        self.seq += 1
-        return f"SIP/2.0/UDP {HOST}:{self.addr[1]};branch=z9hG4bK{self.user}-{self.seq}"
-
-    def register(self, auth: tuple[str, str] | None = None) -> None:
-        headers = [
-            ("Via", self._via()),
-            ("From", f"<sip:{self.user}@{HOST}>;tag=r{self.user}"),
-            ("To", f"<sip:{self.user}@{HOST}>"),
-            ("Call-ID", f"reg-{self.user}"),
-            ("CSeq", f"{1 if auth is None else 2} REGISTER"),
-            ("Contact", f"<sip:{self.user}@{HOST}:{self.addr[1]}>"),
-            ("Expires", "3600"),
-            ("Max-Forwards", "70"),
-        ]
-        if auth is not None:
-            headers.append(auth)
-        self.tp.send(Request("REGISTER", f"sip:{HOST}:{GW[1]}", headers), GW)
-
-    def call(self, callee: str, n: int) -> None:
+    def call_up(self, callee: str, n: int) -> None:
+        """Place one more call; the others stay up."""
+        call_id = f"{n}-{self.user}@inflight"
+        self.calls[call_id] = {"callee": callee, "call_id": call_id, "tag": f"t{n}", "state": "1"}
+        self.call = self.calls[call_id]
         with self.clock:
-            call_id = f"{n}-{self.user}@inflight"
-            self.calls[call_id] = {"callee": callee, "tag": f"t{n}", "state": "1"}
-            self.tp.send(self._invite(call_id, None), GW)
+            self.tp.send(self._invite(None), GW)
 
-    def _invite(self, call_id: str, auth: tuple[str, str] | None) -> Request:
-        c = self.calls[call_id]
-        ruri = f"sip:{c['callee']}@{HOST}:{GW[1]}"
-        headers = [
-            ("Via", self._via()),
-            ("From", f"<sip:{self.user}@{HOST}>;tag={c['tag']}"),
-            ("To", f"<{ruri}>"),
-            ("Call-ID", call_id),
-            ("CSeq", f"{1 if auth is None else 2} INVITE"),
-            ("Contact", f"<sip:{self.user}@{HOST}:{self.addr[1]}>"),
-        ]
-        if auth is not None:
-            headers.append(auth)
-        headers += [
-            ("Max-Forwards", "70"),
-            ("X-Campaign", "bench"),
-            ("Content-Type", "application/sdp"),
-        ]
-        return Request("INVITE", ruri, headers, SDP_A)
-
-    def _in_dialog(self, call_id: str, method: str, cseq: int) -> Request:
-        c = self.calls[call_id]
-        headers = [
-            ("Via", self._via()),
-            ("From", f"<sip:{self.user}@{HOST}>;tag={c['tag']}"),
-            ("To", c["to"]),
-            ("Call-ID", call_id),
-            ("CSeq", f"{cseq} {method}"),
-            ("Contact", f"<sip:{self.user}@{HOST}:{self.addr[1]}>"),
-            ("Max-Forwards", "70"),
-        ]
-        return Request(method, c["target"], headers)
+    def answered(self) -> int:
+        return sum(1 for c in self.calls.values() if c["state"] in ("up", "done"))
 
     def hang_up_all(self) -> None:
-        with self.clock:
-            for call_id, c in self.calls.items():
-                if c["state"] == "up":
-                    c["state"] = "bye"
-                    self.tp.send(self._in_dialog(call_id, "BYE", 3), GW)
-
-    def on_message(self, msg: Request | Response, source: object, tp: object) -> None:
-        with self.clock:
-            self._on_message(msg)
+        for c in self.calls.values():
+            self.call = c
+            self.hang_up()
 
     def _on_message(self, msg: Request | Response) -> None:
-        if not isinstance(msg, Response):
-            return
-        method = msg.cseq.method
-        if method == "REGISTER":
-            if msg.status == 401:
-                digest = DigestClient(self.user, self.password)
-                digest.handle_challenge(401, msg.headers.get_all("WWW-Authenticate"))
-                value = digest.authorization("REGISTER", f"sip:{HOST}:{GW[1]}")
-                assert value is not None
-                self.register(value)
-            else:
-                self.done[f"register-{msg.status}"] += 1
-            return
-        call_id = msg.call_id
-        c = self.calls.get(call_id)
-        if c is None:
-            return
-        if method == "INVITE" and msg.status == 407 and msg.cseq.seq == 1:
-            ack_headers = [
-                ("Via", msg.headers.get("Via") or ""),
-                ("From", msg.headers.get("From") or ""),
-                ("To", msg.headers.get("To") or ""),
-                ("Call-ID", call_id),
-                ("CSeq", "1 ACK"),
-                ("Max-Forwards", "70"),
-            ]
-            self.tp.send(Request("ACK", f"sip:{c['callee']}@{HOST}:{GW[1]}", ack_headers), GW)
-            digest = DigestClient(self.user, self.password)
-            digest.handle_challenge(407, msg.headers.get_all("Proxy-Authenticate"))
-            value = digest.authorization("INVITE", f"sip:{c['callee']}@{HOST}:{GW[1]}")
-            assert value is not None
-            self.tp.send(self._invite(call_id, value), GW)
-        elif method == "INVITE" and msg.status == 200 and c["state"] == "1":
-            c["state"] = "up"
-            c["target"] = str(msg.contact[0].uri)
-            c["to"] = msg.headers.get("To") or ""
-            self.tp.send(self._in_dialog(call_id, "ACK", 2), GW)
-            self.done["answered"] += 1
-        elif method == "INVITE" and msg.status >= 300:
-            self.done[f"invite-{msg.status}"] += 1
-            c["state"] = "failed"
-        elif method == "BYE":
-            self.done[f"bye-{msg.status}"] += 1
-            c["state"] = "done"
+        if isinstance(msg, Response) and msg.cseq.method != "REGISTER":
+            c = self.calls.get(msg.call_id)
+            if c is None:
+                return
+            self.call = c
+        super()._on_message(msg)
 
 
 def gateway_filter() -> list[tracemalloc.Filter]:
@@ -239,6 +133,8 @@ async def run(ns: argparse.Namespace) -> int:
         for a in agents:
             a.register()
         await pump(net, 0.2)
+        registered = sum(a.done["register-200"] for a in agents)
+        assert registered == len(agents), f"{registered} of {len(agents)} agents registered"
         if ns.trace:
             tracemalloc.start(ns.frames)
 
@@ -259,11 +155,11 @@ async def run(ns: argparse.Namespace) -> int:
 
         base_rss, base_traced, base_snap = measure()
         for n in range(ns.calls):
-            agents[n % len(agents)].call(numbers[n], n)
+            agents[n % len(agents)].call_up(numbers[n], n)
             if n % 200 == 199:
                 await pump(net, 0.0)
         await pump(net, 0.3)
-        answered = sum(a.done["answered"] for a in agents)
+        answered = sum(a.answered() for a in agents)
         talk_rss, talk_traced, talk_snap = measure()
         assert gw.b2bua is not None
         in_progress = len(gw.b2bua.calls)
