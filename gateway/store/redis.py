@@ -661,20 +661,7 @@ class _Snapshot(NamedTuple):
 def _parse(raw: Sequence[Any], lower: float) -> _Snapshot:
     """A ``snapshot()`` reply of the scripts (see ``_LUA_COMMON``) as a :class:`_Snapshot`."""
     packed, fields, day_talk, in_use, raw_outs, version, hyd, held = raw
-    outcomes = []
-    shorts = []
-    for item in raw_outs:
-        _seq, started, talk, ended, flags = _OUTCOME.unpack(item)
-        outcomes.append(
-            CallOutcome(
-                started_at=started,
-                answered=bool(flags & _ANSWERED),
-                talk_seconds=talk,
-                failed=bool(flags & _FAILED),
-                ended_at=ended,
-            )
-        )
-        shorts.append(bool(flags & _SHORT))
+    outcomes, shorts = _outcomes(raw_outs)
     usage = CardUsage(
         call_starts=tuple(
             sorted(t for t in struct.unpack(f">{len(packed) // 8}d", packed) if t >= lower)
@@ -682,11 +669,9 @@ def _parse(raw: Sequence[Any], lower: float) -> _Snapshot:
         callees_today=frozenset(f[2:].decode() for f in fields.split(b"\0") if f.startswith(b"c:")),
         talk_seconds_today=float(day_talk),
         in_use=int(in_use),
-        recent_outcomes=tuple(outcomes),
+        recent_outcomes=outcomes,
     )
-    return _Snapshot(
-        usage, version.decode(), bool(hyd), tuple(shorts), lower, int(held), tuple(raw_outs)
-    )
+    return _Snapshot(usage, version.decode(), bool(hyd), shorts, lower, int(held), tuple(raw_outs))
 
 
 def _outcomes(members: Sequence[bytes]) -> tuple[tuple[CallOutcome, ...], tuple[bool, ...]]:
