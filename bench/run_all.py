@@ -26,7 +26,8 @@ Runs, each as a subprocess with its output shown as it comes:
 7. ``bench/inflight_memory.py`` — memory per 1,000 calls in flight: talking, just
    ended (held in Timers J/K/L/M) and after the timers;
 8. ``bench/e2e.py e2e --workers 2`` — the same ramp through ``dialgate run --workers 2``
-   on one SIP port (SIPp with a socket per call so calls spread over the workers).
+   on one SIP port, 16 agents (each one SIPp socket, spread over the workers by the
+   kernel's hash, as phones are).
 
 Steps 4, 5 and 8 need SIPp (Debian sip-tester); a missing SIPp skips them with a
 note. ``--quick`` (or ``DIALGATE_BENCH_QUICK=1``) shortens every step and
@@ -352,10 +353,8 @@ def main() -> int:
                 "e2e",
                 "--workers",
                 "2",
-                "--sipp-transport",
-                "un",
                 "--callers",
-                "8",
+                "16",
                 "--no-direct",
                 "--json",
                 str(args.out / "workers.json"),
