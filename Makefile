@@ -11,10 +11,11 @@ CONFIG ?= examples/demo.toml
 
 .PHONY: install system-deps native run test check bench clean FORCE
 
-install: $(STAMP) $(NATIVE) system-deps
+# system-deps first: it brings the C compiler and Python headers the native build uses.
+install: system-deps $(STAMP) $(NATIVE)
 
 system-deps:
-	@bash scripts/install-system-deps.sh
+	@PY=$(PY) bash scripts/install-system-deps.sh
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY)"; exit 1; }

@@ -3,7 +3,8 @@
 # SIPp (package sip-tester), mosquitto (+ clients), redis-server, chromium (wallboard test),
 # and two real softphones for tests/softphones: baresip (baresip-core), linphonec (linphone-cli);
 # socat: TLS relays for SIPp, whose Debian build has no TLS (tests/callpath/test_sipp_tls.py);
-# kamailio: the cluster's load balancer (examples/cluster/, tests/cluster/), run in the foreground.
+# kamailio: the cluster's load balancer (examples/cluster/, tests/cluster/), run in the foreground;
+# gcc and Debian's python3.11-dev when missing: the mypyc build of gateway/sip.
 # Idempotent: does nothing when every tool is already on PATH.
 set -euo pipefail
 
@@ -16,8 +17,17 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)
 command -v socat >/dev/null 2>&1 || need+=(socat)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)  # test PKI for the TLS tests (tests/tls_certs.py)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # test PKI for the TLS tests (tests/tls_certs.py)
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+# The mypyc build of gateway/sip (scripts/build_native.py, run by `make install` after
+# this script): a C compiler and the interpreter's headers. Headers only for Debian's own
+# interpreter (a pyenv or other self-built Python carries its own).
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+PY=${PY:-python3.11}
+if py_path=$(readlink -f "$(command -v "$PY" 2>/dev/null)" 2>/dev/null) && [ "${py_path%/*}" = /usr/bin ]; then
+  inc=$("$py_path" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+  if [ -n "$inc" ] && [ ! -f "$inc/Python.h" ]; then need+=("${py_path##*/}-dev"); fi
+fi
 # mosquitto and redis-server install to /usr/sbin on Debian; look there too.
 for pair in "mosquitto:/usr/sbin/mosquitto" "redis-server:/usr/bin/redis-server"; do
   pkg=${pair%%:*}; path=${pair#*:}
