@@ -21,7 +21,7 @@ bounded by the configured identities; the calls in progress of one agent by
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ __all__ = ["MAX_ACTIVE", "STATES", "AgentBoard", "wire_agent_board"]
 #: Agent states, least to most advanced (``paused`` overrides them all).
 STATES = ("idle", "dialling", "ringing", "talking")
 MAX_ACTIVE = 1000
+_ADVANCED_FIRST = STATES[:0:-1]  # talking, ringing, dialling
 
 _STEP = {
     CallEventKind.ATTEMPT: "dialling",
@@ -64,7 +65,28 @@ class _Agent:
     complaints: int = 0
     paused: str | None = None  # the pause reason while paused
     active: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # How many of ``active`` are at each step: the state is read on every call event,
+    # and a dialer's identity can have hundreds of calls up (no scan of ``active``).
+    steps: Counter[str] = field(default_factory=Counter)
     last: AgentState | None = None
+
+    def set_step(self, call_id: str, step: str) -> None:
+        """The call's step now (kept ``MAX_ACTIVE`` calls at most, the oldest dropped)."""
+        old = self.active.get(call_id)
+        if old is not None:
+            self.steps[old] -= 1
+        self.active[call_id] = step
+        self.active.move_to_end(call_id)
+        self.steps[step] += 1
+        while len(self.active) > MAX_ACTIVE:
+            _, gone = self.active.popitem(last=False)
+            self.steps[gone] -= 1
+
+    def end(self, call_id: str) -> None:
+        """The call is over."""
+        old = self.active.pop(call_id, None)
+        if old is not None:
+            self.steps[old] -= 1
 
 
 class AgentBoard:
@@ -145,12 +167,9 @@ class AgentBoard:
             agent.answered += 1
         step = _STEP.get(kind)
         if step is not None:
-            agent.active[event.call_id] = step
-            agent.active.move_to_end(event.call_id)
-            while len(agent.active) > MAX_ACTIVE:
-                agent.active.popitem(last=False)
+            agent.set_step(event.call_id, step)
         elif kind is CallEventKind.ENDED:
-            agent.active.pop(event.call_id, None)
+            agent.end(event.call_id)
         self._publish(agent, event.at)
 
     def state_of(self, name: str) -> str:
@@ -164,9 +183,11 @@ class AgentBoard:
     def _state(agent: _Agent) -> str:
         if agent.paused is not None:
             return "paused"
-        if not agent.active:
-            return "idle"
-        return max(agent.active.values(), key=STATES.index)
+        steps = agent.steps
+        for state in _ADVANCED_FIRST:
+            if steps[state] > 0:
+                return state
+        return "idle"
 
     def _publish(self, agent: _Agent, now: float) -> None:
         state = AgentState(

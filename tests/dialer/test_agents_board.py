@@ -117,6 +117,41 @@ def test_states_follow_the_calls_and_pauses() -> None:
     assert (5, 0) == (latest.calls_today, latest.answered_today)
 
 
+def test_a_dialer_with_many_calls_up_has_the_state_of_its_busiest_call() -> None:
+    """Random steps over more calls than MAX_ACTIVE (the oldest are forgotten): the
+    state is always the most advanced step among the calls the board keeps, as a scan
+    of them says, and the per-step counts never drift."""
+    import random
+
+    from gateway.telemetry.agent_board import MAX_ACTIVE, STATES
+
+    rng = random.Random(17)
+    board = AgentBoard(lambda _e: None, timezone="Asia/Shanghai", bindings={"dialer": None})
+    board.start(T0)
+    kinds = (
+        CallEventKind.ATTEMPT,
+        CallEventKind.RINGING,
+        CallEventKind.ANSWERED,
+        CallEventKind.ENDED,
+    )
+    peak = 0
+    for i in range(6 * MAX_ACTIVE):
+        call_id = f"d{rng.randrange(2 * MAX_ACTIVE)}"
+        kind = CallEventKind.ENDED if rng.random() < 0.1 else rng.choice(kinds[:3])
+        board(_call(kind, call_id, T0 + i * 0.001, agent="dialer"))
+        agent = board.agents["dialer"]
+        peak = max(peak, len(agent.active))
+        scanned = max(agent.active.values(), key=STATES.index) if agent.active else "idle"
+        assert scanned == board.state_of("dialer"), i
+    agent = board.agents["dialer"]
+    assert MAX_ACTIVE == peak  # the oldest calls were forgotten on the way
+    counted = {step: n for step, n in agent.steps.items() if n}
+    kept: dict[str, int] = {}
+    for step in agent.active.values():
+        kept[step] = kept.get(step, 0) + 1
+    assert kept == counted
+
+
 def test_topic_and_payload() -> None:
     state = AgentState("bob", T0, "paused", reason="complaints", card="c2", calls_today=3)
     out = route(state, Topics("dialgate", "gw1"))
