@@ -75,6 +75,11 @@ class CallDialogStore:
         #: The B2BUA's queue of store writes an outage refused, retried in order.
         self.unfinished = unfinished
 
+    def _failed(self, event: str, call: Call, exc: Exception, **extra: object) -> None:
+        """Count and log a store write the call path goes on without."""
+        self.stats["dialog_store_errors"] += 1
+        log.error(event, call_id=call.a.call_id, key=call.key, error=repr(exc)[:200], **extra)
+
     @staticmethod
     def _leg_record(leg: Leg | None) -> tuple[dict[str, Any], int] | None:
         """What ending ``leg`` from another process needs, and the CSeq ceiling stored."""
@@ -166,14 +171,7 @@ class CallDialogStore:
             # before the INVITE leaves (no batch open: already committed).
             self.store.commit()
         except Exception as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error(
-                "call.b_leg.store_failed",
-                call_id=call.a.call_id,
-                b_call_id=call.b_call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
+            self._failed("call.b_leg.store_failed", call, exc, b_call_id=call.b_call_id)
             return False
         self.stats["b_legs_stored"] += 1
         call.persisted = True
@@ -189,13 +187,7 @@ class CallDialogStore:
         try:
             self.store.save_call_dialogs(record)
         except Exception as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error(
-                "call.dialogs.store_failed",
-                call_id=call.a.call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
+            self._failed("call.dialogs.store_failed", call, exc)
             return
         self.stats["dialogs_stored"] += 1
         call.persisted = True
@@ -220,13 +212,7 @@ class CallDialogStore:
             try:
                 self.store.update_call_dialog_leg(call.key, side, rec[0])
             except Exception as exc:
-                self.stats["dialog_store_errors"] += 1
-                log.error(
-                    "call.dialogs.update_failed",
-                    call_id=call.a.call_id,
-                    key=call.key,
-                    error=repr(exc)[:200],
-                )
+                self._failed("call.dialogs.update_failed", call, exc)
                 continue
             call.stored[side] = (rec[1], str(dialog.remote_target))
 
@@ -240,25 +226,11 @@ class CallDialogStore:
         row left at a crash costs one stray BYE answered 481 at the next start)."""
         if not call.persisted:
             return
-        call.persisted = False
-        call.stored.clear()
+        self.forgotten(call)
         delete = functools.partial(self.store.delete_call_dialogs, call.key)
         try:
             delete()
-        except StoreUnavailable as exc:
-            self.stats["dialog_store_errors"] += 1
-            self.unfinished.append(delete)
-            log.error(
-                "call.dialogs.delete_failed",
-                call_id=call.a.call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
         except Exception as exc:
-            self.stats["dialog_store_errors"] += 1
-            log.error(
-                "call.dialogs.delete_failed",
-                call_id=call.a.call_id,
-                key=call.key,
-                error=repr(exc)[:200],
-            )
+            if isinstance(exc, StoreUnavailable):
+                self.unfinished.append(delete)  # retried once the store answers
+            self._failed("call.dialogs.delete_failed", call, exc)
