@@ -1384,9 +1384,8 @@ class B2BUA:
         self._commit_start(call)
         cancelled = call.cancelled
         call.advance(CallState.ENDED)
-        for timer in (call.no_answer_timer,):
-            if timer is not None:
-                timer.cancel()
+        if call.no_answer_timer is not None:
+            call.no_answer_timer.cancel()
         call.no_answer_timer = None
         handle = call.b_client
         if handle is not None and (
@@ -1462,9 +1461,7 @@ class B2BUA:
         if handle is not None:
             handle.request.compact()
             if handle.final.done() and not handle.final.cancelled():
-                answer = handle.final.result()
-                if answer is not None:
-                    answer.compact()
+                handle.final.result().compact()
         if call.b_ack is not None:
             call.b_ack.compact()
 
