@@ -26,7 +26,7 @@ calls) use call start times; daily limits use the carrier's calendar day
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -190,7 +190,8 @@ class CardUsage:
     - `call_starts`: epoch seconds of call starts, ascending, including
       write-ahead reservations not yet finished; must cover at least the
       last hour and the current carrier day (see `timeutil.day_bounds`).
-    - `callees_today`: distinct E.164 callees of the current carrier day.
+    - `callees_today`: distinct E.164 callees of the current carrier day (any
+      read-only set: a store may hand out a view that costs nothing to take).
     - `talk_seconds_today`: talk time of the current carrier day.
     - `in_use`: calls currently up or reserved on the card.
     - `recent_outcomes`: finished calls, oldest first; the last
@@ -198,7 +199,7 @@ class CardUsage:
     """
 
     call_starts: tuple[float, ...] = ()
-    callees_today: frozenset[str] = frozenset()
+    callees_today: Set[str] = frozenset()
     talk_seconds_today: float = 0.0
     in_use: int = 0
     recent_outcomes: tuple[CallOutcome, ...] = ()

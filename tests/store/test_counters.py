@@ -10,6 +10,7 @@ connection writes to the same file.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Set
 from pathlib import Path
 
 import pytest
@@ -131,12 +132,14 @@ def test_incremental_counters_equal_a_full_recount(
     window: int,
 ) -> None:
     """Any mix of reserve/release/finish (across the hour and midnight, with another
-    connection writing too) leaves counters equal to a recount from the rows."""
+    connection writing too) leaves counters equal to a recount from the rows, and
+    every day's-callees view handed out earlier still holds what it held then."""
     path = tmp_path_factory.mktemp("counters") / "c.db"
     s = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=window)
     other = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=window)
     _cards(s)
     now = MIDNIGHT - 3000.0
+    taken: list[tuple[Set[str], frozenset[str]]] = []
     for op, call, card, callee, gap, talk in steps:
         now += gap
         card_id = f"c{card + 1}"
@@ -155,9 +158,16 @@ def test_incremental_counters_equal_a_full_recount(
             other.finish(call_id, now, answered=True, talk_seconds=talk)
         else:
             for c in ("c1", "c2"):
-                _same(s.card_usage(c, now), s.recount_card_usage(c, now))
+                usage = s.card_usage(c, now)
+                _same(usage, s.recount_card_usage(c, now))
+                taken.append((usage.callees_today, frozenset(usage.callees_today)))
     for c in ("c1", "c2"):
         _same(s.card_usage(c, now), s.recount_card_usage(c, now))
+    numbers = [f"+86138000002{callee:02d}" for callee in range(4)]
+    for view, then in taken:
+        assert len(view) == len(then)
+        assert [n in view for n in numbers] == [n in then for n in numbers]
+        assert set(view) == then
     other.close()
     s.close()
 
