@@ -44,6 +44,7 @@ import e2e  # bench/ is not a package: found through sys.path above
 
 from gateway import sip
 from gateway.app import _tune_gc
+from gateway.collector import CollectorPacer
 from gateway.callpath.element import Gateway
 from gateway.config import load_settings
 from gateway.sip import Request, Response, make_response
@@ -321,8 +322,12 @@ async def run(ns: argparse.Namespace) -> int:
         await asyncio.sleep(0.05)
         net.flush()
 
-        if ns.gc == "run":
+        pacing: asyncio.Future[None] | None = None
+        if ns.gc in ("run", "auto"):
             _tune_gc()  # what serve() does for dialgate run: freeze start-up, raise thresholds
+        if ns.gc == "run":  # and [server] gc = "paced", its default
+            pacer = CollectorPacer(live=lambda: len(gw.endpoint.layer))
+            pacing = asyncio.ensure_future(pacer.run())
         profiler = cProfile.Profile() if ns.cprofile else None
         cpu0 = time.thread_time_ns()
         peer0 = peer_clock.ns
@@ -349,6 +354,9 @@ async def run(ns: argparse.Namespace) -> int:
         if profiler is not None:
             profiler.disable()
         cpu = time.thread_time_ns() - cpu0
+        if pacing is not None:
+            pacing.cancel()
+            await asyncio.gather(pacing, return_exceptions=True)
         peers = peer_clock.ns - peer0
         wall = time.perf_counter() - wall0
         outcomes: Counter[str] = Counter()
@@ -390,10 +398,11 @@ def main() -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--gc",
-        choices=("default", "run"),
+        choices=("default", "auto", "run"),
         default="default",
-        help="run: the collector settings dialgate run uses (gateway.app: freeze the start-up"
-        " objects, thresholds GC_THRESHOLD); default: Python's (the figures before issue 17)",
+        help="run: the collection dialgate run does (gateway.app: freeze the start-up objects;"
+        " gateway/collector.py paces collections); auto: [server] gc = \"auto\" (thresholds"
+        " GC_THRESHOLD); default: Python's (the figures before issue 17)",
     )
     parser.add_argument("--cprofile", help="profile the calls (not setup) and dump pstats here")
     parser.add_argument("--top", type=int, default=40)

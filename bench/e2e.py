@@ -520,11 +520,21 @@ def night_window(tz: str) -> str:
 
 
 def gateway_toml(
-    *, sip_port: int, carrier_port: int, db: Path, cards: int, log_level: str = "info"
+    *,
+    sip_port: int,
+    carrier_port: int,
+    db: Path,
+    cards: int,
+    log_level: str = "info",
+    gc: str = "paced",
 ) -> str:
-    """The gateway configuration: every policy on, quotas far above the offered load."""
+    """The gateway configuration: every policy on, quotas far above the offered load.
+    ``gc``: ``[server] gc`` (paced: gateway/collector.py; auto: Python's triggers)."""
     tz = "Asia/Shanghai"
     lines = [
+        "[server]",
+        f'gc = "{gc}"',
+        "",
         "[sip]",
         f'listen = ["udp:{HOST}:{sip_port}"]',
         'realm = "dialgate"',
@@ -809,6 +819,7 @@ def e2e_step(
             db=db,
             cards=args.cards,
             log_level=args.log_level,
+            gc=args.gc,
         )
     )
     wall_cap = calls / rate + 60
@@ -817,8 +828,6 @@ def e2e_step(
     if args.uvloop:
         gw_cmd.append("--uvloop")
     gw_cmd += runner_args or []
-    if args.gc_threshold:
-        gw_cmd += ["--gc-threshold", args.gc_threshold]
     if args.heap:
         gw_cmd += ["--heap-dump", str(workdir / "heap.txt")]
     if args.experiment_paused_only:
@@ -1085,7 +1094,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-direct", action="store_true", help="skip the direct step at each rate")
     e.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     e.add_argument("--uvloop", action="store_true", help="run the gateway's loop on uvloop")
-    e.add_argument("--gc-threshold", help="gc.set_threshold in the gateway, e.g. 50000,50,100")
+    e.add_argument(
+        "--gc",
+        choices=("paced", "auto"),
+        default="paced",
+        help="[server] gc of the gateway: paced (the default, gateway/collector.py) or "
+        "auto (Python's own triggers, thresholds gateway.app.GC_THRESHOLD)",
+    )
     e.add_argument("--heap", action="store_true", help="print the gateway's objects by type")
     e.add_argument(
         "--heap-after",

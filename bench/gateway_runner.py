@@ -10,7 +10,6 @@ gateway cannot report about itself without app changes:
 * ``--uvloop``: run the event loop on uvloop (if importable) — the quick
   experiment of issue 7; the gateway itself has no such option yet;
 * ``--cprofile FILE``: the whole run under cProfile (pstats dump at exit);
-* ``--gc-threshold A,B,C``: ``gc.set_threshold`` before start (tuning experiment);
 * ``--heap-dump FILE``: on SIGUSR1, the GC-tracked objects counted by type;
 * ``--experiment-paused-only``: a what-if that sizes a store fix (see its help);
 * ``--operator-cli``: register the operator subcommands (``dnc import``,
@@ -101,10 +100,6 @@ def main() -> int:
     parser.add_argument("--cprofile", type=Path)
     parser.add_argument("--operator-cli", action="store_true")
     parser.add_argument(
-        "--gc-threshold",
-        help="gc.set_threshold before start, e.g. 700,10,10 (the experiment for GC tuning)",
-    )
-    parser.add_argument(
         "--experiment-paused-only",
         action="store_true",
         help="what-if: SQLiteStore.agent_usage reads only the pause flag (valid while no "
@@ -122,8 +117,6 @@ def main() -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if args.gc_threshold:
-        gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
     if args.heap_dump is not None:
         import collections
         import signal

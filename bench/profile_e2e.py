@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--consent", type=int, default=10_000)
     parser.add_argument("--cards", type=int, default=100)
     parser.add_argument("--callers", type=int, default=1, help="as bench/e2e.py --callers")
-    parser.add_argument("--gc-threshold", help="as bench/e2e.py --gc-threshold")
+    parser.add_argument("--gc", choices=("paced", "auto"), default="paced", help="as bench/e2e.py")
     ns = parser.parse_args()
     argv = [
         "e2e",
@@ -136,8 +136,7 @@ def main() -> None:
         "--callers",
         str(ns.callers),
     ]
-    if ns.gc_threshold:
-        argv += ["--gc-threshold", ns.gc_threshold]
+    argv += ["--gc", ns.gc]
     if ns.uvloop:
         argv += ["--uvloop", "--extra-path", ns.extra_path]
     args = e2e.build_parser().parse_args(argv)

@@ -23,6 +23,7 @@ import structlog
 from gateway.callpath.element import Gateway
 from gateway.callpath.security import metric_families
 from gateway.cards.status import status_rounds
+from gateway.collector import CollectorPacer
 from gateway.config import Settings
 from gateway.workers import WorkerRole
 
@@ -32,13 +33,14 @@ log = structlog.get_logger("gateway.app")
 
 
 GC_THRESHOLD: tuple[int, int, int] = (10_000, 3, 1000)
-"""Collector thresholds while serving. The collector finds nothing to free here
-(finished calls are freed by reference counting): its cost is walking the objects of
-calls in progress and of calls lingering in Timers L/M/J, so the young generations
-are kept small to keep each pause short. bench/e2e.py, 10,000 calls at 300 CPS
-(issue 17): (50_000, 20, 1000) worst pause 363 ms, 1.06 s of collection in all;
-(20_000, 5, 1000) 86 ms, 1.05 s; (10_000, 3, 1000) 45 ms, 0.94 s. Python's default
-700 collects young objects hundreds of times a second (-20% CPU per call, issue 7)."""
+"""Collector thresholds while serving with ``[server] gc = "auto"`` (with "paced", the
+default, :mod:`gateway.collector` collects on a clock and these are not used). The
+collector finds nothing to free here (finished calls are freed by reference
+counting): its cost is walking the objects of calls in progress and of calls
+lingering in Timers L/M/J. bench/e2e.py, 10,000 calls at 300 CPS (issue 17):
+(50_000, 20, 1000) worst pause 363 ms, 1.06 s of collection in all; (20_000, 5, 1000)
+86 ms, 1.05 s; (10_000, 3, 1000) 45 ms, 0.94 s. Python's default 700 collects young
+objects hundreds of times a second (-20% CPU per call, issue 7)."""
 
 
 WORKER_CARD_SYNC = 1.0
@@ -124,9 +126,13 @@ async def serve(
             log.info("admin.listening", url=admin.url)
         old_gc = _tune_gc()
         halt = asyncio.Event()
+        pacer = None
+        if settings.server.gc == "paced":
+            pacer = CollectorPacer(live=lambda: len(gateway.endpoint.layer))
         # Start-up errors above propagate as themselves; only the loops run in
         # the task group, which ends them (halt, then wait) before shutdown.
         async with asyncio.TaskGroup() as loops:
+            pacing = None if pacer is None else loops.create_task(pacer.run())
             if operator is not None:
                 interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
                 # Without Redis nothing else adopts card changes written to the store
@@ -168,6 +174,8 @@ async def serve(
                     await stop.wait()
             finally:
                 halt.set()
+                if pacing is not None:
+                    pacing.cancel()
     finally:
         if admin is not None:
             await admin.stop()

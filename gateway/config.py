@@ -1105,6 +1105,10 @@ class ServerSettings(BaseModel):
     # transport of [sip] listen). Unset: free ports chosen once at start and kept
     # across a worker's restarts.
     worker_port_base: int | None = Field(default=None, ge=1, le=65535)
+    # "paced": the garbage collector runs on a clock from the event loop (young
+    # generations every 50 ms, the full heap when quiet: gateway/collector.py), so no
+    # collection pauses calls for tens of ms. "auto": Python's own triggers.
+    gc: Literal["paced", "auto"] = "paced"
 
     @field_validator("workers", mode="before")
     @classmethod
