@@ -44,8 +44,8 @@ import e2e  # bench/ is not a package: found through sys.path above
 
 from gateway import sip
 from gateway.app import _tune_gc
-from gateway.collector import CollectorPacer
 from gateway.callpath.element import Gateway
+from gateway.collector import CollectorPacer
 from gateway.config import load_settings
 from gateway.sip import Request, Response, make_response
 from gateway.sip.digest import DigestClient
@@ -401,7 +401,7 @@ def main() -> None:
         choices=("default", "auto", "run"),
         default="default",
         help="run: the collection dialgate run does (gateway.app: freeze the start-up objects;"
-        " gateway/collector.py paces collections); auto: [server] gc = \"auto\" (thresholds"
+        ' gateway/collector.py paces collections); auto: [server] gc = "auto" (thresholds'
         " GC_THRESHOLD); default: Python's (the figures before issue 17)",
     )
     parser.add_argument("--cprofile", help="profile the calls (not setup) and dump pstats here")
