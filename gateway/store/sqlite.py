@@ -621,6 +621,7 @@ class SQLiteStore:
         self.guard = StoreGuard(self._probe, unavailable, name="sqlite")
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._busy_applied = int(busy_timeout_ms)
+        self._autocheckpoint = autocheckpoint
         # An open batch (see batch()): its token, and whether its transaction has begun.
         self._batch: object | None = None
         self._in_tx = False
@@ -687,6 +688,10 @@ class SQLiteStore:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             db.execute(f"PRAGMA user_version={version}")
             db.execute("COMMIT")
+            if not self._autocheckpoint:
+                # That commit may land in WAL space already allocated; copying the WAL
+                # into the database file is what fails first on a full disk.
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         finally:
             db.close()
 
@@ -726,7 +731,14 @@ class SQLiteStore:
             finally:
                 db.close()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"checkpoint failed: {exc}") from exc
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                # Another connection checkpointing at that moment: the next round copies.
+                raise StoreUnavailable(f"checkpoint failed: {exc}") from exc
+            # A full disk or an I/O error: commits may still land in WAL space allocated
+            # earlier, but the store is failing: the guard refuses calls until its probe
+            # (which checkpoints too) succeeds.
+            raise self._unavailable(f"checkpoint failed: {exc}", exc) from exc
         return (int(log), int(copied))
 
     def __enter__(self) -> SQLiteStore:

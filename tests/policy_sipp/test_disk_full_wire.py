@@ -2,9 +2,12 @@
 
 ``dialgate run`` keeps its SQLite database on a small tmpfs mounted for the
 test and its CDR spool (``[store] spool_dir``) on another filesystem. A filler
-file takes the tmpfs's last byte while calls are up: new calls are refused
-``503 store-unavailable`` at once and none reaches the carrier (never a call
-without its reservation); the calls that end meanwhile have their CDRs
+file takes the tmpfs's last byte while calls are up. Commits may still land in
+WAL space SQLite allocated earlier (those calls are stored and go through) until
+the WAL checkpoint, run every 0.5 s in a thread, fails to grow the database file:
+from then on new calls are refused ``503 store-unavailable`` at once and none
+reaches the carrier (never a call without its reservation); the calls that end
+meanwhile have their CDRs
 spooled; once the filler is removed the gateway recovers by itself and every
 spooled CDR lands in the database.
 
@@ -109,12 +112,20 @@ async def test_full_database_disk_fails_closed_and_loses_no_cdr(
         await asyncio.sleep(0.5)
 
         filler = fill(small_disk)
+        # Until a checkpoint finds the disk full, calls are stored in WAL space
+        # allocated earlier and go through; a few at most (one checkpoint round).
+        early = []
+        first = await timed_call(phone, next(numbers), 0.2)
+        while first[0].status == 200 and len(early) < 10:
+            early.append(first)
+            first = await timed_call(phone, next(numbers), 0.2)
+        assert len(early) < 10, "the full disk was never noticed"
         invites_at_fill = len(carrier.invites())
-        refused = [await timed_call(phone, next(numbers), 0.2) for _ in range(6)]
+        refused = [first] + [await timed_call(phone, next(numbers), 0.2) for _ in range(5)]
         spanned = [await f for f in spanning]
         assert [True, True] == [r.answered for r, _ in spanned]
         print(
-            "disk full: "
+            f"disk full: {len(early)} calls stored before it was noticed; "
             + ", ".join(f"{r.status} {r.reason_text} {t:.3f}s" for r, t in refused)
             + f"; spool {spool.exists() and len(spool.read_text().splitlines())} lines"
         )
@@ -138,7 +149,7 @@ async def test_full_database_disk_fails_closed_and_loses_no_cdr(
             await asyncio.sleep(0.05)
         print(f"/health ok {time.monotonic() - freed:.3f}s after the disk was freed")
 
-        answered = {r.call_id for r, _ in before + spanned if r.answered}
+        answered = {r.call_id for r, _ in before + early + spanned if r.answered}
         refused_ids = {r.call_id for r, _ in refused}
         deadline = time.monotonic() + 10.0
         stored: set[str] = set()
