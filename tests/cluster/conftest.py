@@ -10,6 +10,8 @@
   node name of its own (``[mqtt]`` is off: the name is host + listener).
 - The carrier is a SIPp UAS; the dialer (``[[peers]]`` dialer-1) a SIPp UAC on
   127.0.0.4, the address the balancer spreads by Call-ID.
+- A test starts the carrier and the cluster through the ``carrier_cluster``
+  fixture, which waits until the balancer answers and stops both at teardown.
 
 Missing kamailio, redis-server or SIPp fails the tests (``make install`` provides them).
 """
@@ -26,7 +28,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,13 @@ from typing import Any
 import pytest
 
 from simulator.testkit import stop_pid
-from tests.integration.conftest import DialgateProcess, _pump, dialgate_command
+from tests.integration.conftest import (
+    DialgateProcess,
+    _pump,
+    dialgate_command,
+    start_dialgate_config,
+)
+from tests.policy_sipp.conftest import SippCarrier, start_carrier
 from tests.redis.conftest import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,33 +250,12 @@ quota = "q"
 
 
 def start_node(workdir: Path, toml: str) -> DialgateProcess:
-    """``dialgate run`` with ``toml``; waits for its UDP listener; stopped by PID."""
+    """``dialgate run`` with ``toml`` (written whole: one UDP listener on the node's own
+    address); waits for its UDP listener; stopped by PID."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "node.toml"
     config.write_text(toml)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
-    proc = subprocess.Popen(
-        [*dialgate_command(), "run", "--config", str(config)],
-        cwd=workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    node = DialgateProcess(proc, config)
-    node._reader = threading.Thread(target=_pump, args=(proc, node.lines), daemon=True)
-    node._reader.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        for entry in node.events("listening"):
-            node.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
-        if "udp" in node.addresses:
-            return node
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    node.stop()
-    raise RuntimeError("dialgate node did not start:\n" + "\n".join(node.lines[-30:]))
+    return start_dialgate_config(config, transports=("udp",), timeout=START_TIMEOUT)
 
 
 def kill9(node: DialgateProcess) -> None:
@@ -365,22 +352,6 @@ def cluster_status(node: DialgateProcess) -> Any:
     return json.loads(out.stdout)
 
 
-def cards_json(node: DialgateProcess, *args: str) -> Any:
-    """``dialgate cards … --json`` with the node's configuration."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
-    out = subprocess.run(
-        [*dialgate_command(), "cards", *args, "--config", str(node.config), "--json"],
-        env=env,
-        cwd=node.config.parent,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert 0 == out.returncode, out.stderr.decode(errors="replace")
-    return json.loads(out.stdout)
-
-
 @pytest.fixture
 def redis_cluster_server(tmp_path: Path) -> Iterator[RedisServer]:
     """The cluster's one redis-server (its own, on a free port)."""
@@ -390,3 +361,34 @@ def redis_cluster_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+StartCarrierCluster = Callable[..., tuple[SippCarrier, Cluster]]
+
+
+@pytest.fixture
+def carrier_cluster(
+    tmp_path: Path, redis_cluster_server: RedisServer
+) -> Iterator[StartCarrierCluster]:
+    """``start(profile, *, agents=False, carrier_timeout=120)``: the SIPp carrier, the
+    cluster in front of it (``start_cluster``) and a wait until the balancer answers
+    through a node. What it started is stopped by PID at teardown, the cluster first."""
+    started: list[SippCarrier | Cluster] = []
+
+    def start(
+        profile: dict[str, int], *, agents: bool = False, carrier_timeout: int = 120
+    ) -> tuple[SippCarrier, Cluster]:
+        carrier = start_carrier(tmp_path / "carrier", timeout=carrier_timeout)
+        started.append(carrier)
+        cluster = start_cluster(
+            tmp_path, redis_cluster_server, carrier.port, profile, agents=agents
+        )
+        started.append(cluster)
+        wait_nodes_up(cluster.lb)
+        return carrier, cluster
+
+    try:
+        yield start
+    finally:
+        for process in reversed(started):
+            process.stop()

@@ -19,32 +19,20 @@ from pathlib import Path
 
 import redis
 
-from simulator.testkit import (
-    Message,
-    finish_sipp,
-    sipp_command,
-    start_sipp,
-    start_sipp_carrier,
-    wait_until,
-)
-from tests.policy_sipp.conftest import SIPP_DIR as POLICY_SIPP
-from tests.policy_sipp.conftest import admin_get, admin_url
+from simulator.testkit import Message, finish_sipp, sipp_command, start_sipp, wait_until
+from tests.policy_sipp.conftest import admin_get, admin_url, cli_json
 from tests.redis.conftest import RedisServer
 
 from .conftest import (
     DIALER_HOST,
     NODE_HOSTS,
     SIPP_DIR,
-    cards_json,
+    StartCarrierCluster,
     cluster_status,
     free_udp_port_on,
     kill9,
     sqlite_rows,
-    start_cluster,
-    wait_nodes_up,
 )
-
-CARRIER_SCENARIO = POLICY_SIPP / "carrier_uas.xml"
 
 
 def numbers(count: int, base: int = 0) -> list[str]:
@@ -136,126 +124,111 @@ def redis_in_use(url: str, card: str) -> int:
 
 
 def test_fifty_concurrent_attempts_place_exactly_the_quota(
-    tmp_path: Path, redis_cluster_server: RedisServer
+    tmp_path: Path,
+    redis_cluster_server: RedisServer,
+    carrier_cluster: StartCarrierCluster,
 ) -> None:
     """(a) calls_per_minute = 10 across two nodes: 10 placed, 40 refused, everyone agrees."""
-    carrier = start_sipp_carrier(CARRIER_SCENARIO, tmp_path / "carrier", timeout=120)
-    cluster = start_cluster(
-        tmp_path,
-        redis_cluster_server,
-        carrier.port,
-        {"calls_per_minute": 10, "calls_per_hour": 1000, "concurrent": 50},
+    carrier, cluster = carrier_cluster(
+        {"calls_per_minute": 10, "calls_per_hour": 1000, "concurrent": 50}
     )
-    try:
-        wait_nodes_up(cluster.lb)
-        callees = numbers(50)
-        dialer = start_dialer(
-            tmp_path / "dialer", cluster.lb.address, callees, rate=50, hold_ms=2000, timeout=60
-        )
-        result = finish_sipp(dialer, tmp_path / "dialer", 90)
-        finals = invite_finals(result.messages)
-        assert 50 == len(finals), (result.stats, cluster.lb.log()[-2000:])
-        placed = [cid for cid, status in finals.items() if status == 200]
-        refused = [cid for cid, status in finals.items() if status == 503]
-        assert 10 == len(placed), finals
-        assert 40 == len(refused), finals
-        # The refusal is the product's quota answer, with the limit and when it frees.
-        answers = [
-            m
-            for m in result.messages
-            if m.direction == "received" and m.status == 503 and m.header("CSeq") == "2 INVITE"
-        ]
-        for answer in answers:
-            assert "no-card-available" in (answer.header("Reason") or ""), answer.headers
-            assert answer.header("Retry-After") is not None
-        time.sleep(1.0)  # the last BYEs reach the carrier
-        assert 10 == len(carrier.invites())
+    callees = numbers(50)
+    dialer = start_dialer(
+        tmp_path / "dialer", cluster.lb.address, callees, rate=50, hold_ms=2000, timeout=60
+    )
+    result = finish_sipp(dialer, tmp_path / "dialer", 90)
+    finals = invite_finals(result.messages)
+    assert 50 == len(finals), (result.stats, cluster.lb.log()[-2000:])
+    placed = [cid for cid, status in finals.items() if status == 200]
+    refused = [cid for cid, status in finals.items() if status == 503]
+    assert 10 == len(placed), finals
+    assert 40 == len(refused), finals
+    # The refusal is the product's quota answer, with the limit and when it frees.
+    answers = [
+        m
+        for m in result.messages
+        if m.direction == "received" and m.status == 503 and m.header("CSeq") == "2 INVITE"
+    ]
+    for answer in answers:
+        assert "no-card-available" in (answer.header("Reason") or ""), answer.headers
+        assert answer.header("Retry-After") is not None
+    time.sleep(1.0)  # the last BYEs reach the carrier
+    assert 10 == len(carrier.invites())
 
-        # Both nodes took attempts (the balancer spreads the dialer's calls) ...
-        def per_node() -> list[int]:
-            return [sqlite_rows(db, "SELECT COUNT(*) FROM cdrs")[0][0] for db in cluster.dbs]
+    # Both nodes took attempts (the balancer spreads the dialer's calls) ...
+    def per_node() -> list[int]:
+        return [sqlite_rows(db, "SELECT COUNT(*) FROM cdrs")[0][0] for db in cluster.dbs]
 
-        wait_until(lambda: sum(per_node()) >= 50, 15, "a CDR for every attempt")
-        assert all(n > 0 for n in per_node()), per_node()
-        assert 50 == sum(per_node()), per_node()
-        # ... and Redis, the nodes' own records and each node's view agree on 10.
-        assert 10 == redis_starts(redis_cluster_server.url, "c1")
-        starts = [
-            sqlite_rows(db, "SELECT COUNT(*) FROM call_starts WHERE card = 'c1'")[0][0]
-            for db in cluster.dbs
-        ]
-        assert 10 == sum(starts), starts
-        for node in cluster.nodes:
-            shown = cards_json(node, "show", "c1")
-            assert {"used": 10, "limit": 10} == shown["usage"]["calls_per_minute"], shown
-    finally:
-        cluster.stop()
-        carrier.stop()
+    wait_until(lambda: sum(per_node()) >= 50, 15, "a CDR for every attempt")
+    assert all(n > 0 for n in per_node()), per_node()
+    assert 50 == sum(per_node()), per_node()
+    # ... and Redis, the nodes' own records and each node's view agree on 10.
+    assert 10 == redis_starts(redis_cluster_server.url, "c1")
+    starts = [
+        sqlite_rows(db, "SELECT COUNT(*) FROM call_starts WHERE card = 'c1'")[0][0]
+        for db in cluster.dbs
+    ]
+    assert 10 == sum(starts), starts
+    for node in cluster.nodes:
+        shown = cli_json(node.config, "cards", "show", "c1")
+        assert {"used": 10, "limit": 10} == shown["usage"]["calls_per_minute"], shown
 
 
 def test_a_node_killed_mid_load_loses_no_cdr_and_no_counter(
-    tmp_path: Path, redis_cluster_server: RedisServer
+    tmp_path: Path,
+    redis_cluster_server: RedisServer,
+    carrier_cluster: StartCarrierCluster,
 ) -> None:
     """(b) kill -9 one node while calls run: the rest go through the other node."""
-    carrier = start_sipp_carrier(CARRIER_SCENARIO, tmp_path / "carrier", timeout=180)
-    cluster = start_cluster(
-        tmp_path,
-        redis_cluster_server,
-        carrier.port,
+    carrier, cluster = carrier_cluster(
         {"calls_per_minute": 10000, "calls_per_hour": 100000, "concurrent": 200},
+        carrier_timeout=180,
     )
-    try:
-        wait_nodes_up(cluster.lb)
-        callees = numbers(60, base=1000)
-        dialer = start_dialer(
-            tmp_path / "dialer", cluster.lb.address, callees, rate=5, hold_ms=1500, timeout=90
-        )
-        # Kill node 1 once it has placed calls (some finished, some up).
-        victim_db = cluster.dbs[0]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if (
-                sqlite_rows(victim_db, "SELECT COUNT(*) FROM cdrs WHERE answer_at IS NOT NULL")[0][
-                    0
-                ]
-                >= 2
-            ):
-                break
-            time.sleep(0.2)
-        before = redis_starts(redis_cluster_server.url, "c1")
-        assert before > 0
-        kill9(cluster.nodes[0])
-        killed_at = len(carrier.invites())
-        result = finish_sipp(dialer, tmp_path / "dialer", 120)
-        time.sleep(1.0)
-        after = redis_starts(redis_cluster_server.url, "c1")
-        assert after >= before, (before, after)  # no counter went down
-        # Calls continued through the other node after the kill.
-        invites = carrier.invites()
-        later = invites[killed_at:]
-        assert len(later) >= 10, (len(invites), killed_at, cluster.lb.log()[-3000:])
-        vias = [m.header("Via") or "" for m in later[3:]]
-        assert all(NODE_HOSTS[1] in v for v in vias), vias
-        # Every call that finished (its BYE answered) has its CDR in a node's file.
-        finished = bye_answered(result.messages)
-        assert len(finished) >= 10
-        cdrs: dict[str, str] = {}
-        for db in cluster.dbs:
-            for call_id, outcome in sqlite_rows(db, "SELECT call_id, outcome FROM cdrs"):
-                cdrs[call_id] = outcome
-        missing = [cid for cid in finished if cid not in cdrs]
-        assert [] == missing, (missing, sorted(cdrs)[:5])
-        # The live node saw the dead one's heartbeat expire and orphaned its open
-        # reservations: nothing stays "in use" on the card, and the starts still count.
-        wait_until(lambda: 0 == redis_in_use(redis_cluster_server.url, "c1"), 20, "in use 0")
-        assert redis_starts(redis_cluster_server.url, "c1") >= after
-        status = cluster_status(cluster.nodes[1])
-        states = {n["address"]: n["state"] for n in status["nodes"]}
-        assert "down" == states[f"udp:{NODE_HOSTS[0]}:{cluster.ports[0]}"], status
-        assert "up" == states[f"udp:{NODE_HOSTS[1]}:{cluster.ports[1]}"], status
-        # The live node's admin API says the same.
-        shown = admin_get(admin_url(cluster.nodes[1]) + "/cluster")
-        assert states == {n["address"]: n["state"] for n in shown["nodes"]}, shown
-    finally:
-        cluster.stop()
-        carrier.stop()
+    callees = numbers(60, base=1000)
+    dialer = start_dialer(
+        tmp_path / "dialer", cluster.lb.address, callees, rate=5, hold_ms=1500, timeout=90
+    )
+    # Kill node 1 once it has placed calls (some finished, some up).
+    victim_db = cluster.dbs[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (
+            sqlite_rows(victim_db, "SELECT COUNT(*) FROM cdrs WHERE answer_at IS NOT NULL")[0][0]
+            >= 2
+        ):
+            break
+        time.sleep(0.2)
+    before = redis_starts(redis_cluster_server.url, "c1")
+    assert before > 0
+    kill9(cluster.nodes[0])
+    killed_at = len(carrier.invites())
+    result = finish_sipp(dialer, tmp_path / "dialer", 120)
+    time.sleep(1.0)
+    after = redis_starts(redis_cluster_server.url, "c1")
+    assert after >= before, (before, after)  # no counter went down
+    # Calls continued through the other node after the kill.
+    invites = carrier.invites()
+    later = invites[killed_at:]
+    assert len(later) >= 10, (len(invites), killed_at, cluster.lb.log()[-3000:])
+    vias = [m.header("Via") or "" for m in later[3:]]
+    assert all(NODE_HOSTS[1] in v for v in vias), vias
+    # Every call that finished (its BYE answered) has its CDR in a node's file.
+    finished = bye_answered(result.messages)
+    assert len(finished) >= 10
+    cdrs: dict[str, str] = {}
+    for db in cluster.dbs:
+        for call_id, outcome in sqlite_rows(db, "SELECT call_id, outcome FROM cdrs"):
+            cdrs[call_id] = outcome
+    missing = [cid for cid in finished if cid not in cdrs]
+    assert [] == missing, (missing, sorted(cdrs)[:5])
+    # The live node saw the dead one's heartbeat expire and orphaned its open
+    # reservations: nothing stays "in use" on the card, and the starts still count.
+    wait_until(lambda: 0 == redis_in_use(redis_cluster_server.url, "c1"), 20, "in use 0")
+    assert redis_starts(redis_cluster_server.url, "c1") >= after
+    status = cluster_status(cluster.nodes[1])
+    states = {n["address"]: n["state"] for n in status["nodes"]}
+    assert "down" == states[f"udp:{NODE_HOSTS[0]}:{cluster.ports[0]}"], status
+    assert "up" == states[f"udp:{NODE_HOSTS[1]}:{cluster.ports[1]}"], status
+    # The live node's admin API says the same.
+    shown = admin_get(admin_url(cluster.nodes[1]) + "/cluster")
+    assert states == {n["address"]: n["state"] for n in shown["nodes"]}, shown

@@ -119,6 +119,23 @@ def start_dialgate(
         f'level = "{log_level}"\n'
         "json = true\n" + extra_toml
     )
+    return start_dialgate_config(config, ready_event=ready_event, workers=workers)
+
+
+def start_dialgate_config(
+    config: Path,
+    *,
+    transports: tuple[str, ...] = ("udp", "tcp"),
+    ready_event: str | None = None,
+    workers: int | None = None,
+    timeout: float = START_TIMEOUT,
+) -> DialgateProcess:
+    """``dialgate run --config config`` (in the config's folder, no ``DIALGATE_*`` variables),
+    its stderr pumped into ``lines``; waits for a ``listening`` line of every one of
+    ``transports`` (and for a log line ``ready_event`` when given), else stops it and raises.
+
+    ``workers``: ``dialgate run --workers N`` (default: the configuration's, one process).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGATE_")}
     proc = subprocess.Popen(
         [
@@ -128,7 +145,7 @@ def start_dialgate(
             str(config),
             *([] if workers is None else ["--workers", str(workers)]),
         ],
-        cwd=tmp,
+        cwd=config.parent,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -137,11 +154,11 @@ def start_dialgate(
     gw = DialgateProcess(proc, config)
     gw._reader = threading.Thread(target=_pump, args=(proc, gw.lines), daemon=True)
     gw._reader.start()
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in gw.events("listening"):
             gw.addresses[entry["transport"]] = (entry["host"], int(entry["port"]))
-        if {"udp", "tcp"} <= gw.addresses.keys() and (
+        if set(transports) <= gw.addresses.keys() and (
             ready_event is None or gw.events(ready_event)
         ):
             return gw

@@ -5,8 +5,9 @@ free loopback ports, JSON logs of every worker on its stderr, stopped by PID;
 the SIPp carrier and agents of :mod:`simulator.testkit`). The agents run with
 ``-t un`` (one UDP socket per call), so the kernel spreads their INVITEs over
 the workers, and follow the Contact of the gateway's 200 for their ACK and BYE
-(``sipp/agent_contact.xml.in``), as RFC 3261 §12.1.2 asks of a UA. Every
-process started here is stopped by its PID.
+(``sipp/agent_contact.xml.in``), as RFC 3261 §12.1.2 asks of a UA. A test starts
+them through the ``rig`` fixture (:class:`Rig`); every process started here is
+stopped by its PID.
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from simulator.pytest_plugin import (
     processes,  # noqa: F401  (a fixture of this folder)
     sipp_binary,
 )
 from simulator.testkit import start_sipp_agent, wait_until
-from tests.policy_sipp.conftest import DialgateProcess, start_dialgate
+from tests.policy_sipp.conftest import (
+    DialgateProcess,
+    SippCarrier,
+    gateway_toml,
+    register_alice,
+    start_carrier,
+    start_dialgate,
+)
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 SIP_EXTRA = "t1 = 0.1\n"  # 64*T1 = 6.4 s: a CANCEL nobody answers ends in time
@@ -63,16 +74,6 @@ class WorkerSet:
         return str(self.gw.events("admin.listening")[-1]["url"]).rstrip("/")
 
 
-def start_workers(
-    tmp: Path, config: str, *, count: int = 2, sip_extra: str = SIP_EXTRA
-) -> WorkerSet:
-    """``dialgate run --workers count`` with ``config``; returns once every worker is ready."""
-    # DEBUG: the tests follow each call's steps (``call.b_leg``: which worker sent it).
-    gw = start_dialgate(tmp, config, sip_extra=sip_extra, workers=count, log_level="debug")
-    wait_until(lambda: len(gw.events("ready")) >= count, 20, f"{count} workers ready")
-    return WorkerSet(gw, count)
-
-
 def agent_scenario(workdir: Path, hold_ms: int) -> Path:
     """The Contact-following agent scenario, holding answered calls ``hold_ms``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,39 +82,6 @@ def agent_scenario(workdir: Path, hold_ms: int) -> Path:
         (SIPP_DIR / "agent_contact.xml.in").read_text().replace("HOLD_MS", str(hold_ms))
     )
     return path
-
-
-def start_agents(
-    target: tuple[str, int],
-    workdir: Path,
-    numbers: list[str],
-    *,
-    rate: int,
-    hold_ms: int,
-    timeout: int = 60,
-) -> subprocess.Popen[bytes]:
-    """One SIPp agent (alice) with a UDP socket per call (``-t un``), logging the
-    Contact each 200 named (``contacts``)."""
-    sipp_binary()  # fails when SIPp is missing
-    return start_sipp_agent(
-        agent_scenario(workdir, hold_ms),
-        target,
-        workdir,
-        calls=len(numbers),
-        rate=rate,
-        numbers=numbers,
-        timeout=timeout,
-        hold_ms=hold_ms,
-        extra=[
-            "-t",
-            "un",
-            "-max_socket",
-            "1000",
-            "-trace_logs",
-            "-log_file",
-            str(workdir / "contacts.log"),
-        ],
-    )
 
 
 _CONTACT = re.compile(r"contact (\S+) ([0-9.]+):([0-9]+)")
@@ -133,12 +101,86 @@ def numbers(prefix: str, n: int) -> list[str]:
     return [f"139{prefix}{i:04d}" for i in range(n)]
 
 
+@dataclass
+class Rig:
+    """What a wire test starts under ``tmp``: every process goes into ``processes`` (the
+    fixture that stops each by PID at teardown, the last started first)."""
+
+    tmp: Path
+    processes: list[Any]
+
+    def workers(self, config: str, *, count: int = 2) -> WorkerSet:
+        """``dialgate run --workers count`` with ``config``; returns once every worker is ready."""
+        # DEBUG: the tests follow each call's steps (``call.b_leg``: which worker sent it).
+        gw = start_dialgate(self.tmp, config, sip_extra=SIP_EXTRA, workers=count, log_level="debug")
+        self.processes.append(gw)
+        wait_until(lambda: len(gw.events("ready")) >= count, 20, f"{count} workers ready")
+        return WorkerSet(gw, count)
+
+    def carrier_and_workers(
+        self,
+        carrier_timeout: int,
+        *,
+        cards: int = 2,
+        quota: dict[str, int] | None = None,
+        **carrier: Any,
+    ) -> tuple[SippCarrier, WorkerSet]:
+        """A SIPp carrier (``start_carrier``; ``scenario``, ``extra`` in ``carrier``), the
+        workers in front of it (``gateway_toml`` with ``cards`` and ``quota``), and alice
+        registered through their shared port."""
+        carrier_uas = start_carrier(self.tmp / "carrier", carrier_timeout, **carrier)
+        self.processes.append(carrier_uas)
+        ws = self.workers(gateway_toml(carrier_uas.port, cards=cards, quota=quota))
+        register_alice(ws.gw.addresses["udp"], self.tmp / "register")
+        return carrier_uas, ws
+
+    def agents(
+        self,
+        ws: WorkerSet,
+        workdir: Path,
+        callees: list[str],
+        *,
+        rate: int,
+        hold_ms: int,
+        timeout: int = 60,
+    ) -> subprocess.Popen[bytes]:
+        """One SIPp agent (alice) calling ``callees`` at the workers' shared UDP port with a
+        UDP socket per call (``-t un``), logging the Contact each 200 named (``contacts``)."""
+        sipp_binary()  # fails when SIPp is missing
+        agent = start_sipp_agent(
+            agent_scenario(workdir, hold_ms),
+            ws.gw.addresses["udp"],
+            workdir,
+            calls=len(callees),
+            rate=rate,
+            numbers=callees,
+            timeout=timeout,
+            hold_ms=hold_ms,
+            extra=[
+                "-t",
+                "un",
+                "-max_socket",
+                "1000",
+                "-trace_logs",
+                "-log_file",
+                str(workdir / "contacts.log"),
+            ],
+        )
+        self.processes.append(agent)
+        return agent
+
+
+@pytest.fixture
+def rig(tmp_path: Path, processes: list[Any]) -> Rig:  # noqa: F811  (the imported fixture)
+    """A :class:`Rig` in the test's ``tmp_path``."""
+    return Rig(tmp_path, processes)
+
+
 __all__ = [
     "SIPP_DIR",
+    "Rig",
     "WorkerSet",
     "agent_scenario",
     "contacts",
     "numbers",
-    "start_agents",
-    "start_workers",
 ]

@@ -36,14 +36,8 @@ from simulator.testkit import (
 from tests.policy_sipp.conftest import (
     SIPP_DIR as POLICY_SIPP,
 )
-from tests.policy_sipp.conftest import (
-    admin_get,
-    finish_agent,
-    gateway_toml,
-    register_alice,
-    start_carrier,
-)
-from tests.workers.conftest import contacts, numbers, start_agents, start_workers
+from tests.policy_sipp.conftest import admin_get, finish_agent, gateway_toml
+from tests.workers.conftest import Rig, contacts, numbers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,22 +63,14 @@ def carrier_requests(messages: list[Message], method: str, b_call_id: str) -> li
     ]
 
 
-def test_calls_spread_over_both_workers_and_all_complete(
-    tmp_path: Path, processes: list[Any]
-) -> None:
+def test_calls_spread_over_both_workers_and_all_complete(tmp_path: Path, rig: Rig) -> None:
     """40 calls, a socket each: both workers place calls, every call completes, and each
     call's ACK and BYE went to the private port of the worker that placed it (the
     Contact of its 200), one CDR each."""
-    carrier = start_carrier(tmp_path / "carrier", timeout=120)
-    processes.append(carrier)
-    ws = start_workers(tmp_path, gateway_toml(carrier.port, cards=2))
-    processes.append(ws.gw)
-    target = ws.gw.addresses["udp"]
-    register_alice(target, tmp_path / "register")
+    carrier, ws = rig.carrier_and_workers(120, cards=2)
     calls = numbers("0001", 40)
     work = tmp_path / "agent"
-    agent = start_agents(target, work, calls, rate=20, hold_ms=500)
-    processes.append(agent)
+    agent = rig.agents(ws, work, calls, rate=20, hold_ms=500)
     result = finish_agent(agent, work, bound=60)
     assert (40, 0) == (result.successful, result.failed), result.stats
     legs = ws.b_legs()
@@ -117,22 +103,13 @@ def test_calls_spread_over_both_workers_and_all_complete(
     assert 0 == int(admin_get(f"{url}/cards/c1")["in_use"])
 
 
-def test_a_card_quota_is_not_overbooked_across_workers(
-    tmp_path: Path, processes: list[Any]
-) -> None:
+def test_a_card_quota_is_not_overbooked_across_workers(tmp_path: Path, rig: Rig) -> None:
     """One card with ``calls_per_minute = 10``; 30 calls spread over both workers within
     a second or two: exactly 10 reach the carrier (the reservation is one transaction
     on the shared SQLite file)."""
-    carrier = start_carrier(tmp_path / "carrier", timeout=90)
-    processes.append(carrier)
-    config = gateway_toml(carrier.port, cards=1, quota={"calls_per_minute": 10})
-    ws = start_workers(tmp_path, config)
-    processes.append(ws.gw)
-    target = ws.gw.addresses["udp"]
-    register_alice(target, tmp_path / "register")
+    carrier, ws = rig.carrier_and_workers(90, cards=1, quota={"calls_per_minute": 10})
     work = tmp_path / "agent"
-    agent = start_agents(target, work, numbers("0002", 30), rate=30, hold_ms=200, timeout=30)
-    processes.append(agent)
+    agent = rig.agents(ws, work, numbers("0002", 30), rate=30, hold_ms=200, timeout=30)
     result = finish_agent(agent, work, bound=45)
     finals = list({m.header("Call-ID"): m.status for m in result.finals()}.values())
     print(f"finals: 200 x{finals.count(200)}, 503 x{finals.count(503)}")
@@ -148,19 +125,13 @@ def test_a_card_quota_is_not_overbooked_across_workers(
     assert 10 == starts
 
 
-def test_kill_9_of_one_worker_ends_its_calls_only(tmp_path: Path, processes: list[Any]) -> None:
+def test_kill_9_of_one_worker_ends_its_calls_only(tmp_path: Path, rig: Rig) -> None:
     """12 answered calls held 20 s over both workers; SIGKILL worker 1: the supervisor
     starts it again, which BYEs both legs of each of its calls (one ``interrupted`` CDR
     each); worker 0's calls stay up and end normally when the agent hangs up."""
-    carrier = start_carrier(tmp_path / "carrier", timeout=120)
-    processes.append(carrier)
-    ws = start_workers(tmp_path, gateway_toml(carrier.port, cards=1))
-    processes.append(ws.gw)
-    target = ws.gw.addresses["udp"]
-    register_alice(target, tmp_path / "register")
+    carrier, ws = rig.carrier_and_workers(120, cards=1)
     work = tmp_path / "agent"
-    agent = start_agents(target, work, numbers("0003", 12), rate=12, hold_ms=20000, timeout=60)
-    processes.append(agent)
+    agent = rig.agents(ws, work, numbers("0003", 12), rate=12, hold_ms=20000, timeout=60)
     wait_until(lambda: 12 == len(ws.b_legs()), 15, "12 B-legs")
     legs = ws.b_legs()
     wait_until(
@@ -214,27 +185,19 @@ def test_kill_9_of_one_worker_ends_its_calls_only(tmp_path: Path, processes: lis
         assert [] == store.call_dialogs()
 
 
-def test_kill_9_of_worker_0_cancels_its_unanswered_calls(
-    tmp_path: Path, processes: list[Any]
-) -> None:
+def test_kill_9_of_worker_0_cancels_its_unanswered_calls(tmp_path: Path, rig: Rig) -> None:
     """A slow carrier (1.2 s silent, 1.2 s ringing, then 200): SIGKILL worker 0 while
     every INVITE waits. The new worker 0 CANCELs each of its INVITEs (same branch),
     ACKs and BYEs the 200 that comes anyway and answers its agent 500; worker 1's calls
     are answered and complete."""
-    carrier = start_carrier(
-        tmp_path / "carrier",
-        timeout=120,
+    carrier, ws = rig.carrier_and_workers(
+        120,
+        cards=1,
         scenario=POLICY_SIPP / "carrier_late.xml",
         extra=["-default_behaviors", "all,-abortunexp"],
     )
-    processes.append(carrier)
-    ws = start_workers(tmp_path, gateway_toml(carrier.port, cards=1))
-    processes.append(ws.gw)
-    target = ws.gw.addresses["udp"]
-    register_alice(target, tmp_path / "register")
     work = tmp_path / "agent"
-    agent = start_agents(target, work, numbers("0004", 10), rate=50, hold_ms=1000, timeout=60)
-    processes.append(agent)
+    agent = rig.agents(ws, work, numbers("0004", 10), rate=50, hold_ms=1000, timeout=60)
     # (Retransmitted every T1 = 0.1 s meanwhile: counted by Call-ID.)
     wait_until(
         lambda: 10 == len({m.header("Call-ID") for m in carrier.invites()}),
@@ -279,10 +242,9 @@ def test_kill_9_of_worker_0_cancels_its_unanswered_calls(
     wait_until(lambda: 0 == int(admin_get(f"{ws.admin()}/cards/c1")["in_use"]), 10, "c1 in use 0")
 
 
-def test_sigterm_stops_every_worker(tmp_path: Path, processes: list[Any]) -> None:
+def test_sigterm_stops_every_worker(rig: Rig) -> None:
     """SIGTERM to the supervisor: every worker stops, the supervisor exits 0."""
-    ws = start_workers(tmp_path, gateway_toml(1, cards=1))
-    processes.append(ws.gw)
+    ws = rig.workers(gateway_toml(1, cards=1))
     pids = list(ws.pids().values())
     assert 2 == len(pids)
     assert 0 == ws.gw.stop()
@@ -291,11 +253,10 @@ def test_sigterm_stops_every_worker(tmp_path: Path, processes: list[Any]) -> Non
     assert 2 == len(ws.gw.events("stopped"))
 
 
-def test_a_killed_supervisor_takes_its_workers_along(tmp_path: Path, processes: list[Any]) -> None:
+def test_a_killed_supervisor_takes_its_workers_along(rig: Rig) -> None:
     """SIGKILL to the supervisor: the kernel sends each worker SIGTERM (parent-death
     signal); none is left serving."""
-    ws = start_workers(tmp_path, gateway_toml(1, cards=1))
-    processes.append(ws.gw)
+    ws = rig.workers(gateway_toml(1, cards=1))
     pids = list(ws.pids().values())
     os.kill(ws.gw.proc.pid, signal.SIGKILL)
     ws.gw.proc.wait(10)
@@ -319,17 +280,10 @@ def _branch(message: Message) -> str:
     return (message.header("Via") or "").split(";branch=")[1].split(";")[0]
 
 
-def test_a_suspension_in_worker_0_is_honoured_by_worker_1(
-    tmp_path: Path, processes: list[Any]
-) -> None:
+def test_a_suspension_in_worker_0_is_honoured_by_worker_1(tmp_path: Path, rig: Rig) -> None:
     """Card c1 (first choice) suspended through worker 0's admin API: within the sync
     bound every call of both workers goes out on c2."""
-    carrier = start_carrier(tmp_path / "carrier", timeout=90)
-    processes.append(carrier)
-    ws = start_workers(tmp_path, gateway_toml(carrier.port, cards=2))
-    processes.append(ws.gw)
-    target = ws.gw.addresses["udp"]
-    register_alice(target, tmp_path / "register")
+    carrier, ws = rig.carrier_and_workers(90, cards=2)
     body = json.dumps({"reason": "maintenance"}).encode()
     request = urllib.request.Request(f"{ws.admin()}/cards/c1/suspend", data=body, method="POST")
     request.add_header("Content-Type", "application/json")
@@ -337,8 +291,7 @@ def test_a_suspension_in_worker_0_is_honoured_by_worker_1(
         assert 200 == resp.status
     time.sleep(2 * WORKER_CARD_SYNC + 0.5)  # the bound: each worker adopts every second
     work = tmp_path / "agent"
-    agent = start_agents(target, work, numbers("0005", 20), rate=20, hold_ms=100, timeout=30)
-    processes.append(agent)
+    agent = rig.agents(ws, work, numbers("0005", 20), rate=20, hold_ms=100, timeout=30)
     result = finish_agent(agent, work, bound=40)
     assert (20, 0) == (result.successful, result.failed), result.stats
     assert {0, 1} == set(ws.per_worker("call.b_leg")), ws.per_worker("call.b_leg")
@@ -375,15 +328,14 @@ def _sipp_peer(
 
 
 def test_a_carrier_call_rings_an_agent_registered_through_the_other_worker(
-    tmp_path: Path, processes: list[Any]
+    tmp_path: Path, processes: list[Any], rig: Rig
 ) -> None:
     """alice registers through worker A's private port; the carrier's call back lands on
     worker B (its address hashes there), which reads her binding from the store and
     rings her at the flow she registered from."""
     carrier_port, alice_port = free_udp_port(), free_udp_port()
     config = gateway_toml(carrier_port) + '\n[inbound]\nfallback_user = "alice"\n'
-    ws = start_workers(tmp_path, config)
-    processes.append(ws.gw)
+    ws = rig.workers(config)
     shared = ws.gw.addresses["udp"]
     # Which worker the carrier's address hashes to: an out-of-dialog INFO from it is
     # answered 481 (RFC 3261 §15.1.2) and logged by that worker.
