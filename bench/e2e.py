@@ -519,6 +519,15 @@ def night_window(tz: str) -> str:
     return f"{t:%H:%M}-{u:%H:%M}"
 
 
+def pin_bench() -> None:
+    """``--pin``: this process and the SIPp peers it starts on core 0, the gateway on the
+    others (:data:`GATEWAY_CORES`), so the two do not take turns on one core."""
+    os.sched_setaffinity(0, {0})
+
+
+GATEWAY_CORES = set(range(1, os.cpu_count() or 2)) or {0}
+
+
 def gateway_toml(
     *,
     sip_port: int,
@@ -854,6 +863,9 @@ def e2e_step(
                 raise RuntimeError(f"gateway did not answer OPTIONS; see {log_path}")
             workers = worker_pids(log_path, args.workers) if args.workers > 1 else []
             gw_pids = workers or [gw.pid]
+            if args.pin:
+                for pid in gw_pids:
+                    os.sched_setaffinity(pid, GATEWAY_CORES)
             run.startup_s = round(time.monotonic() - t0, 2)
             identities: list[tuple[str, str]] = []
             if args.caller == "agent":
@@ -962,6 +974,8 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
     sipp = sipp_binary()
     template, meta = build_template(args)
     print(f"database: {template} ({meta})")
+    if args.pin:
+        pin_bench()
     numbers = consent_numbers(args.consent)
     rows: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="dialgate-e2e-"))
@@ -1094,6 +1108,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-direct", action="store_true", help="skip the direct step at each rate")
     e.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     e.add_argument("--uvloop", action="store_true", help="run the gateway's loop on uvloop")
+    e.add_argument(
+        "--pin",
+        action="store_true",
+        help="SIPp (and this script) on core 0, the gateway on the other cores",
+    )
     e.add_argument(
         "--gc",
         choices=("paced", "auto"),
