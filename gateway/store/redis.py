@@ -283,7 +283,7 @@ local card, call_id, callee, now_s, node, agent = ARGV[1], ARGV[2], ARGV[3], ARG
 local day_start_s, day_key, lower_s, trim_s = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local ttl, day_ttl, w = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local need_hyd, expect_ver, check = ARGV[14] == '1', ARGV[15], ARGV[16] == '1'
-local channel, want = ARGV[19], ARGV[20] == '1'
+local channel, want, have = ARGV[19], ARGV[20] == '1', ARGV[21]
 local now = tonumber(now_s)
 -- A refusal carries the card's usage too: the caller's copy was older than Redis's.
 local function refuse(reply)
@@ -422,6 +422,9 @@ if redis.call('SET', K_meta .. ':ttl', '1', 'EX', math.max(1, math.floor(ttl / 8
   end
 end
 announce(channel, card, ver, {'R', day_key, now_s, callee})
+-- why: the caller's copy was the version just before this write: it applies the write
+-- itself (as it would another node's announcement) instead of reading the whole card.
+if want and have ~= '' and tonumber(have) == ver - 1 then return {'OK', tostring(seq), 'D', tostring(ver)} end
 if want then
   return {'OK', tostring(seq), snapshot(K_starts, K_inuse, K_held, K_meta, K_outz, K_day, now_s, w)}
 end
@@ -436,7 +439,7 @@ local K_call = KEYS[1]
 local prefix, call_id, mode, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local answered, talk_s, short, failed = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl, w, only_node = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
-local channel, want = ARGV[12], ARGV[13] == '1'
+local channel, want, have = ARGV[12], ARGV[13] == '1', ARGV[15]
 -- a live node's reservations are never orphaned by another (its heartbeat decides)
 if ARGV[14] ~= '' and redis.call('EXISTS', ARGV[14]) == 1 then return {'NONE'} end
 
@@ -482,10 +485,15 @@ if flags then
 end
 local ver = redis.call('HINCRBY', K_meta, 'ver', 1)
 redis.call('DEL', K_call)
-announce(channel, card, ver, {({release = 'L', finish = 'F', orphan = 'O'})[mode] or 'X',
-                              day_key, start_s, callee,
-                              left, talk_total, flags and tostring(flags) or '', seq,
-                              fmt(talk), now_s})
+local delta = {({release = 'L', finish = 'F', orphan = 'O'})[mode] or 'X',
+               day_key, start_s, callee,
+               left, talk_total, flags and tostring(flags) or '', seq,
+               fmt(talk), now_s}
+announce(channel, card, ver, delta)
+if want and have ~= '' and tonumber(have) == ver - 1 then
+  -- the caller's copy was current: it applies this change itself (see the reserve script)
+  return {'OK', card, day_key, 'D', tostring(ver), unpack(delta)}
+end
 if want then
   -- as of the call's carrier day: the caller keeps it only if that is still today
   return {'OK', card, day_key,
@@ -752,6 +760,10 @@ def _apply_delta(
     return snap._replace(usage=usage, version=str(version), shorts=shorts, members=members)
 
 
+_OWN_CARDS_MAX = 65_536
+"""Open reservations whose card a node remembers for its closes (beyond: forgotten)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CardStateRecord:
     """The shared hot copy of one card's state (the durable history is in SQLite)."""
@@ -926,6 +938,9 @@ class RedisStore:
         self._uncertain: dict[str, float] = {}
         # release/finish that failed to reach Redis: replayed when it answers again.
         self._unclosed: dict[str, tuple[str, float, dict[str, Any]]] = {}
+        # call id → card of this node's open reservations: a close passes the version of
+        # its copy of that card, so the script can answer with the change alone.
+        self._own_cards: dict[str, str] = {}
         # A recover() that could not reach Redis (caller time): run before anything else.
         self._recover_at: float | None = None
         self._reserve = client.register_script(_LUA_RESERVE)
@@ -1304,6 +1319,8 @@ class RedisStore:
         ]
         epoch = self.cache.ready()
         args.append("1" if epoch is not None else "0")
+        have = self.cache.current(card, start) if epoch is not None else None
+        args.append("" if have is None else str(have))
         try:
             reply = self._eval_reserve(keys, day_key, call_key, args)
         except StoreUnavailable as exc:
@@ -1312,6 +1329,19 @@ class RedisStore:
                 # Redis answers again (the caller answered 503, no INVITE left).
                 self._uncertain[call_id] = now
             raise
+        if reply and reply[0] == b"OK":
+            if len(self._own_cards) >= _OWN_CARDS_MAX:
+                self._own_cards.clear()  # (closes then read the whole card: still right)
+            self._own_cards[call_id] = card
+        if len(reply) == 4 and reply[0] == b"OK" and reply[2] == b"D":
+            # The copy was the version just before: apply this reservation to it (the
+            # fields of the script's announcement) instead of reading the card again.
+            own = [b"R", day_key.encode(), args[3].encode(), callee.encode()]
+            if not (
+                self.cache.still(epoch) and self.cache.advance(card, int(reply[3]), own, start)
+            ):
+                self.cache.forget(card)
+            return reply[:2]
         if reply and isinstance(reply[-1], list):
             # The card's usage after the reservation (or at the refusal): kept for selection.
             self._keep(card, reply.pop(), start, now, epoch)
@@ -1353,6 +1383,10 @@ class RedisStore:
         unless_alive: str = "",
     ) -> str | None:
         epoch = self.cache.ready() if not only_node else None
+        card_of = self._own_cards.pop(call_id, None)
+        have = None
+        if epoch is not None and card_of is not None:
+            have = self.cache.current(card_of, self._day(card_of, now)[0])
         with self._guard():
             reply = self._close(
                 keys=[self._call_key(call_id)],
@@ -1371,11 +1405,22 @@ class RedisStore:
                     self.channel,
                     "1" if epoch is not None else "0",
                     unless_alive,
+                    "" if have is None else str(have),
                 ],
             )
         if reply[0] == b"NONE":
             return None
         card = str(reply[1].decode())
+        if len(reply) > 5 and reply[3] == b"D":
+            # The copy was current: the close applied to it like an announcement.
+            start, _end, _ttl = self._day(card, now)
+            if not (
+                card == card_of
+                and self.cache.still(epoch)
+                and self.cache.advance(card, int(reply[4]), list(reply[5:]), start)
+            ):
+                self.cache.forget(card)
+            return card
         if len(reply) == 4:
             # The card's usage after the close, kept if the call's day is still today.
             start, _end, _ttl = self._day(card, now)

@@ -93,6 +93,7 @@ class UsageCache:
         self.misses = 0
         self.invalidations = 0
         self.applied = 0
+        self.own = 0  # this node's own writes applied to its copy (no read)
         self.resets = 0
 
     # --- the subscription ---------------------------------------------------------
@@ -256,6 +257,36 @@ class UsageCache:
             return
         self._entries[card] = _Entry(snapshot, version, day_start, time.monotonic())
 
+    def current(self, card: str, day_start: float) -> int | None:
+        """The version of the card's copy for that carrier day, or None (nothing counted)."""
+        entry = self._entries.get(card)
+        if entry is None or entry.day_start != day_start:
+            return None
+        return entry.version
+
+    def advance(self, card: str, version: int, delta: list[bytes], day_start: float) -> bool:
+        """This node's own write, which Redis says came right after the copy: applied to
+        the copy as another node's announcement would be (``apply``). False when it cannot
+        be; the caller then forgets the card."""
+        entry = self._entries.get(card)
+        if (
+            self._pubsub is None
+            or self.apply is None
+            or entry is None
+            or entry.day_start != day_start
+            or entry.version != version - 1
+            or version < self._seen.get(card, -1)
+        ):
+            return False
+        updated = self.apply(entry.snapshot, entry.day_start, version, delta)
+        if updated is None:
+            return False
+        entry.snapshot = updated
+        entry.version = version
+        entry.read_at = time.monotonic()  # Redis confirmed the copy was current
+        self.own += 1
+        return True
+
     def forget(self, card: str) -> None:
         """Drop the card's entry (its keys were changed in a way no snapshot shows)."""
         self._entries.pop(card, None)
@@ -284,6 +315,7 @@ class UsageCache:
             "misses": self.misses,
             "invalidations": self.invalidations,
             "applied": self.applied,
+            "own": self.own,
             "resets": self.resets,
             "entries": len(self._entries),
             "live": int(self.live),

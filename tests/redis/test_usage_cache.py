@@ -38,6 +38,7 @@ def test_a_call_costs_one_script_to_reserve_and_one_to_finish(
         store.reserve("c1", "warm", "+8613800000001", T0, profile=PROFILE)  # loads the scripts
         store.finish("warm", T0, answered=False)
         before = evalsha_calls(store)
+        own_before = store.cache.stats()["own"]
         for i in range(20):
             now = T0 + 1 + i
             usage = store.card_usage("c1", now)  # what selection asks first
@@ -48,6 +49,14 @@ def test_a_call_costs_one_script_to_reserve_and_one_to_finish(
         assert 40 == evalsha_calls(store) - before
         assert 21 == len(store.card_usage("c1", T0 + 21).call_starts)
         assert store.cache.stats()["hits"] >= 40
+        # Each reply carried only the change: the node applied its own writes to its
+        # copy (no snapshot of the card read back), and the copy is still exact.
+        assert 40 == store.cache.stats()["own"] - own_before, store.cache.stats()
+        fresh = make_store(private_redis.url, prefix, node="ref", usage_cache=False)
+        try:
+            assert fresh.card_usage("c1", T0 + 21) == store.card_usage("c1", T0 + 21)
+        finally:
+            fresh.close()
     finally:
         store.close()
 
@@ -251,6 +260,10 @@ def test_the_other_nodes_writes_are_followed_exactly(
                     assert expected == n.card_usage(c, now), (step, c, n.node)
         applied = sum(n.cache.stats()["applied"] for n in nodes)
         assert applied > 100, [n.cache.stats() for n in nodes]
+        # and each node's own writes were applied to its copy from the scripts' short
+        # answers (the comparison above held after each of them)
+        own = sum(n.cache.stats()["own"] for n in nodes)
+        assert own > 50, [n.cache.stats() for n in nodes]
         # Nearly every lookup was served from the copy (misses: the first reads and the
         # orphans, which this test runs without asking for a snapshot).
         lookups = sum(n.cache.stats()["hits"] + n.cache.stats()["misses"] for n in nodes)
