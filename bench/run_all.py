@@ -339,7 +339,14 @@ def main() -> int:
             2400,
         ),
         "cpu": (
-            [PY, str(BENCH / "callflow_cpu.py"), "--gc", "run", "--calls", "1000" if quick else "3000"],
+            [
+                PY,
+                str(BENCH / "callflow_cpu.py"),
+                "--gc",
+                "run",
+                "--calls",
+                "1000" if quick else "3000",
+            ],
             600,
         ),
         "inflight": (
