@@ -121,6 +121,9 @@ BAN_LOG_RATE = 20
 HOUSEKEEPING_INTERVAL = 1.0
 """Seconds between rounds of abandoned-challenge logging and registration write retries."""
 
+OVERLOAD_INTERVAL = 0.1
+"""Seconds between looks at the UDP listeners' kernel queues (``[sip] overload_queue_kb``)."""
+
 CHECKPOINT_INTERVAL = 0.5
 """Seconds between WAL checkpoints of the store, run in a worker thread (never on the
 event loop: a checkpoint writes the database file and fsyncs it)."""
@@ -239,6 +242,12 @@ class Gateway:
         self.challenges = ChallengeWatch()
         self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
         self._housekeeping: asyncio.Task[None] | None = None
+        self._overload_task: asyncio.Task[None] | None = None
+        #: Behind the traffic: new outbound INVITEs get 503 (see check_overload).
+        self.overloaded = False
+        self._overload_since = 0.0
+        #: Overload episodes and the INVITEs refused during them.
+        self.overload = collections.Counter[str]()
         self._checkpoints: asyncio.Future[None] | None = None
         self._checkpoint: asyncio.Future[tuple[int, int]] | None = None
         #: WAL checkpoints run off the loop: "done" and "failed" (a sibling's at once).
@@ -293,6 +302,8 @@ class Gateway:
             self._start_call_path()
             self._sync_bans(self.sip_clock())
             self._housekeeping = asyncio.ensure_future(self._housekeep())
+            if sip.overload_queue_kb > 0:
+                self._overload_task = asyncio.ensure_future(self._overload_rounds())
         except BaseException:
             await self.close(log_stats=False)
             raise
@@ -371,10 +382,11 @@ class Gateway:
 
     async def close(self, *, log_stats: bool = True) -> None:
         """Close every transport; log the final counters once."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
-            self._housekeeping = None
+        for task in (self._housekeeping, self._overload_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._housekeeping = self._overload_task = None
         await self._stop_call_path()
         self._save_bans(self.sip_clock())
         transports, self.transports = self.transports, []
@@ -523,6 +535,8 @@ class Gateway:
         elif kind is RouteKind.DROP:
             self.stats.dropped[found.detail or "dropped"] += 1
         else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
+            if found is router.OVERLOADED:
+                self.overload["refused"] += 1
             self._answer(req, source, transport, found)
 
     def _answer(self, req: Request, source: Address, transport: Transport, found: Route) -> None:
@@ -641,6 +655,49 @@ class Gateway:
             self.registrations.flush(now)
         sr.respond(answer.status, answer.reason, headers=answer.headers, to_tag=tag)
         self.stats.answered[answer.status] += 1
+
+    async def _overload_rounds(self) -> None:
+        """Every OVERLOAD_INTERVAL: :meth:`check_overload`."""
+        while True:
+            await asyncio.sleep(OVERLOAD_INTERVAL)
+            try:
+                self.check_overload()
+            except Exception:
+                log.exception("sip.overload.check_failed")
+
+    def check_overload(self) -> bool:
+        """Whether the element is behind its traffic; updates :attr:`overloaded`.
+
+        On when a UDP listener's kernel receive queue holds ``[sip]
+        overload_queue_kb`` or more (hundreds of datagrams nobody has read yet:
+        their senders retransmit at T1 and each retransmission is more work),
+        off again below a quarter of it. Meanwhile new outbound INVITEs are answered
+        503 with Retry-After before authentication (the router's ``OVERLOADED``).
+        """
+        limit = self.settings.sip.overload_queue_kb * 1024
+        if limit <= 0:
+            return False
+        queued: int | None = None
+        for transport in self.transports:
+            if isinstance(transport, UDPTransport):
+                size = transport.queued_bytes()
+                if size is not None and (queued is None or size > queued):
+                    queued = size
+        if queued is None:
+            return self.overloaded
+        if not self.overloaded and queued >= limit:
+            self.overloaded = True
+            self._overload_since = time.monotonic()
+            self.overload["episodes"] += 1
+            log.warning("sip.overload.start", queued_kb=queued // 1024, limit_kb=limit // 1024)
+        elif self.overloaded and queued < limit // 4:
+            self.overloaded = False
+            log.warning(
+                "sip.overload.end",
+                after=round(time.monotonic() - self._overload_since, 3),
+                refused=self.overload["refused"],
+            )
+        return self.overloaded
 
     async def _housekeep(self) -> None:
         """Every HOUSEKEEPING_INTERVAL: log abandoned challenges, retry registration writes."""
@@ -1070,6 +1127,9 @@ class _RequestFacts:
     def from_carrier(self) -> bool:
         self.carrier = self.gateway.auth.carrier_at(self.source)
         return self.carrier is not None
+
+    def overloaded(self) -> bool:
+        return self.gateway.overloaded
 
     def is_local(self, uri: URI) -> bool:
         return self.gateway.is_local(uri)

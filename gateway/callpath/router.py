@@ -128,6 +128,10 @@ class Facts(Protocol):
         """The B2BUA runs (users, peers or cards are configured)."""
         ...
 
+    def overloaded(self) -> bool:
+        """The element is behind its traffic (``[sip] overload_queue_kb``)."""
+        ...
+
 
 ABSORB = Route(RouteKind.ABSORB)
 ACK_2XX = Route(RouteKind.ACK_2XX)
@@ -152,6 +156,9 @@ UNKNOWN_METHOD = Route(
 AGENTS_ONLY = Route(RouteKind.REPLY, 403, detail="only agents register")
 NOT_REGISTERED = Route(RouteKind.REPLY, 403, "Not Registered", detail="agent not registered")
 NO_CALL_PATH = Route(RouteKind.REPLY, 503, headers=(("Retry-After", "30"),), detail="no call path")
+# RFC 3261 §21.5.4: 503 with Retry-After, so that a caller (or a proxy) tries later
+# rather than retransmitting into a queue that is already too long.
+OVERLOADED = Route(RouteKind.REPLY, 503, headers=(("Retry-After", "2"),), detail="overloaded")
 
 
 def route(req: Request, facts: Facts) -> Route:
@@ -198,6 +205,10 @@ def route(req: Request, facts: Facts) -> Route:
             # Carriers never authenticate to us: their address is the credential,
             # and their calls only ever go to agents (never back out: no relay).
             return INBOUND_INVITE
+        if req.to.tag is None and facts.overloaded():
+            # A new call while behind: refused before the digest and the policies cost
+            # anything; calls up, their BYEs and inbound calls go on.
+            return OVERLOADED
         return OUTBOUND_INVITE
     if method == "REGISTER":
         return REGISTER

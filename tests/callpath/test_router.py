@@ -24,6 +24,7 @@ class FakeFacts:
     local: bool = True
     registered: bool = True
     call_path: bool = True
+    behind: bool = False
     asked: list[str] = field(default_factory=list)
 
     def in_transaction(self, req: Request) -> bool:
@@ -57,6 +58,10 @@ class FakeFacts:
     def has_call_path(self) -> bool:
         self.asked.append("has_call_path")
         return self.call_path
+
+    def overloaded(self) -> bool:
+        self.asked.append("overloaded")
+        return self.behind
 
 
 def request(method: str, *, to_tag: str | None = None, extra: str = "") -> Request:
@@ -109,6 +114,24 @@ CASES: list[tuple[str, Request, FakeFacts, RouteKind, int]] = [
         0,
     ),
     ("outbound", request("INVITE"), FakeFacts(), RouteKind.OUTBOUND_INVITE, 0),
+    # Behind the traffic: a new outbound call is refused 503 before any digest;
+    # inbound calls, calls up and registrations go on.
+    ("outbound, overloaded", request("INVITE"), FakeFacts(behind=True), RouteKind.REPLY, 503),
+    (
+        "inbound, overloaded",
+        request("INVITE"),
+        FakeFacts(carrier=True, behind=True),
+        RouteKind.INBOUND_INVITE,
+        0,
+    ),
+    (
+        "bye in dialog, overloaded",
+        request("BYE", to_tag="t"),
+        FakeFacts(dialog=True, behind=True),
+        RouteKind.IN_DIALOG,
+        0,
+    ),
+    ("register, overloaded", request("REGISTER"), FakeFacts(behind=True), RouteKind.REGISTER, 0),
     ("register", request("REGISTER"), FakeFacts(), RouteKind.REGISTER, 0),
     ("options", request("OPTIONS"), FakeFacts(), RouteKind.OPTIONS, 200),
     ("options not for us", request("OPTIONS"), FakeFacts(local=False), RouteKind.REPLY, 404),

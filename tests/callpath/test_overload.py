@@ -1,0 +1,120 @@
+"""Overload control: a backlog in a UDP listener's kernel queue turns new calls away.
+
+When more than ``[sip] overload_queue_kb`` wait unread in a UDP listener's receive
+queue, the gateway is behind its traffic: its callers retransmit at T1 and every
+retransmission is more work (a run at 350 CPS sustained collapsed that way, see
+BENCHMARKS.md). New outbound INVITEs then get ``503`` with ``Retry-After`` before
+the digest or any policy runs; below a quarter of the limit, calls are taken again.
+Real sockets: the backlog is datagrams the event loop has not read yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.callpath.element import Gateway
+from gateway.sip import Response
+from tests.callpath.conftest import Carrier, gateway_settings
+from tests.registrar.test_wire import RawUA
+
+LIMIT_KB = 64
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    carrier = Carrier()
+    await carrier.start()
+    sip = {
+        "listen": ["udp:127.0.0.1:0"],
+        "realm": "dialgate",
+        "t1": 0.1,
+        "t2": 0.4,
+        "overload_queue_kb": LIMIT_KB,
+    }
+    gw = Gateway(gateway_settings(carrier.address, tmp_path / "gw.db", extra={"sip": sip}))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        await carrier.close()
+
+
+@pytest.fixture
+async def ua() -> AsyncIterator[RawUA]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(RawUA, local_addr=("127.0.0.1", 0))
+    try:
+        yield proto
+    finally:
+        transport.close()
+
+
+def invite(ua: RawUA, n: int) -> bytes:
+    return (
+        "INVITE sip:13912345678@gw.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{ua.port};branch=z9hG4bK-overload-{n};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:alice@gw.test>;tag=ol{n}\r\n"
+        "To: <sip:13912345678@gw.test>\r\n"
+        f"Call-ID: overload-{n}@127.0.0.1\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:alice@127.0.0.1:{ua.port}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, ua: RawUA) -> None:
+    task = gateway._overload_task
+    assert task is not None  # [sip] overload_queue_kb > 0: the gateway looks by itself
+    task.cancel()  # here the test looks, at the moments it chooses
+    await asyncio.gather(task, return_exceptions=True)
+    target = gateway.address("udp")
+    assert not gateway.check_overload()
+
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(150):  # not read yet: the event loop has not run since
+            junk.sendto(b"x" * 1000, target)
+    finally:
+        junk.close()
+    assert gateway.check_overload()
+    assert 1 == gateway.overload["episodes"]
+
+    refused = await ua.exchange(invite(ua, 1), target)
+    assert isinstance(refused, Response)
+    assert 503 == refused.status
+    assert "2" == refused.headers.get("Retry-After")
+    assert 1 == gateway.overload["refused"]
+
+    # The junk and the INVITE have been read meanwhile: below a quarter, calls again
+    # (this one is challenged, the normal path).
+    assert not gateway.check_overload()
+    challenged = await ua.exchange(invite(ua, 2), target)
+    assert 407 == challenged.status
+    assert 1 == gateway.overload["refused"]
+
+
+async def test_queued_bytes_is_the_kernels_unread_backlog(gateway: Gateway) -> None:
+    from gateway.transport import UDPTransport
+
+    (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
+    assert 0 == udp.queued_bytes()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(20):
+            sender.sendto(b"y" * 1000, udp.local_address)
+    finally:
+        sender.close()
+    waiting = udp.queued_bytes()
+    assert waiting is not None and waiting >= 20 * 1000
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if udp.queued_bytes() == 0:
+            break
+    assert 0 == udp.queued_bytes()
