@@ -534,9 +534,12 @@ class Gateway:
                 self.endpoint.deliver(req, source, transport, context=identity)
         elif kind is RouteKind.DROP:
             self.stats.dropped[found.detail or "dropped"] += 1
+        elif found is router.OVERLOADED:
+            # Answered in a server transaction: the INVITE's retransmissions are then
+            # absorbed by it (503 resent) instead of each being refused again.
+            self.overload["refused"] += 1
+            self.endpoint.deliver(req, source, transport, context=found)
         else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
-            if found is router.OVERLOADED:
-                self.overload["refused"] += 1
             self._answer(req, source, transport, found)
 
     def _answer(self, req: Request, source: Address, transport: Transport, found: Route) -> None:
@@ -598,6 +601,11 @@ class Gateway:
     def _on_transaction_request(self, sr: ServerRequest) -> None:
         """The endpoint's TU callback: a request that now has its server transaction."""
         req = sr.request
+        if sr.context is router.OVERLOADED:
+            found = router.OVERLOADED
+            sr.respond(found.status, headers=list(found.headers), to_tag=self._to_tag(req))
+            self.stats.answered[found.status] += 1
+            return
         identity = sr.context if isinstance(sr.context, Identity) else None
         method = req.method
         if method == "REGISTER" and identity is not None:

@@ -91,6 +91,11 @@ async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, 
     assert 503 == refused.status
     assert "2" == refused.headers.get("Retry-After")
     assert 1 == gateway.overload["refused"]
+    # Its retransmission is absorbed by the INVITE's server transaction (the same 503
+    # again), not refused a second time.
+    again = await ua.exchange(invite(ua, 1), target)
+    assert (503, refused.to.tag) == (again.status, again.to.tag)
+    assert 1 == gateway.overload["refused"]
 
     # The junk and the INVITE have been read meanwhile: below a quarter, calls again
     # (this one is challenged, the normal path).
