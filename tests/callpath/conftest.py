@@ -29,7 +29,7 @@ import pytest
 
 from gateway.callpath.element import Gateway
 from gateway.config import Settings
-from gateway.sip import Request, Response
+from gateway.sip import Request, Response, parse
 from gateway.sip.dialog import Dialog
 from gateway.sip.digest import DigestClient
 from gateway.sip.transaction import TimerConfig
@@ -436,3 +436,43 @@ async def rig(carrier: Carrier, tmp_path: Path) -> AsyncIterator[Rig]:
     finally:
         await alice.close()
         await gw.close()
+
+
+class RawUA(asyncio.DatagramProtocol):
+    """A UDP socket: send text, await the next datagram (parsed)."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.inbox.put_nowait(data)
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    async def exchange(self, data: bytes, to: tuple[str, int]) -> Response:
+        """Send ``data``; the next final response (provisionals skipped)."""
+        assert self.transport is not None
+        self.transport.sendto(data, to)
+        while True:
+            msg = parse(await asyncio.wait_for(self.inbox.get(), 5))
+            assert isinstance(msg, Response)
+            if msg.status >= 200:
+                return msg
+
+
+@pytest.fixture
+async def ua() -> AsyncIterator[RawUA]:
+    """A raw UDP UA on a free loopback port."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(RawUA, local_addr=("127.0.0.1", 0))
+    try:
+        yield proto
+    finally:
+        transport.close()

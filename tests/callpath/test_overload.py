@@ -19,8 +19,7 @@ import pytest
 
 from gateway.callpath.element import Gateway
 from gateway.sip import Response
-from tests.callpath.conftest import Carrier, gateway_settings
-from tests.registrar.test_wire import RawUA
+from tests.callpath.conftest import Carrier, RawUA, gateway_settings
 
 LIMIT_KB = 64
 
@@ -43,16 +42,6 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     finally:
         await gw.close()
         await carrier.close()
-
-
-@pytest.fixture
-async def ua() -> AsyncIterator[RawUA]:
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(RawUA, local_addr=("127.0.0.1", 0))
-    try:
-        yield proto
-    finally:
-        transport.close()
 
 
 def invite(ua: RawUA, n: int) -> bytes:

@@ -10,6 +10,9 @@ from gateway.sip import Request
 # Processes stopped by PID at teardown (tests/policy_sipp), and the redis-server
 # fixtures of tests/redis (a session server, a private one, key prefixes).
 from simulator.pytest_plugin import processes  # noqa: F401
+
+# A raw UDP UA (tests/callpath's fixture): requests framed by hand, answers parsed.
+from tests.callpath.conftest import ua  # noqa: F401
 from tests.redis.conftest import prefix, private_redis, redis_server, rstore  # noqa: F401
 
 

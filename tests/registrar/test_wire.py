@@ -11,7 +11,6 @@ a REGISTER 200 OK without one.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -21,49 +20,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.callpath.element import Gateway
-from gateway.sip import Response, parse
+from gateway.sip import Response
 from gateway.sip.digest import DigestClient
-from tests.callpath.conftest import Carrier, gateway_settings
-
-
-class RawUA(asyncio.DatagramProtocol):
-    """A UDP socket: send text, await the next datagram (parsed)."""
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.inbox.put_nowait(data)
-
-    @property
-    def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    async def exchange(self, data: bytes, to: tuple[str, int]) -> Response:
-        """Send ``data``; the next final response (provisionals skipped)."""
-        assert self.transport is not None
-        self.transport.sendto(data, to)
-        while True:
-            msg = parse(await asyncio.wait_for(self.inbox.get(), 5))
-            assert isinstance(msg, Response)
-            if msg.status >= 200:
-                return msg
-
-
-@pytest.fixture
-async def ua() -> AsyncIterator[RawUA]:
-    """A raw UDP UA on a free loopback port."""
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(RawUA, local_addr=("127.0.0.1", 0))
-    try:
-        yield proto
-    finally:
-        transport.close()
+from tests.callpath.conftest import Carrier, RawUA, gateway_settings
 
 
 @pytest.fixture
