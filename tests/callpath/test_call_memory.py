@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import gc
 
+from gateway.callpath.b2bua import B2BUA
 from gateway.callpath.calls import Call
-from gateway.sip import make_response
+from gateway.sip import Request, make_response
 from simulator.testkit import eventually
 from tests.callpath.conftest import Rig
+
+
+async def answered_call(rig: Rig) -> tuple[Call, Request, B2BUA]:
+    """Alice's call, answered and ACKed at the carrier: the call, her INVITE, the B2BUA."""
+    resp, invite = await rig.alice.call("13912345678")
+    assert 200 == resp.status
+    await eventually(lambda: "ACK" in rig.carrier.methods())
+    b2bua = rig.gateway.b2bua
+    assert b2bua is not None
+    [call] = b2bua.calls.values()
+    return call, invite, b2bua
 
 
 async def test_ended_call_is_freed_while_the_b_invite_waits_in_accepted(rig: Rig) -> None:
     """After the BYE the Call object is gone, the B-leg INVITE handle is still in Timer M,
     and a retransmitted 2xx from the carrier is ACKed again (no second BYE)."""
-    resp, invite = await rig.alice.call("13912345678")
-    assert 200 == resp.status
+    call, invite, b2bua = await answered_call(rig)
     carrier = rig.carrier
-    await eventually(lambda: "ACK" in carrier.methods())
-    b2bua = rig.gateway.b2bua
-    assert b2bua is not None
-    [call] = b2bua.calls.values()
     handle = call.b_client
     assert handle is not None and handle.on_response is not None
     del call
@@ -53,13 +60,8 @@ async def test_messages_lingering_in_timers_after_a_call_keep_no_parsed_views(ri
     keep their lines but not their parsed views (URIs, parameters, the header index):
     hundreds of objects per lingering call less for the collector to walk, and the
     views come back on the next access, equal."""
-    resp, invite = await rig.alice.call("13912345678")
-    assert 200 == resp.status
+    call, invite, b2bua = await answered_call(rig)
     carrier = rig.carrier
-    await eventually(lambda: "ACK" in carrier.methods())
-    b2bua = rig.gateway.b2bua
-    assert b2bua is not None
-    [call] = b2bua.calls.values()
     a_invite, handle = call.a_req.request, call.b_client
     assert handle is not None
     b_invite, b_ok = handle.request, handle.final.result()
