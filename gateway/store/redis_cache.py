@@ -179,15 +179,11 @@ class UsageCache:
         entry = self._entries.get(card)
         if entry is None or entry.version >= version:
             return  # nothing kept, or this node's own write (already in the copy)
-        if entry.version == version - 1 and self.apply is not None:
-            # why: the next write of the card is one the copy can follow: applying it
-            # spares the next lookup a read (a card used by every node at once).
-            updated = self.apply(entry.snapshot, entry.day_start, version, delta)
-            if updated is not None:
-                entry.snapshot = updated
-                entry.version = version
-                self.applied += 1
-                return
+        # why: the next write of the card is one the copy can follow: applying it
+        # spares the next lookup a read (a card used by every node at once).
+        if self._follow(entry, version, delta):
+            self.applied += 1
+            return
         del self._entries[card]
         self.invalidations += 1
 
@@ -271,20 +267,26 @@ class UsageCache:
         entry = self._entries.get(card)
         if (
             self._pubsub is None
-            or self.apply is None
             or entry is None
             or entry.day_start != day_start
-            or entry.version != version - 1
             or version < self._seen.get(card, -1)
+            or not self._follow(entry, version, delta)
         ):
+            return False
+        entry.read_at = time.monotonic()  # Redis confirmed the copy was current
+        self.own += 1
+        return True
+
+    def _follow(self, entry: _Entry, version: int, delta: list[bytes]) -> bool:
+        """Apply the write that made ``version`` to the copy, if it is the next one and
+        ``apply`` can follow it; whether it did."""
+        if entry.version != version - 1 or self.apply is None:
             return False
         updated = self.apply(entry.snapshot, entry.day_start, version, delta)
         if updated is None:
             return False
         entry.snapshot = updated
         entry.version = version
-        entry.read_at = time.monotonic()  # Redis confirmed the copy was current
-        self.own += 1
         return True
 
     def forget(self, card: str) -> None:
