@@ -90,6 +90,7 @@ from gateway.transport import (
 from gateway.transport.base import LogLimiter
 from gateway.transport.endpoint import ServerRequest, SipEndpoint
 from gateway.transport.tls import ClientTLS, client_context, server_context
+from gateway.transport.udp import queued_bytes
 from gateway.transport.via import strip_brackets
 from gateway.workers import WorkerRole
 from policies.privacy import mask_number
@@ -685,12 +686,7 @@ class Gateway:
         limit = self.settings.sip.overload_queue_kb * 1024
         if limit <= 0:
             return False
-        queued: int | None = None
-        for transport in self.transports:
-            if isinstance(transport, UDPTransport):
-                size = transport.queued_bytes()
-                if size is not None and (queued is None or size > queued):
-                    queued = size
+        queued = queued_bytes([t for t in self.transports if isinstance(t, UDPTransport)])
         if queued is None:
             return self.overloaded
         if not self.overloaded and queued >= limit:

@@ -26,7 +26,7 @@ from gateway.transport.base import (
     normalize_address,
 )
 
-__all__ = ["DEFAULT_RECEIVE_BUFFER", "UDPTransport"]
+__all__ = ["DEFAULT_RECEIVE_BUFFER", "UDPTransport", "queued_bytes"]
 
 log = structlog.get_logger("gateway.transport.udp")
 
@@ -133,29 +133,8 @@ class UDPTransport(Transport):
         return self._local
 
     def queued_bytes(self) -> int | None:
-        """Bytes the kernel holds for this socket, not yet read (``rx_queue`` of
-        /proc/net/udp: datagrams with their buffer overhead); None when unknown.
-
-        The event loop's own lag cannot show this backlog: asyncio reads one
-        datagram per wake-up and keeps its timers on time while the queue grows.
-        """
-        if not self._inode or self._transport is None:
-            return None
-        path = "/proc/net/udp6" if self._family == socket.AF_INET6 else "/proc/net/udp"
-        inode = str(self._inode).encode()
-        try:
-            with open(path, "rb") as table:
-                lines = table.read().splitlines()
-        except OSError:
-            return None
-        for line in lines[1:]:
-            fields = line.split()
-            if len(fields) > 9 and fields[9] == inode:
-                try:
-                    return int(fields[4].split(b":")[1], 16)
-                except (IndexError, ValueError):
-                    return None
-        return None
+        """Bytes the kernel holds for this socket, not yet read (see :func:`queued_bytes`)."""
+        return queued_bytes([self])
 
     def _datagram(self, data: bytes, source: Address) -> None:
         if _is_keepalive(data):
@@ -192,3 +171,34 @@ class UDPTransport(Transport):
         self._transport = None
         transport.close()
         await self._closed.wait()
+
+
+def queued_bytes(transports: list[UDPTransport]) -> int | None:
+    """The most bytes the kernel holds unread for any of ``transports`` (``rx_queue`` of
+    /proc/net/udp and udp6, read once each: datagrams with their buffer overhead); None
+    when unknown for all of them.
+
+    The event loop's own lag cannot show this backlog: asyncio reads one datagram
+    per wake-up and keeps its timers on time while the queue grows.
+    """
+    wanted: dict[str, set[bytes]] = {}
+    for transport in transports:
+        if transport._inode and transport._transport is not None:
+            path = "/proc/net/udp6" if transport._family == socket.AF_INET6 else "/proc/net/udp"
+            wanted.setdefault(path, set()).add(str(transport._inode).encode())
+    most: int | None = None
+    for path, inodes in wanted.items():
+        try:
+            with open(path, "rb") as table:
+                lines = table.read().splitlines()
+        except OSError:
+            continue
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                try:
+                    size = int(fields[4].split(b":")[1], 16)
+                except (IndexError, ValueError):
+                    continue
+                most = size if most is None else max(most, size)
+    return most
