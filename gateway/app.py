@@ -126,13 +126,13 @@ async def serve(
             log.info("admin.listening", url=admin.url)
         old_gc = _tune_gc()
         halt = asyncio.Event()
-        pacer = None
-        if settings.server.gc == "paced":
-            pacer = CollectorPacer(live=lambda: len(gateway.endpoint.layer))
         # Start-up errors above propagate as themselves; only the loops run in
         # the task group, which ends them (halt, then wait) before shutdown.
         async with asyncio.TaskGroup() as loops:
-            pacing = None if pacer is None else loops.create_task(pacer.run())
+            pacing = None
+            if settings.server.gc == "paced":
+                pacer = CollectorPacer(live=lambda: len(gateway.endpoint.layer))
+                pacing = loops.create_task(pacer.run())
             if operator is not None:
                 interval = settings.mqtt.stats_interval if settings.mqtt is not None else 5.0
                 # Without Redis nothing else adopts card changes written to the store

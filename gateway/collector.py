@@ -73,8 +73,6 @@ class CollectorPacer:
     rounds: int = 0
     #: Collections made, by generation.
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])
-    #: The longest pause seen, by generation, in seconds.
-    longest: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     last_full: float = 0.0
     _was_enabled: bool = True
     _started: bool = False
@@ -114,7 +112,6 @@ class CollectorPacer:
         found = gc.collect(gen)
         pause = time.perf_counter() - began
         self.collections[gen] += 1
-        self.longest[gen] = max(self.longest[gen], pause)
         if gen == 2:
             self.last_full = now
             log.debug("gc.full", pause_ms=round(pause * 1000, 1), found=found, live=self.live())
