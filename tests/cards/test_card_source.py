@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.cards import (
+    TIMER_SWEEP,
     BLegClass,
     CardDef,
     CardManager,
@@ -156,3 +157,35 @@ def test_emergency_call_avoids_a_card_that_cannot_reach_its_trunk(
     src = StoreCardSource(m, store, profiles=PROFILES, timezones=TZ, default_pool="em")
     decision = CardSelection(src)(ctx("k1", emergency=True), at(T0))
     assert (True, "e2") == (decision.allowed, decision.card_id)
+
+
+def test_maintenance_over_is_recovered_by_the_next_selection(
+    manager: CardManager, source: StoreCardSource
+) -> None:
+    """A card back from maintenance is recovered by card selection's sweep of the timers,
+    which runs at most every TIMER_SWEEP seconds of the clock, never skips a later call."""
+    source.candidate_ids(ctx("k0"), T0)  # a sweep at T0
+    manager.mark(
+        "c1",
+        CardState.SUSPENDED,
+        now=T0,
+        reason=SuspendReason.MAINTENANCE,
+        cause="test",
+        resume_at=T0 + 0.1,
+    )
+    assert "c2" == CardSelection(source)(ctx("k1", now=T0 + 0.1), at(T0 + 0.1)).card_id
+    assert "suspended" == manager.get("c1").state  # within the sweep interval of T0
+    later = T0 + TIMER_SWEEP
+    assert "c1" == CardSelection(source)(ctx("k2", now=later), at(later)).card_id
+    assert "active" == manager.get("c1").state
+    # A clock that goes back (another caller's time) sweeps again.
+    manager.mark(
+        "c1",
+        CardState.SUSPENDED,
+        now=later,
+        reason=SuspendReason.MAINTENANCE,
+        cause="test",
+        resume_at=T0 + 0.05,
+    )
+    source.candidate_ids(ctx("k3"), T0 + 0.05)
+    assert "active" == manager.get("c1").state
