@@ -520,11 +520,12 @@ class SipSettings(BaseModel):
     tcp_max_per_source: int = Field(default=256, ge=1, le=1_000_000)
     tcp_head_timeout: float = Field(default=20.0, gt=0, le=3600)
     tcp_idle_timeout: float = Field(default=120.0, gt=0, le=86400)
-    # Overload: while more than this many KiB wait in a UDP listener's kernel receive
-    # queue (the gateway is behind its traffic: the next retransmissions would only
-    # add work), new outbound INVITEs get 503 with Retry-After before authentication,
-    # until the queue is below a quarter of it. 0: never.
-    overload_queue_kb: int = Field(default=1024, ge=0, le=1 << 20)
+    # Overload: once more than a quarter of this many KiB waits unread in the UDP
+    # listeners' kernel receive queues (the gateway is behind its traffic: the next
+    # retransmissions would only add work), a share of new outbound INVITEs, growing
+    # with the backlog, gets 503 with Retry-After before authentication; at this
+    # many KiB all of them (gateway/callpath/overload.py). 0: never.
+    overload_queue_kb: int = Field(default=256, ge=0, le=1 << 20)
     # SIP over TLS (RFC 3261 §26.2): the certificate chain and key of every
     # `tls:` listener, also presented to a carrier that asks for a client
     # certificate. Paths are not secrets; the key's password is.

@@ -378,6 +378,11 @@ class _Watched:
     first_at: float
 
 
+def _watch_key(req: Request, source: Address, transport: str) -> tuple[str, str, int, str]:
+    """A challenged request's entry: its transport, source and Call-ID."""
+    return (transport, source[0], source[1], _short(req.headers.get("Call-ID") or "", 200))
+
+
 @dataclass(slots=True)
 class ChallengeWatch:
     """Challenged requests per (transport, source, Call-ID) until an authenticated retry.
@@ -405,7 +410,7 @@ class ChallengeWatch:
         now: float,
     ) -> None:
         """A 401/407 (or 400) was sent for ``req``: remember it until the retry succeeds."""
-        key = (transport, source[0], source[1], _short(req.headers.get("Call-ID") or "", 200))
+        key = _watch_key(req, source, transport)
         entry = self._entries.get(key)
         reason = result.detail.rpartition(": ")[2] or result.detail
         if entry is None:
@@ -429,11 +434,16 @@ class ChallengeWatch:
         if req.method not in entry.methods and len(entry.methods) < 8:
             entry.methods.append(req.method)
 
+    def awaits(self, req: Request, source: Address, transport: str) -> bool:
+        """Whether this (source, Call-ID) was challenged and has not authenticated yet."""
+        if not self._entries:
+            return False
+        return _watch_key(req, source, transport) in self._entries
+
     def authenticated(self, req: Request, source: Address, transport: str) -> None:
         """The retry came with good credentials: this (source, Call-ID) did not give up."""
         if self._entries:
-            key = (transport, source[0], source[1], _short(req.headers.get("Call-ID") or "", 200))
-            self._entries.pop(key, None)
+            self._entries.pop(_watch_key(req, source, transport), None)
 
     def expired(self, now: float) -> list[AbandonedChallenge]:
         """Entries challenged ``give_up_after`` seconds ago or more, removed and returned."""

@@ -62,6 +62,7 @@ from gateway.callpath.auth import (
     server_algorithms,
 )
 from gateway.callpath.inbound import InboundRouter
+from gateway.callpath.overload import OverloadControl
 from gateway.callpath.registrar import Registrar, RegistrationStore, RegistrationSync
 from gateway.callpath.router import Route, RouteKind
 from gateway.callpath.security import (
@@ -244,11 +245,8 @@ class Gateway:
         self._abandoned_limit = LogLimiter(ABANDONED_LOG_RATE)
         self._housekeeping: asyncio.Task[None] | None = None
         self._overload_task: asyncio.Task[None] | None = None
-        #: Behind the traffic: new outbound INVITEs get 503 (see check_overload).
-        self.overloaded = False
-        self._overload_since = 0.0
-        #: Overload episodes and the INVITEs refused during them.
-        self.overload = collections.Counter[str]()
+        #: Behind the traffic: a share of new outbound INVITEs gets 503 (check_overload).
+        self.overload = OverloadControl(settings.sip.overload_queue_kb * 1024)
         self._checkpoints: asyncio.Future[None] | None = None
         self._checkpoint: asyncio.Future[tuple[int, int]] | None = None
         #: WAL checkpoints run off the loop: "done" and "failed" (a sibling's at once).
@@ -430,6 +428,8 @@ class Gateway:
             per[str(BoundAddress(str(t.name), host, port))] = t.stats.as_dict()
         gateway = self.stats.as_dict()
         gateway["auth_abandoned"] = self.challenges.abandoned
+        gateway["overload_episodes"] = self.overload.episodes
+        gateway["overload_refused"] = self.overload.refused
         if self.b2bua is not None:
             gateway["in_dialog_refused"] = self.b2bua.stats["in_dialog_refused"]
         if self.registrations is not None:
@@ -538,7 +538,6 @@ class Gateway:
         elif found is router.OVERLOADED:
             # Answered in a server transaction: the INVITE's retransmissions are then
             # absorbed by it (503 resent) instead of each being refused again.
-            self.overload["refused"] += 1
             self.endpoint.deliver(req, source, transport, context=found)
         else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
             self._answer(req, source, transport, found)
@@ -675,33 +674,33 @@ class Gateway:
                 log.exception("sip.overload.check_failed")
 
     def check_overload(self) -> bool:
-        """Whether the element is behind its traffic; updates :attr:`overloaded`.
+        """Sample the backlog; whether new calls are being turned away now.
 
-        On when a UDP listener's kernel receive queue holds ``[sip]
-        overload_queue_kb`` or more (hundreds of datagrams nobody has read yet:
-        their senders retransmit at T1 and each retransmission is more work),
-        off again below a quarter of it. Meanwhile new outbound INVITEs are answered
-        503 with Retry-After before authentication (the router's ``OVERLOADED``).
+        The backlog is what the kernel holds unread for the UDP listeners: above
+        a quarter of ``[sip] overload_queue_kb`` a share of the new outbound INVITEs,
+        growing with it, is answered 503 with Retry-After before authentication (the
+        router's ``OVERLOADED``); at the limit all of them (:mod:`.overload`).
         """
-        limit = self.settings.sip.overload_queue_kb * 1024
-        if limit <= 0:
+        control = self.overload
+        if control.limit <= 0:
             return False
         queued = queued_bytes([t for t in self.transports if isinstance(t, UDPTransport)])
-        if queued is None:
-            return self.overloaded
-        if not self.overloaded and queued >= limit:
-            self.overloaded = True
-            self._overload_since = time.monotonic()
-            self.overload["episodes"] += 1
-            log.warning("sip.overload.start", queued_kb=queued // 1024, limit_kb=limit // 1024)
-        elif self.overloaded and queued < limit // 4:
-            self.overloaded = False
+        started, ended = control.sample(queued, time.monotonic())
+        if started is not None:
+            log.warning(
+                "sip.overload.start",
+                queued_kb=(queued or 0) // 1024,
+                limit_kb=control.limit // 1024,
+            )
+        if ended is not None:
             log.warning(
                 "sip.overload.end",
-                after=round(time.monotonic() - self._overload_since, 3),
-                refused=self.overload["refused"],
+                after=round(time.monotonic() - ended.started_at, 3),
+                refused=ended.refused,
+                peak_share=round(ended.peak_share, 2),
+                peak_queued_kb=ended.peak_queued // 1024,
             )
-        return self.overloaded
+        return control.share > 0.0
 
     async def _housekeep(self) -> None:
         """Every HOUSEKEEPING_INTERVAL: log abandoned challenges, retry registration writes."""
@@ -1132,8 +1131,15 @@ class _RequestFacts:
         self.carrier = self.gateway.auth.carrier_at(self.source)
         return self.carrier is not None
 
-    def overloaded(self) -> bool:
-        return self.gateway.overloaded
+    def overloaded(self, req: Request) -> bool:
+        gateway = self.gateway
+        if gateway.overload.share <= 0.0:
+            return False
+        # The authenticated retry of an INVITE challenged before: that call has begun,
+        # refusing it now would waste the round already spent on it.
+        if gateway.challenges.awaits(req, self.source, str(self.transport.name)):
+            return False
+        return gateway.overload.refuse()
 
     def is_local(self, uri: URI) -> bool:
         return self.gateway.is_local(uri)

@@ -128,8 +128,9 @@ class Facts(Protocol):
         """The B2BUA runs (users, peers or cards are configured)."""
         ...
 
-    def overloaded(self) -> bool:
-        """The element is behind its traffic (``[sip] overload_queue_kb``)."""
+    def overloaded(self, req: Request) -> bool:
+        """Turn this new call away: the element is behind its traffic (``[sip]
+        overload_queue_kb``) and the call has not begun (no challenge of it answered)."""
         ...
 
 
@@ -205,7 +206,7 @@ def route(req: Request, facts: Facts) -> Route:
             # Carriers never authenticate to us: their address is the credential,
             # and their calls only ever go to agents (never back out: no relay).
             return INBOUND_INVITE
-        if req.to.tag is None and facts.overloaded():
+        if req.to.tag is None and facts.overloaded(req):
             # A new call while behind: refused before the digest and the policies cost
             # anything; calls up, their BYEs and inbound calls go on.
             return OVERLOADED

@@ -4,7 +4,8 @@ When more than ``[sip] overload_queue_kb`` wait unread in a UDP listener's recei
 queue, the gateway is behind its traffic: its callers retransmit at T1 and every
 retransmission is more work (a run at 350 CPS sustained collapsed that way, see
 BENCHMARKS.md). New outbound INVITEs then get ``503`` with ``Retry-After`` before
-the digest or any policy runs; below a quarter of the limit, calls are taken again.
+the digest or any policy runs; between a quarter of the limit and the limit a share
+of them (``gateway/callpath/overload.py``, its own unit tests in test_overload_control).
 Real sockets: the backlog is datagrams the event loop has not read yet.
 """
 
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from gateway.callpath.element import Gateway
+from gateway.callpath.overload import RELEASE
 from gateway.sip import Response
+from gateway.sip.digest import DigestClient
 from tests.callpath.conftest import Carrier, RawUA, gateway_settings
 
 LIMIT_KB = 64
@@ -58,6 +61,16 @@ def invite(ua: RawUA, n: int) -> bytes:
     ).encode()
 
 
+def flood(target: tuple[str, int], datagrams: int) -> None:
+    """Datagrams the event loop will not have read before the next check."""
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(datagrams):
+            junk.sendto(b"x" * 1000, target)
+    finally:
+        junk.close()
+
+
 async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, ua: RawUA) -> None:
     task = gateway._overload_task
     assert task is not None  # [sip] overload_queue_kb > 0: the gateway looks by itself
@@ -66,32 +79,36 @@ async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, 
     target = gateway.address("udp")
     assert not gateway.check_overload()
 
-    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _ in range(150):  # not read yet: the event loop has not run since
-            junk.sendto(b"x" * 1000, target)
-    finally:
-        junk.close()
+    flood(target, 150)  # not read yet: the event loop has not run since
     assert gateway.check_overload()
-    assert 1 == gateway.overload["episodes"]
+    assert 1 == gateway.overload.episodes
 
     refused = await ua.exchange(invite(ua, 1), target)
     assert isinstance(refused, Response)
     assert 503 == refused.status
     assert "2" == refused.headers.get("Retry-After")
-    assert 1 == gateway.overload["refused"]
+    assert 1 == gateway.overload.refused
     # Its retransmission is absorbed by the INVITE's server transaction (the same 503
     # again), not refused a second time.
     again = await ua.exchange(invite(ua, 1), target)
     assert (503, refused.to.tag) == (again.status, again.to.tag)
-    assert 1 == gateway.overload["refused"]
+    assert 1 == gateway.overload.refused
 
-    # The junk and the INVITE have been read meanwhile: below a quarter, calls again
-    # (this one is challenged, the normal path).
-    assert not gateway.check_overload()
+    # The junk and the INVITE have been read meanwhile: below a quarter of the limit
+    # the share of calls turned away falls by RELEASE a sample, then calls again (this
+    # one is challenged, the normal path).
+    samples = 1
+    while gateway.check_overload():
+        samples += 1
+        assert samples <= 1 / RELEASE
+    assert round(1 / RELEASE) == samples
+    assert 1 == gateway.overload.episodes
+    # Counted where /metrics reads (dialgate_sip_overload_refused_total and _episodes_).
+    counters = gateway.snapshot()["gateway"]
+    assert (1, 1) == (counters["overload_episodes"], counters["overload_refused"])
     challenged = await ua.exchange(invite(ua, 2), target)
     assert 407 == challenged.status
-    assert 1 == gateway.overload["refused"]
+    assert 1 == gateway.overload.refused
 
 
 async def test_queued_bytes_is_the_kernels_unread_backlog(gateway: Gateway) -> None:
@@ -112,3 +129,32 @@ async def test_queued_bytes_is_the_kernels_unread_backlog(gateway: Gateway) -> N
         if udp.queued_bytes() == 0:
             break
     assert 0 == udp.queued_bytes()
+
+
+async def test_a_call_already_challenged_is_not_turned_away(gateway: Gateway, ua: RawUA) -> None:
+    """Overloaded, the authenticated retry of an INVITE challenged before goes on (its
+    round is already spent); a new call from the same phone is refused."""
+    task = gateway._overload_task
+    assert task is not None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    target = gateway.address("udp")
+    challenge = await ua.exchange(invite(ua, 7), target)
+    assert 407 == challenge.status
+
+    flood(target, 150)
+    assert gateway.check_overload()
+    assert 1.0 == gateway.overload.share  # every new call refused
+    client = DigestClient("alice", "s3cret")
+    assert client.handle_challenge(407, challenge.headers.get_all("Proxy-Authenticate"))
+    auth = client.authorization("INVITE", "sip:13912345678@gw.test", b"")
+    assert auth is not None
+    retry = invite(ua, 7).decode().replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+    retry = retry.replace("overload-7;rport", "overload-7b;rport")
+    retry = retry.replace("Content-Length", f"{auth[0]}: {auth[1]}\r\nContent-Length")
+    answered = await ua.exchange(retry.encode(), target)
+    # Past the overload check and the digest: alice has not registered here.
+    assert (403, "Not Registered") == (answered.status, answered.reason)
+    assert 0 == gateway.overload.refused
+    refused = await ua.exchange(invite(ua, 8), target)
+    assert (503, 1) == (refused.status, gateway.overload.refused)

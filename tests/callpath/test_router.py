@@ -59,7 +59,7 @@ class FakeFacts:
         self.asked.append("has_call_path")
         return self.call_path
 
-    def overloaded(self) -> bool:
+    def overloaded(self, req: Request) -> bool:
         self.asked.append("overloaded")
         return self.behind
 

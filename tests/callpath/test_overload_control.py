@@ -1,0 +1,77 @@
+"""The overload controller alone: the share of new calls refused for a backlog."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gateway.callpath.overload import RELEASE, OverloadControl
+
+LIMIT = 1000
+
+
+def draws(*values: float) -> OverloadControl:
+    """A controller whose per-call draws are ``values``, over and over."""
+    cycle = itertools.cycle(values)
+    return OverloadControl(LIMIT, draw=lambda: next(cycle))
+
+
+@pytest.mark.parametrize(
+    ("queued", "share"),
+    [(0, 0.0), (250, 0.0), (400, 0.2), (625, 0.5), (850, 0.8), (1000, 1.0), (5000, 1.0)],
+)
+def test_the_share_grows_with_the_backlog_between_a_quarter_and_the_limit(
+    queued: int, share: float
+) -> None:
+    control = OverloadControl(LIMIT)
+    control.sample(queued, 0.0)
+    assert share == pytest.approx(control.share)
+
+
+def test_a_rise_applies_at_once_a_fall_by_release_per_sample() -> None:
+    control = OverloadControl(LIMIT)
+    control.sample(625, 0.0)
+    assert 0.5 == pytest.approx(control.share)
+    control.sample(0, 0.1)
+    assert 0.5 - RELEASE == pytest.approx(control.share)
+    control.sample(850, 0.2)  # more backlog: up at once
+    assert 0.8 == pytest.approx(control.share)
+    control.sample(550, 0.3)  # asks for 0.4: down by RELEASE only
+    assert 0.8 - RELEASE == pytest.approx(control.share)
+
+
+def test_an_episode_runs_from_the_first_share_to_none_and_counts_its_refusals() -> None:
+    control = draws(0.1, 0.9)  # in turn: under and over a share of 0.5
+    assert (None, None) == control.sample(100, 0.0)
+    assert not control.refuse()
+    started, ended = control.sample(625, 1.0)
+    assert started is not None and ended is None
+    assert [True, False, True, False] == [control.refuse() for _ in range(4)]
+    assert (None, None) == control.sample(1000, 1.1)
+    assert all(control.refuse() for _ in range(3))  # at the limit: every new call
+    t = 1.1
+    while True:
+        t += 0.1
+        started, ended = control.sample(0, t)
+        assert started is None
+        if ended is not None:
+            break
+    assert (5, 1.0, 1000, 1.0) == (
+        ended.refused,
+        ended.peak_share,
+        ended.peak_queued,
+        ended.started_at,
+    )
+    assert (1, 5, 0.0) == (control.episodes, control.refused, control.share)
+    assert not control.refuse()
+
+
+def test_off_or_unknown_backlog_changes_nothing() -> None:
+    off = OverloadControl(0)
+    assert (None, None) == off.sample(10**9, 0.0)
+    assert not off.refuse()
+    control = OverloadControl(LIMIT)
+    control.sample(1000, 0.0)
+    assert (None, None) == control.sample(None, 0.1)  # /proc unreadable: keep the share
+    assert 1.0 == control.share
