@@ -36,7 +36,8 @@ gateway's CPU% and RSS are then the workers' sum). Each SIPp caller is one UDP
 socket, which the kernel hashes to one worker: use several ``--callers`` (or
 ``--sipp-transport un``, a socket per call) so the calls spread.
 
-Per step it reports: calls OK/failed/unfinished, SIPp retransmissions, SIPp's
+Per step it reports: calls OK/failed (of which "503": turned away by the gateway's
+overload control)/unfinished, SIPp retransmissions, SIPp's
 response times (rtd 1: INVITE→200, from ``-trace_rtt``, millisecond
 resolution), the gateway's CPU% and RSS (from /proc), GC pauses (gc.callbacks
 in the runner), the load average, and the SIPp processes' own CPU%.
@@ -214,6 +215,8 @@ class SippResult:
     calls: int
     ok: int = 0
     failed: int = 0
+    #: Of the failed: turned away with 503 by the gateway's overload control.
+    refused: int = 0
     unfinished: int = 0
     retransmissions: int = 0
     dead_msgs: int = 0
@@ -229,6 +232,21 @@ class SippResult:
     uas_cpu_pct: float | None = None
     load: str = ""
     errors: list[str] = field(default_factory=list)
+
+
+def refused_calls(workdir: Path) -> int:
+    """503s the caller received (``agent.xml``'s two 503 branches: one per refused call),
+    from the last row of SIPp's ``-trace_counts`` CSV; 0 without one."""
+    total = 0
+    for path in workdir.glob("*_counts.csv"):
+        rows = [r for r in path.read_text(errors="replace").splitlines() if r.strip()]
+        if len(rows) < 2:
+            continue
+        head, last = rows[0].split(";"), rows[-1].split(";")
+        for i, name in enumerate(head):
+            if name.endswith("_503_Recv") and i < len(last) and last[i].isdigit():
+                total += int(last[i])
+    return total
 
 
 def last_stats(path: Path) -> dict[str, str]:
@@ -338,6 +356,7 @@ def run_caller(
         "-default_behaviors",
         "all,-abortunexp",
         "-nostdin",
+        "-trace_counts",
         "-trace_stat",
         "-stf",
         str(workdir / "stat.csv"),
@@ -380,8 +399,11 @@ def run_caller(
     proc.stderr and proc.stderr.close()
     result.load = f"{load_before} → {loadavg()}"
     stats = last_stats(workdir / "stat.csv")
-    result.ok = int(stats.get("SuccessfulCall(C)", 0) or 0)
-    result.failed = int(stats.get("FailedCall(C)", 0) or 0)
+    # agent.xml ends a call answered 503 as SIPp's success (ACKed, no retransmissions):
+    # it is a failed call here, counted apart as refused.
+    result.refused = refused_calls(workdir)
+    result.ok = int(stats.get("SuccessfulCall(C)", 0) or 0) - result.refused
+    result.failed = int(stats.get("FailedCall(C)", 0) or 0) + result.refused
     result.unfinished = max(0, calls - result.ok - result.failed)
     result.retransmissions = int(stats.get("Retransmissions(C)", 0) or 0)
     result.dead_msgs = int(stats.get("DeadCallMsgs(C)", 0) or 0)
@@ -417,6 +439,7 @@ def merge_callers(
     for r in results:
         merged.ok += r.ok
         merged.failed += r.failed
+        merged.refused += r.refused
         merged.unfinished += r.unfinished
         merged.retransmissions += r.retransmissions
         merged.dead_msgs += r.dead_msgs
@@ -536,9 +559,11 @@ def gateway_toml(
     cards: int,
     log_level: str = "info",
     gc: str = "paced",
+    overload_kb: int | None = None,
 ) -> str:
     """The gateway configuration: every policy on, quotas far above the offered load.
-    ``gc``: ``[server] gc`` (paced: gateway/collector.py; auto: Python's triggers)."""
+    ``gc``: ``[server] gc`` (paced: gateway/collector.py; auto: Python's triggers);
+    ``overload_kb``: ``[sip] overload_queue_kb`` (None: the default)."""
     tz = "Asia/Shanghai"
     lines = [
         "[server]",
@@ -547,6 +572,7 @@ def gateway_toml(
         "[sip]",
         f'listen = ["udp:{HOST}:{sip_port}"]',
         'realm = "dialgate"',
+        *([] if overload_kb is None else [f"overload_queue_kb = {overload_kb}"]),
         "",
         "[store]",
         f'path = "{db}"',
@@ -829,6 +855,7 @@ def e2e_step(
             cards=args.cards,
             log_level=args.log_level,
             gc=args.gc,
+            overload_kb=args.overload_kb,
         )
     )
     wall_cap = calls / rate + 60
@@ -1023,6 +1050,7 @@ COLUMNS = (
     ("calls", 6),
     ("ok", 6),
     ("failed", 6),
+    ("refused", 6),
     ("unfinished", 6),
     ("retransmissions", 7),
     ("measured_cps", 7),
@@ -1031,7 +1059,21 @@ COLUMNS = (
     ("rt_max_ms", 6),
     ("rt_mean_ms", 7),
 )
-HEADS = ("mode", "cps", "calls", "ok", "fail", "unfin", "retr", "meas", "p50", "p99", "max", "mean")
+HEADS = (
+    "mode",
+    "cps",
+    "calls",
+    "ok",
+    "fail",
+    "503",
+    "unfin",
+    "retr",
+    "meas",
+    "p50",
+    "p99",
+    "max",
+    "mean",
+)
 
 
 def print_header(title: str) -> None:
@@ -1119,6 +1161,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="paced",
         help="[server] gc of the gateway: paced (the default, gateway/collector.py) or "
         "auto (Python's own triggers, thresholds gateway.app.GC_THRESHOLD)",
+    )
+    e.add_argument(
+        "--overload-kb",
+        type=int,
+        default=None,
+        help="[sip] overload_queue_kb of the gateway (default: the gateway's; 0: off)",
     )
     e.add_argument("--heap", action="store_true", help="print the gateway's objects by type")
     e.add_argument(

@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=100)
     parser.add_argument("--callers", type=int, default=1, help="as bench/e2e.py --callers")
     parser.add_argument("--gc", choices=("paced", "auto"), default="paced", help="as bench/e2e.py")
+    parser.add_argument("--overload-kb", type=int, default=None, help="as bench/e2e.py")
     ns = parser.parse_args()
     argv = [
         "e2e",
@@ -137,6 +138,8 @@ def main() -> None:
         str(ns.callers),
     ]
     argv += ["--gc", ns.gc]
+    if ns.overload_kb is not None:
+        argv += ["--overload-kb", str(ns.overload_kb)]
     if ns.uvloop:
         argv += ["--uvloop", "--extra-path", ns.extra_path]
     args = e2e.build_parser().parse_args(argv)
