@@ -7,6 +7,11 @@ outbound INVITEs to refuse (``503`` + ``Retry-After`` before the digest), in the
 manner of RFC 7339's loss-based overload control: a fraction of the new work is
 shed, the rest is served.
 
+* The backlog judged is the smallest of the last :data:`WINDOW` samples (0.3 s): a
+  standing queue, not a burst the gateway drains by itself (a collection, a commit,
+  a few calls arriving together), as CoDel judges the minimum delay over an interval.
+  At 300 calls/s on the test box, judging the last sample alone turned away 0.2-5 %
+  of the calls of runs the gateway carried.
 * Below ``limit / 4`` nothing is refused; at ``limit`` and above, everything new is.
   In between the share grows in proportion to the backlog, so a gateway offered a
   little more than it can carry settles in that band refusing a part of the calls,
@@ -23,13 +28,17 @@ An **episode** runs from the first sample with a share above 0 to the first with
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["RELEASE", "Episode", "OverloadControl"]
+__all__ = ["RELEASE", "WINDOW", "Episode", "OverloadControl"]
 
 #: The share falls by at most this much per sample (0.1 s): from all to none in 2 s.
 RELEASE = 0.05
+
+#: Samples whose smallest backlog is judged (0.3 s at one sample per 0.1 s).
+WINDOW = 3
 
 
 @dataclass(slots=True)
@@ -56,6 +65,7 @@ class OverloadControl:
         self.episodes = 0
         self.refused = 0
         self._draw = draw
+        self._recent: deque[int] = deque(maxlen=WINDOW)
 
     def target(self, queued: int) -> float:
         """The share a backlog of ``queued`` bytes asks for, before the release rate."""
@@ -71,7 +81,8 @@ class OverloadControl:
         the episode that started and the one that ended with it (each None if none)."""
         if self.limit <= 0 or queued is None:
             return None, None
-        wanted = self.target(queued)
+        self._recent.append(queued)
+        wanted = self.target(min(self._recent)) if len(self._recent) == WINDOW else 0.0
         self.share = wanted if wanted >= self.share else max(wanted, self.share - RELEASE)
         started = ended = None
         if self.share > 0.0 and self.episode is None:
