@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberType
 
@@ -149,3 +152,31 @@ def test_invalid_numbers_are_484_not_a_policy_question(dialled: str, region: str
             dialled, agent="alice", campaign=None, default_region=region, now=utc(2026, 6, 1)
         )
     assert 484 == info.value.status_code
+
+
+def test_normalize_accepts_exactly_the_numbers_phonenumbers_calls_valid() -> None:
+    """normalize asks phonenumbers for the number's type only: a number is taken when its
+    type is known, which must be exactly is_valid_number (random numbers of every
+    calling code, international and national, a fixed seed)."""
+    rng = random.Random(17)
+    codes = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+    regions = sorted(phonenumbers.SUPPORTED_REGIONS)
+    taken = 0
+    for i in range(6000):
+        body = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 12)))
+        dialled, region = (
+            (f"+{rng.choice(codes)}{body}", "CN") if i % 2 else (body, rng.choice(regions))
+        )
+        try:
+            parsed = phonenumbers.parse(dialled, region)
+        except phonenumbers.NumberParseException:
+            continue
+        expected = phonenumbers.is_possible_number(parsed) and phonenumbers.is_valid_number(parsed)
+        try:
+            normalize(dialled, region)
+        except AddressIncompleteError:
+            assert not expected, dialled
+        else:
+            assert expected, dialled
+            taken += 1
+    assert taken > 100  # the sample holds valid numbers, not only rejects
