@@ -1135,9 +1135,12 @@ class _RequestFacts:
         gateway = self.gateway
         if gateway.overload.share <= 0.0:
             return False
-        # The authenticated retry of an INVITE challenged before: that call has begun,
-        # refusing it now would waste the round already spent on it.
-        if gateway.challenges.awaits(req, self.source, str(self.transport.name)):
+        # The retry with credentials of an INVITE challenged before: that call has
+        # begun, refusing it now would waste the round already spent on it. (Wrong
+        # credentials are challenged again and count towards the source's ban.)
+        if req.headers.get("Proxy-Authorization") is not None and gateway.challenges.awaits(
+            req, self.source, str(self.transport.name)
+        ):
             return False
         return gateway.overload.refuse()
 

@@ -151,11 +151,16 @@ async def test_a_call_already_challenged_is_not_turned_away(gateway: Gateway, ua
     auth = client.authorization("INVITE", "sip:13912345678@gw.test", b"")
     assert auth is not None
     retry = invite(ua, 7).decode().replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+    # The same Call-ID again without credentials is a new call like any other: refused.
+    bare = await ua.exchange(
+        retry.replace("overload-7;rport", "overload-7a;rport").encode(), target
+    )
+    assert (503, 1) == (bare.status, gateway.overload.refused)
     retry = retry.replace("overload-7;rport", "overload-7b;rport")
     retry = retry.replace("Content-Length", f"{auth[0]}: {auth[1]}\r\nContent-Length")
     answered = await ua.exchange(retry.encode(), target)
     # Past the overload check and the digest: alice has not registered here.
     assert (403, "Not Registered") == (answered.status, answered.reason)
-    assert 0 == gateway.overload.refused
+    assert 1 == gateway.overload.refused
     refused = await ua.exchange(invite(ua, 8), target)
-    assert (503, 1) == (refused.status, gateway.overload.refused)
+    assert (503, 2) == (refused.status, gateway.overload.refused)
