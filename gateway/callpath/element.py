@@ -676,10 +676,11 @@ class Gateway:
     def check_overload(self) -> bool:
         """Sample the backlog; whether new calls are being turned away now.
 
-        The backlog is what the kernel holds unread for the UDP listeners: above
-        a quarter of ``[sip] overload_queue_kb`` a share of the new outbound INVITEs,
-        growing with it, is answered 503 with Retry-After before authentication (the
-        router's ``OVERLOADED``); at the limit all of them (:mod:`.overload`).
+        The backlog is what the kernel holds unread for the UDP listeners. While it
+        stands (over the last three samples) above a quarter of ``[sip]
+        overload_queue_kb``, a share of the new outbound INVITEs, growing with it, is
+        answered 503 with Retry-After before authentication (the router's
+        ``OVERLOADED``); at the limit all of them (:mod:`.overload`).
         """
         control = self.overload
         if control.limit <= 0:
