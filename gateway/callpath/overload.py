@@ -20,7 +20,9 @@ shed, the rest is served.
   ~190 calls/s where ~70 were too many).
 * A rise applies at once (a backlog grows by hundreds of datagrams per sample);
   a fall only by :data:`RELEASE` per sample, so the calls let back in do not
-  rebuild the backlog they just caused.
+  rebuild the backlog they just caused — unless nothing at all waited over the
+  window: then the share halves per sample (below :data:`FLOOR` it is 0), since
+  the gateway is idle part of the time while it still turns calls away.
 
 An **episode** runs from the first sample with a share above 0 to the first with 0.
 """
@@ -32,13 +34,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["RELEASE", "WINDOW", "Episode", "OverloadControl"]
+__all__ = ["FLOOR", "RELEASE", "WINDOW", "Episode", "OverloadControl"]
 
 #: The share falls by at most this much per sample (0.1 s): from all to none in 2 s.
 RELEASE = 0.05
 
 #: Samples whose smallest backlog is judged (0.3 s at one sample per 0.1 s).
 WINDOW = 3
+
+#: A share that halves below this is 0 (the episode is over).
+FLOOR = 0.02
 
 
 @dataclass(slots=True)
@@ -82,8 +87,14 @@ class OverloadControl:
         if self.limit <= 0 or queued is None:
             return None, None
         self._recent.append(queued)
-        wanted = self.target(min(self._recent)) if len(self._recent) == WINDOW else 0.0
-        self.share = wanted if wanted >= self.share else max(wanted, self.share - RELEASE)
+        standing = min(self._recent) if len(self._recent) == WINDOW else 0
+        wanted = self.target(standing)
+        if wanted >= self.share:
+            self.share = wanted
+        elif standing == 0:  # nothing waited over the window: the gateway idles
+            self.share = self.share / 2 if self.share / 2 >= FLOOR else 0.0
+        else:
+            self.share = max(wanted, self.share - RELEASE)
         started = ended = None
         if self.share > 0.0 and self.episode is None:
             started = self.episode = Episode(started_at=now)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.callpath.element import Gateway
-from gateway.callpath.overload import RELEASE, WINDOW
+from gateway.callpath.overload import FLOOR, WINDOW
 from gateway.sip import Response
 from gateway.sip.digest import DigestClient
 from tests.callpath.conftest import Carrier, RawUA, gateway_settings
@@ -95,14 +95,14 @@ async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, 
     assert (503, refused.to.tag) == (again.status, again.to.tag)
     assert 1 == gateway.overload.refused
 
-    # The junk and the INVITE have been read meanwhile: below a quarter of the limit
-    # the share of calls turned away falls by RELEASE a sample, then calls again (this
-    # one is challenged, the normal path).
+    # The junk and the INVITE have been read meanwhile: with nothing waiting the share
+    # of calls turned away halves each sample down to none, then calls again (this one
+    # is challenged, the normal path).
     samples = 1
     while gateway.check_overload():
         samples += 1
-        assert samples <= 1 / RELEASE
-    assert round(1 / RELEASE) == samples
+        assert samples <= 64
+    assert next(k for k in range(1, 64) if 0.5**k < FLOOR) == samples
     assert 1 == gateway.overload.episodes
     # Counted where /metrics reads (dialgate_sip_overload_refused_total and _episodes_).
     counters = gateway.snapshot()["gateway"]

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from gateway.callpath.overload import RELEASE, WINDOW, Episode, OverloadControl
+from gateway.callpath.overload import FLOOR, RELEASE, WINDOW, Episode, OverloadControl
 
 LIMIT = 1000
 
@@ -56,12 +56,27 @@ def test_a_rise_applies_at_once_a_fall_by_release_per_sample() -> None:
     control = OverloadControl(LIMIT)
     standing(control, 625, 0.0)
     assert 0.5 == pytest.approx(control.share)
-    control.sample(0, 0.1)
+    control.sample(100, 0.1)  # below a quarter, something still waits: RELEASE
     assert 0.5 - RELEASE == pytest.approx(control.share)
+    control.sample(0, 0.2)  # nothing waited at one sample of the window: halved
+    assert (0.5 - RELEASE) / 2 == pytest.approx(control.share)
     standing(control, 850, 0.5)  # more backlog: up at once
     assert 0.8 == pytest.approx(control.share)
     control.sample(550, 0.6)  # asks for 0.4: down by RELEASE only
     assert 0.8 - RELEASE == pytest.approx(control.share)
+
+
+def test_an_idle_gateway_halves_the_share_down_to_none() -> None:
+    control = OverloadControl(LIMIT)
+    standing(control, 1000, 0.0)
+    shares = []
+    for t in range(1, 20):
+        control.sample(0, t / 10)
+        shares.append(control.share)
+        if control.share == 0.0:
+            break
+    assert shares == [0.5**k for k in range(1, len(shares))] + [0.0]
+    assert shares[-2] / 2 < FLOOR <= shares[-2]
 
 
 def test_an_episode_runs_from_the_first_share_to_none_and_counts_its_refusals() -> None:
