@@ -123,6 +123,10 @@ BAN_LOG_RATE = 20
 HOUSEKEEPING_INTERVAL = 1.0
 """Seconds between rounds of abandoned-challenge logging and registration write retries."""
 
+OVERLOAD_QUIET = 10.0
+"""Seconds without an overload episode before the ``overload-over`` alert (episodes that
+follow each other closely are one overload for an operator, not an alert each)."""
+
 OVERLOAD_INTERVAL = 0.1
 """Seconds between looks at the UDP listeners' kernel queues (``[sip] overload_queue_kb``)."""
 
@@ -247,6 +251,10 @@ class Gateway:
         self._overload_task: asyncio.Task[None] | None = None
         #: Behind the traffic: a share of new outbound INVITEs gets 503 (check_overload).
         self.overload = OverloadControl(settings.sip.overload_queue_kb * 1024)
+        #: The overload an ``overload`` alert announced: (when, refused before it), until
+        #: OVERLOAD_QUIET seconds pass without an episode; then ``overload-over``.
+        self._overload_alerted: tuple[float, int] | None = None
+        self._overload_last_end = 0.0
         self._checkpoints: asyncio.Future[None] | None = None
         self._checkpoint: asyncio.Future[tuple[int, int]] | None = None
         #: WAL checkpoints run off the loop: "done" and "failed" (a sibling's at once).
@@ -686,22 +694,61 @@ class Gateway:
         if control.limit <= 0:
             return False
         queued = queued_bytes([t for t in self.transports if isinstance(t, UDPTransport)])
-        started, ended = control.sample(queued, time.monotonic())
+        now = time.monotonic()
+        started, ended = control.sample(queued, now)
         if started is not None:
             log.warning(
                 "sip.overload.start",
                 queued_kb=(queued or 0) // 1024,
                 limit_kb=control.limit // 1024,
             )
+            if self._overload_alerted is None:
+                self._overload_alerted = (now, control.refused)
+                self._alert_overload(AlertKind.OVERLOAD, Severity.WARNING, (queued or 0) // 1024)
         if ended is not None:
+            self._overload_last_end = now
             log.warning(
                 "sip.overload.end",
-                after=round(time.monotonic() - ended.started_at, 3),
+                after=round(now - ended.started_at, 3),
                 refused=ended.refused,
                 peak_share=round(ended.peak_share, 2),
                 peak_queued_kb=ended.peak_queued // 1024,
             )
+        if (
+            self._overload_alerted is not None
+            and control.episode is None
+            and now - self._overload_last_end >= OVERLOAD_QUIET
+        ):
+            self._alert_overload(AlertKind.OVERLOAD_OVER, Severity.INFO, (queued or 0) // 1024)
+            self._overload_alerted = None
         return control.share > 0.0
+
+    def _alert_overload(self, kind: AlertKind, severity: Severity, queued_kb: int) -> None:
+        """The ``overload`` alert (new calls being turned away) or ``overload-over``."""
+        assert self._overload_alerted is not None
+        since, refused_before = self._overload_alerted
+        refused = self.overload.refused - refused_before
+        if kind is AlertKind.OVERLOAD:
+            message = (
+                f"gateway behind its traffic ({queued_kb} KiB unread): new calls turned away "
+                "with 503"
+            )
+        else:
+            message = f"gateway caught up: {refused} new calls turned away in {self._overload_last_end - since:.0f} s"
+        self.events.publish(
+            Alert(
+                kind=kind,
+                at=self.sip_clock(),
+                severity=severity,
+                message=message,
+                reason="overload",
+                detail={
+                    "queued_kb": queued_kb,
+                    "refused": refused,
+                    "share": round(self.overload.share, 2),
+                },
+            )
+        )
 
     async def _housekeep(self) -> None:
         """Every HOUSEKEEPING_INTERVAL: log abandoned challenges, retry registration writes."""

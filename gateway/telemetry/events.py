@@ -103,6 +103,10 @@ class AlertKind(StrEnum):
     AGENT_PAUSED = "agent-paused"  # over a complaint ceiling: its calls are refused (agent-limit)
     AGENT_RESUMED = "agent-resumed"  # an operator lifted the pause (or it ran out)
     SOURCE_BANNED = "source-banned"  # password guessing or a flood: gateway/callpath/security.py
+    OVERLOAD = (
+        "overload"  # behind its traffic: a share of new calls gets 503 (callpath/overload.py)
+    )
+    OVERLOAD_OVER = "overload-over"  # caught up: no new call turned away for OVERLOAD_QUIET s
 
 
 class Severity(StrEnum):

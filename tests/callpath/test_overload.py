@@ -22,6 +22,7 @@ from gateway.callpath.element import Gateway
 from gateway.callpath.overload import FLOOR, WINDOW
 from gateway.sip import Response
 from gateway.sip.digest import DigestClient
+from gateway.telemetry.events import Alert, AlertKind, Severity
 from tests.callpath.conftest import Carrier, RawUA, gateway_settings
 
 LIMIT_KB = 64
@@ -164,3 +165,51 @@ async def test_a_call_already_challenged_is_not_turned_away(gateway: Gateway, ua
     assert 1 == gateway.overload.refused
     refused = await ua.exchange(invite(ua, 8), target)
     assert (503, 2) == (refused.status, gateway.overload.refused)
+
+
+async def drained(gateway: Gateway) -> None:
+    """Let the event loop read what the flood left queued."""
+    from gateway.transport import UDPTransport
+
+    (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if udp.queued_bytes() == 0:
+            return
+    raise AssertionError("the flood was not read")
+
+
+async def test_an_overload_is_one_alert_and_its_end_another(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Episodes close together are one overload for an operator: one ``overload`` alert
+    when the first starts, ``overload-over`` once OVERLOAD_QUIET passed without one."""
+    task = gateway._overload_task
+    assert task is not None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    alerts: list[Alert] = []
+    gateway.events.subscribe(lambda e: alerts.append(e) if isinstance(e, Alert) else None)
+    target = gateway.address("udp")
+    for _episode in range(2):
+        flood(target, 150)
+        assert [gateway.check_overload() for _ in range(WINDOW)][-1]
+        await drained(gateway)
+        assert not [gateway.check_overload() for _ in range(64)][-1]
+    assert 2 == gateway.overload.episodes
+    assert [(AlertKind.OVERLOAD, Severity.WARNING)] == [(a.kind, a.severity) for a in alerts]
+    assert "new calls turned away" in alerts[0].message
+    assert alerts[0].detail["queued_kb"] >= LIMIT_KB
+
+    gateway.check_overload()  # quiet, but not for OVERLOAD_QUIET yet
+    assert 1 == len(alerts)
+    monkeypatch.setattr("gateway.callpath.element.OVERLOAD_QUIET", 0.0)
+    gateway.check_overload()
+    over = alerts[-1]
+    assert (AlertKind.OVERLOAD_OVER, Severity.INFO, 0) == (
+        over.kind,
+        over.severity,
+        over.detail["refused"],
+    )
+    gateway.check_overload()
+    assert 2 == len(alerts)  # once
