@@ -695,16 +695,13 @@ class Gateway:
             return False
         queued = queued_bytes([t for t in self.transports if isinstance(t, UDPTransport)])
         now = time.monotonic()
+        queued_kb = (queued or 0) // 1024
         started, ended = control.sample(queued, now)
         if started is not None:
-            log.warning(
-                "sip.overload.start",
-                queued_kb=(queued or 0) // 1024,
-                limit_kb=control.limit // 1024,
-            )
+            log.warning("sip.overload.start", queued_kb=queued_kb, limit_kb=control.limit // 1024)
             if self._overload_alerted is None:
                 self._overload_alerted = (now, control.refused)
-                self._alert_overload(AlertKind.OVERLOAD, Severity.WARNING, (queued or 0) // 1024)
+                self._alert_overload(AlertKind.OVERLOAD, Severity.WARNING, queued_kb)
         if ended is not None:
             self._overload_last_end = now
             log.warning(
@@ -719,7 +716,7 @@ class Gateway:
             and control.episode is None
             and now - self._overload_last_end >= OVERLOAD_QUIET
         ):
-            self._alert_overload(AlertKind.OVERLOAD_OVER, Severity.INFO, (queued or 0) // 1024)
+            self._alert_overload(AlertKind.OVERLOAD_OVER, Severity.INFO, queued_kb)
             self._overload_alerted = None
         return control.share > 0.0
 
@@ -734,7 +731,8 @@ class Gateway:
                 "with 503"
             )
         else:
-            message = f"gateway caught up: {refused} new calls turned away in {self._overload_last_end - since:.0f} s"
+            lasted = self._overload_last_end - since
+            message = f"gateway caught up: {refused} new calls turned away in {lasted:.0f} s"
         self.events.publish(
             Alert(
                 kind=kind,
