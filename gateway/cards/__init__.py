@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LEGAL_TRANSITIONS",
+    "TIMER_SWEEP",
     "Answer",
     "BLegClass",
     "Card",
