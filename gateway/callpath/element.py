@@ -310,6 +310,7 @@ class Gateway:
             self._sync_bans(self.sip_clock())
             self._housekeeping = asyncio.ensure_future(self._housekeep())
             if sip.overload_queue_kb > 0:
+                self._fit_overload_limit()
                 self._overload_task = asyncio.ensure_future(self._overload_rounds())
         except BaseException:
             await self.close(log_stats=False)
@@ -680,6 +681,21 @@ class Gateway:
                 self.check_overload()
             except Exception:
                 log.exception("sip.overload.check_failed")
+
+    def _fit_overload_limit(self) -> None:
+        """Keep the overload limit within half the smallest UDP receive buffer: the kernel
+        drops datagrams beyond the buffer (``net.core.rmem_max`` caps what the listener
+        asks for), so a limit above it would never be reached."""
+        buffers = [t.receive_buffer for t in self.transports if isinstance(t, UDPTransport)]
+        configured = self.overload.limit
+        if self.overload.fit(min((b for b in buffers if b > 0), default=0) // 2):
+            log.info(
+                "sip.overload.limit_lowered",
+                configured_kb=configured // 1024,
+                limit_kb=self.overload.limit // 1024,
+                receive_buffer_kb=min(buffers) // 1024,
+                hint="raise net.core.rmem_max for a larger UDP receive buffer",
+            )
 
     def check_overload(self) -> bool:
         """Sample the backlog; whether new calls are being turned away now.

@@ -72,6 +72,15 @@ class OverloadControl:
         self._draw = draw
         self._recent: deque[int] = deque(maxlen=WINDOW)
 
+    def fit(self, room: int) -> bool:
+        """Lower the limit to ``room`` bytes when it is above (0: unknown, no change);
+        whether it was lowered. The kernel drops datagrams once a socket's receive
+        buffer is full, so a backlog never grows past it."""
+        if 0 < room < self.limit:
+            self.limit = room
+            return True
+        return False
+
     def target(self, queued: int) -> float:
         """The share a backlog of ``queued`` bytes asks for, before the release rate."""
         low = self.limit / 4

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from typing import Any
 
 import structlog
@@ -86,6 +87,7 @@ class UDPTransport(Transport):
         self.receive_buffer = 0
         self._family = socket.AF_INET
         self._inode = 0
+        self._sock: socket.socket | None = None
 
     @classmethod
     async def listen(
@@ -123,6 +125,7 @@ class UDPTransport(Transport):
             raise
         self._family = family
         self._inode = os.fstat(sock.fileno()).st_ino
+        self._sock = sock
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
         self._local = normalize_address(transport.get_extra_info("sockname"))
@@ -173,14 +176,43 @@ class UDPTransport(Transport):
         await self._closed.wait()
 
 
-def queued_bytes(transports: list[UDPTransport]) -> int | None:
-    """The most bytes the kernel holds unread for any of ``transports`` (``rx_queue`` of
-    /proc/net/udp and udp6, read once each: datagrams with their buffer overhead); None
-    when unknown for all of them.
+SO_MEMINFO = 55
+"""Linux ``getsockopt`` (since 4.6): the socket's memory counters as 32-bit integers; the
+first (``SK_MEMINFO_RMEM_ALLOC``) is its receive queue, what /proc/net/udp calls rx_queue."""
 
+
+def queued_bytes(transports: list[UDPTransport]) -> int | None:
+    """The most bytes the kernel holds unread for any of ``transports`` (datagrams with
+    their buffer overhead: 1,280-2,304 bytes for a SIP message); None when unknown for all.
+
+    Asked of each socket (``SO_MEMINFO``, under a microsecond), or, where the kernel
+    lacks that, read from ``rx_queue`` of /proc/net/udp and udp6, whose length grows
+    with every UDP socket of the host (a media relay beside the gateway has thousands).
     The event loop's own lag cannot show this backlog: asyncio reads one datagram
     per wake-up and keeps its timers on time while the queue grows.
     """
+    most: int | None = None
+    unanswered: list[UDPTransport] = []
+    for transport in transports:
+        sock = transport._sock
+        if sock is None or transport._transport is None:
+            continue
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4)
+        except OSError:
+            unanswered.append(transport)
+            continue
+        size = int.from_bytes(raw[:4], sys.byteorder)
+        most = size if most is None else max(most, size)
+    if unanswered:
+        listed = _listed_queued_bytes(unanswered)
+        if listed is not None:
+            most = listed if most is None else max(most, listed)
+    return most
+
+
+def _listed_queued_bytes(transports: list[UDPTransport]) -> int | None:
+    """:func:`queued_bytes` from /proc/net/udp and udp6 (``rx_queue``), read once each."""
     wanted: dict[str, set[bytes]] = {}
     for transport in transports:
         if transport._inode and transport._transport is not None:

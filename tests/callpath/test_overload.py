@@ -113,8 +113,11 @@ async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, 
     assert 1 == gateway.overload.refused
 
 
-async def test_queued_bytes_is_the_kernels_unread_backlog(gateway: Gateway) -> None:
+async def test_queued_bytes_is_the_kernels_unread_backlog(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway.transport import UDPTransport
+    from gateway.transport.udp import _listed_queued_bytes
 
     (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
     assert 0 == udp.queued_bytes()
@@ -126,6 +129,12 @@ async def test_queued_bytes_is_the_kernels_unread_backlog(gateway: Gateway) -> N
         sender.close()
     waiting = udp.queued_bytes()
     assert waiting is not None and waiting >= 20 * 1000
+    # Asked of the socket (SO_MEMINFO) it is what /proc/net/udp lists (rx_queue), which
+    # is also read where the kernel does not know the option.
+    assert waiting == _listed_queued_bytes([udp])
+    monkeypatch.setattr("gateway.transport.udp.SO_MEMINFO", 0x7FFF)
+    assert waiting == udp.queued_bytes()
+    monkeypatch.undo()
     for _ in range(50):
         await asyncio.sleep(0.01)
         if udp.queued_bytes() == 0:
@@ -213,3 +222,18 @@ async def test_an_overload_is_one_alert_and_its_end_another(
     )
     gateway.check_overload()
     assert 2 == len(alerts)  # once
+
+
+async def test_the_limit_stays_within_the_receive_buffer(gateway: Gateway) -> None:
+    """The kernel drops datagrams once a listener's receive buffer is full: a limit
+    above half of it is lowered to that (a host whose net.core.rmem_max keeps the
+    buffer small would otherwise never reach the limit)."""
+    from gateway.transport import UDPTransport
+
+    (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
+    assert udp.receive_buffer >= 2 * LIMIT_KB * 1024  # this box: the limit fits
+    gateway._fit_overload_limit()
+    assert LIMIT_KB * 1024 == gateway.overload.limit
+    udp.receive_buffer = 96 * 1024  # what a small rmem_max leaves
+    gateway._fit_overload_limit()
+    assert 48 * 1024 == gateway.overload.limit

@@ -113,3 +113,13 @@ def test_off_or_unknown_backlog_changes_nothing() -> None:
     standing(control, 1000, 0.0)
     assert (None, None) == control.sample(None, 0.1)  # /proc unreadable: keep the share
     assert 1.0 == control.share
+
+
+def test_fit_lowers_the_limit_only() -> None:
+    control = OverloadControl(LIMIT)
+    assert not control.fit(0)  # unknown
+    assert not control.fit(2 * LIMIT)
+    assert LIMIT == control.limit
+    assert control.fit(LIMIT // 2)
+    standing(control, LIMIT // 2, 0.0)
+    assert 1.0 == control.share
