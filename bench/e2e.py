@@ -560,17 +560,19 @@ def gateway_toml(
     log_level: str = "info",
     gc: str = "paced",
     overload_kb: int | None = None,
+    tcp: bool = False,
 ) -> str:
     """The gateway configuration: every policy on, quotas far above the offered load.
     ``gc``: ``[server] gc`` (paced: gateway/collector.py; auto: Python's triggers);
-    ``overload_kb``: ``[sip] overload_queue_kb`` (None: the default)."""
+    ``overload_kb``: ``[sip] overload_queue_kb`` (None: the default); ``tcp``: a TCP
+    listener on the SIP port number too."""
     tz = "Asia/Shanghai"
     lines = [
         "[server]",
         f'gc = "{gc}"',
         "",
         "[sip]",
-        f'listen = ["udp:{HOST}:{sip_port}"]',
+        f'listen = ["udp:{HOST}:{sip_port}"' + (f', "tcp:{HOST}:{sip_port}"]' if tcp else "]"),
         'realm = "dialgate"',
         *([] if overload_kb is None else [f"overload_queue_kb = {overload_kb}"]),
         "",
@@ -856,6 +858,7 @@ def e2e_step(
             log_level=args.log_level,
             gc=args.gc,
             overload_kb=args.overload_kb,
+            tcp=args.sipp_transport == "t1",
         )
     )
     wall_cap = calls / rate + 60
@@ -908,11 +911,10 @@ def e2e_step(
 
             # -t un: a UDP socket per call, so the kernel spreads the calls of one
             # caller over the workers (one socket per caller: one worker per caller).
-            socket_args = (
-                ["-t", "un", "-max_socket", str(max(1000, int(rate * 40)))]
-                if args.sipp_transport == "un"
-                else []
-            )
+            socket_args = {
+                "un": ["-t", "un", "-max_socket", str(max(1000, int(rate * 40)))],
+                "t1": ["-t", "t1"],  # one TCP connection per caller, to the TCP listener
+            }.get(args.sipp_transport, [])
 
             def attach() -> None:
                 nonlocal profiler
@@ -1189,10 +1191,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--sipp-transport",
-        choices=("u1", "un"),
+        choices=("u1", "un", "t1"),
         default="u1",
-        help="SIPp callers' UDP mode: u1 one socket per caller, un one per call (spreads"
-        " one caller's calls over the workers; SIPp spends more CPU)",
+        help="SIPp callers' transport: u1 one UDP socket per caller, un one per call (spreads"
+        " one caller's calls over the workers; SIPp spends more CPU), t1 one TCP connection"
+        " per caller to a TCP listener on the same port number (registration stays UDP)",
     )
     e.add_argument(
         "--extra-path",
