@@ -83,6 +83,9 @@ SIPP_DIR = ROOT / "bench" / "sipp"
 RUNNER = ROOT / "bench" / "gateway_runner.py"
 PYTHON = sys.executable
 HOST = "127.0.0.1"
+CARRIER_TCP_HOST = "127.0.0.2"
+"""The SIPp carrier's address on TCP: a carrier on a stream is known by its IP alone (its
+source port is ephemeral), so it cannot share the agents' 127.0.0.1."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # CN mobile prefixes for the DNC list; consent numbers use 199, never on the list.
@@ -280,8 +283,11 @@ def pct(values: list[int], q: float) -> float | None:
     return float(ordered[min(len(ordered) - 1, int(len(ordered) * q))])
 
 
-def start_carrier(sipp: str, port: int, workdir: Path, wall_cap: float) -> subprocess.Popen[bytes]:
-    """The SIPp carrier UAS on ``port`` (stopped by PID by the caller)."""
+def start_carrier(
+    sipp: str, port: int, workdir: Path, wall_cap: float, *, tcp: bool = False
+) -> subprocess.Popen[bytes]:
+    """The SIPp carrier UAS on ``port`` (``tcp``: on TCP at :data:`CARRIER_TCP_HOST`);
+    stopped by PID by the caller."""
     cmd = sipp_command(
         SIPP_DIR / "carrier.xml",
         port=port,
@@ -297,6 +303,7 @@ def start_carrier(sipp: str, port: int, workdir: Path, wall_cap: float) -> subpr
             "-trace_err",
             "-error_file",
             str(workdir / "errors.log"),
+            *(["-t", "t1", "-i", CARRIER_TCP_HOST] if tcp else []),
         ],
     )
     return start_sipp(cmd, workdir)
@@ -561,11 +568,13 @@ def gateway_toml(
     gc: str = "paced",
     overload_kb: int | None = None,
     tcp: bool = False,
+    carrier_tcp: bool = False,
 ) -> str:
     """The gateway configuration: every policy on, quotas far above the offered load.
     ``gc``: ``[server] gc`` (paced: gateway/collector.py; auto: Python's triggers);
     ``overload_kb``: ``[sip] overload_queue_kb`` (None: the default); ``tcp``: a TCP
-    listener on the SIP port number too."""
+    listener on the SIP port number too; ``carrier_tcp``: the carrier is reached over
+    TCP at :data:`CARRIER_TCP_HOST`."""
     tz = "Asia/Shanghai"
     lines = [
         "[server]",
@@ -601,7 +610,11 @@ def gateway_toml(
         "",
         "[[carriers]]",
         'name = "carrier-a"',
-        f'address = "udp:{HOST}:{carrier_port}"',
+        (
+            f'address = "tcp:{CARRIER_TCP_HOST}:{carrier_port}"'
+            if carrier_tcp
+            else f'address = "udp:{HOST}:{carrier_port}"'
+        ),
         f'timezone = "{tz}"',
         "options_interval = 30",
         "  [[carriers.rules]]",
@@ -859,10 +872,13 @@ def e2e_step(
             gc=args.gc,
             overload_kb=args.overload_kb,
             tcp=args.sipp_transport == "t1",
+            carrier_tcp=args.carrier_transport == "tcp",
         )
     )
     wall_cap = calls / rate + 60
-    carrier = start_carrier(sipp, carrier_port, workdir / "carrier", wall_cap + 60)
+    carrier = start_carrier(
+        sipp, carrier_port, workdir / "carrier", wall_cap + 60, tcp=args.carrier_transport == "tcp"
+    )
     gw_cmd = [PYTHON, str(RUNNER), "--gc-stats", str(workdir / "gc.json")]
     if args.uvloop:
         gw_cmd.append("--uvloop")
@@ -1196,6 +1212,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SIPp callers' transport: u1 one UDP socket per caller, un one per call (spreads"
         " one caller's calls over the workers; SIPp spends more CPU), t1 one TCP connection"
         " per caller to a TCP listener on the same port number (registration stays UDP)",
+    )
+    e.add_argument(
+        "--carrier-transport",
+        choices=("udp", "tcp"),
+        default="udp",
+        help="how the gateway reaches the SIPp carrier (tcp: SIPp -t t1 on 127.0.0.2)",
     )
     e.add_argument(
         "--extra-path",
