@@ -674,13 +674,11 @@ class Gateway:
         self.stats.answered[answer.status] += 1
 
     async def _overload_rounds(self) -> None:
-        """Every OVERLOAD_INTERVAL: :meth:`check_overload`, with how late this round woke."""
-        loop = asyncio.get_running_loop()
+        """Every OVERLOAD_INTERVAL: :meth:`check_overload`."""
         while True:
-            due = loop.time() + OVERLOAD_INTERVAL
             await asyncio.sleep(OVERLOAD_INTERVAL)
             try:
-                self.check_overload(lag=max(0.0, loop.time() - due))
+                self.check_overload()
             except Exception:
                 log.exception("sip.overload.check_failed")
 
@@ -699,16 +697,14 @@ class Gateway:
                 hint="raise net.core.rmem_max for a larger UDP receive buffer",
             )
 
-    def check_overload(self, lag: float = 0.0) -> bool:
+    def check_overload(self) -> bool:
         """Sample the backlog; whether new calls are being turned away now.
 
-        The backlog is what the kernel holds unread for the UDP listeners, and ``lag``
-        how late the event loop ran this sample (a stream's backlog shows there).
-        While either stands (over the last three samples) above its low mark — a
-        quarter of ``[sip] overload_queue_kb``, 50 ms — a share of the new outbound
-        INVITEs, growing with it, is answered 503 with Retry-After before
-        authentication (the router's ``OVERLOADED``); at the limit all of them
-        (:mod:`.overload`).
+        The backlog is what the kernel holds unread for the UDP listeners. While it
+        stands (over the last three samples) above a quarter of ``[sip]
+        overload_queue_kb``, a share of the new outbound INVITEs, growing with it, is
+        answered 503 with Retry-After before authentication (the router's
+        ``OVERLOADED``); at the limit all of them (:mod:`.overload`).
         """
         control = self.overload
         if control.limit <= 0:
@@ -716,17 +712,12 @@ class Gateway:
         queued = queued_bytes([t for t in self.transports if isinstance(t, UDPTransport)])
         now = time.monotonic()
         queued_kb = (queued or 0) // 1024
-        started, ended = control.sample(queued, now, lag)
+        started, ended = control.sample(queued, now)
         if started is not None:
-            log.warning(
-                "sip.overload.start",
-                queued_kb=queued_kb,
-                limit_kb=control.limit // 1024,
-                lag_ms=round(lag * 1000),
-            )
+            log.warning("sip.overload.start", queued_kb=queued_kb, limit_kb=control.limit // 1024)
             if self._overload_alerted is None:
                 self._overload_alerted = (now, control.refused)
-                self._alert_overload(AlertKind.OVERLOAD, Severity.WARNING, queued_kb, lag)
+                self._alert_overload(AlertKind.OVERLOAD, Severity.WARNING, queued_kb)
         if ended is not None:
             self._overload_last_end = now
             log.warning(
@@ -735,28 +726,25 @@ class Gateway:
                 refused=ended.refused,
                 peak_share=round(ended.peak_share, 2),
                 peak_queued_kb=ended.peak_queued // 1024,
-                peak_lag_ms=round(ended.peak_lag * 1000),
             )
         if (
             self._overload_alerted is not None
             and control.episode is None
             and now - self._overload_last_end >= OVERLOAD_QUIET
         ):
-            self._alert_overload(AlertKind.OVERLOAD_OVER, Severity.INFO, queued_kb, lag)
+            self._alert_overload(AlertKind.OVERLOAD_OVER, Severity.INFO, queued_kb)
             self._overload_alerted = None
         return control.share > 0.0
 
-    def _alert_overload(
-        self, kind: AlertKind, severity: Severity, queued_kb: int, lag: float
-    ) -> None:
+    def _alert_overload(self, kind: AlertKind, severity: Severity, queued_kb: int) -> None:
         """The ``overload`` alert (new calls being turned away) or ``overload-over``."""
         assert self._overload_alerted is not None
         since, refused_before = self._overload_alerted
         refused = self.overload.refused - refused_before
         if kind is AlertKind.OVERLOAD:
             message = (
-                f"gateway behind its traffic ({queued_kb} KiB unread, {lag * 1000:.0f} ms "
-                "late): new calls turned away with 503"
+                f"gateway behind its traffic ({queued_kb} KiB unread): new calls turned away "
+                "with 503"
             )
         else:
             lasted = self._overload_last_end - since
@@ -770,7 +758,6 @@ class Gateway:
                 reason="overload",
                 detail={
                     "queued_kb": queued_kb,
-                    "lag_ms": round(lag * 1000),
                     "refused": refused,
                     "share": round(self.overload.share, 2),
                 },

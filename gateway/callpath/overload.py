@@ -2,12 +2,7 @@
 
 The signal is the backlog the kernel holds unread for the UDP listeners (bytes, see
 :func:`gateway.transport.udp.queued_bytes`), sampled every
-``gateway.callpath.element.OVERLOAD_INTERVAL``, and how late that sample itself ran
-(the event loop's lag). UDP shows in the first: asyncio reads one datagram per wake-up
-and keeps its timers on time while the kernel queue grows. TCP and TLS show in the
-second: asyncio reads up to 256 KiB of a stream at once and handles every message in
-it before anything else runs, so a backlog there makes the loop late, from
-:data:`LAG_LOW` (nothing refused) to :data:`LAG_FULL` (every new call refused). The answer is a **share** of the new
+``gateway.callpath.element.OVERLOAD_INTERVAL``. The answer is a **share** of the new
 outbound INVITEs to refuse (``503`` + ``Retry-After`` before the digest), in the
 manner of RFC 7339's loss-based overload control: a fraction of the new work is
 shed, the rest is served.
@@ -39,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["FLOOR", "LAG_FULL", "LAG_LOW", "RELEASE", "WINDOW", "Episode", "OverloadControl"]
+__all__ = ["FLOOR", "RELEASE", "WINDOW", "Episode", "OverloadControl"]
 
 #: The share falls by at most this much per sample (0.1 s): from all to none in 2 s.
 RELEASE = 0.05
@@ -50,11 +45,6 @@ WINDOW = 3
 #: A share that halves below this is 0 (the episode is over).
 FLOOR = 0.02
 
-#: Loop lag (seconds) from which new calls are refused, growing to all of them at
-#: LAG_FULL (half of T1: a request waiting that long is about to be sent again).
-LAG_LOW = 0.05
-LAG_FULL = 0.25
-
 
 @dataclass(slots=True)
 class Episode:
@@ -63,7 +53,6 @@ class Episode:
     started_at: float
     peak_share: float = 0.0
     peak_queued: int = 0
-    peak_lag: float = 0.0
     refused: int = 0
 
 
@@ -82,7 +71,6 @@ class OverloadControl:
         self.refused = 0
         self._draw = draw
         self._recent: deque[int] = deque(maxlen=WINDOW)
-        self._lags: deque[float] = deque(maxlen=WINDOW)
 
     def fit(self, room: int) -> bool:
         """Lower the limit to ``room`` bytes when it is above (0: unknown, no change);
@@ -102,32 +90,17 @@ class OverloadControl:
             return 1.0
         return (queued - low) / (self.limit - low)
 
-    @staticmethod
-    def lag_target(lag: float) -> float:
-        """The share a loop ``lag`` seconds late asks for, before the release rate."""
-        if lag <= LAG_LOW:
-            return 0.0
-        if lag >= LAG_FULL:
-            return 1.0
-        return (lag - LAG_LOW) / (LAG_FULL - LAG_LOW)
-
-    def sample(
-        self, queued: int | None, now: float, lag: float = 0.0
-    ) -> tuple[Episode | None, Episode | None]:
-        """Take one sample of the UDP backlog (``None``: unknown, 0 is assumed) and of the
-        loop's lag; returns the episode that started and the one that ended with it
-        (each None if none)."""
-        if self.limit <= 0:
+    def sample(self, queued: int | None, now: float) -> tuple[Episode | None, Episode | None]:
+        """Take one sample (``None``: the backlog is unknown, nothing changes); returns
+        the episode that started and the one that ended with it (each None if none)."""
+        if self.limit <= 0 or queued is None:
             return None, None
-        self._recent.append(queued or 0)
-        self._lags.append(lag)
-        full = len(self._recent) == WINDOW
-        standing = min(self._recent) if full else 0
-        late = min(self._lags) if full else 0.0
-        wanted = max(self.target(standing), self.lag_target(late))
+        self._recent.append(queued)
+        standing = min(self._recent) if len(self._recent) == WINDOW else 0
+        wanted = self.target(standing)
         if wanted >= self.share:
             self.share = wanted
-        elif standing == 0 and late <= LAG_LOW:  # nothing waited over the window: idle
+        elif standing == 0:  # nothing waited over the window: the gateway idles
             self.share = self.share / 2 if self.share / 2 >= FLOOR else 0.0
         else:
             self.share = max(wanted, self.share - RELEASE)
@@ -138,8 +111,7 @@ class OverloadControl:
         episode = self.episode
         if episode is not None:
             episode.peak_share = max(episode.peak_share, self.share)
-            episode.peak_queued = max(episode.peak_queued, queued or 0)
-            episode.peak_lag = max(episode.peak_lag, lag)
+            episode.peak_queued = max(episode.peak_queued, queued)
             if self.share == 0.0:
                 ended, self.episode = episode, None
         return started, ended
