@@ -15,7 +15,7 @@ REGISTER) falls into exactly one of three classes:
     far side never rang.
 ``trunk-unreachable``
     The callee was never rung because the card's way out failed: no response
-    at all to the INVITE (Timer B, transport error), a refusal whose Q.850
+    at all to the INVITE (Timer B, transport error), a refusal (4xx-6xx) whose Q.850
     cause names the originating side (34, 38, 41, 42, 47), or a 503 with
     Retry-After (the carrier's server says it is unavailable for a while). The
     card *rests* (a cooldown, not a suspension) and the answer counts toward
@@ -205,7 +205,11 @@ TABLE: Sequence[tuple[str, str, str]] = (
     ("register", "the card's REGISTER refused (4xx but 408, 6xx)", "card-dead"),
     ("ringing", "anything after an 18x from the far side", "callee-outcome"),
     ("no-response", "no response at all: Timer B, transport error", "trunk-unreachable"),
-    ("originating-cause", "Q.850 cause 34, 38, 41, 42 or 47 before any 18x", "trunk-unreachable"),
+    (
+        "originating-cause",
+        "Q.850 cause 34, 38, 41, 42 or 47 on a refusal (4xx-6xx) before any 18x",
+        "trunk-unreachable",
+    ),
     (
         "503-retry-after",
         "503 with Retry-After before any 18x: the server rests",
@@ -281,7 +285,9 @@ def classify(
             rest=rest_seconds,
             failover=True,
         )
-    if cause is not None and cause in ORIGINATING_CAUSES:
+    if cause is not None and cause in ORIGINATING_CAUSES and status >= 400:
+        # On a refusal only (a GSM port without a channel answers 503, sometimes 480 or
+        # 403): a redirect is not one, whatever cause it carries, and is relayed.
         return Classification(
             BLegClass.TRUNK_UNREACHABLE,
             "originating-cause",

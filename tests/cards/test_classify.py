@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.cards.classify import (
@@ -497,6 +497,11 @@ def _card_evidence(answer: Answer, dead: frozenset[int]) -> bool:
 
 @settings(max_examples=500, deadline=None)
 @given(answer=_answers, dead=_dead)
+# Found by this test in a CI run: a redirect carrying an originating cause was taken
+# for the trunk's (failed over), not relayed as the callee's. A 480 with one is the
+# trunk's (table case originating-480-cause-34).
+@example(answer=Answer(300, reason_header="Q.850;cause=41"), dead=frozenset())
+@example(answer=Answer(480, reason_header="Q.850;cause=34"), dead=frozenset())
 def test_properties_of_the_table(answer: Answer, dead: frozenset[int]) -> None:
     """After ringing nothing moves the call; card-dead only on evidence; rests are bounded."""
     got = classify(answer, RULES, dead_causes=dead, rest_seconds=REST)
@@ -518,7 +523,13 @@ def test_properties_of_the_table(answer: Answer, dead: frozenset[int]) -> None:
         assert got.kind in (DEAD, TRUNK)
     if got.ambiguous:
         assert not answer.register
-        assert answer.local or answer.status in AMBIGUOUS_STATUSES
+        # Ambiguous: no response, a status that could be the card's, or a refusal whose
+        # Q.850 cause names the originating side.
+        assert (
+            answer.local
+            or answer.status in AMBIGUOUS_STATUSES
+            or (answer.status >= 400 and got.cause in ORIGINATING_CAUSES)
+        )
     if 200 <= answer.status < 300:
         assert (CALLEE, "2xx") == (got.kind, got.row)
     assert got.row in {row for row, _t, _c in TABLE}
