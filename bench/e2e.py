@@ -239,21 +239,18 @@ class SippResult:
 
 def refused_calls(workdir: Path) -> int:
     """503s the caller received (``agent.xml``'s two 503 branches: one per refused call),
-    from the last row of SIPp's ``-trace_counts`` CSV; 0 without one."""
-    total = 0
-    for path in workdir.glob("*_counts.csv"):
-        rows = [r for r in path.read_text(errors="replace").splitlines() if r.strip()]
-        if len(rows) < 2:
-            continue
-        head, last = rows[0].split(";"), rows[-1].split(";")
-        for i, name in enumerate(head):
-            if name.endswith("_503_Recv") and i < len(last) and last[i].isdigit():
-                total += int(last[i])
-    return total
+    from the last row of SIPp's ``-trace_counts`` CSV (:func:`last_stats`); 0 without one."""
+    return sum(
+        int(value)
+        for path in workdir.glob("*_counts.csv")
+        for name, value in last_stats(path).items()
+        if name.endswith("_503_Recv") and value.isdigit()
+    )
 
 
 def last_stats(path: Path) -> dict[str, str]:
-    """The last row of a SIPp ``-trace_stat`` CSV as a dict (empty if absent)."""
+    """The last row of a SIPp ``-trace_stat`` (or ``-trace_counts``) CSV as a dict (empty if
+    absent)."""
     if not path.exists():
         return {}
     rows = [r for r in path.read_text(errors="replace").splitlines() if r.strip()]
