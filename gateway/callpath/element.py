@@ -682,18 +682,22 @@ class Gateway:
             except Exception:
                 log.exception("sip.overload.check_failed")
 
+    def _udp_listeners(self) -> list[UDPTransport]:
+        """The UDP transports, whose kernel queues overload control reads."""
+        return [t for t in self.transports if isinstance(t, UDPTransport)]
+
     def _fit_overload_limit(self) -> None:
         """Keep the overload limit within half the smallest UDP receive buffer: the kernel
         drops datagrams beyond the buffer (``net.core.rmem_max`` caps what the listener
         asks for), so a limit above it would never be reached."""
-        buffers = [t.receive_buffer for t in self.transports if isinstance(t, UDPTransport)]
+        smallest = min((b for t in self._udp_listeners() if (b := t.receive_buffer) > 0), default=0)
         configured = self.overload.limit
-        if self.overload.fit(min((b for b in buffers if b > 0), default=0) // 2):
+        if self.overload.fit(smallest // 2):
             log.info(
                 "sip.overload.limit_lowered",
                 configured_kb=configured // 1024,
                 limit_kb=self.overload.limit // 1024,
-                receive_buffer_kb=min(buffers) // 1024,
+                receive_buffer_kb=smallest // 1024,
                 hint="raise net.core.rmem_max for a larger UDP receive buffer",
             )
 
@@ -709,7 +713,7 @@ class Gateway:
         control = self.overload
         if control.limit <= 0:
             return False
-        queued = queued_bytes([t for t in self.transports if isinstance(t, UDPTransport)])
+        queued = queued_bytes(self._udp_listeners())
         now = time.monotonic()
         queued_kb = (queued or 0) // 1024
         started, ended = control.sample(queued, now)
