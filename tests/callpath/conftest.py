@@ -18,6 +18,7 @@ here is closed in the fixture teardown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -421,21 +422,30 @@ async def carrier() -> AsyncIterator[Carrier]:
         await c.close()
 
 
+@contextlib.asynccontextmanager
+async def started_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """A started gateway on ``settings``, closed on the way out."""
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+
+
 @pytest.fixture
 async def rig(carrier: Carrier, tmp_path: Path) -> AsyncIterator[Rig]:
     """A gateway (SQLite in tmp_path) wired to ``carrier``, with alice registered."""
     db = tmp_path / "gw.db"
-    gw = Gateway(gateway_settings(carrier.address, db))
-    await gw.start()
-    alice = Agent("alice", "s3cret", gw.address("udp"))
-    await alice.start()
-    try:
-        resp = await alice.register()
-        assert 200 == resp.status
-        yield Rig(gw, carrier, alice, db)
-    finally:
-        await alice.close()
-        await gw.close()
+    async with started_gateway(gateway_settings(carrier.address, db)) as gw:
+        alice = Agent("alice", "s3cret", gw.address("udp"))
+        await alice.start()
+        try:
+            resp = await alice.register()
+            assert 200 == resp.status
+            yield Rig(gw, carrier, alice, db)
+        finally:
+            await alice.close()
 
 
 class RawUA(asyncio.DatagramProtocol):

@@ -23,15 +23,13 @@ from gateway.callpath.overload import FLOOR, WINDOW
 from gateway.sip import Response
 from gateway.sip.digest import DigestClient
 from gateway.telemetry.events import Alert, AlertKind, Severity
-from tests.callpath.conftest import Carrier, RawUA, gateway_settings
+from tests.callpath.conftest import Carrier, RawUA, gateway_settings, started_gateway
 
 LIMIT_KB = 64
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    carrier = Carrier()
-    await carrier.start()
+async def gateway(carrier: Carrier, tmp_path: Path) -> AsyncIterator[Gateway]:
     sip = {
         "listen": ["udp:127.0.0.1:0"],
         "realm": "dialgate",
@@ -39,13 +37,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         "t2": 0.4,
         "overload_queue_kb": LIMIT_KB,
     }
-    gw = Gateway(gateway_settings(carrier.address, tmp_path / "gw.db", extra={"sip": sip}))
-    await gw.start()
-    try:
+    settings = gateway_settings(carrier.address, tmp_path / "gw.db", extra={"sip": sip})
+    async with started_gateway(settings) as gw:
         yield gw
-    finally:
-        await gw.close()
-        await carrier.close()
 
 
 def invite(ua: RawUA, n: int) -> bytes:
@@ -116,10 +110,9 @@ async def test_a_backlog_turns_new_calls_away_until_it_drains(gateway: Gateway, 
 async def test_queued_bytes_is_the_kernels_unread_backlog(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.transport import UDPTransport
     from gateway.transport.udp import _listed_queued_bytes
 
-    (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
+    (udp,) = gateway._udp_listeners()
     assert 0 == udp.queued_bytes()
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -178,9 +171,8 @@ async def test_a_call_already_challenged_is_not_turned_away(gateway: Gateway, ua
 
 async def drained(gateway: Gateway) -> None:
     """Let the event loop read what the flood left queued."""
-    from gateway.transport import UDPTransport
 
-    (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
+    (udp,) = gateway._udp_listeners()
     for _ in range(100):
         await asyncio.sleep(0.01)
         if udp.queued_bytes() == 0:
@@ -228,9 +220,8 @@ async def test_the_limit_stays_within_the_receive_buffer(gateway: Gateway) -> No
     """The kernel drops datagrams once a listener's receive buffer is full: a limit
     above half of it is lowered to that (a host whose net.core.rmem_max keeps the
     buffer small would otherwise never reach the limit)."""
-    from gateway.transport import UDPTransport
 
-    (udp,) = [t for t in gateway.transports if isinstance(t, UDPTransport)]
+    (udp,) = gateway._udp_listeners()
     assert udp.receive_buffer >= 2 * LIMIT_KB * 1024  # this box: the limit fits
     gateway._fit_overload_limit()
     assert LIMIT_KB * 1024 == gateway.overload.limit

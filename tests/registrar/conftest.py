@@ -11,8 +11,8 @@ from gateway.sip import Request
 # fixtures of tests/redis (a session server, a private one, key prefixes).
 from simulator.pytest_plugin import processes  # noqa: F401
 
-# A raw UDP UA (tests/callpath's fixture): requests framed by hand, answers parsed.
-from tests.callpath.conftest import ua  # noqa: F401
+# A raw UDP UA and a started carrier (tests/callpath's fixtures).
+from tests.callpath.conftest import carrier, ua  # noqa: F401
 from tests.redis.conftest import prefix, private_redis, redis_server, rstore  # noqa: F401
 
 

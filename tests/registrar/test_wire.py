@@ -22,21 +22,14 @@ from structlog.testing import capture_logs
 from gateway.callpath.element import Gateway
 from gateway.sip import Response
 from gateway.sip.digest import DigestClient
-from tests.callpath.conftest import Carrier, RawUA, gateway_settings
+from tests.callpath.conftest import Carrier, RawUA, gateway_settings, started_gateway
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+async def gateway(carrier: Carrier, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A started gateway (alice/s3cret, bob/bobpass) with its carrier."""
-    carrier = Carrier()
-    await carrier.start()
-    gw = Gateway(gateway_settings(carrier.address, tmp_path / "gw.db"))
-    await gw.start()
-    try:
+    async with started_gateway(gateway_settings(carrier.address, tmp_path / "gw.db")) as gw:
         yield gw
-    finally:
-        await gw.close()
-        await carrier.close()
 
 
 def register(
