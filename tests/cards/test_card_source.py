@@ -164,28 +164,25 @@ def test_maintenance_over_is_recovered_by_the_next_selection(
 ) -> None:
     """A card back from maintenance is recovered by card selection's sweep of the timers,
     which runs at most every TIMER_SWEEP seconds of the clock, never skips a later call."""
+
+    def maintenance(now: float, until: float) -> None:
+        manager.mark(
+            "c1",
+            CardState.SUSPENDED,
+            now=now,
+            reason=SuspendReason.MAINTENANCE,
+            cause="test",
+            resume_at=until,
+        )
+
     source.candidate_ids(ctx("k0"), T0)  # a sweep at T0
-    manager.mark(
-        "c1",
-        CardState.SUSPENDED,
-        now=T0,
-        reason=SuspendReason.MAINTENANCE,
-        cause="test",
-        resume_at=T0 + 0.1,
-    )
+    maintenance(T0, until=T0 + 0.1)
     assert "c2" == CardSelection(source)(ctx("k1", now=T0 + 0.1), at(T0 + 0.1)).card_id
     assert "suspended" == manager.get("c1").state  # within the sweep interval of T0
     later = T0 + TIMER_SWEEP
     assert "c1" == CardSelection(source)(ctx("k2", now=later), at(later)).card_id
     assert "active" == manager.get("c1").state
     # A clock that goes back (another caller's time) sweeps again.
-    manager.mark(
-        "c1",
-        CardState.SUSPENDED,
-        now=later,
-        reason=SuspendReason.MAINTENANCE,
-        cause="test",
-        resume_at=T0 + 0.05,
-    )
+    maintenance(later, until=T0 + 0.05)
     source.candidate_ids(ctx("k3"), T0 + 0.05)
     assert "active" == manager.get("c1").state
