@@ -6,8 +6,11 @@ Call-ID, branch, From tag, CSeq, Request-URI, where it goes, the card and callee
 the A-leg INVITE's identity (Vias, From, To, Call-ID, CSeq, our To tag, source)
 and the CDR a crash would leave (outcome ``interrupted``). One write per B-leg
 INVITE (a failover or a digest retry is a new INVITE: the row is replaced). At
-the answer the row gains the carrier's To tag and both legs' confirmed dialogs,
-before the 2xx is relayed to the agent; it is deleted when the call ends. A
+the answer the row gains the answer time, both legs' confirmed dialogs (the
+carrier's To tag is the B-leg's remote tag) and the answered CDR, before the 2xx
+is relayed to the agent: an update of those columns, the stored INVITEs are not
+written again (37 µs instead of 66 for the whole row). It is deleted when the
+call ends. A
 provisional answer is not written: it changes nothing a restart needs (the
 CANCEL carries no To tag), and a write at the 18x cost ~10 % of the gateway's
 CPU per call; so the ``interrupted`` CDR of a call cut while ringing has no
@@ -136,13 +139,17 @@ class CallDialogStore:
             }
         return call.a_stored
 
+    @staticmethod
+    def _cdr(call: Call) -> str:
+        """The CDR the next start writes if this process dies during the call: answered
+        (200) or not (the 500 the agent then gets)."""
+        code = 200 if call.answered else ORPHAN_A_STATUS[0]
+        return record_to_json(call_record(call, Outcome.INTERRUPTED, code, None))
+
     def _call_row(
         self, call: Call, a: dict[str, Any] | None = None, b: dict[str, Any] | None = None
     ) -> CallDialogs:
         """The stored form of the call as it stands (``a``/``b``: confirmed legs)."""
-        # If this process dies during the call, the next start writes this CDR:
-        # answered (200) or not (the 500 the agent then gets).
-        code = 200 if call.answered else ORPHAN_A_STATUS[0]
         return CallDialogs(
             key=call.key,
             call_id=call.a.call_id,
@@ -152,7 +159,7 @@ class CallDialogStore:
             answer_at=call.answer_at if call.answered else None,
             a_leg=a,
             b_leg=b,
-            cdr=record_to_json(call_record(call, Outcome.INTERRUPTED, code, None)),
+            cdr=self._cdr(call),
             b_invite=self._b_invite_record(call),
             a_invite=self._a_invite_record(call),
         )
@@ -178,14 +185,31 @@ class CallDialogStore:
         return True
 
     def store_answered(self, call: Call) -> None:
-        """Persist the answered call's dialogs (never raises: the call goes on regardless)."""
+        """Persist the answered call's dialogs (never raises: the call goes on regardless).
+
+        The write-ahead row gains the answer time, both confirmed legs and the answered
+        CDR; its stored INVITEs are not rewritten. Without a row (the write-ahead
+        failed, or a store outage took it) the whole row is written.
+        """
         a = self._leg_record(call.a)
         b = self._leg_record(call.b)
         if b is None:
             return
-        record = self._call_row(call, None if a is None else a[0], b[0])
+        a_leg = None if a is None else a[0]
         try:
-            self.store.save_call_dialogs(record)
+            answered = (
+                call.persisted
+                and call.answer_at is not None
+                and self.store.answer_call_dialogs(
+                    call.key,
+                    answer_at=call.answer_at,
+                    a_leg=a_leg,
+                    b_leg=b[0],
+                    cdr=self._cdr(call),
+                )
+            )
+            if not answered:
+                self.store.save_call_dialogs(self._call_row(call, a_leg, b[0]))
         except Exception as exc:
             self._failed("call.dialogs.store_failed", call, exc)
             return

@@ -611,6 +611,30 @@ class MemoryStore:
             self._dialogs[key] = replace(row, b_leg=dict(leg))
         return True
 
+    def answer_call_dialogs(
+        self,
+        key: str,
+        *,
+        answer_at: float,
+        a_leg: dict[str, Any] | None,
+        b_leg: dict[str, Any],
+        cdr: str,
+    ) -> bool:
+        """The stored call was answered: its answer time, confirmed legs and CDR; False
+        when no row."""
+        self._check()
+        row = self._dialogs.get(key)
+        if row is None:
+            return False
+        self._dialogs[key] = replace(
+            row,
+            answer_at=answer_at,
+            a_leg=None if a_leg is None else dict(a_leg),
+            b_leg=dict(b_leg),
+            cdr=cdr,
+        )
+        return True
+
     def delete_call_dialogs(self, key: str) -> bool:
         """Forget a call's dialogs; False when there was no row."""
         self._check()

@@ -162,6 +162,16 @@ class CallDialogStore(Protocol):
 
     def update_call_dialog_leg(self, key: str, side: str, leg: dict[str, Any]) -> bool: ...
 
+    def answer_call_dialogs(
+        self,
+        key: str,
+        *,
+        answer_at: float,
+        a_leg: dict[str, Any] | None,
+        b_leg: dict[str, Any],
+        cdr: str,
+    ) -> bool: ...
+
     def delete_call_dialogs(self, key: str) -> bool: ...
 
     def call_dialogs(self) -> list[CallDialogs]: ...

@@ -51,6 +51,23 @@ def test_save_list_update_delete(store: SQLiteStore) -> None:
         store.update_call_dialog_leg("k2", "c", newer)
 
 
+def test_answer_updates_the_answer_columns_only(store: SQLiteStore) -> None:
+    """The answer writes its time, both legs and the CDR; the stored INVITEs and the rest of
+    the write-ahead row stay; a key without a row is reported, not created."""
+    invites = {"b_invite": {"v": 1, "uri": "sip:x@y"}, "a_invite": {"v": 1, "tag": "t"}}
+    ahead = CallDialogs("k1", "k1@agent", "c1", "+8613912345678", T0, cdr='{"a":1}', **invites)
+    store.save_call_dialogs(ahead)
+    assert store.answer_call_dialogs(
+        "k1", answer_at=T0 + 3, a_leg=LEG_A, b_leg=LEG_B, cdr='{"a":2}'
+    )
+    [row] = store.call_dialogs()
+    assert row == CallDialogs(
+        "k1", "k1@agent", "c1", "+8613912345678", T0, T0 + 3, LEG_A, LEG_B, '{"a":2}', **invites
+    )
+    assert not store.answer_call_dialogs("k2", answer_at=T0, a_leg=None, b_leg=LEG_B, cdr="{}")
+    assert ["k1"] == [c.key for c in store.call_dialogs()]
+
+
 def test_rows_survive_reopening_and_saving_again_replaces(store: SQLiteStore) -> None:
     """The row is durable across connections; saving the same key twice keeps one row."""
     store.save_call_dialogs(call("k1"))

@@ -187,6 +187,11 @@ def test_memory_lookups_cards_and_records_match_sqlite() -> None:
         store.save_call_dialogs(CallDialogs("k1", "k", "c1", n, T0))
         out.append(store.update_call_dialog_leg("k1", "b", {"tag": "t"}))
         out.append((store.update_call_dialog_leg("none", "a", {}), store.call_dialogs()))
+        answered = store.answer_call_dialogs(
+            "k1", answer_at=T0 + 2, a_leg=None, b_leg={"tag": "u"}, cdr="{}"
+        )
+        missing = store.answer_call_dialogs("none", answer_at=T0 + 2, a_leg={}, b_leg={}, cdr="{}")
+        out.append((answered, missing, store.call_dialogs()))
         out.append((store.delete_call_dialogs("k1"), store.delete_call_dialogs("k1")))
         reg = StoredRegistration("alice", "sip:a@h", T0 + 60, "cid", 1, "10.0.0.1", 5060, "udp")
         store.save_registrations("alice", [reg], T0, node="gw1")
