@@ -810,6 +810,8 @@ class GatewayRun:
     start_rss_mb: float | None = None
     startup_s: float | None = None
     gc: dict[str, Any] = field(default_factory=dict)
+    #: With --slow-ms: the event loop's callbacks longer than that in the traffic window.
+    stalls: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     log_lines: int = 0
     log_errors: list[str] = field(default_factory=list)
@@ -877,6 +879,9 @@ def e2e_step(
         sipp, carrier_port, workdir / "carrier", wall_cap + 60, tcp=args.carrier_transport == "tcp"
     )
     gw_cmd = [PYTHON, str(RUNNER), "--gc-stats", str(workdir / "gc.json")]
+    slow_ms = getattr(args, "slow_ms", None)  # run_all/profile_e2e build their own args
+    if slow_ms is not None:
+        gw_cmd += ["--slow-callbacks", str(workdir / "slow.json"), "--slow-ms", str(slow_ms)]
     if args.uvloop:
         gw_cmd.append("--uvloop")
     gw_cmd += runner_args or []
@@ -1008,7 +1013,30 @@ def e2e_step(
         run.gc = summarize(dump["pauses"], *window)
         run.gc["thresholds"] = dump["thresholds"]
         run.gc["frozen"] = dump["frozen"]
+    slow_path = workdir / "slow.json"
+    if slow_path.exists():
+        run.stalls = stalls(json.loads(slow_path.read_text()), *window)
     return result, run
+
+
+def stalls(dump: dict[str, Any], start: float, end: float) -> dict[str, Any]:
+    """The runner's slow callbacks that ended in the traffic window: how many, the
+    longest, and which callbacks they were (count, total and worst milliseconds)."""
+    chosen = [s for s in dump["slow"] if start <= s[0] <= end]
+    by: dict[str, list[float]] = {}
+    for _at, ms, what in chosen:
+        by.setdefault(what, []).append(ms)
+    ranked = sorted(by.items(), key=lambda kv: -sum(kv[1]))
+    return {
+        "threshold_ms": dump["threshold_ms"],
+        "count": len(chosen),
+        "max_ms": max((s[1] for s in chosen), default=0.0),
+        "total_ms": round(sum(s[1] for s in chosen), 1),
+        "by_callback": [
+            {"what": what, "count": len(ms), "total_ms": round(sum(ms), 1), "max_ms": max(ms)}
+            for what, ms in ranked[:8]
+        ],
+    }
 
 
 def cmd_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -1037,6 +1065,8 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
             row["gateway"] = asdict(gw)
             rows.append(row)
             print_row(row)
+            if gw.stalls:
+                print_stalls(gw.stalls)
             if (result.failed or result.unfinished) and not args.keep_going:
                 break
     finally:
@@ -1048,6 +1078,19 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # --- output --------------------------------------------------------------------------
+
+
+def print_stalls(found: dict[str, Any]) -> None:
+    """The step's event-loop stalls (``--slow-ms``), under its row."""
+    print(
+        f"    loop stalls over {found['threshold_ms']:g} ms in the traffic window: "
+        f"{found['count']} (longest {found['max_ms']:g} ms, {found['total_ms']:g} ms in all)"
+    )
+    for item in found["by_callback"]:
+        print(
+            f"      {item['count']:>5} × {item['what'][:70]}: {item['total_ms']:g} ms,"
+            f" longest {item['max_ms']:g}"
+        )
 
 
 def fmt(value: Any) -> str:
@@ -1165,6 +1208,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-direct", action="store_true", help="skip the direct step at each rate")
     e.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     e.add_argument("--uvloop", action="store_true", help="run the gateway's loop on uvloop")
+    e.add_argument(
+        "--slow-ms",
+        type=float,
+        default=None,
+        help="report the event loop's callbacks longer than this (bench/gateway_runner.py"
+        " --slow-callbacks): what held the calls up",
+    )
     e.add_argument(
         "--pin",
         action="store_true",

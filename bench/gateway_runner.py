@@ -11,6 +11,11 @@ gateway cannot report about itself without app changes:
   experiment of issue 7; the gateway itself has no such option yet;
 * ``--cprofile FILE``: the whole run under cProfile (pstats dump at exit);
 * ``--heap-dump FILE``: on SIGUSR1, the GC-tracked objects counted by type;
+* ``--slow-callbacks FILE``: time every event-loop callback (``asyncio.Handle._run``,
+  ~0.3 µs each) and write, when the gateway stops, each one that held the loop
+  longer than ``--slow-ms`` (default 4): its end time, milliseconds and what it
+  ran — the stalls that make a call's post-dial delay long (asyncio's own
+  debug mode would find them too, but records a stack for every callback);
 * ``--experiment-paused-only``: a what-if that sizes a store fix (see its help);
 * ``--operator-cli``: register the operator subcommands (``dnc import``,
   ``consent import``…) of ``gateway.cli.operator``, which ``gateway/cli/main.py``
@@ -32,6 +37,51 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+class SlowCallbacks:
+    """Times every event-loop callback; keeps those longer than ``threshold`` seconds."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.slow: list[tuple[float, float, str]] = []
+        self.count = 0
+
+    @staticmethod
+    def name(handle: Any) -> str:
+        """What a handle runs: the task's coroutine, or the callback's qualified name."""
+        callback = handle._callback
+        owner = getattr(callback, "__self__", None)
+        coro = getattr(owner, "get_coro", None)
+        if coro is not None:  # a task's step: name its coroutine
+            inner = coro()
+            return f"task {getattr(inner, '__qualname__', inner)}"
+        return str(getattr(callback, "__qualname__", callback))
+
+    def install(self) -> None:
+        import asyncio.events
+
+        original = asyncio.events.Handle._run
+        record = self
+
+        def _run(handle: Any) -> None:
+            began = time.perf_counter()
+            try:
+                original(handle)
+            finally:
+                took = time.perf_counter() - began
+                record.count += 1
+                if took > record.threshold:
+                    record.slow.append((time.monotonic(), took * 1000, record.name(handle)))
+
+        asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "callbacks": self.count,
+            "threshold_ms": self.threshold * 1000,
+            "slow": [[round(t, 4), round(ms, 3), what] for t, ms, what in self.slow],
+        }
 
 
 class GcTimer:
@@ -99,6 +149,8 @@ def main() -> int:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--cprofile", type=Path)
     parser.add_argument("--operator-cli", action="store_true")
+    parser.add_argument("--slow-callbacks", type=Path)
+    parser.add_argument("--slow-ms", type=float, default=4.0)
     parser.add_argument(
         "--experiment-paused-only",
         action="store_true",
@@ -155,6 +207,9 @@ def main() -> int:
             )
 
         SQLiteStore.agent_usage = paused_only  # type: ignore[method-assign]
+    slow = SlowCallbacks(args.slow_ms / 1000)
+    if args.slow_callbacks is not None:
+        slow.install()
     timer = GcTimer()
     if args.gc_stats is not None:
         gc.callbacks.append(timer)
@@ -175,6 +230,8 @@ def main() -> int:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(str(args.cprofile))
+        if args.slow_callbacks is not None:
+            args.slow_callbacks.write_text(json.dumps(slow.dump()))
         if args.gc_stats is not None:
             gc.callbacks.remove(timer)
             dump = timer.dump()
