@@ -35,7 +35,8 @@ import io
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -86,6 +87,7 @@ from gateway.telemetry.events import (
     AlertKind,
     CardStatus,
     EventBus,
+    LimitUsage,
     Severity,
     card_status,
     from_card_event,
@@ -330,6 +332,8 @@ class Operator:
         self._paused_seen: dict[str, float | None] = {}
         # Clients this operator owns (the CLI's Redis client), closed by close().
         self.closers: list[Callable[[], None]] = []
+        # The snapshots of one status round (see held_snapshots): (its clock, by card).
+        self._held: tuple[float, dict[str, CardSnapshot]] | None = None
 
     def close(self) -> None:
         """Close what this operator opened itself (not the store)."""
@@ -368,7 +372,13 @@ class Operator:
                 log.exception("operator event subscriber failed", kind=event.kind)
 
     def snapshot(self, card: Card, now: float) -> CardSnapshot:
-        """The card's quota snapshot (usage read from the store)."""
+        """The card's quota snapshot (usage read from the store), or the one held for
+        ``now`` by :meth:`held_snapshots`."""
+        held = self._held
+        if held is not None and held[0] == now:
+            found = held[1].get(card.id)
+            if found is not None:
+                return found
         return card_snapshot(
             card,
             self.usage,
@@ -377,6 +387,21 @@ class Operator:
             timezones=self.timezones,
             probation_of=self.probation_of,
         )
+
+    @contextmanager
+    def held_snapshots(self, now: float, snapshots: dict[str, CardSnapshot]) -> Iterator[None]:
+        """Inside: :meth:`snapshot` at exactly ``now`` answers from ``snapshots``.
+
+        A status round reads every card's snapshot for its statuses, its pools'
+        capacity and its alerts: three times the same store reads. The round takes
+        them once (between its yields to the event loop) and holds them for the rest.
+        Any other time (another ``now``) reads the store as before.
+        """
+        self._held = (now, snapshots)
+        try:
+            yield
+        finally:
+            self._held = None
 
     def status(self, card_id: str, now: float) -> CardStatus | None:
         """The card's :class:`CardStatus` with usage (the lookup for bus events)."""
@@ -1246,7 +1271,7 @@ class Operator:
             OperatorEvent("complaint", now, actor, card=card, agent=agent or None, detail={})
         )
         pause = self._check_agent_ceilings(agent, now) if agent else None
-        paused = pause is not None or (self._check_agent(agent, now) if agent else None) is not None
+        paused = pause is not None or (self.check_agent(agent, now) if agent else None) is not None
         out: dict[str, Any] = {
             "number": self.masked(e164),
             "card": card,
@@ -1370,19 +1395,20 @@ class Operator:
             )
         )
 
-    def agent_complaint_counts(self, agent: str, now: float) -> tuple[int, int]:
-        """(calls, complaints) of an agent over the complaint window.
+    def _agent_complaints(self, agent: str, since: float) -> int:
+        """The agent's complaints since ``since``: the larger of those attributed here and
+        those the store links to the agent's calls (the same complaint is usually both)."""
+        attributed = self.db.attributed_complaints(agent=agent, since=since)
+        return max(len(attributed), len(self.store.agent_complaints(agent, since)))
 
-        Complaints are the larger of those attributed here and those the store
-        links to the agent's calls (the same complaint is usually both).
-        """
-        window = self.thresholds.complaint_window
-        usage = self.store.agent_usage(agent, now, window=window)
-        attributed = self.db.attributed_complaints(agent=agent, since=now - window)
-        return len(usage.call_starts), max(len(attributed), len(usage.complaints))
-
-    def _check_agent(self, agent: str, now: float) -> Finding | None:
-        calls, complaints = self.agent_complaint_counts(agent, now)
+    def check_agent(self, agent: str, now: float) -> Finding | None:
+        """Pause the agent when its complaint rate crossed the ceiling (see
+        :meth:`check_alerts`); the finding, or None."""
+        since = now - self.thresholds.complaint_window
+        complaints = self._agent_complaints(agent, since)
+        if complaints == 0:
+            return None  # no rate to cross: its calls are not counted
+        calls = self.store.agent_calls(agent, since)
         finding = assess_agent(agent, calls, complaints, self.thresholds)
         if finding is None:
             return None
@@ -1432,7 +1458,7 @@ class Operator:
             "limits": self.settings.policy.agents.model_dump(),
         }
 
-    def _watch_pauses(self, now: float) -> None:
+    def watch_pauses(self, now: float) -> None:
         """Alerts for pauses written by another process (the CLI) or that ran out."""
         pauses = self.store.agent_pauses()
         current = {
@@ -1463,14 +1489,32 @@ class Operator:
         the gateway's :class:`gateway.telemetry.alerts.AlertWatch`): an alert is raised once
         per crossing of ``near`` and re-armed below ``clear_below``. Agents over
         the complaint ceiling are paused (an ``agent-paused`` operator event).
+        The gateway's status round runs the same three steps with the event loop let
+        through between agents (:func:`gateway.cards.status.status_rounds`).
+        """
+        alerts = self.check_card_alerts(now)
+        for agent in self.agents():
+            self.check_agent(agent, now)
+        self.watch_pauses(now)
+        return alerts
+
+    def check_card_alerts(
+        self, now: float, *, usage: Mapping[str, tuple[LimitUsage, ...]] | None = None
+    ) -> list[Alert]:
+        """Assess every usable card; publish (and return) the alerts new since the last run.
+
+        ``usage``: each card's usage against its limits at ``now`` where the caller
+        has worked it out already (the status round, for the cards' statuses).
         """
         engine = self.alert_engine
         engine.marks = self.thresholds.marks
+        held = usage or {}
         alerts: list[Alert] = []
         for card in self.manager.cards():
             if not card.usable:
                 engine.forget(card.id)
                 continue
+            known = held.get(card.id)
             status = CardStatus(
                 card=card.id,
                 state=str(card.state),
@@ -1479,15 +1523,14 @@ class Operator:
                 pool=card.pool,
                 at=now,
                 carrier=card.carrier,
-                usage=usage_vs_limits(self.snapshot(card, now), now),
+                usage=known
+                if known is not None
+                else usage_vs_limits(self.snapshot(card, now), now),
             )
             alerts.extend(engine.assess(status))
         for alert in alerts:
             if self.bus is not None:
                 self.bus.publish(alert)
-        for agent in self.agents():
-            self._check_agent(agent, now)
-        self._watch_pauses(now)
         return alerts
 
     # --- CDRs -----------------------------------------------------------------------

@@ -1825,21 +1825,36 @@ class SQLiteStore:
             "AND status != ? GROUP BY call_id ORDER BY t",
             (agent, since, UsageStatus.RELEASED.value),
         )
-        # Complaints of the window, kept when one of the agent's calls drew them
-        # (checked through the call_starts primary key: no scan of the agent's history).
-        complaints = self._read(
+        return AgentUsage(
+            call_starts=tuple(float(r["t"]) for r in starts),
+            complaints=self.agent_complaints(agent, since),
+            paused=paused,
+            pause_reason=reason,
+            paused_until=until,
+        )
+
+    def agent_complaints(self, agent: str, since: float) -> tuple[float, ...]:
+        """When the complaints since ``since`` that one of the agent's calls drew were
+        made (oldest first): :meth:`agent_usage`'s ``complaints``."""
+        # Checked through the call_starts primary key: no scan of the agent's history.
+        rows = self._read(
             "SELECT c.at AS at FROM complaints c WHERE c.at >= ? AND c.call_id IS NOT NULL "
             "AND EXISTS (SELECT 1 FROM call_starts s WHERE s.call_id = c.call_id "
             "AND s.agent = ?) ORDER BY c.at",
             (since, agent),
         )
-        return AgentUsage(
-            call_starts=tuple(float(r["t"]) for r in starts),
-            complaints=tuple(float(r["at"]) for r in complaints),
-            paused=paused,
-            pause_reason=reason,
-            paused_until=until,
+        return tuple(float(r["at"]) for r in rows)
+
+    def agent_calls(self, agent: str, since: float) -> int:
+        """How many calls the agent started since ``since``: the length of
+        :meth:`agent_usage`'s ``call_starts``, counted by SQLite (a week of an agent's
+        calls is thousands of rows; the alert round needs only their number)."""
+        rows = self._read(
+            "SELECT COUNT(DISTINCT call_id) FROM call_starts WHERE agent=? AND started_at >= ? "
+            "AND status != ?",
+            (agent, since, UsageStatus.RELEASED.value),
         )
+        return int(rows[0][0])
 
     def set_agent_paused(
         self,

@@ -114,6 +114,31 @@ def test_destination_history_counts_calls_not_cards(store: SQLiteStore) -> None:
     assert refused is not None and RejectReason.FREQUENCY_CAP == refused.reason
 
 
+def test_agent_calls_and_complaints_are_agent_usage_counted(store: SQLiteStore) -> None:
+    """``agent_calls`` / ``agent_complaints`` (the alert round's reads) give what
+    ``agent_usage`` lists: a failover is one call, a released reservation none, another
+    agent's calls and complaints are not counted, nor what is older than the window."""
+    store.reserve("c1", "k1", N, T0, agent="alice")
+    store.release("k1", T0 + 1)
+    store.reserve("c2", "k1", N, T0 + 1, agent="alice")  # failover: the same call
+    store.finish("k1", T0 + 30, answered=True, talk_seconds=20)
+    store.reserve("c1", "k2", N, T0 + 40, agent="alice")
+    store.release("k2", T0 + 41)  # never rang: not a call
+    store.reserve("c1", "k3", "+8613811110002", T0 + 50, agent="alice")
+    store.reserve("c1", "k4", "+8613811110003", T0 + 55, agent="bob")
+    store.add_complaint(Complaint(N, T0 + 60, card="c2", call_id="k1"))
+    store.add_complaint(Complaint(N, T0 + 61, card="c1", call_id="k4"))
+    for since in (T0 - 1, T0 + 0.5, T0 + 45, T0 + 60.5):
+        usage = store.agent_usage("alice", T0 + 100, window=T0 + 100 - since)
+        assert len(usage.call_starts) == store.agent_calls("alice", since)
+        assert usage.complaints == store.agent_complaints("alice", since)
+    assert (2, (T0 + 60,)) == (
+        store.agent_calls("alice", T0 - 1),
+        store.agent_complaints("alice", T0),
+    )
+    assert (1, (T0 + 61,)) == (store.agent_calls("bob", T0), store.agent_complaints("bob", T0))
+
+
 def test_agent_usage_and_pause(store: SQLiteStore) -> None:
     """Agent calls, complaints on its calls, and a pause reach the agent-limit policy."""
     store.reserve("c1", "k1", N, T0, agent="alice")
