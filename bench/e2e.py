@@ -1023,18 +1023,25 @@ def stalls(dump: dict[str, Any], start: float, end: float) -> dict[str, Any]:
     """The runner's slow callbacks that ended in the traffic window: how many, the
     longest, and which callbacks they were (count, total and worst milliseconds)."""
     chosen = [s for s in dump["slow"] if start <= s[0] <= end]
-    by: dict[str, list[float]] = {}
-    for _at, ms, what in chosen:
-        by.setdefault(what, []).append(ms)
-    ranked = sorted(by.items(), key=lambda kv: -sum(kv[1]))
+    by: dict[str, list[tuple[float, float]]] = {}
+    for _at, ms, cpu, what in chosen:
+        by.setdefault(what, []).append((ms, cpu))
+    ranked = sorted(by.items(), key=lambda kv: -sum(ms for ms, _ in kv[1]))
     return {
         "threshold_ms": dump["threshold_ms"],
         "count": len(chosen),
         "max_ms": max((s[1] for s in chosen), default=0.0),
         "total_ms": round(sum(s[1] for s in chosen), 1),
+        "cpu_ms": round(sum(s[2] for s in chosen), 1),
         "by_callback": [
-            {"what": what, "count": len(ms), "total_ms": round(sum(ms), 1), "max_ms": max(ms)}
-            for what, ms in ranked[:8]
+            {
+                "what": what,
+                "count": len(times),
+                "total_ms": round(sum(ms for ms, _ in times), 1),
+                "cpu_ms": round(sum(cpu for _, cpu in times), 1),
+                "max_ms": max(ms for ms, _ in times),
+            }
+            for what, times in ranked[:8]
         ],
     }
 
@@ -1084,12 +1091,13 @@ def print_stalls(found: dict[str, Any]) -> None:
     """The step's event-loop stalls (``--slow-ms``), under its row."""
     print(
         f"    loop stalls over {found['threshold_ms']:g} ms in the traffic window: "
-        f"{found['count']} (longest {found['max_ms']:g} ms, {found['total_ms']:g} ms in all)"
+        f"{found['count']} (longest {found['max_ms']:g} ms, {found['total_ms']:g} ms in all,"
+        f" of which the gateway's CPU {found['cpu_ms']:g} ms)"
     )
     for item in found["by_callback"]:
         print(
-            f"      {item['count']:>5} × {item['what'][:70]}: {item['total_ms']:g} ms,"
-            f" longest {item['max_ms']:g}"
+            f"      {item['count']:>5} × {item['what'][:60]}: {item['total_ms']:g} ms"
+            f" (CPU {item['cpu_ms']:g}), longest {item['max_ms']:g}"
         )
 
 

@@ -13,8 +13,9 @@ gateway cannot report about itself without app changes:
 * ``--heap-dump FILE``: on SIGUSR1, the GC-tracked objects counted by type;
 * ``--slow-callbacks FILE``: time every event-loop callback (``asyncio.Handle._run``,
   ~0.3 µs each) and write, when the gateway stops, each one that held the loop
-  longer than ``--slow-ms`` (default 4): its end time, milliseconds and what it
-  ran — the stalls that make a call's post-dial delay long (asyncio's own
+  longer than ``--slow-ms`` (default 4): its end time, milliseconds (wall, and the
+  thread's CPU: much less than wall means the thread was preempted or blocked in a
+  system call) and what it ran — the stalls that make a call's post-dial delay long (asyncio's own
   debug mode would find them too, but records a stack for every callback);
 * ``--experiment-paused-only``: a what-if that sizes a store fix (see its help);
 * ``--operator-cli``: register the operator subcommands (``dnc import``,
@@ -44,7 +45,7 @@ class SlowCallbacks:
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.slow: list[tuple[float, float, str]] = []
+        self.slow: list[tuple[float, float, float, str]] = []
         self.count = 0
 
     @staticmethod
@@ -61,18 +62,36 @@ class SlowCallbacks:
     def install(self) -> None:
         import asyncio.events
 
+        from gateway.transport.base import Transport
+
         original = asyncio.events.Handle._run
         record = self
+        received = Transport._receive
+        #: The start lines of the SIP messages the current callback received.
+        lines: list[str] = []
+
+        def _receive(transport: Any, data: bytes, *args: Any, **kwargs: Any) -> None:
+            head = bytes(data[:80]).split(b"\r\n", 1)[0]
+            lines.append(head.decode("utf-8", "replace").split(" sip", 1)[0][:40])
+            received(transport, data, *args, **kwargs)
+
+        Transport._receive = _receive  # type: ignore[method-assign]
 
         def _run(handle: Any) -> None:
+            lines.clear()
             began = time.perf_counter()
+            cpu = time.thread_time()
             try:
                 original(handle)
             finally:
                 took = time.perf_counter() - began
                 record.count += 1
                 if took > record.threshold:
-                    record.slow.append((time.monotonic(), took * 1000, record.name(handle)))
+                    spent = (time.thread_time() - cpu) * 1000
+                    what = record.name(handle)
+                    if lines:  # a datagram or stream read: name the SIP messages it carried
+                        what += " [" + ", ".join(lines[:3]) + (" …" if len(lines) > 3 else "") + "]"
+                    record.slow.append((time.monotonic(), took * 1000, spent, what))
 
         asyncio.events.Handle._run = _run  # type: ignore[method-assign]
 
@@ -80,7 +99,9 @@ class SlowCallbacks:
         return {
             "callbacks": self.count,
             "threshold_ms": self.threshold * 1000,
-            "slow": [[round(t, 4), round(ms, 3), what] for t, ms, what in self.slow],
+            "slow": [
+                [round(t, 4), round(ms, 3), round(cpu, 3), what] for t, ms, cpu, what in self.slow
+            ],
         }
 
 
