@@ -4,7 +4,7 @@
 test and its CDR spool (``[store] spool_dir``) on another filesystem. A filler
 file takes the tmpfs's last byte while calls are up. Commits may still land in
 WAL space SQLite allocated earlier (those calls are stored and go through) until
-the WAL checkpoint, run every 0.5 s in a thread, fails to grow the database file:
+the WAL checkpoint, run every 0.2 s in a thread, fails to grow the database file:
 from then on new calls are refused ``503 store-unavailable`` at once and none
 reaches the carrier (never a call without its reservation); the calls that end
 meanwhile have their CDRs
