@@ -1,0 +1,60 @@
+"""What the agent-limit policy reads per call, against the agent's calls in its window.
+
+``AgentLimitsPolicy`` asks ``SQLiteStore.agent_usage(agent, now, window=…)`` on every
+call while ``[policy.agents]`` sets a limit; the store returns every call start of the
+agent in the longest window in force (a day with ``calls_per_day``). This measures that
+read, and ``agent_calls`` (the count the alert round uses), for an agent (a dialer)
+with 1,000 / 10,000 / 30,000 calls in the store, one every 2 s:
+
+    .venv/bin/python bench/agent_usage.py
+
+Asserts nothing; a temporary database.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.store.sqlite import SQLiteStore
+
+T0 = 1_793_577_600.0
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="dialgate-agent-") as tmp:
+        store = SQLiteStore(Path(tmp) / "agent.db", autocheckpoint=False)
+        made = 0
+        for target in (1_000, 10_000, 30_000):
+            with store.batch():
+                while made < target:
+                    store.reserve(
+                        "c1", f"k{made}", f"+86139{made:08d}", T0 + made * 2.0, agent="dialer"
+                    )
+                    made += 1
+            now = T0 + made * 2.0
+            for window in (3600.0, 86400.0):
+                reps = 20
+                began = time.perf_counter()
+                for _ in range(reps):
+                    usage = store.agent_usage("dialer", now, window=window)
+                read_ms = (time.perf_counter() - began) / reps * 1000
+                began = time.perf_counter()
+                for _ in range(reps):
+                    store.agent_calls("dialer", now - window)
+                count_ms = (time.perf_counter() - began) / reps * 1000
+                print(
+                    f"{made:>6} calls in the store, window {window:>6.0f} s:"
+                    f" agent_usage {read_ms:6.2f} ms ({len(usage.call_starts)} starts),"
+                    f" agent_calls {count_ms:6.2f} ms"
+                )
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
