@@ -1932,8 +1932,19 @@ class SQLiteStore:
         if window <= 0:
             return AgentUsage(paused=paused, pause_reason=reason, paused_until=until)
         since = now - window
+        if self.siblings:
+            # Beside sibling workers another connection commits all the time, and kept
+            # starts would be dropped before nearly every read: read the rows.
+            rows = self._read(
+                "SELECT MIN(started_at) AS t FROM call_starts WHERE agent=? AND started_at >= ? "
+                "AND status != ? GROUP BY call_id ORDER BY t",
+                (agent, since, UsageStatus.RELEASED.value),
+            )
+            call_starts = tuple(float(r["t"]) for r in rows)
+        else:
+            call_starts = self._agent_starts(agent, now, window).since(since)
         return AgentUsage(
-            call_starts=self._agent_starts(agent, now, window).since(since),
+            call_starts=call_starts,
             complaints=self.agent_complaints(agent, since),
             paused=paused,
             pause_reason=reason,

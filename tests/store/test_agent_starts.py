@@ -110,3 +110,16 @@ def test_what_is_kept_stays_one_window_long(store: SQLiteStore) -> None:
         assert min(i + 1, 24) == len(store.agent_usage("alice", now, window=86400.0).call_starts)
     kept = store._agents_usage["alice"]
     assert len(kept.calls) <= 26 and len(kept.firsts) <= 26
+
+
+def test_beside_sibling_workers_the_rows_are_read(store: SQLiteStore, db_path: Path) -> None:
+    """A worker beside siblings (whose commits would drop kept starts all the time) reads
+    the rows, and keeps nothing."""
+    store.siblings = ("w1",)
+    store.reserve("c1", "k1", "+8613912345678", T0, agent="alice")
+    store.release("k1", T0 + 1)
+    store.reserve("c2", "k1", "+8613912345678", T0 + 2, agent="alice")
+    store.reserve("c1", "k2", "+8613912345679", T0 + 3, agent="alice")
+    got = store.agent_usage("alice", T0 + 4, window=3600).call_starts
+    assert (T0 + 2, T0 + 3) == got == from_rows(db_path, "alice", T0 + 4 - 3600)
+    assert {} == store._agents_usage
