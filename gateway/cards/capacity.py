@@ -99,11 +99,22 @@ class PoolCapacityRound:
     def __init__(self) -> None:
         self._last: dict[str, PoolCapacity] = {}
 
-    def run(self, operator: Operator, bus: EventBus, now: float) -> int:
-        """Compute every pool's capacity and publish the changed ones; returns how many."""
+    def run(
+        self,
+        operator: Operator,
+        bus: EventBus,
+        now: float,
+        *,
+        snapshot: Callable[[Card, float], CardSnapshot] | None = None,
+    ) -> int:
+        """Compute every pool's capacity and publish the changed ones; returns how many.
+
+        ``snapshot``: where each card's snapshot comes from (the operator's by default;
+        the status round's, read once for its statuses too).
+        """
         published = 0
         for pool, capacity in manager_pool_capacities(
-            operator.manager, operator.snapshot, now
+            operator.manager, snapshot or operator.snapshot, now
         ).items():
             if self._last.get(pool) == capacity:
                 continue

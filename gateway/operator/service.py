@@ -35,8 +35,7 @@ import io
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -332,8 +331,6 @@ class Operator:
         self._paused_seen: dict[str, float | None] = {}
         # Clients this operator owns (the CLI's Redis client), closed by close().
         self.closers: list[Callable[[], None]] = []
-        # The snapshots of one status round (see held_snapshots): (its clock, by card).
-        self._held: tuple[float, dict[str, CardSnapshot]] | None = None
 
     def close(self) -> None:
         """Close what this operator opened itself (not the store)."""
@@ -372,13 +369,7 @@ class Operator:
                 log.exception("operator event subscriber failed", kind=event.kind)
 
     def snapshot(self, card: Card, now: float) -> CardSnapshot:
-        """The card's quota snapshot (usage read from the store), or the one held for
-        ``now`` by :meth:`held_snapshots`."""
-        held = self._held
-        if held is not None and held[0] == now:
-            found = held[1].get(card.id)
-            if found is not None:
-                return found
+        """The card's quota snapshot (usage read from the store)."""
         return card_snapshot(
             card,
             self.usage,
@@ -387,21 +378,6 @@ class Operator:
             timezones=self.timezones,
             probation_of=self.probation_of,
         )
-
-    @contextmanager
-    def held_snapshots(self, now: float, snapshots: dict[str, CardSnapshot]) -> Iterator[None]:
-        """Inside: :meth:`snapshot` at exactly ``now`` answers from ``snapshots``.
-
-        A status round reads every card's snapshot for its statuses, its pools'
-        capacity and its alerts: three times the same store reads. The round takes
-        them once (between its yields to the event loop) and holds them for the rest.
-        Any other time (another ``now``) reads the store as before.
-        """
-        self._held = (now, snapshots)
-        try:
-            yield
-        finally:
-            self._held = None
 
     def status(self, card_id: str, now: float) -> CardStatus | None:
         """The card's :class:`CardStatus` with usage (the lookup for bus events)."""

@@ -104,19 +104,3 @@ async def test_a_round_lets_the_loop_run_between_slices(
     for first, second in itertools.pairwise(work):
         between = log[log.index(first) + 1 : log.index(second)]
         assert "tick" in between, f"no other callback ran between {first!r} and {second!r}"
-
-
-def test_held_snapshots_answer_only_for_their_clock(
-    operator: Operator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A held snapshot is used for exactly the round's time, and only inside the round."""
-    log: list[str] = []
-    counting_snapshots(monkeypatch, log)
-    card = operator.card("c1")
-    held = operator.snapshot(card, T0)
-    with operator.held_snapshots(T0, {"c1": held}):
-        assert held is operator.snapshot(card, T0)
-        operator.snapshot(card, T0 + 1)
-        operator.snapshot(operator.card("c2"), T0)
-    operator.snapshot(card, T0)
-    assert ["snap c1", "snap c1", "snap c2", "snap c1"] == log
