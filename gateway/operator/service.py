@@ -1484,13 +1484,13 @@ class Operator:
         """
         engine = self.alert_engine
         engine.marks = self.thresholds.marks
-        held = usage or {}
+        given = usage or {}
         alerts: list[Alert] = []
         for card in self.manager.cards():
             if not card.usable:
                 engine.forget(card.id)
                 continue
-            known = held.get(card.id)
+            known = given.get(card.id)
             status = CardStatus(
                 card=card.id,
                 state=str(card.state),
