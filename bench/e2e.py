@@ -812,6 +812,8 @@ class GatewayRun:
     gc: dict[str, Any] = field(default_factory=dict)
     #: With --slow-ms: the event loop's callbacks longer than that in the traffic window.
     stalls: dict[str, Any] = field(default_factory=dict)
+    #: With --pdd: the post-dial delay the gateway added, timed on the wire (bench/pdd.py).
+    pdd: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     log_lines: int = 0
     log_errors: list[str] = field(default_factory=list)
@@ -964,8 +966,14 @@ def e2e_step(
                     extra=["-au", user, "-ap", password, *socket_args],
                 )
 
-            with concurrent.futures.ThreadPoolExecutor(len(identities)) as pool:
-                outcomes = list(pool.map(one, range(len(identities))))
+            pdd = getattr(args, "pdd", False)  # run_all/profile_e2e build their own args
+            capture = start_pdd(workdir, sip_port, carrier_port) if pdd else None
+            try:
+                with concurrent.futures.ThreadPoolExecutor(len(identities)) as pool:
+                    outcomes = list(pool.map(one, range(len(identities))))
+            finally:
+                if capture is not None:
+                    run.pdd = stop_pdd(capture, workdir)
             result, samples = merge_callers(
                 [o[0] for o in outcomes],
                 [workdir / f"caller-{i}" for i in range(len(identities))],
@@ -1017,6 +1025,44 @@ def e2e_step(
     if slow_path.exists():
         run.stalls = stalls(json.loads(slow_path.read_text()), *window)
     return result, run
+
+
+def start_pdd(workdir: Path, sip_port: int, carrier_port: int) -> subprocess.Popen[bytes] | None:
+    """``bench/pdd.py capture`` on lo for the step's SIP and carrier ports, once it is
+    ready (None, with a line on stderr, where packets cannot be captured)."""
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            str(Path(__file__).resolve().parent / "pdd.py"),
+            "capture",
+            "--gateway-port",
+            str(sip_port),
+            "--carrier-port",
+            str(carrier_port),
+            "--out",
+            str(workdir / "pdd.json"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=open(workdir / "pdd.err", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.wait(10)
+        print(f"--pdd: no capture ({(workdir / 'pdd.err').read_text().strip()})", file=sys.stderr)
+        return None
+    return proc
+
+
+def stop_pdd(proc: subprocess.Popen[bytes], workdir: Path) -> dict[str, Any]:
+    """End the capture (SIGTERM); its summary (bench/pdd.py) or {} when it wrote none."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        stop_pid(proc)
+    out = workdir / "pdd.json"
+    return json.loads(out.read_text()) if out.exists() else {}
 
 
 def stalls(dump: dict[str, Any], start: float, end: float) -> dict[str, Any]:
@@ -1074,6 +1120,8 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
             print_row(row)
             if gw.stalls:
                 print_stalls(gw.stalls)
+            if gw.pdd:
+                print_pdd(gw.pdd)
             if (result.failed or result.unfinished) and not args.keep_going:
                 break
     finally:
@@ -1085,6 +1133,24 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # --- output --------------------------------------------------------------------------
+
+
+def print_pdd(pdd: dict[str, Any]) -> None:
+    """The post-dial delay the gateway added (``--pdd``), under the step's row."""
+    if not pdd.get("calls"):
+        print(f"    added post-dial delay: no whole call captured ({pdd})")
+        return
+    parts = "; ".join(
+        f"{name} p50 {pdd[name]['p50_ms']:.2f} / p99 {pdd[name]['p99_ms']:.2f} ms"
+        for name in ("challenge", "forward", "relay")
+    )
+    added = pdd["added"]
+    print(
+        f"    added post-dial delay on the wire, {pdd['calls']} calls"
+        f" ({pdd['incomplete']} refused or unanswered): p50 {added['p50_ms']:.2f}"
+        f" / p99 {added['p99_ms']:.2f} / max {added['max_ms']:.2f} ms ({parts});"
+        f" capture CPU {pdd['capture_cpu_s']} s"
+    )
 
 
 def print_stalls(found: dict[str, Any]) -> None:
@@ -1222,6 +1288,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="report the event loop's callbacks longer than this (bench/gateway_runner.py"
         " --slow-callbacks): what held the calls up",
+    )
+    e.add_argument(
+        "--pdd",
+        action="store_true",
+        help="time the post-dial delay the gateway adds on the wire (bench/pdd.py: a"
+        " capture on lo, needs root or CAP_NET_RAW)",
     )
     e.add_argument(
         "--pin",
