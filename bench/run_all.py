@@ -18,7 +18,9 @@ Runs, each as a subprocess with its output shown as it comes:
 4. ``bench/e2e.py ceiling`` — SIPp → SIPp, the test bed's own ceiling;
 5. ``bench/e2e.py e2e`` — SIPp → dialgate → SIPp (8 agents on 8 cards),
    ramped until calls fail, each rate beside a direct SIPp → SIPp step
-   (INVITE→200 ratio), with the gateway's CPU%, CPU ms per call and RSS;
+   (INVITE→200 ratio), with the gateway's CPU%, CPU ms per call, RSS and the
+   post-dial delay it added, timed on the wire (``--pdd``, ``bench/pdd.py``: needs
+   root or CAP_NET_RAW, left out with a note otherwise);
 6. ``bench/memory_soak.py`` — calls to distinct numbers through the gateway
    in one process: the soak curve (calls vs RSS) and the RSS growth per call
    at steady state, after the warm-up (target < 1 kB; ``--quick``: 8,000
@@ -233,6 +235,12 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"; gateway CPU {gw['cpu_pct']}% ({gw.get('cpu_ms_per_call')} ms per call),"
                 f" RSS {gw['rss_mb']} MB"
             )
+            added = (gw.get("pdd") or {}).get("added") or {}
+            if added.get("p99_ms") is not None:
+                text += (
+                    f"; post-dial delay the gateway added, on the wire: p50 {added['p50_ms']:.1f}"
+                    f" ms, p99 {added['p99_ms']:.1f} ms"
+                )
         if gw and gw.get("gc"):
             pauses = [
                 (gw["gc"].get(gen) or {}).get("max_ms")
@@ -328,6 +336,7 @@ def main() -> int:
                 "e2e",
                 "--callers",
                 "8",
+                "--pdd",
                 "--json",
                 str(args.out / "e2e.json"),
             ]
@@ -363,6 +372,7 @@ def main() -> int:
                 "--callers",
                 "16",
                 "--no-direct",
+                "--pdd",
                 "--json",
                 str(args.out / "workers.json"),
             ]
