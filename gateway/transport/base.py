@@ -74,10 +74,13 @@ class TransportStats:
     """Per-transport counters; plain ints so a snapshot is cheap and JSON-ready.
 
     ``received`` counts every message-sized unit that reached the parser
-    (datagrams, stream frames); keep-alives are counted apart.
+    (datagrams, stream frames); keep-alives are counted apart. ``wakeups`` (UDP):
+    the event loop's reads that handed datagrams over, each with those read after it
+    (``received / wakeups`` datagrams per wake-up).
     """
 
     received: int = 0
+    wakeups: int = 0
     delivered: int = 0
     sent: int = 0
     send_errors: int = 0
