@@ -187,8 +187,9 @@ class UDPTransport(Transport):
                 batch.append(sock.recvfrom(MAX_DATAGRAM))
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # an ICMP error queued on the socket; more may follow it
+            except OSError as exc:  # as asyncio does: reported, and the next wake-up reads on
                 self._error(exc)
+                break
         if len(batch) > 1:
             batch.sort(key=_urgency)
         for data, addr in batch:
