@@ -66,16 +66,16 @@ class SlowCallbacks:
 
         original = asyncio.events.Handle._run
         record = self
-        received = Transport._receive
+        parse_unit = Transport._parse_unit
         #: The start lines of the SIP messages the current callback received.
         lines: list[str] = []
 
-        def _receive(transport: Any, data: bytes, *args: Any, **kwargs: Any) -> None:
+        def _parse_unit(transport: Any, data: bytes, *args: Any, **kwargs: Any) -> Any:
             head = bytes(data[:80]).split(b"\r\n", 1)[0]
             lines.append(head.decode("utf-8", "replace").split(" sip", 1)[0][:40])
-            received(transport, data, *args, **kwargs)
+            return parse_unit(transport, data, *args, **kwargs)
 
-        Transport._receive = _receive  # type: ignore[method-assign]
+        Transport._parse_unit = _parse_unit  # type: ignore[method-assign]
 
         def _run(handle: Any) -> None:
             lines.clear()

@@ -237,6 +237,20 @@ class Transport(abc.ABC):
         stream: bool,
     ) -> None:
         """Parse one unit, answer or drop what fails, stamp Via, deliver the rest."""
+        message = self._parse_unit(data, source, reply, stream=stream)
+        if message is not None:
+            self._hand_over(message, source)
+
+    def _parse_unit(
+        self,
+        data: bytes,
+        source: Address,
+        reply: Callable[[bytes], object],
+        *,
+        stream: bool,
+    ) -> Message | None:
+        """The first half of :meth:`_receive`: count and parse one unit; answer or drop
+        what fails (None); a request comes back with its Via stamped."""
         self.stats.received += 1
         message: Message
         try:
@@ -248,14 +262,19 @@ class Transport(abc.ABC):
         except SIPError as err:
             self.stats.parse_errors += 1
             self._answer_error(data, err, source, reply)
-            return
+            return None
         except Exception:  # the parser promises ParseError only; the edge never trusts that
             self.stats.parse_errors += 1
             self.stats.drop("parser-crash")
             log.exception("transport.parse.crashed", transport=str(self.name), source=_fmt(source))
-            return
+            return None
         if isinstance(message, Request):
             message = stamp_via(message, source)
+        return message
+
+    def _hand_over(self, message: Message, source: Address) -> None:
+        """The second half of :meth:`_receive`: give a parsed unit to the handler (whose
+        exceptions are contained and counted)."""
         try:
             self.on_message(message, source, self)
         except Exception:

@@ -23,13 +23,16 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from gateway.sip.message import Response
 from gateway.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Address,
+    Message,
     MessageHandler,
     Transport,
     TransportName,
@@ -54,23 +57,28 @@ MAX_DATAGRAM = 65536
 """Bytes asked of ``recvfrom``: more than any UDP datagram carries."""
 
 
-def urgency(data: bytes) -> int:
-    """The order a batch is handled in: 0 a response, 1 an INVITE, 2 anything else.
+def urgency(message: Message) -> int:
+    """The order a batch is handled in: 0 a response, 1 an INVITE that starts a call (no
+    To tag), 2 anything else.
 
     Responses end transactions already under way (a carrier's 200 is relayed to a
-    caller waiting for it); an INVITE is a caller waiting for the 407 or the carrier;
-    ACKs, BYEs, CANCELs, REGISTERs and the rest wait for them. A CANCEL thus never
-    overtakes its INVITE, and the requests of class 2 keep their order among
-    themselves (``sorted`` is stable).
+    caller waiting for it); a new INVITE is a caller waiting for the 407 or the
+    carrier; ACKs, BYEs, CANCELs, REGISTERs, in-dialog requests (a re-INVITE too) and
+    the rest wait for them. A CANCEL thus never overtakes its INVITE, and the requests
+    of class 2 keep their order among themselves (``sort`` is stable).
     """
-    if data.startswith(b"SIP/2.0 "):
+    if isinstance(message, Response):
         return 0
-    if data.startswith(b"INVITE "):
-        return 1
-    return 2
+    if message.method != "INVITE":
+        return 2
+    try:
+        tag = message.to.tag
+    except Exception:  # a malformed To: the router answers it, in its turn
+        return 2
+    return 1 if tag is None else 2
 
 
-def _urgency(item: tuple[bytes, tuple[Any, ...]]) -> int:
+def _urgency(item: tuple[Message, Address]) -> int:
     return urgency(item[0])
 
 
@@ -174,32 +182,39 @@ class UDPTransport(Transport):
         return queued_bytes([self])
 
     def _wakeup(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        """asyncio read ``data``: read what else is queued (up to :data:`READ_BATCH` in all)
-        and handle the batch in :func:`urgency` order."""
+        """asyncio read ``data``: read what else is queued (up to :data:`READ_BATCH` in all),
+        parse it all, and hand the messages over in :func:`urgency` order."""
         self.stats.wakeups += 1
         sock = self._sock
         if sock is None or READ_BATCH <= 1:
             self._datagram(data, normalize_address(addr))
             return
-        batch = [(data, addr)]
+        read = [(data, addr)]
         for _ in range(READ_BATCH - 1):
             try:
-                batch.append(sock.recvfrom(MAX_DATAGRAM))
+                read.append(sock.recvfrom(MAX_DATAGRAM))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # as asyncio does: reported, and the next wake-up reads on
                 self._error(exc)
                 break
-        if len(batch) > 1:
-            batch.sort(key=_urgency)
-        for data, addr in batch:
+        if len(read) == 1:
+            self._datagram(data, normalize_address(addr))
+            return
+        batch: list[tuple[Message, Address]] = []
+        for data, addr in read:
+            if _is_keepalive(data):
+                self.stats.keepalives += 1
+                continue
+            source = normalize_address(addr)
+            message = self._parse_unit(data, source, self._replier(source), stream=False)
+            if message is not None:
+                batch.append((message, source))
+        batch.sort(key=_urgency)
+        for message, source in batch:
             if self._transport is None:  # closed by a handler: what is left goes with it
                 return
-            try:
-                self._datagram(data, normalize_address(addr))
-            except Exception:  # _receive contains its own; nothing may cost the rest
-                self.stats.handler_errors += 1
-                log.exception("transport.udp.datagram.failed")
+            self._hand_over(message, source)
 
     def _error(self, exc: Exception) -> None:
         # ICMP port unreachable from an earlier sendto, etc.: an OS error at the edge.
@@ -210,7 +225,11 @@ class UDPTransport(Transport):
         if _is_keepalive(data):
             self.stats.keepalives += 1
             return
-        self._receive(data, source, lambda answer: self.send(answer, source), stream=False)
+        self._receive(data, source, self._replier(source), stream=False)
+
+    def _replier(self, source: Address) -> Callable[[bytes], object]:
+        """How an unparseable request from ``source`` is answered: back to where it came from."""
+        return lambda answer: self.send(answer, source)
 
     def _send_bytes(self, data: bytes, addr: Address) -> bool:
         transport = self._transport

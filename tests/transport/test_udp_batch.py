@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import socket
 
-from gateway.sip import Request, Response
+from gateway.sip import Request, Response, parse
 from gateway.transport import UDPTransport
 from gateway.transport.udp import READ_BATCH, urgency
 
 from .conftest import Collector, options
 
 
-def request(method: str, call_id: str, cseq_method: str | None = None) -> bytes:
+def request(
+    method: str, call_id: str, cseq_method: str | None = None, *, to_tag: str | None = None
+) -> bytes:
+    to = "<sip:gw@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
     return (
         f"{method} sip:gw@127.0.0.1 SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK{call_id}{method}\r\n"
         "Max-Forwards: 70\r\n"
         "From: <sip:alice@example.com>;tag=a1\r\n"
-        "To: <sip:gw@127.0.0.1>\r\n"
+        f"To: {to}\r\n"
         f"Call-ID: {call_id}\r\n"
         f"CSeq: 1 {cseq_method or method}\r\n"
         "Content-Length: 0\r\n\r\n"
@@ -48,11 +51,12 @@ def label(message: Request | Response) -> str:
 
 
 def test_urgency_classes() -> None:
-    assert urgency(b"SIP/2.0 200 OK\r\n") == 0
-    assert urgency(b"SIP/2.0 100 Trying\r\n") == 0
-    assert urgency(b"INVITE sip:x SIP/2.0\r\n") == 1
-    for start in (b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ", b"OPTIONS ", b"\r\n\r\n", b""):
-        assert urgency(start + b"sip:x SIP/2.0\r\n") == 2
+    assert urgency(parse(response(200, "OK", "c"))) == 0
+    assert urgency(parse(response(180, "Ringing", "c"))) == 0
+    assert urgency(parse(request("INVITE", "n"))) == 1
+    assert urgency(parse(request("INVITE", "r", to_tag="t9"))) == 2  # a re-INVITE
+    for method in ("ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO"):
+        assert urgency(parse(request(method, "x"))) == 2
 
 
 async def test_burst_in_one_wakeup_answers_then_invites_then_the_rest(
@@ -67,6 +71,7 @@ async def test_burst_in_one_wakeup_answers_then_invites_then_the_rest(
             request("INVITE", "b"),
             response(200, "OK", "c"),
             request("ACK", "d"),
+            request("INVITE", "d", to_tag="t9"),  # in-dialog: stays behind the ACK
             b"\r\n\r\n",  # a keep-alive: counted, not delivered
             request("INVITE", "e"),
             request("CANCEL", "e"),
@@ -75,7 +80,7 @@ async def test_burst_in_one_wakeup_answers_then_invites_then_the_rest(
         ]
         for data in burst:  # all queued before the loop reads the first
             sender.sendto(data, udp.local_address)
-        await collector.wait(8)
+        await collector.wait(9)
         assert [label(m) for m, _, _ in collector.received] == [
             "200 c",
             "180 g",
@@ -83,11 +88,12 @@ async def test_burst_in_one_wakeup_answers_then_invites_then_the_rest(
             "INVITE e",  # the CANCEL of e comes after it: never before its INVITE
             "BYE a",
             "ACK d",
+            "INVITE d",
             "CANCEL e",
             "OPTIONS h",
         ]
         assert udp.stats.wakeups == 1
-        assert udp.stats.received == 8
+        assert udp.stats.received == 9
         assert udp.stats.keepalives == 1
         assert all(source == sender.getsockname() for _, source, _ in collector.received)
     finally:
@@ -131,6 +137,28 @@ async def test_a_handler_that_raises_costs_only_its_own_message(collector: Colle
         assert seen == ["INVITE i", "OPTIONS boom", "OPTIONS after"]
         assert udp.stats.handler_errors == 1
         assert udp.stats.wakeups == 1
+    finally:
+        sender.close()
+        await udp.close()
+
+
+async def test_a_bad_datagram_in_a_batch_is_answered_and_the_rest_delivered(
+    collector: Collector,
+) -> None:
+    udp = await UDPTransport.listen("127.0.0.1", 0, collector)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.bind(("127.0.0.1", 0))
+        sender.settimeout(2.0)
+        bad = request("INVITE", "bad").replace(b"Content-Length: 0", b"Content-Length: 50")
+        for data in (options(call_id="first"), bad, request("INVITE", "ok")):
+            sender.sendto(data, udp.local_address)
+        await collector.wait(2)
+        assert [label(m) for m, _, _ in collector.received] == ["INVITE ok", "OPTIONS first"]
+        assert udp.stats.parse_errors == 1
+        assert udp.stats.wakeups == 1
+        answer = sender.recv(65536)  # the bad INVITE's 400, to where it came from
+        assert answer.startswith(b"SIP/2.0 400 ")
     finally:
         sender.close()
         await udp.close()
