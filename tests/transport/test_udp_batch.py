@@ -8,12 +8,25 @@ first one.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 from gateway.sip import Request, Response, parse
 from gateway.transport import UDPTransport
 from gateway.transport.udp import READ_BATCH, urgency
 
 from .conftest import Collector, options
+
+
+@pytest.fixture
+def sender() -> Iterator[socket.socket]:
+    """A plain blocking UDP socket on 127.0.0.1: its sends queue before the loop runs."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2.0)
+    yield sock
+    sock.close()
 
 
 def request(
@@ -60,12 +73,10 @@ def test_urgency_classes() -> None:
 
 
 async def test_burst_in_one_wakeup_answers_then_invites_then_the_rest(
-    collector: Collector,
+    collector: Collector, sender: socket.socket
 ) -> None:
     udp = await UDPTransport.listen("127.0.0.1", 0, collector)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sender.bind(("127.0.0.1", 0))
         burst = [
             request("BYE", "a"),
             request("INVITE", "b"),
@@ -97,15 +108,12 @@ async def test_burst_in_one_wakeup_answers_then_invites_then_the_rest(
         assert udp.stats.keepalives == 1
         assert all(source == sender.getsockname() for _, source, _ in collector.received)
     finally:
-        sender.close()
         await udp.close()
 
 
-async def test_a_wakeup_reads_at_most_a_batch(collector: Collector) -> None:
+async def test_a_wakeup_reads_at_most_a_batch(collector: Collector, sender: socket.socket) -> None:
     udp = await UDPTransport.listen("127.0.0.1", 0, collector)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sender.bind(("127.0.0.1", 0))
         count = READ_BATCH + 5
         for i in range(count):
             sender.sendto(options(call_id=f"o{i}"), udp.local_address)
@@ -114,11 +122,12 @@ async def test_a_wakeup_reads_at_most_a_batch(collector: Collector) -> None:
         assert [m.call_id for m, _, _ in collector.received] == [f"o{i}" for i in range(count)]
         assert udp.stats.wakeups == 2
     finally:
-        sender.close()
         await udp.close()
 
 
-async def test_a_handler_that_raises_costs_only_its_own_message(collector: Collector) -> None:
+async def test_a_handler_that_raises_costs_only_its_own_message(
+    collector: Collector, sender: socket.socket
+) -> None:
     seen: list[str] = []
 
     def handler(message: Request | Response, source: object, transport: object) -> None:
@@ -128,9 +137,7 @@ async def test_a_handler_that_raises_costs_only_its_own_message(collector: Colle
         collector(message, source, transport)  # type: ignore[arg-type]
 
     udp = await UDPTransport.listen("127.0.0.1", 0, handler)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sender.bind(("127.0.0.1", 0))
         for data in (options(call_id="boom"), options(call_id="after"), request("INVITE", "i")):
             sender.sendto(data, udp.local_address)
         await collector.wait(2)
@@ -138,18 +145,14 @@ async def test_a_handler_that_raises_costs_only_its_own_message(collector: Colle
         assert udp.stats.handler_errors == 1
         assert udp.stats.wakeups == 1
     finally:
-        sender.close()
         await udp.close()
 
 
 async def test_a_bad_datagram_in_a_batch_is_answered_and_the_rest_delivered(
-    collector: Collector,
+    collector: Collector, sender: socket.socket
 ) -> None:
     udp = await UDPTransport.listen("127.0.0.1", 0, collector)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sender.bind(("127.0.0.1", 0))
-        sender.settimeout(2.0)
         bad = request("INVITE", "bad").replace(b"Content-Length: 0", b"Content-Length: 50")
         for data in (options(call_id="first"), bad, request("INVITE", "ok")):
             sender.sendto(data, udp.local_address)
@@ -160,5 +163,4 @@ async def test_a_bad_datagram_in_a_batch_is_answered_and_the_rest_delivered(
         answer = sender.recv(65536)  # the bad INVITE's 400, to where it came from
         assert answer.startswith(b"SIP/2.0 400 ")
     finally:
-        sender.close()
         await udp.close()
