@@ -1151,6 +1151,12 @@ def print_pdd(pdd: dict[str, Any]) -> None:
         f" / p99 {added['p99_ms']:.2f} / max {added['max_ms']:.2f} ms ({parts});"
         f" capture CPU {pdd['capture_cpu_s']} s"
     )
+    windows = pdd.get("added_by_window") or []
+    if windows:
+        print(
+            "      p50 / p99 by quarter of the run: "
+            + ", ".join(f"{w['p50_ms']:.1f} / {w['p99_ms']:.1f}" for w in windows if w["calls"])
+        )
 
 
 def print_stalls(found: dict[str, Any]) -> None:

@@ -179,10 +179,13 @@ class Delays:
     added: list[float] = field(default_factory=list)
     a_calls: int = 0
     incomplete: int = 0
+    #: Per whole call: (time of the INVITE with credentials, challenge, forward, relay).
+    calls: list[tuple[float, float, float, float]] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, windows: int = 4) -> dict[str, Any]:
         out: dict[str, Any] = {"calls": len(self.added), "a_calls": self.a_calls}
         out["incomplete"] = self.incomplete
+        out["added_by_window"] = self.by_window(windows)
         for name in ("added", "challenge", "forward", "relay"):
             values = getattr(self, name)
             out[name] = {
@@ -192,6 +195,28 @@ class Delays:
                 "mean_ms": _ms(sum(values) / len(values) if values else None),
             }
         return out
+
+    def by_window(self, windows: int) -> list[dict[str, Any]]:
+        """The added delay's p50/p99 in ``windows`` equal slices of the run, by when the
+        call's INVITE came: does the delay grow as calls linger in their timers?"""
+        if not self.calls:
+            return []
+        ordered = sorted(self.calls)
+        first, last = ordered[0][0], ordered[-1][0]
+        span = max(last - first, 1e-9)
+        slices: list[list[float]] = [[] for _ in range(windows)]
+        for at, challenge, forward, relay in ordered:
+            index = min(windows - 1, int((at - first) / span * windows))
+            slices[index].append(challenge + forward + relay)
+        return [
+            {
+                "from_s": round(i * span / windows, 1),
+                "calls": len(values),
+                "p50_ms": _ms(pct(values, 0.5)),
+                "p99_ms": _ms(pct(values, 0.99)),
+            }
+            for i, values in enumerate(slices)
+        ]
 
 
 def _ms(value: float | None) -> float | None:
@@ -248,6 +273,7 @@ def delays(datagrams: Iterable[Datagram], gateway_ports: set[int], carrier_port:
         out.forward.append(forward)
         out.relay.append(relay)
         out.added.append(challenge + forward + relay)
+        out.calls.append((leg.invite, challenge, forward, relay))
     return out
 
 

@@ -93,6 +93,11 @@ def test_delays_per_call_first_copies_and_refused_calls() -> None:
     assert summary["calls"] == 2
     assert summary["added"]["max_ms"] == pytest.approx(10.0)
     assert summary["forward"]["p50_ms"] == pytest.approx(3.0)
+    # By quarter of the run (when the INVITE with credentials came): a1 first, a3 last.
+    windows = summary["added_by_window"]
+    assert [w["calls"] for w in windows] == [1, 0, 0, 1]
+    assert windows[0]["p99_ms"] == pytest.approx(6.0)
+    assert windows[3]["p99_ms"] == pytest.approx(10.0)
 
 
 def test_a_leg_matched_to_its_b_leg_by_the_sdp_origin_not_by_order() -> None:
