@@ -116,6 +116,18 @@ def test_a_leg_matched_to_its_b_leg_by_the_sdp_origin_not_by_order() -> None:
     assert sorted(out.relay) == pytest.approx([10.0, 19.0])
 
 
+def test_compact_keeps_what_the_analysis_reads() -> None:
+    for data in (
+        invite("a1", 2, "agent 7", auth=True),
+        invite("a1", 1, "agent 7"),
+        response(407, "a1", 1),
+        response(200, "b1", 1, "BYE"),
+    ):
+        small = pdd.compact(data)
+        assert len(small) < len(data)
+        assert pdd.fields(small) == pdd.fields(data)
+
+
 def test_percentiles_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert pdd.pct(values, 0.5) == 50.0
