@@ -40,7 +40,10 @@ Per step it reports: calls OK/failed (of which "503": turned away by the gateway
 overload control)/unfinished, SIPp retransmissions, SIPp's
 response times (rtd 1: INVITE→200, from ``-trace_rtt``, millisecond
 resolution), the gateway's CPU% and RSS (from /proc), GC pauses (gc.callbacks
-in the runner), the load average, and the SIPp processes' own CPU%.
+in the runner), the load average, and the SIPp processes' own CPU%. With ``--pdd``
+also the post-dial delay the gateway itself added, timed on the wire
+(``bench/pdd.py``: a capture on lo, root or CAP_NET_RAW): the 407, forwarding the
+authenticated INVITE, relaying the carrier's 200, p50/p99 per step and by quarter of it.
 
 Run (SIPp is Debian's sip-tester)::
 
