@@ -475,5 +475,7 @@ class ChallengeWatch:
 
 def _short(text: str, limit: int) -> str:
     """At most ``limit`` printable characters (control characters replaced): safe to log."""
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
-    return cleaned
+    head = text[:limit]
+    if head.isprintable():  # nearly always: no copy made
+        return head
+    return "".join(ch if ch.isprintable() else "?" for ch in head)

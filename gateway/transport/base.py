@@ -20,7 +20,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import structlog
 
@@ -63,6 +63,14 @@ class TransportName(StrEnum):
 
 def normalize_address(addr: tuple[Any, ...]) -> Address:
     """``(host, port[, flowinfo, scope_id])`` from the socket module → ``(host, port)``."""
+    if (
+        type(addr) is tuple
+        and len(addr) == 2
+        and type(addr[0]) is str
+        and type(addr[1]) is int
+        and not addr[0].startswith("[")
+    ):
+        return cast(Address, addr)  # already one: most calls, from this layer's own callers
     host = str(addr[0])
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
