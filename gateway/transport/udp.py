@@ -23,7 +23,6 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -185,12 +184,9 @@ class UDPTransport(Transport):
         """asyncio read ``data``: read what else is queued (up to :data:`READ_BATCH` in all),
         parse it all, and hand the messages over in :func:`urgency` order."""
         self.stats.wakeups += 1
-        sock = self._sock
-        if sock is None or READ_BATCH <= 1:
-            self._datagram(data, normalize_address(addr))
-            return
         read = [(data, addr)]
-        for _ in range(READ_BATCH - 1):
+        sock = self._sock
+        while sock is not None and len(read) < READ_BATCH:
             try:
                 read.append(sock.recvfrom(MAX_DATAGRAM))
             except (BlockingIOError, InterruptedError):
@@ -203,11 +199,8 @@ class UDPTransport(Transport):
             return
         batch: list[tuple[Message, Address]] = []
         for data, addr in read:
-            if _is_keepalive(data):
-                self.stats.keepalives += 1
-                continue
             source = normalize_address(addr)
-            message = self._parse_unit(data, source, self._replier(source), stream=False)
+            message = self._parse_datagram(data, source)
             if message is not None:
                 batch.append((message, source))
         batch.sort(key=_urgency)
@@ -222,14 +215,19 @@ class UDPTransport(Transport):
         log.info("transport.udp.error", error=repr(exc))
 
     def _datagram(self, data: bytes, source: Address) -> None:
+        message = self._parse_datagram(data, source)
+        if message is not None:
+            self._hand_over(message, source)
+
+    def _parse_datagram(self, data: bytes, source: Address) -> Message | None:
+        """A keep-alive counted (None), or :meth:`_parse_unit`; an unparseable request is
+        answered back to where it came from."""
         if _is_keepalive(data):
             self.stats.keepalives += 1
-            return
-        self._receive(data, source, self._replier(source), stream=False)
-
-    def _replier(self, source: Address) -> Callable[[bytes], object]:
-        """How an unparseable request from ``source`` is answered: back to where it came from."""
-        return lambda answer: self.send(answer, source)
+            return None
+        return self._parse_unit(
+            data, source, lambda answer: self.send(answer, source), stream=False
+        )
 
     def _send_bytes(self, data: bytes, addr: Address) -> bool:
         transport = self._transport
