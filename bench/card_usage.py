@@ -7,6 +7,12 @@ day's distinct callees (issue 17: a ``frozenset`` of them per read cost 112 µs 
 
     .venv/bin/python bench/card_usage.py --calls 1000,5000,10000
 
+``--workers`` times what two workers of ``dialgate run --workers 2`` pay when both
+place calls on one card (agents of a pool, a dialer's pool): the two stores take
+turns, each a reservation, its quota check and its finish, so each turn starts
+behind the other's last two changes. ``--unlogged`` runs them as processes without
+siblings (no ``card_usage_changes``): the counters are re-read from the card's day.
+
 Asserts nothing; a temporary SQLite file, removed at the end.
 """
 
@@ -22,14 +28,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.store import SQLiteStore, StoredCard
+from policies.quotas import QuotaProfile
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="1000,5000,10000", help="calls on the card, by step")
     parser.add_argument("--reads", type=int, default=300)
+    parser.add_argument("--workers", action="store_true", help="two stores take turns on the card")
+    parser.add_argument("--unlogged", action="store_true", help="with --workers: no change log")
     ns = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="dialgate-usage-"))
+    if ns.workers:
+        try:
+            _workers(workdir, ns)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     try:
         store = SQLiteStore(workdir / "u.db", carrier_timezones={"a": "UTC"})
         start = 1.7e9
@@ -55,6 +70,43 @@ def main() -> None:
         store.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _workers(workdir: Path, ns: argparse.Namespace) -> None:
+    profile = QuotaProfile(name="bench", calls_per_minute=100_000, calls_per_hour=1_000_000)
+    stores = []
+    for i in range(2):
+        store = SQLiteStore(workdir / "u.db", carrier_timezones={"a": "UTC"})
+        if not ns.unlogged:
+            store.owner, store.siblings = f"w{i}", (f"w{1 - i}",)
+        stores.append(store)
+    start = 1.7e9
+    stores[0].upsert_card(StoredCard("c1", "a", "+8613800000001", "main", since=start))
+    t0 = start + 3600.0
+    done = 0
+    mode = "unlogged (re-read)" if ns.unlogged else "change log (applied)"
+    for target in (int(x) for x in ns.calls.split(",")):
+        # The card's day so far, written by the first store alone (not timed).
+        while done < target:
+            at = t0 + done * 0.01
+            stores[0].reserve("c1", f"k{done}", f"+8613{done:09d}", at)
+            stores[0].finish(f"k{done}", at + 0.005, answered=True, talk_seconds=1.0)
+            done += 1
+        elapsed = 0.0
+        for turn in range(ns.reads):
+            store = stores[turn % 2]
+            at = t0 + done * 0.01
+            began = time.perf_counter()
+            store.reserve("c1", f"k{done}", f"+8613{done:09d}", at, profile=profile)
+            store.finish(f"k{done}", at + 0.005, answered=True, talk_seconds=1.0)
+            elapsed += time.perf_counter() - began
+            done += 1
+        per = elapsed / ns.reads * 1e6
+        print(
+            f"{done:6d} calls on the card, two workers taking turns, {mode}: {per:7.1f} µs per call"
+        )
+    for store in stores:
+        store.close()
 
 
 if __name__ == "__main__":

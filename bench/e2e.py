@@ -68,6 +68,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -669,6 +670,49 @@ def gateway_toml(
     return "\n".join(lines)
 
 
+def prefill_day(db: Path, cards: int, per_card: int) -> None:
+    """``per_card`` finished calls on each card earlier today (UTC, the bench carrier's day),
+    as the gateway meets its cards mid-shift rather than at midnight: a card's counters
+    are read from its day's rows when a process first needs them, or after another
+    process changed the card without a log it can apply."""
+
+    now = time.time()
+    day_start = now - now % 86400.0
+    span = max(now - 60.0 - day_start, 1.0)
+    rng = random.Random(7)
+    rows = []
+    for c in range(cards):
+        for k in range(per_card):
+            started = day_start + span * (k + rng.random()) / per_card
+            rows.append(
+                (
+                    f"prefill-{c}-{k}",
+                    f"c{c:03d}",
+                    f"+8613{rng.randrange(10**9):09d}",
+                    started,
+                    "finished",
+                    1,
+                    30.0,
+                    0,
+                    0,
+                    started + 35.0,
+                    started + 5.0,
+                    f"agent{c:03d}",
+                )
+            )
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            con.executemany(
+                "INSERT INTO call_starts (call_id, card, callee, started_at, status, answered, "
+                "talk_seconds, short, failed, ended_at, answered_at, agent) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+    finally:
+        con.close()
+
+
 def build_template(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The populated database (DNC + consent) for every step, built once and cached."""
     cache = Path(args.cache)
@@ -863,6 +907,9 @@ def e2e_step(
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "gw.db"
     shutil.copyfile(template, db)
+    day_calls = getattr(args, "day_calls", 0)  # run_all/profile_e2e build their own args
+    if day_calls:
+        prefill_day(db, args.cards, day_calls)
     sip_port = free_udp_port()
     carrier_port = free_udp_port()
     cfg = workdir / "gw.toml"
@@ -1274,6 +1321,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dnc", type=int, default=1_000_000)
     e.add_argument("--consent", type=int, default=10_000)
     e.add_argument("--cards", type=int, default=100, help="cards, and as many bound agents")
+    e.add_argument(
+        "--day-calls",
+        type=int,
+        default=0,
+        help="finished calls on each card earlier today, written before the gateway starts",
+    )
     e.add_argument(
         "--caller",
         choices=("agent", "dialer"),

@@ -265,6 +265,8 @@ class Gateway:
         self.inbound = InboundRouter(settings, self.registrar)
         self.inbound.refresh = self.refresh_registration
         self.store: SQLiteStore | None = None
+        #: The store's (counters_rebuilt, counters_caught_up), kept past its close.
+        self._counter_stats = (0, 0)
         self.b2bua: B2BUA | None = None
         # Call, card and carrier events (DESIGN "MQTT events"): the MQTT publisher,
         # metrics and wallboard subscribe here.
@@ -446,6 +448,10 @@ class Gateway:
             gateway["in_dialog_refused"] = self.b2bua.stats["in_dialog_refused"]
         if self.registrations is not None:
             gateway["registration_store_failures"] = self.registrations.stats.store_failures
+        if self.store is not None:
+            self._counter_stats = (self.store.counters_rebuilt, self.store.counters_caught_up)
+        # Card counters read from the rows, and other processes' changes applied to them.
+        gateway["card_counters_rebuilt"], gateway["card_counters_caught_up"] = self._counter_stats
         return {"gateway": gateway, "transports": per, "security": self.security.stats.as_dict()}
 
     # -- addressing ------------------------------------------------------------------
@@ -950,6 +956,7 @@ class Gateway:
             await self.health.stop()
             self.health = None
         if self.store is not None:
+            self._counter_stats = (self.store.counters_rebuilt, self.store.counters_caught_up)
             self.store.close()
             self.store = None
 

@@ -52,6 +52,7 @@ connection for regular work (only the guard's probe and checkpoints use their ow
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -404,6 +405,24 @@ _MIGRATIONS += (
     ),
 )
 
+_MIGRATIONS += (
+    (
+        14,
+        (
+            # Which call_starts row each raise of a card's counter changed (written
+            # beside sibling workers only): a process whose counters of a card are a few
+            # changes behind applies those rows instead of re-reading the card's day.
+            """CREATE TABLE card_usage_changes (
+                card TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                row INTEGER NOT NULL,
+                closed INTEGER NOT NULL,
+                PRIMARY KEY (card, version)
+            ) WITHOUT ROWID""",
+        ),
+    ),
+)
+
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 LOCK_STEP = 0.0002
@@ -413,6 +432,14 @@ _BUMP = (
     "INSERT INTO card_usage_versions (card, version) VALUES (?, 1) "
     "ON CONFLICT(card) DO UPDATE SET version=version+1 RETURNING version"
 )
+
+CATCH_UP_MAX = 256
+"""Changes of a card by other processes applied to its running counters at most; more
+(or any change not logged: a recovery, a prune, a process without siblings) and the
+counters are rebuilt from the card's rows."""
+
+CHANGES_KEPT = 4096
+"""Entries of ``card_usage_changes`` kept per card (pruned every this many changes)."""
 
 # A number's latest frequency-history reset (0 when never), as an SQL expression.
 _RESET_AT = "COALESCE((SELECT at FROM number_resets WHERE number=?), 0)"
@@ -714,6 +741,10 @@ class SQLiteStore:
         # Each agent's call starts (see _AgentStarts), valid on the same terms.
         self._agents_usage: dict[str, _AgentStarts] = {}
         self._data_version: int | None = None
+        #: Changes by other processes applied to the running counters (not rebuilt).
+        self.counters_caught_up = 0
+        #: Times a card's running counters were read from its rows.
+        self.counters_rebuilt = 0
         # After a lock/busy/disk/I-O failure, writes are refused at once and
         # reads do not wait for locks, until a probe off the event loop writes again.
         self.guard = StoreGuard(self._probe, unavailable, name="sqlite")
@@ -1021,23 +1052,127 @@ class SQLiteStore:
             raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     def _sync(self, db: sqlite3.Connection) -> None:
-        """Forget the running counters of the cards whose rows another connection changed
-        since last time (their ``card_usage_versions`` counter moved)."""
+        """Bring the running counters of the cards whose rows another connection changed
+        since last time (their ``card_usage_versions`` counter moved) up to date: apply
+        the changed rows (:meth:`_catch_up`), or forget the counters (rebuilt on next use)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
-            self._data_version = version
-            self._agents_usage.clear()
-            if not self._cards_usage:
-                return
+        if version == self._data_version:
+            return
+        self._data_version = version
+        self._agents_usage.clear()
+        if not self._cards_usage:
+            return
+        # The counters, the change log and the rows read in one snapshot: a commit
+        # landing between them would be applied twice, or half.
+        own = not db.in_transaction
+        if own:
+            db.execute("BEGIN")
+        try:
             current = dict(db.execute("SELECT card, version FROM card_usage_versions").fetchall())
             for card, counters in list(self._cards_usage.items()):
-                if current.get(card, 0) != counters.version:
+                now = current.get(card, 0)
+                if now != counters.version and not self._catch_up(db, card, counters, now):
                     del self._cards_usage[card]
+        except BaseException:
+            if own:
+                self._rollback_quietly()
+            self._cards_usage.clear()
+            raise
+        if own:
+            db.execute("COMMIT")
+
+    def _catch_up(
+        self, db: sqlite3.Connection, card: str, counters: _CardCounters, version: int
+    ) -> bool:
+        """Apply to ``counters`` the changes of the card's rows from its version to
+        ``version``, as the process that made them did to its own; False (nothing
+        applied) when a change is not in ``card_usage_changes`` or its row does not
+        read as that change left it: then the counters are rebuilt from the rows."""
+        behind = version - counters.version
+        if not 0 < behind <= CATCH_UP_MAX:
+            return False
+        cur = db.cursor()
+        cur.row_factory = None
+        changes = cur.execute(
+            "SELECT version, row, closed FROM card_usage_changes "
+            "WHERE card=? AND version > ? AND version <= ? ORDER BY version",
+            (card, counters.version, version),
+        ).fetchall()
+        if len(changes) != behind:
+            return False
+        ids = sorted({row for _v, row, _c in changes})
+        rows = {
+            r[0]: r
+            for r in cur.execute(
+                "SELECT rowid, card, callee, started_at, status, answered, talk_seconds, "
+                f"failed, ended_at FROM call_starts WHERE rowid IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        }
+        steps: list[Callable[[], None]] = []
+        for _version, rowid, closed in changes:
+            row = rows.get(rowid)
+            if row is None or row[1] != card:
+                return False
+            _rid, _card, callee, started, status, answered, talk, failed, ended = row
+            started_at = float(started)
+            if not closed:
+                steps.append(functools.partial(counters.started, started_at, str(callee)))
+                continue
+            ended_at = None if ended is None else float(ended)
+            if status == UsageStatus.FINISHED.value:
+                counted = True
+                outcome: CallOutcome | None = CallOutcome(
+                    started_at, bool(answered), float(talk), failed=bool(failed), ended_at=ended_at
+                )
+            elif status == UsageStatus.RELEASED.value:
+                counted = False
+                outcome = (
+                    CallOutcome(started_at, False, float(talk), failed=True, ended_at=ended_at)
+                    if failed
+                    else None
+                )
+            else:  # still reserved in this snapshot, or orphaned (recoveries log nothing)
+                return False
+            steps.append(
+                functools.partial(
+                    counters.closed,
+                    rowid,
+                    started_at,
+                    str(callee),
+                    counted=counted,
+                    outcome=outcome,
+                    window=self.outcome_window,
+                )
+            )
+        for step in steps:
+            step()
+        counters.version = version
+        self.counters_caught_up += behind
+        return True
 
     @staticmethod
     def _bump(cur: sqlite3.Cursor, card: str) -> int:
         """Raise the card's change counter (inside the write); its new value."""
         return int(cur.execute(_BUMP, (card,)).fetchone()[0])
+
+    def _changed(self, cur: sqlite3.Cursor, card: str, row: int, *, closed: bool) -> int:
+        """A reservation of ``card`` started (its row written) or closed: raise the card's
+        change counter and, beside sibling workers, log which row changed (they apply it
+        to their counters instead of re-reading the card's day). The new counter."""
+        version = self._bump(cur, card)
+        if self.siblings:
+            cur.execute(
+                "INSERT OR REPLACE INTO card_usage_changes (card, version, row, closed) "
+                "VALUES (?,?,?,?)",
+                (card, version, row, int(closed)),
+            )
+            if version % CHANGES_KEPT == 0:
+                cur.execute(
+                    "DELETE FROM card_usage_changes WHERE card=? AND version <= ?",
+                    (card, version - CHANGES_KEPT),
+                )
+        return version
 
     def _owned(self) -> tuple[str, tuple[str, ...]]:
         """The SQL condition (and its parameters) on ``owner`` of the rows a restart of
@@ -1251,7 +1386,7 @@ class SQLiteStore:
                     "owner) VALUES (?,?,?,?,?,?,?)",
                     (call_id, card, callee, now, UsageStatus.RESERVED.value, agent, self.owner),
                 )
-                version = self._bump(cur, card)
+                version = self._changed(cur, card, int(cur.lastrowid or 0), closed=False)
         except StoreUnavailable:
             self._cards_usage.clear()
             self._agents_usage.clear()
@@ -1308,7 +1443,7 @@ class SQLiteStore:
                 cur = db.cursor()
                 cur.row_factory = None
                 rows = cur.execute(sql, params).fetchall()
-                versions = {card: self._bump(cur, card) for card in {r[1] for r in rows}}
+                versions = {r[1]: self._changed(cur, r[1], r[0], closed=True) for r in rows}
         except StoreUnavailable:
             self._cards_usage.clear()
             self._agents_usage.clear()
@@ -1441,11 +1576,24 @@ class SQLiteStore:
             return counters
         counters = self._load_counters(db, card, now)
         self._cards_usage[card] = counters
+        self.counters_rebuilt += 1
         return counters
 
     def _load_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
-        # The change counter first: a commit landing between it and the rows below
-        # only costs one more rebuild, never a stale cache.
+        """The card's counters read from its rows, with the change counter they reflect
+        (one snapshot: :meth:`_catch_up` applies exactly the changes after it)."""
+        if db.in_transaction:
+            return self._read_counters(db, card, now)
+        db.execute("BEGIN")
+        try:
+            counters = self._read_counters(db, card, now)
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        db.execute("COMMIT")
+        return counters
+
+    def _read_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
         row = db.execute("SELECT version FROM card_usage_versions WHERE card=?", (card,)).fetchone()
         version = 0 if row is None else int(row[0])
         tz = self._timezone(db, card)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.store import SQLiteStore, StoredCard
+from gateway.store.sqlite import CATCH_UP_MAX
 from policies.agent import AgentLimits, AgentLimitsPolicy
 from policies.quotas import CardUsage
 
@@ -170,6 +171,115 @@ def test_incremental_counters_equal_a_full_recount(
         assert set(view) == then
     other.close()
     s.close()
+
+
+_sibling_step = st.tuples(
+    st.sampled_from(["reserve", "release", "release-ok", "finish", "read"]),
+    st.integers(0, 1),  # which worker
+    st.integers(0, 9),  # call
+    st.integers(0, 1),  # card
+    st.integers(0, 3),  # callee
+    st.floats(0, 600, allow_nan=False),  # seconds since the previous step
+    st.integers(0, 120),  # talk seconds
+)
+
+
+def _workers(path: Path, window: int) -> list[SQLiteStore]:
+    stores = []
+    for i in range(2):
+        s = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=window)
+        s.owner, s.siblings = f"w{i}", (f"w{1 - i}",)
+        stores.append(s)
+    return stores
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(_sibling_step, max_size=60), window=st.integers(1, 6))
+def test_sibling_changes_applied_to_the_counters_equal_a_full_recount(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[str, int, int, int, int, float, int]],
+    window: int,
+) -> None:
+    """Two workers on one file, both reserving, releasing and finishing on the same
+    cards (across the hour and midnight): each applies the other's changes to its
+    counters (``card_usage_changes``) and stays equal to a recount from the rows."""
+    path = tmp_path_factory.mktemp("siblings") / "c.db"
+    stores = _workers(path, window)
+    _cards(stores[0])
+    for s in stores:
+        for c in ("c1", "c2"):
+            s.card_usage(c, MIDNIGHT - 3000.0)
+    now = MIDNIGHT - 3000.0
+    for op, who, call, card, callee, gap, talk in steps:
+        now += gap
+        s = stores[who]
+        card_id = f"c{card + 1}"
+        call_id = f"k{call}"
+        if op == "reserve":
+            with contextlib.suppress(ValueError):
+                s.reserve(card_id, call_id, f"+86138000002{callee:02d}", now)
+        elif op == "release":
+            s.release(call_id, now)
+        elif op == "release-ok":
+            s.release(call_id, now, failed=False)
+        elif op == "finish":
+            s.finish(call_id, now, answered=talk > 10, talk_seconds=talk, failed=talk == 0)
+        else:
+            for c in ("c1", "c2"):
+                _same(s.card_usage(c, now), s.recount_card_usage(c, now))
+    for s in stores:
+        for c in ("c1", "c2"):
+            _same(s.card_usage(c, now), s.recount_card_usage(c, now))
+    for s in stores:
+        s.close()
+
+
+def test_sibling_changes_are_applied_not_reread(db_path: Path) -> None:
+    """Each worker's reservations and finishes on a card reach the other's counters as
+    the rows they changed: no rebuild from the card's rows after the first read."""
+    a, b = _workers(db_path, 50)
+    _cards(a)
+    for s in (a, b):
+        s.card_usage("c1", T0)
+    built = (a.counters_rebuilt, b.counters_rebuilt)
+    for i in range(40):
+        s = (a, b)[i % 2]
+        s.reserve("c1", f"k{i}", f"+86138000003{i:02d}", T0 + i)
+        s.finish(f"k{i}", T0 + i + 0.5, answered=True, talk_seconds=0.5)
+    for s in (a, b):
+        _same(s.card_usage("c1", T0 + 60), s.recount_card_usage("c1", T0 + 60))
+    assert built == (a.counters_rebuilt, b.counters_rebuilt)
+    # 40 calls, a start and an end each: each worker applied the other's half.
+    assert (40, 40) == (a.counters_caught_up, b.counters_caught_up)
+    b.close()
+    a.close()
+
+
+def test_unlogged_changes_rebuild_the_counters(db_path: Path) -> None:
+    """A change a sibling's log does not hold (a process without siblings, a recovery,
+    more than CATCH_UP_MAX behind) is never guessed at: the counters are re-read."""
+    a, b = _workers(db_path, 50)
+    _cards(a)
+    a.card_usage("c1", T0)
+    lone = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"})
+    lone.reserve("c1", "k1", "+8613800000100", T0 + 1)  # the CLI, say: logs nothing
+    built = a.counters_rebuilt
+    assert 1 == a.card_usage("c1", T0 + 2).in_use
+    assert built + 1 == a.counters_rebuilt
+    b.reserve("c1", "k2", "+8613800000101", T0 + 3)
+    b.recover(T0 + 4)  # b's own k2 orphaned: the recovery logs nothing
+    usage = a.card_usage("c1", T0 + 5)
+    _same(usage, a.recount_card_usage("c1", T0 + 5))
+    assert built + 2 == a.counters_rebuilt
+    a.card_usage("c2", T0 + 5)
+    built = a.counters_rebuilt
+    for i in range(CATCH_UP_MAX // 2 + 1):  # two changes each: more than a catch-up takes
+        b.reserve("c2", f"m{i}", "+8613800000102", T0 + 10 + i)
+        b.finish(f"m{i}", T0 + 10.5 + i, answered=False)
+    _same(a.card_usage("c2", T0 + 400), a.recount_card_usage("c2", T0 + 400))
+    assert built + 1 == a.counters_rebuilt
+    for s in (lone, b, a):
+        s.close()
 
 
 def test_dnc_batch_import_counts_new_numbers(store: SQLiteStore) -> None:
