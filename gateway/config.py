@@ -1111,6 +1111,14 @@ class ServerSettings(BaseModel):
     # transport of [sip] listen). Unset: free ports chosen once at start and kept
     # across a worker's restarts.
     worker_port_base: int | None = Field(default=None, ge=1, le=65535)
+    # How calls spread over the workers (docs/workers.md). The kernel hands each UDP
+    # datagram to a worker by a hash of its source: one dialer or PBX socket, one
+    # worker. "load": the worker that received a new INVITE checks the caller's
+    # digest, then hands the call to the worker its Call-ID hashes to while it is
+    # busy (over half a core) and that one clearly less so (gateway/callpath/
+    # steering.py). "call-id": every call to its Call-ID's worker. "kernel": no
+    # hand-over (one source, one worker).
+    worker_balance: Literal["load", "call-id", "kernel"] = "load"
     # "paced": the garbage collector runs on a clock from the event loop (young
     # generations every 50 ms, the full heap when quiet: gateway/collector.py), so no
     # collection pauses calls for tens of ms. "auto": Python's own triggers.

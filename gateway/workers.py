@@ -38,6 +38,9 @@ class WorkerRole:
     home: tuple[int, ...]
     #: True at the first start of the set (not a restart beside live workers).
     initial: bool = True
+    #: The supervisor's private directory (0700) of the workers' hand-over sockets
+    #: (gateway.callpath.steering); '' when calls are not steered by Call-ID.
+    steer: str = ""
 
     @property
     def owner(self) -> str:
@@ -69,6 +72,7 @@ class WorkerRole:
                 "ports": list(self.ports),
                 "home": list(self.home),
                 "initial": self.initial,
+                "steer": self.steer,
             },
             separators=(",", ":"),
         )
@@ -84,6 +88,7 @@ class WorkerRole:
                 ports=tuple(int(p) for p in data["ports"]),
                 home=tuple(int(p) for p in data["home"]),
                 initial=bool(data.get("initial", True)),
+                steer=str(data.get("steer", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not a worker role: {text!r}") from exc

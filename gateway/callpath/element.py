@@ -72,6 +72,7 @@ from gateway.callpath.security import (
     ban_file_path,
     guard_from_settings,
 )
+from gateway.callpath.steering import Handover, Steering
 from gateway.config import Settings
 from gateway.sip import Headers, Request, Response, SIPError, make_response
 from gateway.sip.digest import DigestServer
@@ -88,7 +89,7 @@ from gateway.transport import (
     Transport,
     UDPTransport,
 )
-from gateway.transport.base import LogLimiter
+from gateway.transport.base import LogLimiter, TransportName
 from gateway.transport.endpoint import ServerRequest, SipEndpoint
 from gateway.transport.tls import ClientTLS, client_context, server_context
 from gateway.transport.udp import queued_bytes
@@ -276,6 +277,13 @@ class Gateway:
         self.telemetry: Any = None
         self.admin_url: str | None = None
         self._operator: Operator | None = None
+        #: Calls spread over the workers by Call-ID (gateway.callpath.steering); None
+        #: alone, or with ``[server] worker_balance = "kernel"``.
+        self.steering: Steering | None = None
+        #: The shared UDP listeners a steering worker hands calls over from: their index
+        #: in ``[sip] listen``, and back.
+        self._steered: dict[Transport, int] = {}
+        self._listeners: dict[int, Transport] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -295,6 +303,8 @@ class Gateway:
                     spec.transport.value, spec.ip, port, reuse_port=role is not None
                 )
                 self.add_transport(transport)
+                if role is not None and role.count > 1 and transport.name is TransportName.UDP:
+                    self._listeners[i] = transport
                 host, port = transport.local_address
                 extra = {} if role is None else {"worker": role.index}
                 log.info("listening", transport=str(transport.name), host=host, port=port, **extra)
@@ -312,6 +322,16 @@ class Gateway:
                         worker=role.index,
                     )
             self._start_call_path()
+            if role is not None and self._listeners and role.steer:
+                self.steering = Steering(
+                    role.index,
+                    role.count,
+                    role.steer,
+                    self._on_handover,
+                    always=self.settings.server.worker_balance == "call-id",
+                )
+                self.steering.start()
+                self._steered = {t: i for i, t in self._listeners.items()}
             self._sync_bans(self.sip_clock())
             self._housekeeping = asyncio.ensure_future(self._housekeep())
             if sip.overload_queue_kb > 0:
@@ -400,6 +420,9 @@ class Gateway:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._housekeeping = self._overload_task = None
+        if self.steering is not None:
+            self.steering.close()
+            self._steered = {}
         await self._stop_call_path()
         self._save_bans(self.sip_clock())
         transports, self.transports = self.transports, []
@@ -452,7 +475,14 @@ class Gateway:
             self._counter_stats = (self.store.counters_rebuilt, self.store.counters_caught_up)
         # Card counters read from the rows, and other processes' changes applied to them.
         gateway["card_counters_rebuilt"], gateway["card_counters_caught_up"] = self._counter_stats
-        return {"gateway": gateway, "transports": per, "security": self.security.stats.as_dict()}
+        snapshot = {
+            "gateway": gateway,
+            "transports": per,
+            "security": self.security.stats.as_dict(),
+        }
+        if self.steering is not None:
+            snapshot["steering"] = dict(self.steering.stats)
+        return snapshot
 
     # -- addressing ------------------------------------------------------------------
 
@@ -527,30 +557,79 @@ class Gateway:
             if message.method != "ACK":
                 self._reply(message, source, transport, 500, "Server Internal Error")
 
-    def _on_request(self, req: Request, source: Address, transport: Transport) -> None:
-        """Ask the router where ``req`` goes, then do it."""
+    def _on_request(
+        self,
+        req: Request,
+        source: Address,
+        transport: Transport,
+        *,
+        handed: bool = False,
+        identity: Identity | None = None,
+    ) -> None:
+        """Ask the router where ``req`` goes, then do it.
+
+        A worker steering calls by Call-ID (:mod:`gateway.callpath.steering`) hands a
+        request it cannot serve itself to the call's owner: an INVITE once its digest
+        check named the caller, anything that continues a call of another worker.
+        ``handed``: a sibling handed this request over (it is never steered again),
+        with the ``identity`` its digest check named (not checked twice).
+        """
+        steering = self.steering
+        steer = None if handed or steering is None else self._steered.get(transport)
+        if steer is not None and steering is not None:
+            owner = steering.remembered(req)
+            if owner is not None:
+                # The retransmission, CANCEL or ACK of an INVITE handed over: its owner's.
+                if not steering.hand_over(owner, req, source, steer):
+                    self.stats.dropped["handover-failed"] += 1
+                return
         facts = _RequestFacts(self, source, transport)
         found = router.route(req, facts)
         kind = found.kind
         if kind is RouteKind.ABSORB or kind is RouteKind.CANCEL or kind is RouteKind.IN_DIALOG:
             self.endpoint.deliver(req, source, transport)
         elif kind is RouteKind.ACK_2XX:
-            if self.b2bua is None or not self.b2bua.on_ack(req, source, transport):
+            taken = self.b2bua is not None and self.b2bua.on_ack(req, source, transport)
+            if not taken and (
+                self._acks_our_answer(req) or not self._hand_over_foreign(req, source, steer, None)
+            ):
                 self.stats.dropped["ack"] += 1
         elif kind is RouteKind.INBOUND_INVITE:
             carrier = Identity(IdentityKind.CARRIER, facts.carrier or "")
             self.endpoint.deliver(req, source, transport, context=carrier)
         elif kind is RouteKind.OUTBOUND_INVITE or kind is RouteKind.REGISTER:
-            identity = self._challenge(
-                req, source, transport, proxy=kind is RouteKind.OUTBOUND_INVITE
-            )
+            if identity is None:
+                identity = self._challenge(
+                    req, source, transport, proxy=kind is RouteKind.OUTBOUND_INVITE
+                )
             if identity is None:
                 return
             admitted = router.route_authenticated(req, identity, facts)
+            if kind is RouteKind.OUTBOUND_INVITE and self._foreign(req, steer) is not None:
+                if admitted.kind is not RouteKind.REPLY:
+                    # A new call: its owner's when worth it; served here when the owner
+                    # cannot take it.
+                    if self._hand_over_foreign(req, source, steer, identity, new_call=True):
+                        return
+                elif admitted is router.NO_DIALOG:
+                    # A re-INVITE of a call of another worker (sent to the shared port).
+                    if not self._hand_over_foreign(req, source, steer, identity):
+                        self.stats.dropped["handover-failed"] += 1
+                    return
             if admitted.kind is RouteKind.REPLY:
                 self._answer(req, source, transport, admitted)
             else:
                 self.endpoint.deliver(req, source, transport, context=identity)
+        elif (
+            kind is RouteKind.REPLY
+            and _continues_a_call(req)
+            and self._foreign(req, steer) is not None
+        ):
+            # A CANCEL or in-dialog request of a call of another worker (its Request-URI
+            # may name the owner's private port, so not even local here): the owner's,
+            # never answered here (481 would end a call under way there).
+            if not self._hand_over_foreign(req, source, steer, None):
+                self.stats.dropped["handover-failed"] += 1
         elif kind is RouteKind.DROP:
             self.stats.dropped[found.detail or "dropped"] += 1
         elif found is router.OVERLOADED:
@@ -559,6 +638,65 @@ class Gateway:
             self.endpoint.deliver(req, source, transport, context=found)
         else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
             self._answer(req, source, transport, found)
+
+    def _acks_our_answer(self, req: Request) -> bool:
+        """True for the ACK of a final answer this worker sent statelessly (a 407 to an
+        INVITE without credentials): its To tag is the one :meth:`_to_tag` gave it. Not
+        worth handing over to the call's owner, which never saw that INVITE."""
+        if self.steering is None:
+            return False
+        try:
+            tag = req.to.tag
+            seq = req.cseq.seq
+        except SIPError:
+            return False
+        return tag is not None and tag == self._to_tag(req, f"{seq} INVITE")
+
+    def _foreign(self, req: Request, listener: int | None) -> int | None:
+        """The worker ``req``'s call belongs to when that is not this one and ``req`` came
+        in on a steered listener (None otherwise)."""
+        steering = self.steering
+        if listener is None or steering is None:
+            return None
+        owner = steering.owner(req)
+        return None if owner == steering.index else owner
+
+    def _hand_over_foreign(
+        self,
+        req: Request,
+        source: Address,
+        listener: int | None,
+        identity: Identity | None,
+        *,
+        new_call: bool = False,
+    ) -> bool:
+        """Hand ``req`` to the worker its Call-ID belongs to: True when it went (False when
+        that is this worker, the sibling cannot take it now, or — ``new_call`` — the
+        balance keeps new calls here while this worker has room)."""
+        owner = self._foreign(req, listener)
+        steering = self.steering
+        if owner is None or listener is None or steering is None:
+            return False
+        if new_call and not steering.worth_it(owner):
+            return False
+        return steering.hand_over(owner, req, source, listener, identity)
+
+    def _on_handover(self, handover: Handover) -> None:
+        """A sibling handed a request over: serve it as received on our socket of the same
+        shared port (our answers leave from the address the caller sent to)."""
+        transport = self._listeners.get(handover.listener)
+        req = handover.request
+        if transport is None:
+            return
+        try:
+            self._on_request(
+                req, handover.source, transport, handed=True, identity=handover.identity
+            )
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("sip.request.failed", method=req.method, source=_fmt(handover.source))
+            if req.method != "ACK":
+                self._reply(req, handover.source, transport, 500, "Server Internal Error")
 
     def _answer(self, req: Request, source: Address, transport: Transport, found: Route) -> None:
         self._reply(
@@ -1155,16 +1293,22 @@ class Gateway:
             headers.add(name, value)
         return Response(status, reason, headers)
 
-    def _to_tag(self, req: Request) -> str:
+    def _to_tag(self, req: Request, cseq: str | None = None) -> str:
         """A To tag that is the same for every retransmission of one request.
 
         RFC 3261 §8.2.6.2 needs a tag on every non-100 response; deriving it
         from Call-ID, From tag and the top Via branch keeps stateless answers
-        to retransmissions identical, as a transaction would.
+        to retransmissions identical, as a transaction would. ``cseq``: the
+        CSeq to derive it from instead of the request's own.
         """
         h = req.headers
         material = "\x00".join(
-            (h.get("Call-ID") or "", h.get("From") or "", h.get("Via") or "", h.get("CSeq") or "")
+            (
+                h.get("Call-ID") or "",
+                h.get("From") or "",
+                h.get("Via") or "",
+                cseq if cseq is not None else h.get("CSeq") or "",
+            )
         )
         # Header text holds undecodable octets as surrogates (the parser decodes
         # with surrogateescape); encode them back the same way.
@@ -1176,6 +1320,16 @@ class Gateway:
         if not self._mask or uri.user is None:
             return str(uri)
         return str(dataclasses.replace(uri, user=mask_number(uri.user)))
+
+
+def _continues_a_call(req: Request) -> bool:
+    """A CANCEL, or a request with a To tag: it belongs to a call under way somewhere."""
+    if req.method == "CANCEL":
+        return True
+    try:
+        return req.to.tag is not None
+    except SIPError:
+        return False
 
 
 class _RequestFacts:

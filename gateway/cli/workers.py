@@ -29,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -175,8 +177,15 @@ def supervise(settings: Settings, config: Path | None, count: int, log: Any) -> 
         log.error("workers.ports_in_use", error=str(exc))
         print(f"dialgate run: {exc.strerror}", file=sys.stderr)
         return 1
+    # Hand-over sockets of the workers (calls steered by Call-ID): a directory only
+    # this user can enter, removed when the set stops.
+    steer = ""
+    if settings.server.worker_balance != "kernel" and count > 1:
+        steer = tempfile.mkdtemp(prefix="dialgate-workers-")
     workers = [
-        _Worker(WorkerRole(index=i, count=count, ports=shared, home=homes[i], initial=True))
+        _Worker(
+            WorkerRole(index=i, count=count, ports=shared, home=homes[i], initial=True, steer=steer)
+        )
         for i in range(count)
     ]
     signals: list[int] = []
@@ -191,6 +200,8 @@ def supervise(settings: Settings, config: Path | None, count: int, log: Any) -> 
         ports=list(shared),
         private=[list(h) for h in homes],
         pid=os.getpid(),
+        balance=settings.server.worker_balance,
+        handover=steer or None,
     )
     status = 0
     try:
@@ -214,6 +225,7 @@ def supervise(settings: Settings, config: Path | None, count: int, log: Any) -> 
                         ports=shared,
                         home=worker.role.home,
                         initial=False,
+                        steer=steer,
                     )
                     _start(worker, config, log)
             if status:
@@ -221,6 +233,8 @@ def supervise(settings: Settings, config: Path | None, count: int, log: Any) -> 
             time.sleep(POLL)
     finally:
         _stop_all(workers, signals, log)
+        if steer:
+            shutil.rmtree(steer, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if signals:

@@ -74,13 +74,16 @@ class WorkerSet:
         return str(self.gw.events("admin.listening")[-1]["url"]).rstrip("/")
 
 
-def agent_scenario(workdir: Path, hold_ms: int) -> Path:
-    """The Contact-following agent scenario, holding answered calls ``hold_ms``."""
+def agent_scenario(workdir: Path, hold_ms: int, *, follow_contact: bool = True) -> Path:
+    """The Contact-following agent scenario, holding answered calls ``hold_ms``;
+    ``follow_contact=False``: its ACK and BYE go where its INVITE went (the shared port),
+    as SIPp's built-in scenarios and some phones do."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "agent_contact.xml"
-    path.write_text(
-        (SIPP_DIR / "agent_contact.xml.in").read_text().replace("HOLD_MS", str(hold_ms))
-    )
+    text = (SIPP_DIR / "agent_contact.xml.in").read_text().replace("HOLD_MS", str(hold_ms))
+    if not follow_contact:
+        text = "\n".join(line for line in text.splitlines() if "<setdest" not in line)
+    path.write_text(text)
     return path
 
 
@@ -123,14 +126,18 @@ class Rig:
         *,
         cards: int = 2,
         quota: dict[str, int] | None = None,
+        balance: str | None = None,
         **carrier: Any,
     ) -> tuple[SippCarrier, WorkerSet]:
         """A SIPp carrier (``start_carrier``; ``scenario``, ``extra`` in ``carrier``), the
-        workers in front of it (``gateway_toml`` with ``cards`` and ``quota``), and alice
-        registered through their shared port."""
+        workers in front of it (``gateway_toml`` with ``cards`` and ``quota``; ``balance``:
+        ``[server] worker_balance``), and alice registered through their shared port."""
         carrier_uas = start_carrier(self.tmp / "carrier", carrier_timeout, **carrier)
         self.processes.append(carrier_uas)
-        ws = self.workers(gateway_toml(carrier_uas.port, cards=cards, quota=quota))
+        config = gateway_toml(carrier_uas.port, cards=cards, quota=quota)
+        if balance is not None:
+            config += f'\n[server]\nworker_balance = "{balance}"\n'
+        ws = self.workers(config)
         register_alice(ws.gw.addresses["udp"], self.tmp / "register")
         return carrier_uas, ws
 
@@ -143,12 +150,15 @@ class Rig:
         rate: int,
         hold_ms: int,
         timeout: int = 60,
+        sockets: str = "un",
+        follow_contact: bool = True,
     ) -> subprocess.Popen[bytes]:
         """One SIPp agent (alice) calling ``callees`` at the workers' shared UDP port with a
-        UDP socket per call (``-t un``), logging the Contact each 200 named (``contacts``)."""
+        UDP socket per call (``-t un``; ``sockets="u1"``: one for every call, as a dialer
+        or a PBX in front), logging the Contact each 200 named (``contacts``)."""
         sipp_binary()  # fails when SIPp is missing
         agent = start_sipp_agent(
-            agent_scenario(workdir, hold_ms),
+            agent_scenario(workdir, hold_ms, follow_contact=follow_contact),
             ws.gw.addresses["udp"],
             workdir,
             calls=len(callees),
@@ -158,7 +168,7 @@ class Rig:
             hold_ms=hold_ms,
             extra=[
                 "-t",
-                "un",
+                sockets,
                 "-max_socket",
                 "1000",
                 "-trace_logs",

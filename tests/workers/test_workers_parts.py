@@ -104,7 +104,9 @@ def test_rows_carry_their_owner(tmp_path: Path) -> None:
 
 def test_worker_role_round_trip() -> None:
     """The role passed on a worker's command line comes back equal; a bad one is refused."""
-    role = WorkerRole(index=1, count=3, ports=(5060, 5060), home=(40001, 40002), initial=False)
+    role = WorkerRole(
+        index=1, count=3, ports=(5060, 5060), home=(40001, 40002), initial=False, steer="/run/x"
+    )
     assert role == WorkerRole.from_json(role.to_json())
     assert ("w0", "w2") == role.siblings
     assert "w1" == role.owner
@@ -126,6 +128,11 @@ def test_server_workers_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert ["server.workers: must be between 1 and 64, got 0"] == err.value.messages
+    assert "load" == Settings().server.worker_balance
+    path.write_text('[policy]\nconsent = "dnc-only"\n[server]\nworker_balance = "source"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.messages[0].startswith("server.worker_balance:"), err.value.messages
 
 
 async def test_the_endpoint_writes_and_sends_from_its_private_transports() -> None:

@@ -103,6 +103,58 @@ def test_calls_spread_over_both_workers_and_all_complete(tmp_path: Path, rig: Ri
     assert 0 == int(admin_get(f"{url}/cards/c1")["in_use"])
 
 
+@pytest.mark.parametrize(
+    ("balance", "follow_contact"),
+    [("call-id", True), ("call-id", False), ("kernel", True), ("load", True)],
+    ids=["steered", "steered-acks-to-shared-port", "kernel-hash", "load-idle"],
+)
+def test_calls_from_one_socket_spread_over_both_workers(
+    tmp_path: Path, rig: Rig, balance: str, follow_contact: bool
+) -> None:
+    """40 calls from ONE socket (a dialer, or a PBX in front of the agents). The kernel
+    hands all of a source's datagrams to one worker; steered by Call-ID, the worker that
+    checked alice's digest hands each call to the worker its Call-ID belongs to, and
+    both place calls. Every call completes with one CDR, also when the agent sends its
+    ACK and BYE to the shared port instead of the owner's Contact (the receiver hands
+    them over too, never answering 481 for a sibling's call). By load (the default),
+    a worker this far from busy keeps its calls: no hand-over costs anything."""
+    carrier, ws = rig.carrier_and_workers(120, cards=2, balance=balance)
+    work = tmp_path / "agent"
+    agent = rig.agents(
+        ws,
+        work,
+        numbers("0005", 40),
+        rate=20,
+        hold_ms=300,
+        sockets="u1",
+        follow_contact=follow_contact,
+    )
+    result = finish_agent(agent, work, bound=60)
+    assert (40, 0) == (result.successful, result.failed), result.stats
+    per_worker = ws.per_worker("call.b_leg")
+    print(f"calls per worker: {dict(per_worker)}")
+    if balance in ("kernel", "load"):
+        assert 1 == len(per_worker), per_worker
+    else:
+        # crc32 of 40 Call-IDs over 2 workers: fewer than 8 on one is a 1-in-10^4 split.
+        assert {0, 1} == set(per_worker) and min(per_worker.values()) >= 8, per_worker
+    bye_answers = [
+        m.status
+        for m in result.messages
+        if m.direction == "received" and (m.header("CSeq") or "").endswith("BYE")
+    ]
+    assert [200] * 40 == bye_answers
+    legs = ws.b_legs()
+    messages = carrier.messages()
+    for _, b in legs.values():
+        assert 1 == len(carrier_requests(messages, "BYE", b)), b
+        assert carrier_requests(messages, "ACK", b), b
+    assert [] == ws.gw.events("call.in_dialog.refused")
+    assert [] == ws.gw.events("call.ack_timeout")
+    wait_until(lambda: 40 == len(cdrs(tmp_path / "dialgate.db")), 10, "40 CDRs")
+    assert all([("answered", 200)] == v for v in cdrs(tmp_path / "dialgate.db").values())
+
+
 def test_a_card_quota_is_not_overbooked_across_workers(tmp_path: Path, rig: Rig) -> None:
     """One card with ``calls_per_minute = 10``; 30 calls spread over both workers within
     a second or two: exactly 10 reach the carrier (the reservation is one transaction
@@ -243,14 +295,20 @@ def test_kill_9_of_worker_0_cancels_its_unanswered_calls(tmp_path: Path, rig: Ri
 
 
 def test_sigterm_stops_every_worker(rig: Rig) -> None:
-    """SIGTERM to the supervisor: every worker stops, the supervisor exits 0."""
+    """SIGTERM to the supervisor: every worker stops, the supervisor exits 0 and removes
+    the directory of the workers' hand-over sockets."""
     ws = rig.workers(gateway_toml(1, cards=1))
     pids = list(ws.pids().values())
     assert 2 == len(pids)
+    [starting] = ws.gw.events("workers.starting")
+    handover = Path(starting["handover"])
+    assert {"w0.sock", "w1.sock", "loads"} == {p.name for p in handover.iterdir()}
+    assert 0o700 == handover.stat().st_mode & 0o777
     assert 0 == ws.gw.stop()
     for pid in pids:
         assert not _alive(pid), pid
     assert 2 == len(ws.gw.events("stopped"))
+    assert not handover.exists()
 
 
 def test_a_killed_supervisor_takes_its_workers_along(rig: Rig) -> None:

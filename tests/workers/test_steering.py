@@ -1,0 +1,225 @@
+"""Calls steered to their worker by Call-ID (:mod:`gateway.callpath.steering`), on real
+Unix sockets in one event loop: what is handed over arrives whole and in order, with its
+source and identity; a burst beyond the socket buffer waits instead of failing; a sibling
+that went away fails the hand-over (the receiver serves the call) until it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import zlib
+from pathlib import Path
+
+from gateway.callpath.auth import Identity, IdentityKind
+from gateway.callpath.steering import BUSY, MARGIN, REMEMBER, Handover, Steering, owner_of
+from gateway.sip import Request, parse
+
+
+def invite(n: int, *, branch: str | None = None, method: str = "INVITE") -> Request:
+    branch = branch or f"z9hG4bK-{n}"
+    text = (
+        f"{method} sip:+8613900000{n:03d}@gw.example SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.7:5062;branch={branch};rport=5062;received=192.0.2.7\r\n"
+        f"From: <sip:alice@gw.example>;tag=a{n}\r\n"
+        "To: <sip:+8613900000000@gw.example>\r\n"
+        f"Call-ID: call-{n}@192.0.2.7\r\n"
+        f"CSeq: 2 {method}\r\n"
+        "Max-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    message = parse(text.encode())
+    assert isinstance(message, Request)
+    return message
+
+
+class Pair:
+    """Worker 0 (hands over) and worker 1 (receives) in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.got: list[Handover] = []
+        self.clock = 1000.0
+        self.w0 = Steering(0, 2, directory, self.got.append, clock=lambda: self.clock)
+        self.w1 = Steering(1, 2, directory, self.got.append)
+
+    def start(self) -> None:
+        self.w0.start()
+        self.w1.start()
+
+    def close(self) -> None:
+        self.w0.close()
+        self.w1.close()
+
+
+async def until(check: object, seconds: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not check():  # type: ignore[operator]
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_owner_is_crc32_of_the_call_id_and_spreads() -> None:
+    assert zlib.crc32(b"abc@host") % 3 == owner_of("abc@host", 3)
+    spread = [owner_of(f"{i}-4242@127.0.0.1", 2) for i in range(1000)]
+    assert 400 < spread.count(0) < 600
+
+
+async def test_a_hand_over_arrives_whole_with_source_listener_and_identity(
+    tmp_path: Path,
+) -> None:
+    pair = Pair(tmp_path)
+    pair.start()
+    try:
+        alice = Identity(IdentityKind.AGENT, "alice", "spring", None)
+        req = invite(1)
+        assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0, alice)
+        assert pair.w0.hand_over(1, invite(2), ("192.0.2.8", 5070), 1)
+        await until(lambda: len(pair.got) == 2)
+        first, second = pair.got
+        assert bytes(req) == bytes(first.request)
+        assert (("192.0.2.7", 5062), 0, alice) == (first.source, first.listener, first.identity)
+        assert (("192.0.2.8", 5070), 1, None) == (
+            second.source,
+            second.listener,
+            second.identity,
+        )
+        assert (2, 2) == (pair.w0.stats["handed_over"], pair.w1.stats["received"])
+        # Never to itself, nor to a worker the set does not have.
+        assert not pair.w0.hand_over(0, req, ("192.0.2.7", 5062), 0)
+        assert not pair.w0.hand_over(2, req, ("192.0.2.7", 5062), 0)
+    finally:
+        pair.close()
+
+
+async def test_the_invite_is_remembered_for_its_retransmissions_and_cancel(
+    tmp_path: Path,
+) -> None:
+    pair = Pair(tmp_path)
+    pair.start()
+    try:
+        req = invite(3, branch="z9hG4bK-keep")
+        assert pair.w0.remembered(req) is None
+        assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0)
+        assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep"))
+        assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="CANCEL"))
+        assert pair.w0.remembered(invite(3, branch="z9hG4bK-other")) is None
+        pair.clock += REMEMBER + 1
+        assert pair.w0.hand_over(1, invite(4), ("192.0.2.7", 5062), 0)  # trims the old
+        assert pair.w0.remembered(req) is None
+    finally:
+        pair.close()
+
+
+async def test_a_burst_beyond_the_socket_buffer_waits_and_keeps_its_order(
+    tmp_path: Path,
+) -> None:
+    pair = Pair(tmp_path)
+    pair.start()
+    try:
+        # Handed over without letting the loop run: the kernel's buffer fills, the rest
+        # waits in the sender and leaves when the receiver has read.
+        sent = [pair.w0.hand_over(1, invite(n), ("192.0.2.7", 5062), 0) for n in range(500)]
+        assert all(sent)
+        assert pair.w0._peers[1].pending  # some had to wait
+        await until(lambda: len(pair.got) == 500)
+        assert [f"call-{n}@192.0.2.7" for n in range(500)] == [h.request.call_id for h in pair.got]
+        assert 0 == pair.w0.stats["failed"]
+    finally:
+        pair.close()
+
+
+async def test_a_sibling_that_went_away_fails_the_hand_over_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    got: list[Handover] = []
+    w0 = Steering(0, 2, tmp_path, got.append)
+    w0.start()
+    try:
+        assert not w0.hand_over(1, invite(5), ("192.0.2.7", 5062), 0)  # not started yet
+        assert 1 == w0.stats["failed"]
+        w1 = Steering(1, 2, tmp_path, got.append)
+        w1.start()
+        assert w0.hand_over(1, invite(6), ("192.0.2.7", 5062), 0)
+        await until(lambda: len(got) == 1)
+        w1.close()  # exits: w0 sees its connection close
+        await until(lambda: not w0._peers)
+        assert not w0.hand_over(1, invite(7), ("192.0.2.7", 5062), 0)
+        again = Steering(1, 2, tmp_path, got.append)  # restarted: the same path
+        again.start()
+        assert w0.hand_over(1, invite(8), ("192.0.2.7", 5062), 0)
+        await until(lambda: len(got) == 2)
+        assert "call-8@192.0.2.7" == got[-1].request.call_id
+        again.close()
+    finally:
+        w0.close()
+
+
+async def test_what_is_not_a_hand_over_is_dropped_and_counted(tmp_path: Path) -> None:
+    got: list[Handover] = []
+    w1 = Steering(1, 2, tmp_path, got.append)
+    w1.start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.connect(str(tmp_path / "w1.sock"))
+        sock.send(b"INVITE sip:x SIP/2.0\r\n\r\n")  # no envelope
+        sock.send(b'DGSTEER1 {"l":0}\n')  # no source
+        sock.send(b'DGSTEER1 {"l":0,"h":"192.0.2.7","p":5062}\nnot sip at all')
+        await until(lambda: w1.stats["bad"] == 3)
+        assert [] == got
+        sock.close()
+    finally:
+        w1.close()
+
+
+async def test_the_socket_is_the_owners_alone_and_removed_at_close(tmp_path: Path) -> None:
+    w0 = Steering(0, 2, tmp_path, lambda _h: None)
+    w0.start()
+    try:
+        assert 0o600 == (tmp_path / "w0.sock").stat().st_mode & 0o777
+    finally:
+        w0.close()
+    assert not (tmp_path / "w0.sock").exists()
+
+
+async def test_by_load_a_new_call_goes_over_only_from_a_busy_worker_to_a_calmer_one(
+    tmp_path: Path,
+) -> None:
+    """``worker_balance = "load"``: the loads every worker publishes in the shared file
+    decide whether a new call is handed to its Call-ID's worker."""
+    w0 = Steering(0, 2, tmp_path, lambda _h: None, always=False)
+    w1 = Steering(1, 2, tmp_path, lambda _h: None, always=False)
+    w0.start()
+    w1.start()
+    try:
+        for mine, theirs, goes in (
+            (0.9, 0.2, True),  # busy, the owner has room
+            (0.9, 0.9 - MARGIN / 2, False),  # both busy: no gain worth the hand-over
+            (BUSY - 0.01, 0.0, False),  # room here: keep it
+            (BUSY, BUSY - MARGIN, True),
+        ):
+            w0.publish_load(mine)
+            w1.publish_load(theirs)
+            assert (mine, theirs) == (w0.load(0), w0.load(1))  # one file, seen by both
+            assert goes == w0.worth_it(1), (mine, theirs)
+        assert Steering(0, 2, tmp_path, lambda _h: None).worth_it(1)  # "call-id": always
+    finally:
+        w0.close()
+        w1.close()
+
+
+async def test_a_worker_publishes_its_cpu_share(tmp_path: Path) -> None:
+    w0 = Steering(0, 2, tmp_path, lambda _h: None, always=False)
+    w0.start()
+    try:
+        await asyncio.sleep(0.15)
+        assert w0.load(0) < BUSY  # idle
+        end = time.monotonic() + 0.35
+        while time.monotonic() < end:  # the loop's thread busy: CPU time ≈ wall time
+            pass
+        await asyncio.sleep(0.02)  # the overdue sample runs first, over the busy stretch
+        assert w0.load(0) > 0.3
+    finally:
+        w0.close()
+    assert 0.0 == Steering(1, 2, tmp_path, lambda _h: None).load(0)  # not mapped
