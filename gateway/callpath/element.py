@@ -323,15 +323,7 @@ class Gateway:
                     )
             self._start_call_path()
             if role is not None and self._listeners and role.steer:
-                self.steering = Steering(
-                    role.index,
-                    role.count,
-                    role.steer,
-                    self._on_handover,
-                    always=self.settings.server.worker_balance == "call-id",
-                )
-                self.steering.start()
-                self._steered = {t: i for i, t in self._listeners.items()}
+                self._start_steering(role)
             self._sync_bans(self.sip_clock())
             self._housekeeping = asyncio.ensure_future(self._housekeep())
             if sip.overload_queue_kb > 0:
@@ -340,6 +332,25 @@ class Gateway:
         except BaseException:
             await self.close(log_stats=False)
             raise
+
+    def _start_steering(self, role: WorkerRole) -> None:
+        """Take part in the hand-overs of ``dialgate run --workers N``; without them (the
+        supervisor's directory unusable) the worker still serves what the kernel hands it."""
+        steering = Steering(
+            role.index,
+            role.count,
+            role.steer,
+            self._on_handover,
+            always=self.settings.server.worker_balance == "call-id",
+        )
+        try:
+            steering.start()
+        except OSError as exc:
+            steering.close()
+            log.warning("steering.unavailable", error=repr(exc), directory=role.steer)
+            return
+        self.steering = steering
+        self._steered = {t: i for i, t in self._listeners.items()}
 
     async def _listen(
         self, kind: str, host: str, port: int, *, reuse_port: bool = False

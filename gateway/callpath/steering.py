@@ -174,13 +174,13 @@ class Steering:
             sock.bind(str(path))
             os.chmod(path, 0o600)
             sock.listen(64)
+            self._loads = self._map_loads()
         except BaseException:
             sock.close()
             raise
         self._listener = sock
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._accept)
-        self._loads = self._map_loads()
         self._load_task = asyncio.ensure_future(self._sample_load())
 
     def _map_loads(self) -> mmap.mmap:

@@ -181,7 +181,9 @@ def supervise(settings: Settings, config: Path | None, count: int, log: Any) -> 
     # this user can enter, removed when the set stops.
     steer = ""
     if settings.server.worker_balance != "kernel" and count > 1:
-        steer = tempfile.mkdtemp(prefix="dialgate-workers-")
+        # A socket's path holds at most 107 bytes: under /tmp when TMPDIR is long.
+        base = tempfile.gettempdir()
+        steer = tempfile.mkdtemp(prefix="dialgate-workers-", dir=base if len(base) < 48 else "/tmp")
     workers = [
         _Worker(
             WorkerRole(index=i, count=count, ports=shared, home=homes[i], initial=True, steer=steer)

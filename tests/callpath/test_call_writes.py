@@ -20,7 +20,8 @@ from tests.callpath.conftest import Rig
 
 
 def transactions(statements: list[str]) -> list[list[str]]:
-    """The statements of each committed write transaction, in order (reads left out)."""
+    """The statements of each committed write transaction, in order (reads, and the
+    read-only snapshots of a card's counters being rebuilt, left out)."""
     out: list[list[str]] = []
     current: list[str] | None = None
     for sql in statements:
@@ -28,7 +29,8 @@ def transactions(statements: list[str]) -> list[list[str]]:
         if word == "BEGIN":
             current = []
         elif word == "COMMIT" and current is not None:
-            out.append(current)
+            if current:
+                out.append(current)
             current = None
         elif current is not None and word in ("INSERT", "UPDATE", "DELETE"):
             current.append(" ".join(sql.split()[:3]))

@@ -12,8 +12,11 @@ import zlib
 from pathlib import Path
 
 from gateway.callpath.auth import Identity, IdentityKind
+from gateway.callpath.element import Gateway
 from gateway.callpath.steering import BUSY, MARGIN, REMEMBER, Handover, Steering, owner_of
 from gateway.sip import Request, parse
+from gateway.workers import WorkerRole
+from tests.callpath.conftest import Agent, Carrier, gateway_settings
 
 
 def invite(n: int, *, branch: str | None = None, method: str = "INVITE") -> Request:
@@ -223,3 +226,70 @@ async def test_a_worker_publishes_its_cpu_share(tmp_path: Path) -> None:
     finally:
         w0.close()
     assert 0.0 == Steering(1, 2, tmp_path, lambda _h: None).load(0)  # not mapped
+
+
+async def two_workers(
+    tmp_path: Path, carrier: Carrier, balance: str, steer: str
+) -> tuple[Gateway, Gateway]:
+    """Workers 0 and 1 of a set, in this process: one shared UDP port (SO_REUSEPORT),
+    one database, the hand-over directory ``steer``."""
+    settings = gateway_settings(
+        carrier.address, tmp_path / "gw.db", extra={"server": {"worker_balance": balance}}
+    )
+    w0 = Gateway(settings, worker=WorkerRole(0, 2, ports=(0,), home=(0,), steer=steer))
+    await w0.start()
+    port = w0.address("udp")[1]
+    w1 = Gateway(
+        settings, worker=WorkerRole(1, 2, ports=(port,), home=(0,), initial=False, steer=steer)
+    )
+    await w1.start()
+    return w0, w1
+
+
+async def test_calls_from_one_socket_reach_both_in_process_workers(tmp_path: Path) -> None:
+    """alice's one socket hashes to one worker; that worker checks her digest and hands
+    each call whose Call-ID is the other's over: both place calls, every call is
+    answered and hung up, the answers come from the shared port she sent to."""
+    carrier = Carrier()
+    await carrier.start()
+    steer = tmp_path / "steer"
+    steer.mkdir(mode=0o700)
+    w0, w1 = await two_workers(tmp_path, carrier, "call-id", str(steer))
+    alice = Agent("alice", "s3cret", w0.address("udp"))
+    await alice.start()
+    try:
+        assert 200 == (await alice.register()).status
+        for n in range(16):
+            resp, invite_sent = await alice.call(f"139123450{n:02d}")
+            assert 200 == resp.status, resp
+            assert 200 == (await alice.send_in_dialog(invite_sent.call_id, "BYE")).status
+        placed = [w.b2bua.stats["calls"] for w in (w0, w1) if w.b2bua is not None]
+        assert 16 == sum(placed) and min(placed) >= 2, placed
+        handed = sum(w.steering.stats["handed_over"] for w in (w0, w1) if w.steering)
+        assert handed >= 2
+    finally:
+        await alice.close()
+        await w1.close()
+        await w0.close()
+        await carrier.close()
+
+
+async def test_a_worker_without_the_hand_over_directory_still_serves(tmp_path: Path) -> None:
+    """The supervisor's directory unusable: the worker logs it and serves what the kernel
+    hands it, as with ``worker_balance = "kernel"``."""
+    carrier = Carrier()
+    await carrier.start()
+    w0, w1 = await two_workers(tmp_path, carrier, "load", str(tmp_path / "missing"))
+    alice = Agent("alice", "s3cret", w0.address("udp"))
+    await alice.start()
+    try:
+        assert (None, None) == (w0.steering, w1.steering)
+        assert 200 == (await alice.register()).status
+        resp, invite_sent = await alice.call("13912345600")
+        assert 200 == resp.status
+        assert 200 == (await alice.send_in_dialog(invite_sent.call_id, "BYE")).status
+    finally:
+        await alice.close()
+        await w1.close()
+        await w0.close()
+        await carrier.close()
