@@ -5,7 +5,11 @@ hands each UDP datagram to a worker by a hash of its source and destination addr
 One phone is one source, so a predictive dialer (one socket, all the calls) lands on
 one worker, and 16 agents split 6/10 as often as not (measured: at 500 calls/s one
 worker refused 1,143 calls while the other had room). Steering makes the *call* the
-unit instead: a call belongs to worker ``crc32(Call-ID) mod N``.
+unit instead: a call belongs to worker ``crc32(Call-ID) mod N``, its owner. With
+``[server] worker_balance = "load"`` (the default) a new call goes to its owner only
+while the worker that received it is busy and the owner clearly less so
+(:meth:`Steering.worth_it`), and stays where it arrived otherwise (a hand-over costs
+CPU); ``"call-id"`` sends every new call to its owner.
 
 The worker the kernel chose (the receiver) still does what is about the source:
 the ban and flood guard, the digest check and its password-guessing count (all of
@@ -23,7 +27,7 @@ port instead is handed over too:
   (:data:`REMEMBER`); the owner's transaction absorbs it;
 - a request this worker has no transaction or dialog for — a CANCEL, the ACK of the
   final answer, a BYE or re-INVITE from a peer that ignores the Contact — when the
-  Call-ID is another worker's.
+  Call-ID is another worker's (a call the receiver kept is found here first).
 
 Only UDP on the shared listeners is steered (a TCP or TLS connection belongs to the
 worker that accepted it, with all the calls on it). When a sibling cannot take a new
