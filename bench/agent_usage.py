@@ -8,6 +8,11 @@ row), and ``agent_calls`` (the count the alert round uses), for an agent (a dial
 with 1,000 / 10,000 / 30,000 calls in the store, one every 2 s:
 
     .venv/bin/python bench/agent_usage.py
+    .venv/bin/python bench/agent_usage.py --workers
+
+``--workers``: two stores as two workers of ``dialgate run --workers 2`` (siblings of
+each other), taking turns: each read follows a reservation by the other worker, as when
+a dialer's calls go through both.
 
 Asserts nothing; a temporary database.
 """
@@ -27,8 +32,14 @@ T0 = 1_793_577_600.0
 
 
 def main() -> int:
+    workers = "--workers" in sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="dialgate-agent-") as tmp:
         store = SQLiteStore(Path(tmp) / "agent.db", autocheckpoint=False)
+        other = store
+        if workers:
+            other = SQLiteStore(Path(tmp) / "agent.db", autocheckpoint=False)
+            store.owner, store.siblings = "w0", ("w1",)
+            other.owner, other.siblings = "w1", ("w0",)
         made = 0
         for target in (1_000, 10_000, 30_000):
             with store.batch():
@@ -46,7 +57,7 @@ def main() -> int:
                     began = time.perf_counter()
                     usage = store.agent_usage("dialer", now, window=window)
                     read_s += time.perf_counter() - began
-                    store.reserve("c1", f"k{made}", f"+86139{made:08d}", now, agent="dialer")
+                    other.reserve("c1", f"k{made}", f"+86139{made:08d}", now, agent="dialer")
                     made += 1
                 read_ms = read_s / reps * 1000
                 count = ""
@@ -60,6 +71,8 @@ def main() -> int:
                     f" agent_usage {read_ms:6.2f} ms ({len(usage.call_starts)} starts){count}"
                 )
         store.close()
+        if other is not store:
+            other.close()
     return 0
 
 

@@ -410,15 +410,18 @@ _MIGRATIONS += (
         14,
         (
             # Which call_starts row each raise of a card's counter changed (written
-            # beside sibling workers only): a process whose counters of a card are a few
-            # changes behind applies those rows instead of re-reading the card's day.
+            # beside sibling workers only): a process whose counters of a card, or whose
+            # kept starts of an agent, are a few changes behind applies those rows
+            # instead of re-reading the card's day or the agent's window.
+            # ``seq`` orders every card's changes: the agents' kept starts follow them all.
             """CREATE TABLE card_usage_changes (
+                seq INTEGER PRIMARY KEY,
                 card TEXT NOT NULL,
                 version INTEGER NOT NULL,
                 row INTEGER NOT NULL,
-                closed INTEGER NOT NULL,
-                PRIMARY KEY (card, version)
-            ) WITHOUT ROWID""",
+                closed INTEGER NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX card_usage_changes_card ON card_usage_changes (card, version)",
         ),
     ),
 )
@@ -437,6 +440,10 @@ CATCH_UP_MAX = 256
 """Changes of a card by other processes applied to its running counters at most; more
 (or any change not logged: a recovery, a prune, a process without siblings) and the
 counters are rebuilt from the card's rows."""
+
+AGENT_CATCH_UP_MAX = 1024
+"""Changes (of every card) applied to the agents' kept starts at most per look; more, or
+any change not logged, and the kept starts are dropped (re-read on the next call)."""
 
 CHANGES_KEPT = 4096
 """Entries of ``card_usage_changes`` kept per card (pruned every this many changes)."""
@@ -516,15 +523,22 @@ class _AgentStarts:
     instead of reading the agent's whole window from the table on every call.
     """
 
-    __slots__ = ("calls", "firsts", "lower", "multi", "span")
+    __slots__ = ("calls", "firsts", "lower", "multi", "open", "rows", "span")
 
-    def __init__(self, lower: float, rows: Iterable[tuple[str, float]]) -> None:
+    def __init__(self, lower: float, rows: Iterable[tuple[int, str, float, str]]) -> None:
         self.lower = lower
         #: The longest window read so far: what is kept covers it.
         self.span = 0.0
         self.calls: dict[str, list[float]] = {}
-        for call_id, started in rows:
+        #: The ``call_starts`` rows kept (by rowid), and those still reserved (a release
+        #: takes their start away): what another process's changes are matched against.
+        self.rows: dict[int, float] = {}
+        self.open: dict[int, tuple[str, float]] = {}
+        for rowid, call_id, started, status in rows:
             self.calls.setdefault(call_id, []).append(float(started))
+            self.rows[rowid] = float(started)
+            if status == UsageStatus.RESERVED.value:
+                self.open[rowid] = (call_id, float(started))
         #: Calls with more than one kept start (rare: each card's reservation of a call
         #: is closed before the next card is tried, and a released one is not kept).
         self.multi: set[str] = set()
@@ -533,6 +547,20 @@ class _AgentStarts:
             if len(times) > 1:
                 self.multi.add(call_id)
         self.firsts = sorted(times[0] for times in self.calls.values())
+
+    def added(self, rowid: int, call_id: str, at: float) -> None:
+        """Row ``rowid``, a reservation of the call written at ``at``, joins (once)."""
+        if rowid in self.rows:
+            return
+        self.rows[rowid] = at
+        self.open[rowid] = (call_id, at)
+        self.started(call_id, at)
+
+    def closed(self, rowid: int, *, released: bool) -> None:
+        """Row ``rowid`` is reserved no more; a released start stops counting (once)."""
+        entry = self.open.pop(rowid, None)
+        if entry is not None and released:
+            self.released(*entry)
 
     def started(self, call_id: str, at: float) -> None:
         """A reservation of the call was written at ``at``."""
@@ -578,6 +606,7 @@ class _AgentStarts:
             del self.calls[call_id]
             self.multi.discard(call_id)
         self.lower = since
+        self.rows = {r: at for r, at in self.rows.items() if at >= since or r in self.open}
 
     def since(self, since: float) -> tuple[float, ...]:
         """Each call's earliest kept start at or after ``since``, ascending (what the
@@ -741,6 +770,10 @@ class SQLiteStore:
         # Each agent's call starts (see _AgentStarts), valid on the same terms.
         self._agents_usage: dict[str, _AgentStarts] = {}
         self._data_version: int | None = None
+        #: Where the agents' kept starts stand in ``card_usage_changes`` (its ``seq``, and
+        #: every card's counter then); None: not known, kept starts are dropped on change.
+        self._log_seen: int | None = None
+        self._versions_seen: dict[str, int] = {}
         #: Changes by other processes applied to the running counters (not rebuilt).
         self.counters_caught_up = 0
         #: Times a card's running counters were read from its rows.
@@ -1059,8 +1092,8 @@ class SQLiteStore:
         if version == self._data_version:
             return
         self._data_version = version
-        self._agents_usage.clear()
-        if not self._cards_usage:
+        if not self._cards_usage and not self._agents_usage:
+            self._log_seen = None
             return
         # The counters, the change log and the rows read in one snapshot: a commit
         # landing between them would be applied twice, or half.
@@ -1069,6 +1102,9 @@ class SQLiteStore:
             db.execute("BEGIN")
         try:
             current = dict(db.execute("SELECT card, version FROM card_usage_versions").fetchall())
+            if self._agents_usage and not self._catch_up_agents(db, current):
+                self._agents_usage.clear()
+                self._log_seen = None
             for card, counters in list(self._cards_usage.items()):
                 now = current.get(card, 0)
                 if now != counters.version and not self._catch_up(db, card, counters, now):
@@ -1077,9 +1113,68 @@ class SQLiteStore:
             if own:
                 self._rollback_quietly()
             self._cards_usage.clear()
+            self._agents_usage.clear()
+            self._log_seen = None
             raise
         if own:
             db.execute("COMMIT")
+
+    def _log_position(self, db: sqlite3.Connection) -> None:
+        """Remember where ``card_usage_changes`` and the cards' counters stand now (before
+        an agent's starts are read: what commits after is applied at the next look, once)."""
+        row = db.execute("SELECT MAX(seq) FROM card_usage_changes").fetchone()
+        self._log_seen = int(row[0] or 0)
+        self._versions_seen = dict(
+            db.execute("SELECT card, version FROM card_usage_versions").fetchall()
+        )
+
+    def _catch_up_agents(self, db: sqlite3.Connection, current: dict[str, int]) -> bool:
+        """Apply to the agents' kept starts the rows every card's changes since the last
+        look started or closed (this process's own again: they are matched by rowid, so
+        nothing counts twice); False when a change is not in the log (a process without
+        siblings, a recovery, a prune) or there are too many: the kept starts are dropped."""
+        seen = self._log_seen
+        if seen is None:
+            return False
+        moved = 0
+        for card, version in current.items():
+            moved += version - self._versions_seen.get(card, 0)
+        cur = db.cursor()
+        cur.row_factory = None
+        changes = cur.execute(
+            "SELECT seq, row, closed FROM card_usage_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seen, AGENT_CATCH_UP_MAX + 1),
+        ).fetchall()
+        if len(changes) != moved or moved > AGENT_CATCH_UP_MAX:
+            return False
+        if changes:
+            ids = sorted({row for _s, row, _c in changes})
+            rows = {
+                r[0]: r
+                for r in cur.execute(
+                    "SELECT rowid, agent, call_id, started_at, status FROM call_starts "
+                    f"WHERE rowid IN ({','.join('?' * len(ids))})",
+                    ids,
+                ).fetchall()
+            }
+            for _seq, rowid, closed in changes:
+                row = rows.get(rowid)
+                if row is None:
+                    return False  # (changes applied so far are dropped with the rest)
+                _rid, agent, call_id, started, status = row
+                starts = self._agents_usage.get(str(agent))
+                if starts is None:
+                    continue
+                if not closed:
+                    if float(started) >= starts.lower:
+                        starts.added(rowid, str(call_id), float(started))
+                elif status == UsageStatus.RESERVED.value:
+                    return False  # a close the row does not show: not this snapshot
+                else:
+                    starts.closed(rowid, released=status == UsageStatus.RELEASED.value)
+            self._log_seen = int(changes[-1][0])
+        self._versions_seen = current
+        return True
 
     def _catch_up(
         self, db: sqlite3.Connection, card: str, counters: _CardCounters, version: int
@@ -1386,7 +1481,8 @@ class SQLiteStore:
                     "owner) VALUES (?,?,?,?,?,?,?)",
                     (call_id, card, callee, now, UsageStatus.RESERVED.value, agent, self.owner),
                 )
-                version = self._changed(cur, card, int(cur.lastrowid or 0), closed=False)
+                rowid = int(cur.lastrowid or 0)
+                version = self._changed(cur, card, rowid, closed=False)
         except StoreUnavailable:
             self._cards_usage.clear()
             self._agents_usage.clear()
@@ -1396,7 +1492,7 @@ class SQLiteStore:
             counters.version = version
         starts = self._agents_usage.get(agent)
         if starts is not None:
-            starts.started(call_id, float(now))
+            starts.added(rowid, call_id, float(now))
 
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
         """Undo the call's open reservation (failed before the callee was alerted).
@@ -1416,7 +1512,7 @@ class SQLiteStore:
             started_at = float(started)
             starts = self._agents_usage.get(agent)
             if starts is not None:
-                starts.released(call_id, started_at)
+                starts.closed(rowid, released=True)
             counters = self._cards_usage.get(card)
             if counters is not None:
                 outcome = (
@@ -1480,7 +1576,7 @@ class SQLiteStore:
         rows = self._close(
             "UPDATE call_starts SET status=?, answered=?, talk_seconds=?, short=?, "
             "failed=?, answered_at=?, ended_at=? WHERE call_id=? AND status=? "
-            "RETURNING rowid, card, callee, started_at",
+            "RETURNING rowid, card, callee, started_at, agent",
             (
                 UsageStatus.FINISHED.value,
                 int(answered),
@@ -1495,8 +1591,11 @@ class SQLiteStore:
         )
         if not rows:
             return None
-        for rowid, card, callee, started in rows:
+        for rowid, card, callee, started, agent in rows:
             started_at = float(started)
+            starts = self._agents_usage.get(agent)
+            if starts is not None:
+                starts.closed(rowid, released=False)
             counters = self._cards_usage.get(card)
             if counters is not None:
                 outcome = CallOutcome(
@@ -2080,17 +2179,8 @@ class SQLiteStore:
         if window <= 0:
             return AgentUsage(paused=paused, pause_reason=reason, paused_until=until)
         since = now - window
-        if self.siblings:
-            # Beside sibling workers another connection commits all the time, and kept
-            # starts would be dropped before nearly every read: read the rows.
-            rows = self._read(
-                "SELECT MIN(started_at) AS t FROM call_starts WHERE agent=? AND started_at >= ? "
-                "AND status != ? GROUP BY call_id ORDER BY t",
-                (agent, since, UsageStatus.RELEASED.value),
-            )
-            call_starts = tuple(float(r["t"]) for r in rows)
-        else:
-            call_starts = self._agent_starts(agent, now, window).since(since)
+        # Beside sibling workers the kept starts follow their writes (card_usage_changes).
+        call_starts = self._agent_starts(agent, now, window).since(since)
         return AgentUsage(
             call_starts=call_starts,
             complaints=self.agent_complaints(agent, since),
@@ -2113,14 +2203,16 @@ class SQLiteStore:
                 if now - starts.span - starts.lower > AGENT_STARTS_TRIM:
                     starts.trim(now - starts.span)
                 return starts
+            if self._log_seen is None and self.siblings:
+                self._log_position(self._db)
             rows = self._db.execute(
-                "SELECT call_id, started_at FROM call_starts WHERE agent=? AND started_at >= ? "
-                "AND status != ?",
+                "SELECT rowid, call_id, started_at, status FROM call_starts "
+                "WHERE agent=? AND started_at >= ? AND status != ?",
                 (agent, since, UsageStatus.RELEASED.value),
             ).fetchall()
         except (sqlite3.Error, sqlite3.ProgrammingError) as exc:
             raise self._unavailable(f"store read failed: {exc}", exc) from exc
-        starts = _AgentStarts(since, ((r[0], r[1]) for r in rows))
+        starts = _AgentStarts(since, ((r[0], r[1], r[2], r[3]) for r in rows))
         starts.span = window
         if len(self._agents_usage) >= AGENT_STARTS_KEPT:
             self._agents_usage.clear()

@@ -112,14 +112,78 @@ def test_what_is_kept_stays_one_window_long(store: SQLiteStore) -> None:
     assert len(kept.calls) <= 26 and len(kept.firsts) <= 26
 
 
-def test_beside_sibling_workers_the_rows_are_read(store: SQLiteStore, db_path: Path) -> None:
-    """A worker beside siblings (whose commits would drop kept starts all the time) reads
-    the rows, and keeps nothing."""
-    store.siblings = ("w1",)
-    store.reserve("c1", "k1", "+8613912345678", T0, agent="alice")
-    store.release("k1", T0 + 1)
-    store.reserve("c2", "k1", "+8613912345678", T0 + 2, agent="alice")
-    store.reserve("c1", "k2", "+8613912345679", T0 + 3, agent="alice")
-    got = store.agent_usage("alice", T0 + 4, window=3600).call_starts
-    assert (T0 + 2, T0 + 3) == got == from_rows(db_path, "alice", T0 + 4 - 3600)
-    assert {} == store._agents_usage
+def _worker(db_path: Path, i: int) -> SQLiteStore:
+    s = SQLiteStore(db_path, carrier_timezones={"carrier-a": "UTC"})
+    s.owner, s.siblings = f"w{i}", (f"w{1 - i}",)
+    return s
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beside_a_sibling_kept_starts_follow_its_writes(
+    store: SQLiteStore, db_path: Path, seed: int
+) -> None:
+    """Two workers reserve, fail over, release and finish calls of the same agents: each
+    keeps the agents' starts and applies the other's changes (``card_usage_changes``),
+    and gives what the rows give after every step."""
+    three_cards(store)
+    workers = [_worker(db_path, 0), _worker(db_path, 1)]
+    rng = random.Random(seed)
+    now = T0
+    open_calls: dict[str, tuple[str, str]] = {}
+    tried: dict[str, set[str]] = {}
+    try:
+        for i in range(300):
+            now += rng.choice((0.5, 1.0, 7.0, 60.0, 600.0))
+            w = rng.choice(workers)
+            if open_calls and rng.random() < 0.35:
+                call, (agent, _card) = rng.choice(sorted(open_calls.items()))
+                if rng.random() < 0.5:
+                    w.release(call, now, failed=rng.random() < 0.5)
+                    left = [c for c in CARDS if c not in tried[call]]
+                    if left and rng.random() < 0.6:
+                        w.reserve(left[0], call, "+8613912345678", now, agent=agent)
+                        tried[call].add(left[0])
+                        open_calls[call] = (agent, left[0])
+                        continue
+                else:
+                    w.finish(call, now, answered=rng.random() < 0.5, talk_seconds=3.0)
+                del open_calls[call]
+            else:
+                call, agent, card = f"k{i}", rng.choice(AGENTS), rng.choice(CARDS)
+                w.reserve(card, call, "+8613912345678", now, agent=agent)
+                open_calls[call] = (agent, card)
+                tried[call] = {card}
+            for agent in AGENTS:
+                window = rng.choice((30.0, 3600.0, 86400.0))
+                for reader in workers:
+                    got = reader.agent_usage(agent, now, window=window).call_starts
+                    assert from_rows(db_path, agent, now - window) == got, (seed, i, agent)
+        # The starts were kept and followed, not re-read at every step.
+        assert all(set(AGENTS) <= set(w._agents_usage) for w in workers)
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_beside_a_sibling_a_change_outside_the_log_drops_the_kept_starts(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """A release by a process without siblings (not logged) is never missed: the kept
+    starts are dropped and read again."""
+    w0, w1 = _worker(db_path, 0), _worker(db_path, 1)
+    try:
+        w1.reserve("c1", "k1", "+8613912345678", T0, agent="alice")
+        assert (T0,) == w0.agent_usage("alice", T0 + 1, window=3600).call_starts
+        w1.reserve("c2", "k2", "+8613912345679", T0 + 2, agent="alice")
+        assert (T0, T0 + 2) == w0.agent_usage("alice", T0 + 3, window=3600).call_starts
+        kept = w0._agents_usage["alice"]
+        store.release("k1", T0 + 4)  # `store` has no siblings: it logs nothing
+        assert (T0 + 2,) == w0.agent_usage("alice", T0 + 5, window=3600).call_starts
+        assert w0._agents_usage["alice"] is not kept  # read again
+        w1.release("k2", T0 + 6)  # logged: applied to what is kept
+        kept = w0._agents_usage["alice"]
+        assert () == w0.agent_usage("alice", T0 + 7, window=3600).call_starts
+        assert w0._agents_usage["alice"] is kept
+    finally:
+        w1.close()
+        w0.close()
