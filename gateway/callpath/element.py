@@ -560,13 +560,25 @@ class Gateway:
                         response = self._response(message, 403, "Forbidden", [])
                         transport.send_response(response, source, symmetric=True)
                 return
+        self._serve(message, source, transport)
+
+    def _serve(
+        self,
+        req: Request,
+        source: Address,
+        transport: Transport,
+        *,
+        handed: bool = False,
+        identity: Identity | None = None,
+    ) -> None:
+        """:meth:`_on_request`, its failure contained: counted, logged, answered 500."""
         try:
-            self._on_request(message, source, transport)
+            self._on_request(req, source, transport, handed=handed, identity=identity)
         except Exception:
             self.stats.handler_errors += 1
-            log.exception("sip.request.failed", method=message.method, source=_fmt(source))
-            if message.method != "ACK":
-                self._reply(message, source, transport, 500, "Server Internal Error")
+            log.exception("sip.request.failed", method=req.method, source=_fmt(source))
+            if req.method != "ACK":
+                self._reply(req, source, transport, 500, "Server Internal Error")
 
     def _on_request(
         self,
@@ -602,7 +614,7 @@ class Gateway:
         elif kind is RouteKind.ACK_2XX:
             taken = self.b2bua is not None and self.b2bua.on_ack(req, source, transport)
             if not taken and (
-                self._acks_our_answer(req) or not self._hand_over_foreign(req, source, steer, None)
+                self._acks_our_answer(req) or not self._hand_over_foreign(req, source, steer)
             ):
                 self.stats.dropped["ack"] += 1
         elif kind is RouteKind.INBOUND_INVITE:
@@ -616,15 +628,18 @@ class Gateway:
             if identity is None:
                 return
             admitted = router.route_authenticated(req, identity, facts)
-            if kind is RouteKind.OUTBOUND_INVITE and self._foreign(req, steer) is not None:
+            owner = self._foreign(req, steer) if kind is RouteKind.OUTBOUND_INVITE else None
+            if owner is not None and steer is not None and steering is not None:
                 if admitted.kind is not RouteKind.REPLY:
                     # A new call: its owner's when worth it; served here when the owner
                     # cannot take it.
-                    if self._hand_over_foreign(req, source, steer, identity, new_call=True):
+                    if steering.worth_it(owner) and steering.hand_over(
+                        owner, req, source, steer, identity
+                    ):
                         return
                 elif admitted is router.NO_DIALOG:
                     # A re-INVITE of a call of another worker (sent to the shared port).
-                    if not self._hand_over_foreign(req, source, steer, identity):
+                    if not steering.hand_over(owner, req, source, steer, identity):
                         self.stats.dropped["handover-failed"] += 1
                     return
             if admitted.kind is RouteKind.REPLY:
@@ -633,13 +648,15 @@ class Gateway:
                 self.endpoint.deliver(req, source, transport, context=identity)
         elif (
             kind is RouteKind.REPLY
+            and steering is not None
+            and steer is not None
             and _continues_a_call(req)
-            and self._foreign(req, steer) is not None
+            and (elsewhere := self._foreign(req, steer)) is not None
         ):
             # A CANCEL or in-dialog request of a call of another worker (its Request-URI
             # may name the owner's private port, so not even local here): the owner's,
             # never answered here (481 would end a call under way there).
-            if not self._hand_over_foreign(req, source, steer, None):
+            if not steering.hand_over(elsewhere, req, source, steer):
                 self.stats.dropped["handover-failed"] += 1
         elif kind is RouteKind.DROP:
             self.stats.dropped[found.detail or "dropped"] += 1
@@ -672,42 +689,27 @@ class Gateway:
         owner = steering.owner(req)
         return None if owner == steering.index else owner
 
-    def _hand_over_foreign(
-        self,
-        req: Request,
-        source: Address,
-        listener: int | None,
-        identity: Identity | None,
-        *,
-        new_call: bool = False,
-    ) -> bool:
-        """Hand ``req`` to the worker its Call-ID belongs to: True when it went (False when
-        that is this worker, the sibling cannot take it now, or — ``new_call`` — the
-        balance keeps new calls here while this worker has room)."""
+    def _hand_over_foreign(self, req: Request, source: Address, listener: int | None) -> bool:
+        """Hand ``req`` (continuing a call) to the worker its Call-ID belongs to: True when
+        it went (False when that is this worker, or the sibling cannot take it now)."""
         owner = self._foreign(req, listener)
         steering = self.steering
         if owner is None or listener is None or steering is None:
             return False
-        if new_call and not steering.worth_it(owner):
-            return False
-        return steering.hand_over(owner, req, source, listener, identity)
+        return steering.hand_over(owner, req, source, listener)
 
     def _on_handover(self, handover: Handover) -> None:
         """A sibling handed a request over: serve it as received on our socket of the same
         shared port (our answers leave from the address the caller sent to)."""
         transport = self._listeners.get(handover.listener)
-        req = handover.request
-        if transport is None:
-            return
-        try:
-            self._on_request(
-                req, handover.source, transport, handed=True, identity=handover.identity
+        if transport is not None:
+            self._serve(
+                handover.request,
+                handover.source,
+                transport,
+                handed=True,
+                identity=handover.identity,
             )
-        except Exception:
-            self.stats.handler_errors += 1
-            log.exception("sip.request.failed", method=req.method, source=_fmt(handover.source))
-            if req.method != "ACK":
-                self._reply(req, handover.source, transport, 500, "Server Internal Error")
 
     def _answer(self, req: Request, source: Address, transport: Transport, found: Route) -> None:
         self._reply(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import shutil
 import signal
@@ -221,14 +222,7 @@ def supervise(settings: Settings, config: Path | None, count: int, log: Any) -> 
                 due = worker.restart_at
                 if worker.proc is None and due is not None and now >= due:
                     # The same index and ports; it ends its predecessor's calls.
-                    worker.role = WorkerRole(
-                        index=worker.role.index,
-                        count=count,
-                        ports=shared,
-                        home=worker.role.home,
-                        initial=False,
-                        steer=steer,
-                    )
+                    worker.role = dataclasses.replace(worker.role, initial=False)
                     _start(worker, config, log)
             if status:
                 break
