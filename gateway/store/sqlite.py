@@ -1097,27 +1097,54 @@ class SQLiteStore:
             return
         # The counters, the change log and the rows read in one snapshot: a commit
         # landing between them would be applied twice, or half.
-        own = not db.in_transaction
-        if own:
-            db.execute("BEGIN")
         try:
-            current = dict(db.execute("SELECT card, version FROM card_usage_versions").fetchall())
-            if self._agents_usage and not self._catch_up_agents(db, current):
-                self._agents_usage.clear()
-                self._log_seen = None
-            for card, counters in list(self._cards_usage.items()):
-                now = current.get(card, 0)
-                if now != counters.version and not self._catch_up(db, card, counters, now):
-                    del self._cards_usage[card]
+            with self._snapshot(db):
+                current = dict(
+                    db.execute("SELECT card, version FROM card_usage_versions").fetchall()
+                )
+                if self._agents_usage and not self._catch_up_agents(db, current):
+                    self._agents_usage.clear()
+                    self._log_seen = None
+                for card, counters in list(self._cards_usage.items()):
+                    now = current.get(card, 0)
+                    if now != counters.version and not self._catch_up(db, card, counters, now):
+                        del self._cards_usage[card]
         except BaseException:
-            if own:
-                self._rollback_quietly()
             self._cards_usage.clear()
             self._agents_usage.clear()
             self._log_seen = None
             raise
-        if own:
-            db.execute("COMMIT")
+
+    @contextmanager
+    def _snapshot(self, db: sqlite3.Connection) -> Iterator[None]:
+        """Reads inside see one state of the file: a read transaction of their own, unless
+        one (a write's, a batch's) is open already."""
+        if db.in_transaction:
+            yield
+            return
+        db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _rows_by_id(
+        cur: sqlite3.Cursor, columns: str, changes: list[Any]
+    ) -> dict[int, tuple[Any, ...]]:
+        """The ``call_starts`` rows that ``changes`` (``(…, row, closed)`` each) name, by
+        rowid: ``rowid`` and ``columns`` of each."""
+        ids = sorted({change[1] for change in changes})
+        return {
+            r[0]: r
+            for r in cur.execute(
+                f"SELECT rowid, {columns} FROM call_starts "
+                f"WHERE rowid IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        }
 
     def _log_position(self, db: sqlite3.Connection) -> None:
         """Remember where ``card_usage_changes`` and the cards' counters stand now (before
@@ -1148,15 +1175,7 @@ class SQLiteStore:
         if len(changes) != moved or moved > AGENT_CATCH_UP_MAX:
             return False
         if changes:
-            ids = sorted({row for _s, row, _c in changes})
-            rows = {
-                r[0]: r
-                for r in cur.execute(
-                    "SELECT rowid, agent, call_id, started_at, status FROM call_starts "
-                    f"WHERE rowid IN ({','.join('?' * len(ids))})",
-                    ids,
-                ).fetchall()
-            }
+            rows = self._rows_by_id(cur, "agent, call_id, started_at, status", changes)
             for _seq, rowid, closed in changes:
                 row = rows.get(rowid)
                 if row is None:
@@ -1195,15 +1214,11 @@ class SQLiteStore:
         ).fetchall()
         if len(changes) != behind:
             return False
-        ids = sorted({row for _v, row, _c in changes})
-        rows = {
-            r[0]: r
-            for r in cur.execute(
-                "SELECT rowid, card, callee, started_at, status, answered, talk_seconds, "
-                f"failed, ended_at FROM call_starts WHERE rowid IN ({','.join('?' * len(ids))})",
-                ids,
-            ).fetchall()
-        }
+        rows = self._rows_by_id(
+            cur,
+            "card, callee, started_at, status, answered, talk_seconds, failed, ended_at",
+            changes,
+        )
         steps: list[Callable[[], None]] = []
         for _version, rowid, closed in changes:
             row = rows.get(rowid)
@@ -1681,16 +1696,8 @@ class SQLiteStore:
     def _load_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
         """The card's counters read from its rows, with the change counter they reflect
         (one snapshot: :meth:`_catch_up` applies exactly the changes after it)."""
-        if db.in_transaction:
+        with self._snapshot(db):
             return self._read_counters(db, card, now)
-        db.execute("BEGIN")
-        try:
-            counters = self._read_counters(db, card, now)
-        except BaseException:
-            self._rollback_quietly()
-            raise
-        db.execute("COMMIT")
-        return counters
 
     def _read_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
         row = db.execute("SELECT version FROM card_usage_versions WHERE card=?", (card,)).fetchone()
