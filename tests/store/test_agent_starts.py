@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +42,18 @@ def three_cards(store: SQLiteStore) -> None:
     store.upsert_card(StoredCard("c3", "carrier-a", "+8613800000003", "main", 3, since=T0))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_kept_starts_match_the_rows(store: SQLiteStore, db_path: Path, seed: int) -> None:
-    three_cards(store)
-    rng = random.Random(seed)
+def random_calls(
+    rng: random.Random, writers: list[SQLiteStore], steps: int
+) -> Iterator[tuple[int, float]]:
+    """Reservations, failovers, releases and ends of the agents' calls, each written by
+    one of ``writers`` (picked at random when there are several); yields (step, now)
+    after each."""
     now = T0
     open_calls: dict[str, tuple[str, str]] = {}  # call → (agent, card holding it)
     tried: dict[str, set[str]] = {}
-    for i in range(400):
+    for i in range(steps):
         now += rng.choice((0.5, 1.0, 7.0, 60.0, 600.0))
+        store = rng.choice(writers) if len(writers) > 1 else writers[0]
         action = rng.random()
         if open_calls and action < 0.35:
             call, (agent, card) = rng.choice(sorted(open_calls.items()))
@@ -60,6 +64,7 @@ def test_kept_starts_match_the_rows(store: SQLiteStore, db_path: Path, seed: int
                     store.reserve(left[0], call, "+8613912345678", now, agent=agent)
                     tried[call].add(left[0])
                     open_calls[call] = (agent, left[0])
+                    yield i, now
                     continue
             else:
                 store.finish(call, now, answered=rng.random() < 0.5, talk_seconds=3.0)
@@ -68,6 +73,7 @@ def test_kept_starts_match_the_rows(store: SQLiteStore, db_path: Path, seed: int
                     store.reserve(left[0], call, "+8613912345678", now + 0.25, agent=agent)
                     tried[call].add(left[0])
                     open_calls[call] = (agent, left[0])
+                    yield i, now
                     continue
             del open_calls[call]
         else:
@@ -75,6 +81,14 @@ def test_kept_starts_match_the_rows(store: SQLiteStore, db_path: Path, seed: int
             store.reserve(card, call, "+8613912345678", now, agent=agent)
             open_calls[call] = (agent, card)
             tried[call] = {card}
+        yield i, now
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kept_starts_match_the_rows(store: SQLiteStore, db_path: Path, seed: int) -> None:
+    three_cards(store)
+    rng = random.Random(seed)
+    for i, now in random_calls(rng, [store], 400):
         for agent in AGENTS:
             window = rng.choice((0.1, 30.0, 3600.0, 86400.0, 7 * 86400.0))
             got = store.agent_usage(agent, now, window=window).call_starts
@@ -128,31 +142,8 @@ def test_beside_a_sibling_kept_starts_follow_its_writes(
     three_cards(store)
     workers = [_worker(db_path, 0), _worker(db_path, 1)]
     rng = random.Random(seed)
-    now = T0
-    open_calls: dict[str, tuple[str, str]] = {}
-    tried: dict[str, set[str]] = {}
     try:
-        for i in range(300):
-            now += rng.choice((0.5, 1.0, 7.0, 60.0, 600.0))
-            w = rng.choice(workers)
-            if open_calls and rng.random() < 0.35:
-                call, (agent, _card) = rng.choice(sorted(open_calls.items()))
-                if rng.random() < 0.5:
-                    w.release(call, now, failed=rng.random() < 0.5)
-                    left = [c for c in CARDS if c not in tried[call]]
-                    if left and rng.random() < 0.6:
-                        w.reserve(left[0], call, "+8613912345678", now, agent=agent)
-                        tried[call].add(left[0])
-                        open_calls[call] = (agent, left[0])
-                        continue
-                else:
-                    w.finish(call, now, answered=rng.random() < 0.5, talk_seconds=3.0)
-                del open_calls[call]
-            else:
-                call, agent, card = f"k{i}", rng.choice(AGENTS), rng.choice(CARDS)
-                w.reserve(card, call, "+8613912345678", now, agent=agent)
-                open_calls[call] = (agent, card)
-                tried[call] = {card}
+        for i, now in random_calls(rng, workers, 300):
             for agent in AGENTS:
                 window = rng.choice((30.0, 3600.0, 86400.0))
                 for reader in workers:

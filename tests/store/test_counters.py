@@ -115,6 +115,26 @@ def test_card_usage_fails_closed_once_the_store_is_gone(db_path: Path) -> None:
         s.card_usage("c1", T0 + 1)
 
 
+def _write(
+    s: SQLiteStore, op: str, call_id: str, card_id: str, callee: int, now: float, talk: int
+) -> bool:
+    """Step ``op`` when it is a write (reserve, release, release-ok, finish) on ``s``:
+    whether it was."""
+    if op == "reserve":
+        # ReservationError (a ValueError): open, or already tried on that card.
+        with contextlib.suppress(ValueError):
+            s.reserve(card_id, call_id, f"+86138000002{callee:02d}", now)
+    elif op == "release":
+        s.release(call_id, now)
+    elif op == "release-ok":
+        s.release(call_id, now, failed=False)
+    elif op == "finish":
+        s.finish(call_id, now, answered=talk > 10, talk_seconds=talk, failed=talk == 0)
+    else:
+        return False
+    return True
+
+
 _step = st.tuples(
     st.sampled_from(["reserve", "release", "release-ok", "finish", "read", "other"]),
     st.integers(0, 7),  # call
@@ -145,19 +165,9 @@ def test_incremental_counters_equal_a_full_recount(
         now += gap
         card_id = f"c{card + 1}"
         call_id = f"k{call}"
-        if op == "reserve":
-            # ReservationError (a ValueError): open, or already tried on that card.
-            with contextlib.suppress(ValueError):
-                s.reserve(card_id, call_id, f"+86138000002{callee:02d}", now)
-        elif op == "release":
-            s.release(call_id, now)
-        elif op == "release-ok":
-            s.release(call_id, now, failed=False)
-        elif op == "finish":
-            s.finish(call_id, now, answered=talk > 10, talk_seconds=talk, failed=talk == 0)
-        elif op == "other":
+        if op == "other":
             other.finish(call_id, now, answered=True, talk_seconds=talk)
-        else:
+        elif not _write(s, op, call_id, card_id, callee, now, talk):
             for c in ("c1", "c2"):
                 usage = s.card_usage(c, now)
                 _same(usage, s.recount_card_usage(c, now))
@@ -215,16 +225,7 @@ def test_sibling_changes_applied_to_the_counters_equal_a_full_recount(
         s = stores[who]
         card_id = f"c{card + 1}"
         call_id = f"k{call}"
-        if op == "reserve":
-            with contextlib.suppress(ValueError):
-                s.reserve(card_id, call_id, f"+86138000002{callee:02d}", now)
-        elif op == "release":
-            s.release(call_id, now)
-        elif op == "release-ok":
-            s.release(call_id, now, failed=False)
-        elif op == "finish":
-            s.finish(call_id, now, answered=talk > 10, talk_seconds=talk, failed=talk == 0)
-        else:
+        if not _write(s, op, call_id, card_id, callee, now, talk):
             for c in ("c1", "c2"):
                 _same(s.card_usage(c, now), s.recount_card_usage(c, now))
     for s in stores:
