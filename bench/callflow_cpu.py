@@ -18,6 +18,15 @@ syscalls, no event-loop wake-ups per datagram.
 
     .venv/bin/python bench/callflow_cpu.py --calls 2000
     .venv/bin/python bench/callflow_cpu.py --calls 1000 --cprofile /tmp/flow.prof
+    .venv/bin/python bench/callflow_cpu.py --calls 2000 --sibling   # as one of two workers
+
+``--sibling`` runs the gateway's store as one worker of ``dialgate run --workers 2``
+(``owner``/``siblings`` set as the supervisor sets them) beside a second connection to
+the same file playing the other worker: before each of the gateway's store operations
+that is not inside a transaction of its own, the sibling commits one change on cards
+the gateway's agents do not use (a reservation or the finish of one, as its calls
+would), so the gateway finds the file changed by another process at nearly every look,
+as a worker does under load. The sibling's time is counted as the peers'.
 
 Asserts nothing about speed; exits non-zero when calls fail.
 """
@@ -91,6 +100,45 @@ class PeerTransport(MemoryTransport):
     def inject(self, data: bytes, source: tuple[str, int]) -> None:
         with self.clock:
             super().inject(data, source)
+
+
+class Sibling:
+    """The other worker of ``--sibling``: a second store on the gateway's file that commits
+    one change (a reservation, then its finish) before each look of the gateway's store."""
+
+    def __init__(self, store: Any, cards: list[str], clock: PeerClock) -> None:
+        from gateway.store import SQLiteStore
+
+        store.owner, store.siblings = "w0", ("w1",)
+        self.store = SQLiteStore(store.path, carrier_timezones=dict(store.carrier_timezones))
+        self.store.owner, self.store.siblings = "w1", ("w0",)
+        self.cards = cards
+        self.clock = clock
+        self.open: list[str] = []
+        self.made = 0
+        self.commits = 0
+        gateway_store = store
+        guarded = store._guarded
+
+        def look_after_a_sibling_commit(*, write: bool) -> None:
+            if not gateway_store._db.in_transaction:
+                with self.clock:
+                    self.step()
+            guarded(write=write)
+
+        store._guarded = look_after_a_sibling_commit
+
+    def step(self) -> None:
+        now = time.time()
+        if len(self.open) < 4:
+            call = f"sibling-{self.made}"
+            card = self.cards[self.made % len(self.cards)]
+            self.made += 1
+            self.store.reserve(card, call, f"+8613{self.made % 10**9:09d}", now, agent="w1")
+            self.open.append(call)
+        else:
+            self.store.finish(self.open.pop(0), now, answered=True, talk_seconds=1.0)
+        self.commits += 1
 
 
 class Agent:
@@ -314,6 +362,11 @@ async def run(ns: argparse.Namespace) -> int:
             template, workdir, cards=ns.cards, t1=ns.t1, log_level=ns.log_level
         )
         peer_clock = PeerClock()
+        sibling = None
+        if ns.sibling:
+            assert gw.store is not None
+            spare = [f"c{i:03d}" for i in range(ns.callers, ns.cards)]
+            sibling = Sibling(gw.store, spare, peer_clock)
         _carrier = Carrier(net, peer_clock)  # listens on the memory network
         agents = [Agent(net, i, peer_clock) for i in range(ns.callers)]
         for a in agents:
@@ -375,6 +428,14 @@ async def run(ns: argparse.Namespace) -> int:
             f"wall {wall:.1f} s incl. {80 * ns.t1 + 1.0:.1f} s waiting for timers)"
         )
         print(f"gateway stats: {gw.stats.as_dict()}")
+        if sibling is not None:
+            store = gw.store
+            assert store is not None
+            print(
+                f"sibling: {sibling.commits} commits; the gateway's counters: "
+                f"{store.counters_rebuilt} rebuilt, {store.counters_caught_up} changes applied"
+            )
+            sibling.store.close()
         await gw.close(log_stats=False)
         sink.close()
         if profiler is not None:
@@ -406,6 +467,11 @@ def main() -> None:
     )
     parser.add_argument("--cprofile", help="profile the calls (not setup) and dump pstats here")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--sibling",
+        action="store_true",
+        help="the store as one of two workers, the other committing before each look",
+    )
     ns = parser.parse_args()
     sys.exit(asyncio.run(run(ns)))
 

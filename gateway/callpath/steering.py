@@ -84,6 +84,10 @@ a new call itself (and drops what continues a sibling's call: the caller retrans
 
 MAGIC = b"DGSTEER1 "
 
+_CONTINUES_INVITE = frozenset({"INVITE", "ACK", "CANCEL"})
+"""The methods that can carry a handed-over INVITE's branch: its retransmissions, the
+ACK of its non-2xx final answer, its CANCEL (RFC 3261 §9.1, §17.1.1.3)."""
+
 LOAD_INTERVAL = 0.1
 """Seconds between samples of a worker's load (its CPU time per second of wall time)."""
 
@@ -260,8 +264,9 @@ class Steering:
 
     def remembered(self, request: Request) -> int | None:
         """The owner of the INVITE this request continues (its retransmission, its CANCEL,
-        the ACK of its final answer: same Call-ID and branch), if handed over lately."""
-        if not self._sent:
+        the ACK of its final answer: same Call-ID and branch), if handed over lately.
+        Other methods never share an INVITE's branch: their Via is not looked at."""
+        if not self._sent or request.method not in _CONTINUES_INVITE:
             return None
         try:
             key = (request.call_id, request.via[0].branch or "")

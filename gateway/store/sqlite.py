@@ -20,10 +20,12 @@ crash can only over-count), but no longer as a concurrent call.
 
 Running counters. ``card_usage`` (and the quota check inside ``reserve``) is
 served from per-card counters kept beside the rows (``_CardCounters``), rebuilt
-from ``call_starts`` on first use, on a new carrier day, and whenever another
-connection committed to the file (``PRAGMA data_version``, checked on every
-usage read and write, which also keeps reads failing closed when the file is
-gone). The rows remain the durable record; the counters never hold anything
+from ``call_starts`` on first use and on a new carrier day. Whether another
+connection committed to the file is noted on every usage read and write
+(``PRAGMA data_version``, which also keeps reads failing closed when the file is
+gone); a card's counters are then compared with its change counter when the card
+is next used, and another worker's changes applied (or the counters rebuilt when
+they cannot be: see ``_catch_up``). The rows remain the durable record; the counters never hold anything
 the rows do not, and the cost of a reservation does not grow with a card's day.
 
 Durability. WAL mode with ``synchronous=NORMAL``: a commit is an append to the
@@ -436,10 +438,12 @@ _BUMP = (
     "ON CONFLICT(card) DO UPDATE SET version=version+1 RETURNING version"
 )
 
-CATCH_UP_MAX = 256
+CATCH_UP_MAX = 1024
 """Changes of a card by other processes applied to its running counters at most; more
 (or any change not logged: a recovery, a prune, a process without siblings) and the
-counters are rebuilt from the card's rows."""
+counters are rebuilt from the card's rows. A card is caught up when it is next used
+here, so a card only a sibling dials is behind by what the sibling did between two
+status rounds of this worker (5 s: 1,000 changes is 100 calls a second on one card)."""
 
 AGENT_CATCH_UP_MAX = 1024
 """Changes (of every card) applied to the agents' kept starts at most per look; more, or
@@ -662,6 +666,9 @@ class _CardCounters:
     memo_from: int = -1
     #: The card's ``card_usage_versions`` counter these counters reflect.
     version: int = 0
+    #: The store's ``_epoch`` when ``version`` was last compared with the file's (the
+    #: counters are checked again, and caught up, only once another connection wrote).
+    checked: int = -1
 
     def usage(self, now: float) -> CardUsage:
         """``CardUsage`` at ``now`` (same carrier day); memoized until the next change."""
@@ -770,10 +777,16 @@ class SQLiteStore:
         # Each agent's call starts (see _AgentStarts), valid on the same terms.
         self._agents_usage: dict[str, _AgentStarts] = {}
         self._data_version: int | None = None
+        #: Raised whenever ``PRAGMA data_version`` shows another connection committed: a
+        #: kept card's counters (``_CardCounters.checked``) and the agents' kept starts
+        #: (``_agents_checked``) are compared with the file again at their next use.
+        self._epoch = 0
+        self._agents_checked = 0
         #: Where the agents' kept starts stand in ``card_usage_changes`` (its ``seq``, and
-        #: every card's counter then); None: not known, kept starts are dropped on change.
+        #: the sum of every card's counter then); None: not known, kept starts are
+        #: dropped on change.
         self._log_seen: int | None = None
-        self._versions_seen: dict[str, int] = {}
+        self._versions_sum = 0
         #: Changes by other processes applied to the running counters (not rebuilt).
         self.counters_caught_up = 0
         #: Times a card's running counters were read from its rows.
@@ -1085,35 +1098,68 @@ class SQLiteStore:
             raise self._unavailable(f"store read failed: {exc}", exc) from exc
 
     def _sync(self, db: sqlite3.Connection) -> None:
-        """Bring the running counters of the cards whose rows another connection changed
-        since last time (their ``card_usage_versions`` counter moved) up to date: apply
-        the changed rows (:meth:`_catch_up`), or forget the counters (rebuilt on next use)."""
+        """Note whether another connection committed since the last look (``PRAGMA
+        data_version``; also what makes a read fail closed once the file is gone). The
+        kept counters and starts are then checked again where they are used
+        (:meth:`_fresh`, :meth:`_fresh_agents`), not all of them here: beside sibling
+        workers the file changes on nearly every call, mostly on cards this process is
+        not about to use."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
         self._data_version = version
-        if not self._cards_usage and not self._agents_usage:
+        self._epoch += 1
+        if not self._agents_usage:
             self._log_seen = None
-            return
-        # The counters, the change log and the rows read in one snapshot: a commit
-        # landing between them would be applied twice, or half.
+
+    def _card_version(self, db: sqlite3.Connection, card: str) -> int:
+        row = db.execute("SELECT version FROM card_usage_versions WHERE card=?", (card,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _fresh(self, db: sqlite3.Connection, card: str) -> _CardCounters | None:
+        """The card's kept counters, brought up to the file's state when another
+        connection committed since they were last checked: its changes applied
+        (:meth:`_catch_up`), or the counters forgotten (None: rebuilt on next use)."""
+        counters = self._cards_usage.get(card)
+        if counters is None or counters.checked == self._epoch:
+            return counters
+        epoch = self._epoch
         try:
-            with self._snapshot(db):
-                current = dict(
-                    db.execute("SELECT card, version FROM card_usage_versions").fetchall()
-                )
-                if self._agents_usage and not self._catch_up_agents(db, current):
-                    self._agents_usage.clear()
-                    self._log_seen = None
-                for card, counters in list(self._cards_usage.items()):
-                    now = current.get(card, 0)
-                    if now != counters.version and not self._catch_up(db, card, counters, now):
+            if self._card_version(db, card) != counters.version:
+                # The counter, the change log and the rows read in one snapshot: a
+                # commit landing between them would be applied twice, or half.
+                with self._snapshot(db):
+                    version = self._card_version(db, card)
+                    if version != counters.version and not self._catch_up(
+                        db, card, counters, version
+                    ):
                         del self._cards_usage[card]
+                        return None
         except BaseException:
             self._cards_usage.clear()
-            self._agents_usage.clear()
-            self._log_seen = None
             raise
+        counters.checked = epoch
+        return counters
+
+    def _fresh_agents(self, db: sqlite3.Connection) -> None:
+        """Bring the agents' kept starts up to the file's state when another connection
+        committed since they were last checked (:meth:`_catch_up_agents`), or drop them."""
+        if self._agents_checked == self._epoch:
+            return
+        epoch = self._epoch
+        if not self._agents_usage:
+            self._log_seen = None
+        else:
+            try:
+                with self._snapshot(db):
+                    if not self._catch_up_agents(db):
+                        self._agents_usage.clear()
+                        self._log_seen = None
+            except BaseException:
+                self._agents_usage.clear()
+                self._log_seen = None
+                raise
+        self._agents_checked = epoch
 
     @contextmanager
     def _snapshot(self, db: sqlite3.Connection) -> Iterator[None]:
@@ -1151,11 +1197,17 @@ class SQLiteStore:
         an agent's starts are read: what commits after is applied at the next look, once)."""
         row = db.execute("SELECT MAX(seq) FROM card_usage_changes").fetchone()
         self._log_seen = int(row[0] or 0)
-        self._versions_seen = dict(
-            db.execute("SELECT card, version FROM card_usage_versions").fetchall()
+        self._versions_sum = self._versions_total(db)
+
+    @staticmethod
+    def _versions_total(db: sqlite3.Connection) -> int:
+        """The sum of every card's change counter: how far it moved since a look is the
+        number of changes made since, logged or not."""
+        return int(
+            db.execute("SELECT COALESCE(SUM(version), 0) FROM card_usage_versions").fetchone()[0]
         )
 
-    def _catch_up_agents(self, db: sqlite3.Connection, current: dict[str, int]) -> bool:
+    def _catch_up_agents(self, db: sqlite3.Connection) -> bool:
         """Apply to the agents' kept starts the rows every card's changes since the last
         look started or closed (this process's own again: they are matched by rowid, so
         nothing counts twice); False when a change is not in the log (a process without
@@ -1163,9 +1215,8 @@ class SQLiteStore:
         seen = self._log_seen
         if seen is None:
             return False
-        moved = 0
-        for card, version in current.items():
-            moved += version - self._versions_seen.get(card, 0)
+        total = self._versions_total(db)
+        moved = total - self._versions_sum
         cur = db.cursor()
         cur.row_factory = None
         changes = cur.execute(
@@ -1192,7 +1243,7 @@ class SQLiteStore:
                 else:
                     starts.closed(rowid, released=status == UsageStatus.RELEASED.value)
             self._log_seen = int(changes[-1][0])
-        self._versions_seen = current
+        self._versions_sum = total
         return True
 
     def _catch_up(
@@ -1470,7 +1521,7 @@ class SQLiteStore:
         try:
             with self._write() as db:
                 self._sync(db)
-                counters = self._cards_usage.get(card)
+                counters = self._fresh(db, card)
                 if profile is not None or admit is not None:
                     counters = self._counters(db, card, now)
                     usage = counters.usage(now)
@@ -1554,6 +1605,8 @@ class SQLiteStore:
                 cur = db.cursor()
                 cur.row_factory = None
                 rows = cur.execute(sql, params).fetchall()
+                for card in {r[1] for r in rows}:
+                    self._fresh(db, card)  # others' changes first: this one is applied after
                 versions = {r[1]: self._changed(cur, r[1], r[0], closed=True) for r in rows}
         except StoreUnavailable:
             self._cards_usage.clear()
@@ -1681,7 +1734,7 @@ class SQLiteStore:
 
     def _counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
         """The card's running counters for the carrier day of ``now`` (loaded when missing)."""
-        counters = self._cards_usage.get(card)
+        counters = self._fresh(db, card)
         if (
             counters is not None
             and counters.day_start <= now < counters.day_end
@@ -1689,6 +1742,7 @@ class SQLiteStore:
         ):
             return counters
         counters = self._load_counters(db, card, now)
+        counters.checked = self._epoch
         self._cards_usage[card] = counters
         self.counters_rebuilt += 1
         return counters
@@ -2204,6 +2258,7 @@ class SQLiteStore:
         try:
             self._guarded(write=False)
             self._sync(self._db)
+            self._fresh_agents(self._db)
             starts = self._agents_usage.get(agent)
             if starts is not None and starts.lower <= since:
                 starts.span = max(starts.span, window)

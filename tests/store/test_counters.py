@@ -256,6 +256,27 @@ def test_sibling_changes_are_applied_not_reread(db_path: Path) -> None:
     a.close()
 
 
+def test_own_write_after_a_sibling_s_applies_the_sibling_s_first(db_path: Path) -> None:
+    """A worker's reservation or finish on a card a sibling changed since its last read
+    brings its counters up to the sibling's change before counting its own: they are
+    never marked as current while missing the sibling's change."""
+    a, b = _workers(db_path, 50)
+    _cards(a)
+    a.card_usage("c1", T0)
+    a.reserve("c1", "k1", "+8613800000401", T0 + 1)
+    b.reserve("c1", "k2", "+8613800000402", T0 + 2)
+    a.finish("k1", T0 + 3, answered=True, talk_seconds=1.0)  # no read of c1 in between
+    _same(a.card_usage("c1", T0 + 4), a.recount_card_usage("c1", T0 + 4))
+    b.finish("k2", T0 + 5, answered=False)
+    a.reserve("c1", "k3", "+8613800000403", T0 + 6)  # without a quota check
+    usage = a.card_usage("c1", T0 + 7)
+    _same(usage, a.recount_card_usage("c1", T0 + 7))
+    assert (1, (T0 + 1, T0 + 2, T0 + 6)) == (usage.in_use, usage.call_starts)
+    assert 1 == a.counters_rebuilt  # the first read only: applied, not re-read
+    b.close()
+    a.close()
+
+
 def test_unlogged_changes_rebuild_the_counters(db_path: Path) -> None:
     """A change a sibling's log does not hold (a process without siblings, a recovery,
     more than CATCH_UP_MAX behind) is never guessed at: the counters are re-read."""

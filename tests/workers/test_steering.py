@@ -107,6 +107,10 @@ async def test_the_invite_is_remembered_for_its_retransmissions_and_cancel(
         assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0)
         assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep"))
         assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="CANCEL"))
+        assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="ACK"))
+        # No other method continues an INVITE transaction (a BYE reusing the branch is
+        # a new transaction of its own): its Via is not even looked at.
+        assert pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="BYE")) is None
         assert pair.w0.remembered(invite(3, branch="z9hG4bK-other")) is None
         pair.clock += REMEMBER + 1
         assert pair.w0.hand_over(1, invite(4), ("192.0.2.7", 5062), 0)  # trims the old
