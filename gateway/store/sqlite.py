@@ -25,8 +25,9 @@ connection committed to the file is noted on every usage read and write
 (``PRAGMA data_version``, which also keeps reads failing closed when the file is
 gone); a card's counters are then compared with its change counter when the card
 is next used, and another worker's changes applied (or the counters rebuilt when
-they cannot be: see ``_catch_up``). The rows remain the durable record; the counters never hold anything
-the rows do not, and the cost of a reservation does not grow with a card's day.
+they cannot be: see ``_catch_up``). The rows remain the durable record; the
+counters never hold anything the rows do not, and the cost of a reservation does
+not grow with a card's day.
 
 Durability. WAL mode with ``synchronous=NORMAL``: a commit is an append to the
 ``-wal`` file done with ``write(2)`` before ``COMMIT`` returns, so killing the
@@ -442,8 +443,9 @@ CATCH_UP_MAX = 1024
 """Changes of a card by other processes applied to its running counters at most; more
 (or any change not logged: a recovery, a prune, a process without siblings) and the
 counters are rebuilt from the card's rows. A card is caught up when it is next used
-here, so a card only a sibling dials is behind by what the sibling did between two
-status rounds of this worker (5 s: 1,000 changes is 100 calls a second on one card)."""
+here, so a card another worker dials is behind by what that worker did since this one
+last used it (worker 0's status round reads every card every few seconds: 1,000
+changes in 5 s is 100 calls a second on one card)."""
 
 AGENT_CATCH_UP_MAX = 1024
 """Changes (of every card) applied to the agents' kept starts at most per look; more, or
