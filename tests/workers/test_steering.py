@@ -9,7 +9,10 @@ import asyncio
 import socket
 import time
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from gateway.callpath.auth import Identity, IdentityKind
 from gateway.callpath.element import Gateway
@@ -55,6 +58,17 @@ class Pair:
         self.w1.close()
 
 
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """Both workers of :class:`Pair` started in the test's loop, closed after it."""
+    both = Pair(tmp_path)
+    both.start()
+    try:
+        yield both
+    finally:
+        both.close()
+
+
 async def until(check: object, seconds: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -69,72 +83,51 @@ def test_owner_is_crc32_of_the_call_id_and_spreads() -> None:
     assert 400 < spread.count(0) < 600
 
 
-async def test_a_hand_over_arrives_whole_with_source_listener_and_identity(
-    tmp_path: Path,
-) -> None:
-    pair = Pair(tmp_path)
-    pair.start()
-    try:
-        alice = Identity(IdentityKind.AGENT, "alice", "spring", None)
-        req = invite(1)
-        assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0, alice)
-        assert pair.w0.hand_over(1, invite(2), ("192.0.2.8", 5070), 1)
-        await until(lambda: len(pair.got) == 2)
-        first, second = pair.got
-        assert bytes(req) == bytes(first.request)
-        assert (("192.0.2.7", 5062), 0, alice) == (first.source, first.listener, first.identity)
-        assert (("192.0.2.8", 5070), 1, None) == (
-            second.source,
-            second.listener,
-            second.identity,
-        )
-        assert (2, 2) == (pair.w0.stats["handed_over"], pair.w1.stats["received"])
-        # Never to itself, nor to a worker the set does not have.
-        assert not pair.w0.hand_over(0, req, ("192.0.2.7", 5062), 0)
-        assert not pair.w0.hand_over(2, req, ("192.0.2.7", 5062), 0)
-    finally:
-        pair.close()
+async def test_a_hand_over_arrives_whole_with_source_listener_and_identity(pair: Pair) -> None:
+    alice = Identity(IdentityKind.AGENT, "alice", "spring", None)
+    req = invite(1)
+    assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0, alice)
+    assert pair.w0.hand_over(1, invite(2), ("192.0.2.8", 5070), 1)
+    await until(lambda: len(pair.got) == 2)
+    first, second = pair.got
+    assert bytes(req) == bytes(first.request)
+    assert (("192.0.2.7", 5062), 0, alice) == (first.source, first.listener, first.identity)
+    assert (("192.0.2.8", 5070), 1, None) == (
+        second.source,
+        second.listener,
+        second.identity,
+    )
+    assert (2, 2) == (pair.w0.stats["handed_over"], pair.w1.stats["received"])
+    # Never to itself, nor to a worker the set does not have.
+    assert not pair.w0.hand_over(0, req, ("192.0.2.7", 5062), 0)
+    assert not pair.w0.hand_over(2, req, ("192.0.2.7", 5062), 0)
 
 
-async def test_the_invite_is_remembered_for_its_retransmissions_and_cancel(
-    tmp_path: Path,
-) -> None:
-    pair = Pair(tmp_path)
-    pair.start()
-    try:
-        req = invite(3, branch="z9hG4bK-keep")
-        assert pair.w0.remembered(req) is None
-        assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0)
-        assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep"))
-        assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="CANCEL"))
-        assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="ACK"))
-        # No other method continues an INVITE transaction (a BYE reusing the branch is
-        # a new transaction of its own): its Via is not even looked at.
-        assert pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="BYE")) is None
-        assert pair.w0.remembered(invite(3, branch="z9hG4bK-other")) is None
-        pair.clock += REMEMBER + 1
-        assert pair.w0.hand_over(1, invite(4), ("192.0.2.7", 5062), 0)  # trims the old
-        assert pair.w0.remembered(req) is None
-    finally:
-        pair.close()
+async def test_the_invite_is_remembered_for_its_retransmissions_and_cancel(pair: Pair) -> None:
+    req = invite(3, branch="z9hG4bK-keep")
+    assert pair.w0.remembered(req) is None
+    assert pair.w0.hand_over(1, req, ("192.0.2.7", 5062), 0)
+    assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep"))
+    assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="CANCEL"))
+    assert 1 == pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="ACK"))
+    # No other method continues an INVITE transaction (a BYE reusing the branch is
+    # a new transaction of its own): its Via is not even looked at.
+    assert pair.w0.remembered(invite(3, branch="z9hG4bK-keep", method="BYE")) is None
+    assert pair.w0.remembered(invite(3, branch="z9hG4bK-other")) is None
+    pair.clock += REMEMBER + 1
+    assert pair.w0.hand_over(1, invite(4), ("192.0.2.7", 5062), 0)  # trims the old
+    assert pair.w0.remembered(req) is None
 
 
-async def test_a_burst_beyond_the_socket_buffer_waits_and_keeps_its_order(
-    tmp_path: Path,
-) -> None:
-    pair = Pair(tmp_path)
-    pair.start()
-    try:
-        # Handed over without letting the loop run: the kernel's buffer fills, the rest
-        # waits in the sender and leaves when the receiver has read.
-        sent = [pair.w0.hand_over(1, invite(n), ("192.0.2.7", 5062), 0) for n in range(500)]
-        assert all(sent)
-        assert pair.w0._peers[1].pending  # some had to wait
-        await until(lambda: len(pair.got) == 500)
-        assert [f"call-{n}@192.0.2.7" for n in range(500)] == [h.request.call_id for h in pair.got]
-        assert 0 == pair.w0.stats["failed"]
-    finally:
-        pair.close()
+async def test_a_burst_beyond_the_socket_buffer_waits_and_keeps_its_order(pair: Pair) -> None:
+    # Handed over without letting the loop run: the kernel's buffer fills, the rest
+    # waits in the sender and leaves when the receiver has read.
+    sent = [pair.w0.hand_over(1, invite(n), ("192.0.2.7", 5062), 0) for n in range(500)]
+    assert all(sent)
+    assert pair.w0._peers[1].pending  # some had to wait
+    await until(lambda: len(pair.got) == 500)
+    assert [f"call-{n}@192.0.2.7" for n in range(500)] == [h.request.call_id for h in pair.got]
+    assert 0 == pair.w0.stats["failed"]
 
 
 async def test_a_sibling_that_went_away_fails_the_hand_over_until_it_is_back(
