@@ -7,29 +7,15 @@ call without its challenge); the capture on a real ``lo`` with real UDP sockets
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_pdd", ROOT / "bench" / "pdd.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pdd"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pdd = _load()
+pdd = load_bench("pdd")
 GW, CARRIER, AGENT = 5060, 5070, 40000
 
 

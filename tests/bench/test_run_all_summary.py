@@ -7,25 +7,11 @@ the line must say so; when a rate failed, it names the first failure instead.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run_all", ROOT / "bench" / "run_all.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run_all"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load()
+run_all = load_bench("run_all")
 
 
 def _row(cps: int, failed: int = 0) -> dict[str, Any]:
