@@ -603,8 +603,7 @@ class Gateway:
             owner = steering.remembered(req)
             if owner is not None:
                 # The retransmission, CANCEL or ACK of an INVITE handed over: its owner's.
-                if not steering.hand_over(owner, req, source, steer):
-                    self.stats.dropped["handover-failed"] += 1
+                self._pass_on(steering, owner, req, source, steer)
                 return
         facts = _RequestFacts(self, source, transport)
         found = router.route(req, facts)
@@ -639,8 +638,7 @@ class Gateway:
                         return
                 elif admitted is router.NO_DIALOG:
                     # A re-INVITE of a call of another worker (sent to the shared port).
-                    if not steering.hand_over(owner, req, source, steer, identity):
-                        self.stats.dropped["handover-failed"] += 1
+                    self._pass_on(steering, owner, req, source, steer, identity)
                     return
             if admitted.kind is RouteKind.REPLY:
                 self._answer(req, source, transport, admitted)
@@ -656,8 +654,7 @@ class Gateway:
             # A CANCEL or in-dialog request of a call of another worker (its Request-URI
             # may name the owner's private port, so not even local here): the owner's,
             # never answered here (481 would end a call under way there).
-            if not steering.hand_over(elsewhere, req, source, steer):
-                self.stats.dropped["handover-failed"] += 1
+            self._pass_on(steering, elsewhere, req, source, steer)
         elif kind is RouteKind.DROP:
             self.stats.dropped[found.detail or "dropped"] += 1
         elif found is router.OVERLOADED:
@@ -666,6 +663,20 @@ class Gateway:
             self.endpoint.deliver(req, source, transport, context=found)
         else:  # REPLY, FOREIGN_CANCEL, OPTIONS: answered statelessly
             self._answer(req, source, transport, found)
+
+    def _pass_on(
+        self,
+        steering: Steering,
+        owner: int,
+        req: Request,
+        source: Address,
+        listener: int,
+        identity: Identity | None = None,
+    ) -> None:
+        """Hand what continues a call of worker ``owner`` over to it; when it cannot go,
+        drop it (counted: the caller retransmits), never answer it here."""
+        if not steering.hand_over(owner, req, source, listener, identity):
+            self.stats.dropped["handover-failed"] += 1
 
     def _acks_our_answer(self, req: Request) -> bool:
         """True for the ACK of a final answer this worker sent statelessly (a 407 to an
