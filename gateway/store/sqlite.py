@@ -1756,8 +1756,7 @@ class SQLiteStore:
             return self._read_counters(db, card, now)
 
     def _read_counters(self, db: sqlite3.Connection, card: str, now: float) -> _CardCounters:
-        row = db.execute("SELECT version FROM card_usage_versions WHERE card=?", (card,)).fetchone()
-        version = 0 if row is None else int(row[0])
+        version = self._card_version(db, card)
         tz = self._timezone(db, card)
         start, end = day_bounds(now, tz)
         lower = min(start, now - 3600.0)
