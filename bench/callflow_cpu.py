@@ -19,6 +19,7 @@ syscalls, no event-loop wake-ups per datagram.
     .venv/bin/python bench/callflow_cpu.py --calls 2000
     .venv/bin/python bench/callflow_cpu.py --calls 1000 --cprofile /tmp/flow.prof
     .venv/bin/python bench/callflow_cpu.py --calls 2000 --sibling   # as one of two workers
+    .venv/bin/python bench/callflow_cpu.py --calls 2000 --day-calls 50000   # busy cards
 
 ``--sibling`` runs the gateway's store as one worker of ``dialgate run --workers 2``
 (``owner``/``siblings`` set as the supervisor sets them) beside a second connection to
@@ -323,12 +324,17 @@ def in_process_gateway(
     t1: float,
     log_level: str,
     prepare: Callable[[Gateway], None] | None = None,
+    day_calls: tuple[int, int] = (0, 0),
 ) -> tuple[Gateway, MemoryNetwork, TextIO]:
     """The real gateway on the memory network: a copy of the bench database in ``workdir``,
     e2e's configuration with timers scaled to ``t1``, logs to /dev/null (the returned sink:
-    close it); ``prepare(gateway)`` runs before the call path starts (bus subscribers)."""
+    close it); ``prepare(gateway)`` runs before the call path starts (bus subscribers);
+    ``day_calls`` = (cards, calls): that many finished calls earlier today on each of the
+    first cards (``e2e.prefill_day``)."""
     db = workdir / "gw.db"
     shutil.copyfile(template, db)
+    if day_calls[1]:
+        e2e.prefill_day(db, *day_calls)
     cfg = workdir / "gw.toml"
     text = e2e.gateway_toml(
         sip_port=GW[1], carrier_port=CARRIER[1], db=db, cards=cards, log_level=log_level
@@ -359,7 +365,12 @@ async def run(ns: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dialgate-callflow-"))
     try:
         gw, net, sink = in_process_gateway(
-            template, workdir, cards=ns.cards, t1=ns.t1, log_level=ns.log_level
+            template,
+            workdir,
+            cards=ns.cards,
+            t1=ns.t1,
+            log_level=ns.log_level,
+            day_calls=(ns.callers, ns.day_calls),
         )
         peer_clock = PeerClock()
         sibling = None
@@ -457,6 +468,12 @@ def main() -> None:
     parser.add_argument("--consent", type=int, default=10_000)
     parser.add_argument("--cards", type=int, default=100)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--day-calls",
+        type=int,
+        default=0,
+        help="finished calls earlier today on each caller's card (a card met mid-shift)",
+    )
     parser.add_argument(
         "--gc",
         choices=("default", "auto", "run"),

@@ -23,7 +23,6 @@ Pure: never reads a clock, never reserves. ``now`` is epoch seconds.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from policies.quotas import (
     CardSnapshot,
     Exhausted,
     QuotaLimit,
+    StartTimes,
     evaluate_card,
 )
 from policies.selection import explain
@@ -86,8 +86,8 @@ class PoolCapacity:
         }
 
 
-def _count(starts: Sequence[float], since: float, upto: float) -> int:
-    return bisect_right(starts, upto) - bisect_right(starts, since)
+def _count(starts: StartTimes, since: float, upto: float) -> int:
+    return starts.bisect_right(upto) - starts.bisect_right(since)
 
 
 def card_capacity(card: CardSnapshot, now: float) -> CardCapacity:
@@ -119,7 +119,7 @@ def card_capacity(card: CardSnapshot, now: float) -> CardCapacity:
     if profile.calls_per_day is not None:
         day_start, _ = day_bounds(now, card.timezone)
         room = max(
-            0, profile.calls_per_day - (bisect_right(starts, now) - bisect_left(starts, day_start))
+            0, profile.calls_per_day - (starts.bisect_right(now) - starts.bisect_left(day_start))
         )
         rooms_now.append(room)
         rooms_next.append(room)

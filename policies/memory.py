@@ -27,6 +27,7 @@ from policies.quotas import (
     CardState,
     CardUsage,
     QuotaProfile,
+    StartTimes,
     would_exceed,
 )
 from policies.timeutil import day_bounds
@@ -117,7 +118,7 @@ class InMemoryCardStore:
             if rec._usage is not None and rec._usage_key == key:
                 return rec._usage
             usage = CardUsage(
-                call_starts=tuple(starts[bisect_left(starts, day_start - 3600.0) :]),
+                call_starts=StartTimes(starts[bisect_left(starts, day_start - 3600.0) :]),
                 callees_today=rec.callees_on(day_start),
                 talk_seconds_today=rec.talk.get(day_start, 0.0),
                 in_use=rec.in_use,

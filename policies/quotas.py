@@ -25,13 +25,14 @@ calls) use call start times; daily limits use the carrier's calendar day
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from collections.abc import Sequence, Set
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Protocol, runtime_checkable
+from itertools import islice
+from typing import Protocol, overload, runtime_checkable
 
 from policies.timeutil import (
     DailyWindows,
@@ -54,6 +55,7 @@ __all__ = [
     "Headroom",
     "QuotaLimit",
     "QuotaProfile",
+    "StartTimes",
     "SuspendReason",
     "evaluate_card",
     "would_exceed",
@@ -183,13 +185,122 @@ class CallOutcome:
     ended_at: float | None = None
 
 
+class StartTimes(Sequence[float]):
+    """Call start times, ascending: a read-only window ``[lo, hi)`` of a list.
+
+    The store keeps a card's starts of the day in one list and hands out windows
+    of it, so taking one costs nothing however long the day has been (a tuple of
+    them cost a copy per change: ~7 ns a start, 0.4 ms a call on a trunk account
+    50,000 calls into its day). The list's owner may append to it while windows
+    are out (a window never reaches past its ``hi``); any other change to the
+    list must go to a new list while a window may still read the old one.
+
+    ``StartTimes(seq)`` wraps a copy of any sequence (tests, stores that build
+    their starts per read). ``bisect_left``/``bisect_right`` are the
+    :mod:`bisect` functions over the window, run in C: counting the starts in
+    a time range is two of them.
+    """
+
+    __slots__ = ("__weakref__", "_hi", "_items", "_lo")
+
+    _items: list[float]
+    _lo: int
+    _hi: int
+
+    def __init__(self, starts: Sequence[float] = ()) -> None:
+        self._items = list(starts)
+        self._lo = 0
+        self._hi = len(self._items)
+
+    @classmethod
+    def window(cls, items: list[float], lo: int, hi: int) -> StartTimes:
+        """``items[lo:hi]`` without copying; the owner of ``items`` keeps the rule above."""
+        view = cls.__new__(cls)
+        view._items, view._lo, view._hi = items, lo, hi
+        return view
+
+    def with_start(self, t: float) -> StartTimes:
+        """These starts and ``t``. A ``t`` at or after the last start, on a window that
+        ends its list, is appended to the list in place (no window handed out reaches
+        past its end, so none sees it); any other is a copy."""
+        items, lo, hi = self._items, self._lo, self._hi
+        if hi == len(items) and (hi == lo or t >= items[hi - 1]):
+            items.append(t)
+            return StartTimes.window(items, lo, hi + 1)
+        copy = items[lo:hi]
+        insort(copy, t)
+        return StartTimes.window(copy, 0, len(copy))
+
+    def without(self, t: float) -> StartTimes:
+        """These starts less one equal to ``t`` (a copy; themselves when there is none)."""
+        at = self.bisect_left(t)
+        if at == len(self) or self[at] != t:
+            return self
+        copy = self._items[self._lo : self._hi]
+        del copy[at]
+        return StartTimes.window(copy, 0, len(copy))
+
+    def bisect_left(self, t: float) -> int:
+        """Index of the first start at or after ``t`` (``bisect.bisect_left``)."""
+        return bisect_left(self._items, t, self._lo, self._hi) - self._lo
+
+    def bisect_right(self, t: float) -> int:
+        """Index of the first start after ``t`` (``bisect.bisect_right``)."""
+        return bisect_right(self._items, t, self._lo, self._hi) - self._lo
+
+    def __len__(self) -> int:
+        return self._hi - self._lo
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> StartTimes: ...
+
+    def __getitem__(self, index: int | slice) -> float | StartTimes:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._hi - self._lo)
+            if step == 1:
+                return StartTimes.window(self._items, self._lo + start, self._lo + max(start, stop))
+            return StartTimes(self._items[self._lo : self._hi][index])
+        n = self._hi - self._lo
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("start index out of range")
+        return self._items[self._lo + index]
+
+    def __iter__(self) -> Iterator[float]:
+        return islice(self._items, self._lo, self._hi)
+
+    def __reversed__(self) -> Iterator[float]:
+        items, lo = self._items, self._lo
+        return (items[i] for i in range(self._hi - 1, lo - 1, -1))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StartTimes | tuple | list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"StartTimes({tuple(self)!r})"
+
+
+_NO_STARTS = StartTimes()
+
+
 @dataclass(frozen=True, slots=True)
 class CardUsage:
     """Usage of one card at one instant, as the store sees it.
 
     - `call_starts`: epoch seconds of call starts, ascending, including
       write-ahead reservations not yet finished; must cover at least the
-      last hour and the current carrier day (see `timeutil.day_bounds`).
+      last hour and the current carrier day (see `timeutil.day_bounds`). A
+      `StartTimes` (a store hands out a window of its list, which costs
+      nothing to take); any other sequence given is copied into one.
     - `callees_today`: distinct E.164 callees of the current carrier day (any
       read-only set: a store may hand out a view that costs nothing to take).
     - `talk_seconds_today`: talk time of the current carrier day.
@@ -198,11 +309,15 @@ class CardUsage:
       `rate_window_calls` are enough.
     """
 
-    call_starts: tuple[float, ...] = ()
+    call_starts: StartTimes = _NO_STARTS
     callees_today: Set[str] = frozenset()
     talk_seconds_today: float = 0.0
     in_use: int = 0
     recent_outcomes: tuple[CallOutcome, ...] = ()
+
+    def __post_init__(self) -> None:
+        if type(self.call_starts) is not StartTimes:
+            object.__setattr__(self, "call_starts", StartTimes(self.call_starts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,11 +386,11 @@ class Exhausted:
 
 
 def _rolling(
-    starts: Sequence[float], now: float, window: float, limit: int, name: QuotaLimit
+    starts: StartTimes, now: float, window: float, limit: int, name: QuotaLimit
 ) -> tuple[float, Exhausted | None]:
     """Remaining fraction of a rolling count limit, or when it frees."""
-    lo = bisect_right(starts, now - window)
-    hi = bisect_right(starts, now)
+    lo = starts.bisect_right(now - window)
+    hi = starts.bisect_right(now)
     used = hi - lo
     if used >= limit:
         # The call that must age out is the (used - limit + 1)-th oldest in the window.
@@ -382,7 +497,7 @@ def _evaluate(
         else:
             best, best_name = (concurrent - usage.in_use) / concurrent, QuotaLimit.CONCURRENT
 
-    n_before = bisect_right(starts, now)
+    n_before = starts.bisect_right(now)
     gap = profile.min_gap_seconds
     if gap is not None and n_before:
         last = starts[n_before - 1]
@@ -427,7 +542,7 @@ def _evaluate(
 
     day_start, day_end = day_bounds(now, tz_name)
     if profile.calls_per_day is not None:
-        used = n_before - bisect_left(starts, day_start)
+        used = n_before - starts.bisect_left(day_start)
         limit = profile.calls_per_day
         if used >= limit:
             exhausted.append(Exhausted(QuotaLimit.CALLS_PER_DAY, day_end, f"{used}/{limit} today"))

@@ -22,7 +22,6 @@ with a free line. Failure mode: fails closed — a store error propagates as
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,17 +137,17 @@ def headroom_bound(card: CardSnapshot, now: float) -> float:
     starts = usage.call_starts
     if not starts:
         return bound
-    upto = bisect_right(starts, now)
+    upto = starts.bisect_right(now)
     for window, limit in ((60.0, profile.calls_per_minute), (3600.0, profile.calls_per_hour)):
         if limit is not None:
-            used = upto - bisect_right(starts, now - window)
+            used = upto - starts.bisect_right(now - window)
             if used >= limit:
                 return -1.0
             bound = min(bound, (limit - used) / limit)
     daily = profile.calls_per_day
     if daily is not None:
         day_start, _ = day_bounds(now, card.timezone)
-        used = upto - bisect_left(starts, day_start)
+        used = upto - starts.bisect_left(day_start)
         if used >= daily:
             return -1.0
         bound = min(bound, (daily - used) / daily)

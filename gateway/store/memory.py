@@ -37,7 +37,7 @@ from gateway.store.records import (
 from policies.agent import AgentUsage
 from policies.consent import ConsentRecord, ConsentStatus, resolve_status
 from policies.dnc import DncEntry, DncSource
-from policies.quotas import CallOutcome, CardUsage, QuotaProfile, would_exceed
+from policies.quotas import CallOutcome, CardUsage, QuotaProfile, StartTimes, would_exceed
 from policies.timeutil import day_bounds
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ class MemoryStore:
         )
         window = closed[-self.outcome_window :] if self.outcome_window > 0 else []
         return CardUsage(
-            call_starts=tuple(r.started_at for r in counted),
+            call_starts=StartTimes([r.started_at for r in counted]),
             callees_today=frozenset(r.callee for r in today),
             talk_seconds_today=float(sum(r.talk_seconds for r in today)),
             in_use=sum(1 for r in rows if r.status is UsageStatus.RESERVED),

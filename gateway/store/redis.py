@@ -101,7 +101,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -135,6 +134,7 @@ from policies.quotas import (
     Exhausted,
     QuotaLimit,
     QuotaProfile,
+    StartTimes,
     would_exceed,
 )
 from policies.timeutil import day_bounds
@@ -662,7 +662,7 @@ class _Snapshot(NamedTuple):
         starts = self.usage.call_starts
         if lower <= self.lower or not starts or starts[0] >= lower:
             return self
-        kept = starts[bisect_left(starts, lower) :]
+        kept = starts[starts.bisect_left(lower) :]
         return self._replace(usage=replace(self.usage, call_starts=kept), lower=lower)
 
 
@@ -670,10 +670,9 @@ def _parse(raw: Sequence[Any], lower: float) -> _Snapshot:
     """A ``snapshot()`` reply of the scripts (see ``_LUA_COMMON``) as a :class:`_Snapshot`."""
     packed, fields, day_talk, in_use, raw_outs, version, hyd, held = raw
     outcomes, shorts = _outcomes(raw_outs)
+    starts = sorted(t for t in struct.unpack(f">{len(packed) // 8}d", packed) if t >= lower)
     usage = CardUsage(
-        call_starts=tuple(
-            sorted(t for t in struct.unpack(f">{len(packed) // 8}d", packed) if t >= lower)
-        ),
+        call_starts=StartTimes.window(starts, 0, len(starts)),
         callees_today=frozenset(f[2:].decode() for f in fields.split(b"\0") if f.startswith(b"c:")),
         talk_seconds_today=float(day_talk),
         in_use=int(in_use),
@@ -724,8 +723,7 @@ def _apply_delta(
     starts = usage.call_starts
     if op == b"R":
         if start >= snap.lower:
-            at = bisect_right(starts, start)
-            starts = (*starts[:at], start, *starts[at:])
+            starts = starts.with_start(start)
         usage = replace(
             usage,
             call_starts=starts,
@@ -736,9 +734,7 @@ def _apply_delta(
     left, talk_total, flags, seq, talk, end = fields[4:10]
     callees = usage.callees_today
     if op == b"L":
-        at = bisect_left(starts, start)
-        if at < len(starts) and starts[at] == start:
-            starts = (*starts[:at], *starts[at + 1 :])
+        starts = starts.without(start)
         if int(left) <= 0:
             callees = callees - {callee}
     members = snap.members

@@ -59,6 +59,7 @@ import functools
 import json
 import sqlite3
 import time
+import weakref
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator, Set
 from contextlib import contextmanager
@@ -89,7 +90,7 @@ from gateway.store.records import (
 from policies.agent import AgentUsage
 from policies.consent import ConsentRecord, ConsentStatus, resolve_status
 from policies.dnc import DncEntry, DncSource
-from policies.quotas import CallOutcome, CardUsage, QuotaProfile, would_exceed
+from policies.quotas import CallOutcome, CardUsage, QuotaProfile, StartTimes, would_exceed
 from policies.timeutil import day_bounds
 
 if TYPE_CHECKING:
@@ -642,7 +643,10 @@ class _CardCounters:
     Invariants (statuses counted as starts: reserved, finished, orphaned):
 
     - ``starts``: every counted start at or after ``lower``, ascending (older
-      ones may linger until trimmed; reads slice by bisect);
+      ones may linger until trimmed; reads slice by bisect). ``usage`` hands out
+      a :class:`StartTimes` window of this list (``view``, weakly): a start
+      later than the last is appended in place, any other change goes to a copy
+      while a window is still alive (:meth:`_own_starts`);
     - ``callees`` / ``talk``: counted rows started at or after ``day_start``;
       ``order`` ranks each callee of ``callees`` by its first start (``rank`` is
       the next), read by the :class:`_CalleesToday` views ``usage`` hands out;
@@ -666,6 +670,7 @@ class _CardCounters:
     shared: bool = False
     memo: CardUsage | None = None
     memo_from: int = -1
+    view: weakref.ref[StartTimes] | None = None
     #: The card's ``card_usage_versions`` counter these counters reflect.
     version: int = 0
     #: The store's ``_epoch`` when ``version`` was last compared with the file's (the
@@ -678,16 +683,20 @@ class _CardCounters:
         starts = self.starts
         first = bisect_left(starts, lower)
         if first > 256 and first * 2 > len(starts):
-            # Starts that left both the hour and the day: forget them.
-            del starts[:first]
+            # Starts that left both the hour and the day: forget them (a new list:
+            # windows handed out keep reading the old one).
+            self.starts = starts = starts[first:]
+            self.view = None
             self.lower = lower
             first = 0
             self.memo = None
         if self.memo is not None and self.memo_from == first:
             return self.memo
         self.shared = True
+        call_starts = StartTimes.window(starts, first, len(starts))
+        self.view = weakref.ref(call_starts)
         self.memo = CardUsage(
-            call_starts=tuple(starts[first:]) if first else tuple(starts),
+            call_starts=call_starts,
             callees_today=_CalleesToday(self.order, self.rank),
             talk_seconds_today=float(self.talk),
             in_use=self.in_use,
@@ -698,7 +707,11 @@ class _CardCounters:
 
     def started(self, started_at: float, callee: str) -> None:
         """A reservation was committed."""
-        insort(self.starts, started_at)
+        starts = self.starts
+        if not starts or started_at >= starts[-1]:
+            starts.append(started_at)  # past every window's end: no copy
+        else:
+            insort(self._own_starts(), started_at)
         if started_at >= self.day_start:
             count = self.callees.get(callee, 0)
             self.callees[callee] = count + 1
@@ -707,6 +720,14 @@ class _CardCounters:
                 self.rank += 1
         self.in_use += 1
         self.memo = None
+
+    def _own_starts(self) -> list[float]:
+        """``starts``, safe to change anywhere: a copy if a window of it is still read."""
+        self.memo = None  # the memo's window is no reader of its own
+        if self.view is not None and self.view() is not None:
+            self.starts = list(self.starts)
+        self.view = None
+        return self.starts
 
     def closed(
         self,
@@ -723,7 +744,7 @@ class _CardCounters:
         if not counted:
             at = bisect_left(self.starts, started_at)
             if at < len(self.starts) and self.starts[at] == started_at:
-                del self.starts[at]
+                del self._own_starts()[at]
             if started_at >= self.day_start:
                 left = self.callees.get(callee, 0) - 1
                 if left > 0:

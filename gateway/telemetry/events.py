@@ -439,18 +439,16 @@ def render_json(event: Event, *, mask_numbers: bool = True) -> bytes:
 
 def usage_vs_limits(snapshot: CardSnapshot, now: float) -> tuple[LimitUsage, ...]:
     """Usage of every configured limit of the card's effective profile at ``now``."""
-    from bisect import bisect_right
-
     from policies.timeutil import day_bounds
 
     profile = snapshot.effective_profile
     usage = snapshot.usage
     starts = usage.call_starts
-    upto = bisect_right(starts, now)
+    upto = starts.bisect_right(now)
     out: list[LimitUsage] = []
 
     def rolling(window: float) -> int:
-        return upto - bisect_right(starts, now - window)
+        return upto - starts.bisect_right(now - window)
 
     if profile.calls_per_minute is not None:
         out.append(LimitUsage("calls_per_minute", rolling(60.0), profile.calls_per_minute))
@@ -458,7 +456,7 @@ def usage_vs_limits(snapshot: CardSnapshot, now: float) -> tuple[LimitUsage, ...
         out.append(LimitUsage("calls_per_hour", rolling(3600.0), profile.calls_per_hour))
     if profile.calls_per_day is not None:
         day_start, _ = day_bounds(now, snapshot.timezone)
-        used = upto - bisect_right(starts, day_start - 1e-6)
+        used = upto - starts.bisect_right(day_start - 1e-6)
         out.append(LimitUsage("calls_per_day", used, profile.calls_per_day))
     if profile.concurrent is not None:
         out.append(LimitUsage("concurrent", usage.in_use, profile.concurrent))

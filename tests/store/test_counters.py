@@ -10,7 +10,7 @@ connection writes to the same file.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Set
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 
 import pytest
@@ -135,6 +135,22 @@ def _write(
     return True
 
 
+def _still_as_taken(taken: list[tuple[CardUsage, frozenset[str], tuple[float, ...]]]) -> None:
+    """Usage handed out earlier still holds what it held then: its day's callees and its
+    starts are views of lists the counters went on changing."""
+    numbers = [f"+86138000002{callee:02d}" for callee in range(4)]
+    for usage, callees, starts in taken:
+        view = usage.callees_today
+        assert len(view) == len(callees)
+        assert [n in view for n in numbers] == [n in callees for n in numbers]
+        assert set(view) == callees
+        assert usage.call_starts == starts
+        assert list(usage.call_starts) == list(starts)
+        for t in {*starts, *(t + 0.5 for t in starts)}:
+            assert usage.call_starts.bisect_left(t) == bisect_left(starts, t)
+            assert usage.call_starts.bisect_right(t) == bisect_right(starts, t)
+
+
 _step = st.tuples(
     st.sampled_from(["reserve", "release", "release-ok", "finish", "read", "other"]),
     st.integers(0, 7),  # call
@@ -160,7 +176,7 @@ def test_incremental_counters_equal_a_full_recount(
     other = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"}, outcome_window=window)
     _cards(s)
     now = MIDNIGHT - 3000.0
-    taken: list[tuple[Set[str], frozenset[str]]] = []
+    taken: list[tuple[CardUsage, frozenset[str], tuple[float, ...]]] = []
     for op, call, card, callee, gap, talk in steps:
         now += gap
         card_id = f"c{card + 1}"
@@ -171,16 +187,73 @@ def test_incremental_counters_equal_a_full_recount(
             for c in ("c1", "c2"):
                 usage = s.card_usage(c, now)
                 _same(usage, s.recount_card_usage(c, now))
-                taken.append((usage.callees_today, frozenset(usage.callees_today)))
+                taken.append((usage, frozenset(usage.callees_today), tuple(usage.call_starts)))
     for c in ("c1", "c2"):
         _same(s.card_usage(c, now), s.recount_card_usage(c, now))
-    numbers = [f"+86138000002{callee:02d}" for callee in range(4)]
-    for view, then in taken:
-        assert len(view) == len(then)
-        assert [n in view for n in numbers] == [n in then for n in numbers]
-        assert set(view) == then
+    _still_as_taken(taken)
     other.close()
     s.close()
+
+
+_unordered_step = st.tuples(
+    st.sampled_from(["reserve", "release", "release-ok", "finish", "read", "drop"]),
+    st.integers(0, 7),  # call
+    st.integers(0, 3),  # callee
+    st.floats(0, 600, allow_nan=False),  # when, in any order (all within the hour)
+    st.integers(0, 120),  # talk seconds
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(_unordered_step, max_size=60))
+def test_starts_handed_out_stay_as_they_were_whatever_the_order_of_changes(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[str, int, int, float, int]],
+) -> None:
+    """The counters hand out windows of their list of starts, not copies. Starts that
+    arrive out of order, releases and the counters' trim change that list: a window
+    still held must keep what it held (a copy is made then), one dropped costs none."""
+    path = tmp_path_factory.mktemp("windows") / "c.db"
+    s = SQLiteStore(path, carrier_timezones={"carrier-a": "UTC"})
+    _cards(s)
+    taken: list[tuple[CardUsage, frozenset[str], tuple[float, ...]]] = []
+    latest = T0
+    for op, call, callee, at, talk in steps:
+        now = T0 + at
+        latest = max(latest, now)
+        if op == "drop":
+            taken.clear()  # no reader left: the next change is made in place
+        elif not _write(s, op, f"k{call}", "c1", callee, now, talk):
+            usage = s.card_usage("c1", latest)
+            _same(usage, s.recount_card_usage("c1", latest))
+            taken.append((usage, frozenset(usage.callees_today), tuple(usage.call_starts)))
+    _same(s.card_usage("c1", latest), s.recount_card_usage("c1", latest))
+    _still_as_taken(taken)
+    s.close()
+
+
+def test_a_start_after_the_last_is_appended_to_the_list_windows_read(store: SQLiteStore) -> None:
+    """Taking a card's usage copies none of its starts: a later start is appended to the
+    list the earlier window reads (past that window's end); a release copies the list
+    only while a window of it is still held."""
+    store.reserve("c1", "k1", "+8613800000100", T0)
+    first = store.card_usage("c1", T0 + 1).call_starts
+    store.reserve("c1", "k2", "+8613800000101", T0 + 2)
+    second = store.card_usage("c1", T0 + 3).call_starts
+    assert ((T0,), (T0, T0 + 2)) == (first, second)
+    assert first._items is second._items  # one list, two windows of it
+    store.release("k2", T0 + 4)  # first and second are held: the counters copy
+    third = store.card_usage("c1", T0 + 5).call_starts
+    assert ((T0,), (T0, T0 + 2), (T0,)) == (first, second, third)
+    assert third._items is not second._items
+    del first, second
+    kept = third._items
+    del third
+    store.reserve("c1", "k3", "+8613800000102", T0 + 6)
+    store.reserve("c1", "k4", "+8613800000103", T0 + 5.5)  # out of order, no window held
+    store.release("k3", T0 + 7)
+    assert store.card_usage("c1", T0 + 8).call_starts._items is kept  # changed in place
+    assert (T0, T0 + 5.5) == store.card_usage("c1", T0 + 8).call_starts
 
 
 _sibling_step = st.tuples(
