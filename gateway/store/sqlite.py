@@ -653,7 +653,8 @@ class _CardCounters:
       ``shared``: a view may be out, so a removal copies ``order`` first;
     - ``in_use``: reserved rows, all time;
     - ``window``: the last ``outcome_window`` closed rows (finished, orphaned,
-      released with a card failure) by ``(started_at, rowid)``, ascending.
+      released with a card failure) by ``(started_at, rowid)``, ascending;
+      ``outcomes``: their outcomes as handed out, None once the window changed.
     """
 
     timezone: str
@@ -671,6 +672,7 @@ class _CardCounters:
     memo: CardUsage | None = None
     memo_from: int = -1
     view: weakref.ref[StartTimes] | None = None
+    outcomes: tuple[CallOutcome, ...] | None = None
     #: The card's ``card_usage_versions`` counter these counters reflect.
     version: int = 0
     #: The store's ``_epoch`` when ``version`` was last compared with the file's (the
@@ -700,7 +702,7 @@ class _CardCounters:
             callees_today=_CalleesToday(self.order, self.rank),
             talk_seconds_today=float(self.talk),
             in_use=self.in_use,
-            recent_outcomes=tuple(entry[2] for entry in self.window),
+            recent_outcomes=self._outcomes(),
         )
         self.memo_from = first
         return self.memo
@@ -720,6 +722,12 @@ class _CardCounters:
                 self.rank += 1
         self.in_use += 1
         self.memo = None
+
+    def _outcomes(self) -> tuple[CallOutcome, ...]:
+        """The window's outcomes, built once per change of the window (not of the card)."""
+        if self.outcomes is None:
+            self.outcomes = tuple([entry[2] for entry in self.window])
+        return self.outcomes
 
     def _own_starts(self) -> list[float]:
         """``starts``, safe to change anywhere: a copy if a window of it is still read."""
@@ -760,6 +768,7 @@ class _CardCounters:
             insort(self.window, (started_at, rowid, outcome), key=lambda e: (e[0], e[1]))
             if len(self.window) > window:
                 del self.window[: len(self.window) - window]
+            self.outcomes = None
         self.memo = None
 
 
