@@ -559,6 +559,10 @@ def pin_bench() -> None:
 GATEWAY_CORES = set(range(1, os.cpu_count() or 2)) or {0}
 
 
+CARRIER_TZ = "Asia/Shanghai"
+"""The bench carrier's zone: its day is the cards' day (daily quotas, ``--day-calls``)."""
+
+
 def gateway_toml(
     *,
     sip_port: int,
@@ -576,7 +580,7 @@ def gateway_toml(
     ``overload_kb``: ``[sip] overload_queue_kb`` (None: the default); ``tcp``: a TCP
     listener on the SIP port number too; ``carrier_tcp``: the carrier is reached over
     TCP at :data:`CARRIER_TCP_HOST`."""
-    tz = "Asia/Shanghai"
+    tz = CARRIER_TZ
     lines = [
         "[server]",
         f'gc = "{gc}"',
@@ -671,13 +675,14 @@ def gateway_toml(
 
 
 def prefill_day(db: Path, cards: int, per_card: int) -> None:
-    """``per_card`` finished calls on each card earlier today (UTC, the bench carrier's day),
-    as the gateway meets its cards mid-shift rather than at midnight: a card's counters
-    are read from its day's rows when a process first needs them, or after another
-    process changed the card without a log it can apply."""
+    """``per_card`` finished calls on each card earlier today (the carrier's day, in
+    :data:`CARRIER_TZ`), as the gateway meets its cards mid-shift rather than at
+    midnight: a card's counters are read from its day's rows when a process first needs
+    them, or after another process changed the card without a log it can apply."""
 
     now = time.time()
-    day_start = now - now % 86400.0
+    local = datetime.now(ZoneInfo(CARRIER_TZ))
+    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     span = max(now - 60.0 - day_start, 1.0)
     rng = random.Random(7)
     rows = []
