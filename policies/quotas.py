@@ -299,8 +299,8 @@ class CardUsage:
     - `call_starts`: epoch seconds of call starts, ascending, including
       write-ahead reservations not yet finished; must cover at least the
       last hour and the current carrier day (see `timeutil.day_bounds`). A
-      `StartTimes` (a store hands out a window of its list, which costs
-      nothing to take); any other sequence given is copied into one.
+      `StartTimes`: a store hands out a window of its list, which costs
+      nothing to take (`StartTimes(seq)` copies any sequence into one).
     - `callees_today`: distinct E.164 callees of the current carrier day (any
       read-only set: a store may hand out a view that costs nothing to take).
     - `talk_seconds_today`: talk time of the current carrier day.
@@ -314,10 +314,6 @@ class CardUsage:
     talk_seconds_today: float = 0.0
     in_use: int = 0
     recent_outcomes: tuple[CallOutcome, ...] = ()
-
-    def __post_init__(self) -> None:
-        if type(self.call_starts) is not StartTimes:
-            object.__setattr__(self, "call_starts", StartTimes(self.call_starts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,15 +382,21 @@ class Exhausted:
 
 
 def _rolling(
-    starts: StartTimes, now: float, window: float, limit: int, name: QuotaLimit
+    items: list[float],
+    first: int,
+    upto: int,
+    now: float,
+    window: float,
+    limit: int,
+    name: QuotaLimit,
 ) -> tuple[float, Exhausted | None]:
-    """Remaining fraction of a rolling count limit, or when it frees."""
-    lo = starts.bisect_right(now - window)
-    hi = starts.bisect_right(now)
-    used = hi - lo
+    """Remaining fraction of a rolling count limit, or when it frees: ``items[first:upto]``
+    are the card's starts up to ``now`` (a :class:`StartTimes`' list and bounds)."""
+    lo = bisect_right(items, now - window, first, upto)
+    used = upto - lo
     if used >= limit:
         # The call that must age out is the (used - limit + 1)-th oldest in the window.
-        frees = starts[lo + used - limit] + window if limit > 0 else None
+        frees = items[lo + used - limit] + window if limit > 0 else None
         return 0.0, Exhausted(name, frees, f"{used}/{limit} in {int(window)}s")
     return (limit - used) / limit, None
 
@@ -497,10 +499,12 @@ def _evaluate(
         else:
             best, best_name = (concurrent - usage.in_use) / concurrent, QuotaLimit.CONCURRENT
 
-    n_before = starts.bisect_right(now)
+    # The starts' list and bounds, read with bisect's C functions (a dozen reads a call).
+    items, first = starts._items, starts._lo
+    upto = bisect_right(items, now, first, starts._hi)  # items[first:upto]: up to now
     gap = profile.min_gap_seconds
-    if gap is not None and n_before:
-        last = starts[n_before - 1]
+    if gap is not None and upto > first:
+        last = items[upto - 1]
         if now - last < gap:
             exhausted.append(
                 Exhausted(QuotaLimit.MIN_GAP, last + gap, f"last start {now - last:.1f}s ago")
@@ -532,7 +536,7 @@ def _evaluate(
     ):
         if limit is None:
             continue
-        fraction, ex = _rolling(starts, now, window, limit, name)
+        fraction, ex = _rolling(items, first, upto, now, window, limit, name)
         if ex is not None:
             exhausted.append(ex)
             if stop_at_first:
@@ -542,7 +546,7 @@ def _evaluate(
 
     day_start, day_end = day_bounds(now, tz_name)
     if profile.calls_per_day is not None:
-        used = n_before - starts.bisect_left(day_start)
+        used = upto - bisect_left(items, day_start, first, upto)
         limit = profile.calls_per_day
         if used >= limit:
             exhausted.append(Exhausted(QuotaLimit.CALLS_PER_DAY, day_end, f"{used}/{limit} today"))

@@ -26,7 +26,14 @@ from gateway.telemetry.events import (
     usage_vs_limits,
 )
 from gateway.telemetry.mqtt import MqttPublisher, Topics, route
-from policies.quotas import CallOutcome, CardSnapshot, CardState, CardUsage, QuotaProfile
+from policies.quotas import (
+    CallOutcome,
+    CardSnapshot,
+    CardState,
+    CardUsage,
+    QuotaProfile,
+    StartTimes,
+)
 
 CALLEE = "+8613812345678"
 
@@ -205,7 +212,7 @@ def test_usage_vs_limits_covers_every_configured_limit() -> None:
         profile=profile,
         timezone="UTC",
         usage=CardUsage(
-            call_starts=(now - 7200, now - 1800, now - 30, now - 10),
+            call_starts=StartTimes((now - 7200, now - 1800, now - 30, now - 10)),
             callees_today=frozenset({"+8613812345678", "+8613812345679"}),
             talk_seconds_today=150.0,
             in_use=1,
@@ -319,7 +326,7 @@ def test_card_state_says_whether_the_card_can_take_a_call_and_why_not() -> None:
         CardState.ACTIVE,
         QuotaProfile(calls_per_minute=1),
         timezone="Asia/Shanghai",
-        usage=CardUsage(call_starts=(now - 30,)),
+        usage=CardUsage(call_starts=StartTimes((now - 30,))),
     )
     body = render_payload(card_status(manager.get("c1"), now, busy))
     assert False is body["available"]["now"]

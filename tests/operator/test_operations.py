@@ -16,7 +16,14 @@ from gateway.operator.service import (
 )
 from gateway.telemetry.alerts import AlertThresholds, assess_agent, assess_card
 from gateway.telemetry.events import Alert, AlertKind
-from policies.quotas import CallOutcome, CardSnapshot, CardState, CardUsage, QuotaProfile
+from policies.quotas import (
+    CallOutcome,
+    CardSnapshot,
+    CardState,
+    CardUsage,
+    QuotaProfile,
+    StartTimes,
+)
 
 from .conftest import T0
 
@@ -83,7 +90,7 @@ def _snapshot(usage: CardUsage, **limits: object) -> CardSnapshot:
 def test_assess_card_finds_near_limits_and_a_low_answer_rate() -> None:
     """Four of five calls per minute → quota-near; answers near the floor → card-at-risk."""
     now = T0 + 1000
-    usage = CardUsage(call_starts=tuple(now - 50 + i for i in range(4)), in_use=0)
+    usage = CardUsage(call_starts=StartTimes(tuple(now - 50 + i for i in range(4))), in_use=0)
     findings = assess_card(_snapshot(usage, calls_per_minute=5, calls_per_hour=60), now)
     assert [(AlertKind.QUOTA_NEAR, "calls_per_minute")] == [(f.kind, f.key) for f in findings]
 

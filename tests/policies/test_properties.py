@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from policies.frequency import FrequencyCap, FrequencyPolicy, FrequencyRule, HistoryKind
 from policies.memory import InMemoryHistory
-from policies.quotas import CardUsage, Exhausted, QuotaProfile, would_exceed
+from policies.quotas import CardUsage, Exhausted, QuotaProfile, StartTimes, would_exceed
 from policies.timeutil import as_utc, day_bounds
 from tests.policies.helpers import ctx, ts
 
@@ -43,7 +43,10 @@ def test_allowed_reservation_stays_within_every_limit(
         concurrent=None,
     )
     starts = sorted(T - o for o in offsets)
-    if would_exceed(profile, CardUsage(call_starts=tuple(starts)), TZ, None, T) is not None:
+    if (
+        would_exceed(profile, CardUsage(call_starts=StartTimes(tuple(starts))), TZ, None, T)
+        is not None
+    ):
         return
     after = sorted([*starts, T])
 
@@ -98,7 +101,7 @@ def test_rolling_limit_frees_exactly_when_reported(
 ) -> None:
     """A rolling-window limit reported exhausted until t has room at t (and not just before)."""
     profile = QuotaProfile(calls_per_minute=per_minute, calls_per_hour=per_hour, concurrent=None)
-    usage = CardUsage(call_starts=tuple(sorted(T - o for o in offsets)))
+    usage = CardUsage(call_starts=StartTimes(tuple(sorted(T - o for o in offsets))))
     result = would_exceed(profile, usage, TZ, None, T)
     if result is None:
         return

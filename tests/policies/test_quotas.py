@@ -13,6 +13,7 @@ from policies.quotas import (
     Headroom,
     QuotaLimit,
     QuotaProfile,
+    StartTimes,
     evaluate_card,
     would_exceed,
 )
@@ -57,7 +58,7 @@ def test_fresh_card_has_full_headroom() -> None:
 
 def test_calls_per_minute_rolling_free_time() -> None:
     """At the per-minute limit the card frees when the oldest start is 60 s old."""
-    usage = CardUsage(call_starts=(NOW - 50, NOW - 20))
+    usage = CardUsage(call_starts=StartTimes((NOW - 50, NOW - 20)))
     result = exhausted(evaluate_card(card(QuotaProfile(calls_per_minute=2), usage), NOW))
     assert (QuotaLimit.CALLS_PER_MINUTE, NOW + 10) == (result.limit, result.frees_at)
     assert isinstance(
@@ -67,7 +68,7 @@ def test_calls_per_minute_rolling_free_time() -> None:
 
 def test_calls_per_hour_headroom_fraction() -> None:
     """Headroom is the remaining fraction of the tightest limit."""
-    usage = CardUsage(call_starts=tuple(NOW - 3000 + i for i in range(6)))
+    usage = CardUsage(call_starts=StartTimes(tuple(NOW - 3000 + i for i in range(6))))
     profile = QuotaProfile(calls_per_hour=10, calls_per_day=100, concurrent=None)
     assert Headroom(0.4, QuotaLimit.CALLS_PER_HOUR) == evaluate_card(card(profile, usage), NOW)
 
@@ -75,7 +76,7 @@ def test_calls_per_hour_headroom_fraction() -> None:
 def test_carrier_day_rollover_shanghai_not_utc() -> None:
     """The daily count resets at Shanghai midnight (16:00 UTC), not at UTC midnight."""
     profile = QuotaProfile(calls_per_day=2, concurrent=None)
-    usage = CardUsage(call_starts=(ts(2026, 6, 1, 10, 0), ts(2026, 6, 1, 15, 30)))
+    usage = CardUsage(call_starts=StartTimes((ts(2026, 6, 1, 10, 0), ts(2026, 6, 1, 15, 30))))
     before = exhausted(evaluate_card(card(profile, usage), ts(2026, 6, 1, 15, 59)))
     assert (QuotaLimit.CALLS_PER_DAY, ts(2026, 6, 1, 16, 0)) == (before.limit, before.frees_at)
     assert isinstance(evaluate_card(card(profile, usage), ts(2026, 6, 1, 16, 0)), Headroom)
@@ -89,7 +90,7 @@ def test_carrier_day_on_dst_day_is_23_hours() -> None:
     """A New York carrier's spring-forward day ends 23 h after it starts."""
     profile = QuotaProfile(calls_per_day=1, concurrent=None)
     start_of_day = ts(2026, 3, 8, 5, 0)  # 00:00 EST
-    usage = CardUsage(call_starts=(start_of_day + 60,))
+    usage = CardUsage(call_starts=StartTimes((start_of_day + 60,)))
     result = exhausted(
         evaluate_card(card(profile, usage, tz="America/New_York"), start_of_day + 120)
     )
@@ -105,7 +106,7 @@ def test_concurrent_limit_has_no_known_free_time() -> None:
 def test_min_gap_between_starts() -> None:
     """A new start within min_gap_seconds of the last one waits for the gap."""
     profile = QuotaProfile(min_gap_seconds=30, concurrent=None)
-    usage = CardUsage(call_starts=(NOW - 100, NOW - 10))
+    usage = CardUsage(call_starts=StartTimes((NOW - 100, NOW - 10)))
     result = exhausted(evaluate_card(card(profile, usage), NOW))
     assert (QuotaLimit.MIN_GAP, NOW + 20) == (result.limit, result.frees_at)
     assert isinstance(evaluate_card(card(profile, usage), NOW + 20), Headroom)
@@ -208,7 +209,7 @@ def test_probation_profile_applies_in_probation() -> None:
     """A restored card in probation runs on its reduced profile."""
     normal = QuotaProfile(calls_per_day=100, concurrent=None)
     probation = QuotaProfile(name="probation", calls_per_day=2, concurrent=None)
-    usage = CardUsage(call_starts=(NOW - 600, NOW - 300))
+    usage = CardUsage(call_starts=StartTimes((NOW - 600, NOW - 300)))
     active = card(normal, usage, probation=probation)
     restored = card(normal, usage, state=CardState.PROBATION, probation=probation)
     assert isinstance(evaluate_card(active, NOW), Headroom)
@@ -218,7 +219,7 @@ def test_probation_profile_applies_in_probation() -> None:
 def test_profile_override_wins() -> None:
     """A per-card override replaces both the normal and the probation profile."""
     strict = QuotaProfile(calls_per_day=1, concurrent=None)
-    usage = CardUsage(call_starts=(NOW - 600,))
+    usage = CardUsage(call_starts=StartTimes((NOW - 600,)))
     snapshot = card(QuotaProfile(concurrent=None), usage, override=strict)
     assert QuotaLimit.CALLS_PER_DAY == exhausted(evaluate_card(snapshot, NOW)).limit
 
@@ -233,16 +234,18 @@ def test_unusable_states(state: CardState) -> None:
 def test_several_exhausted_limits_report_latest_free_time() -> None:
     """When two limits are exhausted the card frees when the later one frees."""
     profile = QuotaProfile(calls_per_minute=1, calls_per_day=1, concurrent=None)
-    result = exhausted(evaluate_card(card(profile, CardUsage(call_starts=(NOW - 30,))), NOW))
+    result = exhausted(
+        evaluate_card(card(profile, CardUsage(call_starts=StartTimes((NOW - 30,)))), NOW)
+    )
     assert (QuotaLimit.CALLS_PER_DAY, ts(2026, 6, 1, 16, 0)) == (result.limit, result.frees_at)
 
 
 def test_would_exceed_for_store_recheck() -> None:
     """would_exceed names the first broken limit, or None when one more call fits."""
     profile = QuotaProfile(calls_per_minute=2, concurrent=2)
-    ok = CardUsage(call_starts=(NOW - 30,), in_use=1)
+    ok = CardUsage(call_starts=StartTimes((NOW - 30,)), in_use=1)
     assert would_exceed(profile, ok, SHANGHAI, "+8613800000001", NOW) is None
-    full = CardUsage(call_starts=(NOW - 30, NOW - 5), in_use=1)
+    full = CardUsage(call_starts=StartTimes((NOW - 30, NOW - 5)), in_use=1)
     result = would_exceed(profile, full, SHANGHAI, "+8613800000001", NOW)
     assert result is not None
     assert QuotaLimit.CALLS_PER_MINUTE == result.limit

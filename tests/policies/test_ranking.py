@@ -11,6 +11,7 @@ from policies.quotas import (
     CardUsage,
     Headroom,
     QuotaProfile,
+    StartTimes,
     evaluate_card,
 )
 from policies.selection import headroom_bound, rank_cards, ranked_lazily
@@ -38,7 +39,7 @@ def cards(draw: st.DrawFn) -> list[CardSnapshot]:
         )
         offsets = draw(st.lists(st.integers(min_value=1, max_value=20_000), max_size=25))
         usage = CardUsage(
-            call_starts=tuple(sorted(T - o for o in offsets)),
+            call_starts=StartTimes(tuple(sorted(T - o for o in offsets))),
             in_use=draw(st.integers(min_value=0, max_value=2)),
             talk_seconds_today=draw(st.sampled_from([0.0, 600.0, 1800.0, 3600.0])),
             callees_today=frozenset(

@@ -77,8 +77,9 @@ def test_without_removes_one_equal_start_in_a_copy() -> None:
     assert base.without(9.0) is base
 
 
-def test_card_usage_takes_any_sequence_as_its_starts() -> None:
-    usage = CardUsage(call_starts=(1.0, 2.0))  # type: ignore[arg-type]
-    assert isinstance(usage.call_starts, StartTimes)
-    assert (1.0, 2.0) == usage.call_starts
-    assert CardUsage() == CardUsage(call_starts=())  # type: ignore[arg-type]
+def test_start_times_of_a_sequence_is_a_copy_of_it() -> None:
+    given = [1.0, 2.0]
+    starts = StartTimes(given)
+    given.append(3.0)
+    assert (1.0, 2.0) == starts
+    assert StartTimes() == CardUsage().call_starts == ()
