@@ -217,11 +217,12 @@ def main() -> int:
     if args.experiment_paused_only:
         from gateway.store.sqlite import SQLiteStore
         from policies.agent import AgentUsage
+        from policies.quotas import StartTimes
 
         def paused_only(self: SQLiteStore, agent: str, now: float, **_: Any) -> AgentUsage:
             pause = self._read("SELECT reason FROM agent_pauses WHERE agent=?", (agent,))
             return AgentUsage(
-                call_starts=(),
+                call_starts=StartTimes(),
                 complaints=(),
                 paused=bool(pause),
                 pause_reason=pause[0]["reason"] if pause else "",

@@ -21,20 +21,26 @@ from typing import Protocol, runtime_checkable
 
 from policies.context import CallContext
 from policies.decision import Decision, RejectReason
+from policies.quotas import StartTimes
 from policies.timeutil import ceil_seconds, epoch
 
 __all__ = ["AgentLimits", "AgentLimitsPolicy", "AgentUsage", "AgentUsageView"]
+
+
+_NO_STARTS = StartTimes()
 
 
 @dataclass(frozen=True, slots=True)
 class AgentUsage:
     """One agent's recent activity (epoch seconds, ascending) and pause flag.
 
-    `call_starts` must cover the longest window in force (a day by default);
-    `complaints` are times of complaints against calls this agent made.
+    `call_starts` must cover the longest window in force (a day by default): a
+    `policies.quotas.StartTimes` (the store hands out a window of its list, which
+    costs nothing to take); `complaints` are times of complaints against calls this
+    agent made.
     """
 
-    call_starts: tuple[float, ...] = ()
+    call_starts: StartTimes = _NO_STARTS
     complaints: tuple[float, ...] = ()
     paused: bool = False
     pause_reason: str = ""
@@ -119,8 +125,8 @@ class AgentLimitsPolicy:
             (limits.calls_per_day, 86400.0, "calls per day"),
         ):
             if limit is not None:
-                lo = bisect_right(usage.call_starts, t - window)
-                used = bisect_right(usage.call_starts, t) - lo
+                lo = usage.call_starts.bisect_right(t - window)
+                used = usage.call_starts.bisect_right(t) - lo
                 if used >= limit:
                     # Room again when the oldest call that keeps the count at the limit
                     # leaves the rolling window.
@@ -133,7 +139,7 @@ class AgentLimitsPolicy:
                     )
         if limits.complaint_rate_ceiling is not None:
             since = t - limits.complaint_window_seconds
-            calls = _count(usage.call_starts, since, t)
+            calls = usage.call_starts.bisect_right(t) - usage.call_starts.bisect_right(since)
             complaints = _count(usage.complaints, since, t)
             if calls >= limits.complaint_min_sample and calls > 0:
                 rate = complaints / calls

@@ -270,7 +270,7 @@ class InMemoryAgents:
         calls = self._calls.get(agent, [])
         complaints = self._complaints.get(agent, [])
         return AgentUsage(
-            call_starts=tuple(calls[bisect_left(calls, since) :]),
+            call_starts=StartTimes(calls[bisect_left(calls, since) :]),
             complaints=tuple(complaints[bisect_left(complaints, since) :]),
             paused=agent in self._paused,
             pause_reason=self._paused.get(agent, ""),

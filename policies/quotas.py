@@ -25,6 +25,7 @@ calls) use call start times; daily limits use the carrier's calendar day
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ __all__ = [
     "CardUsageView",
     "Exhausted",
     "Headroom",
+    "KeptStarts",
     "QuotaLimit",
     "QuotaProfile",
     "StartTimes",
@@ -201,22 +203,25 @@ class StartTimes(Sequence[float]):
     a time range is two of them.
     """
 
-    __slots__ = ("__weakref__", "_hi", "_items", "_lo")
+    __slots__ = ("_hi", "_hold", "_items", "_lo")
 
     _items: list[float]
     _lo: int
     _hi: int
+    _hold: object
 
     def __init__(self, starts: Sequence[float] = ()) -> None:
         self._items = list(starts)
         self._lo = 0
         self._hi = len(self._items)
+        self._hold = None
 
     @classmethod
-    def window(cls, items: list[float], lo: int, hi: int) -> StartTimes:
-        """``items[lo:hi]`` without copying; the owner of ``items`` keeps the rule above."""
+    def window(cls, items: list[float], lo: int, hi: int, hold: object = None) -> StartTimes:
+        """``items[lo:hi]`` without copying; the owner of ``items`` keeps the rule above.
+        ``hold``: kept alive as long as the window is (:class:`KeptStarts`' readers)."""
         view = cls.__new__(cls)
-        view._items, view._lo, view._hi = items, lo, hi
+        view._items, view._lo, view._hi, view._hold = items, lo, hi, hold
         return view
 
     def with_start(self, t: float) -> StartTimes:
@@ -287,6 +292,66 @@ class StartTimes(Sequence[float]):
 
     def __repr__(self) -> str:
         return f"StartTimes({tuple(self)!r})"
+
+
+class _Readers:
+    """Alive while a window :class:`KeptStarts` handed out of its current list is."""
+
+    __slots__ = ("__weakref__",)
+
+
+class KeptStarts:
+    """An ascending list of starts its owner (a store's running counters) changes and
+    hands out as :class:`StartTimes` windows without copying it.
+
+    Every window taken from the current list holds one :class:`_Readers` token, which
+    the owner only references weakly: while the token lives a window may still read
+    the list, so a change other than an append goes to a copy (the windows keep the
+    old list); once every window is gone the list is changed in place.
+    """
+
+    __slots__ = ("_readers", "items")
+
+    def __init__(self, items: list[float] | None = None) -> None:
+        #: The starts, ascending: read them freely (bisect), change them only through
+        #: the methods below.
+        self.items: list[float] = [] if items is None else items
+        self._readers: weakref.ref[_Readers] | None = None
+
+    def window(self, lo: int = 0) -> StartTimes:
+        """``items[lo:]`` as it is now (later appends stay out of it)."""
+        readers = self._readers() if self._readers is not None else None
+        if readers is None:
+            readers = _Readers()
+            self._readers = weakref.ref(readers)
+        return StartTimes.window(self.items, lo, len(self.items), readers)
+
+    def add(self, t: float) -> None:
+        """``t`` joins, in order: appended in place when it is at or after the last."""
+        items = self.items
+        if not items or t >= items[-1]:
+            items.append(t)  # past every window's end
+        else:
+            insort(self._own(), t)
+
+    def remove(self, t: float) -> bool:
+        """One start equal to ``t`` leaves; whether there was one."""
+        at = bisect_left(self.items, t)
+        if at < len(self.items) and self.items[at] == t:
+            del self._own()[at]
+            return True
+        return False
+
+    def drop_before(self, lo: int) -> None:
+        """The first ``lo`` starts leave (a new list: windows keep reading the old one)."""
+        self.items = self.items[lo:]
+        self._readers = None
+
+    def _own(self) -> list[float]:
+        if self._readers is not None and self._readers() is not None:
+            self.items = list(self.items)
+        self._readers = None
+        return self.items
 
 
 _NO_STARTS = StartTimes()

@@ -1430,7 +1430,7 @@ class Operator:
             "paused_until": iso_time(usage.paused_until) if paused else None,
             "complaints_day": sum(1 for t in attributed if t > now - 86400.0),
             "complaints_week": len(attributed),
-            "calls_day": sum(1 for t in usage.call_starts if t > now - 86400.0),
+            "calls_day": len(usage.call_starts) - usage.call_starts.bisect_right(now - 86400.0),
             "limits": self.settings.policy.agents.model_dump(),
         }
 

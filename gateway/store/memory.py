@@ -435,7 +435,7 @@ class MemoryStore:
         calls = {r.call_id for r in self._starts if r.agent == agent}
         complaints = sorted(c.at for c in self._complaints if c.at >= since and c.call_id in calls)
         return AgentUsage(
-            call_starts=tuple(starts),
+            call_starts=StartTimes(starts),
             complaints=tuple(complaints),
             paused=paused,
             pause_reason=reason,

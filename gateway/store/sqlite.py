@@ -59,7 +59,6 @@ import functools
 import json
 import sqlite3
 import time
-import weakref
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator, Set
 from contextlib import contextmanager
@@ -90,7 +89,14 @@ from gateway.store.records import (
 from policies.agent import AgentUsage
 from policies.consent import ConsentRecord, ConsentStatus, resolve_status
 from policies.dnc import DncEntry, DncSource
-from policies.quotas import CallOutcome, CardUsage, QuotaProfile, StartTimes, would_exceed
+from policies.quotas import (
+    CallOutcome,
+    CardUsage,
+    KeptStarts,
+    QuotaProfile,
+    StartTimes,
+    would_exceed,
+)
 from policies.timeutil import day_bounds
 
 if TYPE_CHECKING:
@@ -553,7 +559,7 @@ class _AgentStarts:
             times.sort()
             if len(times) > 1:
                 self.multi.add(call_id)
-        self.firsts = sorted(times[0] for times in self.calls.values())
+        self.firsts = KeptStarts(sorted(times[0] for times in self.calls.values()))
 
     def added(self, rowid: int, call_id: str, at: float) -> None:
         """Row ``rowid``, a reservation of the call written at ``at``, joins (once)."""
@@ -574,7 +580,7 @@ class _AgentStarts:
         times = self.calls.get(call_id)
         if times is None:
             self.calls[call_id] = [at]
-            insort(self.firsts, at)
+            self.firsts.add(at)
             return
         first = times[0]
         insort(times, at)
@@ -598,36 +604,37 @@ class _AgentStarts:
             self._move(first, times[0])
 
     def _drop(self, at: float) -> None:
-        i = bisect_left(self.firsts, at)
-        if i < len(self.firsts) and self.firsts[i] == at:
-            del self.firsts[i]
+        self.firsts.remove(at)
 
     def _move(self, old: float, new: float) -> None:
-        self._drop(old)
-        insort(self.firsts, new)
+        self.firsts.remove(old)
+        self.firsts.add(new)
 
     def trim(self, since: float) -> None:
         """Forget the calls wholly before ``since`` (the window has moved on)."""
-        del self.firsts[: bisect_left(self.firsts, since)]
+        self.firsts.drop_before(bisect_left(self.firsts.items, since))
         for call_id in [c for c, times in self.calls.items() if times[-1] < since]:
             del self.calls[call_id]
             self.multi.discard(call_id)
         self.lower = since
         self.rows = {r: at for r, at in self.rows.items() if at >= since or r in self.open}
 
-    def since(self, since: float) -> tuple[float, ...]:
+    def since(self, since: float) -> StartTimes:
         """Each call's earliest kept start at or after ``since``, ascending (what the
         ``GROUP BY call_id`` query gives): a call whose earliest start is older counts
-        from its first start inside the window, if any."""
-        out = self.firsts[bisect_left(self.firsts, since) :]
+        from its first start inside the window, if any. A window of ``firsts`` (no copy
+        of the agent's window, which a dialer fills with tens of thousands of calls a
+        day) unless such a call is in it."""
+        firsts = self.firsts.items
+        lo = bisect_left(firsts, since)
         late = [
             times[bisect_left(times, since)]
             for times in (self.calls[call_id] for call_id in self.multi)
             if times[0] < since <= times[-1]
         ]
-        if not late:
-            return tuple(out)
-        return tuple(sorted(out + late))
+        if late:
+            return StartTimes(sorted(firsts[lo:] + late))
+        return self.firsts.window(lo)
 
 
 @dataclass(slots=True, eq=False)
@@ -644,9 +651,9 @@ class _CardCounters:
 
     - ``starts``: every counted start at or after ``lower``, ascending (older
       ones may linger until trimmed; reads slice by bisect). ``usage`` hands out
-      a :class:`StartTimes` window of this list (``view``, weakly): a start
-      later than the last is appended in place, any other change goes to a copy
-      while a window is still alive (:meth:`_own_starts`);
+      a :class:`StartTimes` window of them (:class:`KeptStarts`: a start later
+      than the last is appended in place, any other change goes to a copy while
+      a window is still alive);
     - ``callees`` / ``talk``: counted rows started at or after ``day_start``;
       ``order`` ranks each callee of ``callees`` by its first start (``rank`` is
       the next), read by the :class:`_CalleesToday` views ``usage`` hands out;
@@ -661,7 +668,7 @@ class _CardCounters:
     day_start: float
     day_end: float
     lower: float
-    starts: list[float]
+    starts: KeptStarts
     callees: dict[str, int]
     talk: float
     in_use: int
@@ -671,7 +678,6 @@ class _CardCounters:
     shared: bool = False
     memo: CardUsage | None = None
     memo_from: int = -1
-    view: weakref.ref[StartTimes] | None = None
     outcomes: tuple[CallOutcome, ...] | None = None
     #: The card's ``card_usage_versions`` counter these counters reflect.
     version: int = 0
@@ -683,22 +689,18 @@ class _CardCounters:
         """``CardUsage`` at ``now`` (same carrier day); memoized until the next change."""
         lower = min(self.day_start, now - 3600.0)
         starts = self.starts
-        first = bisect_left(starts, lower)
-        if first > 256 and first * 2 > len(starts):
-            # Starts that left both the hour and the day: forget them (a new list:
-            # windows handed out keep reading the old one).
-            self.starts = starts = starts[first:]
-            self.view = None
+        first = bisect_left(starts.items, lower)
+        if first > 256 and first * 2 > len(starts.items):
+            # Starts that left both the hour and the day: forget them.
+            starts.drop_before(first)
             self.lower = lower
             first = 0
             self.memo = None
         if self.memo is not None and self.memo_from == first:
             return self.memo
         self.shared = True
-        call_starts = StartTimes.window(starts, first, len(starts))
-        self.view = weakref.ref(call_starts)
         self.memo = CardUsage(
-            call_starts=call_starts,
+            call_starts=starts.window(first),
             callees_today=_CalleesToday(self.order, self.rank),
             talk_seconds_today=float(self.talk),
             in_use=self.in_use,
@@ -709,11 +711,8 @@ class _CardCounters:
 
     def started(self, started_at: float, callee: str) -> None:
         """A reservation was committed."""
-        starts = self.starts
-        if not starts or started_at >= starts[-1]:
-            starts.append(started_at)  # past every window's end: no copy
-        else:
-            insort(self._own_starts(), started_at)
+        self.memo = None  # first: the memo's window is not a reader to copy for
+        self.starts.add(started_at)
         if started_at >= self.day_start:
             count = self.callees.get(callee, 0)
             self.callees[callee] = count + 1
@@ -721,21 +720,12 @@ class _CardCounters:
                 self.order[callee] = self.rank
                 self.rank += 1
         self.in_use += 1
-        self.memo = None
 
     def _outcomes(self) -> tuple[CallOutcome, ...]:
         """The window's outcomes, built once per change of the window (not of the card)."""
         if self.outcomes is None:
             self.outcomes = tuple([entry[2] for entry in self.window])
         return self.outcomes
-
-    def _own_starts(self) -> list[float]:
-        """``starts``, safe to change anywhere: a copy if a window of it is still read."""
-        self.memo = None  # the memo's window is no reader of its own
-        if self.view is not None and self.view() is not None:
-            self.starts = list(self.starts)
-        self.view = None
-        return self.starts
 
     def closed(
         self,
@@ -748,11 +738,10 @@ class _CardCounters:
         window: int,
     ) -> None:
         """A reservation was released (``counted`` False) or finished; ``outcome`` joins the window."""
+        self.memo = None  # first: the memo's window is not a reader to copy for
         self.in_use -= 1
         if not counted:
-            at = bisect_left(self.starts, started_at)
-            if at < len(self.starts) and self.starts[at] == started_at:
-                del self._own_starts()[at]
+            self.starts.remove(started_at)
             if started_at >= self.day_start:
                 left = self.callees.get(callee, 0) - 1
                 if left > 0:
@@ -769,7 +758,6 @@ class _CardCounters:
             if len(self.window) > window:
                 del self.window[: len(self.window) - window]
             self.outcomes = None
-        self.memo = None
 
 
 class SQLiteStore:
@@ -1826,7 +1814,7 @@ class SQLiteStore:
             day_start=start,
             day_end=end,
             lower=lower,
-            starts=[r[0] for r in rows],
+            starts=KeptStarts([r[0] for r in rows]),
             callees=callees,
             order={callee: rank for rank, callee in enumerate(callees)},
             rank=len(callees),

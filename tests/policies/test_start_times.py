@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.quotas import CardUsage, StartTimes
+from policies.quotas import CardUsage, KeptStarts, StartTimes
 
 _times = st.lists(st.integers(0, 40).map(float), max_size=30).map(sorted)
 
@@ -83,3 +83,61 @@ def test_start_times_of_a_sequence_is_a_copy_of_it() -> None:
     given.append(3.0)
     assert (1.0, 2.0) == starts
     assert StartTimes() == CardUsage().call_starts == ()
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "window", "drop", "forget"]),
+            st.integers(0, 40).map(float),
+            st.integers(0, 5),
+        ),
+        max_size=60,
+    )
+)
+def test_kept_starts_never_change_a_window_still_held(
+    steps: list[tuple[str, float, int]],
+) -> None:
+    """Any mix of adds (in order or not), removals, drops of the oldest and windows
+    taken (several from one list, some let go): every window held reads what it read
+    when it was taken, and the list always equals the starts added and not removed."""
+    kept = KeptStarts()
+    expected: list[float] = []
+    held: list[tuple[StartTimes, tuple[float, ...]]] = []
+    for op, t, n in steps:
+        if op == "add":
+            kept.add(t)
+            insort(expected, t)
+        elif op == "remove":
+            assert kept.remove(t) == (t in expected)
+            if t in expected:
+                expected.remove(t)
+        elif op == "window":
+            lo = min(n, len(expected))
+            held.append((kept.window(lo), tuple(expected[lo:])))
+        elif op == "drop":
+            lo = min(n, len(expected))
+            kept.drop_before(lo)
+            del expected[:lo]
+        elif held:
+            held.pop(n % len(held))  # a reader lets its window go
+        assert kept.items == expected
+        for window, then in held:
+            assert window == then
+
+
+def test_kept_starts_copy_only_while_a_window_is_held() -> None:
+    kept = KeptStarts([1.0, 2.0, 3.0])
+    older, newer = kept.window(0), kept.window(1)  # two windows of one list
+    del newer
+    items = kept.items
+    kept.remove(2.0)  # ``older`` still reads the list: the change goes to a copy
+    assert kept.items is not items and (1.0, 2.0, 3.0) == older
+    del older
+    items = kept.items
+    kept.add(0.5)  # out of order, no window held: in place
+    kept.remove(3.0)
+    assert kept.items is items and [0.5, 1.0] == items
+    window = kept.window()
+    kept.add(4.0)  # after the last: in place, past the window's end
+    assert kept.items is items and (0.5, 1.0) == window

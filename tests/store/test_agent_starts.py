@@ -20,6 +20,7 @@ import pytest
 
 from gateway.store import SQLiteStore, StoredCard
 from gateway.store.records import UsageStatus
+from policies.quotas import StartTimes
 
 from .conftest import T0
 
@@ -86,13 +87,19 @@ def random_calls(
 
 @pytest.mark.parametrize("seed", range(6))
 def test_kept_starts_match_the_rows(store: SQLiteStore, db_path: Path, seed: int) -> None:
+    """The starts handed out equal the rows' at every step, and those still held later
+    hold what they held then (they are windows of a list the store goes on changing)."""
     three_cards(store)
     rng = random.Random(seed)
+    taken: list[tuple[StartTimes, tuple[float, ...]]] = []
     for i, now in random_calls(rng, [store], 400):
         for agent in AGENTS:
             window = rng.choice((0.1, 30.0, 3600.0, 86400.0, 7 * 86400.0))
             got = store.agent_usage(agent, now, window=window).call_starts
             assert from_rows(db_path, agent, now - window) == got, (seed, i, agent, window)
+            if rng.random() < 0.2:
+                taken.append((got, tuple(got)))
+    assert all(got == then for got, then in taken)
 
 
 def test_another_connection_s_calls_are_seen(store: SQLiteStore, db_path: Path) -> None:
@@ -123,7 +130,7 @@ def test_what_is_kept_stays_one_window_long(store: SQLiteStore) -> None:
         now = T0 + i * 3600.0 + 2
         assert min(i + 1, 24) == len(store.agent_usage("alice", now, window=86400.0).call_starts)
     kept = store._agents_usage["alice"]
-    assert len(kept.calls) <= 26 and len(kept.firsts) <= 26
+    assert len(kept.calls) <= 26 and len(kept.firsts.items) <= 26
 
 
 def _worker(db_path: Path, i: int) -> SQLiteStore:
