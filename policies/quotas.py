@@ -227,9 +227,10 @@ class StartTimes(Sequence[float]):
     def with_start(self, t: float) -> StartTimes:
         """These starts and ``t``. A ``t`` at or after the last start, on a window that
         ends its list, is appended to the list in place (no window handed out reaches
-        past its end, so none sees it); any other is a copy."""
+        past its end, so none sees it); any other is a copy, and so is every one on a
+        list a :class:`KeptStarts` owns (its owner alone changes it)."""
         items, lo, hi = self._items, self._lo, self._hi
-        if hi == len(items) and (hi == lo or t >= items[hi - 1]):
+        if self._hold is None and hi == len(items) and (hi == lo or t >= items[hi - 1]):
             items.append(t)
             return StartTimes.window(items, lo, hi + 1)
         copy = items[lo:hi]
@@ -266,7 +267,8 @@ class StartTimes(Sequence[float]):
         if isinstance(index, slice):
             start, stop, step = index.indices(self._hi - self._lo)
             if step == 1:
-                return StartTimes.window(self._items, self._lo + start, self._lo + max(start, stop))
+                lo = self._lo + start
+                return StartTimes.window(self._items, lo, self._lo + max(start, stop), self._hold)
             return StartTimes(self._items[self._lo : self._hi][index])
         n = self._hi - self._lo
         if index < 0:

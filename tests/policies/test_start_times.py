@@ -141,3 +141,14 @@ def test_kept_starts_copy_only_while_a_window_is_held() -> None:
     window = kept.window()
     kept.add(4.0)  # after the last: in place, past the window's end
     assert kept.items is items and (0.5, 1.0) == window
+
+
+def test_a_kept_list_changes_only_through_its_owner() -> None:
+    """A window of a ``KeptStarts`` grown with ``with_start`` is a copy (the owner's list
+    never gets a start behind its back), and a slice of it holds the list as it does."""
+    kept = KeptStarts([1.0, 2.0])
+    grown = kept.window().with_start(3.0)
+    assert [1.0, 2.0] == kept.items and (1.0, 2.0, 3.0) == grown
+    tail = kept.window()[1:]
+    kept.remove(1.0)  # the slice still reads the list: the change goes to a copy
+    assert (2.0,) == tail and [2.0] == kept.items
