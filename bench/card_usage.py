@@ -7,6 +7,10 @@ day's distinct callees (issue 17: a ``frozenset`` of them per read cost 112 µs 
 
     .venv/bin/python bench/card_usage.py --calls 1000,5000,10000
 
+``--redis-delta`` times what a node of a Redis cluster pays per write on a card it keeps
+a copy of (``gateway.store.redis._apply_delta``: its own reservations and every other
+node's), by the card's calls and distinct callees of the day; no Redis is needed.
+
 ``--workers`` times what two workers of ``dialgate run --workers 2`` pay when both
 place calls on one card (agents of a pool, a dialer's pool): the two stores take
 turns, each a reservation, its quota check and its finish, so each turn starts
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -37,7 +42,13 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument("--workers", action="store_true", help="two stores take turns on the card")
     parser.add_argument("--unlogged", action="store_true", help="with --workers: no change log")
+    parser.add_argument(
+        "--redis-delta", action="store_true", help="a Redis node's copy following writes"
+    )
     ns = parser.parse_args()
+    if ns.redis_delta:
+        _redis_delta(ns)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="dialgate-usage-"))
     if ns.workers:
         try:
@@ -70,6 +81,34 @@ def main() -> None:
         store.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _redis_delta(ns: argparse.Namespace) -> None:
+    from gateway.store import redis as shared
+
+    day = 1.8e9
+    for calls in (int(x) for x in ns.calls.split(",")):
+        # The node's copy after a full read: the card's starts and callees of the day.
+        raw = (
+            struct.pack(f">{calls}d", *(day + i * 0.01 for i in range(calls))),
+            b"\0".join(f"c:+8613{i:09d}".encode() for i in range(calls)),
+            b"0",
+            b"0",
+            [],
+            b"1",
+            b"1",
+            b"0",
+        )
+        snap = shared._parse(raw, 0.0)
+        began = time.perf_counter()
+        for k in range(ns.reads):
+            start = repr(day + calls * 0.01 + k).encode()
+            fields = [b"R", f"d:{int(day)}".encode(), start, f"+8614{k:09d}".encode()]
+            followed = shared._apply_delta(snap, day, k + 2, fields, 50)
+            assert followed is not None
+            snap = followed
+        per = (time.perf_counter() - began) / ns.reads * 1e6
+        print(f"{calls:6d} calls (distinct callees) on the card: {per:7.1f} µs per write followed")
 
 
 def _workers(workdir: Path, ns: argparse.Namespace) -> None:
