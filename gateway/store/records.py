@@ -12,15 +12,18 @@ What it must never do: import a backend, touch storage, read a clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 from policies.errors import StoreUnavailableError
 from policies.quotas import Exhausted
 
 __all__ = [
     "CallDialogs",
+    "CalleesToday",
     "CardUsageFacts",
     "Complaint",
     "QuotaExceeded",
@@ -250,3 +253,73 @@ class CardUsageFacts:
     def talk_minutes_today(self) -> float:
         """Talk minutes since the start of the carrier's day."""
         return self.talk_seconds_today / 60.0
+
+
+_S = TypeVar("_S")
+
+
+class CalleesToday(Set[str]):
+    """A card's distinct callees of the day as they were when taken; O(1) to take.
+
+    Reads an insertion-ordered map callee → rank (of the callee's first counted start
+    of the day): a callee belongs when its rank is below ``cutoff``. The map's owner
+    only adds keys to it, ranked at or above every view's cutoff, while a view may
+    read it; any other change goes to a new map, so a view never changes. The SQLite
+    counters own their map (and copy it before removing a callee); a Redis node's
+    cached snapshots share one, grown by :meth:`with_callee`. Taking a ``frozenset``
+    of the callees instead cost 75 µs per call at 5,000 callees, and a ``frozenset``
+    union per write a Redis node followed 0.9 ms at 50,000.
+    """
+
+    __slots__ = ("_cutoff", "_order", "_size")
+
+    def __init__(self, order: dict[str, int], cutoff: int) -> None:
+        self._order = order
+        self._cutoff = cutoff
+        self._size = len(order)  # every key's rank is below the cutoff when taken
+
+    @classmethod
+    def of(cls, callees: Iterable[str]) -> CalleesToday:
+        """A view of its own map of ``callees`` (ranked in their order, repeats once)."""
+        order = {c: i for i, c in enumerate(dict.fromkeys(callees))}
+        return cls(order, len(order))
+
+    def with_callee(self, callee: str) -> CalleesToday:
+        """These callees and ``callee``: its key added to the map in place when this
+        view ends it (no view reads a rank at or above ``cutoff``), else a new map."""
+        if callee in self:
+            return self
+        if len(self._order) != self._size:  # another view grew this map: a map of ours
+            grown = CalleesToday.of(self)
+            return grown.with_callee(callee)
+        self._order[callee] = self._cutoff  # above every rank of the map
+        return CalleesToday(self._order, self._cutoff + 1)
+
+    def without(self, callee: str) -> CalleesToday:
+        """These callees less ``callee`` (a new map)."""
+        if callee not in self:
+            return self
+        return CalleesToday.of(c for c in self if c != callee)
+
+    def __contains__(self, item: object) -> bool:
+        rank = self._order.get(item) if isinstance(item, str) else None
+        return rank is not None and rank < self._cutoff
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[str]:
+        # The map had exactly these keys when the view was taken, and keys are only
+        # appended to it since: they are its first ``size`` keys.
+        return islice(self._order, self._size)
+
+    def __hash__(self) -> int:
+        return self._hash()
+
+    def __repr__(self) -> str:
+        return f"CalleesToday({sorted(self)!r})"
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[_S]) -> frozenset[_S]:
+        # Set operators (|, &, -) on a view give a plain frozenset.
+        return frozenset(it)

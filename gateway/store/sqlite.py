@@ -60,12 +60,12 @@ import json
 import sqlite3
 import time
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from gateway.callpath.cdr import CallRecord, Origin, Outcome
 from gateway.private_files import prepare_private_file
@@ -75,6 +75,7 @@ from gateway.store.operator_schema import migrate as create_operator_tables
 from gateway.store.protocols import CardRepository, UsageLedger
 from gateway.store.records import (
     CallDialogs,
+    CalleesToday,
     CardUsageFacts,
     Complaint,
     QuotaExceeded,
@@ -482,49 +483,6 @@ _CARD_COLUMNS = (
 )
 
 
-_S = TypeVar("_S")
-
-
-class _CalleesToday(Set[str]):
-    """A card's distinct callees of the day as they were when taken; O(1) to take.
-
-    Reads its counters' ``order`` map (callee → rank of the callee's first counted
-    start of the day): a callee belongs when its rank is below ``cutoff``. The
-    counters only add keys to that map while a view may be out, and copy it before
-    removing one (:meth:`_CardCounters.closed`), so a view never changes. Taking a
-    ``frozenset`` of the callees instead cost 75 µs per call at 5,000 callees.
-    """
-
-    __slots__ = ("_cutoff", "_order", "_size")
-
-    def __init__(self, order: dict[str, int], cutoff: int) -> None:
-        self._order = order
-        self._cutoff = cutoff
-        self._size = len(order)
-
-    def __contains__(self, item: object) -> bool:
-        rank = self._order.get(item) if isinstance(item, str) else None
-        return rank is not None and rank < self._cutoff
-
-    def __len__(self) -> int:
-        return self._size
-
-    def __iter__(self) -> Iterator[str]:
-        cutoff = self._cutoff
-        return iter([k for k, rank in self._order.items() if rank < cutoff])
-
-    def __hash__(self) -> int:
-        return self._hash()
-
-    def __repr__(self) -> str:
-        return f"_CalleesToday({sorted(self)!r})"
-
-    @classmethod
-    def _from_iterable(cls, it: Iterable[_S]) -> frozenset[_S]:
-        # Set operators (|, &, -) on a view give a plain frozenset.
-        return frozenset(it)
-
-
 class _AgentStarts:
     """One agent's call starts from ``lower`` on, as :meth:`SQLiteStore.agent_usage` reads
     them: the start times of each call's rows that were not released.
@@ -656,7 +614,7 @@ class _CardCounters:
       a window is still alive);
     - ``callees`` / ``talk``: counted rows started at or after ``day_start``;
       ``order`` ranks each callee of ``callees`` by its first start (``rank`` is
-      the next), read by the :class:`_CalleesToday` views ``usage`` hands out;
+      the next), read by the :class:`CalleesToday` views ``usage`` hands out;
       ``shared``: a view may be out, so a removal copies ``order`` first;
     - ``in_use``: reserved rows, all time;
     - ``window``: the last ``outcome_window`` closed rows (finished, orphaned,
@@ -701,7 +659,7 @@ class _CardCounters:
         self.shared = True
         self.memo = CardUsage(
             call_starts=starts.window(first),
-            callees_today=_CalleesToday(self.order, self.rank),
+            callees_today=CalleesToday(self.order, self.rank),
             talk_seconds_today=float(self.talk),
             in_use=self.in_use,
             recent_outcomes=self._outcomes(),

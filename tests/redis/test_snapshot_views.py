@@ -11,7 +11,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.store.redis import _apply_delta, _Callees, _Snapshot
+from gateway.store.records import CalleesToday
+from gateway.store.redis import _apply_delta, _Snapshot
 from policies.quotas import CardUsage, StartTimes
 
 DAY = 1_800_000_000.0
@@ -19,7 +20,7 @@ DAY = 1_800_000_000.0
 
 def _snapshot() -> _Snapshot:
     return _Snapshot(
-        CardUsage(call_starts=StartTimes(), callees_today=_Callees.of(())), "0", True, ()
+        CardUsage(call_starts=StartTimes(), callees_today=CalleesToday.of(())), "0", True, ()
     )
 
 
@@ -96,7 +97,7 @@ def test_every_snapshot_keeps_what_it_held(steps: list[tuple[str, float, str]]) 
 
 
 def test_a_new_callee_is_added_in_place_only_at_the_end_of_the_map() -> None:
-    base = _Callees.of(["a", "b"])
+    base = CalleesToday.of(["a", "b"])
     grown = base.with_callee("c")
     assert grown._order is base._order and {"a", "b"} == set(base) and "c" not in base
     branch = base.with_callee("d")  # base no longer ends the map: a copy
