@@ -1194,7 +1194,8 @@ class RedisStore:
         snap = self._usage(card, now)
         usage = snap.usage
         start, _end, _ttl = self._day(card, now)
-        starts = [t for t in usage.call_starts if t <= now]
+        starts = usage.call_starts
+        upto = starts.bisect_right(now)  # the starts up to now, counted by bisection
         size = self.outcome_window if window is None else window
         recent = usage.recent_outcomes[-size:] if size > 0 else ()
         shorts = snap.shorts[-size:] if size > 0 else ()
@@ -1208,11 +1209,11 @@ class RedisStore:
         return CardUsageFacts(
             card=card,
             now=now,
-            calls_last_minute=sum(1 for t in starts if t > now - 60.0),
-            calls_last_hour=sum(1 for t in starts if t > now - 3600.0),
-            calls_today=sum(1 for t in starts if t >= start),
+            calls_last_minute=upto - starts.bisect_right(now - 60.0),
+            calls_last_hour=upto - starts.bisect_right(now - 3600.0),
+            calls_today=max(0, upto - starts.bisect_left(start)),
             concurrent=usage.in_use,
-            last_start_at=starts[-1] if starts else None,
+            last_start_at=starts[upto - 1] if upto else None,
             talk_seconds_today=usage.talk_seconds_today,
             distinct_callees_today=len(usage.callees_today),
             window_size=size,
