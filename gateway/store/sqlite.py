@@ -1087,8 +1087,6 @@ class SQLiteStore:
             return
         self._data_version = version
         self._epoch += 1
-        if not self._agents_usage:
-            self._log_seen = None
 
     def _card_version(self, db: sqlite3.Connection, card: str) -> int:
         row = db.execute("SELECT version FROM card_usage_versions WHERE card=?", (card,)).fetchone()
