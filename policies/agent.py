@@ -139,7 +139,7 @@ class AgentLimitsPolicy:
                     )
         if limits.complaint_rate_ceiling is not None:
             since = t - limits.complaint_window_seconds
-            calls = usage.call_starts.bisect_right(t) - usage.call_starts.bisect_right(since)
+            calls = usage.call_starts.between(since, t)
             complaints = _count(usage.complaints, since, t)
             if calls >= limits.complaint_min_sample and calls > 0:
                 rate = complaints / calls

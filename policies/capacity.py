@@ -31,7 +31,6 @@ from policies.quotas import (
     CardSnapshot,
     Exhausted,
     QuotaLimit,
-    StartTimes,
     evaluate_card,
 )
 from policies.selection import explain
@@ -86,10 +85,6 @@ class PoolCapacity:
         }
 
 
-def _count(starts: StartTimes, since: float, upto: float) -> int:
-    return starts.bisect_right(upto) - starts.bisect_right(since)
-
-
 def card_capacity(card: CardSnapshot, now: float) -> CardCapacity:
     """The room of one card at ``now``."""
     result = evaluate_card(card, now)
@@ -109,13 +104,13 @@ def card_capacity(card: CardSnapshot, now: float) -> CardCapacity:
     if profile.concurrent is not None:
         rooms_now.append(max(0, profile.concurrent - usage.in_use))
     if profile.calls_per_minute is not None:
-        rooms_now.append(max(0, profile.calls_per_minute - _count(starts, now - 60.0, now)))
+        rooms_now.append(max(0, profile.calls_per_minute - starts.between(now - 60.0, now)))
         rooms_next.append(profile.calls_per_minute)
     if profile.calls_per_hour is not None:
-        room = max(0, profile.calls_per_hour - _count(starts, now - 3600.0, now))
+        room = max(0, profile.calls_per_hour - starts.between(now - 3600.0, now))
         rooms_now.append(room)
         # Starts that leave the hour window within the next minute give their room back.
-        rooms_next.append(room + _count(starts, now - 3600.0, now - 3540.0))
+        rooms_next.append(room + starts.between(now - 3600.0, now - 3540.0))
     if profile.calls_per_day is not None:
         day_start, _ = day_bounds(now, card.timezone)
         room = max(

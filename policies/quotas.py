@@ -254,6 +254,11 @@ class StartTimes(Sequence[float]):
         """Index of the first start after ``t`` (``bisect.bisect_right``)."""
         return bisect_right(self._items, t, self._lo, self._hi) - self._lo
 
+    def between(self, since: float, upto: float) -> int:
+        """How many starts are after ``since`` and at or before ``upto``."""
+        items, lo, hi = self._items, self._lo, self._hi
+        return bisect_right(items, upto, lo, hi) - bisect_right(items, since, lo, hi)
+
     def __len__(self) -> int:
         return self._hi - self._lo
 

@@ -557,12 +557,9 @@ class _AgentStarts:
             self.multi.discard(call_id)
         if not times:
             del self.calls[call_id]
-            self._drop(first)
+            self.firsts.remove(first)
         elif times[0] != first:
             self._move(first, times[0])
-
-    def _drop(self, at: float) -> None:
-        self.firsts.remove(at)
 
     def _move(self, old: float, new: float) -> None:
         self.firsts.remove(old)

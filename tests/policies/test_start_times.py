@@ -30,6 +30,7 @@ def test_a_window_reads_like_the_slice_it_stands_for(
     assert list(view) == list(same) and list(reversed(view)) == list(reversed(same))
     assert view.bisect_left(probe) == bisect_left(same, probe)
     assert view.bisect_right(probe) == bisect_right(same, probe)
+    assert view.between(probe - 10, probe) == sum(probe - 10 < t <= probe for t in same)
     for i in range(-len(same), len(same)):
         assert view[i] == same[i]
     for a, b in ((1, None), (None, -1), (2, 5), (-3, None)):
