@@ -20,6 +20,7 @@ syscalls, no event-loop wake-ups per datagram.
     .venv/bin/python bench/callflow_cpu.py --calls 1000 --cprofile /tmp/flow.prof
     .venv/bin/python bench/callflow_cpu.py --calls 2000 --sibling   # as one of two workers
     .venv/bin/python bench/callflow_cpu.py --calls 2000 --day-calls 50000   # busy cards
+    .venv/bin/python bench/callflow_cpu.py --calls 2000 --redis   # a node of a cluster
 
 ``--sibling`` runs the gateway's store as one worker of ``dialgate run --workers 2``
 (``owner``/``siblings`` set as the supervisor sets them) beside a second connection to
@@ -28,6 +29,11 @@ that is not inside a transaction of its own, the sibling commits one change on c
 the gateway's agents do not use (a reservation or the finish of one, as its calls
 would), so the gateway finds the file changed by another process at nearly every look,
 as a worker does under load. The sibling's time is counted as the peers'.
+
+``--redis`` runs the gateway as a node of a cluster: a private ``redis-server`` on a free
+loopback port (``bench/e2e_workers.py``'s, stopped by PID) and ``[store] redis`` pointing
+at it. Only this process's CPU is counted, so Redis's own work is not in the figure; the
+waits for its answers are not CPU either (they are printed beside it).
 
 Asserts nothing about speed; exits non-zero when calls fail.
 """
@@ -51,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e  # bench/ is not a package: found through sys.path above
+import e2e_workers
 
 from gateway import sip
 from gateway.app import _tune_gc
@@ -325,12 +332,13 @@ def in_process_gateway(
     log_level: str,
     prepare: Callable[[Gateway], None] | None = None,
     day_calls: tuple[int, int] = (0, 0),
+    redis_url: str | None = None,
 ) -> tuple[Gateway, MemoryNetwork, TextIO]:
     """The real gateway on the memory network: a copy of the bench database in ``workdir``,
     e2e's configuration with timers scaled to ``t1``, logs to /dev/null (the returned sink:
     close it); ``prepare(gateway)`` runs before the call path starts (bus subscribers);
     ``day_calls`` = (cards, calls): that many finished calls earlier today on each of the
-    first cards (``e2e.prefill_day``)."""
+    first cards (``e2e.prefill_day``); ``redis_url``: ``[store] redis``."""
     db = workdir / "gw.db"
     shutil.copyfile(template, db)
     if day_calls[1]:
@@ -343,6 +351,8 @@ def in_process_gateway(
         'realm = "dialgate"',
         f'realm = "dialgate"\nt1 = {t1}\nt2 = {4 * t1}\nt4 = {t1}',
     )
+    if redis_url is not None:
+        text = e2e_workers.with_redis(text, redis_url)
     cfg.write_text(text)
     settings = load_settings(cfg)
     sink = open("/dev/null", "w")  # noqa: SIM115 - the caller closes it
@@ -363,7 +373,12 @@ async def run(ns: argparse.Namespace) -> int:
     template, _ = e2e.build_template(args)
     numbers = e2e.consent_numbers(ns.consent)
     workdir = Path(tempfile.mkdtemp(prefix="dialgate-callflow-"))
+    redis_proc = None
     try:
+        redis_url = None
+        if ns.redis:
+            redis_proc, port = e2e_workers.start_redis(workdir / "redis")
+            redis_url = f"redis://{HOST}:{port}/0"
         gw, net, sink = in_process_gateway(
             template,
             workdir,
@@ -371,6 +386,7 @@ async def run(ns: argparse.Namespace) -> int:
             t1=ns.t1,
             log_level=ns.log_level,
             day_calls=(ns.callers, ns.day_calls),
+            redis_url=redis_url,
         )
         peer_clock = PeerClock()
         sibling = None
@@ -456,6 +472,9 @@ async def run(ns: argparse.Namespace) -> int:
             stats.sort_stats("tottime").print_stats(ns.top)
         return 0 if ok == ns.calls else 1
     finally:
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -488,6 +507,11 @@ def main() -> None:
         "--sibling",
         action="store_true",
         help="the store as one of two workers, the other committing before each look",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="a node of a cluster: [store] redis on a private redis-server",
     )
     ns = parser.parse_args()
     sys.exit(asyncio.run(run(ns)))
