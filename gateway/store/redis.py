@@ -733,11 +733,12 @@ def _apply_delta(
     if op == b"R":
         if start >= snap.lower:
             starts = starts.with_start(start)
-        usage = replace(
-            usage,
+        usage = CardUsage(
             call_starts=starts,
             callees_today=_callees(usage).with_callee(callee),
+            talk_seconds_today=usage.talk_seconds_today,
             in_use=usage.in_use + 1,
+            recent_outcomes=usage.recent_outcomes,
         )
         return snap._replace(usage=usage, version=str(version))
     left, talk_total, flags, seq, talk, end = fields[4:10]
@@ -749,13 +750,10 @@ def _apply_delta(
     members = snap.members
     outcomes, shorts = usage.recent_outcomes, snap.shorts
     if flags:
-        member = _OUTCOME.pack(int(seq), start, float(talk), float(end), int(flags))
-        # the outcomes' sorted set: by start, then by the packed bytes; the last ``window``
-        ordered = sorted((*members, member), key=lambda m: (_OUTCOME.unpack(m)[1], m))
-        members = tuple(ordered[-window:])
-        outcomes, shorts = _outcomes(members)
-    usage = replace(
-        usage,
+        members, outcomes, shorts = _with_outcome(
+            snap, _OUTCOME.pack(int(seq), start, float(talk), float(end), int(flags)), window
+        )
+    usage = CardUsage(
         call_starts=starts,
         callees_today=callees,
         talk_seconds_today=float(talk_total) if talk_total else usage.talk_seconds_today,
@@ -763,6 +761,29 @@ def _apply_delta(
         recent_outcomes=outcomes,
     )
     return snap._replace(usage=usage, version=str(version), shorts=shorts, members=members)
+
+
+def _with_outcome(
+    snap: _Snapshot, member: bytes, window: int
+) -> tuple[tuple[bytes, ...], tuple[CallOutcome, ...], tuple[bool, ...]]:
+    """The snapshot's outcomes with one more, as the scripts' sorted set orders them (by
+    start, then by the packed bytes), the last ``window`` kept: members, outcomes, shorts.
+
+    The new outcome is placed by a walk from the newest (a call usually ends after
+    those that ended before it started), and only it is unpacked into a
+    :class:`CallOutcome`: the others are the snapshot's, shared.
+    """
+    members = snap.members
+    key = (_OUTCOME.unpack(member)[1], member)
+    at = len(members)
+    while at and (_OUTCOME.unpack(members[at - 1])[1], members[at - 1]) > key:
+        at -= 1
+    (added,), (short,) = _outcomes((member,))
+    kept = snap.usage.recent_outcomes
+    members = (*members[:at], member, *members[at:])[-window:]
+    outcomes = (*kept[:at], added, *kept[at:])[-window:]
+    shorts = (*snap.shorts[:at], short, *snap.shorts[at:])[-window:]
+    return members, outcomes, shorts
 
 
 _OWN_CARDS_MAX = 65_536

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.store.records import CalleesToday
-from gateway.store.redis import _apply_delta, _Snapshot
+from gateway.store.redis import _OUTCOME, _apply_delta, _outcomes, _Snapshot
 from policies.quotas import CardUsage, StartTimes
 
 DAY = 1_800_000_000.0
@@ -106,3 +106,55 @@ def test_a_new_callee_is_added_in_place_only_at_the_end_of_the_map() -> None:
     assert grown.with_callee("a") is grown
     assert {"b", "c"} == grown.without("a") and {"a", "b", "c"} == grown
     assert frozenset({"a", "b", "c", "z"}) == grown | {"z"}
+
+
+def _finish(start: float, seq: int, talk: float, end: float, flags: int) -> list[bytes]:
+    head = [b"F", f"d:{int(DAY)}".encode(), repr(start).encode(), b"+8613800000000"]
+    return [
+        *head,
+        b"0",
+        b"1.0",
+        str(flags).encode(),
+        str(seq).encode(),
+        repr(talk).encode(),
+        repr(end).encode(),
+    ]
+
+
+@given(
+    finishes=st.lists(
+        st.tuples(
+            st.integers(0, 40).map(lambda s: DAY + s / 2),  # ties in start happen
+            st.integers(1, 10**6),  # seq: among one start, the packed bytes order by it
+            st.sampled_from([1, 2, 4, 5, 6]),
+        ),
+        max_size=40,
+        unique_by=lambda f: f[1],
+    ),
+    window=st.integers(1, 8),
+)
+def test_finishes_keep_the_scripts_order_of_outcomes(
+    finishes: list[tuple[float, int, int]], window: int
+) -> None:
+    """Each finish's outcome lands where the scripts' sorted set puts it (by start, then
+    by the packed bytes) and only the last ``window`` stay, whatever order calls end in;
+    the outcomes and short flags read like the members, and earlier snapshots keep
+    theirs."""
+    snap = _snapshot()
+    every: list[bytes] = []
+    kept: list[tuple[_Snapshot, tuple[bytes, ...]]] = []
+    for version, (start, seq, flags) in enumerate(finishes, 1):
+        talk = float(seq % 7)
+        end = start + 60 + talk
+        updated = _apply_delta(snap, DAY, version, _finish(start, seq, talk, end, flags), window)
+        assert updated is not None
+        snap = updated
+        every.append(_OUTCOME.pack(seq, start, talk, end, flags))
+        expected = tuple(sorted(every, key=lambda m: (_OUTCOME.unpack(m)[1], m))[-window:])
+        assert expected == snap.members
+        outcomes, shorts = _outcomes(expected)
+        assert (outcomes, shorts) == (snap.usage.recent_outcomes, snap.shorts)
+        kept.append((snap, expected))
+    for held, then in kept:
+        assert then == held.members
+        assert _outcomes(then) == (held.usage.recent_outcomes, held.shorts)
