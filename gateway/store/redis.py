@@ -87,8 +87,9 @@ The client is synchronous, like the protocols it implements
 ``RegistrationStore``, ``MirroredLedger`` a ``UsageLedger``,
 ``SharedCardRepository`` a ``CardRepository``): each operation blocks the
 caller for one round trip (0.1-0.3 ms on loopback, see the bench), at most
-``timeout`` when Redis hangs. An asynchronous client would implement the same
-protocol methods.
+``timeout`` when Redis hangs — except a finish, which is sent without waiting
+and whose answer is read before the store's next command (``_collect``,
+docs/redis.md). An asynchronous client would implement the same protocol methods.
 
 Deployment: one Redis server (or a primary with replicas), not Redis Cluster
 (scripts touch a call's and its card's keys together). This module must never
@@ -111,7 +112,7 @@ import redis
 import structlog
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -786,6 +787,17 @@ def _with_outcome(
     return members, outcomes, shorts
 
 
+class _LazyClose(NamedTuple):
+    """A finish sent without waiting for its answer (``RedisStore._collect`` reads it)."""
+
+    call_id: str
+    mode: str
+    now: float
+    flags: dict[str, Any]
+    card: str
+    epoch: int | None
+
+
 _OWN_CARDS_MAX = 65_536
 """Open reservations whose card a node remembers for its closes (beyond: forgotten)."""
 
@@ -920,6 +932,8 @@ class RedisStore:
     they mean for :class:`gateway.store.SQLiteStore`. ``tried_ttl_seconds``
     bounds how long a call remembers the cards it tried (failover happens
     while the call is set up; one small set per call is the bulk of the keys).
+    ``lazy_finish``: a finish is sent without waiting for its answer (read before
+    anything else this store does; False: it waits, as a release does).
     """
 
     def __init__(
@@ -939,6 +953,7 @@ class RedisStore:
         tried_ttl_seconds: float = 6 * 3600.0,
         max_retries: int = 20,
         usage_cache: bool = True,
+        lazy_finish: bool = True,
     ) -> None:
         if outcome_window < 1:
             raise ValueError("outcome_window must be >= 1")
@@ -960,6 +975,7 @@ class RedisStore:
         self.rehydrate_hold_seconds = rehydrate_hold_seconds
         self.tried_ttl_seconds = tried_ttl_seconds
         self.max_retries = max_retries
+        self.lazy_finish = lazy_finish
         # Reservations whose reply was lost (timeout, reset): the script may have run.
         self._uncertain: dict[str, float] = {}
         # release/finish that failed to reach Redis: replayed when it answers again.
@@ -969,6 +985,11 @@ class RedisStore:
         self._own_cards: dict[str, str] = {}
         # A recover() that could not reach Redis (caller time): run before anything else.
         self._recover_at: float | None = None
+        # Finishes sent and not yet answered (see ``finish``), oldest first, all on
+        # ``_lazy_conn``: their answers are read before this store sends anything else.
+        self._lazy: list[_LazyClose] = []
+        self._lazy_conn: Any = None
+        self._collecting = False
         self._reserve = client.register_script(_LUA_RESERVE)
         self._close = client.register_script(_LUA_CLOSE)
         self._read = client.register_script(_LUA_READ)
@@ -1000,13 +1021,20 @@ class RedisStore:
     # --- plumbing -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Read what the last finishes answered, then close the client's connections."""
+        self._collect()
+        self._drop_lazy_conn()
         self.guard.stop()
         self.cache.close()
         self.client.close()
 
     def keepalive(self) -> None:
-        """The periodic check of the usage cache's subscription (the 2 s sync); never raises."""
+        """The periodic check of the usage cache's subscription (the 2 s sync); never raises.
+
+        Also reads the answers of finishes sent since the last operation, so an idle
+        node learns within the sync's period that one did not reach Redis (kept then).
+        """
+        self._collect()
         self.cache.keepalive()
 
     def _probe(self) -> None:
@@ -1022,7 +1050,13 @@ class RedisStore:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Redis errors (refused, reset, timeout, script error) become StoreUnavailable."""
+        """Redis errors (refused, reset, timeout, script error) become StoreUnavailable.
+
+        The answers of finishes sent earlier are read first (``_collect``): every
+        command this store sends reaches Redis after them.
+        """
+        if self._lazy:
+            self._collect()
         try:
             yield
         except RedisError as exc:
@@ -1070,6 +1104,8 @@ class RedisStore:
 
     @property
     def _dirty(self) -> bool:
+        if self._lazy:
+            self._collect()
         return bool(self._uncertain or self._unclosed or self._recover_at is not None)
 
     def settle(self, now: float) -> bool:
@@ -1090,6 +1126,7 @@ class RedisStore:
     @property
     def pending(self) -> int:
         """Everything kept for Redis: lost reservations, closes, a deferred recover."""
+        self._collect()
         return len(self._uncertain) + len(self._unclosed) + (self._recover_at is not None)
 
     def is_kept(self, call_id: str) -> bool:
@@ -1106,16 +1143,19 @@ class RedisStore:
         """Releases/finishes that failed to reach Redis, to be replayed when it answers."""
         return len(self._unclosed)
 
-    def _close_or_keep(self, call_id: str, mode: str, now: float, **kwargs: Any) -> str | None:
+    def _close_or_keep(
+        self, call_id: str, mode: str, now: float, *, lazy: bool = False, **kwargs: Any
+    ) -> str | None:
         """Close the reservation; if Redis is unreachable keep the close for a replay, raise.
 
         Settling what is already pending comes first, inside the same guard: a
-        Redis still unreachable there must keep *this* close too.
+        Redis still unreachable there must keep *this* close too. ``lazy``: see
+        ``_run_close`` (a replay is never lazy).
         """
         try:
             if self._dirty:
                 self._settle(now)
-            return self._run_close(call_id, mode, now, **kwargs)
+            return self._run_close(call_id, mode, now, lazy=lazy, **kwargs)
         except StoreUnavailable as exc:
             if _unreachable(exc):
                 # Otherwise the call would stay "in use" in Redis until a recover().
@@ -1155,6 +1195,8 @@ class RedisStore:
         return self._usage(card_id, now).usage
 
     def _usage(self, card: str, now: float) -> _Snapshot:
+        if self._lazy:
+            self._collect()  # the copy then holds this node's last finishes
         start, _end, _ttl = self._day(card, now)
         cached = self.cache.get(card, start)
         if cached is not None:
@@ -1408,33 +1450,66 @@ class RedisStore:
         failed: bool = False,
         only_node: str = "",
         unless_alive: str = "",
+        lazy: bool = False,
     ) -> str | None:
+        """Run the close script; its card, or None when Redis held no such reservation.
+
+        ``lazy`` (a finish of this node's own reservation): the script is sent and its
+        answer read later (``_collect``); the card returned is the one reserved.
+        """
+        if self._lazy:
+            self._collect()  # so ``have`` below is the version of a copy that is current
         epoch = self.cache.ready() if not only_node else None
         card_of = self._own_cards.pop(call_id, None)
         have = None
         if epoch is not None and card_of is not None:
             have = self.cache.current(card_of, self._day(card_of, now)[0])
+        keys = [self._call_key(call_id)]
+        args = [
+            self.prefix,
+            call_id,
+            mode,
+            repr(now),
+            "1" if answered else "0",
+            repr(float(talk_seconds)),
+            "1" if short else "0",
+            "1" if failed else "0",
+            int(self.history_seconds),
+            self.outcome_window,
+            only_node,
+            self.channel,
+            "1" if epoch is not None else "0",
+            unless_alive,
+            "" if have is None else str(have),
+        ]
+        if lazy and card_of is not None:
+            flags = {
+                "answered": answered,
+                "talk_seconds": talk_seconds,
+                "short": short,
+                "failed": failed,
+            }
+            with self._guard():
+                conn = self._lazy_conn
+                if conn is None:
+                    # (a script Redis does not hold yet would make the first answer NOSCRIPT)
+                    self._close.sha = self.client.script_load(self._close.script)
+                    conn = self._lazy_conn = self.client.connection_pool.get_connection()
+                try:
+                    conn.send_command("EVALSHA", self._close.sha, len(keys), *keys, *args)
+                except RedisError:
+                    self._drop_lazy_conn()
+                    raise
+            self._lazy.append(_LazyClose(call_id, mode, now, flags, card_of, epoch))
+            return card_of
         with self._guard():
-            reply = self._close(
-                keys=[self._call_key(call_id)],
-                args=[
-                    self.prefix,
-                    call_id,
-                    mode,
-                    repr(now),
-                    "1" if answered else "0",
-                    repr(float(talk_seconds)),
-                    "1" if short else "0",
-                    "1" if failed else "0",
-                    int(self.history_seconds),
-                    self.outcome_window,
-                    only_node,
-                    self.channel,
-                    "1" if epoch is not None else "0",
-                    unless_alive,
-                    "" if have is None else str(have),
-                ],
-            )
+            reply = self._close(keys=keys, args=args)
+        return self._closed(reply, now, card_of, epoch)
+
+    def _closed(
+        self, reply: list[Any], now: float, card_of: str | None, epoch: int | None
+    ) -> str | None:
+        """What the close script answered, applied to this node's copy; the card or None."""
         if reply[0] == b"NONE":
             return None
         card = str(reply[1].decode())
@@ -1459,6 +1534,76 @@ class RedisStore:
         self.cache.forget(card)
         return card
 
+    def _collect(self) -> None:
+        """Read the answers of the finishes sent lazily, oldest first; never raises.
+
+        An answer that cannot be read (the connection failed or timed out) leaves
+        its finish, and every later one, kept for a replay (``unclosed``): the
+        script may have run, and a replay of a close that ran finds nothing to
+        close. A script Redis no longer holds (restarted, flushed) is loaded and the
+        finish run again at once. Any other error drops that finish, as a refused
+        synchronous finish is dropped (logged).
+        """
+        if not self._lazy or self._collecting:
+            return
+        self._collecting = True
+        try:
+            while self._lazy:
+                close = self._lazy[0]
+                try:
+                    reply = self._lazy_conn.read_response()
+                except NoScriptError:
+                    del self._lazy[0]
+                    self._replay(close)
+                    continue
+                except ResponseError as exc:
+                    del self._lazy[0]
+                    log.warning(
+                        "redis.finish.failed", key=close.call_id, kept=False, error=str(exc)
+                    )
+                    self.cache.forget(close.card)
+                    continue
+                except (RedisError, OSError) as exc:
+                    self._keep_lazy(exc)
+                    return
+                del self._lazy[0]
+                self._closed(reply, close.now, close.card, close.epoch)
+        finally:
+            self._collecting = False
+
+    def _replay(self, close: _LazyClose) -> None:
+        """Run one lazily sent finish again, synchronously (its script was missing)."""
+        self._own_cards[close.call_id] = close.card
+        try:
+            self._run_close(close.call_id, close.mode, close.now, **close.flags)
+        except StoreUnavailable as exc:
+            if _unreachable(exc):
+                self._unclosed[close.call_id] = (close.mode, close.now, close.flags)
+            log.warning(
+                "redis.finish.failed",
+                key=close.call_id,
+                kept=close.call_id in self._unclosed,
+                error=str(exc),
+            )
+
+    def _keep_lazy(self, exc: Exception) -> None:
+        """The lazy connection failed: keep every finish still waiting for its answer."""
+        why = f"{type(exc).__name__}: {exc}"
+        for close in self._lazy:
+            self._unclosed[close.call_id] = (close.mode, close.now, close.flags)
+            self.cache.forget(close.card)
+        log.warning("redis.finish.deferred", finishes=len(self._lazy), error=why)
+        self._lazy.clear()
+        self._drop_lazy_conn()
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            self.guard.trip(why)
+
+    def _drop_lazy_conn(self) -> None:
+        conn, self._lazy_conn = self._lazy_conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.client.connection_pool.release(conn)
+
     def release(self, call_id: str, now: float, *, failed: bool = True) -> str | None:
         """Undo the call's open reservation (failed before the callee was alerted).
 
@@ -1480,6 +1625,9 @@ class RedisStore:
     ) -> str | None:
         """Record the outcome of the call's open reservation; return its card (or None).
 
+        With ``lazy_finish`` (the default) the script is sent and this returns the
+        card this node reserved without waiting; the answer is read before the
+        store's next command (a close Redis finds nothing to do for changes nothing).
         ``short`` defaults to "answered and talked less than ``short_call_seconds``".
         ``answered_at`` is accepted for the interface; answer times (frequency
         caps) are read from the SQLite store, not from here.
@@ -1494,6 +1642,7 @@ class RedisStore:
             talk_seconds=talk_seconds,
             short=bool(short),
             failed=failed,
+            lazy=self.lazy_finish,
         )
 
     def recover(self, now: float) -> int:

@@ -72,6 +72,7 @@ def test_two_instances_share_the_pool_through_redis(redis_server: RedisServer, p
     )
     assert "c1 concurrent 1/1 in use; c2 concurrent 1/1 in use" == third.detail
     led1.finish("call-1", T0 + 30, answered=True, talk_seconds=25)
+    assert 0 == led1.pending  # the finish's answer read: Redis ran it and announced it
     again = pick(gw2, led2, "call-4", "+8613811110004", T0 + 31)
     assert "c1" == again.card_id
     led1.close()

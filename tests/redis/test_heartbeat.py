@@ -68,7 +68,16 @@ def test_a_dead_nodes_reservations_are_orphaned_and_still_counted(
         assert not nodes["gw1"]["alive"] and 0 == nodes["gw1"]["open"]
         assert [] == gw2.heartbeat(T0 + 6)  # reaped once, out of the registry
         # A finish from the dead node's restart finds nothing to close twice.
-        assert gw1.finish("k1", T0 + 7, answered=True, talk_seconds=1.0) is None
+        restarted = make_store(redis_server.url, prefix, node="gw1")
+        try:
+            assert restarted.finish("k1", T0 + 7, answered=True, talk_seconds=1.0) is None
+        finally:
+            restarted.close()
+        # Nor does the late finish of the node that was reaped (sent without waiting).
+        gw1.finish("k2", T0 + 7, answered=True, talk_seconds=1.0)
+        assert 0 == gw1.pending
+        late = gw2.card_usage("c1", T0 + 8)
+        assert (1, len(before.call_starts)) == (late.in_use, len(late.call_starts))
     finally:
         gw1.close()
         gw2.close()

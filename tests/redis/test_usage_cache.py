@@ -18,7 +18,9 @@ PROFILE = QuotaProfile(calls_per_minute=1000, calls_per_hour=10000, concurrent=5
 
 
 def evalsha_calls(store: RedisStore) -> int:
-    """How many EVALSHA the server has run so far (every client)."""
+    """How many EVALSHA the server has run so far (every client), once ``store`` has read
+    the answers of the finishes it sent without waiting (``pending`` reads them)."""
+    assert 0 == store.pending
     stats = store.client.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
@@ -251,6 +253,7 @@ def test_the_other_nodes_writes_are_followed_exactly(
                         owner._run_close(call, "orphan", now, only_node=owner.node)
             except (QuotaExceeded, ReservationError):
                 pass
+            assert 0 == node.pending  # a finish's answer read: the write is done
             for c in ("c1", "c3"):
                 version = _version(fresh, c)
                 for n in nodes:

@@ -1,0 +1,114 @@
+"""A finish is sent without waiting for its answer; everything after it still comes after it.
+
+``RedisStore.finish`` writes the close script on a connection of its own and reads the
+answer later (``_collect``): before this store sends anything else or reads its copy
+of a card, at the 2 s sync, at ``pending``, at ``close``. These tests check that a
+later call on the same card sees the finish, and that an answer that cannot be read
+(the connection failed, the script was flushed) never loses or doubles the finish.
+"""
+
+from __future__ import annotations
+
+from gateway.store.redis import RedisStore
+from policies.quotas import QuotaProfile
+
+from .conftest import T0, RedisServer, make_store
+
+ONE_AT_A_TIME = QuotaProfile(calls_per_minute=100, calls_per_hour=1000, concurrent=1)
+
+
+def usage_in_redis(redis_url: str, prefix: str, card: str, now: float) -> tuple[int, int]:
+    """(calls in use, outcomes recorded) of ``card`` as a fresh node reads it from Redis."""
+    fresh = make_store(redis_url, prefix, node="ref", usage_cache=False)
+    try:
+        usage = fresh.card_usage(card, now)
+        return usage.in_use, len(usage.recent_outcomes)
+    finally:
+        fresh.close()
+
+
+def test_the_next_call_on_a_card_taken_one_at_a_time_follows_the_finish(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """An agent hangs up and dials again at once on a card that carries one call: the
+    finish was only sent, yet the copy the next selection reads and the reservation that
+    follows both come after it (nothing refused as "in use")."""
+    store = make_store(private_redis.url, prefix)
+    try:
+        store.reserve("c1", "k0", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        for i in range(1, 30):
+            now = T0 + i
+            assert "c1" == store.finish(f"k{i - 1}", now, answered=True, talk_seconds=20.0)
+            assert store._lazy  # sent, its answer not read yet
+            assert 0 == store.card_usage("c1", now).in_use  # the copy selection reads
+            store.reserve("c1", f"k{i}", "+8613800000001", now, profile=ONE_AT_A_TIME)
+        assert 0 == store.pending
+        assert (1, 29) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 30)
+        assert store.lazy_finish
+    finally:
+        store.close()
+
+
+def test_an_answer_lost_with_its_connection_is_replayed_once(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """The lazy connection fails before the answer is read: the finish may have run, so it
+    is kept and replayed; the replay finds it closed. One outcome, nothing in use."""
+    store = make_store(private_redis.url, prefix)
+    try:
+        store.reserve("c1", "k1", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        store.finish("k1", T0 + 5, answered=True, talk_seconds=4.0)
+        store._lazy_conn.disconnect()  # the answer can no longer be read
+        assert 1 == store.pending  # kept for a replay
+        assert store.settle(T0 + 6)
+        assert 0 == store.pending
+        assert (0, 1) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 6)
+        # the store goes on: the next finish opens a new lazy connection
+        store.reserve("c1", "k2", "+8613800000002", T0 + 7, profile=ONE_AT_A_TIME)
+        store.finish("k2", T0 + 9, answered=False)
+        assert 0 == store.pending
+        assert (0, 2) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 10)
+    finally:
+        store.close()
+
+
+def test_a_finish_whose_script_redis_forgot_is_run_again(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """SCRIPT FLUSH (or a restart) between two finishes: the answer is NOSCRIPT, and the
+    finish is run again at once with the script loaded."""
+    store = make_store(private_redis.url, prefix)
+    try:
+        for i, at in enumerate((T0, T0 + 10)):
+            store.reserve("c1", f"k{i}", "+8613800000001", at, profile=ONE_AT_A_TIME)
+            store.finish(f"k{i}", at + 2, answered=True, talk_seconds=1.0)
+            if i == 0:
+                assert 0 == store.pending
+                store.client.script_flush()
+        assert 0 == store.pending
+        assert (0, 2) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 20)
+    finally:
+        store.close()
+
+
+def test_close_reads_the_last_answers(private_redis: RedisServer, prefix: str) -> None:
+    """A node that stops right after a finish still closes it in Redis, once."""
+    store: RedisStore = make_store(private_redis.url, prefix)
+    store.reserve("c1", "k1", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+    store.finish("k1", T0 + 3, answered=True, talk_seconds=2.0)
+    assert store._lazy
+    store.close()
+    assert not store._lazy and 0 == len(store._unclosed)
+    assert (0, 1) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 4)
+
+
+def test_without_lazy_finishes_a_finish_waits_for_its_answer(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    store = make_store(private_redis.url, prefix, lazy_finish=False)
+    try:
+        store.reserve("c1", "k1", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        assert "c1" == store.finish("k1", T0 + 3, answered=True, talk_seconds=2.0)
+        assert not store._lazy and store._lazy_conn is None
+    finally:
+        store.close()
