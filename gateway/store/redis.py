@@ -1537,11 +1537,12 @@ class RedisStore:
     def _collect(self) -> None:
         """Read the answers of the finishes sent lazily, oldest first; never raises.
 
-        An answer that cannot be read (the connection failed or timed out) leaves
-        its finish, and every later one, kept for a replay (``unclosed``): the
-        script may have run, and a replay of a close that ran finds nothing to
-        close. A script Redis no longer holds (restarted, flushed) is loaded and the
-        finish run again at once. Any other error drops that finish, as a refused
+        An answer that cannot be read (the connection failed or timed out): that
+        finish and every later one are run again at once on a new connection (the
+        script may have run; a close that ran finds nothing to close the second
+        time), and kept for a replay (``unclosed``) if Redis does not answer then.
+        A script Redis no longer holds (restarted, flushed) is loaded and the finish
+        run again at once. Any other error drops that finish, as a refused
         synchronous finish is dropped (logged).
         """
         if not self._lazy or self._collecting:
@@ -1564,7 +1565,7 @@ class RedisStore:
                     self.cache.forget(close.card)
                     continue
                 except (RedisError, OSError) as exc:
-                    self._keep_lazy(exc)
+                    self._retry_lazy(exc)
                     return
                 del self._lazy[0]
                 self._closed(reply, close.now, close.card, close.epoch)
@@ -1572,7 +1573,8 @@ class RedisStore:
             self._collecting = False
 
     def _replay(self, close: _LazyClose) -> None:
-        """Run one lazily sent finish again, synchronously (its script was missing)."""
+        """Run one lazily sent finish again, synchronously (its script was missing, or its
+        answer was lost: a close that ran finds nothing to close the second time)."""
         self._own_cards[close.call_id] = close.card
         try:
             self._run_close(close.call_id, close.mode, close.now, **close.flags)
@@ -1586,17 +1588,17 @@ class RedisStore:
                 error=str(exc),
             )
 
-    def _keep_lazy(self, exc: Exception) -> None:
-        """The lazy connection failed: keep every finish still waiting for its answer."""
-        why = f"{type(exc).__name__}: {exc}"
-        for close in self._lazy:
-            self._unclosed[close.call_id] = (close.mode, close.now, close.flags)
-            self.cache.forget(close.card)
-        log.warning("redis.finish.deferred", finishes=len(self._lazy), error=why)
-        self._lazy.clear()
+    def _retry_lazy(self, exc: Exception) -> None:
+        """The lazy connection failed before an answer was read: run every finish still
+        waiting again, now, on a new connection. The common cause is a server that closed
+        the idle connection (``timeout`` in redis.conf); if Redis is really gone, each is
+        kept for a replay as a synchronous finish would be (``_replay``)."""
+        waiting, self._lazy = self._lazy, []
         self._drop_lazy_conn()
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-            self.guard.trip(why)
+        log.info("redis.finish.resent", finishes=len(waiting), error=f"{type(exc).__name__}: {exc}")
+        for close in waiting:
+            self.cache.forget(close.card)
+            self._replay(close)
 
     def _drop_lazy_conn(self) -> None:
         conn, self._lazy_conn = self._lazy_conn, None

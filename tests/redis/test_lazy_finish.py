@@ -9,6 +9,9 @@ later call on the same card sees the finish, and that an answer that cannot be r
 
 from __future__ import annotations
 
+import signal
+import time
+
 from gateway.store.redis import RedisStore
 from policies.quotas import QuotaProfile
 
@@ -49,25 +52,53 @@ def test_the_next_call_on_a_card_taken_one_at_a_time_follows_the_finish(
         store.close()
 
 
-def test_an_answer_lost_with_its_connection_is_replayed_once(
+def test_a_finish_on_a_connection_the_server_closed_is_sent_again_at_once(
     private_redis: RedisServer, prefix: str
 ) -> None:
-    """The lazy connection fails before the answer is read: the finish may have run, so it
-    is kept and replayed; the replay finds it closed. One outcome, nothing in use."""
+    """Redis closed the idle lazy connection (``timeout`` in redis.conf, ``CLIENT
+    KILL``): the finish written to it never ran, and its answer cannot be read. It is
+    sent again at once on a new connection: the call is closed in Redis, nothing is
+    kept, and Redis is not reported down."""
     store = make_store(private_redis.url, prefix)
     try:
-        store.reserve("c1", "k1", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        store.reserve("c1", "k0", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        store.finish("k0", T0 + 1, answered=False)  # the lazy connection is open
+        assert 0 == store.pending
+        host, port = store._lazy_conn._sock.getsockname()[:2]
+        assert 1 == store.client.client_kill_filter(_type="normal", addr=f"{host}:{port}")
+        time.sleep(0.05)  # the server's FIN arrives
+        store.reserve("c1", "k1", "+8613800000001", T0 + 2, profile=ONE_AT_A_TIME)
         store.finish("k1", T0 + 5, answered=True, talk_seconds=4.0)
-        store._lazy_conn.disconnect()  # the answer can no longer be read
-        assert 1 == store.pending  # kept for a replay
+        assert 0 == store.pending
+        assert store.guard.healthy
+        assert (0, 2) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 6)
+    finally:
+        store.close()
+
+
+def test_a_finish_redis_does_not_answer_is_kept_and_replayed_once(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """Redis freezes right after a finish was sent: its answer times out, so does the
+    finish sent again; it is kept, like a finish during an outage, and replayed once
+    Redis answers. However many times it reached Redis, it counts once."""
+    store = make_store(private_redis.url, prefix, timeout=0.3)
+    try:
+        store.reserve("c1", "k0", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        store.finish("k0", T0 + 1, answered=False)  # the lazy connection is open
+        assert 0 == store.pending
+        store.reserve("c1", "k1", "+8613800000001", T0 + 2, profile=ONE_AT_A_TIME)
+        private_redis.signal(signal.SIGSTOP)
+        try:
+            assert "c1" == store.finish("k1", T0 + 5, answered=True, talk_seconds=4.0)
+            assert store._lazy  # sent: Redis reads it when it wakes up
+            assert 1 == store.pending  # no answer, nor to the second attempt: kept
+            assert store.is_kept("k1") and not store.guard.healthy
+        finally:
+            private_redis.signal(signal.SIGCONT)
         assert store.settle(T0 + 6)
         assert 0 == store.pending
-        assert (0, 1) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 6)
-        # the store goes on: the next finish opens a new lazy connection
-        store.reserve("c1", "k2", "+8613800000002", T0 + 7, profile=ONE_AT_A_TIME)
-        store.finish("k2", T0 + 9, answered=False)
-        assert 0 == store.pending
-        assert (0, 2) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 10)
+        assert (0, 2) == usage_in_redis(private_redis.url, prefix, "c1", T0 + 6)
     finally:
         store.close()
 
