@@ -1543,7 +1543,8 @@ class RedisStore:
         time), and kept for a replay (``unclosed``) if Redis does not answer then.
         A script Redis no longer holds (restarted, flushed) is loaded and the finish
         run again at once. Any other error drops that finish, as a refused
-        synchronous finish is dropped (logged).
+        synchronous finish is dropped (logged); an answer of an unexpected shape is
+        logged and the card's copy dropped (it is read inside another operation).
         """
         if not self._lazy or self._collecting:
             return
@@ -1568,7 +1569,13 @@ class RedisStore:
                     self._retry_lazy(exc)
                     return
                 del self._lazy[0]
-                self._closed(reply, close.now, close.card, close.epoch)
+                try:
+                    self._closed(reply, close.now, close.card, close.epoch)
+                except (IndexError, TypeError, ValueError, AttributeError) as exc:
+                    # why: read inside another operation's guard, an answer of an
+                    # unexpected shape must not fail that operation (the close ran).
+                    log.warning("redis.finish.unreadable", key=close.call_id, error=repr(exc))
+                    self.cache.forget(close.card)
         finally:
             self._collecting = False
 

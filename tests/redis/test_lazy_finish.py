@@ -143,3 +143,27 @@ def test_without_lazy_finishes_a_finish_waits_for_its_answer(
         assert not store._lazy and store._lazy_conn is None
     finally:
         store.close()
+
+
+def test_an_answer_of_an_unexpected_shape_fails_no_other_operation(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """The answer is read inside whatever this store does next (here a usage read for
+    another call): an answer it cannot make sense of is logged and the card's copy
+    dropped, and that next operation goes on with a fresh read."""
+    store = make_store(private_redis.url, prefix)
+    try:
+        store.reserve("c1", "k1", "+8613800000001", T0, profile=ONE_AT_A_TIME)
+        store.finish("k1", T0 + 5, answered=True, talk_seconds=4.0)
+        real = store._lazy_conn.read_response
+
+        def garbled() -> list[bytes]:
+            real()  # the close ran; its answer arrives mangled
+            return [b"OK"]
+
+        store._lazy_conn.read_response = garbled
+        usage = store.card_usage("c1", T0 + 6)
+        assert (0, 1) == (usage.in_use, len(usage.recent_outcomes))
+        assert 0 == store.pending
+    finally:
+        store.close()
