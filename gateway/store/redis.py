@@ -734,12 +734,11 @@ def _apply_delta(
     if op == b"R":
         if start >= snap.lower:
             starts = starts.with_start(start)
-        usage = CardUsage(
+        usage = replace(
+            usage,
             call_starts=starts,
             callees_today=_callees(usage).with_callee(callee),
-            talk_seconds_today=usage.talk_seconds_today,
             in_use=usage.in_use + 1,
-            recent_outcomes=usage.recent_outcomes,
         )
         return snap._replace(usage=usage, version=str(version))
     left, talk_total, flags, seq, talk, end = fields[4:10]
@@ -754,7 +753,8 @@ def _apply_delta(
         members, outcomes, shorts = _with_outcome(
             snap, _OUTCOME.pack(int(seq), start, float(talk), float(end), int(flags)), window
         )
-    usage = CardUsage(
+    usage = replace(
+        usage,
         call_starts=starts,
         callees_today=callees,
         talk_seconds_today=float(talk_total) if talk_total else usage.talk_seconds_today,
