@@ -1584,14 +1584,12 @@ class RedisStore:
         answer was lost: a close that ran finds nothing to close the second time)."""
         self._own_cards[close.call_id] = close.card
         try:
-            self._run_close(close.call_id, close.mode, close.now, **close.flags)
+            self._close_or_keep(close.call_id, close.mode, close.now, **close.flags)
         except StoreUnavailable as exc:
-            if _unreachable(exc):
-                self._unclosed[close.call_id] = (close.mode, close.now, close.flags)
             log.warning(
                 "redis.finish.failed",
                 key=close.call_id,
-                kept=close.call_id in self._unclosed,
+                kept=self.is_kept(close.call_id),
                 error=str(exc),
             )
 
