@@ -788,7 +788,7 @@ def _with_outcome(
 
 
 class _LazyClose(NamedTuple):
-    """A finish sent without waiting for its answer (``RedisStore._collect`` reads it)."""
+    """The finish sent without waiting for its answer (``RedisStore._collect`` reads it)."""
 
     call_id: str
     mode: str
@@ -985,11 +985,10 @@ class RedisStore:
         self._own_cards: dict[str, str] = {}
         # A recover() that could not reach Redis (caller time): run before anything else.
         self._recover_at: float | None = None
-        # Finishes sent and not yet answered (see ``finish``), oldest first, all on
-        # ``_lazy_conn``: their answers are read before this store sends anything else.
-        self._lazy: list[_LazyClose] = []
+        # The finish sent on ``_lazy_conn`` and not yet answered (see ``finish``): its
+        # answer is read before this store sends anything else, so there is one at most.
+        self._lazy: _LazyClose | None = None
         self._lazy_conn: Any = None
-        self._collecting = False
         self._reserve = client.register_script(_LUA_RESERVE)
         self._close = client.register_script(_LUA_CLOSE)
         self._read = client.register_script(_LUA_READ)
@@ -1021,7 +1020,7 @@ class RedisStore:
     # --- plumbing -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Read what the last finishes answered, then close the client's connections."""
+        """Read what the last finish answered, then close the client's connections."""
         self._collect()
         self._drop_lazy_conn()
         self.guard.stop()
@@ -1031,8 +1030,8 @@ class RedisStore:
     def keepalive(self) -> None:
         """The periodic check of the usage cache's subscription (the 2 s sync); never raises.
 
-        Also reads the answers of finishes sent since the last operation, so an idle
-        node learns within the sync's period that one did not reach Redis (kept then).
+        Also reads the answer of a finish sent since the last operation, so an idle
+        node learns within the sync's period that it did not reach Redis (kept then).
         """
         self._collect()
         self.cache.keepalive()
@@ -1052,10 +1051,10 @@ class RedisStore:
     def _guard(self) -> Iterator[None]:
         """Redis errors (refused, reset, timeout, script error) become StoreUnavailable.
 
-        The answers of finishes sent earlier are read first (``_collect``): every
-        command this store sends reaches Redis after them.
+        The answer of a finish sent earlier is read first (``_collect``): every
+        command this store sends reaches Redis after it.
         """
-        if self._lazy:
+        if self._lazy is not None:
             self._collect()
         try:
             yield
@@ -1104,7 +1103,7 @@ class RedisStore:
 
     @property
     def _dirty(self) -> bool:
-        if self._lazy:
+        if self._lazy is not None:
             self._collect()
         return bool(self._uncertain or self._unclosed or self._recover_at is not None)
 
@@ -1195,8 +1194,8 @@ class RedisStore:
         return self._usage(card_id, now).usage
 
     def _usage(self, card: str, now: float) -> _Snapshot:
-        if self._lazy:
-            self._collect()  # the copy then holds this node's last finishes
+        if self._lazy is not None:
+            self._collect()  # the copy then holds this node's last finish
         start, _end, _ttl = self._day(card, now)
         cached = self.cache.get(card, start)
         if cached is not None:
@@ -1457,7 +1456,7 @@ class RedisStore:
         ``lazy`` (a finish of this node's own reservation): the script is sent and its
         answer read later (``_collect``); the card returned is the one reserved.
         """
-        if self._lazy:
+        if self._lazy is not None:
             self._collect()  # so ``have`` below is the version of a copy that is current
         epoch = self.cache.ready() if not only_node else None
         card_of = self._own_cards.pop(call_id, None)
@@ -1500,7 +1499,7 @@ class RedisStore:
                 except RedisError:
                     self._drop_lazy_conn()
                     raise
-            self._lazy.append(_LazyClose(call_id, mode, now, flags, card_of, epoch))
+            self._lazy = _LazyClose(call_id, mode, now, flags, card_of, epoch)
             return card_of
         with self._guard():
             reply = self._close(keys=keys, args=args)
@@ -1535,49 +1534,44 @@ class RedisStore:
         return card
 
     def _collect(self) -> None:
-        """Read the answers of the finishes sent lazily, oldest first; never raises.
+        """Read the answer of the finish sent lazily; never raises.
 
-        An answer that cannot be read (the connection failed or timed out): that
-        finish and every later one are run again at once on a new connection (the
-        script may have run; a close that ran finds nothing to close the second
-        time), and kept for a replay (``unclosed``) if Redis does not answer then.
-        A script Redis no longer holds (restarted, flushed) is loaded and the finish
-        run again at once. Any other error drops that finish, as a refused
-        synchronous finish is dropped (logged); an answer of an unexpected shape is
-        logged and the card's copy dropped (it is read inside another operation).
+        An answer that cannot be read (the connection failed or timed out): the
+        finish is run again at once on a new connection (the script may have run; a
+        close that ran finds nothing to close the second time), and kept for a
+        replay (``unclosed``) if Redis does not answer then. A script Redis no longer
+        holds (restarted, flushed) is loaded and the finish run again at once. Any
+        other error drops the finish, as a refused synchronous finish is dropped
+        (logged); an answer of an unexpected shape is logged and the card's copy
+        dropped (it is read inside another operation).
         """
-        if not self._lazy or self._collecting:
+        close, self._lazy = self._lazy, None  # (what runs below sends nothing lazily)
+        if close is None:
             return
-        self._collecting = True
         try:
-            while self._lazy:
-                close = self._lazy[0]
-                try:
-                    reply = self._lazy_conn.read_response()
-                except NoScriptError:
-                    del self._lazy[0]
-                    self._replay(close)
-                    continue
-                except ResponseError as exc:
-                    del self._lazy[0]
-                    log.warning(
-                        "redis.finish.failed", key=close.call_id, kept=False, error=str(exc)
-                    )
-                    self.cache.forget(close.card)
-                    continue
-                except (RedisError, OSError) as exc:
-                    self._retry_lazy(exc)
-                    return
-                del self._lazy[0]
-                try:
-                    self._closed(reply, close.now, close.card, close.epoch)
-                except (IndexError, TypeError, ValueError, AttributeError) as exc:
-                    # why: read inside another operation's guard, an answer of an
-                    # unexpected shape must not fail that operation (the close ran).
-                    log.warning("redis.finish.unreadable", key=close.call_id, error=repr(exc))
-                    self.cache.forget(close.card)
-        finally:
-            self._collecting = False
+            reply = self._lazy_conn.read_response()
+        except NoScriptError:
+            self._replay(close)
+            return
+        except ResponseError as exc:
+            log.warning("redis.finish.failed", key=close.call_id, kept=False, error=str(exc))
+            self.cache.forget(close.card)
+            return
+        except (RedisError, OSError) as exc:
+            # The common cause: a server that closed the idle connection (``timeout``
+            # in redis.conf).
+            self._drop_lazy_conn()
+            log.info("redis.finish.resent", error=f"{type(exc).__name__}: {exc}")
+            self.cache.forget(close.card)
+            self._replay(close)
+            return
+        try:
+            self._closed(reply, close.now, close.card, close.epoch)
+        except (IndexError, TypeError, ValueError, AttributeError) as exc:
+            # why: read inside another operation's guard, an answer of an unexpected
+            # shape must not fail that operation (the close ran).
+            log.warning("redis.finish.unreadable", key=close.call_id, error=repr(exc))
+            self.cache.forget(close.card)
 
     def _replay(self, close: _LazyClose) -> None:
         """Run one lazily sent finish again, synchronously (its script was missing, or its
@@ -1592,18 +1586,6 @@ class RedisStore:
                 kept=self.is_kept(close.call_id),
                 error=str(exc),
             )
-
-    def _retry_lazy(self, exc: Exception) -> None:
-        """The lazy connection failed before an answer was read: run every finish still
-        waiting again, now, on a new connection. The common cause is a server that closed
-        the idle connection (``timeout`` in redis.conf); if Redis is really gone, each is
-        kept for a replay as a synchronous finish would be (``_replay``)."""
-        waiting, self._lazy = self._lazy, []
-        self._drop_lazy_conn()
-        log.info("redis.finish.resent", finishes=len(waiting), error=f"{type(exc).__name__}: {exc}")
-        for close in waiting:
-            self.cache.forget(close.card)
-            self._replay(close)
 
     def _drop_lazy_conn(self) -> None:
         conn, self._lazy_conn = self._lazy_conn, None
