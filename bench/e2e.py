@@ -39,7 +39,9 @@ socket, which the kernel hashes to one worker: use several ``--callers`` (or
 Per step it reports: calls OK/failed (of which "503": turned away by the gateway's
 overload control)/unfinished, SIPp retransmissions, SIPp's
 response times (rtd 1: INVITE→200, from ``-trace_rtt``, millisecond
-resolution), the gateway's CPU% and RSS (from /proc), GC pauses (gc.callbacks
+resolution), the gateway's CPU% and RSS (from /proc), its busiest event loop's CPU%
+(``loop%``: the main thread alone, which one process cannot spread over cores; near
+100 the process takes no more), GC pauses (gc.callbacks
 in the runner), the load average, and the SIPp processes' own CPU%. With ``--pdd``
 also the post-dial delay the gateway itself added, timed on the wire
 (``bench/pdd.py``: a capture on lo, root or CAP_NET_RAW): the 407, forwarding the
@@ -149,14 +151,23 @@ class ProcSample:
     cpu: float
     rss_kb: int
     hwm_kb: int
+    #: CPU seconds of the main thread alone, the event loop's: what one process can
+    #: not spread over cores (the rest is SQLite's checkpoints, the store's probe …).
+    loop: float = 0.0
+
+
+def _cpu_seconds(path: str) -> float:
+    with open(path, encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def sample(pid: int) -> ProcSample | None:
-    """utime+stime and VmRSS/VmHWM of ``pid``, or None if it is gone."""
+    """utime+stime, that of its main thread, and VmRSS/VmHWM of ``pid``, or None if it
+    is gone."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        cpu = _cpu_seconds(f"/proc/{pid}/stat")
+        loop = _cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
         rss = hwm = 0
         with open(f"/proc/{pid}/status", encoding="ascii") as fh:
             for line in fh:
@@ -166,7 +177,7 @@ def sample(pid: int) -> ProcSample | None:
                     hwm = int(line.split()[1])
     except (OSError, IndexError, ValueError):
         return None
-    return ProcSample(time.monotonic(), cpu, rss, hwm)
+    return ProcSample(time.monotonic(), cpu, rss, hwm, loop)
 
 
 def combined(samples: list[ProcSample | None]) -> ProcSample | None:
@@ -180,6 +191,7 @@ def combined(samples: list[ProcSample | None]) -> ProcSample | None:
         cpu=sum(s.cpu for s in present),
         rss_kb=sum(s.rss_kb for s in present),
         hwm_kb=sum(s.hwm_kb for s in present),
+        loop=sum(s.loop for s in present),
     )
 
 
@@ -209,6 +221,17 @@ def cpu_percent(a: ProcSample | None, b: ProcSample | None) -> float | None:
     if a is None or b is None or b.wall <= a.wall:
         return None
     return round(100.0 * (b.cpu - a.cpu) / (b.wall - a.wall), 1)
+
+
+def loop_percent(pairs: list[tuple[ProcSample | None, ProcSample | None]]) -> float | None:
+    """CPU% of the busiest event loop (main thread) among processes' sample pairs: one
+    loop runs on one core at a time, so near 100 % that process can take no more."""
+    shares = [
+        100.0 * (b.loop - a.loop) / (b.wall - a.wall)
+        for a, b in pairs
+        if a is not None and b is not None and b.wall > a.wall
+    ]
+    return round(max(shares), 1) if shares else None
 
 
 # --- SIPp ----------------------------------------------------------------------------
@@ -857,6 +880,10 @@ class GatewayRun:
 
     cpu_pct: float | None = None
     cpu_ms_per_call: float | None = None
+    #: The busiest main thread's CPU% (one event loop: its ceiling is one core), and the
+    #: main threads' CPU per completed call (summed over the workers).
+    loop_pct: float | None = None
+    loop_ms_per_call: float | None = None
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
     start_rss_mb: float | None = None
@@ -1040,9 +1067,11 @@ def e2e_step(
             if a is not None and b is not None:
                 window = (a.wall, b.wall)
             run.cpu_pct = cpu_percent(a, b)
+            run.loop_pct = loop_percent([samples[p] for p in gw_pids])
             if a is not None and b is not None and result.ok:
                 # CPU time per completed call: steadier than latency on a shared machine.
                 run.cpu_ms_per_call = round(1000 * (b.cpu - a.cpu) / result.ok, 2)
+                run.loop_ms_per_call = round(1000 * (b.loop - a.loop) / result.ok, 2)
             if b is not None:
                 run.rss_mb = round(b.rss_kb / 1024, 1)
                 run.peak_rss_mb = round(b.hwm_kb / 1024, 1)
@@ -1275,7 +1304,7 @@ def print_header(title: str) -> None:
     cells = [f"{h:>{w}}" for h, (_, w) in zip(HEADS, COLUMNS, strict=True)]
     print(
         " ".join(cells)
-        + f" {'407 p50':>7} {'gw CPU%':>7} {'ms/call':>7} {'gw RSS':>7} {'gc max':>7}"
+        + f" {'407 p50':>7} {'gw CPU%':>7} {'loop%':>6} {'ms/call':>7} {'gw RSS':>7} {'gc max':>7}"
         + f" {'uac%':>5} {'uas%':>5}  load"
     )
 
@@ -1293,7 +1322,7 @@ def print_row(row: dict[str, Any]) -> None:
     print(
         " ".join(cells)
         + f" {fmt(row.get('challenge_p50_ms')):>7} {fmt(gw.get('cpu_pct')):>7}"
-        + f" {fmt(gw.get('cpu_ms_per_call')):>7} {rss:>7}"
+        + f" {fmt(gw.get('loop_pct')):>6} {fmt(gw.get('cpu_ms_per_call')):>7} {rss:>7}"
         f" {fmt(gc_max):>7} {fmt(row.get('uac_cpu_pct')):>5} {fmt(row.get('uas_cpu_pct')):>5}"
         f"  {row.get('load', '')}",
         flush=True,

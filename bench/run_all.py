@@ -232,7 +232,8 @@ def summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
                     f" mean ratio ≥ {(best['rt_mean_ms'] or 0.0) / floor:.0f}x)"
                 )
             text += (
-                f"; gateway CPU {gw['cpu_pct']}% ({gw.get('cpu_ms_per_call')} ms per call),"
+                f"; gateway CPU {gw['cpu_pct']}% ({gw.get('cpu_ms_per_call')} ms per call,"
+                f" busiest loop {gw.get('loop_pct')}%),"
                 f" RSS {gw['rss_mb']} MB"
             )
             added = (gw.get("pdd") or {}).get("added") or {}
